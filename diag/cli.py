@@ -1,0 +1,70 @@
+"""The ``diag`` command line.
+
+Each top-level command lives in ``diag.commands.<name>`` and registers its own
+sub-parser; this module only wires them together and turns user-facing errors
+into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from diag.errors import DiagError
+
+# Module names under diag.commands, in the order --help lists them.
+COMMANDS = ("scenario", "analyze", "lab", "replay", "aws")
+
+EPILOG = """\
+examples:
+  diag run-scenario                      reproduce the NLB/NAT-gateway incident and print the verdict
+  diag run-scenario --list               every scenario and fix, one line each
+  diag analyze pcap client=c.pcap pod=p.pcap --json -
+                                         diagnose captures taken at several points
+  diag lab up incident                   build the incident's topology and leave it up to explore
+  diag aws check --region eu-west-1      look for the risky setup in an AWS account
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="diag",
+        description="Reproduce, capture and diagnose the network failures behind mysterious TCP resets.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"diag.commands.{name}").register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from diag import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except DiagError as error:
+        print(f"diag: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diag: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `diag ... | head` closed the pipe: not an error worth a traceback.
+        return 0
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
