@@ -40,7 +40,10 @@ PACKET_COLUMNS: Final[dict[str, tuple[str, str]]] = {
     "cap_len": ("int32", "bytes captured"),
     "wire_len": ("int32", "bytes on the wire (original length)"),
     "truncated": ("bool", "the capture cut the packet before the end of its IP datagram"),
-    "tcp_flags": ("int16", "TCP flags (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80), -1 if not TCP"),
+    "tcp_flags": (
+        "int16",
+        "TCP flags (FIN 0x01 SYN 0x02 RST 0x04 PSH 0x08 ACK 0x10 URG 0x20 ECE 0x40 CWR 0x80), -1 if not TCP",
+    ),
     "seq": ("int64", "TCP sequence number, -1 if not TCP"),
     "ack": ("int64", "TCP acknowledgement number (as on the wire, even without ACK), -1 if not TCP"),
     "win": ("int32", "TCP window field (unscaled), -1 if not TCP"),

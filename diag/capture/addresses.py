@@ -1,0 +1,73 @@
+"""IP addresses: gathered as raw integers and bytes, formatted once per distinct value.
+
+A capture of a million packets usually holds a few thousand distinct
+addresses, so text formatting happens on the distinct values only and each
+address column becomes a pandas categorical of integer codes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from diag.capture.bytesview import IntArray
+
+
+def format_ipv4(value: int) -> str:
+    return f"{value >> 24}.{(value >> 16) & 0xFF}.{(value >> 8) & 0xFF}.{value & 0xFF}"
+
+
+def format_ipv6(raw: bytes) -> str:
+    """RFC 5952 text, with IPv4-mapped addresses in dotted form as tcpdump and Wireshark print them."""
+    address = ipaddress.IPv6Address(raw)
+    mapped = address.ipv4_mapped
+    if mapped is not None:
+        return f"::ffff:{mapped}"
+    return str(address)
+
+
+class AddressColumn:
+    """One address column (src, dst, inner_src, inner_dst) built up batch by batch."""
+
+    def __init__(self) -> None:
+        self._v4_rows: list[IntArray] = []
+        self._v4_values: list[IntArray] = []
+        self._v6_rows: list[IntArray] = []
+        self._v6_values: list[npt.NDArray[np.uint8]] = []
+
+    def add_ipv4(self, rows: IntArray, values: IntArray) -> None:
+        if len(rows):
+            self._v4_rows.append(rows)
+            self._v4_values.append(values)
+
+    def add_ipv6(self, rows: IntArray, values: npt.NDArray[np.uint8]) -> None:
+        if len(rows):
+            self._v6_rows.append(rows)
+            self._v6_values.append(values)
+
+    def to_categorical(self, count: int) -> pd.Categorical[str]:
+        """The column for ``count`` rows; rows never given an address hold ''."""
+        codes = np.zeros(count, dtype=np.int32)
+        categories: list[str] = [""]
+        if self._v4_rows:
+            rows = np.concatenate(self._v4_rows)
+            values = np.concatenate(self._v4_values)
+            value_codes, distinct = pd.factorize(values)
+            codes[rows] = value_codes.astype(np.int32) + len(categories)
+            categories += [format_ipv4(int(value)) for value in distinct]
+        if self._v6_rows:
+            rows = np.concatenate(self._v6_rows)
+            values = np.ascontiguousarray(np.concatenate(self._v6_values))
+            as_records = values.view(np.dtype((np.void, 16))).ravel()
+            distinct6, inverse = np.unique(as_records, return_inverse=True)
+            codes[rows] = inverse.astype(np.int32).ravel() + len(categories)
+            categories += [format_ipv6(bytes(value)) for value in distinct6]
+        return categorical(codes, categories)
+
+
+def categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical[str]:
+    """A categorical column from integer codes and distinct labels."""
+    return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype=str))

@@ -1,0 +1,75 @@
+"""Vectorised reads of fixed-width fields at many byte offsets of one buffer.
+
+Packet headers sit at arbitrary, unaligned offsets. A numpy array with a
+stride of one byte and a multi-byte dtype turns "the big-endian 32-bit value
+starting at byte k" into element ``k`` of that array, so one fancy-indexing
+operation reads the same field of a million packets at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+IntArray = npt.NDArray[np.int64]
+
+# Zero bytes kept after the real data so that a read a few bytes past the end
+# of a short, damaged packet never leaves the buffer.
+PADDING = 64
+
+
+class ByteView:
+    """Field reads over ``data[:length]``; ``data`` must hold ``PADDING`` more bytes."""
+
+    def __init__(self, data: bytearray | bytes, length: int) -> None:
+        if len(data) < length + PADDING:
+            raise ValueError("buffer lacks the trailing padding")
+        self.data = data
+        self.length = length
+        self.u8_view = np.frombuffer(data, dtype=np.uint8)
+        self._views: dict[str, np.ndarray] = {}
+        self._last = len(data) - 8  # highest offset at which an 8-byte read still fits
+
+    def _view(self, dtype: str) -> np.ndarray:
+        view = self._views.get(dtype)
+        if view is None:
+            width = np.dtype(dtype).itemsize
+            count = len(self.data) - width + 1
+            view = np.ndarray(shape=(count,), dtype=dtype, buffer=self.data, offset=0, strides=(1,))
+            self._views[dtype] = view
+        return view
+
+    def _clip(self, offsets: IntArray) -> IntArray:
+        # A safety net: callers mask out-of-range packets first, but a damaged
+        # header must never turn into an IndexError.
+        return np.clip(offsets, 0, self._last)
+
+    def u8(self, offsets: IntArray) -> IntArray:
+        return self.u8_view[self._clip(offsets)].astype(np.int64)
+
+    def be16(self, offsets: IntArray) -> IntArray:
+        return self._view(">u2")[self._clip(offsets)].astype(np.int64)
+
+    def le16(self, offsets: IntArray) -> IntArray:
+        return self._view("<u2")[self._clip(offsets)].astype(np.int64)
+
+    def be32(self, offsets: IntArray) -> IntArray:
+        return self._view(">u4")[self._clip(offsets)].astype(np.int64)
+
+    def le32(self, offsets: IntArray) -> IntArray:
+        return self._view("<u4")[self._clip(offsets)].astype(np.int64)
+
+    def u32(self, offsets: IntArray, big_endian: bool) -> IntArray:
+        return self.be32(offsets) if big_endian else self.le32(offsets)
+
+    def u16(self, offsets: IntArray, big_endian: bool) -> IntArray:
+        return self.be16(offsets) if big_endian else self.le16(offsets)
+
+    def le64_words(self, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        """Little-endian 64-bit words at any offsets (any shape), for hashing."""
+        return self._view("<u8")[np.clip(offsets, 0, self._last)]
+
+    def block(self, offsets: IntArray, width: int) -> npt.NDArray[np.uint8]:
+        """``width`` consecutive bytes at each offset, as an (n, width) array."""
+        index = self._clip(offsets)[:, None] + np.arange(width, dtype=np.int64)[None, :]
+        return self.u8_view[np.minimum(index, len(self.data) - 1)]

@@ -1,0 +1,197 @@
+"""``read_capture``: a capture file in, the packet table of ``diag.capture.columns`` out."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diag.capture import pcap, pcapng
+from diag.capture.addresses import AddressColumn, categorical
+from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.dissect import ADDRESS_COLUMNS, BOOL_COLUMNS, INT_COLUMNS, decode_batch
+from diag.capture.linktypes import SUPPORTED, linktype_name
+from diag.capture.records import Diagnostics, RecordBatch
+from diag.capture.source import Feed, open_capture
+from diag.errors import CaptureError
+from diag.report import CaptureInfo
+
+CAPTURE_SUFFIXES = (".gz", ".pcap", ".pcapng", ".cap", ".dmp")
+DIRECTIONS = ["", "in", "out"]
+
+
+def capture_stem(path: Path) -> str:
+    """``pod.pcap.gz`` -> ``pod``: the default vantage name of a capture file."""
+    name = path.name
+    while True:
+        lowered = name.lower()
+        suffix = next((s for s in CAPTURE_SUFFIXES if lowered.endswith(s) and len(name) > len(s)), None)
+        if suffix is None:
+            return name
+        name = name[: -len(suffix)]
+
+
+def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.DataFrame:
+    """Read a pcap or pcapng file (optionally gzip-compressed) into the packet table.
+
+    The table has exactly the columns of ``diag.capture.columns.PACKET_COLUMNS``;
+    ``df.attrs["capture_info"]`` holds a ``diag.report.CaptureInfo``. Damaged or
+    unsupported parts are skipped, counted and reported as ``CaptureWarning``;
+    ``CaptureError`` is raised only when nothing at all can be read.
+    """
+    path = Path(path)
+    name = name if name is not None else capture_stem(path)
+    diagnostics = Diagnostics(str(path))
+    stream, compressed = open_capture(path)
+    with stream:
+        feed = Feed(stream, diagnostics)
+        builder = TableBuilder(name, diagnostics)
+        for batch in _batches(feed, path, compressed, diagnostics):
+            builder.add(batch)
+    table = builder.finish()
+    table.attrs["capture_info"] = CaptureInfo(
+        name=name,
+        path=str(path),
+        packets=len(table),
+        link_type=builder.link_type_name(),
+        skipped=diagnostics.skipped,
+        warnings=tuple(diagnostics.messages),
+    )
+    return table
+
+
+def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
+    what = "gzip-compressed file" if compressed else "file"
+    magic = feed.read_exact(4)
+    if not magic:
+        if diagnostics.messages:
+            raise CaptureError(f"{path}: cannot be read: {diagnostics.messages[-1]}")
+        raise CaptureError(f"{path}: the {what} is empty, not a capture")
+    if magic in pcap.MAGICS:
+        header = magic + feed.read_exact(pcap.FILE_HEADER_LEN - 4)
+        if len(header) < pcap.FILE_HEADER_LEN:
+            raise CaptureError(f"{path}: the pcap file header is cut short ({len(header)} of 24 bytes)")
+        yield from pcap.read_pcap(feed, header, diagnostics)
+    elif magic == pcapng.SHB_TYPE:
+        yield from pcapng.read_pcapng(feed, magic, diagnostics, path)
+    else:
+        raise CaptureError(f"{path}: not a pcap or pcapng capture (the {what} starts with bytes {magic.hex(' ')})")
+
+
+class TableBuilder:
+    """Collects decoded batches and assembles the final DataFrame."""
+
+    def __init__(self, name: str, diagnostics: Diagnostics) -> None:
+        self.name = name
+        self.diagnostics = diagnostics
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.addresses = {column: AddressColumn() for column in ADDRESS_COLUMNS}
+        self.rows = 0
+        self.skipped_link_types: Counter[int] = Counter()
+        self.seen_link_types: set[int] = set()
+
+    def add(self, batch: RecordBatch) -> None:
+        interfaces = self.diagnostics.interfaces
+        iface_link = np.array([iface.link_type for iface in interfaces], dtype=np.int64)
+        link = iface_link[batch.iface]
+        self.seen_link_types.update(int(value) for value in np.unique(link))
+        supported = np.isin(link, np.array(sorted(SUPPORTED)))
+        if not supported.all():
+            for value, count in zip(*np.unique(link[~supported], return_counts=True), strict=True):
+                self.skipped_link_types[int(value)] += int(count)
+            batch = _select(batch, supported)
+            link = link[supported]
+        if not len(batch):
+            return
+        decoded = decode_batch(batch, interfaces, self.addresses, self.rows)
+        part = decoded.columns
+        part["index"] = batch.index
+        part["ts_ns"] = batch.ts_ns
+        part["iface_id"] = batch.iface
+        part["direction"] = decoded.direction
+        part["link_type"] = link
+        part["cap_len"] = batch.cap_len
+        part["wire_len"] = batch.wire_len
+        part["payload_digest"] = decoded.payload_digest
+        self.parts.append(part)
+        self.rows += len(batch)
+
+    def link_type_name(self) -> str:
+        seen = self.seen_link_types or {iface.link_type for iface in self.diagnostics.interfaces}
+        names = {linktype_name(value) for value in seen}
+        if len(names) == 1:
+            return names.pop()
+        return "mixed" if names else ""
+
+    def finish(self) -> pd.DataFrame:
+        for link_type, count in sorted(self.skipped_link_types.items()):
+            self.diagnostics.warn(
+                f"{count} packet(s) on link type {linktype_name(link_type)} ({link_type}) skipped: "
+                "diag decodes only Ethernet, Linux cooked (SLL, SLL2), raw IP and loopback captures",
+                skipped=count,
+            )
+        count = self.rows
+
+        def joined(column: str, dtype: str) -> np.ndarray:
+            if not self.parts:
+                return np.zeros(0, dtype=dtype)
+            return np.concatenate([part[column] for part in self.parts]).astype(dtype, copy=False)
+
+        data: dict[str, object] = {}
+        for column, (dtype, _meaning) in PACKET_COLUMNS.items():
+            if column == "capture":
+                data[column] = categorical(np.zeros(count, dtype=np.int8), [self.name])
+            elif column == "iface":
+                data[column] = self._iface_column()
+            elif column == "direction":
+                data[column] = categorical(joined("direction", "int8"), DIRECTIONS)
+            elif column in ADDRESS_COLUMNS:
+                data[column] = self.addresses[column].to_categorical(count)
+            elif column in INT_COLUMNS or column in BOOL_COLUMNS or column in self._batch_columns():
+                data[column] = joined(column, dtype)
+            else:
+                raise AssertionError(f"no source for column {column}")
+        return pd.DataFrame(data, copy=False)
+
+    @staticmethod
+    def _batch_columns() -> tuple[str, ...]:
+        return ("index", "ts_ns", "link_type", "cap_len", "wire_len", "payload_digest")
+
+    def _iface_column(self) -> pd.Categorical[str]:
+        """pcapng interface names (or ids), replaced by ``if<N>`` where SLL2 names the interface."""
+        names = [iface.name for iface in self.diagnostics.interfaces]
+        if not self.parts:
+            return categorical(np.zeros(0, dtype=np.int32), sorted(set(names)) or [""])
+        iface_id = np.concatenate([part["iface_id"] for part in self.parts])
+        ifindex = np.concatenate([part["ifindex"] for part in self.parts])
+        categories = sorted(set(names))
+        position = {value: code for code, value in enumerate(categories)}
+        name_codes = np.array([position[value] for value in names], dtype=np.int32)
+        codes = name_codes[iface_id]
+        sll2 = ifindex >= 0
+        if sll2.any():
+            distinct, inverse = np.unique(ifindex[sll2], return_inverse=True)
+            for position_in_distinct, value in enumerate(distinct):
+                label = f"if{value}"
+                if label not in position:
+                    position[label] = len(categories)
+                    categories.append(label)
+                codes[np.flatnonzero(sll2)[inverse == position_in_distinct]] = position[label]
+        return categorical(codes, categories)
+
+
+def _select(batch: RecordBatch, keep: np.ndarray) -> RecordBatch:
+    return RecordBatch(
+        view=batch.view,
+        data_off=batch.data_off[keep],
+        cap_len=batch.cap_len[keep],
+        wire_len=batch.wire_len[keep],
+        ts_ns=batch.ts_ns[keep],
+        iface=batch.iface[keep],
+        direction=batch.direction[keep],
+        index=batch.index[keep],
+    )

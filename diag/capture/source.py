@@ -1,0 +1,110 @@
+"""Opening a capture file and feeding its bytes in bounded chunks.
+
+Files are read chunk by chunk, never whole, so a capture larger than memory
+still reads and the memory a read needs stays near one chunk plus the packet
+table. Gzip compression is recognised by its magic bytes, not by the name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import BinaryIO
+
+from diag.capture.bytesview import PADDING
+from diag.capture.records import Diagnostics
+from diag.errors import CaptureError
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK_SIZE = 64 * 1024 * 1024
+
+
+def open_capture(path: Path) -> tuple[BinaryIO, bool]:
+    """Open ``path`` for reading, decompressing gzip transparently; (stream, was_compressed)."""
+    if not path.exists():
+        raise CaptureError(f"{path}: no such file")
+    if path.is_dir():
+        raise CaptureError(f"{path}: is a directory, not a capture file")
+    try:
+        raw = path.open("rb")
+    except PermissionError as error:
+        raise CaptureError(f"{path}: permission denied") from error
+    except OSError as error:
+        raise CaptureError(f"{path}: cannot open: {error.strerror or error}") from error
+    try:
+        magic = raw.read(2)
+    except OSError as error:
+        raw.close()
+        raise CaptureError(f"{path}: cannot read: {error.strerror or error}") from error
+    raw.seek(0)
+    if magic == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
+    return raw, False
+
+
+class Feed:
+    """Hands out successive buffers of the file, each starting with what the last one left over."""
+
+    def __init__(self, stream: BinaryIO, diagnostics: Diagnostics, chunk_size: int = CHUNK_SIZE) -> None:
+        self.stream = stream
+        self.diagnostics = diagnostics
+        self.chunk_size = chunk_size
+        self.eof = False
+        self.bytes_read = 0  # offset in the (decompressed) file of the end of what was read
+
+    def read_exact(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end of the file)."""
+        parts = []
+        wanted = size
+        while wanted > 0 and not self.eof:
+            data = self._read(wanted)
+            if not data:
+                break
+            parts.append(data)
+            wanted -= len(data)
+        result = b"".join(parts)
+        self.bytes_read += len(result)
+        return result
+
+    def _read(self, size: int) -> bytes:
+        try:
+            data = self.stream.read(size)
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as error:
+            self.eof = True
+            self.diagnostics.warn(f"the file cannot be read past byte {self.bytes_read} ({error}); the rest is skipped")
+            return b""
+        if not data:
+            self.eof = True
+        return data
+
+    def next_buffer(self, carry: bytes | memoryview, minimum: int = 0) -> tuple[bytearray, int]:
+        """A new buffer: ``carry`` followed by up to one chunk (at least ``minimum`` bytes) of the file.
+
+        Returns (buffer, length); the buffer holds ``PADDING`` zero bytes after ``length``.
+        """
+        want = max(self.chunk_size, minimum)
+        buffer = bytearray(len(carry) + want + PADDING)
+        buffer[: len(carry)] = carry
+        length = len(carry)
+        view = memoryview(buffer)
+        try:
+            while length < len(carry) + want and not self.eof:
+                data = self._read(len(carry) + want - length)
+                if not data:
+                    break
+                view[length : length + len(data)] = data
+                length += len(data)
+                self.bytes_read += len(data)
+        finally:
+            view.release()
+        return buffer, length
+
+
+def file_size(stream: BinaryIO) -> int | None:
+    """Size on disk of an uncompressed stream, for progress and sanity messages."""
+    try:
+        return os.fstat(stream.fileno()).st_size
+    except (OSError, AttributeError, ValueError):
+        return None
