@@ -1,0 +1,327 @@
+"""The ladder diagram: capture points side by side, time flowing down, one arrow per hop.
+
+Each physical packet is one row: an arrow from the point where it was first
+seen to the next point that saw it, and so on, so a NAT or a wrong turn shows
+up as an arrow that ends somewhere unexpected. Rows follow the reference clock
+but are evenly spaced (real gaps are written on the left), because the packets
+of one exchange are microseconds apart and a second of silence would otherwise
+fill the page.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import FancyArrowPatch
+
+from diag.plot import style
+from diag.plot.condense import CollapsedCycles, LadderItem, condense
+from diag.plot.flowview import FORGED_RESET_CAUSES, FlowSelector, FlowView, PacketTrip, flow_view
+from diag.report import Finding, Report
+
+# Flows longer than this are condensed unless the caller says otherwise.
+CONDENSE_ABOVE = 50
+
+ROW = 1.0  # vertical space of one packet row, in data units
+RST_ROW = 1.45  # a reset also carries its claimed and real sender
+GAP_ROW = 0.6  # extra space where the flow went quiet
+COLLAPSED_ROW = 1.2
+QUIET_GAP_S = 0.25  # a pause longer than this gets extra space and a separator
+ARROW_TOP = 0.42  # where a row's first arrow starts, below its label
+STUB = 0.42  # length of the arrow for a packet seen at one point only, in lanes
+INCH_PER_ROW = 0.36
+NAME_INCHES = 0.25  # lane name above its address lines
+DETAIL_LINE_INCHES = 0.14
+INCH_PER_LANE = 2.1
+
+
+@dataclass(frozen=True)
+class _Placed:
+    item: LadderItem
+    y: float  # top of the row
+    height: float
+
+
+def ladder(
+    report: Report, flow: FlowSelector = None, *, ax: Axes | None = None, condensed: bool | None = None
+) -> Figure:
+    """Draw one connection's ladder diagram and return its figure.
+
+    ``flow`` picks the connection (a Finding, a PacketRef, a position in
+    ``report.flows``, an ``"addr:port"`` endpoint; default: the verdict's).
+    ``condensed`` collapses repeated cycles; by default only flows of more than
+    50 packets are condensed. With ``ax`` the ladder is drawn into an existing
+    axes (a panel of a bigger figure) instead of a new figure.
+    """
+    view = flow_view(report, flow)
+    if condensed is None:
+        condensed = len(view.trips) > CONDENSE_ABOVE
+    items: list[LadderItem] = condense(view.trips) if condensed else list(view.trips)
+    placed, total = _place_rows(items)
+
+    if ax is None:
+        width = max(9.0, 1.4 + INCH_PER_LANE * len(view.lanes))
+        height = 2.9 + INCH_PER_ROW * max(total, 4.0)
+        figure = Figure(figsize=(width, height), dpi=100)
+        top_inches, bottom_inches = 1.25 + _header_inches(view), 1.0
+        ax = figure.add_axes((1.0 / width, bottom_inches / height, 1 - 1.25 / width,
+                              1 - (top_inches + bottom_inches) / height))
+        _draw_title(figure, view)
+        _draw_legend(figure, view)
+    else:
+        figure_or_none = ax.get_figure(root=True)
+        assert isinstance(figure_or_none, Figure)
+        figure = figure_or_none
+        ax.set_title(_verdict_line(view.finding), fontsize=style.HEADER_SIZE, loc="left", pad=60)
+
+    _draw_lanes(ax, view, total)
+    for entry in placed:
+        if isinstance(entry.item, CollapsedCycles):
+            _draw_collapsed(ax, view, entry)
+        else:
+            _draw_trip(ax, view, entry.item, entry)
+    _draw_time_axis(ax, view, placed)
+    return figure
+
+
+def ladder_to_file(report: Report, path: object, flow: FlowSelector = None) -> None:
+    """Write the ladder diagram to ``path``; PNG or SVG by the file's suffix."""
+    from pathlib import Path
+
+    from diag.errors import DiagError
+
+    target = Path(str(path))
+    suffix = target.suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise DiagError(f"{target}: a ladder diagram is written as .png or .svg, not {suffix or 'no suffix'}")
+    figure = ladder(report, flow)
+    try:
+        figure.savefig(target, format=suffix[1:], dpi=100)
+    except OSError as error:
+        raise DiagError(f"{target}: cannot write the ladder diagram ({error.strerror or error})") from error
+
+
+def _place_rows(items: list[LadderItem]) -> tuple[list[_Placed], float]:
+    placed = []
+    y = 0.0
+    previous_start: float | None = None
+    for item in items:
+        if isinstance(item, CollapsedCycles):
+            placed.append(_Placed(item, y, COLLAPSED_ROW))
+            y += COLLAPSED_ROW
+            previous_start = None
+            continue
+        if previous_start is not None and item.start - previous_start > QUIET_GAP_S:
+            y += GAP_ROW
+        height = RST_ROW if item.is_rst and item.finding is not None else ROW
+        placed.append(_Placed(item, y, height))
+        y += height
+        previous_start = item.start
+    return placed, y
+
+
+def _verdict_line(finding: Finding | None) -> str:
+    if finding is None:
+        return "Verdict: healthy: no resets or lost replies found"
+    return f"Verdict: {finding.cause} ({finding.confidence:.0%} confident)"
+
+
+def _draw_title(figure: Figure, view: FlowView) -> None:
+    width_inches = figure.get_figwidth()
+    figure.text(0.15 / width_inches, 0.995, _verdict_line(view.finding), fontsize=style.TITLE_SIZE,
+                fontweight="bold", va="top", ha="left", gid="title",
+                color=style.RST_COLOUR if view.finding is not None else "black")
+    lines = []
+    if view.finding is not None and view.finding.summary:
+        lines += textwrap.wrap(view.finding.summary, width=int(width_inches * 13))[:3]
+    clock = f" · times on the {view.clock_reference} clock" if view.clock_reference else ""
+    lines.append(f"connection {view.client} → {view.server} ({view.proto}), {len(view.trips)} packets{clock}")
+    top_offset = 0.38 / figure.get_figheight()
+    figure.text(0.15 / width_inches, 0.995 - top_offset, "\n".join(lines), fontsize=style.HEADER_SIZE - 0.5,
+                va="top", ha="left", color="#333333", gid="subtitle")
+
+
+def _draw_legend(figure: Figure, view: FlowView) -> None:
+    handles = [
+        Line2D([], [], color=style.SYN_COLOUR, lw=1.8, label="SYN"),
+        Line2D([], [], color=style.SYNACK_COLOUR, lw=1.8, label="SYN-ACK"),
+        Line2D([], [], color=style.DATA_COLOUR, lw=1.8, label="ACK / data"),
+        Line2D([], [], color=style.RST_COLOUR, lw=1.8, label="RST"),
+        Line2D([], [], color="black", lw=1.8, ls=style.DASHED, label="retransmission"),
+        Line2D([], [], color="black", marker="o", ls="", markersize=5, label="seen at this point"),
+        Line2D([], [], color=style.ORIGIN_COLOUR, marker="*", ls="", markersize=13,
+               label="where a RST was really made"),
+        Line2D([], [], color=style.EMPTY_LANE_COLOUR, lw=1.5, ls=":", label="capture point that saw nothing"),
+    ]
+    bottom = 0.22 / figure.get_figheight()
+    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=style.SMALL_SIZE, frameon=False,
+                  bbox_to_anchor=(0.5, bottom))
+    if any(f.claimed_src for f in view.findings):
+        figure.text(0.5, 0.08 / figure.get_figheight(), "crossed out: the sender a reset claims to come from, "
+                    "when another box really made it", ha="center", va="bottom", fontsize=style.SMALL_SIZE,
+                    color=style.RST_COLOUR, path_effects=[], gid="legend-crossed-out")
+
+
+def _draw_lanes(ax: Axes, view: FlowView, total: float) -> None:
+    ax.set_xlim(-0.6, len(view.lanes) - 0.4)
+    ax.set_ylim(total + 0.3, -0.3)
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.spines["left"].set_color("#cccccc")
+    header_transform = ax.get_xaxis_transform()
+    detail_inches = _header_inches(view) - NAME_INCHES
+    for x, lane in enumerate(view.lanes):
+        seen = lane in view.seen
+        ax.axvline(x, color=style.LANE_COLOUR if seen else style.EMPTY_LANE_COLOUR,
+                   lw=2.2 if seen else 1.5, ls="-" if seen else ":", zorder=1, gid=f"lane:{lane}")
+        ax.text(x, 1.0 + _axes_fraction(ax, detail_inches), lane, transform=header_transform, ha="center", va="bottom",
+                fontsize=style.HEADER_SIZE + 1, fontweight="bold",
+                color="black" if seen else style.EMPTY_LANE_COLOUR, gid=f"lane-header:{lane}")
+        detail = "\n".join(_lane_detail(view, lane)) if seen else "saw nothing"
+        ax.text(x, 1.0 + _axes_fraction(ax, 0.08), detail, transform=header_transform, ha="center", va="bottom",
+                fontsize=style.SMALL_SIZE - 0.5 if seen else style.SMALL_SIZE,
+                style="normal" if seen else "italic",
+                color="#444444" if seen else style.EMPTY_LANE_COLOUR, gid=f"lane-detail:{lane}")
+        if not seen:
+            ax.text(x, total / 2, "saw nothing", rotation=90, ha="center", va="center", fontsize=style.LABEL_SIZE,
+                    color=style.EMPTY_LANE_COLOUR, style="italic", gid=f"lane-empty:{lane}", zorder=2,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 2})
+
+
+def _lane_detail(view: FlowView, lane: str) -> list[str]:
+    """The connection's addresses as this point saw them, client side first (two views at most: NAT)."""
+    lines = []
+    for endpoints in view.endpoints.get(lane, [])[:2]:
+        client_side, _, server_side = endpoints.partition(" ⇄ ")
+        lines += [client_side, f"⇄ {server_side}"]
+    return lines
+
+
+def _header_inches(view: FlowView) -> float:
+    """Height of the lane headers: the name, then the address lines."""
+    lines = max((len(_lane_detail(view, lane)) for lane in view.lanes), default=1)
+    return NAME_INCHES + 0.1 + DETAIL_LINE_INCHES * max(lines, 1)
+
+
+def _axes_fraction(ax: Axes, inches: float) -> float:
+    """A vertical distance in inches as a fraction of the axes' height (lane headers sit above the axes)."""
+    figure = ax.get_figure(root=True)
+    assert isinstance(figure, Figure)
+    return inches / (ax.get_position().height * figure.get_figheight())
+
+
+def _draw_trip(ax: Axes, view: FlowView, trip: PacketTrip, placed: _Placed) -> None:
+    x_of = {lane: x for x, lane in enumerate(view.lanes)}
+    colour = style.flag_colour(trip.flags)
+    line_style = style.DASHED if trip.retransmission else style.SOLID
+    gid = f"trip:{view.trips.index(trip)}"
+    band = 0.4 if len(trip.sightings) > 1 else 0.0
+    ys = [placed.y + ARROW_TOP + band * k / max(len(trip.sightings) - 1, 1) for k in range(len(trip.sightings))]
+    xs = [float(x_of[s.lane]) for s in trip.sightings]
+
+    if len(trip.sightings) == 1:
+        direction = 1.0 if trip.forward else -1.0
+        lane_x = xs[0]
+        came_from = [x_of[lane] for lane in view.seen if (x_of[lane] - lane_x) * direction < 0]
+        if came_from:  # it arrived here from the side the others are on
+            start, end = lane_x - direction * STUB, lane_x
+        else:  # it left from here and was seen nowhere else
+            start, end = lane_x, lane_x + direction * STUB
+        segments = [((start, ys[0]), (end, ys[0]))]
+    else:
+        segments = [((xs[k], ys[k]), (xs[k + 1], ys[k + 1])) for k in range(len(xs) - 1)]
+
+    for (x0, y0), (x1, y1) in segments:
+        arrow = FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=13, color=colour,
+                                linestyle=line_style, linewidth=1.7, shrinkA=3, shrinkB=3, zorder=3)
+        arrow.set_gid(gid)
+        ax.add_patch(arrow)
+    ax.plot(xs, ys, "o", color=colour, markersize=4, zorder=4, gid=f"{gid}:seen")
+
+    (x0, y0), (x1, y1) = segments[0]
+    label = trip.label + ("  (retransmitted)" if trip.retransmission else "")
+    ax.text((x0 + x1) / 2, min(y0, y1) - 0.06, label, ha="center", va="bottom", fontsize=style.LABEL_SIZE,
+            color=colour, gid=f"{gid}:label", zorder=5,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
+    if trip.is_rst and trip.finding is not None:
+        _mark_reset_origin(ax, view, trip, trip.finding, xs[0], ys[0], ((x0 + x1) / 2, max(y0, y1)))
+
+
+def _mark_reset_origin(
+    ax: Axes, view: FlowView, trip: PacketTrip, finding: Finding, first_x: float, first_y: float,
+    below_label: tuple[float, float],
+) -> None:
+    """The star where the RST was really made, and the sender it claims crossed out."""
+    x_of = {lane: x for x, lane in enumerate(view.lanes)}
+    origin = finding.origin
+    if origin in x_of:
+        origin_x = float(x_of[origin])
+        ax.plot([origin_x], [first_y], marker="*", markersize=17, color=style.ORIGIN_COLOUR, ls="",
+                zorder=6, gid="rst-origin-marker")
+        side = "left" if origin_x >= len(view.lanes) - 1 else "right"
+        offset = -0.12 if side == "left" else 0.12
+        ax.text(origin_x + offset, first_y + 0.38, f"RST made here, by {origin}", ha=side, va="center",
+                fontsize=style.LABEL_SIZE, fontweight="bold", color=style.ORIGIN_COLOUR, gid="rst-origin",
+                zorder=6, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
+    elif origin:
+        ax.text(first_x, first_y + 0.45, f"really from: {origin}", ha="center", va="top", fontsize=style.LABEL_SIZE,
+                fontweight="bold", color=style.ORIGIN_COLOUR, gid="rst-origin", zorder=6)
+
+    claimed = finding.claimed_src
+    if not claimed or not _is_forged(view, finding):
+        return
+    owner = _owner_of(view, claimed)
+    claimed_text = f"{claimed} ({owner})" if owner and owner != claimed else claimed
+    x, y = below_label
+    ax.text(x, y + 0.05, f"from {claimed_text}", ha="center", va="top", fontsize=style.LABEL_SIZE,
+            color=style.RST_COLOUR, gid="claimed-source", zorder=5,
+            path_effects=[style.StrikeThrough()])
+
+
+def _is_forged(view: FlowView, finding: Finding) -> bool:
+    """The RST names a sender that did not make it."""
+    if finding.origin is None:
+        return finding.cause in FORGED_RESET_CAUSES
+    owner = _owner_of(view, finding.claimed_src or "")
+    if owner is not None:
+        return owner != finding.origin
+    return finding.cause in FORGED_RESET_CAUSES
+
+
+def _owner_of(view: FlowView, address: str) -> str | None:
+    """The capture point where packets from ``address`` (other than resets) start their trip."""
+    for trip in view.trips:
+        if trip.is_rst:
+            continue
+        first = trip.sightings[0]
+        if first.src == address or first.src.startswith(address + ":"):
+            return first.lane
+    return None
+
+
+def _draw_collapsed(ax: Axes, view: FlowView, placed: _Placed) -> None:
+    assert isinstance(placed.item, CollapsedCycles)
+    middle = placed.y + placed.height / 2
+    ax.text((len(view.lanes) - 1) / 2, middle, "⋮  " + placed.item.description + "  ⋮", ha="center",
+            va="center", fontsize=style.LABEL_SIZE + 0.5, style="italic", color="#333333", gid="collapsed", zorder=5,
+            bbox={"boxstyle": "round,pad=0.4", "facecolor": "#f1f3f4", "edgecolor": "#9e9e9e"})
+
+
+def _draw_time_axis(ax: Axes, view: FlowView, placed: list[_Placed]) -> None:
+    ticks, labels = [], []
+    previous: _Placed | None = None
+    for entry in placed:
+        if isinstance(entry.item, PacketTrip):
+            ticks.append(entry.y + ARROW_TOP)
+            labels.append(f"+{entry.item.start - view.t0:.4f} s")
+            if previous is not None and entry.y - (previous.y + previous.height) > 0.01:
+                gap_y = (previous.y + previous.height + entry.y) / 2 + 0.1
+                ax.axhline(gap_y, color="#dddddd", lw=0.8, ls=(0, (4, 4)), zorder=0)
+        previous = entry
+    ax.set_yticks(ticks, labels, fontsize=style.SMALL_SIZE)
+    ax.tick_params(axis="y", length=0, pad=4, colors="#555555")
