@@ -1,0 +1,260 @@
+"""Run a scenario end to end: lab up, capture, traffic, capture stopped, lab down, analyze, write.
+
+The output directory receives one ``<point>.pcapng`` per capture point,
+``<node>.conntrack.log`` for the NAT boxes asked for, ``run.json`` (what was
+run: lab addresses, step outcomes, capture statistics), and, once analyzed,
+``report.json``, ``report.txt`` and ``ladder.png`` when plotting is available.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diag.errors import DiagError, LabError
+from diag.scenario.capture import DEFAULT_SNAPLEN, CapturePoint, CaptureSet, PointCapture
+from diag.scenario.outdir import prepare_out_dir
+from diag.scenario.spec import Scenario, Setup, load_scenario, scenario_path
+from diag.scenario.steps import BackgroundStep, StepResult, run_step, start_background
+
+if TYPE_CHECKING:
+    from diag.report import Report
+
+Progress = Callable[[str], None]
+RUN_FILE = "run.json"
+TOOL_MARK = "diag run-scenario"
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced."""
+
+    scenario: Scenario
+    out_dir: Path
+    lab_name: str
+    service: tuple[str, int]
+    addresses: dict[str, str]
+    captures: list[PointCapture]
+    steps: list[StepResult]
+    timings: dict[str, float] = field(default_factory=dict)
+    report: Report | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def capture_paths(self) -> dict[str, Path]:
+        return {capture.point: capture.path for capture in self.captures}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tool": TOOL_MARK,
+            "scenario": self.scenario.name,
+            "description": self.scenario.description,
+            "topology": self.scenario.topology,
+            "fix": self.scenario.fix,
+            "lab": self.lab_name,
+            "service": f"{self.service[0]}:{self.service[1]}",
+            "addresses": self.addresses,
+            "steps": [step.to_json() for step in self.steps],
+            "captures": [
+                {"point": c.point, "file": c.path.name, "packets": c.packets,
+                 "dropped_by_kernel": c.dropped_by_kernel,
+                 "interfaces": [vars(i) for i in c.interfaces]}
+                for c in self.captures
+            ],
+            "timings_s": {stage: round(seconds, 3) for stage, seconds in self.timings.items()},
+            "warnings": self.warnings,
+        }
+
+
+def with_fix(scenario: Scenario, fix: str) -> Scenario:
+    """The scenario on a fixed topology: ``fix-<FIX>``.
+
+    The incident has one shipped scenario per fix (with its own expectations);
+    any other scenario keeps its traffic on the fixed topology, without
+    expectations, since nobody wrote down what the fix should change there.
+    """
+    from diag.lab.topology import topology_names
+
+    fixes = available_fixes(topology_names())
+    if fix not in fixes:
+        raise DiagError(f"no fix {fix!r}; known fixes: {', '.join(fixes) or 'none'}")
+    if scenario.name == "incident" and scenario_path(f"fix-{fix}").is_file():
+        return load_scenario(f"fix-{fix}")
+    return replace(scenario, topology=f"fix-{fix}", fix=fix, expect_cause="", expect_packets=())
+
+
+def available_fixes(topologies: list[str]) -> list[str]:
+    return [name.removeprefix("fix-") for name in topologies if name.startswith("fix-")]
+
+
+def default_out_dir(scenario: Scenario) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path("diag-out") / f"{scenario.name}-{stamp}"
+
+
+class _Stages:
+    """Times each stage and reports it as one progress line."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.started = progress, time.monotonic()
+        self.timings: dict[str, float] = {}
+        self._last = self.started
+
+    def done(self, stage: str, note: str = "") -> None:
+        now = time.monotonic()
+        self.timings[stage] = now - self._last
+        self._last = now
+        self.progress(f"[{now - self.started:6.2f}s] {stage}" + (f": {note}" if note else ""))
+
+
+def _apply_setup(lab: Any, setup: Setup, work_dir: Path) -> None:
+    for key, value in setup.sysctls.items():
+        lab.run(setup.node, ["sysctl", "-qw", f"{key}={value}"])
+    if setup.iptables:
+        rules = work_dir / f"{setup.node}.rules"
+        rules.write_text(setup.iptables.strip() + "\n")
+        result = lab.run(setup.node, ["iptables-restore", "--noflush", str(rules)], check=False)
+        if result.returncode != 0:
+            raise LabError(f"setup in {setup.node}: iptables-restore refused the rules: {result.stderr.strip()}")
+    for argv in setup.run:
+        lab.run(setup.node, list(argv))
+
+
+def _capture_points(scenario: Scenario, lab: Any, topology: Any) -> list[CapturePoint]:
+    if scenario.captures is None:
+        return [CapturePoint(node.name, lab.netns(node.name), tuple(lab.interfaces(node.name)))
+                for node in topology.nodes]
+    points = []
+    for spec in scenario.captures:
+        known = lab.interfaces(spec.node)
+        interfaces = spec.interfaces or tuple(known)
+        unknown = [name for name in interfaces if name not in known]
+        if unknown:
+            raise DiagError(f"{scenario.path}: capture point {spec.point}: {spec.node} has no interface "
+                            f"{', '.join(unknown)} (it has {', '.join(known)})")
+        points.append(CapturePoint(spec.point, lab.netns(spec.node), tuple(interfaces)))
+    return points
+
+
+def run_scenario(
+    scenario: Scenario,
+    out_dir: Path,
+    snaplen: int = DEFAULT_SNAPLEN,
+    keep_lab: bool = False,
+    progress: Progress = lambda line: None,
+    analyze: bool = True,
+) -> RunResult:
+    """Build the scenario's lab, capture everywhere while driving its traffic, then analyze the captures."""
+    from diag.lab import Lab, load_topology
+
+    stages = _Stages(progress)
+    topology = load_topology(scenario.topology)
+    node_names = {node.name for node in topology.nodes}
+    _check_nodes(scenario, node_names)
+    prepare_out_dir(out_dir, RUN_FILE, TOOL_MARK)
+    lab = Lab(topology)
+    lab.__enter__()
+    try:
+        stages.done("lab up", f"{topology.name} as {lab.name}, {len(node_names)} namespaces")
+        with tempfile.TemporaryDirectory(prefix="diag-setup-") as work:
+            for setup in scenario.setup:
+                _apply_setup(lab, setup, Path(work))
+        if scenario.setup:
+            stages.done("setup", ", ".join(sorted({s.node for s in scenario.setup})))
+        points = _capture_points(scenario, lab, topology)
+        conntrack = [CapturePoint(node, lab.netns(node), ()) for node in scenario.conntrack]
+        service = topology.service
+        addresses = {node: lab.address(node) for node in sorted(node_names)}
+        with CaptureSet(points, out_dir, snaplen=snaplen, conntrack=conntrack) as capture_set:
+            interfaces = sum(len(p.interfaces) for p in points)
+            stages.done("captures listening", f"{len(points)} points, {interfaces} interfaces")
+            steps = _drive_traffic(scenario, lab, service)
+            stages.done("traffic", "; ".join(f"{s.label} {s.outcome}" for s in steps))
+            captures = capture_set.stop()
+        packets = sum(c.packets for c in captures)
+        drops = sum(max(c.dropped_by_kernel, 0) for c in captures)
+        stages.done("captures stopped", f"{packets} packets, {drops} dropped by kernel")
+    finally:
+        if keep_lab:
+            progress(f"lab {lab.name} left up (remove it with: diag lab down {lab.name})")
+        else:
+            lab.__exit__(None, None, None)
+    if not keep_lab:
+        stages.done("lab down")
+    result = RunResult(scenario, out_dir, lab.name, service, addresses, captures, steps)
+    result.warnings += [f"{c.point}: {c.dropped_by_kernel} packets dropped by the kernel"
+                        for c in captures if c.dropped_by_kernel > 0]
+    if analyze:
+        _analyze(result, stages)
+    result.timings = stages.timings
+    (out_dir / RUN_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+def _check_nodes(scenario: Scenario, nodes: set[str]) -> None:
+    used = [("setup", s.node) for s in scenario.setup] + [("step", s.node) for s in scenario.steps]
+    used += [("capture", c.node) for c in scenario.captures or ()] + [("conntrack", n) for n in scenario.conntrack]
+    for key, node in used:
+        if node not in nodes:
+            raise DiagError(f"{scenario.path}: {key}: no node {node!r} in topology {scenario.topology} "
+                            f"(nodes: {', '.join(sorted(nodes))})")
+
+
+def _drive_traffic(scenario: Scenario, lab: Any, service: tuple[str, int]) -> list[StepResult]:
+    scenario_dir = scenario.path.parent
+    background: list[BackgroundStep] = []
+    results = []
+    try:
+        for step in scenario.steps:
+            if step.background:
+                background.append(start_background(step, lab, service, scenario_dir))
+        for step in scenario.steps:
+            if not step.background:
+                results.append(run_step(step, lab, service, scenario_dir))
+    finally:
+        results += [job.finish() for job in background]
+    return results
+
+
+def _analyze(result: RunResult, stages: _Stages) -> None:
+    try:
+        from diag.analysis import analyze
+        from diag.textreport import render_text
+    except ImportError as error:
+        result.warnings.append(f"analysis not available in this version ({error.name}); captures kept")
+        stages.done("analyze", "skipped")
+        return
+    report = analyze({name: str(path) for name, path in result.capture_paths.items()})
+    result.report = report
+    (result.out_dir / "report.json").write_text(report.dumps() + "\n")
+    (result.out_dir / "report.txt").write_text(render_text(report) + "\n")
+    stages.done("analyze", report.verdict_json()["cause"])
+    _plot(result, stages)
+
+
+def _plot(result: RunResult, stages: _Stages) -> None:
+    """ladder.png when the plotting module is there; a failed picture never fails the run."""
+    try:
+        from diag.plot import ladder_to_file
+    except ImportError:
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert result.report is not None
+            ladder_to_file(result.report, result.out_dir / "ladder.png")
+        stages.done("ladder.png")
+    except Exception as error:  # plotting is a bonus: report and go on
+        result.warnings.append(f"ladder.png not drawn: {type(error).__name__}: {error}")
+
+
+def expected_addresses(result: Mapping[str, Any]) -> dict[str, str]:
+    """Node name -> address, from a ``run.json`` document (for checking expectations later)."""
+    return dict(result.get("addresses", {}))
