@@ -53,6 +53,10 @@ class Feed:
         self.chunk_size = chunk_size
         self.eof = False
         self.bytes_read = 0  # offset in the (decompressed) file of the end of what was read
+        # Small files get small buffers: size chunks to what is left of a plain file, and
+        # let them grow geometrically for compressed streams, whose size is unknown.
+        self.size = file_size(stream)
+        self.next_chunk = min(chunk_size, 1 << 20)
 
     def read_exact(self, size: int) -> bytes:
         """Up to ``size`` bytes (fewer only at the end of the file)."""
@@ -84,7 +88,12 @@ class Feed:
 
         Returns (buffer, length); the buffer holds ``PADDING`` zero bytes after ``length``.
         """
-        want = max(self.chunk_size, minimum)
+        if self.size is not None:
+            want = min(self.chunk_size, max(self.size - self.bytes_read, 0) + 1)
+        else:
+            want = self.next_chunk
+            self.next_chunk = min(self.chunk_size, 2 * self.next_chunk)
+        want = max(want, minimum)
         buffer = bytearray(len(carry) + want + PADDING)
         buffer[: len(carry)] = carry
         length = len(carry)
@@ -103,7 +112,9 @@ class Feed:
 
 
 def file_size(stream: BinaryIO) -> int | None:
-    """Size on disk of an uncompressed stream, for progress and sanity messages."""
+    """Size of a plain file on disk; None for a decompressing stream."""
+    if isinstance(stream, gzip.GzipFile):
+        return None
     try:
         return os.fstat(stream.fileno()).st_size
     except (OSError, AttributeError, ValueError):
