@@ -1,0 +1,162 @@
+"""Compile a topology into the exact kernel configuration of each namespace.
+
+A ``Plan`` is pure data: the namespaces and veth pairs to create, and for each
+namespace its sysctls, its ``ip -batch`` lines (addresses, links, routes,
+policy rules) and its ``iptables-restore`` input. Building a lab executes a
+plan; ``diag lab up --dry-run`` prints it as shell.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from diag.lab import rules
+from diag.lab.topology import ROUTER_ROLES, K8sNodeConfig, NatGwConfig, NlbConfig, Node, PodConfig, Topology
+
+NETNS_PREFIX = "diag-"
+SUPPRESS_DEFAULT_PREF = 900  # main table first, but without its default route
+TABLE_RULE_PREF = 1000
+NLB_RETURN_PREF = 500
+CONNMARK_PREF = 100
+
+
+def netns_name(lab: str, node: str) -> str:
+    return f"{NETNS_PREFIX}{lab}-{node}"
+
+
+@dataclass
+class NamespacePlan:
+    node: str
+    role: str
+    netns: str
+    interfaces: list[str]
+    sysctls: dict[str, str]  # dotted name -> value, applied in order
+    ip_batch: list[str]
+    iptables: str
+    server: list[str] = field(default_factory=list)  # arguments of diag.lab.servers, for pods
+
+
+@dataclass
+class Plan:
+    lab: str
+    topology: str
+    setup_batch: list[str]  # root `ip -batch`: namespaces and veth pairs, created directly inside them
+    namespaces: list[NamespacePlan]
+
+    def netns(self, node: str) -> str:
+        return netns_name(self.lab, node)
+
+
+def base_sysctls(node: Node, interfaces: list[str]) -> dict[str, str]:
+    sysctls = {
+        # No IPv6 at all: no router solicitations or MLD reports in the captures.
+        "net.ipv6.conf.all.disable_ipv6": "1",
+        "net.ipv6.conf.default.disable_ipv6": "1",
+        # Asymmetric paths are the point of the lab: reverse-path filtering would hide them.
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+        "net.ipv4.ip_forward": "1" if node.role in ROUTER_ROLES else "0",
+    }
+    for interface in interfaces:
+        strict = interface in node.strict_rp_interfaces
+        # Strict reverse-path filtering stands for AWS's source/destination check on that ENI.
+        sysctls[f"net.ipv4.conf.{interface}.rp_filter"] = "1" if strict else "0"
+    if isinstance(node.config, NlbConfig):
+        sysctls["net.netfilter.nf_conntrack_tcp_timeout_established"] = str(node.config.idle_timeout)
+        sysctls["net.netfilter.nf_conntrack_udp_timeout_stream"] = "120"  # NLB UDP flows idle out after 120 s
+    if isinstance(node.config, NatGwConfig):
+        timeout = str(node.config.idle_timeout)
+        sysctls["net.netfilter.nf_conntrack_tcp_timeout_established"] = timeout
+        sysctls["net.netfilter.nf_conntrack_udp_timeout"] = timeout
+        sysctls["net.netfilter.nf_conntrack_udp_timeout_stream"] = timeout
+    sysctls.update(node.sysctls)
+    return sysctls
+
+
+def ip_batch(topology: Topology, node: Node) -> list[str]:
+    lines = ["link set lo up"]
+    for link in topology.links_of(node.name):
+        end = link.end(node.name)
+        lines.append(f"address add {end.address} dev {end.interface}")
+        lines.append(f"link set {end.interface} up")
+    for route in node.routes:
+        lines.append(f"route add {route.destination} via {route.gateway}")
+    if isinstance(node.config, K8sNodeConfig) and node.config.connmark:
+        lines.append(f"rule add pref {CONNMARK_PREF} fwmark {rules.CONNMARK_BIT}/{rules.CONNMARK_BIT} lookup main")
+    if node.role == "vpc-router":
+        for mark, nlb_address, number in rules.nlb_return_routes(topology, node):
+            lines.append(f"rule add pref {NLB_RETURN_PREF} fwmark {mark}/{mark} lookup {number}")
+            lines.append(f"route add default via {nlb_address} table {number}")
+    if node.tables:
+        lines.append(f"rule add pref {SUPPRESS_DEFAULT_PREF} lookup main suppress_prefixlength 0")
+    for table in node.tables:
+        for interface in table.iif:
+            lines.append(f"rule add pref {TABLE_RULE_PREF} iif {interface} lookup {table.number}")
+        for source in table.sources:
+            lines.append(f"rule add pref {TABLE_RULE_PREF} from {source} lookup {table.number}")
+        for route in table.routes:
+            lines.append(f"route add {route.destination} via {route.gateway} table {table.number}")
+    return lines
+
+
+def server_arguments(topology: Topology, node: Node) -> list[str]:
+    if not isinstance(node.config, PodConfig):
+        return []
+    config = node.config
+    return ["--address", str(topology.address(node.name)), "--tcp", str(config.port), "--udp", str(config.port),
+            "--behaviour", config.behaviour, "--delay", str(config.delay), "--name", node.name]
+
+
+def build_plan(topology: Topology, lab: str) -> Plan:
+    setup = [f"netns add {netns_name(lab, node.name)}" for node in topology.nodes]
+    for link in topology.links:
+        setup.append(
+            f"link add {link.a.interface} netns {netns_name(lab, link.a.node)} type veth "
+            f"peer name {link.b.interface} netns {netns_name(lab, link.b.node)}"
+        )
+    namespaces = []
+    for node in topology.nodes:
+        interfaces = topology.interfaces(node.name)
+        namespaces.append(NamespacePlan(
+            node=node.name,
+            role=node.role,
+            netns=netns_name(lab, node.name),
+            interfaces=interfaces,
+            sysctls=base_sysctls(node, interfaces),
+            ip_batch=ip_batch(topology, node),
+            iptables=rules.ruleset_for(topology, node),
+            server=server_arguments(topology, node),
+        ))
+    return Plan(lab=lab, topology=topology.name, setup_batch=setup, namespaces=namespaces)
+
+
+def heredoc(command: str, text: str) -> str:
+    body = text if text.endswith("\n") else text + "\n"
+    return f"{command} <<'EOF'\n{body}EOF"
+
+
+def render_shell(plan: Plan) -> str:
+    """The plan as a shell script a user can read or run by hand (as root)."""
+    out = [
+        "#!/bin/sh",
+        f"# diag lab {plan.lab}: topology {plan.topology}",
+        "set -e",
+        "",
+        "# Namespaces, and veth pairs created directly inside them (the root namespace gets nothing).",
+        heredoc("ip -batch -", "\n".join(plan.setup_batch)),
+    ]
+    for ns in plan.namespaces:
+        out += ["", f"# --- {ns.node} ({ns.role}) ---"]
+        out.append(f"mkdir -p /etc/netns/{ns.netns} && : > /etc/netns/{ns.netns}/resolv.conf  # no resolver")
+        settings = " ".join(f"{key}={value}" for key, value in ns.sysctls.items())
+        out.append(f"ip netns exec {ns.netns} sysctl -qw {settings}")
+        out.append(heredoc(f"ip -n {ns.netns} -batch -", "\n".join(ns.ip_batch)))
+        if ns.iptables:
+            out.append(heredoc(f"ip netns exec {ns.netns} iptables-restore", ns.iptables))
+        for interface in ns.interfaces:
+            out.append(f"ip netns exec {ns.netns} ethtool -K {interface} tx off >/dev/null")
+        if ns.server:
+            args = " ".join(shlex.quote(arg) for arg in ns.server)
+            out.append(f"ip netns exec {ns.netns} python3 -m diag.lab.servers {args} &")
+    return "\n".join(out) + "\n"

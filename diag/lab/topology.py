@@ -1,0 +1,566 @@
+"""Topologies as data: load a TOML file into validated, immutable objects.
+
+A topology names its nodes (each with a role and the role's settings), the
+point-to-point links between them (one address per end) and each node's
+routes. Everything a role needs to compile into kernel state is checked here,
+so a mistake is reported with the file, the key and the problem before any
+namespace exists.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from diag.errors import LabError
+
+TOPOLOGY_DIR = Path(__file__).resolve().parent.parent.parent / "lab" / "topologies"
+
+ROLES = ("client", "internet", "nlb", "vpc-router", "natgw", "k8s-node", "pod")
+# Roles whose namespace forwards packets (ip_forward=1); the others are hosts.
+ROUTER_ROLES = frozenset({"internet", "nlb", "vpc-router", "natgw", "k8s-node"})
+LISTENER_PROTOCOLS = ("TCP", "UDP", "TCP_UDP")
+POD_BEHAVIOURS = ("normal", "no-listener", "abort", "slow")
+NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    node: str
+    interface: str  # name inside the node's namespace, after the peer (eth-<peer>)
+    address: IPv4Interface
+
+
+@dataclass(frozen=True)
+class Link:
+    a: LinkEnd
+    b: LinkEnd
+
+    def end(self, node: str) -> LinkEnd:
+        return self.a if self.a.node == node else self.b
+
+    def peer(self, node: str) -> LinkEnd:
+        return self.b if self.a.node == node else self.a
+
+
+@dataclass(frozen=True)
+class Route:
+    destination: str  # "default" or a CIDR
+    gateway: IPv4Address
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """A policy-routing table: packets entering by ``iif`` or sourced from ``sources`` use ``routes``."""
+
+    name: str
+    number: int
+    routes: tuple[Route, ...]
+    iif: tuple[str, ...]  # interface names
+    sources: tuple[IPv4Network, ...]
+
+
+@dataclass(frozen=True)
+class TargetGroup:
+    target_type: str  # "instance" (node address + port) or "ip" (pod address + port)
+    port: int
+    targets: tuple[str, ...]  # node names
+    preserve_client_ip: bool
+
+
+@dataclass(frozen=True)
+class NlbConfig:
+    protocol: str  # TCP, UDP or TCP_UDP
+    address: IPv4Address
+    port: int
+    target_group: TargetGroup
+    idle_timeout: int  # seconds, TCP flows
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return {"TCP": ("tcp",), "UDP": ("udp",), "TCP_UDP": ("tcp", "udp")}[self.protocol]
+
+
+@dataclass(frozen=True)
+class NatGwConfig:
+    public_interface: str
+    public_address: IPv4Address
+    idle_timeout: int
+
+
+@dataclass(frozen=True)
+class KubeService:
+    """A NodePort Service as kube-proxy (iptables mode) programs it."""
+
+    name: str
+    node_port: int
+    protocols: tuple[str, ...]
+    policy: str  # externalTrafficPolicy: Cluster or Local
+    endpoints: tuple[str, ...]  # pod node names
+
+
+@dataclass(frozen=True)
+class HandwrittenDnat:
+    """The incident's rule: DNAT the NodePort straight to a pod, TCP and UDP, no SNAT."""
+
+    port: int
+    to: str  # pod node name
+    protocols: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class K8sNodeConfig:
+    services: tuple[KubeService, ...]
+    dnat: HandwrittenDnat | None
+    connmark: bool  # return replies of NodePort connections by the interface they came in on
+
+
+@dataclass(frozen=True)
+class PodConfig:
+    port: int
+    behaviour: str
+    delay: float  # seconds, for the "slow" behaviour
+
+
+RoleConfig = NlbConfig | NatGwConfig | K8sNodeConfig | PodConfig | None
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: str
+    config: RoleConfig
+    routes: tuple[Route, ...]
+    tables: tuple[RouteTable, ...]
+    sysctls: Mapping[str, str]
+    strict_rp_interfaces: tuple[str, ...]  # interfaces with strict reverse-path filtering
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    description: str
+    nodes: tuple[Node, ...]
+    links: tuple[Link, ...]
+    source: str = field(repr=False, default="")  # the TOML text, so another process can rebuild it
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LabError(f"topology {self.name}: no node named {name!r} (nodes: {', '.join(self.node_names)})")
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(node.name for node in self.nodes)
+
+    def links_of(self, node: str) -> list[Link]:
+        return [link for link in self.links if node in (link.a.node, link.b.node)]
+
+    def interfaces(self, node: str) -> list[str]:
+        return [link.end(node).interface for link in self.links_of(node)]
+
+    def address(self, node: str) -> IPv4Address:
+        """The node's primary address: the one on its first link."""
+        links = self.links_of(node)
+        if not links:
+            raise LabError(f"topology {self.name}: node {node!r} has no links, hence no address")
+        return links[0].end(node).address.ip
+
+    def link_between(self, node: str, peer: str) -> Link | None:
+        for link in self.links_of(node):
+            if link.peer(node).node == peer:
+                return link
+        return None
+
+    def nodes_with_role(self, role: str) -> list[Node]:
+        return [node for node in self.nodes if node.role == role]
+
+    @property
+    def service(self) -> tuple[str, int]:
+        """Where clients connect: the first NLB's listener."""
+        for node in self.nodes:
+            if isinstance(node.config, NlbConfig):
+                return str(node.config.address), node.config.port
+        raise LabError(f"topology {self.name}: no nlb node, hence no service address")
+
+
+def topology_names() -> list[str]:
+    return sorted(path.stem for path in TOPOLOGY_DIR.glob("*.toml"))
+
+
+def topology_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or "/" in name_or_path:
+        if not candidate.is_file():
+            raise LabError(f"{name_or_path}: no such topology file")
+        return candidate
+    path = TOPOLOGY_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise LabError(f"unknown topology {name_or_path!r} (known: {', '.join(topology_names())})")
+    return path
+
+
+def load_topology(name_or_path: str) -> Topology:
+    """A shipped topology by name (``incident``) or any TOML file by path."""
+    path = topology_path(name_or_path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise LabError(f"{path}: cannot read: {error}") from None
+    return parse_topology(text, origin=str(path))
+
+
+def parse_topology(text: str, origin: str = "<topology>") -> Topology:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise LabError(f"{origin}: not valid TOML: {error}") from None
+    return _Parser(origin, text).topology(data)
+
+
+class _Parser:
+    """Turns the TOML tree into a Topology; every error names the file and the key."""
+
+    def __init__(self, origin: str, text: str) -> None:
+        self.origin = origin
+        self.text = text
+
+    def fail(self, key: str, problem: str) -> LabError:
+        return LabError(f"{self.origin}: {key}: {problem}")
+
+    # -- small typed getters -------------------------------------------------
+
+    def table(self, data: Mapping[str, Any], key: str, where: str, required: bool = True) -> Mapping[str, Any]:
+        value = data.get(key)
+        if value is None and not required:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(f"{where}.{key}", "missing table" if value is None else "must be a table")
+        return value
+
+    def string(self, data: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", "missing" if value is None else "must be a string")
+        return value
+
+    def integer(self, data: Mapping[str, Any], key: str, where: str, default: int | None = None,
+                low: int = 0, high: int = 2**31) -> int:
+        value = data.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(f"{where}.{key}", "missing" if value is None else "must be an integer")
+        if not low <= value <= high:
+            raise self.fail(f"{where}.{key}", f"must be between {low} and {high}, not {value}")
+        return value
+
+    def boolean(self, data: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{where}.{key}", "must be true or false")
+        return value
+
+    def strings(self, data: Mapping[str, Any], key: str, where: str, default: list[str] | None = None) -> list[str]:
+        value = data.get(key, default)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self.fail(f"{where}.{key}", "missing" if value is None else "must be a list of strings")
+        return list(value)
+
+    def unknown_keys(self, data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        for key in data:
+            if key not in allowed:
+                raise self.fail(f"{where}.{key}", f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    # -- the topology --------------------------------------------------------
+
+    def topology(self, data: Mapping[str, Any]) -> Topology:
+        self.unknown_keys(data, {"name", "description", "nodes", "links"}, "topology")
+        name = self.string(data, "name", "topology")
+        if not re.match(r"^[a-z0-9][a-z0-9-]*$", name):
+            raise self.fail("name", f"{name!r}: use lower-case letters, digits and dashes")
+        raw_nodes = data.get("nodes")
+        if not isinstance(raw_nodes, list) or not raw_nodes:
+            raise self.fail("nodes", "missing or empty: declare nodes as [[nodes]] tables")
+        names: list[str] = []
+        for index, raw in enumerate(raw_nodes):
+            where = f"nodes[{index}]"
+            if not isinstance(raw, Mapping):
+                raise self.fail(where, "must be a table")
+            node_name = self.string(raw, "name", where)
+            if not NODE_NAME.match(node_name):
+                raise self.fail(f"{where}.name", f"{node_name!r}: use 1-20 lower-case letters, digits and dashes")
+            if node_name in names:
+                raise self.fail(f"{where}.name", f"duplicate node {node_name!r}")
+            names.append(node_name)
+        links = self.links(data.get("links"), names)
+        skeleton = Topology(name=name, description="", nodes=(), links=links)
+        nodes = tuple(self.node(raw, index, skeleton) for index, raw in enumerate(raw_nodes))
+        topology = Topology(
+            name=name,
+            description=self.string(data, "description", "topology", default=""),
+            nodes=nodes,
+            links=links,
+            source=self.text,
+        )
+        self.cross_check(topology)
+        return topology
+
+    def links(self, raw_links: Any, names: list[str]) -> tuple[Link, ...]:
+        if not isinstance(raw_links, list):
+            raise self.fail("links", "missing: declare links as [[links]] tables")
+        used: dict[str, set[str]] = {name: set() for name in names}
+        links: list[Link] = []
+        for index, raw in enumerate(raw_links):
+            where = f"links[{index}]"
+            if not isinstance(raw, Mapping):
+                raise self.fail(where, "must be a table")
+            self.unknown_keys(raw, {"endpoints", "interfaces"}, where)
+            endpoints = self.table(raw, "endpoints", where)
+            interfaces = self.table(raw, "interfaces", where, required=False)
+            if len(endpoints) != 2:
+                raise self.fail(f"{where}.endpoints", "a link joins exactly two nodes: {node = \"address/prefix\"}")
+            ends: list[LinkEnd] = []
+            (first, _), (second, _) = endpoints.items()
+            for node, peer in ((first, second), (second, first)):
+                if node not in used:
+                    raise self.fail(f"{where}.endpoints.{node}", "no node with this name")
+                address = self.interface_address(endpoints[node], f"{where}.endpoints.{node}")
+                ifname = interfaces.get(node, f"eth-{peer}"[:IFNAME_MAX])
+                if not isinstance(ifname, str) or not re.match(r"^[A-Za-z0-9_-]{1,15}$", ifname):
+                    raise self.fail(f"{where}.interfaces.{node}", "interface names are 1-15 letters, digits, - and _")
+                if ifname in used[node]:
+                    raise self.fail(f"{where}.interfaces.{node}",
+                                    f"{node} already has an interface {ifname!r}: name this one explicitly")
+                used[node].add(ifname)
+                ends.append(LinkEnd(node=node, interface=ifname, address=address))
+            if ends[0].address.network != ends[1].address.network:
+                raise self.fail(f"{where}.endpoints", f"{ends[0].address} and {ends[1].address} are not on one subnet")
+            if ends[0].address.ip == ends[1].address.ip:
+                raise self.fail(f"{where}.endpoints", "both ends have the same address")
+            links.append(Link(a=ends[0], b=ends[1]))
+        return tuple(links)
+
+    def interface_address(self, value: Any, where: str) -> IPv4Interface:
+        if not isinstance(value, str) or "/" not in value:
+            raise self.fail(where, "must be an IPv4 address with prefix length, like \"198.18.0.10/24\"")
+        try:
+            return IPv4Interface(value)
+        except ValueError as error:
+            raise self.fail(where, str(error)) from None
+
+    def gateway(self, value: Any, node: str, topology: Topology, where: str) -> IPv4Address:
+        """A next hop given as a neighbour's name (its address on the shared link) or as an address."""
+        if not isinstance(value, str):
+            raise self.fail(where, "must be a neighbour's name or an IPv4 address")
+        link = topology.link_between(node, value)
+        if link is not None:
+            return link.peer(node).address.ip
+        try:
+            address = IPv4Address(value)
+        except ValueError:
+            raise self.fail(where, f"{value!r} is neither a neighbour of {node} nor an IPv4 address") from None
+        if not any(address in link.end(node).address.network for link in topology.links_of(node)):
+            raise self.fail(where, f"{address} is not on any subnet of {node}")
+        return address
+
+    def routes(self, raw: Any, node: str, topology: Topology, where: str) -> tuple[Route, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, Mapping):
+            raise self.fail(where, "must be a table of destination = next hop")
+        routes = []
+        for destination, via in raw.items():
+            if destination != "default":
+                try:
+                    IPv4Network(destination)
+                except ValueError as error:
+                    raise self.fail(f"{where}.{destination}", f"not a destination: {error}") from None
+            routes.append(Route(destination, self.gateway(via, node, topology, f"{where}.{destination}")))
+        return tuple(routes)
+
+    def neighbour_interface(self, peer: str, node: str, topology: Topology, where: str) -> str:
+        link = topology.link_between(node, peer)
+        if link is None:
+            raise self.fail(where, f"{peer!r} is not a neighbour of {node}")
+        return link.end(node).interface
+
+    def tables(self, raw: Any, node: str, topology: Topology, where: str) -> tuple[RouteTable, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, Mapping):
+            raise self.fail(where, "must be a table of route tables")
+        tables = []
+        for number, (name, spec) in enumerate(raw.items(), start=100):
+            key = f"{where}.{name}"
+            if not isinstance(spec, Mapping):
+                raise self.fail(key, "must be a table with routes and iif/from")
+            self.unknown_keys(spec, {"routes", "iif", "from"}, key)
+            iif = tuple(self.neighbour_interface(peer, node, topology, f"{key}.iif")
+                        for peer in self.strings(spec, "iif", key, default=[]))
+            try:
+                sources = tuple(IPv4Network(cidr) for cidr in self.strings(spec, "from", key, default=[]))
+            except ValueError as error:
+                raise self.fail(f"{key}.from", str(error)) from None
+            if not iif and not sources:
+                raise self.fail(key, "say which packets use this table: iif = [neighbours] or from = [CIDRs]")
+            routes = self.routes(spec.get("routes"), node, topology, f"{key}.routes")
+            tables.append(RouteTable(name, number, routes, iif, sources))
+        return tuple(tables)
+
+    def node(self, raw: Mapping[str, Any], index: int, topology: Topology) -> Node:
+        where = f"nodes[{index}]"
+        name = raw["name"]
+        role = self.string(raw, "role", where)
+        if role not in ROLES:
+            raise self.fail(f"{where}.role", f"unknown role {role!r} (roles: {', '.join(ROLES)})")
+        role_keys = {
+            "nlb": {"listener", "target_group", "idle_timeout"},
+            "natgw": {"public", "idle_timeout"},
+            "k8s-node": {"services", "dnat", "connmark"},
+            "pod": {"port", "behaviour", "delay"},
+        }.get(role, set())
+        self.unknown_keys(raw, {"name", "role", "routes", "tables", "sysctls", "strict_rp_filter"} | role_keys, where)
+        if not topology.links_of(name):
+            raise self.fail(where, f"node {name!r} has no links")
+        sysctls = self.table(raw, "sysctls", where, required=False)
+        for key, value in sysctls.items():
+            if not re.match(r"^net\.[A-Za-z0-9_.-]+$", key) or not isinstance(value, (int, str)):
+                raise self.fail(f"{where}.sysctls.{key}", "only net.* sysctls, with integer or string values")
+        config: RoleConfig = None
+        if role == "nlb":
+            config = self.nlb(raw, name, topology, where)
+        elif role == "natgw":
+            config = self.natgw(raw, name, topology, where)
+        elif role == "k8s-node":
+            config = self.k8s_node(raw, where)
+        elif role == "pod":
+            behaviour = self.string(raw, "behaviour", where, default="normal")
+            if behaviour not in POD_BEHAVIOURS:
+                raise self.fail(f"{where}.behaviour", f"unknown behaviour {behaviour!r} ({', '.join(POD_BEHAVIOURS)})")
+            delay = raw.get("delay", 2.0)
+            if not isinstance(delay, (int, float)) or delay < 0:
+                raise self.fail(f"{where}.delay", "must be a non-negative number of seconds")
+            config = PodConfig(self.integer(raw, "port", where, default=80, low=1, high=65535), behaviour,
+                               float(delay))
+        return Node(
+            name=name,
+            role=role,
+            config=config,
+            routes=self.routes(raw.get("routes"), name, topology, f"{where}.routes"),
+            tables=self.tables(raw.get("tables"), name, topology, f"{where}.tables"),
+            sysctls={key: str(value) for key, value in sysctls.items()},
+            strict_rp_interfaces=tuple(
+                self.neighbour_interface(peer, name, topology, f"{where}.strict_rp_filter")
+                for peer in self.strings(raw, "strict_rp_filter", where, default=[])
+            ),
+        )
+
+    def nlb(self, raw: Mapping[str, Any], name: str, topology: Topology, where: str) -> NlbConfig:
+        listener = self.table(raw, "listener", where)
+        self.unknown_keys(listener, {"protocol", "port", "address"}, f"{where}.listener")
+        protocol = self.string(listener, "protocol", f"{where}.listener")
+        if protocol not in LISTENER_PROTOCOLS:
+            raise self.fail(f"{where}.listener.protocol", f"must be one of {', '.join(LISTENER_PROTOCOLS)}")
+        port = self.integer(listener, "port", f"{where}.listener", low=1, high=65535)
+        address_text = self.string(listener, "address", f"{where}.listener", default=str(topology.address(name)))
+        try:
+            address = IPv4Address(address_text)
+        except ValueError as error:
+            raise self.fail(f"{where}.listener.address", str(error)) from None
+        group = self.table(raw, "target_group", where)
+        gwhere = f"{where}.target_group"
+        self.unknown_keys(group, {"type", "port", "targets", "preserve_client_ip"}, gwhere)
+        target_type = self.string(group, "type", gwhere, default="instance")
+        if target_type not in ("instance", "ip"):
+            raise self.fail(f"{gwhere}.type", "must be \"instance\" or \"ip\"")
+        targets = self.strings(group, "targets", gwhere)
+        if not targets:
+            raise self.fail(f"{gwhere}.targets", "register at least one target")
+        # AWS defaults: preserved for instance targets, and always for UDP and TCP_UDP.
+        default_preserve = target_type == "instance" or protocol != "TCP"
+        preserve = self.boolean(group, "preserve_client_ip", gwhere, default=default_preserve)
+        if not preserve and protocol != "TCP":
+            raise self.fail(
+                f"{gwhere}.preserve_client_ip",
+                f"client IP preservation cannot be turned off on a {protocol} target group: AWS keeps it on for "
+                "UDP and TCP_UDP, because the NLB does not translate the source of UDP flows",
+            )
+        return NlbConfig(
+            protocol=protocol,
+            address=address,
+            port=port,
+            target_group=TargetGroup(target_type, self.integer(group, "port", gwhere, low=1, high=65535),
+                                     tuple(targets), preserve),
+            idle_timeout=self.integer(raw, "idle_timeout", where, default=350, low=60, high=6000),
+        )
+
+    def natgw(self, raw: Mapping[str, Any], name: str, topology: Topology, where: str) -> NatGwConfig:
+        peer = self.string(raw, "public", where)
+        link = topology.link_between(name, peer)
+        if link is None:
+            raise self.fail(f"{where}.public", f"{peer!r} is not a neighbour of {name}")
+        end = link.end(name)
+        return NatGwConfig(end.interface, end.address.ip,
+                           self.integer(raw, "idle_timeout", where, default=350, low=1, high=86400))
+
+    def protocols(self, data: Mapping[str, Any], where: str) -> tuple[str, ...]:
+        protocols = tuple(self.strings(data, "protocols", where, default=["tcp", "udp"]))
+        if not protocols or any(proto not in ("tcp", "udp") for proto in protocols):
+            raise self.fail(f"{where}.protocols", "a list of \"tcp\" and/or \"udp\"")
+        return protocols
+
+    def k8s_node(self, raw: Mapping[str, Any], where: str) -> K8sNodeConfig:
+        services = []
+        raw_services = raw.get("services", [])
+        if not isinstance(raw_services, list):
+            raise self.fail(f"{where}.services", "declare services as [[nodes.services]] tables")
+        for index, spec in enumerate(raw_services):
+            swhere = f"{where}.services[{index}]"
+            if not isinstance(spec, Mapping):
+                raise self.fail(swhere, "must be a table")
+            self.unknown_keys(spec, {"name", "node_port", "protocols", "policy", "endpoints"}, swhere)
+            policy = self.string(spec, "policy", swhere, default="Cluster")
+            if policy not in ("Cluster", "Local"):
+                raise self.fail(f"{swhere}.policy", "externalTrafficPolicy is \"Cluster\" or \"Local\"")
+            services.append(KubeService(
+                name=self.string(spec, "name", swhere, default="default/web"),
+                node_port=self.integer(spec, "node_port", swhere, low=1, high=65535),
+                protocols=self.protocols(spec, swhere),
+                policy=policy,
+                endpoints=tuple(self.strings(spec, "endpoints", swhere)),
+            ))
+        dnat = None
+        if "dnat" in raw:
+            spec = self.table(raw, "dnat", where)
+            self.unknown_keys(spec, {"port", "to", "protocols"}, f"{where}.dnat")
+            dnat = HandwrittenDnat(self.integer(spec, "port", f"{where}.dnat", low=1, high=65535),
+                                   self.string(spec, "to", f"{where}.dnat"), self.protocols(spec, f"{where}.dnat"))
+        return K8sNodeConfig(tuple(services), dnat, self.boolean(raw, "connmark", where, default=False))
+
+    def cross_check(self, topology: Topology) -> None:
+        """References between nodes: targets, endpoints and DNAT destinations must exist with the right role."""
+        roles = {node.name: node.role for node in topology.nodes}
+        for index, node in enumerate(topology.nodes):
+            where = f"nodes[{index}]"
+            config = node.config
+            if isinstance(config, NlbConfig):
+                wanted = "k8s-node" if config.target_group.target_type == "instance" else "pod"
+                for target in config.target_group.targets:
+                    if roles.get(target) != wanted:
+                        raise self.fail(f"{where}.target_group.targets",
+                                        f"{target!r} must be a {wanted} node for {config.target_group.target_type} "
+                                        "targets")
+            if isinstance(config, K8sNodeConfig):
+                pods = [svc_pod for service in config.services for svc_pod in service.endpoints]
+                if config.dnat is not None:
+                    pods.append(config.dnat.to)
+                for pod in pods:
+                    if roles.get(pod) != "pod":
+                        raise self.fail(f"{where}", f"endpoint {pod!r} is not a pod node")
+
