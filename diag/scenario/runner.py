@@ -160,7 +160,10 @@ def run_scenario(
     _check_nodes(scenario, node_names)
     prepare_out_dir(out_dir, RUN_FILE, TOOL_MARK)
     lab = Lab(topology)
-    lab.__enter__()
+    if keep_lab:
+        lab.up(detach=True)  # the pod servers outlive this process
+    else:
+        lab.__enter__()  # tears down on SIGINT/SIGTERM as well
     try:
         stages.done("lab up", f"{topology.name} as {lab.name}, {len(node_names)} namespaces")
         with tempfile.TemporaryDirectory(prefix="diag-setup-") as work:
