@@ -154,7 +154,8 @@ def flow_view(report: Report, flow: FlowSelector = None) -> FlowView:
     main_path = max(forward_paths, key=len) if forward_paths else (trips[0].lanes if trips else ())
     lanes = order_lanes(lanes_all, main_path, [trip.lanes for trip in trips])
 
-    client, server, proto = _describe_connection(flow_rows, originators, chosen)
+    proto_number = int(flow_rows["proto"].iloc[0]) if not flow_rows.empty else -1
+    client, server, proto = _describe_connection(trips, proto_number, chosen)
     return FlowView(
         lanes=lanes,
         seen={s.lane for trip in trips for s in trip.sightings},
@@ -209,7 +210,14 @@ def _first_flow_row(report: Report) -> Hashable:
             with_rst = flows[flows["rsts"].map(lambda value: bool(value) if isinstance(value, list) else False)]
             troubled = with_rst if not with_rst.empty else flows
         return _row_of_flow_record(report, troubled.iloc[0])
-    return report.packets.index[0]
+    # No flow table: the first connection attempt (a bare SYN), else the first IP packet.
+    packets = report.packets
+    flags = packets["tcp_flags"].to_numpy()
+    for candidates in ((flags >= 0) & ((flags & (_SYN | _ACK)) == _SYN), packets["ip_version"].to_numpy() > 0):
+        hits = np.flatnonzero(candidates)
+        if len(hits):
+            return packets.index[hits[0]]
+    raise DiagError("nothing to draw: the report has no IP packets")
 
 
 def _row_of_flow_record(report: Report, record: pd.Series) -> Hashable:
@@ -439,19 +447,16 @@ def _attach_findings(report: Report, trips: list[PacketTrip], table: pd.DataFram
     return attached
 
 
-def _describe_connection(
-    flow_rows: pd.DataFrame, originators: dict[str, str], chosen: Finding | None
-) -> tuple[str, str, str]:
+def _describe_connection(trips: list[PacketTrip], proto: int, chosen: Finding | None) -> tuple[str, str, str]:
+    """Client and server as the client addressed them: the first request where it was first seen."""
     if chosen is not None:
         return chosen.client, chosen.server, chosen.proto
-    if flow_rows.empty:
+    if not trips:
         return "", "", ""
-    first = flow_rows.iloc[0]
-    conn = str(first["conn"])
-    client = originators.get(conn, str(first["src_ep"]))
-    server = str(first["dst_ep"]) if str(first["src_ep"]) == client else str(first["src_ep"])
-    proto = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(int(first["proto"]), str(first["proto"]))
-    return client, server, proto
+    first = next((trip for trip in trips if trip.forward), trips[0])
+    sighting = first.sightings[0]
+    client, server = (sighting.src, sighting.dst) if first.forward else (sighting.dst, sighting.src)
+    return client, server, {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(proto, str(proto))
 
 
 def _endpoints_per_lane(flow_rows: pd.DataFrame, originators: dict[str, str]) -> dict[str, list[str]]:
