@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from diag.errors import DiagError, LabError
 from diag.scenario.capture import DEFAULT_SNAPLEN, CapturePoint, CaptureSet, PointCapture
 from diag.scenario.outdir import prepare_out_dir
-from diag.scenario.spec import Scenario, Setup, load_scenario, scenario_path
+from diag.scenario.spec import PodOverride, Scenario, Setup, load_scenario, scenario_path
 from diag.scenario.steps import BackgroundStep, StepResult, run_step, start_background
 
 if TYPE_CHECKING:
@@ -94,6 +94,25 @@ def available_fixes(topologies: list[str]) -> list[str]:
     return [name.removeprefix("fix-") for name in topologies if name.startswith("fix-")]
 
 
+def with_pod_behaviour(topology: Any, override: PodOverride, origin: Path) -> Any:
+    """The topology with the scenario's pod server behaviour on the chosen pods (all pods by default)."""
+    from diag.lab.topology import PodConfig
+
+    pods = {node.name for node in topology.nodes if isinstance(node.config, PodConfig)}
+    unknown = sorted(set(override.nodes) - pods)
+    if unknown:
+        raise DiagError(f"{origin}: pods.nodes: {', '.join(unknown)} not pods of topology {topology.name} "
+                        f"(pods: {', '.join(sorted(pods))})")
+    chosen = set(override.nodes) or pods
+    nodes = []
+    for node in topology.nodes:
+        if node.name in chosen:
+            delay = node.config.delay if override.delay is None else override.delay
+            node = replace(node, config=replace(node.config, behaviour=override.behaviour, delay=delay))
+        nodes.append(node)
+    return replace(topology, nodes=tuple(nodes))
+
+
 def default_out_dir(scenario: Scenario) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path("diag-out") / f"{scenario.name}-{stamp}"
@@ -156,6 +175,8 @@ def run_scenario(
 
     stages = _Stages(progress)
     topology = load_topology(scenario.topology)
+    if scenario.pods is not None:
+        topology = with_pod_behaviour(topology, scenario.pods, scenario.path)
     node_names = {node.name for node in topology.nodes}
     _check_nodes(scenario, node_names)
     prepare_out_dir(out_dir, RUN_FILE, TOOL_MARK)

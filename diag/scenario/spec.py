@@ -99,6 +99,15 @@ class PacketExpectation:
 
 
 @dataclass(frozen=True)
+class PodOverride:
+    """A pod server behaviour for this scenario (the topology's own otherwise)."""
+
+    behaviour: str
+    delay: float | None = None
+    nodes: tuple[str, ...] = ()  # empty: every pod of the topology
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -111,6 +120,7 @@ class Scenario:
     expect_cause: str = ""
     expect_packets: tuple[PacketExpectation, ...] = ()
     fix: str = ""  # set for the scenarios that run the incident on a fixed topology
+    pods: PodOverride | None = None
 
 
 class _Reader:
@@ -166,7 +176,7 @@ def load_scenario(name_or_path: str = DEFAULT_SCENARIO) -> Scenario:
 
 def parse_scenario(data: Mapping[str, Any], path: Path) -> Scenario:
     top = _Reader(path, data, "", frozenset(
-        {"description", "topology", "fix", "setup", "step", "capture", "conntrack", "expect"}))
+        {"description", "topology", "fix", "pods", "setup", "step", "capture", "conntrack", "expect"}))
     steps = tuple(_parse_step(path, i, table) for i, table in enumerate(top.get("step", list, required=True)))
     if not steps:
         top.fail("step", "at least one step is needed")
@@ -194,7 +204,27 @@ def parse_scenario(data: Mapping[str, Any], path: Path) -> Scenario:
             _parse_expectation(path, i, t) for i, t in enumerate(expect.get("packets", list, []))
         ),
         fix=top.get("fix", str, ""),
+        pods=_parse_pods(path, top.get("pods", dict)),
     )
+
+
+POD_BEHAVIOURS = ("normal", "no-listener", "abort", "slow")
+
+
+def _parse_pods(path: Path, table: Mapping[str, Any] | None) -> PodOverride | None:
+    if table is None:
+        return None
+    reader = _Reader(path, table, "pods.", frozenset({"behaviour", "delay", "nodes"}))
+    behaviour = reader.get("behaviour", str, required=True)
+    if behaviour not in POD_BEHAVIOURS:
+        reader.fail("behaviour", f"{behaviour!r} is not one of {', '.join(POD_BEHAVIOURS)}")
+    delay = reader.get("delay", (int, float))
+    if delay is not None and delay < 0:
+        reader.fail("delay", "must not be negative")
+    nodes = reader.get("nodes", list, [])
+    if not all(isinstance(node, str) for node in nodes):
+        reader.fail("nodes", "must be a list of pod node names")
+    return PodOverride(behaviour, None if delay is None else float(delay), tuple(nodes))
 
 
 def _table(path: Path, where: str, value: Any) -> Mapping[str, Any]:
