@@ -172,10 +172,13 @@ def _plain(value: Any) -> Any:
 
 
 def flows_to_json(flows: pd.DataFrame) -> list[dict[str, Any]]:
-    """Flow rows as JSON objects; list-valued cells (``rsts``) pass through."""
+    """Flow rows as JSON objects; list-valued cells (``rsts``) pass through, an untagged ``vlan`` (-1) is null."""
     if flows is None or flows.empty:
         return []
     records = []
     for row in flows.to_dict(orient="records"):
-        records.append({key: (value if isinstance(value, list | dict) else _plain(value)) for key, value in row.items()})
+        record = {str(key): (value if isinstance(value, list | dict) else _plain(value)) for key, value in row.items()}
+        if record.get("vlan") == -1:
+            record["vlan"] = None
+        records.append(record)
     return records

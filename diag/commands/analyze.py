@@ -1,0 +1,169 @@
+"""``diag analyze pcap``: diagnose captures of the same traffic taken at different points."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from diag.errors import DiagError
+
+if TYPE_CHECKING:
+    from diag.analysis import ProgressHook
+    from diag.report import Report
+
+HELP = "analyze existing captures"
+PCAP_HELP = "diagnose pcap/pcapng captures of the same traffic taken at one or more points"
+
+PCAP_DESCRIPTION = """\
+Read one or more captures (pcap, pcapng, optionally gzip-compressed) of the
+same traffic, taken at different points of its path, and say what happened to
+every connection: who really sent each RST, which SYNs and datagrams were never
+answered, and what would fix it.
+
+Each PATH may be prefixed with NAME= to say where it was captured (the
+vantage point: client, node-a, node-b, pod, natgw, ...). Findings and the flow
+table refer to captures by these names. Without NAME= the file's stem is used
+(pod.pcap.gz -> pod). Names must be unique.
+"""
+
+PCAP_EPILOG = """\
+examples:
+  diag analyze pcap pod.pcap
+      one vantage point: the flows, resets and unanswered SYNs it shows
+  diag analyze pcap client=laptop.pcap node-a=ip-10-0-1-5.pcap pod=web-7f9c.pcap
+      three vantage points of the same connection attempts: the RST the pod
+      saw "from the client" is traced to where it was really generated
+  diag analyze pcap --json report.json client=c.pcap pod=p.pcap
+      the same, and the diag.report/1 JSON document in report.json
+  diag analyze pcap --json - client=c.pcap pod=p.pcap | jq .verdict
+      JSON on stdout only (the text report is not printed)
+
+output:
+  The text report goes to stdout: the verdict first, then per capture the
+  problem flows (resets, unanswered SYNs, one-sided flows, SYN retransmissions)
+  and a count of healthy flows. With --json - the JSON document replaces it on
+  stdout. Warnings about damaged or unsupported parts of a capture go to stderr
+  as "diag: warning: ..." lines.
+
+exit status:
+  0  the captures were analyzed (whatever was found, even with warnings)
+  2  bad usage, or a capture is missing, unreadable or not a capture at all
+"""
+
+# Above this total size, show what is being read while it is read (on a terminal).
+PROGRESS_BYTES = 64 * 1024 * 1024
+WARNINGS_PER_CAPTURE = 3
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("analyze", help=HELP, description=HELP.capitalize() + ".")
+    commands = parser.add_subparsers(dest="analyze_command", metavar="SUBCOMMAND")
+    commands.required = True
+    pcap = commands.add_parser(
+        "pcap",
+        help=PCAP_HELP,
+        description=PCAP_DESCRIPTION,
+        epilog=PCAP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pcap.add_argument("captures", nargs="+", metavar="[NAME=]PATH", help="a capture file, optionally named")
+    pcap.add_argument(
+        "--json", metavar="FILE|-", help="also write the diag.report/1 JSON document to FILE ('-': stdout, no text)"
+    )
+    pcap.add_argument("--plot", metavar="FILE", help="draw the ladder diagram of the verdict's flow (.png or .svg)")
+    pcap.add_argument(
+        "--flows",
+        choices=("problems", "all"),
+        default="problems",
+        help="list only problem flows, at most 20 of each kind (default), or every flow",
+    )
+    pcap.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the text report (default: when stdout is a terminal)",
+    )
+    pcap.set_defaults(func=run_pcap)
+
+
+def _progress_reporter(total_bytes: int) -> ProgressHook | None:
+    """A callback that shows which capture is being read, when it is worth it and stderr is a terminal."""
+    if total_bytes < PROGRESS_BYTES or not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def show(name: str, path: Path, size: int) -> None:
+        console.print(f"[dim]reading {name} ({path}, {size / 1e6:.0f} MB)...[/dim]")
+
+    return show
+
+
+def _check_output_path(target: str, inputs: list[Path]) -> None:
+    resolved = Path(target).resolve()
+    for path in inputs:
+        if path.exists() and path.resolve() == resolved:
+            raise DiagError(f"{target}: is one of the input captures; choose another output file")
+
+
+def _print_warnings(report: Report) -> None:
+    for info in report.captures:
+        if not info.warnings and not info.skipped:
+            continue
+        print(
+            f"diag: warning: {info.path}: read {info.packets} packets, skipped {info.skipped} records "
+            f"({len(info.warnings)} problems)",
+            file=sys.stderr,
+        )
+        for message in info.warnings[:WARNINGS_PER_CAPTURE]:
+            print(f"diag: warning: {info.path}: {message}", file=sys.stderr)
+        if len(info.warnings) > WARNINGS_PER_CAPTURE:
+            print(
+                f"diag: warning: {info.path}: ... and {len(info.warnings) - WARNINGS_PER_CAPTURE} more",
+                file=sys.stderr,
+            )
+
+
+def _plot(report: Report, target: str) -> None:
+    if importlib.util.find_spec("diag.plot") is None:
+        raise DiagError("--plot needs the diag.plot module, which this installation does not have")
+    plot = importlib.import_module("diag.plot")
+    plot.ladder_to_file(report, target)
+
+
+def run_pcap(args: argparse.Namespace) -> int:
+    from diag.analysis import analyze, parse_capture_args
+    from diag.textreport import render_text
+
+    pairs = parse_capture_args(args.captures)
+    inputs = [path for _, path in pairs]
+    for target in (args.json, args.plot):
+        if target and target != "-":
+            _check_output_path(target, inputs)
+    total = sum(path.stat().st_size for path in inputs if path.is_file())
+    progress = _progress_reporter(total)
+    report = analyze(dict(pairs), progress=progress)
+    _print_warnings(report)
+
+    if args.json == "-":
+        sys.stdout.write(report.dumps() + "\n")
+    else:
+        color = args.color == "always" or (
+            args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        )
+        sys.stdout.write(render_text(report, color=color, flows=args.flows))
+        if args.json:
+            try:
+                Path(args.json).write_text(report.dumps() + "\n")
+            except OSError as error:
+                raise DiagError(f"{args.json}: cannot write the JSON report ({error.strerror or error})") from error
+    if args.plot:
+        _plot(report, args.plot)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,232 @@
+"""The text report: what an on-call engineer reads first, in plain text that also reads well in a log.
+
+Order: the verdict (cause, what happened, where the symptom was generated,
+the evidence, what was ruled out, what would fix it), then per capture the
+problem flows (resets, unanswered SYNs, one-sided flows, SYN retransmissions)
+and a count of the healthy ones. Colour is optional ANSI on top of the same
+text, so a terminal and a log file show the same words.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import pandas as pd
+
+from diag.report import CaptureInfo, Finding, Report
+
+# Problem kinds, most urgent first; a flow is listed under the first that applies.
+RESET: Final = "reset"
+UNANSWERED: Final = "no reply"
+ONE_SIDED: Final = "one-sided"
+SYN_RETRY: Final = "SYN retried"
+PROBLEM_ORDER: Final = (RESET, UNANSWERED, ONE_SIDED, SYN_RETRY)
+
+DEFAULT_PROBLEM_LINES: Final = 20
+
+
+@dataclass(frozen=True)
+class _Style:
+    color: bool
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def bad(self, text: str) -> str:
+        return self._wrap("1;31", text)
+
+    def warn(self, text: str) -> str:
+        return self._wrap("33", text)
+
+    def good(self, text: str) -> str:
+        return self._wrap("32", text)
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+
+def format_ts(seconds: float) -> str:
+    """A capture timestamp as UTC with microseconds: ``2025-11-27 15:34:15.195866 UTC``."""
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+
+
+def problem_kind(flow: pd.Series) -> str | None:
+    """The most urgent problem a flow row shows, or None when it looks healthy."""
+    if len(flow["rsts"]) > 0:
+        return RESET
+    if flow["conn_state"] == "S0":
+        return UNANSWERED
+    if flow["orig_pkts"] == 0 or flow["resp_pkts"] == 0:
+        return ONE_SIDED
+    if flow["syn_retransmits"] > 0:
+        return SYN_RETRY
+    return None
+
+
+def _flow_line(flow: pd.Series) -> str:
+    parts = [f"{flow['proto']} {flow['orig']} -> {flow['resp']}"]
+    if flow["vlan"] >= 0:
+        parts.append(f"vlan {flow['vlan']}")
+    parts.append(f"{flow['history'] or '-'} {flow['conn_state']}")
+    parts.append(f"pkts {flow['orig_pkts']}/{flow['resp_pkts']}")
+    details = []
+    rsts = flow["rsts"]
+    if rsts:
+        shown = ", ".join(f"#{r['index']} from {r['from']}" for r in rsts[:4])
+        more = f" (+{len(rsts) - 4})" if len(rsts) > 4 else ""
+        details.append(f"RST {shown}{more}")
+    if flow["syn_retransmits"]:
+        details.append(f"{flow['syn_retransmits']} SYN retransmissions")
+    if flow["retransmits"]:
+        details.append(f"{flow['retransmits']} retransmissions")
+    details.append(f"first #{flow['first_index']} at {format_ts(flow['first_ts'])}")
+    return "  ".join(parts) + "  " + "; ".join(details)
+
+
+def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[str]:
+    lines: list[str] = []
+    cause = style.bad(finding.cause) if finding.cause != "healthy" else style.good(finding.cause)
+    title = "VERDICT" if headline else "FINDING"
+    lines.append(f"{style.bold(title)}: {cause}  (confidence {finding.confidence:.2f})")
+    if finding.summary:
+        lines.append(f"  {finding.summary}")
+    lines.append(f"  connection   {finding.proto} {finding.client} -> {finding.server}")
+    if finding.packet is not None:
+        ref = finding.packet
+        lines.append(f"  symptom      {ref.capture} packet #{ref.index} at {format_ts(ref.ts)}")
+    if finding.claimed_src:
+        lines.append(f"  claimed from {finding.claimed_src}")
+    lines.append(f"  generated at {finding.origin or 'not established from these captures'}")
+    if finding.evidence:
+        lines.append("  evidence:")
+        lines += [f"    - {line}" for line in finding.evidence]
+    if finding.ruled_out:
+        lines.append("  ruled out:")
+        lines += [f"    - {r.cause}: {r.why}" for r in finding.ruled_out]
+    if finding.fixes:
+        lines.append("  fixes:")
+        lines += [f"    - {fix}" for fix in finding.fixes]
+    return lines
+
+
+def _verdict_section(report: Report, style: _Style) -> list[str]:
+    if not report.findings:
+        kinds = (
+            Counter(kind for kind in problem_kinds(report.flows) if kind is not None) if not report.flows.empty else {}
+        )
+        if not kinds:
+            return [f"{style.bold('VERDICT')}: {style.good('healthy')}  no resets or lost replies found"]
+        seen = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda kv: kv[0]))
+        return [f"{style.bold('VERDICT')}: {style.warn('not diagnosed')}  problem flows seen ({seen}); see below"]
+    top = report.verdict
+    assert top is not None
+    lines = _finding_lines(top, style, headline=True)
+    others = [f for f in report.findings if f is not top]
+    if others:
+        lines.append("")
+        lines.append(style.bold(f"OTHER FINDINGS ({len(others)})"))
+        for finding in others:
+            where = f"{finding.packet.capture} #{finding.packet.index}" if finding.packet else "-"
+            lines.append(
+                f"  {finding.cause:<17} {finding.proto} {finding.client} -> {finding.server}  at {where}"
+                f"  {finding.summary}"
+            )
+    return lines
+
+
+def _capture_header(info: CaptureInfo, flows: pd.DataFrame, style: _Style) -> str:
+    header = f"CAPTURE {info.name}  ({info.path}, {info.packets} packets, {info.link_type or 'unknown link'}"
+    header += f", {len(flows)} flows"
+    if info.skipped:
+        header += f", {info.skipped} records skipped"
+    return style.bold(header + ")")
+
+
+def _healthy_summary(flows: pd.DataFrame) -> str:
+    if flows.empty:
+        return "healthy: 0 flows"
+    states = Counter(zip(flows["proto"], flows["conn_state"], strict=True))
+    parts = ", ".join(f"{count} {proto} {state}" for (proto, state), count in sorted(states.items()))
+    return f"healthy: {len(flows)} flows ({parts})"
+
+
+def _capture_section(info: CaptureInfo, flows: pd.DataFrame, style: _Style, show_all: bool, limit: int) -> list[str]:
+    lines = [_capture_header(info, flows, style)]
+    if flows.empty:
+        lines.append("  no TCP or UDP flows")
+        return lines
+    flows = flows.assign(_kind=pd.Series(problem_kinds(flows), index=flows.index, dtype=object))
+    problems = flows[flows["_kind"].notna()]
+    healthy = flows[flows["_kind"].isna()]
+    for kind in PROBLEM_ORDER:
+        group = problems[problems["_kind"] == kind]
+        if group.empty:
+            continue
+        label = style.bad(kind.upper()) if kind in (RESET, UNANSWERED) else style.warn(kind.upper())
+        lines.append(f"  {label} ({len(group)})")
+        shown = group if show_all else group.head(limit)
+        lines += [f"    {_flow_line(row)}" for _, row in shown.iterrows()]
+        if len(shown) < len(group):
+            lines.append(style.dim(f"    ... and {len(group) - len(shown)} more (--flows all lists every flow)"))
+    lines.append(f"  {style.good(_healthy_summary(healthy))}")
+    if show_all and not healthy.empty:
+        lines += [f"    {_flow_line(row)}" for _, row in healthy.iterrows()]
+    return lines
+
+
+def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
+    """``problem_kind`` of every row of a flow table, column-wise."""
+    has_rst = flows["rsts"].map(len).to_numpy() > 0
+    unanswered = (flows["conn_state"] == "S0").to_numpy()
+    one_sided = ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
+    retried = (flows["syn_retransmits"] > 0).to_numpy()
+    kinds: list[str | None] = []
+    for r, u, o, s in zip(has_rst, unanswered, one_sided, retried, strict=True):
+        kinds.append(RESET if r else UNANSWERED if u else ONE_SIDED if o else SYN_RETRY if s else None)
+    return kinds
+
+
+def _clock_lines(report: Report) -> list[str]:
+    if not report.clock_offsets:
+        return []
+    lines = [f"CLOCKS relative to {report.clock_reference}:"]
+    for name, offset in report.clock_offsets.items():
+        lines.append(f"  {name:<12} {offset.offset_s:+.6f} s  (± {offset.uncertainty_s:.6f} s)")
+    return lines
+
+
+def render_text(
+    report: Report, *, color: bool = False, flows: str = "problems", limit: int = DEFAULT_PROBLEM_LINES
+) -> str:
+    """The report as text: verdict first, then per capture its problem flows and healthy counts.
+
+    ``flows="all"`` lists every flow instead of at most ``limit`` per problem kind.
+    """
+    style = _Style(color)
+    lines = _verdict_section(report, style)
+    clock = _clock_lines(report)
+    if clock:
+        lines += ["", *clock]
+    table = report.flows
+    for info in report.captures:
+        lines.append("")
+        mine = table[table["capture"] == info.name] if not table.empty else table
+        lines += _capture_section(info, mine, style, flows == "all", limit)
+    if report.warnings:
+        lines.append("")
+        lines.append(style.warn(f"WARNINGS ({len(report.warnings)})"))
+        lines += [f"  {w}" for w in _first(report.warnings, 20)]
+        if len(report.warnings) > 20:
+            lines.append(f"  ... and {len(report.warnings) - 20} more")
+    return "\n".join(lines) + "\n"
+
+
+def _first(items: Iterable[str], n: int) -> list[str]:
+    return [item for _, item in zip(range(n), items, strict=False)]
