@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from diag.errors import LabError
 from diag.lab import netns, state
@@ -30,6 +30,7 @@ from diag.lab.inspect import node_state
 from diag.lab.plan import NETNS_PREFIX, NamespacePlan, Plan, build_plan, netns_name
 from diag.lab.topology import Topology, parse_topology
 
+T = TypeVar("T")
 LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 SERVERS_SCRIPT = Path(__file__).resolve().with_name("servers.py")
 READY_TIMEOUT = 15.0
@@ -246,6 +247,14 @@ class Lab:
         if self._built and self.name in state.recorded_names():
             self._record()
         return process
+
+    def call(self, node: str, function: Callable[[], T]) -> T:
+        """Run a Python function inside the node's namespace (in a thread of this process).
+
+        Sockets it opens (raw ones too, e.g. scapy's) belong to the node, and
+        the rest of the process stays where it was.
+        """
+        return netns.in_namespaces([(self.netns(node), function)])[0]
 
     def interfaces(self, node: str) -> list[str]:
         self.topology.node(node)

@@ -25,6 +25,9 @@ ROLES = ("client", "internet", "nlb", "vpc-router", "natgw", "k8s-node", "pod")
 # Roles whose namespace forwards packets (ip_forward=1); the others are hosts.
 ROUTER_ROLES = frozenset({"internet", "nlb", "vpc-router", "natgw", "k8s-node"})
 LISTENER_PROTOCOLS = ("TCP", "UDP", "TCP_UDP")
+# What a client sees when it talks to the service (the `expect` table of a topology).
+TCP_OUTCOMES = ("connected", "timeout", "reset")
+UDP_OUTCOMES = ("answered", "re-sourced", "refused", "timeout")
 POD_BEHAVIOURS = ("normal", "no-listener", "abort", "slow")
 NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
@@ -148,6 +151,7 @@ class Topology:
     description: str
     nodes: tuple[Node, ...]
     links: tuple[Link, ...]
+    expect: Mapping[str, str] = field(default_factory=dict)  # proto -> outcome through the service
     source: str = field(repr=False, default="")  # the TOML text, so another process can rebuild it
 
     def node(self, name: str) -> Node:
@@ -280,7 +284,7 @@ class _Parser:
     # -- the topology --------------------------------------------------------
 
     def topology(self, data: Mapping[str, Any]) -> Topology:
-        self.unknown_keys(data, {"name", "description", "nodes", "links"}, "topology")
+        self.unknown_keys(data, {"name", "description", "nodes", "links", "expect"}, "topology")
         name = self.string(data, "name", "topology")
         if not re.match(r"^[a-z0-9][a-z0-9-]*$", name):
             raise self.fail("name", f"{name!r}: use lower-case letters, digits and dashes")
@@ -306,10 +310,19 @@ class _Parser:
             description=self.string(data, "description", "topology", default=""),
             nodes=nodes,
             links=links,
+            expect=self.expect(data),
             source=self.text,
         )
         self.cross_check(topology)
         return topology
+
+    def expect(self, data: Mapping[str, Any]) -> dict[str, str]:
+        expect = self.table(data, "expect", "topology", required=False)
+        self.unknown_keys(expect, {"tcp", "udp"}, "expect")
+        for proto, outcomes in (("tcp", TCP_OUTCOMES), ("udp", UDP_OUTCOMES)):
+            if proto in expect and expect[proto] not in outcomes:
+                raise self.fail(f"expect.{proto}", f"one of {', '.join(outcomes)}")
+        return dict(expect)
 
     def links(self, raw_links: Any, names: list[str]) -> tuple[Link, ...]:
         if not isinstance(raw_links, list):
@@ -384,10 +397,13 @@ class _Parser:
             routes.append(Route(destination, self.gateway(via, node, topology, f"{where}.{destination}")))
         return tuple(routes)
 
-    def neighbour_interface(self, peer: str, node: str, topology: Topology, where: str) -> str:
-        link = topology.link_between(node, peer)
+    def interface_of(self, value: str, node: str, topology: Topology, where: str) -> str:
+        """One of the node's interfaces, named directly or by the neighbour at its other end."""
+        if value in topology.interfaces(node):
+            return value
+        link = topology.link_between(node, value)
         if link is None:
-            raise self.fail(where, f"{peer!r} is not a neighbour of {node}")
+            raise self.fail(where, f"{value!r} is neither an interface nor a neighbour of {node}")
         return link.end(node).interface
 
     def tables(self, raw: Any, node: str, topology: Topology, where: str) -> tuple[RouteTable, ...]:
@@ -401,7 +417,7 @@ class _Parser:
             if not isinstance(spec, Mapping):
                 raise self.fail(key, "must be a table with routes and iif/from")
             self.unknown_keys(spec, {"routes", "iif", "from"}, key)
-            iif = tuple(self.neighbour_interface(peer, node, topology, f"{key}.iif")
+            iif = tuple(self.interface_of(peer, node, topology, f"{key}.iif")
                         for peer in self.strings(spec, "iif", key, default=[]))
             try:
                 sources = tuple(IPv4Network(cidr) for cidr in self.strings(spec, "from", key, default=[]))
@@ -456,7 +472,7 @@ class _Parser:
             tables=self.tables(raw.get("tables"), name, topology, f"{where}.tables"),
             sysctls={key: str(value) for key, value in sysctls.items()},
             strict_rp_interfaces=tuple(
-                self.neighbour_interface(peer, name, topology, f"{where}.strict_rp_filter")
+                self.interface_of(peer, name, topology, f"{where}.strict_rp_filter")
                 for peer in self.strings(raw, "strict_rp_filter", where, default=[])
             ),
         )
@@ -497,7 +513,8 @@ class _Parser:
             port=port,
             target_group=TargetGroup(target_type, self.integer(group, "port", gwhere, low=1, high=65535),
                                      tuple(targets), preserve),
-            idle_timeout=self.integer(raw, "idle_timeout", where, default=350, low=60, high=6000),
+            # AWS accepts 60-6000 s; the lab also takes shorter ones so an experiment need not wait minutes.
+            idle_timeout=self.integer(raw, "idle_timeout", where, default=350, low=1, high=6000),
         )
 
     def natgw(self, raw: Mapping[str, Any], name: str, topology: Topology, where: str) -> NatGwConfig:
