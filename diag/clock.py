@@ -1,0 +1,155 @@
+"""Clock offsets between capture points, from packets seen at both.
+
+For two points A and B and the offset θ = o_B − o_A (what B's clock needs
+added, relative to A's): a packet that passed A before B proves
+``ts_A + o_A < ts_B + o_B``, a lower bound on θ; one that passed B first
+gives an upper bound. As in NTP, the estimate is the middle of the tightest
+interval and the uncertainty half its width. With packets in one direction
+only, the estimate assumes the fastest packet took no time (the minimum-delay
+estimate) and carries ``ONE_WAY_UNCERTAINTY_S``.
+
+Which point a packet passed first is decided without clocks where possible:
+the TTL only goes down along a path. When the TTL is equal at both points
+(same link, or a network that does not decrement it), a flow's two directions
+are paired: the direction whose packets show the larger ``ts_B − ts_A`` is the
+one going A→B. Pairwise estimates are chained from the reference capture
+along the most certain links (fewest accumulated uncertainty).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+import numpy as np
+
+from diag.report import ClockOffset
+
+# Assumed bound on a one-way delay when only one direction was seen.
+ONE_WAY_UNCERTAINTY_S = 0.01
+# Timestamps are at best nanoseconds apart; never claim better than this.
+MIN_UNCERTAINTY_S = 1e-6
+
+
+def _equal_ttl_directions(d: np.ndarray, dir_fwd: np.ndarray, dir_rev: np.ndarray) -> np.ndarray:
+    """+1 (A first), -1 (B first) or 0 (unknown) for packets with equal TTL at A and B.
+
+    Packets are grouped by their direction as seen at A; a group and its
+    reverse are compared: the one with the larger ``d`` travelled A→B.
+    """
+    result = np.zeros(len(d), dtype=np.int8)
+    groups: dict[int, list[int]] = {}
+    for i, h in enumerate(dir_fwd.tolist()):
+        groups.setdefault(h, []).append(i)
+    reverse_of = {int(f): int(r) for f, r in zip(dir_fwd.tolist(), dir_rev.tolist(), strict=True)}
+    for h, members in groups.items():
+        partner = groups.get(reverse_of[h])
+        if partner is None:
+            continue
+        mine = float(np.median(d[members]))
+        theirs = float(np.median(d[partner]))
+        if mine != theirs:
+            result[members] = 1 if mine > theirs else -1
+    return result
+
+
+def pair_offset(
+    d_ns: np.ndarray, a_first: np.ndarray, b_first: np.ndarray
+) -> tuple[float, float, str] | None:
+    """θ = o_B − o_A in seconds, its uncertainty, and a note; None without usable packets.
+
+    ``d_ns`` is ``ts_B − ts_A`` per packet; ``a_first``/``b_first`` mark which
+    point the packet passed first.
+    """
+    has_fwd = bool(a_first.any())
+    has_rev = bool(b_first.any())
+    if not has_fwd and not has_rev:
+        return None
+    lo = float(np.max(-d_ns[a_first])) / 1e9 if has_fwd else None
+    hi = float(np.min(-d_ns[b_first])) / 1e9 if has_rev else None
+    if lo is not None and hi is not None:
+        middle = (lo + hi) / 2
+        half = abs(hi - lo) / 2
+        note = "both directions" if hi >= lo else "both directions, bounds cross (jitter or a clock step)"
+        return middle, max(half, MIN_UNCERTAINTY_S), note
+    if lo is not None:
+        return lo, ONE_WAY_UNCERTAINTY_S, "one direction only: minimum-delay estimate"
+    assert hi is not None
+    return hi, ONE_WAY_UNCERTAINTY_S, "one direction only: minimum-delay estimate"
+
+
+def estimate_offsets(
+    match: np.ndarray,
+    capture: np.ndarray,
+    ts_ns: np.ndarray,
+    ttl: np.ndarray,
+    flow_direction: np.ndarray,
+    n_captures: int,
+    reference: int,
+    order_hint: Sequence[int] | None = None,
+) -> tuple[dict[int, ClockOffset], dict[int, str]]:
+    """Offsets of every capture reachable from ``reference`` through matched packets.
+
+    Inputs are one entry per sighting of a matched packet: its match id,
+    capture code, time, TTL and the (direction, reverse direction) hash pair
+    of its addresses at that point. Returns offsets keyed by capture code and
+    a note per capture saying how its offset was obtained.
+    """
+    offsets: dict[int, ClockOffset] = {reference: ClockOffset(0.0, 0.0)}
+    notes: dict[int, str] = {reference: "reference clock"}
+    if len(match) == 0:
+        return offsets, notes
+    n_match = int(match.max()) + 1
+    present = np.zeros((n_captures, n_match), dtype=bool)
+    wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
+    wide_ttl = np.zeros((n_captures, n_match), dtype=np.int64)
+    wide_dir = np.zeros((n_captures, n_match, 2), dtype=np.uint64)
+    present[capture, match] = True
+    wide_ts[capture, match] = ts_ns
+    wide_ttl[capture, match] = ttl
+    wide_dir[capture, match] = flow_direction
+
+    edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
+    for a in range(n_captures):
+        for b in range(a + 1, n_captures):
+            both = present[a] & present[b]
+            if not both.any():
+                continue
+            d = wide_ts[b, both] - wide_ts[a, both]
+            ttl_a, ttl_b = wide_ttl[a, both], wide_ttl[b, both]
+            direction = np.sign(ttl_a - ttl_b).astype(np.int8)
+            equal = direction == 0
+            if equal.any():
+                direction[equal] = _equal_ttl_directions(d[equal], wide_dir[a, both, 0][equal], wide_dir[a, both, 1][equal])
+            if not (direction != 0).any():
+                direction[:] = _fallback_direction(a, b, d, order_hint)
+            estimate = pair_offset(d, direction > 0, direction < 0)
+            if estimate is None:
+                continue
+            theta, uncertainty, note = estimate
+            edges[a].append((b, theta, uncertainty, note))
+            edges[b].append((a, -theta, uncertainty, note))
+
+    # Most certain chain from the reference (Dijkstra on summed uncertainty).
+    best: dict[int, float] = {reference: 0.0}
+    queue: list[tuple[float, int]] = [(0.0, reference)]
+    while queue:
+        spent, node = heapq.heappop(queue)
+        if spent > best.get(node, float("inf")):
+            continue
+        for other, theta, uncertainty, note in edges[node]:
+            total = spent + uncertainty
+            if total < best.get(other, float("inf")):
+                best[other] = total
+                offsets[other] = ClockOffset(offsets[node].offset_s + theta, total)
+                notes[other] = note
+                heapq.heappush(queue, (total, other))
+    return offsets, notes
+
+
+def _fallback_direction(a: int, b: int, d: np.ndarray, order_hint: Sequence[int] | None) -> int:
+    """Direction when nothing in the packets tells: the hint, else the smaller apparent delay."""
+    if order_hint and a in order_hint and b in order_hint:
+        return 1 if order_hint.index(a) < order_hint.index(b) else -1
+    # Assume the clocks are closer together than the packets' travel time.
+    return 1 if float(np.median(d)) >= 0 else -1

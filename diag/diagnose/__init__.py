@@ -1,0 +1,10 @@
+"""Diagnosis: from correlated captures to findings with a cause, evidence and fixes.
+
+``engine`` combines the cause modules (``tcp``, ``udp``) over the connections
+that ``connections`` assembles across capture points; ``signals`` holds the
+single facts they stand on and ``advice`` the fixes.
+"""
+
+from diag.diagnose.engine import diagnose
+
+__all__ = ["diagnose"]

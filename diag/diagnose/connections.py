@@ -1,0 +1,226 @@
+"""Connections across capture points: every copy of one TCP or UDP conversation.
+
+At each point a conversation has its own addresses (NAT rewrote them), so a
+connection is the union of per-point flows (same 5-tuple at one capture)
+linked by matched packets. Each packet row then gets its role: sent by the
+originator (the client) or by the responder, decided at the point that saw
+the first SYN and carried to the other points through the matches.
+
+UDP replies re-sourced by a NAT box (they arrive from an address the client
+never wrote to) match nothing at the client; ``_join_resourced_replies`` links
+them to the unanswered request flow they answer by the client's own port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from diag.capture.columns import ACK, RST, SYN, TCP, UDP
+from diag.correlate import Correlation
+
+# A re-sourced UDP reply must come this soon after the request it answers.
+RESOURCED_REPLY_WINDOW_NS = 5_000_000_000
+
+
+@dataclass
+class Connection:
+    """One conversation as seen at every point.
+
+    ``rows`` is a slice of the packet table (positions kept in ``position``)
+    with extra columns: ``match`` (-1 unmatched), ``pkt`` (one id per distinct
+    packet: a match, or a lone sighting), ``copy`` (True for a second copy in
+    the same capture), ``ts_ref`` (ns on the reference clock), ``from_orig``.
+    ``client``/``server`` are the endpoints as the client addressed them.
+    """
+
+    conn_id: int
+    proto: int
+    rows: pd.DataFrame
+    client: str
+    server: str
+    orig_at: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def captures(self) -> list[str]:
+        return list(dict.fromkeys(self.rows["capture"].astype(str)))
+
+
+def endpoint_text(addr: str, port: int) -> str:
+    if port < 0:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _flow_nodes(table: pd.DataFrame) -> np.ndarray:
+    """Per row: the id of its per-capture flow (capture, proto, unordered endpoint pair)."""
+    addr_codes, _ = pd.factorize(np.concatenate([table["src"].astype(str).to_numpy(), table["dst"].astype(str).to_numpy()]))
+    n = len(table)
+    src_ep = addr_codes[:n].astype(np.int64) * 65537 + table["sport"].to_numpy().astype(np.int64) + 1
+    dst_ep = addr_codes[n:].astype(np.int64) * 65537 + table["dport"].to_numpy().astype(np.int64) + 1
+    low, high = np.minimum(src_ep, dst_ep), np.maximum(src_ep, dst_ep)
+    keys = pd.DataFrame({"c": table["capture"].astype(str).to_numpy(), "p": table["proto"].to_numpy(), "l": low, "h": high})
+    return keys.groupby(["c", "p", "l", "h"], sort=False).ngroup().to_numpy()
+
+
+def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connection]:
+    """Every TCP and UDP connection in ``packets``, linked across points by ``corr``."""
+    proto = packets["proto"].to_numpy()
+    positions = np.flatnonzero(np.isin(proto, (TCP, UDP)) & (packets["ip_version"].to_numpy() > 0))
+    if len(positions) == 0:
+        return []
+    table = packets.iloc[positions].copy()
+    table["position"] = positions
+    table["capture"] = table["capture"].astype(str)
+    table["src"] = table["src"].astype(str)
+    table["dst"] = table["dst"].astype(str)
+    table["match"] = corr.row_match[positions]
+    sighting = corr.row_sighting[positions]
+    # Unmatched packets get ids after every match id so ``pkt`` is unique.
+    base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
+    table["pkt"] = np.where(table["match"] >= 0, table["match"], base + sighting)
+    table["copy"] = pd.Series(sighting, index=table.index).duplicated().to_numpy()
+    table["ts_ref"] = corr.ts_ref_ns[positions]
+    table["node"] = _flow_nodes(table)
+    hop = np.full(len(packets), 0, dtype=np.int64)
+    if not corr.matches.empty:
+        hop[corr.matches["position"].to_numpy()] = corr.matches["hop"].to_numpy()
+    table["hop"] = hop[positions]
+
+    uf = _UnionFind(int(table["node"].max()) + 1)
+    linked = table[table["match"] >= 0][["match", "node"]].drop_duplicates()
+    firsts = linked.groupby("match")["node"].transform("first")
+    for a, b in set(zip(linked["node"].tolist(), firsts.tolist(), strict=True)):
+        if a != b:
+            uf.union(a, b)
+    _join_resourced_replies(table, uf)
+    table["conn"] = [uf.find(n) for n in table["node"].tolist()]
+
+    connections = []
+    for conn_id, rows in table.groupby("conn", sort=True):
+        rows = rows.sort_values(["ts_ref", "position"], kind="stable")
+        connection = _orient(int(conn_id), rows)
+        if connection is not None:
+            connections.append(connection)
+    return connections
+
+
+def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
+    """Link UDP flows that only send *to* a client port with that port's unanswered requests."""
+    udp = table[table["proto"] == UDP]
+    if udp.empty:
+        return
+    for capture, rows in udp.groupby("capture", sort=False):
+        del capture
+        by_node = {int(n): r for n, r in rows.groupby("node", sort=False)}
+        # Flows whose packets all go one way: candidate requests and candidate replies.
+        one_way = {n: r for n, r in by_node.items() if r[["src", "sport"]].drop_duplicates().shape[0] == 1}
+        for n_req, req in one_way.items():
+            client = (req["src"].iloc[0], int(req["sport"].iloc[0]))
+            if client[1] < 1024:
+                continue
+            server = (req["dst"].iloc[0], int(req["dport"].iloc[0]))
+            for n_rep, rep in one_way.items():
+                if n_rep == n_req:
+                    continue
+                to = (rep["dst"].iloc[0], int(rep["dport"].iloc[0]))
+                sender = (rep["src"].iloc[0], int(rep["sport"].iloc[0]))
+                if to != client or sender == server:
+                    continue
+                delay = int(rep["ts_ns"].min()) - int(req["ts_ns"].min())
+                if 0 <= delay <= RESOURCED_REPLY_WINDOW_NS:
+                    uf.union(n_req, n_rep)
+
+
+def _orient(conn_id: int, rows: pd.DataFrame) -> Connection | None:
+    """Decide who originated the connection at every point and label each row."""
+    proto = int(rows["proto"].iloc[0])
+    flags = rows["tcp_flags"].to_numpy()
+    src_ep = list(zip(rows["src"], rows["sport"].astype(int), strict=True))
+    orig_at: dict[int, tuple[str, int]] = {}  # node -> originator endpoint there
+
+    pure_syn = (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN) if proto == TCP else np.zeros(len(rows), bool)
+    nodes = rows["node"].to_numpy()
+    for i in np.flatnonzero(pure_syn):
+        orig_at.setdefault(int(nodes[i]), src_ep[i])
+
+    def propagate() -> None:
+        changed = True
+        while changed:
+            changed = False
+            known: dict[int, bool] = {}
+            for i, (node, pkt) in enumerate(zip(nodes.tolist(), rows["pkt"].tolist(), strict=True)):
+                if node in orig_at:
+                    known.setdefault(pkt, src_ep[i] == orig_at[node])
+            for i, (node, pkt) in enumerate(zip(nodes.tolist(), rows["pkt"].tolist(), strict=True)):
+                if node not in orig_at and pkt in known:
+                    dst = (rows["dst"].iloc[i], int(rows["dport"].iloc[i]))
+                    orig_at[node] = src_ep[i] if known[pkt] else dst
+                    changed = True
+
+    propagate()
+    captures = rows["capture"].tolist()
+    dst_ep = list(zip(rows["dst"], rows["dport"].astype(int), strict=True))
+
+    def share_known_endpoint() -> None:
+        """A flow at a point that involves an originator endpoint known there is oriented by it."""
+        known = {(captures[i], orig_at[int(n)]) for i, n in enumerate(nodes) if int(n) in orig_at}
+        for i, n in enumerate(nodes):
+            if int(n) in orig_at:
+                continue
+            if (captures[i], src_ep[i]) in known:
+                orig_at[int(n)] = src_ep[i]
+            elif (captures[i], dst_ep[i]) in known:
+                orig_at[int(n)] = dst_ep[i]
+
+    share_known_endpoint()
+    propagate()
+    # No SYN anywhere: the first packet's sender is the originator.
+    while any(int(n) not in orig_at for n in nodes):
+        first = next(i for i, n in enumerate(nodes) if int(n) not in orig_at)
+        orig_at[int(nodes[first])] = src_ep[first]
+        propagate()
+        share_known_endpoint()
+
+    rows = rows.copy()
+    rows["from_orig"] = [src_ep[i] == orig_at[int(n)] for i, n in enumerate(nodes)]
+    # The client's view: the first sighting of the first originator packet.
+    orig_rows = rows[rows["from_orig"]]
+    first_syn = rows[pure_syn & rows["from_orig"].to_numpy()]
+    chosen = first_syn if len(first_syn) else orig_rows
+    if chosen.empty:
+        return None
+    first_pkt = chosen["pkt"].iloc[0]
+    head = chosen[chosen["pkt"] == first_pkt].sort_values(["hop", "ts_ref"], kind="stable").iloc[0]
+    orig_by_capture: dict[str, tuple[str, int]] = {}
+    for node, endpoint in orig_at.items():
+        capture = rows.loc[rows["node"] == node, "capture"].iloc[0]
+        orig_by_capture.setdefault(str(capture), endpoint)
+    return Connection(
+        conn_id=conn_id,
+        proto=proto,
+        rows=rows,
+        client=endpoint_text(str(head["src"]), int(head["sport"])),
+        server=endpoint_text(str(head["dst"]), int(head["dport"])),
+        orig_at=orig_by_capture,
+    )

@@ -1,0 +1,80 @@
+"""What every verdict needs besides the connection: the captures and their clocks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from diag.correlate import Correlation
+from diag.report import RuledOut
+
+
+# Where the usual vantage names sit on a request's way, used only when no
+# order is given: the client first, the server (pod) last.
+CONVENTIONAL_ORDER = ("client", "internet", "router", "nlb", "lb", "node-a", "node", "node-b", "pod", "server")
+
+
+@dataclass(frozen=True)
+class Context:
+    """The analysis as a whole: which points were captured, and when each was running."""
+
+    captures: tuple[str, ...]
+    spans: dict[str, tuple[int, int]]  # capture -> first/last packet time, reference clock
+    corr: Correlation
+    packets: pd.DataFrame
+
+    order: tuple[str, ...] = ()  # capture points in the order a request passes them, if given
+
+    @classmethod
+    def build(cls, packets: pd.DataFrame, corr: Correlation, order_hint: Sequence[str] | None = None) -> Context:
+        names = packets["capture"].astype(str).to_numpy()
+        captured = list(dict.fromkeys(names.tolist()))
+        column = packets["capture"]
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            # An empty capture still says something: that point saw none of it.
+            captured += [str(c) for c in column.cat.categories if str(c) not in captured]
+        spans: dict[str, tuple[int, int]] = {name: (-(2**62), 2**62) for name in captured}
+        if len(packets):
+            frame = pd.DataFrame({"capture": names, "ts": corr.ts_ref_ns})
+            for capture, group in frame.groupby("capture", sort=False):
+                spans[str(capture)] = (int(group["ts"].min()), int(group["ts"].max()))
+        return cls(tuple(captured), spans, corr, packets, tuple(order_hint or ()))
+
+    def is_beyond(self, capture: str, point: str) -> bool:
+        """``capture`` comes after ``point`` on the request's way (by the given order, else the usual names)."""
+        order = self.order if self.order else CONVENTIONAL_ORDER
+        if capture not in order or point not in order:
+            return False
+        return order.index(capture) > order.index(point)
+
+    def offset_uncertainty_ns(self, capture: str) -> int:
+        offset = self.corr.offsets.get(capture)
+        return 10**12 if offset is None else int(offset.uncertainty_s * 1e9)
+
+
+@dataclass
+class Verdict:
+    """A verdict being assembled: cause and confidence, and the lines that justify it."""
+
+    cause: str
+    confidence: float
+    summary: str = ""
+    origin: str | None = None
+    origin_description: str | None = None
+    evidence: list[str] = field(default_factory=list)
+    ruled_out: list[RuledOut] = field(default_factory=list)
+
+    def support(self, line: str, weight: float = 0.0) -> None:
+        self.evidence.append(line)
+        self.confidence = min(0.97, self.confidence + weight)
+
+    def rule_out(self, cause: str, why: str) -> None:
+        if cause != self.cause and all(r.cause != cause for r in self.ruled_out):
+            self.ruled_out.append(RuledOut(cause, why))
+
+
+def median_ns(values: list[int]) -> float:
+    return float(np.median(values)) if values else 0.0

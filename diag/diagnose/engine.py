@@ -1,0 +1,76 @@
+"""The diagnosis: one finding per connection that ended badly, with its cause and evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from diag.capture.columns import TCP
+from diag.correlate import Correlation, correlate
+from diag.diagnose.advice import FIXES
+from diag.diagnose.connections import build_connections
+from diag.diagnose.context import Context, Verdict
+from diag.diagnose.signals import Seen
+from diag.diagnose.tcp import analyze_tcp
+from diag.diagnose.udp import analyze_udp
+from diag.report import Finding, PacketRef
+
+
+def diagnose(
+    packets: pd.DataFrame,
+    flows: pd.DataFrame | None = None,
+    corr: Correlation | None = None,
+    order_hint: Sequence[str] | None = None,
+) -> list[Finding]:
+    """Findings for every RST, unanswered SYN and lost or re-sourced UDP reply in ``packets``.
+
+    ``flows`` (the flow table) is accepted for the pipeline's signature; the
+    diagnosis rebuilds connections across points from ``corr`` (computed here
+    when not given). ``order_hint`` names the capture points in the order a
+    request passes them, when the caller knows the topology. Healthy
+    connections produce nothing.
+    """
+    del flows
+    if corr is None:
+        corr = correlate(packets, order_hint)
+    if len(packets) == 0:
+        return []
+    ctx = Context.build(packets, corr, order_hint)
+    findings: list[tuple[int, Finding]] = []
+    for conn in build_connections(packets, corr):
+        result = analyze_tcp(conn, ctx) if conn.proto == TCP else analyze_udp(conn, ctx)
+        if result is None:
+            continue
+        verdict, symptom, occurrences = result
+        findings.append((symptom.ts_ref, _finding(conn.proto, conn.client, conn.server, verdict, symptom, occurrences, ctx)))
+    findings.sort(key=lambda item: item[0])
+    return [finding for _, finding in findings]
+
+
+def _finding(
+    proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, occurrences: int, ctx: Context
+) -> Finding:
+    first = symptom.first
+    evidence = list(verdict.evidence)
+    if verdict.origin is None and verdict.origin_description:
+        origin: str | None = verdict.origin_description
+    else:
+        origin = verdict.origin
+    captured = ", ".join(ctx.captures)
+    evidence.append(f"captures analysed: {captured}")
+    del occurrences
+    return Finding(
+        cause=verdict.cause,
+        confidence=round(min(verdict.confidence, 0.97), 3),
+        proto="tcp" if proto == TCP else "udp",
+        client=client,
+        server=server,
+        packet=PacketRef(capture=first.capture, index=first.index, ts=first.ts_ns / 1e9),
+        claimed_src=first.src_addr,
+        origin=origin,
+        summary=verdict.summary,
+        evidence=tuple(evidence),
+        ruled_out=tuple(verdict.ruled_out),
+        fixes=FIXES.get(verdict.cause, ()),
+    )

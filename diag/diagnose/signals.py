@@ -1,0 +1,243 @@
+"""Single facts about packets of one connection, the building blocks of a verdict.
+
+Each function answers one question (how far did this packet travel, which
+point sent it, which capture is the client's own) from the rows of a
+``Connection``; the cause modules combine the answers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pandas as pd
+
+from diag.capture.columns import ACK, FIN, RST, SYN
+from diag.diagnose.connections import Connection, endpoint_text
+
+# Initial TTLs in common use (Linux/macOS 64, Windows 128, network gear 255; 32 is rare).
+INITIAL_TTLS = (32, 64, 128, 255)
+
+
+def initial_ttl(ttl: int) -> int:
+    """The smallest common initial TTL at or above ``ttl``."""
+    return next((t for t in INITIAL_TTLS if ttl <= t), 255)
+
+
+def hops(ttl: int) -> int:
+    """Routers passed since the sender, assuming a common initial TTL."""
+    return initial_ttl(ttl) - ttl
+
+
+@dataclass(frozen=True)
+class Sight:
+    """One capture point's first copy of a packet."""
+
+    capture: str
+    index: int
+    ts_ns: int
+    ts_ref: int
+    ttl: int
+    ip_id: int
+    forwarded: bool  # the same capture also shows it leaving with a lower TTL
+    src: str  # "addr:port" on arrival at this point
+    dst: str
+    sources: tuple[str, ...]  # every source seen on the copies here (a box's rewrite shows as two)
+
+    @property
+    def src_addr(self) -> str:
+        return self.src.rsplit(":", 1)[0].strip("[]") if ":" in self.src else self.src
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A distinct packet of the connection and where it was seen, in path order."""
+
+    pkt: int
+    from_orig: bool
+    flags: int
+    seq: int
+    ack: int
+    payload_len: int
+    sights: tuple[Sight, ...]
+
+    @property
+    def first(self) -> Sight:
+        return self.sights[0]
+
+    @property
+    def points(self) -> tuple[str, ...]:
+        return tuple(s.capture for s in self.sights)
+
+    def at(self, capture: str) -> Sight | None:
+        return next((s for s in self.sights if s.capture == capture), None)
+
+    @property
+    def ts_ref(self) -> int:
+        return self.first.ts_ref
+
+    def has(self, flag: int) -> bool:
+        return self.flags >= 0 and bool(self.flags & flag)
+
+    @property
+    def is_pure_syn(self) -> bool:
+        return self.flags >= 0 and (self.flags & (SYN | ACK | RST)) == SYN
+
+    @property
+    def is_synack(self) -> bool:
+        return self.flags >= 0 and (self.flags & (SYN | ACK | RST)) == SYN | ACK
+
+    @property
+    def is_rst(self) -> bool:
+        return self.has(RST)
+
+    @property
+    def is_fin(self) -> bool:
+        return self.has(FIN)
+
+    @property
+    def is_pure_ack(self) -> bool:
+        return self.flags == ACK and self.payload_len <= 0
+
+
+def distinct_packets(conn: Connection) -> list[Seen]:
+    """The connection's packets, one entry per distinct packet, in order of first sighting."""
+    rows = conn.rows.sort_values(["pkt", "hop", "ts_ref"], kind="stable")
+    seen = []
+    for pkt, group in rows.groupby("pkt", sort=False):
+        sights = []
+        for capture, copies in group.groupby("capture", sort=False):
+            head = copies.iloc[0]
+            sights.append(
+                Sight(
+                    capture=str(capture),
+                    index=int(head["index"]),
+                    ts_ns=int(head["ts_ns"]),
+                    ts_ref=int(head["ts_ref"]),
+                    ttl=int(copies["ttl"].max()),
+                    ip_id=int(head["ip_id"]),
+                    forwarded=bool(copies["ttl"].min() < copies["ttl"].max()),
+                    src=endpoint_text(str(head["src"]), int(head["sport"])),
+                    dst=endpoint_text(str(head["dst"]), int(head["dport"])),
+                    sources=tuple(
+                        dict.fromkeys(
+                            endpoint_text(str(a), int(p)) for a, p in zip(copies["src"], copies["sport"], strict=True)
+                        )
+                    ),
+                )
+            )
+        head = group.iloc[0]
+        seen.append(
+            Seen(
+                pkt=int(pkt),  # type: ignore[call-overload]
+                from_orig=bool(head["from_orig"]),
+                flags=int(head["tcp_flags"]),
+                seq=int(head["seq"]),
+                ack=int(head["ack"]),
+                payload_len=int(head["payload_len"]),
+                sights=tuple(sights),
+            )
+        )
+    seen.sort(key=lambda p: (p.ts_ref, p.pkt))
+    return seen
+
+
+def generated_at(packet: Seen) -> str | None:
+    """The capture point that sent this packet, when it was captured there.
+
+    The first point on the path made it if the TTL there is an initial TTL
+    and that point does not also show it leaving with a lower TTL (a box that
+    forwards a packet shows both copies; the sender shows one).
+    """
+    first = packet.first
+    if hops(first.ttl) == 0 and not first.forwarded:
+        return first.capture
+    return None
+
+
+def endpoint_capture(packets: list[Seen], from_orig: bool) -> str | None:
+    """The capture taken on the host of one side (its packets start there with an initial TTL)."""
+    votes: Counter[str] = Counter()
+    for packet in packets:
+        if packet.from_orig == from_orig and not packet.is_rst:
+            maker = generated_at(packet)
+            if maker:
+                votes[maker] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def usual_hops(packets: list[Seen], from_orig: bool, capture: str) -> int | None:
+    """How many routers one side's ordinary (non-RST) packets have passed when seen at ``capture``."""
+    counts: Counter[int] = Counter()
+    for packet in packets:
+        if packet.from_orig == from_orig and not packet.is_rst:
+            sight = packet.at(capture)
+            if sight:
+                counts[hops(sight.ttl)] += 1
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def usual_ttl(packets: list[Seen], from_orig: bool, capture: str) -> int | None:
+    counts: Counter[int] = Counter()
+    for packet in packets:
+        if packet.from_orig == from_orig and not packet.is_rst:
+            sight = packet.at(capture)
+            if sight:
+                counts[sight.ttl] += 1
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def ttl_mismatch(packets: list[Seen], suspect: Seen) -> list[str]:
+    """Evidence lines where the suspect's TTL says another distance than its claimed sender's packets."""
+    lines = []
+    side = "client" if suspect.from_orig else "server"
+    for sight in suspect.sights:
+        usual = usual_ttl(packets, suspect.from_orig, sight.capture)
+        if usual is None:
+            continue
+        if hops(usual) != hops(sight.ttl):
+            lines.append(
+                f"at {sight.capture}: the RST arrived with TTL {sight.ttl} ({hops(sight.ttl)} hop(s) from its sender) "
+                f"while the {side}'s own packets arrive with TTL {usual} ({hops(usual)} hops): "
+                f"it was made {abs(hops(usual) - hops(sight.ttl))} hop(s) {'closer' if hops(sight.ttl) < hops(usual) else 'further'} "
+                f"than the {side}"
+            )
+    return lines
+
+
+def ttl_consistent(packets: list[Seen], suspect: Seen) -> bool:
+    """Some point saw the suspect and the claimed sender's packets at the same distance."""
+    for sight in suspect.sights:
+        usual = usual_hops(packets, suspect.from_orig, sight.capture)
+        if usual is not None and usual == hops(sight.ttl):
+            return True
+    return False
+
+
+def covers(spans: dict[str, tuple[int, int]], capture: str, ts_ref: int) -> bool:
+    """The capture was running at that (reference-clock) time."""
+    span = spans.get(capture)
+    return span is not None and span[0] <= ts_ref <= span[1]
+
+
+def after_at(packets: list[Seen], capture: str, since: Sight, predicate: object) -> list[Seen]:
+    """Packets seen at ``capture`` after ``since`` (same clock, no correction needed) matching ``predicate``."""
+    chosen = []
+    for packet in packets:
+        sight = packet.at(capture)
+        if sight and sight.ts_ns > since.ts_ns and callable(predicate) and predicate(packet):
+            chosen.append(packet)
+    return chosen
+
+
+def ms(ns: int | float) -> str:
+    return f"{ns / 1e6:.1f} ms"
+
+
+def where(sight: Sight) -> str:
+    """'pod #12' style packet reference."""
+    return f"{sight.capture} #{sight.index}"
+
+
+def frame_rows(conn: Connection) -> pd.DataFrame:
+    return conn.rows

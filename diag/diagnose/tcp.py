@@ -1,0 +1,569 @@
+"""Verdicts on TCP connections: who sent each RST and why, and why a SYN went unanswered.
+
+One finding per connection at most. The decisive symptom is the first RST
+that is not part of a normal close; without one, SYNs the client never saw
+answered. The cause follows from the phase of the connection (handshake or
+established), the side the RST claims to come from, and whether that side
+really sent it (its own capture, TTL distance, presence along the path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context, Verdict
+from diag.diagnose.signals import (
+    Seen,
+    Sight,
+    after_at,
+    covers,
+    distinct_packets,
+    endpoint_capture,
+    generated_at,
+    hops,
+    ms,
+    usual_hops,
+    ttl_consistent,
+    ttl_mismatch,
+    where,
+)
+
+# An idle gap counts when it is this long and much longer than a round trip.
+IDLE_GAP_MIN_NS = 1_000_000_000
+IDLE_GAP_RTTS = 10
+# An unanswered SYN counts once retransmitted, or when the capture ran this long after it.
+UNANSWERED_WAIT_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Sides:
+    """The connection's packets and which captures were taken on its two hosts."""
+
+    packets: list[Seen]
+    client_capture: str | None
+    server_capture: str | None
+
+    def own_capture(self, from_orig: bool) -> str | None:
+        return self.client_capture if from_orig else self.server_capture
+
+
+def side_name(from_orig: bool) -> str:
+    return "client" if from_orig else "server"
+
+
+def _before(packets: list[Seen], packet: Seen) -> list[Seen]:
+    return [p for p in packets if p.ts_ref < packet.ts_ref or (p.ts_ref == packet.ts_ref and p.pkt < packet.pkt)]
+
+
+def find_trigger(packets: list[Seen], rst: Seen) -> Seen | None:
+    """The packet the RST answers: by sequence numbers (RFC 793 reset generation), else the last one before it."""
+    candidates = [p for p in _before(packets, rst) if p.from_orig != rst.from_orig and not p.is_rst]
+    for packet in reversed(candidates):
+        if rst.has(0x10):  # RST+ACK acknowledges what it answers
+            syn_fin = 1 if packet.has(0x02) or packet.has(0x01) else 0
+            if rst.ack == (packet.seq + max(packet.payload_len, 0) + syn_fin) % 2**32:
+                return packet
+        elif packet.has(0x10) and rst.seq == packet.ack:
+            return packet
+    return candidates[-1] if candidates else None
+
+
+def is_established(packets: list[Seen], before: Seen) -> bool:
+    """A completed handshake or data both ways before ``before``."""
+    earlier = _before(packets, before)
+    synacks = [p for p in earlier if p.is_synack and not p.from_orig]
+    for synack in synacks:
+        if any(p.from_orig and p.has(0x10) and p.ack == (synack.seq + 1) % 2**32 for p in earlier):
+            return True
+    has_orig_data = any(p.from_orig and p.payload_len > 0 for p in earlier)
+    has_resp_data = any(not p.from_orig and p.payload_len > 0 for p in earlier)
+    return has_orig_data and has_resp_data
+
+
+def analyze_tcp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | None:
+    """The verdict, the symptom packet and how many times the symptom occurred; None when healthy."""
+    packets = distinct_packets(conn)
+    sides = Sides(packets, endpoint_capture(packets, True), endpoint_capture(packets, False))
+    for rst in [p for p in packets if p.is_rst]:
+        verdict = classify_rst(conn, sides, rst, ctx)
+        if verdict is not None:
+            same = [p for p in packets if p.is_rst and p.from_orig == rst.from_orig and p.ts_ref >= rst.ts_ref]
+            if len(same) > 1:
+                verdict.evidence.insert(
+                    0, f"{len(same)} such RSTs claiming the {side_name(rst.from_orig)} in this connection"
+                )
+            return verdict, rst, len(same)
+    return unanswered_syn(conn, sides, ctx)
+
+
+def _claimed(rst: Seen) -> str:
+    return rst.first.src_addr
+
+
+def _origin(rst: Seen, sides: Sides, trigger: Seen | None) -> tuple[str | None, str]:
+    """The captured point that made the RST, else a description of where it came from."""
+    maker = generated_at(rst)
+    if maker is not None and maker == sides.own_capture(not rst.from_orig):
+        return None, f"a device next to {maker} (the RST reaches it with TTL {rst.first.ttl}, an initial TTL)"
+    if maker is not None:
+        return maker, f"made at {maker} (first seen there with TTL {rst.first.ttl}, an initial TTL)"
+    first = rst.first
+    distance = hops(first.ttl) + 1
+    away = f"{distance} hop{'s' if distance > 1 else ''}"
+    sent = trigger.at(first.capture) if trigger is not None else None
+    if sent is not None and sent.forwarded and trigger is not None and trigger.sights[-1].capture == first.capture:
+        kind = "SYN-ACK" if trigger.is_synack else "packet it answers"
+        return None, f"{away} beyond {first.capture}, on the route {first.capture} forwarded the {kind} by"
+    return None, f"a device {away} from {first.capture}, not captured"
+
+
+def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, list[str]]:
+    """(genuine, forged, evidence lines) for the RST's claim about its sender."""
+    lines: list[str] = []
+    own = sides.own_capture(rst.from_orig)
+    who = side_name(rst.from_orig)
+    maker = generated_at(rst)
+    seen_leaving_own = own is not None and maker == own
+    absent_at_own = own is not None and rst.at(own) is None and covers(ctx.spans, own, rst.ts_ref)
+    if seen_leaving_own:
+        assert own is not None
+        sight = rst.at(own)
+        assert sight is not None
+        lines.append(f"the {who}'s own capture shows the RST leaving it ({where(sight)}, TTL {sight.ttl})")
+    if absent_at_own:
+        lines.append(f"the {who}'s own capture ({own}) was running and never shows this RST: the {who} did not send it")
+    mismatches = ttl_mismatch(sides.packets, rst)
+    lines.extend(mismatches)
+    other_host = sides.own_capture(not rst.from_orig)
+    claimed_hops_at_maker = usual_hops(sides.packets, rst.from_orig, maker) if maker else None
+    made_elsewhere = (
+        maker is not None
+        and maker != own
+        and (own is not None or maker == other_host or claimed_hops_at_maker not in (None, 0))
+    )
+    if made_elsewhere and maker == other_host:
+        lines.append(
+            f"the RST reaches {maker} with an initial TTL ({rst.first.ttl}) although the {who}'s own packets arrive "
+            f"there from {claimed_hops_at_maker} router(s) away: a device next to {maker} made it"
+        )
+    elif made_elsewhere:
+        lines.append(f"the RST first appears at {maker} with an initial TTL ({rst.first.ttl}): {maker} made it")
+    forged = absent_at_own or bool(mismatches) or made_elsewhere
+    genuine = not forged and (seen_leaving_own or ttl_consistent(sides.packets, rst))
+    if genuine and not seen_leaving_own:
+        lines.append(f"the RST's TTL matches the {who}'s other packets wherever both were seen")
+    return genuine, forged, lines
+
+
+def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Verdict | None:
+    packets = sides.packets
+    trigger = find_trigger(packets, rst)
+    who = side_name(rst.from_orig)
+    earlier = _before(packets, rst)
+    # A normal close: the RST's sender already sent its FIN (stacks that reset lingering data after FIN).
+    if any(p.is_fin and p.from_orig == rst.from_orig for p in earlier):
+        return None
+
+    genuine, forged, claim_lines = _genuineness(sides, rst, ctx)
+    first = rst.first
+    base = [f"RST claiming to come from the {who} ({_claimed(rst)}) first seen at {where(first)}, TTL {first.ttl}, IP ID {first.ip_id}"]
+    if trigger is not None:
+        kind = "SYN-ACK" if trigger.is_synack else "SYN" if trigger.is_pure_syn else "segment"
+        base.append(
+            f"it answers the {side_name(trigger.from_orig)}'s {kind} (seq {trigger.seq}, ack {trigger.ack}) seen at "
+            f"{where(trigger.first)}"
+        )
+
+    challenge = _challenge_ack(packets, rst)
+    if rst.from_orig and challenge is not None:
+        return _tuple_reuse(sides, rst, challenge, genuine, claim_lines, base)
+    if is_established(packets, rst):
+        return _established_reset(sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
+    if not rst.from_orig:
+        return _handshake_reset_from_server(sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
+    if trigger is not None and trigger.is_synack and not genuine:
+        return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
+    verdict = Verdict("unknown", 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
+    verdict.evidence = base + claim_lines
+    return verdict
+
+
+def _challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
+    """A server pure ACK that answers a SYN without acknowledging it (RFC 5961 challenge ACK) and the RST answers."""
+    earlier = _before(packets, rst)
+    syns = [p for p in earlier if p.is_pure_syn and p.from_orig]
+    for packet in reversed(earlier):
+        if packet.from_orig or not packet.is_pure_ack or rst.seq != packet.ack:
+            continue
+        if any(s.ts_ref <= packet.ts_ref and packet.ack != (s.seq + 1) % 2**32 for s in syns):
+            return packet
+    return None
+
+
+def _tuple_reuse(
+    sides: Sides, rst: Seen, challenge: Seen, genuine: bool, claim_lines: list[str], base: list[str]
+) -> Verdict:
+    syn = next(p for p in reversed(_before(sides.packets, challenge)) if p.is_pure_syn and p.from_orig)
+    verdict = Verdict("tuple-reuse", 0.7, summary="a new SYN reused a 4-tuple the server still held: challenge ACK, then the client's RST")
+    verdict.evidence = [
+        *base,
+        f"the client's SYN (ISN {syn.seq}, {where(syn.first)}) was answered by a bare ACK (ack {challenge.ack}, not "
+        f"{(syn.seq + 1) % 2**32}) at {where(challenge.first)}: an RFC 5961 challenge ACK from a connection still open "
+        "on the server",
+        f"the client's RST carries seq {rst.seq} = that ACK's ack number: the client's stack rejecting it",
+        *claim_lines,
+    ]
+    if genuine:
+        verdict.confidence += 0.15
+    later = [p for p in sides.packets if p.is_synack and not p.from_orig and p.ts_ref > rst.ts_ref]
+    if later:
+        verdict.support(f"a new handshake then succeeded ({where(later[0].first)})", 0.1)
+    verdict.rule_out("peer-reset", "the RST is the client's answer to a challenge ACK, not an abort of a working connection")
+    verdict.rule_out("asymmetric-return", "the server's answer reached the client; the client reset the stale connection itself")
+    verdict.rule_out("injected-reset", "the RST's sender is the client and it follows the challenge ACK in sequence")
+    return verdict
+
+
+def _established_reset(
+    sides: Sides,
+    rst: Seen,
+    trigger: Seen | None,
+    genuine: bool,
+    forged: bool,
+    claim_lines: list[str],
+    base: list[str],
+    ctx: Context,
+) -> Verdict | None:
+    who = side_name(rst.from_orig)
+    packets = sides.packets
+    if genuine or not forged:
+        confidence = 0.8 if genuine else 0.45
+        verdict = Verdict("peer-reset", confidence, summary=f"the {who} aborted an established connection")
+        verdict.origin = generated_at(rst) if generated_at(rst) == sides.own_capture(rst.from_orig) else None
+        verdict.evidence = [*base, *claim_lines]
+        if not genuine:
+            missing = "client" if rst.from_orig else "server"
+            verdict.evidence.append(
+                f"could not confirm the {who} sent it: no capture on the {missing} and none of its other packets to "
+                "compare TTLs with; a capture on that host would settle it"
+            )
+        verdict.rule_out("injected-reset", "nothing says another device made the RST (TTL in line, no genuine packets after it)")
+        verdict.rule_out("idle-timeout", "the RST comes from the endpoint itself")
+        return verdict
+
+    # Forged on an established connection: a middlebox that lost the state, or an injector.
+    after: list[Seen] = []
+    for sight in rst.sights:
+        after += after_at(packets, sight.capture, sight, lambda p: p.from_orig == rst.from_orig and not p.is_rst)
+    gap = _idle_gap(packets, trigger)
+    rtt = _handshake_rtt(packets)
+    idle_threshold = max(IDLE_GAP_MIN_NS, IDLE_GAP_RTTS * rtt) if rtt else IDLE_GAP_MIN_NS
+    origin, origin_text = _origin(rst, sides, trigger)
+    if after:
+        verdict = Verdict("injected-reset", 0.75, summary=f"a device on the path injected a RST as the {who} while the {who} kept sending")
+        verdict.origin, verdict.origin_description = origin, origin_text
+        verdict.evidence = [*base, *claim_lines]
+        verdict.support(
+            f"the {who}'s genuine packets keep arriving after the RST ({len({p.pkt for p in after})} of them, first at "
+            f"{where(after[0].first)}): the {who} never reset",
+            0.15,
+        )
+        verdict.support(f"origin: {origin_text}")
+        verdict.rule_out("peer-reset", f"the {who} kept sending after the RST, so it did not abort")
+        verdict.rule_out("idle-timeout", "the connection was busy, not idle")
+        return verdict
+    if trigger is not None and gap is not None and gap >= idle_threshold:
+        verdict = Verdict("idle-timeout", 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}")
+        verdict.origin, verdict.origin_description = origin, origin_text
+        verdict.evidence = [*base, *claim_lines]
+        verdict.support(
+            f"the connection was idle for {gap / 1e9:.1f} s (round trip {ms(rtt) if rtt else 'unknown'}) before the "
+            f"segment the RST answers",
+            0.15,
+        )
+        other = sides.own_capture(rst.from_orig)
+        if other is not None and trigger.at(other) is None:
+            verdict.support(f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05)
+        verdict.support(f"origin: {origin_text}")
+        verdict.rule_out("peer-reset", f"the {who} did not send the RST (see the TTL/presence evidence)")
+        verdict.rule_out("injected-reset", "nothing from the real sender follows the RST; it answers the first segment after the idle gap")
+        return verdict
+    verdict = Verdict("injected-reset", 0.5, summary=f"a RST made by another device than the {who} ended an established connection")
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = [*base, *claim_lines, f"origin: {origin_text}"]
+    verdict.rule_out("peer-reset", f"the {who} did not send the RST")
+    del ctx
+    return verdict
+
+
+def _idle_gap(packets: list[Seen], trigger: Seen | None) -> int | None:
+    if trigger is None:
+        return None
+    earlier = _before(packets, trigger)
+    if not earlier:
+        return None
+    return trigger.ts_ref - max(p.ts_ref for p in earlier)
+
+
+def _handshake_rtt(packets: list[Seen]) -> int | None:
+    """SYN to the client's ACK of the SYN-ACK, at any one capture (same clock)."""
+    best: int | None = None
+    for synack in (p for p in packets if p.is_synack and not p.from_orig):
+        for syn in (p for p in packets if p.is_pure_syn and p.from_orig and (p.seq + 1) % 2**32 == synack.ack):
+            for ack in (p for p in packets if p.from_orig and p.flags == 0x10 and p.ack == (synack.seq + 1) % 2**32):
+                for sight in syn.sights:
+                    end = ack.at(sight.capture)
+                    if end is not None and end.ts_ns > sight.ts_ns:
+                        rtt = end.ts_ns - sight.ts_ns
+                        best = rtt if best is None else min(best, rtt)
+    return best
+
+
+def _handshake_reset_from_server(
+    sides: Sides,
+    rst: Seen,
+    trigger: Seen | None,
+    genuine: bool,
+    forged: bool,
+    claim_lines: list[str],
+    base: list[str],
+    ctx: Context,
+) -> Verdict:
+    packets = sides.packets
+    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
+    syn = trigger if trigger is not None and trigger.is_pure_syn else (syns[-1] if syns else None)
+    maker = generated_at(rst)
+    server = sides.server_capture
+    if server is None and syn is not None and maker is not None and maker == syn.sights[-1].capture:
+        server = maker  # the RST comes from where the SYN ended: that point is the server's host
+    syn_at_server = syn is not None and server is not None and syn.at(server) is not None
+    syn_missing_at_server = (
+        syn is not None
+        and sides.server_capture is not None
+        and syn.at(sides.server_capture) is None
+        and covers(ctx.spans, sides.server_capture, syn.ts_ref)
+    )
+    downstream_missing = []
+    if syn is not None:
+        last = syn.sights[-1].capture
+        for capture in ctx.captures:
+            if capture not in syn.points and covers(ctx.spans, capture, syn.ts_ref) and ctx.is_beyond(capture, last):
+                downstream_missing.append(capture)
+    origin, origin_text = _origin(rst, sides, syn)
+    if syn_missing_at_server or downstream_missing or (forged and not syn_at_server):
+        verdict = Verdict("policy-reject", 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name")
+        verdict.origin, verdict.origin_description = origin, origin_text
+        verdict.evidence = [*base, *claim_lines]
+        if syn is not None:
+            verdict.support(f"the SYN was last seen at {syn.sights[-1].capture}", 0.0)
+        if syn_missing_at_server:
+            verdict.support(f"the server's capture ({server}) never saw the SYN: it did not answer it", 0.15)
+        if downstream_missing:
+            verdict.support(
+                f"captures further along the path ({', '.join(downstream_missing)}) were running and never saw the SYN",
+                0.1,
+            )
+        verdict.support(f"origin: {origin_text}", 0.05 if origin else 0.0)
+        verdict.rule_out("port-closed", "the SYN never reached the server, so the server cannot have refused it")
+        verdict.rule_out("asymmetric-return", "the RST claims the server and answers the SYN itself; no reply was sent")
+        return verdict
+    confidence = 0.85 if (genuine or syn_at_server) else 0.5
+    verdict = Verdict("port-closed", confidence, summary="the server refused the connection: nothing listens on the port")
+    verdict.origin = origin if origin == server else None
+    verdict.origin_description = origin_text
+    verdict.evidence = [*base, *claim_lines]
+    if rst.has(0x10) and syn is not None and rst.ack == (syn.seq + 1) % 2**32:
+        verdict.support(f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05)
+    if syn_at_server:
+        verdict.support(f"the SYN reached the server's capture ({server})", 0.05)
+    else:
+        verdict.evidence.append(
+            "could not establish that the SYN reached the server: with no server-side capture, a firewall rejecting "
+            "in the server's name (policy-reject) looks the same; a capture on the server or its node would separate them"
+        )
+    verdict.rule_out("policy-reject", "the SYN reached the server" if syn_at_server else "the RST's TTL matches the server's distance" if genuine else "not excluded (see evidence)")
+    verdict.rule_out("asymmetric-return", "the RST answers the SYN itself; the server sent no SYN-ACK that could go astray")
+    return verdict
+
+
+def _asymmetric_return(
+    conn: Connection,
+    sides: Sides,
+    rst: Seen,
+    synack: Seen,
+    forged: bool,
+    claim_lines: list[str],
+    base: list[str],
+    ctx: Context,
+) -> Verdict:
+    packets = sides.packets
+    origin, origin_text = _origin(rst, sides, synack)
+    verdict = Verdict(
+        "asymmetric-return",
+        0.55 if forged else 0.4,
+        summary=(
+            "the server's SYN-ACK left by a path the SYN did not take; a stateful box there (NAT gateway or "
+            f"firewall) reset it in the client's name ({origin or origin_text})"
+        ),
+    )
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = list(base)
+    for line in claim_lines:
+        verdict.support(line, 0.1)
+    verdict.support(f"origin: {origin_text}")
+    isn = (rst.seq - 1) % 2**32
+    retried = [p for p in packets if p.is_pure_syn and p.from_orig and p.seq == isn and p.ts_ref > rst.ts_ref]
+    same_point = [
+        p for p in retried for s in rst.sights if (s2 := p.at(s.capture)) is not None and s2.ts_ns > s.ts_ns
+    ]
+    if same_point or retried:
+        verdict.support(
+            f"the client sent the same SYN (ISN {isn}) again after the RST ({len({p.pkt for p in retried})} time(s)): "
+            "a client that had reset would not retransmit its SYN",
+            0.1,
+        )
+    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
+    syn_points = {c for p in syns for c in p.points}
+    extra = [c for c in synack.points if c not in syn_points]
+    if extra:
+        verdict.support(
+            f"the SYN came {' → '.join(syns[0].points)}; the SYN-ACK went {' → '.join(synack.points)}: "
+            f"{', '.join(extra)} saw the reply but never the request",
+            0.1,
+        )
+    client = sides.client_capture
+    if client is not None and synack.at(client) is None and covers(ctx.spans, client, synack.ts_ref):
+        verdict.support(f"the client's capture ({client}) shows only its SYNs: no SYN-ACK, no RST ever reached it", 0.1)
+    gap = None
+    for sight in rst.sights:
+        sent = synack.at(sight.capture)
+        if sent is not None and sight.ts_ns > sent.ts_ns:
+            gap = (sight.capture, sight.ts_ns - sent.ts_ns)
+            break
+    if gap is not None:
+        line = f"at {gap[0]} the RST arrived {ms(gap[1])} after the SYN-ACK left"
+        rtt_floor = _client_round_trip_floor(packets, gap[0], sides.client_capture, ctx)
+        if rtt_floor is not None and gap[1] < rtt_floor:
+            line += f", faster than a round trip to the client allows (≥ {ms(rtt_floor)})"
+            verdict.support(line, 0.05)
+        else:
+            verdict.evidence.append(line)
+    missing = []
+    if client is None:
+        missing.append("no capture on the client, so its side (did it see a SYN-ACK? send a RST?) is inferred from TTLs")
+    if origin is None:
+        missing.append("the box that made the RST was not captured; its position comes from the TTL")
+    for line in missing:
+        verdict.evidence.append("not established: " + line)
+    verdict.rule_out(
+        "peer-reset",
+        "a genuine client reset is ruled out: "
+        + ("; ".join(claim_lines) if claim_lines else "the RST does not come from the client")
+        + ("; and the client retransmitted the same SYN afterwards" if retried else ""),
+    )
+    verdict.rule_out(
+        "tuple-reuse",
+        "no RFC 5961 challenge ACK: the server answered the SYN with a SYN-ACK acknowledging it "
+        f"(ack {synack.ack} = ISN + 1) and the RST's seq {rst.seq} answers that SYN-ACK",
+    )
+    verdict.rule_out("port-closed", "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server")
+    verdict.rule_out("policy-reject", "the SYN reached the server and was answered; the RST goes to the server, not to the client")
+    verdict.rule_out("idle-timeout", "the connection never got established, nothing was idle")
+    verdict.rule_out(
+        "injected-reset",
+        "the RST answers the server's SYN-ACK on every attempt, as a stateful box without the flow's state does; "
+        "an injector races genuine traffic instead",
+    )
+    del conn
+    return verdict
+
+
+def _client_round_trip_floor(packets: list[Seen], at: str, client: str | None, ctx: Context) -> int | None:
+    """Twice the smallest client → ``at`` delay, when the clocks are known well enough to say so."""
+    if client is None or client == at:
+        return None
+    uncertainty = ctx.offset_uncertainty_ns(at) + ctx.offset_uncertainty_ns(client)
+    delays = [
+        b.ts_ref - a.ts_ref
+        for p in packets
+        if p.from_orig and not p.is_rst
+        for a, b in [(p.at(client), p.at(at))]
+        if a is not None and b is not None
+    ]
+    if not delays or min(delays) <= uncertainty:
+        return None
+    return 2 * (min(delays) - uncertainty)
+
+
+def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdict, Seen, int] | None:
+    """SYNs the client never saw answered, and where their answer (or they) vanished."""
+    packets = sides.packets
+    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
+    if not syns:
+        return None
+    first = syns[0]
+    point = first.first.capture
+    answered = [
+        p
+        for p in packets
+        if not p.from_orig and (s := p.at(point)) is not None and s.ts_ns >= first.first.ts_ns
+    ]
+    if answered:
+        return None
+    attempts = [p for p in syns if p.seq == first.seq]
+    span = ctx.spans.get(point)
+    waited = span is not None and span[1] - syns[-1].ts_ref >= UNANSWERED_WAIT_NS
+    if len(attempts) < 2 and not waited:
+        return None
+    synacks = [p for p in packets if p.is_synack and not p.from_orig and p.ack == (first.seq + 1) % 2**32]
+    syn_points = {c for p in syns for c in p.points}
+    last_point = max(syns, key=lambda p: len(p.points)).sights[-1].capture
+    captured_here = conn.captures
+    base = [
+        f"{len(syns)} SYN(s) with ISN {first.seq} from the client, first at {where(first.first)}, "
+        f"never answered at {point}",
+    ]
+    if synacks:
+        synack = synacks[0]
+        extra = [c for c in synack.points if c not in syn_points]
+        if extra:
+            verdict = Verdict("asymmetric-return", 0.7, summary="the server's SYN-ACK left by a path the SYN did not take and never reached the client")
+            verdict.evidence = [
+                *base,
+                f"the server answered: SYN-ACK at {where(synack.first)}",
+                f"the SYN came {' → '.join(first.points)}; the SYN-ACK went {' → '.join(synack.points)}: "
+                f"{', '.join(extra)} saw the reply but never the request",
+            ]
+            verdict.rule_out("silent-drop", "the reply was not lost on the request's path: it took another one")
+            return verdict, first, len(syns)
+        verdict = Verdict("silent-drop", 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}")
+        verdict.evidence = [*base, f"the server answered (SYN-ACK at {where(synack.first)}); last seen at {synack.sights[-1].capture}"]
+        verdict.evidence.append("no RST anywhere")
+        return verdict, first, len(syns)
+
+    single = len(captured_here) == 1 and len(ctx.captures) == 1
+    verdict = Verdict("silent-drop", 0.4 if single else 0.75, summary=f"the SYN vanished after {last_point} with no answer and no RST")
+    verdict.evidence = [*base, f"the SYN was last seen at {last_point}", "no SYN-ACK and no RST anywhere"]
+    server = sides.server_capture
+    downstream = [c for c in ctx.captures if c not in syn_points and covers(ctx.spans, c, first.ts_ref)]
+    if downstream:
+        verdict.support(f"captures running further on ({', '.join(downstream)}) never saw it", 0.1)
+    if server is not None and first.at(server) is None:
+        verdict.support(f"it never reached the server's capture ({server})", 0.05)
+    if single or not downstream:
+        verdict.evidence.append(
+            "not established: whether the SYN reached the server. A silent drop on the way in and an "
+            "asymmetric return (the SYN-ACK leaving by another path, e.g. a NAT gateway that resets it) look the "
+            "same from here; a capture on the server (pod) or its node would separate them"
+        )
+        verdict.confidence = min(verdict.confidence, 0.45)
+    else:
+        verdict.rule_out("asymmetric-return", "the SYN never reached the server, so there was no reply to go astray")
+    verdict.rule_out("port-closed", "no RST came back")
+    verdict.rule_out("policy-reject", "no RST came back")
+    return verdict, first, len(syns)
+
+
+def describe_sight(sight: Sight) -> str:
+    return f"{where(sight)} TTL {sight.ttl}"

@@ -1,0 +1,141 @@
+"""Verdicts on UDP conversations: requests without a reply, replies from the wrong source.
+
+UDP has no handshake, so the client is whoever spoke first. A request is
+answered when a datagram comes back to the client's port *from the address
+and port the client wrote to*; a reply from any other source was re-sourced
+on a path the request did not take (a NAT gateway translating the server's
+direct reply), which a connected UDP socket drops.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from diag.capture.columns import ICMP
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context, Verdict
+from diag.diagnose.signals import Seen, distinct_packets, where
+
+# A lone unanswered datagram is common (fire-and-forget protocols); only
+# repeated requests, or a reply seen somewhere, make it a symptom.
+MIN_UNANSWERED_REQUESTS = 2
+
+
+def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | None:
+    packets = distinct_packets(conn)
+    requests = [p for p in packets if p.from_orig]
+    replies = [p for p in packets if not p.from_orig]
+    if not requests:
+        return None
+    first = requests[0]
+    point = first.first.capture
+    expected_from = first.first.dst
+    at_client = [(p, s) for p in replies if (s := p.at(point)) is not None]
+    proper = [p for p, s in at_client if s.src == expected_from]
+    foreign = [(p, s) for p, s in at_client if s.src != expected_from]
+    request_points = {c for p in requests for c in p.points}
+    base = [f"{len(requests)} request(s) from the client to {expected_from}, first at {where(first.first)}"]
+
+    if foreign:
+        reply, sight = foreign[0]
+        verdict = Verdict(
+            "asymmetric-return",
+            0.7,
+            summary=f"the reply reached the client from {sight.src}, not from {expected_from} it wrote to: "
+            "it left by another path and was re-sourced on the way",
+        )
+        verdict.evidence = [
+            *base,
+            f"{len(foreign)} reply datagram(s) reached the client from {sight.src} ({where(sight)}); "
+            f"none came from {expected_from}",
+        ]
+        _add_reply_path(verdict, reply, requests, request_points)
+        _add_port_unreachable(verdict, ctx.packets, point, sight.src_addr)
+        verdict.rule_out("silent-drop", "the reply was not lost: it arrived from the wrong source")
+        return verdict, reply, len(foreign)
+
+    if proper:
+        # The client got its answers; but a reply that was re-sourced on a path the request never took
+        # (seen when the client's side was not captured) is still the asymmetric return.
+        for reply in replies:
+            rewritten = [s for s in reply.sights if s.capture not in request_points and len(s.sources) > 1]
+            if rewritten:
+                break
+        else:
+            return None
+    resourced = [
+        (p, s) for p in replies for s in p.sights if s.capture not in request_points and len(s.sources) > 1
+    ]
+    if resourced:
+        reply, sight = resourced[0]
+        verdict = Verdict(
+            "asymmetric-return",
+            0.75,
+            summary=f"the server's reply left by {sight.capture}, which the request never passed, and was re-sourced there",
+        )
+        verdict.evidence = [
+            *base,
+            f"at {where(sight)} the reply's source was rewritten {' → '.join(sight.sources)}: "
+            "the client will see a reply from an address it never wrote to",
+        ]
+        _add_reply_path(verdict, reply, requests, request_points)
+        verdict.rule_out("silent-drop", "the reply left the server and was translated, not dropped")
+        return verdict, reply, len(resourced)
+    if proper:
+        return None
+
+    unanswered = [p for p in requests if p.at(point) is not None]
+    if replies:
+        reply = replies[0]
+        extra = [c for c in reply.points if c not in request_points]
+        if extra:
+            verdict = Verdict("asymmetric-return", 0.7, summary="the server's reply left by a path the request did not take and never reached the client")
+            verdict.evidence = list(base)
+            _add_reply_path(verdict, reply, requests, request_points)
+            return verdict, first, len(unanswered)
+        verdict = Verdict("silent-drop", 0.7, summary=f"the server's replies vanished after {reply.sights[-1].capture}")
+        verdict.evidence = [
+            *base,
+            f"the server answered ({len(replies)} reply datagram(s), first at {where(reply.first)}); "
+            f"last seen at {reply.sights[-1].capture}, never at {point}",
+        ]
+        verdict.rule_out("asymmetric-return", "the replies were seen only on the request's own path")
+        return verdict, first, len(unanswered)
+    if len(unanswered) < MIN_UNANSWERED_REQUESTS:
+        return None
+    last = max(requests, key=lambda p: len(p.points)).sights[-1].capture
+    verdict = Verdict("silent-drop", 0.6, summary=f"UDP requests vanished after {last} with no reply")
+    verdict.evidence = [*base, f"no reply at all; the requests were last seen at {last}"]
+    if len(ctx.captures) == 1:
+        verdict.confidence = 0.4
+        verdict.evidence.append(
+            "not established: whether the server answered by another path (re-sourced or dropped on the way back); "
+            "a capture on the server (pod) would show it"
+        )
+    return verdict, first, len(unanswered)
+
+
+def _add_reply_path(verdict: Verdict, reply: Seen, requests: list[Seen], request_points: set[str]) -> None:
+    extra = [c for c in reply.points if c not in request_points]
+    if len(reply.points) > 1 or extra:
+        verdict.support(
+            f"the request came {' → '.join(requests[0].points)}; the reply went {' → '.join(reply.points)}"
+            + (f": {', '.join(extra)} saw the reply but never the request" if extra else ""),
+            0.1 if extra else 0.0,
+        )
+    for sight in reply.sights:
+        if len(sight.sources) > 1:
+            verdict.support(f"{sight.capture} rewrote the reply's source {' → '.join(sight.sources)}", 0.1)
+            verdict.origin = sight.capture
+
+
+def _add_port_unreachable(verdict: Verdict, packets: pd.DataFrame, point: str, foreign_addr: str) -> None:
+    at_point = packets[(packets["capture"].astype(str) == point) & (packets["proto"] == ICMP)]
+    hits = at_point[(at_point["icmp_type"] == 3) & (at_point["inner_dst"].astype(str) == foreign_addr)]
+    hits = pd.concat([hits, at_point[(at_point["icmp_type"] == 3) & (at_point["inner_src"].astype(str) == foreign_addr)]])
+    if len(hits):
+        verdict.support(
+            f"the client answered {len(hits)} of them with ICMP port unreachable ({point} #{int(hits['index'].iloc[0])}): "
+            "its socket expected the reply from the address it wrote to",
+            0.1,
+        )
