@@ -7,19 +7,27 @@ test's own environment; nothing here can reach AWS.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import pytest
 
+from diag.aws.assess import assess
 from diag.aws.findings import check
 from diag.aws.inventory import read_inventory
-from diag.aws.session import AwsClients, connect
+from diag.aws.metrics import read_metrics
+from diag.aws.session import AwsClients, connect, translate
+from diag.cli import main
 
 REGION = "eu-west-1"
 moto_server = pytest.importorskip("moto.server")
@@ -27,6 +35,7 @@ moto_server = pytest.importorskip("moto.server")
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -51,7 +60,9 @@ def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_endpoint
 
 
+@functools.cache
 def client(endpoint: str, service: str) -> Any:
+    """A plain boto3 client for building the account (cached: creating one costs a tenth of a second)."""
     return boto3.client(service, region_name=REGION, endpoint_url=endpoint)  # type: ignore[call-overload]
 
 
@@ -150,7 +161,9 @@ def build_account(
     )
 
 
+@functools.cache
 def clients_for(endpoint: str) -> AwsClients:
+    """diag's own clients, built the way the command line builds them."""
     return connect(region=REGION, endpoint_url=endpoint)
 
 
@@ -186,3 +199,321 @@ def test_incident_account_has_asymmetric_return_finding(endpoint: str) -> None:
     text = "\n".join(finding.evidence)
     assert account.lb_arn in text and account.tg_arn in text and account.private_table in text
     assert any("not possible" in fix and "TCP_UDP" in fix for fix in finding.fixes)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param({"target_type": "ip"}, id="ip-targets"),
+        pytest.param({"listener_protocol": "TCP", "preserve_client_ip": False}, id="tcp-preservation-off"),
+        pytest.param({"nodes_default_route": "igw"}, id="nodes-default-route-igw"),
+        pytest.param({"nodes_default_route": "none"}, id="nodes-no-default-route"),
+    ],
+)
+def test_fixed_variants_have_no_finding(endpoint: str, variant: dict[str, Any]) -> None:
+    build_account(endpoint, **variant)
+    inventory = read_inventory(clients_for(endpoint))
+    assert len(inventory.load_balancers) == 1
+    assert check(inventory) == []
+
+
+def test_tcp_ip_targets_default_to_no_preservation(endpoint: str) -> None:
+    account = build_account(endpoint, listener_protocol="TCP", target_type="ip")
+    group = read_inventory(clients_for(endpoint)).target_groups[account.tg_arn]
+    # moto does not return preserve_client_ip.enabled: AWS's documented default stands in, and says so.
+    assert (group.preserve_client_ip.value, group.preserve_client_ip.source) == (False, "default")
+
+
+def test_tcp_listener_with_preservation_on_offers_turning_it_off(endpoint: str) -> None:
+    build_account(endpoint, listener_protocol="TCP", preserve_client_ip=True)
+    (finding,) = check(read_inventory(clients_for(endpoint)))
+    assert finding.cause == "asymmetric-return"
+    assert any(fix.startswith("turn client IP preservation off") for fix in finding.fixes)
+    assert not any("not possible" in fix for fix in finding.fixes)
+
+
+def test_subnet_without_association_uses_the_main_route_table(endpoint: str) -> None:
+    account = build_account(endpoint, explicit_private_association=False)
+    inventory = read_inventory(clients_for(endpoint))
+    subnet = inventory.subnets[account.private_subnet]
+    assert not subnet.explicit_association
+    assert inventory.route_tables[subnet.route_table_id].main
+    (finding,) = check(inventory)
+    assert any("main table" in line for line in finding.evidence)
+
+
+def test_listener_idle_timeout_is_read_from_the_api(endpoint: str) -> None:
+    account = build_account(endpoint, listener_protocol="TCP", preserve_client_ip=True)
+    client(endpoint, "elbv2").modify_listener_attributes(
+        ListenerArn=account.listener_arn, Attributes=[{"Key": "tcp.idle_timeout.seconds", "Value": "900"}]
+    )
+    (balancer,) = read_inventory(clients_for(endpoint)).load_balancers
+    assert balancer.listeners[0].idle_timeout_s.value == 900
+    assert balancer.listeners[0].idle_timeout_s.source == "api"
+
+
+def test_load_balancers_are_read_across_pages(endpoint: str) -> None:
+    account = build_account(endpoint)
+    elbv2 = client(endpoint, "elbv2")
+    for number in range(3):
+        elbv2.create_load_balancer(Name=f"extra-{number}", Subnets=[account.public_subnet], Type="network")
+    # One balancer per page: every page must be followed to see all four.
+    inventory = read_inventory(clients_for(endpoint), page_size=1)
+    assert sorted(b.name for b in inventory.load_balancers) == ["extra-0", "extra-1", "extra-2", "incident"]
+    assert len(check(inventory)) == 1
+
+
+def test_lb_selects_one_balancer_by_name_or_arn(endpoint: str) -> None:
+    account = build_account(endpoint)
+    client(endpoint, "elbv2").create_load_balancer(Name="other", Subnets=[account.public_subnet], Type="network")
+    by_name = read_inventory(clients_for(endpoint), lb="incident")
+    by_arn = read_inventory(clients_for(endpoint), lb=account.lb_arn)
+    assert [b.arn for b in by_name.load_balancers] == [b.arn for b in by_arn.load_balancers] == [account.lb_arn]
+
+
+def test_application_load_balancers_are_skipped(endpoint: str) -> None:
+    account = build_account(endpoint)
+    client(endpoint, "elbv2").create_load_balancer(Name="web", Subnets=[account.public_subnet], Type="application")
+    assert [b.name for b in read_inventory(clients_for(endpoint)).load_balancers] == ["incident"]
+
+
+def put_metrics(endpoint: str, namespace: str, dimension: str, value: str, counts: dict[str, float]) -> None:
+    now = datetime.now(UTC)
+    data = []
+    for metric, total in counts.items():
+        # Two data points per metric, minutes apart, so the sum is over several periods.
+        for minutes_ago, share in ((50, 0.25), (5, 0.75)):
+            data.append(
+                {
+                    "MetricName": metric,
+                    "Dimensions": [{"Name": dimension, "Value": value}],
+                    "Timestamp": now - timedelta(minutes=minutes_ago),
+                    "Value": total * share,
+                    "Unit": "Count",
+                }
+            )
+    client(endpoint, "cloudwatch").put_metric_data(Namespace=namespace, MetricData=data)
+
+
+def test_metrics_are_summed_per_load_balancer_and_nat_gateway(endpoint: str) -> None:
+    account = build_account(endpoint)
+    # AWS spells it net/incident/<id>; moto writes app/ even for network balancers. The rule is the same.
+    dimension = account.lb_arn.split(":loadbalancer/")[1]
+    put_metrics(endpoint, "AWS/NetworkELB", "LoadBalancer", dimension,
+                {"TCP_Client_Reset_Count": 8, "TCP_Target_Reset_Count": 4})
+    put_metrics(endpoint, "AWS/NATGateway", "NatGatewayId", account.nat_gateway,
+                {"ConnectionAttemptCount": 400, "ConnectionEstablishedCount": 100, "PacketsDropCount": 12})
+    # A different NAT gateway's data must not leak into ours.
+    put_metrics(endpoint, "AWS/NATGateway", "NatGatewayId", "nat-0ther", {"ConnectionAttemptCount": 7})
+    inventory = read_inventory(clients_for(endpoint))
+    window = read_metrics(clients_for(endpoint).cloudwatch, inventory, timedelta(hours=2))
+    (lb,) = window.load_balancers
+    assert lb.sums == {"TCP_Client_Reset_Count": 8, "TCP_ELB_Reset_Count": None, "TCP_Target_Reset_Count": 4}
+    (nat,) = window.nat_gateways
+    assert nat.resource == account.nat_gateway
+    assert nat.sums == {
+        "ConnectionAttemptCount": 400, "ConnectionEstablishedCount": 100,
+        "IdleTimeoutCount": None, "PacketsDropCount": 12,
+    }
+    assessment = assess(inventory, window)
+    (finding,) = assessment.report.findings
+    assert any("established 100" in line and "300 attempts never established" in line for line in finding.evidence)
+    # Only the last 30 minutes: the older data points fall outside.
+    recent = read_metrics(clients_for(endpoint).cloudwatch, inventory, timedelta(minutes=30))
+    assert recent.load_balancers[0].sums["TCP_Client_Reset_Count"] == 6
+
+
+def test_load_balancer_resets_make_an_idle_timeout_finding(endpoint: str) -> None:
+    account = build_account(endpoint, nodes_default_route="igw")
+    dimension = account.lb_arn.split(":loadbalancer/")[1]
+    put_metrics(endpoint, "AWS/NetworkELB", "LoadBalancer", dimension, {"TCP_ELB_Reset_Count": 20})
+    inventory = read_inventory(clients_for(endpoint))
+    report = assess(inventory, read_metrics(clients_for(endpoint).cloudwatch, inventory, timedelta(hours=1))).report
+    (finding,) = report.findings
+    assert finding.cause == "idle-timeout"
+    assert "20" in finding.summary and "350 s" in finding.summary
+    # Without resets counted, nothing is said.
+    five_hours_ago = datetime.now(UTC) - timedelta(hours=5)
+    quiet = read_metrics(clients_for(endpoint).cloudwatch, inventory, timedelta(minutes=1), five_hours_ago)
+    assert assess(inventory, quiet).report.findings == []
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+V5_FORMAT = (
+    "${version} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} "
+    "${start} ${end} ${action} ${log-status} ${tcp-flags} ${pkt-srcaddr} ${pkt-dstaddr} ${flow-direction}"
+)
+
+
+def incident_flow_records(node_eni: str, node_ip: str, nat_eni: str) -> list[str]:
+    """What flow logs show in the incident, plus a healthy flow and a genuine client abort."""
+    t = int(time.time()) - 120
+    client, port = "203.0.113.10", 38622
+    healthy, aborted = "203.0.113.11", "203.0.113.12"
+    return [
+        # The node sends SYN-ACKs (retransmitted: 3 packets) toward the client...
+        f"5 {node_eni} {node_ip} {client} 30080 {port} 6 3 180 {t} {t + 60} ACCEPT OK 18 {node_ip} {client} egress",
+        # ...the NAT gateway's interface sees them go out by the default route...
+        f"5 {nat_eni} {node_ip} {client} 30080 {port} 6 3 180 {t} {t + 60} ACCEPT OK 18 {node_ip} {client} ingress",
+        # ...and the client's direction has SYNs and a RST, never an ACK.
+        f"5 {node_eni} {client} {node_ip} {port} 30080 6 6 320 {t} {t + 60} ACCEPT OK 6 {client} {node_ip} ingress",
+        # A healthy connection: handshake, data, FIN.
+        f"5 {node_eni} {node_ip} {healthy} 30080 40000 6 5 900 {t} {t + 60} ACCEPT OK 27 {node_ip} {healthy} egress",
+        f"5 {node_eni} {healthy} {node_ip} 40000 30080 6 5 400 {t} {t + 60} ACCEPT OK 27 {healthy} {node_ip} ingress",
+        # A client that really aborted after sending data (RST with ACK and PSH): not forged.
+        f"5 {node_eni} {node_ip} {aborted} 30080 40001 6 4 500 {t} {t + 60} ACCEPT OK 26 {node_ip} {aborted} egress",
+        f"5 {node_eni} {aborted} {node_ip} 40001 30080 6 4 300 {t} {t + 60} ACCEPT OK 30 {aborted} {node_ip} ingress",
+        "this line is not a flow log record",
+    ]
+
+
+def node_interface(endpoint: str, instance_id: str) -> tuple[str, str]:
+    reservations = client(endpoint, "ec2").describe_instances(InstanceIds=[instance_id])["Reservations"]
+    instance = reservations[0]["Instances"][0]
+    return instance["NetworkInterfaces"][0]["NetworkInterfaceId"], instance["PrivateIpAddress"]
+
+
+def nat_interface(endpoint: str, nat_id: str) -> str:
+    nat = client(endpoint, "ec2").describe_nat_gateways(NatGatewayIds=[nat_id])["NatGateways"][0]
+    return str(nat["NatGatewayAddresses"][0]["NetworkInterfaceId"])
+
+
+def test_check_with_flow_logs_group_confirms_the_nat_gateway(
+    endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    account = build_account(endpoint)
+    node_eni, node_ip = node_interface(endpoint, account.instances[0])
+    logs = client(endpoint, "logs")
+    logs.create_log_group(logGroupName="vpc-flow")
+    logs.create_log_stream(logGroupName="vpc-flow", logStreamName=node_eni)
+    now_ms = int(time.time() * 1000)
+    records = incident_flow_records(node_eni, node_ip, nat_interface(endpoint, account.nat_gateway))
+    logs.put_log_events(
+        logGroupName="vpc-flow", logStreamName=node_eni,
+        logEvents=[{"timestamp": now_ms - 60_000 + i, "message": line} for i, line in enumerate(records)],
+    )
+    status, out, _ = run_cli(
+        ["aws", "check", "--region", REGION, "--endpoint-url", endpoint, "--no-metrics",
+         "--flow-logs-group", "vpc-flow", "--format", V5_FORMAT, "--json", "-"],
+        capsys,
+    )
+    assert status == 0
+    document = json.loads(out)
+    assert document["schema"] == "diag.report/1"
+    assert document["verdict"]["cause"] == "asymmetric-return"
+    assert document["verdict"]["confidence"] == 0.95
+    (finding,) = document["findings"]
+    assert finding["origin"] == account.nat_gateway
+    assert finding["flow"]["client"] == "203.0.113.10:38622"
+    assert any("NAT gateway's interface" in line for line in finding["evidence"])
+    assert not any("203.0.113.12" in line or "203.0.113.11" in line for line in finding["evidence"])
+    assert any("1 flow log line(s)" in w for w in document["warnings"])
+
+
+def test_check_text_puts_the_verdict_first(endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    account = build_account(endpoint)
+    status, out, err = run_cli(["aws", "check", "--region", REGION, "--endpoint-url", endpoint], capsys)
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "verdict: asymmetric-return (confidence 0.80)"
+    assert account.nat_gateway in lines[1]
+    assert "fixes:" in out and "not possible" in out
+    assert "do not show in the load balancer's reset counters" in out
+
+
+def test_check_healthy_account_says_so(endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    build_account(endpoint, target_type="ip")
+    report_path = tmp_path / "report.json"
+    status, out, _ = run_cli(
+        ["aws", "check", "--region", REGION, "--endpoint-url", endpoint, "--json", str(report_path)], capsys
+    )
+    assert status == 0
+    assert out.startswith("verdict: healthy")
+    assert "ip targets" in out
+    document = json.loads(report_path.read_text())
+    assert document["verdict"]["cause"] == "healthy" and document["findings"] == []
+
+
+@pytest.fixture
+def no_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--region", REGION], "no AWS credentials found"),
+        ([], "no AWS region"),
+        (["--region", "xx-nowhere-7"], "unknown AWS region 'xx-nowhere-7'"),
+        (["--region", REGION, "--profile", "nope"], "AWS profile 'nope' not found"),
+        (["--region", REGION, "--since", "yesterday"], "--since 'yesterday'"),
+        (["--region", REGION, "--flow-logs", "/nonexistent/flow.log"], "not found"),
+        (["--region", REGION, "--format", "${version} ${bogus}"], "unknown field 'bogus'"),
+    ],
+)
+def test_bad_setup_is_one_line_and_status_2(
+    no_aws_environment: None, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    status, out, err = run_cli(["aws", "check", *argv], capsys)
+    assert status == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("diag: ") and message in err
+
+
+def test_unknown_load_balancer_is_a_clear_error(endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    build_account(endpoint)
+    status, _, err = run_cli(
+        ["aws", "check", "--region", REGION, "--endpoint-url", endpoint, "--lb", "nope"], capsys
+    )
+    assert status == 2
+    assert err == f"diag: no load balancer 'nope' in region {REGION}\n"
+
+
+def test_access_denied_names_the_missing_permission(
+    endpoint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_account(endpoint)
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=endpoint)
+    iam.create_user(UserName="auditor")
+    allowed = [
+        "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeListeners",
+        "elasticloadbalancing:DescribeListenerAttributes", "elasticloadbalancing:DescribeTargetGroups",
+    ]  # but not DescribeTargetGroupAttributes
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}]}
+    iam.put_user_policy(UserName="auditor", PolicyName="partial", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="auditor")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    # Not a form: werkzeug would swallow a form-encoded body and moto would read an empty count.
+    set_auth = functools.partial(
+        urllib.request.Request, f"{endpoint}/moto-api/reset-auth", method="POST", headers={"Content-Type": "text/plain"}
+    )
+    urllib.request.urlopen(set_auth(data=b"0")).close()  # enforce IAM from the next request on
+    try:
+        status, _, err = run_cli(["aws", "check", "--region", REGION, "--endpoint-url", endpoint], capsys)
+    finally:
+        urllib.request.urlopen(set_auth(data=b"inf")).close()
+    assert status == 2
+    assert err.startswith("diag: access denied")
+    assert "elasticloadbalancing:DescribeTargetGroupAttributes" in err
+    assert err.count("\n") == 1
+
+
+def test_access_denied_without_action_in_message_still_names_it() -> None:
+    error = botocore.exceptions.ClientError(
+        {"Error": {"Code": "UnauthorizedOperation", "Message": "You are not authorized to perform this operation."}},
+        "DescribeRouteTables",
+    )
+    assert str(translate(error)) == "access denied: the credentials lack permission ec2:DescribeRouteTables"

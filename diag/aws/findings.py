@@ -200,3 +200,41 @@ def fixes_for(group: TargetGroup, listener: Listener) -> list[str]:
         ]
     )
     return fixes
+
+
+def checked_paths(inventory: Inventory) -> list[str]:
+    """One line per listener and target group: what was checked and why it is (or is not) exposed."""
+    lines = []
+    for balancer in inventory.load_balancers:
+        if not balancer.listeners:
+            lines.append(f"{balancer.name}: no listeners")
+        for listener in balancer.listeners:
+            for group_arn in listener.target_group_arns or ("",):
+                group = inventory.target_groups.get(group_arn)
+                head = f"{balancer.name} {listener.protocol}:{listener.port}"
+                if group is None:
+                    lines.append(f"{head}: forwards to no target group diag could read")
+                    continue
+                lines.append(f"{head} -> {group.name}: {_path_verdict(group, inventory)}")
+    return lines
+
+
+def _path_verdict(group: TargetGroup, inventory: Inventory) -> str:
+    if group.target_type != "instance":
+        return (
+            f"{group.target_type} targets: the NLB sends to the target address itself, so the reply leaves "
+            "from the address the NLB expects"
+        )
+    if not group.preserve_client_ip.value:
+        return "client IP preservation off: replies go to the NLB's own address, never to the default route"
+    routes = set()
+    for target in group.targets:
+        instance = inventory.instances.get(target.id)
+        if instance is None:
+            continue
+        route = inventory.default_route_of(instance.subnet_id)
+        routes.add(f"{route.kind} {route.target}" if route else "no default route")
+    if not routes:
+        return "no target instance found"
+    verdict = "exposed" if any(r.startswith("nat-gateway") for r in routes) else "not exposed"
+    return f"{verdict}: client IP preserved; the targets' default route: {', '.join(sorted(routes))}"

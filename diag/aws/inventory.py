@@ -154,7 +154,14 @@ def _attribute(attributes: Iterable[Any], key: str) -> str | None:
 
 def _target_groups(clients: AwsClients, lb_arn: str, paging: dict[str, Any], notes: list[str]) -> Iterator[TargetGroup]:
     paginator = clients.elbv2.get_paginator("describe_target_groups")
-    for page in paginator.paginate(LoadBalancerArn=lb_arn, **paging):
+    try:
+        pages = list(paginator.paginate(LoadBalancerArn=lb_arn, **paging))
+    except botocore.exceptions.ClientError as error:
+        # Some API implementations answer "not found" rather than an empty list for a balancer without groups.
+        if error.response.get("Error", {}).get("Code", "") == "TargetGroupNotFound":
+            return
+        raise
+    for page in pages:
         for raw in page.get("TargetGroups", []):
             arn = raw["TargetGroupArn"]
             protocol = raw.get("Protocol", "")
