@@ -1,0 +1,312 @@
+"""``diag analyze pcap`` and ``diag.analyze`` end to end, on pcaps written with scapy.
+
+The command runs as a separate process, as a user runs it: exit status,
+stdout and stderr are what is checked. Flow membership is compared with
+tshark's own TCP/UDP stream numbering on the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import PROJECT, require_tools
+
+from diag.analysis import analyze, concat_packets, parse_capture_args
+from diag.errors import DiagError
+from diag.flows import flow_ids
+from diag.report import CAUSES, SCHEMA
+
+CLIENT, VIP, POD = "203.0.113.10", "198.18.102.10", "198.18.2.10"
+T0 = 1_764_257_655.0
+
+
+def _tcp(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: str,
+    seq: int,
+    ack: int = 0,
+    ttl: int = 64,
+    payload: bytes = b"",
+    vlan: int | None = None,
+) -> Any:
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    ip = IP(src=src, dst=dst, ttl=ttl) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
+    if payload:
+        ip = ip / payload
+    return (
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=vlan) / ip
+        if vlan is not None
+        else Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip
+    )
+
+
+def _write(path: Path, packets: list[Any], start: float = T0, step: float = 0.001) -> Path:
+    from scapy.utils import wrpcap
+
+    for i, packet in enumerate(packets):
+        packet.time = start + i * step
+    wrpcap(str(path), packets)
+    return path
+
+
+def incident_at_pod(port: int = 38622) -> list[Any]:
+    """SYN, SYN-ACK, RST "from the client" (forged on the way back), three times."""
+    packets = []
+    for _ in range(3):
+        packets += [
+            _tcp(CLIENT, POD, port, 80, "S", 1000, ttl=62),
+            _tcp(POD, CLIENT, 80, port, "SA", 5000, 1001),
+            _tcp(CLIENT, POD, port, 80, "R", 1001, ttl=253),
+        ]
+    return packets
+
+
+def mixed_traffic() -> list[Any]:
+    """Healthy and broken TCP, UDP, IPv6, a VLAN and an ICMP error, interleaved."""
+    from scapy.layers.dns import DNS, DNSQR
+    from scapy.layers.inet import ICMP, IP, UDP, UDPerror
+    from scapy.layers.inet6 import TCP as TCP6
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    a, b = "192.0.2.5", "198.51.100.7"
+    packets = [
+        _tcp(a, b, 40001, 443, "S", 10),
+        _tcp(b, a, 443, 40001, "SA", 90, 11),
+        _tcp(a, b, 40001, 443, "A", 11, 91),
+        _tcp(a, b, 40002, 443, "S", 20),  # refused
+        _tcp(a, b, 40001, 443, "PA", 11, 91, payload=b"x" * 100),
+        _tcp(b, a, 443, 40002, "RA", 0, 21),
+        _tcp(b, a, 443, 40001, "PA", 91, 111, payload=b"y" * 300),
+        _tcp(a, b, 40003, 443, "S", 30, vlan=7),  # unanswered, tagged
+        _tcp(a, b, 40001, 443, "FA", 111, 391),
+        _tcp(b, a, 443, 40001, "FA", 391, 112),
+        _tcp(a, b, 40001, 443, "A", 112, 392),
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src=a, dst="198.51.100.53")
+        / UDP(sport=5353, dport=53)
+        / DNS(qd=DNSQR(qname="lab.example")),
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src="198.51.100.53", dst=a)
+        / UDP(sport=53, dport=5353)
+        / DNS(qr=1),
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src=a, dst="198.51.100.9")
+        / UDP(sport=5000, dport=9999)
+        / b"ping",
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src="198.51.100.9", dst=a)
+        / ICMP(type=3, code=3)
+        / UDPerror(),
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IPv6(src="2001:db8::1", dst="2001:db8::2")
+        / TCP6(sport=50000, dport=80, flags="S", seq=1),
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IPv6(src="2001:db8::2", dst="2001:db8::1")
+        / TCP6(sport=80, dport=50000, flags="SA", seq=9, ack=2),
+    ]
+    return packets
+
+
+def run_diag(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="100")
+    return subprocess.run(
+        [sys.executable, "-m", "diag.cli", *map(str, args)],
+        cwd=cwd or PROJECT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def incident(tmp_path: Path) -> dict[str, Path]:
+    pod = _write(tmp_path / "pod.pcap", incident_at_pod())
+    client = _write(tmp_path / "laptop.pcap", [_tcp(CLIENT, VIP, 38622, 80, "S", 1000) for _ in range(3)], step=1.0)
+    return {"client": client, "pod": pod}
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_text_report_lists_resets_and_unanswered_syns_per_capture(incident: dict[str, Path]) -> None:
+    result = run_diag("analyze", "pcap", f"client={incident['client']}", incident["pod"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("VERDICT")
+    assert "CAPTURE client" in out and "CAPTURE pod" in out
+    pod_part = out[out.index("CAPTURE pod") :]
+    client_part = out[out.index("CAPTURE client") : out.index("CAPTURE pod")]
+    assert "RESET (1)" in pod_part and "ShR RSTO" in pod_part and "RST #2 from orig" in pod_part
+    assert "NO REPLY (1)" in client_part and "S S0" in client_part and "2 SYN retransmissions" in client_part
+    assert result.stderr == ""
+
+
+def test_json_to_stdout_follows_the_report_contract(incident: dict[str, Path]) -> None:
+    result = run_diag("analyze", "pcap", "--json", "-", f"client={incident['client']}", f"pod={incident['pod']}")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)  # nothing but JSON on stdout
+    assert document["schema"] == SCHEMA
+    assert {"schema", "verdict", "findings", "captures", "flows", "clock"} <= set(document)
+    assert document["verdict"]["cause"] in CAUSES
+    assert [c["name"] for c in document["captures"]] == ["client", "pod"]
+    assert [c["packets"] for c in document["captures"]] == [3, 9]
+    contract_keys = {
+        "capture", "proto", "orig", "resp", "vlan", "history", "conn_state", "orig_pkts", "resp_pkts",
+        "orig_bytes", "resp_bytes", "first_ts", "last_ts", "syn_retransmits", "rsts",
+    }  # fmt: skip
+    for flow in document["flows"]:
+        assert contract_keys <= set(flow)
+    pod = next(f for f in document["flows"] if f["capture"] == "pod")
+    assert pod["vlan"] is None
+    assert (pod["history"], pod["conn_state"], pod["syn_retransmits"]) == ("ShR", "RSTO", 2)
+    assert pod["rsts"] == [{"index": 2, "from": "orig"}, {"index": 5, "from": "orig"}, {"index": 8, "from": "orig"}]
+    assert pod["first_ts"] == pytest.approx(T0)
+
+
+def test_json_file_and_text_together(incident: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "out" / "report.json"
+    target.parent.mkdir()
+    result = run_diag("analyze", "pcap", "--json", target, incident["pod"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("VERDICT")
+    assert json.loads(target.read_text())["captures"][0]["name"] == "pod"
+
+
+def test_flows_all_lists_healthy_flows_too(tmp_path: Path) -> None:
+    capture = _write(tmp_path / "mixed.pcap", mixed_traffic())
+    problems = run_diag("analyze", "pcap", capture).stdout
+    everything = run_diag("analyze", "pcap", "--flows", "all", capture).stdout
+    assert "192.0.2.5:40001 -> 198.51.100.7:443" not in problems  # the healthy SF flow is only counted
+    assert "ShADdFf SF" in everything
+    assert "1 tcp SF" in problems
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d: d / "absent.pcap", "no such file"),
+        (lambda d: (d / "notes.pcap").write_text("hello, not a capture\n") and d / "notes.pcap", "not a pcap"),
+        (lambda d: (d / "empty.pcap").write_bytes(b"") is not None and d / "empty.pcap", "empty"),
+        (lambda d: d, "directory"),
+    ],
+    ids=["missing", "text", "empty", "directory"],
+)
+def test_unreadable_input_is_one_line_and_status_2(tmp_path: Path, make: Any, reason: str) -> None:
+    path = make(tmp_path)
+    result = run_diag("analyze", "pcap", path)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"diag: {path}:") and reason in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_duplicate_names_are_refused(incident: dict[str, Path]) -> None:
+    result = run_diag("analyze", "pcap", f"pod={incident['client']}", incident["pod"])
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "two captures are named 'pod'" in result.stderr
+
+
+def test_json_output_never_overwrites_an_input(incident: dict[str, Path]) -> None:
+    before = incident["pod"].read_bytes()
+    result = run_diag("analyze", "pcap", "--json", incident["pod"], incident["pod"])
+    assert result.returncode == 2 and "input capture" in result.stderr
+    assert incident["pod"].read_bytes() == before
+
+
+def test_truncated_capture_reports_what_was_read_and_warns(tmp_path: Path) -> None:
+    whole = _write(tmp_path / "whole.pcap", incident_at_pod())
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole.read_bytes()[:-20])  # the last record loses its end
+    result = run_diag("analyze", "pcap", "--json", "-", cut)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line]
+    assert warnings and all(line.startswith("diag: warning: ") for line in warnings)
+    assert "read 8 packets" in warnings[0]
+    document = json.loads(result.stdout)
+    assert document["captures"][0]["packets"] == 8
+    assert document["flows"][0]["orig_pkts"] + document["flows"][0]["resp_pkts"] == 8
+
+
+def test_help_teaches_names_vantage_points_and_exit_codes() -> None:
+    result = run_diag("analyze", "pcap", "--help")
+    assert result.returncode == 0
+    text = result.stdout
+    assert "NAME=" in text and "vantage point" in text
+    assert "client=" in text and "node-a=" in text and "pod=" in text  # the three-point example
+    assert "exit status" in text and "0 " in text and "2 " in text
+    assert "--json" in text and "stdout" in text
+
+
+# --------------------------------------------------------------------------- the Python API
+
+
+def test_analyze_names_captures_from_mapping_and_name_equals_path(incident: dict[str, Path]) -> None:
+    by_mapping = analyze({"client": incident["client"], "pod": incident["pod"]})
+    by_items = analyze([f"client={incident['client']}", str(incident["pod"])])
+    for report in (by_mapping, by_items):
+        assert [c.name for c in report.captures] == ["client", "pod"]
+        assert list(report.flows.capture) == ["client", "pod"]
+        assert list(report.packets.capture.cat.categories) == ["client", "pod"]
+        assert isinstance(report.packets.src.dtype, pd.CategoricalDtype)
+        assert len(report.packets) == 12
+
+
+def test_capture_names_default_to_the_stem_and_must_be_unique(tmp_path: Path) -> None:
+    assert parse_capture_args(["a/b/pod.pcap.gz", "node-a=x.pcapng"]) == [
+        ("pod", Path("a/b/pod.pcap.gz")),
+        ("node-a", Path("x.pcapng")),
+    ]
+    with pytest.raises(DiagError, match="two captures are named 'pod'"):
+        parse_capture_args(["pod.pcap", "other/pod.pcap"])
+    with pytest.raises(DiagError):
+        parse_capture_args([])
+
+
+def test_concat_keeps_categories_from_every_capture(incident: dict[str, Path]) -> None:
+    report = analyze(incident)
+    both = concat_packets([report.packets[report.packets.capture == "client"], report.packets])
+    assert isinstance(both.dst.dtype, pd.CategoricalDtype)
+    assert set(both.dst.astype(str)) == {VIP, POD, CLIENT}
+
+
+def test_flows_match_tshark_stream_numbering(tmp_path: Path) -> None:
+    require_tools("tshark")
+    capture = _write(tmp_path / "mixed.pcap", mixed_traffic() + incident_at_pod(41000))
+    fields = subprocess.run(
+        ["tshark", "-r", str(capture), "-T", "fields", "-E", "separator=,", "-e", "frame.number",
+         "-e", "tcp.stream", "-e", "udp.stream", "-e", "icmp.type"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    reference: dict[int, str] = {}
+    for line in fields.splitlines():
+        number, tcp_stream, udp_stream, icmp_type = [*line.split(","), "", "", ""][:4]
+        # tshark also numbers the UDP header quoted in an ICMP error; diag counts that under ICMP.
+        if icmp_type:
+            continue
+        if tcp_stream:
+            reference[int(number) - 1] = f"tcp{tcp_stream}"
+        elif udp_stream:
+            reference[int(number) - 1] = f"udp{udp_stream}"
+    report = analyze([capture])
+    ids = flow_ids(report.packets)
+    ours = {int(i): int(f) for i, f in zip(report.packets["index"], ids, strict=True) if f >= 0}
+    assert set(ours) == set(reference)
+    # The same partition of packets into flows, whatever the numbering.
+    pairs = {(ours[i], reference[i]) for i in ours}
+    assert len(pairs) == len({f for f, _ in pairs}) == len({r for _, r in pairs})
+    assert len(report.flows) == len(pairs)
