@@ -18,6 +18,8 @@ from pandas.api.types import union_categoricals
 from diag.capture import read_capture
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.reader import capture_stem
+from diag.correlate import correlate
+from diag.diagnose import diagnose
 from diag.errors import DiagError
 from diag.flows import build_flows
 from diag.report import CaptureInfo, Report
@@ -117,9 +119,12 @@ def analyze(
     report.warnings.extend(f"{info.path}: {message}" for info in infos for message in info.warnings)
 
     # --- correlation: the same packet across capture points and NAT ---------
-    # (diag.correlate.correlate(packets) -> matches, clock offsets)
+    correlation = correlate(packets)
+    report.matches = correlation.matches
+    report.clock_reference = correlation.reference
+    report.clock_offsets = dict(correlation.offsets)
 
     # --- diagnosis: a finding for every reset and lost reply -----------------
-    # (diag.diagnose.diagnose(packets, flows, correlation) -> findings)
+    report.findings = diagnose(packets, flows, correlation)
 
     return report

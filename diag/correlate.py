@@ -344,8 +344,11 @@ def _matches_table(
     # corrected time. Copies inside one capture sort right after their first.
     table["sighting_ttl"] = table.groupby("sighting")["ttl"].transform("max")
     table["sighting_ts"] = table.groupby("sighting")["ts_ref_ns"].transform("min")
-    table = table.sort_values(["match_id", "sighting_ttl", "sighting_ts", "sighting", "ts_ref_ns"],
-                              ascending=[True, False, True, True, True], kind="stable")
+    table = table.sort_values(
+        ["match_id", "sighting_ttl", "sighting_ts", "sighting", "ts_ref_ns"],
+        ascending=[True, False, True, True, True],
+        kind="stable",
+    )
     table["duplicate"] = table.duplicated("sighting")
     firsts = table[~table["duplicate"]]
     hop = firsts.groupby("match_id").cumcount()
@@ -364,7 +367,14 @@ def _matches_table(
         table.loc[idx, "nat"] = [
             describe_rewrite(ps, pd_, int(psp), int(pdp), cs, cd, int(csp), int(cdp))
             for ps, pd_, psp, pdp, cs, cd, csp, cdp in zip(
-                p["src"], p["dst"], p["sport"], p["dport"], cur["src"], cur["dst"], cur["sport"], cur["dport"],
+                p["src"],
+                p["dst"],
+                p["sport"],
+                p["dport"],
+                cur["src"],
+                cur["dst"],
+                cur["sport"],
+                cur["dport"],
                 strict=True,
             )
         ]

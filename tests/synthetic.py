@@ -20,6 +20,7 @@ import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -109,7 +110,9 @@ class Packet:
 
     def scapy(self) -> object:
         from scapy.layers.inet import ICMP as ScapyICMP
-        from scapy.layers.inet import IP, TCP as ScapyTCP, UDP as ScapyUDP, UDPerror, TCPerror, IPerror
+        from scapy.layers.inet import IP, IPerror, TCPerror, UDPerror
+        from scapy.layers.inet import TCP as ScapyTCP
+        from scapy.layers.inet import UDP as ScapyUDP
         from scapy.layers.l2 import ARP as ScapyARP
         from scapy.layers.l2 import Ether
 
@@ -212,14 +215,37 @@ class Scenario:
         table["capture"] = table["capture"].astype("category")
         return table
 
-    def scapy_packets(self, point: str) -> list[object]:
+    def scapy_packets(self, point: str, cooked: bool = False) -> list[object]:
+        """The point's packets as scapy frames: Ethernet, or Linux cooked v2 with the direction set."""
+        from scapy.layers.inet import IP
+        from scapy.layers.l2 import ARP as ScapyARP
+        from scapy.layers.l2 import CookedLinuxV2
+
         skew = self.clock_skew_ns.get(point, 0)
         out = []
-        for t, packet, _ in self.entries(point):
+        for t, packet, iface in self.entries(point):
             built = packet.scapy()
+            if cooked:
+                outgoing = iface != "in0"
+                inner = built[IP] if built.haslayer(IP) else built[ScapyARP]  # type: ignore[attr-defined]
+                ethertype = 0x0800 if built.haslayer(IP) else 0x0806  # type: ignore[attr-defined]
+                built = CookedLinuxV2(proto=ethertype, ifindex=2 if outgoing else 3, lladdrtype=1,
+                                      pkttype=4 if outgoing else 0, lladdrlen=6,
+                                      src=b"\x02\x00\x00\x00\x00\x01\x00\x00") / inner  # fmt: skip
             built.time = (t + skew) / 1e9  # type: ignore[attr-defined]
             out.append(built)
         return out
+
+    def write_pcaps(self, directory: Path, points: Iterable[str] | None = None, cooked: bool = False) -> list[str]:
+        """One pcap per point (``NAME=PATH`` arguments for ``analyze``)."""
+        from scapy.utils import wrpcap
+
+        arguments = []
+        for point in points if points is not None else self.points:
+            path = directory / f"{point}.pcap"
+            wrpcap(str(path), self.scapy_packets(point, cooked), linktype=276 if cooked else 1)
+            arguments.append(f"{point}={path}")
+        return arguments
 
 
 # --- routes of the incident's topology -------------------------------------------------------------

@@ -53,8 +53,7 @@ TUPLE_REUSE_FIXES = (
     "Avoid reusing a 4-tuple the server still holds: let the client's stack pick ephemeral ports (no fixed "
     "source port), and keep net.ipv4.tcp_tw_reuse and the NAT's port allocation from recycling ports early; "
     "trade-off: more ports in use.",
-    "Close connections cleanly (FIN, not a silent drop of state) so the server releases the tuple; "
-    "trade-off: none.",
+    "Close connections cleanly (FIN, not a silent drop of state) so the server releases the tuple; trade-off: none.",
 )
 
 SILENT_DROP_FIXES = (

@@ -74,12 +74,16 @@ class _UnionFind:
 
 def _flow_nodes(table: pd.DataFrame) -> np.ndarray:
     """Per row: the id of its per-capture flow (capture, proto, unordered endpoint pair)."""
-    addr_codes, _ = pd.factorize(np.concatenate([table["src"].astype(str).to_numpy(), table["dst"].astype(str).to_numpy()]))
+    addr_codes, _ = pd.factorize(
+        np.concatenate([table["src"].astype(str).to_numpy(), table["dst"].astype(str).to_numpy()])
+    )
     n = len(table)
     src_ep = addr_codes[:n].astype(np.int64) * 65537 + table["sport"].to_numpy().astype(np.int64) + 1
     dst_ep = addr_codes[n:].astype(np.int64) * 65537 + table["dport"].to_numpy().astype(np.int64) + 1
     low, high = np.minimum(src_ep, dst_ep), np.maximum(src_ep, dst_ep)
-    keys = pd.DataFrame({"c": table["capture"].astype(str).to_numpy(), "p": table["proto"].to_numpy(), "l": low, "h": high})
+    keys = pd.DataFrame(
+        {"c": table["capture"].astype(str).to_numpy(), "p": table["proto"].to_numpy(), "l": low, "h": high}
+    )
     return keys.groupby(["c", "p", "l", "h"], sort=False).ngroup().to_numpy()
 
 
@@ -119,7 +123,7 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
     connections = []
     for conn_id, rows in table.groupby("conn", sort=True):
         rows = rows.sort_values(["ts_ref", "position"], kind="stable")
-        connection = _orient(int(conn_id), rows)
+        connection = _orient(int(str(conn_id)), rows)
         if connection is not None:
             connections.append(connection)
     return connections
@@ -130,9 +134,8 @@ def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
     udp = table[table["proto"] == UDP]
     if udp.empty:
         return
-    for capture, rows in udp.groupby("capture", sort=False):
-        del capture
-        by_node = {int(n): r for n, r in rows.groupby("node", sort=False)}
+    for _capture, rows in udp.groupby("capture", sort=False):
+        by_node = {int(str(n)): r for n, r in rows.groupby("node", sort=False)}
         # Flows whose packets all go one way: candidate requests and candidate replies.
         one_way = {n: r for n, r in by_node.items() if r[["src", "sport"]].drop_duplicates().shape[0] == 1}
         for n_req, req in one_way.items():

@@ -11,7 +11,6 @@ import pandas as pd
 from diag.correlate import Correlation
 from diag.report import RuledOut
 
-
 # Where the usual vantage names sit on a request's way, used only when no
 # order is given: the client first, the server (pod) last.
 CONVENTIONAL_ORDER = ("client", "internet", "router", "nlb", "lb", "node-a", "node", "node-b", "pod", "server")

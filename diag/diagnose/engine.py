@@ -43,7 +43,9 @@ def diagnose(
         if result is None:
             continue
         verdict, symptom, occurrences = result
-        findings.append((symptom.ts_ref, _finding(conn.proto, conn.client, conn.server, verdict, symptom, occurrences, ctx)))
+        findings.append(
+            (symptom.ts_ref, _finding(conn.proto, conn.client, conn.server, verdict, symptom, occurrences, ctx))
+        )
     findings.sort(key=lambda item: item[0])
     return [finding for _, finding in findings]
 

@@ -40,6 +40,7 @@ class Sight:
     ttl: int
     ip_id: int
     forwarded: bool  # the same capture also shows it leaving with a lower TTL
+    incoming: bool  # the link type says it was received here (Linux cooked, pcapng flags)
     src: str  # "addr:port" on arrival at this point
     dst: str
     sources: tuple[str, ...]  # every source seen on the copies here (a box's rewrite shows as two)
@@ -117,6 +118,7 @@ def distinct_packets(conn: Connection) -> list[Seen]:
                     ttl=int(copies["ttl"].max()),
                     ip_id=int(head["ip_id"]),
                     forwarded=bool(copies["ttl"].min() < copies["ttl"].max()),
+                    incoming=str(head["direction"]) == "in",
                     src=endpoint_text(str(head["src"]), int(head["sport"])),
                     dst=endpoint_text(str(head["dst"]), int(head["dport"])),
                     sources=tuple(
@@ -129,7 +131,7 @@ def distinct_packets(conn: Connection) -> list[Seen]:
         head = group.iloc[0]
         seen.append(
             Seen(
-                pkt=int(pkt),  # type: ignore[call-overload]
+                pkt=int(str(pkt)),
                 from_orig=bool(head["from_orig"]),
                 flags=int(head["tcp_flags"]),
                 seq=int(head["seq"]),
@@ -145,12 +147,13 @@ def distinct_packets(conn: Connection) -> list[Seen]:
 def generated_at(packet: Seen) -> str | None:
     """The capture point that sent this packet, when it was captured there.
 
-    The first point on the path made it if the TTL there is an initial TTL
-    and that point does not also show it leaving with a lower TTL (a box that
-    forwards a packet shows both copies; the sender shows one).
+    The first point on the path made it if the TTL there is an initial TTL,
+    the link type does not say it was received there, and that point does not
+    also show it leaving with a lower TTL (a box that forwards a packet shows
+    both copies; the sender shows one).
     """
     first = packet.first
-    if hops(first.ttl) == 0 and not first.forwarded:
+    if hops(first.ttl) == 0 and not first.forwarded and not first.incoming:
         return first.capture
     return None
 
@@ -196,11 +199,11 @@ def ttl_mismatch(packets: list[Seen], suspect: Seen) -> list[str]:
         if usual is None:
             continue
         if hops(usual) != hops(sight.ttl):
+            nearer = "closer" if hops(sight.ttl) < hops(usual) else "further"
             lines.append(
                 f"at {sight.capture}: the RST arrived with TTL {sight.ttl} ({hops(sight.ttl)} hop(s) from its sender) "
                 f"while the {side}'s own packets arrive with TTL {usual} ({hops(usual)} hops): "
-                f"it was made {abs(hops(usual) - hops(sight.ttl))} hop(s) {'closer' if hops(sight.ttl) < hops(usual) else 'further'} "
-                f"than the {side}"
+                f"it was made {abs(hops(usual) - hops(sight.ttl))} hop(s) {nearer} than the {side}"
             )
     return lines
 

@@ -23,9 +23,9 @@ from diag.diagnose.signals import (
     generated_at,
     hops,
     ms,
-    usual_hops,
     ttl_consistent,
     ttl_mismatch,
+    usual_hops,
     where,
 )
 
@@ -167,7 +167,10 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
 
     genuine, forged, claim_lines = _genuineness(sides, rst, ctx)
     first = rst.first
-    base = [f"RST claiming to come from the {who} ({_claimed(rst)}) first seen at {where(first)}, TTL {first.ttl}, IP ID {first.ip_id}"]
+    base = [
+        f"RST claiming to come from the {who} ({_claimed(rst)}) first seen at {where(first)}, "
+        f"TTL {first.ttl}, IP ID {first.ip_id}"
+    ]
     if trigger is not None:
         kind = "SYN-ACK" if trigger.is_synack else "SYN" if trigger.is_pure_syn else "segment"
         base.append(
@@ -205,7 +208,11 @@ def _tuple_reuse(
     sides: Sides, rst: Seen, challenge: Seen, genuine: bool, claim_lines: list[str], base: list[str]
 ) -> Verdict:
     syn = next(p for p in reversed(_before(sides.packets, challenge)) if p.is_pure_syn and p.from_orig)
-    verdict = Verdict("tuple-reuse", 0.7, summary="a new SYN reused a 4-tuple the server still held: challenge ACK, then the client's RST")
+    verdict = Verdict(
+        "tuple-reuse",
+        0.7,
+        summary="a new SYN reused a 4-tuple the server still held: challenge ACK, then the client's RST",
+    )
     verdict.evidence = [
         *base,
         f"the client's SYN (ISN {syn.seq}, {where(syn.first)}) was answered by a bare ACK (ack {challenge.ack}, not "
@@ -219,8 +226,12 @@ def _tuple_reuse(
     later = [p for p in sides.packets if p.is_synack and not p.from_orig and p.ts_ref > rst.ts_ref]
     if later:
         verdict.support(f"a new handshake then succeeded ({where(later[0].first)})", 0.1)
-    verdict.rule_out("peer-reset", "the RST is the client's answer to a challenge ACK, not an abort of a working connection")
-    verdict.rule_out("asymmetric-return", "the server's answer reached the client; the client reset the stale connection itself")
+    verdict.rule_out(
+        "peer-reset", "the RST is the client's answer to a challenge ACK, not an abort of a working connection"
+    )
+    verdict.rule_out(
+        "asymmetric-return", "the server's answer reached the client; the client reset the stale connection itself"
+    )
     verdict.rule_out("injected-reset", "the RST's sender is the client and it follows the challenge ACK in sequence")
     return verdict
 
@@ -248,7 +259,9 @@ def _established_reset(
                 f"could not confirm the {who} sent it: no capture on the {missing} and none of its other packets to "
                 "compare TTLs with; a capture on that host would settle it"
             )
-        verdict.rule_out("injected-reset", "nothing says another device made the RST (TTL in line, no genuine packets after it)")
+        verdict.rule_out(
+            "injected-reset", "nothing says another device made the RST (TTL in line, no genuine packets after it)"
+        )
         verdict.rule_out("idle-timeout", "the RST comes from the endpoint itself")
         return verdict
 
@@ -261,7 +274,11 @@ def _established_reset(
     idle_threshold = max(IDLE_GAP_MIN_NS, IDLE_GAP_RTTS * rtt) if rtt else IDLE_GAP_MIN_NS
     origin, origin_text = _origin(rst, sides, trigger)
     if after:
-        verdict = Verdict("injected-reset", 0.75, summary=f"a device on the path injected a RST as the {who} while the {who} kept sending")
+        verdict = Verdict(
+            "injected-reset",
+            0.75,
+            summary=f"a device on the path injected a RST as the {who} while the {who} kept sending",
+        )
         verdict.origin, verdict.origin_description = origin, origin_text
         verdict.evidence = [*base, *claim_lines]
         verdict.support(
@@ -274,7 +291,9 @@ def _established_reset(
         verdict.rule_out("idle-timeout", "the connection was busy, not idle")
         return verdict
     if trigger is not None and gap is not None and gap >= idle_threshold:
-        verdict = Verdict("idle-timeout", 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}")
+        verdict = Verdict(
+            "idle-timeout", 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}"
+        )
         verdict.origin, verdict.origin_description = origin, origin_text
         verdict.evidence = [*base, *claim_lines]
         verdict.support(
@@ -284,12 +303,19 @@ def _established_reset(
         )
         other = sides.own_capture(rst.from_orig)
         if other is not None and trigger.at(other) is None:
-            verdict.support(f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05)
+            verdict.support(
+                f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05
+            )
         verdict.support(f"origin: {origin_text}")
         verdict.rule_out("peer-reset", f"the {who} did not send the RST (see the TTL/presence evidence)")
-        verdict.rule_out("injected-reset", "nothing from the real sender follows the RST; it answers the first segment after the idle gap")
+        verdict.rule_out(
+            "injected-reset",
+            "nothing from the real sender follows the RST; it answers the first segment after the idle gap",
+        )
         return verdict
-    verdict = Verdict("injected-reset", 0.5, summary=f"a RST made by another device than the {who} ended an established connection")
+    verdict = Verdict(
+        "injected-reset", 0.5, summary=f"a RST made by another device than the {who} ended an established connection"
+    )
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = [*base, *claim_lines, f"origin: {origin_text}"]
     verdict.rule_out("peer-reset", f"the {who} did not send the RST")
@@ -352,7 +378,9 @@ def _handshake_reset_from_server(
                 downstream_missing.append(capture)
     origin, origin_text = _origin(rst, sides, syn)
     if syn_missing_at_server or downstream_missing or (forged and not syn_at_server):
-        verdict = Verdict("policy-reject", 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name")
+        verdict = Verdict(
+            "policy-reject", 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name"
+        )
         verdict.origin, verdict.origin_description = origin, origin_text
         verdict.evidence = [*base, *claim_lines]
         if syn is not None:
@@ -369,21 +397,35 @@ def _handshake_reset_from_server(
         verdict.rule_out("asymmetric-return", "the RST claims the server and answers the SYN itself; no reply was sent")
         return verdict
     confidence = 0.85 if (genuine or syn_at_server) else 0.5
-    verdict = Verdict("port-closed", confidence, summary="the server refused the connection: nothing listens on the port")
+    verdict = Verdict(
+        "port-closed", confidence, summary="the server refused the connection: nothing listens on the port"
+    )
     verdict.origin = origin if origin == server else None
     verdict.origin_description = origin_text
     verdict.evidence = [*base, *claim_lines]
     if rst.has(0x10) and syn is not None and rst.ack == (syn.seq + 1) % 2**32:
-        verdict.support(f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05)
+        verdict.support(
+            f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05
+        )
     if syn_at_server:
         verdict.support(f"the SYN reached the server's capture ({server})", 0.05)
     else:
         verdict.evidence.append(
             "could not establish that the SYN reached the server: with no server-side capture, a firewall rejecting "
-            "in the server's name (policy-reject) looks the same; a capture on the server or its node would separate them"
+            "in the server's name (policy-reject) looks the same; a capture on the server or its node would "
+            "separate them"
         )
-    verdict.rule_out("policy-reject", "the SYN reached the server" if syn_at_server else "the RST's TTL matches the server's distance" if genuine else "not excluded (see evidence)")
-    verdict.rule_out("asymmetric-return", "the RST answers the SYN itself; the server sent no SYN-ACK that could go astray")
+    verdict.rule_out(
+        "policy-reject",
+        "the SYN reached the server"
+        if syn_at_server
+        else "the RST's TTL matches the server's distance"
+        if genuine
+        else "not excluded (see evidence)",
+    )
+    verdict.rule_out(
+        "asymmetric-return", "the RST answers the SYN itself; the server sent no SYN-ACK that could go astray"
+    )
     return verdict
 
 
@@ -414,9 +456,7 @@ def _asymmetric_return(
     verdict.support(f"origin: {origin_text}")
     isn = (rst.seq - 1) % 2**32
     retried = [p for p in packets if p.is_pure_syn and p.from_orig and p.seq == isn and p.ts_ref > rst.ts_ref]
-    same_point = [
-        p for p in retried for s in rst.sights if (s2 := p.at(s.capture)) is not None and s2.ts_ns > s.ts_ns
-    ]
+    same_point = [p for p in retried for s in rst.sights if (s2 := p.at(s.capture)) is not None and s2.ts_ns > s.ts_ns]
     if same_point or retried:
         verdict.support(
             f"the client sent the same SYN (ISN {isn}) again after the RST ({len({p.pkt for p in retried})} time(s)): "
@@ -436,7 +476,7 @@ def _asymmetric_return(
     if client is not None and synack.at(client) is None and covers(ctx.spans, client, synack.ts_ref):
         verdict.support(f"the client's capture ({client}) shows only its SYNs: no SYN-ACK, no RST ever reached it", 0.1)
     gap = None
-    for sight in rst.sights:
+    for sight in reversed(rst.sights):
         sent = synack.at(sight.capture)
         if sent is not None and sight.ts_ns > sent.ts_ns:
             gap = (sight.capture, sight.ts_ns - sent.ts_ns)
@@ -451,7 +491,9 @@ def _asymmetric_return(
             verdict.evidence.append(line)
     missing = []
     if client is None:
-        missing.append("no capture on the client, so its side (did it see a SYN-ACK? send a RST?) is inferred from TTLs")
+        missing.append(
+            "no capture on the client, so its side (did it see a SYN-ACK? send a RST?) is inferred from TTLs"
+        )
     if origin is None:
         missing.append("the box that made the RST was not captured; its position comes from the TTL")
     for line in missing:
@@ -467,8 +509,12 @@ def _asymmetric_return(
         "no RFC 5961 challenge ACK: the server answered the SYN with a SYN-ACK acknowledging it "
         f"(ack {synack.ack} = ISN + 1) and the RST's seq {rst.seq} answers that SYN-ACK",
     )
-    verdict.rule_out("port-closed", "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server")
-    verdict.rule_out("policy-reject", "the SYN reached the server and was answered; the RST goes to the server, not to the client")
+    verdict.rule_out(
+        "port-closed", "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server"
+    )
+    verdict.rule_out(
+        "policy-reject", "the SYN reached the server and was answered; the RST goes to the server, not to the client"
+    )
     verdict.rule_out("idle-timeout", "the connection never got established, nothing was idle")
     verdict.rule_out(
         "injected-reset",
@@ -505,9 +551,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     first = syns[0]
     point = first.first.capture
     answered = [
-        p
-        for p in packets
-        if not p.from_orig and (s := p.at(point)) is not None and s.ts_ns >= first.first.ts_ns
+        p for p in packets if not p.from_orig and (s := p.at(point)) is not None and s.ts_ns >= first.first.ts_ns
     ]
     if answered:
         return None
@@ -528,7 +572,11 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
         synack = synacks[0]
         extra = [c for c in synack.points if c not in syn_points]
         if extra:
-            verdict = Verdict("asymmetric-return", 0.7, summary="the server's SYN-ACK left by a path the SYN did not take and never reached the client")
+            verdict = Verdict(
+                "asymmetric-return",
+                0.7,
+                summary="the server's SYN-ACK left by a path the SYN did not take and never reached the client",
+            )
             verdict.evidence = [
                 *base,
                 f"the server answered: SYN-ACK at {where(synack.first)}",
@@ -537,13 +585,20 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
             ]
             verdict.rule_out("silent-drop", "the reply was not lost on the request's path: it took another one")
             return verdict, first, len(syns)
-        verdict = Verdict("silent-drop", 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}")
-        verdict.evidence = [*base, f"the server answered (SYN-ACK at {where(synack.first)}); last seen at {synack.sights[-1].capture}"]
+        verdict = Verdict(
+            "silent-drop", 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}"
+        )
+        verdict.evidence = [
+            *base,
+            f"the server answered (SYN-ACK at {where(synack.first)}); last seen at {synack.sights[-1].capture}",
+        ]
         verdict.evidence.append("no RST anywhere")
         return verdict, first, len(syns)
 
     single = len(captured_here) == 1 and len(ctx.captures) == 1
-    verdict = Verdict("silent-drop", 0.4 if single else 0.75, summary=f"the SYN vanished after {last_point} with no answer and no RST")
+    verdict = Verdict(
+        "silent-drop", 0.4 if single else 0.75, summary=f"the SYN vanished after {last_point} with no answer and no RST"
+    )
     verdict.evidence = [*base, f"the SYN was last seen at {last_point}", "no SYN-ACK and no RST anywhere"]
     server = sides.server_capture
     downstream = [c for c in ctx.captures if c not in syn_points and covers(ctx.spans, c, first.ts_ref)]

@@ -63,15 +63,15 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
                 break
         else:
             return None
-    resourced = [
-        (p, s) for p in replies for s in p.sights if s.capture not in request_points and len(s.sources) > 1
-    ]
+    resourced = [(p, s) for p in replies for s in p.sights if s.capture not in request_points and len(s.sources) > 1]
     if resourced:
         reply, sight = resourced[0]
         verdict = Verdict(
             "asymmetric-return",
             0.75,
-            summary=f"the server's reply left by {sight.capture}, which the request never passed, and was re-sourced there",
+            summary=(
+                f"the server's reply left by {sight.capture}, which the request never passed, and was re-sourced there"
+            ),
         )
         verdict.evidence = [
             *base,
@@ -89,7 +89,11 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         reply = replies[0]
         extra = [c for c in reply.points if c not in request_points]
         if extra:
-            verdict = Verdict("asymmetric-return", 0.7, summary="the server's reply left by a path the request did not take and never reached the client")
+            verdict = Verdict(
+                "asymmetric-return",
+                0.7,
+                summary="the server's reply left by a path the request did not take and never reached the client",
+            )
             verdict.evidence = list(base)
             _add_reply_path(verdict, reply, requests, request_points)
             return verdict, first, len(unanswered)
@@ -132,10 +136,13 @@ def _add_reply_path(verdict: Verdict, reply: Seen, requests: list[Seen], request
 def _add_port_unreachable(verdict: Verdict, packets: pd.DataFrame, point: str, foreign_addr: str) -> None:
     at_point = packets[(packets["capture"].astype(str) == point) & (packets["proto"] == ICMP)]
     hits = at_point[(at_point["icmp_type"] == 3) & (at_point["inner_dst"].astype(str) == foreign_addr)]
-    hits = pd.concat([hits, at_point[(at_point["icmp_type"] == 3) & (at_point["inner_src"].astype(str) == foreign_addr)]])
+    hits = pd.concat(
+        [hits, at_point[(at_point["icmp_type"] == 3) & (at_point["inner_src"].astype(str) == foreign_addr)]]
+    )
     if len(hits):
         verdict.support(
-            f"the client answered {len(hits)} of them with ICMP port unreachable ({point} #{int(hits['index'].iloc[0])}): "
+            f"the client answered {len(hits)} of them with ICMP port unreachable "
+            f"({point} #{int(hits['index'].iloc[0])}): "
             "its socket expected the reply from the address it wrote to",
             0.1,
         )
