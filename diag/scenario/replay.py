@@ -206,10 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, _, port = args.to.rpartition(":")
     replay = Replay(conversation, (host, int(port)), args.reply_wait)
     play(replay, payloads, args.timeout)
-    if conversation.proto == "tcp" and not replay.handshake:
-        outcome = "no-handshake"
-    else:
-        outcome = "departed" if replay.departures else "matched"
+    outcome = "departed" if replay.departures else "matched"
     print(json.dumps({
         "kind": "replay", "outcome": outcome, "conversation": conversation.label, "handshake": replay.handshake,
         "sent": replay.sent, "received": len(replay.received), "departures": replay.departures,

@@ -34,7 +34,7 @@ STEP_OPTIONS: dict[str, frozenset[str]] = {
     # scapy in an on-path node: spoof a RST to the client as soon as a request passes
     "inject-rst": frozenset({"interface", "port"}),
     # replay one conversation of a recorded capture against the live lab
-    "replay": frozenset({"capture", "flow", "expect"}),
+    "replay": frozenset({"capture", "flow", "stream", "expect"}),
     "sleep": frozenset({"seconds"}),
 }
 COMMON_STEP_KEYS = frozenset({"kind", "node", "target", "timeout", "background", "name"})

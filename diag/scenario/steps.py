@@ -104,6 +104,8 @@ def step_argv(step: Step, address: str, port: int, scenario_dir: Path) -> list[s
                 "--timeout", str(step.timeout)]
         if "flow" in options:
             argv += ["--flow", str(options["flow"])]
+        if "stream" in options:
+            argv += ["--stream", str(options["stream"])]
         return argv
     raise DiagError(f"step {step.label}: kind {step.kind!r} has no command")
 
