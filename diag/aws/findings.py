@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from diag.aws.model import (
-    NAT_GATEWAY_IDLE_TIMEOUT_S,
     PRESERVATION_FIXED_PROTOCOLS,
     Inventory,
     Listener,
@@ -132,12 +131,6 @@ def asymmetric_return_finding(path: ExposedPath, inventory: Inventory) -> Findin
         evidence.append(
             "the load balancer is internal: only clients reached through the default route are exposed; "
             "clients inside the VPC are answered over the local route"
-        )
-    if listener.idle_timeout_s.value is not None:
-        evidence.append(
-            f"listener TCP idle timeout {listener.idle_timeout_s.value} s"
-            + (" (AWS default)" if listener.idle_timeout_s.source == "default" else "")
-            + f"; a NAT gateway drops idle flows after {NAT_GATEWAY_IDLE_TIMEOUT_S} s"
         )
     evidence.append(NAT_GATEWAY_NOTE)
     proto = "udp" if listener.protocol == "UDP" else "tcp"

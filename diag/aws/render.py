@@ -11,18 +11,19 @@ def render_text(assessment: Assessment) -> str:
     inventory = assessment.inventory
     listeners = sum(len(b.listeners) for b in inventory.load_balancers)
     out: list[str] = []
-    top = report.verdict
-    if top is None:
+    if not report.findings:
         out.append(
             f"verdict: healthy: {len(inventory.load_balancers)} Network Load Balancer(s), {listeners} listener(s) "
             f"in {inventory.region}; no target's reply can meet a NAT gateway"
         )
-    else:
-        out.append(f"verdict: {top.cause} (confidence {top.confidence:.2f})")
-        out.append(f"  {top.summary}")
     for number, finding in enumerate(report.findings, start=1):
-        out.append("")
-        out.append(f"finding {number}: {finding.cause} (confidence {finding.confidence:.2f}): {finding.summary}")
+        if number == 1:
+            out.append(f"verdict: {finding.cause} (confidence {finding.confidence:.2f})")
+        else:
+            if number == 2:
+                out += ["", f"other findings ({len(report.findings) - 1}):"]
+            out += ["", f"finding {number}: {finding.cause} (confidence {finding.confidence:.2f})"]
+        out.append(f"  {finding.summary}")
         out.append("  evidence:")
         out += [f"    - {line}" for line in finding.evidence]
         if finding.ruled_out:
