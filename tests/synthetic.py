@@ -117,7 +117,8 @@ class Packet:
         from scapy.layers.l2 import Ether
 
         if self.proto == ARP:
-            return Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ScapyARP(psrc="198.18.2.1", pdst="198.18.2.10")
+            broadcast = Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff")
+            return broadcast / ScapyARP(psrc="198.18.2.1", pdst="198.18.2.10")
         ip = IP(src=self.src, dst=self.dst, ttl=self.ttl, id=self.ip_id, flags="DF")
         if self.proto == TCP:
             options: list[tuple[str, object]] = []
@@ -435,7 +436,7 @@ def peer_reset() -> Scenario:
     """The pod's application aborts an established connection (SO_LINGER 0): a genuine RST."""
     sc = Scenario("peer-reset", "peer-reset", ALL_POINTS, dict(SKEWS))
     port = 44000
-    t, cseq, sseq, ip_id = _handshake_and_data(sc, START_NS, port, 4_200_000, 8_200_000, exchanges=2)
+    t, cseq, sseq, _ = _handshake_and_data(sc, START_NS, port, 4_200_000, 8_200_000, exchanges=2)
     # Return path through node-a needs SNAT in reality; here the route models the fixed setup.
     sc.send(t + 5 * MS, Packet(POD, CLIENT, 80, port, flags=RST | ACK, seq=sseq, ack=cseq, ip_id=0x7300),
             back_through_nlb(port))  # fmt: skip
@@ -450,7 +451,7 @@ def idle_timeout() -> Scenario:
     t, cseq, sseq, ip_id = _handshake_and_data(sc, START_NS, port, 4_300_000, 8_300_000, exchanges=1)
     request = b"GET /late HTTP/1.1\r\nHost: lab\r\n\r\n"
     late = Packet(CLIENT, VIP, port, 80, flags=PSH | ACK, seq=cseq, ack=sseq, payload=request, ip_id=ip_id + 1)
-    arrival = sc.send(t + 40_000 * MS, late, to_pod(port)[:3] + [Hop("nlb", 1 * MS, last=True)])
+    arrival = sc.send(t + 40_000 * MS, late, [*to_pod(port)[:3], Hop("nlb", 1 * MS, last=True)])
     reset = Packet(VIP, CLIENT, 80, port, flags=RST, seq=sseq, ack=0, ip_id=0, win=0)
     sc.send(arrival + 20_000, reset, [Hop("nlb"), Hop(None, 1 * MS), Hop("client", 2 * MS, last=True)])
     sc.subsets = (ALL_POINTS, ("client",), ("client", "pod"), ("client", "nlb"))
@@ -483,7 +484,7 @@ def tuple_reuse() -> Scenario:
     """A new SYN on a 4-tuple the pod still holds: challenge ACK, the client's RST, then a new handshake."""
     sc = Scenario("tuple-reuse", "tuple-reuse", ALL_POINTS, dict(SKEWS))
     port = 47000
-    t, cseq, sseq, ip_id = _handshake_and_data(sc, START_NS, port, 4_500_000, 8_500_000, exchanges=1)
+    t, cseq, sseq, _ = _handshake_and_data(sc, START_NS, port, 4_500_000, 8_500_000, exchanges=1)
     # The client lost the old connection without a FIN (rebooted, or its NAT reused the port).
     new_isn = 77_000_000
     t = START_NS + 5000 * MS
