@@ -72,7 +72,8 @@ class _Tcpdump:
     interface: str
     raw_path: Path
     process: subprocess.Popen[str]
-    listening: threading.Event = field(default_factory=threading.Event)
+    listening: threading.Event = field(default_factory=threading.Event)  # set when it listens or ends
+    said_listening: bool = False
     stderr_lines: list[str] = field(default_factory=list)
     reader: threading.Thread | None = None
 
@@ -82,6 +83,7 @@ class _Tcpdump:
         for line in self.process.stderr:
             self.stderr_lines.append(line.rstrip("\n"))
             if "listening on " in line:
+                self.said_listening = True
                 self.listening.set()
         self.listening.set()  # the process ended: stop anyone waiting; the caller checks why
 
@@ -191,10 +193,10 @@ class CaptureSet:
         deadline = time.monotonic() + self.listen_timeout
         for tcpdump in self._tcpdumps:
             tcpdump.listening.wait(max(0.0, deadline - time.monotonic()))
-            if tcpdump.process.poll() is not None or not tcpdump.listening.is_set():
+            if not tcpdump.said_listening or tcpdump.process.poll() is not None:
                 time.sleep(0.05)  # let the reader thread collect the last words
                 said = "; ".join(tcpdump.stderr_lines[-2:]) or "no output"
-                state = "exited" if tcpdump.process.poll() is not None else "did not start listening"
+                state = "exited" if tcpdump.listening.is_set() else "did not start listening"
                 raise CaptureError(
                     f"tcpdump on {tcpdump.point.name}/{tcpdump.interface} {state} ({said})"
                 )
