@@ -186,7 +186,8 @@ def test_reset_marked_with_its_real_origin(figure: Figure) -> None:
     assert same_colour(origin.get_color(), style.RST_COLOUR)
     star = [line for line in figure.axes[0].get_lines() if line.get_gid() == "rst-origin-marker"]
     assert len(star) == 1
-    assert star[0].get_xdata()[0] == lane_order(figure).index("natgw")
+    natgw_lane = next(line for line in figure.axes[0].get_lines() if line.get_gid() == "lane:natgw")
+    assert star[0].get_xdata()[0] == natgw_lane.get_xdata()[0]
 
 
 def test_claimed_source_crossed_out(figure: Figure) -> None:

@@ -36,7 +36,8 @@ STUB = 0.42  # length of the arrow for a packet seen at one point only, in lanes
 INCH_PER_ROW = 0.36
 NAME_INCHES = 0.25  # lane name above its address lines
 DETAIL_LINE_INCHES = 0.14
-INCH_PER_LANE = 2.1
+INCH_PER_LANE = 1.85
+EMPTY_LANE_ROOM = 0.55  # distance to a lane that saw nothing, in lanes
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def ladder(
     placed, total = _place_rows(items)
 
     if ax is None:
-        width = max(9.0, 1.4 + INCH_PER_LANE * len(view.lanes))
+        width = max(9.0, 1.4 + INCH_PER_LANE * (_span(view) + 1.0))
         height = 2.9 + INCH_PER_ROW * max(total, 4.0)
         figure = Figure(figsize=(width, height), dpi=100)
         top_inches, bottom_inches = 1.25 + _header_inches(view), 1.0
@@ -103,6 +104,25 @@ def ladder_to_file(report: Report, path: object, flow: FlowSelector = None) -> N
         figure.savefig(target, format=suffix[1:], dpi=100)
     except OSError as error:
         raise DiagError(f"{target}: cannot write the ladder diagram ({error.strerror or error})") from error
+
+
+def lane_positions(view: FlowView) -> dict[str, float]:
+    """x of each lane: a point that saw nothing gets half the room of one that saw packets."""
+    positions: dict[str, float] = {}
+    x = 0.0
+    previous_seen: bool | None = None
+    for lane in view.lanes:
+        seen = lane in view.seen
+        if previous_seen is not None:
+            x += 1.0 if (seen and previous_seen) else EMPTY_LANE_ROOM
+        positions[lane] = x
+        previous_seen = seen
+    return positions
+
+
+def _span(view: FlowView) -> float:
+    """x of the rightmost lane."""
+    return max(lane_positions(view).values(), default=0.0)
 
 
 def _place_rows(items: list[LadderItem]) -> tuple[list[_Placed], float]:
@@ -167,7 +187,7 @@ def _draw_legend(figure: Figure, view: FlowView) -> None:
 
 
 def _draw_lanes(ax: Axes, view: FlowView, total: float) -> None:
-    ax.set_xlim(-0.6, len(view.lanes) - 0.4)
+    ax.set_xlim(-0.6, _span(view) + 0.6)
     ax.set_ylim(total + 0.3, -0.3)
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
@@ -175,7 +195,7 @@ def _draw_lanes(ax: Axes, view: FlowView, total: float) -> None:
     ax.spines["left"].set_color("#cccccc")
     header_transform = ax.get_xaxis_transform()
     detail_inches = _header_inches(view) - NAME_INCHES
-    for x, lane in enumerate(view.lanes):
+    for lane, x in lane_positions(view).items():
         seen = lane in view.seen
         ax.axvline(x, color=style.LANE_COLOUR if seen else style.EMPTY_LANE_COLOUR,
                    lw=2.2 if seen else 1.5, ls="-" if seen else ":", zorder=1, gid=f"lane:{lane}")
@@ -216,7 +236,7 @@ def _axes_fraction(ax: Axes, inches: float) -> float:
 
 
 def _draw_trip(ax: Axes, view: FlowView, trip: PacketTrip, placed: _Placed) -> None:
-    x_of = {lane: x for x, lane in enumerate(view.lanes)}
+    x_of = lane_positions(view)
     colour = style.flag_colour(trip.flags)
     line_style = style.DASHED if trip.retransmission else style.SOLID
     gid = f"trip:{view.trips.index(trip)}"
@@ -257,13 +277,13 @@ def _mark_reset_origin(
     below_label: tuple[float, float],
 ) -> None:
     """The star where the RST was really made, and the sender it claims crossed out."""
-    x_of = {lane: x for x, lane in enumerate(view.lanes)}
+    x_of = lane_positions(view)
     origin = finding.origin
     if origin in x_of:
         origin_x = float(x_of[origin])
         ax.plot([origin_x], [first_y], marker="*", markersize=17, color=style.ORIGIN_COLOUR, ls="",
                 zorder=6, gid="rst-origin-marker")
-        side = "left" if origin_x >= len(view.lanes) - 1 else "right"
+        side = "left" if origin_x >= _span(view) else "right"
         offset = -0.12 if side == "left" else 0.12
         ax.text(origin_x + offset, first_y + 0.38, f"RST made here, by {origin}", ha=side, va="center",
                 fontsize=style.LABEL_SIZE, fontweight="bold", color=style.ORIGIN_COLOUR, gid="rst-origin",
@@ -279,8 +299,8 @@ def _mark_reset_origin(
     claimed_text = f"{claimed} ({owner})" if owner and owner != claimed else claimed
     x, y = below_label
     ax.text(x, y + 0.05, f"from {claimed_text}", ha="center", va="top", fontsize=style.LABEL_SIZE,
-            color=style.RST_COLOUR, gid="claimed-source", zorder=5,
-            path_effects=[style.StrikeThrough()])
+            color=style.RST_COLOUR, gid="claimed-source", zorder=5, path_effects=[style.StrikeThrough()],
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
 
 
 def _is_forged(view: FlowView, finding: Finding) -> bool:
@@ -307,7 +327,7 @@ def _owner_of(view: FlowView, address: str) -> str | None:
 def _draw_collapsed(ax: Axes, view: FlowView, placed: _Placed) -> None:
     assert isinstance(placed.item, CollapsedCycles)
     middle = placed.y + placed.height / 2
-    ax.text((len(view.lanes) - 1) / 2, middle, "⋮  " + placed.item.description + "  ⋮", ha="center",
+    ax.text(_span(view) / 2, middle, "⋮  " + placed.item.description + "  ⋮", ha="center",
             va="center", fontsize=style.LABEL_SIZE + 0.5, style="italic", color="#333333", gid="collapsed", zorder=5,
             bbox={"boxstyle": "round,pad=0.4", "facecolor": "#f1f3f4", "edgecolor": "#9e9e9e"})
 
