@@ -39,7 +39,10 @@ class Context:
         if len(packets):
             frame = pd.DataFrame({"capture": names, "ts": corr.ts_ref_ns})
             for capture, group in frame.groupby("capture", sort=False):
-                spans[str(capture)] = (int(group["ts"].min()), int(group["ts"].max()))
+                # A capture whose clock could not be tied to the others (nothing matched)
+                # keeps the open span: its times say nothing on the common clock.
+                if str(capture) in corr.offsets or len(captured) == 1:
+                    spans[str(capture)] = (int(group["ts"].min()), int(group["ts"].max()))
         return cls(tuple(captured), spans, corr, packets, tuple(order_hint or ()))
 
     def is_beyond(self, capture: str, point: str) -> bool:
