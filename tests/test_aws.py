@@ -28,6 +28,8 @@ from diag.aws.inventory import read_inventory
 from diag.aws.metrics import read_metrics
 from diag.aws.session import AwsClients, connect, translate
 from diag.cli import main
+from diag.lab import Topology, load_topology
+from diag.lab.topology import K8sNodeConfig, NlbConfig
 
 REGION = "eu-west-1"
 moto_server = pytest.importorskip("moto.server")
@@ -517,3 +519,71 @@ def test_access_denied_without_action_in_message_still_names_it() -> None:
         "DescribeRouteTables",
     )
     assert str(translate(error)) == "access denied: the credentials lack permission ec2:DescribeRouteTables"
+
+
+def export(endpoint: str, capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> tuple[Topology, str]:
+    """Run export-lab, then load its file with the lab's own loader (no lab is built)."""
+    status, out, err = run_cli(
+        ["aws", "export-lab", "--region", REGION, "--endpoint-url", endpoint, "-o", str(path), *extra], capsys
+    )
+    assert status == 0, err
+    assert out == f"wrote {path}\n"
+    return load_topology(str(path)), err
+
+
+def test_export_lab_writes_the_incident_as_a_lab_topology(
+    endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    account = build_account(endpoint)
+    topology, notes = export(endpoint, capsys, tmp_path / "account.toml")
+    assert notes == ""
+    nlb = topology.node("nlb").config
+    assert isinstance(nlb, NlbConfig)
+    assert (nlb.protocol, nlb.port, nlb.idle_timeout) == ("TCP_UDP", 80, 350)
+    group = nlb.target_group
+    assert (group.target_type, group.port, group.preserve_client_ip) == ("instance", 30080, True)
+    assert group.targets == ("node-a", "node-b")
+    (table,) = topology.node("vpc-router").tables
+    assert table.iif == ("eth-node-a", "eth-node-b")
+    natgw_link = topology.link_between("vpc-router", "natgw")
+    assert natgw_link is not None
+    assert (table.routes[0].destination, table.routes[0].gateway) == ("default", natgw_link.end("natgw").address.ip)
+    node_a = topology.node("node-a").config
+    assert isinstance(node_a, K8sNodeConfig) and node_a.dnat is not None
+    assert (node_a.dnat.to, node_a.dnat.port, node_a.dnat.protocols) == ("pod-b", 30080, ("tcp", "udp"))
+    text = (tmp_path / "account.toml").read_text()
+    for resource in (account.lb_arn, account.tg_arn, account.nat_gateway, *account.instances):
+        assert resource in text
+
+
+def test_export_lab_fixed_variants(endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    build_account(endpoint, listener_protocol="TCP", preserve_client_ip=False, nodes_default_route="igw")
+    topology, notes = export(endpoint, capsys, tmp_path / "tcp.toml", "--forwarding", "local")
+    nlb = topology.node("nlb").config
+    assert isinstance(nlb, NlbConfig)
+    assert (nlb.protocol, nlb.target_group.preserve_client_ip) == ("TCP", False)
+    assert topology.node("vpc-router").tables == ()  # no NAT gateway on the nodes' path
+    node_b = topology.node("node-b").config
+    assert isinstance(node_b, K8sNodeConfig)
+    assert [(s.policy, s.endpoints) for s in node_b.services] == [("Local", ("pod-b",))]
+    assert "internet-gateway" in notes and "dropped" in notes  # what the lab does not reproduce, said
+
+
+def test_export_lab_ip_targets(endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    build_account(endpoint, target_type="ip")
+    nlb = export(endpoint, capsys, tmp_path / "ip.toml")[0].node("nlb").config
+    assert isinstance(nlb, NlbConfig)
+    assert (nlb.target_group.target_type, nlb.target_group.targets) == ("ip", ("pod-a", "pod-b"))
+
+
+def test_export_lab_never_replaces_a_file_unasked(
+    endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    build_account(endpoint)
+    path = tmp_path / "mine.toml"
+    path.write_text("precious\n")
+    status, _, err = run_cli(
+        ["aws", "export-lab", "--region", REGION, "--endpoint-url", endpoint, "-o", str(path)], capsys
+    )
+    assert status == 2 and "exists" in err
+    assert path.read_text() == "precious\n"

@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_connection_options(export)
     export.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.toml", help="where to write")
     export.add_argument("--force", action="store_true", help="replace FILE.toml if it exists")
+    export.add_argument("--forwarding", choices=("dnat", "cluster", "local"), default="dnat",
+                        help="how nodes forward to pods, which AWS cannot show: dnat = to the pod on the next node "
+                        "without SNAT (the risky case, default), cluster/local = kube-proxy with that "
+                        "externalTrafficPolicy")
     export.set_defaults(func=run_export)
 
 
@@ -99,7 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
     with aws_errors():
         clients = connect(args.profile, args.region, args.endpoint_url)
         inventory = read_inventory(clients, args.lb)
-    text, notes = export_topology(inventory, args.lb)
+    text, notes = export_topology(inventory, args.lb, args.forwarding)
     _write(output, text)
     for note in notes:
         print(f"diag: note: {note}", file=sys.stderr)
