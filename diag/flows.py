@@ -103,12 +103,21 @@ def _shared_address_codes(src: pd.Series, dst: pd.Series) -> tuple[np.ndarray, n
 
 
 def _dense_codes(*columns: np.ndarray) -> np.ndarray:
-    """One dense int64 id per distinct combination of the columns, numbered by first appearance."""
-    combined = pd.factorize(columns[0], sort=False)[0].astype(np.int64)
+    """One dense int64 id per distinct combination of non-negative int columns, numbered by first appearance.
+
+    Columns are folded pairwise into one integer while it fits in 62 bits;
+    only when it would not is the running key renumbered (``factorize``).
+    """
+    combined = columns[0].astype(np.int64)
     for column in columns[1:]:
-        codes = pd.factorize(column, sort=False)[0].astype(np.int64)
-        combined = pd.factorize(combined * (int(codes.max(initial=0)) + 1) + codes, sort=False)[0].astype(np.int64)
-    return combined
+        width = int(column.max(initial=0)) + 1
+        if (int(combined.max(initial=0)) + 1) * width >= 1 << 62:
+            combined = pd.factorize(combined, sort=False)[0].astype(np.int64)
+            if (int(combined.max(initial=0)) + 1) * width >= 1 << 62:
+                column = pd.factorize(column, sort=False)[0].astype(np.int64)
+                width = int(column.max(initial=0)) + 1
+        combined = combined * width + column
+    return pd.factorize(combined, sort=False)[0].astype(np.int64)
 
 
 class _FlowKeys:
@@ -139,10 +148,11 @@ class _FlowKeys:
         s, d = self.src_endpoint[self.rows], self.dst_endpoint[self.rows]
         low, high = np.minimum(s, d), np.maximum(s, d)
         capture = np.asarray(_categorical(packets["capture"]).codes, dtype=np.int64)[self.rows]
-        vlan = packets["vlan"].to_numpy(dtype=np.int64)[self.rows]
-        tuple_id = _dense_codes(capture, vlan, proto[self.rows], low, high)
+        vlan = packets["vlan"].to_numpy()[self.rows].astype(np.int64) + 1  # -1 (untagged) -> 0
+        context = _dense_codes(capture, vlan, (proto[self.rows] == UDP).astype(np.int64))
+        tuple_id = _dense_codes(context, low, high)
         epoch = self._reuse_epochs(packets, tuple_id)
-        self.flow_id[self.rows] = _dense_codes(tuple_id, epoch)
+        self.flow_id[self.rows] = tuple_id if not epoch.any() else _dense_codes(tuple_id, epoch)
 
     def _reuse_epochs(self, packets: pd.DataFrame, tuple_id: np.ndarray) -> np.ndarray:
         """Count, per 5-tuple, the SYNs that carry a new initial sequence number: each starts a new flow."""
@@ -156,6 +166,8 @@ class _FlowKeys:
         syn_seq = pd.Series(packets["seq"].to_numpy(dtype=np.int64)[rows][syn_at])
         previous = syn_seq.groupby(tuple_id[syn_at]).shift()
         new_isn = (previous.notna() & (previous.to_numpy() != syn_seq.to_numpy())).to_numpy()
+        if not new_isn.any():
+            return np.zeros(len(rows), dtype=np.int64)
         marks = np.zeros(len(rows), dtype=np.int64)
         marks[syn_at[new_isn]] = 1
         return pd.Series(marks).groupby(tuple_id).cumsum().to_numpy()
@@ -172,6 +184,22 @@ def flow_ids(packets: pd.DataFrame) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- grouped helpers
+
+
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative int64 keys, as 16-bit radix passes.
+
+    numpy sorts 16-bit integers with a radix sort, so two or three passes
+    over 16-bit digits beat one comparison sort of the int64 keys severalfold.
+    """
+    top = int(keys.max(initial=0))
+    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
+    shift = 16
+    while top >> shift:
+        digit = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
+        order = order[np.argsort(digit, kind="stable")]
+        shift += 16
+    return order
 
 
 def _exclusive_count_before(flow_start_of_row: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -194,7 +222,7 @@ def _changed_per_key(mask: np.ndarray, key: np.ndarray, value: np.ndarray) -> np
     out = np.zeros(len(mask), dtype=bool)
     at = np.flatnonzero(mask)
     if len(at):
-        order = np.argsort(key[at], kind="stable")
+        order = stable_order(key[at])
         k, v = key[at][order], value[at][order]
         new = np.ones(len(at), dtype=bool)
         new[1:] = (k[1:] != k[:-1]) | (v[1:] != v[:-1])
@@ -207,7 +235,7 @@ def _powers_of_ten_per_key(mask: np.ndarray, key: np.ndarray) -> np.ndarray:
     out = np.zeros(len(mask), dtype=bool)
     at = np.flatnonzero(mask)
     if len(at):
-        order = np.argsort(key[at], kind="stable")
+        order = stable_order(key[at])
         k = key[at][order]
         position = np.arange(len(k))
         group_start = np.ones(len(k), dtype=bool)
@@ -229,7 +257,7 @@ class _Packets:
     """The eligible packets' columns as numpy arrays, sorted by flow then file order."""
 
     def __init__(self, packets: pd.DataFrame, keys: _FlowKeys) -> None:
-        order = np.argsort(keys.flow_id[keys.rows], kind="stable")
+        order = stable_order(keys.flow_id[keys.rows])
         rows = keys.rows[order]
         self.rows = rows
         self.flow = keys.flow_id[rows]
@@ -239,7 +267,7 @@ class _Packets:
         self.flow_start_of_row = self.starts[self.flow]
 
         def column(name: str) -> np.ndarray:
-            return packets[name].to_numpy(dtype=np.int64)[rows]
+            return packets[name].to_numpy()[rows].astype(np.int64)
 
         self.proto = column("proto")
         self.flags = np.clip(column("tcp_flags"), 0, None)
@@ -284,8 +312,18 @@ class _Directions:
         self.is_orig = is_orig
         self.side = (~is_orig).astype(np.int64)  # 0 originator, 1 responder
         self.key = p.flow * 2 + self.side  # one key per (flow, direction)
-        # Rows grouped by (flow, direction), time order kept inside each group.
-        self.order = np.argsort(self.key, kind="stable")
+        # Rows grouped by (flow, direction), time order kept inside each group:
+        # rows are already grouped by flow, so each row's place follows from
+        # how many rows of its direction came before it in its flow.
+        n = len(p.flow)
+        orig_before = _exclusive_count_before(p.flow_start_of_row, is_orig)
+        resp_before = np.arange(n) - p.flow_start_of_row - orig_before
+        orig_in_flow = np.add.reduceat(is_orig.astype(np.int64), p.starts)
+        place = np.where(
+            is_orig, p.flow_start_of_row + orig_before, p.flow_start_of_row + orig_in_flow[p.flow] + resp_before
+        )
+        self.order = np.empty(n, dtype=np.int64)
+        self.order[place] = np.arange(n)
         k = self.key[self.order]
         self.group_start = np.ones(len(k), dtype=bool)
         self.group_start[1:] = k[1:] != k[:-1]
@@ -456,7 +494,7 @@ def _endpoint_states(p: _Packets, d: _Directions) -> np.ndarray:
     flow = p.flow[events]
     first_of_flow = np.searchsorted(flow, flow)  # events are sorted by flow
     rank = np.arange(len(events)) - first_of_flow
-    by_rank = np.argsort(rank, kind="stable")
+    by_rank = stable_order(rank)
     bounds = np.searchsorted(rank[by_rank], np.arange(int(rank.max()) + 2))
     for r in range(int(rank.max()) + 1):
         at = events[by_rank[bounds[r] : bounds[r + 1]]]
@@ -565,13 +603,15 @@ def _udp_conn_state(orig_pkts: np.ndarray, resp_pkts: np.ndarray) -> np.ndarray:
 
 def _endpoint_text(codes: np.ndarray, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(host, port, "host:port" with IPv6 in brackets) for endpoint codes."""
-    host = addresses[codes >> _PORT_BITS] if len(addresses) else np.array([], dtype=object)
-    port = codes & ((1 << _PORT_BITS) - 1)
+    # Many flows share an endpoint (the server): format each distinct one once.
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    host = addresses[distinct >> _PORT_BITS] if len(addresses) else np.array([], dtype=object)
+    port = distinct & ((1 << _PORT_BITS) - 1)
     text = np.array(
         [f"[{h}]:{pt}" if ":" in h else f"{h}:{pt}" for h, pt in zip(host.tolist(), port.tolist(), strict=True)],
         dtype=object,
     )
-    return host.astype(object), port, text
+    return host.astype(object)[inverse], port[inverse], text[inverse]
 
 
 def _rst_lists(p: _Packets, is_orig: np.ndarray) -> list[list[dict[str, object]]]:
