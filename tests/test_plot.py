@@ -181,10 +181,10 @@ def test_resets_are_red_and_nothing_else_is(figure: Figure) -> None:
 
 
 def test_reset_marked_with_its_real_origin(figure: Figure) -> None:
-    origin = text_by_gid(figure, "rst-origin")
+    origin = text_by_gid(figure, "origin")
     assert "natgw" in origin.get_text()
     assert same_colour(origin.get_color(), style.RST_COLOUR)
-    star = [line for line in figure.axes[0].get_lines() if line.get_gid() == "rst-origin-marker"]
+    star = [line for line in figure.axes[0].get_lines() if line.get_gid() == "origin-marker"]
     assert len(star) == 1
     natgw_lane = next(line for line in figure.axes[0].get_lines() if line.get_gid() == "lane:natgw")
     assert star[0].get_xdata()[0] == natgw_lane.get_xdata()[0]
@@ -201,7 +201,7 @@ def test_genuine_reset_is_not_crossed_out(report: Report) -> None:
     genuine = [Finding(**{**vars(report.findings[0]), "cause": "peer-reset", "origin": "client"})]
     figure = diag.plot.ladder(Report(**{**vars(report), "findings": genuine}))
     assert not [t for t in texts(figure) if t.get_gid() == "claimed-source"]
-    assert "client" in text_by_gid(figure, "rst-origin").get_text()
+    assert "client" in text_by_gid(figure, "origin").get_text()
 
 
 def test_dashed_arrows_are_the_retransmissions(report: Report, figure: Figure) -> None:

@@ -23,6 +23,8 @@ from diag.report import Finding, PacketRef, Report
 
 FlowSelector = Finding | PacketRef | int | str | None
 
+_PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+
 _FIN, _SYN, _RST, _PSH, _ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _SEQ_SPACE = 1 << 32
 
@@ -51,6 +53,7 @@ class PacketTrip:
     seq: int
     ack: int
     payload_len: int
+    proto: int = 6
     retransmission: bool = False
     seq_rel: int | None = None
     ack_rel: int | None = None
@@ -70,7 +73,10 @@ class PacketTrip:
 
     @property
     def flag_name(self) -> str:
-        return flag_name(self.flags)
+        """TCP flags (SYN, SYN-ACK, RST, ...), or the protocol for anything else (UDP, ICMP)."""
+        if self.proto == 6 or self.flags >= 0:
+            return flag_name(self.flags)
+        return _PROTO_NAMES.get(self.proto, f"IP proto {self.proto}").upper()
 
     @property
     def label(self) -> str:
@@ -117,7 +123,7 @@ class FlowView:
 def flag_name(flags: int) -> str:
     """TCP flags the way people say them: SYN, SYN-ACK, RST, RST-ACK, FIN-ACK, PSH-ACK, ACK."""
     if flags < 0:
-        return "UDP/other"
+        return "(not TCP)"
     names = [name for bit, name in ((_SYN, "SYN"), (_FIN, "FIN"), (_RST, "RST"), (_PSH, "PSH")) if flags & bit]
     if flags & _ACK:
         names.append("ACK")
@@ -398,6 +404,7 @@ def _trips(records: Records, groups: list[list[Hashable]], originators: dict[str
                 seq=int(records[first]["seq"]),
                 ack=int(records[first]["ack"]),
                 payload_len=max(int(records[first]["payload_len"]), 0),
+                proto=int(records[first]["proto"]),
             )
         )
     trips.sort(key=lambda trip: trip.start)
@@ -456,7 +463,7 @@ def _describe_connection(trips: list[PacketTrip], proto: int, chosen: Finding | 
     first = next((trip for trip in trips if trip.forward), trips[0])
     sighting = first.sightings[0]
     client, server = (sighting.src, sighting.dst) if first.forward else (sighting.dst, sighting.src)
-    return client, server, {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}.get(proto, str(proto))
+    return client, server, _PROTO_NAMES.get(proto, str(proto))
 
 
 def _endpoints_per_lane(flow_rows: pd.DataFrame, originators: dict[str, str]) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ import textwrap
 from dataclasses import dataclass
 
 from matplotlib.axes import Axes
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
@@ -27,7 +28,7 @@ from diag.report import Finding, Report
 CONDENSE_ABOVE = 50
 
 ROW = 1.0  # vertical space of one packet row, in data units
-RST_ROW = 1.45  # a reset also carries its claimed and real sender
+FINDING_ROW = 1.5  # a finding's packet also carries its real origin and, for a reset, its claimed sender
 GAP_ROW = 0.6  # extra space where the flow went quiet
 COLLAPSED_ROW = 1.2
 QUIET_GAP_S = 0.25  # a pause longer than this gets extra space and a separator
@@ -64,6 +65,7 @@ def ladder(
     items: list[LadderItem] = condense(view.trips) if condensed else list(view.trips)
     placed, total = _place_rows(items)
 
+    own_figure = ax is None
     if ax is None:
         width = max(9.0, 1.4 + INCH_PER_LANE * (_span(view) + 1.0))
         height = 2.9 + INCH_PER_ROW * max(total, 4.0)
@@ -72,7 +74,6 @@ def ladder(
         ax = figure.add_axes((1.0 / width, bottom_inches / height, 1 - 1.25 / width,
                               1 - (top_inches + bottom_inches) / height))
         _draw_title(figure, view)
-        _draw_legend(figure, view)
     else:
         figure_or_none = ax.get_figure(root=True)
         assert isinstance(figure_or_none, Figure)
@@ -86,6 +87,8 @@ def ladder(
         else:
             _draw_trip(ax, view, entry.item, entry)
     _draw_time_axis(ax, view, placed)
+    if own_figure:
+        _draw_legend(figure, ax)
     return figure
 
 
@@ -137,7 +140,7 @@ def _place_rows(items: list[LadderItem]) -> tuple[list[_Placed], float]:
             continue
         if previous_start is not None and item.start - previous_start > QUIET_GAP_S:
             y += GAP_ROW
-        height = RST_ROW if item.is_rst and item.finding is not None else ROW
+        height = FINDING_ROW if item.finding is not None else ROW
         placed.append(_Placed(item, y, height))
         y += height
         previous_start = item.start
@@ -165,25 +168,42 @@ def _draw_title(figure: Figure, view: FlowView) -> None:
                 va="top", ha="left", color="#333333", gid="subtitle")
 
 
-def _draw_legend(figure: Figure, view: FlowView) -> None:
+def _draw_legend(figure: Figure, ax: Axes) -> None:
+    """A legend of what this picture actually shows (no RST entry on a healthy flow)."""
+    drawn_gids = {artist.get_gid() or "" for artist in ax.get_children()}
+    arrows = [patch for patch in ax.patches if isinstance(patch, FancyArrowPatch)]
+    colours = {_rgb(patch.get_edgecolor()) for patch in arrows}
     handles = [
-        Line2D([], [], color=style.SYN_COLOUR, lw=1.8, label="SYN"),
-        Line2D([], [], color=style.SYNACK_COLOUR, lw=1.8, label="SYN-ACK"),
-        Line2D([], [], color=style.DATA_COLOUR, lw=1.8, label="ACK / data"),
-        Line2D([], [], color=style.RST_COLOUR, lw=1.8, label="RST"),
-        Line2D([], [], color="black", lw=1.8, ls=style.DASHED, label="retransmission"),
-        Line2D([], [], color="black", marker="o", ls="", markersize=5, label="seen at this point"),
-        Line2D([], [], color=style.ORIGIN_COLOUR, marker="*", ls="", markersize=13,
-               label="where a RST was really made"),
-        Line2D([], [], color=style.EMPTY_LANE_COLOUR, lw=1.5, ls=":", label="capture point that saw nothing"),
+        Line2D([], [], color=colour, lw=1.8, label=label)
+        for colour, label in (
+            (style.SYN_COLOUR, "SYN"), (style.SYNACK_COLOUR, "SYN-ACK"), (style.DATA_COLOUR, "ACK / data"),
+            (style.FIN_COLOUR, "FIN"), (style.RST_COLOUR, "RST"), (style.OTHER_COLOUR, "UDP / other"),
+        )
+        if _rgb(colour) in colours
     ]
+    if any(patch.get_linestyle() == style.DASHED for patch in arrows):
+        handles.append(Line2D([], [], color="black", lw=1.8, ls=style.DASHED, label="retransmission"))
+    handles.append(Line2D([], [], color="black", marker="o", ls="", markersize=5, label="seen at this point"))
+    if "origin-marker" in drawn_gids:
+        handles.append(Line2D([], [], color=style.ORIGIN_COLOUR, marker="*", ls="", markersize=13,
+                              label="where it really came from"))
+    if "vanished-marker" in drawn_gids:
+        handles.append(Line2D([], [], color=style.ORIGIN_COLOUR, marker="X", ls="", markersize=9,
+                              label="where it vanished"))
+    if any(gid.startswith("lane-empty:") for gid in drawn_gids):
+        handles.append(Line2D([], [], color=style.EMPTY_LANE_COLOUR, lw=1.5, ls=":",
+                              label="capture point that saw nothing"))
     bottom = 0.22 / figure.get_figheight()
-    figure.legend(handles=handles, loc="lower center", ncol=4, fontsize=style.SMALL_SIZE, frameon=False,
-                  bbox_to_anchor=(0.5, bottom))
-    if any(f.claimed_src for f in view.findings):
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=style.SMALL_SIZE,
+                  frameon=False, bbox_to_anchor=(0.5, bottom))
+    if "claimed-source" in drawn_gids:
         figure.text(0.5, 0.08 / figure.get_figheight(), "crossed out: the sender a reset claims to come from, "
                     "when another box really made it", ha="center", va="bottom", fontsize=style.SMALL_SIZE,
-                    color=style.RST_COLOUR, path_effects=[], gid="legend-crossed-out")
+                    color=style.RST_COLOUR, gid="legend-crossed-out")
+
+
+def _rgb(colour: object) -> tuple[float, ...]:
+    return tuple(round(channel, 3) for channel in to_rgba(colour)[:3])  # type: ignore[arg-type]
 
 
 def _draw_lanes(ax: Axes, view: FlowView, total: float) -> None:
@@ -268,39 +288,75 @@ def _draw_trip(ax: Axes, view: FlowView, trip: PacketTrip, placed: _Placed) -> N
     ax.text((x0 + x1) / 2, min(y0, y1) - 0.06, label, ha="center", va="bottom", fontsize=style.LABEL_SIZE,
             color=colour, gid=f"{gid}:label", zorder=5,
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
-    if trip.is_rst and trip.finding is not None:
-        _mark_reset_origin(ax, view, trip, trip.finding, xs[0], ys[0], ((x0 + x1) / 2, max(y0, y1)))
+    if trip.finding is not None:
+        _mark_finding(ax, view, trip, trip.finding, segments)
 
 
-def _mark_reset_origin(
-    ax: Axes, view: FlowView, trip: PacketTrip, finding: Finding, first_x: float, first_y: float,
-    below_label: tuple[float, float],
+def _mark_finding(
+    ax: Axes, view: FlowView, trip: PacketTrip, finding: Finding,
+    segments: list[tuple[tuple[float, float], tuple[float, float]]],
 ) -> None:
-    """The star where the RST was really made, and the sender it claims crossed out."""
+    """Where the finding's packet really came from (a star on that lane), and for a reset the sender it
+    claims, crossed out; for a packet that vanished, a cross where it was last seen."""
     x_of = lane_positions(view)
+    (x0, y0), (x1, y1) = segments[0]
+    travel = 1.0 if x1 >= x0 else -1.0
+    first_x, first_y = float(x_of[trip.sightings[0].lane]), y0
     origin = finding.origin
     if origin in x_of:
         origin_x = float(x_of[origin])
-        ax.plot([origin_x], [first_y], marker="*", markersize=17, color=style.ORIGIN_COLOUR, ls="",
-                zorder=6, gid="rst-origin-marker")
-        side = "left" if origin_x >= _span(view) else "right"
-        offset = -0.12 if side == "left" else 0.12
-        ax.text(origin_x + offset, first_y + 0.38, f"RST made here, by {origin}", ha=side, va="center",
-                fontsize=style.LABEL_SIZE, fontweight="bold", color=style.ORIGIN_COLOUR, gid="rst-origin",
+        lanes = trip.lanes
+        starts_there = lanes[0] == origin
+        # Where the packet passed the origin: the star goes on that point of its path.
+        star_y = segments[0][0][1] if starts_there else _y_at_lane(segments, lanes, origin, first_y)
+        ax.plot([origin_x], [star_y], marker="*", markersize=17, color=style.ORIGIN_COLOUR, ls="",
+                zorder=6, gid="origin-marker")
+        what = f"RST made here, by {origin}" if trip.is_rst else f"{finding.cause} at {origin}"
+        side = _roomy_side(view, origin_x, -travel)
+        # Beside the star where the packet starts (no arrow there); below the path where it passes through.
+        text_y = star_y + (0.38 if starts_there else 0.5)
+        ax.text(origin_x + 0.12 * side, text_y, what, ha="left" if side > 0 else "right",
+                va="center", fontsize=style.LABEL_SIZE, fontweight="bold", color=style.ORIGIN_COLOUR, gid="origin",
                 zorder=6, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
     elif origin:
-        ax.text(first_x, first_y + 0.45, f"really from: {origin}", ha="center", va="top", fontsize=style.LABEL_SIZE,
-                fontweight="bold", color=style.ORIGIN_COLOUR, gid="rst-origin", zorder=6)
+        side = _roomy_side(view, first_x, -travel)
+        ax.text(first_x + 0.12 * side, first_y + 0.8, f"really from: {origin}", ha="left" if side > 0 else "right",
+                va="center", fontsize=style.LABEL_SIZE, fontweight="bold", color=style.ORIGIN_COLOUR, gid="origin",
+                zorder=6, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
+    elif finding.cause == "silent-drop":
+        (_, _), (last_x, last_y) = segments[-1]
+        ax.plot([last_x + 0.22 * travel], [last_y], marker="X", markersize=11, color=style.ORIGIN_COLOUR, ls="",
+                zorder=6, gid="vanished-marker")
+        ax.text(last_x + 0.34 * travel, last_y, f"nothing after {trip.sightings[-1].lane}", va="center",
+                ha="left" if travel > 0 else "right", fontsize=style.LABEL_SIZE, fontweight="bold",
+                color=style.ORIGIN_COLOUR, gid="origin", zorder=6,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
 
     claimed = finding.claimed_src
-    if not claimed or not _is_forged(view, finding):
+    if not trip.is_rst or not claimed or not _is_forged(view, finding):
         return
     owner = _owner_of(view, claimed)
     claimed_text = f"{claimed} ({owner})" if owner and owner != claimed else claimed
-    x, y = below_label
-    ax.text(x, y + 0.05, f"from {claimed_text}", ha="center", va="top", fontsize=style.LABEL_SIZE,
-            color=style.RST_COLOUR, gid="claimed-source", zorder=5, path_effects=[style.StrikeThrough()],
+    ax.text((x0 + x1) / 2, max(y0, y1) + 0.05, f"from {claimed_text}", ha="center", va="top",
+            fontsize=style.LABEL_SIZE, color=style.RST_COLOUR, gid="claimed-source", zorder=5,
+            path_effects=[style.StrikeThrough()],
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
+
+
+def _y_at_lane(
+    segments: list[tuple[tuple[float, float], tuple[float, float]]], lanes: tuple[str, ...], lane: str, default: float
+) -> float:
+    """The y at which a trip's arrows reach ``lane`` (``default`` when the trip never reaches it)."""
+    if lane not in lanes:
+        return default
+    position = lanes.index(lane)
+    return segments[0][0][1] if position == 0 else segments[min(position, len(segments)) - 1][1][1]
+
+
+def _roomy_side(view: FlowView, x: float, preferred: float) -> float:
+    """+1 (right) or -1 (left): ``preferred`` unless a label there would run off the picture."""
+    room = (_span(view) + 0.6 - x) if preferred > 0 else (x + 0.6)
+    return preferred if room >= 1.6 else -preferred
 
 
 def _is_forged(view: FlowView, finding: Finding) -> bool:
