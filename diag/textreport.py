@@ -9,6 +9,7 @@ text, so a terminal and a log file show the same words.
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ SYN_RETRY: Final = "SYN retried"
 PROBLEM_ORDER: Final = (RESET, UNANSWERED, ONE_SIDED, SYN_RETRY)
 
 DEFAULT_PROBLEM_LINES: Final = 20
+WIDTH: Final = 100  # prose is wrapped to this; flow lines are kept whole so they can be grepped
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,21 @@ def _flow_line(flow: pd.Series) -> str:
     return "  ".join(parts) + "  " + "; ".join(details)
 
 
+def _wrapped(text: str, first: str, rest: str) -> list[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False) or [first]
+
+
+def _bullets(items: Iterable[str]) -> list[str]:
+    return [line for item in items for line in _wrapped(item, "    - ", "      ")]
+
+
 def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[str]:
     lines: list[str] = []
     cause = style.bad(finding.cause) if finding.cause != "healthy" else style.good(finding.cause)
     title = "VERDICT" if headline else "FINDING"
     lines.append(f"{style.bold(title)}: {cause}  (confidence {finding.confidence:.2f})")
     if finding.summary:
-        lines.append(f"  {finding.summary}")
+        lines += _wrapped(finding.summary, "  ", "  ")
     lines.append(f"  connection   {finding.proto} {finding.client} -> {finding.server}")
     if finding.packet is not None:
         ref = finding.packet
@@ -106,13 +116,13 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
     lines.append(f"  generated at {finding.origin or 'not established from these captures'}")
     if finding.evidence:
         lines.append("  evidence:")
-        lines += [f"    - {line}" for line in finding.evidence]
+        lines += _bullets(finding.evidence)
     if finding.ruled_out:
         lines.append("  ruled out:")
-        lines += [f"    - {r.cause}: {r.why}" for r in finding.ruled_out]
+        lines += _bullets(f"{r.cause}: {r.why}" for r in finding.ruled_out)
     if finding.fixes:
         lines.append("  fixes:")
-        lines += [f"    - {fix}" for fix in finding.fixes]
+        lines += _bullets(finding.fixes)
     return lines
 
 
@@ -123,7 +133,7 @@ def _verdict_section(report: Report, style: _Style) -> list[str]:
         )
         if not kinds:
             return [f"{style.bold('VERDICT')}: {style.good('healthy')}  no resets or lost replies found"]
-        seen = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=lambda kv: kv[0]))
+        seen = ", ".join(f"{kinds[kind]} {kind}" for kind in PROBLEM_ORDER if kind in kinds)
         return [f"{style.bold('VERDICT')}: {style.warn('not diagnosed')}  problem flows seen ({seen}); see below"]
     top = report.verdict
     assert top is not None

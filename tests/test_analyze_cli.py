@@ -17,11 +17,13 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import PROJECT, require_tools
+from packets import make_packets
 
 from diag.analysis import analyze, concat_packets, parse_capture_args
 from diag.errors import DiagError
-from diag.flows import flow_ids
-from diag.report import CAUSES, SCHEMA
+from diag.flows import build_flows, flow_ids
+from diag.report import CAUSES, SCHEMA, CaptureInfo, Finding, PacketRef, Report, RuledOut
+from diag.textreport import problem_kind, problem_kinds, render_text
 
 CLIENT, VIP, POD = "203.0.113.10", "198.18.102.10", "198.18.2.10"
 T0 = 1_764_257_655.0
@@ -310,3 +312,84 @@ def test_flows_match_tshark_stream_numbering(tmp_path: Path) -> None:
     pairs = {(ours[i], reference[i]) for i in ours}
     assert len(pairs) == len({f for f, _ in pairs}) == len({r for _, r in pairs})
     assert len(report.flows) == len(pairs)
+
+
+def test_plot_option_writes_the_ladder_diagram(incident: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "ladder.png"
+    result = run_diag("analyze", "pcap", "--plot", target, f"client={incident['client']}", incident["pod"])
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- the text report
+
+
+def _report_with_finding(flows: pd.DataFrame) -> Report:
+    finding = Finding(
+        cause="asymmetric-return",
+        confidence=0.9,
+        proto="tcp",
+        client=f"{CLIENT}:38622",
+        server=f"{VIP}:80",
+        packet=PacketRef("pod", 2, T0 + 0.002),
+        claimed_src=CLIENT,
+        origin="natgw",
+        summary="the reply left by another path and a NAT gateway reset it",
+        evidence=("the client's capture never shows the RST",),
+        ruled_out=(RuledOut("peer-reset", "the client retransmitted its SYN"),),
+        fixes=("SNAT on the node; trade-off: the pod loses the client address",),
+    )
+    weaker = Finding("silent-drop", 0.4, "udp", "192.0.2.5:5000", "198.51.100.9:9999", None, None, None, "lost")
+    info = CaptureInfo("pod", "pod.pcap", 9, "EN10MB")
+    return Report(captures=[info], packets=pd.DataFrame(), flows=flows, findings=[weaker, finding])
+
+
+def test_text_report_puts_the_verdict_first_with_evidence_ruled_out_and_fixes() -> None:
+    flows = build_flows(make_packets(_crafted_pod_rows()))
+    text = render_text(_report_with_finding(flows))
+    lines = text.splitlines()
+    assert lines[0] == "VERDICT: asymmetric-return  (confidence 0.90)"
+    order = [text.index(word) for word in ("evidence:", "ruled out:", "fixes:", "OTHER FINDINGS (1)", "CAPTURE pod")]
+    assert order == sorted(order)
+    assert "generated at natgw" in text and "claimed from 203.0.113.10" in text
+    assert "    - peer-reset: the client retransmitted its SYN" in text
+    assert "silent-drop" in text and "\033[" not in text
+    assert "\033[" in render_text(_report_with_finding(flows), color=True)
+
+
+def test_text_report_lists_problem_kinds_in_order_and_counts_healthy_flows() -> None:
+    flows = build_flows(make_packets(_crafted_pod_rows()))
+    text = render_text(Report([CaptureInfo("pod", "pod.pcap", 9, "EN10MB")], pd.DataFrame(), flows))
+    assert text.startswith(
+        "VERDICT: not diagnosed  problem flows seen (1 reset, 1 no reply, 1 one-sided, 1 SYN retried)"
+    )
+    kinds = [text.index(label) for label in ("RESET (1)", "NO REPLY (1)", "ONE-SIDED (1)", "SYN RETRIED (1)")]
+    assert kinds == sorted(kinds)
+    assert "healthy: 1 flows (1 tcp SF)" in text
+    assert [problem_kind(row) for _, row in flows.iterrows()] == problem_kinds(flows)
+
+
+def test_text_report_of_nothing_wrong_is_healthy() -> None:
+    healthy = build_flows(make_packets(_crafted_pod_rows()[-4:]))
+    text = render_text(Report([CaptureInfo("pod", "pod.pcap", 4, "EN10MB")], pd.DataFrame(), healthy))
+    assert text.startswith("VERDICT: healthy")
+
+
+def _crafted_pod_rows() -> list[dict[str, Any]]:
+    """One flow of each problem kind, and one healthy flow last."""
+    c = {"src": CLIENT, "dst": POD, "dport": 80, "capture": "pod"}
+    s = {"src": POD, "dst": CLIENT, "sport": 80, "capture": "pod"}
+    return [
+        {**c, "sport": 1, "flags": "S", "seq": 10},
+        {**s, "dport": 1, "flags": "SA", "seq": 50, "ack": 11},
+        {**c, "sport": 1, "flags": "R", "seq": 11},
+        {**c, "sport": 2, "flags": "S", "seq": 20},  # no reply
+        {**s, "dport": 3, "flags": "PA", "seq": 70, "ack": 5, "payload_len": 10},  # one-sided
+        {**c, "sport": 4, "flags": "S", "seq": 40},
+        {**c, "sport": 4, "flags": "S", "seq": 40},
+        {**s, "dport": 4, "flags": "SA", "seq": 90, "ack": 41},  # answered after a retried SYN
+        {**c, "sport": 5, "flags": "S", "seq": 60},
+        {**s, "dport": 5, "flags": "SA", "seq": 80, "ack": 61},
+        {**c, "sport": 5, "flags": "FA", "seq": 61, "ack": 81},
+        {**s, "dport": 5, "flags": "FA", "seq": 81, "ack": 62},
+    ]
