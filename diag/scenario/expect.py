@@ -7,6 +7,7 @@ independent cross-check, with tshark and a display filter on the same file.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 import subprocess
@@ -72,15 +73,27 @@ def seen_in_table(packets: pd.DataFrame, kind: str, src: str = "") -> Seen:
 
 
 def seen_by_tshark(path: Path, kind: str, src: str = "") -> Seen:
-    display_filter = TSHARK_FILTERS[kind] + (f" && ip.src=={src}" if src else "")
+    """The same question answered by tshark's dissector and display filter (the source compared here)."""
+    rows = _tshark_rows(path, path.stat().st_mtime_ns, kind)
+    chosen = [interface for interface, source in rows if not src or source == src]
+    return Seen(len(chosen), frozenset(chosen))
+
+
+@functools.lru_cache(maxsize=512)
+def _tshark_rows(path: Path, mtime_ns: int, kind: str) -> tuple[tuple[str, str], ...]:
+    """(interface, IP source) of every packet of ``kind``; cached per file version, tshark is slow to start."""
     result = subprocess.run(
-        ["tshark", "-r", str(path), "-n", "-Y", display_filter, "-T", "fields", "-e", "frame.interface_name"],
+        ["tshark", "-r", str(path), "-n", "-Y", TSHARK_FILTERS[kind], "-T", "fields",
+         "-e", "frame.interface_name", "-e", "ip.src"],
         capture_output=True, text=True, timeout=60,
     )
     if result.returncode != 0:
         raise RuntimeError(f"tshark failed on {path}: {result.stderr.strip()}")
-    lines = result.stdout.splitlines()
-    return Seen(len(lines), frozenset(lines))
+    rows = []
+    for line in result.stdout.splitlines():
+        interface, _, source = line.partition("\t")
+        rows.append((interface, source.split(",")[0]))  # an ICMP error lists the quoted source too
+    return tuple(rows)
 
 
 def _satisfied(count: int, rule: str, counts_here: Callable[[str], int]) -> bool:

@@ -1,0 +1,160 @@
+"""Every shipped scenario, run for real (as root): its captures show the packets its file promises.
+
+Each scenario runs once per module through the command line (``diag
+run-scenario NAME --out DIR``). The expected packets are checked twice, with
+diag's own reader and with tshark display filters on the same files; the step
+outcomes are checked against the scenario, and the verdict of the analysis
+against the scenario's expected cause.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import PROJECT, require_root, require_tools
+
+from diag import read_capture
+from diag.scenario import expect
+from diag.scenario.spec import Scenario, available_scenarios, load_scenario
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+SCENARIOS = available_scenarios()
+
+
+@dataclass
+class Run:
+    scenario: Scenario
+    out: Path
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def record(self) -> dict[str, Any]:
+        assert self.status == 0, f"run-scenario {self.scenario.name} failed:\n{self.stderr}"
+        return dict(json.loads((self.out / "run.json").read_text()))
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {c["point"]: read_capture(self.out / c["file"]) for c in self.record["captures"]}
+
+
+@pytest.fixture(scope="module")
+def run_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
+    require_root()
+    require_tools("tcpdump", "tshark", "iptables-restore", "conntrack")
+    cache: dict[str, Run] = {}
+
+    def run(name: str) -> Run:
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name) / "out"
+            result = subprocess.run(
+                [sys.executable, "-m", "diag.cli", "run-scenario", name, "--out", str(out)],
+                capture_output=True, text=True, cwd=PROJECT, timeout=120,
+            )
+            cache[name] = Run(load_scenario(name), out, result.returncode, result.stdout, result.stderr)
+        return cache[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_expected_packets_by_reader(run_of: Callable[[str], Run], name: str) -> None:
+    run = run_of(name)
+    tables = run.tables()
+    failures = expect.check(run.scenario.expect_packets,
+                            lambda at, kind, src: expect.seen_in_table(tables[at], kind, src),
+                            run.record["addresses"])
+    assert failures == []
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_expected_packets_by_tshark(run_of: Callable[[str], Run], name: str) -> None:
+    run = run_of(name)
+    failures = expect.check(run.scenario.expect_packets,
+                            lambda at, kind, src: expect.seen_by_tshark(run.out / f"{at}.pcapng", kind, src),
+                            run.record["addresses"])
+    assert failures == []
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_steps_end_as_the_scenario_says(run_of: Callable[[str], Run], name: str) -> None:
+    run = run_of(name)
+    outcomes = {step["step"]: step["outcome"] for step in run.record["steps"]}
+    for step in run.scenario.steps:
+        if "expect" in step.options:
+            assert outcomes[step.label] == step.options["expect"], run.record["steps"]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_node_captured_without_drops(run_of: Callable[[str], Run], name: str) -> None:
+    run = run_of(name)
+    record = run.record
+    assert {c["point"] for c in record["captures"]} == set(record["addresses"])
+    for capture in record["captures"]:
+        assert capture["dropped_by_kernel"] == 0
+        assert (run.out / capture["file"]).stat().st_size > 0
+        assert all(i["captured"] >= 0 for i in capture["interfaces"])
+    for node in run.scenario.conntrack:
+        assert (run.out / f"{node}.conntrack.log").exists()
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_verdict_is_the_expected_cause(run_of: Callable[[str], Run], name: str) -> None:
+    run = run_of(name)
+    report = json.loads((run.out / "report.json").read_text())
+    assert report["schema"] == "diag.report/1"
+    assert report["verdict"]["cause"] == run.scenario.expect_cause, report["verdict"]
+    assert (run.out / "report.txt").read_text().strip()
+
+
+def test_incident_per_attempt_at_the_pod(run_of: Callable[[str], Run]) -> None:
+    """Each SYN the pod gets is answered by its SYN-ACK and then a RST claiming the client's address."""
+    run = run_of("incident")
+    pod = run.tables()["pod-b"]
+    client = run.record["addresses"]["client"]
+    tcp = pod[pod["proto"] == 6]
+    kinds = ["syn" if expect.kind_mask(tcp, "syn")[i] else "syn-ack" if expect.kind_mask(tcp, "syn-ack")[i]
+             else "rst" if expect.kind_mask(tcp, "rst")[i] else "other" for i in tcp.index]
+    assert kinds == ["syn", "syn-ack", "rst"] * (len(kinds) // 3) and len(kinds) >= 6
+    assert set(tcp[expect.kind_mask(tcp, "rst")]["src"].astype(str)) == {client}
+
+
+def test_runs_leave_no_namespace_behind(run_of: Callable[[str], Run]) -> None:
+    labs = {run_of(name).record["lab"] for name in ("incident", "tcp-udp")}
+    existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not [line for line in existing.splitlines() if any(f"-{lab}-" in line for lab in labs)]
+
+
+def test_rerun_into_a_previous_output_replaces_it(run_of: Callable[[str], Run]) -> None:
+    """A previous run's directory is ours to replace: the old captures of other points do not linger."""
+    run = run_of("udp-asymmetric")
+    stale = run.out / "stale-point.pcapng"
+    stale.write_bytes((run.out / "client.pcapng").read_bytes())
+    result = subprocess.run([sys.executable, "-m", "diag.cli", "run-scenario", "udp-asymmetric",
+                             "--out", str(run.out), "--json", "-"],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists()
+    assert '"schema": "diag.report/1"' in result.stdout
+    stages = [line for line in result.stderr.splitlines() if line.startswith("diag: [")]
+    assert [s.split("] ")[1].split(":")[0] for s in stages][:5] == [
+        "lab up", "captures listening", "traffic", "captures stopped", "lab down"]
+
+
+def test_expectations_tell_scenarios_apart(run_of: Callable[[str], Run]) -> None:
+    """The incident's expectations fail on the fixed topology's captures: they are not vacuous."""
+    incident, fixed = load_scenario("incident"), run_of("fix-snat")
+    tables = fixed.tables()
+    failures = expect.check(incident.expect_packets,
+                            lambda at, kind, src: expect.seen_in_table(tables[at], kind, src),
+                            fixed.record["addresses"])
+    assert any(f.startswith("client: ") and "syn-ack" in f for f in failures)
+    assert any(f.startswith("pod-b: ") or f.startswith("natgw: ") for f in failures)
