@@ -47,6 +47,22 @@ def namespaces_of(name: str) -> list[str]:
     return [ns for ns in existing_namespaces() if ns.startswith(f"diag-{name}-")]
 
 
+def all_gone(pids: list[int], within: float = 2.0) -> bool:
+    """True once none of the processes runs any more (a zombie awaiting its reaper counts as gone)."""
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + within
+    while any(running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def root_snapshot() -> dict[str, str]:
     """What the root namespace looks like, without counters and timers that move by themselves."""
     def output(*command: str) -> str:
@@ -127,7 +143,7 @@ def test_teardown_when_the_holding_process_is_signalled(signum: int) -> None:
     holder.wait(timeout=10)
     assert namespaces_of(name) == []
     assert name not in lab_state.recorded_names()
-    assert not any(Path(f"/proc/{pid}").exists() for pid in servers)
+    assert all_gone(servers)
 
 
 def test_down_removes_what_a_killed_run_left() -> None:
@@ -145,10 +161,7 @@ def test_down_removes_what_a_killed_run_left() -> None:
     assert lab_down_all(lambda lab: lab.name == name) == [name]
     assert namespaces_of(name) == []
     assert name not in lab_state.recorded_names()
-    deadline = time.monotonic() + 2
-    while any(Path(f"/proc/{pid}").exists() for pid in servers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in servers)
+    assert all_gone(servers)
 
 
 def test_down_without_a_record_uses_the_namespaces() -> None:

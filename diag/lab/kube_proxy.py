@@ -11,6 +11,7 @@ are hashed the way kube-proxy hashes them, so they look familiar in
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ class Endpoint:
     local: bool  # the pod runs on this node
 
 
+@functools.lru_cache(maxsize=4096)
 def chain_hash(*parts: str) -> str:
     digest = hashlib.sha256("".join(parts).encode()).digest()
     return base64.b32encode(digest).decode()[:16]

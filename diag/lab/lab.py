@@ -8,6 +8,7 @@ command line, through the record each lab keeps under /run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -138,21 +139,26 @@ class Lab:
         netns.in_namespaces((ns.netns, configure(ns)) for ns in plan.namespaces)
 
     def _start_servers(self, plan: Plan, detach: bool) -> None:
+        """One interpreter forks every pod's server into its pod's namespace; wait until all listen."""
         pods = [ns for ns in plan.namespaces if ns.server]
         if not pods:
             return
         logs = state.log_dir(self.name)
         logs.mkdir(parents=True, exist_ok=True)
-        started = []
-        for ns in pods:
-            with open(logs / f"{ns.node}.log", "w") as log:
-                process = self.popen(ns.node, [sys.executable, "-I", str(SERVERS_SCRIPT), *ns.server],
-                                     stdout=subprocess.PIPE, stderr=log, text=True,
-                                     start_new_session=detach)
-            started.append((ns.node, process))
-        deadline = time.monotonic() + READY_TIMEOUT
-        for node, process in started:
-            _wait_ready(node, process, deadline, logs / f"{node}.log")
+        spec = logs / "servers.json"
+        spec.write_text(json.dumps([{"name": ns.node, "netns": ns.netns, "args": ns.server} for ns in pods]))
+        environment = {**os.environ, "DIAG_SERVERS_DETACH": "1" if detach else "0"}
+        with open(logs / "servers.log", "w") as log:
+            launcher = subprocess.Popen([sys.executable, "-I", str(SERVERS_SCRIPT), "--spawn", str(spec)],
+                                        stdout=subprocess.PIPE, stderr=log, env=environment,
+                                        start_new_session=detach)
+        assert launcher.stdout is not None
+        try:
+            ready = _read_ready(launcher.stdout.fileno(), {ns.node for ns in pods}, logs / "servers.log")
+        finally:
+            launcher.stdout.close()
+            launcher.wait()
+        self._pids.extend(ready.values())
 
     def down(self) -> None:
         """Stop every process in the lab's namespaces and delete them. Safe to call twice."""
@@ -274,14 +280,28 @@ def _raise_for_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _wait_ready(node: str, process: subprocess.Popen[Any], deadline: float, log: Path) -> None:
-    assert process.stdout is not None
-    remaining = deadline - time.monotonic()
-    readable, _, _ = select.select([process.stdout], [], [], max(remaining, 0.0))
-    line = process.stdout.readline() if readable else ""
-    if line.strip() != "ready":
-        reason = log.read_text().strip().splitlines() if log.exists() else []
-        raise LabError(f"{node}: the pod's servers did not start" + (f": {reason[-1]}" if reason else ""))
+def _read_ready(fd: int, pods: set[str], log: Path) -> dict[str, int]:
+    """Collect ``ready <pod> <pid>`` lines from the servers until every pod reported (or one failed)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    ready: dict[str, int] = {}
+    pending = b""
+    while set(ready) != pods:
+        remaining = deadline - time.monotonic()
+        readable, _, _ = select.select([fd], [], [], max(remaining, 0.0))
+        chunk = os.read(fd, 65536) if readable else b""
+        if not chunk:
+            missing = ", ".join(sorted(pods - set(ready)))
+            detail = log.read_text().strip().splitlines() if log.exists() else []
+            raise LabError(f"pod servers did not start ({missing})" + (f": {detail[-1]}" if detail else ""))
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            words = line.decode(errors="replace").split()
+            if words[:1] == ["ready"] and len(words) == 3:
+                ready[words[1]] = int(words[2])
+            elif words[:1] == ["failed"]:
+                raise LabError(f"pod servers: {' '.join(words[1:])}")
+    return ready
 
 
 def lab_up(topology: Topology, name: str | None = None) -> Lab:

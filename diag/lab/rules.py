@@ -176,11 +176,12 @@ def k8s_node_rules(topology: Topology, node: Node, config: K8sNodeConfig, rules:
         chains, base = kube_proxy.base_rules()
         rules.chain("nat", *chains)
         rules.add("nat", *base)
+        cluster_cidr = pod_cidr(topology)
         for service in config.services:
             endpoints = [_pod_endpoint(topology, node, pod) for pod in service.endpoints]
             for proto in service.protocols:
                 chains, service_rules = kube_proxy.service_rules(
-                    service.name, proto, service.node_port, service.policy, endpoints, pod_cidr(topology))
+                    service.name, proto, service.node_port, service.policy, endpoints, cluster_cidr)
                 rules.chain("nat", *chains)
                 rules.add("nat", *service_rules)
         rules.add("nat", kube_proxy.nodeports_jump())

@@ -18,12 +18,19 @@ read, then close with SO_LINGER 0, which sends a RST); ``slow`` (wait
 ``--delay`` seconds before each reply).
 
 The module uses only the standard library and imports nothing from the
-package, so it starts fast (the lab may start dozens of them).
+package, so it starts fast. The lab starts all pods' servers with one
+interpreter: ``--spawn FILE`` reads a JSON list of ``{"netns": ..., "args":
+[...]}`` and forks one server per entry, each of which joins its pod's
+namespace and prints ``ready <name> <pid>``. Every pod still has its own
+process living in its own namespace; only the interpreter start-up is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
 import socket
 import struct
 import sys
@@ -31,6 +38,7 @@ import threading
 import time
 
 BEHAVIOURS = ("normal", "no-listener", "abort", "slow")
+CLONE_NEWNET = 0x40000000
 
 
 def answer(request: bytes, name: str, proto: str, peer: tuple[str, int]) -> bytes:
@@ -83,7 +91,40 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_arguments(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["--spawn"] and len(arguments) == 2:
+        return spawn(arguments[1])
+    return serve(parse_arguments(arguments))
+
+
+def spawn(spec_path: str) -> int:
+    """Fork one server per pod, each inside its pod's namespace (see the module's docstring)."""
+    with open(spec_path) as spec_file:
+        pods = json.load(spec_file)
+    detach = os.environ.get("DIAG_SERVERS_DETACH") == "1"
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys.stdout.flush()
+    for pod in pods:
+        if os.fork() == 0:
+            status = 1
+            try:
+                if detach:
+                    os.setsid()  # outlive the launching terminal session, as `diag lab up` wants
+                fd = os.open(f"/run/netns/{pod['netns']}", os.O_RDONLY)
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+                os.close(fd)
+                status = serve(parse_arguments(pod["args"]), announce=f"ready {pod['name']} {os.getpid()}")
+                if status != 0:
+                    print(f"failed {pod['name']}: could not listen (exit status {status})", flush=True)
+            except BaseException as error:  # report, never fall back into the launcher's loop
+                print(f"failed {pod['name']}: {error}", flush=True)
+            finally:
+                os._exit(status)
+    return 0
+
+
+def serve(options: argparse.Namespace, announce: str = "ready") -> int:
     workers = []
     if options.behaviour != "no-listener":
         try:
@@ -102,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     for worker in workers:
         worker.start()
-    print("ready", flush=True)
+    print(announce, flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -9,6 +9,7 @@ namespace exists.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -164,8 +165,16 @@ class Topology:
     def node_names(self) -> tuple[str, ...]:
         return tuple(node.name for node in self.nodes)
 
+    @functools.cached_property
+    def _links_by_node(self) -> dict[str, list[Link]]:
+        index: dict[str, list[Link]] = {}
+        for link in self.links:
+            index.setdefault(link.a.node, []).append(link)
+            index.setdefault(link.b.node, []).append(link)
+        return index
+
     def links_of(self, node: str) -> list[Link]:
-        return [link for link in self.links if node in (link.a.node, link.b.node)]
+        return list(self._links_by_node.get(node, ()))
 
     def interfaces(self, node: str) -> list[str]:
         return [link.end(node).interface for link in self.links_of(node)]
