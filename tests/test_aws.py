@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
+from conftest import require_root, require_tools
 
 from diag.aws.assess import assess
 from diag.aws.findings import check
@@ -28,7 +29,8 @@ from diag.aws.inventory import read_inventory
 from diag.aws.metrics import read_metrics
 from diag.aws.session import AwsClients, connect, translate
 from diag.cli import main
-from diag.lab import Topology, load_topology
+from diag.lab import Lab, Topology, load_topology
+from diag.lab.probe import tcp_probe, udp_probe
 from diag.lab.topology import K8sNodeConfig, NlbConfig
 
 REGION = "eu-west-1"
@@ -587,3 +589,36 @@ def test_export_lab_never_replaces_a_file_unasked(
     )
     assert status == 2 and "exists" in err
     assert path.read_text() == "precious\n"
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(
+    ("variant", "forwarding", "tcp", "udp"),
+    [
+        pytest.param({}, "dnat", "timeout", "re-sourced", id="incident"),
+        pytest.param({}, "local", "connected", "answered", id="incident-with-local-policy"),
+        pytest.param({"target_type": "ip"}, "dnat", "connected", "answered", id="ip-targets"),
+    ],
+)
+def test_exported_account_behaves_in_the_lab_as_the_check_predicts(
+    endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    variant: dict[str, Any], forwarding: str, tcp: str, udp: str,
+) -> None:
+    """Round trip: the account the check flags, built as a real lab from its export, resets the client's flows."""
+    require_root()
+    require_tools("ip", "iptables-restore", "iptables-save", "conntrack")
+    build_account(endpoint, **variant)
+    flagged = bool(check(read_inventory(clients_for(endpoint))))
+    topology, _ = export(endpoint, capsys, tmp_path / "account.toml", "--forwarding", forwarding)
+    with Lab(topology) as lab:
+        address, port = topology.service
+        tcp_result = lab.call("client", functools.partial(tcp_probe, address, port, 2.0))
+        udp_result = lab.call("client", functools.partial(udp_probe, address, port, 2.0))
+        resets = sum(
+            c["packets"] for c in lab.state("natgw")["counters"]
+            if c["chain"] == "NATGW-NO-STATE" and "REJECT" in c["rule"]
+        )
+    assert (tcp_result.outcome, udp_result.outcome) == (tcp, udp)
+    assert (resets > 0) == (tcp == "timeout")
+    # The check flags the account whenever forwarding can send replies past the NLB.
+    assert flagged == (variant.get("target_type", "instance") == "instance")
