@@ -41,8 +41,9 @@ class ByteView:
 
     def _clip(self, offsets: IntArray) -> IntArray:
         # A safety net: callers mask out-of-range packets first, but a damaged
-        # header must never turn into an IndexError.
-        return np.clip(offsets, 0, self._last)
+        # header must never turn into an IndexError. (Negative offsets, which
+        # callers never produce, would only wrap to the zero padding.)
+        return np.minimum(offsets, self._last)
 
     def u8(self, offsets: IntArray) -> IntArray:
         return self.u8_view[self._clip(offsets)].astype(np.int64)
@@ -65,9 +66,22 @@ class ByteView:
     def u16(self, offsets: IntArray, big_endian: bool) -> IntArray:
         return self.be16(offsets) if big_endian else self.le16(offsets)
 
-    def le64_words(self, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-        """Little-endian 64-bit words at any offsets (any shape), for hashing."""
-        return self._view("<u8")[np.clip(offsets, 0, self._last)]
+    def words(self, offsets: IntArray, count: int) -> npt.NDArray[np.uint64]:
+        """``count`` little-endian 64-bit words from each offset, as an (n, count) array.
+
+        One fixed-width record per offset is copied with a void dtype, which
+        numpy gathers with a plain memory copy per row.
+        """
+        width = 8 * count
+        key = f"V{width}"
+        records = self._views.get(key)
+        if records is None:
+            records = np.ndarray(
+                shape=(len(self.data) - width + 1,), dtype=np.dtype((np.void, width)), buffer=self.data, strides=(1,)
+            )
+            self._views[key] = records
+        rows = records[np.minimum(offsets, len(records) - 1)]
+        return rows.view("<u8").reshape(len(offsets), count)
 
     def block(self, offsets: IntArray, width: int) -> npt.NDArray[np.uint8]:
         """``width`` consecutive bytes at each offset, as an (n, width) array."""

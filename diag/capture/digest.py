@@ -8,7 +8,7 @@ It is a multilinear hash: the payload is read as little-endian 64-bit words
 w_0..w_k (the last one zero-filled), each multiplied by a fixed odd constant
 for its position, summed modulo 2^64, and the sum and the length are mixed by
 MurmurHash3's finaliser. Packets are grouped by word count, so each group is
-one rectangular gather and one multiply-and-sum over numpy arrays.
+one rectangular copy and one matrix-vector product over numpy arrays.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from diag.capture.bytesview import ByteView, IntArray
 U64 = np.uint64
 # Elements per gathered block: bounds the temporary memory (8 bytes each).
 BLOCK_BUDGET = 1 << 21
+BUCKET_WORDS = 16
+COMMON_ROWS = 64
 
 _multipliers = np.zeros(0, dtype=U64)
 
@@ -53,26 +55,39 @@ def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.N
     """Digest of ``view`` bytes ``[start, start + length)`` for each row; 0 for empty payloads."""
     digest = np.zeros(len(starts), dtype=U64)
     words = (lengths + 7) // 8
-    order = np.argsort(words, kind="stable")
-    sorted_words = words[order]
-    group_starts = np.flatnonzero(np.diff(sorted_words, prepend=-1))
+    # Common word counts (full-sized segments) get a block of their own; the
+    # scattered rest share blocks by bucket, so a buffer needs a handful of
+    # blocks rather than one per distinct length.
+    common = np.flatnonzero(np.bincount(words) >= COMMON_ROWS)
+    exact = np.isin(words, common)
+    width = np.where(exact, words, -(-words // BUCKET_WORDS) * BUCKET_WORDS)
+    key = width * 2 + ~exact  # exact and bucketed rows of one width stay apart
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    group_starts = np.flatnonzero(np.diff(sorted_key, prepend=-1))
     group_ends = np.append(group_starts[1:], len(order))
     for first, stop in zip(group_starts, group_ends, strict=True):
-        width = int(sorted_words[first])
-        if width == 0:
+        group_width = int(sorted_key[first]) // 2
+        if group_width == 0:
             continue
-        multipliers = _position_multipliers(width)
-        word_offsets = np.arange(width, dtype=np.int64) * 8
-        step = max(1, BLOCK_BUDGET // width)
+        step = max(1, BLOCK_BUDGET // group_width)
         for part in range(first, stop, step):
             rows = order[part : min(part + step, stop)]
-            block = view.le64_words(starts[rows][:, None] + word_offsets[None, :])
-            tail_bytes = lengths[rows] - 8 * (width - 1)  # 1..8 bytes of the last word are payload
-            partial = (U64(1) << (8 * np.minimum(tail_bytes, 7)).astype(U64)) - U64(1)
-            keep = np.where(tail_bytes >= 8, ~U64(0), partial)
-            block[:, -1] &= keep
-            block *= multipliers
-            total = block.sum(axis=1, dtype=U64)
-            digest[rows] = _finalise(total + lengths[rows].astype(U64) * U64(0x9E3779B97F4A7C15))
+            digest[rows] = _digest_block(view, starts[rows], lengths[rows], words[rows], group_width)
     digest[(digest == 0) & (lengths > 0)] = 1  # 0 is reserved for "no payload"
     return digest
+
+
+def _digest_block(
+    view: ByteView, starts: IntArray, lengths: IntArray, words: IntArray, width: int
+) -> npt.NDArray[np.uint64]:
+    block = view.words(starts, width)
+    if (words != width).any():  # a bucket: zero the words past each payload
+        block = np.where(np.arange(width)[None, :] < words[:, None], block, U64(0))
+    # Zero the bytes past the payload's end in its last word.
+    tail_bytes = lengths - 8 * (words - 1)  # 1..8 bytes of the last word are payload
+    partial = (U64(1) << (8 * np.minimum(tail_bytes, 7)).astype(U64)) - U64(1)
+    last = (np.arange(len(starts)), words - 1)
+    block[last] &= np.where(tail_bytes >= 8, ~U64(0), partial)
+    total = np.einsum("ij,j->i", block, _position_multipliers(width))
+    return _finalise(total + lengths.astype(U64) * U64(0x9E3779B97F4A7C15))

@@ -100,8 +100,12 @@ def decode_batch(
 
     ip_end = np.full(count, -1, dtype=np.int64)
     transport = np.full(count, -1, dtype=np.int64)
-    _decode_ipv4(view, np.flatnonzero(family == 4), net, end, cols, ip_end, transport, addresses, row_base)
-    _decode_ipv6(view, np.flatnonzero(family == 6), net, end, cols, ip_end, transport, addresses, row_base)
+    # Where the packet ended on the wire: the datagram's end when its header leaves the length
+    # at 0 (segmentation offload, BIG TCP), since then only the capture knows it.
+    wire_end = batch.data_off + batch.wire_len
+    for version, decode in ((4, _decode_ipv4), (6, _decode_ipv6)):
+        rows = np.flatnonzero(family == version)
+        decode(view, rows, net, end, wire_end, cols, ip_end, transport, addresses, row_base)
 
     payload_start = np.full(count, -1, dtype=np.int64)
     limit = np.minimum(ip_end, end)  # transport bytes end at the datagram's end or the capture's
@@ -155,7 +159,9 @@ def _decode_link(
         rows, start = rows[ok], start[ok]
         version = view.u8(start) >> 4
         net[rows] = start
-        family[rows] = np.where((version == 4) | (version == 6), version, 0)
+        # RAW says "IPv4 or IPv6, see the version"; IPV4 and IPV6 fix the version.
+        allowed = {lt.IPV4: (4,), lt.IPV6: (6,)}.get(link_type, (4, 6))
+        family[rows] = np.where(np.isin(version, allowed), version, 0)
     elif link_type in (lt.NULL, lt.LOOP):
         ok = end - start >= 4
         rows, start = rows[ok], start[ok]
@@ -206,6 +212,7 @@ def _decode_ipv4(
     rows: IntArray,
     net: IntArray,
     end: IntArray,
+    wire_end: IntArray,
     cols: dict[str, np.ndarray],
     ip_end: IntArray,
     transport: IntArray,
@@ -221,6 +228,8 @@ def _decode_ipv4(
     total_len = view.be16(start + 2)
     flags_frag = view.be16(start + 6)
     proto = view.u8(start + 9)
+    offloaded = total_len == 0
+    total_len = np.where(offloaded, wire_end[rows] - start, total_len)
     cols["ip_version"][rows] = 4
     cols["ip_len"][rows] = total_len
     cols["ip_id"][rows] = view.be16(start + 4)
@@ -231,11 +240,10 @@ def _decode_ipv4(
     cols["proto"][rows] = proto
     addresses["src"].add_ipv4(rows + row_base, view.be32(start + 12))
     addresses["dst"].add_ipv4(rows + row_base, view.be32(start + 16))
-    # A total length of 0 is what TCP segmentation offload leaves: the datagram is what was captured.
-    datagram_end = np.where(total_len == 0, end[rows], start + total_len)
+    datagram_end = start + total_len
     ip_end[rows] = datagram_end
     cols["truncated"][rows] = end[rows] < datagram_end
-    has_transport = (frag_offset == 0) & ((header_len <= total_len) | (total_len == 0))
+    has_transport = (frag_offset == 0) & (header_len <= total_len)
     has_transport &= start + header_len <= end[rows]
     transport[rows[has_transport]] = (start + header_len)[has_transport]
 
@@ -283,6 +291,7 @@ def _decode_ipv6(
     rows: IntArray,
     net: IntArray,
     end: IntArray,
+    wire_end: IntArray,
     cols: dict[str, np.ndarray],
     ip_end: IntArray,
     transport: IntArray,
@@ -294,13 +303,13 @@ def _decode_ipv6(
     cols["truncated"][rows[~ok]] = True
     rows, start = rows[ok], start[ok]
     payload_len = view.be16(start + 4)
+    payload_len = np.where(payload_len == 0, wire_end[rows] - start - 40, payload_len)  # jumbogram or offload
     cols["ip_version"][rows] = 6
     cols["ip_len"][rows] = 40 + payload_len
     cols["ttl"][rows] = view.u8(start + 7)
     addresses["src"].add_ipv6(rows + row_base, view.block(start + 8, 16))
     addresses["dst"].add_ipv6(rows + row_base, view.block(start + 24, 16))
-    # A payload length of 0 means a jumbogram (or offload): the datagram is what was captured.
-    datagram_end = np.where(payload_len == 0, end[rows], start + 40 + payload_len)
+    datagram_end = start + 40 + payload_len
     ip_end[rows] = datagram_end
     cols["truncated"][rows] = end[rows] < datagram_end
     limit = np.minimum(datagram_end, end[rows])

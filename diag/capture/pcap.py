@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from diag.capture.bytesview import ByteView
+from diag.capture.bytesview import ByteView, IntArray
 from diag.capture.linktypes import linktype_name
 from diag.capture.records import DIR_UNKNOWN, Diagnostics, Interface, RecordBatch
 from diag.capture.source import Feed
@@ -43,28 +43,36 @@ MAGICS: dict[bytes, PcapFormat] = {
 }
 
 
-def walk_records(buffer: bytearray, start: int, end: int, fmt: PcapFormat) -> tuple[list[int], int, int | None]:
-    """Record offsets in ``buffer[start:end]``.
+def walk_records(buffer: bytearray, view: ByteView, start: int, fmt: PcapFormat) -> tuple[IntArray, int, int | None]:
+    """Offsets of the complete records in ``view``'s bytes from ``start`` on.
 
-    Returns (offsets of complete records, offset where the walk stopped, the
-    absurd captured length that stopped it or None when it stopped for lack of bytes).
+    Returns (offsets, offset where the walk stopped, the absurd captured
+    length that stopped it or None when it stopped for lack of bytes).
     """
     caplen_at = struct.Struct(">I" if fmt.big_endian else "<I").unpack_from
     header_len = fmt.record_header_len
     offsets: list[int] = []
     append = offsets.append
     offset = start
-    last_header = end - header_len
-    while offset <= last_header:
-        (caplen,) = caplen_at(buffer, offset + 8)
-        if caplen > MAX_CAPLEN:
-            return offsets, offset, caplen
-        following = offset + header_len + caplen
-        if following > end:
-            break
-        append(offset)
-        offset = following
-    return offsets, offset, None
+    # The loop is kept as small as Python allows: it only chains captured
+    # lengths and ends when a length points past the buffer (unpack_from
+    # raises). Which records are complete and sane is then decided for all
+    # of them at once.
+    try:
+        while True:
+            append(offset)
+            offset += header_len + caplen_at(buffer, offset + 8)[0]
+    except struct.error:
+        pass
+    candidates = np.array(offsets, dtype=np.int64)
+    caplen = view.u32(candidates + 8, fmt.big_endian)
+    usable = (candidates + header_len + caplen <= view.length) & (caplen <= MAX_CAPLEN)
+    count = int(np.argmin(usable)) if not usable.all() else len(candidates)
+    if count == len(candidates):  # cannot happen: the walk always ends past the data
+        return candidates, int(candidates[-1]) if count else start, None
+    stop = int(candidates[count])
+    absurd = int(caplen[count]) if caplen[count] > MAX_CAPLEN else None
+    return candidates[:count], stop, absurd
 
 
 def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
@@ -80,9 +88,10 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
     records_seen = 0
     while True:
         buffer, length = feed.next_buffer(carry)
-        offsets, stop, absurd = walk_records(buffer, 0, length, fmt)
-        if offsets:
-            yield _batch(buffer, length, offsets, fmt, frac_to_ns, records_seen)
+        view = ByteView(buffer, length)
+        offsets, stop, absurd = walk_records(buffer, view, 0, fmt)
+        if len(offsets):
+            yield _batch(view, offsets, fmt, frac_to_ns, records_seen)
             records_seen += len(offsets)
         if absurd is not None:
             diagnostics.warn(
@@ -103,11 +112,7 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
             return
 
 
-def _batch(
-    buffer: bytearray, length: int, offsets: list[int], fmt: PcapFormat, frac_to_ns: int, first_index: int
-) -> RecordBatch:
-    view = ByteView(buffer, length)
-    starts = np.array(offsets, dtype=np.int64)
+def _batch(view: ByteView, starts: IntArray, fmt: PcapFormat, frac_to_ns: int, first_index: int) -> RecordBatch:
     big = fmt.big_endian
     seconds = view.u32(starts, big)
     fraction = view.u32(starts + 4, big)
