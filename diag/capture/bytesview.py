@@ -13,9 +13,10 @@ import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 
-# Zero bytes kept after the real data so that a read a few bytes past the end
-# of a short, damaged packet never leaves the buffer.
-PADDING = 64
+# Zero bytes kept after the real data so that a read past the end
+# of a short, damaged packet, or the bucketed word blocks of the payload
+# digest (up to 127 bytes past a payload), never leaves the buffer.
+PADDING = 256
 
 
 class ByteView:
