@@ -240,7 +240,8 @@ def _decode_ipv4(
     cols["proto"][rows] = proto
     addresses["src"].add_ipv4(rows + row_base, view.be32(start + 12))
     addresses["dst"].add_ipv4(rows + row_base, view.be32(start + 16))
-    datagram_end = start + total_len
+    # A header that claims more than went on the wire is believed only as far as the wire goes.
+    datagram_end = np.minimum(start + total_len, wire_end[rows])
     ip_end[rows] = datagram_end
     cols["truncated"][rows] = end[rows] < datagram_end
     has_transport = (frag_offset == 0) & (header_len <= total_len)
@@ -309,7 +310,7 @@ def _decode_ipv6(
     cols["ttl"][rows] = view.u8(start + 7)
     addresses["src"].add_ipv6(rows + row_base, view.block(start + 8, 16))
     addresses["dst"].add_ipv6(rows + row_base, view.block(start + 24, 16))
-    datagram_end = start + 40 + payload_len
+    datagram_end = np.minimum(start + 40 + payload_len, wire_end[rows])
     ip_end[rows] = datagram_end
     cols["truncated"][rows] = end[rows] < datagram_end
     limit = np.minimum(datagram_end, end[rows])

@@ -86,22 +86,24 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
 
     carry: bytes = b""
     records_seen = 0
+    bad_fractions = 0
     while True:
         buffer, length = feed.next_buffer(carry)
         view = ByteView(buffer, length)
         offsets, stop, absurd = walk_records(buffer, view, 0, fmt)
         if len(offsets):
-            yield _batch(view, offsets, fmt, frac_to_ns, records_seen)
+            batch, bad = _batch(view, offsets, fmt, frac_to_ns, records_seen)
+            bad_fractions += bad
+            yield batch
             records_seen += len(offsets)
+        carry = bytes(buffer[stop:length])
         if absurd is not None:
             diagnostics.warn(
                 f"record {records_seen} claims {absurd} captured bytes, which no {linktype_name(link_type)} "
-                f"packet has: the file is damaged there and its remaining "
-                f"{length - stop}+ bytes are skipped",
+                f"packet has: the file is damaged there and its remaining {len(carry)}+ bytes are skipped",
                 skipped=1,
             )
-            return
-        carry = bytes(buffer[stop:length])
+            break
         if feed.eof:
             if carry:
                 diagnostics.warn(
@@ -109,15 +111,24 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
                     "that last packet is skipped",
                     skipped=1,
                 )
-            return
+            break
+    if bad_fractions:
+        diagnostics.warn(
+            f"{bad_fractions} record(s) have a sub-second timestamp field of a second or more; "
+            "it was added to the seconds as it stands"
+        )
 
 
-def _batch(view: ByteView, starts: IntArray, fmt: PcapFormat, frac_to_ns: int, first_index: int) -> RecordBatch:
+def _batch(
+    view: ByteView, starts: IntArray, fmt: PcapFormat, frac_to_ns: int, first_index: int
+) -> tuple[RecordBatch, int]:
+    """The records at ``starts``, and how many carry an out-of-range sub-second field."""
     big = fmt.big_endian
     seconds = view.u32(starts, big)
     fraction = view.u32(starts + 4, big)
     count = len(starts)
-    return RecordBatch(
+    bad_fractions = int(np.count_nonzero(fraction * frac_to_ns >= 1_000_000_000))
+    batch = RecordBatch(
         view=view,
         data_off=starts + fmt.record_header_len,
         cap_len=view.u32(starts + 8, big),
@@ -127,3 +138,4 @@ def _batch(view: ByteView, starts: IntArray, fmt: PcapFormat, frac_to_ns: int, f
         direction=np.full(count, DIR_UNKNOWN, dtype=np.int64),
         index=np.arange(first_index, first_index + count, dtype=np.int64),
     )
+    return batch, bad_fractions

@@ -48,10 +48,10 @@ def open_capture(path: Path) -> tuple[BinaryIO, bool]:
 class Feed:
     """Hands out successive buffers of the file, each starting with what the last one left over."""
 
-    def __init__(self, stream: BinaryIO, diagnostics: Diagnostics, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(self, stream: BinaryIO, diagnostics: Diagnostics, chunk_size: int | None = None) -> None:
         self.stream = stream
         self.diagnostics = diagnostics
-        self.chunk_size = chunk_size
+        self.chunk_size = chunk_size or CHUNK_SIZE
         self.eof = False
         self.bytes_read = 0  # offset in the (decompressed) file of the end of what was read
         # Small files get small buffers: size chunks to what is left of a plain file, and
