@@ -57,7 +57,7 @@ class Feed:
         # Small files get small buffers: size chunks to what is left of a plain file, and
         # let them grow geometrically for compressed streams, whose size is unknown.
         self.size = file_size(stream)
-        self.next_chunk = min(chunk_size, 1 << 20)
+        self.next_chunk = min(self.chunk_size, 1 << 20)
 
     def read_exact(self, size: int) -> bytes:
         """Up to ``size`` bytes (fewer only at the end of the file)."""
