@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +394,37 @@ def _crafted_pod_rows() -> list[dict[str, Any]]:
         {**c, "sport": 5, "flags": "FA", "seq": 61, "ack": 81},
         {**s, "dport": 5, "flags": "FA", "seq": 81, "ack": 62},
     ]
+
+
+# --------------------------------------------------------------------------- the public corpus
+
+
+@pytest.mark.slow
+def test_every_corpus_file_is_analyzed_or_refused_cleanly(corpus: Path) -> None:
+    """Each file of tcpdump's test corpus gives a report (text and JSON) or a DiagError, never a crash."""
+    files = sorted(path for path in (corpus / "tcpdump" / "tests").iterdir() if path.is_file())
+    assert len(files) > 1000
+    reports = refused = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in files:
+            try:
+                report = analyze({"point": path})
+            except DiagError:
+                refused += 1
+                continue
+            assert render_text(report).startswith("VERDICT"), path
+            json.loads(report.dumps())
+            reports += 1
+    assert reports > 500 and refused > 0
+
+
+def test_damaged_and_foreign_corpus_files_through_the_command(corpus: Path) -> None:
+    tests = corpus / "tcpdump" / "tests"
+    names = ["802.1ad_QinQ.pcap", "802.1ad_QinQ.out", "02-sunrise-sunset-esp.pcap"]
+    names += sorted(p.name for p in tests.iterdir() if "trunc" in p.name or "overflow" in p.name)[:3]
+    result = run_diag("analyze", "pcap", "--json", "-", *[tests / name for name in names])
+    assert "Traceback" not in result.stderr
+    assert result.returncode in (0, 2)
+    if result.returncode == 2:
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("diag: ")
