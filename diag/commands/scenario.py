@@ -82,4 +82,7 @@ def run(args: argparse.Namespace) -> int:
         for step in result.steps:
             print(f"{step.label}: {step.outcome}")
     _progress(f"output in {out_dir}")
+    if result.analysis_error:
+        _progress(f"the analysis failed ({result.analysis_error}); the captures are in {out_dir}")
+        return 1
     return 0

@@ -46,6 +46,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     report: Report | None = None
     warnings: list[str] = field(default_factory=list)
+    analysis_error: str = ""
 
     @property
     def capture_paths(self) -> dict[str, Path]:
@@ -70,6 +71,7 @@ class RunResult:
             ],
             "timings_s": {stage: round(seconds, 3) for stage, seconds in self.timings.items()},
             "warnings": self.warnings,
+            "analysis_error": self.analysis_error,
         }
 
 
@@ -215,10 +217,13 @@ def run_scenario(
     result = RunResult(scenario, out_dir, lab.name, service, addresses, captures, steps)
     result.warnings += [f"{c.point}: {c.dropped_by_kernel} packets dropped by the kernel"
                         for c in captures if c.dropped_by_kernel > 0]
-    if analyze:
-        _analyze(result, stages)
+    # run.json first: whatever happens in the analysis, the captures are described.
     result.timings = stages.timings
     (out_dir / RUN_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if analyze:
+        _analyze(result, stages)
+        result.timings = stages.timings
+        (out_dir / RUN_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
 
 
@@ -255,7 +260,14 @@ def _analyze(result: RunResult, stages: _Stages) -> None:
         result.warnings.append(f"analysis not available in this version ({error.name}); captures kept")
         stages.done("analyze", "skipped")
         return
-    report = analyze({name: str(path) for name, path in result.capture_paths.items()})
+    try:
+        report = analyze({name: str(path) for name, path in result.capture_paths.items()})
+    except DiagError:
+        raise
+    except Exception as error:  # a bug in the analysis must not cost the user the captures just made
+        result.analysis_error = f"{type(error).__name__}: {error}"
+        stages.done("analyze", "failed")
+        return
     result.report = report
     (result.out_dir / "report.json").write_text(report.dumps() + "\n")
     (result.out_dir / "report.txt").write_text(render_text(report) + "\n")
