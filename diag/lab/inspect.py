@@ -109,9 +109,11 @@ def render_state(node: str, namespace: str, snapshot: dict[str, Any]) -> str:
     out += ["", "policy rules:"]
     for rule in snapshot["rules"]:
         words = [f"{rule.get('priority')}:"]
-        for key in ("src", "iif", "fwmark"):
+        if rule.get("src", "all") != "all":
+            words.append(f"from {rule['src']}" + (f"/{rule['srclen']}" if "srclen" in rule else ""))
+        for key in ("iif", "fwmark"):
             if key in rule:
-                words.append(f"{key} {rule[key]}" + (f"/{rule['srclen']}" if key == "src" and "srclen" in rule
+                words.append(f"{key} {rule[key]}" + (f"/{rule['fwmask']}" if key == "fwmark" and "fwmask" in rule
                                                      else ""))
         words.append(f"lookup {rule.get('table')}")
         if "suppress_prefixlen" in rule:

@@ -211,9 +211,14 @@ def ip_batch(lines: list[str], what: str, netns: str | None = None) -> None:
 
 def delete_namespaces(namespaces: Iterable[str]) -> None:
     """Unmount and remove the namespaces in one ``ip`` call; their veths go with them."""
+    namespaces = list(namespaces)
     present = [netns for netns in namespaces if netns_path(netns).exists()]
     if present:
+        # -force: carry on past a namespace someone else removed meanwhile; what is left is checked below.
         subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns delete {ns}\n" for ns in present),
                        capture_output=True, text=True, timeout=60)
     for netns in namespaces:
         remove_resolver(netns)
+    left = [netns for netns in present if netns_path(netns).exists()]
+    if left:
+        raise LabError(f"could not delete namespaces: {', '.join(left)}")
