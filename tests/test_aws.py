@@ -27,8 +27,10 @@ from diag.aws.assess import assess
 from diag.aws.findings import check
 from diag.aws.inventory import read_inventory
 from diag.aws.metrics import read_metrics
+from diag.aws.model import default_preserve_client_ip
 from diag.aws.session import AwsClients, connect, translate
 from diag.cli import main
+from diag.errors import DiagError
 from diag.lab import Lab, Topology, load_topology
 from diag.lab.probe import tcp_probe, udp_probe
 from diag.lab.topology import K8sNodeConfig, NlbConfig
@@ -95,6 +97,7 @@ def build_account(
     nodes_default_route: str = "nat",
     name: str = "incident",
     explicit_private_association: bool = True,
+    scheme: str = "internet-facing",
 ) -> Account:
     """The incident's account: NLB -> instance targets in a private subnet whose default route is a NAT gateway.
 
@@ -129,7 +132,7 @@ def build_account(
     reservation = ec2.run_instances(ImageId="ami-03cf127a", MinCount=2, MaxCount=2, SubnetId=private_subnet)
     instances = [i["InstanceId"] for i in reservation["Instances"]]
     lb = elbv2.create_load_balancer(
-        Name=name, Subnets=[public_subnet], Type="network", Scheme="internet-facing"
+        Name=name, Subnets=[public_subnet], Type="network", Scheme=scheme
     )["LoadBalancers"][0]
     group_protocol = listener_protocol
     tg = elbv2.create_target_group(
@@ -275,6 +278,29 @@ def test_lb_selects_one_balancer_by_name_or_arn(endpoint: str) -> None:
     assert [b.arn for b in by_name.load_balancers] == [b.arn for b in by_arn.load_balancers] == [account.lb_arn]
 
 
+def test_unknown_arn_is_a_clear_error(endpoint: str) -> None:
+    account = build_account(endpoint)
+    missing = account.lb_arn.rsplit("/", 1)[0] + "/0123456789abcdef"
+    with pytest.raises(DiagError, match=f"no load balancer '{missing}'"):
+        read_inventory(clients_for(endpoint), lb=missing)
+
+
+def test_internal_balancer_is_a_weaker_finding(endpoint: str) -> None:
+    build_account(endpoint, scheme="internal")
+    (finding,) = check(read_inventory(clients_for(endpoint)))
+    assert finding.confidence == 0.5
+    assert any("internal" in line and "local route" in line for line in finding.evidence)
+
+
+@pytest.mark.parametrize(
+    ("target_type", "protocol", "preserved"),
+    [("instance", "TCP", True), ("instance", "TCP_UDP", True), ("ip", "TCP", False), ("ip", "TLS", False),
+     ("ip", "UDP", True), ("ip", "TCP_UDP", True), ("lambda", "", False)],
+)
+def test_documented_preservation_defaults(target_type: str, protocol: str, preserved: bool) -> None:
+    assert default_preserve_client_ip(target_type, protocol) is preserved
+
+
 def test_application_load_balancers_are_skipped(endpoint: str) -> None:
     account = build_account(endpoint)
     client(endpoint, "elbv2").create_load_balancer(Name="web", Subnets=[account.public_subnet], Type="application")
@@ -417,6 +443,26 @@ def test_check_with_flow_logs_group_confirms_the_nat_gateway(
     assert any("NAT gateway's interface" in line for line in finding["evidence"])
     assert not any("203.0.113.12" in line or "203.0.113.11" in line for line in finding["evidence"])
     assert any("1 flow log line(s)" in w for w in document["warnings"])
+
+
+def test_check_with_flow_log_file(endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    account = build_account(endpoint)
+    node_eni, node_ip = node_interface(endpoint, account.instances[0])
+    # A file as delivered to S3: the format in a header line, no NAT gateway interface among the records.
+    header = " ".join(token[2:-1] for token in V5_FORMAT.split())
+    lines = [r for r in incident_flow_records(node_eni, node_ip, "eni-elsewhere") if "eni-elsewhere" not in r]
+    path = tmp_path / "flow.log"
+    path.write_text("\n".join([header, *lines]) + "\n")
+    status, out, err = run_cli(
+        ["aws", "check", "--region", REGION, "--endpoint-url", endpoint, "--no-metrics", "--flow-logs", str(path)],
+        capsys,
+    )
+    assert status == 0, err
+    # Without the NAT gateway's own records the evidence is the missing ACK: 0.85, matched to the NAT gateway
+    # on the node's subnet route.
+    assert out.splitlines()[0] == "verdict: asymmetric-return (confidence 0.85)"
+    assert "flow logs: 6 record(s), 1 bad line(s), 0 without data; 1 flow(s) with a reset the client" in out
+    assert path.read_text().count("\n") == 8  # the user's file is untouched
 
 
 def test_check_text_puts_the_verdict_first(endpoint: str, capsys: pytest.CaptureFixture[str]) -> None:
