@@ -239,7 +239,7 @@ import pyshark
 import diag
 import diag.plot
 from diag.analysis import analyze
-from diag.capture.columns import RST, SYN
+from diag.capture.columns import ACK, RST, SYN
 from diag.correlate import correlate
 from diag.textreport import render_text
 """
@@ -323,19 +323,23 @@ resets.groupby(["capture", "src"], observed=True).size().rename("resets").reset_
         ),
         md(
             """
-TTL tells how many routers a packet crossed. At the point that received the RST, compare the TTL of the RST "from
-the client" with the TTL of the client's genuine SYNs: a different hop distance means a different sender.
+(A forwarding box captured on both interfaces sees each packet twice, once in and once out.)
+
+TTL tells how many routers a packet crossed. At each point that saw both, compare the TTL of the client's
+genuine SYNs with the TTL of the RSTs that carry the client's address: a different hop distance means a
+different sender, and an initial TTL (64, 128, 255) means the sender is right there.
 """
         ),
         code(
             """
-bare_syn = is_tcp & ((packets["tcp_flags"] & (SYN | 0x10)) == SYN)
-victim = report.verdict.packet.capture if report.verdict and report.verdict.packet else resets["capture"].iloc[0]
-at_victim = packets[packets["capture"] == victim]
-pd.DataFrame({
-    "client's SYNs": at_victim[bare_syn]["ttl"].value_counts(),
-    "RSTs": at_victim[is_tcp & ((at_victim["tcp_flags"] & RST) != 0)]["ttl"].value_counts(),
-}).fillna(0).astype(int).rename_axis(f"TTL at {victim}")
+bare_syn = is_tcp & ((packets["tcp_flags"] & (SYN | ACK)) == SYN)
+
+
+def ttls(rows: pd.DataFrame) -> pd.Series:
+    return rows.groupby("capture", observed=True)["ttl"].agg(lambda ttl: sorted(set(ttl)))
+
+
+pd.DataFrame({"TTL of the client's SYNs": ttls(packets[bare_syn]), "TTL of the RSTs": ttls(resets)}).dropna()
 """
         ),
         md(
