@@ -104,13 +104,8 @@ class Lab:
         ``detach`` starts the pod servers in their own session so they outlive this process.
         """
         preflight()
-        if self._given_name is None:
-            self.name = _new_name()
-        elif self.name in state.recorded_names() or any(lab == self.name for lab, _ in _namespaces_by_lab()):
-            raise LabError(f"a lab named {self.name!r} is already up (diag lab down {self.name})")
+        self._claim_name()
         plan = build_plan(self.topology, self.name)
-        # Record first: if this process dies half-way, `diag lab down` still finds what exists.
-        self._record()
         self._built = True
         try:
             self._apply(plan)
@@ -215,14 +210,33 @@ class Lab:
             signal.signal(signum, handler)
         self._previous_handlers.clear()
 
-    def _record(self) -> None:
-        state.save(state.LabRecord(
-            name=self.name,
+    def _claim_name(self) -> None:
+        """Take the lab's name by creating its record exclusively, so two processes never share a name.
+
+        The record exists before any namespace: if this process dies half-way,
+        `diag lab down` still finds what was made.
+        """
+        for _ in range(20):
+            name = self._given_name or _new_name()
+            taken = any(lab == name for lab, _ in _namespaces_by_lab())
+            if not taken and state.create(self._make_record(name)):
+                self.name = name
+                return
+            if self._given_name is not None:
+                raise LabError(f"a lab named {name!r} is already up (diag lab down {name})")
+        raise LabError("could not find a free lab name")
+
+    def _make_record(self, name: str) -> state.LabRecord:
+        return state.LabRecord(
+            name=name,
             topology=self.topology.name,
             source=self.topology.source,
-            namespaces={node: netns_name(self.name, node) for node in self.topology.node_names},
+            namespaces={node: netns_name(name, node) for node in self.topology.node_names},
             pids=list(self._pids),
-        ))
+        )
+
+    def _record(self) -> None:
+        state.save(self._make_record(self.name))
 
     # -- working inside ------------------------------------------------------
 

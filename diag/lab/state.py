@@ -46,6 +46,17 @@ def save(record: LabRecord) -> None:
     temporary.replace(path)  # readers never see half a file
 
 
+def create(record: LabRecord) -> bool:
+    """Write a new record; False when a lab of that name is already recorded (atomic, across processes)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(record_path(record.name), "x") as new:
+            new.write(json.dumps(asdict(record), indent=1))
+    except FileExistsError:
+        return False
+    return True
+
+
 def load(name: str) -> LabRecord:
     path = record_path(name)
     try:
