@@ -198,3 +198,17 @@ def test_nlb_idle_timeout_resets_the_next_segment() -> None:
         assert lab.call("client", idle_then_send) == "reset"
         rejected = [c for c in lab.state("nlb")["counters"] if c["chain"] == "INPUT" and "REJECT" in c["rule"]]
         assert rejected and rejected[0]["packets"] >= 1
+
+
+def test_scale_topology_builds_and_serves() -> None:
+    """95 namespaces: every one exists, flows spread over many pods, and teardown leaves none."""
+    require_root()
+    from diag.lab.netns import existing_namespaces
+
+    with Lab(load_topology("scale")) as lab:
+        prefix = f"diag-{lab.name}-"
+        assert len([ns for ns in existing_namespaces() if ns.startswith(prefix)]) == 95
+        replies = [probe(lab, "tcp") for _ in range(8)] + [probe(lab, "udp") for _ in range(4)]
+        assert {result.outcome for result in replies} == {"connected", "answered"}
+        assert len({result.reply.split()[0] for result in replies}) >= 4, "flows land on many pods"
+    assert not [ns for ns in existing_namespaces() if ns.startswith(prefix)]
