@@ -94,10 +94,6 @@ class Lab:
         lab._built = True
         return lab
 
-    @property
-    def plan(self) -> Plan:
-        return build_plan(self.topology, self.name or "<lab>")
-
     def up(self, detach: bool = False) -> Lab:
         """Build every namespace; on any failure tear down what was made and raise.
 
@@ -120,9 +116,9 @@ class Lab:
         netns.ip_batch(plan.setup_batch, "creating namespaces and links")
 
         def configure(ns: NamespacePlan) -> Callable[[], None]:
-            def job() -> None:
+            def job() -> None:  # runs inside ns.netns; the tools it starts inherit the namespace
                 netns.write_sysctls(ns.sysctls)
-                netns.ip_batch(ns.ip_batch, f"{ns.node}: addresses and routes")
+                netns.ip_batch(ns.ip_batch, f"{ns.node}: addresses and routes", netns=ns.netns)
                 if ns.iptables:
                     netns.run_tool(["iptables-restore"], ns.iptables, f"{ns.node}: rules")
                 for interface in ns.interfaces:
