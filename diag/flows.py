@@ -74,7 +74,6 @@ RESET: Final = 6
 
 _PORT_BITS = 16
 _SEQ_SPACE = 1 << 32
-_HALF_SEQ_SPACE = 1 << 31
 
 
 # --------------------------------------------------------------------------- flow keys
@@ -97,7 +96,7 @@ def _shared_address_codes(src: pd.Series, dst: pd.Series) -> tuple[np.ndarray, n
         raw = np.asarray(cat.codes, dtype=np.int64)
         if len(to_shared) == 0:
             return np.full(len(raw), -1, dtype=np.int64)
-        return np.where(raw >= 0, to_shared[np.clip(raw, 0, None)], -1)
+        return np.where(raw >= 0, to_shared[np.maximum(raw, 0)], -1)
 
     return codes(src_cat), codes(dst_cat), np.asarray(addresses, dtype=object)
 
@@ -141,8 +140,8 @@ class _FlowKeys:
         self.rows = np.flatnonzero(eligible)
         # An endpoint is address and port in one integer; the flow key orders
         # the two endpoints so both directions share it.
-        self.src_endpoint = (src << _PORT_BITS) | np.clip(sport, 0, None)
-        self.dst_endpoint = (dst << _PORT_BITS) | np.clip(dport, 0, None)
+        self.src_endpoint = (src << _PORT_BITS) | np.maximum(sport, 0)
+        self.dst_endpoint = (dst << _PORT_BITS) | np.maximum(dport, 0)
         if len(self.rows) == 0:
             return
         s, d = self.src_endpoint[self.rows], self.dst_endpoint[self.rows]
@@ -247,7 +246,8 @@ def _powers_of_ten_per_key(mask: np.ndarray, key: np.ndarray) -> np.ndarray:
 
 def _signed_seq_delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a - b`` in 32-bit sequence space, as a signed number (RFC 1982 style)."""
-    return ((a - b + _HALF_SEQ_SPACE) % _SEQ_SPACE) - _HALF_SEQ_SPACE
+    difference = (a - b) & (_SEQ_SPACE - 1)
+    return difference - ((difference >> 31) << 32)  # bit operations: much cheaper than % on int64
 
 
 # --------------------------------------------------------------------------- the table
@@ -270,11 +270,11 @@ class _Packets:
             return packets[name].to_numpy()[rows].astype(np.int64)
 
         self.proto = column("proto")
-        self.flags = np.clip(column("tcp_flags"), 0, None)
+        self.flags = np.maximum(column("tcp_flags"), 0)
         self.seq = column("seq")
         self.ack = column("ack")
         self.win = column("win")
-        self.payload = np.clip(column("payload_len"), 0, None)
+        self.payload = np.maximum(column("payload_len"), 0)
         self.ts_ns = column("ts_ns")
         self.index = column("index")
         self.vlan = column("vlan")
@@ -400,13 +400,13 @@ def _highest_ack(
     lookup[group_key] = np.arange(len(group_key))
     target = lookup[p.flow * 2 + (1 - d.side)]  # the direction each ACK acknowledges
     usable = p.has_ack & ~p.rst & (target >= 0)
-    usable &= np.arange(len(p.flow)) > np.where(target >= 0, first_row[np.clip(target, 0, None)], 0)
+    usable &= np.arange(len(p.flow)) > np.where(target >= 0, first_row[np.maximum(target, 0)], 0)
     result = np.full(len(group_key), np.iinfo(np.int64).min, dtype=np.int64)
     at = np.flatnonzero(usable)
     if len(at):
         t = target[at]
         reference = last_seq[t]
-        unwrapped = reference + _signed_seq_delta(p.ack[at], reference % _SEQ_SPACE)
+        unwrapped = reference + _signed_seq_delta(p.ack[at], reference & (_SEQ_SPACE - 1))
         np.maximum.at(result, t, unwrapped)
     return result
 
@@ -435,7 +435,7 @@ def _history(
     syn_only = tcp & (bits == 1) & p.syn
     syn_letter = np.where(p.has_ack, ord("H"), ord("S"))
     add(_changed_per_key(syn_only, key, p.seq), syn_letter, 0)
-    add(_changed_per_key(tcp & (bits == 1) & p.fin, key, (p.seq + p.payload) % _SEQ_SPACE), "F", 0)
+    add(_changed_per_key(tcp & (bits == 1) & p.fin, key, (p.seq + p.payload) & (_SEQ_SPACE - 1)), "F", 0)
     add(_changed_per_key(tcp & (bits == 1) & p.rst, key, p.seq), "R", 0)
     add(_first_per_key(tcp & (bits == 0) & (p.payload > 0), key), "D", 0)
     add(_first_per_key(tcp & (bits == 0) & (p.payload == 0) & p.has_ack, key), "A", 0)
@@ -662,8 +662,8 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     resp_pkts = p.counts - orig_pkts
     flow_is_tcp = p.is_tcp[p.starts]
 
-    udp_bytes = np.zeros((p.n_flows, 2), dtype=np.int64)
-    np.add.at(udp_bytes, (p.flow, d.side), np.where(p.is_tcp, 0, p.payload))
+    udp_payload = np.where(p.is_tcp, 0, p.payload)
+    udp_bytes = np.bincount(d.key, weights=udp_payload, minlength=2 * p.n_flows).astype(np.int64).reshape(-1, 2)
     sizes = np.where(flow_is_tcp[:, None], tcp_sizes, udp_bytes)
 
     states = _endpoint_states(p, d)
@@ -671,7 +671,7 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
 
     orig_syn = p.is_tcp & ((p.flags & (SYN | ACK)) == SYN) & is_orig
     syn_at = np.flatnonzero(orig_syn)
-    repeated = pd.Series(p.flow[syn_at] * _SEQ_SPACE + p.seq[syn_at] % _SEQ_SPACE).duplicated().to_numpy()
+    repeated = pd.Series(p.flow[syn_at] * _SEQ_SPACE + (p.seq[syn_at] & (_SEQ_SPACE - 1))).duplicated().to_numpy()
     syn_retransmits = np.bincount(p.flow[syn_at[repeated]], minlength=p.n_flows)
     retransmits = np.bincount(p.flow[retransmission], minlength=p.n_flows)
 
