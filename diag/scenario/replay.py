@@ -113,9 +113,13 @@ def play(replay: Replay, payloads: dict[int, bytes], timeout: float) -> None:
     server_isn: int | None = None
     inbox: queue.Queue[LivePacket] = queue.Queue()
     last_seen: set[tuple[int, int, int]] = set()
+    # How far each server's byte stream got (relative to its ISN): when the live
+    # server sends more or fewer bytes than the recorded one (an answer naming a
+    # port, say), the client's acknowledgements follow the live stream.
+    live_next = recorded_next = 0
 
     def from_server(packet: Packet) -> None:
-        nonlocal server_isn
+        nonlocal server_isn, live_next
         layer = TCP if conversation.proto == "tcp" else UDP
         if IP not in packet or layer not in packet or packet[layer].dport != source_port:
             return
@@ -130,6 +134,9 @@ def play(replay: Replay, payloads: dict[int, bytes], timeout: float) -> None:
         last_seen.add(key)
         if layer is TCP and flags & (SYN | ACK) == SYN | ACK:
             server_isn = seq
+        if layer is TCP and server_isn is not None:
+            end = (seq - server_isn) % (1 << 32) + len(segment.payload) + bool(flags & SYN) + bool(flags & FIN)
+            live_next = max(live_next, end)
         inbox.put(LivePacket(flags, seq, len(segment.payload), f"{packet[IP].src}:{segment.sport}"))
 
     sniffer = AsyncSniffer(iface=interface, prn=from_server, store=False)
@@ -151,6 +158,9 @@ def play(replay: Replay, payloads: dict[int, bytes], timeout: float) -> None:
                 if key not in recorded_server:  # a recorded retransmission is not a reply of its own
                     recorded_server.add(key)
                     expected.append(segment)
+                if segment.flags >= 0:
+                    end = segment.rel_seq + segment.payload_len + bool(segment.flags & SYN)
+                    recorded_next = max(recorded_next, end + bool(segment.flags & FIN))
                 continue
             arrived = _take(inbox, len(expected), replay.reply_wait if expected else 0.05)
             compare(replay, expected, arrived)
@@ -168,7 +178,8 @@ def play(replay: Replay, payloads: dict[int, bytes], timeout: float) -> None:
                     if server_isn is None:
                         replay.depart(segment, segment.describe(), "not sent", "no live SYN-ACK to acknowledge")
                         break
-                    ack = (server_isn + segment.rel_ack) % (1 << 32)
+                    shift = live_next - recorded_next if live_next and recorded_next else 0
+                    ack = (server_isn + segment.rel_ack + shift) % (1 << 32)
                     replay.handshake = replay.handshake or segment.rel_ack == 1
                 seq = (client_isn + segment.rel_seq) % (1 << 32)
                 packet = IP(dst=address) / TCP(sport=source_port, dport=port, flags=segment.flags & 0xFF,
