@@ -311,3 +311,24 @@ def test_timeline_has_a_row_per_point_and_a_mark_per_sighting(report: Report) ->
     marks = [line for line in ax.get_lines() if (line.get_gid() or "").startswith("packet:")]
     assert len(marks) == sum(len(trip.sightings) for trip in diag.plot.flow_view(report).trips)
     assert "saw nothing" in [t.get_text() for t in ax.get_yticklabels()][2]
+
+
+def test_a_point_passed_twice_appears_twice_in_the_path() -> None:
+    # node-b forwards to node-a through the VPC router: the SYN passes the router twice. The correlation
+    # gives all the router's copies one hop; the TTL (63, 62 then 61, 60) puts node-b between them even
+    # though the router's clock is off by more than the transit time.
+    t, router_skew = 1_764_257_655.0, 0.002
+    syn: dict[str, Any] = {"src": CLIENT, "sport": CPORT, "dst": POD, "dport": 80, "flags": SYN, "seq": 1, "ack": 0}
+    seen = [
+        ("nlb", 0, t, 64), ("vpc-router", 1, t + 0.0001 + router_skew, 63),
+        ("vpc-router", 1, t + 0.0002 + router_skew, 62), ("node-b", 2, t + 0.0003, 62),
+        ("node-b", 2, t + 0.0004, 61), ("vpc-router", 1, t + 0.0005 + router_skew, 61),
+        ("vpc-router", 1, t + 0.0006 + router_skew, 60), ("node-a", 3, t + 0.0007, 60),
+    ]
+    packets = pd.DataFrame([_packet(capture, ts, ttl=ttl, **syn) for capture, _, ts, ttl in seen],
+                           columns=list(PACKET_COLUMNS))
+    packets["index"] = packets.groupby("capture").cumcount()
+    matches = pd.DataFrame({"row": range(len(seen)), "match_id": 0, "hop": [hop for _, hop, _, _ in seen]})
+    report = Report(captures=[], packets=packets, flows=pd.DataFrame(), matches=matches)
+    (trip,) = diag.plot.flow_view(report).trips
+    assert trip.lanes == ("nlb", "vpc-router", "node-b", "vpc-router", "node-a")

@@ -286,7 +286,7 @@ def _flow_table(report: Report) -> pd.DataFrame:
     offsets = {name: offset.offset_s for name, offset in report.clock_offsets.items()}
     shift = table["capture"].map(offsets).fillna(0.0).to_numpy(dtype=float)
     table["t"] = packets["ts_ns"].to_numpy(dtype=np.int64) / 1e9 + shift
-    for column in ("tcp_flags", "seq", "ack", "payload_len", "payload_digest"):
+    for column in ("tcp_flags", "seq", "ack", "payload_len", "payload_digest", "ttl"):
         table[column] = packets[column].to_numpy()
     table["position"] = np.arange(len(table))
     return table
@@ -338,7 +338,30 @@ def _groups(flow_rows: pd.DataFrame, records: Records, matches: pd.DataFrame) ->
     groups: dict[object, list[Hashable]] = {}
     for row in flow_rows.index:
         groups.setdefault(group_of_row.get(row, ("alone", row)), []).append(row)
-    return [sorted(rows, key=lambda r: (hop_of_row.get(r, 0), records[r]["t"])) for rows in groups.values()]
+    return [_path_order(rows, records, hop_of_row) for rows in groups.values()]
+
+
+def _path_order(rows: list[Hashable], records: Records, hop_of_row: dict[Hashable, float]) -> list[Hashable]:
+    """The copies of one packet in the order it passed them.
+
+    The correlation gives each capture point one hop, but a packet can pass a
+    point twice (node-a to node-b through the VPC router, then the VPC router
+    again towards the NLB), and that point's copies then straddle another
+    point's. The TTL sorts them without trusting clocks: it only goes down
+    along the path. Two copies with the same TTL are the two ends of one link;
+    the one at the point the packet is already at is its way out, so it comes
+    first. Without a TTL (not IP), the hop order and the corrected time decide.
+    """
+    by_hop = sorted(rows, key=lambda r: (hop_of_row.get(r, 0), records[r]["t"]))
+    if any(int(records[r]["ttl"]) < 0 for r in rows):
+        return by_hop
+    ordered: list[Hashable] = []
+    for ttl in sorted({int(records[r]["ttl"]) for r in rows}, reverse=True):
+        same_ttl = [r for r in by_hop if int(records[r]["ttl"]) == ttl]
+        here = records[ordered[-1]]["capture"] if ordered else None
+        ordered += [r for r in same_ttl if records[r]["capture"] == here]
+        ordered += [r for r in same_ttl if records[r]["capture"] != here]
+    return ordered
 
 
 def _originators(
