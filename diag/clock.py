@@ -22,6 +22,7 @@ import heapq
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from diag.report import ClockOffset
 
@@ -31,31 +32,26 @@ ONE_WAY_UNCERTAINTY_S = 0.01
 MIN_UNCERTAINTY_S = 1e-6
 
 
-def _equal_ttl_directions(d: np.ndarray, dir_fwd: np.ndarray, dir_rev: np.ndarray) -> np.ndarray:
+def _equal_ttl_directions(d: np.ndarray, endpoints: np.ndarray) -> np.ndarray:
     """+1 (A first), -1 (B first) or 0 (unknown) for packets with equal TTL at A and B.
 
-    Packets are grouped by their direction as seen at A; a group and its
-    reverse are compared: the one with the larger ``d`` travelled A→B.
+    Packets are grouped by their direction as seen at A (``endpoints``: src,
+    sport, dst, dport); a group and its reverse are compared: the one with the
+    larger ``d`` travelled A→B.
     """
+    frame = pd.DataFrame(endpoints, columns=["src", "sport", "dst", "dport"])
+    frame["d"] = d
+    medians = frame.groupby(["src", "sport", "dst", "dport"])["d"].median()
+    mine = medians.reindex(pd.MultiIndex.from_frame(frame[["src", "sport", "dst", "dport"]])).to_numpy()
+    reverse = pd.MultiIndex.from_arrays([frame["dst"], frame["dport"], frame["src"], frame["sport"]])
+    theirs = medians.reindex(reverse).to_numpy()
     result = np.zeros(len(d), dtype=np.int8)
-    groups: dict[int, list[int]] = {}
-    for i, h in enumerate(dir_fwd.tolist()):
-        groups.setdefault(h, []).append(i)
-    reverse_of = {int(f): int(r) for f, r in zip(dir_fwd.tolist(), dir_rev.tolist(), strict=True)}
-    for h, members in groups.items():
-        partner = groups.get(reverse_of[h])
-        if partner is None:
-            continue
-        mine = float(np.median(d[members]))
-        theirs = float(np.median(d[partner]))
-        if mine != theirs:
-            result[members] = 1 if mine > theirs else -1
+    known = ~np.isnan(theirs) & (mine != theirs)
+    result[known] = np.where(mine[known] > theirs[known], 1, -1)
     return result
 
 
-def pair_offset(
-    d_ns: np.ndarray, a_first: np.ndarray, b_first: np.ndarray
-) -> tuple[float, float, str] | None:
+def pair_offset(d_ns: np.ndarray, a_first: np.ndarray, b_first: np.ndarray) -> tuple[float, float, str] | None:
     """θ = o_B − o_A in seconds, its uncertainty, and a note; None without usable packets.
 
     ``d_ns`` is ``ts_B − ts_A`` per packet; ``a_first``/``b_first`` mark which
@@ -83,7 +79,7 @@ def estimate_offsets(
     capture: np.ndarray,
     ts_ns: np.ndarray,
     ttl: np.ndarray,
-    flow_direction: np.ndarray,
+    endpoints: np.ndarray,
     n_captures: int,
     reference: int,
     order_hint: Sequence[int] | None = None,
@@ -91,9 +87,9 @@ def estimate_offsets(
     """Offsets of every capture reachable from ``reference`` through matched packets.
 
     Inputs are one entry per sighting of a matched packet: its match id,
-    capture code, time, TTL and the (direction, reverse direction) hash pair
-    of its addresses at that point. Returns offsets keyed by capture code and
-    a note per capture saying how its offset was obtained.
+    capture code, time, TTL and its (src, sport, dst, dport) codes at that
+    point. Returns offsets keyed by capture code and a note per capture
+    saying how its offset was obtained.
     """
     offsets: dict[int, ClockOffset] = {reference: ClockOffset(0.0, 0.0)}
     notes: dict[int, str] = {reference: "reference clock"}
@@ -103,11 +99,11 @@ def estimate_offsets(
     present = np.zeros((n_captures, n_match), dtype=bool)
     wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
     wide_ttl = np.zeros((n_captures, n_match), dtype=np.int64)
-    wide_dir = np.zeros((n_captures, n_match, 2), dtype=np.uint64)
+    wide_entry = np.zeros((n_captures, n_match), dtype=np.int64)
     present[capture, match] = True
     wide_ts[capture, match] = ts_ns
     wide_ttl[capture, match] = ttl
-    wide_dir[capture, match] = flow_direction
+    wide_entry[capture, match] = np.arange(len(match))
 
     edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
     for a in range(n_captures):
@@ -120,7 +116,7 @@ def estimate_offsets(
             direction = np.sign(ttl_a - ttl_b).astype(np.int8)
             equal = direction == 0
             if equal.any():
-                direction[equal] = _equal_ttl_directions(d[equal], wide_dir[a, both, 0][equal], wide_dir[a, both, 1][equal])
+                direction[equal] = _equal_ttl_directions(d[equal], endpoints[wide_entry[a, both][equal]])
             if not (direction != 0).any():
                 direction[:] = _fallback_direction(a, b, d, order_hint)
             estimate = pair_offset(d, direction > 0, direction < 0)

@@ -51,47 +51,49 @@ def _mix(state: np.ndarray, values: np.ndarray) -> np.ndarray:
     return state ^ (state >> np.uint64(29))
 
 
+def _pack(*fields: tuple[np.ndarray, int]) -> np.ndarray:
+    """Several small fields side by side in one 64-bit word (each masked to its bit width)."""
+    word = np.zeros(len(fields[0][0]), dtype=np.uint64)
+    for values, bits in fields:
+        word = (word << np.uint64(bits)) | (values.astype(np.int64).view(np.uint64) & np.uint64((1 << bits) - 1))
+    return word
+
+
 def packet_keys(packets: pd.DataFrame) -> np.ndarray:
     """One uint64 per packet from the fields NAT leaves alone; 0 = not matchable.
 
     The IP ID is deliberately left out (it is a separate matching column) so
     a box that rewrites it can still be followed.
     """
-    n = len(packets)
-    proto = packets["proto"].to_numpy()
-    ip_version = packets["ip_version"].to_numpy()
-    state = np.full(n, 0x243F6A8885A308D3, dtype=np.uint64)
-    state = _mix(state, proto)
-    state = _mix(state, ip_version)
-    state = _mix(state, packets["frag_offset"].to_numpy())
-    state = _mix(state, packets["more_fragments"].to_numpy())
-    state = _mix(state, packets["payload_len"].to_numpy())
-
+    needed = (
+        "proto", "ip_version", "more_fragments", "frag_offset", "payload_len", "ip_len", "tcp_flags", "wscale",
+        "sack_perm", "mss", "icmp_type", "icmp_code", "inner_proto", "seq", "ack", "tsval", "tsecr", "payload_digest",
+    )  # fmt: skip
+    col = {name: packets[name].to_numpy() for name in needed}
+    proto = col["proto"]
     is_tcp = proto == TCP
-    is_udp = proto == UDP
     is_icmp = (proto == ICMP) | (proto == ICMPV6)
-    icmp_type = packets["icmp_type"].to_numpy()
-    is_error = ((proto == ICMP) & np.isin(icmp_type, _ICMP_ERRORS)) | (
-        (proto == ICMPV6) & np.isin(icmp_type, _ICMPV6_ERRORS)
+    is_error = ((proto == ICMP) & np.isin(col["icmp_type"], _ICMP_ERRORS)) | (
+        (proto == ICMPV6) & np.isin(col["icmp_type"], _ICMPV6_ERRORS)
     )
-    tcp_fields = np.zeros(n, dtype=np.uint64)
-    for column in ("tcp_flags", "seq", "ack", "mss", "wscale", "sack_perm", "tsval", "tsecr"):
-        tcp_fields = _mix(tcp_fields, packets[column].to_numpy())
-    icmp_fields = np.zeros(n, dtype=np.uint64)
-    for column in ("icmp_type", "icmp_code", "inner_proto"):
-        icmp_fields = _mix(icmp_fields, packets[column].to_numpy())
-    digest = packets["payload_digest"].to_numpy().astype(np.uint64)
-
-    state = _mix(state, np.where(is_tcp, tcp_fields, 0).view(np.int64))
-    state = _mix(state, np.where(is_icmp, icmp_fields, 0).view(np.int64))
+    other = ~(is_tcp | (proto == UDP) | is_icmp)
+    # Small fields packed into words first, so only a few words need hashing.
+    header = _pack(
+        (proto, 8), (col["ip_version"], 4), (col["more_fragments"], 1), (col["frag_offset"], 16),
+        (col["payload_len"], 17), (np.where(other, col["ip_len"], 0), 17),
+    )  # fmt: skip
+    options = _pack(
+        (col["tcp_flags"], 9), (col["wscale"], 5), (col["sack_perm"], 1), (col["mss"], 17),
+        (col["icmp_type"], 9), (col["icmp_code"], 9), (col["inner_proto"], 9),
+    )  # fmt: skip
+    state = _mix(np.full(len(packets), 0x243F6A8885A308D3, dtype=np.uint64), header)
+    state = _mix(state, options)
+    state = _mix(state, np.where(is_tcp, _pack((col["seq"], 32), (col["ack"], 32)), 0))
+    state = _mix(state, np.where(is_tcp, _pack((col["tsval"], 32), (col["tsecr"], 32)), 0))
     # The quoted header inside an ICMP error is rewritten by NAT: not in the key.
-    state = _mix(state, np.where(is_error, np.uint64(0), digest).view(np.int64))
-    # Other IP protocols (and non-first fragments) have only length and IP ID.
-    other = ~(is_tcp | is_udp | is_icmp)
-    state = _mix(state, np.where(other, packets["ip_len"].to_numpy(), 0))
-    state[ip_version == 0] = 0
+    state = _mix(state, np.where(is_error, np.uint64(0), col["payload_digest"].astype(np.uint64)))
     state[state == 0] = 1  # keep 0 free as "not matchable"
-    state[ip_version == 0] = 0
+    state[col["ip_version"] == 0] = 0
     return state
 
 
@@ -104,51 +106,114 @@ def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 
-def _sightings(capture: np.ndarray, key: np.ndarray, ip_id: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Sighting number per row: copies of one packet inside one capture share it."""
-    order = np.lexsort((ts, ip_id, key, capture))
-    c, k, i, t = capture[order], key[order], ip_id[order], ts[order]
-    new = np.ones(len(order), dtype=bool)
-    if len(order) > 1:
-        same = (c[1:] == c[:-1]) & (k[1:] == k[:-1]) & (i[1:] == i[:-1])
-        new[1:] = ~(same & (t[1:] - t[:-1] <= DUPLICATE_WINDOW_NS))
-    sighting_sorted = np.cumsum(new) - 1
-    sighting = np.empty(len(order), dtype=np.int64)
-    sighting[order] = sighting_sorted
-    return sighting
+def _by_capture_then_time(capture: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order by capture, then time; cheap when each capture is already in time order."""
+    order = np.argsort(capture.astype(np.int16), kind="stable")  # radix sort on small ints
+    c, t = capture[order], ts[order]
+    if np.any((c[1:] == c[:-1]) & (t[1:] < t[:-1])):
+        order = np.lexsort((ts, capture))
+    return order
 
 
-def _occurrence_groups(sight: pd.DataFrame, by: Sequence[str]) -> np.ndarray:
-    """Group id per sighting: same ``by`` columns and same rank in time at its capture."""
-    ranked = sight.sort_values("ts")
-    occurrence = ranked.groupby(["capture", *by], sort=False).cumcount()
-    occurrence = occurrence.reindex(sight.index)
-    keys = [sight[c].to_numpy() for c in by] + [occurrence.to_numpy()]
-    frame = pd.DataFrame({str(i): k for i, k in enumerate(keys)})
-    return frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy()
+def _starts(*columns: np.ndarray) -> np.ndarray:
+    """True where any of the (sorted) columns changes: the first row of each run."""
+    n = len(columns[0])
+    new = np.zeros(n, dtype=bool)
+    if n:
+        new[0] = True
+        for column in columns:
+            new[1:] |= column[1:] != column[:-1]
+    return new
 
 
-def _match_sightings(sight: pd.DataFrame) -> np.ndarray:
-    """Match id per sighting (-1 when seen at one point only)."""
-    match = np.full(len(sight), -1, dtype=np.int64)
-    # Pass 1: content key and IP ID.
-    group = _occurrence_groups(sight, ["key", "ip_id"])
-    spread = pd.Series(sight["capture"].to_numpy()).groupby(group).transform("nunique").to_numpy()
-    matched = spread > 1
-    _, match_ids = np.unique(group[matched], return_inverse=True)
-    match[matched] = match_ids
-    next_id = int(match_ids.max()) + 1 if len(match_ids) else 0
-    # Pass 2: what is left, without the IP ID (a box on the path rewrote it).
-    rest = sight[~matched]
-    if len(rest):
-        group2 = _occurrence_groups(rest, ["key"])
-        spread2 = pd.Series(rest["capture"].to_numpy()).groupby(group2).transform("nunique").to_numpy()
-        matched2 = spread2 > 1
-        if matched2.any():
-            _, ids2 = np.unique(group2[matched2], return_inverse=True)
-            rest_positions = np.flatnonzero(~matched)
-            match[rest_positions[matched2]] = ids2 + next_id
-    return match
+def _rank_in_run(new_item: np.ndarray, new_run: np.ndarray) -> np.ndarray:
+    """0-based rank of each item inside its run (both flags mark first rows, in sorted order)."""
+    count = np.cumsum(new_item)
+    run_first = np.flatnonzero(new_run)[np.cumsum(new_run) - 1]
+    return count - count[run_first]
+
+
+def _group_matches(group_run: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
+    """Match id per sighting: same run and same occurrence, seen at two points or more; else -1.
+
+    Inside one run each capture has each occurrence once, so a group's size
+    is its number of points.
+    """
+    composite = group_run * (int(occurrence.max()) + 1) + occurrence if len(occurrence) else occurrence
+    order = np.argsort(composite, kind="stable")  # nearly sorted already: cheap
+    new = _starts(composite[order])
+    group = np.cumsum(new) - 1
+    sizes = np.bincount(group)
+    matched = sizes >= 2
+    ids = np.where(matched, np.cumsum(matched) - 1, -1)
+    result = np.empty(len(order), dtype=np.int64)
+    result[order] = ids[group]
+    return result
+
+
+@dataclass(frozen=True)
+class _Sightings:
+    """Per sighting (one packet seen at one point, copies collapsed): its rows and facts."""
+
+    first_row: np.ndarray  # packet position of the earliest copy
+    capture: np.ndarray
+    ts: np.ndarray
+    ttl: np.ndarray  # highest TTL among the copies (the way in)
+    match: np.ndarray  # -1 when seen at one point only
+    row_sighting: np.ndarray  # per packet position: its sighting (unmatchable rows get their own)
+    rows_sorted: np.ndarray  # matchable positions, grouped by sighting, copies in time order
+
+
+def _find_sightings(
+    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, ttl: np.ndarray
+) -> _Sightings:
+    base = _by_capture_then_time(capture, ts)
+    rows = base[key[base] != 0]
+    content = _mix(key[rows], ip_id[rows])
+    order = np.argsort(content, kind="stable")  # stays in capture, time order inside a key
+    rows, content = rows[order], content[order]
+    c, t = capture[rows], ts[rows]
+    new_key = _starts(content)
+    new_run = new_key | _starts(c)
+    gap = np.zeros(len(rows), dtype=bool)
+    gap[1:] = (t[1:] - t[:-1]) > DUPLICATE_WINDOW_NS
+    new_sighting = new_run | gap
+    first = np.flatnonzero(new_sighting)
+    occurrence = _rank_in_run(new_sighting, new_run)[first]
+    key_run = (np.cumsum(new_key) - 1)[first]
+    match = _group_matches(key_run, occurrence)
+
+    first_row = rows[first]
+    sight_ts = t[first]
+    sight_capture = c[first]
+    left = np.flatnonzero(match < 0)
+    if len(left):
+        # Second pass without the IP ID: a box on the path may rewrite it.
+        k = key[first_row[left]]
+        order2 = np.lexsort((sight_ts[left], sight_capture[left], k))
+        left = left[order2]
+        k = k[order2]
+        new_k = _starts(k)
+        new_run2 = new_k | _starts(sight_capture[left])
+        occurrence2 = _rank_in_run(np.ones(len(left), dtype=bool), new_run2)
+        match2 = _group_matches(np.cumsum(new_k) - 1, occurrence2)
+        found = match2 >= 0
+        match[left[found]] = match2[found] + (int(match.max()) + 1)
+
+    n_rows = len(key)
+    row_sighting = np.empty(n_rows, dtype=np.int64)
+    row_sighting[rows] = np.cumsum(new_sighting) - 1
+    lone = np.flatnonzero(key == 0)
+    row_sighting[lone] = len(first) + np.arange(len(lone))
+    return _Sightings(
+        first_row=first_row,
+        capture=sight_capture,
+        ts=sight_ts,
+        ttl=np.maximum.reduceat(ttl[rows], first) if len(first) else np.zeros(0, dtype=np.int64),
+        match=match,
+        row_sighting=row_sighting,
+        rows_sorted=rows,
+    )
 
 
 @dataclass
@@ -235,39 +300,24 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     ts = packets["ts_ns"].to_numpy().astype(np.int64)
     ttl = packets["ttl"].to_numpy().astype(np.int64)
     ip_id = packets["ip_id"].to_numpy().astype(np.int64)
-    key = packet_keys(packets)
-    matchable = key != 0
+    sights = _find_sightings(packet_keys(packets), ip_id, capture_code, ts, ttl)
+    lone = len(sights.row_sighting) - len(sights.rows_sorted)
+    sighting_match = np.concatenate([sights.match, np.full(lone, -1, dtype=np.int64)])
+    row_match = sighting_match[sights.row_sighting]
 
-    row_sighting = _sightings(capture_code, key, ip_id, ts)
-    rows = np.flatnonzero(matchable)
-    # One line per sighting: its first row (earliest copy, highest TTL).
-    first_row = pd.Series(rows).groupby(row_sighting[rows]).first()
-    sight = pd.DataFrame(
-        {
-            "sighting": first_row.index.to_numpy(),
-            "row": first_row.to_numpy(),
-        }
-    )
-    sight["capture"] = capture_code[sight["row"]]
-    sight["key"] = key[sight["row"]]
-    sight["ip_id"] = ip_id[sight["row"]]
-    sight["ts"] = ts[sight["row"]]
-    sight["ttl"] = pd.Series(ttl[rows]).groupby(row_sighting[rows]).max().reindex(sight["sighting"]).to_numpy()
-    sight["match"] = _match_sightings(sight)
-
-    row_match = np.full(len(packets), -1, dtype=np.int64)
-    sighting_match = np.full(int(row_sighting.max()) + 1, -1, dtype=np.int64)
-    sighting_match[sight["sighting"].to_numpy()] = sight["match"].to_numpy()
-    row_match[rows] = sighting_match[row_sighting[rows]]
-
-    matched = sight[sight["match"] >= 0]
+    matched = np.flatnonzero(sights.match >= 0)
+    addresses = _address_codes(packets)
+    sport = packets["sport"].to_numpy().astype(np.int64)
+    dport = packets["dport"].to_numpy().astype(np.int64)
+    rows = sights.first_row[matched]
+    endpoints = np.stack([addresses[0][rows], sport[rows], addresses[1][rows], dport[rows]], axis=1)
     hint_codes = [names.index(n) for n in order_hint if n in names] if order_hint else None
     offsets_by_code, notes_by_code = estimate_offsets(
-        match=matched["match"].to_numpy(),
-        capture=matched["capture"].to_numpy(),
-        ts_ns=matched["ts"].to_numpy(),
-        ttl=matched["ttl"].to_numpy(),
-        flow_direction=_direction_hash(packets, matched["row"].to_numpy()),
+        match=sights.match[matched],
+        capture=sights.capture[matched],
+        ts_ns=sights.ts[matched],
+        ttl=sights.ttl[matched],
+        endpoints=endpoints,
         n_captures=len(names),
         reference=names.index(reference) if reference else 0,
         order_hint=hint_codes,
@@ -279,9 +329,12 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
         offset_ns_by_code[code] = round(o.offset_s * 1e9)
     ts_ref = ts + offset_ns_by_code[capture_code]
 
-    matches = _matches_table(packets, row_match, row_sighting, capture_code, names, ts_ref, ttl)
-    paths = _paths_table(matches)
-    nat_map = _nat_map(matches, packets)
+    hop = np.full(len(sights.match), -1, dtype=np.int64)
+    hop[matched] = _hop_order(
+        sights.match[matched], sights.capture[matched], sights.ttl[matched], ts_ref[rows], len(names)
+    )
+    matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
+    paths = _paths_table(matches, names)
     return Correlation(
         matches=matches,
         paths=paths,
@@ -289,98 +342,163 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
         offsets=offsets,
         nat_map=nat_map,
         row_match=row_match,
-        row_sighting=row_sighting,
+        row_sighting=sights.row_sighting,
         ts_ref_ns=ts_ref,
         clock_notes=notes,
     )
 
 
-def _direction_hash(packets: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """A hash of (src, sport, dst, dport) as seen at the point, and of the reverse.
+def _address_codes(packets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """src and dst as integer codes into one shared array of address strings."""
+    parts = []
+    for column in ("src", "dst"):
+        values = packets[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            parts.append((values.cat.codes.to_numpy().astype(np.int64), values.cat.categories.astype(str)))
+        else:
+            codes, uniques = pd.factorize(values.astype(str))
+            parts.append((codes.astype(np.int64), pd.Index(uniques).astype(str)))
+    (src_codes, src_cats), (dst_codes, dst_cats) = parts
+    addresses = src_cats.append(dst_cats).unique()
+    src_map = np.append(addresses.get_indexer(src_cats), -1)
+    dst_map = np.append(addresses.get_indexer(dst_cats), -1)
+    # -1 (missing) indexes the appended -1, so absent stays absent.
+    return src_map[src_codes], dst_map[dst_codes], np.asarray(addresses, dtype=object)
 
-    Returns an (n, 2) array: column 0 this packet's direction, column 1 the
-    reverse direction, so the clock estimate can pair a flow's two directions.
+
+def _hop_order(
+    match: np.ndarray, capture: np.ndarray, ttl: np.ndarray, ts_ref: np.ndarray, n_captures: int
+) -> np.ndarray:
+    """Position of each sighting along its packet's path.
+
+    TTL only goes down along a path, so a higher TTL is earlier; equal TTLs
+    fall back to the corrected time, then to the capture order. A sighting's
+    hop is the number of sightings of the same match that come before it.
     """
-    sub = packets.iloc[rows]
-    src = pd.util.hash_array(sub["src"].astype(str).to_numpy())
-    dst = pd.util.hash_array(sub["dst"].astype(str).to_numpy())
-    sport = sub["sport"].to_numpy().astype(np.int64)
-    dport = sub["dport"].to_numpy().astype(np.int64)
-    seed = np.zeros(len(rows), dtype=np.uint64)
-    forward = _mix(_mix(_mix(_mix(seed, src.view(np.int64)), sport), dst.view(np.int64)), dport)
-    reverse = _mix(_mix(_mix(_mix(seed, dst.view(np.int64)), dport), src.view(np.int64)), sport)
-    return np.stack([forward, reverse], axis=1)
+    n_match = int(match.max()) + 1 if len(match) else 0
+    present = np.zeros((n_captures, n_match), dtype=bool)
+    wide_ttl = np.zeros((n_captures, n_match), dtype=np.int64)
+    wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
+    present[capture, match] = True
+    wide_ttl[capture, match] = ttl
+    wide_ts[capture, match] = ts_ref
+    hop = np.zeros(len(match), dtype=np.int64)
+    for other in range(n_captures):
+        o_present = present[other, match]
+        o_ttl = wide_ttl[other, match]
+        o_ts = wide_ts[other, match]
+        earlier = (o_ttl > ttl) | ((o_ttl == ttl) & ((o_ts < ts_ref) | ((o_ts == ts_ref) & (other < capture))))
+        hop += o_present & earlier
+    return hop
 
 
 def _matches_table(
     packets: pd.DataFrame,
-    row_match: np.ndarray,
-    row_sighting: np.ndarray,
-    capture_code: np.ndarray,
+    sights: _Sightings,
+    hop_of_sighting: np.ndarray,
     names: list[str],
     ts_ref: np.ndarray,
     ttl: np.ndarray,
-) -> pd.DataFrame:
-    positions = np.flatnonzero(row_match >= 0)
+    addresses: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sport_all: np.ndarray,
+    dport_all: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The matches table and the NAT map, computed on integer codes (strings only for distinct rewrites)."""
+    sighting_all = sights.row_sighting[sights.rows_sorted]
+    keep = sights.match[sighting_all] >= 0
+    positions = sights.rows_sorted[keep]
     if len(positions) == 0:
-        return pd.DataFrame(columns=list(_MATCH_COLUMNS))
-    sub = packets.iloc[positions]
-    table = pd.DataFrame(
-        {
-            "row": packets.index.to_numpy()[positions],
-            "position": positions,
-            "capture_code": capture_code[positions],
-            "match_id": row_match[positions],
-            "sighting": row_sighting[positions],
-            "ts_ref_ns": ts_ref[positions],
-            "ttl": ttl[positions],
-            "src": sub["src"].astype(str).to_numpy(),
-            "dst": sub["dst"].astype(str).to_numpy(),
-            "sport": sub["sport"].to_numpy(),
-            "dport": sub["dport"].to_numpy(),
-        }
-    )
-    # Path order: TTL only goes down along a path; equal TTLs fall back to the
-    # corrected time. Copies inside one capture sort right after their first.
-    table["sighting_ttl"] = table.groupby("sighting")["ttl"].transform("max")
-    table["sighting_ts"] = table.groupby("sighting")["ts_ref_ns"].transform("min")
-    table = table.sort_values(
-        ["match_id", "sighting_ttl", "sighting_ts", "sighting", "ts_ref_ns"],
-        ascending=[True, False, True, True, True],
-        kind="stable",
-    )
-    table["duplicate"] = table.duplicated("sighting")
-    firsts = table[~table["duplicate"]]
-    hop = firsts.groupby("match_id").cumcount()
-    table["hop"] = hop.reindex(table.index).groupby(table["sighting"]).transform("first").astype(np.int64)
+        return pd.DataFrame(columns=list(_MATCH_COLUMNS)), pd.DataFrame(columns=list(_NAT_COLUMNS))
+    sighting = sighting_all[keep]
+    match = sights.match[sighting]
+    hop = hop_of_sighting[sighting]
+    # Rows come grouped by sighting (copies in time order) and roughly by match: nearly sorted.
+    order = np.argsort(match * (len(names) + 1) + hop, kind="stable")
+    positions, sighting, match, hop = positions[order], sighting[order], match[order], hop[order]
+    src_all, dst_all, address_text = addresses
+    n = len(positions)
+    same_match = np.zeros(n, dtype=bool)
+    same_match[1:] = match[1:] == match[:-1]
+    duplicate = positions != sights.first_row[sighting]
+    cap = sights.capture[sighting]
+    src, dst = src_all[positions], dst_all[positions]
+    sport, dport = sport_all[positions], dport_all[positions]
     # Rewrite against the previous copy along the path: a copy inside the same
     # capture (a box's egress after its ingress) shows what that box rewrote.
-    prev = table.groupby("match_id")[["capture_code", "src", "dst", "sport", "dport"]].shift(1)
-    table["prev_capture"] = ""
-    table["nat"] = ""
-    has_prev = prev["capture_code"].notna().to_numpy()
-    idx = table.index[has_prev]
-    if len(idx):
-        p = prev.loc[idx]
-        cur = table.loc[idx]
-        table.loc[idx, "prev_capture"] = [names[int(c)] for c in p["capture_code"]]
-        table.loc[idx, "nat"] = [
-            describe_rewrite(ps, pd_, int(psp), int(pdp), cs, cd, int(csp), int(cdp))
-            for ps, pd_, psp, pdp, cs, cd, csp, cdp in zip(
-                p["src"],
-                p["dst"],
-                p["sport"],
-                p["dport"],
-                cur["src"],
-                cur["dst"],
-                cur["sport"],
-                cur["dport"],
-                strict=True,
-            )
-        ]
-    table["capture"] = [names[c] for c in table["capture_code"]]
-    table = table.sort_values(["match_id", "hop", "ts_ref_ns"], kind="stable").reset_index(drop=True)
-    return table[[*_MATCH_COLUMNS, "position", "sighting"]]
+    changed = np.zeros(n, dtype=bool)
+    changed[1:] = same_match[1:] & (
+        (src[1:] != src[:-1]) | (dst[1:] != dst[:-1]) | (sport[1:] != sport[:-1]) | (dport[1:] != dport[:-1])
+    )
+    after = np.flatnonzero(changed)
+    before = after - 1
+    proto = packets["proto"].to_numpy()[positions[after]].astype(np.int64)
+    fields = [cap[before], cap[after], proto, src[before], sport[before], dst[before], dport[before],
+              src[after], sport[after], dst[after], dport[after]]  # fmt: skip
+    digest = np.zeros(len(after), dtype=np.uint64)
+    for values in fields:
+        digest = _mix(digest, values)
+    kinds, firsts = pd.factorize(digest)[0], np.zeros(0, dtype=np.int64)
+    if len(after):
+        _, firsts, counts = np.unique(kinds, return_index=True, return_counts=True)
+    else:
+        counts = np.zeros(0, dtype=np.int64)
+    # One tuple of plain ints per distinct rewrite, in the order of ``fields``.
+    combos = [tuple(int(v) for v in row) for row in np.stack(fields, axis=1)[firsts]] if len(after) else []
+
+    def text(code: int) -> str:
+        return str(address_text[code]) if code >= 0 else ""
+
+    descriptions = [
+        describe_rewrite(text(s0), text(d0), sp0, dp0, text(s1), text(d1), sp1, dp1)
+        for _, _, _, s0, sp0, d0, dp0, s1, sp1, d1, dp1 in combos
+    ]
+    # Different boxes may make the same rewrite: one category per distinct text.
+    text_codes, texts = pd.factorize(pd.Index(["", *descriptions]))
+    nat_codes = np.zeros(n, dtype=np.int64)
+    nat_codes[after] = text_codes[kinds + 1]
+    nat = pd.Categorical.from_codes(nat_codes, categories=texts)
+    capture_categories = pd.Index(names)
+    prev_codes = np.full(n, -1, dtype=np.int64)
+    prev_codes[1:] = np.where(same_match[1:], cap[:-1], -1)
+    rows = (
+        positions
+        if isinstance(packets.index, pd.RangeIndex) and packets.index.start == 0 and packets.index.step == 1
+        else packets.index.to_numpy()[positions]
+    )
+
+    categories = pd.Index(address_text)
+    table = pd.DataFrame(
+        {
+            "row": rows,
+            "capture": pd.Categorical.from_codes(cap, categories=capture_categories),
+            "match_id": match,
+            "hop": hop,
+            "duplicate": duplicate,
+            "ts_ref_ns": ts_ref[positions],
+            "ttl": ttl[positions],
+            "src": pd.Categorical.from_codes(src, categories=categories),
+            "dst": pd.Categorical.from_codes(dst, categories=categories),
+            "sport": sport,
+            "dport": dport,
+            "prev_capture": pd.Categorical.from_codes(prev_codes + 1, categories=pd.Index(["", *names]).unique()),
+            "nat": nat,
+            "position": positions,
+            "sighting": sighting,
+        }
+    )
+    capture_names = np.asarray(names, dtype=object)
+    nat_map = pd.DataFrame(
+        {
+            "from_capture": capture_names[[c[0] for c in combos]] if combos else [],
+            "to_capture": capture_names[[c[1] for c in combos]] if combos else [],
+            "proto": [c[2] for c in combos],
+            "before": [f"{_endpoint(text(c[3]), c[4])}→{_endpoint(text(c[5]), c[6])}" for c in combos],
+            "after": [f"{_endpoint(text(c[7]), c[8])}→{_endpoint(text(c[9]), c[10])}" for c in combos],
+            "packets": counts,
+        }
+    )
+    nat_map = nat_map.sort_values(["from_capture", "to_capture", "proto", "before", "after"]).reset_index(drop=True)
+    return table, nat_map
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -401,51 +519,44 @@ def describe_rewrite(
     return ", ".join(parts)
 
 
-def _paths_table(matches: pd.DataFrame) -> pd.DataFrame:
+def _paths_table(matches: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Per match: the points in order (distinct paths are few, so each is built once)."""
     if matches.empty:
         return pd.DataFrame(columns=list(_PATH_COLUMNS))
-    firsts = matches[~matches["duplicate"]]
-    grouped = firsts.groupby("match_id", sort=True)
-    paths = pd.DataFrame(
+    firsts = matches[~matches["duplicate"].to_numpy()]
+    match = firsts["match_id"].to_numpy()
+    code = pd.Categorical(firsts["capture"], categories=names).codes.astype(np.int64)
+    ts = firsts["ts_ref_ns"].to_numpy()
+    new = np.ones(len(match), dtype=bool)
+    new[1:] = match[1:] != match[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(match)) - 1
+    n_points = ends - starts + 1
+    bits = max(1, (len(names) + 1).bit_length())
+    if bits * int(n_points.max()) <= 63:
+        hop = firsts["hop"].to_numpy().astype(np.int64)
+        packed = np.add.reduceat((code + 1) << (bits * hop), starts)
+        kinds, inverse = np.unique(packed, return_inverse=True)
+        decoded = []
+        for value in kinds.tolist():
+            points = []
+            while value:
+                points.append(names[(value & ((1 << bits) - 1)) - 1])
+                value >>= bits
+            decoded.append(tuple(points))
+        points_col = [decoded[i] for i in inverse]
+    else:
+        captures = firsts["capture"].to_numpy()
+        points_col = [tuple(captures[a : b + 1]) for a, b in zip(starts, ends, strict=True)]
+    capture_names = np.asarray(names, dtype=object)
+    return pd.DataFrame(
         {
-            "points": grouped["capture"].agg(tuple),
-            "n_points": grouped.size(),
-            "first_capture": grouped["capture"].first(),
-            "last_capture": grouped["capture"].last(),
-            "first_ts_ns": grouped["ts_ref_ns"].first(),
-            "last_ts_ns": grouped["ts_ref_ns"].last(),
+            "match_id": match[starts],
+            "points": points_col,
+            "n_points": n_points,
+            "first_capture": capture_names[code[starts]],
+            "last_capture": capture_names[code[ends]],
+            "first_ts_ns": ts[starts],
+            "last_ts_ns": ts[ends],
         }
     )
-    paths.index.name = "match_id"
-    return paths.reset_index()
-
-
-def _nat_map(matches: pd.DataFrame, packets: pd.DataFrame) -> pd.DataFrame:
-    """Distinct rewrites between consecutive copies (same capture = inside that box)."""
-    if matches.empty:
-        return pd.DataFrame(columns=list(_NAT_COLUMNS))
-    ordered = matches.sort_values(["match_id", "hop", "ts_ref_ns"], kind="stable")
-    before = ordered.groupby("match_id")[["src", "dst", "sport", "dport"]].shift(1)
-    rewritten = (ordered["nat"] != "").to_numpy()
-    if not rewritten.any():
-        return pd.DataFrame(columns=list(_NAT_COLUMNS))
-    after = ordered[rewritten]
-    before = before[rewritten]
-    proto = packets["proto"].to_numpy()[after["position"].to_numpy()]
-    table = pd.DataFrame(
-        {
-            "from_capture": after["prev_capture"].to_numpy(),
-            "to_capture": after["capture"].to_numpy(),
-            "proto": proto,
-            "before": [
-                f"{_endpoint(s, int(sp))}→{_endpoint(d, int(dp))}"
-                for s, sp, d, dp in zip(before["src"], before["sport"], before["dst"], before["dport"], strict=True)
-            ],
-            "after": [
-                f"{_endpoint(s, int(sp))}→{_endpoint(d, int(dp))}"
-                for s, sp, d, dp in zip(after["src"], after["sport"], after["dst"], after["dport"], strict=True)
-            ],
-        }
-    )
-    counted = table.groupby(["from_capture", "to_capture", "proto", "before", "after"], sort=True).size()
-    return counted.rename("packets").reset_index()
