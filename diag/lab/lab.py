@@ -47,6 +47,12 @@ def preflight() -> None:
         raise LabError(f"missing tools: {', '.join(missing)} (./quickstart installs them)")
     if not Path("/proc/self/ns/net").exists():
         raise LabError("kernel feature missing: network namespaces (CONFIG_NET_NS)")
+    conntrack = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+    if not conntrack.exists() and shutil.which("modprobe"):
+        # Loading a module changes no namespace's configuration; it is the one host-wide step allowed.
+        subprocess.run(["modprobe", "nf_conntrack"], capture_output=True, timeout=30)
+    if not conntrack.exists():
+        raise LabError("kernel feature missing: netfilter connection tracking (nf_conntrack)")
 
 
 def _new_name() -> str:
