@@ -531,16 +531,44 @@ def test_unknown_load_balancer_is_a_clear_error(endpoint: str, capsys: pytest.Ca
     assert err == f"diag: no load balancer 'nope' in region {REGION}\n"
 
 
+ELB_READS = [
+    "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeListeners",
+    "elasticloadbalancing:DescribeListenerAttributes", "elasticloadbalancing:DescribeTargetGroups",
+    "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetHealth",
+]
+EC2_READS = ["ec2:DescribeInstances", "ec2:DescribeSubnets", "ec2:DescribeRouteTables", "ec2:DescribeNatGateways",
+             "ec2:DescribeVpcs"]
+
+
+@pytest.mark.parametrize(
+    ("allowed", "extra", "status", "message"),
+    [
+        pytest.param(
+            [a for a in ELB_READS if not a.endswith("TargetGroupAttributes")], [], 2,
+            "diag: access denied: the credentials lack permission elasticloadbalancing:DescribeTargetGroupAttributes",
+            id="target-group-attributes",
+        ),
+        pytest.param(
+            ELB_READS + EC2_READS, [], 2,
+            "diag: access denied: the credentials lack permission cloudwatch:GetMetricData "
+            "(or skip metrics with --no-metrics)",
+            id="metrics",
+        ),
+        pytest.param(
+            [a for a in ELB_READS if not a.endswith("ListenerAttributes")] + EC2_READS, ["--no-metrics"], 0,
+            "elasticloadbalancing:DescribeListenerAttributes; listener idle timeouts are assumed",
+            id="listener-attributes-only-noted",
+        ),
+    ],
+)
 def test_access_denied_names_the_missing_permission(
-    endpoint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    endpoint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    allowed: list[str], extra: list[str], status: int, message: str,
 ) -> None:
+    """moto enforces IAM for a user whose policy lacks one permission; the error names exactly that one."""
     build_account(endpoint)
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=endpoint)
+    iam = client(endpoint, "iam")
     iam.create_user(UserName="auditor")
-    allowed = [
-        "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeListeners",
-        "elasticloadbalancing:DescribeListenerAttributes", "elasticloadbalancing:DescribeTargetGroups",
-    ]  # but not DescribeTargetGroupAttributes
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}]}
     iam.put_user_policy(UserName="auditor", PolicyName="partial", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="auditor")["AccessKey"]
@@ -552,21 +580,50 @@ def test_access_denied_names_the_missing_permission(
     )
     urllib.request.urlopen(set_auth(data=b"0")).close()  # enforce IAM from the next request on
     try:
-        status, _, err = run_cli(["aws", "check", "--region", REGION, "--endpoint-url", endpoint], capsys)
+        result, out, err = run_cli(["aws", "check", "--region", REGION, "--endpoint-url", endpoint, *extra], capsys)
     finally:
         urllib.request.urlopen(set_auth(data=b"inf")).close()
-    assert status == 2
-    assert err.startswith("diag: access denied")
-    assert "elasticloadbalancing:DescribeTargetGroupAttributes" in err
-    assert err.count("\n") == 1
+    assert result == status
+    if status == 2:
+        assert err == message + "\n"
+    else:
+        assert out.startswith("verdict: asymmetric-return") and message in out
 
 
-def test_access_denied_without_action_in_message_still_names_it() -> None:
-    error = botocore.exceptions.ClientError(
-        {"Error": {"Code": "UnauthorizedOperation", "Message": "You are not authorized to perform this operation."}},
-        "DescribeRouteTables",
-    )
-    assert str(translate(error)) == "access denied: the credentials lack permission ec2:DescribeRouteTables"
+@pytest.mark.parametrize(
+    ("response", "operation", "expected"),
+    [
+        pytest.param(
+            {"Error": {"Code": "UnauthorizedOperation", "Message": "You are not authorized to perform this."}},
+            "DescribeRouteTables", "access denied: the credentials lack permission ec2:DescribeRouteTables",
+            id="ec2-message-without-action",
+        ),
+        pytest.param(
+            {"Error": {"Code": "AccessDenied", "Message": "User: u is not authorized to perform: iam:GetUser on x"}},
+            "GetUser", "access denied: the credentials lack permission iam:GetUser",
+            id="action-from-message",
+        ),
+        pytest.param(
+            {"Error": {"Code": "403", "Message": "<ErrorResponse>..."}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+            "GetMetricData", "access denied: the credentials lack permission cloudwatch:GetMetricData",
+            id="unparsed-403",
+        ),
+        pytest.param(
+            {"Error": {"Code": "InvalidClientTokenId", "Message": "The security token included in the request is "
+                       "invalid."}, "ResponseMetadata": {"HTTPStatusCode": 403}},
+            "DescribeLoadBalancers",
+            "AWS rejected the credentials (InvalidClientTokenId) on DescribeLoadBalancers: The security token "
+            "included in the request is invalid.",
+            id="bad-key",
+        ),
+        pytest.param(
+            {"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "DescribeTargetHealth",
+            "AWS error on DescribeTargetHealth: Throttling: Rate exceeded", id="other",
+        ),
+    ],
+)
+def test_botocore_errors_become_one_line(response: dict[str, Any], operation: str, expected: str) -> None:
+    assert str(translate(botocore.exceptions.ClientError(response, operation))) == expected  # type: ignore[arg-type]
 
 
 def export(endpoint: str, capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> tuple[Topology, str]:

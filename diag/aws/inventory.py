@@ -27,7 +27,7 @@ from diag.aws.model import (
     TargetGroup,
     default_preserve_client_ip,
 )
-from diag.aws.session import AwsClients, is_unsupported_operation
+from diag.aws.session import AwsClients, is_access_denied, is_unsupported_operation, translate
 from diag.errors import DiagError
 
 # EC2 filters take at most 200 values; chunk longer id lists.
@@ -40,7 +40,7 @@ def read_inventory(clients: AwsClients, lb: str | None = None, page_size: int | 
     paging: dict[str, Any] = {"PaginationConfig": {"PageSize": page_size}} if page_size else {}
     # EC2 list calls refuse pages smaller than 5.
     ec2_paging: dict[str, Any] = {"PaginationConfig": {"PageSize": max(page_size, 5)}} if page_size else {}
-    balancers = list(_load_balancers(clients, lb, paging))
+    balancers = list(_load_balancers(clients, lb, paging, notes))
     target_groups: dict[str, TargetGroup] = {}
     for balancer in balancers:
         for group in _target_groups(clients, balancer.arn, paging, notes):
@@ -74,7 +74,9 @@ def read_inventory(clients: AwsClients, lb: str | None = None, page_size: int | 
     )
 
 
-def _load_balancers(clients: AwsClients, lb: str | None, paging: dict[str, Any]) -> Iterator[LoadBalancer]:
+def _load_balancers(
+    clients: AwsClients, lb: str | None, paging: dict[str, Any], notes: list[str]
+) -> Iterator[LoadBalancer]:
     selector: dict[str, Any] = {}
     if lb:
         selector = {"LoadBalancerArns": [lb]} if lb.startswith("arn:") else {"Names": [lb]}
@@ -102,11 +104,11 @@ def _load_balancers(clients: AwsClients, lb: str | None, paging: dict[str, Any])
                 vpc_id=raw.get("VpcId", ""),
                 dns_name=raw.get("DNSName", ""),
                 subnet_ids=tuple(z["SubnetId"] for z in raw.get("AvailabilityZones", []) if z.get("SubnetId")),
-                listeners=tuple(_listeners(clients, arn, paging)),
+                listeners=tuple(_listeners(clients, arn, paging, notes)),
             )
 
 
-def _listeners(clients: AwsClients, lb_arn: str, paging: dict[str, Any]) -> Iterator[Listener]:
+def _listeners(clients: AwsClients, lb_arn: str, paging: dict[str, Any], notes: list[str]) -> Iterator[Listener]:
     paginator = clients.elbv2.get_paginator("describe_listeners")
     for page in paginator.paginate(LoadBalancerArn=lb_arn, **paging):
         for raw in page.get("Listeners", []):
@@ -116,7 +118,7 @@ def _listeners(clients: AwsClients, lb_arn: str, paging: dict[str, Any]) -> Iter
                 protocol=protocol,
                 port=int(raw.get("Port", 0)),
                 target_group_arns=_forwarded_groups(raw.get("DefaultActions", [])),
-                idle_timeout_s=_listener_idle_timeout(clients, raw["ListenerArn"], protocol),
+                idle_timeout_s=_listener_idle_timeout(clients, raw["ListenerArn"], protocol, notes),
             )
 
 
@@ -130,7 +132,8 @@ def _forwarded_groups(actions: Iterable[Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(arns))
 
 
-def _listener_idle_timeout(clients: AwsClients, listener_arn: str, protocol: str) -> Setting:
+def _listener_idle_timeout(clients: AwsClients, listener_arn: str, protocol: str, notes: list[str]) -> Setting:
+    """The listener's TCP idle timeout: read where possible, else AWS's default (only an aside to the check)."""
     if protocol not in TCP_PROTOCOLS:
         return Setting(None, "default")
     if not hasattr(clients.elbv2, "describe_listener_attributes"):  # botocore older than the API
@@ -138,8 +141,15 @@ def _listener_idle_timeout(clients: AwsClients, listener_arn: str, protocol: str
     try:
         attributes = clients.elbv2.describe_listener_attributes(ListenerArn=listener_arn).get("Attributes", [])
     except botocore.exceptions.ClientError as error:
-        # Listener attributes arrived in 2024; an API without them has the fixed default.
+        # Listener attributes arrived in 2024: older API versions lack them, and read-only policies written
+        # before then lack the permission. Neither is worth stopping the check for.
         if is_unsupported_operation(error):
+            return Setting(NLB_TCP_IDLE_TIMEOUT_S, "default")
+        if is_access_denied(error):
+            notes.append(
+                f"{translate(error)}; listener idle timeouts are assumed to be AWS's default "
+                f"{NLB_TCP_IDLE_TIMEOUT_S} s"
+            )
             return Setting(NLB_TCP_IDLE_TIMEOUT_S, "default")
         raise
     value = _attribute(attributes, "tcp.idle_timeout.seconds")

@@ -119,17 +119,27 @@ def is_unsupported_operation(error: botocore.exceptions.ClientError) -> bool:
     return error.response.get("Error", {}).get("Code", "") in UNSUPPORTED_OPERATION_CODES
 
 
+def is_access_denied(error: botocore.exceptions.ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    if code in ACCESS_DENIED_CODES:
+        return True
+    # An error body the client could not parse leaves only the HTTP status as the code; 403 that is not a
+    # credentials problem is a refused permission.
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code == "403" or (status == 403 and code not in BAD_CREDENTIAL_CODES)
+
+
 def translate(error: Exception) -> DiagError:
     """One line for the user from a botocore error, naming what is missing."""
     if isinstance(error, botocore.exceptions.ClientError):
         details = error.response.get("Error", {})
         code = details.get("Code", "")
-        message = details.get("Message", "")
+        message = " ".join(details.get("Message", "").split())
         operation = error.operation_name
-        if code in ACCESS_DENIED_CODES:
-            return DiagError(f"access denied: the credentials lack permission {_iam_action(operation, message)}")
         if code in BAD_CREDENTIAL_CODES:
             return DiagError(f"AWS rejected the credentials ({code}) on {operation}: {message}".rstrip(": "))
+        if is_access_denied(error):
+            return DiagError(f"access denied: the credentials lack permission {_iam_action(operation, message)}")
         return DiagError(f"AWS error on {operation}: {code}: {message}".rstrip(": "))
     if isinstance(error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
         return DiagError(f"no usable AWS credentials: {error}")
@@ -143,11 +153,12 @@ def translate(error: Exception) -> DiagError:
 
 
 def _iam_action(operation: str, message: str) -> str:
-    in_message = _ACTION_IN_MESSAGE.search(message)
-    if in_message:
-        return in_message.group(1)
+    """The IAM action: ours for the operations diag calls (each is its own action), else what AWS's message says."""
     prefix = IAM_PREFIX_BY_OPERATION.get(operation)
-    return f"{prefix}:{operation}" if prefix else operation
+    if prefix:
+        return f"{prefix}:{operation}"
+    in_message = _ACTION_IN_MESSAGE.search(message)
+    return in_message.group(1) if in_message else operation
 
 
 @contextmanager

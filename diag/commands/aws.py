@@ -59,12 +59,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run_check(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
+    import botocore.exceptions
+
     from diag.aws.assess import assess
     from diag.aws.flowlogs import FlowLog, parse_format, read_file, read_log_group
     from diag.aws.inventory import read_inventory
     from diag.aws.metrics import MetricsWindow, parse_since, read_metrics
     from diag.aws.render import render_text
-    from diag.aws.session import aws_errors, connect
+    from diag.aws.session import aws_errors, connect, is_access_denied, translate
 
     since = parse_since(args.since)
     flow_format = parse_format(args.flow_format) if args.flow_format else None
@@ -77,7 +79,12 @@ def run_check(args: argparse.Namespace) -> int:
         inventory = read_inventory(clients, args.lb)
         metrics: MetricsWindow | None = None
         if not args.no_metrics:
-            metrics = read_metrics(clients.cloudwatch, inventory, since, now)
+            try:
+                metrics = read_metrics(clients.cloudwatch, inventory, since, now)
+            except botocore.exceptions.ClientError as error:
+                if not is_access_denied(error):
+                    raise
+                raise DiagError(f"{translate(error)} (or skip metrics with --no-metrics)") from error
         if args.flow_logs_group:
             end_ms = int(now.timestamp() * 1000)
             start_ms = end_ms - int(since.total_seconds() * 1000)
