@@ -13,6 +13,10 @@ CHECK_HELP = "read the account's Network Load Balancers, routes and NAT gateways
 EXPORT_HELP = "write the account's load balancer, subnets and NAT gateway as a lab topology TOML"
 
 
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + "."
+
+
 def _add_connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="P", help="AWS profile (default: the standard credential chain)")
     parser.add_argument("--region", metavar="R", help="AWS region (default: from the profile or AWS_REGION)")
@@ -22,12 +26,12 @@ def _add_connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("aws", help=HELP, description=HELP.capitalize() + ".")
+    parser = subparsers.add_parser("aws", help=HELP, description=_sentence(HELP))
     commands = parser.add_subparsers(dest="aws_command", metavar="SUBCOMMAND")
     commands.required = True
 
     check = commands.add_parser(
-        "check", help=CHECK_HELP, description=CHECK_HELP.capitalize() + ".",
+        "check", help=CHECK_HELP, description=_sentence(CHECK_HELP),
         epilog="Needs read-only permissions: elasticloadbalancing:Describe*, ec2:DescribeInstances, "
         "ec2:DescribeSubnets, ec2:DescribeRouteTables, ec2:DescribeNatGateways, ec2:DescribeVpcs, "
         "cloudwatch:GetMetricData (unless --no-metrics), logs:FilterLogEvents (with --flow-logs-group).",
@@ -45,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--json", metavar="FILE|-", help="write the diag.report/1 document here (- for stdout only)")
     check.set_defaults(func=run_check)
 
-    export = commands.add_parser("export-lab", help=EXPORT_HELP, description=EXPORT_HELP.capitalize() + ".")
+    export = commands.add_parser("export-lab", help=EXPORT_HELP, description=_sentence(EXPORT_HELP))
     _add_connection_options(export)
     export.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.toml", help="where to write")
     export.add_argument("--force", action="store_true", help="replace FILE.toml if it exists")
