@@ -131,8 +131,13 @@ def tags_before_ip(protocols: str) -> int:
     return 0
 
 
-def compare_with_tshark(frame: pd.DataFrame, packets: list[dict[str, list[str]]]) -> list[str]:
-    """Every disagreement between the packet table and tshark, one line each (empty when they agree)."""
+def compare_with_tshark(
+    frame: pd.DataFrame, packets: list[dict[str, list[str]]], ignore: frozenset[str] = frozenset()
+) -> list[str]:
+    """Every disagreement between the packet table and tshark, one line each (empty when they agree).
+
+    ``ignore`` names fields where tshark is known to be wrong or to differ on purpose.
+    """
     problems: list[str] = []
     if len(frame) != len(packets):
         return [f"{len(frame)} rows but tshark shows {len(packets)} frames"]
@@ -141,7 +146,7 @@ def compare_with_tshark(frame: pd.DataFrame, packets: list[dict[str, list[str]]]
         number = row["index"]
 
         def check(what: str, ours: object, theirs: object, number: int = number) -> None:
-            if ours != theirs:
+            if ours != theirs and what not in ignore:
                 problems.append(f"packet {number}: {what}: read_capture {ours!r}, tshark {theirs!r}")
 
         if ref["time"]:

@@ -86,7 +86,14 @@ class Feed:
 
     def _read_into(self, target: memoryview) -> int:
         try:
-            got = self.stream.readinto(target)  # type: ignore[attr-defined]
+            if isinstance(self.stream, gzip.GzipFile):
+                # read1 hands over what one step decompressed, so a stream that breaks
+                # off later still yields everything before the break.
+                data = self.stream.read1(len(target))
+                target[: len(data)] = data
+                got = len(data)
+            else:
+                got = self.stream.readinto(target)  # type: ignore[attr-defined]
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as error:
             self.eof = True
             self.diagnostics.warn(f"the file cannot be read past byte {self.bytes_read} ({error}); the rest is skipped")
