@@ -440,6 +440,7 @@ def test_check_with_flow_logs_group_confirms_the_nat_gateway(
     (finding,) = document["findings"]
     assert finding["origin"] == account.nat_gateway
     assert finding["flow"]["client"] == "203.0.113.10:38622"
+    assert finding["claimed_src"] == "203.0.113.10"  # the RST claimed to come from the client
     assert any("NAT gateway's interface" in line for line in finding["evidence"])
     assert not any("203.0.113.12" in line or "203.0.113.11" in line for line in finding["evidence"])
     assert any("1 flow log line(s)" in w for w in document["warnings"])

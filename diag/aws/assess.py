@@ -166,6 +166,7 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
                 base,
                 confidence=max(base.confidence, best.confidence),
                 client=f"{best.client}:{best.client_port}",
+                claimed_src=best.client,
                 evidence=(*base.evidence, *evidence),
             )
             continue
