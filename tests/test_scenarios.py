@@ -143,7 +143,7 @@ def test_rerun_into_a_previous_output_replaces_it(run_of: Callable[[str], Run]) 
                             capture_output=True, text=True, cwd=PROJECT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
-    assert '"schema": "diag.report/1"' in result.stdout
+    assert json.loads(result.stdout)["schema"] == "diag.report/1"
     stages = [line for line in result.stderr.splitlines() if line.startswith("diag: [")]
     assert [s.split("] ")[1].split(":")[0] for s in stages][:5] == [
         "lab up", "captures listening", "traffic", "captures stopped", "lab down"]
@@ -158,3 +158,24 @@ def test_expectations_tell_scenarios_apart(run_of: Callable[[str], Run]) -> None
                             fixed.record["addresses"])
     assert any(f.startswith("client: ") and "syn-ack" in f for f in failures)
     assert any(f.startswith("pod-b: ") or f.startswith("natgw: ") for f in failures)
+
+
+def test_keep_lab_leaves_it_up_for_diag_lab(tmp_path: Path) -> None:
+    require_root()
+    from diag.lab import lab_down, list_labs
+    from diag.lab.plan import netns_name
+
+    result = subprocess.run([sys.executable, "-m", "diag.cli", "run-scenario", "udp-asymmetric", "--keep-lab",
+                             "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    name = json.loads((tmp_path / "out" / "run.json").read_text())["lab"]
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"diag lab down {name}" in result.stderr
+        assert name in {lab.name for lab in list_labs()}
+        probe = subprocess.run(["ip", "netns", "exec", netns_name(name, "client"), "ip", "-br", "addr"],
+                               capture_output=True, text=True)
+        assert "203.0.113.10" in probe.stdout
+    finally:
+        lab_down(name)
+    assert name not in {lab.name for lab in list_labs()}

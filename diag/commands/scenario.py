@@ -73,11 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if result.report is not None:
         from diag.textreport import render_text
 
-        print(render_text(result.report))
         if args.json == "-":
-            print(result.report.dumps())
-        elif args.json:
-            Path(args.json).write_text(result.report.dumps() + "\n")
+            print(result.report.dumps())  # stdout is the JSON document alone, for piping
+        else:
+            print(render_text(result.report))
+        if args.json and args.json != "-":
+            try:
+                Path(args.json).write_text(result.report.dumps() + "\n")
+            except OSError as error:
+                raise DiagError(f"--json {args.json}: cannot write: {error.strerror}") from None
     else:
         for step in result.steps:
             print(f"{step.label}: {step.outcome}")
