@@ -98,6 +98,7 @@ def build_account(
     name: str = "incident",
     explicit_private_association: bool = True,
     scheme: str = "internet-facing",
+    nodes: int = 2,
 ) -> Account:
     """The incident's account: NLB -> instance targets in a private subnet whose default route is a NAT gateway.
 
@@ -129,8 +130,13 @@ def build_account(
         ec2.create_route(RouteTableId=private_table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
     elif nodes_default_route == "igw":
         ec2.create_route(RouteTableId=private_table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
-    reservation = ec2.run_instances(ImageId="ami-03cf127a", MinCount=2, MaxCount=2, SubnetId=private_subnet)
-    instances = [i["InstanceId"] for i in reservation["Instances"]]
+    instances = [
+        # One reservation each, as separately launched nodes are: DescribeInstances pages by reservation.
+        ec2.run_instances(ImageId="ami-03cf127a", MinCount=1, MaxCount=1, SubnetId=private_subnet)["Instances"][0][
+            "InstanceId"
+        ]
+        for _ in range(nodes)
+    ]
     lb = elbv2.create_load_balancer(
         Name=name, Subnets=[public_subnet], Type="network", Scheme=scheme
     )["LoadBalancers"][0]
@@ -259,15 +265,17 @@ def test_listener_idle_timeout_is_read_from_the_api(endpoint: str) -> None:
     assert balancer.listeners[0].idle_timeout_s.source == "api"
 
 
-def test_load_balancers_are_read_across_pages(endpoint: str) -> None:
-    account = build_account(endpoint)
+def test_load_balancers_and_instances_are_read_across_pages(endpoint: str) -> None:
+    account = build_account(endpoint, nodes=7)
     elbv2 = client(endpoint, "elbv2")
     for number in range(3):
         elbv2.create_load_balancer(Name=f"extra-{number}", Subnets=[account.public_subnet], Type="network")
-    # One balancer per page: every page must be followed to see all four.
+    # One balancer per page (and five instances, EC2's smallest page): every page must be followed.
     inventory = read_inventory(clients_for(endpoint), page_size=1)
     assert sorted(b.name for b in inventory.load_balancers) == ["extra-0", "extra-1", "extra-2", "incident"]
-    assert len(check(inventory)) == 1
+    assert sorted(inventory.instances) == sorted(account.instances)
+    (finding,) = check(inventory)
+    assert all(instance in "\n".join(finding.evidence) for instance in account.instances)
 
 
 def test_lb_selects_one_balancer_by_name_or_arn(endpoint: str) -> None:
