@@ -88,8 +88,11 @@ def packet_keys(packets: pd.DataFrame) -> np.ndarray:
     )  # fmt: skip
     state = _mix(np.full(len(packets), 0x243F6A8885A308D3, dtype=np.uint64), header)
     state = _mix(state, options)
-    state = _mix(state, np.where(is_tcp, _pack((col["seq"], 32), (col["ack"], 32)), 0))
-    state = _mix(state, np.where(is_tcp, _pack((col["tsval"], 32), (col["tsecr"], 32)), 0))
+    all_tcp = bool(is_tcp.all())
+    sequence = _pack((col["seq"], 32), (col["ack"], 32))
+    timestamps = _pack((col["tsval"], 32), (col["tsecr"], 32))
+    state = _mix(state, sequence if all_tcp else np.where(is_tcp, sequence, 0))
+    state = _mix(state, timestamps if all_tcp else np.where(is_tcp, timestamps, 0))
     # The quoted header inside an ICMP error is rewritten by NAT: not in the key.
     state = _mix(state, np.where(is_error, np.uint64(0), col["payload_digest"].astype(np.uint64)))
     state[state == 0] = 1  # keep 0 free as "not matchable"
@@ -108,6 +111,9 @@ def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
 
 def _by_capture_then_time(capture: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Row order by capture, then time; cheap when each capture is already in time order."""
+    same = capture[1:] == capture[:-1]
+    if np.all(capture[1:] >= capture[:-1]) and not np.any(same & (ts[1:] < ts[:-1])):
+        return np.arange(len(capture))  # the usual case: captures one after the other, each in time order
     order = np.argsort(capture.astype(np.int16), kind="stable")  # radix sort on small ints
     c, t = capture[order], ts[order]
     if np.any((c[1:] == c[:-1]) & (t[1:] < t[:-1])):
