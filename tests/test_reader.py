@@ -508,3 +508,28 @@ def test_addresses_are_categoricals_of_distinct_values(tmp_path: Path) -> None:
     assert np.array_equal(
         frame.src.iloc[: len(ethernet_frames())].to_numpy(), frame.src.iloc[-len(ethernet_frames()) :].to_numpy()
     )
+
+
+@pytest.mark.parametrize("container", ["pcap", "pcapng", "pcap.gz"])
+def test_randomly_damaged_files_never_raise_anything_but_capture_error(tmp_path: Path, container: str) -> None:
+    frames = ethernet_frames()
+    if container == "pcapng":
+        original = pcapng_section(
+            "<", [(1, "eth0", 9, 0)], [("epb", 0, BASE_NS + i, f, 1) for i, f in enumerate(frames)]
+        )
+    else:
+        original = write_pcap(tmp_path / "seed.pcap", frames).read_bytes()
+    rng = np.random.default_rng(20261127)
+    path = tmp_path / f"damaged.{container}"
+    for _ in range(60):
+        data = bytearray(original)
+        for position in rng.integers(0, len(data), rng.integers(1, 12)):
+            data[position] = int(rng.integers(0, 256))
+        data = data[: int(rng.integers(len(data) // 2, len(data) + 1))]
+        path.write_bytes(gzip.compress(bytes(data)) if container.endswith(".gz") else bytes(data))
+        try:
+            frame = read_quietly(path)
+        except CaptureError:
+            continue
+        assert list(frame.columns) == list(PACKET_COLUMNS)
+        assert (frame.cap_len >= 0).all() and frame["index"].is_monotonic_increasing

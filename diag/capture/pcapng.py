@@ -29,6 +29,7 @@ PACKET_BLOCKS = (EPB, SPB, PB)
 BYTE_ORDER_MAGIC_BIG = b"\x1a\x2b\x3c\x4d"
 BYTE_ORDER_MAGIC_LITTLE = b"\x4d\x3c\x2b\x1a"
 MAX_BLOCK = 0x08000000  # larger blocks are damaged length fields, not packets
+MAX_TS_OFFSET_S = 1 << 33  # some 270 years: anything larger is a damaged option
 
 OPT_END = 0
 OPT_IF_NAME = 2
@@ -176,6 +177,11 @@ class BlockWalker:
             elif code == OPT_IF_TSOFFSET and length == 8:
                 (interface.ts_offset_s,) = struct.unpack(endian + "q", value)
             option += 4 + ((length + 3) & ~3)
+        if abs(interface.ts_offset_s) > MAX_TS_OFFSET_S:
+            self.diagnostics.warn(
+                f"interface {interface.name} declares a timestamp offset of {interface.ts_offset_s} s; it is ignored"
+            )
+            interface.ts_offset_s = 0
         if not _resolution_ok(interface.tsresol):
             self.diagnostics.warn(
                 f"interface {interface.name} declares an unusable timestamp resolution ({interface.tsresol}); "
