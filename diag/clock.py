@@ -9,7 +9,8 @@ only, the estimate assumes the fastest packet took no time (the minimum-delay
 estimate) and carries ``ONE_WAY_UNCERTAINTY_S``.
 
 Which point a packet passed first is decided without clocks where possible:
-the TTL only goes down along a path. When the TTL is equal at both points
+the TTL only goes down along a path (the caller passes a rank built from the
+TTL on arrival and, to break ties on one link, the TTL on leaving). When the TTL is equal at both points
 (same link, or a network that does not decrement it), a flow's two directions
 are paired: the direction whose packets show the larger ``ts_B − ts_A`` is the
 one going A→B. Pairwise estimates are chained from the reference capture

@@ -165,6 +165,7 @@ class _Sightings:
     capture: np.ndarray
     ts: np.ndarray
     ttl: np.ndarray  # highest TTL among the copies (the way in)
+    ttl_out: np.ndarray  # lowest TTL among the copies (the way out, when the point forwarded it)
     match: np.ndarray  # -1 when seen at one point only
     row_sighting: np.ndarray  # per packet position: its sighting (unmatchable rows get their own)
     rows_sorted: np.ndarray  # matchable positions, grouped by sighting, copies in time order
@@ -216,6 +217,7 @@ def _find_sightings(
         capture=sight_capture,
         ts=sight_ts,
         ttl=np.maximum.reduceat(ttl[rows], first) if len(first) else np.zeros(0, dtype=np.int64),
+        ttl_out=np.minimum.reduceat(ttl[rows], first) if len(first) else np.zeros(0, dtype=np.int64),
         match=match,
         row_sighting=row_sighting,
         rows_sorted=rows,
@@ -316,13 +318,16 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     sport = packets["sport"].to_numpy().astype(np.int64)
     dport = packets["dport"].to_numpy().astype(np.int64)
     rows = sights.first_row[matched]
+    # Order along a path: the TTL on arrival only goes down; between two points on
+    # one link (same arrival TTL) the one that forwarded the packet on is later.
+    path_rank = sights.ttl[matched] * 256 + sights.ttl_out[matched]
     endpoints = np.stack([addresses[0][rows], sport[rows], addresses[1][rows], dport[rows]], axis=1)
     hint_codes = [names.index(n) for n in order_hint if n in names] if order_hint else None
     offsets_by_code, notes_by_code = estimate_offsets(
         match=sights.match[matched],
         capture=sights.capture[matched],
         ts_ns=sights.ts[matched],
-        ttl=sights.ttl[matched],
+        ttl=path_rank,
         endpoints=endpoints,
         n_captures=len(names),
         reference=names.index(reference) if reference else 0,
@@ -337,7 +342,7 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
 
     hop = np.full(len(sights.match), -1, dtype=np.int64)
     hop[matched] = _hop_order(
-        sights.match[matched], sights.capture[matched], sights.ttl[matched], ts_ref[rows], len(names)
+        sights.match[matched], sights.capture[matched], path_rank, ts_ref[rows], len(names)
     )
     matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
     paths = _paths_table(matches, names)
@@ -373,12 +378,13 @@ def _address_codes(packets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _hop_order(
-    match: np.ndarray, capture: np.ndarray, ttl: np.ndarray, ts_ref: np.ndarray, n_captures: int
+    match: np.ndarray, capture: np.ndarray, rank: np.ndarray, ts_ref: np.ndarray, n_captures: int
 ) -> np.ndarray:
     """Position of each sighting along its packet's path.
 
-    TTL only goes down along a path, so a higher TTL is earlier; equal TTLs
-    fall back to the corrected time, then to the capture order. A sighting's
+    ``rank`` orders by TTL (it only goes down along a path, so higher is
+    earlier; see ``correlate``); equal ranks fall back to the corrected time,
+    then to the capture order. A sighting's
     hop is the number of sightings of the same match that come before it.
     """
     n_match = int(match.max()) + 1 if len(match) else 0
@@ -386,14 +392,14 @@ def _hop_order(
     wide_ttl = np.zeros((n_captures, n_match), dtype=np.int64)
     wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
     present[capture, match] = True
-    wide_ttl[capture, match] = ttl
+    wide_ttl[capture, match] = rank
     wide_ts[capture, match] = ts_ref
     hop = np.zeros(len(match), dtype=np.int64)
     for other in range(n_captures):
         o_present = present[other, match]
         o_ttl = wide_ttl[other, match]
         o_ts = wide_ts[other, match]
-        earlier = (o_ttl > ttl) | ((o_ttl == ttl) & ((o_ts < ts_ref) | ((o_ts == ts_ref) & (other < capture))))
+        earlier = (o_ttl > rank) | ((o_ttl == rank) & ((o_ts < ts_ref) | ((o_ts == ts_ref) & (other < capture))))
         hop += o_present & earlier
     return hop
 
