@@ -137,10 +137,9 @@ def flow_view(report: Report, flow: FlowSelector = None) -> FlowView:
         raise DiagError("nothing to draw: the report has no packets")
     seed_row, chosen = select_seed(report, flow)
 
-    table = _flow_table(report)
     matches = _normalise_matches(report.matches, packets.index)
-    rows = _connection_rows(table, matches, seed_row)
-    flow_rows = table.loc[rows].sort_values(["t", "position"])
+    positions = _connection_positions(packets, matches, _position_of(packets.index, seed_row))
+    flow_rows = _flow_table(report, positions).sort_values(["t", "position"])
 
     records: Records = {row: {str(k): v for k, v in values.items()}
                         for row, values in flow_rows.to_dict(orient="index").items()}
@@ -150,12 +149,12 @@ def flow_view(report: Report, flow: FlowSelector = None) -> FlowView:
     _number_sequence_space(trips)
     _mark_retransmissions(trips, records)
 
-    findings = _attach_findings(report, trips, table)
+    findings = _attach_findings(report, trips)
     if chosen is None and findings:
         chosen = max(findings, key=lambda f: f.confidence)
 
     lanes_all = [c.name for c in report.captures] or []
-    lanes_all += [str(name) for name in pd.unique(table["capture"]) if str(name) not in lanes_all]
+    lanes_all += [str(name) for name in packets["capture"].unique() if str(name) not in lanes_all]
     forward_paths = [trip.lanes for trip in trips if trip.forward and not trip.is_rst]
     main_path = max(forward_paths, key=len) if forward_paths else (trips[0].lanes if trips else ())
     lanes = order_lanes(lanes_all, main_path, [trip.lanes for trip in trips])
@@ -274,9 +273,9 @@ def _endpoint_columns(packets: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _flow_table(report: Report) -> pd.DataFrame:
-    """The packet columns the pictures need, with endpoints, a connection key and corrected time."""
-    packets = report.packets
+def _flow_table(report: Report, positions: np.ndarray) -> pd.DataFrame:
+    """The rows at ``positions`` with what the pictures need: endpoints, a connection key, corrected time."""
+    packets = report.packets.iloc[positions]
     table = _endpoint_columns(packets)
     table["capture"] = packets["capture"].astype(str)
     table["proto"] = packets["proto"].to_numpy()
@@ -288,8 +287,39 @@ def _flow_table(report: Report) -> pd.DataFrame:
     table["t"] = packets["ts_ns"].to_numpy(dtype=np.int64) / 1e9 + shift
     for column in ("tcp_flags", "seq", "ack", "payload_len", "payload_digest", "ttl"):
         table[column] = packets[column].to_numpy()
-    table["position"] = np.arange(len(table))
+    table["position"] = positions
     return table
+
+
+def _address_codes(column: pd.Series, universe: pd.Index) -> np.ndarray:
+    """Each row's address as its position in ``universe`` (categoricals map their categories, not every row)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        mapping = universe.get_indexer(column.cat.categories.astype(str))
+        codes = column.cat.codes.to_numpy()
+        return np.where(codes >= 0, mapping[codes], -1)
+    return universe.get_indexer(pd.Index(column.astype(str)))
+
+
+def _distinct_text(column: pd.Series) -> np.ndarray:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return np.asarray(column.cat.categories.astype(str))
+    return np.asarray(pd.unique(column.astype(str)))
+
+
+def _connection_ids(packets: pd.DataFrame) -> np.ndarray:
+    """One integer per row naming its connection at its capture point: capture, protocol and both endpoints
+    in either direction. Integers, not text, because a capture can hold millions of other packets."""
+    universe = pd.Index(pd.unique(np.concatenate([_distinct_text(packets["src"]), _distinct_text(packets["dst"])])))
+    port_room = 1 << 17  # ports (and -1 for none) fit below this
+    source = _address_codes(packets["src"], universe).astype(np.int64) * port_room + packets["sport"].to_numpy() + 1
+    target = _address_codes(packets["dst"], universe).astype(np.int64) * port_room + packets["dport"].to_numpy() + 1
+    key = pd.DataFrame({
+        "capture": pd.factorize(packets["capture"])[0],
+        "proto": packets["proto"].to_numpy(),
+        "low": np.minimum(source, target),
+        "high": np.maximum(source, target),
+    })
+    return key.groupby(list(key.columns), sort=False).ngroup().to_numpy()
 
 
 def _normalise_matches(matches: pd.DataFrame | None, packet_index: pd.Index) -> pd.DataFrame:
@@ -307,21 +337,30 @@ def _normalise_matches(matches: pd.DataFrame | None, packet_index: pd.Index) -> 
     return normalised[normalised["row"].isin(packet_index)].reset_index(drop=True)
 
 
-def _connection_rows(table: pd.DataFrame, matches: pd.DataFrame, seed_row: Hashable) -> pd.Index:
-    """Rows of the seed's connection at every point: follow matches through NAT until nothing new joins."""
-    conns = {table.at[seed_row, "conn"]}
-    match_of_row = matches.set_index("row")["match_id"] if not matches.empty else pd.Series(dtype=object)
-    for _ in range(len(table["capture"].unique()) + 2):
-        rows = table.index[table["conn"].isin(conns)]
-        if match_of_row.empty:
-            return rows
-        ids = match_of_row[match_of_row.index.isin(rows)].unique()
-        linked = matches.loc[matches["match_id"].isin(ids), "row"]
-        grown = conns | set(table.loc[table.index.isin(linked), "conn"])
+def _position_of(index: pd.Index, label: Hashable) -> int:
+    """Position of a row label (the first one, should the index repeat it)."""
+    location = index.get_loc(label)
+    if isinstance(location, int):
+        return location
+    if isinstance(location, slice):
+        return int(location.start or 0)
+    return int(np.flatnonzero(location)[0])
+
+
+def _connection_positions(packets: pd.DataFrame, matches: pd.DataFrame, seed: int) -> np.ndarray:
+    """Positions of the seed's connection at every point: follow matches through NAT until nothing new joins."""
+    conn_ids = _connection_ids(packets)
+    match_positions = packets.index.get_indexer(pd.Index(matches["row"])) if not matches.empty else np.zeros(0, int)
+    match_ids = matches["match_id"].to_numpy()
+    conns = {int(conn_ids[seed])}
+    while True:
+        in_flow = np.isin(conn_ids, list(conns))
+        ids = np.unique(match_ids[in_flow[match_positions]])
+        linked = match_positions[np.isin(match_ids, ids)]
+        grown = conns | {int(c) for c in np.unique(conn_ids[linked])}
         if grown == conns:
-            return rows
+            return np.flatnonzero(in_flow)
         conns = grown
-    return table.index[table["conn"].isin(conns)]
 
 
 Records = dict[Hashable, dict[str, Any]]  # packet row label -> that row's values
@@ -460,7 +499,7 @@ def _mark_retransmissions(trips: list[PacketTrip], records: Records) -> None:
         sent.add(key)
 
 
-def _attach_findings(report: Report, trips: list[PacketTrip], table: pd.DataFrame) -> list[Finding]:
+def _attach_findings(report: Report, trips: list[PacketTrip]) -> list[Finding]:
     trip_of_row = {s.row: trip for trip in trips for s in trip.sightings}
     attached = []
     for finding in report.findings:
