@@ -22,8 +22,9 @@ def timeline(report: Report, flow: FlowSelector = None) -> Figure:
     """One connection's packets at each capture point over time (seconds from its first packet)."""
     view = flow_view(report, flow)
     lanes = view.lanes
-    figure = Figure(figsize=(10, 1.6 + 0.5 * len(lanes)), dpi=100)
-    ax = figure.add_axes((0.14, 0.22, 0.84, 0.62))
+    height = 1.9 + 0.45 * len(lanes)
+    figure = Figure(figsize=(10, height), dpi=100)
+    ax = figure.add_axes((0.14, 1.1 / height, 0.84, 1 - 1.65 / height))
     row_of = {lane: row for row, lane in enumerate(lanes)}
 
     for trip in view.trips:
@@ -45,8 +46,8 @@ def timeline(report: Report, flow: FlowSelector = None) -> Figure:
     ax.grid(axis="x", color="#e0e0e0")
     ax.set_axisbelow(True)
     verdict = "healthy" if view.finding is None else view.finding.cause
-    figure.suptitle(f"{view.client} → {view.server} ({view.proto}): {verdict}", fontsize=style.TITLE_SIZE - 1,
-                    x=0.02, ha="left")
+    figure.suptitle(f"Timeline of {view.client} → {view.server} ({view.proto}): {verdict}",
+                    fontsize=style.TITLE_SIZE - 1, x=0.02, y=1 - 0.12 / height, ha="left", va="top")
     handles = [
         Line2D([], [], ls="", marker=">", color=style.SYN_COLOUR, label="SYN"),
         Line2D([], [], ls="", marker="<", color=style.SYNACK_COLOUR, label="SYN-ACK"),
@@ -54,7 +55,8 @@ def timeline(report: Report, flow: FlowSelector = None) -> Figure:
         Line2D([], [], ls="", marker="o", color=style.DATA_COLOUR, label="other"),
         Line2D([], [], ls="", marker="o", color="black", markerfacecolor="none", label="retransmission"),
     ]
-    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=style.SMALL_SIZE, frameon=False)
+    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=style.SMALL_SIZE, frameon=False,
+                  bbox_to_anchor=(0.56, 0.05 / height))
     return figure
 
 
