@@ -302,8 +302,16 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     capture_code, names = _capture_codes(packets)
     present = [names[c] for c in pd.unique(capture_code)] if len(packets) else []
     reference = choose_reference(present)
-    if len(packets) == 0 or len(present) < 2:
+    if len(packets) == 0:
         return _empty_correlation(packets, reference)
+    if len(present) < 2:
+        # Nothing to match, but copies inside the one capture are still one packet.
+        single = _empty_correlation(packets, reference)
+        ts = packets["ts_ns"].to_numpy().astype(np.int64)
+        ip_id = packets["ip_id"].to_numpy().astype(np.int64)
+        ttl = packets["ttl"].to_numpy().astype(np.int64)
+        single.row_sighting = _find_sightings(packet_keys(packets), ip_id, capture_code, ts, ttl).row_sighting
+        return single
 
     ts = packets["ts_ns"].to_numpy().astype(np.int64)
     ttl = packets["ttl"].to_numpy().astype(np.int64)

@@ -103,6 +103,7 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
     # Unmatched packets get ids after every match id so ``pkt`` is unique.
     base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
     table["pkt"] = np.where(table["match"] >= 0, table["match"], base + sighting)
+    table["sighting"] = sighting
     table["copy"] = pd.Series(sighting, index=table.index).duplicated().to_numpy()
     table["ts_ref"] = corr.ts_ref_ns[positions]
     table["node"] = _flow_nodes(table)
@@ -117,6 +118,14 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
     for a, b in set(zip(linked["node"].tolist(), firsts.tolist(), strict=True)):
         if a != b:
             uf.union(a, b)
+    # Copies of one packet inside one capture (a box's way in and way out, NAT
+    # between them) belong to the same connection too.
+    copies = table[["sighting", "node"]].drop_duplicates()
+    first_node = copies.groupby("sighting")["node"].transform("first")
+    for a, b in set(zip(copies["node"].tolist(), first_node.tolist(), strict=True)):
+        if a != b:
+            uf.union(a, b)
+    _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
     table["conn"] = [uf.find(n) for n in table["node"].tolist()]
 
@@ -127,6 +136,37 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
         if connection is not None:
             connections.append(connection)
     return connections
+
+
+def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
+    """Link TCP flows at different points that share their client's address and port.
+
+    With the client's address preserved through NAT (the incident's NLB), a
+    point that saw only the reply side (a NAT gateway) shares no packet with
+    the client's capture, but the client's endpoint is the same: the SYN's
+    source at one point, the SYN-ACK's destination at the other.
+    """
+    flags = table["tcp_flags"].to_numpy()
+    tcp = table["proto"].to_numpy() == TCP
+    syn = tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN)
+    synack = tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN | ACK)
+    clients = pd.concat(
+        [
+            pd.DataFrame({"addr": table["src"][syn], "port": table["sport"][syn], "node": table["node"][syn],
+                          "capture": table["capture"][syn]}),
+            pd.DataFrame({"addr": table["dst"][synack], "port": table["dport"][synack],
+                          "node": table["node"][synack], "capture": table["capture"][synack]}),
+        ]
+    ).drop_duplicates()  # fmt: skip
+    clients = clients[clients["port"] >= 1024]
+    clients["root"] = [uf.find(int(n)) for n in clients["node"]]
+    for _, group in clients.groupby(["addr", "port"], sort=False):
+        per_point = group.drop_duplicates(["capture", "root"])
+        if per_point["capture"].duplicated().any():
+            continue  # two connections from that endpoint at one point: a reused port, leave them apart
+        roots = per_point["root"].tolist()
+        for other in roots[1:]:
+            uf.union(roots[0], other)
 
 
 def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
@@ -166,6 +206,11 @@ def _orient(conn_id: int, rows: pd.DataFrame) -> Connection | None:
     nodes = rows["node"].to_numpy()
     for i in np.flatnonzero(pure_syn):
         orig_at.setdefault(int(nodes[i]), src_ep[i])
+    if proto == TCP:
+        # A SYN-ACK goes to the originator: orients a point that never saw the SYN.
+        synack = (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN | ACK)
+        for i in np.flatnonzero(synack):
+            orig_at.setdefault(int(nodes[i]), (rows["dst"].iloc[i], int(rows["dport"].iloc[i])))
 
     def propagate() -> None:
         changed = True

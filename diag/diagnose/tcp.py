@@ -142,7 +142,24 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
         and maker != own
         and (own is not None or maker == other_host or claimed_hops_at_maker not in (None, 0))
     )
-    if made_elsewhere and maker == other_host:
+    # A point that made a RST in the client's name for a connection whose client
+    # packets it never saw (it only got the server's answer) is not the client.
+    trigger = find_trigger(sides.packets, rst)
+    never_saw_client = (
+        maker is not None
+        and maker != own
+        and rst.from_orig
+        and trigger is not None
+        and trigger.at(maker) is not None
+        and not any(p.from_orig and not p.is_rst and p.at(maker) is not None for p in sides.packets)
+    )
+    if never_saw_client and not made_elsewhere:
+        made_elsewhere = True
+        lines.append(
+            f"{maker} made the RST in the client's name (TTL {rst.first.ttl}, a single copy) yet never saw a packet "
+            f"from the client, only the server's answer arriving: it is a box on the reply's way, not the client"
+        )
+    elif made_elsewhere and maker == other_host:
         lines.append(
             f"the RST reaches {maker} with an initial TTL ({rst.first.ttl}) although the {who}'s own packets arrive "
             f"there from {claimed_hops_at_maker} router(s) away: a device next to {maker} made it"
@@ -466,12 +483,14 @@ def _asymmetric_return(
     syns = [p for p in packets if p.is_pure_syn and p.from_orig]
     syn_points = {c for p in syns for c in p.points}
     extra = [c for c in synack.points if c not in syn_points]
-    if extra:
+    if extra and syns:
         verdict.support(
             f"the SYN came {' → '.join(syns[0].points)}; the SYN-ACK went {' → '.join(synack.points)}: "
             f"{', '.join(extra)} saw the reply but never the request",
             0.1,
         )
+    elif extra:
+        verdict.support(f"{', '.join(extra)} saw the server's SYN-ACK but never the client's SYN", 0.05)
     client = sides.client_capture
     if client is not None and synack.at(client) is None and covers(ctx.spans, client, synack.ts_ref):
         verdict.support(f"the client's capture ({client}) shows only its SYNs: no SYN-ACK, no RST ever reached it", 0.1)
