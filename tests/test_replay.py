@@ -109,7 +109,8 @@ def test_replay_completes_its_handshake_on_the_fix(tmp_path: Path) -> None:
     server_data = [int(row[1]) for row in live if row[2] != "203.0.113.10" and int(row[1]) > 0]
     recorded_data = [s.payload_len for s in recorded.segments if not s.from_client and s.payload_len]
     assert len(server_data) == len(recorded_data)
-    assert all(abs(live_len - recorded_len) <= 5 for live_len, recorded_len in zip(server_data, recorded_data, strict=True))
+    pairs = zip(server_data, recorded_data, strict=True)
+    assert all(abs(live_len - recorded_len) <= 5 for live_len, recorded_len in pairs)
     # Both FINs were exchanged: the client's acknowledgements followed the live byte stream.
     assert sum("F" in f for f in flags) == 2
 
