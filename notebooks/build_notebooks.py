@@ -424,6 +424,8 @@ from diag.scenario.spec import load_scenario
         ),
         code(
             """
+pd.set_option("display.max_colwidth", None)
+pd.set_option("display.width", 200)
 fixes = available_fixes(topology_names())
 runs_dir = Path(tempfile.mkdtemp(prefix="diag-fixes-"))
 results = {}
