@@ -6,7 +6,9 @@
 
 Each measurement runs in a fresh child process so its peak memory
 (``ru_maxrss``) is its own; "import only" is the baseline of a child that just
-imports diag, pandas and numpy.
+imports diag, pandas and numpy. Rates are computed from CPU time (the work
+is single-threaded), which stays meaningful on a machine shared with other
+jobs; wall-clock seconds are shown next to it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def child(job: str, path: str) -> dict[str, Any]:
     import diag
 
     began = time.perf_counter()
+    cpu_began = time.process_time()
     packets = 0
     if job == "import":
         pass
@@ -75,9 +78,15 @@ def child(job: str, path: str) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown job {job}")
     elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu_began
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"job": job, "seconds": elapsed, "packets": packets, "maxrss_kb": max(own, children)}
+    if job == "tshark":  # the work happens in the tshark process
+        cpu += (
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+            + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime
+        )
+    return {"job": job, "seconds": elapsed, "cpu": cpu, "packets": packets, "maxrss_kb": max(own, children)}
 
 
 def measure(job: str, path: Path) -> dict[str, Any]:
@@ -122,18 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     for job in jobs:
         result = measure(job, path)
         best = results.get(job)
-        if best is None or result["seconds"] < best["seconds"]:
+        if best is None or result["cpu"] < best["cpu"]:
             results[job] = result
     packets = results["read_capture"]["packets"]
     baseline_mb = results["import"]["maxrss_kb"] / 1024
     print(f"packets: {packets:,}; import-only process peak: {baseline_mb:.0f} MB")
-    print(f"{'what':<22}{'seconds':>9}{'packets/s':>14}{'peak RSS MB':>13}{'x file':>8}")
+    print(f"{'what':<22}{'wall s':>8}{'CPU s':>8}{'packets/s (CPU)':>17}{'peak RSS MB':>13}{'x file':>8}")
     for job, result in results.items():
         if job == "import":
             continue
-        rate = f"{packets / result['seconds']:,.0f}" if result["seconds"] > 0 else "-"
+        rate = f"{packets / result['cpu']:,.0f}" if result["cpu"] > 0 else "-"
         peak_mb = result["maxrss_kb"] / 1024
-        print(f"{job:<22}{result['seconds']:>9.2f}{rate:>14}{peak_mb:>13.0f}{peak_mb / size_mb:>8.2f}")
+        print(
+            f"{job:<22}{result['seconds']:>8.2f}{result['cpu']:>8.2f}{rate:>17}{peak_mb:>13.0f}{peak_mb / size_mb:>8.2f}"
+        )
     return 0
 
 

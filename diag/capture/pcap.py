@@ -58,12 +58,13 @@ def walk_records(buffer: bytearray, view: ByteView, start: int, fmt: PcapFormat)
     # lengths and ends when a length points past the buffer (unpack_from
     # raises). Which records are complete and sane is then decided for all
     # of them at once.
-    try:
-        while True:
-            append(offset)
-            offset += header_len + caplen_at(buffer, offset + 8)[0]
-    except struct.error:
-        pass
+    with memoryview(buffer)[: view.length] as data:  # reads past the data must raise, not see stale bytes
+        try:
+            while True:
+                append(offset)
+                offset += header_len + caplen_at(data, offset + 8)[0]
+        except struct.error:
+            pass
     candidates = np.array(offsets, dtype=np.int64)
     caplen = view.u32(candidates + 8, fmt.big_endian)
     usable = (candidates + header_len + caplen <= view.length) & (caplen <= MAX_CAPLEN)

@@ -117,6 +117,13 @@ class TableBuilder:
         part["cap_len"] = batch.cap_len
         part["wire_len"] = batch.wire_len
         part["payload_digest"] = decoded.payload_digest
+        # Narrow each column to its final dtype now: the parts are concatenated at the end.
+        for column, values in part.items():
+            final = PACKET_COLUMNS.get(column, ("int64", ""))[0]
+            if column == "direction":
+                final = "int8"
+            if final not in ("category", "int64"):
+                part[column] = values.astype(final)
         self.parts.append(part)
         self.rows += len(batch)
 

@@ -58,6 +58,7 @@ class Feed:
         # let them grow geometrically for compressed streams, whose size is unknown.
         self.size = file_size(stream)
         self.next_chunk = min(self.chunk_size, 1 << 20)
+        self._buffer: bytearray | None = None
 
     def read_exact(self, size: int) -> bytes:
         """Up to ``size`` bytes (fewer only at the end of the file)."""
@@ -113,7 +114,12 @@ class Feed:
             want = self.next_chunk
             self.next_chunk = min(self.chunk_size, 2 * self.next_chunk)
         want = max(want, minimum)
-        buffer = bytearray(len(carry) + want + PADDING)
+        # The previous buffer is reused when big enough: its packets have been
+        # decoded into arrays of their own by the time the next one is asked for.
+        needed = len(carry) + want + PADDING
+        buffer = self._buffer
+        if buffer is None or len(buffer) < needed:
+            buffer = self._buffer = bytearray(needed)
         buffer[: len(carry)] = carry
         length = len(carry)
         view = memoryview(buffer)
@@ -126,6 +132,7 @@ class Feed:
                 self.bytes_read += got
         finally:
             view.release()
+        buffer[length : length + PADDING] = bytes(PADDING)
         return buffer, length
 
 
