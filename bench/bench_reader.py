@@ -142,9 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rate = f"{packets / result['cpu']:,.0f}" if result["cpu"] > 0 else "-"
         peak_mb = result["maxrss_kb"] / 1024
-        print(
-            f"{job:<22}{result['seconds']:>8.2f}{result['cpu']:>8.2f}{rate:>17}{peak_mb:>13.0f}{peak_mb / size_mb:>8.2f}"
-        )
+        times = f"{result['seconds']:>8.2f}{result['cpu']:>8.2f}"
+        print(f"{job:<22}{times}{rate:>17}{peak_mb:>13.0f}{peak_mb / size_mb:>8.2f}")
     return 0
 
 
