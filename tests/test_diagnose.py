@@ -213,3 +213,22 @@ def test_a_lone_unanswered_datagram_is_not_a_symptom_but_repeated_ones_are() -> 
 
     assert diagnose(make_packets([query(0.0, 1)])) == []
     assert verdicts(diagnose(make_packets([query(0.0, 1), query(1.0, 2)]))) == ["silent-drop"]
+
+
+def test_a_capture_of_one_direction_only_is_not_an_unanswered_syn() -> None:
+    rows = [
+        syn(0.0),
+        from_client(0.002, "A", 1001, 5001),
+        from_client(0.003, "PA", 1001, 5001, payload=10),
+        from_client(2.0, "FA", 1011, 5021),
+    ]
+    assert diagnose(make_packets(rows)) == []
+
+
+def test_a_one_way_udp_stream_is_not_a_lost_reply() -> None:
+    stream = [
+        dict(capture="client", t=k * 0.02, src=CLIENT, dst="198.51.100.10", sport=5004, dport=5004, proto="udp",
+             payload_len=160, payload_digest=k + 1, ttl=64, ip_id=k)
+        for k in range(50)
+    ]  # fmt: skip
+    assert diagnose(make_packets(stream)) == []

@@ -234,7 +234,8 @@ def after_at(packets: list[Seen], capture: str, since: Sight, predicate: object)
 
 
 def ms(ns: int | float) -> str:
-    return f"{ns / 1e6:.1f} ms"
+    """A duration for people: microseconds below a millisecond."""
+    return f"{ns / 1e3:.0f} µs" if abs(ns) < 1_000_000 else f"{ns / 1e6:.1f} ms"
 
 
 def where(sight: Sight) -> str:

@@ -574,6 +574,10 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     ]
     if answered:
         return None
+    # The client acknowledging something after its SYN got the SYN-ACK: the
+    # capture just missed the other direction (one-way capture, asymmetric tap).
+    if any(p.from_orig and p.has(0x10) and not p.is_rst and p.ts_ref > first.ts_ref for p in packets):
+        return None
     attempts = [p for p in syns if p.seq == first.seq]
     span = ctx.spans.get(point)
     waited = span is not None and span[1] - syns[-1].ts_ref >= UNANSWERED_WAIT_NS

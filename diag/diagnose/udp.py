@@ -9,6 +9,8 @@ direct reply), which a connected UDP socket drops.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pandas as pd
 
 from diag.capture.columns import ICMP
@@ -17,8 +19,19 @@ from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen, distinct_packets, where
 
 # A lone unanswered datagram is common (fire-and-forget protocols); only
-# repeated requests, or a reply seen somewhere, make it a symptom.
+# repeated requests, or a reply seen somewhere, make it a symptom. A one-way
+# stream (syslog, RTP, tunnels) is many datagrams close together: not retries.
 MIN_UNANSWERED_REQUESTS = 2
+MAX_RETRIES = 20
+MIN_RETRY_GAP_NS = 200_000_000
+
+
+def _looks_like_retries(requests: list[Seen]) -> bool:
+    """A few datagrams spaced like a client's retries, rather than one datagram or a stream."""
+    if not MIN_UNANSWERED_REQUESTS <= len(requests) <= MAX_RETRIES:
+        return False
+    times = sorted(p.first.ts_ns for p in requests)
+    return min(b - a for a, b in pairwise(times)) >= MIN_RETRY_GAP_NS
 
 
 def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | None:
@@ -105,7 +118,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         ]
         verdict.rule_out("asymmetric-return", "the replies were seen only on the request's own path")
         return verdict, first, len(unanswered)
-    if len(unanswered) < MIN_UNANSWERED_REQUESTS:
+    if not _looks_like_retries(unanswered):
         return None
     last = max(requests, key=lambda p: len(p.points)).sights[-1].capture
     verdict = Verdict("silent-drop", 0.6, summary=f"UDP requests vanished after {last} with no reply")
