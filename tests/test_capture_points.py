@@ -177,3 +177,14 @@ def test_merge_rejects_a_file_that_is_not_pcap(tmp_path: Path) -> None:
     bogus.write_bytes(b"not a capture at all, just text")
     with pytest.raises(CaptureError, match="not a classic pcap"):
         merge_to_pcapng([("eth0", bogus)], tmp_path / "out.pcapng")
+
+
+def test_snaplen_cuts_packets(three_namespaces: None, tmp_path: Path) -> None:
+    with CaptureSet([CapturePoint("client", CLIENT, ("eth0",))], tmp_path, snaplen=60) as capture_set:
+        _connect()
+        (result,) = capture_set.stop()
+    rows = _tshark(result.path, "frame.cap_len", "frame.len")
+    assert rows and all(int(cap) <= 60 for cap, _ in rows)
+    assert any(int(wire) > 60 for _, wire in rows)
+    packets = read_capture(result.path)
+    assert packets["truncated"].any() and (packets["cap_len"] <= 60).all()

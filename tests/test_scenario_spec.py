@@ -173,3 +173,13 @@ def test_not_root_is_one_line_and_status_2(tmp_path: Path) -> None:
     assert result.stderr.strip() == "diag: run-scenario builds network namespaces and needs root " \
                                     "(try: sudo diag run-scenario)"
     assert not (tmp_path / "out").exists()
+
+
+def test_default_out_dir_never_reuses_a_directory(tmp_path: Path) -> None:
+    from diag.scenario.runner import default_out_dir
+
+    scenario = load_scenario("incident")
+    first = default_out_dir(scenario, tmp_path)
+    first.mkdir()
+    second = default_out_dir(scenario, tmp_path)
+    assert second != first and not second.exists() and second.name.startswith("incident-")

@@ -115,9 +115,15 @@ def with_pod_behaviour(topology: Any, override: PodOverride, origin: Path) -> An
     return replace(topology, nodes=tuple(nodes))
 
 
-def default_out_dir(scenario: Scenario) -> Path:
+def default_out_dir(scenario: Scenario, parent: Path = Path("diag-out")) -> Path:
+    """A directory that does not exist yet: ``diag-out/<scenario>-<UTC time>[-N]``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return Path("diag-out") / f"{scenario.name}-{stamp}"
+    candidate = parent / f"{scenario.name}-{stamp}"
+    number = 1
+    while candidate.exists():
+        number += 1
+        candidate = parent / f"{scenario.name}-{stamp}-{number}"
+    return candidate
 
 
 class _Stages:
@@ -182,6 +188,9 @@ def run_scenario(
     node_names = {node.name for node in topology.nodes}
     _check_nodes(scenario, node_names)
     prepare_out_dir(out_dir, RUN_FILE, TOOL_MARK)
+    # Mark the directory as ours at once, so an interrupted run's leftovers can be replaced next time.
+    (out_dir / RUN_FILE).write_text(json.dumps({"tool": TOOL_MARK, "scenario": scenario.name,
+                                                "state": "running"}) + "\n")
     lab = Lab(topology)
     if keep_lab:
         lab.up(detach=True)  # the pod servers outlive this process
