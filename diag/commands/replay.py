@@ -18,7 +18,7 @@ HELP = "replay one recorded TCP/UDP conversation's client side against a live la
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "replay", help=HELP, description=HELP.capitalize() + ".",
+        "replay", help=HELP, description=HELP[0].upper() + HELP[1:] + ".",
         epilog="The recorded client packets are rewritten onto the lab's client and service; TCP sequence "
         "numbers follow the live server's ISN, so the handshake really happens.",
     )

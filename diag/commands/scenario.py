@@ -14,7 +14,7 @@ HELP = "build a lab scenario, capture at every hop, drive its traffic, analyze (
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "run-scenario", help=HELP, description=HELP.capitalize() + ".",
+        "run-scenario", help=HELP, description=HELP[0].upper() + HELP[1:] + ".",
         epilog="Output directory: captures (<point>.pcapng, one interface per pcapng interface block), "
         "run.json, report.json, report.txt, ladder.png. An existing --out must be empty or hold "
         "a previous run-scenario output, which is replaced.",
