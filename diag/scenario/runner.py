@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -299,7 +299,3 @@ def _plot(result: RunResult, stages: _Stages) -> None:
     except Exception as error:  # plotting is a bonus: report and go on
         result.warnings.append(f"ladder.png not drawn: {type(error).__name__}: {error}")
 
-
-def expected_addresses(result: Mapping[str, Any]) -> dict[str, str]:
-    """Node name -> address, from a ``run.json`` document (for checking expectations later)."""
-    return dict(result.get("addresses", {}))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diag.errors import DiagError
+from diag.report import CAUSES
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent.parent / "lab" / "scenarios"
 DEFAULT_SCENARIO = "incident"
@@ -186,8 +187,6 @@ def parse_scenario(data: Mapping[str, Any], path: Path) -> Scenario:
     captures = top.get("capture", list)
     expect = _Reader(path, top.get("expect", dict, {}), "expect.", frozenset({"cause", "packets"}))
     cause = expect.get("cause", str, "")
-    from diag.report import CAUSES
-
     if cause and cause not in CAUSES:
         expect.fail("cause", f"{cause!r} is not a known cause ({', '.join(CAUSES)})")
     return Scenario(
