@@ -37,8 +37,8 @@ STUB = 0.42  # length of the arrow for a packet seen at one point only, in lanes
 INCH_PER_ROW = 0.36
 NAME_INCHES = 0.25  # lane name above its address lines
 DETAIL_LINE_INCHES = 0.14
-INCH_PER_LANE = 1.85
-EMPTY_LANE_ROOM = 0.55  # distance to a lane that saw nothing, in lanes
+INCH_PER_LANE = 1.6
+EMPTY_LANE_ROOM = 0.7  # distance to a lane that saw nothing, in lanes
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ SOLID: Final = "-"
 DASHED: Final = "--"
 
 TITLE_SIZE: Final = 13
-HEADER_SIZE: Final = 10
-LABEL_SIZE: Final = 8.5
-SMALL_SIZE: Final = 8
+HEADER_SIZE: Final = 11
+LABEL_SIZE: Final = 9.5
+SMALL_SIZE: Final = 8.5
 
 
 def flag_colour(flags: int) -> str:
