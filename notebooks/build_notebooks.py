@@ -83,8 +83,7 @@ import pandas as pd
 
 import diag
 import diag.plot
-from diag.scenario.runner import run_scenario
-from diag.scenario.spec import load_scenario
+from diag.scenario import load_scenario, run_scenario
 from diag.textreport import render_text
 """
         ),
@@ -238,7 +237,6 @@ import pyshark
 
 import diag
 import diag.plot
-from diag.analysis import analyze
 from diag.capture.columns import ACK, RST, SYN
 from diag.correlate import correlate
 from diag.textreport import render_text
@@ -269,7 +267,7 @@ CAPTURES
         md("## The verdict"),
         code(
             """
-report = analyze(CAPTURES)
+report = diag.analyze(CAPTURES)
 print(render_text(report))
 """
         ),
@@ -417,19 +415,17 @@ from IPython.display import display
 
 import diag.plot
 from diag.capture.columns import ACK, RST, SYN
-from diag.lab.topology import topology_names
-from diag.scenario.runner import available_fixes, run_scenario
-from diag.scenario.spec import load_scenario
+from diag.scenario import available_scenarios, load_scenario, run_scenario
 """
         ),
         code(
             """
 pd.set_option("display.max_colwidth", None)
 pd.set_option("display.width", 200)
-fixes = available_fixes(topology_names())
+fix_scenarios = [name for name in available_scenarios() if name.startswith("fix-")]
 runs_dir = Path(tempfile.mkdtemp(prefix="diag-fixes-"))
 results = {}
-for name in ["incident", *(f"fix-{fix}" for fix in fixes)]:
+for name in ["incident", *fix_scenarios]:
     results[name] = run_scenario(load_scenario(name), runs_dir / name)
     print(f"{name:22} {results[name].report.verdict_json()['cause']}")
 """
