@@ -473,9 +473,14 @@ def injected_reset() -> Scenario:
             [Hop(None), Hop(None, 500_000), Hop("client", 500_000, last=True)])  # fmt: skip
     for k in range(3):
         chunk = bytes([65 + k]) * 1000
-        sc.send(t + 200_000 + k * 100_000, Packet(POD, CLIENT, 80, port, flags=PSH | ACK, seq=sseq, ack=cseq,
-                                                  payload=chunk, ip_id=0x7400 + k), back_through_nlb(port))  # fmt: skip
+        arrival = sc.send(t + 200_000 + k * 100_000, Packet(POD, CLIENT, 80, port, flags=PSH | ACK, seq=sseq,
+                                                            ack=cseq, payload=chunk, ip_id=0x7400 + k),
+                          back_through_nlb(port))  # fmt: skip
         sseq += len(chunk)
+        if k == 0:
+            # The client's stack dropped the connection at the RST: it answers the real data with a bare RST.
+            sc.send(arrival + 20_000, Packet(CLIENT, VIP, port, 80, flags=RST, seq=cseq, ack=0, ip_id=0, win=0),
+                    to_pod(port))  # fmt: skip
     sc.subsets = (ALL_POINTS, ("client",), ("client", "pod"))
     return sc
 

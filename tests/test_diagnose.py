@@ -232,3 +232,19 @@ def test_a_one_way_udp_stream_is_not_a_lost_reply() -> None:
         for k in range(50)
     ]  # fmt: skip
     assert diagnose(make_packets(stream)) == []
+
+
+def test_an_injected_reset_seen_only_at_the_pod_is_the_clients_bare_rst_with_a_caveat() -> None:
+    (finding,) = diagnose(synthetic.injected_reset().packets(["pod"]))
+    assert finding.cause == "peer-reset"
+    assert finding.confidence <= 0.55
+    assert any("bare RST (no ACK)" in line and "capture at the client" in line for line in finding.evidence)
+
+
+def test_conventional_vantage_names_order_the_path_when_no_order_is_given() -> None:
+    from diag.diagnose.context import conventional_rank
+
+    assert conventional_rank("pod-b") == conventional_rank("pod")
+    rank = [conventional_rank(n) for n in ("client", "nlb", "vpc-router", "node-a", "node-b", "pod-a")]
+    assert rank == sorted(rank)  # type: ignore[type-var]
+    assert conventional_rank("natgw") is None

@@ -13,7 +13,17 @@ from diag.report import RuledOut
 
 # Where the usual vantage names sit on a request's way, used only when no
 # order is given: the client first, the server (pod) last.
-CONVENTIONAL_ORDER = ("client", "internet", "router", "nlb", "lb", "node-a", "node", "node-b", "pod", "server")
+CONVENTIONAL_ORDER = (
+    "client", "internet", "router", "nlb", "lb", "vpc-router", "node-a", "node", "node-b", "pod", "server",
+)  # fmt: skip
+
+
+def conventional_rank(name: str) -> int | None:
+    """Where a vantage name sits in ``CONVENTIONAL_ORDER`` ('pod-b' counts as 'pod'); None if unknown."""
+    if name in CONVENTIONAL_ORDER:
+        return CONVENTIONAL_ORDER.index(name)
+    stem = name.rsplit("-", 1)[0]
+    return CONVENTIONAL_ORDER.index(stem) if stem in CONVENTIONAL_ORDER else None
 
 
 @dataclass(frozen=True)
@@ -47,10 +57,12 @@ class Context:
 
     def is_beyond(self, capture: str, point: str) -> bool:
         """``capture`` comes after ``point`` on the request's way (by the given order, else the usual names)."""
-        order = self.order if self.order else CONVENTIONAL_ORDER
-        if capture not in order or point not in order:
-            return False
-        return order.index(capture) > order.index(point)
+        if self.order:
+            if capture not in self.order or point not in self.order:
+                return False
+            return self.order.index(capture) > self.order.index(point)
+        mine, theirs = conventional_rank(capture), conventional_rank(point)
+        return mine is not None and theirs is not None and mine > theirs
 
     def offset_uncertainty_ns(self, capture: str) -> int:
         offset = self.corr.offsets.get(capture)

@@ -212,11 +212,12 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
 def _challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
     """A server pure ACK that answers a SYN without acknowledging it (RFC 5961 challenge ACK) and the RST answers."""
     earlier = _before(packets, rst)
-    syns = [p for p in earlier if p.is_pure_syn and p.from_orig]
-    for packet in reversed(earlier):
+    for position, packet in reversed(list(enumerate(earlier))):
         if packet.from_orig or not packet.is_pure_ack or rst.seq != packet.ack:
             continue
-        if any(s.ts_ref <= packet.ts_ref and packet.ack != (s.seq + 1) % 2**32 for s in syns):
+        # It must answer a SYN: the client's last packet before it is a SYN it does not acknowledge.
+        client_before = [p for p in earlier[:position] if p.from_orig and not p.is_rst]
+        if client_before and client_before[-1].is_pure_syn and packet.ack != (client_before[-1].seq + 1) % 2**32:
             return packet
     return None
 
@@ -275,6 +276,13 @@ def _established_reset(
             verdict.evidence.append(
                 f"could not confirm the {who} sent it: no capture on the {missing} and none of its other packets to "
                 "compare TTLs with; a capture on that host would settle it"
+            )
+        if rst.from_orig and not rst.has(0x10) and trigger is not None and trigger.payload_len > 0:
+            verdict.confidence = min(verdict.confidence, 0.55)
+            verdict.evidence.append(
+                "the client answered the server's data with a bare RST (no ACK), as a stack does for a connection "
+                "it no longer has: it was torn down on the client's side without a FIN (a RST injected towards the "
+                "client, or a client restart); a capture at the client would show which"
             )
         verdict.rule_out(
             "injected-reset", "nothing says another device made the RST (TTL in line, no genuine packets after it)"
@@ -378,7 +386,13 @@ def _handshake_reset_from_server(
     syn = trigger if trigger is not None and trigger.is_pure_syn else (syns[-1] if syns else None)
     maker = generated_at(rst)
     server = sides.server_capture
-    if server is None and syn is not None and maker is not None and maker == syn.sights[-1].capture:
+    if (
+        server is None
+        and syn is not None
+        and maker is not None
+        and maker == syn.sights[-1].capture
+        and maker != sides.client_capture
+    ):
         server = maker  # the RST comes from where the SYN ended: that point is the server's host
     syn_at_server = syn is not None and server is not None and syn.at(server) is not None
     syn_missing_at_server = (
