@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
+# A read buffer: a bytearray, or a window (memoryview) of a memory-mapped file.
+Buffer = bytearray | memoryview | bytes
 
 # Zero bytes kept after the real data so that a read past the end
 # of a short, damaged packet, or the bucketed word blocks of the payload
@@ -22,7 +24,7 @@ PADDING = 256
 class ByteView:
     """Field reads over ``data[:length]``; ``data`` must hold ``PADDING`` more bytes."""
 
-    def __init__(self, data: bytearray | bytes, length: int) -> None:
+    def __init__(self, data: Buffer, length: int) -> None:
         if len(data) < length + PADDING:
             raise ValueError("buffer lacks the trailing padding")
         self.data = data

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from diag.capture.bytesview import ByteView, IntArray
+from diag.capture.bytesview import Buffer, ByteView, IntArray
 from diag.capture.linktypes import linktype_name
 from diag.capture.records import DIR_UNKNOWN, Diagnostics, Interface, RecordBatch
 from diag.capture.source import Feed
@@ -43,7 +43,7 @@ MAGICS: dict[bytes, PcapFormat] = {
 }
 
 
-def walk_records(buffer: bytearray, view: ByteView, start: int, fmt: PcapFormat) -> tuple[IntArray, int, int | None]:
+def walk_records(buffer: Buffer, view: ByteView, start: int, fmt: PcapFormat) -> tuple[IntArray, int, int | None]:
     """Offsets of the complete records in ``view``'s bytes from ``start`` on.
 
     Returns (offsets, offset where the walk stopped, the absurd captured

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diag.capture.bytesview import ByteView, IntArray
+from diag.capture.bytesview import Buffer, ByteView, IntArray
 from diag.capture.records import DIR_IN, DIR_OUT, DIR_UNKNOWN, Diagnostics, Interface, RecordBatch
 from diag.capture.source import Feed
 from diag.errors import CaptureError
@@ -101,7 +101,7 @@ class BlockWalker:
         (block_type,) = struct.unpack_from(self.section.endian + "I", data, 0)
         return block_type in PACKET_BLOCKS
 
-    def walk(self, buffer: bytearray, pos: int, end: int) -> tuple[list[int], int, str]:
+    def walk(self, buffer: Buffer, pos: int, end: int) -> tuple[list[int], int, str]:
         """Packet block offsets from ``pos`` on.
 
         Returns (offsets, where the walk stopped, why): "more" when the
@@ -155,7 +155,7 @@ class BlockWalker:
             skipped=1,
         )
 
-    def _add_interface(self, buffer: bytearray, pos: int, block_len: int, section: Section) -> None:
+    def _add_interface(self, buffer: Buffer, pos: int, block_len: int, section: Section) -> None:
         endian = section.endian
         if block_len < 20:
             self.diagnostics.warn("an interface description block is too short; its interface is kept as Ethernet")
@@ -191,7 +191,7 @@ class BlockWalker:
         self.diagnostics.interfaces.append(interface)
         section.iface_count += 1
 
-    def batch(self, buffer: bytearray, length: int, offsets: list[int]) -> RecordBatch:
+    def batch(self, buffer: Buffer, length: int, offsets: list[int]) -> RecordBatch:
         """Decode the packet blocks at ``offsets`` (all of the current section)."""
         assert self.section is not None
         section = self.section

@@ -2,18 +2,22 @@
 
 Files are read chunk by chunk, never whole, so a capture larger than memory
 still reads and the memory a read needs stays near one chunk plus the packet
-table. Gzip compression is recognised by its magic bytes, not by the name.
+table. A plain file is memory-mapped and handed out as windows of the map (no
+copy; each window's pages are released once the next is asked for); a
+compressed stream, or a file that cannot be mapped, is read into a buffer.
+Gzip compression is recognised by its magic bytes, not by the name.
 """
 
 from __future__ import annotations
 
 import gzip
+import mmap
 import os
 import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from diag.capture.bytesview import PADDING
+from diag.capture.bytesview import PADDING, Buffer
 from diag.capture.records import Diagnostics
 from diag.errors import CaptureError
 
@@ -59,6 +63,16 @@ class Feed:
         self.size = file_size(stream)
         self.next_chunk = min(self.chunk_size, 1 << 20)
         self._buffer: bytearray | None = None
+        self._map = self._map_file()
+        self._mapped_from = 0  # start of the window handed out last, to release it later
+
+    def _map_file(self) -> mmap.mmap | None:
+        if not self.size:
+            return None
+        try:
+            return mmap.mmap(self.stream.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None  # a pipe or special file: read it instead
 
     def read_exact(self, size: int) -> bytes:
         """Up to ``size`` bytes (fewer only at the end of the file)."""
@@ -85,6 +99,29 @@ class Feed:
             self.eof = True
         return data
 
+    def _next_window(self, carried: int, minimum: int) -> tuple[Buffer, int]:
+        assert self._map is not None and self.size is not None
+        start = self.bytes_read - carried  # the carried bytes are still in the file, just before
+        stop = min(self.size, self.bytes_read + max(self.chunk_size, minimum))
+        self._release(start)
+        self.bytes_read = stop
+        self.eof = stop >= self.size
+        if stop + PADDING <= self.size:
+            return memoryview(self._map)[start : stop + PADDING], stop - start
+        # The file's last bytes: copied, so zero padding can follow them.
+        tail = bytearray(stop - start + PADDING)
+        tail[: stop - start] = self._map[start:stop]
+        return tail, stop - start
+
+    def _release(self, keep_from: int) -> None:
+        """Drop the pages of windows already decoded from this process's memory (not from the page cache)."""
+        assert self._map is not None
+        page_start = self._mapped_from - self._mapped_from % mmap.PAGESIZE
+        page_stop = keep_from - keep_from % mmap.PAGESIZE
+        if page_stop > page_start and hasattr(mmap, "MADV_DONTNEED"):
+            self._map.madvise(mmap.MADV_DONTNEED, page_start, page_stop - page_start)
+        self._mapped_from = keep_from
+
     def _read_into(self, target: memoryview) -> int:
         try:
             if isinstance(self.stream, gzip.GzipFile):
@@ -103,11 +140,14 @@ class Feed:
             self.eof = True
         return int(got or 0)
 
-    def next_buffer(self, carry: bytes | memoryview, minimum: int = 0) -> tuple[bytearray, int]:
+    def next_buffer(self, carry: bytes | memoryview, minimum: int = 0) -> tuple[Buffer, int]:
         """A new buffer: ``carry`` followed by up to one chunk (at least ``minimum`` bytes) of the file.
 
-        Returns (buffer, length); the buffer holds ``PADDING`` zero bytes after ``length``.
+        Returns (buffer, length); the buffer holds at least ``PADDING`` bytes after
+        ``length`` (the file's next bytes, or zeros at its end).
         """
+        if self._map is not None:
+            return self._next_window(len(carry), minimum)
         if self.size is not None:
             want = min(self.chunk_size, max(self.size - self.bytes_read, 0) + 1)
         else:
