@@ -323,18 +323,14 @@ def _connection_ids(packets: pd.DataFrame) -> np.ndarray:
 
 
 def _normalise_matches(matches: pd.DataFrame | None, packet_index: pd.Index) -> pd.DataFrame:
-    """The correlation's matches as columns ``row`` (packet row label), ``match_id``, ``hop``."""
-    empty = pd.DataFrame({"row": pd.Series(dtype=object), "match_id": pd.Series(dtype=object), "hop": []})
-    if matches is None or matches.empty or "match_id" not in matches.columns:
-        return empty
-    row_column = next((c for c in ("row", "packet_row", "packet", "pkt_row") if c in matches.columns), None)
-    rows = matches[row_column] if row_column else pd.Series(matches.index, index=matches.index)
-    hop_column = next((c for c in ("hop", "hop_order", "order", "position") if c in matches.columns), None)
-    hops = matches[hop_column] if hop_column else pd.Series(np.zeros(len(matches)), index=matches.index)
-    normalised = pd.DataFrame(
-        {"row": rows.to_numpy(), "match_id": matches["match_id"].to_numpy(), "hop": hops.to_numpy()}
-    )
-    return normalised[normalised["row"].isin(packet_index)].reset_index(drop=True)
+    """The correlation's ``row`` (packet row label), ``match_id`` and ``hop``, for rows still in the packet
+    table (a report whose packets were filtered keeps its matches); empty when nothing was correlated."""
+    columns = ["row", "match_id", "hop"]
+    if matches is None or matches.empty or not set(columns) <= set(matches.columns):
+        return pd.DataFrame({"row": pd.Series(dtype=object), "match_id": pd.Series(dtype="int64"),
+                             "hop": pd.Series(dtype="int64")})
+    kept = matches.loc[matches["row"].isin(packet_index), columns]
+    return kept.reset_index(drop=True)
 
 
 def _position_of(index: pd.Index, label: Hashable) -> int:

@@ -10,8 +10,10 @@ fill the page.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch
 
+from diag.errors import DiagError
 from diag.plot import style
 from diag.plot.condense import CollapsedCycles, LadderItem, condense
 from diag.plot.flowview import FORGED_RESET_CAUSES, FlowSelector, FlowView, PacketTrip, flow_view
@@ -92,13 +95,9 @@ def ladder(
     return figure
 
 
-def ladder_to_file(report: Report, path: object, flow: FlowSelector = None) -> None:
+def ladder_to_file(report: Report, path: str | os.PathLike[str], flow: FlowSelector = None) -> None:
     """Write the ladder diagram to ``path``; PNG or SVG by the file's suffix."""
-    from pathlib import Path
-
-    from diag.errors import DiagError
-
-    target = Path(str(path))
+    target = Path(path)
     suffix = target.suffix.lower()
     if suffix not in (".png", ".svg"):
         raise DiagError(f"{target}: a ladder diagram is written as .png or .svg, not {suffix or 'no suffix'}")
@@ -149,7 +148,7 @@ def _place_rows(items: list[LadderItem]) -> tuple[list[_Placed], float]:
 
 def _verdict_line(finding: Finding | None) -> str:
     if finding is None:
-        return "Verdict: healthy: no resets or lost replies found"
+        return "Verdict: healthy (no resets or lost replies found)"
     return f"Verdict: {finding.cause} ({finding.confidence:.0%} confident)"
 
 
