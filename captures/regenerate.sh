@@ -3,9 +3,10 @@
 #
 #   sudo captures/regenerate.sh
 #
-# The incident's captures go here (one pcapng per capture point); the healthy
-# recording used by the replay tests goes to fix-snat/. Files are replaced only
-# once every run has succeeded.
+# The incident's captures go here (one pcapng per capture point); the
+# recordings used by the replay tests go to fix-snat/ (a healthy TCP connection)
+# and udp-asymmetric/ (UDP answered from the NAT gateway's address). Files are
+# replaced only once every run has succeeded.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 diag=${DIAG:-"$here/../.venv/bin/diag"}
@@ -15,6 +16,7 @@ trap 'rm -rf "$work"' EXIT
 
 "$diag" run-scenario incident --out "$work/incident"
 "$diag" run-scenario fix-snat --out "$work/fix-snat"
+"$diag" run-scenario udp-asymmetric --out "$work/udp-asymmetric"
 
 # pod-a carries nothing of the flow: only the points the connection crosses are kept.
 for point in client internet nlb vpc-router node-a node-b pod-b natgw; do
@@ -22,4 +24,6 @@ for point in client internet nlb vpc-router node-a node-b pod-b natgw; do
 done
 mkdir -p "$here/fix-snat"
 cp "$work/fix-snat/client.pcapng" "$here/fix-snat/client.pcapng"
+mkdir -p "$here/udp-asymmetric"
+cp "$work/udp-asymmetric/client.pcapng" "$here/udp-asymmetric/client.pcapng"
 echo "reference captures regenerated in $here" >&2

@@ -25,6 +25,7 @@ from diag.scenario.conversation import choose_conversation, flag_text, list_conv
 
 HEALTHY = PROJECT / "captures" / "fix-snat" / "client.pcapng"
 INCIDENT_CLIENT = PROJECT / "captures" / "client.pcapng"
+UDP_RESOURCED = PROJECT / "captures" / "udp-asymmetric" / "client.pcapng"
 
 
 def _tshark(path: Path, *fields: str) -> list[list[str]]:
@@ -71,6 +72,19 @@ def test_choosing_a_conversation() -> None:
         choose_conversation(packets, stream="client-server")
     with pytest.raises(DiagError, match="no such conversation"):
         choose_conversation(packets, stream="192.0.2.1:1-192.0.2.2:2")
+
+
+def test_udp_conversation_keeps_its_re_sourced_replies() -> None:
+    require_tools("tshark")
+    conversation = choose_conversation(read_capture(UDP_RESOURCED))
+    assert conversation.proto == "udp" and conversation.server[1] == 80
+    rows = subprocess.run(["tshark", "-r", str(UDP_RESOURCED), "-n", "-Y", "udp", "-T", "fields",
+                           "-e", "frame.number", "-e", "ip.src", "-e", "udp.length"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert [s.index + 1 for s in conversation.segments] == [int(r.split()[0]) for r in rows]
+    replies = [s for s in conversation.segments if not s.from_client]
+    assert replies and not any(s.from_server for s in replies)  # every answer came from another address
+    assert [s.payload_len for s in conversation.segments] == [int(r.split()[2]) - 8 for r in rows]
 
 
 def _replay(*argv: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -123,3 +137,15 @@ def test_replay_on_the_incident_departs_at_the_syn_ack(tmp_path: Path) -> None:
     assert document["handshake"] is False
     first = document["departures"][0]
     assert (first["recorded"], first["live"]) == ("SA", "nothing")
+
+
+@pytest.mark.lab
+def test_udp_replay_notices_where_replies_come_from(tmp_path: Path) -> None:
+    """Recorded on the incident (answers re-sourced by the NAT gateway): the same there, not on the fix."""
+    require_root()
+    require_tools("tcpdump")
+    _, on_incident = _replay(str(UDP_RESOURCED), "--scenario", "udp-asymmetric")
+    assert on_incident["outcome"] == "matched", on_incident["departures"]
+    _, on_fix = _replay(str(UDP_RESOURCED), "--scenario", "udp-asymmetric", "--fix", "snat")
+    notes = [d["note"] for d in on_fix["departures"]]
+    assert notes == ["the live reply comes from the service"] * 2

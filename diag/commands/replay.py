@@ -36,9 +36,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _describe(result: dict[str, Any]) -> str:
+    handshake = ""
+    if str(result.get("conversation", "")).startswith("tcp"):
+        handshake = f"handshake {'completed' if result.get('handshake') else 'not completed'}, "
     lines = [f"replayed {result.get('conversation', '?')}: {result.get('outcome', '?')} "
-             f"(handshake {'completed' if result.get('handshake') else 'not completed'}, "
-             f"{result.get('sent', 0)} sent, {result.get('received', 0)} received)"]
+             f"({handshake}{result.get('sent', 0)} sent, {result.get('received', 0)} received)"]
     for departure in result.get("departures", []):
         where = f"recorded packet {departure['recorded_index']}" if departure["recorded_index"] is not None \
             else "after the recording"

@@ -38,6 +38,7 @@ class Segment:
     rel_ack: int  # relative to the receiver's ISN, -1 when the ACK flag is off
     payload_len: int
     offset_s: float  # since the conversation's first packet
+    from_server: bool = True  # a reply sent from the server's own address and port (not re-sourced)
 
     def describe(self) -> str:
         what = flag_text(self.flags) or "datagram"
@@ -122,6 +123,10 @@ def _rows(packets: pd.DataFrame, proto: str, client: tuple[str, int], server: tu
     sport, dport = packets["sport"], packets["dport"]
     forward = (src == client[0]) & (sport == client[1]) & (dst == server[0]) & (dport == server[1])
     backward = (src == server[0]) & (sport == server[1]) & (dst == client[0]) & (dport == client[1])
+    if proto == "udp":
+        # A UDP reply may come back from another address (re-sourced by a NAT on the way): it is
+        # still this exchange's reply when it reaches the client's port.
+        backward = (dst == client[0]) & (dport == client[1]) & ~forward
     rows = packets[(packets["proto"] == number) & (forward | backward)]
     # A point capturing several interfaces sees a forwarded packet twice: keep its first sighting.
     if "iface" in rows and rows["iface"].astype(str).nunique() > 1:
@@ -150,7 +155,9 @@ def build_conversation(
             rel_ack = (int(row["ack"]) - peer) % (1 << 32) if flags & ACK and peer is not None else -1
         length = max(int(row["payload_len"]), 0)
         offset_s = (int(row["ts_ns"]) - start_ns) / 1e9
-        segments.append(Segment(int(row["index"]), from_client, flags, rel_seq, rel_ack, length, offset_s))
+        from_server = str(row["src"]) == server[0] and int(row["sport"]) == server[1]
+        segments.append(Segment(int(row["index"]), from_client, flags, rel_seq, rel_ack, length, offset_s,
+                                from_server))
     return Conversation(proto, client, server, tuple(segments))
 
 

@@ -81,9 +81,11 @@ def compare(replay: Replay, expected: list[Segment], arrived: list[LivePacket]) 
         live_flags = live.flags & _COMPARED if live.flags >= 0 else -1
         if recorded_flags != live_flags or segment.payload_len != live.payload_len:
             replay.depart(segment, segment.describe(), live.describe())
-        expected_source = f"{replay.target[0]}:{replay.target[1]}"
-        if live.source != expected_source:
-            replay.depart(segment, f"from {expected_source}", f"from {live.source}", "reply re-sourced")
+        service = f"{replay.target[0]}:{replay.target[1]}"
+        if segment.from_server and live.source != service:
+            replay.depart(segment, f"from {service}", f"from {live.source}", "reply re-sourced")
+        elif not segment.from_server and live.source == service:
+            replay.depart(segment, "re-sourced reply", f"from {service}", "the live reply comes from the service")
     for live in arrived[len(expected):]:
         replay.depart(None, "nothing", live.describe(), "the live server sent more than the recording shows")
 
@@ -155,7 +157,7 @@ def play(replay: Replay, payloads: dict[int, bytes], timeout: float) -> None:
                 break
             if not segment.from_client:
                 key = (segment.flags, segment.rel_seq, segment.payload_len)
-                if key not in recorded_server:  # a recorded retransmission is not a reply of its own
+                if segment.flags < 0 or key not in recorded_server:  # a TCP retransmission is no new reply
                     recorded_server.add(key)
                     expected.append(segment)
                 if segment.flags >= 0:
