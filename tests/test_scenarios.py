@@ -10,6 +10,8 @@ against the scenario's expected cause.
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -179,3 +181,28 @@ def test_keep_lab_leaves_it_up_for_diag_lab(tmp_path: Path) -> None:
     finally:
         lab_down(name)
     assert name not in {lab.name for lab in list_labs()}
+
+
+def test_interrupt_stops_captures_and_tears_the_lab_down(tmp_path: Path) -> None:
+    require_root()
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "diag.cli", "run-scenario", "incident", "--out", str(out)],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=PROJECT)
+    assert process.stderr is not None
+    lab = ""
+    for line in process.stderr:
+        found = re.search(r"lab up: \S+ as (\w+)", line)
+        lab = found.group(1) if found else lab
+        if "captures listening" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=30) == 130, rest
+    assert lab and "diag: interrupted" in rest and "Traceback" not in rest
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"-{lab}-" not in namespaces
+    leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout
+    assert leftovers == ""
+    # The directory is marked as ours: the next run may replace what the interrupted one left.
+    assert json.loads((out / "run.json").read_text())["tool"] == "diag run-scenario"
+    assert not (out / ".raw").exists()
