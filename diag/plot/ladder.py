@@ -42,6 +42,7 @@ NAME_INCHES = 0.25  # lane name above its address lines
 DETAIL_LINE_INCHES = 0.14
 INCH_PER_LANE = 1.6
 EMPTY_LANE_ROOM = 0.7  # distance to a lane that saw nothing, in lanes
+MIN_LANE_INCHES_FOR_ADDRESSES = 1.35
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def ladder(
         width = max(9.0, 1.4 + INCH_PER_LANE * (_span(view) + 1.0))
         height = 2.9 + INCH_PER_ROW * max(total, 4.0)
         figure = Figure(figsize=(width, height), dpi=100)
-        top_inches, bottom_inches = 1.25 + _header_inches(view), 1.0
+        top_inches, bottom_inches = 1.25 + _header_inches(view, with_addresses=True), 1.0
         ax = figure.add_axes((1.0 / width, bottom_inches / height, 1 - 1.25 / width,
                               1 - (top_inches + bottom_inches) / height))
         _draw_title(figure, view)
@@ -81,9 +82,14 @@ def ladder(
         figure_or_none = ax.get_figure(root=True)
         assert isinstance(figure_or_none, Figure)
         figure = figure_or_none
-        ax.set_title(_verdict_line(view.finding), fontsize=style.HEADER_SIZE, loc="left", pad=60)
+    # In a narrow panel there is no room for the addresses under each lane name: names only.
+    lane_room = ax.get_position().width * figure.get_figwidth() / (_span(view) + 1.2)
+    with_addresses = lane_room >= MIN_LANE_INCHES_FOR_ADDRESSES
+    if not own_figure:
+        ax.set_title(_verdict_line(view.finding), fontsize=style.HEADER_SIZE, loc="left",
+                     pad=(_header_inches(view, with_addresses) + 0.15) * 72)
 
-    _draw_lanes(ax, view, total)
+    _draw_lanes(ax, view, total, with_addresses)
     for entry in placed:
         if isinstance(entry.item, CollapsedCycles):
             _draw_collapsed(ax, view, entry)
@@ -205,7 +211,7 @@ def _rgb(colour: object) -> tuple[float, ...]:
     return tuple(round(channel, 3) for channel in to_rgba(colour)[:3])  # type: ignore[arg-type]
 
 
-def _draw_lanes(ax: Axes, view: FlowView, total: float) -> None:
+def _draw_lanes(ax: Axes, view: FlowView, total: float, with_addresses: bool) -> None:
     ax.set_xlim(-0.6, _span(view) + 0.6)
     ax.set_ylim(total + 0.3, -0.3)
     ax.set_xticks([])
@@ -213,15 +219,18 @@ def _draw_lanes(ax: Axes, view: FlowView, total: float) -> None:
         ax.spines[side].set_visible(False)
     ax.spines["left"].set_color("#cccccc")
     header_transform = ax.get_xaxis_transform()
-    detail_inches = _header_inches(view) - NAME_INCHES
-    for lane, x in lane_positions(view).items():
+    detail_inches = _header_inches(view, with_addresses) - NAME_INCHES
+    name_size = style.HEADER_SIZE + 1 if with_addresses else style.HEADER_SIZE - 1
+    for number, (lane, x) in enumerate(lane_positions(view).items()):
         seen = lane in view.seen
+        # Without addresses the names are all that is left, staggered so that neighbours do not collide.
+        name_inches = detail_inches + (0.0 if with_addresses or number % 2 == 0 else DETAIL_LINE_INCHES + 0.04)
         ax.axvline(x, color=style.LANE_COLOUR if seen else style.EMPTY_LANE_COLOUR,
                    lw=2.2 if seen else 1.5, ls="-" if seen else ":", zorder=1, gid=f"lane:{lane}")
-        ax.text(x, 1.0 + _axes_fraction(ax, detail_inches), lane, transform=header_transform, ha="center", va="bottom",
-                fontsize=style.HEADER_SIZE + 1, fontweight="bold",
+        ax.text(x, 1.0 + _axes_fraction(ax, name_inches), lane, transform=header_transform, ha="center", va="bottom",
+                fontsize=name_size, fontweight="bold",
                 color="black" if seen else style.EMPTY_LANE_COLOUR, gid=f"lane-header:{lane}")
-        detail = "\n".join(_lane_detail(view, lane)) if seen else "saw nothing"
+        detail = ("\n".join(_lane_detail(view, lane)) if with_addresses else "") if seen else "saw nothing"
         ax.text(x, 1.0 + _axes_fraction(ax, 0.08), detail, transform=header_transform, ha="center", va="bottom",
                 fontsize=style.SMALL_SIZE - 0.5 if seen else style.SMALL_SIZE,
                 style="normal" if seen else "italic",
@@ -241,8 +250,10 @@ def _lane_detail(view: FlowView, lane: str) -> list[str]:
     return lines
 
 
-def _header_inches(view: FlowView) -> float:
-    """Height of the lane headers: the name, then the address lines."""
+def _header_inches(view: FlowView, with_addresses: bool) -> float:
+    """Height of the lane headers: the name, then the address lines (or one line for "saw nothing")."""
+    if not with_addresses:
+        return 2 * NAME_INCHES + 0.1 + DETAIL_LINE_INCHES
     lines = max((len(_lane_detail(view, lane)) for lane in view.lanes), default=1)
     return NAME_INCHES + 0.1 + DETAIL_LINE_INCHES * max(lines, 1)
 
