@@ -286,6 +286,10 @@ def test_draws_into_a_given_axes(report: Report) -> None:
     left, right = figure.subplots(1, 2)
     assert diag.plot.ladder(report, ax=right) is figure
     assert arrows(figure) and not left.patches
+    # A 6-inch panel has no room for addresses under six lane names: names only, empty lanes still marked.
+    assert lane_order(figure) == ["client", "natgw", "vpc-router", "node-a", "node-b", "pod"]
+    assert text_by_gid(figure, "lane-detail:pod").get_text() == ""
+    assert text_by_gid(figure, "lane-detail:vpc-router").get_text() == "saw nothing"
 
 
 @pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".svg", b"<?xml")])
