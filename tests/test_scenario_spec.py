@@ -123,11 +123,19 @@ def test_out_dir_policy(tmp_path: Path) -> None:
     with pytest.raises(DiagError):
         prepare_out_dir(lookalike, RUN_FILE, TOOL_MARK)
     assert (lookalike / "client.pcapng").exists()
+    # Our marker next to a user's subdirectory: still refused, nothing removed.
+    (lookalike / RUN_FILE).write_text(json.dumps({"tool": TOOL_MARK}))
+    (lookalike / "data").mkdir()
+    with pytest.raises(DiagError, match="data"):
+        prepare_out_dir(lookalike, RUN_FILE, TOOL_MARK)
+    assert (lookalike / "data").is_dir() and (lookalike / "client.pcapng").exists()
     # A previous run's output is replaced.
     previous = tmp_path / "previous"
     previous.mkdir()
     (previous / RUN_FILE).write_text(json.dumps({"tool": TOOL_MARK}))
     (previous / "pod-b.pcapng").write_bytes(b"old")
+    (previous / ".raw").mkdir()  # what a killed run leaves
+    (previous / ".raw" / "pod-b.eth0.pcap").write_bytes(b"")
     prepare_out_dir(previous, RUN_FILE, TOOL_MARK)
     assert list(previous.iterdir()) == []
     a_file = tmp_path / "file"

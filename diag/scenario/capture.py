@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from diag.errors import CaptureError
+from diag.scenario.outdir import RAW_DIR
 from diag.scenario.pcapng import merge_to_pcapng
 
 DEFAULT_SNAPLEN = 262144
@@ -143,7 +144,7 @@ class CaptureSet:
         self.snaplen = snaplen
         self.conntrack_points = tuple(conntrack)
         self.listen_timeout = listen_timeout
-        self._raw_dir = out_dir / ".raw"
+        self._raw_dir = out_dir / RAW_DIR
         self._tcpdumps: list[_Tcpdump] = []
         self._conntracks: list[subprocess.Popen[bytes]] = []
         self._results: list[PointCapture] | None = None
