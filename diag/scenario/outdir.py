@@ -3,7 +3,8 @@
 A fresh directory is created. An existing one is accepted when it is empty, or
 when it holds only what a previous run of the same command wrote (recognised
 by its ``run.json`` marker and diag's own file names); those files are then
-removed so stale captures of another scenario cannot mix with the new ones.
+removed so stale captures of another scenario cannot mix with the new ones
+(including the per-interface ``.raw`` captures a killed run may leave).
 Anything else in the directory makes the run refuse, before any lab is built.
 """
 
