@@ -336,3 +336,18 @@ def test_a_point_passed_twice_appears_twice_in_the_path() -> None:
     report = Report(captures=[], packets=packets, flows=pd.DataFrame(), matches=matches)
     (trip,) = diag.plot.flow_view(report).trips
     assert trip.lanes == ("nlb", "vpc-router", "node-b", "vpc-router", "node-a")
+
+
+def test_without_findings_the_first_troubled_connection_is_drawn() -> None:
+    import synthetic
+
+    from diag.analysis import concat_packets
+    from diag.flows import build_flows
+
+    healthy, dropped = synthetic.healthy().packets(), synthetic.silent_drop().packets()
+    packets = concat_packets([healthy, dropped])
+    flows = build_flows(packets)
+    assert flows["conn_state"].iloc[0] == "SF"  # a healthy connection comes first in the table
+    view = diag.plot.flow_view(Report(captures=[], packets=packets, flows=flows))
+    assert view.client.endswith(":48000")  # the silent-drop scenario's client, whose SYNs got no answer
+    assert {trip.flag_name for trip in view.trips} == {"SYN"}

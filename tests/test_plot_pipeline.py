@@ -137,9 +137,10 @@ def test_healthy_flow_has_no_marks_and_greys_the_natgw(tmp_path: Path) -> None:
     require_tools("tshark")
     files = write_scenario("healthy", tmp_path)
     report = analyze_quietly(files)
-    figure = diag.plot.ladder(report)
-    # The client ends its connection with an ordinary RST after the FINs: red, but no finding to mark.
-    assert len(trips_drawn(figure, colour=style.RST_COLOUR)) == tshark_count(files["client"], "tcp.flags.reset == 1")
+    # This connection of the scenario ends with an ordinary RST after the FINs: red, but no finding to mark.
+    figure = diag.plot.ladder(report, "203.0.113.10:41001")
+    resets_at_client = tshark_count(files["client"], "tcp.flags.reset == 1 && tcp.port == 41001")
+    assert len(trips_drawn(figure, colour=style.RST_COLOUR)) == resets_at_client == 1
     assert text(figure, "origin") is None and text(figure, "claimed-source") is None
     detail = text(figure, "lane-detail:natgw")
     assert detail is not None and detail.get_text() == "saw nothing"

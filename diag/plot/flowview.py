@@ -28,6 +28,10 @@ _PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 _FIN, _SYN, _RST, _PSH, _ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _SEQ_SPACE = 1 << 32
 
+# Zeek conn_state values of a connection that did not open and close normally: no answer (S0), rejected,
+# reset by either side, or seen half-way (SH, SHR).
+PROBLEM_STATES = frozenset({"S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR"})
+
 # Causes in which the reset is made by a box that impersonates one of the endpoints.
 FORGED_RESET_CAUSES = frozenset({"asymmetric-return", "idle-timeout", "injected-reset", "policy-reject"})
 
@@ -210,11 +214,14 @@ def select_seed(report: Report, flow: FlowSelector) -> tuple[Hashable, Finding |
 def _first_flow_row(report: Report) -> Hashable:
     flows = report.flows
     if flows is not None and not flows.empty and {"capture", "orig", "resp"} <= set(flows.columns):
-        troubled = flows
-        if "rsts" in flows.columns:
-            with_rst = flows[flows["rsts"].map(lambda value: bool(value) if isinstance(value, list) else False)]
-            troubled = with_rst if not with_rst.empty else flows
-        return _row_of_flow_record(report, troubled.iloc[0])
+        # Zeek's state says it best (a connection closed by FIN then RST is SF: fine); the resets otherwise.
+        troubled = np.zeros(len(flows), dtype=bool)
+        if "conn_state" in flows.columns:
+            troubled = flows["conn_state"].isin(PROBLEM_STATES).to_numpy(dtype=bool)
+        elif "rsts" in flows.columns:
+            troubled = flows["rsts"].map(lambda value: isinstance(value, list) and bool(value)).to_numpy(dtype=bool)
+        first = int(np.argmax(troubled)) if troubled.any() else 0
+        return _row_of_flow_record(report, flows.iloc[first])
     # No flow table: the first connection attempt (a bare SYN), else the first IP packet.
     packets = report.packets
     flags = packets["tcp_flags"].to_numpy()
