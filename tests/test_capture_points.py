@@ -188,3 +188,30 @@ def test_snaplen_cuts_packets(three_namespaces: None, tmp_path: Path) -> None:
     assert any(int(wire) > 60 for _, wire in rows)
     packets = read_capture(result.path)
     assert packets["truncated"].any() and (packets["cap_len"] <= 60).all()
+
+
+def test_merge_orders_microsecond_pcaps_and_names_interfaces(tmp_path: Path) -> None:
+    """Merging is checked against tshark on pcaps scapy wrote (microsecond, one per interface)."""
+    require_tools("tshark")
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    def packets(start: float, port: int) -> list:
+        made = []
+        for number in range(3):
+            packet = Ether() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=port, dport=53) / b"x"
+            packet.time = start + number * 0.002
+            made.append(packet)
+        return made
+
+    wrpcap(str(tmp_path / "a.pcap"), packets(1_700_000_000.000100, 1000))
+    wrpcap(str(tmp_path / "b.pcap"), packets(1_700_000_000.001100, 2000))
+    merged = tmp_path / "merged.pcapng"
+    assert merge_to_pcapng([("ens1", tmp_path / "a.pcap"), ("ens2", tmp_path / "b.pcap")], merged) == 6
+    rows = _tshark(merged, "frame.interface_name", "udp.srcport", "frame.time_epoch")
+    assert [(r[0], r[1]) for r in rows] == [("ens1", "1000"), ("ens2", "2000")] * 3
+    stamps = [float(r[2]) for r in rows]
+    assert stamps == sorted(stamps) and abs(stamps[0] - 1_700_000_000.0001) < 1e-6
+    table = read_capture(merged)
+    assert list(table["iface"].astype(str)) == [r[0] for r in rows]

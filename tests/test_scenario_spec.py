@@ -191,3 +191,33 @@ def test_default_out_dir_never_reuses_a_directory(tmp_path: Path) -> None:
     first.mkdir()
     second = default_out_dir(scenario, tmp_path)
     assert second != first and not second.exists() and second.name.startswith("incident-")
+
+
+def _reference_addresses() -> dict[str, str]:
+    topology = load_topology("incident")
+    return {node: str(topology.address(node)) for node in topology.node_names}
+
+
+@pytest.mark.parametrize("checker", ["reader", "tshark"])
+def test_reference_captures_show_what_the_incident_promises(checker: str) -> None:
+    """The committed captures satisfy the incident's expectations (and not the fix's)."""
+    from diag import read_capture
+    from diag.scenario import expect
+
+    if checker == "tshark" and shutil.which("tshark") is None:
+        pytest.skip("needs tshark")
+    captures = PROJECT / "captures"
+    incident = load_scenario("incident")
+    points = {e.at for e in incident.expect_packets}
+    if checker == "reader":
+        tables = {point: read_capture(captures / f"{point}.pcapng") for point in points}
+
+        def seen(at: str, kind: str, src: str) -> expect.Seen:
+            return expect.seen_in_table(tables[at], kind, src)
+    else:
+        def seen(at: str, kind: str, src: str) -> expect.Seen:
+            return expect.seen_by_tshark(captures / f"{at}.pcapng", kind, src)
+
+    assert expect.check(incident.expect_packets, seen, _reference_addresses()) == []
+    fixed = [e for e in load_scenario("fix-snat").expect_packets if e.at in points]
+    assert expect.check(tuple(fixed), seen, _reference_addresses())
