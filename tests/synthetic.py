@@ -551,7 +551,7 @@ def udp_silent_drop() -> Scenario:
     port = 52000
     for attempt in range(3):
         t = START_NS + attempt * 1000 * MS
-        query = b"\x11\x22" + bytes([attempt]) + b"\x00query"
+        query = b"\x11\x22\x00query"  # a retry resends the same request
         arrival = sc.send(t, Packet(CLIENT, VIP, port, 80, proto=UDP, payload=query, ip_id=0x4300 + attempt),
                           to_pod(port))  # fmt: skip
         answer = Packet(POD, CLIENT, 80, port, proto=UDP, payload=b"re" + query, ip_id=0x8300 + attempt)

@@ -212,7 +212,20 @@ def test_a_lone_unanswered_datagram_is_not_a_symptom_but_repeated_ones_are() -> 
                     payload_len=30, payload_digest=digest, ttl=64, ip_id=digest)  # fmt: skip
 
     assert diagnose(make_packets([query(0.0, 1)])) == []
-    assert verdicts(diagnose(make_packets([query(0.0, 1), query(1.0, 2)]))) == ["silent-drop"]
+    assert diagnose(make_packets([query(0.0, 1), query(1.0, 2)])) == []  # two different datagrams
+    retried = [query(0.0, 1), query(1.0, 1)]
+    retried[1]["ip_id"] = 2
+    assert verdicts(diagnose(make_packets(retried))) == ["silent-drop"]
+
+
+def test_multicast_and_broadcast_datagrams_are_never_requests() -> None:
+    rows = [
+        dict(capture="client", t=k * 1.0, src="10.0.0.20", dst=dst, sport=520, dport=520, proto="udp",
+             payload_len=24, payload_digest=7, ttl=1, ip_id=k)
+        for dst in ("224.0.0.9", "10.0.0.255")
+        for k in range(3)
+    ]  # fmt: skip
+    assert diagnose(make_packets(rows)) == []
 
 
 def test_a_capture_of_one_direction_only_is_not_an_unanswered_syn() -> None:

@@ -60,6 +60,7 @@ class Seen:
     seq: int
     ack: int
     payload_len: int
+    digest: int  # payload digest: the same request sent again has the same one
     sights: tuple[Sight, ...]
 
     @property
@@ -137,6 +138,7 @@ def distinct_packets(conn: Connection) -> list[Seen]:
                 seq=int(head["seq"]),
                 ack=int(head["ack"]),
                 payload_len=int(head["payload_len"]),
+                digest=int(head["payload_digest"]),
                 sights=tuple(sights),
             )
         )

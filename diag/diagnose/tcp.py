@@ -195,6 +195,8 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
             f"{where(trigger.first)}"
         )
 
+    if not any(p.is_pure_syn or p.is_synack for p in packets):
+        base.append("no handshake in the captures: which side is the client is a guess (the first to send)")
     challenge = _challenge_ack(packets, rst)
     if rst.from_orig and challenge is not None:
         return _tuple_reuse(sides, rst, challenge, genuine, claim_lines, base)

@@ -9,6 +9,7 @@ direct reply), which a connected UDP socket drops.
 
 from __future__ import annotations
 
+import ipaddress
 from itertools import pairwise
 
 import pandas as pd
@@ -22,7 +23,7 @@ from diag.diagnose.signals import Seen, distinct_packets, where
 # repeated requests, or a reply seen somewhere, make it a symptom. A one-way
 # stream (syslog, RTP, tunnels) is many datagrams close together: not retries.
 MIN_UNANSWERED_REQUESTS = 2
-MAX_RETRIES = 20
+MAX_RETRIES = 10
 MIN_RETRY_GAP_NS = 200_000_000
 
 
@@ -34,6 +35,15 @@ def _looks_like_retries(requests: list[Seen]) -> bool:
     return min(b - a for a, b in pairwise(times)) >= MIN_RETRY_GAP_NS
 
 
+def is_group_or_broadcast(address: str) -> bool:
+    """Multicast, broadcast or unspecified: no single server is expected to answer."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.is_multicast or ip.is_unspecified or (ip.version == 4 and address.endswith(".255"))
+
+
 def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | None:
     packets = distinct_packets(conn)
     requests = [p for p in packets if p.from_orig]
@@ -41,6 +51,9 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     if not requests:
         return None
     first = requests[0]
+    head = conn.rows.iloc[0]
+    if is_group_or_broadcast(str(head["dst"])) or is_group_or_broadcast(str(head["src"])):
+        return None  # announcements and discovery (RIP, HSRP, DHCP, SSDP): not request and reply
     point = first.first.capture
     expected_from = first.first.dst
     at_client = [(p, s) for p in replies if (s := p.at(point)) is not None]
@@ -120,6 +133,8 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         return verdict, first, len(unanswered)
     if not _looks_like_retries(unanswered):
         return None
+    if len({p.digest for p in unanswered}) == len(unanswered):
+        return None  # every datagram different: a one-way protocol (syslog, sFlow, tunnels), not retried requests
     last = max(requests, key=lambda p: len(p.points)).sights[-1].capture
     verdict = Verdict("silent-drop", 0.6, summary=f"UDP requests vanished after {last} with no reply")
     verdict.evidence = [*base, f"no reply at all; the requests were last seen at {last}"]
