@@ -8,7 +8,7 @@ sense, so a damaged packet yields what could be read of it and never an error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -74,7 +74,6 @@ class Decoded:
     columns: dict[str, np.ndarray]
     direction: IntArray
     payload_digest: npt.NDArray[np.uint64]
-    addresses: dict[str, AddressColumn] = field(default_factory=dict)
 
 
 def decode_batch(
