@@ -8,6 +8,7 @@ run: lab addresses, step outcomes, capture statistics), and, once analyzed,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -192,11 +193,12 @@ def run_scenario(
     (out_dir / RUN_FILE).write_text(json.dumps({"tool": TOOL_MARK, "scenario": scenario.name,
                                                 "state": "running"}) + "\n")
     lab = Lab(topology)
-    if keep_lab:
-        lab.up(detach=True)  # the pod servers outlive this process
-    else:
-        lab.__enter__()  # tears down on SIGINT/SIGTERM as well
-    try:
+    with contextlib.ExitStack() as teardown:
+        if keep_lab:
+            lab.up(detach=True)  # the pod servers outlive this process
+            teardown.callback(progress, f"lab {lab.name} left up (remove it with: diag lab down {lab.name})")
+        else:
+            teardown.enter_context(lab)  # torn down on leaving, on errors, SIGINT and SIGTERM
         stages.done("lab up", f"{topology.name} as {lab.name}, {len(node_names)} namespaces")
         with tempfile.TemporaryDirectory(prefix="diag-setup-") as work:
             for setup in scenario.setup:
@@ -216,11 +218,6 @@ def run_scenario(
         packets = sum(c.packets for c in captures)
         drops = sum(max(c.dropped_by_kernel, 0) for c in captures)
         stages.done("captures stopped", f"{packets} packets, {drops} dropped by kernel")
-    finally:
-        if keep_lab:
-            progress(f"lab {lab.name} left up (remove it with: diag lab down {lab.name})")
-        else:
-            lab.__exit__(None, None, None)
     if not keep_lab:
         stages.done("lab down")
     result = RunResult(scenario, out_dir, lab.name, service, addresses, captures, steps)
