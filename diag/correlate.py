@@ -45,17 +45,30 @@ _ICMPV6_ERRORS = (1, 2, 3, 4)
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
+def _as_u64(values: np.ndarray) -> np.ndarray:
+    """Any integer column as uint64 bits (negative numbers wrap, which is fine for hashing)."""
+    if values.dtype == np.uint64:
+        return values
+    return values.astype(np.int64, copy=False).view(np.uint64)
+
+
 def _mix(state: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Fold one column into a running 64-bit hash (multiply-xorshift, wraps by design)."""
-    state = (state ^ values.astype(np.int64).view(np.uint64)) * _MULT
-    return state ^ (state >> np.uint64(29))
+    """Fold one column into a running 64-bit hash (multiply-xorshift, wraps by design).
+
+    Works in place on a fresh ``state`` copy to spare large temporaries.
+    """
+    state = state ^ _as_u64(values)
+    state *= _MULT
+    state ^= state >> np.uint64(29)
+    return state
 
 
 def _pack(*fields: tuple[np.ndarray, int]) -> np.ndarray:
     """Several small fields side by side in one 64-bit word (each masked to its bit width)."""
     word = np.zeros(len(fields[0][0]), dtype=np.uint64)
     for values, bits in fields:
-        word = (word << np.uint64(bits)) | (values.astype(np.int64).view(np.uint64) & np.uint64((1 << bits) - 1))
+        word <<= np.uint64(bits)
+        word |= _as_u64(values) & np.uint64((1 << bits) - 1)
     return word
 
 
