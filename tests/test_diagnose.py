@@ -88,7 +88,7 @@ def test_incident_names_the_nat_gateway_and_the_flow_as_the_client_sent_it(incid
 
 def test_incident_evidence_is_concrete(incident_all: Finding) -> None:
     text = "\n".join(incident_all.evidence)
-    assert "4 such RSTs" in text  # one finding, occurrences counted
+    assert "4 RSTs like it" in text  # one finding, occurrences counted
     assert "TTL 63" in text and "TTL 60" in text  # RST vs the client's SYNs at the pod
     assert "never shows this RST" in text
     assert "same SYN (ISN 1000000) again after the RST" in text

@@ -91,7 +91,7 @@ def analyze_tcp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
             same = [p for p in packets if p.is_rst and p.from_orig == rst.from_orig and p.ts_ref >= rst.ts_ref]
             if len(same) > 1:
                 verdict.evidence.insert(
-                    0, f"{len(same)} such RSTs claiming the {side_name(rst.from_orig)} in this connection"
+                    0, f"{len(same)} RSTs like it in this connection (counted once)"
                 )
             return verdict, rst, len(same)
     return unanswered_syn(conn, sides, ctx)
@@ -134,7 +134,10 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
     if absent_at_own:
         lines.append(f"the {who}'s own capture ({own}) was running and never shows this RST: the {who} did not send it")
     mismatches = ttl_mismatch(sides.packets, rst)
-    lines.extend(mismatches)
+    if mismatches:
+        # The point nearest the RST's destination tells it best; the others only agree.
+        others = len(mismatches) - 1
+        lines.append(mismatches[-1] + (f" (the same at {others} other point(s))" if others else ""))
     other_host = sides.own_capture(not rst.from_orig)
     claimed_hops_at_maker = usual_hops(sides.packets, rst.from_orig, maker) if maker else None
     made_elsewhere = (
@@ -486,7 +489,8 @@ def _asymmetric_return(
     verdict.evidence = list(base)
     for line in claim_lines:
         verdict.support(line, 0.1)
-    verdict.support(f"origin: {origin_text}")
+    if origin is None:
+        verdict.support(f"origin: {origin_text}")
     isn = (rst.seq - 1) % 2**32
     retried = [p for p in packets if p.is_pure_syn and p.from_orig and p.seq == isn and p.ts_ref > rst.ts_ref]
     same_point = [p for p in retried for s in rst.sights if (s2 := p.at(s.capture)) is not None and s2.ts_ns > s.ts_ns]
@@ -533,11 +537,18 @@ def _asymmetric_return(
         missing.append("the box that made the RST was not captured; its position comes from the TTL")
     for line in missing:
         verdict.evidence.append("not established: " + line)
+    reasons = []
+    if any("never shows this RST" in line for line in claim_lines):
+        reasons.append("the client's capture never shows it leaving")
+    if mismatches := [line for line in claim_lines if "hop(s) closer" in line]:
+        reasons.append("its TTL puts its sender " + mismatches[0].split("it was made ", 1)[1].split(" (")[0])
+    if origin is not None:
+        reasons.append(f"{origin} made it")
+    if retried:
+        reasons.append("the client retransmitted the same SYN afterwards, which it would not do after resetting")
     verdict.rule_out(
         "peer-reset",
-        "a genuine client reset is ruled out: "
-        + ("; ".join(claim_lines) if claim_lines else "the RST does not come from the client")
-        + ("; and the client retransmitted the same SYN afterwards" if retried else ""),
+        "a genuine client reset is ruled out: " + ("; ".join(reasons) or "the RST does not come from the client"),
     )
     verdict.rule_out(
         "tuple-reuse",
