@@ -261,3 +261,37 @@ def test_conventional_vantage_names_order_the_path_when_no_order_is_given() -> N
     rank = [conventional_rank(n) for n in ("client", "nlb", "vpc-router", "node-a", "node-b", "pod-a")]
     assert rank == sorted(rank)  # type: ignore[type-var]
     assert conventional_rank("natgw") is None
+
+
+def test_hop_counts_from_common_initial_ttls() -> None:
+    from diag.diagnose.signals import hops, initial_ttl
+
+    assert [initial_ttl(t) for t in (1, 32, 33, 64, 65, 128, 129, 255)] == [32, 32, 64, 64, 128, 128, 255, 255]
+    assert [hops(t) for t in (64, 63, 60, 128, 120, 250)] == [0, 1, 4, 0, 8, 5]
+
+
+def test_a_point_that_forwards_a_packet_did_not_make_it() -> None:
+    from diag.diagnose.connections import build_connections
+    from diag.diagnose.signals import distinct_packets, generated_at
+
+    reset = dict(src=CLIENT, dst=SERVER, sport=40000, dport=80, flags="R", seq=1001, ack=0, ip_id=0)
+    made_here = make_packets([{**reset, "capture": "natgw", "ttl": 64, "t": 0.0}])
+    forwarded = make_packets([{**reset, "capture": "node-b", "ttl": 64, "t": 0.0},
+                              {**reset, "capture": "node-b", "ttl": 63, "t": 0.00001}])  # fmt: skip
+    received = make_packets([{**reset, "capture": "pod", "ttl": 64, "t": 0.0, "direction": "in"}])
+    for packets, expected_maker in ((made_here, "natgw"), (forwarded, None), (received, None)):
+        (conn,) = build_connections(packets, correlate(packets))
+        (rst,) = distinct_packets(conn)
+        assert generated_at(rst) == expected_maker
+
+
+def test_an_order_hint_places_points_whose_names_say_nothing() -> None:
+    scenario = synthetic.policy_reject()
+    names = {"client": "site-1", "node-a": "box-7", "pod": "box-9"}
+    packets = scenario.packets(["client", "node-a", "pod"])
+    packets["capture"] = packets["capture"].cat.rename_categories(lambda c: names.get(str(c), str(c)))
+    without_hint = diagnose(packets[packets["capture"] != "box-7"].reset_index(drop=True))
+    assert verdicts(without_hint) == ["port-closed"]  # nothing says box-9 lies beyond the client
+    with_hint = diagnose(packets[packets["capture"] != "box-7"].reset_index(drop=True), order_hint=["site-1", "box-9"])
+    assert verdicts(with_hint) == ["policy-reject"]
+    assert any("box-9" in line and "never saw the SYN" in line for line in with_hint[0].evidence)
