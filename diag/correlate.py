@@ -362,9 +362,7 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     ts_ref = ts + offset_ns_by_code[capture_code]
 
     hop = np.full(len(sights.match), -1, dtype=np.int64)
-    hop[matched] = _hop_order(
-        sights.match[matched], sights.capture[matched], path_rank, ts_ref[rows], len(names)
-    )
+    hop[matched] = _hop_order(sights.match[matched], sights.capture[matched], path_rank, ts_ref[rows], len(names))
     matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
     paths = _paths_table(matches, names)
     return Correlation(

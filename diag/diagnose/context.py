@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 
 from diag.correlate import Correlation
@@ -88,7 +87,3 @@ class Verdict:
     def rule_out(self, cause: str, why: str) -> None:
         if cause != self.cause and all(r.cause != cause for r in self.ruled_out):
             self.ruled_out.append(RuledOut(cause, why))
-
-
-def median_ns(values: list[int]) -> float:
-    return float(np.median(values)) if values else 0.0

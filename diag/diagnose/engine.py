@@ -42,17 +42,13 @@ def diagnose(
         result = analyze_tcp(conn, ctx) if conn.proto == TCP else analyze_udp(conn, ctx)
         if result is None:
             continue
-        verdict, symptom, occurrences = result
-        findings.append(
-            (symptom.ts_ref, _finding(conn.proto, conn.client, conn.server, verdict, symptom, occurrences, ctx))
-        )
+        verdict, symptom, _occurrences = result
+        findings.append((symptom.ts_ref, _finding(conn.proto, conn.client, conn.server, verdict, symptom, ctx)))
     findings.sort(key=lambda item: item[0])
     return [finding for _, finding in findings]
 
 
-def _finding(
-    proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, occurrences: int, ctx: Context
-) -> Finding:
+def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, ctx: Context) -> Finding:
     first = symptom.first
     evidence = list(verdict.evidence)
     if verdict.origin is None and verdict.origin_description:
@@ -61,7 +57,6 @@ def _finding(
         origin = verdict.origin
     captured = ", ".join(ctx.captures)
     evidence.append(f"captures analysed: {captured}")
-    del occurrences
     return Finding(
         cause=verdict.cause,
         confidence=round(min(verdict.confidence, 0.97), 3),

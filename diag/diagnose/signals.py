@@ -8,9 +8,8 @@ point sent it, which capture is the client's own) from the rows of a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import pandas as pd
 
 from diag.capture.columns import ACK, FIN, RST, SYN
 from diag.diagnose.connections import Connection, endpoint_text
@@ -225,12 +224,12 @@ def covers(spans: dict[str, tuple[int, int]], capture: str, ts_ref: int) -> bool
     return span is not None and span[0] <= ts_ref <= span[1]
 
 
-def after_at(packets: list[Seen], capture: str, since: Sight, predicate: object) -> list[Seen]:
+def after_at(packets: list[Seen], capture: str, since: Sight, predicate: Callable[[Seen], bool]) -> list[Seen]:
     """Packets seen at ``capture`` after ``since`` (same clock, no correction needed) matching ``predicate``."""
     chosen = []
     for packet in packets:
         sight = packet.at(capture)
-        if sight and sight.ts_ns > since.ts_ns and callable(predicate) and predicate(packet):
+        if sight and sight.ts_ns > since.ts_ns and predicate(packet):
             chosen.append(packet)
     return chosen
 
@@ -243,7 +242,3 @@ def ms(ns: int | float) -> str:
 def where(sight: Sight) -> str:
     """'pod #12' style packet reference."""
     return f"{sight.capture} #{sight.index}"
-
-
-def frame_rows(conn: Connection) -> pd.DataFrame:
-    return conn.rows

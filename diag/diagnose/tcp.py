@@ -15,7 +15,6 @@ from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import (
     Seen,
-    Sight,
     after_at,
     covers,
     distinct_packets,
@@ -90,9 +89,7 @@ def analyze_tcp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         if verdict is not None:
             same = [p for p in packets if p.is_rst and p.from_orig == rst.from_orig and p.ts_ref >= rst.ts_ref]
             if len(same) > 1:
-                verdict.evidence.insert(
-                    0, f"{len(same)} RSTs like it in this connection (counted once)"
-                )
+                verdict.evidence.insert(0, f"{len(same)} RSTs like it in this connection (counted once)")
             return verdict, rst, len(same)
     return unanswered_syn(conn, sides, ctx)
 
@@ -204,11 +201,11 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
     if rst.from_orig and challenge is not None:
         return _tuple_reuse(sides, rst, challenge, genuine, claim_lines, base)
     if is_established(packets, rst):
-        return _established_reset(sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
+        return _established_reset(sides, rst, trigger, genuine, forged, claim_lines, base)
     if not rst.from_orig:
         return _handshake_reset_from_server(sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
     if trigger is not None and trigger.is_synack and not genuine:
-        return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
+        return _asymmetric_return(sides, rst, trigger, forged, claim_lines, base, ctx)
     verdict = Verdict("unknown", 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
     verdict.evidence = base + claim_lines
     return verdict
@@ -267,7 +264,6 @@ def _established_reset(
     forged: bool,
     claim_lines: list[str],
     base: list[str],
-    ctx: Context,
 ) -> Verdict | None:
     who = side_name(rst.from_orig)
     packets = sides.packets
@@ -349,7 +345,6 @@ def _established_reset(
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = [*base, *claim_lines, f"origin: {origin_text}"]
     verdict.rule_out("peer-reset", f"the {who} did not send the RST")
-    del ctx
     return verdict
 
 
@@ -466,7 +461,6 @@ def _handshake_reset_from_server(
 
 
 def _asymmetric_return(
-    conn: Connection,
     sides: Sides,
     rst: Seen,
     synack: Seen,
@@ -567,7 +561,6 @@ def _asymmetric_return(
         "the RST answers the server's SYN-ACK on every attempt, as a stateful box without the flow's state does; "
         "an injector races genuine traffic instead",
     )
-    del conn
     return verdict
 
 
@@ -668,7 +661,3 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     verdict.rule_out("port-closed", "no RST came back")
     verdict.rule_out("policy-reject", "no RST came back")
     return verdict, first, len(syns)
-
-
-def describe_sight(sight: Sight) -> str:
-    return f"{where(sight)} TTL {sight.ttl}"
