@@ -13,7 +13,7 @@ import pandas as pd
 from diag.capture import pcap, pcapng
 from diag.capture.addresses import AddressColumn, categorical
 from diag.capture.columns import PACKET_COLUMNS
-from diag.capture.dissect import ADDRESS_COLUMNS, BOOL_COLUMNS, INT_COLUMNS, decode_batch
+from diag.capture.dissect import ADDRESS_COLUMNS, decode_batch
 from diag.capture.linktypes import SUPPORTED, linktype_name
 from diag.capture.records import Diagnostics, RecordBatch
 from diag.capture.source import Feed, open_capture
@@ -158,15 +158,9 @@ class TableBuilder:
                 data[column] = categorical(joined("direction", "int8"), DIRECTIONS)
             elif column in ADDRESS_COLUMNS:
                 data[column] = self.addresses[column].to_categorical(count)
-            elif column in INT_COLUMNS or column in BOOL_COLUMNS or column in self._batch_columns():
-                data[column] = joined(column, dtype)
             else:
-                raise AssertionError(f"no source for column {column}")
+                data[column] = joined(column, dtype)
         return pd.DataFrame(data, copy=False)
-
-    @staticmethod
-    def _batch_columns() -> tuple[str, ...]:
-        return ("index", "ts_ns", "link_type", "cap_len", "wire_len", "payload_digest")
 
     def _iface_column(self) -> pd.Categorical[str]:
         """pcapng interface names (or ids), replaced by ``if<N>`` where SLL2 names the interface."""
