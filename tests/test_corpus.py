@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -108,3 +110,73 @@ def test_corpus_fields_agree_with_tshark(corpus: Path, corpus_tables: dict[str, 
             report.append(f"{name}: {len(problems)} disagreement(s), first: " + "; ".join(problems[:3]))
     assert not report, f"{len(report)} of {len(names)} corpus files disagree with tshark:\n" + "\n".join(report)
     assert packets_compared > 1000
+
+
+# tcpdump's own verbose decodes (`.out` files, run with -n and -tttt in UTC by tcpdump's
+# test driver), as a second independent reference for the outer IP header.
+IPV4_LINE = re.compile(
+    r"^\s*(?P<number>\d+)\s+(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) IP "
+    r"\(tos 0x[0-9a-f]+(?:, [A-Z]+(?:\(\d\))?)?, ttl (?P<ttl>\d+), id (?P<id>\d+), offset (?P<offset>\d+), "
+    r"flags \[[^\]]*\], proto [^(]*\((?P<proto>\d+)\), length (?P<length>\d+)"
+)
+IPV6_LINE = re.compile(
+    r"^\s*(?P<number>\d+)\s+(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) IP6 \((?:class 0x[0-9a-f]+, )?"
+    r"(?:flowlabel 0x[0-9a-f]+, )?hlim (?P<hlim>\d+), next-header [^(]*\((?P<next>\d+)\), "
+    r"payload length (?P<plen>\d+)\)"
+)
+
+
+def tcpdump_verbose_tests(folder: Path) -> list[tuple[str, str]]:
+    """(capture, expected output) of the TESTLIST entries run with -v."""
+    entries = []
+    for line in (folder / "TESTLIST").read_text(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and not line.startswith("#") and "-v" in fields[3:] and fields[1].endswith(".pcap"):
+            entries.append((fields[1], fields[2]))
+    return entries
+
+
+def _micros(text: str) -> int:
+    stamp = datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+    return int(stamp.timestamp()) * 1_000_000 + stamp.microsecond
+
+
+def test_outer_ip_headers_agree_with_tcpdump_verbose_output(
+    corpus: Path, corpus_tables: dict[str, pd.DataFrame | CaptureError]
+) -> None:
+    folder = corpus / "tcpdump" / "tests"
+    problems: list[str] = []
+    checked = 0
+    for capture, expected in tcpdump_verbose_tests(folder):
+        table = corpus_tables.get(capture)
+        output = folder / expected
+        if not isinstance(table, pd.DataFrame) or len(table) == 0 or not output.exists():
+            continue
+        rows = table.set_index("index")
+        for line in output.read_text(errors="replace").splitlines():
+            match = IPV4_LINE.match(line) or IPV6_LINE.match(line)
+            if match is None:
+                continue
+            index = int(match["number"]) - 1
+            if index not in rows.index:
+                continue
+            row = rows.loc[index]
+            fields = match.groupdict()
+            if row.ip_version == 0 and row.truncated:
+                continue  # tcpdump prints what it has of a cut-off header; diag decodes whole headers only
+            if fields.get("plen") == "0":
+                continue  # a jumbogram: its length is not in this header
+            if "ttl" in fields and fields["ttl"] is not None:
+                seen = (row.ip_version, row.ttl, row.ip_id, row.frag_offset, row.proto, row.ip_len)
+                wanted = (4, int(fields["ttl"]), int(fields["id"]), int(fields["offset"]), int(fields["proto"]),
+                          int(fields["length"]))  # fmt: skip
+            else:
+                seen = (row.ip_version, row.ttl, row.ip_len)
+                wanted = (6, int(fields["hlim"]), 40 + int(fields["plen"]))
+            if row.ts_ns // 1000 != _micros(fields["time"]):
+                problems.append(f"{capture} packet {index}: ts_ns {row.ts_ns}, tcpdump {fields['time']}")
+            if seen != wanted:
+                problems.append(f"{capture} packet {index}: read_capture {seen}, tcpdump {wanted}")
+            checked += 1
+    assert checked > 300, f"only {checked} packets could be compared with tcpdump's output"
+    assert not problems, f"{len(problems)} disagreements with tcpdump -v output:\n" + "\n".join(problems[:30])
