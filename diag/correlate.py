@@ -23,7 +23,7 @@ Steps, all vectorised over the concatenated packet table:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -250,19 +250,49 @@ class Correlation:
     ``offsets``: per capture, what to add to its timestamps to be on the
     reference capture's clock (the reference itself is 0 ± 0).
     ``nat_map``: the distinct translations seen between consecutive points.
-    ``row_match``/``row_sighting``: per packet position (not label), the match
-    id (-1 when not matched) and the sighting id, for the diagnosis.
+    ``row_match``/``row_sighting``/``row_hop``: per packet position (not
+    label), the match id (-1 when not matched), the sighting id and the hop,
+    for the diagnosis. ``matches``, ``paths`` and ``nat_map`` are built the
+    first time one of them is used.
     """
 
-    matches: pd.DataFrame
-    paths: pd.DataFrame
     reference: str | None
     offsets: dict[str, ClockOffset]
-    nat_map: pd.DataFrame
     row_match: np.ndarray
     row_sighting: np.ndarray
     ts_ref_ns: np.ndarray
+    row_hop: np.ndarray  # per packet position: its point's place on the path (-1 when not matched)
     clock_notes: dict[str, str] = field(default_factory=dict)
+    # The three tables are built on first use: matching and clocks do not need them.
+    _build_tables: Callable[[], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] | None = field(
+        default=None, repr=False
+    )
+    _tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
+
+    def _ensure_tables(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        if self._tables is None:
+            if self._build_tables is None:
+                self._tables = (
+                    pd.DataFrame(columns=list(_MATCH_COLUMNS)),
+                    pd.DataFrame(columns=list(_PATH_COLUMNS)),
+                    pd.DataFrame(columns=list(_NAT_COLUMNS)),
+                )
+            else:
+                self._tables = self._build_tables()
+                self._build_tables = None
+        return self._tables
+
+    @property
+    def matches(self) -> pd.DataFrame:
+        return self._ensure_tables()[0]
+
+    @property
+    def paths(self) -> pd.DataFrame:
+        return self._ensure_tables()[1]
+
+    @property
+    def nat_map(self) -> pd.DataFrame:
+        return self._ensure_tables()[2]
 
     def offset_ns(self, capture: str) -> int:
         offset = self.offsets.get(capture)
@@ -273,14 +303,12 @@ def _empty_correlation(packets: pd.DataFrame, reference: str | None) -> Correlat
     n = len(packets)
     offsets = {reference: ClockOffset(0.0, 0.0)} if reference else {}
     return Correlation(
-        matches=pd.DataFrame(columns=list(_MATCH_COLUMNS)),
-        paths=pd.DataFrame(columns=list(_PATH_COLUMNS)),
         reference=reference,
         offsets=offsets,
-        nat_map=pd.DataFrame(columns=list(_NAT_COLUMNS)),
         row_match=np.full(n, -1, dtype=np.int64),
         row_sighting=np.arange(n, dtype=np.int64),
         ts_ref_ns=packets["ts_ns"].to_numpy().astype(np.int64) if n else np.zeros(0, dtype=np.int64),
+        row_hop=np.full(n, -1, dtype=np.int64),
     )
 
 
@@ -363,18 +391,21 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
 
     hop = np.full(len(sights.match), -1, dtype=np.int64)
     hop[matched] = _hop_order(sights.match[matched], sights.capture[matched], path_rank, ts_ref[rows], len(names))
-    matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
-    paths = _paths_table(matches, names)
+    hop_by_sighting = np.concatenate([hop, np.full(lone, -1, dtype=np.int64)])
+
+    def build_tables() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
+        return matches, _paths_table(matches, names), nat_map
+
     return Correlation(
-        matches=matches,
-        paths=paths,
         reference=reference,
         offsets=offsets,
-        nat_map=nat_map,
         row_match=row_match,
         row_sighting=sights.row_sighting,
         ts_ref_ns=ts_ref,
+        row_hop=hop_by_sighting[sights.row_sighting],
         clock_notes=notes,
+        _build_tables=build_tables,
     )
 
 
@@ -474,10 +505,12 @@ def _matches_table(
     else:
         counts = np.zeros(0, dtype=np.int64)
     # One tuple of plain ints per distinct rewrite, in the order of ``fields``.
-    combos = [tuple(int(v) for v in row) for row in np.stack(fields, axis=1)[firsts]] if len(after) else []
+    combos: list[list[int]] = np.stack(fields, axis=1)[firsts].tolist() if len(after) else []
+    # Address code -> text; the extra last entry makes code -1 (absent) the empty string.
+    address_list = [str(a) for a in address_text] + [""]
 
     def text(code: int) -> str:
-        return str(address_text[code]) if code >= 0 else ""
+        return address_list[code]
 
     descriptions = [
         describe_rewrite(text(s0), text(d0), sp0, dp0, text(s1), text(d1), sp1, dp1)
@@ -515,7 +548,8 @@ def _matches_table(
             "nat": nat,
             "position": positions,
             "sighting": sighting,
-        }
+        },
+        copy=False,  # fresh arrays: no need to copy them into one block
     )
     capture_names = np.asarray(names, dtype=object)
     nat_map = pd.DataFrame(
@@ -575,10 +609,13 @@ def _paths_table(matches: pd.DataFrame, names: list[str]) -> pd.DataFrame:
                 points.append(names[(value & ((1 << bits) - 1)) - 1])
                 value >>= bits
             decoded.append(tuple(points))
-        points_col = [decoded[i] for i in inverse]
+        kinds_as_objects = np.empty(len(decoded), dtype=object)
+        kinds_as_objects[:] = decoded  # one tuple per cell, not a 2-D array
+        points_col = kinds_as_objects[inverse]
     else:
-        captures = firsts["capture"].to_numpy()
-        points_col = [tuple(captures[a : b + 1]) for a, b in zip(starts, ends, strict=True)]
+        captures = firsts["capture"].astype(str).to_numpy()
+        points_col = np.empty(len(starts), dtype=object)
+        points_col[:] = [tuple(captures[a : b + 1]) for a, b in zip(starts, ends, strict=True)]
     capture_names = np.asarray(names, dtype=object)
     return pd.DataFrame(
         {

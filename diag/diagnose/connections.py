@@ -107,10 +107,7 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
     table["copy"] = pd.Series(sighting, index=table.index).duplicated().to_numpy()
     table["ts_ref"] = corr.ts_ref_ns[positions]
     table["node"] = _flow_nodes(table)
-    hop = np.full(len(packets), 0, dtype=np.int64)
-    if not corr.matches.empty:
-        hop[corr.matches["position"].to_numpy()] = corr.matches["hop"].to_numpy()
-    table["hop"] = hop[positions]
+    table["hop"] = np.maximum(corr.row_hop[positions], 0)
 
     uf = _UnionFind(int(table["node"].max()) + 1)
     linked = table[table["match"] >= 0][["match", "node"]].drop_duplicates()
