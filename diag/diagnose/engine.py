@@ -16,6 +16,10 @@ from diag.diagnose.tcp import analyze_tcp
 from diag.diagnose.udp import analyze_udp
 from diag.report import Finding, PacketRef
 
+# Causes whose packet was made by another device than the one it names: their
+# origin, when that device was not captured, is described instead of named.
+FORGED_CAUSES = frozenset({"asymmetric-return", "policy-reject", "idle-timeout", "injected-reset"})
+
 
 def diagnose(
     packets: pd.DataFrame,
@@ -51,10 +55,10 @@ def diagnose(
 def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, ctx: Context) -> Finding:
     first = symptom.first
     evidence = list(verdict.evidence)
-    if verdict.origin is None and verdict.origin_description:
-        origin: str | None = verdict.origin_description
-    else:
-        origin = verdict.origin
+    origin = verdict.origin
+    if origin is None and verdict.origin_description and verdict.cause in FORGED_CAUSES:
+        # The maker was not captured: say where it is, as far as the TTL tells.
+        origin = verdict.origin_description
     captured = ", ".join(ctx.captures)
     evidence.append(f"captures analysed: {captured}")
     return Finding(

@@ -434,6 +434,8 @@ def _handshake_reset_from_server(
     verdict.origin = origin if origin == server else None
     verdict.origin_description = origin_text
     verdict.evidence = [*base, *claim_lines]
+    if verdict.origin is None:
+        verdict.evidence.append(f"origin: {origin_text}")
     if rst.has(0x10) and syn is not None and rst.ack == (syn.seq + 1) % 2**32:
         verdict.support(
             f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05
