@@ -295,3 +295,15 @@ def test_an_order_hint_places_points_whose_names_say_nothing() -> None:
     with_hint = diagnose(packets[packets["capture"] != "box-7"].reset_index(drop=True), order_hint=["site-1", "box-9"])
     assert verdicts(with_hint) == ["policy-reject"]
     assert any("box-9" in line and "never saw the SYN" in line for line in with_hint[0].evidence)
+
+
+def test_a_reply_that_leaves_by_another_path_and_vanishes_is_asymmetric_return() -> None:
+    packets = synthetic.incident().packets()
+    quiet = packets[(packets["tcp_flags"] & 0x04) == 0].reset_index(drop=True)  # a gateway that drops, no RST
+    (finding,) = diagnose(quiet)
+    assert finding.cause == "asymmetric-return"
+    assert any("natgw saw the reply but never the request" in line for line in finding.evidence)
+    # Without the gateway's capture nothing shows where the SYN-ACK went: it vanished after node-b.
+    (finding,) = diagnose(quiet[quiet["capture"] != "natgw"].reset_index(drop=True))
+    assert finding.cause == "silent-drop"
+    assert "after node-b" in finding.summary
