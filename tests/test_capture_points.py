@@ -200,7 +200,9 @@ def test_merge_orders_microsecond_pcaps_and_names_interfaces(tmp_path: Path) -> 
     def packets(start: float, port: int) -> list:
         made = []
         for number in range(3):
-            packet = Ether() / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=port, dport=53) / b"x"
+            # Explicit MACs: without them scapy would try to resolve one over the network.
+            link = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+            packet = link / IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=port, dport=53) / b"x"
             packet.time = start + number * 0.002
             made.append(packet)
         return made
