@@ -18,7 +18,13 @@ Steps, all vectorised over the concatenated packet table:
    second pass without the IP ID catches boxes that rewrite it.
 4. Clock offsets (``diag.clock``) from the matched packets, then the order of
    the points along each packet's path (TTL first: it only goes down; then the
-   corrected time), the rewrites between consecutive points, and the NAT map.
+   corrected time).
+5. On first use only: the per-row ``matches`` table with the rewrite seen
+   against the previous copy, the ``paths`` and the NAT map.
+
+Grouping is done by sorting once on a content hash (captures are already in
+time order, so equal keys come out in capture and time order) rather than with
+hash joins; regrouping afterwards works on nearly sorted arrays, which is cheap.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 ``engine`` combines the cause modules (``tcp``, ``udp``) over the connections
 that ``connections`` assembles across capture points; ``signals`` holds the
-single facts they stand on and ``advice`` the fixes.
+single facts they stand on, ``context`` what the whole analysis knows (which
+points were captured, when, in what order) and ``advice`` the fixes.
 """
 
 from diag.diagnose.engine import diagnose
