@@ -165,7 +165,7 @@ def _draw_title(figure: Figure, view: FlowView) -> None:
                 color=style.RST_COLOUR if view.finding is not None else "black")
     lines = []
     if view.finding is not None and view.finding.summary:
-        lines += textwrap.wrap(view.finding.summary, width=int(width_inches * 13))[:3]
+        lines += textwrap.wrap(view.finding.summary, width=int(width_inches * 11))[:3]
     clock = f" · times on the {view.clock_reference} clock" if view.clock_reference else ""
     lines.append(f"connection {view.client} → {view.server} ({view.proto}), {len(view.trips)} packets{clock}")
     top_offset = 0.38 / figure.get_figheight()
