@@ -351,3 +351,19 @@ def test_without_findings_the_first_troubled_connection_is_drawn() -> None:
     view = diag.plot.flow_view(Report(captures=[], packets=packets, flows=flows))
     assert view.client.endswith(":48000")  # the silent-drop scenario's client, whose SYNs got no answer
     assert {trip.flag_name for trip in view.trips} == {"SYN"}
+
+
+def test_ipv6_connections_are_named_as_the_flow_table_names_them() -> None:
+    client, server = "2001:db8::10", "2001:db8:1::80"
+    rows = [
+        _packet("client", 1_764_257_655.0, client, 40000, server, 443, SYN, 7, 0),
+        _packet("client", 1_764_257_655.1, server, 443, client, 40000, SYN | ACK, 900, 8),
+    ]
+    packets = pd.DataFrame(rows, columns=list(PACKET_COLUMNS)).assign(ip_version=6, index=[0, 1])
+    flows = pd.DataFrame([{"capture": "client", "proto": "tcp", "orig": f"[{client}]:40000",
+                           "resp": f"[{server}]:443", "conn_state": "S1"}])
+    view = diag.plot.flow_view(Report(captures=[], packets=packets, flows=flows), 0)
+    assert (view.client, view.server) == (f"[{client}]:40000", f"[{server}]:443")
+    assert [trip.label for trip in view.trips] == ["SYN seq=0", "SYN-ACK seq=0 ack=1"]
+    assert diag.plot.flowview.host_of(view.client) == client
+    assert diag.plot.flowview.host_of("192.0.2.1:80") == "192.0.2.1"

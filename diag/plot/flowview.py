@@ -265,10 +265,12 @@ def _row_of_finding(report: Report, finding: Finding) -> Hashable:
 
 
 def _endpoint_columns(packets: pd.DataFrame) -> pd.DataFrame:
-    """'addr:port' of source and destination (just 'addr' for packets without ports)."""
+    """'addr:port' of source and destination, IPv6 in brackets as the flow table writes them
+    ('[2001:db8::1]:443'); just 'addr' for packets without ports."""
     def endpoint(addr: pd.Series, port: pd.Series) -> pd.Series:
         text = addr.astype(str)
-        with_port = text + ":" + port.astype(str)
+        host = text.where(~text.str.contains(":", regex=False), "[" + text + "]")
+        with_port = host + ":" + port.astype(str)
         return with_port.where(port.to_numpy() >= 0, text)
 
     return pd.DataFrame(
@@ -278,6 +280,15 @@ def _endpoint_columns(packets: pd.DataFrame) -> pd.DataFrame:
         },
         index=packets.index,
     )
+
+
+def host_of(endpoint: str) -> str:
+    """The address of an endpoint text: '[2001:db8::1]:443' -> '2001:db8::1', '192.0.2.1:80' -> '192.0.2.1'."""
+    if endpoint.startswith("["):
+        return endpoint[1 : endpoint.index("]")]
+    if endpoint.count(":") == 1:
+        return endpoint.rpartition(":")[0]
+    return endpoint
 
 
 def _flow_table(report: Report, positions: np.ndarray) -> pd.DataFrame:

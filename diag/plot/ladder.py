@@ -24,7 +24,7 @@ from matplotlib.patches import FancyArrowPatch
 from diag.errors import DiagError
 from diag.plot import style
 from diag.plot.condense import CollapsedCycles, LadderItem, condense
-from diag.plot.flowview import FORGED_RESET_CAUSES, FlowSelector, FlowView, PacketTrip, flow_view
+from diag.plot.flowview import FORGED_RESET_CAUSES, FlowSelector, FlowView, PacketTrip, flow_view, host_of
 from diag.report import Finding, Report
 
 # Flows longer than this are condensed unless the caller says otherwise.
@@ -385,7 +385,7 @@ def _owner_of(view: FlowView, address: str) -> str | None:
         if trip.is_rst:
             continue
         first = trip.sightings[0]
-        if first.src == address or first.src.startswith(address + ":"):
+        if host_of(first.src) == address:
             return first.lane
     return None
 
