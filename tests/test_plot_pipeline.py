@@ -222,3 +222,43 @@ def test_ladder_of_the_incident_captured_in_the_lab(tmp_path: Path) -> None:
     empty = [t.get_gid() for t in figure.findobj(Text) if (t.get_gid() or "").startswith("lane-empty:")]
     # The lab's other pod takes no part in this connection: its lane is there, marked empty.
     assert empty and all(gid.removeprefix("lane-empty:") in paths for gid in empty)
+
+
+# --- captures nobody on this project made ----------------------------------------------------------------
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    return sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix in (".pcap", ".pcapng", ".cap", ".gz"))
+
+
+def test_corpus_captures_draw_or_refuse_cleanly(corpus: Path) -> None:
+    # Every tenth file of tcpdump's test captures (link types, IPv6, tunnels, damaged files): whatever the
+    # analysis makes of it is drawn, unless it holds no IP packet at all.
+    from diag.errors import DiagError
+
+    drawn = 0
+    for path in corpus_files(corpus)[::10]:
+        try:
+            report = analyze_quietly({"capture": path})
+        except DiagError:
+            continue
+        try:
+            figure = diag.plot.ladder(report)
+            diag.plot.timeline(report)
+        except DiagError as error:
+            assert str(error).startswith("nothing to draw"), f"{path.name}: {error}"
+            continue
+        assert lanes(figure) == ["capture"], path
+        drawn += 1
+    assert drawn >= 30
+
+
+@pytest.mark.parametrize("name", ["tcp_rst_data.pcap", "tcp_rst_diag_payload.pcap", "mptcp-tcprst.pcap"])
+def test_real_resets_are_red(corpus: Path, name: str) -> None:
+    require_tools("tshark")
+    path = next(corpus.rglob(name))
+    report = analyze_quietly({"capture": path})
+    view = diag.plot.flow_view(report)
+    port = view.client.rpartition(":")[2]
+    red = trips_drawn(diag.plot.ladder(report), colour=style.RST_COLOUR)
+    assert len(red) == tshark_count(path, f"tcp.flags.reset == 1 && tcp.port == {port}") > 0
