@@ -167,7 +167,8 @@ def _draw_title(figure: Figure, view: FlowView) -> None:
     if view.finding is not None and view.finding.summary:
         lines += textwrap.wrap(view.finding.summary, width=int(width_inches * 11))[:3]
     clock = f" · times on the {view.clock_reference} clock" if view.clock_reference else ""
-    lines.append(f"connection {view.client} → {view.server} ({view.proto}), {len(view.trips)} packets{clock}")
+    count = f"{len(view.trips)} packet" + ("" if len(view.trips) == 1 else "s")
+    lines.append(f"connection {view.client} → {view.server} ({view.proto}), {count}{clock}")
     top_offset = 0.38 / figure.get_figheight()
     figure.text(0.15 / width_inches, 0.995 - top_offset, "\n".join(lines), fontsize=style.HEADER_SIZE - 0.5,
                 va="top", ha="left", color="#333333", gid="subtitle")
