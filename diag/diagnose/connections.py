@@ -87,8 +87,12 @@ def _flow_nodes(table: pd.DataFrame) -> np.ndarray:
     return keys.groupby(["c", "p", "l", "h"], sort=False).ngroup().to_numpy()
 
 
-def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connection]:
-    """Every TCP and UDP connection in ``packets``, linked across points by ``corr``."""
+def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: bool = False) -> list[Connection]:
+    """Every TCP and UDP connection in ``packets``, linked across points by ``corr``.
+
+    With ``suspects_only``, connections that cannot hold a symptom (see
+    ``_suspect_connections``) are left out, which keeps big captures fast.
+    """
     proto = packets["proto"].to_numpy()
     positions = np.flatnonzero(np.isin(proto, (TCP, UDP)) & (packets["ip_version"].to_numpy() > 0))
     if len(positions) == 0:
@@ -124,7 +128,10 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
             uf.union(a, b)
     _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
-    table["conn"] = [uf.find(n) for n in table["node"].tolist()]
+    roots = np.array([uf.find(n) for n in range(len(uf.parent))], dtype=np.int64)
+    table["conn"] = roots[table["node"].to_numpy()]
+    if suspects_only:
+        table = table[table["conn"].isin(_suspect_connections(table))]
 
     connections = []
     for conn_id, rows in table.groupby("conn", sort=True):
@@ -133,6 +140,33 @@ def build_connections(packets: pd.DataFrame, corr: Correlation) -> list[Connecti
         if connection is not None:
             connections.append(connection)
     return connections
+
+
+def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
+    """Connections that may hold a symptom; the rest (clean handshakes, answered datagrams) are skipped.
+
+    TCP: a RST, a SYN sent more than once, or a SYN with no SYN-ACK anywhere.
+    UDP: a point that saw only one direction, or two flows of one connection.
+    """
+    conn = table["conn"].to_numpy()
+    flags = table["tcp_flags"].to_numpy()
+    tcp = table["proto"].to_numpy() == TCP
+    handshake = np.where(flags >= 0, flags & (SYN | ACK | RST), 0)
+    rst = tcp & (flags >= 0) & ((flags & RST) != 0)
+    syn = tcp & (handshake == SYN)
+    synack = tcp & (handshake == SYN | ACK)
+    suspects = set(np.unique(conn[rst]).tolist())
+    syns = pd.DataFrame({"conn": conn[syn], "seq": table["seq"].to_numpy()[syn], "pkt": table["pkt"].to_numpy()[syn]})
+    retried = syns.groupby(["conn", "seq"])["pkt"].nunique()
+    suspects |= set(retried[retried > 1].index.get_level_values("conn").tolist())
+    suspects |= set(np.setdiff1d(np.unique(conn[syn]), np.unique(conn[synack])).tolist())
+    udp = ~tcp
+    if udp.any():
+        datagrams = table[udp]
+        senders = datagrams.groupby(["conn", "capture"]).agg(senders=("src", "nunique"), flows=("node", "nunique"))
+        odd = senders[(senders["senders"] < 2) | (senders["flows"] > 1)]
+        suspects |= set(odd.index.get_level_values("conn").tolist())
+    return np.array(sorted(suspects), dtype=np.int64)
 
 
 def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
@@ -156,6 +190,11 @@ def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
         ]
     ).drop_duplicates()  # fmt: skip
     clients = clients[clients["port"] >= 1024]
+    # Only endpoints seen at two points or more can link anything.
+    spread = clients.groupby(["addr", "port"])["capture"].transform("nunique")
+    clients = clients[spread.to_numpy() > 1].copy()
+    if clients.empty:
+        return
     clients["root"] = [uf.find(int(n)) for n in clients["node"]]
     for _, group in clients.groupby(["addr", "port"], sort=False):
         per_point = group.drop_duplicates(["capture", "root"])
@@ -172,24 +211,26 @@ def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
     if udp.empty:
         return
     for _capture, rows in udp.groupby("capture", sort=False):
-        by_node = {int(str(n)): r for n, r in rows.groupby("node", sort=False)}
-        # Flows whose packets all go one way: candidate requests and candidate replies.
-        one_way = {n: r for n, r in by_node.items() if r[["src", "sport"]].drop_duplicates().shape[0] == 1}
-        for n_req, req in one_way.items():
-            client = (req["src"].iloc[0], int(req["sport"].iloc[0]))
+        # One line per flow whose packets all go one way: candidate requests and candidate replies.
+        per_flow = rows.groupby("node", sort=False).agg(
+            src=("src", "first"), sport=("sport", "first"), dst=("dst", "first"), dport=("dport", "first"),
+            senders=("sport", "size"), first_ts=("ts_ns", "min"),
+        )  # fmt: skip
+        one_way = per_flow[rows.groupby("node", sort=False)[["src", "sport"]].nunique().max(axis=1) == 1]
+        replies_to: dict[tuple[str, int], list[tuple[int, str, int, int]]] = {}
+        for node, flow in one_way.iterrows():
+            replies_to.setdefault((flow["dst"], int(flow["dport"])), []).append(
+                (int(str(node)), flow["src"], int(flow["sport"]), int(flow["first_ts"]))
+            )
+        for node, flow in one_way.iterrows():
+            client = (flow["src"], int(flow["sport"]))
             if client[1] < 1024:
                 continue
-            server = (req["dst"].iloc[0], int(req["dport"].iloc[0]))
-            for n_rep, rep in one_way.items():
-                if n_rep == n_req:
-                    continue
-                to = (rep["dst"].iloc[0], int(rep["dport"].iloc[0]))
-                sender = (rep["src"].iloc[0], int(rep["sport"].iloc[0]))
-                if to != client or sender == server:
-                    continue
-                delay = int(rep["ts_ns"].min()) - int(req["ts_ns"].min())
-                if 0 <= delay <= RESOURCED_REPLY_WINDOW_NS:
-                    uf.union(n_req, n_rep)
+            server = (flow["dst"], int(flow["dport"]))
+            for other, src, sport, first_ts in replies_to.get(client, []):
+                delay = first_ts - int(flow["first_ts"])
+                if (src, sport) != server and 0 <= delay <= RESOURCED_REPLY_WINDOW_NS:
+                    uf.union(int(str(node)), other)
 
 
 def _orient(conn_id: int, rows: pd.DataFrame) -> Connection | None:

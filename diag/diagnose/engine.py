@@ -42,7 +42,7 @@ def diagnose(
         return []
     ctx = Context.build(packets, corr, order_hint)
     findings: list[tuple[int, Finding]] = []
-    for conn in build_connections(packets, corr):
+    for conn in build_connections(packets, corr, suspects_only=True):
         result = analyze_tcp(conn, ctx) if conn.proto == TCP else analyze_udp(conn, ctx)
         if result is None:
             continue
