@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -26,9 +27,10 @@ from diag.report import CaptureInfo, Report
 
 CaptureSpec = str | os.PathLike[str]
 
-# Called with (name, path, size in bytes) before each capture is read, so a
-# command line can show progress; returns nothing.
-ProgressHook = Callable[[str, Path, int], None]
+# Called with (name, path, size in bytes) for each capture; the context it
+# returns is held while that capture is read and analyzed, so a command line
+# can show a spinner or a progress line.
+ProgressHook = Callable[[str, Path, int], AbstractContextManager[object]]
 
 
 def parse_capture_args(captures: Mapping[str, CaptureSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
@@ -85,9 +87,8 @@ def read_captures(
     tables: list[pd.DataFrame] = []
     infos: list[CaptureInfo] = []
     for name, path in pairs:
-        if progress is not None:
-            progress(name, path, path.stat().st_size if path.is_file() else 0)
-        with warnings.catch_warnings():
+        size = path.stat().st_size if path.is_file() else 0
+        with progress(name, path, size) if progress else nullcontext(), warnings.catch_warnings():
             # The reader both records and warns; the report carries the records.
             warnings.simplefilter("ignore")
             table = read_capture(path, name=name)

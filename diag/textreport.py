@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import pandas as pd
 
@@ -72,7 +72,7 @@ def problem_kind(flow: pd.Series) -> str | None:
     return None
 
 
-def _flow_line(flow: pd.Series) -> str:
+def _flow_line(flow: Mapping[Hashable, Any]) -> str:
     parts = [f"{flow['proto']} {flow['orig']} -> {flow['resp']}"]
     if flow["vlan"] >= 0:
         parts.append(f"vlan {flow['vlan']}")
@@ -182,12 +182,12 @@ def _capture_section(info: CaptureInfo, flows: pd.DataFrame, style: _Style, show
         label = style.bad(kind.upper()) if kind in (RESET, UNANSWERED) else style.warn(kind.upper())
         lines.append(f"  {label} ({len(group)})")
         shown = group if show_all else group.head(limit)
-        lines += [f"    {_flow_line(row)}" for _, row in shown.iterrows()]
+        lines += [f"    {_flow_line(row)}" for row in shown.to_dict(orient="records")]
         if len(shown) < len(group):
             lines.append(style.dim(f"    ... and {len(group) - len(shown)} more (--flows all lists every flow)"))
     lines.append(f"  {style.good(_healthy_summary(healthy))}")
     if show_all and not healthy.empty:
-        lines += [f"    {_flow_line(row)}" for _, row in healthy.iterrows()]
+        lines += [f"    {_flow_line(row)}" for row in healthy.to_dict(orient="records")]
     return lines
 
 

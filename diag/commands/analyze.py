@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -92,15 +93,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _progress_reporter(total_bytes: int) -> ProgressHook | None:
-    """A callback that shows which capture is being read, when it is worth it and stderr is a terminal."""
+    """A spinner on stderr while each capture is read, when it is worth it and stderr is a terminal."""
     if total_bytes < PROGRESS_BYTES or not sys.stderr.isatty():
         return None
     from rich.console import Console
 
     console = Console(stderr=True)
 
-    def show(name: str, path: Path, size: int) -> None:
-        console.print(f"[dim]reading {name} ({path}, {size / 1e6:.0f} MB)...[/dim]")
+    def show(name: str, path: Path, size: int) -> AbstractContextManager[object]:
+        return console.status(f"reading {name} ({path}, {size / 1e6:.0f} MB)", spinner="dots")
 
     return show
 
