@@ -237,3 +237,37 @@ def test_many_flows_keep_first_appearance_order_and_counts() -> None:
     assert list(flows.orig_p) == [40000 + port for port in range(100)]
     assert set(flows.conn_state) == {"REJ"}
     assert (flows.orig_pkts == 1).all() and (flows.resp_pkts == 1).all()
+
+
+def test_syn_fin_rst_letters_repeat_only_with_a_new_sequence_number() -> None:
+    same_synack = [c("S", seq=C_ISN), s("SA", seq=S_ISN, ack=C_ISN + 1), s("SA", seq=S_ISN, ack=C_ISN + 1)]
+    assert one_flow(same_synack).history == "Sh"
+    new_synack = [c("S", seq=C_ISN), s("SA", seq=S_ISN, ack=C_ISN + 1), s("SA", seq=S_ISN + 9, ack=C_ISN + 1)]
+    assert one_flow(new_synack).history == "Shh"
+    fin_again = [*HANDSHAKE, c("FA", seq=C_ISN + 1, ack=S_ISN + 1), c("FA", seq=C_ISN + 1, ack=S_ISN + 1)]
+    assert one_flow(fin_again).history == "ShAF"
+    two_rsts = [*HANDSHAKE, c("R", seq=C_ISN + 1), c("R", seq=C_ISN + 5000)]
+    assert one_flow(two_rsts).history == "ShARR"
+
+
+def test_multi_flag_packets_are_q_and_i() -> None:
+    assert one_flow([c("SF", seq=C_ISN), c("SR", seq=C_ISN)]).history == "Q"
+    assert one_flow([*HANDSHAKE, s("FR", seq=S_ISN + 1)]).history == "ShAi"
+
+
+def test_bare_ack_before_the_syn_ack_keeps_the_responder_inactive() -> None:
+    # Zeek: "some eccentric TCPs ack an initial SYN before sending the SYN-ACK".
+    rows = [c("S", seq=C_ISN), s("A", seq=S_ISN, ack=C_ISN + 1), s("SA", seq=S_ISN, ack=C_ISN + 1)]
+    flow = one_flow(rows)
+    assert (flow.history, flow.conn_state) == ("Sah", "S1")
+
+
+def test_partial_connection_bytes_come_from_sequence_numbers() -> None:
+    # Midstream: no SYN, so Zeek starts each side one before its first sequence number.
+    rows = [
+        c("PA", seq=7000, ack=9000, payload_len=100),
+        c("PA", seq=7100, ack=9000, payload_len=100),
+        s("A", seq=9000, ack=7200),
+    ]
+    flow = one_flow(rows)
+    assert (flow.orig_bytes, flow.resp_bytes, flow.conn_state) == (200, 0, "OTH")
