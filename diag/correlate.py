@@ -323,7 +323,7 @@ _MATCH_COLUMNS = (
     "src", "dst", "sport", "dport", "prev_capture", "nat",
 )  # fmt: skip
 _PATH_COLUMNS = ("match_id", "points", "n_points", "first_capture", "last_capture", "first_ts_ns", "last_ts_ns")
-_NAT_COLUMNS = ("from_capture", "to_capture", "proto", "before", "after", "packets")
+_NAT_COLUMNS = ("from_capture", "to_capture", "proto", "side", "before", "after", "packets")
 
 
 def choose_reference(names: Sequence[str]) -> str | None:
@@ -500,32 +500,41 @@ def _matches_table(
     after = np.flatnonzero(changed)
     before = after - 1
     proto = packets["proto"].to_numpy()[positions[after]].astype(np.int64)
-    fields = [cap[before], cap[after], proto, src[before], sport[before], dst[before], dport[before],
-              src[after], sport[after], dst[after], dport[after]]  # fmt: skip
-    digest = np.zeros(len(after), dtype=np.uint64)
-    for values in fields:
-        digest = _mix(digest, values)
-    kinds, firsts = pd.factorize(digest)[0], np.zeros(0, dtype=np.int64)
-    if len(after):
-        _, firsts, counts = np.unique(kinds, return_index=True, return_counts=True)
-    else:
-        counts = np.zeros(0, dtype=np.int64)
-    # One tuple of plain ints per distinct rewrite, in the order of ``fields``.
-    combos: list[list[int]] = np.stack(fields, axis=1)[firsts].tolist() if len(after) else []
     # Address code -> text; the extra last entry makes code -1 (absent) the empty string.
     address_list = [str(a) for a in address_text] + [""]
-
-    def text(code: int) -> str:
-        return address_list[code]
-
-    descriptions = [
-        describe_rewrite(text(s0), text(d0), sp0, dp0, text(s1), text(d1), sp1, dp1)
-        for _, _, _, s0, sp0, d0, dp0, s1, sp1, d1, dp1 in combos
-    ]
-    # Different boxes may make the same rewrite: one category per distinct text.
+    # A translation is one endpoint rewritten into another, per side, between two
+    # points: few distinct ones even when a busy box rewrites every flow.
+    translations: list[tuple[str, str, int, str, str, str, int]] = []
+    side_texts: list[list[str]] = []
+    side_kinds: list[np.ndarray] = []
+    for side, addr, port in (("src", src, sport), ("dst", dst, dport)):
+        moved = (addr[after] != addr[before]) | (port[after] != port[before])
+        fields = [cap[before], cap[after], proto, addr[before], port[before], addr[after], port[after]]
+        digest = np.zeros(len(after), dtype=np.uint64)
+        for values in fields:
+            digest = _mix(digest, values)
+        kinds, uniques = pd.factorize(np.where(moved, digest, np.uint64(0)))
+        counts = np.bincount(kinds, minlength=len(uniques))
+        firsts = np.zeros(len(uniques), dtype=np.int64)
+        firsts[kinds[::-1]] = np.arange(len(kinds))[::-1]  # the first row of each kind
+        texts_here = []
+        for first, count in zip(firsts.tolist(), counts.tolist(), strict=True):
+            c0, c1, pr, a0, p0, a1, p1 = (int(f[first]) for f in fields)
+            old, new = _endpoint(address_list[a0], p0), _endpoint(address_list[a1], p1)
+            texts_here.append(f"{side} {old}→{new}" if old != new else "")
+            if old != new:
+                translations.append((names[c0], names[c1], pr, side, old, new, count))
+        side_texts.append(texts_here)
+        side_kinds.append(kinds.astype(np.int64))
+    # Each row's text joins its two sides; built once per distinct pair.
+    pair_codes, pair_uniques = pd.factorize(side_kinds[0] * (1 << 32) + side_kinds[1])
+    descriptions = []
+    for value in pair_uniques.tolist():
+        parts = (side_texts[0][value >> 32], side_texts[1][value & 0xFFFFFFFF])
+        descriptions.append(", ".join(part for part in parts if part))
     text_codes, texts = pd.factorize(pd.Index(["", *descriptions]))
     nat_codes = np.zeros(n, dtype=np.int64)
-    nat_codes[after] = text_codes[kinds + 1]
+    nat_codes[after] = text_codes[pair_codes + 1]
     nat = pd.Categorical.from_codes(nat_codes, categories=texts)
     capture_categories = pd.Index(names)
     prev_codes = np.full(n, -1, dtype=np.int64)
@@ -557,18 +566,9 @@ def _matches_table(
         },
         copy=False,  # fresh arrays: no need to copy them into one block
     )
-    capture_names = np.asarray(names, dtype=object)
-    nat_map = pd.DataFrame(
-        {
-            "from_capture": capture_names[[c[0] for c in combos]] if combos else [],
-            "to_capture": capture_names[[c[1] for c in combos]] if combos else [],
-            "proto": [c[2] for c in combos],
-            "before": [f"{_endpoint(text(c[3]), c[4])}→{_endpoint(text(c[5]), c[6])}" for c in combos],
-            "after": [f"{_endpoint(text(c[7]), c[8])}→{_endpoint(text(c[9]), c[10])}" for c in combos],
-            "packets": counts,
-        }
-    )
-    nat_map = nat_map.sort_values(["from_capture", "to_capture", "proto", "before", "after"]).reset_index(drop=True)
+    nat_map = pd.DataFrame(translations, columns=list(_NAT_COLUMNS))
+    nat_map = nat_map.sort_values(["from_capture", "to_capture", "proto", "side", "before", "after"])
+    nat_map = nat_map.reset_index(drop=True)
     return table, nat_map
 
 

@@ -39,10 +39,18 @@ def test_nat_map_shows_each_box_rewrite(incident_corr: tuple[pd.DataFrame, Corre
     _, corr = incident_corr
     nat = corr.nat_map
     nlb = nat[(nat["from_capture"] == "nlb") & (nat["to_capture"] == "nlb")]
-    assert list(nlb["after"]) == [f"{synthetic.CLIENT}:38622→{synthetic.NODE_A}:{synthetic.NODE_PORT}"]
+    assert list(zip(nlb["side"], nlb["before"], nlb["after"], strict=True)) == [
+        ("dst", f"{synthetic.VIP}:80", f"{synthetic.NODE_A}:{synthetic.NODE_PORT}")
+    ]
     assert int(nlb["packets"].iloc[0]) == 4
     node_a = nat[(nat["from_capture"] == "node-a") & (nat["to_capture"] == "node-a")]
-    assert list(node_a["after"]) == [f"{synthetic.CLIENT}:38622→{synthetic.POD}:80"]
+    assert list(node_a["after"]) == [f"{synthetic.POD}:80"]
+    # The client's address is kept all the way (client IP preservation): no src rewrite anywhere.
+    assert not (nat["side"] == "src").any()
+    matches = corr.matches
+    assert set(matches.loc[matches["capture"] == "node-a", "nat"]) >= {
+        f"dst {synthetic.NODE_A}:{synthetic.NODE_PORT}→{synthetic.POD}:80"
+    }
     # The NAT gateway forwards nothing: no rewrite is attributed to it.
     assert not (nat["to_capture"] == "natgw").any()
 
@@ -103,6 +111,7 @@ def test_udp_reply_is_followed_through_the_nat_gateway_rewrite() -> None:
     corr = correlate(packets)
     natgw = corr.nat_map[corr.nat_map["to_capture"] == "natgw"]
     assert len(natgw) == 3
+    assert set(natgw["side"]) == {"src"}
     assert all(after.startswith(f"{synthetic.NATGW_PUBLIC}:6100") for after in natgw["after"])
     replies = corr.paths[corr.paths["first_capture"] == "pod"]
     assert set(replies["points"]) == {("pod", "node-b", "natgw", "client")}
