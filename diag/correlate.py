@@ -518,8 +518,8 @@ def _matches_table(
         firsts = np.zeros(len(uniques), dtype=np.int64)
         firsts[kinds[::-1]] = np.arange(len(kinds))[::-1]  # the first row of each kind
         texts_here = []
-        for first, count in zip(firsts.tolist(), counts.tolist(), strict=True):
-            c0, c1, pr, a0, p0, a1, p1 = (int(f[first]) for f in fields)
+        heads = np.stack(fields, axis=1)[firsts].tolist() if len(firsts) else []
+        for (c0, c1, pr, a0, p0, a1, p1), count in zip(heads, counts.tolist(), strict=True):
             old, new = _endpoint(address_list[a0], p0), _endpoint(address_list[a1], p1)
             texts_here.append(f"{side} {old}→{new}" if old != new else "")
             if old != new:
