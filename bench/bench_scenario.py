@@ -26,8 +26,12 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 def one_run(name: str, out: Path) -> tuple[float, dict[str, float]] | None:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "diag.cli", "run-scenario", name, "--out", str(out)],
-                            cwd=PROJECT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "diag.cli", "run-scenario", name, "--out", str(out)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - started
     if result.returncode != 0:
         print(f"{name}: run failed (exit {result.returncode}): {result.stderr.strip().splitlines()[-1:]}")
@@ -57,8 +61,10 @@ def main() -> int:
                     stages.setdefault(stage, []).append(seconds)
             if not walls:
                 continue
-            print(f"{name}: end to end median {statistics.median(walls):.2f} s "
-                  f"(min {min(walls):.2f}, max {max(walls):.2f}, {args.runs} runs)")
+            print(
+                f"{name}: end to end median {statistics.median(walls):.2f} s "
+                f"(min {min(walls):.2f}, max {max(walls):.2f}, {args.runs} runs)"
+            )
             for stage, values in stages.items():
                 print(f"  {stage:<20} {statistics.median(values):6.2f} s")
     return 0
