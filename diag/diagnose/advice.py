@@ -12,9 +12,10 @@ ASYMMETRIC_RETURN_FIXES = (
     "Route replies back through the node that received the request (CONNMARK on the forwarded flow plus a "
     "policy-routing rule); trade-off: the packet mark space is shared with kube-proxy and the CNI, so pick "
     "bits neither uses and keep the rule in step with node changes.",
-    "Disabling client IP preservation on the target group would also avoid it, but it is impossible on "
-    "TCP_UDP and UDP target groups; it needs a TCP-only listener and target group (then use proxy protocol v2 "
-    "if the client address matters).",
+    "Disabling client IP preservation on the target group is impossible on TCP_UDP and UDP target groups, and "
+    "on its own it does not cure a second hop without SNAT: the pod would then answer the load balancer's "
+    "private address straight from its own address, which the load balancer does not know either; pair it "
+    "with SNAT on the node and a TCP-only listener (proxy protocol v2 if the client address matters).",
     "Register pods as IP targets (AWS Load Balancer Controller) so the load balancer reaches the pod directly; "
     "trade-off: needs a CNI with VPC-routable pod addresses.",
 )
