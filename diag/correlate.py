@@ -8,11 +8,14 @@ so one *match* is one packet followed from point to point.
 
 Steps, all vectorised over the concatenated packet table:
 
-1. ``packet_keys``: one 64-bit key per packet from the fields NAT leaves alone
-   (0 for packets that cannot be matched, such as ARP).
+1. ``packet_keys`` (``diag.copies``): one 64-bit key per packet from the
+   fields NAT leaves alone (0 for packets that cannot be matched, such as ARP).
 2. ``sightings``: inside one capture, copies of the same packet a few
    milliseconds apart are one sighting (a capture on both interfaces of a
-   forwarding box, or ``-i any``, sees a forwarded packet twice).
+   forwarding box, or ``-i any``, sees a forwarded packet twice). This is
+   wider than the flow table's ``diag.copies.forwarded_copies``: a copy a box
+   rewrote by NAT joins the sighting too, since the rewrite is what the
+   correlation wants to see.
 3. Matching: the k-th sighting of a key (and IP ID) at one point is the k-th at
    every other point, so retransmissions of the same segment stay apart. A
    second pass without the IP ID catches boxes that rewrite it.
@@ -35,88 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from diag.capture.columns import ICMP, ICMPV6, TCP, UDP
 from diag.clock import estimate_offsets
+from diag.copies import DUPLICATE_WINDOW_NS, packet_keys
+from diag.copies import mix_hash as _mix
 from diag.report import ClockOffset
-
-# Copies of one packet inside one capture (ingress and egress of a forwarding
-# box) are microseconds apart; retransmissions are at least 200 ms apart.
-DUPLICATE_WINDOW_NS = 20_000_000
-
-# ICMP and ICMPv6 error types: their payload quotes a header NAT rewrites, so
-# the payload digest is not part of their key.
-_ICMP_ERRORS = (3, 4, 5, 11, 12)
-_ICMPV6_ERRORS = (1, 2, 3, 4)
-
-_MULT = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _as_u64(values: np.ndarray) -> np.ndarray:
-    """Any integer column as uint64 bits (negative numbers wrap, which is fine for hashing)."""
-    if values.dtype == np.uint64:
-        return values
-    return values.astype(np.int64, copy=False).view(np.uint64)
-
-
-def _mix(state: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Fold one column into a running 64-bit hash (multiply-xorshift, wraps by design).
-
-    Works in place on a fresh ``state`` copy to spare large temporaries.
-    """
-    state = state ^ _as_u64(values)
-    state *= _MULT
-    state ^= state >> np.uint64(29)
-    return state
-
-
-def _pack(*fields: tuple[np.ndarray, int]) -> np.ndarray:
-    """Several small fields side by side in one 64-bit word (each masked to its bit width)."""
-    word = np.zeros(len(fields[0][0]), dtype=np.uint64)
-    for values, bits in fields:
-        word <<= np.uint64(bits)
-        word |= _as_u64(values) & np.uint64((1 << bits) - 1)
-    return word
-
-
-def packet_keys(packets: pd.DataFrame) -> np.ndarray:
-    """One uint64 per packet from the fields NAT leaves alone; 0 = not matchable.
-
-    The IP ID is deliberately left out (it is a separate matching column) so
-    a box that rewrites it can still be followed.
-    """
-    needed = (
-        "proto", "ip_version", "more_fragments", "frag_offset", "payload_len", "ip_len", "tcp_flags", "wscale",
-        "sack_perm", "mss", "icmp_type", "icmp_code", "inner_proto", "seq", "ack", "tsval", "tsecr", "payload_digest",
-    )  # fmt: skip
-    col = {name: packets[name].to_numpy() for name in needed}
-    proto = col["proto"]
-    is_tcp = proto == TCP
-    is_icmp = (proto == ICMP) | (proto == ICMPV6)
-    is_error = ((proto == ICMP) & np.isin(col["icmp_type"], _ICMP_ERRORS)) | (
-        (proto == ICMPV6) & np.isin(col["icmp_type"], _ICMPV6_ERRORS)
-    )
-    other = ~(is_tcp | (proto == UDP) | is_icmp)
-    # Small fields packed into words first, so only a few words need hashing.
-    header = _pack(
-        (proto, 8), (col["ip_version"], 4), (col["more_fragments"], 1), (col["frag_offset"], 16),
-        (col["payload_len"], 17), (np.where(other, col["ip_len"], 0), 17),
-    )  # fmt: skip
-    options = _pack(
-        (col["tcp_flags"], 9), (col["wscale"], 5), (col["sack_perm"], 1), (col["mss"], 17),
-        (col["icmp_type"], 9), (col["icmp_code"], 9), (col["inner_proto"], 9),
-    )  # fmt: skip
-    state = _mix(np.full(len(packets), 0x243F6A8885A308D3, dtype=np.uint64), header)
-    state = _mix(state, options)
-    all_tcp = bool(is_tcp.all())
-    sequence = _pack((col["seq"], 32), (col["ack"], 32))
-    timestamps = _pack((col["tsval"], 32), (col["tsecr"], 32))
-    state = _mix(state, sequence if all_tcp else np.where(is_tcp, sequence, 0))
-    state = _mix(state, timestamps if all_tcp else np.where(is_tcp, timestamps, 0))
-    # The quoted header inside an ICMP error is rewritten by NAT: not in the key.
-    state = _mix(state, np.where(is_error, np.uint64(0), col["payload_digest"].astype(np.uint64)))
-    state[state == 0] = 1  # keep 0 free as "not matchable"
-    state[col["ip_version"] == 0] = 0
-    return state
 
 
 def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:

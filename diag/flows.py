@@ -27,6 +27,10 @@ Where this differs from Zeek, on purpose:
   as Zeek's does after flipping roles.
 - Letters 'c' (bad checksum) and 'g' (content gap) are never produced: the
   packet table carries no checksum verdict, and gaps need stream reassembly.
+- A capture on several interfaces of a forwarding box (or ``-i any``) sees a
+  forwarded packet once per interface. Zeek counts every copy; here the later
+  copies (``diag.copies.forwarded_copies``) are left out of every count, so a
+  router's flow reads like its endpoints' (one SYN, not one per interface).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
+from diag.copies import copy_origins
 
 FLOW_COLUMNS: Final[tuple[str, ...]] = (
     "flow_id",
@@ -178,8 +183,24 @@ def flow_ids(packets: pd.DataFrame) -> np.ndarray:
     Packets of the same bidirectional 5-tuple, VLAN and capture share an id;
     ICMP, non-IP packets and non-first fragments get -1. A SYN with a new
     initial sequence number on a 5-tuple already seen starts a new id.
+    Forwarded copies of a packet get their flow's id like any other row.
     """
     return _FlowKeys(packets).flow_id
+
+
+def _counted_rows(packets: pd.DataFrame, keys: _FlowKeys) -> np.ndarray:
+    """The flow rows to count: all but the later copies of a packet forwarded inside the capture.
+
+    A copy keeps its flow id (``flow_ids``) but adds nothing to the counts;
+    its origin, the first copy, stands for the packet (its index is the one
+    a RST is reported under).
+    """
+    origin = copy_origins(packets)[keys.rows]
+    is_copy = origin >= 0
+    # Only a copy in the same flow as its origin is collapsed (a guard for
+    # captures out of time order, where a new-ISN SYN could fall in between).
+    is_copy[is_copy] = keys.flow_id[origin[is_copy]] == keys.flow_id[keys.rows[is_copy]]
+    return keys.rows[~is_copy]
 
 
 # --------------------------------------------------------------------------- grouped helpers
@@ -254,11 +275,11 @@ def _signed_seq_delta(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class _Packets:
-    """The eligible packets' columns as numpy arrays, sorted by flow then file order."""
+    """The counted packets' columns as numpy arrays, sorted by flow then file order."""
 
-    def __init__(self, packets: pd.DataFrame, keys: _FlowKeys) -> None:
-        order = stable_order(keys.flow_id[keys.rows])
-        rows = keys.rows[order]
+    def __init__(self, packets: pd.DataFrame, keys: _FlowKeys, counted: np.ndarray) -> None:
+        order = stable_order(keys.flow_id[counted])
+        rows = counted[order]
         self.rows = rows
         self.flow = keys.flow_id[rows]
         self.n_flows = int(self.flow[-1]) + 1
@@ -638,11 +659,15 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     repeating an earlier SYN's sequence number), ``retransmits`` (Zeek's
     retransmitted segments, both directions), ``rsts`` (list of
     ``{"index", "from"}``, index 0-based in the capture file), ``first_index``.
+
+    A packet a capture saw twice because it was forwarded between two of the
+    captured interfaces (``diag.copies.forwarded_copies``) counts once, in
+    every column, under its first copy.
     """
     keys = _FlowKeys(packets)
     if len(keys.rows) == 0:
         return empty_flows()
-    p = _Packets(packets, keys)
+    p = _Packets(packets, keys, _counted_rows(packets, keys))
     originator, flipped = _originators(p)
     is_orig = p.src_endpoint == originator[p.flow]
     d = _Directions(p, is_orig)

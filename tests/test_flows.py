@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import PROJECT
 from packets import make_packets
 
+from diag import read_capture
 from diag.flows import FLOW_COLUMNS, build_flows, flow_ids
 
 CLIENT = {"src": "203.0.113.10", "dst": "198.18.102.10", "sport": 38622, "dport": 80}
@@ -271,3 +273,129 @@ def test_partial_connection_bytes_come_from_sequence_numbers() -> None:
     ]
     flow = one_flow(rows)
     assert (flow.orig_bytes, flow.resp_bytes, flow.conn_state) == (200, 0, "OTH")
+
+
+# --------------------------------------------------------------------------- forwarded copies
+
+
+def forwarded(
+    row: dict[str, Any], t: float, ip_id: int, ways: tuple[str, ...] = ("eth-in", "eth-out")
+) -> list[dict[str, Any]]:
+    """One packet as a box captured on two interfaces sees it: in, then out 10 µs later with the TTL one lower."""
+    return [
+        {**row, "iface": iface, "t": t + 0.00001 * k, "ip_id": ip_id, "ttl": 64 - k} for k, iface in enumerate(ways)
+    ]
+
+
+def test_forwarded_syns_count_once_at_a_router() -> None:
+    # The client's SYN and two retransmissions, each seen on both interfaces of the router.
+    rows = [copy for attempt in range(3) for copy in forwarded(c("S", seq=C_ISN), attempt, 61898 + attempt)]
+    flow = one_flow(rows)
+    assert (flow.history, flow.conn_state, flow.syn_retransmits, flow.orig_pkts) == ("S", "S0", 2, 3)
+    assert flow.first_index == 0
+
+
+def test_incident_through_a_two_interface_node_reads_like_the_pod() -> None:
+    # Per attempt: SYN in and on to the pod, SYN-ACK back (a new ISN each time),
+    # the NAT gateway's RST in and on to the pod (IP ID 0 every time).
+    rows: list[dict[str, Any]] = []
+    toward_pod, toward_router = ("eth-router", "eth-pod"), ("eth-pod", "eth-router")
+    for attempt in range(3):
+        rows += forwarded(c("S", seq=C_ISN), attempt, 100 + attempt, toward_pod)
+        rows += forwarded(s("SA", seq=S_ISN + attempt * 7777, ack=C_ISN + 1), attempt + 0.001, 0, toward_router)
+        rows += forwarded(c("R", seq=C_ISN + 1), attempt + 0.002, 0, toward_pod)
+    at_node = one_flow(rows)
+    at_pod = one_flow([row for row in rows if row["iface"] == "eth-pod"])
+    assert (at_node.history, at_node.conn_state) == (at_pod.history, at_pod.conn_state) == ("ShRhh", "RSTO")
+    assert at_node.syn_retransmits == at_pod.syn_retransmits == 2
+    assert (at_node.orig_pkts, at_node.resp_pkts) == (at_pod.orig_pkts, at_pod.resp_pkts) == (6, 3)
+    # Each RST once, under the index of its first copy (in on eth-router).
+    assert at_node.rsts == [{"index": 6 * attempt + 4, "from": "orig"} for attempt in range(3)]
+
+
+def test_forwarded_data_counts_its_bytes_once_and_is_no_retransmission() -> None:
+    rows = [*HANDSHAKE]
+    rows += forwarded(c("PA", seq=C_ISN + 1, ack=S_ISN + 1, payload_len=100), 1.0, 42)
+    rows += forwarded(s("A", seq=S_ISN + 1, ack=C_ISN + 101), 1.001, 43, ("eth-out", "eth-in"))
+    flow = one_flow(rows)
+    assert (flow.history, flow.retransmits, flow.orig_bytes, flow.orig_pkts, flow.resp_pkts) == ("ShADa", 0, 100, 3, 2)
+
+
+def test_a_repeat_on_the_same_interface_is_still_a_retransmission() -> None:
+    data = c("PA", seq=C_ISN + 1, ack=S_ISN + 1, payload_len=100, ip_id=42, iface="eth-in")
+    # The capture has a second interface: the copy rule is in play, and must leave this repeat alone.
+    other_iface = s("A", seq=S_ISN + 1, ack=C_ISN + 101, iface="eth-out")
+    flow = one_flow([*HANDSHAKE, data, data, other_iface])  # the repeat 1 ms later, inside the copy window
+    assert (flow.history, flow.retransmits, flow.orig_pkts) == ("ShADTa", 1, 4)
+
+
+def test_a_retransmission_a_second_later_on_the_other_interface_is_counted() -> None:
+    # Same SYN, same IP ID (as some stacks send), one second apart on the two interfaces.
+    rows = [c("S", seq=C_ISN, iface="eth-in", ip_id=0, t=0.0), c("S", seq=C_ISN, iface="eth-out", ip_id=0, t=1.0)]
+    flow = one_flow(rows)
+    assert (flow.syn_retransmits, flow.orig_pkts) == (1, 2)
+
+
+def test_a_nat_box_keeps_the_flows_before_and_after_the_rewrite() -> None:
+    # node-a: the SYN in for the NodePort, out again DNATed to the pod, both on one capture.
+    before = {**CLIENT, "dst": "198.18.10.10", "dport": 30080}
+    rows = [
+        {**before, "flags": "S", "seq": C_ISN, "iface": "eth-in", "ip_id": 7, "t": 0.0},
+        {**CLIENT, "flags": "S", "seq": C_ISN, "iface": "eth-out", "ip_id": 7, "t": 0.00001, "ttl": 63},
+    ]
+    flows = build_flows(make_packets(rows))
+    assert list(flows.resp) == ["198.18.10.10:30080", "198.18.102.10:80"]
+    assert list(flows.orig_pkts) == [1, 1]
+
+
+def test_copies_keep_their_flow_id() -> None:
+    rows = forwarded(c("S", seq=C_ISN), 0.0, 1) + forwarded(s("SA", seq=S_ISN, ack=C_ISN + 1), 0.001, 2)
+    assert list(flow_ids(make_packets(rows))) == [0, 0, 0, 0]
+
+
+# --------------------------------------------------------------------------- the lab's reference captures
+
+INCIDENT_POINTS = ("client", "internet", "nlb", "vpc-router", "node-a", "node-b", "pod-b", "natgw")
+
+
+@pytest.fixture(scope="module")
+def incident_flows() -> dict[str, pd.DataFrame]:
+    paths = {point: PROJECT / "captures" / f"{point}.pcapng" for point in INCIDENT_POINTS}
+    missing = [str(path) for path in paths.values() if not path.exists()]
+    if missing:
+        pytest.skip(f"reference captures missing: {', '.join(missing)}")
+    return {point: build_flows(read_capture(path)) for point, path in paths.items()}
+
+
+def test_every_point_counts_the_clients_own_syn_retransmissions(incident_flows: dict[str, pd.DataFrame]) -> None:
+    assert len(incident_flows["client"]) == 1
+    client: Any = next(incident_flows["client"].itertuples())
+    assert client.syn_retransmits >= 1
+    for point, flows in incident_flows.items():
+        seen_from_client = flows[flows.orig == client.orig]
+        assert not seen_from_client.empty, point
+        flow: Any
+        for flow in seen_from_client.itertuples():
+            # Every point passes each SYN once (the NAT gateway never sees one).
+            assert flow.syn_retransmits == (0 if point == "natgw" else client.syn_retransmits), (point, flow)
+
+
+def test_router_histories_match_the_single_interface_points(incident_flows: dict[str, pd.DataFrame]) -> None:
+    def only(point: str, resp: str) -> Any:
+        (flow,) = incident_flows[point][incident_flows[point].resp == resp].itertuples()
+        return flow
+
+    nlb_listener, pod = "198.51.100.10:80", "198.18.102.10:80"
+    # internet forwards between the client and the NLB: it reads like the client.
+    client, internet = only("client", nlb_listener), only("internet", nlb_listener)
+    assert (internet.history, internet.orig_pkts, internet.resp_pkts) == ("S", client.orig_pkts, 0)
+    # vpc-router and node-b forward the pod's flow: they read like the pod.
+    at_pod = only("pod-b", pod)
+    for point in ("node-b", "vpc-router"):
+        flow = only(point, pod)
+        assert (flow.history, flow.conn_state) == (at_pod.history, at_pod.conn_state), point
+        assert (flow.orig_pkts, flow.resp_pkts, len(flow.rsts)) == (
+            at_pod.orig_pkts,
+            at_pod.resp_pkts,
+            len(at_pod.rsts),
+        ), point

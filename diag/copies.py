@@ -1,0 +1,200 @@
+"""Recognising the same packet twice: keys from the fields NAT leaves alone, and forwarded copies.
+
+A capture point that captures on two interfaces of a forwarding box (the
+scenario runner merges a router's interfaces into one pcapng), or ``tcpdump
+-i any`` on a node, sees every forwarded packet twice: in on one interface,
+out on the other, microseconds apart, with the TTL one lower and everything
+else the same. Counting both copies doubles packets, retransmissions and
+RSTs in the flow table. ``forwarded_copies`` marks the later copies so the
+flow table can count each packet once.
+
+``packet_keys`` is the content part of a packet's identity (shared with the
+correlation across capture points, which follows packets through NAT).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from diag.capture.columns import ICMP, ICMPV6, TCP, UDP
+
+# Copies of one packet inside one capture (ingress and egress of a forwarding
+# box) are microseconds apart; retransmissions are at least 200 ms apart.
+DUPLICATE_WINDOW_NS: Final = 20_000_000
+
+# ICMP and ICMPv6 error types: their payload quotes a header NAT rewrites, so
+# the payload digest is not part of their key.
+_ICMP_ERRORS = (3, 4, 5, 11, 12)
+_ICMPV6_ERRORS = (1, 2, 3, 4)
+
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _as_u64(values: np.ndarray) -> np.ndarray:
+    """Any integer column as uint64 bits (negative numbers wrap, which is fine for hashing)."""
+    if values.dtype == np.uint64:
+        return values
+    return values.astype(np.int64, copy=False).view(np.uint64)
+
+
+def mix_hash(state: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Fold one integer column into a running 64-bit hash (multiply-xorshift, wraps by design).
+
+    Works in place on a fresh ``state`` copy to spare large temporaries.
+    """
+    state = state ^ _as_u64(values)
+    state *= _MULT
+    state ^= state >> np.uint64(29)
+    return state
+
+
+def _pack(*fields: tuple[np.ndarray, int]) -> np.ndarray:
+    """Several small fields side by side in one 64-bit word (each masked to its bit width)."""
+    word = np.zeros(len(fields[0][0]), dtype=np.uint64)
+    for values, bits in fields:
+        word <<= np.uint64(bits)
+        word |= _as_u64(values) & np.uint64((1 << bits) - 1)
+    return word
+
+
+def packet_keys(packets: pd.DataFrame) -> np.ndarray:
+    """One uint64 per packet from the fields NAT leaves alone; 0 = not matchable.
+
+    The IP ID is deliberately left out (it is a separate matching column) so
+    a box that rewrites it can still be followed.
+    """
+    needed = (
+        "proto", "ip_version", "more_fragments", "frag_offset", "payload_len", "ip_len", "tcp_flags", "wscale",
+        "sack_perm", "mss", "icmp_type", "icmp_code", "inner_proto", "seq", "ack", "tsval", "tsecr", "payload_digest",
+    )  # fmt: skip
+    col = {name: packets[name].to_numpy() for name in needed}
+    proto = col["proto"]
+    is_tcp = proto == TCP
+    is_icmp = (proto == ICMP) | (proto == ICMPV6)
+    is_error = ((proto == ICMP) & np.isin(col["icmp_type"], _ICMP_ERRORS)) | (
+        (proto == ICMPV6) & np.isin(col["icmp_type"], _ICMPV6_ERRORS)
+    )
+    other = ~(is_tcp | (proto == UDP) | is_icmp)
+    # Small fields packed into words first, so only a few words need hashing.
+    header = _pack(
+        (proto, 8), (col["ip_version"], 4), (col["more_fragments"], 1), (col["frag_offset"], 16),
+        (col["payload_len"], 17), (np.where(other, col["ip_len"], 0), 17),
+    )  # fmt: skip
+    options = _pack(
+        (col["tcp_flags"], 9), (col["wscale"], 5), (col["sack_perm"], 1), (col["mss"], 17),
+        (col["icmp_type"], 9), (col["icmp_code"], 9), (col["inner_proto"], 9),
+    )  # fmt: skip
+    state = mix_hash(np.full(len(packets), 0x243F6A8885A308D3, dtype=np.uint64), header)
+    state = mix_hash(state, options)
+    all_tcp = bool(is_tcp.all())
+    sequence = _pack((col["seq"], 32), (col["ack"], 32))
+    timestamps = _pack((col["tsval"], 32), (col["tsecr"], 32))
+    state = mix_hash(state, sequence if all_tcp else np.where(is_tcp, sequence, 0))
+    state = mix_hash(state, timestamps if all_tcp else np.where(is_tcp, timestamps, 0))
+    # The quoted header inside an ICMP error is rewritten by NAT: not in the key.
+    state = mix_hash(state, np.where(is_error, np.uint64(0), col["payload_digest"].astype(np.uint64)))
+    state[state == 0] = 1  # keep 0 free as "not matchable"
+    state[col["ip_version"] == 0] = 0
+    return state
+
+
+def _codes(column: pd.Series) -> np.ndarray:
+    """Integer codes of a categorical or plain column (equal values, equal codes)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return np.asarray(column.cat.codes, dtype=np.int64)
+    return pd.factorize(column, sort=False)[0].astype(np.int64)
+
+
+def _rank_within(group: np.ndarray) -> np.ndarray:
+    """0-based rank of each element among the equal values before it (``group`` sorted)."""
+    position = np.arange(len(group))
+    first = np.ones(len(group), dtype=bool)
+    first[1:] = group[1:] != group[:-1]
+    return position - np.maximum.accumulate(np.where(first, position, 0))
+
+
+def copy_origins(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) -> np.ndarray:
+    """Per row (position), the position of the earlier copy it repeats, or -1 when it is no forwarded copy.
+
+    A row is a forwarded copy when an earlier row of the same capture, seen
+    on another interface (or in the other direction, which is all a Linux
+    cooked v1 ``-i any`` capture tells), carries the same packet: same
+    addresses, ports, protocol and VLAN (so the copy belongs to the same
+    flow; a copy NAT rewrote on its way through is another flow's packet),
+    the same ``packet_keys`` content and IP ID, at most ``window_ns`` later.
+    The origin is the earliest copy.
+
+    A genuine retransmission is never a copy: on the same interface it is a
+    new packet by definition, and on another interface it comes a
+    retransmission timeout later (and, on Linux, with a new IP ID). Inside
+    one burst of identical packets the k-th seen on each interface are taken
+    as copies of each other.
+    """
+    n = len(packets)
+    origins = np.full(n, -1, dtype=np.int64)
+    if n < 2:
+        return origins
+    capture = _codes(packets["capture"])
+    direction = _codes(packets["direction"])
+    # A "port" is the interface and the direction together.
+    port = _codes(packets["iface"]) * (int(direction.max()) + 2) + direction + 1
+    by_capture = pd.Series(port).groupby(capture)
+    several_ports = (by_capture.transform("max") != by_capture.transform("min")).to_numpy()
+    rows = np.flatnonzero(several_ports & (packets["ip_version"].to_numpy() > 0))
+    if len(rows) < 2:
+        return origins  # the usual case: every capture on one interface
+    subset = packets if len(rows) == n else packets.iloc[rows]
+    identity = packet_keys(subset)
+    for column in ("ip_id", "proto", "sport", "dport", "vlan"):
+        identity = mix_hash(identity, subset[column].to_numpy())
+    for codes in (capture, _codes(packets["src"]), _codes(packets["dst"])):
+        identity = mix_hash(identity, codes[rows])
+    ts = packets["ts_ns"].to_numpy().astype(np.int64)[rows]
+
+    order = _by_identity_then_time(identity, ts)
+    rows, identity, ts = rows[order], identity[order], ts[order]
+    # A run: rows of one identity, each within the window of the one before.
+    new_run = np.ones(len(rows), dtype=bool)
+    new_run[1:] = (identity[1:] != identity[:-1]) | (ts[1:] - ts[:-1] > window_ns)
+    run_start = np.flatnonzero(new_run)
+    run_size = np.diff(np.append(run_start, len(rows)))
+    keep = np.repeat(run_size > 1, run_size)  # a packet seen once has no copy
+    rows, ts, new_run = rows[keep], ts[keep], new_run[keep]
+    if len(rows) == 0:
+        return origins
+    run = np.cumsum(new_run) - 1
+    row_port = port[rows]
+    # Inside a run, the k-th row of every port is one sighting of the packet
+    # (rows are in time order inside a run, and a stable sort keeps that).
+    by_port = np.argsort(run * (int(row_port.max()) + 1) + row_port, kind="stable")
+    occurrence = np.empty(len(rows), dtype=np.int64)
+    occurrence[by_port] = _rank_within(run[by_port] * (int(row_port.max()) + 1) + row_port[by_port])
+    sighting = run * (int(occurrence.max()) + 1) + occurrence
+    by_sighting = np.argsort(sighting, kind="stable")
+    s = sighting[by_sighting]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = s[1:] != s[:-1]
+    origin_sorted = by_sighting[np.flatnonzero(first)[np.cumsum(first) - 1]]  # each one's sighting's first
+    is_copy = ~first & (ts[by_sighting] - ts[origin_sorted] <= window_ns)
+    origins[rows[by_sighting[is_copy]]] = rows[origin_sorted[is_copy]]
+    return origins
+
+
+def _by_identity_then_time(identity: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order by identity, then time; one stable sort when rows are already in time order (the usual case)."""
+    order = np.argsort(identity, kind="stable")
+    i, t = identity[order], ts[order]
+    if np.any((i[1:] == i[:-1]) & (t[1:] < t[:-1])):
+        order = np.lexsort((ts, identity))
+    return order
+
+
+def forwarded_copies(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) -> np.ndarray:
+    """Per row, True when it is a later copy of a packet the same capture saw on another interface.
+
+    See ``copy_origins`` for what counts as a copy.
+    """
+    return copy_origins(packets, window_ns) >= 0
