@@ -223,22 +223,23 @@ def _decode_ipv4(
     ok = (end[rows] - start >= 20) & (first >> 4 == 4) & ((first & 0x0F) >= 5)
     cols["truncated"][rows[~ok]] = True  # an IPv4 ethertype without a whole IPv4 header
     rows, start, first = rows[ok], start[ok], first[ok]
+    header = view.headers(start, 20)
     header_len = (first & 0x0F) * 4
-    total_len = view.be16(start + 2)
-    flags_frag = view.be16(start + 6)
-    proto = view.u8(start + 9)
+    total_len = header.be16(2)
+    flags_frag = header.be16(6)
+    proto = header.u8(9)
     offloaded = total_len == 0
     total_len = np.where(offloaded, wire_end[rows] - start, total_len)
     cols["ip_version"][rows] = 4
     cols["ip_len"][rows] = total_len
-    cols["ip_id"][rows] = view.be16(start + 4)
+    cols["ip_id"][rows] = header.be16(4)
     cols["more_fragments"][rows] = (flags_frag & 0x2000) != 0
     frag_offset = (flags_frag & 0x1FFF) * 8
     cols["frag_offset"][rows] = frag_offset
-    cols["ttl"][rows] = view.u8(start + 8)
+    cols["ttl"][rows] = header.u8(8)
     cols["proto"][rows] = proto
-    addresses["src"].add_ipv4(rows + row_base, view.be32(start + 12))
-    addresses["dst"].add_ipv4(rows + row_base, view.be32(start + 16))
+    addresses["src"].add_ipv4(rows + row_base, header.be32(12))
+    addresses["dst"].add_ipv4(rows + row_base, header.be32(16))
     # A header that claims more than went on the wire is believed only as far as the wire goes.
     datagram_end = np.minimum(start + total_len, wire_end[rows])
     ip_end[rows] = datagram_end
@@ -333,13 +334,14 @@ def _decode_tcp(
     start = transport[rows]
     ok = limit[rows] - start >= 20
     rows, start = rows[ok], start[ok]
-    cols["sport"][rows] = view.be16(start)
-    cols["dport"][rows] = view.be16(start + 2)
-    cols["seq"][rows] = view.be32(start + 4)
-    cols["ack"][rows] = view.be32(start + 8)
-    header_len = (view.u8(start + 12) >> 4) * 4
-    cols["tcp_flags"][rows] = view.u8(start + 13)
-    cols["win"][rows] = view.be16(start + 14)
+    header = view.headers(start, 20)
+    cols["sport"][rows] = header.be16(0)
+    cols["dport"][rows] = header.be16(2)
+    cols["seq"][rows] = header.be32(4)
+    cols["ack"][rows] = header.be32(8)
+    header_len = (header.u8(12) >> 4) * 4
+    cols["tcp_flags"][rows] = header.u8(13)
+    cols["win"][rows] = header.be16(14)
     sane = (header_len >= 20) & (start + header_len <= ip_end[rows])
     cols["payload_len"][rows[sane]] = (ip_end[rows] - start - header_len)[sane]
     payload_start[rows[sane]] = (start + header_len)[sane]
@@ -388,9 +390,10 @@ def _decode_udp(
     start = transport[rows]
     ok = limit[rows] - start >= 8
     rows, start = rows[ok], start[ok]
-    cols["sport"][rows] = view.be16(start)
-    cols["dport"][rows] = view.be16(start + 2)
-    udp_len = view.be16(start + 4)
+    header = view.headers(start, 8)
+    cols["sport"][rows] = header.be16(0)
+    cols["dport"][rows] = header.be16(2)
+    udp_len = header.be16(4)
     sane = udp_len >= 8
     cols["payload_len"][rows[sane]] = udp_len[sane] - 8
     payload_start[rows[sane]] = start[sane] + 8

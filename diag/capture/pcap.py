@@ -66,7 +66,10 @@ def walk_records(buffer: Buffer, view: ByteView, start: int, fmt: PcapFormat) ->
         except struct.error:
             pass
     candidates = np.array(offsets, dtype=np.int64)
-    caplen = view.u32(candidates + 8, fmt.big_endian)
+    # The loop chained the captured lengths, so all but the last are the gaps between records.
+    caplen = np.empty(len(candidates), dtype=np.int64)
+    caplen[:-1] = np.diff(candidates) - header_len
+    caplen[-1:] = view.u32(candidates[-1:] + 8, fmt.big_endian)
     usable = (candidates + header_len + caplen <= view.length) & (caplen <= MAX_CAPLEN)
     count = int(np.argmin(usable)) if not usable.all() else len(candidates)
     if count == len(candidates):  # cannot happen: the walk always ends past the data
@@ -125,15 +128,16 @@ def _batch(
 ) -> tuple[RecordBatch, int]:
     """The records at ``starts``, and how many carry an out-of-range sub-second field."""
     big = fmt.big_endian
-    seconds = view.u32(starts, big)
-    fraction = view.u32(starts + 4, big)
+    headers = view.headers(starts, fmt.record_header_len)
+    seconds = headers.u32(0, big)
+    fraction = headers.u32(4, big)
     count = len(starts)
     bad_fractions = int(np.count_nonzero(fraction * frac_to_ns >= 1_000_000_000))
     batch = RecordBatch(
         view=view,
         data_off=starts + fmt.record_header_len,
-        cap_len=view.u32(starts + 8, big),
-        wire_len=view.u32(starts + 12, big),
+        cap_len=headers.u32(8, big),
+        wire_len=headers.u32(12, big),
         ts_ns=seconds * 1_000_000_000 + fraction * frac_to_ns,
         iface=np.zeros(count, dtype=np.int64),
         direction=np.full(count, DIR_UNKNOWN, dtype=np.int64),
