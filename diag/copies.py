@@ -141,11 +141,13 @@ def copy_origins(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) ->
     direction = _codes(packets["direction"])
     # A "port" is the interface and the direction together.
     port = _codes(packets["iface"]) * (int(direction.max()) + 2) + direction + 1
+    if port.min() == port.max():
+        return origins  # the usual case: one interface, one direction (or none known)
     by_capture = pd.Series(port).groupby(capture)
     several_ports = (by_capture.transform("max") != by_capture.transform("min")).to_numpy()
     rows = np.flatnonzero(several_ports & (packets["ip_version"].to_numpy() > 0))
     if len(rows) < 2:
-        return origins  # the usual case: every capture on one interface
+        return origins  # every capture on one interface
     subset = packets if len(rows) == n else packets.iloc[rows]
     identity = packet_keys(subset)
     for column in ("ip_id", "proto", "sport", "dport", "vlan"):

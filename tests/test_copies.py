@@ -9,17 +9,23 @@ another flow.
 
 from __future__ import annotations
 
+import secrets
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PROJECT, require_tools
+from conftest import PROJECT, require_root, require_tools
 from packets import make_packets
 
 from diag import read_capture
 from diag.copies import DUPLICATE_WINDOW_NS, copy_origins, forwarded_copies, packet_keys
+from diag.flows import build_flows
 
 SYN = {"src": "203.0.113.10", "dst": "198.51.100.10", "sport": 39386, "dport": 80, "flags": "S", "seq": 1000}
 # Another packet on the second interface, so the capture has two of them in every test.
@@ -159,3 +165,119 @@ def test_copies_of_a_large_two_interface_table_are_found_in_bulk() -> None:
     table["ts_ns"] = table["ts_ns"] + np.arange(2 * n) * 1000
     marked = forwarded_copies(table)
     assert marked.tolist() == [False, True] * n
+
+
+# --------------------------------------------------------------------------- a live router, tcpdump -i any
+
+# A one-shot TCP server and client for the namespaces (numeric addresses, no DNS).
+_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 8080)); s.listen(1); print("listening", flush=True)
+c, _ = s.accept(); c.recv(100); c.sendall(b"world" * 100); c.close()
+"""
+_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], 8080), timeout=5); c.sendall(b"hello")
+while c.recv(4096): pass
+c.close()
+"""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def _in(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def _start_tcpdump(ns: str, argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        # A small snap length: in immediate mode every ring slot is snap-length sized, and the default
+        # (256 KiB) leaves a handful of slots, which a busy machine overruns even at this rate.
+        _in(ns, "tcpdump", "-n", "-U", "--immediate-mode", "-s", "2048", *argv),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines = [proc.stderr.readline()]
+    while lines[-1] and "listening on" not in lines[-1]:  # capturing from "listening on ..." on
+        lines.append(proc.stderr.readline())
+    assert "listening on" in lines[-1], lines
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str], how: signal.Signals) -> str:
+    """Stop a process we started (killed if it does not stop in time); its stderr."""
+    if proc.poll() is None:
+        proc.send_signal(how)
+    try:
+        return proc.communicate(timeout=10)[1] or ""
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[1] or ""
+
+
+def test_a_live_router_captured_with_any_counts_each_packet_once(tmp_path: Path) -> None:
+    """client -- router -- server in namespaces; the router's -i any captures (cooked v1 and v2) count
+    each forwarded packet of one TCP exchange once."""
+    require_root()
+    require_tools("ip", "tcpdump")
+    tag = "cpy" + secrets.token_hex(3)
+    client, router, server = f"{tag}c", f"{tag}r", f"{tag}s"
+    created: list[str] = []
+    dumps: list[subprocess.Popen[str]] = []
+    listener: subprocess.Popen[str] | None = None
+    try:
+        for ns in (client, router, server):
+            _ip("netns", "add", ns)
+            created.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", client, "link", "add", "eth0", "type", "veth", "peer", "name", "eth-c", "netns", router)
+        _ip("-n", server, "link", "add", "eth0", "type", "veth", "peer", "name", "eth-s", "netns", router)
+        for ns, dev, address in (
+            (client, "eth0", "192.0.2.1/30"),
+            (router, "eth-c", "192.0.2.2/30"),
+            (router, "eth-s", "198.51.100.1/30"),
+            (server, "eth0", "198.51.100.2/30"),
+        ):
+            _ip("-n", ns, "addr", "add", address, "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+        _ip("-n", client, "route", "add", "default", "via", "192.0.2.2")
+        _ip("-n", server, "route", "add", "default", "via", "198.51.100.1")
+        subprocess.run(_in(router, "sysctl", "-qw", "net.ipv4.ip_forward=1"), check=True)
+
+        paths = {name: tmp_path / f"{name}.pcap" for name in ("client", "any", "any2")}
+        dumps.append(_start_tcpdump(client, ["-i", "eth0", "-w", str(paths["client"])]))
+        dumps.append(_start_tcpdump(router, ["-i", "any", "-y", "LINUX_SLL", "-w", str(paths["any"])]))
+        dumps.append(_start_tcpdump(router, ["-i", "any", "-y", "LINUX_SLL2", "-w", str(paths["any2"])]))
+        listener = subprocess.Popen(
+            _in(server, sys.executable, "-c", _SERVER, "198.51.100.2"), stdout=subprocess.PIPE, text=True
+        )
+        assert listener.stdout is not None and listener.stdout.readline().strip() == "listening"
+        subprocess.run(_in(client, sys.executable, "-c", _CLIENT, "198.51.100.2"), check=True, timeout=10)
+        listener.wait(timeout=10)
+        time.sleep(0.3)  # the last ACK reaches every capture
+    finally:
+        try:
+            stats = [_stop(proc, signal.SIGINT) for proc in dumps]  # tcpdump writes what it holds, and its counts
+            if listener is not None:
+                _stop(listener, signal.SIGTERM)
+        finally:
+            for ns in created:
+                subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    columns = ["history", "conn_state", "orig_pkts", "resp_pkts", "orig_bytes", "resp_bytes", "retransmits"]
+    client_flows = build_flows(read_capture(paths["client"]))
+    assert list(client_flows[client_flows.resp == "198.51.100.2:8080"].conn_state) == ["SF"]
+    for name in ("any", "any2"):
+        table = read_capture(paths[name])
+        tcp = table[table.dport.eq(8080) | table.sport.eq(8080)]
+        # The router saw every packet twice: in on one interface, out on the other ...
+        assert (tcp.direction == "in").sum() == (tcp.direction == "out").sum() > 0, name
+        # ... and counts each once: as its arrivals alone, where each packet is seen once, count it.
+        arrivals = build_flows(table[table.direction == "in"].reset_index(drop=True))
+        seen = build_flows(table)
+        assert list(seen.conn_state) == ["SF"], (name, seen, stats)
+        assert seen[columns].equals(arrivals[columns]), (name, seen, arrivals)
