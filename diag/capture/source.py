@@ -18,6 +18,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from diag.capture.bytesview import PADDING, Buffer
 from diag.capture.records import Diagnostics
 from diag.errors import CaptureError
@@ -111,7 +113,9 @@ class Feed:
         self.bytes_read = stop
         self.eof = stop >= self.size
         if stop + PADDING <= self.size:
-            return memoryview(self._map)[start : stop + PADDING], stop - start
+            window = memoryview(self._map)[start : stop + PADDING]
+            _warm_cache(window)
+            return window, stop - start
         # The file's last bytes: copied, so zero padding can follow them.
         tail = bytearray(stop - start + PADDING)
         tail[: stop - start] = self._map[start:stop]
@@ -189,6 +193,17 @@ class Feed:
             view.release()
         buffer[length : length + PADDING] = bytes(PADDING)
         return buffer, length
+
+
+def _warm_cache(window: memoryview) -> None:
+    """Read one byte of every 64-byte cache line of a mapped window, in order.
+
+    The record walk then finds each header in the CPU cache instead of waiting
+    for memory at every record (a stream the hardware prefetches well, where
+    the walk's jumps from record to record are not); the later gathers of
+    header fields and payload words profit too while the window stays cached.
+    """
+    np.frombuffer(window, dtype=np.uint8)[::64].max(initial=0)
 
 
 def file_size(stream: BinaryIO) -> int | None:
