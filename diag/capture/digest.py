@@ -58,8 +58,7 @@ def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.N
     # Common word counts (full-sized segments) get a block of their own; the
     # scattered rest share blocks by bucket, so a buffer needs a handful of
     # blocks rather than one per distinct length.
-    common = np.flatnonzero(np.bincount(words) >= COMMON_ROWS)
-    exact = np.isin(words, common)
+    exact = (np.bincount(words) >= COMMON_ROWS)[words]
     width = np.where(exact, words, -(-words // BUCKET_WORDS) * BUCKET_WORDS)
     key = width * 2 + ~exact  # exact and bucketed rows of one width stay apart
     order = np.argsort(key, kind="stable")

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from diag.capture import linktypes as lt
 from diag.capture.addresses import AddressColumn
+from diag.capture.arrays import distinct, is_one_of
 from diag.capture.bytesview import ByteView, IntArray
 from diag.capture.digest import payload_digest
 from diag.capture.records import DIR_IN, DIR_OUT, Interface, RecordBatch
@@ -93,7 +94,7 @@ def decode_batch(
     # Link layer: where the network header starts and which one it is (4, 6 or 0).
     net = np.full(count, -1, dtype=np.int64)
     family = np.zeros(count, dtype=np.int64)
-    for link_type in np.unique(link):
+    for link_type in distinct(link):
         rows = np.flatnonzero(link == link_type)
         _decode_link(view, int(link_type), rows, batch.data_off[rows], end[rows], net, family, cols, direction)
 
@@ -160,7 +161,7 @@ def _decode_link(
         net[rows] = start
         # RAW says "IPv4 or IPv6, see the version"; IPV4 and IPV6 fix the version.
         allowed = {lt.IPV4: (4,), lt.IPV6: (6,)}.get(link_type, (4, 6))
-        family[rows] = np.where(np.isin(version, allowed), version, 0)
+        family[rows] = np.where(is_one_of(version, allowed), version, 0)
     elif link_type in (lt.NULL, lt.LOOP):
         ok = end - start >= 4
         rows, start = rows[ok], start[ok]
@@ -172,7 +173,7 @@ def _decode_link(
             swapped = af > 0xFFFF
             af[swapped] = view.be32(start[swapped])
         net[rows] = start + 4
-        family[rows] = np.where(af == BSD_AF_INET, 4, np.where(np.isin(af, BSD_AF_INET6), 6, 0))
+        family[rows] = np.where(af == BSD_AF_INET, 4, np.where(is_one_of(af, BSD_AF_INET6), 6, 0))
 
 
 def _set_direction(direction: IntArray, rows: IntArray, packet_type: IntArray) -> None:
@@ -193,7 +194,7 @@ def _after_ethertype(
     """Skip 802.1Q/802.1ad tags (the outermost gives ``vlan``) and note IPv4/IPv6 payloads."""
     vlan = cols["vlan"]
     for _ in range(MAX_VLAN_TAGS):
-        tagged = np.isin(ethertype, VLAN_TPIDS) & (pos + 4 <= end)
+        tagged = is_one_of(ethertype, VLAN_TPIDS) & (pos + 4 <= end)
         if not tagged.any():
             break
         tagged_rows = rows[tagged]
@@ -265,7 +266,7 @@ def walk_ipv6_extensions(
     ident = np.full(count, -1, dtype=np.int64)
     reachable = np.ones(count, dtype=bool)
     for _ in range(MAX_IPV6_EXTENSIONS):
-        extension = np.isin(next_header, IPV6_EXTENSIONS) & reachable
+        extension = is_one_of(next_header, IPV6_EXTENSIONS) & reachable
         if not extension.any():
             break
         cut = extension & (pos + 8 > limit)
@@ -422,7 +423,7 @@ def _decode_icmp(
     payload_start[rows[body]] = start[body] + 8
 
     # The datagram an error quotes: its addresses, protocol and ports tie the error to its flow.
-    errors = np.isin(icmp_type, ICMP_ERRORS if icmp_proto == ICMP else ICMPV6_ERRORS)
+    errors = is_one_of(icmp_type, ICMP_ERRORS if icmp_proto == ICMP else ICMPV6_ERRORS)
     rows, inner = rows[errors], start[errors] + 8
     inner_limit = limit[rows]
     if icmp_proto == ICMP:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from diag.capture import pcap, pcapng
 from diag.capture.addresses import AddressColumn, categorical
+from diag.capture.arrays import distinct, is_one_of
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.dissect import ADDRESS_COLUMNS, decode_batch
 from diag.capture.linktypes import SUPPORTED, linktype_name
@@ -98,8 +99,8 @@ class TableBuilder:
         interfaces = self.diagnostics.interfaces
         iface_link = np.array([iface.link_type for iface in interfaces], dtype=np.int64)
         link = iface_link[batch.iface]
-        self.seen_link_types.update(int(value) for value in np.unique(link))
-        supported = np.isin(link, np.array(sorted(SUPPORTED)))
+        self.seen_link_types.update(int(value) for value in distinct(link))
+        supported = is_one_of(link, tuple(sorted(SUPPORTED)))
         if not supported.all():
             for value, count in zip(*np.unique(link[~supported], return_counts=True), strict=True):
                 self.skipped_link_types[int(value)] += int(count)
