@@ -148,14 +148,11 @@ def copy_origins(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) ->
     rows = np.flatnonzero(several_ports & (packets["ip_version"].to_numpy() > 0))
     if len(rows) < 2:
         return origins  # every capture on one interface
-    subset = packets if len(rows) == n else packets.iloc[rows]
-    identity = packet_keys(subset)
-    for column in ("ip_id", "proto", "sport", "dport", "vlan"):
-        identity = mix_hash(identity, subset[column].to_numpy())
-    for codes in (capture, _codes(packets["src"]), _codes(packets["dst"])):
-        identity = mix_hash(identity, codes[rows])
+    identity = _identity(packets, rows, capture)
+    # Only a packet seen more than once can have a copy: a hash lookup spares sorting the rest.
+    repeated = pd.Series(identity).duplicated(keep=False).to_numpy()
+    rows, identity = rows[repeated], identity[repeated]
     ts = packets["ts_ns"].to_numpy().astype(np.int64)[rows]
-
     order = _by_identity_then_time(identity, ts)
     rows, identity, ts = rows[order], identity[order], ts[order]
     # A run: rows of one identity, each within the window of the one before.
@@ -163,17 +160,43 @@ def copy_origins(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) ->
     new_run[1:] = (identity[1:] != identity[:-1]) | (ts[1:] - ts[:-1] > window_ns)
     run_start = np.flatnonzero(new_run)
     run_size = np.diff(np.append(run_start, len(rows)))
-    keep = np.repeat(run_size > 1, run_size)  # a packet seen once has no copy
-    rows, ts, new_run = rows[keep], ts[keep], new_run[keep]
-    if len(rows) == 0:
-        return origins
-    run = np.cumsum(new_run) - 1
-    row_port = port[rows]
-    # Inside a run, the k-th row of every port is one sighting of the packet
-    # (rows are in time order inside a run, and a stable sort keeps that).
-    by_port = np.argsort(run * (int(row_port.max()) + 1) + row_port, kind="stable")
-    occurrence = np.empty(len(rows), dtype=np.int64)
-    occurrence[by_port] = _rank_within(run[by_port] * (int(row_port.max()) + 1) + row_port[by_port])
+
+    # Most runs are one packet seen in and out: the second is a copy when its port differs.
+    pair = run_start[run_size == 2]
+    crossed = port[rows[pair]] != port[rows[pair + 1]]
+    origins[rows[pair[crossed] + 1]] = rows[pair[crossed]]
+    busy = np.repeat(run_size > 2, run_size)
+    if busy.any():
+        rows_busy, ts_busy = rows[busy], ts[busy]
+        origin_at = _origins_in_runs(port[rows_busy], ts_busy, np.cumsum(new_run[busy]) - 1, window_ns)
+        copy_at = np.flatnonzero(origin_at >= 0)
+        origins[rows_busy[copy_at]] = rows_busy[origin_at[copy_at]]
+    return origins
+
+
+def _identity(packets: pd.DataFrame, rows: np.ndarray, capture: np.ndarray) -> np.ndarray:
+    """Per row in ``rows``: a hash of the packet as one capture point sees it, where it stays the same."""
+    subset = packets if len(rows) == len(packets) else packets.iloc[rows]
+    identity = packet_keys(subset)
+    for column in ("ip_id", "proto", "sport", "dport", "vlan"):
+        identity = mix_hash(identity, subset[column].to_numpy())
+    for codes in (capture, _codes(packets["src"]), _codes(packets["dst"])):
+        identity = mix_hash(identity, codes[rows])
+    return identity
+
+
+def _origins_in_runs(port: np.ndarray, ts: np.ndarray, run: np.ndarray, window_ns: int) -> np.ndarray:
+    """For rows grouped in runs (time order inside each): the position of the row each copies, or -1.
+
+    Inside a run the k-th row of every port is one sighting of the packet
+    (a burst of identical packets, each forwarded); the sighting's first row
+    is the origin of the others within the window.
+    """
+    width = int(port.max()) + 1
+    run_port = run * width + port
+    by_port = np.argsort(run_port, kind="stable")  # keeps time order inside a (run, port)
+    occurrence = np.empty(len(port), dtype=np.int64)
+    occurrence[by_port] = _rank_within(run_port[by_port])
     sighting = run * (int(occurrence.max()) + 1) + occurrence
     by_sighting = np.argsort(sighting, kind="stable")
     s = sighting[by_sighting]
@@ -181,7 +204,8 @@ def copy_origins(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) ->
     first[1:] = s[1:] != s[:-1]
     origin_sorted = by_sighting[np.flatnonzero(first)[np.cumsum(first) - 1]]  # each one's sighting's first
     is_copy = ~first & (ts[by_sighting] - ts[origin_sorted] <= window_ns)
-    origins[rows[by_sighting[is_copy]]] = rows[origin_sorted[is_copy]]
+    origins = np.full(len(port), -1, dtype=np.int64)
+    origins[by_sighting[is_copy]] = origin_sorted[is_copy]
     return origins
 
 

@@ -72,6 +72,12 @@ def test_burst_of_identical_packets_pairs_the_kth_of_each_interface() -> None:
     assert copy_origins(make_packets(rows)).tolist() == [-1, 0, -1, 2]
 
 
+def test_a_packet_through_a_bridge_and_out_again_has_one_origin() -> None:
+    # In on a pod's veth, on the bridge, out on the uplink: three copies of one packet.
+    rows = [seen("veth1", 0.0), seen("cni0", 0.000005), seen("eth0", 0.00001, ttl=63)]
+    assert copy_origins(make_packets(rows)).tolist() == [-1, 0, 0]
+
+
 def test_nat_rewritten_copy_is_another_flows_packet() -> None:
     rows = [seen("eth0", 0.0), seen("eth1", 0.00001, ttl=63, dst="198.18.10.10", dport=30080)]
     assert copies(rows) == [False, False]
