@@ -107,11 +107,13 @@ def tcpdump_argv(interface: str, path: Path, snaplen: int = DEFAULT_SNAPLEN) -> 
 
     ``--immediate-mode`` matters as much as ``-U``: without it libpcap hands
     packets over in blocks with a timeout, and a capture stopped right after
-    the traffic loses the last block.
+    the traffic loses the last block. Immediate mode with a large snap length
+    can overrun libpcap's default 2 MiB buffer on a busy machine (seen as
+    "dropped by kernel"), so each capture gets 8 MiB (``-B`` is in KiB).
     """
     return [
         "tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "--time-stamp-precision=nano",
-        "-s", str(snaplen), "-Z", "root", "-w", str(path),
+        "-s", str(snaplen), "-B", "8192", "-Z", "root", "-w", str(path),
     ]
 
 
