@@ -80,13 +80,20 @@ def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.N
 def _digest_block(
     view: ByteView, starts: IntArray, lengths: IntArray, words: IntArray, width: int
 ) -> npt.NDArray[np.uint64]:
-    block = view.words(starts, width)
-    if (words != width).any():  # a bucket: zero the words past each payload
-        block = np.where(np.arange(width)[None, :] < words[:, None], block, U64(0))
-    # Zero the bytes past the payload's end in its last word.
+    block = view.words(starts, width)  # a fresh copy: masked in place
+    exact = bool((words == width).all())
+    if not exact:  # a bucket: zero the words past each payload
+        block *= np.arange(width)[None, :] < words[:, None]
+    # Zero the bytes past the payload's end in its last word (none to zero when it is full).
     tail_bytes = lengths - 8 * (words - 1)  # 1..8 bytes of the last word are payload
-    partial = (U64(1) << (8 * np.minimum(tail_bytes, 7)).astype(U64)) - U64(1)
-    last = (np.arange(len(starts)), words - 1)
-    block[last] &= np.where(tail_bytes >= 8, ~U64(0), partial)
+    if (tail_bytes < 8).any():
+        partial = (U64(1) << (8 * np.minimum(tail_bytes, 7)).astype(U64)) - U64(1)
+        keep = np.where(tail_bytes >= 8, ~U64(0), partial)
+        if exact:
+            last_words = block[:, width - 1]  # a view: the column is masked in place
+            last_words &= keep
+        else:
+            flat = block.reshape(-1)
+            flat[np.arange(len(starts)) * width + words - 1] &= keep
     total = np.einsum("ij,j->i", block, _position_multipliers(width))
     return _finalise(total + lengths.astype(U64) * U64(0x9E3779B97F4A7C15))
