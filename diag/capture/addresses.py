@@ -20,6 +20,12 @@ def format_ipv4(value: int) -> str:
     return f"{value >> 24}.{(value >> 16) & 0xFF}.{(value >> 8) & 0xFF}.{value & 0xFF}"
 
 
+def format_ipv4_many(values: IntArray) -> list[str]:
+    """``format_ipv4`` of each value; the octets are split by numpy, only the joining is per address."""
+    octets = [((values >> shift) & 0xFF).tolist() for shift in (24, 16, 8, 0)]
+    return [f"{a}.{b}.{c}.{d}" for a, b, c, d in zip(*octets, strict=True)]
+
+
 def format_ipv6(raw: bytes) -> str:
     """RFC 5952 text, with IPv4-mapped addresses in dotted form as tcpdump and Wireshark print them."""
     address = ipaddress.IPv6Address(raw)
@@ -57,7 +63,7 @@ class AddressColumn:
             values = np.concatenate(self._v4_values)
             value_codes, distinct = pd.factorize(values)
             codes[rows] = value_codes.astype(np.int32) + len(categories)
-            categories += [format_ipv4(int(value)) for value in distinct]
+            categories += format_ipv4_many(np.asarray(distinct, dtype=np.int64))
         if self._v6_rows:
             rows = np.concatenate(self._v6_rows)
             values = np.ascontiguousarray(np.concatenate(self._v6_values))

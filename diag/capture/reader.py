@@ -94,6 +94,7 @@ class TableBuilder:
         self.rows = 0
         self.skipped_link_types: Counter[int] = Counter()
         self.seen_link_types: set[int] = set()
+        self.any_ifindex = False  # an SLL2 packet named its interface: the iface column needs every part
 
     def add(self, batch: RecordBatch) -> None:
         interfaces = self.diagnostics.interfaces
@@ -110,6 +111,7 @@ class TableBuilder:
             return
         decoded = decode_batch(batch, interfaces, self.addresses, self.rows)
         part = decoded.columns
+        self.any_ifindex = self.any_ifindex or bool((part["ifindex"] >= 0).any())
         part["index"] = batch.index
         part["ts_ns"] = batch.ts_ns
         part["iface_id"] = batch.iface
@@ -168,9 +170,11 @@ class TableBuilder:
         names = [iface.name for iface in self.diagnostics.interfaces]
         if not self.parts:
             return categorical(np.zeros(0, dtype=np.int32), sorted(set(names)) or [""])
+        categories = sorted(set(names))
+        if len(categories) == 1 and not self.any_ifindex:  # one interface name: nothing to look up
+            return categorical(np.zeros(self.rows, dtype=np.int32), categories)
         iface_id = np.concatenate([part["iface_id"] for part in self.parts])
         ifindex = np.concatenate([part["ifindex"] for part in self.parts])
-        categories = sorted(set(names))
         position = {value: code for code, value in enumerate(categories)}
         name_codes = np.array([position[value] for value in names], dtype=np.int32)
         codes = name_codes[iface_id]
