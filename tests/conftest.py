@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from scenario_runs import run_of  # noqa: F401  (a session fixture: each shipped scenario runs once per session)
 
 PROJECT = Path(__file__).resolve().parent.parent
 CORPUS = PROJECT.parent / "shared" / "corpus"

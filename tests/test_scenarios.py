@@ -1,10 +1,11 @@
 """Every shipped scenario, run for real (as root): its captures show the packets its file promises.
 
-Each scenario runs once per module through the command line (``diag
-run-scenario NAME --out DIR``). The expected packets are checked twice, with
-diag's own reader and with tshark display filters on the same files; the step
-outcomes are checked against the scenario, and the verdict of the analysis
-against the scenario's expected cause.
+Each scenario runs once per test session through the command line (``diag
+run-scenario NAME --out DIR``, the ``run_of`` fixture of ``scenario_runs``).
+The expected packets are checked twice, with diag's own reader and with
+tshark display filters on the same files; the step outcomes are checked
+against the scenario, and the verdict of the analysis against the scenario's
+expected cause.
 """
 
 from __future__ import annotations
@@ -15,56 +16,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pandas as pd
 import pytest
-from conftest import PROJECT, require_root, require_tools
+from conftest import PROJECT, require_root
+from scenario_runs import Run
 
-from diag import read_capture
 from diag.scenario import expect
-from diag.scenario.spec import Scenario, available_scenarios, load_scenario
+from diag.scenario.spec import available_scenarios, load_scenario
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 SCENARIOS = available_scenarios()
-
-
-@dataclass
-class Run:
-    scenario: Scenario
-    out: Path
-    status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def record(self) -> dict[str, Any]:
-        assert self.status == 0, f"run-scenario {self.scenario.name} failed:\n{self.stderr}"
-        return dict(json.loads((self.out / "run.json").read_text()))
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        return {c["point"]: read_capture(self.out / c["file"]) for c in self.record["captures"]}
-
-
-@pytest.fixture(scope="module")
-def run_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Run]:
-    require_root()
-    require_tools("tcpdump", "tshark", "iptables-restore", "conntrack")
-    cache: dict[str, Run] = {}
-
-    def run(name: str) -> Run:
-        if name not in cache:
-            out = tmp_path_factory.mktemp(name) / "out"
-            result = subprocess.run(
-                [sys.executable, "-m", "diag.cli", "run-scenario", name, "--out", str(out)],
-                capture_output=True, text=True, cwd=PROJECT, timeout=120,
-            )
-            cache[name] = Run(load_scenario(name), out, result.returncode, result.stdout, result.stderr)
-        return cache[name]
-
-    return run
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
