@@ -173,6 +173,18 @@ def generated_at(packet: Seen) -> str | None:
     return None
 
 
+def arrived_from_neighbour(packet: Seen) -> str | None:
+    """The capture point a packet reached straight from the device that made it, when received there.
+
+    An initial TTL where the link type says the packet was received means no
+    router lay between: a device on that point's link made it.
+    """
+    first = packet.first
+    if hops(first.ttl) == 0 and not first.forwarded and first.incoming:
+        return first.capture
+    return None
+
+
 def endpoint_capture(packets: list[Seen], from_orig: bool) -> str | None:
     """The capture taken on the host of one side (its packets start there with an initial TTL)."""
     votes: Counter[str] = Counter()

@@ -16,6 +16,7 @@ from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import (
     Seen,
     after_at,
+    arrived_from_neighbour,
     covers,
     distinct_packets,
     endpoint_capture,
@@ -98,9 +99,23 @@ def _claimed(rst: Seen) -> str:
     return rst.first.src_addr
 
 
+def _rst_maker(rst: Seen, sides: Sides) -> str | None:
+    """The capture point that made the RST, or the addressed host's point when a neighbour of it did.
+
+    Without a link-layer direction (Ethernet pcap) a RST reaching the host it
+    is addressed to with an initial TTL looks made there, and the callers
+    read that as "a device next to" the host; with one (Linux cooked, pcapng
+    flags) it shows as received, and must mean the same.
+    """
+    maker = generated_at(rst)
+    if maker is None and (arrival := arrived_from_neighbour(rst)) == sides.own_capture(not rst.from_orig):
+        return arrival
+    return maker
+
+
 def _origin(rst: Seen, sides: Sides, trigger: Seen | None) -> tuple[str | None, str]:
     """The captured point that made the RST, else a description of where it came from."""
-    maker = generated_at(rst)
+    maker = _rst_maker(rst, sides)
     if maker is not None and maker == sides.own_capture(not rst.from_orig):
         return None, f"a device next to {maker} (the RST reaches it with TTL {rst.first.ttl}, an initial TTL)"
     if maker is not None:
@@ -120,7 +135,7 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
     lines: list[str] = []
     own = sides.own_capture(rst.from_orig)
     who = side_name(rst.from_orig)
-    maker = generated_at(rst)
+    maker = _rst_maker(rst, sides)
     seen_leaving_own = own is not None and maker == own
     absent_at_own = own is not None and rst.at(own) is None and covers(ctx.spans, own, rst.ts_ref)
     if seen_leaving_own:
@@ -158,6 +173,12 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
         lines.append(
             f"{maker} made the RST in the client's name (TTL {rst.first.ttl}, a single copy) yet never saw a packet "
             f"from the client, only the server's answer arriving: it is a box on the reply's way, not the client"
+        )
+    elif made_elsewhere and maker == other_host and claimed_hops_at_maker is None:
+        # Nothing else from the claimed sender reached this point: only the TTL itself speaks.
+        lines.append(
+            f"the RST reaches {maker} with an initial TTL ({rst.first.ttl}): a device next to {maker} made it "
+            f"(no other packet of the {who} reached {maker} to compare hop counts with)"
         )
     elif made_elsewhere and maker == other_host:
         lines.append(
@@ -384,7 +405,7 @@ def _handshake_reset_from_server(
     packets = sides.packets
     syns = [p for p in packets if p.is_pure_syn and p.from_orig]
     syn = trigger if trigger is not None and trigger.is_pure_syn else (syns[-1] if syns else None)
-    maker = generated_at(rst)
+    maker = _rst_maker(rst, sides)
     server = sides.server_capture
     if (
         server is None
@@ -424,7 +445,17 @@ def _handshake_reset_from_server(
                 0.1,
             )
         verdict.support(f"origin: {origin_text}", 0.05 if origin else 0.0)
-        verdict.rule_out("port-closed", "the SYN never reached the server, so the server cannot have refused it")
+        if syn_missing_at_server or downstream_missing:
+            verdict.rule_out("port-closed", "the SYN never reached the server, so the server cannot have refused it")
+        else:
+            # Only the RST's own marks say it was forged: where the SYN went is unknown.
+            verdict.evidence.append(
+                "not established: how far the SYN went (no capture further along the path); the verdict rests on "
+                "the RST's own marks, and a capture on the server or its node would confirm it"
+            )
+            verdict.rule_out(
+                "port-closed", "the RST was not made by the server (see its TTL), so the server did not refuse the SYN"
+            )
         verdict.rule_out("asymmetric-return", "the RST claims the server and answers the SYN itself; no reply was sent")
         return verdict
     confidence = 0.85 if (genuine or syn_at_server) else 0.5
