@@ -11,11 +11,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import synthetic
-from conftest import PROJECT, require_root, require_tools
+from conftest import PROJECT, require_tools
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 from matplotlib.text import Text
@@ -197,19 +199,13 @@ def test_analyze_pcap_plot_refuses_other_formats(incident_files: dict[str, Path]
 
 
 @pytest.mark.lab
-@pytest.mark.slow
-def test_ladder_of_the_incident_captured_in_the_lab(tmp_path: Path) -> None:
-    require_root()
-    require_tools("ip", "iptables", "tcpdump", "ethtool", "tshark")
-    from diag.scenario.runner import run_scenario
-    from diag.scenario.spec import load_scenario
-
-    result = run_scenario(load_scenario("incident"), tmp_path / "run")
-    assert (tmp_path / "run" / "ladder.png").read_bytes().startswith(b"\x89PNG")  # drawn by the runner
-    report = result.report
-    assert report is not None
+def test_ladder_of_the_incident_captured_in_the_lab(run_of: Callable[[str], Any]) -> None:
+    require_tools("tshark")
+    run = run_of("incident")  # the session's one real run of diag run-scenario incident
+    assert (run.out / "ladder.png").read_bytes().startswith(b"\x89PNG")  # drawn by the runner
+    paths = {capture["point"]: run.out / capture["file"] for capture in run.record["captures"]}
+    report = analyze_quietly(paths)
     figure = diag.plot.ladder(report)
-    paths = result.capture_paths
     pod = next(name for name in paths if name.startswith("pod") and tshark_count(paths[name], "tcp") > 0)
 
     assert lanes(figure)[0] == "client"
