@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from diag.aws.findings import exposed_paths
 from diag.aws.model import Inventory, Listener, LoadBalancer, TargetGroup
 from diag.errors import DiagError
+from diag.lab.addressing import EDGE_LINKS, links_toml, node_link
 
 FORWARDING = ("dnat", "cluster", "local")
 MAX_NODES = 16  # a lab beyond this takes long to build and says nothing more about the return path
@@ -176,18 +177,11 @@ def export_topology(
         port = group.port if group.target_type == "ip" else POD_PORT
         host = nodes[index].name
         out.append(f'[[nodes]]\nname = "{pod}"\nrole = "pod"\nport = {port}\nroutes = {{ default = "{host}" }}\n')
-    links = [
-        ("client", "203.0.113.10/24", "internet", "203.0.113.1/24"),
-        ("nlb", "198.51.100.10/24", "internet", "198.51.100.1/24"),
-        ("natgw", "192.0.2.10/24", "internet", "192.0.2.1/24"),
-        ("nlb", "198.18.0.10/24", "vpc-router", "198.18.0.1/24"),
-        ("natgw", "198.18.1.10/24", "vpc-router", "198.18.1.1/24"),
-    ]
+    links = list(EDGE_LINKS)
     for index, node in enumerate(nodes, start=1):
-        links.append((node.name, f"198.18.{index + 1}.10/24", "vpc-router", f"198.18.{index + 1}.1/24"))
+        links.append(node_link(index, node.name))
         links.append((pods[index - 1], f"198.19.{index}.10/24", node.name, f"198.19.{index}.1/24"))
-    for a, a_address, b, b_address in links:
-        out.append(f'[[links]]\nendpoints = {{ {a} = "{a_address}", {b} = "{b_address}" }}\n')
+    out += links_toml(links)
     text = "\n".join(out)
     _validate(text)
     return text, notes

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diag.lab.addressing import EDGE_LINKS, links_toml, node_link
+
 MAX_NODES = 200
 MAX_PODS = 15
 
@@ -53,21 +55,14 @@ def scale_topology_text(nodes: int = 30, pods_per_node: int = 2) -> str:
         ]
         for pod in pods[node]:
             out.append(f'[[nodes]]\nname = "{pod}"\nrole = "pod"\nport = 80\nroutes = {{ default = "{node}" }}\n')
-    links = [
-        ("client", "203.0.113.10/24", "internet", "203.0.113.1/24"),
-        ("nlb", "198.51.100.10/24", "internet", "198.51.100.1/24"),
-        ("natgw", "192.0.2.10/24", "internet", "192.0.2.1/24"),
-        ("nlb", "198.18.0.10/24", "vpc-router", "198.18.0.1/24"),
-        ("natgw", "198.18.1.10/24", "vpc-router", "198.18.1.1/24"),
-    ]
+    links = list(EDGE_LINKS)
     for index, node in enumerate(node_names, start=1):
         # Node subnets 198.18.2.0/24 upwards; node N's pods in 198.19.N.0/24, one /28 each.
-        links.append((node, f"198.18.{index + 1}.10/24", "vpc-router", f"198.18.{index + 1}.1/24"))
+        links.append(node_link(index, node))
         for slot, pod in enumerate(pods[node]):
             base = 16 * slot
             links.append((pod, f"198.19.{index}.{base + 10}/28", node, f"198.19.{index}.{base + 1}/28"))
-    for a, a_address, b, b_address in links:
-        out.append(f'[[links]]\nendpoints = {{ {a} = "{a_address}", {b} = "{b_address}" }}\n')
+    out += links_toml(links)
     return "\n".join(out)
 
 
