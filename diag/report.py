@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import pandas as pd
 
@@ -29,18 +29,10 @@ Cause = Literal[
     "unknown",
 ]
 
-CAUSES: tuple[str, ...] = (
-    "asymmetric-return",
-    "port-closed",
-    "peer-reset",
-    "idle-timeout",
-    "injected-reset",
-    "tuple-reuse",
-    "policy-reject",
-    "silent-drop",
-    "healthy",
-    "unknown",
-)
+CAUSES: tuple[str, ...] = get_args(Cause)
+
+# Causes whose RST is made by a box in someone else's name: the claimed sender is not the real one.
+FORGED_RESET_CAUSES = frozenset({"asymmetric-return", "idle-timeout", "injected-reset", "policy-reject"})
 
 
 @dataclass(frozen=True)

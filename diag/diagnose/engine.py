@@ -14,11 +14,7 @@ from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen
 from diag.diagnose.tcp import analyze_tcp
 from diag.diagnose.udp import analyze_udp
-from diag.report import Finding, PacketRef
-
-# Causes whose packet was made by another device than the one it names: their
-# origin, when that device was not captured, is described instead of named.
-FORGED_CAUSES = frozenset({"asymmetric-return", "policy-reject", "idle-timeout", "injected-reset"})
+from diag.report import FORGED_RESET_CAUSES, Finding, PacketRef
 
 
 def diagnose(
@@ -56,7 +52,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
     first = symptom.first
     evidence = list(verdict.evidence)
     origin = verdict.origin
-    if origin is None and verdict.origin_description and verdict.cause in FORGED_CAUSES:
+    if origin is None and verdict.origin_description and verdict.cause in FORGED_RESET_CAUSES:
         # The maker was not captured: say where it is, as far as the TTL tells.
         origin = verdict.origin_description
     captured = ", ".join(ctx.captures)

@@ -33,7 +33,6 @@ _SEQ_SPACE = 1 << 32
 PROBLEM_STATES = frozenset({"S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR"})
 
 # Causes in which the reset is made by a box that impersonates one of the endpoints.
-FORGED_RESET_CAUSES = frozenset({"asymmetric-return", "idle-timeout", "injected-reset", "policy-reject"})
 
 
 @dataclass(frozen=True)

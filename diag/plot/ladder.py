@@ -24,8 +24,8 @@ from matplotlib.patches import FancyArrowPatch
 from diag.errors import DiagError
 from diag.plot import style
 from diag.plot.condense import CollapsedCycles, LadderItem, condense
-from diag.plot.flowview import FORGED_RESET_CAUSES, FlowSelector, FlowView, PacketTrip, flow_view, host_of
-from diag.report import Finding, Report
+from diag.plot.flowview import FlowSelector, FlowView, PacketTrip, flow_view, host_of
+from diag.report import FORGED_RESET_CAUSES, Finding, Report
 
 # Flows longer than this are condensed unless the caller says otherwise.
 CONDENSE_ABOVE = 50
