@@ -41,7 +41,7 @@ import pandas as pd
 from diag.clock import estimate_offsets
 from diag.copies import DUPLICATE_WINDOW_NS, packet_keys
 from diag.copies import mix_hash as _mix
-from diag.report import ClockOffset
+from diag.report import ClockOffset, endpoint_text
 
 
 def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -445,7 +445,7 @@ def _matches_table(
         texts_here = []
         heads = np.stack(fields, axis=1)[firsts].tolist() if len(firsts) else []
         for (c0, c1, pr, a0, p0, a1, p1), count in zip(heads, counts.tolist(), strict=True):
-            old, new = _endpoint(address_list[a0], p0), _endpoint(address_list[a1], p1)
+            old, new = endpoint_text(address_list[a0], p0), endpoint_text(address_list[a1], p1)
             texts_here.append(f"{side} {old}→{new}" if old != new else "")
             if old != new:
                 translations.append((names[c0], names[c1], pr, side, old, new, count))
@@ -497,11 +497,6 @@ def _matches_table(
     return table, nat_map
 
 
-def _endpoint(addr: str, port: int) -> str:
-    if port < 0:
-        return addr
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
 
 def describe_rewrite(
     src0: str, dst0: str, sport0: int, dport0: int, src1: str, dst1: str, sport1: int, dport1: int
@@ -509,9 +504,9 @@ def describe_rewrite(
     """'' when nothing changed, else e.g. 'dst 198.51.100.10:80→198.18.1.10:30080'."""
     parts = []
     if (src0, sport0) != (src1, sport1):
-        parts.append(f"src {_endpoint(src0, sport0)}→{_endpoint(src1, sport1)}")
+        parts.append(f"src {endpoint_text(src0, sport0)}→{endpoint_text(src1, sport1)}")
     if (dst0, dport0) != (dst1, dport1):
-        parts.append(f"dst {_endpoint(dst0, dport0)}→{_endpoint(dst1, dport1)}")
+        parts.append(f"dst {endpoint_text(dst0, dport0)}→{endpoint_text(dst1, dport1)}")
     return ", ".join(parts)
 
 

@@ -42,6 +42,7 @@ import pandas as pd
 
 from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
 from diag.copies import copy_origins
+from diag.report import endpoint_text
 
 FLOW_COLUMNS: Final[tuple[str, ...]] = (
     "flow_id",
@@ -629,7 +630,7 @@ def _endpoint_text(codes: np.ndarray, addresses: np.ndarray) -> tuple[np.ndarray
     host = addresses[distinct >> _PORT_BITS] if len(addresses) else np.array([], dtype=object)
     port = distinct & ((1 << _PORT_BITS) - 1)
     text = np.array(
-        [f"[{h}]:{pt}" if ":" in h else f"{h}:{pt}" for h, pt in zip(host.tolist(), port.tolist(), strict=True)],
+        [endpoint_text(h, pt) for h, pt in zip(host.tolist(), port.tolist(), strict=True)],
         dtype=object,
     )
     return host.astype(object)[inverse], port[inverse], text[inverse]

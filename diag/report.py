@@ -35,6 +35,13 @@ CAUSES: tuple[str, ...] = get_args(Cause)
 FORGED_RESET_CAUSES = frozenset({"asymmetric-return", "idle-timeout", "injected-reset", "policy-reject"})
 
 
+def endpoint_text(addr: str, port: int) -> str:
+    """'addr:port' as reports write endpoints, IPv6 in brackets; just 'addr' when there is no port (-1)."""
+    if port < 0:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 @dataclass(frozen=True)
 class CaptureInfo:
     """One capture file that went into the report."""

@@ -20,6 +20,7 @@ import pandas as pd
 
 from diag.capture.columns import ACK, RST, SYN, TCP, UDP
 from diag.correlate import Correlation
+from diag.report import endpoint_text
 
 # A re-sourced UDP reply must come this soon after the request it answers.
 RESOURCED_REPLY_WINDOW_NS = 5_000_000_000
@@ -47,11 +48,6 @@ class Connection:
     def captures(self) -> list[str]:
         return list(dict.fromkeys(self.rows["capture"].astype(str)))
 
-
-def endpoint_text(addr: str, port: int) -> str:
-    if port < 0:
-        return addr
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 class _UnionFind:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from diag.capture.columns import ACK, FIN, RST, SYN
-from diag.diagnose.connections import Connection, endpoint_text
+from diag.diagnose.connections import Connection
+from diag.report import endpoint_text
 
 # Initial TTLs in common use (Linux/macOS 64, Windows 128, network gear 255; 32 is rare).
 INITIAL_TTLS = (32, 64, 128, 255)
