@@ -15,9 +15,9 @@ IntArray = npt.NDArray[np.int64]
 # A read buffer: a bytearray, or a window (memoryview) of a memory-mapped file.
 Buffer = bytearray | memoryview | bytes
 
-# Zero bytes kept after the real data so that a read past the end
-# of a short, damaged packet, or the bucketed word blocks of the payload
-# digest (up to 127 bytes past a payload), never leaves the buffer.
+# Zero bytes kept after the real data so that a read past the end of a
+# short, damaged packet, or the last 64-bit word of a payload digest, never
+# leaves the buffer.
 PADDING = 256
 
 
@@ -77,15 +77,14 @@ class ByteView:
     def u16(self, offsets: IntArray, big_endian: bool) -> IntArray:
         return self.be16(offsets) if big_endian else self.le16(offsets)
 
-    def words(self, offsets: IntArray, count: int) -> npt.NDArray[np.uint64]:
-        """``count`` little-endian 64-bit words from each offset, as an (n, count) array.
+    def word_lanes(self) -> npt.NDArray[np.uint64]:
+        """The buffer as little-endian 64-bit words, in 8 lanes: ``lanes[k, j]`` starts at byte ``k + 8 * j``.
 
-        One fixed-width record per offset is copied with a void dtype, which
-        numpy gathers with a plain memory copy per row.
+        Any 8 bytes of the buffer are one element, whatever their alignment:
+        the word at byte offset ``o`` is ``lanes[o % 8, o // 8]``. No copy.
         """
-        records = self._records(8 * count)
-        rows = records[np.minimum(offsets, len(records) - 1)]
-        return rows.view("<u8").reshape(len(offsets), count)
+        count = (len(self.data) - 15) // 8 + 1
+        return np.ndarray(shape=(8, count), dtype="<u8", buffer=self.data, strides=(1, 8))
 
     def headers(self, offsets: IntArray, width: int) -> HeaderBlock:
         """The ``width`` bytes at each offset, copied once, for reading several fields of one header.

@@ -7,8 +7,8 @@ capture and any run (the constants below are fixed, not random per process).
 It is a multilinear hash: the payload is read as little-endian 64-bit words
 w_0..w_k (the last one zero-filled), each multiplied by a fixed odd constant
 for its position, summed modulo 2^64, and the sum and the length are mixed by
-MurmurHash3's finaliser. Packets are grouped by word count, so each group is
-one rectangular copy and one matrix-vector product over numpy arrays.
+MurmurHash3's finaliser. A compiled loop reads each payload word by word
+straight from the capture's buffer: every payload byte is touched once.
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import numpy as np
 import numpy.typing as npt
 
 from diag.capture.bytesview import ByteView, IntArray
+from diag.compiled import compiled
 
 U64 = np.uint64
-# Elements per gathered block: bounds the temporary memory (8 bytes each).
-BLOCK_BUDGET = 1 << 21
-BUCKET_WORDS = 16
-COMMON_ROWS = 64
+GOLDEN = 0x9E3779B97F4A7C15  # mixes the length in, so payloads that differ only by trailing zeros differ
 
 _multipliers = np.zeros(0, dtype=U64)
 
@@ -43,57 +41,53 @@ def _position_multipliers(words: int) -> npt.NDArray[np.uint64]:
     return _multipliers[:words]
 
 
-def _finalise(value: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    value = value ^ (value >> U64(33))
-    value = value * U64(0xFF51AFD7ED558CCD)
-    value = value ^ (value >> U64(33))
-    value = value * U64(0xC4CEB9FE1A85EC53)
-    return value ^ (value >> U64(33))
-
-
 def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.NDArray[np.uint64]:
-    """Digest of ``view`` bytes ``[start, start + length)`` for each row; 0 for empty payloads."""
-    digest = np.zeros(len(starts), dtype=U64)
-    words = (lengths + 7) // 8
-    # Common word counts (full-sized segments) get a block of their own; the
-    # scattered rest share blocks by bucket, so a buffer needs a handful of
-    # blocks rather than one per distinct length.
-    exact = (np.bincount(words) >= COMMON_ROWS)[words]
-    width = np.where(exact, words, -(-words // BUCKET_WORDS) * BUCKET_WORDS)
-    key = width * 2 + ~exact  # exact and bucketed rows of one width stay apart
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    group_starts = np.flatnonzero(np.diff(sorted_key, prepend=-1))
-    group_ends = np.append(group_starts[1:], len(order))
-    for first, stop in zip(group_starts, group_ends, strict=True):
-        group_width = int(sorted_key[first]) // 2
-        if group_width == 0:
-            continue
-        step = max(1, BLOCK_BUDGET // group_width)
-        for part in range(first, stop, step):
-            rows = order[part : min(part + step, stop)]
-            digest[rows] = _digest_block(view, starts[rows], lengths[rows], words[rows], group_width)
-    digest[(digest == 0) & (lengths > 0)] = 1  # 0 is reserved for "no payload"
+    """Digest of ``view`` bytes ``[start, start + length)`` for each row; 0 for empty payloads.
+
+    The rows must lie in the buffer (a payload's last word may reach into the
+    buffer's zero padding).
+    """
+    multipliers = _position_multipliers((int(lengths.max(initial=0)) + 7) // 8)
+    return _digest_rows(view.word_lanes(), starts.astype(np.int64), lengths.astype(np.int64), multipliers)
+
+
+@compiled
+def _digest_rows(
+    lanes: npt.NDArray[np.uint64], starts: IntArray, lengths: IntArray, multipliers: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.uint64]:
+    digest = np.zeros(len(starts), dtype=np.uint64)
+    for row in range(len(starts)):
+        digest[row] = digest_one(lanes, starts[row], lengths[row], multipliers)
     return digest
 
 
-def _digest_block(
-    view: ByteView, starts: IntArray, lengths: IntArray, words: IntArray, width: int
-) -> npt.NDArray[np.uint64]:
-    block = view.words(starts, width)  # a fresh copy: masked in place
-    exact = bool((words == width).all())
-    if not exact:  # a bucket: zero the words past each payload
-        block *= np.arange(width)[None, :] < words[:, None]
-    # Zero the bytes past the payload's end in its last word (none to zero when it is full).
-    tail_bytes = lengths - 8 * (words - 1)  # 1..8 bytes of the last word are payload
-    if (tail_bytes < 8).any():
-        partial = (U64(1) << (8 * np.minimum(tail_bytes, 7)).astype(U64)) - U64(1)
-        keep = np.where(tail_bytes >= 8, ~U64(0), partial)
-        if exact:
-            last_words = block[:, width - 1]  # a view: the column is masked in place
-            last_words &= keep
-        else:
-            flat = block.reshape(-1)
-            flat[np.arange(len(starts)) * width + words - 1] &= keep
-    total = np.einsum("ij,j->i", block, _position_multipliers(width))
-    return _finalise(total + lengths.astype(U64) * U64(0x9E3779B97F4A7C15))
+@compiled
+def digest_one(
+    lanes: npt.NDArray[np.uint64], start: int, length: int, multipliers: npt.NDArray[np.uint64]
+) -> np.uint64:
+    """The digest of one payload, for compiled callers (``lanes`` from ``ByteView.word_lanes``)."""
+    if length <= 0:
+        return np.uint64(0)
+    # All words of one payload share its start's alignment, so they are one lane.
+    lane = lanes[start % 8]
+    first = start // 8
+    full_words = length // 8
+    total = np.uint64(0)
+    for word in range(full_words):
+        total += lane[first + word] * multipliers[word]
+    tail_bytes = length - 8 * full_words
+    if tail_bytes:
+        last = lane[first + full_words] & ((np.uint64(1) << np.uint64(8 * tail_bytes)) - np.uint64(1))
+        total += last * multipliers[full_words]
+    value = _finalise(total + np.uint64(length) * np.uint64(GOLDEN))
+    return value if value != 0 else np.uint64(1)  # 0 is reserved for "no payload"
+
+
+@compiled
+def _finalise(value: np.uint64) -> np.uint64:
+    """MurmurHash3's 64-bit finaliser."""
+    value ^= value >> np.uint64(33)
+    value *= np.uint64(0xFF51AFD7ED558CCD)
+    value ^= value >> np.uint64(33)
+    value *= np.uint64(0xC4CEB9FE1A85EC53)
+    return value ^ (value >> np.uint64(33))

@@ -2,7 +2,7 @@
 
 Each record is a 16-byte header (seconds, micro- or nanoseconds, captured
 length, original length) and the packet bytes. Finding where records start is
-inherently sequential, so that walk is a tight loop that only reads each
+inherently sequential, so that walk is a compiled loop that only reads each
 record's captured length; every other header field is then read for all
 records at once.
 """
@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
-from diag.capture.bytesview import Buffer, ByteView, IntArray
+from diag.capture.bytesview import ByteView, IntArray
 from diag.capture.linktypes import linktype_name
 from diag.capture.records import DIR_UNKNOWN, Diagnostics, Interface, RecordBatch
 from diag.capture.source import Feed
+from diag.compiled import compiled
 
 FILE_HEADER_LEN = 24
 
@@ -43,29 +45,14 @@ MAGICS: dict[bytes, PcapFormat] = {
 }
 
 
-def walk_records(buffer: Buffer, view: ByteView, start: int, fmt: PcapFormat) -> tuple[IntArray, int, int | None]:
+def walk_records(view: ByteView, start: int, fmt: PcapFormat) -> tuple[IntArray, int, int | None]:
     """Offsets of the complete records in ``view``'s bytes from ``start`` on.
 
     Returns (offsets, offset where the walk stopped, the absurd captured
     length that stopped it or None when it stopped for lack of bytes).
     """
-    caplen_at = struct.Struct(">I" if fmt.big_endian else "<I").unpack_from
     header_len = fmt.record_header_len
-    offsets: list[int] = []
-    append = offsets.append
-    offset = start
-    # The loop is kept as small as Python allows: it only chains captured
-    # lengths and ends when a length points past the buffer (unpack_from
-    # raises). Which records are complete and sane is then decided for all
-    # of them at once.
-    with memoryview(buffer)[: view.length] as data:  # reads past the data must raise, not see stale bytes
-        try:
-            while True:
-                append(offset)
-                offset += header_len + caplen_at(data, offset + 8)[0]
-        except struct.error:
-            pass
-    candidates = np.array(offsets, dtype=np.int64)
+    candidates = _chain_lengths(view.u8_view, view.length, start, header_len, fmt.big_endian)
     # The loop chained the captured lengths, so all but the last are the gaps between records.
     caplen = np.empty(len(candidates), dtype=np.int64)
     caplen[:-1] = np.diff(candidates) - header_len
@@ -94,7 +81,7 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
     while True:
         buffer, length = feed.next_buffer(carry)
         view = ByteView(buffer, length)
-        offsets, stop, absurd = walk_records(buffer, view, 0, fmt)
+        offsets, stop, absurd = walk_records(view, 0, fmt)
         if len(offsets):
             batch, bad = _batch(view, offsets, fmt, frac_to_ns, records_seen)
             bad_fractions += bad
@@ -144,3 +131,26 @@ def _batch(
         index=np.arange(first_index, first_index + count, dtype=np.int64),
     )
     return batch, bad_fractions
+
+
+@compiled
+def _chain_lengths(data: npt.NDArray[np.uint8], length: int, start: int, header_len: int, big_endian: bool) -> IntArray:
+    """Record offsets from ``start``, each found from the previous one's captured length.
+
+    The last offset is the first whose captured-length field is not wholly in
+    ``data[:length]``: the walk always ends past the complete records, and
+    the caller decides which of them are complete and sane.
+    """
+    offsets = np.empty(max(length - start, 0) // header_len + 2, dtype=np.int64)
+    count = 0
+    offset = start
+    while True:
+        offsets[count] = offset
+        count += 1
+        field = offset + 8
+        if field + 4 > length:
+            return offsets[:count]
+        caplen = 0
+        for byte in range(4):
+            caplen = (caplen << 8) | int(data[field + (byte if big_endian else 3 - byte)])
+        offset += header_len + caplen
