@@ -4,8 +4,11 @@ A file is one or more sections, each opened by a Section Header Block that
 also fixes the byte order of its blocks. Interface Description Blocks give
 each interface its link type, name and timestamp resolution; packets come in
 Enhanced Packet Blocks (EPB), Simple Packet Blocks (SPB, no timestamp) or the
-obsolete Packet Blocks (PB). The block walk is a sequential loop; the packet
-blocks it finds are then decoded for the whole buffer at once.
+obsolete Packet Blocks (PB). The block walk is sequential: a compiled loop
+skims the runs of ordinary blocks (packets, statistics, comments) and stops
+at anything that needs a decision (a section or interface block, a length
+that cannot be right); the packet blocks it finds are then decoded for the
+whole buffer at once.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from diag.capture.bytesview import Buffer, ByteView, IntArray
 from diag.capture.records import DIR_IN, DIR_OUT, DIR_UNKNOWN, Diagnostics, Interface, RecordBatch
 from diag.capture.source import Feed
+from diag.compiled import compiled
 from diag.errors import CaptureError
 
 SHB_TYPE = b"\x0a\x0d\x0d\x0a"
@@ -110,10 +115,15 @@ class BlockWalker:
         block whose length cannot be right.
         """
         packets: list[int] = []
-        append = packets.append
         section = self.section
         header = struct.Struct((section.endian if section else "<") + "II").unpack_from
+        data = np.frombuffer(buffer, dtype=np.uint8)
         while pos + 12 <= end:
+            if section is not None:
+                found, pos = _skim_blocks(data, pos, end, section.big_endian)
+                packets.extend(found.tolist())
+                if pos + 12 > end:
+                    break
             block_type, block_len = header(buffer, pos)
             if block_type == SHB or section is None:
                 if packets:
@@ -136,7 +146,7 @@ class BlockWalker:
             if pos + block_len > end:
                 break
             if block_type in (EPB, SPB, PB):
-                append(pos)
+                packets.append(pos)
             elif block_type == IDB:
                 self._add_interface(buffer, pos, block_len, section)
             pos += block_len
@@ -252,6 +262,38 @@ class BlockWalker:
             direction=direction[valid],
             index=index[valid],
         )
+
+
+@compiled
+def _skim_blocks(data: npt.NDArray[np.uint8], pos: int, end: int, big_endian: bool) -> tuple[IntArray, int]:
+    """Offsets of the packet blocks in the run of ordinary blocks at ``pos``, and where the run ends.
+
+    A run ends where ``BlockWalker.walk`` must decide: at a section or
+    interface description block, at a length it rejects, at a block that
+    does not fit in ``data[:end]``, or at the end of the data.
+    """
+    offsets = np.empty(max(end - pos, 0) // 12 + 1, dtype=np.int64)
+    count = 0
+    while pos + 12 <= end:
+        block_type = _u32(data, pos, big_endian)
+        block_len = _u32(data, pos + 4, big_endian)
+        if block_type in (SHB, IDB):
+            break
+        if block_len < 12 or block_len % 4 or block_len > MAX_BLOCK or pos + block_len > end:
+            break
+        if block_type in (EPB, SPB, PB):
+            offsets[count] = pos
+            count += 1
+        pos += block_len
+    return offsets[:count], pos
+
+
+@compiled
+def _u32(data: npt.NDArray[np.uint8], at: int, big_endian: bool) -> int:
+    value = 0
+    for byte in range(4):
+        value = (value << 8) | int(data[at + (byte if big_endian else 3 - byte)])
+    return value
 
 
 def _packet_flags(view: ByteView, rows: IntArray, start: IntArray, stop: IntArray, big: bool) -> IntArray:
