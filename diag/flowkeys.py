@@ -1,0 +1,214 @@
+"""Which flow each packet belongs to: the bidirectional 5-tuple, and a new flow for a SYN with a new ISN.
+
+A flow key is the capture, the VLAN, the transport (TCP or UDP) and the two
+endpoints (address and port) in an order that does not depend on the
+direction, so both directions of a connection share it. Within one such
+5-tuple, a SYN (without ACK) whose sequence number differs from the
+previous SYN's starts a new flow: a new connection reusing the tuple.
+
+One compiled pass over the packets in file order keeps a hash table of the
+5-tuples seen so far, so ids are numbered by first appearance and no sort or
+factorisation of the whole table is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from diag.capture.columns import ACK, SYN, TCP, UDP
+from diag.compiled import compiled
+
+IntArray = npt.NDArray[np.int64]
+
+# An endpoint is its address code and port in one integer: (address << 16) | port.
+PORT_BITS: Final = 16
+PORT_MASK: Final = (1 << PORT_BITS) - 1
+
+_FIRST_TABLE_SIZE: Final = 1 << 12  # slots; the table doubles while it is more than half full
+_HASH_MULTIPLIER: Final = 0x5851F42D4C957F2D  # odd and below 2**63, so the hash stays int64 in compiled code
+
+
+def categorical(column: pd.Series) -> pd.Categorical[Any]:
+    """The column as a Categorical (free for the reader's categorical columns)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.array
+    return pd.Categorical(column.astype(str))
+
+
+def _shared_address_codes(src: pd.Series, dst: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source and destination addresses as int32 codes into one shared, sorted list of addresses (-1: none)."""
+    src_cat, dst_cat = categorical(src), categorical(dst)
+    addresses = pd.Index(src_cat.categories.astype(str)).union(pd.Index(dst_cat.categories.astype(str)))
+
+    def codes(cat: pd.Categorical[Any]) -> np.ndarray:
+        # One trailing -1 so that a missing value's code (-1) maps to -1 in the same gather.
+        to_shared = np.append(addresses.get_indexer(cat.categories.astype(str)), -1).astype(np.int32)
+        return to_shared[np.asarray(cat.codes)]
+
+    return codes(src_cat), codes(dst_cat), np.asarray(addresses, dtype=object)
+
+
+def read_only(values: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+    """``values`` as a contiguous, read-only array of ``dtype`` (a view when it already is one).
+
+    Compiled functions are specialised on the exact array type, read-only
+    flag included; handing them one type per column keeps that to one
+    compilation whatever table they get.
+    """
+    array = np.ascontiguousarray(values, dtype=dtype)
+    if array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
+
+
+def column(packets: pd.DataFrame, name: str, dtype: type[np.generic]) -> np.ndarray:
+    """One packet-table column for compiled code (see ``read_only``)."""
+    return read_only(packets[name].to_numpy(), dtype)
+
+
+class FlowKeys:
+    """Per packet: the flow id (-1 when not TCP/UDP) and the address codes its endpoints are named by."""
+
+    def __init__(self, packets: pd.DataFrame) -> None:
+        src, dst, self.addresses = _shared_address_codes(packets["src"], packets["dst"])
+        self.src_address = read_only(src, np.int32)
+        self.dst_address = read_only(dst, np.int32)
+        self.sport = column(packets, "sport", np.int32)
+        self.dport = column(packets, "dport", np.int32)
+        self.proto = column(packets, "proto", np.int16)
+        self.tcp_flags = column(packets, "tcp_flags", np.int16)
+        self.seq = column(packets, "seq", np.int64)
+        capture = read_only(np.asarray(categorical(packets["capture"]).codes), np.int32)
+        self.flow_id, self.n_flows = _assign_flow_ids(
+            self.src_address,
+            self.dst_address,
+            self.sport,
+            self.dport,
+            self.proto,
+            column(packets, "frag_offset", np.int32),
+            capture,
+            column(packets, "vlan", np.int32),
+            self.tcp_flags,
+            self.seq,
+        )
+
+
+@compiled
+def endpoint(address: int, port: int) -> int:
+    """Address code and port as one integer (a negative port counts as 0)."""
+    return (int(address) << PORT_BITS) | max(int(port), 0)
+
+
+@compiled
+def _mix(h: int, part: int) -> int:
+    """Fold one more integer into a running hash (wraps around, as a hash should)."""
+    h = (h ^ part) * _HASH_MULTIPLIER
+    return h ^ (h >> 29)
+
+
+@compiled
+def _tuple_hash(capture: int, vlan: int, udp: int, low: int, high: int) -> int:
+    return _mix(_mix(_mix(_mix(capture, vlan), udp), low), high)
+
+
+@compiled
+def _slot_of(slots: IntArray, h: int) -> int:
+    """The first free slot for hash ``h`` (linear probing)."""
+    mask = len(slots) - 1
+    at = h & mask
+    while slots[at] >= 0:
+        at = (at + 1) & mask
+    return at
+
+
+@compiled
+def _assign_flow_ids(
+    src_address: npt.NDArray[np.int32],
+    dst_address: npt.NDArray[np.int32],
+    sport: npt.NDArray[np.int32],
+    dport: npt.NDArray[np.int32],
+    proto: npt.NDArray[np.int16],
+    frag_offset: npt.NDArray[np.int32],
+    capture: npt.NDArray[np.int32],
+    vlan: npt.NDArray[np.int32],
+    tcp_flags: npt.NDArray[np.int16],
+    seq: IntArray,
+) -> tuple[IntArray, int]:
+    """(flow id per packet, number of flows); ids numbered from 0 by first appearance."""
+    n = len(proto)
+    flow_id = np.empty(n, dtype=np.int64)
+    # Per distinct 5-tuple (at most one per packet): its key, its current
+    # flow, and the sequence number of its latest SYN.
+    key_capture = np.empty(n, dtype=np.int64)
+    key_vlan = np.empty(n, dtype=np.int64)
+    key_udp = np.empty(n, dtype=np.int64)
+    key_low = np.empty(n, dtype=np.int64)
+    key_high = np.empty(n, dtype=np.int64)
+    hashes = np.empty(n, dtype=np.int64)
+    current_flow = np.empty(n, dtype=np.int64)
+    last_syn_seq = np.empty(n, dtype=np.int64)
+    has_syn = np.empty(n, dtype=np.bool_)
+    slots = np.full(_FIRST_TABLE_SIZE, -1, dtype=np.int64)
+    n_tuples = 0
+    n_flows = 0
+    for row in range(n):
+        p = proto[row]
+        eligible = (
+            p in (TCP, UDP)
+            and sport[row] >= 0
+            and dport[row] >= 0
+            and src_address[row] >= 0
+            and dst_address[row] >= 0
+            and frag_offset[row] == 0
+        )
+        if not eligible:
+            flow_id[row] = -1
+            continue
+        source = endpoint(src_address[row], sport[row])
+        destination = endpoint(dst_address[row], dport[row])
+        low, high = min(source, destination), max(source, destination)
+        c, v, u = int(capture[row]), int(vlan[row]), 1 if p == UDP else 0
+        h = _tuple_hash(c, v, u, low, high)
+        mask = len(slots) - 1
+        at = h & mask
+        found = -1
+        while slots[at] >= 0:
+            t = slots[at]
+            if (
+                hashes[t] == h
+                and key_low[t] == low
+                and key_high[t] == high
+                and key_capture[t] == c
+                and key_vlan[t] == v
+                and key_udp[t] == u
+            ):
+                found = t
+                break
+            at = (at + 1) & mask
+        pure_syn = p == TCP and (tcp_flags[row] & (SYN | ACK)) == SYN
+        if found < 0:
+            found = n_tuples
+            n_tuples += 1
+            key_capture[found], key_vlan[found], key_udp[found] = c, v, u
+            key_low[found], key_high[found], hashes[found] = low, high, h
+            has_syn[found] = False
+            current_flow[found] = n_flows
+            n_flows += 1
+            slots[at] = found
+            if 2 * n_tuples > len(slots):
+                slots = np.full(2 * len(slots), -1, dtype=np.int64)
+                for t in range(n_tuples):
+                    slots[_slot_of(slots, hashes[t])] = t
+        elif pure_syn and has_syn[found] and seq[row] != last_syn_seq[found]:
+            current_flow[found] = n_flows  # a new initial sequence number: a new connection
+            n_flows += 1
+        if pure_syn:
+            has_syn[found] = True
+            last_syn_seq[found] = seq[row]
+        flow_id[row] = current_flow[found]
+    return flow_id, n_flows

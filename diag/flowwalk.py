@@ -1,0 +1,423 @@
+"""The walk over each flow's packets that yields its Zeek-style summary.
+
+Packets are grouped by flow (``group_by_flow``, file order kept inside a
+flow), then ``walk_flows`` goes through each flow's packets in order, once,
+keeping per direction what Zeek keeps per endpoint: the highest sequence
+number reached (``last_seq``, unwrapped across 2**32), whether the endpoint
+already sent a RST or a FIN, the endpoint state, and which history letters
+it has shown. A second, short pass over the flow's ACKs needs each side's
+final ``last_seq``.
+
+Everything here is compiled (``diag.compiled``) and works on numpy arrays
+only; ``diag.flows`` turns the results into the flow table.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
+from diag.compiled import compiled
+from diag.flowkeys import endpoint
+from diag.tcpstate import update_endpoints
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+_SEQ_MASK: Final = (1 << 32) - 1
+_NEVER: Final = np.iinfo(np.int64).min  # below any sequence number: "nothing sent yet"
+_UPPER_TO_LOWER: Final = ord("a") - ord("A")  # the responder's letters are lower case
+
+_LETTER_I: Final = ord("I")  # SYN+FIN+RST or FIN+RST together
+_LETTER_Q: Final = ord("Q")  # other multi-flag packets
+_LETTER_S: Final = ord("S")
+_LETTER_H: Final = ord("H")  # SYN-ACK
+_LETTER_F: Final = ord("F")
+_LETTER_R: Final = ord("R")
+_LETTER_D: Final = ord("D")
+_LETTER_A: Final = ord("A")
+_LETTER_W: Final = ord("W")  # zero window
+_LETTER_T: Final = ord("T")  # retransmission
+_FLIPPED: Final = ord("^")
+
+
+@compiled
+def group_by_flow(flow_id: IntArray, origin: IntArray) -> tuple[IntArray, IntArray]:
+    """(rows sorted by flow, file order kept; ``starts`` such that flow f is ``order[starts[f]:starts[f + 1]]``).
+
+    Left out: rows of no flow (-1), and later copies of a packet forwarded
+    inside the capture (``origin`` >= 0, from ``diag.copies.copy_origins``)
+    when their origin is in the same flow. A counting sort: two passes.
+    """
+    n = len(flow_id)
+    counted = np.empty(n, dtype=np.bool_)
+    n_flows = 0
+    for row in range(n):
+        flow = flow_id[row]
+        source = origin[row]
+        is_copy = 0 <= source < n and flow_id[source] == flow
+        counted[row] = flow >= 0 and not is_copy
+        if counted[row]:
+            n_flows = max(n_flows, flow + 1)
+    starts = np.zeros(n_flows + 1, dtype=np.int64)
+    for row in range(n):
+        if counted[row]:
+            starts[flow_id[row] + 1] += 1
+    for flow in range(n_flows):
+        starts[flow + 1] += starts[flow]
+    order = np.empty(starts[n_flows], dtype=np.int64)
+    filled = starts[:-1].copy()
+    for row in range(n):
+        if counted[row]:
+            flow = flow_id[row]
+            order[filled[flow]] = row
+            filled[flow] += 1
+    return order, starts
+
+
+@compiled
+def signed_seq_delta(a: int, b: int) -> int:
+    """``a - b`` in 32-bit sequence space, as a signed number (RFC 1982 style)."""
+    difference = (a - b) & _SEQ_MASK
+    return difference - ((difference >> 31) << 32)
+
+
+@compiled
+def _is_power_of_ten(count: int) -> bool:
+    """1, 10, 100, ...: the occurrences at which Zeek repeats a scaled history letter."""
+    while count >= 10 and count % 10 == 0:
+        count //= 10
+    return count == 1
+
+
+class FlowSummary(NamedTuple):
+    """``walk_flows``'s results. Per flow unless said otherwise; ``[:, 0]`` originator, ``[:, 1]`` responder."""
+
+    first_row: IntArray  # table row of the flow's first packet
+    originator: IntArray  # endpoints (``diag.flowkeys.endpoint``)
+    responder: IntArray
+    is_tcp: BoolArray
+    packets: IntArray  # (n_flows, 2)
+    sizes: IntArray  # (n_flows, 2) payload bytes: Zeek's sequence-space count for TCP, the sum for UDP
+    states: npt.NDArray[np.int8]  # (n_flows, 2) final Zeek endpoint states (``diag.tcpstate``)
+    first_ts_ns: IntArray
+    last_ts_ns: IntArray
+    syn_retransmits: IntArray
+    retransmits: IntArray
+    history_end: IntArray  # flow f's history is ``letters[history_end[f - 1]:history_end[f]]``
+    letters: npt.NDArray[np.uint8]
+    rst_flow: IntArray  # per RST, in flow then file order
+    rst_index: IntArray
+    rst_from_orig: BoolArray
+
+
+@compiled
+def _originator(
+    order: IntArray,
+    begin: int,
+    end: int,
+    src_address: npt.NDArray[np.int32],
+    dst_address: npt.NDArray[np.int32],
+    sport: npt.NDArray[np.int32],
+    dport: npt.NDArray[np.int32],
+    proto: npt.NDArray[np.int16],
+    tcp_flags: npt.NDArray[np.int16],
+) -> int:
+    """The flow's originator endpoint: the sender of its first SYN without ACK.
+
+    With no such SYN and a SYN-ACK first, the receiver of that SYN-ACK (it
+    answers a SYN the capture missed); otherwise the first packet's sender.
+    """
+    for k in range(begin, end):
+        row = order[k]
+        if proto[row] == TCP and (max(tcp_flags[row], 0) & (SYN | ACK)) == SYN:
+            return endpoint(src_address[row], sport[row])
+    first = order[begin]
+    if proto[first] == TCP and (max(tcp_flags[first], 0) & (SYN | ACK | RST | FIN)) == SYN | ACK:
+        return endpoint(dst_address[first], dport[first])
+    return endpoint(src_address[first], sport[first])
+
+
+@compiled
+def walk_flows(
+    order: IntArray,
+    starts: IntArray,
+    src_address: npt.NDArray[np.int32],
+    dst_address: npt.NDArray[np.int32],
+    sport: npt.NDArray[np.int32],
+    dport: npt.NDArray[np.int32],
+    proto: npt.NDArray[np.int16],
+    tcp_flags: npt.NDArray[np.int16],
+    seq: IntArray,
+    ack: IntArray,
+    win: npt.NDArray[np.int32],
+    payload_len: npt.NDArray[np.int32],
+    ts_ns: IntArray,
+    index: IntArray,
+) -> tuple[
+    IntArray, IntArray, IntArray, BoolArray, IntArray, IntArray, npt.NDArray[np.int8], IntArray, IntArray,
+    IntArray, IntArray, IntArray, npt.NDArray[np.uint8], IntArray, IntArray, BoolArray,
+]:  # fmt: skip
+    """Every flow's summary, in ``FlowSummary``'s field order (see ``group_by_flow`` for ``order``/``starts``)."""
+    n_flows = len(starts) - 1
+    n_packets = len(order)
+    first_row = np.empty(n_flows, dtype=np.int64)
+    originators = np.empty(n_flows, dtype=np.int64)
+    responders = np.empty(n_flows, dtype=np.int64)
+    is_tcp = np.empty(n_flows, dtype=np.bool_)
+    packets = np.zeros((n_flows, 2), dtype=np.int64)
+    sizes = np.zeros((n_flows, 2), dtype=np.int64)
+    states = np.zeros((n_flows, 2), dtype=np.int8)
+    first_ts_ns = np.empty(n_flows, dtype=np.int64)
+    last_ts_ns = np.empty(n_flows, dtype=np.int64)
+    syn_retransmits = np.zeros(n_flows, dtype=np.int64)
+    retransmits = np.zeros(n_flows, dtype=np.int64)
+    history_end = np.empty(n_flows, dtype=np.int64)
+    letters = np.empty(3 * n_packets + n_flows, dtype=np.uint8)  # at most '^' and 3 letters a packet
+    rst_flow = np.empty(n_packets, dtype=np.int64)
+    rst_index = np.empty(n_packets, dtype=np.int64)
+    rst_from_orig = np.empty(n_packets, dtype=np.bool_)
+    n_letters = 0
+    n_rsts = 0
+
+    # Per direction (0 originator, 1 responder) of the flow being walked; reset for each flow.
+    first_at = np.empty(2, dtype=np.int64)  # position in ``order`` of the direction's first packet
+    seq_before = np.empty(2, dtype=np.int64)  # the previous packet's raw and unwrapped sequence numbers
+    unwrapped_before = np.empty(2, dtype=np.int64)
+    initial_seq = np.empty(2, dtype=np.int64)  # Zeek's last_seq before any packet moves it
+    start_seq = np.empty(2, dtype=np.int64)  # the sequence number before the first payload byte
+    highest_end = np.empty(2, dtype=np.int64)  # highest segment end so far (RSTs and after-RST excluded)
+    acked = np.empty(2, dtype=np.int64)  # highest acknowledgement the peer sent for this direction
+    fins = np.empty(2, dtype=np.int64)
+    reset_sent = np.empty(2, dtype=np.bool_)
+    fin_sent = np.empty(2, dtype=np.bool_)  # a FIN without RST
+    udp_bytes = np.empty(2, dtype=np.int64)
+    # History letters: shown once ('I', 'Q', 'D', 'A'), on a new value ('S'/'H', 'F', 'R'), at the
+    # 1st, 10th, 100th ... occurrence ('W', 'T').
+    shown_i = np.empty(2, dtype=np.bool_)
+    shown_q = np.empty(2, dtype=np.bool_)
+    shown_data = np.empty(2, dtype=np.bool_)
+    shown_ack = np.empty(2, dtype=np.bool_)
+    shown_udp = np.empty(2, dtype=np.bool_)
+    syn_seen = np.empty(2, dtype=np.bool_)
+    syn_value = np.empty(2, dtype=np.int64)
+    fin_seen = np.empty(2, dtype=np.bool_)
+    fin_value = np.empty(2, dtype=np.int64)
+    rst_seen = np.empty(2, dtype=np.bool_)
+    rst_value = np.empty(2, dtype=np.int64)
+    zero_windows = np.empty(2, dtype=np.int64)
+    retransmitted = np.empty(2, dtype=np.int64)
+    # Endpoint states, and which plain (no SYN/FIN/RST) packets since the last
+    # SYN/FIN/RST were fed to the state machine: only the first of each
+    # direction, and its first with payload, can change a state.
+    state = np.empty(2, dtype=np.int64)
+    state_before = np.empty(2, dtype=np.int64)
+    plain_fed = np.empty(2, dtype=np.bool_)
+    data_fed = np.empty(2, dtype=np.bool_)
+
+    for f in range(n_flows):
+        begin, end = starts[f], starts[f + 1]
+        first = order[begin]
+        first_row[f] = first
+        is_tcp[f] = proto[first] == TCP
+        originator = _originator(order, begin, end, src_address, dst_address, sport, dport, proto, tcp_flags)
+        first_sender = endpoint(src_address[first], sport[first])
+        first_receiver = endpoint(dst_address[first], dport[first])
+        originators[f] = originator
+        responders[f] = first_receiver if first_sender == originator else first_sender
+        if originator != first_sender:
+            letters[n_letters] = _FLIPPED  # as Zeek's history does after flipping roles
+            n_letters += 1
+        for side in range(2):
+            first_at[side] = -1
+            highest_end[side] = _NEVER
+            acked[side] = _NEVER
+            fins[side] = 0
+            udp_bytes[side] = 0
+            zero_windows[side] = 0
+            retransmitted[side] = 0
+            state[side] = 0
+            state_before[side] = 0
+            for flag in (reset_sent, fin_sent, shown_i, shown_q, shown_data, shown_ack, shown_udp):
+                flag[side] = False
+            for flag in (syn_seen, fin_seen, rst_seen, plain_fed, data_fed):
+                flag[side] = False
+        first_ts = last_ts = ts_ns[first]
+        syn_isn = -1  # the originator's first SYN's sequence number (mod 2**32), -1 before it
+
+        for k in range(begin, end):
+            row = order[k]
+            flags = max(tcp_flags[row], 0)
+            tcp = proto[row] == TCP
+            syn, fin, rst, has_ack = (flags & SYN) != 0, (flags & FIN) != 0, (flags & RST) != 0, (flags & ACK) != 0
+            payload = max(int(payload_len[row]), 0)
+            from_orig = endpoint(src_address[row], sport[row]) == originator
+            side = 0 if from_orig else 1
+            peer = 1 - side
+            packets[f, side] += 1
+            first_ts, last_ts = min(first_ts, ts_ns[row]), max(last_ts, ts_ns[row])
+
+            # Sequence space: unwrap across 2**32, then Zeek's retransmission test against last_seq.
+            raw_seq = seq[row]
+            if first_at[side] < 0:
+                first_at[side] = k
+                unwrapped = raw_seq
+            else:
+                unwrapped = unwrapped_before[side] + signed_seq_delta(raw_seq, seq_before[side])
+            seq_before[side], unwrapped_before[side] = raw_seq, unwrapped
+            segment_end = unwrapped + payload + syn + fin - (payload if rst else 0)
+            if first_at[side] == k:
+                initial_seq[side] = segment_end if syn else unwrapped
+                start_seq[side] = unwrapped if syn else unwrapped - 1
+            own_rst_before = reset_sent[side]
+            peer_closed = fin_sent[peer]
+            last_seq = max(highest_end[side], initial_seq[side])
+            retransmission = (
+                payload > 0
+                and segment_end <= last_seq
+                and not own_rst_before
+                # A FIN right after the SYN may legitimately not advance (Zeek's >2 GB case).
+                and not (fin and last_seq == start_seq[side] + 1)
+            )
+            if not rst and not own_rst_before:
+                highest_end[side] = max(highest_end[side], segment_end)
+            fins[side] += fin
+            if retransmission:
+                retransmits[f] += 1
+            if not tcp:
+                udp_bytes[side] += payload
+
+            # History letters, in Zeek's order inside one packet: its kind, then 'W', then 'T'.
+            case = _UPPER_TO_LOWER if side else 0
+            letter = 0
+            n_flags = syn + fin + rst
+            if tcp and n_flags > 1:
+                if fin and rst:
+                    if not shown_i[side]:
+                        shown_i[side] = True
+                        letter = _LETTER_I
+                elif not shown_q[side]:
+                    shown_q[side] = True
+                    letter = _LETTER_Q
+            elif tcp and syn:
+                if not syn_seen[side] or syn_value[side] != raw_seq:
+                    letter = _LETTER_H if has_ack else _LETTER_S
+                syn_seen[side], syn_value[side] = True, raw_seq
+            elif tcp and fin:
+                fin_end = (raw_seq + payload) & _SEQ_MASK
+                if not fin_seen[side] or fin_value[side] != fin_end:
+                    letter = _LETTER_F
+                fin_seen[side], fin_value[side] = True, fin_end
+            elif tcp and rst:
+                if not rst_seen[side] or rst_value[side] != raw_seq:
+                    letter = _LETTER_R
+                rst_seen[side], rst_value[side] = True, raw_seq
+            elif tcp and payload > 0:
+                if not shown_data[side]:
+                    shown_data[side] = True
+                    letter = _LETTER_D
+            elif tcp and has_ack:
+                if not shown_ack[side]:
+                    shown_ack[side] = True
+                    letter = _LETTER_A
+            elif proto[row] == UDP and not shown_udp[side]:
+                shown_udp[side] = True
+                letter = _LETTER_D
+            if letter:
+                letters[n_letters] = letter + case
+                n_letters += 1
+            if tcp and win[row] == 0 and not rst and not own_rst_before and not peer_closed:
+                zero_windows[side] += 1
+                if _is_power_of_ten(zero_windows[side]):
+                    letters[n_letters] = _LETTER_W + case
+                    n_letters += 1
+            if tcp and retransmission:
+                retransmitted[side] += 1
+                if _is_power_of_ten(retransmitted[side]):
+                    letters[n_letters] = _LETTER_T + case
+                    n_letters += 1
+
+            # Endpoint states.
+            if tcp:
+                control = syn or fin or rst
+                if control:
+                    plain_fed[0] = plain_fed[1] = data_fed[0] = data_fed[1] = False
+                    feed = True
+                else:
+                    feed = not plain_fed[side] or (payload > 0 and not data_fed[side])
+                    plain_fed[side] = True
+                    data_fed[side] = data_fed[side] or payload > 0
+                if feed:
+                    state[side], state_before[side], state[peer], state_before[peer] = update_endpoints(
+                        state[side], state_before[side], state[peer], state_before[peer],
+                        from_orig, syn, fin, rst, has_ack, payload > 0,
+                    )  # fmt: skip
+
+            # The originator's SYNs: every one after the first repeats its ISN (a new ISN is a new flow).
+            if tcp and from_orig and syn and not has_ack:
+                if syn_isn < 0:
+                    syn_isn = raw_seq & _SEQ_MASK
+                elif raw_seq & _SEQ_MASK == syn_isn:
+                    syn_retransmits[f] += 1
+            if tcp and rst:
+                rst_flow[n_rsts], rst_index[n_rsts], rst_from_orig[n_rsts] = f, index[row], from_orig
+                n_rsts += 1
+            reset_sent[side] = reset_sent[side] or rst
+            fin_sent[side] = fin_sent[side] or (fin and not rst)
+
+        # Each side's payload bytes from its sequence space, bounded by what the peer acknowledged.
+        if is_tcp[f]:
+            _highest_acks(order, begin, end, src_address, sport, originator, tcp_flags, ack, first_at,
+                          highest_end, initial_seq, acked)  # fmt: skip
+            for side in range(2):
+                if first_at[side] >= 0:
+                    extent = max(highest_end[side], initial_seq[side], acked[side]) - start_seq[side]
+                    size = extent - 1 if extent > 0 else 0
+                    sizes[f, side] = size - 1 if fins[side] > 0 and size > 0 else size
+        else:
+            sizes[f, 0], sizes[f, 1] = udp_bytes[0], udp_bytes[1]
+        states[f, 0], states[f, 1] = state[0], state[1]
+        first_ts_ns[f], last_ts_ns[f] = first_ts, last_ts
+        history_end[f] = n_letters
+
+    return (
+        first_row, originators, responders, is_tcp, packets, sizes, states, first_ts_ns, last_ts_ns,
+        syn_retransmits, retransmits, history_end, letters[:n_letters].copy(),
+        rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(),
+    )  # fmt: skip
+
+
+@compiled
+def _highest_acks(
+    order: IntArray,
+    begin: int,
+    end: int,
+    src_address: npt.NDArray[np.int32],
+    sport: npt.NDArray[np.int32],
+    originator: int,
+    tcp_flags: npt.NDArray[np.int16],
+    ack: IntArray,
+    first_at: IntArray,
+    highest_end: IntArray,
+    initial_seq: IntArray,
+    acked: IntArray,
+) -> None:
+    """Per direction, into ``acked``: the highest acknowledgement the peer sent after the direction's first packet.
+
+    Acknowledgement numbers are unwrapped against the acknowledged side's
+    final last_seq; those in RSTs do not count.
+    """
+    for k in range(begin, end):
+        row = order[k]
+        flags = max(tcp_flags[row], 0)
+        if (flags & ACK) == 0 or (flags & RST) != 0:
+            continue
+        target = 1 if endpoint(src_address[row], sport[row]) == originator else 0  # the acknowledged side
+        if first_at[target] < 0 or k <= first_at[target]:
+            continue
+        reference = max(highest_end[target], initial_seq[target])
+        unwrapped = reference + signed_seq_delta(ack[row], reference & _SEQ_MASK)
+        acked[target] = max(acked[target], unwrapped)
