@@ -37,6 +37,9 @@ Where this differs from Zeek, on purpose:
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 import numpy as np
@@ -133,15 +136,10 @@ def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
 
 def _endpoint_text(codes: np.ndarray, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(host, port, "host:port" with IPv6 in brackets) for endpoint codes."""
-    # Many flows share an endpoint (the server): format each distinct one once.
-    distinct, inverse = np.unique(codes, return_inverse=True)
-    host = addresses[distinct >> PORT_BITS] if len(addresses) else np.array([], dtype=object)
-    port = distinct & PORT_MASK
-    text = np.array(
-        [endpoint_text(h, pt) for h, pt in zip(host.tolist(), port.tolist(), strict=True)],
-        dtype=object,
-    )
-    return host.astype(object)[inverse], port[inverse], text[inverse]
+    address, port = codes >> PORT_BITS, codes & PORT_MASK
+    # Each address's text up to the port, formatted once: its text with port 0, less the "0".
+    prefix = np.array([endpoint_text(host, 0)[:-1] for host in addresses.tolist()], dtype=object)
+    return addresses[address], port, prefix[address] + port.astype(str).astype(object)
 
 
 def _histories(summary: FlowSummary) -> np.ndarray:
@@ -162,6 +160,23 @@ def _rst_lists(summary: FlowSummary, n_flows: int) -> list[list[dict[str, object
 
 def empty_flows() -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=object) for name in FLOW_COLUMNS})
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the table's per-flow objects are made.
+
+    Tens of thousands of new lists and dicts (the RST lists) trigger full
+    collections that scan every object of the process, tens of milliseconds
+    each; none of these objects can form a cycle.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
@@ -185,6 +200,12 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     if keys.n_flows == 0:
         return empty_flows()
     summary = _summarise(packets, keys)
+    with _collector_paused():
+        return _flow_table(packets, keys, summary)
+
+
+def _flow_table(packets: pd.DataFrame, keys: FlowKeys, summary: FlowSummary) -> pd.DataFrame:
+    """The walk's results as ``FLOW_COLUMNS``, with each flow's endpoints, history and RSTs as Python objects."""
     n_flows = len(summary.first_row)
     first_row = summary.first_row
     capture = categorical(packets["capture"])
@@ -201,7 +222,7 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "flow_id": np.arange(n_flows, dtype=np.int64),
-            "capture": capture_names[np.asarray(capture.codes, dtype=np.int64)[first_row]],
+            "capture": capture_names[np.asarray(capture.codes)[first_row]],
             "proto": np.where(summary.is_tcp, "tcp", "udp").astype(object),
             "orig": orig_text,
             "resp": resp_text,
