@@ -126,6 +126,12 @@ def _slot_of(slots: IntArray, h: int) -> int:
     return at
 
 
+# One row per distinct 5-tuple: its key, its current flow, its latest SYN's
+# sequence number. One row keeps a lookup to one or two cache lines.
+_HASH, _CAPTURE, _VLAN, _UDP, _LOW, _HIGH, _FLOW, _HAS_SYN, _SYN_SEQ = range(9)
+_TUPLE_FIELDS: Final = 9
+
+
 @compiled
 def _assign_flow_ids(
     src_address: npt.NDArray[np.int32],
@@ -142,18 +148,8 @@ def _assign_flow_ids(
     """(flow id per packet, number of flows); ids numbered from 0 by first appearance."""
     n = len(proto)
     flow_id = np.empty(n, dtype=np.int64)
-    # Per distinct 5-tuple (at most one per packet): its key, its current
-    # flow, and the sequence number of its latest SYN.
-    key_capture = np.empty(n, dtype=np.int64)
-    key_vlan = np.empty(n, dtype=np.int64)
-    key_udp = np.empty(n, dtype=np.int64)
-    key_low = np.empty(n, dtype=np.int64)
-    key_high = np.empty(n, dtype=np.int64)
-    hashes = np.empty(n, dtype=np.int64)
-    current_flow = np.empty(n, dtype=np.int64)
-    last_syn_seq = np.empty(n, dtype=np.int64)
-    has_syn = np.empty(n, dtype=np.bool_)
-    slots = np.full(_FIRST_TABLE_SIZE, -1, dtype=np.int64)
+    tuples = np.empty((n, _TUPLE_FIELDS), dtype=np.int64)  # at most one 5-tuple per packet; rows filled in turn
+    slots = np.full(_FIRST_TABLE_SIZE, -1, dtype=np.int64)  # hash table: row in ``tuples``, -1 free
     n_tuples = 0
     n_flows = 0
     for row in range(n):
@@ -176,39 +172,37 @@ def _assign_flow_ids(
         h = _tuple_hash(c, v, u, low, high)
         mask = len(slots) - 1
         at = h & mask
-        found = -1
+        t = -1
         while slots[at] >= 0:
-            t = slots[at]
+            k = slots[at]
             if (
-                hashes[t] == h
-                and key_low[t] == low
-                and key_high[t] == high
-                and key_capture[t] == c
-                and key_vlan[t] == v
-                and key_udp[t] == u
+                tuples[k, _HASH] == h
+                and tuples[k, _LOW] == low
+                and tuples[k, _HIGH] == high
+                and tuples[k, _CAPTURE] == c
+                and tuples[k, _VLAN] == v
+                and tuples[k, _UDP] == u
             ):
-                found = t
+                t = k
                 break
             at = (at + 1) & mask
         pure_syn = p == TCP and (tcp_flags[row] & (SYN | ACK)) == SYN
-        if found < 0:
-            found = n_tuples
+        if t < 0:
+            t = n_tuples
             n_tuples += 1
-            key_capture[found], key_vlan[found], key_udp[found] = c, v, u
-            key_low[found], key_high[found], hashes[found] = low, high, h
-            has_syn[found] = False
-            current_flow[found] = n_flows
+            tuples[t, _HASH], tuples[t, _CAPTURE], tuples[t, _VLAN], tuples[t, _UDP] = h, c, v, u
+            tuples[t, _LOW], tuples[t, _HIGH], tuples[t, _FLOW], tuples[t, _HAS_SYN] = low, high, n_flows, 0
             n_flows += 1
-            slots[at] = found
+            slots[at] = t
             if 2 * n_tuples > len(slots):
                 slots = np.full(2 * len(slots), -1, dtype=np.int64)
-                for t in range(n_tuples):
-                    slots[_slot_of(slots, hashes[t])] = t
-        elif pure_syn and has_syn[found] and seq[row] != last_syn_seq[found]:
-            current_flow[found] = n_flows  # a new initial sequence number: a new connection
+                for other in range(n_tuples):
+                    slots[_slot_of(slots, tuples[other, _HASH])] = other
+        elif pure_syn and tuples[t, _HAS_SYN] and seq[row] != tuples[t, _SYN_SEQ]:
+            tuples[t, _FLOW] = n_flows  # a new initial sequence number: a new connection
             n_flows += 1
         if pure_syn:
-            has_syn[found] = True
-            last_syn_seq[found] = seq[row]
-        flow_id[row] = current_flow[found]
+            tuples[t, _HAS_SYN] = 1
+            tuples[t, _SYN_SEQ] = seq[row]
+        flow_id[row] = tuples[t, _FLOW]
     return flow_id, n_flows

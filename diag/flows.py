@@ -134,12 +134,22 @@ def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
     )
 
 
-def _endpoint_text(codes: np.ndarray, addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(host, port, "host:port" with IPv6 in brackets) for endpoint codes."""
-    address, port = codes >> PORT_BITS, codes & PORT_MASK
-    # Each address's text up to the port, formatted once: its text with port 0, less the "0".
-    prefix = np.array([endpoint_text(host, 0)[:-1] for host in addresses.tolist()], dtype=object)
-    return addresses[address], port, prefix[address] + port.astype(str).astype(object)
+class _EndpointNames:
+    """Endpoint codes as host, port and "host:port" text (IPv6 in brackets), each distinct one formatted once."""
+
+    def __init__(self, addresses: np.ndarray) -> None:
+        self.addresses = addresses
+        # Each address's text up to the port: its text with port 0, less the "0".
+        self.prefix = [endpoint_text(host, 0)[:-1] for host in addresses.tolist()]
+
+    def __call__(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(host, port, text) per code."""
+        address, port = codes >> PORT_BITS, codes & PORT_MASK
+        inverse, distinct = pd.factorize(codes)  # many flows share an endpoint (the server)
+        prefix = self.prefix
+        pairs = zip((distinct >> PORT_BITS).tolist(), (distinct & PORT_MASK).tolist(), strict=True)
+        text = [prefix[host] + str(number) for host, number in pairs]
+        return self.addresses[address], port, np.array(text, dtype=object)[inverse]
 
 
 def _histories(summary: FlowSummary) -> np.ndarray:
@@ -210,8 +220,9 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, summary: FlowSummary) -> 
     first_row = summary.first_row
     capture = categorical(packets["capture"])
     capture_names = np.asarray(capture.categories.astype(str), dtype=object)
-    orig_h, orig_p, orig_text = _endpoint_text(summary.originator, keys.addresses)
-    resp_h, resp_p, resp_text = _endpoint_text(summary.responder, keys.addresses)
+    names = _EndpointNames(keys.addresses)
+    orig_h, orig_p, orig_text = names(summary.originator)
+    resp_h, resp_p, resp_text = names(summary.responder)
     orig_pkts, resp_pkts = summary.packets[:, 0], summary.packets[:, 1]
     orig_bytes, resp_bytes = summary.sizes[:, 0], summary.sizes[:, 1]
     conn_state = np.where(

@@ -108,12 +108,13 @@ def tcp_conn_state(orig: np.ndarray, resp: np.ndarray, orig_bytes: np.ndarray, r
         (o == SYN_SENT) & (r == INACTIVE),
         (o == ESTABLISHED) & (r == ESTABLISHED),
     ]
-    choices = ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1"]
-    return np.select(conditions, choices, default="OTH").astype(object)
+    names = np.array(
+        ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1", "OTH"], dtype=object
+    )
+    return names[np.select(conditions, np.arange(len(conditions)), default=len(conditions))]
 
 
 def udp_conn_state(orig_pkts: np.ndarray, resp_pkts: np.ndarray) -> np.ndarray:
     """Zeek's conn_state for a connectionless flow: who sent anything."""
-    return np.select(
-        [(orig_pkts > 0) & (resp_pkts > 0), orig_pkts > 0, resp_pkts > 0], ["SF", "S0", "SHR"], default="OTH"
-    ).astype(object)
+    names = np.array(["SF", "S0", "SHR", "OTH"], dtype=object)
+    return names[np.select([(orig_pkts > 0) & (resp_pkts > 0), orig_pkts > 0, resp_pkts > 0], [0, 1, 2], default=3)]
