@@ -1,9 +1,12 @@
-"""Decoding packet headers for a whole batch at once.
+"""Decoding packet headers: one compiled pass over the packets of a batch.
 
-Every step works on arrays of byte offsets: "the IP header of these rows
-starts here", "their TCP header starts there". A row leaves a step (and keeps
-the column's 'absent' value) as soon as its bytes run out or a header makes no
-sense, so a damaged packet yields what could be read of it and never an error.
+Each packet is read front to back: link layer, VLAN tags, IPv4 or IPv6 (with
+its extension headers), then TCP (with options), UDP or ICMP/ICMPv6 (with the
+datagram an error quotes). A field is read only when its bytes lie inside the
+captured packet (and, for transport headers, inside the datagram), so no read
+leaves the buffer. A packet stops being decoded as soon as its bytes run out
+or a header makes no sense: it keeps what was read so far and the 'absent'
+value of every other column, so damaged input never raises.
 """
 
 from __future__ import annotations
@@ -15,29 +18,30 @@ import numpy.typing as npt
 
 from diag.capture import linktypes as lt
 from diag.capture.addresses import AddressColumn
-from diag.capture.arrays import distinct, is_one_of
 from diag.capture.bytesview import ByteView, IntArray
 from diag.capture.digest import payload_digest
 from diag.capture.records import DIR_IN, DIR_OUT, Interface, RecordBatch
+from diag.compiled import compiled
+
+Bytes = npt.NDArray[np.uint8]
+BoolArray = npt.NDArray[np.bool_]
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
-VLAN_TPIDS = np.array([0x8100, 0x88A8, 0x9100, 0x9200], dtype=np.int64)
 MAX_VLAN_TAGS = 4
 
 BSD_AF_INET = 2
-BSD_AF_INET6 = np.array([24, 28, 30], dtype=np.int64)  # NetBSD/OpenBSD, FreeBSD, Darwin
+BSD_AF_INET6_VALUES = (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, Darwin
 
-IPV6_EXTENSIONS = np.array([0, 43, 60, 44, 51], dtype=np.int64)  # hop-by-hop, routing, dest opts, fragment, AH
-IPV6_FRAGMENT = 44
-IPV6_AH = 51
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100, 0x9200)
+IPV6_FRAGMENT, IPV6_AH = 44, 51
+IPV6_EXTENSIONS = (0, 43, 60, IPV6_FRAGMENT, IPV6_AH)  # hop-by-hop, routing, dest opts, fragment, AH
 MAX_IPV6_EXTENSIONS = 8
 
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
-ICMP_ERRORS = np.array([3, 4, 5, 11, 12], dtype=np.int64)  # unreachable, quench, redirect, time exceeded, param
-ICMPV6_ERRORS = np.array([1, 2, 3, 4], dtype=np.int64)  # unreachable, too big, time exceeded, param problem
 NOP_NOP_TIMESTAMPS = 0x0101080A  # option kinds 1, 1, then 8 with length 10
 USUAL_OPTIONS_LEN = 12
+MAX_TCP_OPTIONS = 40  # at most 40 option bytes, so at most 40 options
 
 # Integer columns decoded here and their 'absent' value (see diag.capture.columns).
 INT_COLUMNS: dict[str, int] = {
@@ -69,6 +73,34 @@ INT_COLUMNS: dict[str, int] = {
 BOOL_COLUMNS = ("more_fragments", "truncated", "sack_perm")
 ADDRESS_COLUMNS = ("src", "dst", "inner_src", "inner_dst")
 
+# Positions of the columns in the tuples of arrays the compiled loop fills.
+_INT = {name: position for position, name in enumerate(INT_COLUMNS)}
+VLAN, IP_VERSION, PROTO = _INT["vlan"], _INT["ip_version"], _INT["proto"]
+SPORT, DPORT, TTL, IP_ID = _INT["sport"], _INT["dport"], _INT["ttl"], _INT["ip_id"]
+FRAG_OFFSET, IP_LEN, TCP_FLAGS = _INT["frag_offset"], _INT["ip_len"], _INT["tcp_flags"]
+SEQ, ACK, WIN, MSS, WSCALE = _INT["seq"], _INT["ack"], _INT["win"], _INT["mss"], _INT["wscale"]
+TSVAL, TSECR, PAYLOAD_LEN = _INT["tsval"], _INT["tsecr"], _INT["payload_len"]
+ICMP_TYPE, ICMP_CODE = _INT["icmp_type"], _INT["icmp_code"]
+INNER_PROTO, INNER_SPORT, INNER_DPORT = _INT["inner_proto"], _INT["inner_sport"], _INT["inner_dport"]
+IFINDEX = _INT["ifindex"]
+MORE_FRAGMENTS, TRUNCATED, SACK_PERM = (BOOL_COLUMNS.index(name) for name in BOOL_COLUMNS)
+
+# The addresses found, listed by the compiled loop in row order: for each pair
+# of address columns (the packet's own, the quoted datagram's) and IP version,
+# the rows and, for IPv4, the two values, for IPv6, the offset of the IP header
+# (source at +8, destination at +24).
+ADDRESS_PAIRS = (("src", "dst"), ("inner_src", "inner_dst"))
+OWN, QUOTED = 0, 1
+FOUND_V4, FOUND_V6 = 0, 1
+ROW, SOURCE, DESTINATION = 0, 1, 2
+HEADER = 1
+IPV6_SOURCE_AT, IPV6_DESTINATION_AT = 8, 24
+# The packets with a transport payload, in row order: row, where it starts, how much of it was captured.
+START, CAPTURED = 1, 2
+
+IntColumns = tuple[IntArray, ...]
+BoolColumns = tuple[BoolArray, ...]
+
 
 @dataclass
 class Decoded:
@@ -79,378 +111,449 @@ class Decoded:
     payload_digest: npt.NDArray[np.uint64]
 
 
+@dataclass
+class _Found:
+    """What the compiled loop lists besides the columns (see ``ADDRESS_PAIRS`` and ``START``)."""
+
+    counts: IntArray  # [pair, FOUND_V4 or FOUND_V6]
+    ipv4: IntArray  # [pair, ROW/SOURCE/DESTINATION, i]
+    ipv6: IntArray  # [pair, ROW/HEADER, i]
+    payloads: IntArray  # [ROW/START/CAPTURED, i]
+
+    @classmethod
+    def empty(cls, count: int) -> _Found:
+        return cls(
+            counts=np.zeros((2, 2), dtype=np.int64),
+            ipv4=np.empty((2, 3, count), dtype=np.int64),
+            ipv6=np.empty((2, 2, count), dtype=np.int64),
+            payloads=np.empty((3, count), dtype=np.int64),
+        )
+
+
 def decode_batch(
     batch: RecordBatch, interfaces: list[Interface], addresses: dict[str, AddressColumn], row_base: int
 ) -> Decoded:
     """Decode every packet of ``batch``; addresses go to ``addresses`` at rows ``row_base + i``."""
     count = len(batch)
-    cols: dict[str, np.ndarray] = {name: np.full(count, absent, dtype=np.int64) for name, absent in INT_COLUMNS.items()}
-    for name in BOOL_COLUMNS:
-        cols[name] = np.zeros(count, dtype=bool)
     view = batch.view
-    end = batch.data_off + batch.cap_len  # end of the captured bytes
+    # One array per column, not one 2-D block: the reader keeps some columns as
+    # they are, and a row of a block would keep the whole block alive.
+    ints = tuple(np.empty(count, dtype=np.int64) for _ in INT_COLUMNS)
+    flags = tuple(np.zeros(count, dtype=bool) for _ in BOOL_COLUMNS)
+    found = _Found.empty(count)
     iface_link = np.array([iface.link_type for iface in interfaces], dtype=np.int64)
-    link = iface_link[batch.iface]
     direction = batch.direction.copy()
-
-    # Link layer: where the network header starts and which one it is (4, 6 or 0).
-    net = np.full(count, -1, dtype=np.int64)
-    family = np.zeros(count, dtype=np.int64)
-    for link_type in distinct(link):
-        rows = np.flatnonzero(link == link_type)
-        _decode_link(view, int(link_type), rows, batch.data_off[rows], end[rows], net, family, cols, direction)
-
-    ip_end = np.full(count, -1, dtype=np.int64)
-    transport = np.full(count, -1, dtype=np.int64)
-    # Where the packet ended on the wire: the datagram's end when its header leaves the length
-    # at 0 (segmentation offload, BIG TCP), since then only the capture knows it.
-    wire_end = batch.data_off + batch.wire_len
-    for version, decode in ((4, _decode_ipv4), (6, _decode_ipv6)):
-        rows = np.flatnonzero(family == version)
-        decode(view, rows, net, end, wire_end, cols, ip_end, transport, addresses, row_base)
-
-    payload_start = np.full(count, -1, dtype=np.int64)
-    limit = np.minimum(ip_end, end)  # transport bytes end at the datagram's end or the capture's
-    proto = cols["proto"]
-    has_transport = transport >= 0
-    _decode_tcp(view, np.flatnonzero(has_transport & (proto == TCP)), transport, limit, ip_end, cols, payload_start)
-    _decode_udp(view, np.flatnonzero(has_transport & (proto == UDP)), transport, limit, cols, payload_start)
-    for icmp_proto in (ICMP, ICMPV6):
-        rows = np.flatnonzero(has_transport & (proto == icmp_proto))
-        _decode_icmp(view, rows, icmp_proto, transport, limit, ip_end, cols, payload_start, addresses, row_base)
+    payload_count = _decode_packets(
+        view.u8_view,
+        view.length,
+        batch.data_off,
+        batch.cap_len,
+        batch.wire_len,
+        iface_link[batch.iface],
+        np.array(list(INT_COLUMNS.values()), dtype=np.int64),
+        ints,
+        flags,
+        direction,
+        found.counts,
+        found.ipv4,
+        found.ipv6,
+        found.payloads,
+    )
+    _add_addresses(view, found, addresses, row_base)
 
     # The payload digest covers the payload bytes actually captured.
-    rows = np.flatnonzero(payload_start >= 0)
     digest = np.zeros(count, dtype=np.uint64)
-    if len(rows):
-        starts = payload_start[rows]
-        stop = np.minimum(limit[rows], starts + np.maximum(cols["payload_len"][rows], 0))
-        digest[rows] = payload_digest(view, starts, np.maximum(stop - starts, 0))
-    return Decoded(columns=cols, direction=direction, payload_digest=digest)
+    if payload_count:
+        rows, starts, captured = found.payloads[:, :payload_count]
+        digest[rows] = payload_digest(view, starts, captured)
+    columns: dict[str, np.ndarray] = dict(zip(INT_COLUMNS, ints, strict=True))
+    columns.update(zip(BOOL_COLUMNS, flags, strict=True))
+    return Decoded(columns=columns, direction=direction, payload_digest=digest)
 
 
-def _decode_link(
-    view: ByteView,
-    link_type: int,
-    rows: IntArray,
-    start: IntArray,
-    end: IntArray,
-    net: IntArray,
-    family: IntArray,
-    cols: dict[str, np.ndarray],
+def _add_addresses(view: ByteView, found: _Found, addresses: dict[str, AddressColumn], row_base: int) -> None:
+    """Hand each address column its IPv4 values and IPv6 bytes (copies: the lists are per batch)."""
+    for pair, (source, destination) in enumerate(ADDRESS_PAIRS):
+        listed = found.counts[pair, FOUND_V4]
+        if listed:
+            rows = found.ipv4[pair, ROW, :listed] + row_base
+            addresses[source].add_ipv4(rows, found.ipv4[pair, SOURCE, :listed].copy())
+            addresses[destination].add_ipv4(rows, found.ipv4[pair, DESTINATION, :listed].copy())
+        listed = found.counts[pair, FOUND_V6]
+        if listed:
+            rows = found.ipv6[pair, ROW, :listed] + row_base
+            header = found.ipv6[pair, HEADER, :listed]
+            addresses[source].add_ipv6(rows, view.block(header + IPV6_SOURCE_AT, 16))
+            addresses[destination].add_ipv6(rows, view.block(header + IPV6_DESTINATION_AT, 16))
+
+
+@compiled
+def _decode_packets(
+    data: Bytes,
+    length: int,
+    data_off: IntArray,
+    cap_len: IntArray,
+    wire_len: IntArray,
+    link: IntArray,
+    absent: IntArray,
+    ints: IntColumns,
+    flags: BoolColumns,
     direction: IntArray,
-) -> None:
-    """Fill ``net`` and ``family`` for the rows of one link type."""
-    if link_type == lt.EN10MB:
-        ok = end - start >= 14
-        rows, start, end = rows[ok], start[ok], end[ok]
-        _after_ethertype(view, rows, view.be16(start + 12), start + 14, end, net, family, cols)
-    elif link_type == lt.LINUX_SLL:
-        ok = end - start >= 16
-        rows, start, end = rows[ok], start[ok], end[ok]
-        _set_direction(direction, rows, view.be16(start))
-        _after_ethertype(view, rows, view.be16(start + 14), start + 16, end, net, family, cols)
-    elif link_type == lt.LINUX_SLL2:
-        ok = end - start >= 20
-        rows, start, end = rows[ok], start[ok], end[ok]
-        cols["ifindex"][rows] = view.be32(start + 4)
-        _set_direction(direction, rows, view.u8(start + 10))
-        _after_ethertype(view, rows, view.be16(start), start + 20, end, net, family, cols)
-    elif link_type in (lt.RAW, lt.DLT_RAW_LINUX, lt.DLT_RAW_OPENBSD, lt.IPV4, lt.IPV6):
-        ok = end > start
-        rows, start = rows[ok], start[ok]
-        version = view.u8(start) >> 4
-        net[rows] = start
-        # RAW says "IPv4 or IPv6, see the version"; IPV4 and IPV6 fix the version.
-        allowed = {lt.IPV4: (4,), lt.IPV6: (6,)}.get(link_type, (4, 6))
-        family[rows] = np.where(is_one_of(version, allowed), version, 0)
-    elif link_type in (lt.NULL, lt.LOOP):
-        ok = end - start >= 4
-        rows, start = rows[ok], start[ok]
-        if link_type == lt.LOOP:
-            af = view.be32(start)
+    address_counts: IntArray,
+    ipv4_found: IntArray,
+    ipv6_found: IntArray,
+    payloads: IntArray,
+) -> int:
+    """Decode each packet into row ``i`` of the columns (``flags`` start all False, ``address_counts`` at 0).
+
+    Lists the addresses and the payloads found (see ``ADDRESS_PAIRS``) and
+    returns how many payloads it listed.
+
+    The common path (link layer, IPv4, the IPv6 header, TCP, UDP, the ICMP
+    header) is written out in this one loop: a call to another compiled
+    function that takes an array costs reference counting on every call, far
+    more than decoding a header. Rarer or longer parts (IPv6 extension
+    headers, TCP options other than the usual ones, the datagram an ICMP
+    error quotes) are pure helpers that return what they read.
+    """
+    for column in range(len(absent)):
+        ints[column][:] = absent[column]
+    payload_count = 0
+    for row in range(len(data_off)):
+        start = data_off[row]
+        # Records lie inside the buffer's data; the bound only makes sure no read can leave it.
+        end = min(start + cap_len[row], length)
+        if start < 0:
+            continue
+
+        # Link layer: where the network header starts (net) and which one it is (family 4, 6 or 0).
+        link_type = link[row]
+        net = -1
+        family = 0
+        ethertype = -1  # set for the link types that name their payload by an ethertype
+        if link_type == lt.EN10MB:
+            if end - start >= 14:
+                ethertype, net = _be16(data, start + 12), start + 14
+        elif link_type == lt.LINUX_SLL:
+            if end - start >= 16:
+                direction[row] = _linux_direction(_be16(data, start), direction[row])
+                ethertype, net = _be16(data, start + 14), start + 16
+        elif link_type == lt.LINUX_SLL2:
+            if end - start >= 20:
+                ints[IFINDEX][row] = _be32(data, start + 4)
+                direction[row] = _linux_direction(_u8(data, start + 10), direction[row])
+                ethertype, net = _be16(data, start), start + 20
+        elif link_type in (lt.RAW, lt.DLT_RAW_LINUX, lt.DLT_RAW_OPENBSD, lt.IPV4, lt.IPV6):
+            if end > start:
+                net = start
+                family = _raw_family(link_type, _u8(data, start) >> 4)
+        elif link_type in (lt.NULL, lt.LOOP) and end - start >= 4:
+            net = start + 4
+            family = _bsd_family(link_type, _le32(data, start), _be32(data, start))
+        if ethertype >= 0:
+            # 802.1Q/802.1ad tags: skipped, the outermost gives the VLAN id.
+            for _ in range(MAX_VLAN_TAGS):
+                if not (ethertype in VLAN_TPIDS and net + 4 <= end):
+                    break
+                if ints[VLAN][row] < 0:
+                    ints[VLAN][row] = _be16(data, net) & 0x0FFF
+                ethertype = _be16(data, net + 2)
+                net += 4
+            family = 4 if ethertype == ETHERTYPE_IPV4 else 6 if ethertype == ETHERTYPE_IPV6 else 0
+
+        # Network layer: where the datagram ends and where its transport header starts.
+        # A header that leaves the length at 0 (segmentation offload, BIG TCP, jumbograms)
+        # ends where the packet ended on the wire, since then only the capture knows it.
+        wire_end = start + wire_len[row]
+        if family == 4:
+            if end - net < 20 or _u8(data, net) >> 4 != 4 or _u8(data, net) & 0x0F < 5:
+                flags[TRUNCATED][row] = True  # an IPv4 ethertype without a whole IPv4 header
+                continue
+            header_len = (_u8(data, net) & 0x0F) * 4
+            total_len = _be16(data, net + 2)
+            if total_len == 0:
+                total_len = wire_end - net
+            flags_frag = _be16(data, net + 6)
+            frag_offset = (flags_frag & 0x1FFF) * 8
+            ints[IP_VERSION][row] = 4
+            ints[IP_LEN][row] = total_len
+            ints[IP_ID][row] = _be16(data, net + 4)
+            flags[MORE_FRAGMENTS][row] = (flags_frag & 0x2000) != 0
+            ints[FRAG_OFFSET][row] = frag_offset
+            ints[TTL][row] = _u8(data, net + 8)
+            proto = _u8(data, net + 9)
+            ints[PROTO][row] = proto
+            _list_ipv4(address_counts, ipv4_found, OWN, row, _be32(data, net + 12), _be32(data, net + 16))
+            # A header that claims more than went on the wire is believed only as far as the wire goes.
+            ip_end = min(net + total_len, wire_end)
+            flags[TRUNCATED][row] = end < ip_end
+            if frag_offset != 0 or header_len > total_len or net + header_len > end:
+                continue  # a later fragment, or a header longer than the datagram or the capture
+            transport = net + header_len
+        elif family == 6:
+            if end - net < 40 or _u8(data, net) >> 4 != 6:
+                flags[TRUNCATED][row] = True
+                continue
+            ipv6_payload_len = _be16(data, net + 4)
+            if ipv6_payload_len == 0:
+                ipv6_payload_len = wire_end - net - 40
+            ints[IP_VERSION][row] = 6
+            ints[IP_LEN][row] = 40 + ipv6_payload_len
+            ints[TTL][row] = _u8(data, net + 7)
+            _list_ipv6(address_counts, ipv6_found, OWN, row, net)
+            ip_end = min(net + 40 + ipv6_payload_len, wire_end)
+            flags[TRUNCATED][row] = end < ip_end
+            proto, transport, frag_offset, more, ident = walk_ipv6_extensions(
+                data, net + 40, _u8(data, net + 6), min(ip_end, end)
+            )
+            ints[PROTO][row] = proto
+            ints[FRAG_OFFSET][row] = frag_offset
+            flags[MORE_FRAGMENTS][row] = more != 0
+            ints[IP_ID][row] = ident
+            if transport < 0:
+                continue
         else:
-            # NULL carries the address family in the byte order of the machine that wrote it.
-            af = view.le32(start)
-            swapped = af > 0xFFFF
-            af[swapped] = view.be32(start[swapped])
-        net[rows] = start + 4
-        family[rows] = np.where(af == BSD_AF_INET, 4, np.where(is_one_of(af, BSD_AF_INET6), 6, 0))
+            continue
+
+        # Transport layer: its bytes end at the datagram's end or the capture's.
+        limit = min(ip_end, end)
+        payload = -1
+        payload_len = -1
+        if proto == TCP:
+            if limit - transport < 20:
+                continue
+            ints[SPORT][row] = _be16(data, transport)
+            ints[DPORT][row] = _be16(data, transport + 2)
+            ints[SEQ][row] = _be32(data, transport + 4)
+            ints[ACK][row] = _be32(data, transport + 8)
+            header_len = (_u8(data, transport + 12) >> 4) * 4
+            ints[TCP_FLAGS][row] = _u8(data, transport + 13)
+            ints[WIN][row] = _be16(data, transport + 14)
+            if header_len < 20 or transport + header_len > ip_end:
+                continue
+            payload = transport + header_len
+            payload_len = ip_end - payload
+            options, options_end = transport + 20, min(payload, limit)
+            # Nearly every segment of a Linux connection carries exactly NOP, NOP, timestamps:
+            # read at their fixed places, as the general walk would find them.
+            if options_end - options == USUAL_OPTIONS_LEN and _be32(data, options) == NOP_NOP_TIMESTAMPS:
+                ints[TSVAL][row] = _be32(data, options + 4)
+                ints[TSECR][row] = _be32(data, options + 8)
+            elif header_len > 20:
+                mss, wscale, sack_perm, tsval, tsecr = _tcp_options(data, options, options_end)
+                ints[MSS][row] = mss
+                ints[WSCALE][row] = wscale
+                flags[SACK_PERM][row] = sack_perm
+                ints[TSVAL][row] = tsval
+                ints[TSECR][row] = tsecr
+        elif proto == UDP:
+            if limit - transport < 8:
+                continue
+            ints[SPORT][row] = _be16(data, transport)
+            ints[DPORT][row] = _be16(data, transport + 2)
+            udp_len = _be16(data, transport + 4)
+            if udp_len >= 8:
+                payload = transport + 8
+                payload_len = udp_len - 8
+        elif proto in (ICMP, ICMPV6):
+            if limit - transport < 4:
+                continue
+            icmp_type = _u8(data, transport)
+            ints[ICMP_TYPE][row] = icmp_type
+            ints[ICMP_CODE][row] = _u8(data, transport + 1)
+            if ip_end - transport >= 8:
+                payload = transport + 8
+                payload_len = ip_end - payload
+            if _is_icmp_error(proto, icmp_type):
+                quoted = transport + 8
+                version, inner_proto, inner_sport, inner_dport = _quoted_datagram(data, proto, quoted, limit)
+                if version == 4:
+                    source, destination = _be32(data, quoted + 12), _be32(data, quoted + 16)
+                    _list_ipv4(address_counts, ipv4_found, QUOTED, row, source, destination)
+                elif version == 6:
+                    _list_ipv6(address_counts, ipv6_found, QUOTED, row, quoted)
+                if version:
+                    ints[INNER_PROTO][row] = inner_proto
+                    ints[INNER_SPORT][row] = inner_sport
+                    ints[INNER_DPORT][row] = inner_dport
+        if payload >= 0:
+            ints[PAYLOAD_LEN][row] = payload_len
+            # The digest covers the payload bytes actually captured.
+            stop = min(limit, payload + max(payload_len, 0))
+            payloads[ROW, payload_count] = row
+            payloads[START, payload_count] = payload
+            payloads[CAPTURED, payload_count] = max(stop - payload, 0)
+            payload_count += 1
+    return payload_count
 
 
-def _set_direction(direction: IntArray, rows: IntArray, packet_type: IntArray) -> None:
+@compiled
+def _list_ipv4(counts: IntArray, found: IntArray, pair: int, row: int, source: int, destination: int) -> None:
+    listed = counts[pair, FOUND_V4]
+    found[pair, ROW, listed] = row
+    found[pair, SOURCE, listed] = source
+    found[pair, DESTINATION, listed] = destination
+    counts[pair, FOUND_V4] = listed + 1
+
+
+@compiled
+def _list_ipv6(counts: IntArray, found: IntArray, pair: int, row: int, header: int) -> None:
+    listed = counts[pair, FOUND_V6]
+    found[pair, ROW, listed] = row
+    found[pair, HEADER, listed] = header
+    counts[pair, FOUND_V6] = listed + 1
+
+
+# Byte reads. Offsets are never negative: an unsigned index spares the
+# negative-index wraparound numba would otherwise add to every read.
+@compiled
+def _u8(data: Bytes, at: int) -> int:
+    return int(np.int64(data[np.uint64(at)]))
+
+
+@compiled
+def _be16(data: Bytes, at: int) -> int:
+    return (_u8(data, at) << 8) | _u8(data, at + 1)
+
+
+@compiled
+def _be32(data: Bytes, at: int) -> int:
+    return (_be16(data, at) << 16) | _be16(data, at + 2)
+
+
+@compiled
+def _le32(data: Bytes, at: int) -> int:
+    return (_u8(data, at + 3) << 24) | (_u8(data, at + 2) << 16) | (_u8(data, at + 1) << 8) | _u8(data, at)
+
+
+@compiled
+def _linux_direction(packet_type: int, known: int) -> int:
     """Linux packet types: 0-3 arrived (to us, broadcast, multicast, to another host), 4 we sent."""
-    direction[rows] = np.where(packet_type == 4, DIR_OUT, np.where(packet_type <= 3, DIR_IN, direction[rows]))
+    if packet_type == 4:
+        return DIR_OUT
+    if packet_type <= 3:
+        return DIR_IN
+    return known
 
 
-def _after_ethertype(
-    view: ByteView,
-    rows: IntArray,
-    ethertype: IntArray,
-    pos: IntArray,
-    end: IntArray,
-    net: IntArray,
-    family: IntArray,
-    cols: dict[str, np.ndarray],
-) -> None:
-    """Skip 802.1Q/802.1ad tags (the outermost gives ``vlan``) and note IPv4/IPv6 payloads."""
-    vlan = cols["vlan"]
-    for _ in range(MAX_VLAN_TAGS):
-        tagged = is_one_of(ethertype, VLAN_TPIDS) & (pos + 4 <= end)
-        if not tagged.any():
-            break
-        tagged_rows = rows[tagged]
-        tag_pos = pos[tagged]
-        outermost = vlan[tagged_rows] < 0
-        vlan[tagged_rows[outermost]] = view.be16(tag_pos[outermost]) & 0x0FFF
-        ethertype[tagged] = view.be16(tag_pos + 2)
-        pos[tagged] = tag_pos + 4
-    net[rows] = pos
-    family[rows] = np.where(ethertype == ETHERTYPE_IPV4, 4, np.where(ethertype == ETHERTYPE_IPV6, 6, 0))
+@compiled
+def _raw_family(link_type: int, version: int) -> int:
+    """RAW says "IPv4 or IPv6, see the version"; IPV4 and IPV6 fix the version."""
+    if link_type == lt.IPV4:
+        return 4 if version == 4 else 0
+    if link_type == lt.IPV6:
+        return 6 if version == 6 else 0
+    return version if version == 4 or version == 6 else 0
 
 
-def _decode_ipv4(
-    view: ByteView,
-    rows: IntArray,
-    net: IntArray,
-    end: IntArray,
-    wire_end: IntArray,
-    cols: dict[str, np.ndarray],
-    ip_end: IntArray,
-    transport: IntArray,
-    addresses: dict[str, AddressColumn],
-    row_base: int,
-) -> None:
-    start = net[rows]
-    first = view.u8(start)
-    ok = (end[rows] - start >= 20) & (first >> 4 == 4) & ((first & 0x0F) >= 5)
-    cols["truncated"][rows[~ok]] = True  # an IPv4 ethertype without a whole IPv4 header
-    rows, start, first = rows[ok], start[ok], first[ok]
-    header = view.headers(start, 20)
-    header_len = (first & 0x0F) * 4
-    total_len = header.be16(2)
-    flags_frag = header.be16(6)
-    proto = header.u8(9)
-    offloaded = total_len == 0
-    total_len = np.where(offloaded, wire_end[rows] - start, total_len)
-    cols["ip_version"][rows] = 4
-    cols["ip_len"][rows] = total_len
-    cols["ip_id"][rows] = header.be16(4)
-    cols["more_fragments"][rows] = (flags_frag & 0x2000) != 0
-    frag_offset = (flags_frag & 0x1FFF) * 8
-    cols["frag_offset"][rows] = frag_offset
-    cols["ttl"][rows] = header.u8(8)
-    cols["proto"][rows] = proto
-    addresses["src"].add_ipv4(rows + row_base, header.be32(12))
-    addresses["dst"].add_ipv4(rows + row_base, header.be32(16))
-    # A header that claims more than went on the wire is believed only as far as the wire goes.
-    datagram_end = np.minimum(start + total_len, wire_end[rows])
-    ip_end[rows] = datagram_end
-    cols["truncated"][rows] = end[rows] < datagram_end
-    has_transport = (frag_offset == 0) & (header_len <= total_len)
-    has_transport &= start + header_len <= end[rows]
-    transport[rows[has_transport]] = (start + header_len)[has_transport]
+@compiled
+def _bsd_family(link_type: int, little_endian: int, big_endian: int) -> int:
+    """The IP version of a NULL or LOOP packet from the address family in its 4-byte header."""
+    family = big_endian
+    # NULL carries the address family in the byte order of the machine that wrote it.
+    if link_type == lt.NULL and little_endian <= 0xFFFF:
+        family = little_endian
+    if family == BSD_AF_INET:
+        return 4
+    return 6 if family in BSD_AF_INET6_VALUES else 0
 
 
-def walk_ipv6_extensions(
-    view: ByteView, pos: IntArray, next_header: IntArray, limit: IntArray
-) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
-    """Follow IPv6 extension headers to the upper-layer header.
+@compiled
+def _is_icmp_error(icmp_proto: int, icmp_type: int) -> bool:
+    if icmp_proto == ICMP:  # unreachable, source quench, redirect, time exceeded, parameter problem
+        return icmp_type in (3, 4, 5, 11, 12)
+    return icmp_type in (1, 2, 3, 4)  # unreachable, too big, time exceeded, parameter problem
+
+
+@compiled
+def walk_ipv6_extensions(data: Bytes, pos: int, next_header: int, limit: int) -> tuple[int, int, int, int, int]:
+    """Follow IPv6 extension headers from ``pos`` to the upper-layer header.
 
     Returns (upper-layer protocol, its offset or -1 when not reachable,
     fragment offset in bytes, M flag, fragment identification or -1).
     """
-    pos = pos.copy()
-    next_header = next_header.copy()
-    count = len(pos)
-    frag_offset = np.zeros(count, dtype=np.int64)
-    more = np.zeros(count, dtype=np.int64)
-    ident = np.full(count, -1, dtype=np.int64)
-    reachable = np.ones(count, dtype=bool)
+    frag_offset = 0
+    more = 0
+    ident = -1
     for _ in range(MAX_IPV6_EXTENSIONS):
-        extension = is_one_of(next_header, IPV6_EXTENSIONS) & reachable
-        if not extension.any():
+        if next_header not in IPV6_EXTENSIONS:
             break
-        cut = extension & (pos + 8 > limit)
-        reachable &= ~cut
-        extension &= ~cut
-        at = pos[extension]
-        kind = next_header[extension]
-        fragment = kind == IPV6_FRAGMENT
-        length = np.where(fragment, 8, np.where(kind == IPV6_AH, (view.u8(at + 1) + 2) * 4, (view.u8(at + 1) + 1) * 8))
-        frag_rows = np.flatnonzero(extension)[fragment]
-        frag_field = view.be16(at[fragment] + 2)
-        frag_offset[frag_rows] = (frag_field >> 3) * 8
-        more[frag_rows] = frag_field & 1
-        ident[frag_rows] = view.be32(at[fragment] + 4)
-        next_header[extension] = view.u8(at)
-        pos[extension] = at + length
+        if pos + 8 > limit:
+            return next_header, -1, frag_offset, more, ident  # an extension header cut short
+        if next_header == IPV6_FRAGMENT:
+            header_len = 8
+            frag_field = _be16(data, pos + 2)
+            frag_offset = (frag_field >> 3) * 8
+            more = frag_field & 1
+            ident = _be32(data, pos + 4)
+        elif next_header == IPV6_AH:
+            header_len = (_u8(data, pos + 1) + 2) * 4
+        else:
+            header_len = (_u8(data, pos + 1) + 1) * 8
+        next_header = _u8(data, pos)
+        pos += header_len
     # Past the last extension the upper-layer header must be in the datagram, and not a later fragment.
-    upper = np.where(reachable & (frag_offset == 0) & (pos <= limit), pos, -1)
+    upper = pos if frag_offset == 0 and pos <= limit else -1
     return next_header, upper, frag_offset, more, ident
 
 
-def _decode_ipv6(
-    view: ByteView,
-    rows: IntArray,
-    net: IntArray,
-    end: IntArray,
-    wire_end: IntArray,
-    cols: dict[str, np.ndarray],
-    ip_end: IntArray,
-    transport: IntArray,
-    addresses: dict[str, AddressColumn],
-    row_base: int,
-) -> None:
-    start = net[rows]
-    ok = (end[rows] - start >= 40) & (view.u8(start) >> 4 == 6)
-    cols["truncated"][rows[~ok]] = True
-    rows, start = rows[ok], start[ok]
-    payload_len = view.be16(start + 4)
-    payload_len = np.where(payload_len == 0, wire_end[rows] - start - 40, payload_len)  # jumbogram or offload
-    cols["ip_version"][rows] = 6
-    cols["ip_len"][rows] = 40 + payload_len
-    cols["ttl"][rows] = view.u8(start + 7)
-    addresses["src"].add_ipv6(rows + row_base, view.block(start + 8, 16))
-    addresses["dst"].add_ipv6(rows + row_base, view.block(start + 24, 16))
-    datagram_end = np.minimum(start + 40 + payload_len, wire_end[rows])
-    ip_end[rows] = datagram_end
-    cols["truncated"][rows] = end[rows] < datagram_end
-    limit = np.minimum(datagram_end, end[rows])
-    proto, upper, frag_offset, more, ident = walk_ipv6_extensions(view, start + 40, view.u8(start + 6), limit)
-    cols["proto"][rows] = proto
-    cols["frag_offset"][rows] = frag_offset
-    cols["more_fragments"][rows] = more != 0
-    cols["ip_id"][rows] = ident
-    transport[rows] = upper
+@compiled
+def _tcp_options(data: Bytes, pos: int, stop: int) -> tuple[int, int, bool, int, int]:
+    """(mss, wscale, sack_perm, tsval, tsecr) from the option list in ``[pos, stop)``, -1 when absent.
+
+    An option is taken only when it fits whole; the walk ends at the end of
+    the list or at a length that cannot be right.
+    """
+    mss = wscale = tsval = tsecr = -1
+    sack_perm = False
+    for _ in range(MAX_TCP_OPTIONS):
+        if pos >= stop:
+            break
+        kind = _u8(data, pos)
+        if kind == 0:  # end of list
+            break
+        if kind == 1:  # no-operation
+            pos += 1
+            continue
+        if pos + 1 >= stop:
+            break  # no room for a length byte, so no option fits
+        length = _u8(data, pos + 1)
+        if length < 2:
+            break
+        if pos + length <= stop:
+            if kind == 2 and length == 4:
+                mss = _be16(data, pos + 2)
+            elif kind == 3 and length == 3:
+                wscale = _u8(data, pos + 2)
+            elif kind == 4 and length == 2:
+                sack_perm = True
+            elif kind == 8 and length == 10:
+                tsval = _be32(data, pos + 2)
+                tsecr = _be32(data, pos + 6)
+        pos += length
+    return mss, wscale, sack_perm, tsval, tsecr
 
 
-def _decode_tcp(
-    view: ByteView,
-    rows: IntArray,
-    transport: IntArray,
-    limit: IntArray,
-    ip_end: IntArray,
-    cols: dict[str, np.ndarray],
-    payload_start: IntArray,
-) -> None:
-    start = transport[rows]
-    ok = limit[rows] - start >= 20
-    rows, start = rows[ok], start[ok]
-    header = view.headers(start, 20)
-    cols["sport"][rows] = header.be16(0)
-    cols["dport"][rows] = header.be16(2)
-    cols["seq"][rows] = header.be32(4)
-    cols["ack"][rows] = header.be32(8)
-    header_len = (header.u8(12) >> 4) * 4
-    cols["tcp_flags"][rows] = header.u8(13)
-    cols["win"][rows] = header.be16(14)
-    sane = (header_len >= 20) & (start + header_len <= ip_end[rows])
-    cols["payload_len"][rows[sane]] = (ip_end[rows] - start - header_len)[sane]
-    payload_start[rows[sane]] = (start + header_len)[sane]
-    with_options = sane & (header_len > 20)
-    _decode_tcp_options(
-        view,
-        rows[with_options],
-        start[with_options] + 20,
-        np.minimum(start + header_len, limit[rows])[with_options],
-        cols,
-    )
+@compiled
+def _quoted_datagram(data: Bytes, icmp_proto: int, inner: int, limit: int) -> tuple[int, int, int, int]:
+    """The datagram an ICMP error quotes at ``inner``: its addresses, protocol and ports tie the error to its flow.
 
-
-def _decode_tcp_options(
-    view: ByteView, rows: IntArray, pos: IntArray, stop: IntArray, cols: dict[str, np.ndarray]
-) -> None:
-    """Walk the option lists of all rows in step: one option per row per round."""
-    # Nearly every segment of a Linux connection carries exactly NOP, NOP,
-    # timestamps: read those at their fixed places, as the walk would find them.
-    usual_bytes = view.headers(pos, USUAL_OPTIONS_LEN)
-    usual = (stop - pos == USUAL_OPTIONS_LEN) & (usual_bytes.be32(0) == NOP_NOP_TIMESTAMPS)
-    cols["tsval"][rows[usual]] = usual_bytes.be32(4)[usual]
-    cols["tsecr"][rows[usual]] = usual_bytes.be32(8)[usual]
-    rows, pos, stop = rows[~usual], pos[~usual], stop[~usual]
-    for _ in range(40):  # at most 40 option bytes, so at most 40 options
-        active = pos < stop
-        if not active.any():
-            return
-        rows, pos, stop = rows[active], pos[active], stop[active]
-        kind = view.u8(pos)
-        length = np.where(kind <= 1, 1, view.u8(pos + 1))
-        fits = pos + length <= stop
-        for option, size, column in ((2, 4, "mss"), (3, 3, "wscale")):
-            hit = (kind == option) & (length == size) & fits
-            reader = view.be16 if option == 2 else view.u8
-            cols[column][rows[hit]] = reader(pos[hit] + 2)
-        cols["sack_perm"][rows[(kind == 4) & (length == 2) & fits]] = True
-        stamp = (kind == 8) & (length == 10) & fits
-        cols["tsval"][rows[stamp]] = view.be32(pos[stamp] + 2)
-        cols["tsecr"][rows[stamp]] = view.be32(pos[stamp] + 6)
-        # End of list, or a length that cannot be right: stop walking that row.
-        pos = np.where((kind == 0) | (length < 2) & (kind > 1), stop, pos + length)
-
-
-def _decode_udp(
-    view: ByteView,
-    rows: IntArray,
-    transport: IntArray,
-    limit: IntArray,
-    cols: dict[str, np.ndarray],
-    payload_start: IntArray,
-) -> None:
-    start = transport[rows]
-    ok = limit[rows] - start >= 8
-    rows, start = rows[ok], start[ok]
-    header = view.headers(start, 8)
-    cols["sport"][rows] = header.be16(0)
-    cols["dport"][rows] = header.be16(2)
-    udp_len = header.be16(4)
-    sane = udp_len >= 8
-    cols["payload_len"][rows[sane]] = udp_len[sane] - 8
-    payload_start[rows[sane]] = start[sane] + 8
-
-
-def _decode_icmp(
-    view: ByteView,
-    rows: IntArray,
-    icmp_proto: int,
-    transport: IntArray,
-    limit: IntArray,
-    ip_end: IntArray,
-    cols: dict[str, np.ndarray],
-    payload_start: IntArray,
-    addresses: dict[str, AddressColumn],
-    row_base: int,
-) -> None:
-    start = transport[rows]
-    ok = limit[rows] - start >= 4
-    rows, start = rows[ok], start[ok]
-    icmp_type = view.u8(start)
-    cols["icmp_type"][rows] = icmp_type
-    cols["icmp_code"][rows] = view.u8(start + 1)
-    body = (ip_end[rows] - start) >= 8
-    cols["payload_len"][rows[body]] = (ip_end[rows] - start - 8)[body]
-    payload_start[rows[body]] = start[body] + 8
-
-    # The datagram an error quotes: its addresses, protocol and ports tie the error to its flow.
-    errors = is_one_of(icmp_type, ICMP_ERRORS if icmp_proto == ICMP else ICMPV6_ERRORS)
-    rows, inner = rows[errors], start[errors] + 8
-    inner_limit = limit[rows]
+    Returns (IP version, protocol, source port, destination port): the
+    version is 0 when no whole IP header of the version the ICMP flavour
+    implies is quoted, the ports are -1 when not quoted.
+    """
     if icmp_proto == ICMP:
-        first = view.u8(inner)
-        ok = (inner_limit - inner >= 20) & (first >> 4 == 4) & ((first & 0x0F) >= 5)
-        rows, inner, first, inner_limit = rows[ok], inner[ok], first[ok], inner_limit[ok]
-        addresses["inner_src"].add_ipv4(rows + row_base, view.be32(inner + 12))
-        addresses["inner_dst"].add_ipv4(rows + row_base, view.be32(inner + 16))
-        inner_proto = view.u8(inner + 9)
-        not_later_fragment = (view.be16(inner + 6) & 0x1FFF) == 0
-        upper = np.where(not_later_fragment, inner + (first & 0x0F) * 4, -1)
+        if limit - inner < 20 or _u8(data, inner) >> 4 != 4 or _u8(data, inner) & 0x0F < 5:
+            return 0, -1, -1, -1
+        version = 4
+        proto = _u8(data, inner + 9)
+        not_later_fragment = _be16(data, inner + 6) & 0x1FFF == 0
+        upper = inner + (_u8(data, inner) & 0x0F) * 4 if not_later_fragment else -1
     else:
-        ok = (inner_limit - inner >= 40) & (view.u8(inner) >> 4 == 6)
-        rows, inner, inner_limit = rows[ok], inner[ok], inner_limit[ok]
-        addresses["inner_src"].add_ipv6(rows + row_base, view.block(inner + 8, 16))
-        addresses["inner_dst"].add_ipv6(rows + row_base, view.block(inner + 24, 16))
-        inner_proto, upper, _, _, _ = walk_ipv6_extensions(view, inner + 40, view.u8(inner + 6), inner_limit)
-    cols["inner_proto"][rows] = inner_proto
-    ported = (upper >= 0) & (upper + 4 <= inner_limit) & ((inner_proto == TCP) | (inner_proto == UDP))
-    cols["inner_sport"][rows[ported]] = view.be16(upper[ported])
-    cols["inner_dport"][rows[ported]] = view.be16(upper[ported] + 2)
+        if limit - inner < 40 or _u8(data, inner) >> 4 != 6:
+            return 0, -1, -1, -1
+        version = 6
+        proto, upper, _, _, _ = walk_ipv6_extensions(data, inner + 40, _u8(data, inner + 6), limit)
+    if upper >= 0 and upper + 4 <= limit and proto in (TCP, UDP):
+        return version, proto, _be16(data, upper), _be16(data, upper + 2)
+    return version, proto, -1, -1
