@@ -40,16 +40,22 @@ def categorical(column: pd.Series) -> pd.Categorical[Any]:
 
 
 def _shared_address_codes(src: pd.Series, dst: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source and destination addresses as int32 codes into one shared, sorted list of addresses (-1: none)."""
+    """Source and destination addresses as int32 codes into one shared list of addresses (-1: none).
+
+    The list is the source column's categories, then the destination's that
+    are not among them, so source codes stay as they are. Only equality of
+    codes matters downstream, not their order.
+    """
     src_cat, dst_cat = categorical(src), categorical(dst)
-    addresses = pd.Index(src_cat.categories.astype(str)).union(pd.Index(dst_cat.categories.astype(str)))
-
-    def codes(cat: pd.Categorical[Any]) -> np.ndarray:
-        # One trailing -1 so that a missing value's code (-1) maps to -1 in the same gather.
-        to_shared = np.append(addresses.get_indexer(cat.categories.astype(str)), -1).astype(np.int32)
-        return to_shared[np.asarray(cat.codes)]
-
-    return codes(src_cat), codes(dst_cat), np.asarray(addresses, dtype=object)
+    src_names = pd.Index(src_cat.categories.astype(str))
+    dst_names = pd.Index(dst_cat.categories.astype(str))
+    dst_in_src = src_names.get_indexer(dst_names)
+    missing = dst_in_src < 0
+    dst_in_src[missing] = len(src_names) + np.arange(int(missing.sum()))
+    addresses = np.concatenate([np.asarray(src_names, dtype=object), np.asarray(dst_names[missing], dtype=object)])
+    # One trailing -1 so that a missing value's code (-1) maps to -1 in the same gather.
+    to_shared = np.append(dst_in_src, -1).astype(np.int32)
+    return np.asarray(src_cat.codes).astype(np.int32), to_shared[np.asarray(dst_cat.codes)], addresses
 
 
 def read_only(values: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
