@@ -28,7 +28,11 @@ IntArray = npt.NDArray[np.int64]
 PORT_BITS: Final = 16
 PORT_MASK: Final = (1 << PORT_BITS) - 1
 
-_FIRST_TABLE_SIZE: Final = 1 << 12  # slots; the table doubles while it is more than half full
+# Hash table slots to start with: room for a 5-tuple every 8 packets before
+# the table, kept at most half full, has to double (rehashing costs more
+# than the memory saved).
+_MIN_TABLE_SIZE: Final = 1 << 12
+_PACKETS_PER_SLOT: Final = 4
 _HASH_MULTIPLIER: Final = 0x5851F42D4C957F2D  # odd and below 2**63, so the hash stays int64 in compiled code
 
 
@@ -139,6 +143,28 @@ _TUPLE_FIELDS: Final = 9
 
 
 @compiled
+def _find_tuple(
+    slots: IntArray, tuples: IntArray, h: int, c: int, v: int, u: int, low: int, high: int
+) -> tuple[int, int]:
+    """(row in ``tuples`` of this 5-tuple or -1, its slot or the free slot where it belongs)."""
+    mask = len(slots) - 1
+    at = h & mask
+    while slots[at] >= 0:
+        t = slots[at]
+        if (
+            tuples[t, _HASH] == h
+            and tuples[t, _LOW] == low
+            and tuples[t, _HIGH] == high
+            and tuples[t, _CAPTURE] == c
+            and tuples[t, _VLAN] == v
+            and tuples[t, _UDP] == u
+        ):
+            return t, at
+        at = (at + 1) & mask
+    return -1, at
+
+
+@compiled
 def _assign_flow_ids(
     src_address: npt.NDArray[np.int32],
     dst_address: npt.NDArray[np.int32],
@@ -155,10 +181,47 @@ def _assign_flow_ids(
     n = len(proto)
     flow_id = np.empty(n, dtype=np.int64)
     tuples = np.empty((n, _TUPLE_FIELDS), dtype=np.int64)  # at most one 5-tuple per packet; rows filled in turn
-    slots = np.full(_FIRST_TABLE_SIZE, -1, dtype=np.int64)  # hash table: row in ``tuples``, -1 free
-    n_tuples = 0
-    n_flows = 0
-    for row in range(n):
+    size = _MIN_TABLE_SIZE
+    while size < n // _PACKETS_PER_SLOT:
+        size *= 2
+    slots = np.full(size, -1, dtype=np.int64)  # hash table: row in ``tuples``, -1 free
+    row = n_tuples = n_flows = 0
+    while True:
+        row, n_tuples, n_flows = _assign_rows(
+            row, n_tuples, n_flows, slots, tuples, flow_id,
+            src_address, dst_address, sport, dport, proto, frag_offset, capture, vlan, tcp_flags, seq,
+        )  # fmt: skip
+        if row == n:
+            return flow_id, n_flows
+        # Half full: a table twice the size. (Growing here, outside the row loop, keeps
+        # that loop's table a fixed array the compiler can keep in registers.)
+        slots = np.full(2 * len(slots), -1, dtype=np.int64)
+        for t in range(n_tuples):
+            slots[_slot_of(slots, tuples[t, _HASH])] = t
+
+
+@compiled
+def _assign_rows(
+    begin: int,
+    n_tuples: int,
+    n_flows: int,
+    slots: IntArray,
+    tuples: IntArray,
+    flow_id: IntArray,
+    src_address: npt.NDArray[np.int32],
+    dst_address: npt.NDArray[np.int32],
+    sport: npt.NDArray[np.int32],
+    dport: npt.NDArray[np.int32],
+    proto: npt.NDArray[np.int16],
+    frag_offset: npt.NDArray[np.int32],
+    capture: npt.NDArray[np.int32],
+    vlan: npt.NDArray[np.int32],
+    tcp_flags: npt.NDArray[np.int16],
+    seq: IntArray,
+) -> tuple[int, int, int]:
+    """Flow ids from ``begin`` on, until the end or until the table is half full: (next row, tuples, flows)."""
+    n = len(proto)
+    for row in range(begin, n):
         p = proto[row]
         eligible = (
             p in (TCP, UDP)
@@ -176,22 +239,7 @@ def _assign_flow_ids(
         low, high = min(source, destination), max(source, destination)
         c, v, u = int(capture[row]), int(vlan[row]), 1 if p == UDP else 0
         h = _tuple_hash(c, v, u, low, high)
-        mask = len(slots) - 1
-        at = h & mask
-        t = -1
-        while slots[at] >= 0:
-            k = slots[at]
-            if (
-                tuples[k, _HASH] == h
-                and tuples[k, _LOW] == low
-                and tuples[k, _HIGH] == high
-                and tuples[k, _CAPTURE] == c
-                and tuples[k, _VLAN] == v
-                and tuples[k, _UDP] == u
-            ):
-                t = k
-                break
-            at = (at + 1) & mask
+        t, at = _find_tuple(slots, tuples, h, c, v, u, low, high)
         pure_syn = p == TCP and (tcp_flags[row] & (SYN | ACK)) == SYN
         if t < 0:
             t = n_tuples
@@ -200,10 +248,6 @@ def _assign_flow_ids(
             tuples[t, _LOW], tuples[t, _HIGH], tuples[t, _FLOW], tuples[t, _HAS_SYN] = low, high, n_flows, 0
             n_flows += 1
             slots[at] = t
-            if 2 * n_tuples > len(slots):
-                slots = np.full(2 * len(slots), -1, dtype=np.int64)
-                for other in range(n_tuples):
-                    slots[_slot_of(slots, tuples[other, _HASH])] = other
         elif pure_syn and tuples[t, _HAS_SYN] and seq[row] != tuples[t, _SYN_SEQ]:
             tuples[t, _FLOW] = n_flows  # a new initial sequence number: a new connection
             n_flows += 1
@@ -211,4 +255,6 @@ def _assign_flow_ids(
             tuples[t, _HAS_SYN] = 1
             tuples[t, _SYN_SEQ] = seq[row]
         flow_id[row] = tuples[t, _FLOW]
-    return flow_id, n_flows
+        if 2 * n_tuples > len(slots):
+            return row + 1, n_tuples, n_flows
+    return n, n_tuples, n_flows
