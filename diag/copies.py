@@ -108,6 +108,12 @@ def _codes(column: pd.Series) -> np.ndarray:
     return pd.factorize(column, sort=False)[0].astype(np.int64)
 
 
+def _single_value(column: pd.Series) -> bool:
+    """Whether every row holds the same value (a categorical's codes compared as they are, without a copy)."""
+    codes = column.cat.codes.to_numpy() if isinstance(column.dtype, pd.CategoricalDtype) else _codes(column)
+    return bool(codes.min() == codes.max())
+
+
 def _rank_within(group: np.ndarray) -> np.ndarray:
     """0-based rank of each element among the equal values before it (``group`` sorted)."""
     position = np.arange(len(group))
@@ -137,12 +143,12 @@ def copy_origins(packets: pd.DataFrame, window_ns: int = DUPLICATE_WINDOW_NS) ->
     origins = np.full(n, -1, dtype=np.int64)
     if n < 2:
         return origins
+    if _single_value(packets["iface"]) and _single_value(packets["direction"]):
+        return origins  # the usual case: one interface, one direction (or none known)
     capture = _codes(packets["capture"])
     direction = _codes(packets["direction"])
     # A "port" is the interface and the direction together.
     port = _codes(packets["iface"]) * (int(direction.max()) + 2) + direction + 1
-    if port.min() == port.max():
-        return origins  # the usual case: one interface, one direction (or none known)
     by_capture = pd.Series(port).groupby(capture)
     several_ports = (by_capture.transform("max") != by_capture.transform("min")).to_numpy()
     rows = np.flatnonzero(several_ports & (packets["ip_version"].to_numpy() > 0))
