@@ -22,7 +22,7 @@ import numpy.typing as npt
 from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
 from diag.compiled import compiled
 from diag.flowkeys import endpoint
-from diag.tcpstate import update_endpoints
+from diag.tcpstate import INACTIVE, update_endpoints
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -239,12 +239,10 @@ def walk_flows(
             udp_bytes[side] = 0
             zero_windows[side] = 0
             retransmitted[side] = 0
-            state[side] = 0
-            state_before[side] = 0
-            for flag in (reset_sent, fin_sent, shown_i, shown_q, shown_data, shown_ack, shown_udp):
+            state[side] = state_before[side] = INACTIVE
+            for flag in (reset_sent, fin_sent, shown_i, shown_q, shown_data, shown_ack, shown_udp, syn_seen, fin_seen):
                 flag[side] = False
-            for flag in (syn_seen, fin_seen, rst_seen, plain_fed, data_fed):
-                flag[side] = False
+            rst_seen[side] = plain_fed[side] = data_fed[side] = False
         first_ts = last_ts = ts_ns[first]
         syn_isn = -1  # the originator's first SYN's sequence number (mod 2**32), -1 before it
 
