@@ -241,6 +241,33 @@ def test_many_flows_keep_first_appearance_order_and_counts() -> None:
     assert (flows.orig_pkts == 1).all() and (flows.resp_pkts == 1).all()
 
 
+def test_flow_ids_of_thousands_of_tuples_match_a_plain_grouping() -> None:
+    # More distinct 5-tuples than the flow-key table starts with, so it has to grow
+    # several times; ids must still be the first-appearance numbering of the
+    # unordered endpoint pair (plus the transport), as pandas computes it here.
+    rng = np.random.default_rng(7)
+    n = 12_000
+    host = rng.integers(0, 3000, n)
+    port = 1024 + rng.integers(0, 4, n)
+    towards_server = rng.random(n) < 0.5
+    proto = np.where(rng.random(n) < 0.3, "udp", "tcp")
+    rows = []
+    for h, p, out, pr in zip(host.tolist(), port.tolist(), towards_server.tolist(), proto.tolist(), strict=True):
+        client = {"addr": f"10.{h // 250}.{h % 250}.1", "port": p}
+        server = {"addr": "198.51.100.7", "port": 443}
+        src, dst = (client, server) if out else (server, client)
+        row = {"src": src["addr"], "dst": dst["addr"], "sport": src["port"], "dport": dst["port"], "proto": pr}
+        rows.append({**row, "flags": "A"} if pr == "tcp" else row)
+    ids = flow_ids(make_packets(rows))
+    pair = [
+        (pr, *sorted([(r["src"], r["sport"]), (r["dst"], r["dport"])]))
+        for r, pr in zip(rows, proto.tolist(), strict=True)
+    ]
+    expected = pd.factorize(pd.Series([repr(key) for key in pair]), sort=False)[0]
+    assert len(set(pair)) > 5_000
+    assert ids.tolist() == expected.tolist()
+
+
 def test_syn_fin_rst_letters_repeat_only_with_a_new_sequence_number() -> None:
     same_synack = [c("S", seq=C_ISN), s("SA", seq=S_ISN, ack=C_ISN + 1), s("SA", seq=S_ISN, ack=C_ISN + 1)]
     assert one_flow(same_synack).history == "Sh"
