@@ -72,6 +72,7 @@ INT_COLUMNS: dict[str, int] = {
 }
 BOOL_COLUMNS = ("more_fragments", "truncated", "sack_perm")
 ADDRESS_COLUMNS = ("src", "dst", "inner_src", "inner_dst")
+_ABSENT = np.array(list(INT_COLUMNS.values()), dtype=np.int64)
 
 # Positions of the columns in the tuples of arrays the compiled loop fills.
 _INT = {name: position for position, name in enumerate(INT_COLUMNS)}
@@ -141,7 +142,6 @@ def decode_batch(
     ints = tuple(np.empty(count, dtype=np.int64) for _ in INT_COLUMNS)
     flags = tuple(np.zeros(count, dtype=bool) for _ in BOOL_COLUMNS)
     found = _Found.empty(count)
-    iface_link = np.array([iface.link_type for iface in interfaces], dtype=np.int64)
     direction = batch.direction.copy()
     payload_count = _decode_packets(
         view.u8_view,
@@ -149,8 +149,9 @@ def decode_batch(
         batch.data_off,
         batch.cap_len,
         batch.wire_len,
-        iface_link[batch.iface],
-        np.array(list(INT_COLUMNS.values()), dtype=np.int64),
+        batch.iface,
+        np.array([iface.link_type for iface in interfaces], dtype=np.int64),
+        _ABSENT,
         ints,
         flags,
         direction,
@@ -194,7 +195,8 @@ def _decode_packets(
     data_off: IntArray,
     cap_len: IntArray,
     wire_len: IntArray,
-    link: IntArray,
+    iface: IntArray,
+    iface_link: IntArray,
     absent: IntArray,
     ints: IntColumns,
     flags: BoolColumns,
@@ -219,7 +221,9 @@ def _decode_packets(
     for column in range(len(absent)):
         ints[column][:] = absent[column]
     payload_count = 0
-    for row in range(len(data_off)):
+    # An unsigned row number: numba then knows it is not negative and adds no
+    # negative-index wraparound to each of the many stores below.
+    for row in range(np.uint64(len(data_off))):
         start = data_off[row]
         # Records lie inside the buffer's data; the bound only makes sure no read can leave it.
         end = min(start + cap_len[row], length)
@@ -227,7 +231,8 @@ def _decode_packets(
             continue
 
         # Link layer: where the network header starts (net) and which one it is (family 4, 6 or 0).
-        link_type = link[row]
+        interface = iface[row]  # the containers only list packets of interfaces they described
+        link_type = iface_link[interface] if 0 <= interface < len(iface_link) else -1
         net = -1
         family = 0
         ethertype = -1  # set for the link types that name their payload by an ethertype
