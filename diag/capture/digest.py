@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from diag.capture.bytesview import ByteView, IntArray
+from diag.capture.bytesview import ByteView, IntArray, WordLanes
 from diag.compiled import compiled
 
 U64 = np.uint64
@@ -53,7 +53,7 @@ def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.N
 
 @compiled
 def _digest_rows(
-    lanes: npt.NDArray[np.uint64], starts: IntArray, lengths: IntArray, multipliers: npt.NDArray[np.uint64]
+    lanes: WordLanes, starts: IntArray, lengths: IntArray, multipliers: npt.NDArray[np.uint64]
 ) -> npt.NDArray[np.uint64]:
     digest = np.zeros(len(starts), dtype=np.uint64)
     for row in range(len(starts)):
@@ -63,21 +63,20 @@ def _digest_rows(
 
 @compiled
 def digest_one(
-    lanes: npt.NDArray[np.uint64], start: int, length: int, multipliers: npt.NDArray[np.uint64]
+    lanes: WordLanes, start: int, length: int, multipliers: npt.NDArray[np.uint64]
 ) -> np.uint64:
     """The digest of one payload, for compiled callers (``lanes`` from ``ByteView.word_lanes``)."""
     if length <= 0:
         return np.uint64(0)
     # All words of one payload share its start's alignment, so they are one lane.
-    lane = lanes[start % 8]
-    first = start // 8
     full_words = length // 8
+    words = lanes[start % 8][start // 8 : start // 8 + full_words + 1]
     total = np.uint64(0)
     for word in range(full_words):
-        total += lane[first + word] * multipliers[word]
+        total += words[word] * multipliers[word]
     tail_bytes = length - 8 * full_words
     if tail_bytes:
-        last = lane[first + full_words] & ((np.uint64(1) << np.uint64(8 * tail_bytes)) - np.uint64(1))
+        last = words[full_words] & ((np.uint64(1) << np.uint64(8 * tail_bytes)) - np.uint64(1))
         total += last * multipliers[full_words]
     value = _finalise(total + np.uint64(length) * np.uint64(GOLDEN))
     return value if value != 0 else np.uint64(1)  # 0 is reserved for "no payload"
