@@ -84,7 +84,9 @@ TSVAL, TSECR, PAYLOAD_LEN = _INT["tsval"], _INT["tsecr"], _INT["payload_len"]
 ICMP_TYPE, ICMP_CODE = _INT["icmp_type"], _INT["icmp_code"]
 INNER_PROTO, INNER_SPORT, INNER_DPORT = _INT["inner_proto"], _INT["inner_sport"], _INT["inner_dport"]
 IFINDEX = _INT["ifindex"]
-MORE_FRAGMENTS, TRUNCATED, SACK_PERM = (BOOL_COLUMNS.index(name) for name in BOOL_COLUMNS)
+MORE_FRAGMENTS = BOOL_COLUMNS.index("more_fragments")
+TRUNCATED = BOOL_COLUMNS.index("truncated")
+SACK_PERM = BOOL_COLUMNS.index("sack_perm")
 
 # The addresses found, listed by the compiled loop in row order: for each pair
 # of address columns (the packet's own, the quoted datagram's) and IP version,
