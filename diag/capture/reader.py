@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.Da
         feed = Feed(stream, diagnostics)
         builder = TableBuilder(name, diagnostics)
         for batch in _batches(feed, path, compressed, diagnostics):
-            builder.add(batch)
+            builder.add(batch, _expected_rows(feed, builder.rows + len(batch)))
     table = builder.finish()
     table.attrs["capture_info"] = CaptureInfo(
         name=name,
@@ -83,20 +84,34 @@ def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics)
         raise CaptureError(f"{path}: not a pcap or pcapng capture (the {what} starts with bytes {magic.hex(' ')})")
 
 
+def _expected_rows(feed: Feed, rows_so_far: int) -> int | None:
+    """How many packets the whole file probably holds, judged from the part read so far (plain files only)."""
+    if not feed.size or not feed.bytes_read:
+        return None
+    return int(rows_so_far * feed.size / feed.bytes_read * 1.02) + 1024
+
+
 class TableBuilder:
-    """Collects decoded batches and assembles the final DataFrame."""
+    """Collects decoded batches into the final columns and assembles the DataFrame.
+
+    Each batch is written straight into arrays of the columns' final dtypes,
+    sized from an estimate of the file's packet count (and grown when the
+    estimate falls short), rather than kept as parts and concatenated: one
+    copy of the packet table instead of two.
+    """
 
     def __init__(self, name: str, diagnostics: Diagnostics) -> None:
         self.name = name
         self.diagnostics = diagnostics
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.columns: dict[str, np.ndarray] = {}
+        self.capacity = 0
         self.addresses = {column: AddressColumn() for column in ADDRESS_COLUMNS}
         self.rows = 0
         self.skipped_link_types: Counter[int] = Counter()
         self.seen_link_types: set[int] = set()
-        self.any_ifindex = False  # an SLL2 packet named its interface: the iface column needs every part
+        self.any_ifindex = False  # an SLL2 packet named its interface: the iface column needs every row
 
-    def add(self, batch: RecordBatch) -> None:
+    def add(self, batch: RecordBatch, expected_rows: int | None = None) -> None:
         interfaces = self.diagnostics.interfaces
         iface_link = np.array([iface.link_type for iface in interfaces], dtype=np.int64)
         link = iface_link[batch.iface]
@@ -120,15 +135,22 @@ class TableBuilder:
         part["cap_len"] = batch.cap_len
         part["wire_len"] = batch.wire_len
         part["payload_digest"] = decoded.payload_digest
-        # Narrow each column to its final dtype now: the parts are concatenated at the end.
+        stop = self.rows + len(batch)
+        self._reserve(part, stop, expected_rows)
         for column, values in part.items():
-            final = PACKET_COLUMNS.get(column, ("int64", ""))[0]
-            if column == "direction":
-                final = "int8"
-            if final not in ("category", "int64"):
-                part[column] = values.astype(final)
-        self.parts.append(part)
-        self.rows += len(batch)
+            self.columns[column][self.rows : stop] = values  # narrowed to the column's dtype by the copy
+        self.rows = stop
+
+    def _reserve(self, part: dict[str, np.ndarray], needed: int, expected_rows: int | None) -> None:
+        if needed <= self.capacity:
+            return
+        capacity = max(needed, expected_rows or 0, self.capacity * 3 // 2)
+        for column, values in part.items():
+            grown = np.empty(capacity, dtype=_stored_dtype(column, values))
+            if column in self.columns:
+                grown[: self.rows] = self.columns[column][: self.rows]
+            self.columns[column] = grown
+        self.capacity = capacity
 
     def link_type_name(self) -> str:
         seen = self.seen_link_types or {iface.link_type for iface in self.diagnostics.interfaces}
@@ -147,9 +169,11 @@ class TableBuilder:
         count = self.rows
 
         def joined(column: str, dtype: str) -> np.ndarray:
-            if not self.parts:
+            if column not in self.columns:
                 return np.zeros(0, dtype=dtype)
-            return np.concatenate([part[column] for part in self.parts]).astype(dtype, copy=False)
+            values = self.columns[column][:count]
+            # An estimate well above the packets read leaves a tail never written: do not keep it.
+            return values.copy() if self.capacity > count * 5 // 4 + 1024 else values
 
         data: dict[str, object] = {}
         for column, (dtype, _meaning) in PACKET_COLUMNS.items():
@@ -168,13 +192,13 @@ class TableBuilder:
     def _iface_column(self) -> pd.Categorical[str]:
         """pcapng interface names (or ids), replaced by ``if<N>`` where SLL2 names the interface."""
         names = [iface.name for iface in self.diagnostics.interfaces]
-        if not self.parts:
+        if not self.rows:
             return categorical(np.zeros(0, dtype=np.int32), sorted(set(names)) or [""])
         categories = sorted(set(names))
         if len(categories) == 1 and not self.any_ifindex:  # one interface name: nothing to look up
             return categorical(np.zeros(self.rows, dtype=np.int32), categories)
-        iface_id = np.concatenate([part["iface_id"] for part in self.parts])
-        ifindex = np.concatenate([part["ifindex"] for part in self.parts])
+        iface_id = self.columns["iface_id"][: self.rows]
+        ifindex = self.columns["ifindex"][: self.rows]
         position = {value: code for code, value in enumerate(categories)}
         name_codes = np.array([position[value] for value in names], dtype=np.int32)
         codes = name_codes[iface_id]
@@ -188,6 +212,16 @@ class TableBuilder:
                     categories.append(label)
                 codes[np.flatnonzero(sll2)[inverse == position_in_distinct]] = position[label]
         return categorical(codes, categories)
+
+
+def _stored_dtype(column: str, values: np.ndarray) -> np.dtype[Any]:
+    """The final dtype of a packet-table column; helper columns (iface_id, ifindex) keep their own."""
+    if column == "direction":
+        return np.dtype(np.int8)
+    final = PACKET_COLUMNS.get(column, ("", ""))[0]
+    if final in ("", "category"):
+        return values.dtype
+    return np.dtype(final)
 
 
 def _select(batch: RecordBatch, keep: np.ndarray) -> RecordBatch:
