@@ -88,22 +88,6 @@ def flow_ids(packets: pd.DataFrame) -> np.ndarray:
     return FlowKeys(packets).flow_id
 
 
-def stable_order(keys: np.ndarray) -> np.ndarray:
-    """``np.argsort(keys, kind="stable")`` for non-negative int64 keys, as 16-bit radix passes.
-
-    numpy sorts 16-bit integers with a radix sort, so two or three passes
-    over 16-bit digits beat one comparison sort of the int64 keys severalfold.
-    """
-    top = int(keys.max(initial=0))
-    order = np.argsort((keys & 0xFFFF).astype(np.uint16), kind="stable")
-    shift = 16
-    while top >> shift:
-        digit = ((keys[order] >> shift) & 0xFFFF).astype(np.uint16)
-        order = order[np.argsort(digit, kind="stable")]
-        shift += 16
-    return order
-
-
 def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
     """Walk every flow's counted packets (``diag.flowwalk``).
 
