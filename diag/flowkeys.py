@@ -13,7 +13,7 @@ factorisation of the whole table is needed.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -81,31 +81,39 @@ def column(packets: pd.DataFrame, name: str, dtype: type[np.generic]) -> np.ndar
     return read_only(packets[name].to_numpy(), dtype)
 
 
+class KeyColumns(NamedTuple):
+    """The packet-table columns a flow is keyed on, as compiled code reads them (see ``read_only``)."""
+
+    src_address: npt.NDArray[np.int32]  # codes into ``FlowKeys.addresses``, -1 for none
+    dst_address: npt.NDArray[np.int32]
+    sport: npt.NDArray[np.int32]
+    dport: npt.NDArray[np.int32]
+    proto: npt.NDArray[np.int16]
+    tcp_flags: npt.NDArray[np.int16]
+    seq: IntArray
+    frag_offset: npt.NDArray[np.int32]
+    capture: npt.NDArray[np.int32]  # category codes
+    vlan: npt.NDArray[np.int32]
+
+
 class FlowKeys:
     """Per packet: the flow id (-1 when not TCP/UDP) and the address codes its endpoints are named by."""
 
     def __init__(self, packets: pd.DataFrame) -> None:
         src, dst, self.addresses = _shared_address_codes(packets["src"], packets["dst"])
-        self.src_address = read_only(src, np.int32)
-        self.dst_address = read_only(dst, np.int32)
-        self.sport = column(packets, "sport", np.int32)
-        self.dport = column(packets, "dport", np.int32)
-        self.proto = column(packets, "proto", np.int16)
-        self.tcp_flags = column(packets, "tcp_flags", np.int16)
-        self.seq = column(packets, "seq", np.int64)
-        capture = read_only(np.asarray(categorical(packets["capture"]).codes), np.int32)
-        self.flow_id, self.n_flows = _assign_flow_ids(
-            self.src_address,
-            self.dst_address,
-            self.sport,
-            self.dport,
-            self.proto,
-            column(packets, "frag_offset", np.int32),
-            capture,
-            column(packets, "vlan", np.int32),
-            self.tcp_flags,
-            self.seq,
+        self.columns = KeyColumns(
+            src_address=read_only(src, np.int32),
+            dst_address=read_only(dst, np.int32),
+            sport=column(packets, "sport", np.int32),
+            dport=column(packets, "dport", np.int32),
+            proto=column(packets, "proto", np.int16),
+            tcp_flags=column(packets, "tcp_flags", np.int16),
+            seq=column(packets, "seq", np.int64),
+            frag_offset=column(packets, "frag_offset", np.int32),
+            capture=read_only(np.asarray(categorical(packets["capture"]).codes), np.int32),
+            vlan=column(packets, "vlan", np.int32),
         )
+        self.flow_id, self.n_flows = _assign_flow_ids(self.columns)
 
 
 @compiled
@@ -165,20 +173,9 @@ def _find_tuple(
 
 
 @compiled
-def _assign_flow_ids(
-    src_address: npt.NDArray[np.int32],
-    dst_address: npt.NDArray[np.int32],
-    sport: npt.NDArray[np.int32],
-    dport: npt.NDArray[np.int32],
-    proto: npt.NDArray[np.int16],
-    frag_offset: npt.NDArray[np.int32],
-    capture: npt.NDArray[np.int32],
-    vlan: npt.NDArray[np.int32],
-    tcp_flags: npt.NDArray[np.int16],
-    seq: IntArray,
-) -> tuple[IntArray, int]:
+def _assign_flow_ids(keys: KeyColumns) -> tuple[IntArray, int]:
     """(flow id per packet, number of flows); ids numbered from 0 by first appearance."""
-    n = len(proto)
+    n = len(keys.proto)
     flow_id = np.empty(n, dtype=np.int64)
     tuples = np.empty((n, _TUPLE_FIELDS), dtype=np.int64)  # at most one 5-tuple per packet; rows filled in turn
     size = _MIN_TABLE_SIZE
@@ -187,10 +184,7 @@ def _assign_flow_ids(
     slots = np.full(size, -1, dtype=np.int64)  # hash table: row in ``tuples``, -1 free
     row = n_tuples = n_flows = 0
     while True:
-        row, n_tuples, n_flows = _assign_rows(
-            row, n_tuples, n_flows, slots, tuples, flow_id,
-            src_address, dst_address, sport, dport, proto, frag_offset, capture, vlan, tcp_flags, seq,
-        )  # fmt: skip
+        row, n_tuples, n_flows = _assign_rows(row, n_tuples, n_flows, slots, tuples, flow_id, keys)
         if row == n:
             return flow_id, n_flows
         # Half full: a table twice the size. (Growing here, outside the row loop, keeps
@@ -208,39 +202,30 @@ def _assign_rows(
     slots: IntArray,
     tuples: IntArray,
     flow_id: IntArray,
-    src_address: npt.NDArray[np.int32],
-    dst_address: npt.NDArray[np.int32],
-    sport: npt.NDArray[np.int32],
-    dport: npt.NDArray[np.int32],
-    proto: npt.NDArray[np.int16],
-    frag_offset: npt.NDArray[np.int32],
-    capture: npt.NDArray[np.int32],
-    vlan: npt.NDArray[np.int32],
-    tcp_flags: npt.NDArray[np.int16],
-    seq: IntArray,
+    keys: KeyColumns,
 ) -> tuple[int, int, int]:
     """Flow ids from ``begin`` on, until the end or until the table is half full: (next row, tuples, flows)."""
-    n = len(proto)
+    n = len(keys.proto)
     for row in range(begin, n):
-        p = proto[row]
+        p = keys.proto[row]
         eligible = (
             p in (TCP, UDP)
-            and sport[row] >= 0
-            and dport[row] >= 0
-            and src_address[row] >= 0
-            and dst_address[row] >= 0
-            and frag_offset[row] == 0
+            and keys.sport[row] >= 0
+            and keys.dport[row] >= 0
+            and keys.src_address[row] >= 0
+            and keys.dst_address[row] >= 0
+            and keys.frag_offset[row] == 0
         )
         if not eligible:
             flow_id[row] = -1
             continue
-        source = endpoint(src_address[row], sport[row])
-        destination = endpoint(dst_address[row], dport[row])
+        source = endpoint(keys.src_address[row], keys.sport[row])
+        destination = endpoint(keys.dst_address[row], keys.dport[row])
         low, high = min(source, destination), max(source, destination)
-        c, v, u = int(capture[row]), int(vlan[row]), 1 if p == UDP else 0
+        c, v, u = int(keys.capture[row]), int(keys.vlan[row]), 1 if p == UDP else 0
         h = _tuple_hash(c, v, u, low, high)
         t, at = _find_tuple(slots, tuples, h, c, v, u, low, high)
-        pure_syn = p == TCP and (tcp_flags[row] & (SYN | ACK)) == SYN
+        pure_syn = p == TCP and (keys.tcp_flags[row] & (SYN | ACK)) == SYN
         if t < 0:
             t = n_tuples
             n_tuples += 1
@@ -248,12 +233,12 @@ def _assign_rows(
             tuples[t, _LOW], tuples[t, _HIGH], tuples[t, _FLOW], tuples[t, _HAS_SYN] = low, high, n_flows, 0
             n_flows += 1
             slots[at] = t
-        elif pure_syn and tuples[t, _HAS_SYN] and seq[row] != tuples[t, _SYN_SEQ]:
+        elif pure_syn and tuples[t, _HAS_SYN] and keys.seq[row] != tuples[t, _SYN_SEQ]:
             tuples[t, _FLOW] = n_flows  # a new initial sequence number: a new connection
             n_flows += 1
         if pure_syn:
             tuples[t, _HAS_SYN] = 1
-            tuples[t, _SYN_SEQ] = seq[row]
+            tuples[t, _SYN_SEQ] = keys.seq[row]
         flow_id[row] = tuples[t, _FLOW]
         if 2 * n_tuples > len(slots):
             return row + 1, n_tuples, n_flows

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
 from diag.compiled import compiled
-from diag.flowkeys import endpoint
+from diag.flowkeys import KeyColumns, endpoint
 from diag.tcpstate import INACTIVE, update_endpoints
 
 IntArray = npt.NDArray[np.int64]
@@ -115,17 +115,7 @@ class FlowSummary(NamedTuple):
 
 
 @compiled
-def _originator(
-    order: IntArray,
-    begin: int,
-    end: int,
-    src_address: npt.NDArray[np.int32],
-    dst_address: npt.NDArray[np.int32],
-    sport: npt.NDArray[np.int32],
-    dport: npt.NDArray[np.int32],
-    proto: npt.NDArray[np.int16],
-    tcp_flags: npt.NDArray[np.int16],
-) -> int:
+def _originator(order: IntArray, begin: int, end: int, keys: KeyColumns) -> int:
     """The flow's originator endpoint: the sender of its first SYN without ACK.
 
     With no such SYN and a SYN-ACK first, the receiver of that SYN-ACK (it
@@ -133,25 +123,19 @@ def _originator(
     """
     for k in range(begin, end):
         row = order[k]
-        if proto[row] == TCP and (max(tcp_flags[row], 0) & (SYN | ACK)) == SYN:
-            return endpoint(src_address[row], sport[row])
+        if keys.proto[row] == TCP and (max(keys.tcp_flags[row], 0) & (SYN | ACK)) == SYN:
+            return endpoint(keys.src_address[row], keys.sport[row])
     first = order[begin]
-    if proto[first] == TCP and (max(tcp_flags[first], 0) & (SYN | ACK | RST | FIN)) == SYN | ACK:
-        return endpoint(dst_address[first], dport[first])
-    return endpoint(src_address[first], sport[first])
+    if keys.proto[first] == TCP and (max(keys.tcp_flags[first], 0) & (SYN | ACK | RST | FIN)) == SYN | ACK:
+        return endpoint(keys.dst_address[first], keys.dport[first])
+    return endpoint(keys.src_address[first], keys.sport[first])
 
 
 @compiled
 def walk_flows(
     order: IntArray,
     starts: IntArray,
-    src_address: npt.NDArray[np.int32],
-    dst_address: npt.NDArray[np.int32],
-    sport: npt.NDArray[np.int32],
-    dport: npt.NDArray[np.int32],
-    proto: npt.NDArray[np.int16],
-    tcp_flags: npt.NDArray[np.int16],
-    seq: IntArray,
+    keys: KeyColumns,
     ack: IntArray,
     win: npt.NDArray[np.int32],
     payload_len: npt.NDArray[np.int32],
@@ -222,10 +206,10 @@ def walk_flows(
         begin, end = starts[f], starts[f + 1]
         first = order[begin]
         first_row[f] = first
-        is_tcp[f] = proto[first] == TCP
-        originator = _originator(order, begin, end, src_address, dst_address, sport, dport, proto, tcp_flags)
-        first_sender = endpoint(src_address[first], sport[first])
-        first_receiver = endpoint(dst_address[first], dport[first])
+        is_tcp[f] = keys.proto[first] == TCP
+        originator = _originator(order, begin, end, keys)
+        first_sender = endpoint(keys.src_address[first], keys.sport[first])
+        first_receiver = endpoint(keys.dst_address[first], keys.dport[first])
         originators[f] = originator
         responders[f] = first_receiver if first_sender == originator else first_sender
         if originator != first_sender:
@@ -248,18 +232,18 @@ def walk_flows(
 
         for k in range(begin, end):
             row = order[k]
-            flags = max(tcp_flags[row], 0)
-            tcp = proto[row] == TCP
+            flags = max(keys.tcp_flags[row], 0)
+            tcp = keys.proto[row] == TCP
             syn, fin, rst, has_ack = (flags & SYN) != 0, (flags & FIN) != 0, (flags & RST) != 0, (flags & ACK) != 0
             payload = max(int(payload_len[row]), 0)
-            from_orig = endpoint(src_address[row], sport[row]) == originator
+            from_orig = endpoint(keys.src_address[row], keys.sport[row]) == originator
             side = 0 if from_orig else 1
             peer = 1 - side
             packets[f, side] += 1
             first_ts, last_ts = min(first_ts, ts_ns[row]), max(last_ts, ts_ns[row])
 
             # Sequence space: unwrap across 2**32, then Zeek's retransmission test against last_seq.
-            raw_seq = seq[row]
+            raw_seq = keys.seq[row]
             if first_at[side] < 0:
                 first_at[side] = k
                 unwrapped = raw_seq
@@ -321,7 +305,7 @@ def walk_flows(
                 if not shown_ack[side]:
                     shown_ack[side] = True
                     letter = _LETTER_A
-            elif proto[row] == UDP and not shown_udp[side]:
+            elif keys.proto[row] == UDP and not shown_udp[side]:
                 shown_udp[side] = True
                 letter = _LETTER_D
             if letter:
@@ -368,8 +352,7 @@ def walk_flows(
 
         # Each side's payload bytes from its sequence space, bounded by what the peer acknowledged.
         if is_tcp[f]:
-            _highest_acks(order, begin, end, src_address, sport, originator, tcp_flags, ack, first_at,
-                          highest_end, initial_seq, acked)  # fmt: skip
+            _highest_acks(order, begin, end, keys, originator, ack, first_at, highest_end, initial_seq, acked)
             for side in range(2):
                 if first_at[side] >= 0:
                     extent = max(highest_end[side], initial_seq[side], acked[side]) - start_seq[side]
@@ -393,10 +376,8 @@ def _highest_acks(
     order: IntArray,
     begin: int,
     end: int,
-    src_address: npt.NDArray[np.int32],
-    sport: npt.NDArray[np.int32],
+    keys: KeyColumns,
     originator: int,
-    tcp_flags: npt.NDArray[np.int16],
     ack: IntArray,
     first_at: IntArray,
     highest_end: IntArray,
@@ -410,10 +391,10 @@ def _highest_acks(
     """
     for k in range(begin, end):
         row = order[k]
-        flags = max(tcp_flags[row], 0)
+        flags = max(keys.tcp_flags[row], 0)
         if (flags & ACK) == 0 or (flags & RST) != 0:
             continue
-        target = 1 if endpoint(src_address[row], sport[row]) == originator else 0  # the acknowledged side
+        target = 1 if endpoint(keys.src_address[row], keys.sport[row]) == originator else 0  # the acknowledged side
         if first_at[target] < 0 or k <= first_at[target]:
             continue
         reference = max(highest_end[target], initial_seq[target])
