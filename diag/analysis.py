@@ -18,12 +18,13 @@ from pandas.api.types import union_categoricals
 
 from diag.capture import read_capture
 from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.info import CaptureInfo
 from diag.capture.reader import capture_stem
 from diag.correlate import correlate
 from diag.diagnose import diagnose
 from diag.errors import DiagError
 from diag.flows import build_flows
-from diag.report import CaptureInfo, Report
+from diag.report import Report
 
 CaptureSpec = str | os.PathLike[str]
 
@@ -116,16 +117,15 @@ def analyze(
     tables, infos = read_captures(pairs, progress)
     packets = concat_packets(tables)
     flows = build_flows(packets)
-    report = Report(captures=infos, packets=packets, flows=flows)
-    report.warnings.extend(f"{info.path}: {message}" for info in infos for message in info.warnings)
-
-    # --- correlation: the same packet across capture points and NAT ---------
     correlation = correlate(packets)
-    report.matches = correlation.matches
-    report.clock_reference = correlation.reference
-    report.clock_offsets = dict(correlation.offsets)
-
-    # --- diagnosis: a finding for every reset and lost reply -----------------
-    report.findings = diagnose(packets, flows, correlation)
-
-    return report
+    findings = diagnose(packets, flows, correlation)
+    return Report(
+        captures=infos,
+        packets=packets,
+        flows=flows,
+        findings=findings,
+        matches=correlation.matches,
+        clock_reference=correlation.reference,
+        clock_offsets=dict(correlation.offsets),
+        warnings=[f"{info.path}: {message}" for info in infos for message in info.warnings],
+    )

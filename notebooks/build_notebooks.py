@@ -38,7 +38,7 @@ if os.geteuid() != 0:
 
 TCP_VIEW = code(
     '''
-from diag.capture.columns import TCP
+from diag.capture.proto import TCP
 from diag.plot.flowview import flag_name
 
 pd.set_option("display.width", 200)
@@ -84,7 +84,7 @@ import pandas as pd
 import diag
 import diag.plot
 from diag.scenario import load_scenario, run_scenario
-from diag.textreport import render_text
+from diag.report.text import render_text
 """
         ),
         md(
@@ -237,9 +237,9 @@ import pyshark
 
 import diag
 import diag.plot
-from diag.capture.columns import ACK, RST, SYN
+from diag.capture.proto import ACK, RST, SYN
 from diag.correlate import correlate
-from diag.textreport import render_text
+from diag.report.text import render_text
 """
         ),
         md(
@@ -414,7 +414,7 @@ import pandas as pd
 from IPython.display import display
 
 import diag.plot
-from diag.capture.columns import ACK, RST, SYN
+from diag.capture.proto import ACK, RST, SYN
 from diag.scenario import available_scenarios, load_scenario, run_scenario
 """
         ),

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diag.capture.columns import ACK, FIN, ICMP, PACKET_COLUMNS, PSH, RST, SYN, TCP, UDP
+from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.proto import ACK, FIN, ICMP, PSH, RST, SYN, TCP, UDP
 
 CLIENT = "203.0.113.10"
 VIP = "198.51.100.10"

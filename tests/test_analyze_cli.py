@@ -21,10 +21,11 @@ from conftest import PROJECT, require_tools
 from packets import make_packets
 
 from diag.analysis import analyze, concat_packets, parse_capture_args
+from diag.capture.info import CaptureInfo
 from diag.errors import DiagError
 from diag.flows import build_flows, flow_ids
-from diag.report import CAUSES, SCHEMA, CaptureInfo, Finding, PacketRef, Report, RuledOut
-from diag.textreport import problem_kind, problem_kinds, render_text
+from diag.report import CAUSES, SCHEMA, Finding, PacketRef, Report, RuledOut
+from diag.report.text import problem_kind, problem_kinds, render_text
 
 CLIENT, VIP, POD = "203.0.113.10", "198.18.102.10", "198.18.2.10"
 T0 = 1_764_257_655.0

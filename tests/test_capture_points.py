@@ -20,7 +20,7 @@ import pytest
 from conftest import require_root, require_tools
 
 from diag import read_capture
-from diag.capture.columns import SYN, TCP
+from diag.capture.proto import SYN, TCP
 from diag.errors import CaptureError
 from diag.scenario.capture import CapturePoint, CaptureSet
 from diag.scenario.pcapng import merge_to_pcapng

@@ -12,8 +12,8 @@ from conftest import require_tools
 from packets import make_packets
 
 from diag.analysis import analyze
-from diag.clock import ONE_WAY_UNCERTAINTY_S, pair_offset
 from diag.correlate import correlate
+from diag.correlate.clock import ONE_WAY_UNCERTAINTY_S, pair_offset
 
 
 def test_both_directions_give_the_middle_of_the_interval() -> None:

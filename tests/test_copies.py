@@ -24,8 +24,8 @@ from conftest import PROJECT, require_root, require_tools
 from packets import make_packets
 
 from diag import read_capture
-from diag.copies import DUPLICATE_WINDOW_NS, copy_origins, forwarded_copies, packet_keys
 from diag.flows import build_flows
+from diag.flows.copies import DUPLICATE_WINDOW_NS, copy_origins, forwarded_copies, packet_keys
 
 SYN = {"src": "203.0.113.10", "dst": "198.51.100.10", "sport": 39386, "dport": 80, "flags": "S", "seq": 1000}
 # Another packet on the second interface, so the capture has two of them in every test.

@@ -13,7 +13,8 @@ from packets import make_packets
 
 from diag import read_capture
 from diag.analysis import concat_packets
-from diag.correlate import Correlation, correlate, describe_rewrite, packet_keys
+from diag.correlate import Correlation, correlate, describe_rewrite
+from diag.flows.copies import packet_keys
 
 ORDER = ["client", "nlb", "node-a", "node-b", "pod"]
 

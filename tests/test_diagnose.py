@@ -255,12 +255,12 @@ def test_an_injected_reset_seen_only_at_the_pod_is_the_clients_bare_rst_with_a_c
 
 
 def test_conventional_vantage_names_order_the_path_when_no_order_is_given() -> None:
-    from diag.diagnose.context import conventional_rank
+    from diag.diagnose.context import usual_path_rank
 
-    assert conventional_rank("pod-b") == conventional_rank("pod")
-    rank = [conventional_rank(n) for n in ("client", "nlb", "vpc-router", "node-a", "node-b", "pod-a")]
+    assert usual_path_rank("pod-b") == usual_path_rank("pod")
+    rank = [usual_path_rank(n) for n in ("client", "nlb", "vpc-router", "node-a", "node-b", "pod-a")]
     assert rank == sorted(rank)  # type: ignore[type-var]
-    assert conventional_rank("natgw") is None
+    assert usual_path_rank("natgw") is None
 
 
 def test_hop_counts_from_common_initial_ttls() -> None:

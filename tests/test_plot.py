@@ -20,9 +20,11 @@ from matplotlib.text import Text
 
 import diag.plot
 from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.info import CaptureInfo
+from diag.correlate.clock import ClockOffset
 from diag.errors import DiagError
 from diag.plot import style
-from diag.report import CaptureInfo, ClockOffset, Finding, PacketRef, Report, RuledOut
+from diag.report import Finding, PacketRef, Report, RuledOut
 
 CLIENT = "203.0.113.10"
 NLB = "198.51.100.10"

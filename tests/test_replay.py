@@ -19,7 +19,7 @@ import pytest
 from conftest import PROJECT, require_root, require_tools
 
 from diag import read_capture
-from diag.capture.columns import ACK
+from diag.capture.proto import ACK
 from diag.errors import DiagError
 from diag.scenario.conversation import choose_conversation, flag_text, list_conversations, read_payloads
 

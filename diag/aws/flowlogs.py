@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from diag.capture.proto import ACK, FIN, PSH, RST, SYN, TCP
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
@@ -45,8 +46,6 @@ KNOWN_FIELDS = frozenset(
         "ecs-task-arn", "ecs-task-id", "reject-reason",
     }
 )  # fmt: skip
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-TCP = 6
 
 
 class FlowRecord(NamedTuple):

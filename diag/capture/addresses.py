@@ -77,3 +77,10 @@ class AddressColumn:
 def categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical[str]:
     """A categorical column from integer codes and distinct labels."""
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype=str))
+
+
+def endpoint_text(addr: str, port: int) -> str:
+    """'addr:port' as reports write endpoints, IPv6 in brackets; just 'addr' when there is no port (-1)."""
+    if port < 0:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

@@ -65,22 +65,6 @@ PACKET_COLUMNS: Final[dict[str, tuple[str, str]]] = {
 
 COLUMN_NAMES: Final[tuple[str, ...]] = tuple(PACKET_COLUMNS)
 
-# TCP flag bits, for readable filters: ``df.tcp_flags & RST``.
-FIN: Final = 0x01
-SYN: Final = 0x02
-RST: Final = 0x04
-PSH: Final = 0x08
-ACK: Final = 0x10
-URG: Final = 0x20
-ECE: Final = 0x40
-CWR: Final = 0x80
-
-TCP: Final = 6
-UDP: Final = 17
-ICMP: Final = 1
-ICMPV6: Final = 58
-
-
 def describe_columns() -> str:
     """The column reference as a Markdown table (used by the docs and ``--help``)."""
     lines = ["| column | dtype | meaning |", "|---|---|---|"]

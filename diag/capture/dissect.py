@@ -20,6 +20,7 @@ from diag.capture import linktypes as lt
 from diag.capture.addresses import AddressColumn
 from diag.capture.bytesview import ByteView, IntArray
 from diag.capture.digest import payload_digest
+from diag.capture.proto import ICMP, ICMP_ERROR_TYPES, ICMPV6, ICMPV6_ERROR_TYPES, TCP, UDP
 from diag.capture.records import DIR_IN, DIR_OUT, Interface, RecordBatch
 from diag.compiled import compiled
 
@@ -38,7 +39,6 @@ IPV6_FRAGMENT, IPV6_AH = 44, 51
 IPV6_EXTENSIONS = (0, 43, 60, IPV6_FRAGMENT, IPV6_AH)  # hop-by-hop, routing, dest opts, fragment, AH
 MAX_IPV6_EXTENSIONS = 8
 
-TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 NOP_NOP_TIMESTAMPS = 0x0101080A  # option kinds 1, 1, then 8 with length 10
 USUAL_OPTIONS_LEN = 12
 MAX_TCP_OPTIONS = 40  # at most 40 option bytes, so at most 40 options
@@ -477,8 +477,8 @@ def _bsd_family(link_type: int, little_endian: int, big_endian: int) -> int:
 @compiled
 def _is_icmp_error(icmp_proto: int, icmp_type: int) -> bool:
     if icmp_proto == ICMP:  # unreachable, source quench, redirect, time exceeded, parameter problem
-        return icmp_type in (3, 4, 5, 11, 12)
-    return icmp_type in (1, 2, 3, 4)  # unreachable, too big, time exceeded, parameter problem
+        return icmp_type in ICMP_ERROR_TYPES
+    return icmp_type in ICMPV6_ERROR_TYPES
 
 
 @compiled

@@ -16,11 +16,11 @@ from diag.capture.addresses import AddressColumn, categorical
 from diag.capture.arrays import distinct, is_one_of
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.dissect import ADDRESS_COLUMNS, decode_batch
+from diag.capture.info import CaptureInfo
 from diag.capture.linktypes import SUPPORTED, linktype_name
 from diag.capture.records import Diagnostics, RecordBatch
 from diag.capture.source import Feed, open_capture
 from diag.errors import CaptureError
-from diag.report import CaptureInfo
 
 CAPTURE_SUFFIXES = (".gz", ".pcap", ".pcapng", ".cap", ".dmp")
 DIRECTIONS = ["", "in", "out"]

@@ -140,7 +140,7 @@ def _plot(report: Report, target: str) -> None:
 
 def run_pcap(args: argparse.Namespace) -> int:
     from diag.analysis import analyze, parse_capture_args
-    from diag.textreport import render_text
+    from diag.report.text import render_text
 
     pairs = parse_capture_args(args.captures)
     inputs = [path for _, path in pairs]

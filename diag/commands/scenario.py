@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         _progress(f"warning: {warning}")
     if result.report is not None:
-        from diag.textreport import render_text
+        from diag.report.text import render_text
 
         if args.json == "-":
             print(result.report.dumps())  # stdout is the JSON document alone, for piping

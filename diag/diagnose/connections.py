@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from diag.capture.columns import ACK, RST, SYN, TCP, UDP
+from diag.capture.addresses import endpoint_text
+from diag.capture.proto import ACK, RST, SYN, TCP, UDP
 from diag.correlate import Correlation
-from diag.report import endpoint_text
 
 # A re-sourced UDP reply must come this soon after the request it answers.
 RESOURCED_REPLY_WINDOW_NS = 5_000_000_000

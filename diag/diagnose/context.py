@@ -12,17 +12,17 @@ from diag.report import RuledOut
 
 # Where the usual vantage names sit on a request's way, used only when no
 # order is given: the client first, the server (pod) last.
-CONVENTIONAL_ORDER = (
+USUAL_PATH_ORDER = (
     "client", "internet", "router", "nlb", "lb", "vpc-router", "node-a", "node", "node-b", "pod", "server",
 )  # fmt: skip
 
 
-def conventional_rank(name: str) -> int | None:
-    """Where a vantage name sits in ``CONVENTIONAL_ORDER`` ('pod-b' counts as 'pod'); None if unknown."""
-    if name in CONVENTIONAL_ORDER:
-        return CONVENTIONAL_ORDER.index(name)
+def usual_path_rank(name: str) -> int | None:
+    """Where a vantage name sits in ``USUAL_PATH_ORDER`` ('pod-b' counts as 'pod'); None if unknown."""
+    if name in USUAL_PATH_ORDER:
+        return USUAL_PATH_ORDER.index(name)
     stem = name.rsplit("-", 1)[0]
-    return CONVENTIONAL_ORDER.index(stem) if stem in CONVENTIONAL_ORDER else None
+    return USUAL_PATH_ORDER.index(stem) if stem in USUAL_PATH_ORDER else None
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Context:
             if capture not in self.order or point not in self.order:
                 return False
             return self.order.index(capture) > self.order.index(point)
-        mine, theirs = conventional_rank(capture), conventional_rank(point)
+        mine, theirs = usual_path_rank(capture), usual_path_rank(point)
         return mine is not None and theirs is not None and mine > theirs
 
     def offset_uncertainty_ns(self, capture: str) -> int:

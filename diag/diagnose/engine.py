@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from diag.capture.columns import TCP
+from diag.capture.proto import TCP
 from diag.correlate import Correlation, correlate
 from diag.diagnose.advice import FIXES
 from diag.diagnose.connections import build_connections

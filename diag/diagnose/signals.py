@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from diag.capture.columns import ACK, FIN, RST, SYN
+from diag.capture.addresses import endpoint_text
+from diag.capture.proto import ACK, FIN, RST, SYN
 from diag.diagnose.connections import Connection
-from diag.report import endpoint_text
 
 # Initial TTLs in common use (Linux/macOS 64, Windows 128, network gear 255; 32 is rare).
 INITIAL_TTLS = (32, 64, 128, 255)

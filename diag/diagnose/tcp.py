@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diag.capture.proto import ACK
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import (
@@ -60,7 +61,7 @@ def find_trigger(packets: list[Seen], rst: Seen) -> Seen | None:
     """The packet the RST answers: by sequence numbers (RFC 793 reset generation), else the last one before it."""
     candidates = [p for p in _before(packets, rst) if p.from_orig != rst.from_orig and not p.is_rst]
     for packet in reversed(candidates):
-        if rst.has(0x10):  # RST+ACK acknowledges what it answers
+        if rst.has(ACK):  # RST+ACK acknowledges what it answers
             syn_fin = 1 if packet.has(0x02) or packet.has(0x01) else 0
             if rst.ack == (packet.seq + max(packet.payload_len, 0) + syn_fin) % 2**32:
                 return packet
@@ -299,7 +300,7 @@ def _established_reset(
                 f"could not confirm the {who} sent it: no capture on the {missing} and none of its other packets to "
                 "compare TTLs with; a capture on that host would settle it"
             )
-        if rst.from_orig and not rst.has(0x10) and trigger is not None and trigger.payload_len > 0:
+        if rst.from_orig and not rst.has(ACK) and trigger is not None and trigger.payload_len > 0:
             verdict.confidence = min(verdict.confidence, 0.55)
             verdict.evidence.append(
                 "the client answered the server's data with a bare RST (no ACK), as a stack does for a connection "
@@ -383,7 +384,7 @@ def _handshake_rtt(packets: list[Seen]) -> int | None:
     best: int | None = None
     for synack in (p for p in packets if p.is_synack and not p.from_orig):
         for syn in (p for p in packets if p.is_pure_syn and p.from_orig and (p.seq + 1) % 2**32 == synack.ack):
-            for ack in (p for p in packets if p.from_orig and p.flags == 0x10 and p.ack == (synack.seq + 1) % 2**32):
+            for ack in (p for p in packets if p.from_orig and p.flags == ACK and p.ack == (synack.seq + 1) % 2**32):
                 for sight in syn.sights:
                     end = ack.at(sight.capture)
                     if end is not None and end.ts_ns > sight.ts_ns:
@@ -467,7 +468,7 @@ def _handshake_reset_from_server(
     verdict.evidence = [*base, *claim_lines]
     if verdict.origin is None:
         verdict.evidence.append(f"origin: {origin_text}")
-    if rst.has(0x10) and syn is not None and rst.ack == (syn.seq + 1) % 2**32:
+    if rst.has(ACK) and syn is not None and rst.ack == (syn.seq + 1) % 2**32:
         verdict.support(
             f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05
         )

@@ -14,7 +14,7 @@ from itertools import pairwise
 
 import pandas as pd
 
-from diag.capture.columns import ICMP
+from diag.capture.proto import ICMP, ICMP_DEST_UNREACHABLE
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen, distinct_packets, where
@@ -163,9 +163,12 @@ def _add_reply_path(verdict: Verdict, reply: Seen, requests: list[Seen], request
 
 def _add_port_unreachable(verdict: Verdict, packets: pd.DataFrame, point: str, foreign_addr: str) -> None:
     at_point = packets[(packets["capture"].astype(str) == point) & (packets["proto"] == ICMP)]
-    hits = at_point[(at_point["icmp_type"] == 3) & (at_point["inner_dst"].astype(str) == foreign_addr)]
+    unreachable = at_point[at_point["icmp_type"] == ICMP_DEST_UNREACHABLE]
     hits = pd.concat(
-        [hits, at_point[(at_point["icmp_type"] == 3) & (at_point["inner_src"].astype(str) == foreign_addr)]]
+        [
+            unreachable[unreachable["inner_dst"].astype(str) == foreign_addr],
+            unreachable[unreachable["inner_src"].astype(str) == foreign_addr],
+        ]
     )
     if len(hits):
         verdict.support(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diag.capture.proto import ACK, FIN, PSH, RST, SYN
 from diag.errors import DiagError
 from diag.plot.lanes import order_lanes
 from diag.report import Finding, PacketRef, Report
@@ -25,7 +26,6 @@ FlowSelector = Finding | PacketRef | int | str | None
 
 _PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 
-_FIN, _SYN, _RST, _PSH, _ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 _SEQ_SPACE = 1 << 32
 
 # Zeek conn_state values of a connection that did not open and close normally: no answer (S0), rejected,
@@ -72,7 +72,7 @@ class PacketTrip:
 
     @property
     def is_rst(self) -> bool:
-        return self.flags >= 0 and bool(self.flags & _RST)
+        return self.flags >= 0 and bool(self.flags & RST)
 
     @property
     def flag_name(self) -> str:
@@ -127,8 +127,8 @@ def flag_name(flags: int) -> str:
     """TCP flags the way people say them: SYN, SYN-ACK, RST, RST-ACK, FIN-ACK, PSH-ACK, ACK."""
     if flags < 0:
         return "(not TCP)"
-    names = [name for bit, name in ((_SYN, "SYN"), (_FIN, "FIN"), (_RST, "RST"), (_PSH, "PSH")) if flags & bit]
-    if flags & _ACK:
+    names = [name for bit, name in ((SYN, "SYN"), (FIN, "FIN"), (RST, "RST"), (PSH, "PSH")) if flags & bit]
+    if flags & ACK:
         names.append("ACK")
     return "-".join(names) if names else "(no flags)"
 
@@ -224,7 +224,7 @@ def _first_flow_row(report: Report) -> Hashable:
     # No flow table: the first connection attempt (a bare SYN), else the first IP packet.
     packets = report.packets
     flags = packets["tcp_flags"].to_numpy()
-    for candidates in ((flags >= 0) & ((flags & (_SYN | _ACK)) == _SYN), packets["ip_version"].to_numpy() > 0):
+    for candidates in ((flags >= 0) & ((flags & (SYN | ACK)) == SYN), packets["ip_version"].to_numpy() > 0):
         hits = np.flatnonzero(candidates)
         if len(hits):
             return packets.index[hits[0]]
@@ -428,7 +428,7 @@ def _originators(
     result: dict[str, str] = {}
     for conn, rows in flow_rows.groupby("conn", sort=False):
         flags = rows["tcp_flags"].to_numpy()
-        bare_syn = (flags >= 0) & ((flags & (_SYN | _ACK)) == _SYN)
+        bare_syn = (flags >= 0) & ((flags & (SYN | ACK)) == SYN)
         if bare_syn.any():
             result[str(conn)] = str(rows["src_ep"].to_numpy()[np.argmax(bare_syn)])
     for _ in range(len(groups) + 1):
@@ -492,11 +492,11 @@ def _number_sequence_space(trips: list[PacketTrip]) -> None:
     for trip in trips:
         if trip.flags < 0:
             continue
-        if trip.flags & _SYN:
+        if trip.flags & SYN:
             isn[trip.forward] = trip.seq
         if trip.forward in isn:
             trip.seq_rel = (trip.seq - isn[trip.forward]) % _SEQ_SPACE
-        if trip.flags & _ACK and (not trip.forward) in isn:
+        if trip.flags & ACK and (not trip.forward) in isn:
             trip.ack_rel = (trip.ack - isn[not trip.forward]) % _SEQ_SPACE
 
 
@@ -504,10 +504,10 @@ def _mark_retransmissions(trips: list[PacketTrip], records: Records) -> None:
     """A packet that takes sequence space (SYN, FIN, data) a second time is a retransmission."""
     sent: set[tuple[object, ...]] = set()
     for trip in trips:
-        if trip.flags < 0 or not (trip.flags & (_SYN | _FIN) or trip.payload_len > 0):
+        if trip.flags < 0 or not (trip.flags & (SYN | FIN) or trip.payload_len > 0):
             continue
         digest = int(records[trip.sightings[0].row]["payload_digest"])
-        key = (trip.forward, trip.flags & (_SYN | _FIN | _RST | _ACK), trip.seq, trip.payload_len, digest)
+        key = (trip.forward, trip.flags & (SYN | FIN | RST | ACK), trip.seq, trip.payload_len, digest)
         trip.retransmission = key in sent
         sent.add(key)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 
-# Where each familiar vantage point sits, left to right, in the incident's picture.
-CONVENTIONAL_ORDER: tuple[str, ...] = (
+# Where each familiar vantage point is drawn, left to right, in the incident's picture.
+DRAWING_ORDER: tuple[str, ...] = (
     "client",
     "internet",
     "natgw",
@@ -30,12 +30,12 @@ CONVENTIONAL_ORDER: tuple[str, ...] = (
 )
 
 
-def conventional_rank(name: str) -> int | None:
+def drawing_rank(name: str) -> int | None:
     """Position of a capture name in the conventional order (prefix match: ``node-a-eth0``), or None."""
     lowered = name.lower()
-    if lowered in CONVENTIONAL_ORDER:
-        return CONVENTIONAL_ORDER.index(lowered)
-    for rank, known in sorted(enumerate(CONVENTIONAL_ORDER), key=lambda item: -len(item[1])):
+    if lowered in DRAWING_ORDER:
+        return DRAWING_ORDER.index(lowered)
+    for rank, known in sorted(enumerate(DRAWING_ORDER), key=lambda item: -len(item[1])):
         if lowered.startswith(known):
             return rank
     return None
@@ -57,7 +57,7 @@ def order_lanes(names: Iterable[str], main_path: Sequence[str], paths: Iterable[
     main_ranks: list[float] = []
     previous = -1.0
     for name in main:
-        rank = conventional_rank(name)
+        rank = drawing_rank(name)
         previous = float(rank) if rank is not None else previous
         main_ranks.append(previous)
 
@@ -71,7 +71,7 @@ def order_lanes(names: Iterable[str], main_path: Sequence[str], paths: Iterable[
     for order, name in enumerate(names):
         if name in position:
             continue
-        rank = conventional_rank(name)
+        rank = drawing_rank(name)
         tiebreak = order / (100.0 * (len(names) + 1))
         if rank is not None:
             before = [index for index, main_rank in enumerate(main_ranks) if main_rank <= rank]

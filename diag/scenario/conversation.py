@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from diag.capture.columns import ACK, FIN, PSH, RST, SYN, TCP, UDP
+from diag.capture.proto import ACK, FIN, PSH, RST, SYN, TCP, UDP
 from diag.errors import DiagError
 
 _FLAG_LETTERS = ((SYN, "S"), (FIN, "F"), (RST, "R"), (PSH, "P"), (ACK, "A"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
+from diag.capture.proto import ACK, FIN, ICMP, ICMP_DEST_UNREACHABLE, RST, SYN, TCP, UDP
 from diag.scenario.spec import PacketExpectation
 
 # tshark display filters per kind. ICMP errors quote a TCP/UDP header, which
@@ -51,7 +51,7 @@ def kind_mask(packets: pd.DataFrame, kind: str) -> pd.Series:
         "data": tcp & (packets["payload_len"] > 0),
         "fin": tcp & (flags & FIN != 0),
         "udp": packets["proto"] == UDP,
-        "icmp-unreachable": (packets["proto"] == 1) & (packets["icmp_type"] == 3),
+        "icmp-unreachable": (packets["proto"] == ICMP) & (packets["icmp_type"] == ICMP_DEST_UNREACHABLE),
     }
     return masks[kind]
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diag.capture.columns import ACK, FIN, RST, SYN
+from diag.capture.proto import ACK, FIN, RST, SYN
 from diag.scenario.conversation import Conversation, Segment, choose_conversation, flag_text, read_payloads
 
 # Flags compared between recording and live exchange (PSH and ECN bits are a sender's whim).

@@ -261,7 +261,7 @@ def _drive_traffic(scenario: Scenario, lab: Any, service: tuple[str, int]) -> li
 def _analyze(result: RunResult, stages: _Stages) -> None:
     try:
         from diag.analysis import analyze
-        from diag.textreport import render_text
+        from diag.report.text import render_text
     except ImportError as error:
         result.warnings.append(f"analysis not available in this version ({error.name}); captures kept")
         stages.done("analyze", "skipped")

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from diag.capture.columns import ACK, SYN, TCP, UDP
+from diag.capture.proto import ACK, SYN, TCP, UDP
 from diag.compiled import compiled
 
 IntArray = npt.NDArray[np.int64]

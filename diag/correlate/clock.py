@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from diag.report import ClockOffset
+
+@dataclass(frozen=True)
+class ClockOffset:
+    """What to add to a capture's timestamps to put it on the reference clock."""
+
+    offset_s: float
+    uncertainty_s: float
+
 
 # Assumed bound on a one-way delay when only one direction was seen.
 ONE_WAY_UNCERTAINTY_S = 0.01

@@ -19,7 +19,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from diag.capture.columns import ICMP, ICMPV6, TCP, UDP
+from diag.capture.proto import ICMP, ICMP_ERROR_TYPES, ICMPV6, ICMPV6_ERROR_TYPES, TCP, UDP
 
 # Copies of one packet inside one capture (ingress and egress of a forwarding
 # box) are microseconds apart; retransmissions are at least 200 ms apart.
@@ -27,8 +27,6 @@ DUPLICATE_WINDOW_NS: Final = 20_000_000
 
 # ICMP and ICMPv6 error types: their payload quotes a header NAT rewrites, so
 # the payload digest is not part of their key.
-_ICMP_ERRORS = (3, 4, 5, 11, 12)
-_ICMPV6_ERRORS = (1, 2, 3, 4)
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -74,8 +72,8 @@ def packet_keys(packets: pd.DataFrame) -> np.ndarray:
     proto = col["proto"]
     is_tcp = proto == TCP
     is_icmp = (proto == ICMP) | (proto == ICMPV6)
-    is_error = ((proto == ICMP) & np.isin(col["icmp_type"], _ICMP_ERRORS)) | (
-        (proto == ICMPV6) & np.isin(col["icmp_type"], _ICMPV6_ERRORS)
+    is_error = ((proto == ICMP) & np.isin(col["icmp_type"], ICMP_ERROR_TYPES)) | (
+        (proto == ICMPV6) & np.isin(col["icmp_type"], ICMPV6_ERROR_TYPES)
     )
     other = ~(is_tcp | (proto == UDP) | is_icmp)
     # Small fields packed into words first, so only a few words need hashing.

@@ -1,20 +1,21 @@
-"""The report: what diag found, as Python objects and as ``diag.report/1`` JSON.
+"""The report's values: findings, their causes and the Report that holds one analysis.
 
-The JSON contract is described in the project design notes; the dataclasses
-here mirror it one to one so that notebooks and scripts get the same facts as
-the ``--json`` output.
+These are the types the diagnosis produces and the renderers (``text``,
+``jsondoc``, the plots) consume. They mirror the ``diag.report/1`` JSON
+contract one to one, so notebooks and scripts get the same facts as the
+``--json`` output.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 import pandas as pd
 
-SCHEMA = "diag.report/1"
+from diag.capture.info import CaptureInfo
+from diag.correlate.clock import ClockOffset
+from diag.report import jsondoc
 
 Cause = Literal[
     "asymmetric-return",
@@ -33,25 +34,6 @@ CAUSES: tuple[str, ...] = get_args(Cause)
 
 # Causes whose RST is made by a box in someone else's name: the claimed sender is not the real one.
 FORGED_RESET_CAUSES = frozenset({"asymmetric-return", "idle-timeout", "injected-reset", "policy-reject"})
-
-
-def endpoint_text(addr: str, port: int) -> str:
-    """'addr:port' as reports write endpoints, IPv6 in brackets; just 'addr' when there is no port (-1)."""
-    if port < 0:
-        return addr
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
-@dataclass(frozen=True)
-class CaptureInfo:
-    """One capture file that went into the report."""
-
-    name: str
-    path: str
-    packets: int
-    link_type: str
-    skipped: int = 0
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,16 +85,8 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class ClockOffset:
-    """What to add to a capture's timestamps to put it on the reference clock."""
-
-    offset_s: float
-    uncertainty_s: float
-
-
-@dataclass
 class Report:
-    """Everything one analysis produced.
+    """Everything one analysis produced, built in one go by ``diag.analysis.analyze``.
 
     ``packets``, ``flows`` and ``matches`` are DataFrames for drilling down in
     Python; only ``flows`` (as records) goes into the JSON document.
@@ -135,49 +109,11 @@ class Report:
         return max(self.findings, key=lambda f: f.confidence)
 
     def verdict_json(self) -> dict[str, Any]:
-        top = self.verdict
-        if top is None:
-            return {"cause": "healthy", "confidence": 1.0, "summary": "no resets or lost replies found"}
-        return {"cause": top.cause, "confidence": round(top.confidence, 3), "summary": top.summary}
+        return jsondoc.verdict_json(self.verdict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema": SCHEMA,
-            "verdict": self.verdict_json(),
-            "findings": [f.to_json() for f in self.findings],
-            "captures": [
-                {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
-                for c in self.captures
-            ],
-            "flows": flows_to_json(self.flows),
-            "clock": {
-                "reference": self.clock_reference,
-                "offsets": {name: asdict(o) for name, o in self.clock_offsets.items()},
-            },
-            "warnings": list(self.warnings),
-        }
+        """The ``diag.report/1`` document that ``--json`` writes."""
+        return jsondoc.report_to_json(self)
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=2, allow_nan=False)
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and NaN into JSON-safe Python values."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def flows_to_json(flows: pd.DataFrame) -> list[dict[str, Any]]:
-    """Flow rows as JSON objects; list-valued cells (``rsts``) pass through, an untagged ``vlan`` (-1) is null."""
-    if flows is None or flows.empty:
-        return []
-    records = []
-    for row in flows.to_dict(orient="records"):
-        record = {str(key): (value if isinstance(value, list | dict) else _plain(value)) for key, value in row.items()}
-        if record.get("vlan") == -1:
-            record["vlan"] = None
-        records.append(record)
-    return records
+        return jsondoc.dumps(self)

@@ -8,21 +8,21 @@ so one *match* is one packet followed from point to point.
 
 Steps, all vectorised over the concatenated packet table:
 
-1. ``packet_keys`` (``diag.copies``): one 64-bit key per packet from the
+1. ``packet_keys`` (``diag.flows.copies``): one 64-bit key per packet from the
    fields NAT leaves alone (0 for packets that cannot be matched, such as ARP).
 2. ``sightings``: inside one capture, copies of the same packet a few
    milliseconds apart are one sighting (a capture on both interfaces of a
    forwarding box, or ``-i any``, sees a forwarded packet twice). This is
-   wider than the flow table's ``diag.copies.forwarded_copies``: a copy a box
+   wider than the flow table's ``diag.flows.copies.forwarded_copies``: a copy a box
    rewrote by NAT joins the sighting too, since the rewrite is what the
    correlation wants to see.
 3. Matching: the k-th sighting of a key (and IP ID) at one point is the k-th at
    every other point, so retransmissions of the same segment stay apart. A
    second pass without the IP ID catches boxes that rewrite it.
-4. Clock offsets (``diag.clock``) from the matched packets, then the order of
+4. Clock offsets (``diag.correlate.clock``) from the matched packets, then the order of
    the points along each packet's path (TTL first: it only goes down; then the
    corrected time).
-5. On first use only: the per-row ``matches`` table with the rewrite seen
+5. The per-row ``matches`` table with the rewrite seen
    against the previous copy, the ``paths`` and the NAT map.
 
 Grouping is done by sorting once on a content hash (captures are already in
@@ -32,16 +32,17 @@ hash joins; regrouping afterwards works on nearly sorted arrays, which is cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from diag.clock import estimate_offsets
-from diag.copies import DUPLICATE_WINDOW_NS, packet_keys
-from diag.copies import mix_hash as _mix
-from diag.report import ClockOffset, endpoint_text
+from diag.capture.addresses import endpoint_text
+from diag.correlate.clock import ClockOffset, estimate_offsets
+from diag.correlate.columns import MATCH_COLUMNS, NAT_COLUMNS, PATH_COLUMNS, empty_table
+from diag.flows.copies import DUPLICATE_WINDOW_NS, packet_keys
+from diag.flows.copies import mix_hash as _mix
 
 
 def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -168,23 +169,19 @@ def _find_sightings(
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Correlation:
     """What ``correlate`` found; see the module docstring.
 
-    ``matches``: one row per packet row of a matched packet (``row`` is the
-    packet table's row label), with ``match_id``, ``hop`` (0 = first point on
-    the path), ``duplicate`` (an extra copy inside the same capture), the
-    addresses and ports seen there and, against the previous point, ``nat``
-    (the rewrite, '' when none).
-    ``paths``: per ``match_id``, the points in order and first/last seen.
+    ``matches``, ``paths`` and ``nat_map`` are the tables whose columns
+    ``diag.correlate.columns`` declares: one row per sighting of a matched
+    packet, one per matched packet's path, one per distinct translation seen
+    between consecutive points.
     ``offsets``: per capture, what to add to its timestamps to be on the
     reference capture's clock (the reference itself is 0 ± 0).
-    ``nat_map``: the distinct translations seen between consecutive points.
     ``row_match``/``row_sighting``/``row_hop``: per packet position (not
-    label), the match id (-1 when not matched), the sighting id and the hop,
-    for the diagnosis. ``matches``, ``paths`` and ``nat_map`` are built the
-    first time one of them is used.
+    label), the match id (-1 when not matched), the sighting id and the hop
+    (-1 when not matched), for the diagnosis.
     """
 
     reference: str | None
@@ -192,63 +189,29 @@ class Correlation:
     row_match: np.ndarray
     row_sighting: np.ndarray
     ts_ref_ns: np.ndarray
-    row_hop: np.ndarray  # per packet position: its point's place on the path (-1 when not matched)
+    row_hop: np.ndarray
+    matches: pd.DataFrame = field(default_factory=lambda: empty_table(MATCH_COLUMNS), repr=False)
+    paths: pd.DataFrame = field(default_factory=lambda: empty_table(PATH_COLUMNS), repr=False)
+    nat_map: pd.DataFrame = field(default_factory=lambda: empty_table(NAT_COLUMNS), repr=False)
     clock_notes: dict[str, str] = field(default_factory=dict)
-    # The three tables are built on first use: matching and clocks do not need them.
-    _build_tables: Callable[[], tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]] | None = field(
-        default=None, repr=False
-    )
-    _tables: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = field(default=None, repr=False)
-
-    def _ensure_tables(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        if self._tables is None:
-            if self._build_tables is None:
-                self._tables = (
-                    pd.DataFrame(columns=list(_MATCH_COLUMNS)),
-                    pd.DataFrame(columns=list(_PATH_COLUMNS)),
-                    pd.DataFrame(columns=list(_NAT_COLUMNS)),
-                )
-            else:
-                self._tables = self._build_tables()
-                self._build_tables = None
-        return self._tables
-
-    @property
-    def matches(self) -> pd.DataFrame:
-        return self._ensure_tables()[0]
-
-    @property
-    def paths(self) -> pd.DataFrame:
-        return self._ensure_tables()[1]
-
-    @property
-    def nat_map(self) -> pd.DataFrame:
-        return self._ensure_tables()[2]
 
     def offset_ns(self, capture: str) -> int:
         offset = self.offsets.get(capture)
         return 0 if offset is None else round(offset.offset_s * 1e9)
 
 
-def _empty_correlation(packets: pd.DataFrame, reference: str | None) -> Correlation:
+def _unmatched(packets: pd.DataFrame, reference: str | None, row_sighting: np.ndarray | None = None) -> Correlation:
+    """Nothing matched across points: every packet (or each given sighting) stands alone."""
     n = len(packets)
     offsets = {reference: ClockOffset(0.0, 0.0)} if reference else {}
     return Correlation(
         reference=reference,
         offsets=offsets,
         row_match=np.full(n, -1, dtype=np.int64),
-        row_sighting=np.arange(n, dtype=np.int64),
+        row_sighting=np.arange(n, dtype=np.int64) if row_sighting is None else row_sighting,
         ts_ref_ns=packets["ts_ns"].to_numpy().astype(np.int64) if n else np.zeros(0, dtype=np.int64),
         row_hop=np.full(n, -1, dtype=np.int64),
     )
-
-
-_MATCH_COLUMNS = (
-    "row", "capture", "match_id", "hop", "duplicate", "ts_ref_ns", "ttl",
-    "src", "dst", "sport", "dport", "prev_capture", "nat",
-)  # fmt: skip
-_PATH_COLUMNS = ("match_id", "points", "n_points", "first_capture", "last_capture", "first_ts_ns", "last_ts_ns")
-_NAT_COLUMNS = ("from_capture", "to_capture", "proto", "side", "before", "after", "packets")
 
 
 def choose_reference(names: Sequence[str]) -> str | None:
@@ -275,15 +238,14 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     present = [names[c] for c in pd.unique(capture_code)] if len(packets) else []
     reference = choose_reference(present)
     if len(packets) == 0:
-        return _empty_correlation(packets, reference)
+        return _unmatched(packets, reference)
     if len(present) < 2:
         # Nothing to match, but copies inside the one capture are still one packet.
-        single = _empty_correlation(packets, reference)
         ts = packets["ts_ns"].to_numpy().astype(np.int64)
         ip_id = packets["ip_id"].to_numpy().astype(np.int64)
         ttl = packets["ttl"].to_numpy().astype(np.int64)
-        single.row_sighting = _find_sightings(packet_keys(packets), ip_id, capture_code, ts, ttl).row_sighting
-        return single
+        sightings = _find_sightings(packet_keys(packets), ip_id, capture_code, ts, ttl).row_sighting
+        return _unmatched(packets, reference, sightings)
 
     ts = packets["ts_ns"].to_numpy().astype(np.int64)
     ttl = packets["ttl"].to_numpy().astype(np.int64)
@@ -324,10 +286,7 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     hop[matched] = _hop_order(sights.match[matched], sights.capture[matched], path_rank, ts_ref[rows], len(names))
     hop_by_sighting = np.concatenate([hop, np.full(lone, -1, dtype=np.int64)])
 
-    def build_tables() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
-        return matches, _paths_table(matches, names), nat_map
-
+    matches, nat_map = _matches_table(packets, sights, hop, names, ts_ref, ttl, addresses, sport, dport)
     return Correlation(
         reference=reference,
         offsets=offsets,
@@ -335,8 +294,10 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
         row_sighting=sights.row_sighting,
         ts_ref_ns=ts_ref,
         row_hop=hop_by_sighting[sights.row_sighting],
+        matches=matches,
+        paths=_paths_table(matches, names),
+        nat_map=nat_map,
         clock_notes=notes,
-        _build_tables=build_tables,
     )
 
 
@@ -401,7 +362,7 @@ def _matches_table(
     keep = sights.match[sighting_all] >= 0
     positions = sights.rows_sorted[keep]
     if len(positions) == 0:
-        return pd.DataFrame(columns=list(_MATCH_COLUMNS)), pd.DataFrame(columns=list(_NAT_COLUMNS))
+        return empty_table(MATCH_COLUMNS), empty_table(NAT_COLUMNS)
     sighting = sighting_all[keep]
     match = sights.match[sighting]
     hop = hop_of_sighting[sighting]
@@ -491,7 +452,7 @@ def _matches_table(
         },
         copy=False,  # fresh arrays: no need to copy them into one block
     )
-    nat_map = pd.DataFrame(translations, columns=list(_NAT_COLUMNS))
+    nat_map = pd.DataFrame(translations, columns=list(NAT_COLUMNS))
     nat_map = nat_map.sort_values(["from_capture", "to_capture", "proto", "side", "before", "after"])
     nat_map = nat_map.reset_index(drop=True)
     return table, nat_map
@@ -513,7 +474,7 @@ def describe_rewrite(
 def _paths_table(matches: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Per match: the points in order (distinct paths are few, so each is built once)."""
     if matches.empty:
-        return pd.DataFrame(columns=list(_PATH_COLUMNS))
+        return empty_table(PATH_COLUMNS)
     firsts = matches[~matches["duplicate"].to_numpy()]
     match = firsts["match_id"].to_numpy()
     code = pd.Categorical(firsts["capture"], categories=names).codes.astype(np.int64)

@@ -19,10 +19,10 @@ from typing import Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from diag.capture.columns import ACK, FIN, RST, SYN, TCP, UDP
+from diag.capture.proto import ACK, FIN, RST, SYN, TCP, UDP
 from diag.compiled import compiled
-from diag.flowkeys import KeyColumns, endpoint
-from diag.tcpstate import INACTIVE, update_endpoints
+from diag.flows.keys import KeyColumns, endpoint
+from diag.flows.tcpstate import INACTIVE, update_endpoints
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -49,7 +49,7 @@ def group_by_flow(flow_id: IntArray, origin: IntArray) -> tuple[IntArray, IntArr
     """(rows sorted by flow, file order kept; ``starts`` such that flow f is ``order[starts[f]:starts[f + 1]]``).
 
     Left out: rows of no flow (-1), and later copies of a packet forwarded
-    inside the capture (``origin`` >= 0, from ``diag.copies.copy_origins``)
+    inside the capture (``origin`` >= 0, from ``diag.flows.copies.copy_origins``)
     when their origin is in the same flow. A counting sort: two passes.
     """
     n = len(flow_id)
@@ -97,12 +97,12 @@ class FlowSummary(NamedTuple):
     """``walk_flows``'s results. Per flow unless said otherwise; ``[:, 0]`` originator, ``[:, 1]`` responder."""
 
     first_row: IntArray  # table row of the flow's first packet
-    originator: IntArray  # endpoints (``diag.flowkeys.endpoint``)
+    originator: IntArray  # endpoints (``diag.flows.keys.endpoint``)
     responder: IntArray
     is_tcp: BoolArray
     packets: IntArray  # (n_flows, 2)
     sizes: IntArray  # (n_flows, 2) payload bytes: Zeek's sequence-space count for TCP, the sum for UDP
-    states: npt.NDArray[np.int8]  # (n_flows, 2) final Zeek endpoint states (``diag.tcpstate``)
+    states: npt.NDArray[np.int8]  # (n_flows, 2) final Zeek endpoint states (``diag.flows.tcpstate``)
     first_ts_ns: IntArray
     last_ts_ns: IntArray
     syn_retransmits: IntArray

@@ -7,11 +7,11 @@ checked against ``zeek -r capture.pcap``'s conn.log; byte counts are Zeek's too
 counted once).
 
 Each flow's packets are walked in order, once, by compiled code
-(``diag.flowwalk``): per packet the same steps Zeek takes (direction,
+(``diag.flows.walk``): per packet the same steps Zeek takes (direction,
 sequence numbers unwrapped across 2**32, retransmission test, history
-letters, the TCP endpoint state machine of ``diag.tcpstate``), per flow the
+letters, the TCP endpoint state machine of ``diag.flows.tcpstate``), per flow the
 results. Flow ids come from one compiled pass over the table with a hash
-table of 5-tuples (``diag.flowkeys``). Only the naming of endpoints and the
+table of 5-tuples (``diag.flows.keys``). Only the naming of endpoints and the
 final table are built in Python, once per flow.
 
 Where this differs from Zeek, on purpose:
@@ -31,7 +31,7 @@ Where this differs from Zeek, on purpose:
   packet table carries no checksum verdict, and gaps need stream reassembly.
 - A capture on several interfaces of a forwarding box (or ``-i any``) sees a
   forwarded packet once per interface. Zeek counts every copy; here the later
-  copies (``diag.copies.forwarded_copies``) are left out of every count, so a
+  copies (``diag.flows.copies.forwarded_copies``) are left out of every count, so a
   router's flow reads like its endpoints' (one SYN, not one per interface).
 """
 
@@ -45,11 +45,11 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from diag.copies import copy_origins
-from diag.flowkeys import PORT_BITS, PORT_MASK, FlowKeys, categorical, column, read_only
-from diag.flowwalk import FlowSummary, group_by_flow, walk_flows
-from diag.report import endpoint_text
-from diag.tcpstate import tcp_conn_state, udp_conn_state
+from diag.capture.addresses import endpoint_text
+from diag.flows.copies import copy_origins
+from diag.flows.keys import PORT_BITS, PORT_MASK, FlowKeys, categorical, column, read_only
+from diag.flows.tcpstate import tcp_conn_state, udp_conn_state
+from diag.flows.walk import FlowSummary, group_by_flow, walk_flows
 
 FLOW_COLUMNS: Final[tuple[str, ...]] = (
     "flow_id",
@@ -89,7 +89,7 @@ def flow_ids(packets: pd.DataFrame) -> np.ndarray:
 
 
 def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
-    """Walk every flow's counted packets (``diag.flowwalk``).
+    """Walk every flow's counted packets (``diag.flows.walk``).
 
     A packet a capture saw twice because it was forwarded between two of its
     interfaces counts once: later copies (``copy_origins``) are left out
@@ -181,7 +181,7 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     ``{"index", "from"}``, index 0-based in the capture file), ``first_index``.
 
     A packet a capture saw twice because it was forwarded between two of the
-    captured interfaces (``diag.copies.forwarded_copies``) counts once, in
+    captured interfaces (``diag.flows.copies.forwarded_copies``) counts once, in
     every column, under its first copy.
     """
     keys = FlowKeys(packets)

@@ -18,7 +18,8 @@ from typing import Any, Final
 
 import pandas as pd
 
-from diag.report import CaptureInfo, Finding, Report
+from diag.capture.info import CaptureInfo
+from diag.report import Finding, Report
 
 # Problem kinds, most urgent first; a flow is listed under the first that applies.
 RESET: Final = "reset"

@@ -1,0 +1,65 @@
+"""The report as a ``diag.report/1`` JSON document (the contract in the design notes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from diag.report.model import Finding, Report
+
+SCHEMA = "diag.report/1"
+
+
+def verdict_json(verdict: Finding | None) -> dict[str, Any]:
+    if verdict is None:
+        return {"cause": "healthy", "confidence": 1.0, "summary": "no resets or lost replies found"}
+    return {"cause": verdict.cause, "confidence": round(verdict.confidence, 3), "summary": verdict.summary}
+
+
+def report_to_json(report: Report) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "verdict": verdict_json(report.verdict),
+        "findings": [finding.to_json() for finding in report.findings],
+        "captures": [
+            {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
+            for c in report.captures
+        ],
+        "flows": flows_to_json(report.flows),
+        "clock": {
+            "reference": report.clock_reference,
+            "offsets": {name: asdict(o) for name, o in report.clock_offsets.items()},
+        },
+        "warnings": list(report.warnings),
+    }
+
+
+def dumps(report: Report) -> str:
+    return json.dumps(report_to_json(report), indent=2, allow_nan=False)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and NaN into JSON-safe Python values."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def flows_to_json(flows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Flow rows as JSON objects; list-valued cells (``rsts``) pass through, an untagged ``vlan`` (-1) is null."""
+    if flows is None or flows.empty:
+        return []
+    records = []
+    for row in flows.to_dict(orient="records"):
+        record = {str(key): (value if isinstance(value, list | dict) else _plain(value)) for key, value in row.items()}
+        if record.get("vlan") == -1:
+            record["vlan"] = None
+        records.append(record)
+    return records
