@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
 
 # Module names under diag.commands, in the order --help lists them.
@@ -52,6 +53,7 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    add_lab_paths(getattr(args, "lab_path", None) or [])
     try:
         status: int = args.func(args)
     except DiagError as error:

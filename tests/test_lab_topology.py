@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT
 
+from diag.datafiles import shipped_lab_dir
 from diag.errors import LabError
 from diag.lab import build_plan, load_topology, parse_topology, render_shell, topology_names
 from diag.lab.generate import scale_topology_text
-from diag.lab.topology import TOPOLOGY_DIR
 
 SHIPPED = ["incident", "fix-snat", "fix-local", "fix-ip-targets", "fix-connmark", "fix-no-preservation", "scale"]
-INCIDENT = (TOPOLOGY_DIR / "incident.toml").read_text()
+INCIDENT = (shipped_lab_dir() / "topologies" / "incident.toml").read_text()
 # Runs the real entry point with only the lab command registered, so this file
 # does not depend on the other commands being importable.
 LAB_CLI = "import sys, diag.cli as cli; cli.COMMANDS = ('lab',); sys.exit(cli.main(sys.argv[1:]))"
@@ -49,7 +49,7 @@ def test_incident_shape() -> None:
 
 
 def test_scale_topology_is_the_generator_output() -> None:
-    shipped = (TOPOLOGY_DIR / "scale.toml").read_text()
+    shipped = (shipped_lab_dir() / "topologies" / "scale.toml").read_text()
     assert shipped == scale_topology_text(30, 2), "regenerate: python -m diag.lab.generate > lab/topologies/scale.toml"
     assert len(load_topology("scale").nodes) == 95
 

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from diag.commands.options import add_lab_path
 from diag.errors import LabError
 
 DESCRIPTION = """\
@@ -34,9 +35,10 @@ def register(subparsers: Any) -> None:
 
     up = commands.add_parser("up", help="build a topology and leave it up")
     up.add_argument("topology", nargs="?", default="incident",
-                    help="a name in lab/topologies (default: incident) or a path to a .toml file")
+                    help="a topology name (default: incident; see --lab-path) or a path to a .toml file")
     up.add_argument("--name", help="lab name (1-12 lower-case letters and digits; default: random)")
     up.add_argument("--dry-run", action="store_true", help="print the shell commands and rule sets instead")
+    add_lab_path(up)
     up.set_defaults(func=cmd_up)
 
     down = commands.add_parser("down", help="tear a lab down")

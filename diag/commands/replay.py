@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from diag.commands.options import add_lab_path
 from diag.errors import DiagError
 
 HELP = "replay one recorded TCP/UDP conversation's client side against a live lab and report the differences"
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fix", metavar="FIX", help="use the fixed topology fix-FIX")
     parser.add_argument("--out", type=Path, metavar="DIR", help="keep the live captures here")
     parser.add_argument("--json", metavar="FILE|-", help="write the replay result as JSON")
+    add_lab_path(parser)
     parser.set_defaults(func=run)
 
 

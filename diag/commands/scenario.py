@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from diag.commands.options import add_lab_path
 from diag.errors import DiagError
 
 HELP = "build a lab scenario, capture at every hop, drive its traffic, analyze (default: the incident)"
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="output directory (default: ./diag-out/<scenario>-<UTC timestamp>)")
     parser.add_argument("--json", metavar="FILE|-", help="also write the diag.report/1 document here (- for stdout)")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards to explore it")
+    add_lab_path(parser)
     parser.add_argument("--list", action="store_true", help="describe every scenario and fix, one line each")
     parser.add_argument("--snaplen", type=int, default=262144, metavar="N", help="bytes captured per packet")
     parser.set_defaults(func=run)

@@ -18,9 +18,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from diag.datafiles import find_lab_file, lab_file_names
 from diag.errors import LabError
-
-TOPOLOGY_DIR = Path(__file__).resolve().parent.parent.parent / "lab" / "topologies"
 
 ROLES = ("client", "internet", "nlb", "vpc-router", "natgw", "k8s-node", "pod")
 # Roles whose namespace forwards packets (ip_forward=1); the others are hosts.
@@ -205,7 +204,7 @@ class Topology:
 
 
 def topology_names() -> list[str]:
-    return sorted(path.stem for path in TOPOLOGY_DIR.glob("*.toml"))
+    return lab_file_names("topologies")
 
 
 def topology_path(name_or_path: str) -> Path:
@@ -214,8 +213,8 @@ def topology_path(name_or_path: str) -> Path:
         if not candidate.is_file():
             raise LabError(f"{name_or_path}: no such topology file")
         return candidate
-    path = TOPOLOGY_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
+    path = find_lab_file("topologies", name_or_path)
+    if path is None:
         raise LabError(f"unknown topology {name_or_path!r} (known: {', '.join(topology_names())})")
     return path
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diag.datafiles import find_lab_file, lab_file_names, shipped_lab_dir
 from diag.errors import DiagError
 from diag.report import CAUSES
 
-SCENARIO_DIR = Path(__file__).resolve().parent.parent.parent / "lab" / "scenarios"
 DEFAULT_SCENARIO = "incident"
 
 # Step kinds and the options each accepts (besides the common ones).
@@ -151,14 +151,18 @@ class _Reader:
 
 
 def scenario_path(name_or_path: str) -> Path:
-    """A scenario name in lab/scenarios, or a path to a TOML file."""
+    """A scenario name (searched in the lab folders, see ``diag.datafiles``), or a path to a TOML file.
+
+    An unknown name gives the path it would have in the shipped folder, so the error can show it.
+    """
     if name_or_path.endswith(".toml") or "/" in name_or_path:
         return Path(name_or_path)
-    return SCENARIO_DIR / f"{name_or_path}.toml"
+    found = find_lab_file("scenarios", name_or_path)
+    return found if found is not None else shipped_lab_dir() / "scenarios" / f"{name_or_path}.toml"
 
 
 def available_scenarios() -> list[str]:
-    return sorted(path.stem for path in SCENARIO_DIR.glob("*.toml"))
+    return lab_file_names("scenarios")
 
 
 def load_scenario(name_or_path: str = DEFAULT_SCENARIO) -> Scenario:
