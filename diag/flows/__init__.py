@@ -6,6 +6,7 @@ states, history letters, conn_state) and ``copies`` tells the copies of one
 packet that a capture point saw twice (a router's two interfaces, ``-i any``).
 """
 
-from diag.flows.table import FLOW_COLUMNS, build_flows, flow_ids
+from diag.flows.columns import FLOW_COLUMNS, describe_flow_columns
+from diag.flows.table import build_flows, flow_ids
 
-__all__ = ["FLOW_COLUMNS", "build_flows", "flow_ids"]
+__all__ = ["FLOW_COLUMNS", "build_flows", "describe_flow_columns", "flow_ids"]

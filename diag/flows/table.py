@@ -40,41 +40,16 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
 
 import numpy as np
 import pandas as pd
 
 from diag.capture.addresses import endpoint_text
+from diag.flows.columns import FLOW_COLUMNS
 from diag.flows.copies import copy_origins
 from diag.flows.keys import PORT_BITS, PORT_MASK, FlowKeys, categorical, column, read_only
 from diag.flows.tcpstate import tcp_conn_state, udp_conn_state
 from diag.flows.walk import FlowSummary, group_by_flow, walk_flows
-
-FLOW_COLUMNS: Final[tuple[str, ...]] = (
-    "flow_id",
-    "capture",
-    "proto",
-    "orig",
-    "resp",
-    "orig_h",
-    "orig_p",
-    "resp_h",
-    "resp_p",
-    "vlan",
-    "history",
-    "conn_state",
-    "orig_pkts",
-    "resp_pkts",
-    "orig_bytes",
-    "resp_bytes",
-    "first_ts",
-    "last_ts",
-    "syn_retransmits",
-    "retransmits",
-    "rsts",
-    "first_index",
-)
 
 
 def flow_ids(packets: pd.DataFrame) -> np.ndarray:
@@ -170,15 +145,7 @@ def _collector_paused() -> Iterator[None]:
 def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     """One row per TCP/UDP flow per capture, with Zeek-style history, conn_state, counts and RSTs.
 
-    Columns (``FLOW_COLUMNS``): ``flow_id`` (as ``flow_ids``), ``capture``,
-    ``proto`` ('tcp'/'udp'), ``orig``/``resp`` ("addr:port", "[v6]:port"),
-    ``orig_h``, ``orig_p``, ``resp_h``, ``resp_p``, ``vlan`` (-1 untagged),
-    ``history``, ``conn_state``, ``orig_pkts``, ``resp_pkts``, ``orig_bytes``,
-    ``resp_bytes`` (payload bytes as Zeek counts them), ``first_ts``,
-    ``last_ts`` (float seconds), ``syn_retransmits`` (the originator's SYNs
-    repeating an earlier SYN's sequence number), ``retransmits`` (Zeek's
-    retransmitted segments, both directions), ``rsts`` (list of
-    ``{"index", "from"}``, index 0-based in the capture file), ``first_index``.
+    The columns and their meaning are declared in ``diag.flows.columns.FLOW_COLUMNS``.
 
     A packet a capture saw twice because it was forwarded between two of the
     captured interfaces (``diag.flows.copies.forwarded_copies``) counts once, in
