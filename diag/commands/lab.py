@@ -6,10 +6,13 @@ import argparse
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from diag.commands.options import add_lab_path
 from diag.errors import LabError
+
+if TYPE_CHECKING:
+    from diag.lab.topology import Topology
 
 DESCRIPTION = """\
 Build a topology's network in Linux namespaces and leave it up to explore.
@@ -26,7 +29,7 @@ examples:
 """
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("lab", help="build, explore and tear down lab topologies",
                                    description=DESCRIPTION, epilog=EPILOG,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +84,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _has_service(topology: Any) -> bool:
+def _has_service(topology: Topology) -> bool:
     try:
         topology.service  # noqa: B018 - a property that raises without an nlb
     except LabError:

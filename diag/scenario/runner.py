@@ -26,6 +26,8 @@ from diag.scenario.spec import PodOverride, Scenario, Setup, load_scenario, scen
 from diag.scenario.steps import BackgroundStep, StepResult, run_step, start_background
 
 if TYPE_CHECKING:
+    from diag.lab import Lab
+    from diag.lab.topology import Topology
     from diag.report import Report
 
 Progress = Callable[[str], None]
@@ -97,7 +99,7 @@ def available_fixes(topologies: list[str]) -> list[str]:
     return [name.removeprefix("fix-") for name in topologies if name.startswith("fix-")]
 
 
-def with_pod_behaviour(topology: Any, override: PodOverride, origin: Path) -> Any:
+def with_pod_behaviour(topology: Topology, override: PodOverride, origin: Path) -> Topology:
     """The topology with the scenario's pod server behaviour on the chosen pods (all pods by default)."""
     from diag.lab.topology import PodConfig
 
@@ -109,7 +111,7 @@ def with_pod_behaviour(topology: Any, override: PodOverride, origin: Path) -> An
     chosen = set(override.nodes) or pods
     nodes = []
     for node in topology.nodes:
-        if node.name in chosen:
+        if node.name in chosen and isinstance(node.config, PodConfig):
             delay = node.config.delay if override.delay is None else override.delay
             node = replace(node, config=replace(node.config, behaviour=override.behaviour, delay=delay))
         nodes.append(node)
@@ -142,7 +144,7 @@ class _Stages:
         self.progress(f"[{now - self.started:6.2f}s] {stage}" + (f": {note}" if note else ""))
 
 
-def _apply_setup(lab: Any, setup: Setup, work_dir: Path) -> None:
+def _apply_setup(lab: Lab, setup: Setup, work_dir: Path) -> None:
     for key, value in setup.sysctls.items():
         lab.run(setup.node, ["sysctl", "-qw", f"{key}={value}"])
     if setup.iptables:
@@ -155,7 +157,7 @@ def _apply_setup(lab: Any, setup: Setup, work_dir: Path) -> None:
         lab.run(setup.node, list(argv))
 
 
-def _capture_points(scenario: Scenario, lab: Any, topology: Any) -> list[CapturePoint]:
+def _capture_points(scenario: Scenario, lab: Lab, topology: Topology) -> list[CapturePoint]:
     if scenario.captures is None:
         return [CapturePoint(node.name, lab.netns(node.name), tuple(lab.interfaces(node.name)))
                 for node in topology.nodes]
@@ -242,7 +244,7 @@ def _check_nodes(scenario: Scenario, nodes: set[str]) -> None:
                             f"(nodes: {', '.join(sorted(nodes))})")
 
 
-def _drive_traffic(scenario: Scenario, lab: Any, service: tuple[str, int]) -> list[StepResult]:
+def _drive_traffic(scenario: Scenario, lab: Lab, service: tuple[str, int]) -> list[StepResult]:
     scenario_dir = scenario.path.parent
     background: list[BackgroundStep] = []
     results = []

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,10 +30,10 @@ class LabHandle(Protocol):
     """What the steps need from a running lab (``diag.lab.Lab`` provides it)."""
 
     def run(
-        self, node: str, argv: Sequence[str], timeout: float = 5.0, check: bool = True
+        self, node: str, command: list[str], timeout: float = 5.0, check: bool = True
     ) -> subprocess.CompletedProcess[str]: ...
 
-    def popen(self, node: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[str]: ...
+    def popen(self, node: str, command: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]: ...
 
     def address(self, node: str) -> str: ...
 
