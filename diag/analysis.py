@@ -20,6 +20,7 @@ from diag.capture import read_capture
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import capture_stem
+from diag.capture.source import capture_size, exists_quietly
 from diag.correlate import correlate
 from diag.diagnose import diagnose
 from diag.errors import DiagError
@@ -49,7 +50,7 @@ def parse_capture_args(captures: Mapping[str, CaptureSpec] | Sequence[CaptureSpe
         for item in captures:
             text = os.fspath(item)
             name, sep, rest = text.partition("=")
-            if isinstance(item, str) and sep and name and rest and not Path(text).exists():
+            if isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
                 pairs.append((name, Path(rest)))
             else:
                 pairs.append((capture_stem(Path(text)), Path(text)))
@@ -88,7 +89,7 @@ def read_captures(
     tables: list[pd.DataFrame] = []
     infos: list[CaptureInfo] = []
     for name, path in pairs:
-        size = path.stat().st_size if path.is_file() else 0
+        size = capture_size(path)
         with progress(name, path, size) if progress else nullcontext(), warnings.catch_warnings():
             # The reader both records and warns; the report carries the records.
             warnings.simplefilter("ignore")

@@ -19,7 +19,7 @@ from diag.capture.dissect import ADDRESS_COLUMNS, decode_batch
 from diag.capture.info import CaptureInfo
 from diag.capture.linktypes import SUPPORTED, linktype_name
 from diag.capture.records import Diagnostics, RecordBatch
-from diag.capture.source import Feed, open_capture
+from diag.capture.source import STDIN_NAME, Feed, open_capture
 from diag.errors import CaptureError
 
 CAPTURE_SUFFIXES = (".gz", ".pcap", ".pcapng", ".cap", ".dmp")
@@ -27,7 +27,9 @@ DIRECTIONS = ["", "in", "out"]
 
 
 def capture_stem(path: Path) -> str:
-    """``pod.pcap.gz`` -> ``pod``: the default vantage name of a capture file."""
+    """``pod.pcap.gz`` -> ``pod``: the default vantage name of a capture file (``-``, standard input: ``stdin``)."""
+    if str(path) == STDIN_NAME:
+        return "stdin"
     name = path.name
     while True:
         lowered = name.lower()

@@ -11,12 +11,14 @@ Gzip compression is recognised by its magic bytes, not by the name.
 from __future__ import annotations
 
 import gzip
+import io
 import mmap
 import os
+import stat
 import sys
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -30,27 +32,93 @@ CHUNK_SIZE = 8 * 1024 * 1024
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python 3.11 lacks the name
 
 
+STDIN_NAME = "-"  # the path that means standard input
+
+
 def open_capture(path: Path) -> tuple[BinaryIO, bool]:
-    """Open ``path`` for reading, decompressing gzip transparently; (stream, was_compressed)."""
-    if not path.exists():
-        raise CaptureError(f"{path}: no such file")
-    if path.is_dir():
-        raise CaptureError(f"{path}: is a directory, not a capture file")
+    """Open ``path`` for reading, decompressing gzip transparently; (stream, was_compressed).
+
+    ``-`` is standard input. Pipes, FIFOs and ``/dev/stdin`` cannot seek back
+    over the bytes that tell gzip from a capture, so those bytes are handed
+    back in front of the rest of the stream instead. Whatever the OS answers
+    (no such file, permission denied, an I/O error) becomes one ``CaptureError``
+    naming the file.
+    """
+    if str(path) == STDIN_NAME:
+        raw: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    else:
+        try:
+            raw = path.open("rb")
+        except OSError as error:
+            raise CaptureError(f"{path}: {_os_problem(error, 'cannot open')}") from None
     try:
-        raw = path.open("rb")
-    except PermissionError as error:
-        raise CaptureError(f"{path}: permission denied") from error
-    except OSError as error:
-        raise CaptureError(f"{path}: cannot open: {error.strerror or error}") from error
-    try:
-        magic = raw.read(2)
+        magic = _read_start(raw, len(GZIP_MAGIC))
+        stream = _rewound(raw, magic)
     except OSError as error:
         raw.close()
-        raise CaptureError(f"{path}: cannot read: {error.strerror or error}") from error
-    raw.seek(0)
+        raise CaptureError(f"{path}: {_os_problem(error, 'cannot read')}") from None
     if magic == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
-    return raw, False
+        return gzip.GzipFile(fileobj=stream, mode="rb"), True  # type: ignore[return-value]
+    return stream, False
+
+
+def _os_problem(error: OSError, doing: str) -> str:
+    """The OS's answer in the words a user expects, without the errno number."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory, not a capture file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return f"{doing}: {error.strerror or error}"
+
+
+def _read_start(raw: BinaryIO, size: int) -> bytes:
+    """The first ``size`` bytes (fewer only at the end): a pipe may hand them over one by one."""
+    parts = []
+    while size > 0:
+        data = raw.read(size)
+        if not data:
+            break
+        parts.append(data)
+        size -= len(data)
+    return b"".join(parts)
+
+
+def _rewound(raw: BinaryIO, start: bytes) -> BinaryIO:
+    """``raw`` as if ``start`` had never been read from it."""
+    if raw.seekable():
+        raw.seek(-len(start), os.SEEK_CUR)
+        return raw
+    return io.BufferedReader(_Prefixed(raw, start), buffer_size=1 << 16)
+
+
+class _Prefixed(io.RawIOBase):
+    """A non-seekable stream with some bytes already read from it put back in front."""
+
+    def __init__(self, stream: BinaryIO, prefix: bytes) -> None:
+        super().__init__()
+        self._stream = stream
+        self._prefix = prefix
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def readinto(self, target: Any) -> int:
+        view = memoryview(target).cast("B")
+        if self._prefix:
+            count = min(len(view), len(self._prefix))
+            view[:count] = self._prefix[:count]
+            self._prefix = self._prefix[count:]
+            return count
+        return self._stream.readinto(view)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
 
 
 class Feed:
@@ -207,10 +275,42 @@ def _warm_cache(window: memoryview) -> None:
 
 
 def file_size(stream: BinaryIO) -> int | None:
-    """Size of a plain file on disk; None for a decompressing stream."""
+    """Size of a plain file on disk; None for a decompressing stream, a pipe, a FIFO or a device.
+
+    Only a regular file read from its start can be sized and mapped: the
+    size of anything else says nothing about what will come through it.
+    """
     if isinstance(stream, gzip.GzipFile):
         return None
     try:
-        return os.fstat(stream.fileno()).st_size
+        status = os.fstat(stream.fileno())
+        if not stat.S_ISREG(status.st_mode) or stream.tell() != 0:
+            return None
     except (OSError, AttributeError, ValueError):
         return None
+    return status.st_size
+
+
+def exists_quietly(path: Path) -> bool:
+    """Whether ``path`` names something, False where the OS will not say (an unsearchable directory)."""
+    try:
+        path.stat()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def capture_size(path: Path) -> int:
+    """Bytes in a capture file, for progress and memory estimates; 0 for a stream or anything unreadable.
+
+    Never raises: asking the size of a file in a directory one cannot
+    search, or of one that has just disappeared, must not end in a
+    traceback; opening it later reports the problem in one line.
+    """
+    if str(path) == STDIN_NAME:
+        return 0
+    try:
+        status = path.stat()
+    except (OSError, ValueError):
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0

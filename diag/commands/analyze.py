@@ -107,9 +107,11 @@ def _progress_reporter(total_bytes: int) -> ProgressHook | None:
 
 
 def _check_output_path(target: str, inputs: list[Path]) -> None:
+    from diag.capture.source import exists_quietly
+
     resolved = Path(target).resolve()
     for path in inputs:
-        if path.exists() and path.resolve() == resolved:
+        if exists_quietly(path) and path.resolve() == resolved:
             raise DiagError(f"{target}: is one of the input captures; choose another output file")
 
 
@@ -140,6 +142,7 @@ def _plot(report: Report, target: str) -> None:
 
 def run_pcap(args: argparse.Namespace) -> int:
     from diag.analysis import analyze, parse_capture_args
+    from diag.capture.source import capture_size
     from diag.report.text import render_text
 
     pairs = parse_capture_args(args.captures)
@@ -147,7 +150,7 @@ def run_pcap(args: argparse.Namespace) -> int:
     for target in (args.json, args.plot):
         if target and target != "-":
             _check_output_path(target, inputs)
-    total = sum(path.stat().st_size for path in inputs if path.is_file())
+    total = sum(capture_size(path) for path in inputs)
     progress = _progress_reporter(total)
     report = analyze(dict(pairs), progress=progress)
     _print_warnings(report)
