@@ -228,9 +228,20 @@ class BlockWalker:
         cap_len[simple] = np.minimum(wire_len[simple], block_len[simple] - 16)
         data_off[simple] = pos[simple] + 12
 
-        valid = (cap_len <= block_len - np.where(simple, 16, 32)) & (local_iface < section.iface_count)
-        if not valid.all():
-            bad = int((~valid).sum())
+        # A block shorter than its type's fixed fields (an SPB of 12 bytes, an EPB under 32) has no
+        # packet in it: its "captured length" would be negative, and its fields belong to the next block.
+        minimum = np.where(simple, 16, 32)
+        short = block_len < minimum
+        if short.any():
+            count_short = int(short.sum())
+            self.diagnostics.warn(
+                f"{count_short} packet block(s) are shorter than their type's fixed fields "
+                "(an SPB needs 16 bytes, an EPB or PB 32) and are skipped",
+                skipped=count_short,
+            )
+        valid = ~short & (cap_len <= block_len - minimum) & (local_iface < section.iface_count)
+        if not (valid | short).all():
+            bad = int((~valid & ~short).sum())
             self.diagnostics.warn(
                 f"{bad} packet block(s) are damaged (a length larger than the block, or an interface "
                 "the section never described) and are skipped",
