@@ -8,12 +8,13 @@ stays plain numpy and pandas.
 Compiled code is cached next to the module (``cache=True``), so only the first
 run after an install or an edit pays for compiling; later runs load it. When
 the package's directory is not writable (an install owned by another user),
-the cache goes to the user's own cache directory instead.
+the cache goes to the user's own cache directory instead (see ``_user_cache_dir``).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import TypeVar, cast
 import numba
 
 F = TypeVar("F", bound=Callable[..., object])
+# Where users without a writable home keep their compiled code, one directory per user.
+SHARED_CACHE_ROOT = "/var/tmp"
 
 
 def compiled(function: F) -> F:
@@ -40,7 +43,14 @@ def compiled(function: F) -> F:
 
 
 def _user_cache_dir() -> str:
-    """``$XDG_CACHE_HOME/diag`` or ``~/.cache/diag`` if it can be made, else a private temporary directory."""
+    """``$XDG_CACHE_HOME/diag`` or ``~/.cache/diag`` if it can be made, else ``/var/tmp/diag-<uid>``.
+
+    The last one is kept between runs (unlike /tmp, /var/tmp survives reboots
+    and is not cleaned as eagerly), so a user without a writable home, such as
+    a service account, compiles once instead of on every run. It is used only
+    when this user owns it, it is a real directory and nobody else may write
+    to it: another user could otherwise plant compiled code in it.
+    """
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     candidate = Path(base) / "diag"
     try:
@@ -49,4 +59,18 @@ def _user_cache_dir() -> str:
             return str(candidate)
     except OSError:
         pass
-    return tempfile.mkdtemp(prefix="diag-compiled-")
+    shared = Path(SHARED_CACHE_ROOT) / f"diag-{os.getuid()}"
+    if _private_directory(shared):
+        return str(shared)
+    return tempfile.mkdtemp(prefix="diag-compiled-")  # last resort: a cache for this run only
+
+
+def _private_directory(path: Path) -> bool:
+    """Make ``path`` (mode 0700) if missing; True when it is a directory only this user can write."""
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        status = path.lstat()
+    except OSError:
+        return False
+    return (stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid()
+            and not status.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
