@@ -1,0 +1,267 @@
+"""Promises kept under hostile input (issue 13), each checked on the real thing.
+
+Streams are real pipes and FIFOs, the unprivileged user is a real one
+(setpriv to nobody), I/O errors come from the kernel, and the lab cases build
+and kill real namespaces and processes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PROJECT, require_root, require_tools
+
+DIAG = PROJECT / ".venv" / "bin" / "diag"
+SAMPLE = PROJECT / "captures" / "pod-b.pcapng"
+NOBODY = 65534
+
+
+def run_diag(*args: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(DIAG), *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The run failed the documented way: status 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def report_without_paths(text: str) -> dict[str, Any]:
+    """A JSON report with the capture file paths left out: a stream has no path of its own."""
+    document: dict[str, Any] = json.loads(text)
+    for capture in document["captures"]:
+        capture.pop("path")
+    return document
+
+
+@pytest.fixture(scope="module")
+def plain_report() -> dict[str, Any]:
+    result = run_diag("analyze", "pcap", "--json", "-", f"pod={SAMPLE}")
+    assert result.returncode == 0, result.stderr
+    document = report_without_paths(result.stdout)
+    assert document["captures"][0]["packets"] > 0
+    return document
+
+
+@pytest.fixture(scope="module")
+def shared_dir() -> Iterator[Path]:
+    """A directory every user can read (pytest's own temporary directories are private to root)."""
+    directory = Path(tempfile.mkdtemp(prefix="diag-hostile-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)
+
+
+# --- streams ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["pcapng", "gzip"])
+def test_dash_reads_standard_input_from_a_pipe(plain_report: dict[str, Any], compressed: bool) -> None:
+    data = SAMPLE.read_bytes()
+    data = gzip.compress(data) if compressed else data
+    # communicate() writes through a real pipe: nothing on the reading side can seek.
+    process = subprocess.Popen([str(DIAG), "analyze", "pcap", "--json", "-", "pod=-"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=False)
+    out, err = process.communicate(data, timeout=300)
+    assert process.returncode == 0, err.decode()
+    assert report_without_paths(out.decode()) == plain_report
+
+
+def test_dash_alone_is_named_stdin() -> None:
+    process = subprocess.run([str(DIAG), "analyze", "pcap", "--json", "-", "-"], input=SAMPLE.read_bytes(),
+                             capture_output=True, timeout=300)
+    assert process.returncode == 0, process.stderr.decode()
+    assert [c["name"] for c in json.loads(process.stdout)["captures"]] == ["stdin"]
+
+
+def _feed_fifo(fifo: Path, data: bytes, chunk: int = 4096) -> threading.Thread:
+    def write() -> None:
+        with open(fifo, "wb") as sink:  # blocks until diag opens the FIFO for reading
+            for start in range(0, len(data), chunk):
+                sink.write(data[start : start + chunk])
+                sink.flush()
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["pcapng", "gzip"])
+def test_a_fifo_is_read_as_a_stream(tmp_path: Path, plain_report: dict[str, Any], compressed: bool) -> None:
+    fifo = tmp_path / "pod.fifo"
+    os.mkfifo(fifo)
+    data = SAMPLE.read_bytes()
+    writer = _feed_fifo(fifo, gzip.compress(data) if compressed else data)
+    result = run_diag("analyze", "pcap", "--json", "-", f"pod={fifo}")
+    writer.join(10)
+    assert result.returncode == 0, result.stderr
+    assert report_without_paths(result.stdout) == plain_report
+
+
+def test_dev_stdin_and_process_substitution(tmp_path: Path, plain_report: dict[str, Any]) -> None:
+    pcap = tmp_path / "pod.pcap.gz"
+    pcap.write_bytes(gzip.compress(SAMPLE.read_bytes()))
+    script = f'cat "{pcap}" | "{DIAG}" analyze pcap --json - pod=/dev/stdin > a.json && ' \
+             f'"{DIAG}" analyze pcap --json - pod=<(zcat "{pcap}") > b.json'
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert report_without_paths((tmp_path / "a.json").read_text()) == plain_report
+    assert report_without_paths((tmp_path / "b.json").read_text()) == plain_report
+
+
+def test_tcpdump_writing_to_a_pipe_gives_the_report_of_its_file(tmp_path: Path) -> None:
+    """``tcpdump -w - | diag analyze pcap -`` in a throwaway namespace, against the same bytes saved by tee."""
+    require_root()
+    require_tools("tcpdump", "unshare", "ip")
+    script = f"""
+        set -e
+        ip link set lo up
+        tcpdump -i lo -n -U --immediate-mode -c 12 -w - 2>/dev/null | tee live.pcap |
+            "{DIAG}" analyze pcap --json - live=- > stream.json 2> stream.err &
+        pipeline=$!
+        # Connection attempts to a closed port (SYN, RST) until tcpdump has its packets and the pipeline ends.
+        for attempt in $(seq 1 200); do
+            kill -0 $pipeline 2>/dev/null || break
+            (exec 3<>/dev/tcp/127.0.0.1/9) 2>/dev/null || true
+        done
+        wait $pipeline
+    """
+    result = subprocess.run(["unshare", "-n", "bash", "-c", script], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + (tmp_path / "stream.err").read_text()
+    from_file = run_diag("analyze", "pcap", "--json", "-", f"live={tmp_path / 'live.pcap'}")
+    assert from_file.returncode == 0, from_file.stderr
+    streamed = report_without_paths((tmp_path / "stream.json").read_text())
+    assert streamed["captures"][0]["packets"] == 12
+    assert streamed == report_without_paths(from_file.stdout)
+
+
+# --- input failures: one line, status 2 ----------------------------------------------------------------
+
+
+def _as_nobody(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """diag run by the unprivileged user nobody (no writable home: the compiled code goes to /var/tmp)."""
+    require_root()
+    require_tools("setpriv")
+    environment = {key: value for key, value in os.environ.items() if key != "XDG_CACHE_HOME"}
+    environment["HOME"] = "/nonexistent"
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", str(DIAG), *map(str, args)],
+        capture_output=True, text=True, timeout=300, env=environment, cwd="/",
+    )
+
+
+def test_capture_in_a_directory_nobody_may_search(shared_dir: Path) -> None:
+    locked = shared_dir / "locked"
+    locked.mkdir(mode=0o700)
+    capture = locked / "pod.pcapng"
+    shutil.copy(SAMPLE, capture)
+    line = one_line_failure(_as_nobody("analyze", "pcap", capture), str(capture), "permission denied")
+    assert line.startswith("diag: ")
+    one_line_failure(_as_nobody("analyze", "pcap", f"pod={capture}"), str(capture), "permission denied")
+    # NAME=PATH where the whole item might be a path in that directory: still one line.
+    one_line_failure(_as_nobody("analyze", "pcap", f"{locked}/x=y"), "no such file")
+
+
+def test_unreadable_capture_file(shared_dir: Path) -> None:
+    capture = shared_dir / "private.pcapng"
+    shutil.copy(SAMPLE, capture)
+    capture.chmod(0o600)
+    one_line_failure(_as_nobody("analyze", "pcap", capture), str(capture), "permission denied")
+
+
+def test_an_io_error_from_the_kernel() -> None:
+    # Reading /proc/self/mem at offset 0 (never mapped) fails with EIO on every Linux.
+    one_line_failure(run_diag("analyze", "pcap", "/proc/self/mem"), "/proc/self/mem", "Input/output error")
+
+
+def test_directory_and_dangling_symlink(tmp_path: Path) -> None:
+    one_line_failure(run_diag("analyze", "pcap", tmp_path), str(tmp_path), "is a directory")
+    link = tmp_path / "gone.pcap"
+    link.symlink_to(tmp_path / "nowhere.pcap")
+    one_line_failure(run_diag("analyze", "pcap", link), str(link), "no such file")
+
+
+def test_a_capture_that_disappears_before_it_is_read(tmp_path: Path) -> None:
+    """The second capture exists when diag starts and is deleted while diag reads the first (a FIFO)."""
+    fifo = tmp_path / "first.fifo"
+    os.mkfifo(fifo)
+    second = tmp_path / "second.pcapng"
+    shutil.copy(SAMPLE, second)
+    data = SAMPLE.read_bytes()
+
+    def write() -> None:
+        with open(fifo, "wb") as sink:  # diag has opened the FIFO: it is past every up-front check
+            second.unlink()
+            sink.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    result = run_diag("analyze", "pcap", f"first={fifo}", f"second={second}")
+    writer.join(10)
+    one_line_failure(result, str(second), "no such file")
+
+
+# --- pcapng oddities --------------------------------------------------------------------------------
+
+
+def _block(kind: int, body: bytes) -> bytes:
+    length = 12 + len(body)
+    return struct.pack("<II", kind, length) + body + struct.pack("<I", length)
+
+
+def test_simple_packet_block_of_12_bytes_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    section = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    interface = _block(1, struct.pack("<HHI", 1, 0, 0))
+    frame = bytes.fromhex("ffffffffffff020000000001" "0800") + bytes(46)
+    too_short = struct.pack("<III", 3, 12, 12)  # an SPB with no room for its original length
+    good = _block(3, struct.pack("<I", len(frame)) + frame)
+    path = tmp_path / "spb.pcapng"
+    path.write_bytes(section + interface + too_short + good)
+    result = run_diag("analyze", "pcap", "--json", "-", path)
+    assert result.returncode == 0, result.stderr
+    (capture,) = json.loads(result.stdout)["captures"]
+    assert capture["packets"] == 1 and capture["skipped"] == 1
+    assert "shorter than their type's fixed fields" in result.stderr
+    require_tools("tshark")  # the reference agrees that the block is broken
+    tshark = subprocess.run(["tshark", "-r", str(path)], capture_output=True, text=True, timeout=60)
+    assert "less than the minimum SPB size" in tshark.stderr + tshark.stdout
+
+
+# --- compiled code for users without a home --------------------------------------------------------
+
+
+def test_compiled_code_is_cached_per_user_under_var_tmp(shared_dir: Path) -> None:
+    capture = shared_dir / "pod.pcapng"
+    shutil.copy(SAMPLE, capture)
+    before = set(Path(tempfile.gettempdir()).glob("diag-compiled-*"))
+    first = _as_nobody("analyze", "pcap", capture)
+    assert first.returncode == 0, first.stderr
+    cache = Path("/var/tmp") / f"diag-{NOBODY}"
+    status = cache.lstat()
+    assert stat.S_ISDIR(status.st_mode) and status.st_uid == NOBODY and stat.S_IMODE(status.st_mode) == 0o700
+    files = {path: path.stat().st_mtime_ns for path in cache.rglob("*.nbi")}
+    assert files, "no compiled code was cached"
+    second = _as_nobody("analyze", "pcap", capture)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+    # Reused, not recompiled: the index files are untouched and no per-run directory appeared.
+    assert {path: path.stat().st_mtime_ns for path in cache.rglob("*.nbi")} == files
+    assert set(Path(tempfile.gettempdir()).glob("diag-compiled-*")) == before
