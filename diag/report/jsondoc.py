@@ -22,10 +22,15 @@ def verdict_json(verdict: Finding | None) -> dict[str, Any]:
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
+    """The whole document: every finding, and ``groups`` counting them by cause and service.
+
+    ``groups`` come most significant first; their ``examples`` are indices into ``findings``.
+    """
     return {
         "schema": SCHEMA,
         "verdict": verdict_json(report.verdict),
         "findings": [finding.to_json() for finding in report.findings],
+        "groups": [group.to_json() for group in report.groups],
         "captures": [
             {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
             for c in report.captures

@@ -9,13 +9,15 @@ contract one to one, so notebooks and scripts get the same facts as the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import pandas as pd
 
 from diag.capture.info import CaptureInfo
 from diag.correlate.clock import ClockOffset
-from diag.report import jsondoc
+
+if TYPE_CHECKING:
+    from diag.report.significance import Group
 
 Cause = Literal[
     "asymmetric-return",
@@ -101,19 +103,36 @@ class Report:
     clock_offsets: dict[str, ClockOffset] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    # The ranking and the JSON rendering build on these types, so they are
+    # imported when first used rather than at the top (no import cycle).
+
     @property
     def verdict(self) -> Finding | None:
-        """The most confident finding, or None when every flow was healthy."""
-        if not self.findings:
-            return None
-        return max(self.findings, key=lambda f: f.confidence)
+        """The most significant finding (see ``diag.report.significance``), None when every flow was healthy."""
+        from diag.report.significance import most_significant
+
+        index = most_significant(self.findings)
+        return None if index is None else self.findings[index]
+
+    @property
+    def groups(self) -> list[Group]:
+        """The findings grouped by cause and service, the verdict's group first."""
+        from diag.report.significance import group_findings
+
+        return group_findings(self.findings)
 
     def verdict_json(self) -> dict[str, Any]:
+        from diag.report import jsondoc
+
         return jsondoc.verdict_json(self.verdict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``diag.report/1`` document that ``--json`` writes."""
+        from diag.report import jsondoc
+
         return jsondoc.report_to_json(self)
 
     def dumps(self) -> str:
+        from diag.report import jsondoc
+
         return jsondoc.dumps(self)

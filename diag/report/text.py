@@ -1,9 +1,12 @@
 """The text report: what an on-call engineer reads first, in plain text that also reads well in a log.
 
 Order: the verdict (cause, what happened, where the symptom was generated,
-the evidence, what was ruled out, what would fix it), then per capture the
-problem flows (resets, unanswered SYNs, one-sided flows, SYN retransmissions)
-and a count of the healthy ones. Colour is optional ANSI on top of the same
+the evidence, what was ruled out, what would fix it), then the other findings
+grouped by cause and service, one line a group, the most significant first
+and at most ``DEFAULT_GROUP_LINES`` of them (``all_findings`` lists every
+finding instead), then per capture the problem flows (resets, unanswered
+SYNs, one-sided flows, SYN retransmissions) and a count of the healthy ones.
+A busy capture with thousands of findings thus still reads in one screen. Colour is optional ANSI on top of the same
 text, so a terminal and a log file show the same words.
 """
 
@@ -20,6 +23,7 @@ import pandas as pd
 
 from diag.capture.info import CaptureInfo
 from diag.report import Finding, Report
+from diag.report.significance import Group, group_findings, most_significant, ranked, why_first
 
 # Problem kinds, most urgent first; a flow is listed under the first that applies.
 RESET: Final = "reset"
@@ -29,6 +33,7 @@ SYN_RETRY: Final = "SYN retried"
 PROBLEM_ORDER: Final = (RESET, UNANSWERED, ONE_SIDED, SYN_RETRY)
 
 DEFAULT_PROBLEM_LINES: Final = 20
+DEFAULT_GROUP_LINES: Final = 10
 WIDTH: Final = 100  # prose is wrapped to this; flow lines are kept whole so they can be grepped
 
 
@@ -127,7 +132,7 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
     return lines
 
 
-def _verdict_section(report: Report, style: _Style) -> list[str]:
+def _verdict_section(report: Report, style: _Style, all_findings: bool, group_limit: int) -> list[str]:
     if not report.findings:
         kinds = (
             Counter(kind for kind in problem_kinds(report.flows) if kind is not None) if not report.flows.empty else {}
@@ -136,20 +141,64 @@ def _verdict_section(report: Report, style: _Style) -> list[str]:
             return [f"{style.bold('VERDICT')}: {style.good('healthy')}  no resets or lost replies found"]
         seen = ", ".join(f"{kinds[kind]} {kind}" for kind in PROBLEM_ORDER if kind in kinds)
         return [f"{style.bold('VERDICT')}: {style.warn('not diagnosed')}  problem flows seen ({seen}); see below"]
-    top = report.verdict
+    findings = report.findings
+    top = most_significant(findings)
     assert top is not None
-    lines = _finding_lines(top, style, headline=True)
-    others = [f for f in report.findings if f is not top]
-    if others:
-        lines.append("")
-        lines.append(style.bold(f"OTHER FINDINGS ({len(others)})"))
-        for finding in others:
-            where = f"{finding.packet.capture} #{finding.packet.index}" if finding.packet else "-"
-            lines.append(
-                f"  {finding.cause:<17} {finding.proto} {finding.client} -> {finding.server}  at {where}"
-                f"  {finding.summary}"
-            )
+    lines = _finding_lines(findings[top], style, headline=True)
+    why = why_first(findings, top)
+    if why:
+        lines += _wrapped(why, "  ranked       ", "               ")
+    others = len(findings) - 1
+    if not others:
+        return lines
+    lines.append("")
+    if all_findings:
+        lines.append(style.bold(f"OTHER FINDINGS ({others}, most significant first)"))
+        for index in ranked(findings):
+            if index != top:
+                finding = findings[index]
+                lines.append(
+                    f"  {finding.cause:<17} {finding.proto} {finding.client} -> {finding.server}  "
+                    f"at {_where(finding)}  {finding.summary}"
+                )
+        return lines
+    groups = _other_groups(group_findings(findings), top)
+    lines.append(style.bold(f"OTHER FINDINGS ({others})") + f"  in {len(groups)} groups of cause and service")
+    for group in groups[:group_limit]:
+        lines.append(_group_line(group, findings[group.members[0]]))
+    hidden = groups[group_limit:]
+    if hidden:
+        causes: Counter[str] = Counter()
+        for group in hidden:
+            causes[group.cause] += group.count
+        listed = ", ".join(f"{count} {cause}" for cause, count in causes.most_common())
+        lines.append(style.dim(f"  ... and {len(hidden)} more groups ({listed}); --all lists every finding"))
     return lines
+
+
+def _where(finding: Finding) -> str:
+    return f"{finding.packet.capture} #{finding.packet.index}" if finding.packet else "-"
+
+
+def _other_groups(groups: list[Group], verdict: int) -> list[Group]:
+    """The groups without the verdict itself (it is shown in full above); a group left empty goes."""
+    others = []
+    for group in groups:
+        if verdict in group.members:
+            rest = tuple(i for i in group.members if i != verdict)
+            if not rest:
+                continue
+            group = Group(group.cause, group.proto, group.server, len(rest), group.confidence, rest)
+        others.append(group)
+    return others
+
+
+def _group_line(group: Group, example: Finding) -> str:
+    """One group: how many, cause, service, best confidence, and its most significant member as the example."""
+    return (
+        f"  {group.count:>6} x {group.cause:<17} {group.proto} {group.server:<21} "
+        f"(confidence up to {group.confidence:.2f})  e.g. {example.client} at {_where(example)}: {example.summary}"
+    )
 
 
 def _capture_header(info: CaptureInfo, flows: pd.DataFrame, style: _Style) -> str:
@@ -214,14 +263,22 @@ def _clock_lines(report: Report) -> list[str]:
 
 
 def render_text(
-    report: Report, *, color: bool = False, flows: str = "problems", limit: int = DEFAULT_PROBLEM_LINES
+    report: Report,
+    *,
+    color: bool = False,
+    flows: str = "problems",
+    limit: int = DEFAULT_PROBLEM_LINES,
+    all_findings: bool = False,
+    group_limit: int = DEFAULT_GROUP_LINES,
 ) -> str:
-    """The report as text: verdict first, then per capture its problem flows and healthy counts.
+    """The report as text: verdict first, the other findings by group, then per capture its problem flows.
 
-    ``flows="all"`` lists every flow instead of at most ``limit`` per problem kind.
+    ``flows="all"`` lists every flow instead of at most ``limit`` per problem
+    kind; ``all_findings`` lists every finding instead of at most
+    ``group_limit`` groups.
     """
     style = _Style(color)
-    lines = _verdict_section(report, style)
+    lines = _verdict_section(report, style, all_findings, group_limit)
     clock = _clock_lines(report)
     if clock:
         lines += ["", *clock]
