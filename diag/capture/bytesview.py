@@ -103,7 +103,8 @@ class ByteView:
     def block(self, offsets: IntArray, width: int) -> npt.NDArray[np.uint8]:
         """``width`` consecutive bytes at each offset, as an (n, width) array."""
         index = self._clip(offsets)[:, None] + np.arange(width, dtype=np.int64)[None, :]
-        return self.u8_view[np.minimum(index, len(self.data) - 1)]
+        rows: npt.NDArray[np.uint8] = self.u8_view[np.minimum(index, len(self.data) - 1)]
+        return rows
 
 
 class HeaderBlock:

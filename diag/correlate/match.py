@@ -81,7 +81,8 @@ def _rank_in_run(new_item: np.ndarray, new_run: np.ndarray) -> np.ndarray:
     """0-based rank of each item inside its run (both flags mark first rows, in sorted order)."""
     count = np.cumsum(new_item)
     run_first = np.flatnonzero(new_run)[np.cumsum(new_run) - 1]
-    return count - count[run_first]
+    rank: np.ndarray = count - count[run_first]
+    return rank
 
 
 def _group_matches(group_run: np.ndarray, occurrence: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ factorisation of the whole table is needed.
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -39,7 +39,7 @@ _HASH_MULTIPLIER: Final = 0x5851F42D4C957F2D  # odd and below 2**63, so the hash
 def categorical(column: pd.Series) -> pd.Categorical[Any]:
     """The column as a Categorical (free for the reader's categorical columns)."""
     if isinstance(column.dtype, pd.CategoricalDtype):
-        return column.array
+        return cast("pd.Categorical[Any]", column.array)
     return pd.Categorical(column.astype(str))
 
 

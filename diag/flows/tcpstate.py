@@ -111,10 +111,14 @@ def tcp_conn_state(orig: np.ndarray, resp: np.ndarray, orig_bytes: np.ndarray, r
     names = np.array(
         ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1", "OTH"], dtype=object
     )
-    return names[np.select(conditions, np.arange(len(conditions)), default=len(conditions))]
+    states: np.ndarray = names[np.select(conditions, np.arange(len(conditions)), default=len(conditions))]
+    return states
 
 
 def udp_conn_state(orig_pkts: np.ndarray, resp_pkts: np.ndarray) -> np.ndarray:
     """Zeek's conn_state for a connectionless flow: who sent anything."""
     names = np.array(["SF", "S0", "SHR", "OTH"], dtype=object)
-    return names[np.select([(orig_pkts > 0) & (resp_pkts > 0), orig_pkts > 0, resp_pkts > 0], [0, 1, 2], default=3)]
+    states: np.ndarray = names[
+        np.select([(orig_pkts > 0) & (resp_pkts > 0), orig_pkts > 0, resp_pkts > 0], [0, 1, 2], default=3)
+    ]
+    return states

@@ -227,7 +227,8 @@ def _first_flow_row(report: Report) -> Hashable:
     for candidates in ((flags >= 0) & ((flags & (SYN | ACK)) == SYN), packets["ip_version"].to_numpy() > 0):
         hits = np.flatnonzero(candidates)
         if len(hits):
-            return packets.index[hits[0]]
+            row: Hashable = packets.index[hits[0]]
+            return row
     raise DiagError("nothing to draw: the report has no IP packets")
 
 
@@ -240,7 +241,8 @@ def _row_of_flow_record(report: Report, record: pd.Series) -> Hashable:
     hits = np.flatnonzero(in_capture & (((src == orig) & (dst == resp)) | ((src == resp) & (dst == orig))))
     if len(hits) == 0:
         raise DiagError(f"no packet of flow {orig} -> {resp} in capture {record['capture']}")
-    return packets.index[hits[0]]
+    first: Hashable = packets.index[hits[0]]
+    return first
 
 
 def _row_of_ref(packets: pd.DataFrame, ref: PacketRef) -> Hashable:
@@ -249,7 +251,8 @@ def _row_of_ref(packets: pd.DataFrame, ref: PacketRef) -> Hashable:
     )
     if len(hits) == 0:
         raise DiagError(f"packet {ref.index} of capture {ref.capture} is not in the report")
-    return packets.index[hits[0]]
+    first: Hashable = packets.index[hits[0]]
+    return first
 
 
 def _row_of_finding(report: Report, finding: Finding) -> Hashable:
@@ -260,7 +263,8 @@ def _row_of_finding(report: Report, finding: Finding) -> Hashable:
     hits = np.flatnonzero(table["src_ep"].isin(ends).to_numpy() | table["dst_ep"].isin(ends).to_numpy())
     if len(hits) == 0:
         raise DiagError(f"no packet of {finding.client} -> {finding.server} in the report")
-    return report.packets.index[hits[0]]
+    first: Hashable = report.packets.index[hits[0]]
+    return first
 
 
 def _endpoint_columns(packets: pd.DataFrame) -> pd.DataFrame:

@@ -24,7 +24,7 @@ RAW_DIR = ".raw"  # per-interface captures before the merge; left behind only by
 
 def _is_previous_run(directory: Path, run_file: str, mark: str) -> bool:
     try:
-        return json.loads((directory / run_file).read_text()).get("tool") == mark
+        return bool(json.loads((directory / run_file).read_text()).get("tool") == mark)
     except (OSError, ValueError, AttributeError):
         return False
 
