@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 from conftest import PROJECT, require_root, require_tools
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 DIAG = PROJECT / ".venv" / "bin" / "diag"
 SAMPLE = PROJECT / "captures" / "pod-b.pcapng"
@@ -265,3 +267,194 @@ def test_compiled_code_is_cached_per_user_under_var_tmp(shared_dir: Path) -> Non
     # Reused, not recompiled: the index files are untouched and no per-run directory appeared.
     assert {path: path.stat().st_mtime_ns for path in cache.rglob("*.nbi")} == files
     assert set(Path(tempfile.gettempdir()).glob("diag-compiled-*")) == before
+
+
+# --- topologies and scenarios: names, addresses, numbers, nesting ------------------------------------
+
+TEMPLATE = """\
+name = {topology}
+[[nodes]]
+name = {client}
+role = "client"
+routes = {{ default = {nlb} }}
+[[nodes]]
+name = {nlb}
+role = "nlb"
+listener = {{ protocol = "TCP", port = 80, address = {listener} }}
+target_group = {{ port = 30080, targets = [{node}] }}
+[[nodes]]
+name = {node}
+role = "k8s-node"
+sysctls = {{ {sysctl_key} = {sysctl_value} }}
+[[nodes.services]]
+name = {service}
+node_port = 30080
+protocols = ["tcp"]
+endpoints = [{pod}]
+[[nodes]]
+name = {pod}
+role = "pod"
+delay = {delay}
+routes = {{ default = {node} }}
+[[links]]
+endpoints = {{ {client} = {client_address}, {nlb} = {nlb_address} }}
+interfaces = {{ {client} = {interface} }}
+[[links]]
+endpoints = {{ {nlb} = "198.18.0.10/24", {node} = "198.18.0.1/24" }}
+[[links]]
+endpoints = {{ {node} = "198.19.0.1/24", {pod} = {pod_address} }}
+"""
+
+DEFAULTS = {
+    "topology": "hostile", "client": "client", "nlb": "nlb", "node": "node-a", "pod": "pod-a",
+    "service": "default/web", "interface": "eth0", "sysctl_key": "net.ipv4.ip_forward", "sysctl_value": "1",
+    "listener": "203.0.113.1", "client_address": "203.0.113.10/24", "nlb_address": "203.0.113.1/24",
+    "pod_address": "198.19.0.10/24",
+}
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string holding ``value`` exactly (JSON's escapes are TOML's)."""
+    return json.dumps(value)
+
+
+def topology_text(delay: str = "2.0", **strings: str) -> str:
+    values = {key: toml_string(strings.get(key, default)) for key, default in DEFAULTS.items()}
+    return TEMPLATE.format(delay=delay, **values)
+
+
+def test_the_template_is_a_valid_topology() -> None:
+    from diag.lab.plan import build_plan
+    from diag.lab.topology import parse_topology
+
+    topology = parse_topology(topology_text())
+    assert topology.node_names == ("client", "nlb", "node-a", "pod-a")
+    assert build_plan(topology, "t1").namespaces
+
+
+REFUSED = [
+    ({"client": "client\n"}, "nodes[0].name"),
+    ({"topology": "nl\n"}, "name"),
+    ({"interface": "rootleak\n"}, "interfaces"),
+    ({"service": 'default/web"\n-A INPUT -j DROP\n#'}, "services[0].name"),
+    ({"service": "web"}, "services[0].name"),
+    ({"sysctl_key": "net.ipv4.ip_forward\n"}, "sysctls"),
+    ({"sysctl_value": "1\n0"}, "sysctls"),
+    ({"client_address": "8.8.8.8/24"}, "outside the lab's ranges"),
+    ({"client_address": "127.0.0.2/8"}, "outside the lab's ranges"),
+    ({"client_address": "224.0.0.5/24"}, "outside the lab's ranges"),
+    ({"client_address": "198.18.0.5/24", "nlb_address": "198.18.0.10/24"}, "198.18.0.10 is already the address"),
+    ({"pod_address": "198.19.0.255/24"}, "broadcast"),
+    ({"listener": "8.8.8.8"}, "listener.address"),
+]
+
+
+@pytest.mark.parametrize(("strings", "named"), REFUSED, ids=[next(iter(s)) + str(i) for i, (s, _) in
+                                                             enumerate(REFUSED)])
+def test_hostile_strings_and_addresses_are_refused(strings: dict[str, str], named: str) -> None:
+    from diag.errors import LabError
+    from diag.lab.topology import parse_topology
+
+    with pytest.raises(LabError) as refused:
+        parse_topology(topology_text(**strings))
+    message = str(refused.value)
+    assert named in message and "\n" not in message and "\r" not in message
+
+
+@pytest.mark.parametrize("delay", ["nan", "inf", "-inf", "+nan", "1e300"])
+def test_delays_must_be_finite_and_bounded(delay: str) -> None:
+    from diag.errors import LabError
+    from diag.lab.topology import parse_topology
+
+    with pytest.raises(LabError, match="delay"):
+        parse_topology(topology_text(delay=delay))
+
+
+def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("name = " + "[" * 3000 + "]" * 3000 + "\n")
+    moderately = tmp_path / "moderate.toml"
+    moderately.write_text(topology_text().replace('sysctls = {', 'extra = ' + "[" * 40 + "]" * 40 + '\nsysctls = {'))
+    one_line_failure(run_diag("lab", "up", "--dry-run", deep), str(deep), "nested more than")
+    one_line_failure(run_diag("lab", "up", "--dry-run", moderately), str(moderately), "nested more than")
+    scenario = tmp_path / "deep-scenario.toml"
+    scenario.write_text("description = " + "[" * 3000 + "]" * 3000 + "\n")
+    one_line_failure(run_diag("run-scenario", scenario), str(scenario), "nested more than")
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("timeout = nan", "timeout"), ("timeout = inf", "timeout"), ("seconds = nan", "seconds"),
+])
+def test_scenario_numbers_must_be_finite(tmp_path: Path, line: str, key: str) -> None:
+    from diag.errors import DiagError
+    from diag.scenario.spec import load_scenario
+
+    path = tmp_path / "numbers.toml"
+    path.write_text(f'description = "x"\ntopology = "incident"\n[[step]]\nkind = "sleep"\n{line}\n')
+    with pytest.raises(DiagError, match=key):
+        load_scenario(str(path))
+
+
+def _host_state() -> tuple[str, str, list[str]]:
+    from diag.lab import state
+
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return namespaces, links, sorted(os.listdir(state.STATE_DIR)) if state.STATE_DIR.is_dir() else []
+
+
+@pytest.mark.parametrize("strings", [{"client": "client\n"}, {"interface": "rootleak\n"},
+                                     {"service": 'default/web"\n-A INPUT -j DROP\n#'}],
+                         ids=["node", "interface", "service"])
+def test_a_refused_topology_leaves_nothing_behind(tmp_path: Path, strings: dict[str, str]) -> None:
+    require_root()
+    path = tmp_path / "hostile.toml"
+    path.write_text(topology_text(**strings))
+    before = _host_state()
+    one_line_failure(run_diag("lab", "up", path, "--name", "hostile"), str(path))
+    assert _host_state() == before
+
+
+def test_a_lab_name_with_a_newline_is_refused_before_anything_exists() -> None:
+    require_root()
+    before = _host_state()
+    line = one_line_failure(run_diag("lab", "up", "incident", "--name", "nl\n"), "lab name")
+    assert "'nl\\n'" in line
+    assert _host_state() == before
+
+
+_hostile_text = st.one_of(
+    st.text(max_size=24),
+    st.text(alphabet=st.sampled_from("az09-_./\n\r\t \"'\\$;#\x00é"), max_size=24),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(field=st.sampled_from(sorted(set(DEFAULTS) - {"listener", "client_address", "nlb_address", "pod_address"})),
+       suffix=st.sampled_from(["", "\n", "\r", " ", "\t", "\x00", "x"]), value=_hostile_text,
+       use_value=st.booleans())
+def test_topology_loader_under_hostile_strings(field: str, suffix: str, value: str, use_value: bool) -> None:
+    """Any string in any name field: refused in one line, or a topology whose every name fits its grammar."""
+    from diag.errors import LabError
+    from diag.lab import grammar
+    from diag.lab.plan import build_plan
+    from diag.lab.topology import K8sNodeConfig, parse_topology
+
+    hostile = (value if use_value else DEFAULTS[field]) + suffix
+    try:
+        topology = parse_topology(topology_text(**{field: hostile}))
+    except LabError as error:
+        assert "\n" not in str(error) and "\r" not in str(error) and "\x00" not in str(error)
+        return
+    assert grammar.matches(grammar.TOPOLOGY_NAME, topology.name)
+    for node in topology.nodes:
+        assert grammar.matches(grammar.NODE_NAME, node.name)
+        assert all(grammar.matches(grammar.INTERFACE_NAME, name) for name in topology.interfaces(node.name))
+        assert all(grammar.matches(grammar.SYSCTL_KEY, key) and grammar.matches(grammar.SYSCTL_VALUE, value)
+                   for key, value in node.sysctls.items())
+        if isinstance(node.config, K8sNodeConfig):
+            assert all(grammar.matches(grammar.SERVICE_NAME, svc.name) for svc in node.config.services)
+    plan = build_plan(topology, "t1")
+    lines = plan.setup_batch + [line for ns in plan.namespaces for line in ns.ip_batch]
+    assert all(not set(line) & set("\n\r\x00\"'") for line in lines)
+    assert len(plan.setup_batch) == len(topology.nodes) + len(topology.links)

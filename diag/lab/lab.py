@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import select
 import shutil
@@ -26,13 +25,12 @@ from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
 from diag.errors import LabError
-from diag.lab import netns, state
+from diag.lab import grammar, netns, state
 from diag.lab.inspect import node_state
 from diag.lab.plan import NETNS_PREFIX, NamespacePlan, Plan, build_plan, netns_name
 from diag.lab.topology import Topology, parse_topology
 
 T = TypeVar("T")
-LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
 SERVERS_SCRIPT = Path(__file__).resolve().with_name("servers.py")
 READY_TIMEOUT = 15.0
 REQUIRED_TOOLS = ("ip", "iptables-restore")
@@ -78,7 +76,7 @@ class Lab:
     """One topology built into namespaces named ``diag-<lab>-<node>``."""
 
     def __init__(self, topology: Topology, name: str | None = None) -> None:
-        if name is not None and not LAB_NAME.match(name):
+        if name is not None and not grammar.matches(grammar.LAB_NAME, name):
             raise LabError(f"lab name {name!r}: use 1-12 lower-case letters and digits")
         self.topology = topology
         self.name = name or ""

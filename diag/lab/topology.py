@@ -10,8 +10,6 @@ namespace exists.
 from __future__ import annotations
 
 import functools
-import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -20,6 +18,7 @@ from typing import Any
 
 from diag.datafiles import find_lab_file, lab_file_names
 from diag.errors import LabError
+from diag.lab import grammar
 
 ROLES = ("client", "internet", "nlb", "vpc-router", "natgw", "k8s-node", "pod")
 # Roles whose namespace forwards packets (ip_forward=1); the others are hosts.
@@ -29,8 +28,8 @@ LISTENER_PROTOCOLS = ("TCP", "UDP", "TCP_UDP")
 TCP_OUTCOMES = ("connected", "timeout", "reset")
 UDP_OUTCOMES = ("answered", "re-sourced", "refused", "timeout")
 POD_BEHAVIOURS = ("normal", "no-listener", "abort", "slow")
-NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
+MAX_DELAY = 3600.0  # seconds a "slow" pod may wait before answering
 
 
 @dataclass(frozen=True)
@@ -230,10 +229,8 @@ def load_topology(name_or_path: str) -> Topology:
 
 
 def parse_topology(text: str, origin: str = "<topology>") -> Topology:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise LabError(f"{origin}: not valid TOML: {error}") from None
+    """Check everything (names and addresses per ``diag.lab.grammar``) before anything is built."""
+    data = grammar.load_toml(text, lambda problem: LabError(f"{origin}: {problem}"))
     return _Parser(origin, text).topology(data)
 
 
@@ -245,7 +242,8 @@ class _Parser:
         self.text = text
 
     def fail(self, key: str, problem: str) -> LabError:
-        return LabError(f"{self.origin}: {key}: {problem}")
+        # Keys and values come from the file: escaped, so the message stays one line whatever they hold.
+        return LabError(grammar.printable(f"{self.origin}: {key}: {problem}"))
 
     # -- small typed getters -------------------------------------------------
 
@@ -294,8 +292,8 @@ class _Parser:
     def topology(self, data: Mapping[str, Any]) -> Topology:
         self.unknown_keys(data, {"name", "description", "nodes", "links", "expect"}, "topology")
         name = self.string(data, "name", "topology")
-        if not re.match(r"^[a-z0-9][a-z0-9-]*$", name):
-            raise self.fail("name", f"{name!r}: use lower-case letters, digits and dashes")
+        if not grammar.matches(grammar.TOPOLOGY_NAME, name):
+            raise self.fail("name", f"{name!r}: use 1-63 lower-case letters, digits and dashes")
         raw_nodes = data.get("nodes")
         if not isinstance(raw_nodes, list) or not raw_nodes:
             raise self.fail("nodes", "missing or empty: declare nodes as [[nodes]] tables")
@@ -305,7 +303,7 @@ class _Parser:
             if not isinstance(raw, Mapping):
                 raise self.fail(where, "must be a table")
             node_name = self.string(raw, "name", where)
-            if not NODE_NAME.match(node_name):
+            if not grammar.matches(grammar.NODE_NAME, node_name):
                 raise self.fail(f"{where}.name", f"{node_name!r}: use 1-20 lower-case letters, digits and dashes")
             if node_name in names:
                 raise self.fail(f"{where}.name", f"duplicate node {node_name!r}")
@@ -337,6 +335,7 @@ class _Parser:
             raise self.fail("links", "missing: declare links as [[links]] tables")
         used: dict[str, set[str]] = {name: set() for name in names}
         links: list[Link] = []
+        addresses: dict[IPv4Address, str] = {}
         for index, raw in enumerate(raw_links):
             where = f"links[{index}]"
             if not isinstance(raw, Mapping):
@@ -353,7 +352,7 @@ class _Parser:
                     raise self.fail(f"{where}.endpoints.{node}", "no node with this name")
                 address = self.interface_address(endpoints[node], f"{where}.endpoints.{node}")
                 ifname = interfaces.get(node, f"eth-{peer}"[:IFNAME_MAX])
-                if not isinstance(ifname, str) or not re.match(r"^[A-Za-z0-9_-]{1,15}$", ifname):
+                if not grammar.matches(grammar.INTERFACE_NAME, ifname):
                     raise self.fail(f"{where}.interfaces.{node}", "interface names are 1-15 letters, digits, - and _")
                 if ifname in used[node]:
                     raise self.fail(f"{where}.interfaces.{node}",
@@ -364,6 +363,11 @@ class _Parser:
                 raise self.fail(f"{where}.endpoints", f"{ends[0].address} and {ends[1].address} are not on one subnet")
             if ends[0].address.ip == ends[1].address.ip:
                 raise self.fail(f"{where}.endpoints", "both ends have the same address")
+            for end in ends:
+                if end.address.ip in addresses:
+                    raise self.fail(f"{where}.endpoints.{end.node}",
+                                    f"{end.address.ip} is already the address of {addresses[end.address.ip]}")
+                addresses[end.address.ip] = f"{end.node} ({end.interface})"
             links.append(Link(a=ends[0], b=ends[1]))
         return tuple(links)
 
@@ -371,9 +375,13 @@ class _Parser:
         if not isinstance(value, str) or "/" not in value:
             raise self.fail(where, "must be an IPv4 address with prefix length, like \"198.18.0.10/24\"")
         try:
-            return IPv4Interface(value)
+            address = IPv4Interface(value)
         except ValueError as error:
             raise self.fail(where, str(error)) from None
+        problem = grammar.address_problem(address)
+        if problem:
+            raise self.fail(where, problem)
+        return address
 
     def gateway(self, value: Any, node: str, topology: Topology, where: str) -> IPv4Address:
         """A next hop given as a neighbour's name (its address on the shared link) or as an address."""
@@ -454,8 +462,9 @@ class _Parser:
             raise self.fail(where, f"node {name!r} has no links")
         sysctls = self.table(raw, "sysctls", where, required=False)
         for key, value in sysctls.items():
-            if not re.match(r"^net\.[A-Za-z0-9_.-]+$", key) or not isinstance(value, (int, str)):
-                raise self.fail(f"{where}.sysctls.{key}", "only net.* sysctls, with integer or string values")
+            if not grammar.matches(grammar.SYSCTL_KEY, key) or not grammar.sysctl_value_ok(value):
+                raise self.fail(f"{where}.sysctls.{key}", "only net.* sysctls, with integer values or strings of "
+                                "letters, digits, spaces and . _ : -")
         config: RoleConfig = None
         if role == "nlb":
             config = self.nlb(raw, name, topology, where)
@@ -468,8 +477,8 @@ class _Parser:
             if behaviour not in POD_BEHAVIOURS:
                 raise self.fail(f"{where}.behaviour", f"unknown behaviour {behaviour!r} ({', '.join(POD_BEHAVIOURS)})")
             delay = raw.get("delay", 2.0)
-            if not isinstance(delay, (int, float)) or delay < 0:
-                raise self.fail(f"{where}.delay", "must be a non-negative number of seconds")
+            if not isinstance(delay, (int, float)) or isinstance(delay, bool) or not 0 <= delay <= MAX_DELAY:
+                raise self.fail(f"{where}.delay", f"must be a number of seconds from 0 to {MAX_DELAY}")
             config = PodConfig(self.integer(raw, "port", where, default=80, low=1, high=65535), behaviour,
                                float(delay))
         return Node(
@@ -497,6 +506,9 @@ class _Parser:
             address = IPv4Address(address_text)
         except ValueError as error:
             raise self.fail(f"{where}.listener.address", str(error)) from None
+        problem = grammar.host_address_problem(address)
+        if problem:
+            raise self.fail(f"{where}.listener.address", problem)
         group = self.table(raw, "target_group", where)
         gwhere = f"{where}.target_group"
         self.unknown_keys(group, {"type", "port", "targets", "preserve_client_ip"}, gwhere)
@@ -553,8 +565,13 @@ class _Parser:
             policy = self.string(spec, "policy", swhere, default="Cluster")
             if policy not in ("Cluster", "Local"):
                 raise self.fail(f"{swhere}.policy", "externalTrafficPolicy is \"Cluster\" or \"Local\"")
+            service_name = self.string(spec, "name", swhere, default="default/web")
+            # The name goes into iptables-restore input (comments, chain hashes): one line, no quotes.
+            if not grammar.matches(grammar.SERVICE_NAME, service_name):
+                raise self.fail(f"{swhere}.name", f"{service_name!r}: write namespace/name, each 1-63 lower-case "
+                                "letters, digits and dashes (a Kubernetes DNS label)")
             services.append(KubeService(
-                name=self.string(spec, "name", swhere, default="default/web"),
+                name=service_name,
                 node_port=self.integer(spec, "node_port", swhere, low=1, high=65535),
                 protocols=self.protocols(spec, swhere),
                 policy=policy,

@@ -190,6 +190,7 @@ def run_scenario(
         topology = with_pod_behaviour(topology, scenario.pods, scenario.path)
     node_names = {node.name for node in topology.nodes}
     _check_nodes(scenario, node_names)
+    _check_capture_interfaces(scenario, topology)  # everything is checked before anything is made
     prepare_out_dir(out_dir, RUN_FILE, TOOL_MARK)
     # Mark the directory as ours at once, so an interrupted run's leftovers can be replaced next time.
     (out_dir / RUN_FILE).write_text(json.dumps({"tool": TOOL_MARK, "scenario": scenario.name,
@@ -242,6 +243,15 @@ def _check_nodes(scenario: Scenario, nodes: set[str]) -> None:
         if node not in nodes:
             raise DiagError(f"{scenario.path}: {key}: no node {node!r} in topology {scenario.topology} "
                             f"(nodes: {', '.join(sorted(nodes))})")
+
+
+def _check_capture_interfaces(scenario: Scenario, topology: Any) -> None:
+    for spec in scenario.captures or ():
+        known = topology.interfaces(spec.node)
+        unknown = [name for name in spec.interfaces or () if name not in known]
+        if unknown:
+            raise DiagError(f"{scenario.path}: capture point {spec.point}: {spec.node} has no interface "
+                            f"{', '.join(unknown)} (it has {', '.join(known)})")
 
 
 def _drive_traffic(scenario: Scenario, lab: Lab, service: tuple[str, int]) -> list[StepResult]:

@@ -11,7 +11,6 @@ Every validation error names the file, the key and the problem.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,11 @@ from typing import Any
 
 from diag.datafiles import find_lab_file, lab_file_names, shipped_lab_dir
 from diag.errors import DiagError
+from diag.lab import grammar
 from diag.report import CAUSES
 
 DEFAULT_SCENARIO = "incident"
+MAX_SECONDS = 3600.0  # the longest step timeout or pod delay a scenario may ask for
 
 # Step kinds and the options each accepts (besides the common ones).
 STEP_OPTIONS: dict[str, frozenset[str]] = {
@@ -134,7 +135,7 @@ class _Reader:
                 self.fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
     def fail(self, key: str, problem: str) -> DiagError:
-        raise DiagError(f"{self.path}: {self.where}{key}: {problem}")
+        raise DiagError(grammar.printable(f"{self.path}: {self.where}{key}: {problem}"))
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
         if key not in self.table:
@@ -171,12 +172,11 @@ def load_scenario(name_or_path: str = DEFAULT_SCENARIO) -> Scenario:
         known = ", ".join(available_scenarios())
         raise DiagError(f"no scenario {name_or_path!r} ({path} does not exist); known: {known}")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise DiagError(f"{path}: not valid TOML: {error}") from None
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise DiagError(f"{path}: cannot read: {error}") from None
-    return parse_scenario(data, path)
+    # Nesting depth and finite numbers everywhere, as for topologies (see diag.lab.grammar).
+    return parse_scenario(grammar.load_toml(text, lambda problem: DiagError(f"{path}: {problem}")), path)
 
 
 def parse_scenario(data: Mapping[str, Any], path: Path) -> Scenario:
@@ -222,8 +222,8 @@ def _parse_pods(path: Path, table: Mapping[str, Any] | None) -> PodOverride | No
     if behaviour not in POD_BEHAVIOURS:
         reader.fail("behaviour", f"{behaviour!r} is not one of {', '.join(POD_BEHAVIOURS)}")
     delay = reader.get("delay", (int, float))
-    if delay is not None and delay < 0:
-        reader.fail("delay", "must not be negative")
+    if delay is not None and not 0 <= delay <= MAX_SECONDS:
+        reader.fail("delay", f"must be a number of seconds from 0 to {MAX_SECONDS:g}")
     nodes = reader.get("nodes", list, [])
     if not all(isinstance(node, str) for node in nodes):
         reader.fail("nodes", "must be a list of pod node names")
@@ -244,8 +244,8 @@ def _parse_step(path: Path, index: int, value: Any) -> Step:
         raise DiagError(f"{path}: {where}kind: must be one of {', '.join(STEP_OPTIONS)}, not {kind!r}")
     reader = _Reader(path, table, where, COMMON_STEP_KEYS | STEP_OPTIONS[kind])
     timeout = float(reader.get("timeout", (int, float), 10.0))
-    if timeout <= 0:
-        reader.fail("timeout", "must be positive: every step has a time bound")
+    if not 0 < timeout <= MAX_SECONDS:
+        reader.fail("timeout", f"must be positive and at most {MAX_SECONDS:g} s: every step has a time bound")
     options = {key: table[key] for key in STEP_OPTIONS[kind] if key in table}
     if kind == "tcp" and "script" in options:
         from diag.scenario.client import parse_script
@@ -273,8 +273,9 @@ def _parse_setup(path: Path, index: int, value: Any) -> Setup:
                      frozenset({"node", "iptables", "sysctls", "run"}))
     sysctls = reader.get("sysctls", dict, {})
     for key, setting in sysctls.items():
-        if not isinstance(setting, str | int) or not re.fullmatch(r"net\.[A-Za-z0-9_.\-]+", key):
-            reader.fail("sysctls", f"{key!r}: only net.* keys with string or integer values")
+        if not grammar.sysctl_value_ok(setting) or not grammar.matches(grammar.SYSCTL_KEY, key):
+            reader.fail("sysctls", f"{key!r}: only net.* keys, with integer values or strings of letters, digits, "
+                        "spaces and . _ : -")
     run = reader.get("run", list, [])
     if not all(isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv) for argv in run):
         reader.fail("run", "must be a list of argv lists of strings")
@@ -295,7 +296,7 @@ def _parse_capture(path: Path, index: int, value: Any) -> CaptureSpec:
     if interfaces is not None and not (interfaces and all(isinstance(i, str) for i in interfaces)):
         reader.fail("interfaces", "must be a non-empty list of interface names")
     point = reader.get("point", str, node)
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]+", point):
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", point):
         reader.fail("point", f"{point!r} cannot be a file name")
     return CaptureSpec(point=point, node=node, interfaces=None if interfaces is None else tuple(interfaces))
 
