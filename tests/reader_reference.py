@@ -65,7 +65,13 @@ FIELDS = {
     "icmp.code": "icmp_code",
     "icmpv6.type": "icmp6_type",
     "icmpv6.code": "icmp6_code",
+    "vxlan.vni": "vxlan_vni",
+    "geneve.vni": "geneve_vni",
+    "gre.key": "gre_key",
 }
+
+# Decode-as rules: UDP 8472 is VXLAN as Linux sends it (tshark knows only 4789 by itself).
+DECODE_AS = ("udp.port==8472,vxlan",)
 
 # Options that keep tshark's view to the headers as captured, one packet at a time.
 PREFERENCES = (
@@ -84,6 +90,8 @@ def tshark_packets(path: Path) -> list[dict[str, list[str]]]:
     command = ["tshark", "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]
     for preference in PREFERENCES:
         command += ["-o", preference]
+    for rule in DECODE_AS:
+        command += ["-d", rule]
     for field in FIELDS:
         command += ["-e", field]
     result = subprocess.run(command, capture_output=True, text=True, timeout=TSHARK_TIMEOUT_S, check=False)
@@ -131,6 +139,75 @@ def tags_before_ip(protocols: str) -> int:
     return 0
 
 
+# Where each key's occurrences come from, to skip those of the outer headers of a tunnelled packet.
+KEY_LAYERS = {"ip_": "ip", "ip6_": "ipv6", "tcp_": "tcp", "udp_": "udp", "icmp_": "icmp", "icmp6_": "icmpv6"}
+# tshark's name of the layer right after the outermost IP header -> diag's tunnel type.
+TUNNEL_LAYERS = {"vxlan": "vxlan", "geneve": "geneve", "gre": "gre", "ip": "ip-in-ip", "ipv6": "ip-in-ip"}
+TUNNEL_KEYS = {"vxlan": "vxlan_vni", "geneve": "geneve_vni", "gre": "gre_key", "gre-udp": "gre_key"}
+
+
+def innermost_ip(protocols: str) -> int:
+    """Position in tshark's layer list of the innermost IP header that no ICMP error quotes, -1 if none."""
+    names = protocols.split(":")
+    last = -1
+    for position, name in enumerate(names):
+        if name in ("icmp", "icmpv6"):
+            break
+        if name in ("ip", "ipv6"):
+            last = position
+    return last
+
+
+def tunnel_of(protocols: str) -> str:
+    """diag's name of the outermost tunnel in tshark's layer list ('' when it shows none)."""
+    names = [name for name in protocols.split(":") if not name.startswith("ipv6.")]  # IPv6 extension headers
+    first = next((position for position, name in enumerate(names) if name in ("ip", "ipv6")), -1)
+    if first < 0 or first + 1 >= len(names):
+        return ""
+    after = names[first + 1 : first + 3]
+    if after[0] == "udp" and len(after) > 1:
+        return {"vxlan": "vxlan", "geneve": "geneve", "gre": "gre-udp"}.get(after[1], "")
+    return TUNNEL_LAYERS.get(after[0], "")
+
+
+def inner_view(ref: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``ref`` with the occurrences of the layers before the innermost IP header dropped."""
+    protocols = ref["protocols"][0] if ref["protocols"] else ""
+    names = protocols.split(":")
+    before = names[: innermost_ip(protocols)]
+    view = dict(ref)
+    for key, values in ref.items():
+        layer = next((name for prefix, name in sorted(KEY_LAYERS.items(), key=lambda kv: -len(kv[0]))
+                      if key.startswith(prefix)), None)  # fmt: skip
+        if key == "ip_ver":  # tshark puts ip.version in IPv6 headers too
+            view[key] = values[before.count("ip") + before.count("ipv6") :]
+        elif layer is not None:
+            view[key] = values[before.count(layer) :]
+    inner = names[innermost_ip(protocols)] if innermost_ip(protocols) >= 0 else ""
+    view["protocols"] = [":".join(["raw", *names[innermost_ip(protocols) :]])] if inner else ref["protocols"]
+    return view
+
+
+def _compare_tunnel(row: dict[str, Any], ref: dict[str, list[str]], check: Any) -> None:
+    """The outer header of a packet diag opened: addresses, tunnel type and VNI or key as tshark shows them."""
+    protocols = ref["protocols"][0] if ref["protocols"] else ""
+    outer = "ip" if protocols.split(":")[expected_layer(protocols)] == "ip" else "ip6"
+    if ref[f"{outer}_src"]:
+        check("outer_src", row["outer_src"], ref[f"{outer}_src"][0])
+        check("outer_dst", row["outer_dst"], ref[f"{outer}_dst"][0])
+    tunnel = tunnel_of(protocols)
+    check("tunnel", row["tunnel"], tunnel)
+    key = TUNNEL_KEYS.get(tunnel)
+    if key:
+        check("tunnel_id", row["tunnel_id"], _int(ref[key][0]) if ref[key] else -1)
+
+
+def expected_layer(protocols: str) -> int:
+    """Position of the first IP header in tshark's layer list."""
+    names = protocols.split(":")
+    return next((position for position, name in enumerate(names) if name in ("ip", "ipv6")), 0)
+
+
 def compare_with_tshark(
     frame: pd.DataFrame, packets: list[dict[str, list[str]]], ignore: frozenset[str] = frozenset()
 ) -> list[str]:
@@ -164,6 +241,16 @@ def compare_with_tshark(
         elif ref["if_name"] and ref["if_name"][0] != "unknown":  # tshark's word for an unnamed interface
             check("iface", row["iface"], ref["if_name"][0])
 
+        # The vlan column is the outer frame's; every other header is the innermost one diag opened.
+        tags = ref["svlan"] or ref["vlan"]
+        tagged = tags and tags_before_ip(ref["protocols"][0])
+        if row["outer_src"] != "":
+            protocols = ref["protocols"][0] if ref["protocols"] else ""
+            if innermost_ip(protocols) == expected_layer(protocols):
+                check("tunnel", row["tunnel"], "")  # diag opened a tunnel tshark did not
+                continue
+            _compare_tunnel(row, ref, check)
+            ref = inner_view(ref)
         family = expected_family(ref["protocols"][0] if ref["protocols"] else "")
         if family == 4 and ref["ip_ver"] and ref["ip_ver"][0] != "4":
             family = 0  # tshark forced an IPv4 dissection on a header of another version
@@ -174,8 +261,6 @@ def compare_with_tshark(
         check("ip_version", row["ip_version"], family)
         # The outermost tag (an 802.1ad service tag when there is one), if it precedes the IP header;
         # tags of frames tunnelled inside (ERSPAN, VXLAN) come later in tshark's list.
-        tags = ref["svlan"] or ref["vlan"]
-        tagged = tags and tags_before_ip(ref["protocols"][0])
         check("vlan", row["vlan"], _int(tags[0]) if tagged else -1)
         if row["ip_version"] == 4 and ref["ip_src"]:
             check("src", row["src"], ref["ip_src"][0])

@@ -45,7 +45,8 @@ _DEFAULTS: dict[str, object] = {
     "more_fragments": False, "ip_len": -1, "cap_len": 0, "wire_len": 0, "truncated": False, "tcp_flags": -1,
     "seq": -1, "ack": -1, "win": -1, "mss": -1, "wscale": -1, "sack_perm": False, "tsval": -1, "tsecr": -1,
     "payload_len": -1, "payload_digest": 0, "icmp_type": -1, "icmp_code": -1, "inner_src": "", "inner_dst": "",
-    "inner_proto": -1, "inner_sport": -1, "inner_dport": -1,
+    "inner_proto": -1, "inner_sport": -1, "inner_dport": -1, "tunnel": "", "tunnel_id": -1, "outer_src": "",
+    "outer_dst": "", "tunnel_broken": False,
 }  # fmt: skip
 
 

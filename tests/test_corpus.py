@@ -41,6 +41,14 @@ KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
     "timestamp_invalid_micro.pcap": {"ts_ns": "sub-second field >= 1 s: diag adds it as it stands, tshark does not"},
     "timestamp_invalid_nano.pcap": {"ts_ns": "sub-second field >= 1 s: diag adds it as it stands, tshark does not"},
     "rx_serviceid_oobr.pcap": {"ts_ns": "seconds >= 2^31: the pcap field is unsigned, tshark reads it signed"},
+    **{
+        f"bigtcp-ipv{outer}-{tunnel}-ipv{inner}.pcap": {
+            "tunnel": "UDP length 0 (BIG TCP): tshark leaves the payload undecoded, tcpdump and diag open the tunnel"
+        }
+        for outer in (4, 6)
+        for tunnel in ("vxlan", "geneve")
+        for inner in (4, 6)
+    },
 }
 
 
@@ -164,6 +172,8 @@ def test_outer_ip_headers_agree_with_tcpdump_verbose_output(
             fields = match.groupdict()
             if row.ip_version == 0 and row.truncated:
                 continue  # tcpdump prints what it has of a cut-off header; diag decodes whole headers only
+            if row.outer_src != "":
+                continue  # a tunnel diag opened: the row is the carried packet (tests/test_tunnels.py checks it)
             if fields.get("plen") == "0":
                 continue  # a jumbogram: its length is not in this header
             if "ttl" in fields and fields["ttl"] is not None:

@@ -61,9 +61,27 @@ PACKET_COLUMNS: Final[dict[str, tuple[str, str]]] = {
     "inner_proto": ("int16", "IP protocol of the quoted datagram, -1 otherwise"),
     "inner_sport": ("int32", "source port of the quoted datagram, -1 otherwise"),
     "inner_dport": ("int32", "destination port of the quoted datagram, -1 otherwise"),
+    "tunnel": (
+        "category",
+        "outermost tunnel the packet came in: 'vxlan' (UDP 4789, 8472), 'geneve' (UDP 6081), 'gre', 'gre-udp' "
+        "(UDP 4754), 'ip-in-ip' (IP protocols 4 and 41); '' when not tunnelled. The IP and transport columns "
+        "above then describe the innermost packet carried",
+    ),
+    "tunnel_id": ("int64", "VXLAN or Geneve VNI, GRE key; -1 when the tunnel has none or there is no tunnel"),
+    "outer_src": (
+        "category",
+        "source address of the outermost IP header when the row holds a packet a tunnel carried, '' otherwise",
+    ),
+    "outer_dst": ("category", "destination address of that outermost IP header, '' otherwise"),
+    "tunnel_broken": (
+        "bool",
+        "a tunnel header, or the IP header it carries, is cut short or malformed: the row keeps the packet "
+        "as opened so far (the outer one for a single tunnel)",
+    ),
 }
 
 COLUMN_NAMES: Final[tuple[str, ...]] = tuple(PACKET_COLUMNS)
+
 
 def describe_columns() -> str:
     """The column reference as a Markdown table (used by the docs and ``--help``)."""

@@ -2,10 +2,13 @@
 
 Each packet is read front to back: link layer, VLAN tags, IPv4 or IPv6 (with
 its extension headers), then TCP (with options), UDP or ICMP/ICMPv6 (with the
-datagram an error quotes). A field is read only when its bytes lie inside the
-captured packet (and, for transport headers, inside the datagram), so no read
-leaves the buffer. A packet stops being decoded as soon as its bytes run out
-or a header makes no sense: it keeps what was read so far and the 'absent'
+datagram an error quotes). A tunnel (VXLAN, Geneve, GRE, GRE in UDP, IP in
+IP) is opened first: the row then describes the packet it carries, and the
+outer header keeps only its addresses, the tunnel type and its VNI or key.
+A field is read only when its bytes lie inside the captured packet (and, for
+transport headers, inside the datagram), so no read leaves the buffer. A
+packet stops being decoded as soon as its bytes run out or a header makes no
+sense: it keeps what was read so far and the 'absent'
 value of every other column, so damaged input never raises.
 """
 
@@ -20,7 +23,7 @@ from diag.capture import linktypes as lt
 from diag.capture.addresses import AddressColumn
 from diag.capture.bytesview import ByteView, IntArray
 from diag.capture.digest import payload_digest
-from diag.capture.proto import ICMP, ICMP_ERROR_TYPES, ICMPV6, ICMPV6_ERROR_TYPES, TCP, UDP
+from diag.capture.proto import GRE, ICMP, ICMP_ERROR_TYPES, ICMPV6, ICMPV6_ERROR_TYPES, IPIP, IPV6_IN_IP, TCP, UDP
 from diag.capture.records import DIR_IN, DIR_OUT, Interface, RecordBatch
 from diag.compiled import compiled
 
@@ -29,7 +32,17 @@ BoolArray = npt.NDArray[np.bool_]
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
+ETHERTYPE_TEB = 0x6558  # transparent Ethernet bridging: an Ethernet frame inside GRE or Geneve
 MAX_VLAN_TAGS = 4
+
+# Tunnel types, the codes of the ``tunnel`` column (0: not tunnelled).
+TUNNEL_NAMES = ["", "vxlan", "geneve", "gre", "gre-udp", "ip-in-ip"]
+VXLAN, GENEVE, GRE_TUNNEL, GRE_UDP, IP_IN_IP = 1, 2, 3, 4, 5
+VXLAN_PORTS = (4789, 8472)  # IANA's port and the Linux kernel's default
+GENEVE_PORT = 6081
+GRE_UDP_PORT = 4754
+MAX_TUNNEL_DEPTH = 4  # tunnels inside tunnels opened before the reader stops and keeps what it has
+GRE_CHECKSUM, GRE_ROUTING, GRE_KEY, GRE_SEQUENCE, GRE_VERSION = 0x8000, 0x4000, 0x2000, 0x1000, 0x0007
 
 BSD_AF_INET = 2
 BSD_AF_INET6_VALUES = (24, 28, 30)  # NetBSD/OpenBSD, FreeBSD, Darwin
@@ -68,10 +81,12 @@ INT_COLUMNS: dict[str, int] = {
     "inner_proto": -1,
     "inner_sport": -1,
     "inner_dport": -1,
+    "tunnel": 0,  # a code of TUNNEL_NAMES, turned into the tunnel column by the reader
+    "tunnel_id": -1,
     "ifindex": -1,  # SLL2 interface index, turned into the iface column by the reader
 }
-BOOL_COLUMNS = ("more_fragments", "truncated", "sack_perm")
-ADDRESS_COLUMNS = ("src", "dst", "inner_src", "inner_dst")
+BOOL_COLUMNS = ("more_fragments", "truncated", "sack_perm", "tunnel_broken")
+ADDRESS_COLUMNS = ("src", "dst", "inner_src", "inner_dst", "outer_src", "outer_dst")
 _ABSENT = np.array(list(INT_COLUMNS.values()), dtype=np.int64)
 
 # Positions of the columns in the tuples of arrays the compiled loop fills.
@@ -83,17 +98,18 @@ SEQ, ACK, WIN, MSS, WSCALE = _INT["seq"], _INT["ack"], _INT["win"], _INT["mss"],
 TSVAL, TSECR, PAYLOAD_LEN = _INT["tsval"], _INT["tsecr"], _INT["payload_len"]
 ICMP_TYPE, ICMP_CODE = _INT["icmp_type"], _INT["icmp_code"]
 INNER_PROTO, INNER_SPORT, INNER_DPORT = _INT["inner_proto"], _INT["inner_sport"], _INT["inner_dport"]
-IFINDEX = _INT["ifindex"]
+IFINDEX, TUNNEL, TUNNEL_ID = _INT["ifindex"], _INT["tunnel"], _INT["tunnel_id"]
 MORE_FRAGMENTS = BOOL_COLUMNS.index("more_fragments")
 TRUNCATED = BOOL_COLUMNS.index("truncated")
 SACK_PERM = BOOL_COLUMNS.index("sack_perm")
+TUNNEL_BROKEN = BOOL_COLUMNS.index("tunnel_broken")
 
 # The addresses found, listed by the compiled loop in row order: for each pair
-# of address columns (the packet's own, the quoted datagram's) and IP version,
+# of address columns (the packet's own, the quoted datagram's, the tunnel's outer header) and IP version,
 # the rows and, for IPv4, the two values, for IPv6, the offset of the IP header
 # (source at +8, destination at +24).
-ADDRESS_PAIRS = (("src", "dst"), ("inner_src", "inner_dst"))
-OWN, QUOTED = 0, 1
+ADDRESS_PAIRS = (("src", "dst"), ("inner_src", "inner_dst"), ("outer_src", "outer_dst"))
+OWN, QUOTED, OUTER = 0, 1, 2
 FOUND_V4, FOUND_V6 = 0, 1
 ROW, SOURCE, DESTINATION = 0, 1, 2
 HEADER = 1
@@ -126,9 +142,9 @@ class _Found:
     @classmethod
     def empty(cls, count: int) -> _Found:
         return cls(
-            counts=np.zeros((2, 2), dtype=np.int64),
-            ipv4=np.empty((2, 3, count), dtype=np.int64),
-            ipv6=np.empty((2, 2, count), dtype=np.int64),
+            counts=np.zeros((len(ADDRESS_PAIRS), 2), dtype=np.int64),
+            ipv4=np.empty((len(ADDRESS_PAIRS), 3, count), dtype=np.int64),
+            ipv6=np.empty((len(ADDRESS_PAIRS), 2, count), dtype=np.int64),
             payloads=np.empty((3, count), dtype=np.int64),
         )
 
@@ -281,6 +297,36 @@ def _decode_packets(
         # A header that leaves the length at 0 (segmentation offload, BIG TCP, jumbograms)
         # ends where the packet ended on the wire, since then only the capture knows it.
         wire_end = start + wire_len[row]
+
+        # Tunnels: one look at the protocol (and the UDP port) in the common path; only
+        # the packets that may carry another go to the helper, which opens them.
+        carrier = False
+        if family == 4 and end - net >= 20:
+            outer_proto = _u8(data, net + 9)
+            if outer_proto == UDP:
+                udp = net + (_u8(data, net) & 0x0F) * 4
+                carrier = udp + 4 <= end and _is_tunnel_port(_be16(data, udp + 2))
+            else:
+                carrier = outer_proto in (GRE, IPIP, IPV6_IN_IP)
+        elif family == 6 and end - net >= 40:
+            outer_proto = _u8(data, net + 6)
+            if outer_proto == UDP:
+                carrier = net + 44 <= end and _is_tunnel_port(_be16(data, net + 42))
+            else:
+                carrier = outer_proto in (GRE, IPIP, IPV6_IN_IP) or outer_proto in IPV6_EXTENSIONS
+        if carrier:
+            tunnel, tunnel_id, broken, inner, inner_family, inner_end = decapsulate(data, net, family, end, wire_end)
+            if tunnel:
+                ints[TUNNEL][row] = tunnel
+                ints[TUNNEL_ID][row] = tunnel_id
+                flags[TUNNEL_BROKEN][row] = broken
+            if inner_family:
+                if family == 4:
+                    _list_ipv4(address_counts, ipv4_found, OUTER, row, _be32(data, net + 12), _be32(data, net + 16))
+                else:
+                    _list_ipv6(address_counts, ipv6_found, OUTER, row, net)
+                net, family, wire_end = inner, inner_family, inner_end
+
         if family == 4:
             if end - net < 20 or _u8(data, net) >> 4 != 4 or _u8(data, net) & 0x0F < 5:
                 flags[TRUNCATED][row] = True  # an IPv4 ethertype without a whole IPv4 header
@@ -401,6 +447,186 @@ def _decode_packets(
             payloads[CAPTURED, payload_count] = max(stop - payload, 0)
             payload_count += 1
     return payload_count
+
+
+@compiled
+def _is_tunnel_port(port: int) -> bool:
+    return port in (VXLAN_PORTS[0], VXLAN_PORTS[1], GENEVE_PORT, GRE_UDP_PORT)
+
+
+@compiled
+def decapsulate(data: Bytes, net: int, family: int, end: int, wire_end: int) -> tuple[int, int, bool, int, int, int]:
+    """Open the tunnels around the IP packet at ``net``, outermost first, up to ``MAX_TUNNEL_DEPTH`` deep.
+
+    Returns (tunnel type of the outermost tunnel or 0, its VNI or GRE key or
+    -1, broken, the innermost IP header's offset, its version, where its
+    datagram ends on the wire). The version is 0 when nothing was opened:
+    no tunnel, a tunnel that carries something other than IP (ARP, an
+    ERSPAN mirror), or one whose header, or the IP header inside, is cut
+    short or makes no sense (then ``broken``). A tunnel inside a tunnel that
+    is broken leaves the packet opened as far as it went.
+    """
+    tunnel = 0
+    tunnel_id = -1
+    opened_net, opened_family, opened_end = net, 0, wire_end
+    for depth in range(MAX_TUNNEL_DEPTH):
+        proto, transport, ip_end = _ip_payload(data, net, family, end, wire_end)
+        if transport < 0:
+            break
+        limit = min(ip_end, end)
+        kind, ident, inner, inner_family, broken = _tunnel_header(data, proto, transport, limit)
+        if kind == 0:
+            break
+        if depth == 0:
+            tunnel, tunnel_id = kind, ident
+        if not broken and inner_family == 4:
+            broken = limit - inner < 20 or _u8(data, inner) >> 4 != 4 or _u8(data, inner) & 0x0F < 5
+        elif not broken and inner_family == 6:
+            broken = limit - inner < 40 or _u8(data, inner) >> 4 != 6
+        if broken:
+            return tunnel, tunnel_id, True, opened_net, opened_family, opened_end
+        if inner_family == 0:
+            break  # a tunnel carrying something other than IP
+        net, family, wire_end = inner, inner_family, ip_end
+        opened_net, opened_family, opened_end = net, family, wire_end
+    return tunnel, tunnel_id, False, opened_net, opened_family, opened_end
+
+
+@compiled
+def _ip_payload(data: Bytes, net: int, family: int, end: int, wire_end: int) -> tuple[int, int, int]:
+    """(protocol, offset of the upper-layer header or -1, end of the datagram) of a whole IP header at ``net``.
+
+    The upper layer is -1 for a later fragment, a header longer than the
+    datagram or the capture, or extension headers cut short: as the main
+    loop judges them.
+    """
+    if family == 4:
+        if end - net < 20 or _u8(data, net) >> 4 != 4 or _u8(data, net) & 0x0F < 5:
+            return -1, -1, wire_end
+        header_len = (_u8(data, net) & 0x0F) * 4
+        total_len = _be16(data, net + 2)
+        if total_len == 0:
+            total_len = wire_end - net
+        ip_end = min(net + total_len, wire_end)
+        proto = _u8(data, net + 9)
+        if _be16(data, net + 6) & 0x1FFF != 0 or header_len > total_len or net + header_len > end:
+            return proto, -1, ip_end
+        return proto, net + header_len, ip_end
+    if end - net < 40 or _u8(data, net) >> 4 != 6:
+        return -1, -1, wire_end
+    payload_len = _be16(data, net + 4)
+    if payload_len == 0:
+        payload_len = wire_end - net - 40
+    ip_end = min(net + 40 + payload_len, wire_end)
+    proto, upper, _, _, _ = walk_ipv6_extensions(data, net + 40, _u8(data, net + 6), min(ip_end, end))
+    return proto, upper, ip_end
+
+
+@compiled
+def _tunnel_header(data: Bytes, proto: int, transport: int, limit: int) -> tuple[int, int, int, int, bool]:
+    """The tunnel an IP payload of protocol ``proto`` at ``transport`` is, if any.
+
+    Returns (tunnel type or 0, VNI or key or -1, offset of the carried IP
+    header, its version or 0 when it carries no IP, broken). Only whole
+    headers are read: a header cut short at ``limit`` is broken.
+    """
+    if proto in (IPIP, IPV6_IN_IP):
+        return IP_IN_IP, -1, transport, 4 if proto == IPIP else 6, False
+    if proto == GRE:
+        inner, inner_family, key, broken = _gre(data, transport, limit)
+        if inner == -2:
+            return 0, -1, -1, 0, False  # GRE of another version (PPTP): not an overlay tunnel
+        return GRE_TUNNEL, key, inner, inner_family, broken
+    if proto != UDP or limit - transport < 8:
+        return 0, -1, -1, 0, False
+    port = _be16(data, transport + 2)
+    header = transport + 8
+    if port == VXLAN_PORTS[0] or port == VXLAN_PORTS[1]:
+        if limit - header < 8:
+            return VXLAN, -1, -1, 0, True
+        vni = (_be16(data, header + 4) << 8) | _u8(data, header + 6)
+        inner, inner_family, broken = _ethernet_payload(data, header + 8, limit)
+        return VXLAN, vni, inner, inner_family, broken
+    if port == GENEVE_PORT:
+        if limit - header < 8:
+            return GENEVE, -1, -1, 0, True
+        vni = (_be16(data, header + 4) << 8) | _u8(data, header + 6)
+        options_len = (_u8(data, header) & 0x3F) * 4
+        payload = header + 8 + options_len
+        if _u8(data, header) >> 6 != 0 or payload > limit:
+            return GENEVE, vni, -1, 0, True  # a version this reader does not know, or options cut short
+        inner, inner_family, broken = _typed_payload(data, _be16(data, header + 2), payload, limit)
+        return GENEVE, vni, inner, inner_family, broken
+    if port == GRE_UDP_PORT:
+        inner, inner_family, key, broken = _gre(data, header, limit)
+        if inner == -2:
+            return GRE_UDP, -1, -1, 0, True  # RFC 8086 carries GRE version 0 only
+        return GRE_UDP, key, inner, inner_family, broken
+    return 0, -1, -1, 0, False
+
+
+@compiled
+def _gre(data: Bytes, at: int, limit: int) -> tuple[int, int, int, bool]:
+    """(offset of the payload, its IP version or 0, key or -1, broken) of the GRE header at ``at``.
+
+    The offset is -2 for a GRE version other than 0. RFC 2784 has the
+    receiver drop a packet with the routing bit set: broken here too.
+    """
+    if limit - at < 4:
+        return -1, 0, -1, True
+    bits = _be16(data, at)
+    if bits & GRE_VERSION != 0:
+        return -2, 0, -1, False
+    if bits & GRE_ROUTING:
+        return -1, 0, -1, True
+    header_len = 4
+    if bits & GRE_CHECKSUM:
+        header_len += 4  # checksum and a reserved half-word
+    key = -1
+    if bits & GRE_KEY:
+        if limit - at < header_len + 4:
+            return -1, 0, -1, True
+        key = _be32(data, at + header_len)
+        header_len += 4
+    if bits & GRE_SEQUENCE:
+        header_len += 4
+    if at + header_len > limit:
+        return -1, 0, key, True
+    inner, inner_family, broken = _typed_payload(data, _be16(data, at + 2), at + header_len, limit)
+    return inner, inner_family, key, broken
+
+
+@compiled
+def _typed_payload(data: Bytes, ethertype: int, at: int, limit: int) -> tuple[int, int, bool]:
+    """(offset of the IP header, its version or 0, broken) of a payload that an ethertype names."""
+    if ethertype == ETHERTYPE_IPV4:
+        return at, 4, False
+    if ethertype == ETHERTYPE_IPV6:
+        return at, 6, False
+    if ethertype == ETHERTYPE_TEB:
+        return _ethernet_payload(data, at, limit)
+    return -1, 0, False
+
+
+@compiled
+def _ethernet_payload(data: Bytes, at: int, limit: int) -> tuple[int, int, bool]:
+    """(offset of the IP header, its version or 0, broken) inside the Ethernet frame at ``at`` (VLAN tags skipped)."""
+    if limit - at < 14:
+        return -1, 0, True
+    ethertype = _be16(data, at + 12)
+    net = at + 14
+    for _ in range(MAX_VLAN_TAGS):
+        if ethertype not in VLAN_TPIDS:
+            break
+        if net + 4 > limit:
+            return -1, 0, True
+        ethertype = _be16(data, net + 2)
+        net += 4
+    if ethertype == ETHERTYPE_IPV4:
+        return net, 4, False
+    if ethertype == ETHERTYPE_IPV6:
+        return net, 6, False
+    return -1, 0, False
 
 
 @compiled

@@ -34,3 +34,8 @@ ICMP_ERROR_TYPES: Final[tuple[int, ...]] = (3, 4, 5, 11, 12)
 ICMP_DEST_UNREACHABLE: Final = 3
 # ICMPv6 error types: destination unreachable, packet too big, time exceeded, parameter problem.
 ICMPV6_ERROR_TYPES: Final[tuple[int, ...]] = (1, 2, 3, 4)
+
+# IP protocol numbers that carry another packet (tunnels the reader looks inside).
+IPIP: Final = 4  # IPv4 in IP
+IPV6_IN_IP: Final = 41  # IPv6 in IP (6in4, 6in6)
+GRE: Final = 47

@@ -15,7 +15,7 @@ from diag.capture import pcap, pcapng
 from diag.capture.addresses import AddressColumn, categorical
 from diag.capture.arrays import distinct, is_one_of
 from diag.capture.columns import PACKET_COLUMNS
-from diag.capture.dissect import ADDRESS_COLUMNS, decode_batch
+from diag.capture.dissect import ADDRESS_COLUMNS, TUNNEL_NAMES, decode_batch
 from diag.capture.info import CaptureInfo
 from diag.capture.linktypes import SUPPORTED, linktype_name
 from diag.capture.records import Diagnostics, RecordBatch
@@ -185,6 +185,8 @@ class TableBuilder:
                 data[column] = self._iface_column()
             elif column == "direction":
                 data[column] = categorical(joined("direction", "int8"), DIRECTIONS)
+            elif column == "tunnel":
+                data[column] = categorical(joined("tunnel", "int8"), TUNNEL_NAMES)
             elif column in ADDRESS_COLUMNS:
                 data[column] = self.addresses[column].to_categorical(count)
             else:
@@ -218,7 +220,7 @@ class TableBuilder:
 
 def _stored_dtype(column: str, values: np.ndarray) -> np.dtype[Any]:
     """The final dtype of a packet-table column; helper columns (iface_id, ifindex) keep their own."""
-    if column == "direction":
+    if column in ("direction", "tunnel"):
         return np.dtype(np.int8)
     final = PACKET_COLUMNS.get(column, ("", ""))[0]
     if final in ("", "category"):
