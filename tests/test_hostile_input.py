@@ -403,6 +403,14 @@ def _host_state() -> tuple[str, str, list[str]]:
     return namespaces, links, sorted(os.listdir(state.STATE_DIR)) if state.STATE_DIR.is_dir() else []
 
 
+def _assert_nothing_new(before: tuple[str, str, list[str]], name: str) -> None:
+    """Root links exactly as before; no namespace or record of lab ``name`` (other labs may come and go)."""
+    namespaces, links, records = _host_state()
+    assert links == before[1]
+    assert not [line for line in namespaces.splitlines() if line.startswith(f"diag-{name}")]
+    assert not [record for record in set(records) - set(before[2]) if record.startswith(name)]
+
+
 @pytest.mark.parametrize("strings", [{"client": "client\n"}, {"interface": "rootleak\n"},
                                      {"service": 'default/web"\n-A INPUT -j DROP\n#'}],
                          ids=["node", "interface", "service"])
@@ -412,7 +420,7 @@ def test_a_refused_topology_leaves_nothing_behind(tmp_path: Path, strings: dict[
     path.write_text(topology_text(**strings))
     before = _host_state()
     one_line_failure(run_diag("lab", "up", path, "--name", "hostile"), str(path))
-    assert _host_state() == before
+    _assert_nothing_new(before, "hostile")
 
 
 def test_a_lab_name_with_a_newline_is_refused_before_anything_exists() -> None:
@@ -420,7 +428,7 @@ def test_a_lab_name_with_a_newline_is_refused_before_anything_exists() -> None:
     before = _host_state()
     line = one_line_failure(run_diag("lab", "up", "incident", "--name", "nl\n"), "lab name")
     assert "'nl\\n'" in line
-    assert _host_state() == before
+    _assert_nothing_new(before, "nl")
 
 
 _hostile_text = st.one_of(
@@ -458,3 +466,105 @@ def test_topology_loader_under_hostile_strings(field: str, suffix: str, value: s
     lines = plan.setup_batch + [line for ns in plan.namespaces for line in ns.ip_batch]
     assert all(not set(line) & set("\n\r\x00\"'") for line in lines)
     assert len(plan.setup_batch) == len(topology.nodes) + len(topology.links)
+
+
+# --- nothing outlives a killed run ----------------------------------------------------------------------
+
+LINGERING_SCENARIO = """\
+description = "a client that keeps retrying while the run sleeps: something to kill"
+topology = "incident"
+conntrack = ["natgw"]
+
+[[step]]
+kind = "tcp"
+name = "client keeps trying"
+background = true
+syn_retries = 6
+timeout = 60
+
+[[step]]
+kind = "sleep"
+seconds = 60
+timeout = 90
+"""
+
+
+def _commands(pids: set[int]) -> dict[int, str]:
+    """The command name of each pid still running (a zombie counts as gone)."""
+    from diag.lab.lifetime import process_start
+
+    names = {}
+    for pid in pids:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if process_start(pid) is not None:
+            names[pid] = name
+    return names
+
+
+def _wait_for(condition: Any, attempts: int = 200) -> bool:
+    """Poll ``condition`` (a bounded wait for a state, not a measurement of time)."""
+    import time
+
+    for _ in range(attempts):
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+@pytest.mark.lab
+def test_kill_9_of_run_scenario_leaves_no_process_and_a_marked_leftover(tmp_path: Path) -> None:
+    require_root()
+    require_tools("tcpdump", "conntrack", "ip")
+    from diag.lab.netns import pids_in
+
+    namespaces_before, links_before, _ = _host_state()
+    scenario = tmp_path / "linger.toml"
+    scenario.write_text(LINGERING_SCENARIO)
+    run = subprocess.Popen([str(DIAG), "run-scenario", str(scenario), "--out", str(tmp_path / "out")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lab = ""
+    try:
+        assert run.stderr is not None
+        for line in run.stderr:  # progress lines: the lab's name, then the moment captures listen
+            if " as " in line and "lab up" in line:
+                lab = line.split(" as ")[1].split(",")[0].strip()
+            if "captures listening" in line:
+                break
+        assert lab, "run-scenario never reported its lab"
+        namespaces = [f"diag-{lab}-{node}" for node in
+                      ("client", "internet", "nlb", "vpc-router", "natgw", "node-a", "node-b", "pod-a", "pod-b")]
+        # Everything the run starts is up: tcpdumps, conntrack, both pod servers and the client.
+        client_ns = [f"diag-{lab}-client"]
+        assert _wait_for(lambda: any(name.startswith("python") for name in _commands(set(pids_in(client_ns))).values()))
+        started = set(pids_in(namespaces))
+        commands = sorted(_commands(started).values())
+        assert commands.count("tcpdump") == 18 and "conntrack" in commands
+        assert sum(name.startswith("python") for name in commands) >= 3, commands  # two servers, one client
+        run.kill()  # SIGKILL: no handler, no finally, no teardown
+        run.wait(30)
+        assert _wait_for(lambda: not _commands(started)), _commands(started)
+        assert pids_in(namespaces) == {}
+        listing = run_diag("lab", "ls").stdout
+        assert any(line.startswith(lab) and "leftover: its run was killed" in line for line in listing.splitlines())
+        # The next run offers to clean it; here `lab up --clean-leftovers` of a small lab does it.
+        topology = tmp_path / "small.toml"
+        topology.write_text(topology_text())
+        small = "h" + lab
+        cleaned = run_diag("lab", "up", "--clean-leftovers", topology, "--name", small)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert lab in cleaned.stderr and "leftover" in cleaned.stderr
+        assert run_diag("lab", "down", small).returncode == 0
+        lab = ""
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)
+        if lab:
+            run_diag("lab", "down", lab)
+    namespaces_after, links_after, _ = _host_state()
+    assert namespaces_after == namespaces_before or not set(namespaces_after.split()) & set(namespaces)
+    assert links_after == links_before

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="a topology name (default: incident; see --lab-path) or a path to a .toml file")
     up.add_argument("--name", help="lab name (1-12 lower-case letters and digits; default: random)")
     up.add_argument("--dry-run", action="store_true", help="print the shell commands and rule sets instead")
+    up.add_argument("--clean-leftovers", action="store_true",
+                    help="first tear down labs whose owner process is gone (leftovers of killed runs)")
     add_lab_path(up)
     up.set_defaults(func=cmd_up)
 
@@ -73,6 +75,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         Lab(topology, args.name)  # validates the name
         print(render_shell(build_plan(topology, args.name or "LAB")), end="")
         return 0
+    if args.clean_leftovers:
+        report_cleaned()
     started = time.monotonic()
     lab = lab_up(topology, args.name)
     elapsed = time.monotonic() - started
@@ -82,6 +86,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  clients connect to {address}:{port}")
     print(f"  diag lab exec --lab {lab.name} client -- COMMAND    diag lab down {lab.name}")
     return 0
+
+
+def report_cleaned() -> None:
+    """Tear down the leftovers of killed runs, saying which (``--clean-leftovers``)."""
+    from diag.lab.lab import clean_leftovers, preflight
+
+    preflight()
+    removed = clean_leftovers()
+    if removed:
+        print(f"diag: removed {len(removed)} leftover lab(s): {', '.join(removed)}", file=sys.stderr)
 
 
 def _has_service(topology: Topology) -> bool:
@@ -117,7 +131,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     now = time.time()
     for info in labs:
         age = f"{now - info.created:.0f}s" if info.created else "?"
-        status = "leftover (diag lab down --all)" if info.leftover else "up"
+        if info.owner_gone:
+            status = f"leftover: its run was killed (diag lab down {info.name}, or --clean-leftovers)"
+        elif info.leftover:
+            status = f"leftover: incomplete (diag lab down {info.name})"
+        else:
+            status = "up"
         print(f"{info.name:<12} {info.topology or '?':<22} {info.namespaces:>10}  {age:>8}  {status}")
     return 0
 

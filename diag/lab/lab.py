@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from diag.errors import LabError
 from diag.lab import grammar, netns, state
 from diag.lab.inspect import node_state
+from diag.lab.lifetime import LIFELINE_VARIABLE, die_with_parent, is_running, lifeline
 from diag.lab.plan import NETNS_PREFIX, NamespacePlan, Plan, build_plan, netns_name
 from diag.lab.topology import Topology, parse_topology
 
@@ -86,6 +87,9 @@ class Lab:
         self._built = False
         self._previous_handlers: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self._lifeline: int | None = None  # write end of the pipe the pod servers watch (see diag.lab.lifetime)
+        self._owner: tuple[int, int] | None = None  # an attached lab keeps its record's owner
+        self._detached = False
 
     # -- life cycle ----------------------------------------------------------
 
@@ -96,12 +100,16 @@ class Lab:
         lab = cls(parse_topology(record.source, origin=f"lab {name}"), name=name)
         lab._pids = list(record.pids)
         lab._built = True
+        lab._owner = (record.owner_pid, record.owner_start)
+        lab._detached = record.detached
         return lab
 
     def up(self, detach: bool = False) -> Lab:
         """Build every namespace; on any failure tear down what was made and raise.
 
-        ``detach`` starts the pod servers in their own session so they outlive this process.
+        ``detach`` starts the pod servers in their own session so they outlive this process,
+        and records the lab as left up on purpose; otherwise the servers die with this
+        process even when it is killed, and the lab is a leftover from then on.
         """
         preflight()
         self._claim_name()
@@ -113,6 +121,8 @@ class Lab:
         except BaseException:
             self.down()
             raise
+        # Only a finished build is detached: one killed half-way is a leftover like any other.
+        self._detached = detach
         self._record()
         return self
 
@@ -143,10 +153,19 @@ class Lab:
         spec = logs / "servers.json"
         spec.write_text(json.dumps([{"name": ns.node, "netns": ns.netns, "args": ns.server} for ns in pods]))
         environment = {**os.environ, "DIAG_SERVERS_DETACH": "1" if detach else "0"}
-        with open(logs / "servers.log", "w") as log:
-            launcher = subprocess.Popen([sys.executable, "-I", str(SERVERS_SCRIPT), "--spawn", str(spec)],
-                                        stdout=subprocess.PIPE, stderr=log, env=environment,
-                                        start_new_session=detach)
+        passed: tuple[int, ...] = ()
+        if not detach:
+            read_end, self._lifeline = lifeline()
+            environment[LIFELINE_VARIABLE] = str(read_end)
+            passed = (read_end,)
+        try:
+            with open(logs / "servers.log", "w") as log:
+                launcher = subprocess.Popen([sys.executable, "-I", str(SERVERS_SCRIPT), "--spawn", str(spec)],
+                                            stdout=subprocess.PIPE, stderr=log, env=environment,
+                                            start_new_session=detach, pass_fds=passed)
+        finally:
+            for descriptor in passed:
+                os.close(descriptor)  # the servers hold it now; this process keeps only the write end
         assert launcher.stdout is not None
         try:
             ready = _read_ready(launcher.stdout.fileno(), {ns.node for ns in pods}, logs / "servers.log")
@@ -172,6 +191,9 @@ class Lab:
                     process.wait()
                 if process.stdout is not None:
                     process.stdout.close()
+            if self._lifeline is not None:
+                os.close(self._lifeline)  # the servers see end-of-file and exit by themselves too
+                self._lifeline = None
             netns.kill_processes_in(namespaces)
             netns.delete_namespaces(namespaces)
             state.remove(self.name)
@@ -227,13 +249,17 @@ class Lab:
         raise LabError("could not find a free lab name")
 
     def _make_record(self, name: str) -> state.LabRecord:
-        return state.LabRecord(
+        record = state.LabRecord(
             name=name,
             topology=self.topology.name,
             source=self.topology.source,
             namespaces={node: netns_name(name, node) for node in self.topology.node_names},
             pids=list(self._pids),
+            detached=self._detached,
         )
+        if self._owner is not None:  # attached from another process: the owner stays who it was
+            record.owner_pid, record.owner_start = self._owner
+        return record
 
     def _record(self) -> None:
         state.save(self._make_record(self.name))
@@ -249,7 +275,7 @@ class Lab:
         """Run a command inside the node's namespace and wait for it (output captured as text)."""
         try:
             result = subprocess.run(["ip", "netns", "exec", self.netns(node), *command],
-                                    capture_output=True, text=True, timeout=timeout)
+                                    capture_output=True, text=True, timeout=timeout, preexec_fn=die_with_parent())
         except subprocess.TimeoutExpired:
             raise LabError(f"{node}: {' '.join(command)}: no answer within {timeout:g} s") from None
         if check and result.returncode != 0:
@@ -259,9 +285,13 @@ class Lab:
         return result
 
     def popen(self, node: str, command: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a long-running process in the node's namespace; the lab stops it at teardown."""
+        """Start a long-running process in the node's namespace; the lab stops it at teardown.
+
+        It is killed too if this process dies without a teardown (SIGKILL): call from a
+        thread that lives as long as the process, since the kernel ties it to that thread.
+        """
         process: subprocess.Popen[Any] = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns(node), *command], **popen_kwargs)
+            ["ip", "netns", "exec", self.netns(node), *command], preexec_fn=die_with_parent(), **popen_kwargs)
         self._processes.append(process)
         self._pids.append(process.pid)
         if self._built and self.name in state.recorded_names():
@@ -347,11 +377,17 @@ class LabInfo:
     expected: int  # how many its record lists (0 without a record)
     created: float
     owner_alive: bool
+    detached: bool = False  # left up on purpose (diag lab up, --keep-lab): its owner's exit is no sign
+
+    @property
+    def owner_gone(self) -> bool:
+        """The process that built and used the lab died without tearing it down (a killed run)."""
+        return self.expected > 0 and not self.detached and not self.owner_alive
 
     @property
     def leftover(self) -> bool:
         """Left by a process that died without tearing down (or broken half-way)."""
-        return self.expected == 0 or self.namespaces != self.expected
+        return self.owner_gone or self.expected == 0 or self.namespaces != self.expected
 
 
 def list_labs() -> list[LabInfo]:
@@ -370,9 +406,20 @@ def list_labs() -> list[LabInfo]:
             namespaces=by_lab.get(name, 0),
             expected=len(record.namespaces) if record else 0,
             created=record.created if record else 0.0,
-            owner_alive=bool(record) and _pid_alive(record.owner_pid if record else 0),
+            owner_alive=record is not None and is_running(record.owner_pid, record.owner_start),
+            detached=record is not None and record.detached,
         ))
     return infos
+
+
+def clean_leftovers() -> list[str]:
+    """Tear down the labs whose owner died without tearing them down; returns their names.
+
+    Only labs with a record that names a dead owner: a lab being built right
+    now by another process (record written, namespaces still coming) or one
+    recorded elsewhere (another state directory) is never taken for a leftover.
+    """
+    return lab_down_all(lambda info: info.owner_gone)
 
 
 def lab_down_all(select_lab: Callable[[LabInfo], bool] | None = None) -> list[str]:
@@ -384,14 +431,3 @@ def lab_down_all(select_lab: Callable[[LabInfo], bool] | None = None) -> list[st
             removed.append(info.name)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -144,7 +144,14 @@ def serve(options: argparse.Namespace, announce: str = "ready") -> int:
     for worker in workers:
         worker.start()
     print(announce, flush=True)
+    # The lab's process holds the other end of this pipe (diag.lab.lifetime, the same variable
+    # name): end-of-file means it is gone, even killed with SIGKILL, and the server goes with it.
+    lifeline = os.environ.get("DIAG_SERVERS_LIFELINE")
     try:
+        if lifeline:
+            while os.read(int(lifeline), 64):
+                pass
+            return 0
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from diag.errors import LabError
+from diag.lab.lifetime import process_start
 
 STATE_DIR = Path(os.environ.get("DIAG_LAB_STATE_DIR", "/run/diag/labs"))
 
@@ -27,7 +28,11 @@ class LabRecord:
     namespaces: dict[str, str]  # node -> namespace
     pids: list[int] = field(default_factory=list)
     created: float = field(default_factory=time.time)
+    # The process that builds and uses the lab; when it is gone (and the lab was not
+    # left up on purpose, ``detached``), the lab is a leftover of a killed run.
     owner_pid: int = field(default_factory=os.getpid)
+    owner_start: int = field(default_factory=lambda: process_start(os.getpid()) or 0)
+    detached: bool = False  # built to stay up after its owner exits (diag lab up, --keep-lab)
 
 
 def record_path(name: str) -> Path:
