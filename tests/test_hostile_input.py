@@ -568,3 +568,85 @@ def test_kill_9_of_run_scenario_leaves_no_process_and_a_marked_leftover(tmp_path
     namespaces_after, links_after, _ = _host_state()
     assert namespaces_after == namespaces_before or not set(namespaces_after.split()) & set(namespaces)
     assert links_after == links_before
+
+
+# --- outputs: checked first, atomic, never through a link, never over a file without --force --------------
+
+
+@pytest.fixture
+def unopened_fifo(tmp_path: Path) -> Path:
+    """A capture nobody writes: a command that opened it would wait forever, so a quick refusal proves
+    the output was checked before any input was read."""
+    fifo = tmp_path / "never.fifo"
+    os.mkfifo(fifo)
+    return fifo
+
+
+def test_existing_outputs_are_refused_before_any_work(tmp_path: Path, unopened_fifo: Path) -> None:
+    existing = tmp_path / "report.json"
+    existing.write_text("precious\n")
+    one_line_failure(run_diag("analyze", "pcap", "--json", existing, unopened_fifo), "--json", "already exists")
+    picture = tmp_path / "ladder.png"
+    picture.write_bytes(b"precious")
+    one_line_failure(run_diag("analyze", "pcap", "--plot", picture, unopened_fifo), "--plot", "already exists")
+    one_line_failure(run_diag("analyze", "pcap", "--plot", tmp_path / "ladder.pdf", unopened_fifo), ".png or .svg")
+    one_line_failure(run_diag("analyze", "pcap", "--json", tmp_path / "no" / "r.json", unopened_fifo),
+                     "no such directory")
+    assert existing.read_text() == "precious\n" and picture.read_bytes() == b"precious"
+
+
+def test_outputs_never_follow_a_symlink(tmp_path: Path, unopened_fifo: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for option, name in (("--json", "r.json"), ("--plot", "l.png")):
+        link = tmp_path / name
+        link.symlink_to(victim)
+        for force in ([], ["--force"]):
+            one_line_failure(run_diag("analyze", "pcap", option, link, *force, unopened_fifo), "symbolic link")
+        dangling = tmp_path / f"dangling-{name}"
+        dangling.symlink_to(tmp_path / f"nowhere-{name}")
+        one_line_failure(run_diag("analyze", "pcap", option, dangling, unopened_fifo), "symbolic link")
+        assert not (tmp_path / f"nowhere-{name}").exists()
+    assert victim.read_text() == "precious\n"
+
+
+def test_force_replaces_outputs_atomically(tmp_path: Path, plain_report: dict[str, Any]) -> None:
+    report, picture = tmp_path / "report.json", tmp_path / "ladder.png"
+    report.write_text("old\n")
+    picture.write_bytes(b"old")
+    # A hard link to the old files: a write in place would change what it shows, a rename does not.
+    keep_report, keep_picture = tmp_path / "old.json", tmp_path / "old.png"
+    os.link(report, keep_report)
+    os.link(picture, keep_picture)
+    result = run_diag("analyze", "pcap", "--json", report, "--plot", picture, "--force", f"pod={SAMPLE}")
+    assert result.returncode == 0, result.stderr
+    assert report_without_paths(report.read_text()) == plain_report
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    assert keep_report.read_text() == "old\n" and keep_picture.read_bytes() == b"old"
+    assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~_umask()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["ladder.png", "old.json", "old.png", "report.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_run_scenario_outputs_are_checked_before_the_lab(tmp_path: Path) -> None:
+    require_root()
+    before = _host_state()
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "run.json").write_text('{"tool": "diag run-scenario"}\n')
+    one_line_failure(run_diag("run-scenario", "--out", previous), "--out", "--force")
+    link = tmp_path / "link"
+    link.symlink_to(previous)
+    one_line_failure(run_diag("run-scenario", "--out", link, "--force"), "symbolic link")
+    existing = tmp_path / "report.json"
+    existing.write_text("precious\n")
+    one_line_failure(run_diag("run-scenario", "--json", existing, "--out", tmp_path / "new"), "already exists")
+    assert existing.read_text() == "precious\n" and not (tmp_path / "new").exists()
+    assert (previous / "run.json").exists()
+    # Each refusal was the only line on stderr: not even the scenario's first progress line, let alone a lab.
+    assert _host_state()[1] == before[1]

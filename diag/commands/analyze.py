@@ -77,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--json", metavar="FILE|-", help="also write the diag.report/1 JSON document to FILE ('-': stdout, no text)"
     )
     pcap.add_argument("--plot", metavar="FILE", help="draw the ladder diagram of the verdict's flow (.png or .svg)")
+    pcap.add_argument("--force", action="store_true", help="replace existing --json and --plot files")
     pcap.add_argument(
         "--flows",
         choices=("problems", "all"),
@@ -133,11 +134,14 @@ def _print_warnings(report: Report) -> None:
             )
 
 
-def _plot(report: Report, target: str) -> None:
+def _plot(report: Report, target: str, force: bool) -> None:
     if importlib.util.find_spec("diag.plot") is None:
         raise DiagError("--plot needs the diag.plot module, which this installation does not have")
     plot = importlib.import_module("diag.plot")
-    plot.ladder_to_file(report, target)
+    from diag.commands.output import atomic_path
+
+    with atomic_path(Path(target), force, "--plot") as temporary:
+        plot.ladder_to_file(report, temporary)
 
 
 def run_pcap(args: argparse.Namespace) -> int:
@@ -150,6 +154,13 @@ def run_pcap(args: argparse.Namespace) -> int:
     for target in (args.json, args.plot):
         if target and target != "-":
             _check_output_path(target, inputs)
+    # Outputs are checked before any work (see diag.commands.output): no analysis ends in a refusal.
+    from diag.commands.output import check_output, check_plot, write_atomically
+
+    if args.json and args.json != "-":
+        check_output(args.json, args.force, "--json")
+    if args.plot:
+        check_plot(args.plot, args.force)
     total = sum(capture_size(path) for path in inputs)
     progress = _progress_reporter(total)
     report = analyze(dict(pairs), progress=progress)
@@ -163,11 +174,8 @@ def run_pcap(args: argparse.Namespace) -> int:
         )
         sys.stdout.write(render_text(report, color=color, flows=args.flows))
         if args.json:
-            try:
-                Path(args.json).write_text(report.dumps() + "\n")
-            except OSError as error:
-                raise DiagError(f"{args.json}: cannot write the JSON report ({error.strerror or error})") from error
+            write_atomically(Path(args.json), report.dumps() + "\n", args.force, "--json")
     if args.plot:
-        _plot(report, args.plot)
+        _plot(report, args.plot, args.force)
     sys.stdout.flush()
     return 0

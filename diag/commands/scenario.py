@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "run-scenario", help=HELP, description=HELP[0].upper() + HELP[1:] + ".",
         epilog="Output directory: captures (<point>.pcapng, one interface per pcapng interface block), "
         "run.json, report.json, report.txt, ladder.png. An existing --out must be empty or hold "
-        "a previous run-scenario output, which is replaced.",
+        "a previous run-scenario output, which --force replaces.",
     )
     parser.add_argument("name", nargs="?", default="incident", metavar="NAME",
                         help="scenario name in lab/scenarios or a path to a scenario TOML (default: incident)")
@@ -26,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="output directory (default: ./diag-out/<scenario>-<UTC timestamp>)")
     parser.add_argument("--json", metavar="FILE|-", help="also write the diag.report/1 document here (- for stdout)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --json file, and a previous run's output in --out")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards to explore it")
+    parser.add_argument("--clean-leftovers", action="store_true",
+                        help="first tear down labs whose owner process is gone (leftovers of killed runs)")
     add_lab_path(parser)
     parser.add_argument("--list", action="store_true", help="describe every scenario and fix, one line each")
     parser.add_argument("--snaplen", type=int, default=262144, metavar="N", help="bytes captured per packet")
@@ -53,6 +57,25 @@ def _progress(line: str) -> None:
     print(f"diag: {line}", file=sys.stderr, flush=True)
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before the lab is built: the --json file and the --out directory may be written."""
+    from diag.commands.output import check_output
+
+    if args.json and args.json != "-":
+        check_output(args.json, args.force, "--json")
+    out: Path | None = args.out
+    if out is None:
+        return
+    if out.is_symlink():
+        raise DiagError(f"--out {out}: is a symbolic link; diag does not write through links")
+    try:
+        occupied = out.is_dir() and any(out.iterdir())
+    except OSError as error:
+        raise DiagError(f"--out {out}: {error.strerror or error}") from None
+    if occupied and not args.force:
+        raise DiagError(f"--out {out}: not empty (--force replaces a previous run-scenario output there)")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list:
         print(list_scenarios())
@@ -67,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
         scenario = with_fix(scenario, args.fix)
     if os.geteuid() != 0:
         raise DiagError("run-scenario builds network namespaces and needs root (try: sudo diag run-scenario)")
+    _check_outputs(args)
+    if args.clean_leftovers:
+        from diag.commands.lab import report_cleaned
+
+        report_cleaned()
     out_dir = args.out or default_out_dir(scenario)
     _progress(f"scenario {scenario.name}: {scenario.description}")
     result = run_scenario(scenario, out_dir, snaplen=args.snaplen, keep_lab=args.keep_lab, progress=_progress)
@@ -80,10 +108,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(render_text(result.report))
         if args.json and args.json != "-":
-            try:
-                Path(args.json).write_text(result.report.dumps() + "\n")
-            except OSError as error:
-                raise DiagError(f"--json {args.json}: cannot write: {error.strerror}") from None
+            from diag.commands.output import write_atomically
+
+            write_atomically(Path(args.json), result.report.dumps() + "\n", args.force, "--json")
     else:
         for step in result.steps:
             print(f"{step.label}: {step.outcome}")
