@@ -29,10 +29,17 @@ from diag.report import Report
 
 CaptureSpec = str | os.PathLike[str]
 
-# Called with (name, path, size in bytes) for each capture; the context it
-# returns is held while that capture is read and analyzed, so a command line
-# can show a spinner or a progress line.
-ProgressHook = Callable[[str, Path, int], AbstractContextManager[object]]
+# Called as hook(stage, detail) when a stage of the analysis starts: "read"
+# once per capture (detail: its name, path and size), then "flows",
+# "correlate" and "diagnose" (detail: how much there is to do). The context it
+# returns is held while the stage runs, so a command line can show a spinner
+# or a progress line; the analysis itself never writes to a terminal.
+ProgressHook = Callable[[str, str], AbstractContextManager[object]]
+STAGES = ("read", "flows", "correlate", "diagnose")
+
+
+def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
+    return progress(stage, detail) if progress else nullcontext()
 
 
 def parse_capture_args(captures: Mapping[str, CaptureSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
@@ -90,7 +97,8 @@ def read_captures(
     infos: list[CaptureInfo] = []
     for name, path in pairs:
         size = capture_size(path)
-        with progress(name, path, size) if progress else nullcontext(), warnings.catch_warnings():
+        detail = f"{name} ({path}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({path})"
+        with _stage(progress, "read", detail), warnings.catch_warnings():
             # The reader both records and warns; the report carries the records.
             warnings.simplefilter("ignore")
             table = read_capture(path, name=name)
@@ -117,9 +125,12 @@ def analyze(
     pairs = parse_capture_args(captures)
     tables, infos = read_captures(pairs, progress)
     packets = concat_packets(tables)
-    flows = build_flows(packets)
-    correlation = correlate(packets)
-    findings = diagnose(packets, flows, correlation)
+    with _stage(progress, "flows", f"{len(packets):,} packets"):
+        flows = build_flows(packets)
+    with _stage(progress, "correlate", f"{len(packets):,} packets at {len(tables)} point(s)"):
+        correlation = correlate(packets)
+    with _stage(progress, "diagnose", f"{len(flows):,} flows"):
+        findings = diagnose(packets, flows, correlation)
     return Report(
         captures=infos,
         packets=packets,

@@ -429,3 +429,98 @@ def test_damaged_and_foreign_corpus_files_through_the_command(corpus: Path) -> N
     assert result.returncode in (0, 2)
     if result.returncode == 2:
         assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("diag: ")
+
+
+# --------------------------------------------------------------------------- progress on stderr
+
+
+def _run_with_terminal_stderr(*args: str | Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run ``diag`` with stderr on a real pseudo-terminal (stdout a pipe); what the terminal received."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    # Progress normally waits 2 s so quick runs stay quiet; 0 makes it appear whatever this machine's speed.
+    env = dict(os.environ, NO_COLOR="1", TERM="xterm", COLUMNS="120", DIAG_PROGRESS_AFTER="0")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diag.cli", *map(str, args)], cwd=PROJECT, stdout=subprocess.PIPE, stderr=slave,
+        env=env, text=True,
+    )  # fmt: skip
+    os.close(slave)
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO once the process and its terminal are gone
+                return
+            if not data:
+                return
+            received.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout, _ = process.communicate(timeout=120)
+    reader.join(timeout=10)
+    os.close(master)
+    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, "")
+    return completed, b"".join(received).decode(errors="replace")
+
+
+STAGE_LINES = ("1/4 read: pod", "2/4 flows:", "3/4 correlate:", "4/4 diagnose:")
+
+
+def test_progress_names_every_stage_on_a_terminal(incident: dict[str, Path]) -> None:
+    result, terminal = _run_with_terminal_stderr("analyze", "pcap", f"client={incident['client']}", incident["pod"])
+    assert result.returncode == 0
+    for stage in STAGE_LINES:
+        assert stage in terminal, terminal
+    assert "1/4 read: client" in terminal
+    # the report itself is unchanged and goes to stdout only
+    piped = run_diag("analyze", "pcap", f"client={incident['client']}", incident["pod"])
+    assert result.stdout == piped.stdout
+
+
+def test_no_progress_on_a_pipe_nor_with_quiet(incident: dict[str, Path]) -> None:
+    env = dict(os.environ, NO_COLOR="1", DIAG_PROGRESS_AFTER="0")
+    piped = subprocess.run(
+        [sys.executable, "-m", "diag.cli", "analyze", "pcap", str(incident["pod"])],
+        cwd=PROJECT, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert piped.returncode == 0 and piped.stderr == ""
+    result, terminal = _run_with_terminal_stderr("analyze", "pcap", "--quiet", incident["pod"])
+    assert result.returncode == 0 and result.stdout.startswith("VERDICT")
+    assert not any(stage.split(":")[0] in terminal for stage in STAGE_LINES), terminal
+
+
+def test_all_lists_every_finding_and_the_default_groups_them(tmp_path: Path) -> None:
+    """Forged resets on one service, refused ports on others: grouped by default, one line each with --all."""
+    packets = []
+    for n in range(3):  # distinct ISNs: equal ones would be taken for one packet seen again after NAT
+        port, isn = 38622 + n, 1000 + 7919 * n
+        packets += [
+            _tcp(CLIENT, POD, port, 80, "S", isn, ttl=62),
+            _tcp(POD, CLIENT, 80, port, "SA", 5000 + n, isn + 1),
+            _tcp(CLIENT, POD, port, 80, "R", isn + 1, ttl=253),
+        ]
+    for port in (81, 82, 83):
+        packets += [
+            _tcp(CLIENT, POD, 40000 + port, port, "S", 77 * port, ttl=62),
+            _tcp(POD, CLIENT, port, 40000 + port, "RA", 0, 77 * port + 1),
+        ]
+    pod = _write(tmp_path / "pod.pcap", packets)
+    document = json.loads(run_diag("analyze", "pcap", "--json", "-", pod).stdout)
+    grouped = run_diag("analyze", "pcap", pod).stdout
+    every = run_diag("analyze", "pcap", "--all", pod).stdout
+    findings, groups = document["findings"], document["groups"]
+    assert len(findings) >= 4 and sum(g["count"] for g in groups) == len(findings)
+    assert findings[groups[0]["examples"][0]]["cause"] == document["verdict"]["cause"]
+    others = len(findings) - 1
+    group_word = "group" if len(groups) - (groups[0]["count"] == 1) == 1 else "groups"
+    assert f"OTHER FINDINGS ({others})  in {len(groups) - (groups[0]['count'] == 1)} {group_word}" in grouped
+    assert "OTHER FINDINGS" in every and f"({others}, most significant first)" in every
+    section = every[every.index("OTHER FINDINGS") :].split("\n\n")[0].splitlines()[1:]
+    assert len(section) == others
+    for finding in findings[1:]:
+        assert finding["flow"]["client"] in every

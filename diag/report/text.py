@@ -163,7 +163,8 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
                 )
         return lines
     groups = _other_groups(group_findings(findings), top)
-    lines.append(style.bold(f"OTHER FINDINGS ({others})") + f"  in {len(groups)} groups of cause and service")
+    plural = "s" if len(groups) != 1 else ""
+    lines.append(style.bold(f"OTHER FINDINGS ({others})") + f"  in {len(groups)} group{plural} of cause and service")
     for group in groups[:group_limit]:
         lines.append(_group_line(group, findings[group.members[0]]))
     hidden = groups[group_limit:]
