@@ -7,14 +7,12 @@ import importlib
 import importlib.util
 import os
 import sys
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
-    from diag.analysis import ProgressHook
     from diag.report import Report
 
 HELP = "analyze existing captures"
@@ -45,19 +43,21 @@ examples:
       JSON on stdout only (the text report is not printed)
 
 output:
-  The text report goes to stdout: the verdict first, then per capture the
+  The text report goes to stdout: the verdict first (the most significant
+  finding: forged or asymmetric resets and silent drops outrank ordinary peer
+  resets and refused ports), then the other findings grouped by cause and
+  service (at most 10 groups; --all lists every finding), then per capture the
   problem flows (resets, unanswered SYNs, one-sided flows, SYN retransmissions)
-  and a count of healthy flows. With --json - the JSON document replaces it on
-  stdout. Warnings about damaged or unsupported parts of a capture go to stderr
-  as "diag: warning: ..." lines.
+  and a count of healthy flows. With --json - the JSON document replaces it
+  on stdout. Warnings about damaged or unsupported parts of a capture go to
+  stderr as "diag: warning: ..." lines. On a terminal, an analysis that takes
+  over 2 s shows its stages on stderr (--quiet: never).
 
 exit status:
   0  the captures were analyzed (whatever was found, even with warnings)
   2  bad usage, or a capture is missing, unreadable or not a capture at all
 """
 
-# Above this total size, show what is being read while it is read (on a terminal).
-PROGRESS_BYTES = 64 * 1024 * 1024
 WARNINGS_PER_CAPTURE = 3
 
 
@@ -85,26 +85,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list only problem flows, at most 20 of each kind (default), or every flow",
     )
     pcap.add_argument(
+        "--all",
+        dest="all_findings",
+        action="store_true",
+        help="list every finding, most significant first (default: the verdict, then the top 10 groups of cause "
+        "and service)",
+    )
+    pcap.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (shown only on a terminal, once the analysis takes over 2 s)",
+    )
+    pcap.add_argument(
         "--color",
         choices=("auto", "always", "never"),
         default="auto",
         help="colour the text report (default: when stdout is a terminal)",
     )
     pcap.set_defaults(func=run_pcap)
-
-
-def _progress_reporter(total_bytes: int) -> ProgressHook | None:
-    """A spinner on stderr while each capture is read, when it is worth it and stderr is a terminal."""
-    if total_bytes < PROGRESS_BYTES or not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-
-    def show(name: str, path: Path, size: int) -> AbstractContextManager[object]:
-        return console.status(f"reading {name} ({path}, {size / 1e6:.0f} MB)", spinner="dots")
-
-    return show
 
 
 def _check_output_path(target: str, inputs: list[Path]) -> None:
@@ -146,7 +145,7 @@ def _plot(report: Report, target: str, force: bool) -> None:
 
 def run_pcap(args: argparse.Namespace) -> int:
     from diag.analysis import analyze, parse_capture_args
-    from diag.capture.source import capture_size
+    from diag.commands.progress import stage_progress
     from diag.report.text import render_text
 
     pairs = parse_capture_args(args.captures)
@@ -161,9 +160,8 @@ def run_pcap(args: argparse.Namespace) -> int:
         check_output(args.json, args.force, "--json")
     if args.plot:
         check_plot(args.plot, args.force)
-    total = sum(capture_size(path) for path in inputs)
-    progress = _progress_reporter(total)
-    report = analyze(dict(pairs), progress=progress)
+    with stage_progress(args.quiet) as progress:
+        report = analyze(dict(pairs), progress=progress)
     _print_warnings(report)
 
     if args.json == "-":
@@ -172,7 +170,7 @@ def run_pcap(args: argparse.Namespace) -> int:
         color = args.color == "always" or (
             args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
         )
-        sys.stdout.write(render_text(report, color=color, flows=args.flows))
+        sys.stdout.write(render_text(report, color=color, flows=args.flows, all_findings=args.all_findings))
         if args.json:
             write_atomically(Path(args.json), report.dumps() + "\n", args.force, "--json")
     if args.plot:
