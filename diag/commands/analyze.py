@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pcap.add_argument("--plot", metavar="FILE", help="draw the ladder diagram of the verdict's flow (.png or .svg)")
     pcap.add_argument("--force", action="store_true", help="replace existing --json and --plot files")
     pcap.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="also write the packets, flows and matches tables to DIR as NAME.parquet and NAME.csv "
+        "(existing files are kept unless --force)",
+    )
+    pcap.add_argument(
         "--flows",
         choices=("problems", "all"),
         default="problems",
@@ -160,6 +167,10 @@ def run_pcap(args: argparse.Namespace) -> int:
         check_output(args.json, args.force, "--json")
     if args.plot:
         check_plot(args.plot, args.force)
+    if args.export:
+        from diag.commands.outfiles import check_export
+
+        check_export(args.export, inputs, args.force)
     with stage_progress(args.quiet) as progress:
         report = analyze(dict(pairs), progress=progress)
     _print_warnings(report)
@@ -175,5 +186,9 @@ def run_pcap(args: argparse.Namespace) -> int:
             write_atomically(Path(args.json), report.dumps() + "\n", args.force, "--json")
     if args.plot:
         _plot(report, args.plot, args.force)
+    if args.export:
+        from diag.commands.outfiles import export_report
+
+        export_report(report, args.export, args.force)
     sys.stdout.flush()
     return 0

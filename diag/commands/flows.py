@@ -119,7 +119,7 @@ def _warn(infos: list[CaptureInfo]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from diag.analysis import concat_packets, parse_capture_args, read_captures
-    from diag.commands.outfiles import check_targets, output_dir, write_bytes
+    from diag.commands.outfiles import check_dir, check_targets, make_dir, write_bytes
     from diag.flows import build_flows
     from diag.report.export import point_flows
 
@@ -133,10 +133,9 @@ def run(args: argparse.Namespace) -> int:
         raise DiagError("flows: Parquet is binary; give -o DIR or redirect stdout to a file")
     targets: list[Path] = []
     if args.output is not None:
-        if args.output.exists() and not args.output.is_dir():
-            raise DiagError(f"{args.output}: exists and is not a directory")
+        check_dir(args.output, "-o")
         targets = _targets(args.output, points, fmt)
-        check_targets(targets, inputs, args.force)
+        check_targets(targets, inputs, args.force, "-o")
 
     tables, infos = read_captures(pairs)
     _warn(infos)
@@ -147,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(render(per_point[0][1], fmt))
         sys.stdout.flush()
         return 0
-    output_dir(args.output)
+    make_dir(args.output, "-o")
     for target, (_point, table) in zip(targets, per_point, strict=True):
-        write_bytes(target, render(table, fmt), args.force)
+        write_bytes(target, render(table, fmt), args.force, "-o")
     return 0
