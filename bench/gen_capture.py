@@ -8,6 +8,12 @@ million packets take a few seconds to write.
 
     .venv/bin/python bench/gen_capture.py                 # 1,000,000 packets into bench/data/
     .venv/bin/python bench/gen_capture.py --packets 50000 --out /tmp/small.pcap
+    .venv/bin/python bench/gen_capture.py --vxlan          # the same packets as a node's underlay sees them
+
+``--vxlan`` wraps every frame in Ethernet, IPv4 and UDP to port 4789 with a
+VXLAN header (VNI 1), as Flannel or Calico carry pod traffic between nodes;
+the inner headers are those of the plain capture of the same seed (the
+random payload bytes differ).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +31,9 @@ import numpy.typing as npt
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MSS = 1448
 ETH, IP, UDP_HDR = 14, 20, 8
+VXLAN_HDR = 8
+VXLAN_OUTER = ETH + IP + UDP_HDR + VXLAN_HDR  # bytes in front of the inner Ethernet frame
+VXLAN_PORT = 4789
 TCP_HDR = 32  # NOP NOP timestamps
 TCP_SYN_HDR = 40  # MSS, SACK-permitted, timestamps, NOP, window scale
 SYN, FIN, RST, PSH, ACK = 0x02, 0x01, 0x04, 0x08, 0x10
@@ -159,12 +169,13 @@ def build(packets_wanted: int, seed: int) -> Packets:
     return packets.take(order)
 
 
-def layout(packets: Packets, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
+def layout(packets: Packets, rng: np.random.Generator, vxlan: bool = False) -> npt.NDArray[np.uint8]:
     """The pcap records (16-byte header + frame) of all packets in one byte array."""
     tcp = packets.proto == 6
     syn = tcp & ((packets.flags & SYN) != 0)
     l4_len = np.where(tcp, np.where(syn, TCP_SYN_HDR, TCP_HDR), UDP_HDR)
-    frame_len = ETH + IP + l4_len + packets.payload
+    inner_len = ETH + IP + l4_len + packets.payload
+    frame_len = inner_len + (VXLAN_OUTER if vxlan else 0)
     record = 16 + frame_len
     start = np.cumsum(record) - record
     buffer = np.frombuffer(bytearray(rng.bytes(int(record.sum()) + 8)), dtype=np.uint8)  # random payload bytes
@@ -179,6 +190,9 @@ def layout(packets: Packets, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
     put("<u4", start + 8, frame_len)
     put("<u4", start + 12, frame_len)
     eth = start + 16
+    if vxlan:
+        _put_vxlan(put, buffer, eth, packets, inner_len)
+        eth = eth + VXLAN_OUTER
     put(">u4", eth, 0x02000000)  # locally administered MACs
     put(">u2", eth + 4, 0x0001)
     put(">u4", eth + 6, 0x02000000)
@@ -224,6 +238,34 @@ def layout(packets: Packets, rng: np.random.Generator) -> npt.NDArray[np.uint8]:
     return buffer[:-8]
 
 
+def _put_vxlan(put: Callable[[str, Array, Array | int], None], buffer: npt.NDArray[np.uint8], eth: Array,
+               packets: Packets, inner_len: Array) -> None:  # fmt: skip
+    """Outer Ethernet, IPv4, UDP and VXLAN headers at ``eth``: between 16 nodes, chosen by the inner addresses."""
+    put(">u4", eth, 0x02000000)
+    put(">u2", eth + 4, 0x0101)
+    put(">u4", eth + 6, 0x02000000)
+    put(">u2", eth + 10, 0x0102)
+    put(">u2", eth + 12, 0x0800)
+    ip = eth + ETH
+    put(">u2", ip, 0x4500)
+    put(">u2", ip + 2, IP + UDP_HDR + VXLAN_HDR + inner_len)
+    put(">u2", ip + 4, (np.arange(len(ip)) * 7) & 0xFFFF)
+    put(">u2", ip + 6, 0)
+    put(">u2", ip + 8, 64 << 8 | 17)
+    put(">u2", ip + 10, 0)
+    put(">u4", ip + 12, (198 << 24 | 18 << 16) + 1 + (packets.src & 0xF))  # the nodes' underlay addresses
+    put(">u4", ip + 16, (198 << 24 | 18 << 16) + 1 + (packets.dst & 0xF))
+    put(">u2", ip + 10, _ipv4_checksums(buffer, ip))
+    udp = ip + IP
+    # The source port carries a hash of the inner flow, as the kernel's VXLAN driver does.
+    put(">u2", udp, 32768 + ((packets.src ^ packets.dst ^ packets.sport ^ packets.dport) & 0x3FFF))
+    put(">u2", udp + 2, VXLAN_PORT)
+    put(">u2", udp + 4, UDP_HDR + VXLAN_HDR + inner_len)
+    put(">u2", udp + 6, 0)
+    put(">u4", udp + 8, 0x08000000)  # flags: VNI present
+    put(">u4", udp + 12, 1 << 8)  # VNI 1
+
+
 def _ipv4_checksums(buffer: npt.NDArray[np.uint8], ip: Array) -> Array:
     words = np.ndarray(shape=(len(buffer) - 1,), dtype=">u2", buffer=buffer, strides=(1,))
     total = np.zeros(len(ip), dtype=np.int64)
@@ -234,10 +276,10 @@ def _ipv4_checksums(buffer: npt.NDArray[np.uint8], ip: Array) -> Array:
     return ~total & 0xFFFF
 
 
-def write_capture(path: Path, packets_wanted: int, seed: int = 1) -> int:
+def write_capture(path: Path, packets_wanted: int, seed: int = 1, vxlan: bool = False) -> int:
     """Write the capture; returns its size in bytes."""
     packets = build(packets_wanted, seed)
-    body = layout(packets, np.random.default_rng(seed + 1))
+    body = layout(packets, np.random.default_rng(seed + 1), vxlan)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
@@ -249,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packets", type=int, default=1_000_000, help="number of packets (default 1,000,000)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="output file (default bench/data/tcp-<N>.pcap)")
+    parser.add_argument("--vxlan", action="store_true", help="wrap every frame in VXLAN (UDP 4789) between nodes")
+    parser.add_argument("--out", type=Path, default=None, help="output file (default bench/data/tcp[-vxlan]-<N>.pcap)")
     args = parser.parse_args(argv)
-    out = args.out or DATA_DIR / f"tcp-{args.packets}.pcap"
+    out = args.out or DATA_DIR / f"tcp{'-vxlan' if args.vxlan else ''}-{args.packets}.pcap"
     began = time.perf_counter()
-    size = write_capture(out, args.packets, args.seed)
+    size = write_capture(out, args.packets, args.seed, args.vxlan)
     print(f"{out}: {args.packets:,} packets, {size / 1e6:.0f} MB in {time.perf_counter() - began:.1f} s")
     return 0
 

@@ -296,12 +296,17 @@ def test_a_tunnel_that_carries_no_ip_keeps_the_outer_packet_unflagged(tmp_path: 
 def test_tunnels_inside_tunnels_are_opened_to_the_innermost_packet(tmp_path: Path) -> None:
     inner = pod_packets()[0]
     vxlan = IP(src="172.16.0.1", dst="172.16.0.2") / UDP(sport=50000, dport=4789) / VXLAN(vni=8) / ETH / inner
-    frames = [ETH / IP(src=NODE_A, dst=NODE_B) / GRE(key_present=1, key=77) / vxlan]
+    frames = [
+        ETH / IP(src=NODE_A, dst=NODE_B) / GRE(key_present=1, key=77) / vxlan,
+        ETH / IP(src=NODE_A, dst=NODE_B) / UDP(sport=50000, dport=4789) / VXLAN(vni=77) / ETH / vxlan,
+        ETH / IP(src=NODE_A, dst=NODE_B) / UDP(sport=50000, dport=6081) / GENEVE(vni=77) / ETH / vxlan,
+    ]
     table = read_capture(write_pcap(tmp_path / "nested.pcap", [bytes(frame) for frame in frames]))
-    row = table.iloc[0]
-    assert (row.tunnel, row.tunnel_id, row.outer_src, row.outer_dst) == ("gre", 77, NODE_A, NODE_B)
-    assert (row.src, row.dst, row.sport, row.dport, row.seq) == ("10.244.1.5", "10.244.2.7", 40000, 8080, 1000)
-    assert not row.tunnel_broken
+    assert table.tunnel.astype(str).tolist() == ["gre", "vxlan", "geneve"]
+    for row in table.itertuples():
+        assert (row.tunnel_id, row.outer_src, row.outer_dst) == (77, NODE_A, NODE_B)
+        assert (row.src, row.dst, row.sport, row.dport, row.seq) == ("10.244.1.5", "10.244.2.7", 40000, 8080, 1000)
+        assert not row.tunnel_broken
 
 
 def test_an_empty_capture_has_the_tunnel_columns(tmp_path: Path) -> None:

@@ -301,6 +301,7 @@ def _decode_packets(
         # Tunnels: one look at the protocol (and the UDP port) in the common path; only
         # the packets that may carry another go to the helper, which opens them.
         carrier = False
+        udp = -1
         if family == 4 and end - net >= 20:
             outer_proto = _u8(data, net + 9)
             if outer_proto == UDP:
@@ -315,11 +316,51 @@ def _decode_packets(
             else:
                 carrier = outer_proto in (GRE, IPIP, IPV6_IN_IP) or outer_proto in IPV6_EXTENSIONS
         if carrier:
-            tunnel, tunnel_id, broken, inner, inner_family, inner_end = decapsulate(data, net, family, end, wire_end)
-            if tunnel:
-                ints[TUNNEL][row] = tunnel
-                ints[TUNNEL_ID][row] = tunnel_id
-                flags[TUNNEL_BROKEN][row] = broken
+            # The usual overlay packet, VXLAN or Geneve over IPv4 carrying an untagged IPv4 or IPv6 frame
+            # with no tunnel inside, is opened right here: a call per packet would cost more than the
+            # reading. Anything else, damaged ones included, goes to decapsulate, which judges it fully.
+            inner, inner_family, inner_end = udp + 30, 0, wire_end  # UDP 8, VXLAN or Geneve 8, Ethernet 14
+            kind = 0
+            if udp >= 0 and _u8(data, net) >> 4 == 4 and _be16(data, net + 6) & 0x1FFF == 0:
+                total_len = _be16(data, net + 2)
+                inner_end = min(net + total_len, wire_end) if total_len else wire_end
+                port = _be16(data, udp + 2)
+                if port == VXLAN_PORTS[0] or port == VXLAN_PORTS[1]:
+                    kind = VXLAN
+                elif (
+                    port == GENEVE_PORT
+                    and udp + 16 <= min(inner_end, end)
+                    and _u8(data, udp + 8) >> 6 == 0  # version 0 carrying Ethernet, after its options
+                    and _be16(data, udp + 10) == ETHERTYPE_TEB
+                ):
+                    kind = GENEVE
+                    inner += (_u8(data, udp + 8) & 0x3F) * 4
+                carried = -1
+                if kind and inner + 40 <= min(inner_end, end):
+                    ethertype = _be16(data, inner - 2)
+                    first = _u8(data, inner)
+                    if ethertype == ETHERTYPE_IPV4 and first >> 4 == 4 and first & 0x0F >= 5:
+                        carried = _u8(data, inner + 9)
+                        inner_family = 4 if carried in (TCP, ICMP, UDP) else 0
+                    elif ethertype == ETHERTYPE_IPV6 and first >> 4 == 6:
+                        carried = _u8(data, inner + 6)
+                        inner_family = 6 if carried in (TCP, ICMPV6, UDP) else 0
+                    if carried == UDP and inner_family:
+                        # Not a tunnel in the tunnel (its ports come first in either IP header).
+                        at = inner + (first & 0x0F) * 4 if inner_family == 4 else inner + 40
+                        if at + 4 > min(inner_end, end) or _is_tunnel_port(_be16(data, at + 2)):
+                            inner_family = 0
+            if inner_family:
+                ints[TUNNEL][row] = kind
+                ints[TUNNEL_ID][row] = (_be16(data, udp + 12) << 8) | _u8(data, udp + 14)
+            else:
+                tunnel, tunnel_id, broken, inner, inner_family, inner_end = decapsulate(
+                    data, net, family, end, wire_end
+                )
+                if tunnel:
+                    ints[TUNNEL][row] = tunnel
+                    ints[TUNNEL_ID][row] = tunnel_id
+                    flags[TUNNEL_BROKEN][row] = broken
             if inner_family:
                 if family == 4:
                     _list_ipv4(address_counts, ipv4_found, OUTER, row, _be32(data, net + 12), _be32(data, net + 16))
