@@ -18,6 +18,8 @@ from pandas.api.types import union_categoricals
 
 from diag.capture import read_capture
 from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.filter import Node as FilterNode
+from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import capture_stem
 from diag.capture.source import capture_size, exists_quietly
@@ -114,17 +116,25 @@ def analyze(
     captures: Mapping[str, CaptureSpec] | Sequence[CaptureSpec],
     *,
     progress: ProgressHook | None = None,
+    packet_filter: str | FilterNode | None = None,
 ) -> Report:
     """Read captures of the same traffic taken at different points and say what happened.
 
     ``captures`` is ``{"client": "c.pcap", "pod": "p.pcap"}`` or a list of
     paths and ``NAME=PATH`` strings. Raises ``DiagError`` (``CaptureError``)
     when a capture cannot be read at all; damaged parts are skipped and
-    listed in ``report.warnings``.
+    listed in ``report.warnings``. ``packet_filter`` (pcap-filter text such
+    as ``"tcp and host 10.0.0.5"``, see ``diag.capture.filter``) keeps only the
+    matching packets before flows, correlation and diagnosis see them; a bad
+    expression raises ``FilterError`` before any capture is read.
     """
+    tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
     pairs = parse_capture_args(captures)
     tables, infos = read_captures(pairs, progress)
     packets = concat_packets(tables)
+    if tree is not None:
+        # Renumbered rows: the correlation and the plots name packets by row label, within this table only.
+        packets = filter_packets(packets, tree).reset_index(drop=True)
     with _stage(progress, "flows", f"{len(packets):,} packets"):
         flows = build_flows(packets)
     with _stage(progress, "correlate", f"{len(packets):,} packets at {len(tables)} point(s)"):
