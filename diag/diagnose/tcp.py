@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from diag.capture.proto import ACK
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
+from diag.diagnose.forwarding import Handoff, handoff, path_points
 from diag.diagnose.signals import (
     Seen,
     after_at,
@@ -225,9 +226,12 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
     if is_established(packets, rst):
         return _established_reset(sides, rst, trigger, genuine, forged, claim_lines, base)
     if not rst.from_orig:
+        answer = _genuine_answer(packets, rst, trigger)
+        if answer is not None:
+            return _raced_handshake(sides, rst, answer, forged, claim_lines, base)
         return _handshake_reset_from_server(sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
     if trigger is not None and trigger.is_synack and not genuine:
-        return _asymmetric_return(sides, rst, trigger, forged, claim_lines, base, ctx)
+        return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
     verdict = Verdict("unknown", 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
     verdict.evidence = base + claim_lines
     return verdict
@@ -265,6 +269,12 @@ def _tuple_reuse(
     ]
     if genuine:
         verdict.confidence += 0.15
+    # The client's own stack made the RST: name its capture when it shows the RST leaving.
+    if sides.client_capture is not None and _rst_maker(rst, sides) == sides.client_capture:
+        verdict.origin = sides.client_capture
+    else:
+        verdict.origin_description = _origin(rst, sides, challenge)[1]
+        verdict.evidence.append(f"origin: {verdict.origin_description}")
     later = [p for p in sides.packets if p.is_synack and not p.from_orig and p.ts_ref > rst.ts_ref]
     if later:
         verdict.support(f"a new handshake then succeeded ({where(later[0].first)})", 0.1)
@@ -275,6 +285,83 @@ def _tuple_reuse(
         "asymmetric-return", "the server's answer reached the client; the client reset the stale connection itself"
     )
     verdict.rule_out("injected-reset", "the RST's sender is the client and it follows the challenge ACK in sequence")
+    return verdict
+
+
+def _genuine_answer(packets: list[Seen], rst: Seen, trigger: Seen | None) -> Seen | None:
+    """The server's SYN-ACK to the very SYN that a RST in the server's name refused, if any.
+
+    A server refuses a SYN (RST+ACK, ack = ISN + 1) or accepts it (SYN-ACK,
+    the same ack), never both; a RST it sends after its own SYN-ACK, aborting
+    the half-open connection, is in its own sequence space (seq = its ISN + 1).
+    Both answers to one SYN mean another device answered in the server's
+    name: it raced the server (Weaver, Sommer and Paxson, NDSS 2009).
+    """
+    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
+    if rst.has(ACK):
+        refused = [p for p in syns if (p.seq + 1) % 2**32 == rst.ack]
+    else:
+        refused = [trigger] if trigger is not None and trigger.is_pure_syn else []
+    if not refused:
+        return None
+    wanted = (refused[0].seq + 1) % 2**32
+    for packet in packets:
+        if (
+            packet.is_synack
+            and not packet.from_orig
+            and packet.ack == wanted
+            and rst.seq not in (packet.seq, (packet.seq + 1) % 2**32)
+        ):
+            return packet
+    return None
+
+
+def _raced_handshake(
+    sides: Sides, rst: Seen, answer: Seen, forged: bool, claim_lines: list[str], base: list[str]
+) -> Verdict:
+    packets = sides.packets
+    syn = next((p for p in packets if p.is_pure_syn and p.from_orig and (p.seq + 1) % 2**32 == answer.ack), None)
+    origin, origin_text = _origin(rst, sides, syn)
+    verdict = Verdict(
+        "injected-reset",
+        0.7,
+        summary="a device on the path refused the SYN with a RST in the server's name, racing the server, "
+        "whose genuine SYN-ACK to the same SYN followed",
+    )
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = list(base)
+    verdict.support(
+        f"the server accepted that same SYN: its SYN-ACK (seq {answer.seq}, ack {answer.ack} = the SYN's ISN + 1) "
+        f"first seen at {where(answer.first)}; a server refuses a SYN or accepts it, never both"
+    )
+    for sight in rst.sights:
+        later = answer.at(sight.capture)
+        if later is not None and later.ts_ns > sight.ts_ns:
+            verdict.support(
+                f"at {sight.capture} the genuine SYN-ACK arrived {ms(later.ts_ns - sight.ts_ns)} after the RST: "
+                "something answered before the server could",
+                0.1,
+            )
+            break
+    for line in claim_lines:
+        verdict.support(line, 0.05)
+    if not forged:
+        verdict.evidence.append(
+            "not established by the RST's own marks: its TTL and presence do not set it apart from the server's "
+            "packets at these points; the two answers to one SYN do"
+        )
+    verdict.support(f"origin: {origin_text}")
+    verdict.rule_out("port-closed", "the server answered the same SYN with a SYN-ACK: it listens on the port")
+    verdict.rule_out(
+        "policy-reject",
+        "the SYN reached the server and was answered; a rejecting firewall stops the SYN, so no genuine answer follows",
+    )
+    verdict.rule_out("peer-reset", "the server was accepting the connection, not aborting it")
+    verdict.rule_out(
+        "asymmetric-return",
+        "the RST refuses the client's SYN in the server's name; an asymmetric return resets the server's SYN-ACK "
+        "in the client's name",
+    )
     return verdict
 
 
@@ -495,6 +582,7 @@ def _handshake_reset_from_server(
 
 
 def _asymmetric_return(
+    conn: Connection,
     sides: Sides,
     rst: Seen,
     synack: Seen,
@@ -533,7 +621,8 @@ def _asymmetric_return(
     extra = [c for c in synack.points if c not in syn_points]
     if extra and syns:
         verdict.support(
-            f"the SYN came {' → '.join(syns[0].points)}; the SYN-ACK went {' → '.join(synack.points)}: "
+            f"the SYN came {' → '.join(path_points(conn, syns[0]))}; "
+            f"the SYN-ACK went {' → '.join(path_points(conn, synack))}: "
             f"{', '.join(extra)} saw the reply but never the request",
             0.1,
         )
@@ -657,7 +746,8 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
             verdict.evidence = [
                 *base,
                 f"the server answered: SYN-ACK at {where(synack.first)}",
-                f"the SYN came {' → '.join(first.points)}; the SYN-ACK went {' → '.join(synack.points)}: "
+                f"the SYN came {' → '.join(path_points(conn, first))}; "
+                f"the SYN-ACK went {' → '.join(path_points(conn, synack))}: "
                 f"{', '.join(extra)} saw the reply but never the request",
             ]
             verdict.rule_out("silent-drop", "the reply was not lost on the request's path: it took another one")
@@ -673,12 +763,21 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
         return verdict, first, len(syns)
 
     single = len(captured_here) == 1 and len(ctx.captures) == 1
+    server = sides.server_capture
+    downstream = [c for c in ctx.captures if c not in syn_points and covers(ctx.spans, c, first.ts_ref)]
+    farthest = max(syns, key=lambda p: len(p.points))
+    passed = handoff(conn, farthest, last_point)
+    if passed is not None and passed.dnat and passed.source_kept and not downstream:
+        return _forwarded_unanswered(passed, base, syns), first, len(syns)
     verdict = Verdict(
         "silent-drop", 0.4 if single else 0.75, summary=f"the SYN vanished after {last_point} with no answer and no RST"
     )
-    verdict.evidence = [*base, f"the SYN was last seen at {last_point}", "no SYN-ACK and no RST anywhere"]
-    server = sides.server_capture
-    downstream = [c for c in ctx.captures if c not in syn_points and covers(ctx.spans, c, first.ts_ref)]
+    last_seen = (
+        f"the SYN was last seen leaving {last_point} for {passed.left_dst} (TTL {passed.ttl_in} → {passed.ttl_out})"
+        if passed is not None
+        else f"the SYN was last seen at {last_point}"
+    )
+    verdict.evidence = [*base, last_seen, "no SYN-ACK and no RST anywhere"]
     if downstream:
         verdict.support(f"captures running further on ({', '.join(downstream)}) never saw it", 0.1)
     if server is not None and first.at(server) is None:
@@ -695,3 +794,35 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     verdict.rule_out("port-closed", "no RST came back")
     verdict.rule_out("policy-reject", "no RST came back")
     return verdict, first, len(syns)
+
+
+def _forwarded_unanswered(passed: Handoff, base: list[str], syns: list[Seen]) -> Verdict:
+    """A forwarding box sent the SYN on, DNATed with the client's address kept, and nothing came back through it.
+
+    The server answers the client's own address, so its reply is routed by
+    the server's side, not back to the box that translated the request: from
+    that box alone this is the asymmetric return's signature. A drop after the
+    box looks the same from there, hence the lower confidence and the capture
+    that would separate them.
+    """
+    box, target = passed.capture, passed.left_dst
+    verdict = Verdict(
+        "asymmetric-return",
+        0.5,
+        summary=f"{box} forwarded the SYN to {target} (DNAT, the client's address kept) and no answer ever came "
+        "back through it: the reply most likely left by another path",
+    )
+    verdict.evidence = [
+        *base,
+        f"{box} received the SYN for {passed.arrived_dst} and sent it on to {target} (TTL {passed.ttl_in} → "
+        f"{passed.ttl_out}), still from the client's address {passed.arrived_src_addr}: the server will answer the "
+        f"client directly, and only a route back through {box} would let {box} undo its DNAT",
+        f"{len(syns)} SYN(s) and not one SYN-ACK or RST came back through {box}",
+        f"not established: whether the SYN reached {passed.left_dst_addr} and where its answer went. A capture on "
+        f"{passed.left_dst_addr} (or on the node in front of it) would confirm it: a SYN-ACK leaving there that never "
+        f"reaches {box}; a drop after {box} (silent-drop) looks the same from here",
+    ]
+    verdict.rule_out("port-closed", f"no RST came back through {box}")
+    verdict.rule_out("policy-reject", f"no RST came back through {box}")
+    return verdict
+

@@ -17,7 +17,8 @@ import pandas as pd
 from diag.capture.proto import ICMP, ICMP_DEST_UNREACHABLE
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
-from diag.diagnose.signals import Seen, distinct_packets, where
+from diag.diagnose.forwarding import Handoff, handoff, path_points
+from diag.diagnose.signals import Seen, covers, distinct_packets, where
 
 # A lone unanswered datagram is common (fire-and-forget protocols); only
 # repeated requests, or a reply seen somewhere, make it a symptom. A one-way
@@ -57,8 +58,10 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     point = first.first.capture
     expected_from = first.first.dst
     at_client = [(p, s) for p in replies if (s := p.at(point)) is not None]
-    proper = [p for p, s in at_client if s.src == expected_from]
-    foreign = [(p, s) for p, s in at_client if s.src != expected_from]
+    # A NAT box on the way shows the reply arriving from the translated server and leaving un-NATed: any
+    # copy there from the address the client wrote to is the proper answer.
+    proper = [p for p, s in at_client if expected_from in s.sources]
+    foreign = [(p, s) for p, s in at_client if expected_from not in s.sources]
     request_points = {c for p in requests for c in p.points}
     base = [f"{len(requests)} request(s) from the client to {expected_from}, first at {where(first.first)}"]
 
@@ -75,7 +78,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
             f"{len(foreign)} reply datagram(s) reached the client from {sight.src} ({where(sight)}); "
             f"none came from {expected_from}",
         ]
-        _add_reply_path(verdict, reply, requests, request_points)
+        _add_reply_path(conn, verdict, reply, requests, request_points)
         _add_port_unreachable(verdict, ctx.packets, point, sight.src_addr)
         verdict.rule_out("silent-drop", "the reply was not lost: it arrived from the wrong source")
         return verdict, reply, len(foreign)
@@ -104,7 +107,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
             f"at {where(sight)} the reply's source was rewritten {' → '.join(sight.sources)}: "
             "the client will see a reply from an address it never wrote to",
         ]
-        _add_reply_path(verdict, reply, requests, request_points)
+        _add_reply_path(conn, verdict, reply, requests, request_points)
         verdict.rule_out("silent-drop", "the reply left the server and was translated, not dropped")
         return verdict, reply, len(resourced)
     if proper:
@@ -121,7 +124,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
                 summary="the server's reply left by a path the request did not take and never reached the client",
             )
             verdict.evidence = list(base)
-            _add_reply_path(verdict, reply, requests, request_points)
+            _add_reply_path(conn, verdict, reply, requests, request_points)
             return verdict, first, len(unanswered)
         verdict = Verdict("silent-drop", 0.7, summary=f"the server's replies vanished after {reply.sights[-1].capture}")
         verdict.evidence = [
@@ -135,9 +138,19 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         return None
     if len({p.digest for p in unanswered}) == len(unanswered):
         return None  # every datagram different: a one-way protocol (syslog, sFlow, tunnels), not retried requests
-    last = max(requests, key=lambda p: len(p.points)).sights[-1].capture
+    farthest = max(requests, key=lambda p: len(p.points))
+    last = farthest.sights[-1].capture
+    passed = handoff(conn, farthest, last)
+    downstream = [c for c in ctx.captures if c not in request_points and covers(ctx.spans, c, first.ts_ref)]
+    if passed is not None and passed.dnat and passed.source_kept and not downstream:
+        return _forwarded_unanswered(passed, base, unanswered), first, len(unanswered)
     verdict = Verdict("silent-drop", 0.6, summary=f"UDP requests vanished after {last} with no reply")
-    verdict.evidence = [*base, f"no reply at all; the requests were last seen at {last}"]
+    last_seen = (
+        f"the requests were last seen leaving {last} for {passed.left_dst}"
+        if passed is not None
+        else f"the requests were last seen at {last}"
+    )
+    verdict.evidence = [*base, f"no reply at all; {last_seen}"]
     if len(ctx.captures) == 1:
         verdict.confidence = 0.4
         verdict.evidence.append(
@@ -147,11 +160,41 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     return verdict, first, len(unanswered)
 
 
-def _add_reply_path(verdict: Verdict, reply: Seen, requests: list[Seen], request_points: set[str]) -> None:
+def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen]) -> Verdict:
+    """A forwarding box sent the requests on, DNATed with the client's address kept, and no reply came back through it.
+
+    The server replies to the client's own address, by its own side's route,
+    not through the box that translated the request: from that box alone the
+    asymmetric return's signature. A drop after the box looks the same.
+    """
+    box, target = passed.capture, passed.left_dst
+    verdict = Verdict(
+        "asymmetric-return",
+        0.5,
+        summary=f"{box} forwarded the requests to {target} (DNAT, the client's address kept) and no reply ever came "
+        "back through it: the reply most likely left by another path",
+    )
+    verdict.evidence = [
+        *base,
+        f"{box} received the requests for {passed.arrived_dst} and sent them on to {target} (TTL {passed.ttl_in} → "
+        f"{passed.ttl_out}), still from the client's address {passed.arrived_src_addr}: the server will reply to the "
+        f"client directly, and only a route back through {box} would let {box} undo its DNAT",
+        f"{len(requests)} request(s) and not one reply came back through {box}",
+        f"not established: whether the requests reached {passed.left_dst_addr} and where its replies went. A capture "
+        f"on {passed.left_dst_addr} (or on the node in front of it) would confirm it: replies leaving there that "
+        f"never reach {box}; a drop after {box} (silent-drop) looks the same from here",
+    ]
+    return verdict
+
+
+def _add_reply_path(
+    conn: Connection, verdict: Verdict, reply: Seen, requests: list[Seen], request_points: set[str]
+) -> None:
     extra = [c for c in reply.points if c not in request_points]
     if len(reply.points) > 1 or extra:
         verdict.support(
-            f"the request came {' → '.join(requests[0].points)}; the reply went {' → '.join(reply.points)}"
+            f"the request came {' → '.join(path_points(conn, requests[0]))}; "
+            f"the reply went {' → '.join(path_points(conn, reply))}"
             + (f": {', '.join(extra)} saw the reply but never the request" if extra else ""),
             0.1 if extra else 0.0,
         )
