@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
+    from diag.capture.filter import Node as FilterNode
     from diag.report import Report
+    from diag.report.focus import FlowSelector
 
 HELP = "analyze existing captures"
 PCAP_HELP = "diagnose pcap/pcapng captures of the same traffic taken at one or more points"
@@ -41,6 +43,13 @@ examples:
       the same, and the diag.report/1 JSON document in report.json
   diag analyze pcap --json - client=c.pcap pod=p.pcap | jq .verdict
       JSON on stdout only (the text report is not printed)
+  diag analyze pcap --filter 'tcp and host 203.0.113.10 and not port 22' node-b.pcap
+      only the packets that match, as tcpdump reads the expression (and, or:
+      same precedence, left to right; 'port 80 or 443' reuses 'port')
+  diag analyze pcap --filter 'tcp[tcpflags] & tcp-rst != 0 or net 10.0.0.0/8' pod.pcap
+  diag analyze pcap --flow 203.0.113.10:38622 --plot ladder.svg client=c.pcap pod=p.pcap
+      the findings, flows and ladder of that one connection, wherever it was
+      seen (the pod's own address after DNAT picks it too)
 
 output:
   The text report goes to stdout: the verdict first (the most significant
@@ -77,6 +86,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--json", metavar="FILE|-", help="also write the diag.report/1 JSON document to FILE ('-': stdout, no text)"
     )
     pcap.add_argument("--plot", metavar="FILE", help="draw the ladder diagram of the verdict's flow (.png or .svg)")
+    pcap.add_argument(
+        "--filter",
+        metavar="EXPR",
+        help="analyze only the packets that match EXPR, in tcpdump's pcap-filter words (host, net, port, "
+        "portrange, tcp, udp, icmp, ip, ip6, src, dst, and, or, not, parentheses); see the examples",
+    )
+    pcap.add_argument(
+        "--flow",
+        metavar="ADDR[:PORT]",
+        help="report (and --plot) only the connections to or from this endpoint, as seen at any capture point",
+    )
     pcap.add_argument("--force", action="store_true", help="replace existing --json and --plot files")
     pcap.add_argument(
         "--export",
@@ -150,12 +170,39 @@ def _plot(report: Report, target: str, force: bool) -> None:
         plot.ladder_to_file(report, temporary)
 
 
+def _focus_options(args: argparse.Namespace) -> tuple[FilterNode | None, FlowSelector | None]:
+    """--filter and --flow checked before any capture is read: a typo costs no analysis."""
+    from diag.capture.filter import FilterError, parse_filter
+    from diag.report.focus import parse_flow_selector
+
+    packet_filter = None
+    if args.filter is not None:
+        try:
+            packet_filter = parse_filter(args.filter)
+        except FilterError as error:
+            raise DiagError(f"--filter: {error}") from None
+    return packet_filter, parse_flow_selector(args.flow) if args.flow is not None else None
+
+
+def _focus(report: Report, selector: FlowSelector) -> Report:
+    from diag.report.focus import focus_report
+
+    focused = focus_report(report, selector)
+    print(
+        f"diag: --flow {selector}: {len(focused.findings)} of {len(report.findings)} findings, "
+        f"{len(focused.flows)} of {len(report.flows)} flow rows",
+        file=sys.stderr,
+    )
+    return focused
+
+
 def run_pcap(args: argparse.Namespace) -> int:
-    from diag.analysis import analyze, parse_capture_args
+    from diag.analysis import analyze, group_points, parse_capture_args
     from diag.commands.progress import stage_progress
     from diag.report.text import render_text
 
     pairs = parse_capture_args(args.captures)
+    packet_filter, selector = _focus_options(args)
     inputs = [path for _, path in pairs]
     for target in (args.json, args.plot):
         if target and target != "-":
@@ -172,8 +219,10 @@ def run_pcap(args: argparse.Namespace) -> int:
 
         check_export(args.export, inputs, args.force)
     with stage_progress(args.quiet) as progress:
-        report = analyze(dict(pairs), progress=progress)
+        report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
     _print_warnings(report)
+    if selector is not None:
+        report = _focus(report, selector)
 
     if args.json == "-":
         sys.stdout.write(report.dumps() + "\n")
