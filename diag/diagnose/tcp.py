@@ -229,7 +229,7 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
         answer = _genuine_answer(packets, rst, trigger)
         if answer is not None:
             return _raced_handshake(sides, rst, answer, forged, claim_lines, base)
-        return _handshake_reset_from_server(sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
+        return _handshake_reset_from_server(conn, sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
     if trigger is not None and trigger.is_synack and not genuine:
         return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
     verdict = Verdict("unknown", 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
@@ -481,6 +481,7 @@ def _handshake_rtt(packets: list[Seen]) -> int | None:
 
 
 def _handshake_reset_from_server(
+    conn: Connection,
     sides: Sides,
     rst: Seen,
     trigger: Seen | None,
@@ -524,7 +525,7 @@ def _handshake_reset_from_server(
         verdict.origin, verdict.origin_description = origin, origin_text
         verdict.evidence = [*base, *claim_lines]
         if syn is not None:
-            verdict.support(f"the SYN was last seen at {syn.sights[-1].capture}", 0.0)
+            verdict.support(_last_seen(conn, syn), 0.0)
         if syn_missing_at_server:
             verdict.support(f"the server's capture ({server}) never saw the SYN: it did not answer it", 0.15)
         if downstream_missing:
@@ -772,12 +773,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     verdict = Verdict(
         "silent-drop", 0.4 if single else 0.75, summary=f"the SYN vanished after {last_point} with no answer and no RST"
     )
-    last_seen = (
-        f"the SYN was last seen leaving {last_point} for {passed.left_dst} (TTL {passed.ttl_in} → {passed.ttl_out})"
-        if passed is not None
-        else f"the SYN was last seen at {last_point}"
-    )
-    verdict.evidence = [*base, last_seen, "no SYN-ACK and no RST anywhere"]
+    verdict.evidence = [*base, _last_seen(conn, farthest), "no SYN-ACK and no RST anywhere"]
     if downstream:
         verdict.support(f"captures running further on ({', '.join(downstream)}) never saw it", 0.1)
     if server is not None and first.at(server) is None:
@@ -825,4 +821,13 @@ def _forwarded_unanswered(passed: Handoff, base: list[str], syns: list[Seen]) ->
     verdict.rule_out("port-closed", f"no RST came back through {box}")
     verdict.rule_out("policy-reject", f"no RST came back through {box}")
     return verdict
+
+
+def _last_seen(conn: Connection, syn: Seen) -> str:
+    """Where the SYN was last seen, saying so when that point visibly sent it on."""
+    last = syn.sights[-1].capture
+    passed = handoff(conn, syn, last)
+    if passed is None:
+        return f"the SYN was last seen at {last}"
+    return f"the SYN was last seen leaving {last} for {passed.left_dst} (TTL {passed.ttl_in} → {passed.ttl_out})"
 
