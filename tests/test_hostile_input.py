@@ -194,6 +194,58 @@ def test_an_io_error_from_the_kernel() -> None:
     one_line_failure(run_diag("analyze", "pcap", "/proc/self/mem"), "/proc/self/mem", "Input/output error")
 
 
+def test_an_io_error_in_the_middle_of_a_stream() -> None:
+    """Standard input is a TCP socket whose peer resets it once diag has read the first packets (ECONNRESET)."""
+    import fcntl
+    import socket
+    import termios
+
+    data = SAMPLE.read_bytes()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+    with sender, receiver:
+        process = subprocess.Popen([str(DIAG), "analyze", "pcap", "-"], stdin=receiver.fileno(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sender.sendall(data[: len(data) // 2])
+
+        def unread() -> int:  # bytes in the receive queue that diag has not read yet
+            return struct.unpack("i", fcntl.ioctl(receiver.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+        assert _wait_for(lambda: unread() == 0)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close() sends a RST
+        sender.close()
+        out, err = process.communicate(timeout=300)
+    one_line_failure(subprocess.CompletedProcess(process.args, process.returncode, out, err),
+                     "-: cannot read past byte", "Connection reset by peer")
+
+
+SHRINK = """
+import os, sys
+from pathlib import Path
+from diag.capture.records import Diagnostics
+from diag.capture.source import Feed, open_capture
+path = Path(sys.argv[1])
+stream, _ = open_capture(path)
+feed = Feed(stream, Diagnostics(str(path)), chunk_size=1 << 20)
+assert feed._map is not None  # the mapped path, where a shorter file means SIGBUS
+feed.next_buffer(b"")
+os.truncate(path, 4096)
+feed.next_buffer(b"")
+"""
+
+
+def test_a_mapped_capture_cut_short_while_read_is_one_line_not_sigbus(tmp_path: Path) -> None:
+    """A ring buffer rewritten under the reader: the next window is refused instead of killing the process."""
+    path = tmp_path / "ring.pcap"
+    record = struct.pack("<IIII", 1, 0, 100, 100) + bytes(100)
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + record * 40000)
+    result = subprocess.run([str(PROJECT / ".venv" / "bin" / "python"), "-c", SHRINK, str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr)  # an exception, not a signal
+    assert "CaptureError" in result.stderr and "shrank from 4640024 to 4096 bytes" in result.stderr
+
+
 def test_directory_and_dangling_symlink(tmp_path: Path) -> None:
     one_line_failure(run_diag("analyze", "pcap", tmp_path), str(tmp_path), "is a directory")
     link = tmp_path / "gone.pcap"

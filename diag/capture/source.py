@@ -10,6 +10,7 @@ Gzip compression is recognised by its magic bytes, not by the name.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import mmap
@@ -164,16 +165,41 @@ class Feed:
     def _read(self, size: int) -> bytes:
         try:
             data = self.stream.read(size)
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as error:
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
             self.eof = True
             self.diagnostics.warn(f"the file cannot be read past byte {self.bytes_read} ({error}); the rest is skipped")
             return b""
+        except OSError as error:
+            raise self._os_failure(error) from None
         if not data:
             self.eof = True
         return data
 
+    def _os_failure(self, error: OSError) -> CaptureError:
+        """The OS failed a read (EIO, a vanished network share): damaged content is warned about and
+        skipped, but this is no property of the capture, so the read stops here, in one line."""
+        return CaptureError(f"{self.diagnostics.path}: cannot read past byte {self.bytes_read}: "
+                            f"{error.strerror or error}")
+
+    def _check_not_shrunk(self) -> None:
+        """Stop in one line when the mapped file was cut shorter since it was opened.
+
+        Touching a mapped page past a file's new end kills the process with
+        SIGBUS, and a capture can shrink under a reader (a ring buffer that
+        tcpdump -C/-W rewrites in place). Checked before each window; a cut
+        made while one window is being decoded can still get past this.
+        """
+        try:
+            now = os.fstat(self.stream.fileno()).st_size
+        except (OSError, ValueError):
+            return
+        if self.size is not None and now < self.size:
+            raise CaptureError(f"{self.diagnostics.path}: the file shrank from {self.size} to {now} bytes while "
+                               "it was read (is something rewriting it?)")
+
     def _next_window(self, carried: int, minimum: int) -> tuple[Buffer, int]:
         assert self._map is not None and self.size is not None
+        self._check_not_shrunk()
         start = self.bytes_read - carried  # the carried bytes are still in the file, just before
         stop = min(self.size, self.bytes_read + max(self.chunk_size, minimum))
         self._release(start)
@@ -197,8 +223,12 @@ class Feed:
         page_start = start - start % mmap.PAGESIZE
         try:
             self._map.madvise(MADV_POPULATE_READ, page_start, min(stop, self.size) - page_start)
-        except (OSError, ValueError):
+        except OSError as error:
+            if error.errno == errno.EFAULT:  # pages past the file's end: it shrank just now
+                self._check_not_shrunk()
             self._can_populate = False  # an older kernel: page faults it is
+        except ValueError:
+            self._can_populate = False
 
     def _release(self, keep_from: int) -> None:
         """Drop the pages of windows already decoded from this process's memory (not from the page cache)."""
@@ -219,10 +249,12 @@ class Feed:
                 got = len(data)
             else:
                 got = self.stream.readinto(target)  # type: ignore[attr-defined]
-        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as error:
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
             self.eof = True
             self.diagnostics.warn(f"the file cannot be read past byte {self.bytes_read} ({error}); the rest is skipped")
             return 0
+        except OSError as error:
+            raise self._os_failure(error) from None
         if not got:
             self.eof = True
         return int(got or 0)
