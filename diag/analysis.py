@@ -21,7 +21,7 @@ from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
-from diag.capture.reader import capture_stem
+from diag.capture.points import check_points, expand_spec, merge_point, point_stem
 from diag.capture.source import capture_size, exists_quietly
 from diag.correlate import correlate
 from diag.diagnose import diagnose
@@ -30,6 +30,8 @@ from diag.flows import build_flows
 from diag.report import Report
 
 CaptureSpec = str | os.PathLike[str]
+# One capture point: a file, a directory or glob of files, or a list of them (a ring buffer, rotated files).
+PointSpec = CaptureSpec | Sequence[CaptureSpec]
 
 # Called as hook(stage, detail) when a stage of the analysis starts: "read"
 # once per capture (detail: its name, path and size), then "flows",
@@ -44,37 +46,46 @@ def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractCo
     return progress(stage, detail) if progress else nullcontext()
 
 
-def parse_capture_args(captures: Mapping[str, CaptureSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
-    """(name, path) pairs from a mapping, or from ``NAME=PATH`` / ``PATH`` items.
+def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
+    """(name, path) pairs from a mapping, or from ``NAME=PATH`` / ``PATH`` items; a name may come back
+    several times, once for each file of that capture point.
 
-    Without ``NAME=`` the name is the file's stem (``pod.pcap.gz`` -> ``pod``).
-    An item whose text before the first '=' names an existing file is taken
-    as a path, so odd file names still work. Duplicate names are an error:
-    each name is one vantage point.
+    Without ``NAME=`` the name is the file's stem (``pod.pcap.gz`` -> ``pod``),
+    and rotated files (``pod.pcap0 pod.pcap1``, ``pod_00001_<time>.pcapng``)
+    of one directory are one point named ``pod``. The same NAME given again,
+    ``NAME=DIR`` and ``NAME=GLOB`` (quoted, so the shell leaves it) add files
+    to one point; so does a list in the mapping (``{"pod": [a, b]}``). An
+    item whose text before the first '=' names an existing file is taken as
+    a path, so odd file names still work. Two unrelated files that would get
+    the same name are an error.
     """
-    pairs: list[tuple[str, Path]] = []
+    entries: list[tuple[str, Path, bool]] = []  # (name, file, named explicitly)
     if isinstance(captures, Mapping):
-        pairs = [(str(name), Path(path)) for name, path in captures.items()]
+        for name, spec in captures.items():
+            specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
+            for one in specs:
+                entries += [(str(name), path, True) for path in expand_spec(Path(one)) or [Path(one)]]
     else:
         for item in captures:
             text = os.fspath(item)
             name, sep, rest = text.partition("=")
             if isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
-                pairs.append((name, Path(rest)))
+                entries += [(name, path, True) for path in expand_spec(Path(rest)) or [Path(rest)]]
             else:
-                pairs.append((capture_stem(Path(text)), Path(text)))
-    if not pairs:
+                files = expand_spec(Path(text), directories=False) or [Path(text)]
+                entries += [(point_stem(path), path, False) for path in files]
+    if not entries:
         raise DiagError("no capture given")
-    seen: dict[str, Path] = {}
-    for name, capture_path in pairs:
-        if not name.strip():
-            raise DiagError(f"{capture_path}: empty capture name")
-        if name in seen:
-            raise DiagError(
-                f"two captures are named {name!r} ({seen[name]} and {capture_path}); name them with NAME=PATH"
-            )
-        seen[name] = capture_path
-    return pairs
+    check_points(entries)
+    return [(name, path) for name, path, _named in entries]
+
+
+def group_points(pairs: Sequence[tuple[str, Path]]) -> dict[str, list[Path]]:
+    """``parse_capture_args``'s pairs as point name -> its files, in the order given (``analyze`` takes it)."""
+    points: dict[str, list[Path]] = {}
+    for name, path in pairs:
+        points.setdefault(name, []).append(path)
+    return points
 
 
 def concat_packets(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -94,9 +105,12 @@ def concat_packets(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
 def read_captures(
     pairs: Sequence[tuple[str, Path]], progress: ProgressHook | None = None
 ) -> tuple[list[pd.DataFrame], list[CaptureInfo]]:
-    """Read every capture; the reader's warnings are collected in each ``CaptureInfo``, not printed."""
-    tables: list[pd.DataFrame] = []
-    infos: list[CaptureInfo] = []
+    """Read every capture, one table per point; the reader's warnings are collected in each ``CaptureInfo``.
+
+    The files of one point (pairs with the same name) are read one by one
+    and put together in time order (``diag.capture.points.merge_point``).
+    """
+    points: dict[str, list[tuple[pd.DataFrame, CaptureInfo]]] = {}
     for name, path in pairs:
         size = capture_size(path)
         detail = f"{name} ({path}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({path})"
@@ -107,13 +121,13 @@ def read_captures(
         info = table.attrs.get("capture_info")
         if not isinstance(info, CaptureInfo):
             info = CaptureInfo(name=name, path=str(path), packets=len(table), link_type="")
-        tables.append(table)
-        infos.append(info)
-    return tables, infos
+        points.setdefault(name, []).append((table, info))
+    merged = [merge_point([table for table, _ in files], [info for _, info in files]) for files in points.values()]
+    return [table for table, _ in merged], [info for _, info in merged]
 
 
 def analyze(
-    captures: Mapping[str, CaptureSpec] | Sequence[CaptureSpec],
+    captures: Mapping[str, PointSpec] | Sequence[CaptureSpec],
     *,
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
@@ -121,7 +135,8 @@ def analyze(
     """Read captures of the same traffic taken at different points and say what happened.
 
     ``captures`` is ``{"client": "c.pcap", "pod": "p.pcap"}`` or a list of
-    paths and ``NAME=PATH`` strings. Raises ``DiagError`` (``CaptureError``)
+    paths and ``NAME=PATH`` strings; a point of several files (a ring buffer)
+    is ``{"pod": ["pod.pcap0", "pod.pcap1"]}``, a directory or a glob. Raises ``DiagError`` (``CaptureError``)
     when a capture cannot be read at all; damaged parts are skipped and
     listed in ``report.warnings``. ``packet_filter`` (pcap-filter text such
     as ``"tcp and host 10.0.0.5"``, see ``diag.capture.filter``) keeps only the

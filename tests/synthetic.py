@@ -40,7 +40,7 @@ MS = 1_000_000
 ARP = -2  # Packet.proto for a non-IP frame
 
 _DEFAULTS: dict[str, object] = {
-    "index": -1, "ts_ns": 0, "iface": "eth0", "direction": "", "link_type": 1, "vlan": -1, "ip_version": 4,
+    "index": -1, "file": 0, "ts_ns": 0, "iface": "eth0", "direction": "", "link_type": 1, "vlan": -1, "ip_version": 4,
     "src": "", "dst": "", "proto": -1, "sport": -1, "dport": -1, "ttl": -1, "ip_id": -1, "frag_offset": 0,
     "more_fragments": False, "ip_len": -1, "cap_len": 0, "wire_len": 0, "truncated": False, "tcp_flags": -1,
     "seq": -1, "ack": -1, "win": -1, "mss": -1, "wscale": -1, "sack_perm": False, "tsval": -1, "tsecr": -1,

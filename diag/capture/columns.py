@@ -21,6 +21,11 @@ from typing import Final
 PACKET_COLUMNS: Final[dict[str, tuple[str, str]]] = {
     "capture": ("category", "capture point name (vantage: client, node-a, pod, ...)"),
     "index": ("int64", "0-based position of the packet in its file (all records, skipped ones included)"),
+    "file": (
+        "int16",
+        "which file of the capture point the packet is from: its position in CaptureInfo.files (0 for a "
+        "point read from one file; a ring buffer's files in time order)",
+    ),
     "ts_ns": ("int64", "timestamp, ns since the Unix epoch; -1 when the record has none (pcapng Simple Packet Block)"),
     "iface": ("category", "interface name (pcapng if_name, SLL2 ifindex as 'if<N>', else the interface id as text)"),
     "direction": ("category", "'in', 'out' or '' where the link type says (SLL packet type, pcapng epb_flags)"),

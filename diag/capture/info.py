@@ -15,3 +15,5 @@ class CaptureInfo:
     link_type: str
     skipped: int = 0
     warnings: tuple[str, ...] = ()
+    # Every file of the point in time order (a ring buffer, rotated files); the ``file`` column indexes it.
+    files: tuple[str, ...] = ()

@@ -64,6 +64,7 @@ def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.Da
         link_type=builder.link_type_name(),
         skipped=diagnostics.skipped,
         warnings=tuple(diagnostics.messages),
+        files=(str(path),),
     )
     return table
 
@@ -187,6 +188,8 @@ class TableBuilder:
                 data[column] = categorical(joined("direction", "int8"), DIRECTIONS)
             elif column == "tunnel":
                 data[column] = categorical(joined("tunnel", "int8"), TUNNEL_NAMES)
+            elif column == "file":  # one file; diag.capture.points numbers the files of a point
+                data[column] = np.zeros(count, dtype=dtype)
             elif column in ADDRESS_COLUMNS:
                 data[column] = self.addresses[column].to_categorical(count)
             else:

@@ -1,0 +1,172 @@
+"""Capture points made of several files: ring buffers, rotated files, a directory of captures.
+
+``tcpdump -C/-W`` writes ``pod.pcap0 pod.pcap1 …`` (or ``pod.pcap pod.pcap1 …``
+without ``-W``), dumpcap's ring buffer ``pod_00001_20261204183000.pcapng …``;
+each set is one vantage point cut into pieces. This module decides which
+files make one point (pure functions of names and, for globs and
+directories, of what the file system lists) and puts their packet tables
+back together in time order, as ``mergecap`` would.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pandas.api.types import union_categoricals
+
+from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.info import CaptureInfo
+from diag.capture.reader import capture_stem
+from diag.errors import DiagError
+
+# tcpdump -C numbers the files after the name it was given: pod.pcap, pod.pcap1, … (pod.pcap00 … with -W 10+).
+TCPDUMP_ROTATED = re.compile(r"^(?P<base>.+\.(?:pcapng|pcap|cap|dmp))(?P<number>\d+)(?P<gz>\.gz)?$", re.IGNORECASE)
+# dumpcap / Wireshark ring buffers: NAME_<5-digit file number>_<YYYYmmddHHMMSS>.pcapng
+DUMPCAP_RING = re.compile(r"^(?P<base>.+)_\d{5}_\d{14}(?P<suffix>\.(?:pcapng|pcap)(?:\.gz)?)?$", re.IGNORECASE)
+CAPTURE_NAME = re.compile(r"\.(?:pcapng|pcap|cap|dmp)\d*(?:\.gz)?$", re.IGNORECASE)
+GLOB_CHARACTERS = re.compile(r"[*?\[]")
+
+
+def rotated_stem(path: Path) -> str | None:
+    """The vantage name of a file a rotating capture wrote (``pod.pcap07`` -> ``pod``), None for other names."""
+    name = path.name
+    match = TCPDUMP_ROTATED.match(name)
+    if match:
+        return capture_stem(Path(match["base"]))
+    match = DUMPCAP_RING.match(name)
+    if match:
+        return match["base"]
+    return None
+
+
+def point_stem(path: Path) -> str:
+    """The default vantage name of a file: its rotation stem when it has one, else its stem."""
+    return rotated_stem(path) or capture_stem(path)
+
+
+def looks_like_capture(path: Path) -> bool:
+    return not path.name.startswith(".") and bool(CAPTURE_NAME.search(path.name) or DUMPCAP_RING.match(path.name))
+
+
+def expand_spec(spec: Path, directories: bool = True) -> list[Path] | None:
+    """The files a directory or a glob names (sorted), or None when ``spec`` is neither.
+
+    A directory gives its capture files (by name: ``.pcap``, ``.pcapng``, their
+    rotated forms, ``.gz``); a path that does not exist but holds ``*``, ``?``
+    or ``[`` is a glob. Either one matching nothing is an error.
+    """
+    if directories and spec.is_dir():
+        files = sorted(child for child in spec.iterdir() if child.is_file() and looks_like_capture(child))
+        if not files:
+            raise DiagError(f"{spec}: no capture files (.pcap, .pcapng, rotated .pcapN, .gz) in this directory")
+        return files
+    if not spec.exists() and GLOB_CHARACTERS.search(str(spec)):
+        files = sorted(Path(match) for match in glob.glob(str(spec)) if Path(match).is_file())
+        if not files:
+            raise DiagError(f"{spec}: no file matches this pattern")
+        return files
+    return None
+
+
+def check_points(entries: Sequence[tuple[str, Path, bool]]) -> None:
+    """Refuse names that would merge files by accident; ``entries`` are (name, path, named explicitly).
+
+    A name may cover several files when it was given explicitly each time
+    (``pod=a.pcap pod=b.pcap``, ``pod=DIR``, ``pod='x*'``), or when every file
+    has the same rotation stem in one directory (``pod.pcap0 pod.pcap1``).
+    Two unrelated files that only share a stem (``a/pod.pcap b/pod.pcap``)
+    stay an error.
+    """
+    by_name: dict[str, list[tuple[Path, bool]]] = {}
+    for name, path, named in entries:
+        if not name.strip():
+            raise DiagError(f"{path}: empty capture name")
+        by_name.setdefault(name, []).append((path, named))
+    for name, files in by_name.items():
+        if len(files) == 1 or all(named for _, named in files):
+            continue
+        unnamed = [path for path, named in files if not named]
+        rotated = any(rotated_stem(path) is not None for path in unnamed)
+        if len(unnamed) == len(files) and rotated and len({path.parent for path in unnamed}) == 1:
+            continue
+        first, second = files[0][0], files[1][0]
+        raise DiagError(
+            f"two captures are named {name!r} ({first} and {second}); name them with NAME=PATH "
+            "(the same NAME given again adds a file to that point)"
+        )
+
+
+def merge_point(tables: Sequence[pd.DataFrame], infos: Sequence[CaptureInfo]) -> tuple[pd.DataFrame, CaptureInfo]:
+    """The packet tables of one point's files as one table in time order, and the point's ``CaptureInfo``.
+
+    Files are put in the order of their first timestamp; when they do not
+    overlap in time (a ring buffer) that is the whole merge and each file
+    keeps its own record order. Files that overlap are merged packet by
+    packet by timestamp (stable: equal times keep file order), as mergecap
+    does with files that are each in time order. The ``file`` column is the
+    position of the packet's file in ``CaptureInfo.files``; ``index`` stays
+    the position within that file.
+    """
+    if len(tables) == 1:
+        info = infos[0]
+        return tables[0], _point_info(info.name, [info])
+    first = [_first_ts(table) for table in tables]
+    order = sorted(range(len(tables)), key=lambda position: (first[position] is None, first[position] or 0))
+    ordered = [tables[position].assign(file=np.int16(rank)) for rank, position in enumerate(order)]
+    merged = stack_tables(ordered)
+    if _overlap([tables[position] for position in order]):
+        merged = merged.iloc[np.argsort(merged["ts_ns"].to_numpy(), kind="stable")].reset_index(drop=True)
+    return merged, _point_info(infos[0].name, [infos[position] for position in order])
+
+
+def stack_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Packet tables one after the other, categorical columns kept categorical (a plain concat would not)."""
+    columns = list(PACKET_COLUMNS)
+    stacked = pd.concat([table[columns] for table in tables], ignore_index=True)
+    for column, (dtype, _meaning) in PACKET_COLUMNS.items():
+        if dtype == "category":
+            stacked[column] = pd.Categorical(union_categoricals([pd.Categorical(table[column]) for table in tables]))
+    stacked.attrs = {}
+    return stacked
+
+
+def _first_ts(table: pd.DataFrame) -> int | None:
+    stamps = table["ts_ns"].to_numpy()
+    stamps = stamps[stamps >= 0]
+    return int(stamps.min()) if len(stamps) else None
+
+
+def _overlap(tables: Sequence[pd.DataFrame]) -> bool:
+    """Whether a file holds packets earlier than the last packet of a file before it."""
+    latest = None
+    for table in tables:
+        stamps = table["ts_ns"].to_numpy()
+        stamps = stamps[stamps >= 0]
+        if not len(stamps):
+            continue
+        if latest is not None and int(stamps.min()) < latest:
+            return True
+        latest = max(latest or 0, int(stamps.max()))
+    return False
+
+
+def _point_info(name: str, infos: Sequence[CaptureInfo]) -> CaptureInfo:
+    """One ``CaptureInfo`` for the point: counts summed, every file listed, warnings naming their file."""
+    if len(infos) == 1:
+        return replace(infos[0], name=name, files=(infos[0].path,))
+    link_types = {info.link_type for info in infos if info.link_type}
+    return CaptureInfo(
+        name=name,
+        path=infos[0].path,
+        packets=sum(info.packets for info in infos),
+        link_type=link_types.pop() if len(link_types) == 1 else ("mixed" if link_types else ""),
+        skipped=sum(info.skipped for info in infos),
+        warnings=tuple(f"{Path(info.path).name}: {message}" for info in infos for message in info.warnings),
+        files=tuple(info.path for info in infos),
+    )
