@@ -9,8 +9,10 @@ thousands of ordinary resets, some of them to the incident's own service.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,6 @@ import pandas as pd
 import pytest
 from busy_background import SERVICE, Plan, write_background
 from conftest import PROJECT, require_tools
-from test_analyze_cli import run_diag
 
 from diag.capture.info import CaptureInfo
 from diag.report import CAUSES, FORGED_RESET_CAUSES, Finding, PacketRef, Report
@@ -223,7 +224,10 @@ def test_text_shows_the_verdict_then_at_most_the_top_groups_and_all_findings_on_
 
 
 def _analyze(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    result = run_diag("analyze", "pcap", *args)
+    """``diag analyze pcap`` as a user runs it; a generous timeout, as the machine may be busy with other work."""
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="100")
+    command = [sys.executable, "-m", "diag.cli", "analyze", "pcap", *map(str, args)]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stderr
     return result
 
