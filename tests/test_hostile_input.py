@@ -609,6 +609,10 @@ def test_kill_9_of_run_scenario_leaves_no_process_and_a_marked_leftover(tmp_path
         cleaned = run_diag("lab", "up", "--clean-leftovers", topology, "--name", small)
         assert cleaned.returncode == 0, cleaned.stderr
         assert lab in cleaned.stderr and "leftover" in cleaned.stderr
+        # A lab left up on purpose is no leftover, although the process that built it has exited.
+        listing = run_diag("lab", "ls").stdout.splitlines()
+        assert any(line.startswith(small + " ") and line.endswith("up") for line in listing), listing
+        assert not any(line.startswith(lab + " ") for line in listing)
         assert run_diag("lab", "down", small).returncode == 0
         lab = ""
     finally:
