@@ -637,12 +637,12 @@ def parse_filter(text: str) -> Node:
 
 
 class _Columns:
-    """The packet columns an expression reads, as numpy arrays, and address decisions per category."""
+    """The packet columns an expression reads, as numpy arrays, and the distinct addresses as numbers."""
 
     def __init__(self, packets: pd.DataFrame) -> None:
         self.packets = packets
         self.arrays: dict[str, np.ndarray] = {}
-        self.addresses: dict[str, tuple[np.ndarray, list[ipaddress.IPv4Address | ipaddress.IPv6Address | None]]] = {}
+        self.addresses: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def array(self, column: str) -> np.ndarray:
         if column not in self.arrays:
@@ -654,19 +654,40 @@ class _Columns:
             values = self.packets[column]
             categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
             codes = categorical.cat.codes.to_numpy()
-            parsed = [_address(str(name)) for name in categorical.cat.categories]
-            self.addresses[column] = (codes, parsed)
-        codes, parsed = self.addresses[column]
+            names = [str(name) for name in categorical.cat.categories.to_numpy(dtype=object)]
+            self.addresses[column] = (codes, *_address_numbers(names))
+        codes, version, high, low = self.addresses[column]
         # Decided once per distinct address, then spread to the rows; code -1 (missing) is never inside.
-        inside = np.array([address is not None and address in network for address in parsed] + [False], dtype=bool)
-        return inside[codes]
+        net_high, net_low = _split128(int(network.network_address), network.version)
+        mask_high, mask_low = _split128(int(network.netmask), network.version)
+        inside = (version == network.version) & ((high & mask_high) == net_high) & ((low & mask_low) == net_low)
+        return np.append(inside, False)[codes]
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
+def _split128(value: int, version: int) -> tuple[np.uint64, np.uint64]:
+    """An address or mask as two 64-bit halves (IPv4 in the low half), for numpy comparisons."""
+    if version == 4:
+        return np.uint64(0), np.uint64(value)
+    return np.uint64(value >> 64), np.uint64(value & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _address_numbers(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IP version (0: not an address), high and low 64 bits of each address text.
+
+    inet_pton rather than ipaddress: a busy capture has tens of thousands of
+    distinct addresses, and ipaddress spends about 40 microseconds on each.
+    """
+    version, high, low = [], [], []
+    for text in texts:
+        family, width = (socket.AF_INET6, 6) if ":" in text else (socket.AF_INET, 4)
+        try:
+            number = int.from_bytes(socket.inet_pton(family, text), "big")
+        except OSError:
+            number, width = 0, 0
+        version.append(width)
+        high.append(number >> 64)
+        low.append(number & 0xFFFF_FFFF_FFFF_FFFF)
+    return np.array(version, dtype=np.int8), np.array(high, dtype=np.uint64), np.array(low, dtype=np.uint64)
 
 
 def _directed(columns: _Columns, direction: str, test: Callable[[str], np.ndarray]) -> np.ndarray:
