@@ -26,7 +26,7 @@ from diag.analysis import analyze, concat_packets, parse_capture_args, read_capt
 from diag.capture.columns import PACKET_COLUMNS
 from diag.flows import FLOW_COLUMNS, build_flows
 from diag.report.jsondoc import flows_to_json
-from diag.report.zeeklog import escape_text, format_value
+from diag.report.zeeklog import conn_log_lines, escape_text, format_time
 
 REFERENCE = sorted((PROJECT / "captures").glob("*.pcapng"))
 # Real traffic nobody on the project made: TCP and UDP, IPv6, flows of one packet.
@@ -209,18 +209,25 @@ def test_conn_log_covers_tcp_udp_ipv6_and_single_packet_flows() -> None:
 
 
 def test_zeek_field_rendering() -> None:
-    assert format_value(None, "count") == "-"
-    assert format_value(float("nan"), "interval") == "-"
-    assert format_value(1.5, "interval") == "1.500000"  # trailing zeros kept, as Zeek renders time and interval
-    assert format_value(1795796985.1213350, "time") == "1795796985.121335"
-    assert format_value("", "string") == "(empty)"
-    assert format_value(True, "bool") == "T" and format_value(False, "bool") == "F"
-    assert format_value((), "set[string]") == "(empty)"
-    assert format_value(("b", "a"), "set[string]") == "a,b"
-    assert format_value(("a,b",), "set[string]") == "a\\x2cb"
+    assert format_time(1.5) == "1.500000"  # trailing zeros kept, as Zeek renders time and interval
+    assert format_time(1795796985.1213350) == "1795796985.121335"
+    assert escape_text("") == "(empty)"
     # A value that would read as a marker, or holds the separator, is escaped.
     assert escape_text("-") == "\\x2d" and escape_text("(empty)") == "\\x28empty)"
     assert escape_text("a\tb\n") == "a\\x09b\\x0a"
+    assert escape_text("ShADadfF") == "ShADadfF"
+
+
+def test_conn_log_unset_rules() -> None:
+    """An empty history and a flow of no duration are unset, as Zeek leaves them; the rest stays."""
+    (flows,) = point_flows(PROJECT / "captures" / "pod-b.pcapng").values()
+    flows = flows.head(1).copy()
+    flows["history"] = ""
+    flows["last_ts"] = flows["first_ts"]
+    (line,) = conn_log_lines(flows)
+    record = dict(zip(ZEEK_FIELDS, line.split("\t"), strict=True))
+    assert record["history"] == record["duration"] == record["orig_bytes"] == record["resp_bytes"] == "-"
+    assert record["conn_state"] == flows["conn_state"].iloc[0] and record["orig_pkts"] != "-"
 
 
 def test_no_zeek_log_in_the_corpus_to_compare_with() -> None:
@@ -333,6 +340,10 @@ def test_analyze_export_refuses_existing_files(tmp_path: Path) -> None:
     assert result.stderr.decode().count("\n") == 1 and "flows.csv" in result.stderr.decode()
     assert (tmp_path / "flows.csv").read_text() == "mine\n"
     assert not (tmp_path / "packets.csv").exists(), "nothing is written when one target is refused"
+    forced = run_diag("analyze", "pcap", "captures/client.pcapng", "--export", tmp_path, "--force")
+    assert forced.returncode == 0 and forced.stderr == b"", forced.stderr.decode()
+    assert (tmp_path / "flows.csv").read_text().startswith("flow_id,capture,")
+    assert len(pd.read_parquet(tmp_path / "packets.parquet")) > 0
 
 
 # --- bad input ----------------------------------------------------------------------------------------------------

@@ -70,7 +70,10 @@ def csv_table(table: pd.DataFrame) -> pd.DataFrame:
 
 def arrow_table(table: pd.DataFrame) -> pa.Table:
     """The table as an Arrow table for Parquet: categoricals stay dictionaries, ``rsts`` a list of structs."""
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    # A table's attrs (the reader's CaptureInfo) are not data, and Arrow cannot store them as metadata.
+    plain = table.copy(deep=False)
+    plain.attrs = {}
+    arrow = pa.Table.from_pandas(plain, preserve_index=False)
     if "rsts" in arrow.column_names:
         index = arrow.column_names.index("rsts")
         arrow = arrow.set_column(index, pa.field("rsts", RSTS_TYPE), arrow.column("rsts").cast(RSTS_TYPE))

@@ -39,8 +39,7 @@ Zeek runs would).
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterable, Mapping, Sequence
+import re
 from datetime import datetime
 from typing import Any, Final
 
@@ -76,9 +75,6 @@ CONN_FIELDS: Final[tuple[tuple[str, str], ...]] = (
     ("tunnel_parents", "set[string]"),
 )
 
-# A field value before rendering: None is unset; a tuple is a set's elements.
-FieldValue = str | int | float | bool | tuple[str, ...] | None
-
 # Zeek writes the time of #open and #close like this, in local time.
 HEADER_TIME_FORMAT: Final = "%Y-%m-%d-%H-%M-%S"
 
@@ -90,16 +86,19 @@ def escape_byte(char: str) -> str:
     return f"\\x{ord(char):02x}"
 
 
-def escape_text(text: str, separators: Sequence[str] = (SEPARATOR,)) -> str:
-    """Escape the separators and non-printable characters the way Zeek's writer does.
+# Characters Zeek's writer escapes: the separator and anything not printable ASCII.
+_NEEDS_ESCAPE: Final = re.compile(r"[^\x20-\x7e]")
 
-    A value that would read as one of the reserved words (``-``, ``(empty)``)
-    gets its first character escaped, so an unset field and a string ``-``
-    stay apart.
+
+def escape_text(text: str) -> str:
+    """A string field as Zeek writes it: separators and non-printable characters escaped, empty as ``(empty)``.
+
+    A value that would read as one of the markers (``-``, ``(empty)``) gets its
+    first character escaped, so an unset field and a string ``-`` stay apart.
     """
-    out = "".join(
-        escape_byte(char) if char in separators or not char.isprintable() or ord(char) > 0x7E else char for char in text
-    )
+    if not text:
+        return EMPTY_FIELD
+    out = _NEEDS_ESCAPE.sub(lambda match: escape_byte(match.group()), text)
     if text in (UNSET_FIELD, EMPTY_FIELD):
         out = escape_byte(text[0]) + out[1:]
     return out
@@ -108,24 +107,6 @@ def escape_text(text: str, separators: Sequence[str] = (SEPARATOR,)) -> str:
 def format_time(seconds: float) -> str:
     """``time`` and ``interval`` fields: fixed 6 decimals, trailing zeros kept (as Zeek renders them)."""
     return f"{seconds:.6f}"
-
-
-def format_value(value: FieldValue, zeek_type: str) -> str:
-    """One field as text: unset ``-``, empty string or set ``(empty)``, booleans ``T``/``F``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return UNSET_FIELD
-    if zeek_type in ("time", "interval") and isinstance(value, int | float):
-        return format_time(float(value))
-    if zeek_type == "bool":
-        return "T" if value else "F"
-    if isinstance(value, tuple):
-        if not value:
-            return EMPTY_FIELD
-        return SET_SEPARATOR.join(escape_text(item, (SEPARATOR, SET_SEPARATOR)) for item in sorted(value))
-    if isinstance(value, bool | int):
-        return str(int(value))
-    text = str(value)
-    return escape_text(text) if text else EMPTY_FIELD
 
 
 def base62(number: int) -> str:
@@ -144,50 +125,61 @@ def conn_uid(capture: str, proto: str, orig: str, resp: str, vlan: int, first_in
     return "C" + base62(int.from_bytes(digest, "big"))
 
 
-def conn_fields(flow: Mapping[str, Any]) -> tuple[FieldValue, ...]:
-    """One flow-table row (as a dict) as the values of ``CONN_FIELDS``, in order (None: unset)."""
-    first_ts = float(flow["first_ts"])
-    duration = float(flow["last_ts"]) - first_ts
-    lasted = duration > 0
-    history = str(flow["history"])
-    return (
-        first_ts,
-        conn_uid(
-            str(flow["capture"]),
-            str(flow["proto"]),
-            str(flow["orig"]),
-            str(flow["resp"]),
-            int(flow["vlan"]),
-            int(flow["first_index"]),
-            first_ts,
-        ),
-        str(flow["orig_h"]),
-        int(flow["orig_p"]),
-        str(flow["resp_h"]),
-        int(flow["resp_p"]),
-        str(flow["proto"]),
-        None,  # service
-        duration if lasted else None,
-        int(flow["orig_bytes"]) if lasted else None,
-        int(flow["resp_bytes"]) if lasted else None,
-        str(flow["conn_state"]),
-        None,  # local_orig
-        None,  # local_resp
-        None,  # missed_bytes
-        history or None,  # Zeek leaves an empty history unset
-        int(flow["orig_pkts"]),
-        None,  # orig_ip_bytes
-        int(flow["resp_pkts"]),
-        None,  # resp_ip_bytes
-        None,  # tunnel_parents
-    )
+def _values(flows: pd.DataFrame, column: str) -> list[Any]:
+    return flows[column].tolist()
 
 
-def format_line(values: Sequence[FieldValue]) -> str:
-    """One log line (without its newline) from the values of ``CONN_FIELDS``."""
-    return SEPARATOR.join(
-        format_value(value, zeek_type) for value, (_name, zeek_type) in zip(values, CONN_FIELDS, strict=True)
-    )
+def _texts(flows: pd.DataFrame, column: str) -> list[str]:
+    return [escape_text(str(value)) for value in _values(flows, column)]
+
+
+def _counts(flows: pd.DataFrame, column: str) -> list[str]:
+    return [str(int(value)) for value in _values(flows, column)]
+
+
+def _where(present: list[bool], rendered: list[str]) -> list[str]:
+    return [text if keep else UNSET_FIELD for text, keep in zip(rendered, present, strict=True)]
+
+
+def conn_uids(flows: pd.DataFrame) -> list[str]:
+    keys = ("capture", "proto", "orig", "resp", "vlan", "first_index", "first_ts")
+    return [
+        conn_uid(str(c), str(p), str(o), str(r), int(v), int(i), float(t))
+        for c, p, o, r, v, i, t in zip(*(_values(flows, key) for key in keys), strict=True)
+    ]
+
+
+def conn_columns(flows: pd.DataFrame) -> list[list[str]]:
+    """The flow table rendered as the text of each ``CONN_FIELDS`` field, column by column, in field order."""
+    first = flows["first_ts"].to_numpy(dtype="float64")
+    durations = (flows["last_ts"].to_numpy(dtype="float64") - first).tolist()
+    # As in Zeek's conn.zeek: duration and byte counts only when the connection lasted.
+    lasted = [duration > 0 for duration in durations]
+    unset = [UNSET_FIELD] * len(flows)
+    histories = [str(history) for history in _values(flows, "history")]
+    return [
+        [format_time(ts) for ts in first.tolist()],  # ts
+        conn_uids(flows),  # uid
+        _texts(flows, "orig_h"),
+        _counts(flows, "orig_p"),
+        _texts(flows, "resp_h"),
+        _counts(flows, "resp_p"),
+        _texts(flows, "proto"),
+        unset,  # service: no protocol analyzers
+        _where(lasted, [format_time(duration) for duration in durations]),
+        _where(lasted, _counts(flows, "orig_bytes")),
+        _where(lasted, _counts(flows, "resp_bytes")),
+        _texts(flows, "conn_state"),
+        unset,  # local_orig: no local networks configured
+        unset,  # local_resp
+        unset,  # missed_bytes: no reassembly, gaps not measured
+        [escape_text(history) if history else UNSET_FIELD for history in histories],  # empty: unset, as Zeek
+        _counts(flows, "orig_pkts"),
+        unset,  # orig_ip_bytes: not in the flow table
+        _counts(flows, "resp_pkts"),
+        unset,  # resp_ip_bytes
+        unset,  # tunnel_parents: no carrier flow named
+    ]
 
 
 def header_lines(opened: datetime, path: str = "conn") -> list[str]:
@@ -208,10 +200,9 @@ def close_line(closed: datetime) -> str:
     return f"#close{SEPARATOR}{closed.strftime(HEADER_TIME_FORMAT)}"
 
 
-def conn_log_lines(flows: pd.DataFrame) -> Iterable[str]:
+def conn_log_lines(flows: pd.DataFrame) -> list[str]:
     """The record lines of a flow table, in its row order."""
-    for flow in flows.to_dict(orient="records"):
-        yield format_line(conn_fields({str(key): value for key, value in flow.items()}))
+    return [SEPARATOR.join(fields) for fields in zip(*conn_columns(flows), strict=True)]
 
 
 def conn_log(flows: pd.DataFrame, opened: datetime, closed: datetime) -> str:
