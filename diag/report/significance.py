@@ -28,11 +28,13 @@ their most significant member, so the verdict's group comes first.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
 
 from diag.report.model import FORGED_RESET_CAUSES, Finding
 
@@ -51,51 +53,73 @@ SEVERITY: Final[dict[str, int]] = {
 }
 EXAMPLES_PER_GROUP: Final = 3
 
-ServiceKey = tuple[str, str]  # (proto, server endpoint)
-GroupKey = tuple[str, str, str]  # (cause, proto, server endpoint)
+Ints = npt.NDArray[np.int64]
 
 
 def severity(cause: str) -> int:
     return SEVERITY.get(str(cause), REVIEW_CLASS)
 
 
-def _service(finding: Finding) -> ServiceKey:
+def _service(finding: Finding) -> tuple[str, str]:
     return (finding.proto, finding.server)
 
 
-def _group_key(finding: Finding) -> GroupKey:
+def _group_key(finding: Finding) -> tuple[str, str, str]:
     return (str(finding.cause), finding.proto, finding.server)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """The findings' ranking inputs as columns; a busy capture has tens of thousands of findings."""
+
+    klass: Ints
+    rarity: npt.NDArray[np.float64]
+    confidence: npt.NDArray[np.float64]
+    ts: npt.NDArray[np.float64]  # +inf without a symptom packet: after every timed one
+    group: Ints  # group code (cause, proto, server), dense from 0
+
+    @property
+    def weight(self) -> npt.NDArray[np.float64]:
+        return self.confidence * self.rarity
+
+
+def _table(findings: Sequence[Finding]) -> _Table:
+    causes = [str(f.cause) for f in findings]
+    columns = {"cause": causes, "proto": [f.proto for f in findings], "server": [f.server for f in findings]}
+    frame = pd.DataFrame(columns, dtype=object)  # plain objects: factorised faster than arrow strings
+    group: Ints = np.asarray(frame.groupby(["cause", "proto", "server"], sort=False).ngroup(), dtype=np.int64)
+    service: Ints = np.asarray(frame.groupby(["proto", "server"], sort=False).ngroup(), dtype=np.int64)
+    per_group = np.bincount(group)[group]
+    per_service = np.bincount(service)[service]
+    return _Table(
+        klass=np.array([severity(c) for c in causes], dtype=np.int64),
+        rarity=1.0 + np.log10(per_service / per_group),
+        confidence=np.array([f.confidence for f in findings], dtype=np.float64),
+        ts=np.array([f.packet.ts if f.packet is not None else np.inf for f in findings], dtype=np.float64),
+        group=group,
+    )
+
+
+def _ranked(table: _Table) -> Ints:
+    # lexsort: the last key is the primary one; it is stable, so equal keys keep the list's order.
+    return np.lexsort((table.ts, -table.confidence, -table.weight, -table.klass)).astype(np.int64)
 
 
 def rarity_weights(findings: Sequence[Finding]) -> list[float]:
     """``1 + log10(n_service / n_cause_in_service)`` of every finding: 1 for the usual, more for the rare."""
-    per_service = Counter(_service(f) for f in findings)
-    per_group = Counter(_group_key(f) for f in findings)
-    return [1.0 + math.log10(per_service[_service(f)] / per_group[_group_key(f)]) for f in findings]
-
-
-def significance_keys(findings: Sequence[Finding]) -> list[tuple[int, float, float, float]]:
-    """A sort key per finding, larger = more significant: (class, confidence x rarity, confidence, -time)."""
-    keys = []
-    for finding, rarity in zip(findings, rarity_weights(findings), strict=True):
-        ts = finding.packet.ts if finding.packet is not None else math.inf
-        keys.append((severity(finding.cause), finding.confidence * rarity, finding.confidence, -ts))
-    return keys
+    return _table(findings).rarity.tolist() if findings else []
 
 
 def ranked(findings: Sequence[Finding]) -> list[int]:
-    """Indices of ``findings``, most significant first (stable: equal keys keep the list's order)."""
-    keys = significance_keys(findings)
-    return sorted(range(len(findings)), key=lambda i: keys[i], reverse=True)
+    """Indices of ``findings``, most significant first: by class, confidence x rarity, confidence, time."""
+    return _ranked(_table(findings)).tolist() if findings else []
 
 
 def most_significant(findings: Sequence[Finding]) -> int | None:
     """Index of the verdict among ``findings``, None when there are none."""
     if not findings:
         return None
-    keys = significance_keys(findings)
-    # max() keeps the first of equal keys, as the stable sort in ``ranked`` does.
-    return max(range(len(findings)), key=lambda i: keys[i])
+    return int(_ranked(_table(findings))[0])
 
 
 @dataclass(frozen=True)
@@ -128,28 +152,38 @@ def group_findings(findings: Sequence[Finding]) -> list[Group]:
     """Findings grouped by (cause, proto, server), the groups ordered by their most significant member.
 
     Groups whose best members weigh the same (the many services with only
-    ordinary resets) are ordered by size, largest first, then by time.
+    ordinary resets) are ordered by size, largest first, then by the rank
+    of their best member.
     """
-    keys = significance_keys(findings)
-    members: dict[GroupKey, list[int]] = {}
-    for index in sorted(range(len(findings)), key=lambda i: keys[i], reverse=True):
-        members.setdefault(_group_key(findings[index]), []).append(index)
-
-    def order(indices: list[int]) -> tuple[int, float, float, int, float]:
-        best_class, weight, confidence, earliest = keys[indices[0]]
-        return (best_class, weight, confidence, len(indices), earliest)
-
-    return [
-        Group(
-            cause=cause,
-            proto=proto,
-            server=server,
-            count=len(indices),
-            confidence=max(findings[i].confidence for i in indices),
-            members=tuple(indices),
+    if not findings:
+        return []
+    table = _table(findings)
+    order = _ranked(table)
+    # Members of each group in rank order: a stable sort of the ranked list by group code.
+    by_group = order[np.argsort(table.group[order], kind="stable")]
+    counts = np.bincount(table.group)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    best = by_group[starts]  # each group's most significant member
+    position = np.empty(len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    weight = table.weight
+    group_order = np.lexsort((position[best], -counts, -table.confidence[best], -weight[best], -table.klass[best]))
+    best_confidence = np.maximum.reduceat(table.confidence[by_group], starts)
+    members, first, size = by_group.tolist(), starts.tolist(), counts.tolist()
+    groups = []
+    for code in group_order.tolist():
+        head = findings[members[first[code]]]
+        groups.append(
+            Group(
+                cause=str(head.cause),
+                proto=head.proto,
+                server=head.server,
+                count=size[code],
+                confidence=float(best_confidence[code]),
+                members=tuple(members[first[code] : first[code] + size[code]]),
+            )
         )
-        for (cause, proto, server), indices in sorted(members.items(), key=lambda item: order(item[1]), reverse=True)
-    ]
+    return groups
 
 
 def why_first(findings: Sequence[Finding], index: int) -> str | None:
