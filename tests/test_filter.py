@@ -257,6 +257,50 @@ def test_masks_equal_tcpdump_on_public_traces(name: str, corpus: Path, tmp_path:
     assert _compare_with_tcpdump(path, tmp_path) > 15
 
 
+def test_tunnel_words_look_inside_like_tcpdump(corpus: Path, tmp_path: Path) -> None:
+    # tcpdump's "geneve" shifts the rest of the expression to the encapsulated packet; rows already hold it.
+    require_tools("tcpdump")
+    path = corpus / "tcpdump" / "tests" / "geneve.pcap"
+    if not path.exists():
+        pytest.skip("geneve.pcap not in the corpus")
+    table = read(path)
+    inner = Counter(table["src"].astype(str)).most_common(1)[0][0]
+    port = Counter(table.loc[table["sport"] >= 0, "sport"]).most_common(1)[0][0]
+    sizes: list[int] = []
+    expressions = (
+        "geneve", "geneve 0xb", "geneve 11 and tcp", "geneve and icmp", f"geneve and host {inner}",
+        f"geneve and not src host {inner}", f"geneve and tcp port {port}", "geneve and not tcp",
+    )  # fmt: skip
+    for expression in expressions:
+        ours = table[filter_mask(table, expression) & (table["ip_version"] > 0).to_numpy()]
+        theirs = _tcpdump_rows(path, expression, tmp_path / "out.pcap")
+        sizes.append(len(ours))
+        pd.testing.assert_frame_equal(
+            ours[KEY].astype({"src": str, "dst": str}).reset_index(drop=True),
+            theirs[KEY].astype({"src": str, "dst": str}).reset_index(drop=True),
+            check_dtype=False, obj=expression,
+        )  # fmt: skip
+    assert sum(0 < size < len(table) for size in sizes) >= 5, sizes
+
+
+def test_vxlan_word_equals_tshark(corpus: Path) -> None:
+    # This tcpdump's libpcap (1.10) predates its "vxlan" word; tshark's decoder is the reference.
+    require_tools("tshark")
+    path = corpus / "tcpdump" / "tests" / "vxlan.pcap"
+    if not path.exists():
+        pytest.skip("vxlan.pcap not in the corpus")
+    table = read(path)
+    vni = int(table["tunnel_id"].iloc[0])
+    for expression, display in (("vxlan", "vxlan"), (f"vxlan {vni}", f"vxlan.vni == {vni}"),
+                                ("vxlan 99999 or geneve", "vxlan.vni == 99999 or geneve")):
+        frames = subprocess.run(
+            ["tshark", "-r", str(path), "-Y", display, "-T", "fields", "-e", "frame.number"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+        ours = table.loc[filter_mask(table, expression), "index"].to_numpy() + 1
+        assert ours.tolist() == [int(f) for f in frames], expression
+
+
 def test_every_template_matches_something_somewhere(busy: Path) -> None:
     # Guards the comparison above against passing on empty results only.
     table = read(busy)

@@ -102,6 +102,14 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Tunnel:
+    """``geneve [vni]``, ``vxlan [vni]``: the row came out of that tunnel (its other columns are the inner packet)."""
+
+    kind: str
+    vni: int | None = None
+
+
+@dataclass(frozen=True)
 class Num:
     value: int
 
@@ -130,20 +138,20 @@ class Relation:
 
 
 Value = Num | Load | Arith
-Node = And | Or | Not | Addr | Port | Field | Relation
+Node = And | Or | Not | Addr | Port | Field | Tunnel | Relation
 
 
 # ---------------------------------------------------------------------------------------------- words
 
 KEYWORDS: Final = frozenset({
     "host", "net", "port", "portrange", "src", "dst", "and", "or", "not", "proto", "mask",
-    "ip", "ip6", "tcp", "udp", "sctp", "icmp", "icmp6", "less", "greater", "len", "vlan",
+    "ip", "ip6", "tcp", "udp", "sctp", "icmp", "icmp6", "less", "greater", "len", "vlan", "geneve", "vxlan",
 })  # fmt: skip
 # Real pcap-filter words whose fields the packet table does not keep.
 UNSUPPORTED: Final = frozenset({
     "ether", "fddi", "tr", "wlan", "arp", "rarp", "gateway", "broadcast", "multicast", "protochain",
     "atalk", "aarp", "decnet", "iso", "stp", "ipx", "netbeui", "lat", "moprc", "mopdl", "mpls", "pppoed",
-    "pppoes", "geneve", "vxlan", "igmp", "igrp", "pim", "vrrp", "carp", "ah", "esp", "link", "inbound",
+    "pppoes", "igmp", "igrp", "pim", "vrrp", "carp", "ah", "esp", "link", "inbound",
     "outbound", "ifname", "on", "rnr", "rulenum", "reason", "rset", "ruleset", "srnr", "subrulenum", "action",
     "type", "subtype", "dir", "ra", "ta", "addr1", "addr2", "addr3", "addr4", "llc", "clnp", "esis", "isis",
     "vpi", "vci", "lane", "oamf4", "oam", "metac", "bcc", "sc", "ilmic", "connectmsg", "metaconnect",
@@ -322,6 +330,13 @@ class _Parser:
             if self.peek() is not None and _is_number(self.peek() or ""):
                 return Field("vlan", self.number("a VLAN id"))
             return Not(Field("vlan", -1))
+        if word in ("geneve", "vxlan"):
+            # As in tcpdump, what follows is about the packet inside; here every row already holds that packet.
+            self.take()
+            self.qual = None
+            if self.peek() is not None and _is_number(self.peek() or ""):
+                return Tunnel(word, self.number("a VNI"))
+            return Tunnel(word)
         if self.is_bare_id(token):
             # tcpdump reads ``port 80 or (443)`` as two ports: inside parentheses the qualifiers carry on.
             return self.identifier(self.qual or Qual())
@@ -709,6 +724,9 @@ def _evaluate(node: Node, columns: _Columns) -> np.ndarray:
         return ~_evaluate(node.child, columns)
     if isinstance(node, Field):
         return np.asarray(columns.array(node.column) == node.value, dtype=bool)
+    if isinstance(node, Tunnel):
+        mask = np.asarray((columns.packets["tunnel"] == node.kind).to_numpy(), dtype=bool)
+        return mask if node.vni is None else mask & (columns.array("tunnel_id") == node.vni)
     if isinstance(node, Addr):
         return _directed(columns, node.dir, lambda side: columns.in_network(side, node.network))
     if isinstance(node, Port):
