@@ -178,6 +178,9 @@ def test_capture_in_a_directory_nobody_may_search(shared_dir: Path) -> None:
     line = one_line_failure(_as_nobody("analyze", "pcap", capture), str(capture), "permission denied")
     assert line.startswith("diag: ")
     one_line_failure(_as_nobody("analyze", "pcap", f"pod={capture}"), str(capture), "permission denied")
+    # A directory as a capture point that nobody may list, and a glob in it.
+    one_line_failure(_as_nobody("analyze", "pcap", f"pod={locked}"), str(locked), "cannot list")
+    one_line_failure(_as_nobody("analyze", "pcap", f"pod={locked}/*.pcapng"), "no file matches")
     # NAME=PATH where the whole item might be a path in that directory: still one line.
     one_line_failure(_as_nobody("analyze", "pcap", f"{locked}/x=y"), "no such file")
 
@@ -247,7 +250,9 @@ def test_a_mapped_capture_cut_short_while_read_is_one_line_not_sigbus(tmp_path: 
 
 
 def test_directory_and_dangling_symlink(tmp_path: Path) -> None:
-    one_line_failure(run_diag("analyze", "pcap", tmp_path), str(tmp_path), "is a directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_failure(run_diag("analyze", "pcap", empty), str(empty), "directory")
     link = tmp_path / "gone.pcap"
     link.symlink_to(tmp_path / "nowhere.pcap")
     one_line_failure(run_diag("analyze", "pcap", link), str(link), "no such file")

@@ -23,6 +23,7 @@ from pandas.api.types import union_categoricals
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import capture_stem
+from diag.capture.source import exists_quietly, is_dir_quietly, is_file_quietly
 from diag.errors import DiagError
 
 # tcpdump -C numbers the files after the name it was given: pod.pcap, pod.pcap1, … (pod.pcap00 … with -W 10+).
@@ -61,13 +62,18 @@ def expand_spec(spec: Path, directories: bool = True) -> list[Path] | None:
     rotated forms, ``.gz``); a path that does not exist but holds ``*``, ``?``
     or ``[`` is a glob. Either one matching nothing is an error.
     """
-    if directories and spec.is_dir():
-        files = sorted(child for child in spec.iterdir() if child.is_file() and looks_like_capture(child))
+    # The OS may refuse to say (a directory the user cannot search): then it is no directory and
+    # no glob, and opening it as a file reports the refusal in one line.
+    if directories and is_dir_quietly(spec):
+        try:
+            files = sorted(child for child in spec.iterdir() if child.is_file() and looks_like_capture(child))
+        except OSError as error:
+            raise DiagError(f"{spec}: cannot list this directory ({error.strerror or error})") from None
         if not files:
             raise DiagError(f"{spec}: no capture files (.pcap, .pcapng, rotated .pcapN, .gz) in this directory")
         return files
-    if not spec.exists() and GLOB_CHARACTERS.search(str(spec)):
-        files = sorted(Path(match) for match in glob.glob(str(spec)) if Path(match).is_file())
+    if not exists_quietly(spec) and GLOB_CHARACTERS.search(str(spec)):
+        files = sorted(Path(match) for match in glob.glob(str(spec)) if is_file_quietly(Path(match)))
         if not files:
             raise DiagError(f"{spec}: no file matches this pattern")
         return files

@@ -332,6 +332,22 @@ def exists_quietly(path: Path) -> bool:
     return True
 
 
+def is_dir_quietly(path: Path) -> bool:
+    """Whether ``path`` is a directory, False where the OS will not say."""
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def is_file_quietly(path: Path) -> bool:
+    """Whether ``path`` is a regular file, False where the OS will not say."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def capture_size(path: Path) -> int:
     """Bytes in a capture file, for progress and memory estimates; 0 for a stream or anything unreadable.
 
