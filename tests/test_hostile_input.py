@@ -178,6 +178,11 @@ def test_capture_in_a_directory_nobody_may_search(shared_dir: Path) -> None:
     line = one_line_failure(_as_nobody("analyze", "pcap", capture), str(capture), "permission denied")
     assert line.startswith("diag: ")
     one_line_failure(_as_nobody("analyze", "pcap", f"pod={capture}"), str(capture), "permission denied")
+    flows_out = shared_dir / "flows"
+    flows_out.mkdir(mode=0o777)
+    flows_out.chmod(0o777)
+    one_line_failure(_as_nobody("flows", capture, "--format", "csv", "-o", flows_out), str(capture),
+                     "permission denied")
     # A directory as a capture point that nobody may list, and a glob in it.
     one_line_failure(_as_nobody("analyze", "pcap", f"pod={locked}"), str(locked), "cannot list")
     one_line_failure(_as_nobody("analyze", "pcap", f"pod={locked}/*.pcapng"), "no file matches")

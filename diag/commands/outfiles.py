@@ -48,9 +48,11 @@ def make_dir(directory: Path, option: str) -> None:
 
 def check_targets(targets: Iterable[Path], inputs: Iterable[Path], force: bool, option: str) -> None:
     """Refuse, in one line, a target that is one of the inputs, or that ``check_output`` refuses."""
-    resolved_inputs = {path.resolve() for path in inputs if path.exists()}
+    from diag.capture.source import exists_quietly  # an input in a directory this user cannot search
+
+    resolved_inputs = {path.resolve() for path in inputs if exists_quietly(path)}
     for target in targets:
-        if target.exists() and target.resolve() in resolved_inputs:
+        if exists_quietly(target) and target.resolve() in resolved_inputs:
             raise DiagError(f"{option} {target}: is one of the input captures; choose another directory")
         if target.parent.is_dir():  # else nothing is there yet: check_dir vouched for creating it
             check_output(target, force, option)
@@ -69,10 +71,14 @@ def write_text(target: Path, text: str, force: bool, option: str) -> None:
 
 
 def write_csv(target: Path, table: pd.DataFrame, force: bool, option: str) -> None:
-    """The table as CSV with a header line and no index column (``export.csv_table`` prepared it)."""
+    """The table as CSV with a header line (``export.csv_arrow_table`` decides how cells read)."""
+    import pyarrow.csv as pa_csv
+
+    from diag.report.export import csv_arrow_table, csv_write_options
+
     with atomic_path(target, force, option) as temporary:
         try:
-            table.to_csv(temporary, index=False)
+            pa_csv.write_csv(csv_arrow_table(table), str(temporary), write_options=csv_write_options())
         except OSError as error:
             raise DiagError(f"{option} {target}: cannot write: {_problem(error)}") from error
 
@@ -97,14 +103,12 @@ def export_targets(directory: Path, names: Iterable[str]) -> list[Path]:
 
 def write_export(directory: Path, tables: dict[str, pd.DataFrame], force: bool, option: str) -> list[Path]:
     """Write every table as Parquet and CSV into ``directory`` (created if missing); returns the files written."""
-    from diag.report.export import csv_table
-
     make_dir(directory, option)
     written = []
     for name, table in tables.items():
         parquet, csv = export_targets(directory, [name])
         write_parquet(parquet, table, force, option)
-        write_csv(csv, csv_table(table), force, option)
+        write_csv(csv, table, force, option)
         written += [parquet, csv]
     return written
 
