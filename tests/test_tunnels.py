@@ -9,12 +9,13 @@ packet and say so.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import require_tools
+from conftest import PROJECT, require_tools
 from reader_reference import compare_with_tshark, tshark_packets
 from scapy.contrib.geneve import GENEVE
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -22,13 +23,16 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
 from scapy.layers.l2 import ARP, GRE, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Packet
+from scapy.utils import rdpcap
 from test_corpus import KNOWN_DIFFERENCES
 from test_dissect_cuts import write_cut_capture
 from test_reader import write_pcap
 
+from diag.analysis import analyze
 from diag.capture import read_capture
 from diag.flows import build_flows
 from diag.flows.copies import packet_keys
+from diag.report import Report
 
 ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 NODE_A, NODE_B = "198.18.0.1", "198.18.0.2"
@@ -216,7 +220,8 @@ def test_opened_corpus_tunnels_agree_with_tcpdumps_decode_of_the_carried_header(
             continue  # VXLAN-GPE (UDP 4790) is a different protocol, not opened
         table = read_capture(folder / fields[1])
         headers = innermost_headers((folder / fields[2]).read_text(errors="replace"))
-        for row in table[table.outer_src.astype(str) != ""].itertuples():
+        opened = (table.outer_src.astype(str) != "") & (table.ip_version != 0)  # a carried IP packet
+        for row in table[opened].itertuples():
             header = headers[row.index]
             if "ttl" in header:
                 seen = (row.ip_version, row.ttl, row.ip_id, row.frag_offset, row.proto, row.ip_len)
@@ -277,20 +282,24 @@ def test_malformed_tunnel_headers_keep_the_outer_packet_and_mark_it(tmp_path: Pa
     assert table.dport.tolist() == [6081, 6081, -1, 4789, 4789, 4754]
 
 
-def test_a_tunnel_that_carries_no_ip_keeps_the_outer_packet_unflagged(tmp_path: Path) -> None:
+def test_a_tunnel_that_carries_no_ip_is_opened_to_a_row_without_ip(tmp_path: Path) -> None:
+    """ARP inside VXLAN is no more an IP packet than bare ARP: no UDP flow between the nodes appears."""
     frames = [
         ETH / IP(src=NODE_A, dst=NODE_B) / UDP(sport=50000, dport=4789) / VXLAN(vni=3) / ETH / ARP(),
-        ETH / IP(src=NODE_A, dst=NODE_B) / GRE(version=1, proto=0x880B) / (b"\x00" * 12),  # PPTP's enhanced GRE
-        ETH
-        / IP(src=NODE_A, dst=NODE_B)
-        / UDP(sport=50000, dport=4790)
-        / (b"\x0c" + b"\x00" * 40),  # VXLAN-GPE: not ours
+        ETH / IP(src=NODE_A, dst=NODE_B) / GRE(proto=0x88BE, key_present=1, key=4) / (b"\x10" * 12),  # ERSPAN
+        ETH / IP(src=NODE_A, dst=NODE_B) / GRE(version=1, proto=0x880B) / (b"\x00" * 12),  # PPTP: not a tunnel
+        # VXLAN-GPE (UDP 4790) is another protocol: not opened
+        ETH / IP(src=NODE_A, dst=NODE_B) / UDP(sport=50000, dport=4790) / (b"\x0c" + b"\x00" * 40),
     ]
     table = read_capture(write_pcap(tmp_path / "noip.pcap", [bytes(frame) for frame in frames]))
-    assert table.tunnel.astype(str).tolist() == ["vxlan", "", ""]
-    assert table.tunnel_id.tolist() == [3, -1, -1]
+    assert table.tunnel.astype(str).tolist() == ["vxlan", "gre", "", ""]
+    assert table.tunnel_id.tolist() == [3, 4, -1, -1]
     assert not table.tunnel_broken.any()
-    assert (table.src.astype(str) == NODE_A).all() and (table.outer_src.astype(str) == "").all()
+    assert table.ip_version.tolist() == [0, 0, 4, 4]
+    assert table.src.astype(str).tolist() == ["", "", NODE_A, NODE_A]
+    assert table.proto.tolist() == [-1, -1, 47, 17]
+    assert table.outer_src.astype(str).tolist() == [NODE_A, NODE_A, "", ""]
+    assert build_flows(table)["proto"].tolist() == ["udp"]  # the VXLAN-GPE datagram; no flow between the nodes
 
 
 def test_tunnels_inside_tunnels_are_opened_to_the_innermost_packet(tmp_path: Path) -> None:
@@ -312,3 +321,52 @@ def test_tunnels_inside_tunnels_are_opened_to_the_innermost_packet(tmp_path: Pat
 def test_an_empty_capture_has_the_tunnel_columns(tmp_path: Path) -> None:
     table = read_capture(write_pcap(tmp_path / "empty.pcap", []))
     assert isinstance(table.tunnel.dtype, pd.CategoricalDtype) and table.tunnel_id.dtype == np.int64
+
+
+def write_nanosecond_pcap(path: Path, records: list[tuple[int, bytes]]) -> Path:
+    parts = [struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1)]
+    for ts_ns, frame in records:
+        seconds, nanos = divmod(ts_ns, 1_000_000_000)
+        parts.append(struct.pack("<IIII", seconds, nanos, len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def test_the_incident_reads_the_same_when_one_point_saw_it_inside_vxlan(tmp_path: Path) -> None:
+    """node-b's packets as its underlay would carry them, between two node addresses, against the same packets bare.
+
+    Both copies are rewritten the same way (one nanosecond pcap), so the tunnel is the only difference.
+    """
+    points = ["client", "nlb", "node-a", "node-b", "pod-b", "natgw", "vpc-router", "internet"]
+    shipped = PROJECT / "captures"
+    original = shipped / "node-b.pcapng"
+    stamps = read_capture(original)["ts_ns"].tolist()
+    frames = [bytes(packet) for packet in rdpcap(str(original))]
+    assert len(frames) == len(stamps) > 0
+    outer = ETH / IP(src="198.18.11.10", dst="198.18.10.10", ttl=64)
+    bare = write_nanosecond_pcap(tmp_path / "bare.pcap", list(zip(stamps, frames, strict=True)))
+    wrapped = write_nanosecond_pcap(
+        tmp_path / "vxlan.pcap",
+        [(ts, bytes(outer / UDP(sport=40000 + n, dport=8472) / VXLAN(vni=1) / Ether(frame)))
+         for n, (ts, frame) in enumerate(zip(stamps, frames, strict=True))],
+    )  # fmt: skip
+    reports = {}
+    for kind, node_b in (("bare", bare), ("vxlan", wrapped)):
+        captures = {point: str(shipped / f"{point}.pcapng") for point in points}
+        captures["node-b"] = str(node_b)
+        reports[kind] = analyze(captures)
+    bare_report, vxlan_report = reports["bare"], reports["vxlan"]
+    assert (vxlan_report.packets["tunnel"].astype(str) == "vxlan").sum() == len(frames)
+
+    def summary(report: Report) -> list[tuple[object, ...]]:
+        return [(f.cause, f.origin, f.client, f.server, f.packet) for f in report.findings]
+
+    assert vxlan_report.findings and summary(vxlan_report) == summary(bare_report)
+    assert vxlan_report.findings[0].evidence == bare_report.findings[0].evidence
+    assert len(vxlan_report.matches) == len(bare_report.matches)
+    flow_columns = ["capture", "proto", "orig", "resp", "history", "conn_state"]
+    assert flow_rows(vxlan_report, flow_columns) == flow_rows(bare_report, flow_columns)
+
+
+def flow_rows(report: Report, columns: list[str]) -> list[tuple[str, ...]]:
+    return sorted(tuple(str(value) for value in row) for row in report.flows[columns].itertuples(index=False))

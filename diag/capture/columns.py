@@ -70,12 +70,12 @@ PACKET_COLUMNS: Final[dict[str, tuple[str, str]]] = {
         "category",
         "outermost tunnel the packet came in: 'vxlan' (UDP 4789, 8472), 'geneve' (UDP 6081), 'gre', 'gre-udp' "
         "(UDP 4754), 'ip-in-ip' (IP protocols 4 and 41); '' when not tunnelled. The IP and transport columns "
-        "above then describe the innermost packet carried",
+        "above then describe the innermost packet carried (ip_version 0 when that is not IP, ARP for one)",
     ),
     "tunnel_id": ("int64", "VXLAN or Geneve VNI, GRE key; -1 when the tunnel has none or there is no tunnel"),
     "outer_src": (
         "category",
-        "source address of the outermost IP header when the row holds a packet a tunnel carried, '' otherwise",
+        "source address of the outermost IP header when the row holds what a tunnel carried, '' otherwise",
     ),
     "outer_dst": ("category", "destination address of that outermost IP header, '' otherwise"),
     "tunnel_broken": (

@@ -41,6 +41,7 @@ VXLAN, GENEVE, GRE_TUNNEL, GRE_UDP, IP_IN_IP = 1, 2, 3, 4, 5
 VXLAN_PORTS = (4789, 8472)  # IANA's port and the Linux kernel's default
 GENEVE_PORT = 6081
 GRE_UDP_PORT = 4754
+NOT_IP = -1  # the 'IP version' of what a tunnel carries when it is not IP
 MAX_TUNNEL_DEPTH = 4  # tunnels inside tunnels opened before the reader stops and keeps what it has
 GRE_CHECKSUM, GRE_ROUTING, GRE_KEY, GRE_SEQUENCE, GRE_VERSION = 0x8000, 0x4000, 0x2000, 0x1000, 0x0007
 
@@ -502,10 +503,11 @@ def decapsulate(data: Bytes, net: int, family: int, end: int, wire_end: int) -> 
     Returns (tunnel type of the outermost tunnel or 0, its VNI or GRE key or
     -1, broken, the innermost IP header's offset, its version, where its
     datagram ends on the wire). The version is 0 when nothing was opened:
-    no tunnel, a tunnel that carries something other than IP (ARP, an
-    ERSPAN mirror), or one whose header, or the IP header inside, is cut
-    short or makes no sense (then ``broken``). A tunnel inside a tunnel that
-    is broken leaves the packet opened as far as it went.
+    no tunnel, or one whose header, or the IP header inside, is cut short or
+    makes no sense (then ``broken``); it is ``NOT_IP`` when the tunnel
+    carries something other than IP (ARP, an ERSPAN mirror), which is then
+    no more an IP packet than it would be captured bare. A tunnel inside a
+    tunnel that is broken leaves the packet opened as far as it went.
     """
     tunnel = 0
     tunnel_id = -1
@@ -527,7 +529,7 @@ def decapsulate(data: Bytes, net: int, family: int, end: int, wire_end: int) -> 
         if broken:
             return tunnel, tunnel_id, True, opened_net, opened_family, opened_end
         if inner_family == 0:
-            break  # a tunnel carrying something other than IP
+            return tunnel, tunnel_id, False, inner, NOT_IP, ip_end  # a tunnel carrying something other than IP
         net, family, wire_end = inner, inner_family, ip_end
         opened_net, opened_family, opened_end = net, family, wire_end
     return tunnel, tunnel_id, False, opened_net, opened_family, opened_end
