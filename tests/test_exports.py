@@ -342,7 +342,7 @@ def test_analyze_export_refuses_existing_files(tmp_path: Path) -> None:
     assert not (tmp_path / "packets.csv").exists(), "nothing is written when one target is refused"
     forced = run_diag("analyze", "pcap", "captures/client.pcapng", "--export", tmp_path, "--force")
     assert forced.returncode == 0 and forced.stderr == b"", forced.stderr.decode()
-    assert (tmp_path / "flows.csv").read_text().startswith("flow_id,capture,")
+    assert (tmp_path / "flows.csv").read_text().startswith('"flow_id","capture",')
     assert len(pd.read_parquet(tmp_path / "packets.parquet")) > 0
 
 

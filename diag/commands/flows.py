@@ -87,7 +87,6 @@ def render(flows: pd.DataFrame, fmt: str) -> bytes:
     """One point's flows in the format, as the bytes of the file."""
     import io
 
-    from diag.report.export import csv_table
     from diag.report.jsondoc import flows_to_json
     from diag.report.zeeklog import conn_log
 
@@ -97,13 +96,18 @@ def render(flows: pd.DataFrame, fmt: str) -> bytes:
         return conn_log(flows, opened, datetime.now()).encode()
     if fmt == "json":
         return (json.dumps(flows_to_json(flows), indent=2, allow_nan=False) + "\n").encode()
+    buffer = io.BytesIO()
     if fmt == "csv":
-        return csv_table(flows).to_csv(index=False).encode()
+        import pyarrow.csv as pa_csv
+
+        from diag.report.export import csv_arrow_table
+
+        pa_csv.write_csv(csv_arrow_table(flows), buffer)
+        return buffer.getvalue()
     import pyarrow.parquet as pq
 
     from diag.report.export import arrow_table
 
-    buffer = io.BytesIO()
     pq.write_table(arrow_table(flows), buffer)
     return buffer.getvalue()
 

@@ -71,10 +71,14 @@ def write_text(target: Path, text: str, force: bool, option: str) -> None:
 
 
 def write_csv(target: Path, table: pd.DataFrame, force: bool, option: str) -> None:
-    """The table as CSV with a header line and no index column (``export.csv_table`` prepared it)."""
+    """The table as CSV with a header line (``export.csv_arrow_table`` decides how cells read)."""
+    import pyarrow.csv as pa_csv
+
+    from diag.report.export import csv_arrow_table
+
     with atomic_path(target, force, option) as temporary:
         try:
-            table.to_csv(temporary, index=False)
+            pa_csv.write_csv(csv_arrow_table(table), str(temporary))
         except OSError as error:
             raise DiagError(f"{option} {target}: cannot write: {_problem(error)}") from error
 
@@ -99,14 +103,12 @@ def export_targets(directory: Path, names: Iterable[str]) -> list[Path]:
 
 def write_export(directory: Path, tables: dict[str, pd.DataFrame], force: bool, option: str) -> list[Path]:
     """Write every table as Parquet and CSV into ``directory`` (created if missing); returns the files written."""
-    from diag.report.export import csv_table
-
     make_dir(directory, option)
     written = []
     for name, table in tables.items():
         parquet, csv = export_targets(directory, [name])
         write_parquet(parquet, table, force, option)
-        write_csv(csv, csv_table(table), force, option)
+        write_csv(csv, table, force, option)
         written += [parquet, csv]
     return written
 
