@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -22,7 +23,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import PROJECT, require_tools
-from test_analyze_cli import run_diag
 
 from diag.analysis import analyze
 from diag.capture import read_capture
@@ -53,6 +53,14 @@ CORPUS_FILES = (
     "forces2.pcap",  # SCTP over Linux cooked capture
     "pim-packet-assortment.pcap",  # IPv6 multicast
 )
+
+
+def run_diag(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: its own process, exit status, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "diag.cli", *map(str, args)],
+        cwd=PROJECT, capture_output=True, text=True, env=dict(os.environ, NO_COLOR="1"), timeout=300,
+    )  # fmt: skip
 
 
 def read(path: Path) -> pd.DataFrame:
