@@ -298,3 +298,15 @@ def test_all_lists_every_finding_of_the_busy_capture(busy: dict[str, Any]) -> No
     assert len(listed) == len(findings) - 1
     verdict = _verdict_finding(busy["json"])
     assert sum(verdict["flow"]["client"] in line for line in listed) == 0  # shown in full above, not again
+
+
+def test_a_forged_reset_on_every_connection_is_the_incident_not_background() -> None:
+    # Rarity demotes the ordinary resets a service always has; inside the incident class a cause repeated
+    # on thousands of connections is the incident itself, so a lone, less certain forged reset does not win.
+    findings = [finding("injected-reset", 0.5, n=0), *many("asymmetric-return", 0.95, 2000, start=1)]
+    verdict = most_significant(findings)
+    assert verdict is not None and findings[verdict].cause == "asymmetric-return"
+    weights = rarity_weights(findings)
+    assert weights[0] == 1.0 and weights[1] == 1.0
+    ordinary = [finding("port-closed", 0.9, n=0), *many("peer-reset", 0.9, 2000, start=1)]
+    assert rarity_weights(ordinary)[0] > 4.0  # 1 in 2001 findings of the service

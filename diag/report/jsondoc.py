@@ -1,4 +1,4 @@
-"""The report as a ``diag.report/1`` JSON document (the contract in the design notes)."""
+"""The report as a ``diag.report/1`` JSON document (described in docs/analyze.md)."""
 
 from __future__ import annotations
 

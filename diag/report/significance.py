@@ -20,7 +20,10 @@ whoever renders it):
    A cause seen on 1 of 3000 findings of a service weighs about 4.5 times
    its confidence; one seen on 2900 of them weighs its confidence. A
    service is the server endpoint as the client addressed it, with the
-   protocol. Ties go to the more confident, then the earlier symptom.
+   protocol. In the incident class rarity is left out (it is 1): a forged
+   reset repeated on every connection of a service is the incident itself,
+   not background, so there the most confident finding leads. Ties go to
+   the more confident, then the earlier symptom.
 
 A group is every finding of one cause and service; groups are ordered by
 their most significant member, so the verdict's group comes first.
@@ -91,9 +94,10 @@ def _table(findings: Sequence[Finding]) -> _Table:
     service: Ints = np.asarray(frame.groupby(["proto", "server"], sort=False).ngroup(), dtype=np.int64)
     per_group = np.bincount(group)[group]
     per_service = np.bincount(service)[service]
+    klass = np.array([severity(c) for c in causes], dtype=np.int64)
     return _Table(
-        klass=np.array([severity(c) for c in causes], dtype=np.int64),
-        rarity=1.0 + np.log10(per_service / per_group),
+        klass=klass,
+        rarity=np.where(klass >= INCIDENT_CLASS, 1.0, 1.0 + np.log10(per_service / per_group)),
         confidence=np.array([f.confidence for f in findings], dtype=np.float64),
         ts=np.array([f.packet.ts if f.packet is not None else np.inf for f in findings], dtype=np.float64),
         group=group,
