@@ -40,6 +40,7 @@ from diag import read_capture
 from diag.analysis import analyze
 from diag.lab.topology import NlbConfig
 from diag.report import Finding, Report
+from diag.scenario.client import run_udp
 
 pytestmark = pytest.mark.lab
 
@@ -68,6 +69,8 @@ def _service_run(out: Path, snat: bool) -> FieldRun:
         def traffic() -> None:
             outcome["tcp"] = lab.call("client", functools.partial(tcp_connect, service, 80, 2.5))
             outcome["udp"] = lab.call("client", functools.partial(udp_retries, service, 80))
+            # The shipped client's way: two different requests, the next sent as soon as anything answers.
+            outcome["udp-shipped"] = lab.call("client", functools.partial(run_udp, service, 80, "whoami", 2, 1.0))
 
         files = captured(lab, out, INCIDENT_POINTS, traffic, any_on=["node-a"])
         addresses = {name: lab.address(name) for name in ("client", "node-a", "pod-b", "natgw")} | {"nlb": service}
@@ -81,6 +84,7 @@ def asymmetric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
     # The client saw what the incident makes: no SYN-ACK, and UDP answers from the NAT gateway only.
     assert run.outcome["tcp"] == "timeout"
     assert run.outcome["udp"] == [f"{run.addresses['natgw']}:80"] * 3
+    assert run.outcome["udp-shipped"]["outcome"] == "re-sourced"  # type: ignore[index]
     yield run
 
 
@@ -90,6 +94,7 @@ def healthy_nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
     run = _service_run(tmp_path_factory.mktemp("field-snat"), snat=True)
     assert run.outcome["tcp"] == "connected"
     assert run.outcome["udp"] == [f"{run.addresses['nlb']}:80"] * 3
+    assert run.outcome["udp-shipped"]["outcome"] == "ok"  # type: ignore[index]
     yield run
 
 
@@ -112,10 +117,14 @@ def raced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
     yield FieldRun(files, outcome, addresses)
 
 
-def only(report: Report, proto: str) -> Finding:
+def of_proto(report: Report, proto: str, count: int) -> list[Finding]:
     chosen = [f for f in report.findings if f.proto == proto]
-    assert len(chosen) == 1, [(f.proto, f.cause, f.summary) for f in report.findings]
-    return chosen[0]
+    assert len(chosen) == count, [(f.proto, f.cause, f.summary) for f in report.findings]
+    return chosen
+
+
+def only(report: Report, proto: str) -> Finding:
+    return of_proto(report, proto, 1)[0]
 
 
 # --- a RST that races the server's genuine SYN-ACK ----------------------------------------------------
@@ -170,25 +179,32 @@ def test_node_a_captures_show_the_dnat_and_nothing_back(asymmetric: FieldRun) ->
 @pytest.mark.parametrize("point", ["node-a", "node-a-any", "nlb"])
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_a_forwarding_box_alone_sees_the_asymmetric_return(asymmetric: FieldRun, point: str, proto: str) -> None:
-    finding = only(asymmetric.analyze(point), proto)
-    assert finding.cause == "asymmetric-return"
-    assert 0.4 <= finding.confidence <= 0.6  # one box's view: the reply's way is inferred, not seen
-    text = "\n".join(finding.evidence)
-    # It says where the request went, and which capture would confirm it.
+    # TCP: one connection. UDP: the retried request, and the shipped client's two different ones.
+    findings = of_proto(asymmetric.analyze(point), proto, 1 if proto == "tcp" else 2)
     forwarded_to = asymmetric.addresses["node-a" if point == "nlb" else "pod-b"]  # the NLB's target; node-a's DNAT
-    assert f"sent {'it' if proto == 'tcp' else 'them'} on to {forwarded_to}:" in text
-    assert f"A capture on {forwarded_to}" in text and "would confirm it" in text
-    assert "last seen at" not in text
-    assert {r.cause for r in finding.ruled_out}.isdisjoint({"asymmetric-return"})
+    for finding in findings:
+        assert finding.cause == "asymmetric-return"
+        assert 0.4 <= finding.confidence <= 0.6  # one box's view: the reply's way is inferred, not seen
+        text = "\n".join(finding.evidence)
+        # It says where the request went, and which capture would confirm it.
+        assert f"sent {'it' if proto == 'tcp' else 'them'} on to {forwarded_to}:" in text
+        assert f"A capture on {forwarded_to}" in text and "would confirm it" in text
+        assert "last seen at" not in text
+    if proto == "udp":
+        # Different requests sent back to back could be a one-way exchange: the finding says so, and only that one.
+        caveat = ["that replies were expected" in "\n".join(f.evidence) for f in findings]
+        assert sorted(caveat) == [False, True]
+        assert min(findings, key=lambda f: f.confidence) is findings[caveat.index(True)]
 
 
 def test_the_incident_path_lists_the_router_twice(asymmetric: FieldRun) -> None:
     report = asymmetric.analyze(*INCIDENT_POINTS)
-    tcp, udp = only(report, "tcp"), only(report, "udp")
-    assert tcp.cause == udp.cause == "asymmetric-return"
+    tcp, udps = only(report, "tcp"), of_proto(report, "udp", 2)
+    assert tcp.cause == "asymmetric-return" and {u.cause for u in udps} == {"asymmetric-return"}
     twice = "client → nlb → vpc-router → node-a → vpc-router → node-b → pod-b"
     assert any(f"the SYN came {twice};" in line for line in tcp.evidence), tcp.evidence
-    assert any(f"the request came {twice};" in line for line in udp.evidence), udp.evidence
+    for udp in udps:
+        assert any(f"the request came {twice};" in line for line in udp.evidence), udp.evidence
     assert any("the SYN-ACK went pod-b → node-b → vpc-router → natgw" in line for line in tcp.evidence)
 
 

@@ -66,6 +66,9 @@ def _copies(conn: Connection, packet: Seen, capture: str | None = None) -> pd.Da
 
 def handoff(conn: Connection, packet: Seen, capture: str) -> Handoff | None:
     """How ``capture`` passed ``packet`` on; None when it shows no copy leaving with a lower TTL."""
+    sight = packet.at(capture)
+    if sight is None or not sight.forwarded:
+        return None  # decided from the sighting alone: the connection's rows are only read for a forwarder
     copies = _copies(conn, packet, capture)
     if len(copies) < 2:
         return None
@@ -96,6 +99,8 @@ def path_points(conn: Connection, packet: Seen) -> tuple[str, ...]:
     point are one pass. Falls back to the sightings' order when the copies
     say nothing more.
     """
+    if not any(sight.forwarded for sight in packet.sights):
+        return packet.points  # no point sent it on, so none can have seen it twice
     copies = _copies(conn, packet)
     if len(copies) <= len(packet.sights):
         return packet.points

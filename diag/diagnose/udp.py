@@ -134,16 +134,26 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         ]
         verdict.rule_out("asymmetric-return", "the replies were seen only on the request's own path")
         return verdict, first, len(unanswered)
-    if not _looks_like_retries(unanswered):
-        return None
-    if len({p.digest for p in unanswered}) == len(unanswered):
-        return None  # every datagram different: a one-way protocol (syslog, sFlow, tunnels), not retried requests
+    retried = _looks_like_retries(unanswered) and len({p.digest for p in unanswered}) < len(unanswered)
     farthest = max(requests, key=lambda p: len(p.points))
     last = farthest.sights[-1].capture
     passed = handoff(conn, farthest, last)
     downstream = [c for c in ctx.captures if c not in request_points and covers(ctx.spans, c, first.ts_ref)]
-    if passed is not None and passed.dnat and passed.source_kept and not downstream:
-        return _forwarded_unanswered(passed, base, unanswered), first, len(unanswered)
+    if (
+        passed is not None
+        and passed.dnat
+        and passed.source_kept
+        and not downstream
+        and MIN_UNANSWERED_REQUESTS <= len(unanswered) <= MAX_RETRIES
+    ):
+        # A box that translated a few requests to a service and got nothing back: the requests need not be
+        # retries of one datagram (a client asking twice differently is as telling), but then a short
+        # one-way exchange looks the same, which the finding says.
+        return _forwarded_unanswered(passed, base, unanswered, retried), first, len(unanswered)
+    if not retried:
+        # A lone datagram, a stream, or every datagram different: a one-way protocol (syslog, sFlow,
+        # tunnels), not retried requests.
+        return None
     verdict = Verdict("silent-drop", 0.6, summary=f"UDP requests vanished after {last} with no reply")
     last_seen = (
         f"the requests were last seen leaving {last} for {passed.left_dst}"
@@ -160,7 +170,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     return verdict, first, len(unanswered)
 
 
-def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen]) -> Verdict:
+def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen], retried: bool) -> Verdict:
     """A forwarding box sent the requests on, DNATed with the client's address kept, and no reply came back through it.
 
     The server replies to the client's own address, by its own side's route,
@@ -170,7 +180,7 @@ def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen]
     box, target = passed.capture, passed.left_dst
     verdict = Verdict(
         "asymmetric-return",
-        0.5,
+        0.5 if retried else 0.45,
         summary=f"{box} forwarded the requests to {target} (DNAT, the client's address kept) and no reply ever came "
         "back through it: the reply most likely left by another path",
     )
@@ -184,6 +194,11 @@ def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen]
         f"on {passed.left_dst_addr} (or on the node in front of it) would confirm it: replies leaving there that "
         f"never reach {box}; a drop after {box} (silent-drop) looks the same from here",
     ]
+    if not retried:
+        verdict.evidence.append(
+            "not established: that replies were expected. The requests are not one datagram retried at a "
+            "client's pace, so a short one-way exchange (no reply by design) would look the same"
+        )
     return verdict
 
 
