@@ -109,7 +109,8 @@ def test_files_that_overlap_in_time_are_merged_packet_by_packet(tmp_path: Path) 
     assert len(tables) == len(infos) == 1
     merged, info = tables[0], infos[0]
     assert same_packets(merged, read_capture(whole)) == []
-    assert info.files == (str(even), str(odd)) and info.packets == 40 and info.path == str(even)
+    assert info.files == (str(even), str(odd)) and info.packets == 40
+    assert info.path == f"{even} … odd.pcap (2 files)"
     # Each packet is findable: file k of info.files, 0-based index in it.
     assert merged["file"].tolist() == [0, 1] * 20
     assert merged["index"].tolist() == [n // 2 for n in range(40)]

@@ -163,13 +163,16 @@ def _overlap(tables: Sequence[pd.DataFrame]) -> bool:
 
 
 def _point_info(name: str, infos: Sequence[CaptureInfo]) -> CaptureInfo:
-    """One ``CaptureInfo`` for the point: counts summed, every file listed, warnings naming their file."""
+    """One ``CaptureInfo`` for the point: counts summed, every file listed, warnings naming their file.
+
+    ``path`` then says which files, for the reports that show it: ``ring.pcap3 … ring.pcap2 (5 files)``.
+    """
     if len(infos) == 1:
         return replace(infos[0], name=name, files=(infos[0].path,))
     link_types = {info.link_type for info in infos if info.link_type}
     return CaptureInfo(
         name=name,
-        path=infos[0].path,
+        path=f"{infos[0].path} … {Path(infos[-1].path).name} ({len(infos)} files)",
         packets=sum(info.packets for info in infos),
         link_type=link_types.pop() if len(link_types) == 1 else ("mixed" if link_types else ""),
         skipped=sum(info.skipped for info in infos),
