@@ -16,7 +16,7 @@ from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
 
 # Module names under diag.commands, in the order --help lists them.
-COMMANDS = ("scenario", "analyze", "flows", "lab", "replay", "aws")
+COMMANDS = ("scenario", "analyze", "watch", "flows", "lab", "replay", "aws")
 
 EPILOG = """\
 examples:

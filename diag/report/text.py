@@ -132,6 +132,11 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
     return lines
 
 
+def render_finding(finding: Finding, *, color: bool = False) -> str:
+    """One finding as the report shows it (cause, connection, symptom, evidence, ruled out, fixes), e.g. for a live watch."""
+    return "\n".join(_finding_lines(finding, _Style(color), headline=False)) + "\n"
+
+
 def _verdict_section(report: Report, style: _Style, all_findings: bool, group_limit: int) -> list[str]:
     if not report.findings:
         kinds = (
