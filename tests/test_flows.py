@@ -136,6 +136,32 @@ def test_incident_seen_at_the_pod_is_one_flow_with_syn_retransmissions() -> None
     assert flow.last_ts - flow.first_ts == pytest.approx(3.002)
 
 
+def test_a_new_server_isn_after_a_reset_counts_no_phantom_bytes() -> None:
+    # The server forgets the attempt at each RST and answers the retransmitted SYN with a new ISN, far
+    # from the old one: nothing was sent, so nothing may be counted (not the distance between two ISNs).
+    isns = [5000, 2_000_000_000, 3_500_000_000]
+    rows = []
+    for attempt, server_isn in enumerate(isns):
+        rows += [
+            c("S", seq=C_ISN, t=attempt),
+            s("SA", seq=server_isn, ack=C_ISN + 1, t=attempt + 0.001),
+            c("R", seq=C_ISN + 1, t=attempt + 0.002),
+        ]
+    flow = one_flow(rows)
+    assert (flow.history, flow.orig_bytes, flow.resp_bytes) == ("ShRhh", 0, 0)
+    # The last handshake completes and carries data: its bytes count, measured from its own ISN.
+    last = isns[-1]
+    rows += [
+        c("S", seq=C_ISN, t=3),
+        s("SA", seq=last + 7, ack=C_ISN + 1, t=3.001),
+        c("A", seq=C_ISN + 1, ack=last + 8, t=3.002),
+        s("PA", seq=last + 8, ack=C_ISN + 1, payload_len=300, t=3.003),
+        c("A", seq=C_ISN + 1, ack=last + 308, t=3.004),
+    ]
+    flow = one_flow(rows)
+    assert (flow.orig_bytes, flow.resp_bytes) == (0, 300)
+
+
 def test_client_side_of_the_incident_is_s0_with_retransmissions() -> None:
     flow = one_flow([c("S", seq=C_ISN, t=t) for t in (0, 1, 2, 3)])
     assert (flow.history, flow.conn_state, flow.syn_retransmits, flow.resp_pkts) == ("S", "S0", 3, 0)

@@ -176,6 +176,8 @@ def walk_flows(
     highest_end = np.empty(2, dtype=np.int64)  # highest segment end so far (RSTs and after-RST excluded)
     acked = np.empty(2, dtype=np.int64)  # highest acknowledgement the peer sent for this direction
     fins = np.empty(2, dtype=np.int64)
+    # Payload bytes of a side's earlier handshakes in this flow (see 'a new handshake' below).
+    carried = np.empty(2, dtype=np.int64)
     reset_sent = np.empty(2, dtype=np.bool_)
     fin_sent = np.empty(2, dtype=np.bool_)  # a FIN without RST
     udp_bytes = np.empty(2, dtype=np.int64)
@@ -220,6 +222,7 @@ def walk_flows(
             highest_end[side] = _NEVER
             acked[side] = _NEVER
             fins[side] = 0
+            carried[side] = 0
             udp_bytes[side] = 0
             zero_windows[side] = 0
             retransmitted[side] = 0
@@ -244,6 +247,15 @@ def walk_flows(
 
             # Sequence space: unwrap across 2**32, then Zeek's retransmission test against last_seq.
             raw_seq = keys.seq[row]
+            # A new handshake: a SYN with another ISN than this side's earlier SYN (a server answering the
+            # client's retransmitted SYN after a reset picks a new ISN). Its sequence space has nothing to do
+            # with the old one, so the old one's bytes are set aside and counting starts again here;
+            # subtracting one ISN from another would count billions of bytes that were never sent.
+            if tcp and syn and first_at[side] >= 0 and syn_seen[side] and syn_value[side] != raw_seq:
+                carried[side] += _epoch_bytes(highest_end[side], initial_seq[side], start_seq[side], fins[side])
+                first_at[side] = -1
+                highest_end[side] = _NEVER
+                fins[side] = 0
             if first_at[side] < 0:
                 first_at[side] = k
                 unwrapped = raw_seq
@@ -355,9 +367,9 @@ def walk_flows(
             _highest_acks(order, begin, end, keys, originator, ack, first_at, highest_end, initial_seq, acked)
             for side in range(2):
                 if first_at[side] >= 0:
-                    extent = max(highest_end[side], initial_seq[side], acked[side]) - start_seq[side]
-                    size = extent - 1 if extent > 0 else 0
-                    sizes[f, side] = size - 1 if fins[side] > 0 and size > 0 else size
+                    reached = max(highest_end[side], acked[side])
+                    epoch = _epoch_bytes(reached, initial_seq[side], start_seq[side], fins[side])
+                    sizes[f, side] = carried[side] + epoch
         else:
             sizes[f, 0], sizes[f, 1] = udp_bytes[0], udp_bytes[1]
         states[f, 0], states[f, 1] = state[0], state[1]
@@ -369,6 +381,14 @@ def walk_flows(
         syn_retransmits, retransmits, history_end, letters[:n_letters].copy(),
         rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(),
     )  # fmt: skip
+
+
+@compiled
+def _epoch_bytes(highest_end: int, initial_seq: int, start_seq: int, fins: int) -> int:
+    """Zeek's payload count of one sequence space: its extent less the SYN, and less the FIN if one was sent."""
+    extent = max(highest_end, initial_seq) - start_seq
+    size = extent - 1 if extent > 0 else 0
+    return size - 1 if fins > 0 and size > 0 else size
 
 
 @compiled
