@@ -57,7 +57,8 @@ exit status:
   2  bad usage, a source that cannot be opened or is no capture, tcpdump failing
 """
 
-TICK_S = 0.5
+TICK_S = 0.5  # the longest a changed window waits for its analysis
+STEP_S = 0.05  # how often the loop looks at the readers and the waiting findings
 TCPDUMP_START_S = 10.0
 SNAPLEN = 262144
 _IFACE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
@@ -170,10 +171,10 @@ class Feeder:
         threading.Thread(target=self._read_stream, daemon=True).start()
 
     def complaint(self) -> str:
-        """tcpdump's own error line ("tcpdump: eth9: No such device exists"), without its name."""
+        """tcpdump's own error line ("tcpdump: eth9: No such device exists"), or ip netns exec's."""
         lines = self.stderr_lines
-        said = [line.removeprefix("tcpdump: ") for line in lines if line.startswith("tcpdump: ")]
-        return (said or lines or ["ended without starting to listen"])[-1]
+        said = [line for line in lines if line.startswith("tcpdump: ")]
+        return (said or lines or ["tcpdump ended without starting to listen"])[-1]
 
     def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -210,7 +211,7 @@ class Feeder:
         except DiagError as error:
             problem = str(error)
             if self.process is not None and self.process.poll() is not None and self.stderr_lines:
-                problem = f"{self.source.describe()}: tcpdump: {self.complaint()}"
+                problem = f"{self.source.describe()}: {self.complaint()}"
             self.out.put(("error", name, problem))
             return
         except OSError as error:
@@ -230,7 +231,8 @@ class Feeder:
 
 def _start_tcpdump(source: Source) -> subprocess.Popen[bytes]:
     assert source.interface is not None
-    command = ["tcpdump", "-i", source.interface, "-U", "-w", "-", "-n", "-s", str(SNAPLEN),
+    # --immediate-mode: libpcap would otherwise hold packets up to a second in its ring buffer block.
+    command = ["tcpdump", "-i", source.interface, "-U", "--immediate-mode", "-w", "-", "-n", "-s", str(SNAPLEN),
                "--time-stamp-precision=nano"]
     if source.netns:
         command = ["ip", "netns", "exec", source.netns, *command]
@@ -308,22 +310,26 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
     stopping = threading.Event()
     previous = _on_stop_signals(stopping)
     try:
+        _warm_up()
         for feeder in feeders:
             feeder.start()
         _wait_listening(feeders)
+        _note(args, f"watching {len(sources)} point(s): " + ", ".join(f"{s.name}={s.describe()}" for s in sources))
         window = Window([source.name for source in sources], args.window)
         decider = Decider()
         deadline = time.monotonic() + args.duration if args.duration else None
         findings: list[Any] = []
         stop_asked_at: float | None = None
+        last_analysis = 0.0
         while not window.all_ended:
-            next_tick = time.monotonic() + TICK_S
-            while (wait := next_tick - time.monotonic()) > 0 and not window.all_ended:
-                try:
-                    kind, point, payload = messages.get(timeout=wait)
-                except queue.Empty:
-                    break
+            # Wake often: a window that changed is analyzed as soon as every reader has handed over
+            # what it read (at most every TICK_S while packets keep coming), and findings waiting
+            # for the points to catch up are looked at again.
+            try:
+                kind, point, payload = messages.get(timeout=STEP_S)
                 _take(kind, point, payload, window, args)
+            except queue.Empty:
+                pass
             if (stopping.is_set() or (deadline and time.monotonic() >= deadline)) and stop_asked_at is None:
                 stop_asked_at = time.monotonic()
                 for feeder in feeders:
@@ -337,7 +343,9 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
             _drain(messages, window, args)
             if window.all_ended:
                 break
-            if window.changed:
+            all_idle = all(when is not None for name, when in idle.items() if not window.points[name].ended)
+            if window.changed and (all_idle or time.monotonic() - last_analysis >= TICK_S):
+                last_analysis = time.monotonic()
                 packets = window.packets()
                 findings = analyze_window(packets) if packets is not None else []
             now = time.time()
@@ -362,6 +370,38 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
             feeder.kill()
         if kernel is not None:
             kernel.close()
+
+
+def _tiny_capture() -> bytes:
+    """A pcap of one refused connection (SYN, RST+ACK) between two documentation addresses."""
+    import struct
+
+    def frame(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int) -> bytes:
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, src, dst)
+        return b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + tcp
+
+    client, server = bytes([192, 0, 2, 1]), bytes([192, 0, 2, 2])
+    frames = [frame(client, server, 40000, 80, 0x02, 1000, 0), frame(server, client, 80, 40000, 0x14, 0, 1001)]
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for number, data in enumerate(frames):
+        out += struct.pack("<IIII", 1_000_000_000, number * 1000, len(data), len(data)) + data
+    return out
+
+
+def _warm_up() -> None:
+    """Run the reader and the analysis once on a tiny capture, before any real packet.
+
+    Their compiled parts load on first use, which takes a good part of a
+    second; paid here, it does not delay the first finding.
+    """
+    import io
+
+    from diag.capture.live import stream_tables
+    from diag.watch.window import analyze_window
+
+    for table in stream_tables(io.BytesIO(_tiny_capture()), "warm-up", "warm-up"):
+        analyze_window(table)
 
 
 def _drain(messages: queue.Queue[Message], window: Any, args: argparse.Namespace) -> None:
@@ -394,7 +434,7 @@ def _wait_listening(feeders: list[Feeder]) -> None:
             continue
         if process.poll() is not None or not feeder.listening.is_set():
             time.sleep(0.1)  # let the stderr reader take tcpdump's last words
-            raise DiagError(f"watch: {feeder.source.describe()}: tcpdump: {feeder.complaint()}")
+            raise DiagError(f"watch: {feeder.source.describe()}: {feeder.complaint()}")
 
 
 def _emit(output: Output, finding: Any, now: float, kernel: Any) -> None:
