@@ -40,6 +40,10 @@ PointSpec = CaptureSpec | Sequence[CaptureSpec]
 # or a progress line; the analysis itself never writes to a terminal.
 ProgressHook = Callable[[str, str], AbstractContextManager[object]]
 STAGES = ("read", "flows", "correlate", "diagnose")
+# Reads (name, path) pairs into one packet table and CaptureInfo per point, as ``read_captures`` does.
+CaptureReader = Callable[
+    [Sequence[tuple[str, Path]], ProgressHook | None], tuple[list[pd.DataFrame], list[CaptureInfo]]
+]
 
 
 def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
@@ -110,19 +114,35 @@ def read_captures(
     The files of one point (pairs with the same name) are read one by one
     and put together in time order (``diag.capture.points.merge_point``).
     """
-    points: dict[str, list[tuple[pd.DataFrame, CaptureInfo]]] = {}
+    files = []
     for name, path in pairs:
         size = capture_size(path)
         detail = f"{name} ({path}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({path})"
-        with _stage(progress, "read", detail), warnings.catch_warnings():
-            # The reader both records and warns; the report carries the records.
-            warnings.simplefilter("ignore")
-            table = read_capture(path, name=name)
-        info = table.attrs.get("capture_info")
-        if not isinstance(info, CaptureInfo):
-            info = CaptureInfo(name=name, path=str(path), packets=len(table), link_type="")
-        points.setdefault(name, []).append((table, info))
-    merged = [merge_point([table for table, _ in files], [info for _, info in files]) for files in points.values()]
+        with _stage(progress, "read", detail):
+            files.append(read_file(name, path))
+    return assemble_points([name for name, _ in pairs], files)
+
+
+def read_file(name: str, path: Path) -> tuple[pd.DataFrame, CaptureInfo]:
+    """One file of one point: its packet table and ``CaptureInfo`` (``diag.cluster`` runs this on workers)."""
+    with warnings.catch_warnings():
+        # The reader both records and warns; the report carries the records.
+        warnings.simplefilter("ignore")
+        table = read_capture(path, name=name)
+    info = table.attrs.get("capture_info")
+    if not isinstance(info, CaptureInfo):
+        info = CaptureInfo(name=name, path=str(path), packets=len(table), link_type="")
+    return table, info
+
+
+def assemble_points(
+    names: Sequence[str], files: Sequence[tuple[pd.DataFrame, CaptureInfo]]
+) -> tuple[list[pd.DataFrame], list[CaptureInfo]]:
+    """``read_file``'s results (``names[i]`` is the point of ``files[i]``) as one table per point, in time order."""
+    points: dict[str, list[tuple[pd.DataFrame, CaptureInfo]]] = {}
+    for name, one in zip(names, files, strict=True):
+        points.setdefault(name, []).append(one)
+    merged = [merge_point([table for table, _ in group], [info for _, info in group]) for group in points.values()]
     return [table for table, _ in merged], [info for _, info in merged]
 
 
@@ -131,6 +151,7 @@ def analyze(
     *,
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
+    reader: CaptureReader | None = None,
 ) -> Report:
     """Read captures of the same traffic taken at different points and say what happened.
 
@@ -141,11 +162,12 @@ def analyze(
     listed in ``report.warnings``. ``packet_filter`` (pcap-filter text such
     as ``"tcp and host 10.0.0.5"``, see ``diag.capture.filter``) keeps only the
     matching packets before flows, correlation and diagnosis see them; a bad
-    expression raises ``FilterError`` before any capture is read.
+    expression raises ``FilterError`` before any capture is read. ``reader``
+    replaces ``read_captures`` (``diag.cluster`` reads the files on Dask workers).
     """
     tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
     pairs = parse_capture_args(captures)
-    tables, infos = read_captures(pairs, progress)
+    tables, infos = (reader or read_captures)(pairs, progress)
     packets = concat_packets(tables)
     if tree is not None:
         # Renumbered rows: the correlation and the plots name packets by row label, within this table only.

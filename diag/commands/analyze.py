@@ -67,6 +67,38 @@ exit status:
   2  bad usage, or a capture is missing, unreadable or not a capture at all
 """
 
+FLEET_HELP = "diagnose the captures of many points at once, each point a directory (or manifest entry) of files"
+
+FLEET_DESCRIPTION = """\
+Analyze the captures a whole fleet took of one incident, as 'analyze pcap'
+does with the same options. The fleet is a directory whose subdirectories
+are the capture points (DIR/POINT/*.pcap*, rotated and ring files of one
+point read in time order), or a TOML manifest naming each point's files:
+
+  [points.node-a]
+  files = ["/captures/node-a/ring*.pcap"]   # files, directories or globs;
+  [points.pod]                               # relative to the manifest
+  files = ["pod/eth0.pcapng", "pod/eth1.pcapng"]
+
+With --cluster (or DIAG_CLUSTER) every file is read and dissected on a Dask
+worker; the report is the same as without it.
+"""
+
+FLEET_EPILOG = """\
+examples:
+  diag analyze fleet incident-0412/
+      every subdirectory of incident-0412 is one point, named after it
+  diag analyze fleet --cluster local:4 --json report.json incident-0412/
+      the files read by a local Dask cluster of 4 worker processes
+  DIAG_CLUSTER=tcp://10.0.0.5:8786 diag analyze fleet fleet.toml
+      the files read by an existing cluster, whose workers see the same paths
+
+exit status:
+  0  the captures were analyzed (whatever was found, even with warnings)
+  2  bad usage, a fleet without points, an unreadable capture, or an
+     unreachable scheduler
+"""
+
 WARNINGS_PER_CAPTURE = 3
 
 
@@ -74,63 +106,82 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("analyze", help=HELP, description=HELP.capitalize() + ".")
     commands = parser.add_subparsers(dest="analyze_command", metavar="SUBCOMMAND")
     commands.required = True
-    pcap = commands.add_parser(
-        "pcap",
-        help=PCAP_HELP,
-        description=PCAP_DESCRIPTION,
-        epilog=PCAP_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    pcap.add_argument("captures", nargs="+", metavar="[NAME=]PATH", help="a capture file, optionally named")
-    pcap.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--json", metavar="FILE|-", help="also write the diag.report/1 JSON document to FILE ('-': stdout, no text)"
     )
-    pcap.add_argument("--plot", metavar="FILE", help="draw the ladder diagram of the verdict's flow (.png or .svg)")
-    pcap.add_argument(
+    common.add_argument("--plot", metavar="FILE", help="draw the ladder diagram of the verdict's flow (.png or .svg)")
+    common.add_argument(
         "--filter",
         metavar="EXPR",
         help="analyze only the packets that match EXPR, in tcpdump's pcap-filter words (host, net, port, "
         "portrange, tcp, udp, icmp, ip, ip6, src, dst, and, or, not, parentheses); see the examples",
     )
-    pcap.add_argument(
+    common.add_argument(
         "--flow",
         metavar="ADDR[:PORT]",
         help="report (and --plot) only the connections to or from this endpoint, as seen at any capture point",
     )
-    pcap.add_argument("--force", action="store_true", help="replace existing --json and --plot files")
-    pcap.add_argument(
+    common.add_argument("--force", action="store_true", help="replace existing --json and --plot files")
+    common.add_argument(
         "--export",
         type=Path,
         metavar="DIR",
         help="also write the packets, flows and matches tables to DIR as NAME.parquet and NAME.csv "
         "(existing files are kept unless --force)",
     )
-    pcap.add_argument(
+    common.add_argument(
         "--flows",
         choices=("problems", "all"),
         default="problems",
         help="list only problem flows, at most 20 of each kind (default), or every flow",
     )
-    pcap.add_argument(
+    common.add_argument(
         "--all",
         dest="all_findings",
         action="store_true",
         help="list every finding, most significant first (default: the verdict, then the top 10 groups of cause "
         "and service)",
     )
-    pcap.add_argument(
+    common.add_argument(
         "-q",
         "--quiet",
         action="store_true",
         help="no progress on stderr (shown only on a terminal, once the analysis takes over 2 s)",
     )
-    pcap.add_argument(
+    common.add_argument(
         "--color",
         choices=("auto", "always", "never"),
         default="auto",
         help="colour the text report (default: when stdout is a terminal)",
     )
+    common.add_argument(
+        "--cluster",
+        metavar="local[:N]|tcp://HOST:PORT",
+        help="read and dissect the files on Dask workers: a local cluster of N processes (default: one per CPU) "
+        "or the scheduler at this address, whose workers see the files at the same paths (default: $DIAG_CLUSTER)",
+    )
+    # Parsers copy their parents' options when they are made, so the sub-commands come after the options.
+    pcap = commands.add_parser(
+        "pcap",
+        parents=[common],
+        help=PCAP_HELP,
+        description=PCAP_DESCRIPTION,
+        epilog=PCAP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pcap.add_argument("captures", nargs="+", metavar="[NAME=]PATH", help="a capture file, optionally named")
     pcap.set_defaults(func=run_pcap)
+    fleet = commands.add_parser(
+        "fleet",
+        parents=[common],
+        help=FLEET_HELP,
+        description=FLEET_DESCRIPTION,
+        epilog=FLEET_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fleet.add_argument("fleet", type=Path, metavar="DIR|MANIFEST.toml", help="the fleet's directory or manifest")
+    fleet.set_defaults(func=run_fleet)
 
 
 def _check_output_path(target: str, inputs: list[Path]) -> None:
@@ -197,11 +248,26 @@ def _focus(report: Report, selector: FlowSelector) -> Report:
 
 
 def run_pcap(args: argparse.Namespace) -> int:
-    from diag.analysis import analyze, group_points, parse_capture_args
+    from diag.analysis import parse_capture_args
+
+    return _analyze_and_report(args, parse_capture_args(args.captures))
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    from diag.analysis import parse_capture_args
+    from diag.fleet import fleet_points
+
+    return _analyze_and_report(args, parse_capture_args(fleet_points(args.fleet)))
+
+
+def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]]) -> int:
+    """Both sub-commands from here on: the same options, analysis and rendering."""
+    from diag.analysis import analyze, group_points
+    from diag.cluster import cluster_from, cluster_reader
     from diag.commands.progress import stage_progress
     from diag.report.text import render_text
 
-    pairs = parse_capture_args(args.captures)
+    cluster = cluster_from(args.cluster)
     packet_filter, selector = _focus_options(args)
     inputs = [path for _, path in pairs]
     for target in (args.json, args.plot):
@@ -218,8 +284,8 @@ def run_pcap(args: argparse.Namespace) -> int:
         from diag.commands.outfiles import check_export
 
         check_export(args.export, inputs, args.force)
-    with stage_progress(args.quiet) as progress:
-        report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
+    with stage_progress(args.quiet) as progress, cluster_reader(cluster, pairs) as reader:
+        report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter, reader=reader)
     _print_warnings(report)
     if selector is not None:
         report = _focus(report, selector)

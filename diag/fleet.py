@@ -1,0 +1,114 @@
+"""A fleet of capture points: one directory per point, or a manifest naming each point's files.
+
+When an incident hits a cluster, every node captures at once, each into a
+ring of files. ``diag analyze fleet`` takes the lot in one of two shapes:
+
+- a directory ``FLEET/POINT/…`` whose subdirectories are the points, each
+  holding that point's capture files (``.pcap``, ``.pcapng``, rotated
+  ``.pcapN``, ``.gz``; see ``diag.capture.points``);
+- a TOML manifest, for files that are not laid out that way::
+
+      [points.node-a]
+      files = ["/captures/node-a/ring*.pcap"]
+      [points.pod]
+      files = ["pod/eth0.pcapng", "pod/eth1.pcapng"]
+
+  Each entry of ``files`` is a file, a directory or a glob; relative
+  entries are relative to the manifest's own directory.
+
+Both give ``{point: [files]}``, points in name order and files sorted, so
+the analysis (and its order of reading) is the same whoever lists the
+directory; ``diag.capture.points.merge_point`` then puts each point's files
+in time order.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from diag.capture.points import expand_spec, looks_like_capture
+from diag.capture.source import is_dir_quietly, is_file_quietly
+from diag.errors import DiagError
+
+MANIFEST_SUFFIX = ".toml"
+
+
+def fleet_points(source: Path) -> dict[str, list[Path]]:
+    """The points of a fleet directory or manifest, as point name -> its files (see the module's text)."""
+    if is_file_quietly(source) and source.suffix.lower() == MANIFEST_SUFFIX:
+        return manifest_points(source)
+    if is_dir_quietly(source):
+        return directory_points(source)
+    if is_file_quietly(source):
+        raise DiagError(f"{source}: not a fleet directory or a .toml manifest (one capture: diag analyze pcap)")
+    raise DiagError(f"{source}: no such fleet directory or manifest")
+
+
+def directory_points(root: Path) -> dict[str, list[Path]]:
+    """``root/POINT/<capture files>``: every subdirectory with capture files is a point.
+
+    Subdirectories without captures (notes, logs) are passed over; capture
+    files lying in ``root`` itself belong to no point and are refused rather
+    than silently left out.
+    """
+    try:
+        children = sorted(child for child in root.iterdir() if not child.name.startswith("."))
+    except OSError as error:
+        raise DiagError(f"{root}: cannot list this directory ({error.strerror or error})") from None
+    loose = [child for child in children if is_file_quietly(child) and looks_like_capture(child)]
+    if loose:
+        raise DiagError(
+            f"{loose[0]}: a capture directly in the fleet directory; put each point's files in {root}/POINT/"
+        )
+    points: dict[str, list[Path]] = {}
+    for child in children:
+        if not is_dir_quietly(child):
+            continue
+        try:
+            has_captures = any(is_file_quietly(entry) and looks_like_capture(entry) for entry in child.iterdir())
+        except OSError as error:
+            raise DiagError(f"{child}: cannot list this directory ({error.strerror or error})") from None
+        if has_captures:
+            points[child.name] = expand_spec(child) or []
+    if not points:
+        raise DiagError(f"{root}: no capture points (subdirectories holding .pcap/.pcapng files)")
+    return points
+
+
+def manifest_points(manifest: Path) -> dict[str, list[Path]]:
+    """The points a TOML manifest names (``[points.NAME] files = [...]``)."""
+    try:
+        document = tomllib.loads(manifest.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise DiagError(f"{manifest}: cannot read ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise DiagError(f"{manifest}: not a valid TOML manifest ({error})") from None
+    return parse_manifest(document, manifest.parent, str(manifest))
+
+
+def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[str, list[Path]]:
+    """A parsed manifest's points; ``base`` anchors relative entries and ``where`` names the manifest in errors."""
+    unknown = sorted(set(document) - {"points"})
+    if unknown:
+        raise DiagError(f"{where}: unknown top-level key {unknown[0]!r} (a manifest has [points.NAME] tables)")
+    table = document.get("points")
+    if not isinstance(table, dict) or not table:
+        raise DiagError(f"{where}: no [points.NAME] tables")
+    points: dict[str, list[Path]] = {}
+    for name in sorted(table):
+        entry = table[name]
+        if not isinstance(entry, dict):
+            raise DiagError(f"{where}: points.{name} must be a table with files = [...]")
+        extra = sorted(set(entry) - {"files"})
+        if extra:
+            raise DiagError(f"{where}: points.{name}: unknown key {extra[0]!r} (only files)")
+        files = entry.get("files")
+        if not isinstance(files, list) or not files or not all(isinstance(item, str) and item for item in files):
+            raise DiagError(f"{where}: points.{name}.files must be a non-empty list of paths")
+        paths: list[Path] = []
+        for item in files:
+            spec = Path(item) if Path(item).is_absolute() else base / item
+            paths += expand_spec(spec) or [spec]
+        points[name] = paths
+    return points
