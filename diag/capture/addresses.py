@@ -61,7 +61,8 @@ class AddressColumn:
         if self._v4_rows:
             rows = np.concatenate(self._v4_rows)
             values = np.concatenate(self._v4_values)
-            value_codes, distinct = pd.factorize(values)
+            # As 32-bit keys: pandas hashes them several times faster than the same values as int64.
+            value_codes, distinct = pd.factorize(values.astype(np.uint32))
             codes[rows] = value_codes.astype(np.int32) + len(categories)
             categories += format_ipv4_many(np.asarray(distinct, dtype=np.int64))
         if self._v6_rows:
