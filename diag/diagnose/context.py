@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from diag.correlate import Correlation
@@ -25,6 +26,20 @@ def usual_path_rank(name: str) -> int | None:
     return USUAL_PATH_ORDER.index(stem) if stem in USUAL_PATH_ORDER else None
 
 
+def _capture_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
+    """(names, per-row code into them) for the capture column, without a string per row.
+
+    The last name is for rows with no capture name (pandas writes them 'nan'); it is
+    only listed as a point when some row has it.
+    """
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in column.cat.categories] + ["nan"]
+        codes = column.cat.codes.to_numpy().astype(np.int64)
+        return names, np.where(codes < 0, len(names) - 1, codes)
+    codes, uniques = pd.factorize(column.astype(str).to_numpy())
+    return [str(u) for u in uniques] + ["nan"], codes.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Context:
     """The analysis as a whole: which points were captured, and when each was running."""
@@ -38,20 +53,20 @@ class Context:
 
     @classmethod
     def build(cls, packets: pd.DataFrame, corr: Correlation, order_hint: Sequence[str] | None = None) -> Context:
-        names = packets["capture"].astype(str).to_numpy()
-        captured = list(dict.fromkeys(names.tolist()))
-        column = packets["capture"]
-        if isinstance(column.dtype, pd.CategoricalDtype):
-            # An empty capture still says something: that point saw none of it.
-            captured += [str(c) for c in column.cat.categories if str(c) not in captured]
+        names, codes = _capture_codes(packets["capture"])
+        # Points in order of first appearance; an empty capture (a category with no rows) still says
+        # something: that point saw none of it.
+        present, first_row = np.unique(codes, return_index=True)
+        captured = [names[code] for code in present[np.argsort(first_row)].tolist()]
+        captured += [name for name in names[:-1] if name not in captured]
         spans: dict[str, tuple[int, int]] = {name: (-(2**62), 2**62) for name in captured}
         if len(packets):
-            frame = pd.DataFrame({"capture": names, "ts": corr.ts_ref_ns})
-            for capture, group in frame.groupby("capture", sort=False):
+            ts = pd.Series(corr.ts_ref_ns).groupby(codes, sort=False).agg(["min", "max"])
+            for code, low, high in zip(ts.index.tolist(), ts["min"].tolist(), ts["max"].tolist(), strict=True):
                 # A capture whose clock could not be tied to the others (nothing matched)
                 # keeps the open span: its times say nothing on the common clock.
-                if str(capture) in corr.offsets or len(captured) == 1:
-                    spans[str(capture)] = (int(group["ts"].min()), int(group["ts"].max()))
+                if names[code] in corr.offsets or len(captured) == 1:
+                    spans[names[code]] = (int(low), int(high))
         return cls(tuple(captured), spans, corr, packets, tuple(order_hint or ()))
 
     def is_beyond(self, capture: str, point: str) -> bool:

@@ -106,53 +106,57 @@ _SEEN_COLUMNS = (
     "pkt", "capture", "index", "ts_ns", "ts_ref", "ttl", "ip_id", "direction", "src", "sport", "dst", "dport",
     "from_orig", "tcp_flags", "seq", "ack", "payload_len", "payload_digest",
 )  # fmt: skip
+_TEXT_COLUMNS = ("capture", "direction", "src", "dst")
 
 
 def distinct_packets(conn: Connection) -> list[Seen]:
     """The connection's packets, one entry per distinct packet, in order of first sighting.
 
-    Plain Python over the rows (a connection has few): much faster than
-    pandas grouping on such small tables.
+    Plain Python over the connection's rows, read from the shared connection
+    table in the order it keeps for this (by packet, hop, reference time):
+    no sorting or copying per connection.
     """
-    rows = conn.rows.sort_values(["pkt", "hop", "ts_ref"], kind="stable")
-    records = zip(
-        *(rows[c].astype(str) if c in ("capture", "direction", "src", "dst") else rows[c] for c in _SEEN_COLUMNS),
-        strict=True,
-    )
+    table = conn.table
+    chosen = table.by_packet[conn.start : conn.stop]
+    names = table.names
+    values = []
+    for column in _SEEN_COLUMNS:
+        picked = table.columns[column][chosen].tolist()
+        values.append([names[code] for code in picked] if column in _TEXT_COLUMNS else picked)
     by_packet: dict[int, dict[str, list[tuple]]] = {}
-    for record in records:
-        by_packet.setdefault(int(record[0]), {}).setdefault(record[1], []).append(record)
+    for record in zip(*values, strict=True):
+        by_packet.setdefault(record[0], {}).setdefault(record[1], []).append(record)
     seen = []
     for pkt, captures in by_packet.items():
         sights = []
         for capture, copies in captures.items():
             head = copies[0]
-            ttls = [int(c[5]) for c in copies]
+            ttls = [c[5] for c in copies]
             sights.append(
                 Sight(
                     capture=capture,
-                    index=int(head[2]),
-                    ts_ns=int(head[3]),
-                    ts_ref=int(head[4]),
+                    index=head[2],
+                    ts_ns=head[3],
+                    ts_ref=head[4],
                     ttl=max(ttls),
-                    ip_id=int(head[6]),
+                    ip_id=head[6],
                     forwarded=min(ttls) < max(ttls),
                     incoming=head[7] == "in",
-                    src=endpoint_text(head[8], int(head[9])),
-                    dst=endpoint_text(head[10], int(head[11])),
-                    sources=tuple(dict.fromkeys(endpoint_text(c[8], int(c[9])) for c in copies)),
+                    src=endpoint_text(head[8], head[9]),
+                    dst=endpoint_text(head[10], head[11]),
+                    sources=tuple(dict.fromkeys(endpoint_text(c[8], c[9]) for c in copies)),
                 )
             )
         head = next(iter(captures.values()))[0]
         seen.append(
             Seen(
                 pkt=pkt,
-                from_orig=bool(head[12]),
-                flags=int(head[13]),
-                seq=int(head[14]),
-                ack=int(head[15]),
-                payload_len=int(head[16]),
-                digest=int(head[17]),
+                from_orig=head[12],
+                flags=head[13],
+                seq=head[14],
+                ack=head[15],
+                payload_len=head[16],
+                digest=head[17],
                 sights=tuple(sights),
             )
         )
