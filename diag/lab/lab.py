@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from diag.errors import LabError
 from diag.lab import grammar, netns, state
 from diag.lab.inspect import node_state
-from diag.lab.lifetime import LIFELINE_VARIABLE, die_with_parent, is_running, lifeline
+from diag.lab.lifetime import LIFELINE_VARIABLE, is_running, lifeline, start, tied
 from diag.lab.plan import NETNS_PREFIX, NamespacePlan, Plan, build_plan, netns_name
 from diag.lab.topology import Topology, parse_topology
 
@@ -274,8 +274,8 @@ class Lab:
             check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a command inside the node's namespace and wait for it (output captured as text)."""
         try:
-            result = subprocess.run(["ip", "netns", "exec", self.netns(node), *command],
-                                    capture_output=True, text=True, timeout=timeout, preexec_fn=die_with_parent())
+            result = subprocess.run(tied(["ip", "netns", "exec", self.netns(node), *command]),
+                                    capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise LabError(f"{node}: {' '.join(command)}: no answer within {timeout:g} s") from None
         if check and result.returncode != 0:
@@ -290,8 +290,7 @@ class Lab:
         It is killed too if this process dies without a teardown (SIGKILL): call from a
         thread that lives as long as the process, since the kernel ties it to that thread.
         """
-        process: subprocess.Popen[Any] = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns(node), *command], preexec_fn=die_with_parent(), **popen_kwargs)
+        process = start(["ip", "netns", "exec", self.netns(node), *command], **popen_kwargs)
         self._processes.append(process)
         self._pids.append(process.pid)
         if self._built and self.name in state.recorded_names():

@@ -13,33 +13,47 @@ started must notice by itself. Two mechanisms cover the two kinds of child:
   the running process holds. The kernel closes it when that process dies,
   and every server reads end-of-file and exits.
 
+The parent-death signal is set by ``setpriv --pdeathsig`` (util-linux) in
+front of the command rather than by a ``preexec_fn`` calling prctl: with a
+``preexec_fn`` Python runs its fork handlers around the fork, and a Ctrl-C
+arriving then (on any thread) raises inside a handler, where Python swallows
+the exception, so the run would not stop. ``setpriv`` sets the signal and
+execs the command, which keeps it across its own exec (``ip netns exec``).
+
 Owners are recognised by pid *and* start time, so a reused pid never makes a
 dead owner look alive.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
-import signal
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
 
-PR_SET_PDEATHSIG = 1
 LIFELINE_VARIABLE = "DIAG_SERVERS_LIFELINE"  # the inherited read end's descriptor number, for the servers
 
-_libc = ctypes.CDLL(None, use_errno=True)
+
+@functools.cache
+def _setpriv() -> str | None:
+    return shutil.which("setpriv")
 
 
-def die_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn`` for ``subprocess.Popen``: the child is killed when the calling thread's process dies."""
-    parent = os.getpid()
+def tied(argv: Sequence[str]) -> list[str]:
+    """``argv`` prefixed so that the command is killed (SIGKILL) when this process dies.
 
-    def arrange() -> None:  # runs in the child between fork and exec: keep it to system calls
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+    Without setpriv (util-linux older than 2.33, or none) the command runs as
+    given and only a teardown stops it.
+    """
+    setpriv = _setpriv()
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else list(argv)
 
-    return arrange
+
+def start(argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen`` of a child that dies with this process (see the module's docstring)."""
+    return subprocess.Popen(tied(argv), **popen_kwargs)
 
 
 def lifeline() -> tuple[int, int]:

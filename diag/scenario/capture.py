@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from diag.errors import CaptureError
-from diag.lab.lifetime import die_with_parent
+from diag.lab.lifetime import start
 from diag.scenario.outdir import RAW_DIR
 from diag.scenario.pcapng import merge_to_pcapng
 
@@ -181,16 +181,14 @@ class CaptureSet:
         for point in self.conntrack_points:
             log = (self.out_dir / f"{point.name}.conntrack.log").open("wb")
             argv = ["ip", "netns", "exec", point.netns, "conntrack", "-E", "-o", "timestamp"]
-            self._conntracks.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.DEVNULL,
-                                                     preexec_fn=die_with_parent()))
+            self._conntracks.append(start(argv, stdout=log, stderr=subprocess.DEVNULL))
             log.close()  # the child holds its own descriptor
 
     def _start_tcpdump(self, point: CapturePoint, interface: str) -> _Tcpdump:
         raw_path = self._raw_dir / f"{point.name}.{interface}.pcap"
         argv = ["ip", "netns", "exec", point.netns, *tcpdump_argv(interface, raw_path, self.snaplen)]
         # Killed with this process even by SIGKILL (no teardown runs then): see diag.lab.lifetime.
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                   preexec_fn=die_with_parent())
+        process = start(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         tcpdump = _Tcpdump(point, interface, raw_path, process)
         tcpdump.reader = threading.Thread(target=tcpdump.follow_stderr, daemon=True)
         tcpdump.reader.start()
