@@ -314,7 +314,9 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
         for feeder in feeders:
             feeder.start()
         _wait_listening(feeders)
-        _note(args, f"watching {len(sources)} point(s): " + ", ".join(f"{s.name}={s.describe()}" for s in sources))
+        if any(source.interface for source in sources):  # the moment tcpdump listens is worth knowing
+            _note(args, f"watching {len(sources)} point(s): "
+                  + ", ".join(f"{source.name}={source.describe()}" for source in sources))
         window = Window([source.name for source in sources], args.window)
         decider = Decider()
         deadline = time.monotonic() + args.duration if args.duration else None

@@ -133,7 +133,7 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
 
 
 def render_finding(finding: Finding, *, color: bool = False) -> str:
-    """One finding as the report shows it (cause, connection, symptom, evidence, ruled out, fixes), e.g. for a live watch."""
+    """One finding as the report shows it (cause, connection, symptom, evidence, ruled out, fixes)."""
     return "\n".join(_finding_lines(finding, _Style(color), headline=False)) + "\n"
 
 

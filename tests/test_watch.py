@@ -1,0 +1,300 @@
+"""``diag watch``: the live reader, the window, and the command against ``diag analyze pcap`` on the same packets.
+
+The command runs as a separate process, as a user runs it, fed by a pipe on
+stdin or by FIFOs that another process writes slowly, record by record, in
+timestamp order across the points (``slow_writer.py``), as tcpdumps on one
+network would. Its findings must be those ``analyze`` finds in the files,
+each once. As root, the incident is built in namespaces and watched live
+through tcpdump on its interfaces; the decision latency is printed, not
+asserted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import PROJECT, require_root, require_tools
+
+from diag import read_capture
+from diag.capture.live import stream_tables
+from diag.report import Finding, PacketRef
+from diag.watch.window import QUIET_S, Decider, Window
+
+CAPTURES = PROJECT / "captures"
+INCIDENT_POINTS = ["client", "internet", "nlb", "vpc-router", "node-a", "node-b", "pod-b", "natgw"]
+DIAG = [sys.executable, "-m", "diag.cli"]
+
+Key = tuple[str, str, str, str, str, int]
+
+
+def _key(finding: dict[str, Any]) -> Key:
+    packet = finding["packet"] or {"capture": "", "index": -1}
+    return (finding["cause"], finding["proto"], finding["flow"]["client"], finding["flow"]["server"],
+            packet["capture"], packet["index"])
+
+
+def _analyze_keys(pairs: list[str]) -> list[Key]:
+    result = subprocess.run([*DIAG, "analyze", "pcap", "--json", "-", *pairs],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return sorted(_key(finding) for finding in json.loads(result.stdout)["findings"])
+
+
+def _watch(args: list[str], stdin: Any = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DIAG, "watch", "--json-lines", "-", *args], stdin=stdin,
+                          capture_output=True, text=True, cwd=PROJECT, timeout=timeout)
+
+
+def _lines(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+# --- the live reader ---------------------------------------------------------------------------
+
+
+def _pcap_copy(source: Path, out: Path) -> Path:
+    """The capture rewritten as classic pcap by tcpdump, an independent writer."""
+    subprocess.run(["tcpdump", "-r", str(source), "-w", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["pcapng", "pcap"])
+def test_stream_read_in_dribbles_equals_the_file_read(tmp_path: Path, fmt: str) -> None:
+    """A pipe fed a few bytes at a time gives, batch by batch, exactly the table of the whole file."""
+    source = CAPTURES / "vpc-router.pcapng"
+    if fmt == "pcap":
+        require_tools("tcpdump")
+        source = _pcap_copy(source, tmp_path / "vpc-router.pcap")
+    data = source.read_bytes()
+    whole = read_capture(source, name="vpc-router")
+    list(stream_tables(io.BytesIO(data), "vpc-router", "warm-up"))  # compiled parts loaded before the race
+    read_end, write_end = os.pipe()
+
+    def dribble() -> None:
+        with os.fdopen(write_end, "wb", buffering=0) as pipe:
+            for start in range(0, len(data), 97):
+                pipe.write(data[start : start + 97])
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=dribble)
+    writer.start()
+    with os.fdopen(read_end, "rb", buffering=0) as stream:
+        parts = list(stream_tables(stream, "vpc-router", "pipe"))  # type: ignore[arg-type]
+    writer.join()
+    assert len(parts) > 1  # it did hand out packets before the stream ended
+    stitched = pd.concat(parts, ignore_index=True)
+    assert len(stitched) == len(whole)
+    for column in whole.columns:
+        assert (stitched[column].astype(str).to_numpy() == whole[column].astype(str).to_numpy()).all(), column
+
+
+# --- the window ---------------------------------------------------------------------------------
+
+
+def _table(name: str, start_s: float, count: int, step_s: float) -> pd.DataFrame:
+    """A packet table of ``count`` packets of a shipped capture, re-timed to start at ``start_s``."""
+    base = read_capture(CAPTURES / "vpc-router.pcapng", name=name)
+    rows = base.iloc[np.arange(count) % len(base)].reset_index(drop=True)
+    rows["ts_ns"] = (np.int64(start_s * 1e9) + (np.arange(count) * step_s * 1e9)).astype(np.int64)
+    return rows
+
+
+def test_window_keeps_only_its_seconds_per_point() -> None:
+    window = Window(["a", "b"], seconds=10)
+    for second in range(100):
+        window.add("a", _table("a", 1000.0 + second, 5, 0.1))
+        window.add("b", _table("b", 5000.0 + second, 2, 0.1))  # another clock altogether
+        packets = window.packets()
+        assert packets is not None
+    sizes = packets.groupby("capture", observed=True).size()
+    assert sizes["a"] <= 11 * 5 and sizes["b"] <= 11 * 2  # bounded: 10 s of each, not 100 s
+    kept = packets[packets["capture"] == "a"]["ts_ns"].to_numpy()
+    assert kept.min() >= (1099.4 - 10) * 1e9 - 1e3  # (float rounding of the cut)
+    assert window.points["a"].packets == 500  # everything was seen, only the window is kept
+
+
+def test_caught_up_needs_every_point_past_the_time_or_idle_or_ended() -> None:
+    window = Window(["a", "b"], seconds=30)
+    window.add("a", _table("a", 100.0, 3, 1.0))  # a: up to 102
+    window.add("b", _table("b", 100.0, 1, 1.0))  # b: up to 100
+    assert window.caught_up(101.5, now=50.0, idle_since={"a": None, "b": None}) is False
+    assert window.caught_up(101.5, now=50.0, idle_since={"a": None, "b": 50.0 - QUIET_S / 2}) is False
+    assert window.caught_up(101.5, now=50.0, idle_since={"a": None, "b": 50.0 - QUIET_S * 2}) is True
+    window.end("b")
+    assert window.caught_up(101.5, now=50.0, idle_since={"a": None, "b": None}) is True
+    assert window.caught_up(103.0, now=50.0, idle_since={"a": None, "b": None}) is False
+
+
+def _finding(capture: str, index: int, ts: float, cause: str = "asymmetric-return") -> Finding:
+    return Finding(cause=cause, confidence=0.9, proto="tcp", client="203.0.113.10:40000",
+                   server="198.51.100.10:80", packet=PacketRef(capture, index, ts), claimed_src=None,
+                   origin=None, summary="")
+
+
+def test_decider_gives_a_finding_once_even_when_its_symptom_moves() -> None:
+    window = Window(["pod", "natgw"], seconds=30)
+    window.end("pod")
+    window.end("natgw")
+    decider = Decider()
+    first = decider.decide([_finding("pod", 4, 100.0)], window, now=0.0, idle_since={})
+    assert len(first) == 1
+    # The same connection's finding, now first seen at a point that caught up later, or at its next RST.
+    assert decider.decide([_finding("natgw", 3, 99.9), _finding("pod", 9, 101.0)], window, 0.0, {}) == []
+    # Another cause on it, or the same cause a window later, is a new finding.
+    assert len(decider.decide([_finding("pod", 4, 100.0, cause="peer-reset")], window, 0.0, {})) == 1
+    assert len(decider.decide([_finding("pod", 90, 140.0)], window, 0.0, {})) == 1
+    decider.forget_before(120.0)
+    assert decider.count == 1
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", ["pod-b", "natgw", "node-b", "client"])
+def test_pcap_stream_on_stdin_gives_the_findings_of_analyze(point: str) -> None:
+    path = CAPTURES / f"{point}.pcapng"
+    with path.open("rb") as stdin:
+        result = _watch([f"{point}=-"], stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    found = _lines(result.stdout)
+    assert sorted(_key(finding) for finding in found) == _analyze_keys([f"{point}={path}"])
+    for finding in found:
+        assert finding["evidence"] and finding["decided_at"] > finding["packet"]["ts"]
+
+
+def test_public_captures_on_stdin_give_the_findings_of_analyze(corpus: Path) -> None:
+    for name in ("of10_pf5240.pcap", "bgp-bgpsec.pcap"):
+        path = corpus / "tcpdump" / "tests" / name
+        with path.open("rb") as stdin:
+            result = _watch([f"x={'-'}"], stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert sorted(_key(f) for f in _lines(result.stdout)) == _analyze_keys([f"x={path}"]), name
+
+
+def test_text_output_renders_each_finding_as_analyze_does() -> None:
+    with (CAPTURES / "pod-b.pcapng").open("rb") as stdin:
+        result = subprocess.run([*DIAG, "watch", "pod-b=-"], stdin=stdin, capture_output=True, text=True,
+                                cwd=PROJECT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = subprocess.run([*DIAG, "analyze", "pcap", f"pod-b={CAPTURES / 'pod-b.pcapng'}"],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=300).stdout
+    assert result.stdout.startswith("FINDING: asymmetric-return")
+    evidence = [line for line in result.stdout.splitlines() if line.startswith("    - ")]
+    assert evidence and all(line in report for line in evidence)
+    assert "  decided      at " in result.stdout
+
+
+def _fifo_watch(tmp_path: Path, points: dict[str, Path], delay: float) -> tuple[subprocess.CompletedProcess[str],
+                                                                                   list[str]]:
+    fifos = {}
+    for name in points:
+        fifos[name] = tmp_path / f"{name}.fifo"
+        os.mkfifo(fifos[name])
+    writer = subprocess.Popen([sys.executable, str(PROJECT / "tests" / "slow_writer.py"), "--delay", str(delay),
+                               *(f"{fifos[name]}={path}" for name, path in points.items())], cwd=PROJECT)
+    try:
+        result = _watch([f"{name}={fifo}" for name, fifo in fifos.items()])
+    finally:
+        assert writer.wait(timeout=60) == 0
+    return result, [f"{name}={path}" for name, path in points.items()]
+
+
+@pytest.mark.slow
+def test_several_fifos_written_slowly_give_the_findings_of_analyze_once(tmp_path: Path) -> None:
+    points = {name: CAPTURES / f"{name}.pcapng" for name in INCIDENT_POINTS}
+    result, pairs = _fifo_watch(tmp_path, points, delay=0.03)
+    assert result.returncode == 0, result.stderr
+    found = [_key(finding) for finding in _lines(result.stdout)]
+    assert Counter(found).most_common(1)[0][1] == 1  # never the same finding twice
+    assert sorted(found) == _analyze_keys(pairs)
+    assert found and found[0][0] == "asymmetric-return" and found[0][4] == "natgw"
+
+
+@pytest.mark.slow
+def test_udp_fifos_give_the_findings_of_analyze(tmp_path: Path) -> None:
+    folder = CAPTURES / "udp-asymmetric"
+    points = {path.stem: path for path in sorted(folder.glob("*.pcapng"))}
+    result, pairs = _fifo_watch(tmp_path, points, delay=0.01)
+    assert result.returncode == 0, result.stderr
+    found = [_key(finding) for finding in _lines(result.stdout)]
+    assert len(found) == len(set(found))
+    assert sorted(found) == _analyze_keys(pairs)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "words"),
+    [
+        (["pod=/no/such/capture"], None, "no such file or FIFO"),
+        (["pod=-"], b"this is not a capture at all", "not a pcap or pcapng stream"),
+        (["pod=-"], b"", "ended before any capture header"),
+        (["a=-", "b=-"], b"", "standard input ('-') can be only one source"),
+        (["pod=captures"], None, "is a directory"),
+        (["x=" + str(CAPTURES / "pod-b.pcapng"), "x=" + str(CAPTURES / "natgw.pcapng")], None, "given twice"),
+        (["pod=-", "--window", "0"], b"", "must be more than 0"),
+    ],
+)
+def test_bad_source_is_one_line_and_exit_2(args: list[str], stdin: bytes | None, words: str) -> None:
+    result = subprocess.run([*DIAG, "watch", *args], input=stdin, capture_output=True, cwd=PROJECT, timeout=60)
+    assert result.returncode == 2
+    err = result.stderr.decode()
+    assert words in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("diag")]) == 1
+
+
+def test_missing_interface_is_one_line_and_exit_2() -> None:
+    require_tools("tcpdump")
+    result = subprocess.run([*DIAG, "watch", "x=nosuchif9"], capture_output=True, text=True, cwd=PROJECT,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "nosuchif9" in result.stderr, result.stderr
+
+
+# --- live, in the lab ---------------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_incident_watched_live_in_namespaces_is_asymmetric_return() -> None:
+    require_root()
+    require_tools("tcpdump", "iptables-restore")
+    lab = f"w{os.getpid() % 100000}"
+    up = subprocess.run([*DIAG, "lab", "up", "incident", "--name", lab], capture_output=True, text=True,
+                        cwd=PROJECT, timeout=120)
+    assert up.returncode == 0, up.stderr
+    try:
+        ns = f"diag-{lab}-"
+        watch = subprocess.Popen(
+            [*DIAG, "watch", "--json-lines", "-", f"client=eth-internet@{ns}client",
+             f"natgw=eth-vpc-router@{ns}natgw", f"node-a=eth-vpc-router@{ns}node-a", f"pod-b=eth-node-b@{ns}pod-b"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT)
+        assert watch.stderr is not None
+        started = watch.stderr.readline()  # "watching 4 point(s): ..." once every tcpdump listens
+        assert "watching 4 point(s)" in started, started
+        connect = ("import socket\ns = socket.socket(); s.settimeout(2.5)\n"
+                   "try:\n    s.connect(('198.51.100.10', 80))\nexcept OSError:\n    pass\n")
+        subprocess.run(["ip", "netns", "exec", f"{ns}client", sys.executable, "-c", connect], timeout=30)
+        time.sleep(0.5)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+    finally:
+        subprocess.run([*DIAG, "lab", "down", lab], capture_output=True, cwd=PROJECT, timeout=120)
+    found = _lines(out)
+    assert [f["cause"] for f in found] == ["asymmetric-return"], out
+    finding = found[0]
+    assert finding["origin"] == "natgw" and finding["flow"]["server"] == "198.51.100.10:80"
+    latency = finding["decided_at"] - finding["packet"]["ts"]
+    print(f"\nincident watched live: asymmetric-return decided {latency:.3f} s after the RST was captured")
