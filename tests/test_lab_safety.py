@@ -208,7 +208,9 @@ def test_cli_up_exec_show_down_across_processes() -> None:
 
 def test_not_root_is_one_clear_line() -> None:
     # Import everything first: the interpreter's own files may not be readable by nobody.
+    # Finding the shipped topologies loads importlib's resource readers on first use: do that first too.
     script = ("import os, sys, diag.cli as cli, diag.commands.lab, diag.lab, diag.lab.inspect, tomllib; "
+              "import diag.datafiles; diag.datafiles.shipped_lab_dir(); "
               "cli.COMMANDS = ('lab',); parser = cli.build_parser(); "
               "cli.build_parser = lambda: parser; os.setgid(65534); os.setuid(65534); "
               "sys.exit(cli.main(['lab', 'up', 'incident']))")
