@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import require_root, require_tools
+from conftest import PROJECT, require_root, require_tools
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from test_analyze_cli import run_diag
 
 from diag.analysis import analyze, parse_capture_args, read_captures
 from diag.capture import read_capture
@@ -31,6 +30,17 @@ from diag.errors import DiagError
 
 # Columns that say where a packet sits in its file or how the point is named, not what it is.
 PLACE_COLUMNS = ["capture", "index", "file"]
+
+
+def run_diag(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "diag.cli", *map(str, args)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
 
 
 def write_pcap_at(path: Path, packets: list[tuple[int, bytes]]) -> Path:
