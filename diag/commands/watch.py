@@ -307,6 +307,8 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
     messages: queue.Queue[Message] = queue.Queue()
     feeders = [Feeder(source, messages) for source in sources]
     kernel = _start_kernel(args, sources) if args.kernel else None
+    if kernel is not None:
+        _note(args, "kernel account on: tcp_send_reset, tcp_receive_reset and kfree_skb from this host's kernel")
     stopping = threading.Event()
     previous = _on_stop_signals(stopping)
     try:
@@ -321,6 +323,7 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
         decider = Decider()
         deadline = time.monotonic() + args.duration if args.duration else None
         findings: list[Any] = []
+        packets = None
         stop_asked_at: float | None = None
         last_analysis = 0.0
         while not window.all_ended:
@@ -352,7 +355,7 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
                 findings = analyze_window(packets) if packets is not None else []
             now = time.time()
             for finding in decider.decide(findings, window, now, idle):
-                _emit(output, finding, now, kernel)
+                _emit(output, finding, now, kernel, packets)
             oldest = window.oldest_kept()
             if oldest is not None:
                 decider.forget_before(oldest - window.seconds)
@@ -362,9 +365,11 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
         findings = analyze_window(packets) if packets is not None else []
         now = time.time()
         for finding in decider.decide(findings, window, now, {}, final=True):
-            _emit(output, finding, now, kernel)
+            _emit(output, finding, now, kernel, packets)
         total = sum(state.packets for state in window.points.values())
         _note(args, f"{total} packet(s) from {len(sources)} point(s); {decider.count} finding(s) in the last window")
+        if kernel is not None:
+            _note(args, f"kernel drops with a reason while watching (IP, top 5): {kernel.drop_summary()}")
         return 0
     finally:
         _restore_signals(previous)
@@ -439,8 +444,15 @@ def _wait_listening(feeders: list[Feeder]) -> None:
             raise DiagError(f"watch: {feeder.source.describe()}: {feeder.complaint()}")
 
 
-def _emit(output: Output, finding: Any, now: float, kernel: Any) -> None:
-    note = kernel.account(finding) if kernel is not None else None
+def _emit(output: Output, finding: Any, now: float, kernel: Any, packets: Any) -> None:
+    note = None
+    if kernel is not None and packets is not None and finding.packet is not None and finding.proto == "tcp":
+        from diag.watch.kernel import wire_rsts
+
+        client_port = int(finding.client.rpartition(":")[2] or 0)
+        rsts = wire_rsts(packets, finding.packet.capture, finding.packet.index, client_port)
+        if rsts:
+            note = kernel.account(rsts, finding.origin)
     output.finding(finding, now, note)
 
 
@@ -448,8 +460,10 @@ def _start_kernel(args: argparse.Namespace, sources: list[Source]) -> Any:
     """The kernel's account of resets, or None with one line saying why it is not available."""
     from diag.watch.tracefs import KernelTrace
 
+    # Only interfaces captured here are boxes of this host; a stream may come from anywhere.
+    points = {source.name: source.netns for source in sources if source.interface}
     try:
-        return KernelTrace.start()
+        return KernelTrace.start(points)
     except DiagError as error:
         _note(args, f"no kernel account: {error}; watching without it")
         return None
