@@ -265,11 +265,20 @@ def test_missing_interface_is_one_line_and_exit_2() -> None:
 # --- live, in the lab ---------------------------------------------------------------------------
 
 
+def _connect(netns: str, address: str, port: int) -> None:
+    """One kernel TCP client connection attempt from inside a lab namespace; refused or timed out is fine."""
+    script = ("import socket\ns = socket.socket(); s.settimeout(2.5)\n"
+              f"try:\n    s.connect(({address!r}, {port}))\nexcept OSError:\n    pass\n")
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", script], timeout=30)
+
+
 @pytest.mark.lab
 @pytest.mark.slow
-def test_incident_watched_live_in_namespaces_is_asymmetric_return() -> None:
+def test_incident_watched_live_in_namespaces_with_the_kernel_account() -> None:
+    """The incident's forged RST, live: asymmetric-return from the NAT gateway, which the kernel account
+    calls netfilter-made; a RST from a closed port on the pod is the pod's TCP stack, reason NO_SOCKET."""
     require_root()
-    require_tools("tcpdump", "iptables-restore")
+    require_tools("tcpdump", "iptables-restore", "unshare")
     lab = f"w{os.getpid() % 100000}"
     up = subprocess.run([*DIAG, "lab", "up", "incident", "--name", lab], capture_output=True, text=True,
                         cwd=PROJECT, timeout=120)
@@ -277,15 +286,14 @@ def test_incident_watched_live_in_namespaces_is_asymmetric_return() -> None:
     try:
         ns = f"diag-{lab}-"
         watch = subprocess.Popen(
-            [*DIAG, "watch", "--json-lines", "-", f"client=eth-internet@{ns}client",
+            [*DIAG, "watch", "--kernel", "--json-lines", "-", f"client=eth-internet@{ns}client",
              f"natgw=eth-vpc-router@{ns}natgw", f"node-a=eth-vpc-router@{ns}node-a", f"pod-b=eth-node-b@{ns}pod-b"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT)
         assert watch.stderr is not None
-        started = watch.stderr.readline()  # "watching 4 point(s): ..." once every tcpdump listens
-        assert "watching 4 point(s)" in started, started
-        connect = ("import socket\ns = socket.socket(); s.settimeout(2.5)\n"
-                   "try:\n    s.connect(('198.51.100.10', 80))\nexcept OSError:\n    pass\n")
-        subprocess.run(["ip", "netns", "exec", f"{ns}client", sys.executable, "-c", connect], timeout=30)
+        notes = [watch.stderr.readline(), watch.stderr.readline()]  # kernel account on; tcpdumps listening
+        assert "kernel account on" in notes[0] and "watching 4 point(s)" in notes[1], notes
+        _connect(f"{ns}client", "198.51.100.10", 80)  # through the NLB: the incident
+        _connect(f"{ns}node-b", "198.18.102.10", 81)  # straight to the pod, where nothing listens on 81
         time.sleep(0.5)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=60)
@@ -293,8 +301,63 @@ def test_incident_watched_live_in_namespaces_is_asymmetric_return() -> None:
     finally:
         subprocess.run([*DIAG, "lab", "down", lab], capture_output=True, cwd=PROJECT, timeout=120)
     found = _lines(out)
-    assert [f["cause"] for f in found] == ["asymmetric-return"], out
-    finding = found[0]
-    assert finding["origin"] == "natgw" and finding["flow"]["server"] == "198.51.100.10:80"
-    latency = finding["decided_at"] - finding["packet"]["ts"]
-    print(f"\nincident watched live: asymmetric-return decided {latency:.3f} s after the RST was captured")
+    incident = [f for f in found if f["flow"]["server"] == "198.51.100.10:80"]
+    closed = [f for f in found if f["flow"]["server"].endswith(":81")]
+    assert [f["cause"] for f in incident] == ["asymmetric-return"], out
+    assert incident[0]["origin"] == "natgw"
+    assert incident[0]["kernel"]["made_by"] == "netfilter" and incident[0]["kernel"]["box"] == "natgw"
+    assert len(closed) == 1, out
+    assert closed[0]["kernel"]["made_by"] == "tcp-stack" and closed[0]["kernel"]["reason"] == "NO_SOCKET"
+    for finding in incident + closed:
+        latency = finding["decided_at"] - finding["packet"]["ts"]
+        print(f"\nwatched live: {finding['cause']} ({finding['kernel']['made_by']}) decided {latency:.3f} s "
+              "after its RST was captured")
+
+
+def test_kernel_account_unprivileged_is_one_line_and_the_watch_goes_on() -> None:
+    require_root()  # to become nobody
+    require_tools("setpriv")
+    nobody = 65534
+    environment = {key: value for key, value in os.environ.items() if key != "XDG_CACHE_HOME"}
+    environment["HOME"] = "/nonexistent"
+    with (CAPTURES / "pod-b.pcapng").open("rb") as stdin:
+        result = subprocess.run(
+            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups", str(PROJECT / ".venv/bin/diag"),
+             "watch", "--kernel", "--json-lines", "-", "pod-b=-"],
+            stdin=stdin, capture_output=True, text=True, timeout=300, env=environment, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "kernel" in line] == [
+        "diag: watch: no kernel account: the kernel's tracepoints need root; watching without it"]
+    assert [f["cause"] for f in _lines(result.stdout)] == ["asymmetric-return"]
+
+
+# --- the kernel account, pure -------------------------------------------------------------------
+
+TRACE = """\
+         python3-7773    [001] ..s1.  3246.406596: tcp_send_reset: skbaddr=000000004e5e5c47 skaddr=0000000000000000 src=203.0.113.1:81 dest=203.0.113.10:40040 state=UNKNOWN reason=NO_SOCKET
+         python3-7773    [001] .Ns1.  3246.407388: kfree_skb: skbaddr=000000004e5e5c47 rx_sk=0000000000000000 protocol=2048 location=tcp_v4_rcv+0x99/0x1400 reason: NO_SOCKET
+         python3-7773    [001] .N...  3246.407411: tcp_receive_reset: family=AF_INET sport=40040 dport=81 saddr=203.0.113.10 daddr=203.0.113.1 saddrv6=::ffff:203.0.113.10 daddrv6=::ffff:203.0.113.1 sock_cookie=1001
+"""  # noqa: E501  (real trace_pipe lines of this kernel, kept whole)
+
+
+def test_trace_lines_parse_and_tag_a_rst() -> None:
+    from diag.watch.kernel import WireRst, account, parse_line, reject_rule_matches
+
+    events = [parse_line(line, 1_000_000.0) for line in TRACE.splitlines()]
+    assert [e.kind for e in events if e] == ["send_reset", "drop", "receive_reset"]
+    sent = events[0]
+    assert sent is not None and (sent.src, sent.dst, sent.reason) == ("203.0.113.1:81", "203.0.113.10:40040",
+                                                                      "NO_SOCKET")
+    assert sent.ts == pytest.approx(1_003_246.406596)
+    real = [e for e in events if e]
+    rst = WireRst("203.0.113.1:81", "203.0.113.10:40040", 1_003_246.4066)
+    note = account([rst], real, None, {})
+    assert note["made_by"] == "tcp-stack" and note["reason"] == "NO_SOCKET" and note["received_by_socket"]
+    # The same RST two seconds later, or on another port, is not this event's.
+    assert account([WireRst(rst.src, rst.dst, rst.ts + 2)], real, None, {})["made_by"] == "not-this-host"
+    forged = WireRst("203.0.113.10:40041", "198.18.102.10:80", rst.ts)
+    assert account([forged], real, "natgw", {"natgw": 3, "pod-b": 0})["made_by"] == "netfilter"
+    assert account([forged], real, "natgw", {"natgw": 0})["made_by"] == "not-this-host"
+    saved = ('[21:1260] -A NATGW-NO-STATE -p tcp -m comment --comment "reset it" -j REJECT --reject-with tcp-reset\n'
+             "[5:300] -A FORWARD -j ACCEPT\n")
+    assert reject_rule_matches(saved) == 21
