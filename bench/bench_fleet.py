@@ -1,0 +1,165 @@
+"""Time ``analyze`` on a generated fleet: one process, then Dask LocalClusters of 1 and 2 workers.
+
+    .venv/bin/python bench/bench_fleet.py                       # 8 points x 4 files x 100,000 packets
+    .venv/bin/python bench/bench_fleet.py --points 4 --files 2 --packets 20000 --workers 1 2
+
+The fleet (``bench/data/fleet-P-F-N/POINT/POINT.pcap0 …``) is made once by
+bench/gen_capture.py, one seed per file, and the shipped incident is planted
+across three points: natgw's, node-b's and pod-b's captures are an extra ring
+file of node-00, node-01 and node-02. Each configuration runs in a fresh child
+process (imports and the compiled loops' cache load included in none of the
+stage times) and prints the stage times from ``analyze``'s progress hook, the
+child's peak RSS and, on a cluster, each worker's peak RSS and the time the
+LocalCluster took to start. The reports of every configuration must be
+identical (compared by a digest of the JSON); the script fails otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+DATA = PROJECT / "bench" / "data"
+CAPTURES = PROJECT / "captures"
+PLANTED = {"node-00": "natgw", "node-01": "node-b", "node-02": "pod-b"}
+
+
+def make_fleet(points: int, files: int, packets: int) -> Path:
+    root = DATA / f"fleet-{points}-{files}-{packets}"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    for point in range(points):
+        name = f"node-{point:02d}"
+        (root / name).mkdir(parents=True)
+        for number in range(files):
+            out = root / name / f"{name}.pcap{number}"
+            seed = 1000 * point + number + 1
+            subprocess.run(
+                [sys.executable, str(PROJECT / "bench" / "gen_capture.py"), "--packets", str(packets),
+                 "--seed", str(seed), "--out", str(out)],
+                check=True, capture_output=True,
+            )
+        if name in PLANTED:
+            shutil.copy(CAPTURES / f"{PLANTED[name]}.pcapng", root / name / f"{name}.pcap{files}")
+    done.write_text("")
+    return root
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one(mode: str, fleet: Path) -> dict[str, object]:
+    """Run in a child process: one analysis of the fleet in ``mode`` ('single' or 'local:N')."""
+    from diag.analysis import analyze
+    from diag.capture import read_capture
+    from diag.fleet import fleet_points
+
+    # Start-up kept out of the stage times: the compiled loops' cache is loaded by a first small read.
+    read_capture(CAPTURES / "client.pcapng")
+    stages: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def progress(stage: str, _detail: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        stages[stage] = stages.get(stage, 0.0) + time.perf_counter() - started
+
+    points = fleet_points(fleet)
+    result: dict[str, object] = {"mode": mode}
+    started = time.perf_counter()
+    if mode == "single":
+        report = analyze(points, progress=progress)
+        result["workers_rss_mb"] = []
+    else:
+        from distributed import Client, LocalCluster, get_task_stream
+
+        from diag.cluster import read_on
+
+        workers = int(mode.split(":")[1])
+        with LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+        ) as cluster, Client(cluster) as client:
+            # Each worker loads the compiled loops once, as the single process did above.
+            client.run(lambda: read_capture(CAPTURES / "client.pcapng") is not None)
+            result["cluster_start_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            with get_task_stream(client) as stream:
+                report = analyze(points, progress=progress, reader=read_on(client))
+            # Time the workers spent in read_file itself; the rest of the read stage is scheduling and transfer.
+            result["worker_compute_s"] = sum(
+                part["stop"] - part["start"]
+                for task in stream.data
+                for part in task["startstops"]
+                if part["action"] == "compute"
+            )
+            result["workers_rss_mb"] = sorted(client.run(peak_rss_mb).values())
+    result["total_s"] = time.perf_counter() - started
+    result["stages_s"] = stages
+    result["packets"] = sum(info.packets for info in report.captures)
+    result["bytes"] = sum(path.stat().st_size for files in points.values() for path in files)
+    result["files"] = sum(len(files) for files in points.values())
+    result["client_rss_mb"] = peak_rss_mb()
+    result["verdict"] = report.verdict.cause if report.verdict else "healthy"
+    result["findings"] = len(report.findings)
+    result["digest"] = hashlib.sha256(report.dumps().encode()).hexdigest()[:16]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--points", type=int, default=8)
+    parser.add_argument("--files", type=int, default=4, help="generated files per point")
+    parser.add_argument("--packets", type=int, default=100_000, help="packets per generated file")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="LocalCluster sizes to run")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "FLEET"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(one(args.child[0], Path(args.child[1]))))
+        return 0
+    fleet = make_fleet(args.points, args.files, args.packets)
+    rows = []
+    for mode in ["single", *(f"local:{workers}" for workers in args.workers)]:
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", mode, str(fleet)], check=True, capture_output=True, text=True
+        )
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    first = rows[0]
+    print(f"fleet: {args.points} points, {first['files']} files, {first['packets']:,} packets, "
+          f"{first['bytes'] / 1e6:,.0f} MB; verdict {first['verdict']}, {first['findings']} findings")
+    print("| run | cluster start s | read s | (in workers' read_file s) | flows s | correlate s | diagnose s "
+          "| total s | client peak RSS MB | worker peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        stages = row["stages_s"]
+        workers = ", ".join(f"{rss:.0f}" for rss in row["workers_rss_mb"]) or "-"
+        start = f"{row['cluster_start_s']:.1f}" if "cluster_start_s" in row else "-"
+        compute = f"{row['worker_compute_s']:.2f}" if "worker_compute_s" in row else "-"
+        print(f"| {row['mode']} | {start} | {stages.get('read', 0):.2f} | {compute} | {stages.get('flows', 0):.2f} | "
+              f"{stages.get('correlate', 0):.2f} | {stages.get('diagnose', 0):.2f} | {row['total_s']:.2f} | "
+              f"{row['client_rss_mb']:.0f} | {workers} |")
+    digests = {row["digest"] for row in rows}
+    if len(digests) != 1:
+        print(f"reports differ between runs: {[(row['mode'], row['digest']) for row in rows]}", file=sys.stderr)
+        return 1
+    print(f"reports identical in every run (digest {digests.pop()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
