@@ -41,10 +41,10 @@ CASES = {
 }
 
 
-def run(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+def run(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> dict[str, float]:
     """Wall, CPU and peak RSS of one child process."""
     began = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - began
     stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             env = {**os.environ, "PYTHONPATH": str(args.source)}
         command += ["analyze", "pcap", "--json", "-"]  # standard output goes to /dev/null
         command += [f"p{i}={p}" for i, p in enumerate(paths)] if len(paths) > 1 else [str(paths[0])]
-        runs = [run(command, env) for _ in range(args.repeat)]
+        # ``python -c`` puts the working directory first on the path, before PYTHONPATH: run it in the copy.
+        runs = [run(command, env, args.source) for _ in range(args.repeat)]
         best = min(runs, key=lambda r: r["cpu"])
         row: dict[str, object] = {"case": name, "files": len(paths), "size_mb": round(size_mb), **best}
         row["all_cpu"] = [round(r["cpu"], 2) for r in runs]

@@ -68,7 +68,12 @@ def findings(arguments: list[str], source: Path | None) -> dict[str, object]:
         command = [sys.executable, "-c", "import sys; from diag.cli import main; sys.exit(main())"]
         env = {**os.environ, "PYTHONPATH": str(source)}
     done = subprocess.run(
-        [*command, "analyze", "pcap", "--json", "-", *arguments], capture_output=True, text=True, check=False, env=env
+        [*command, "analyze", "pcap", "--json", "-", *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+        cwd=source,  # ``python -c`` puts the working directory first on the path, before PYTHONPATH
     )
     if done.returncode != 0:
         raise SystemExit(f"diag analyze pcap {' '.join(arguments)} failed: {done.stderr.strip()}")
