@@ -245,3 +245,7 @@ def test_tuple_reuse_names_its_origin(run_of) -> None:  # type: ignore[no-untype
     assert finding.origin == "client"  # the client's own stack answered the challenge ACK
     client_only = only(analyze([f"client={run.capture_path('client')}"]), "tcp")
     assert client_only.cause == "tuple-reuse" and client_only.origin == "client"
+    # The server's pod alone: not captured where it was made, but the RST is in line with the client's packets.
+    pods = [analyze([f"{p}={run.capture_path(p)}"]).findings for p in points if p.startswith("pod-")]
+    (at_pod,) = [f for findings in pods for f in findings if f.cause == "tuple-reuse"]
+    assert at_pod.origin is None and "origin: the client's stack (" in "\n".join(at_pod.evidence)

@@ -273,7 +273,9 @@ def _tuple_reuse(
     if sides.client_capture is not None and _rst_maker(rst, sides) == sides.client_capture:
         verdict.origin = sides.client_capture
     else:
-        verdict.origin_description = _origin(rst, sides, challenge)[1]
+        where_made = _origin(rst, sides, challenge)[1]
+        # A RST in line with the client's other packets is its own stack's, wherever it was seen.
+        verdict.origin_description = f"the client's stack ({where_made})" if genuine else where_made
         verdict.evidence.append(f"origin: {verdict.origin_description}")
     later = [p for p in sides.packets if p.is_synack and not p.from_orig and p.ts_ref > rst.ts_ref]
     if later:
