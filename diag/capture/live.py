@@ -19,8 +19,10 @@ import array
 import fcntl
 import io
 import os
+import select
 import sys
 import termios
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -34,8 +36,10 @@ from diag.capture.records import Diagnostics, RecordBatch
 from diag.capture.source import GZIP_MAGIC, STDIN_NAME, Feed
 from diag.errors import CaptureError
 
-# The most one read takes from the pipe: big enough for a burst, small enough to hand it on quickly.
-LIVE_READ_SIZE = 1 << 20
+# The most one buffer takes from the pipe: big enough for a burst, small enough to hand it on quickly.
+LIVE_READ_SIZE = 4 << 20
+# How long a buffer keeps gathering what else arrives after its first bytes.
+GATHER_S = 0.02
 
 
 class LiveFeed(Feed):
@@ -57,22 +61,39 @@ class LiveFeed(Feed):
         buffer[: len(carry)] = carry
         length = len(carry)
         view = memoryview(buffer)
+        gather_until: float | None = None
         try:
-            # One read returns what the pipe holds (blocking only while it is empty);
-            # more reads only while a caller's minimum is not met.
-            while not self.eof:
-                if self.on_idle is not None and not pending_bytes(self.stream):
-                    self.on_idle(True)
+            # The first read returns what the pipe holds (blocking only while it is empty).
+            # Then, for GATHER_S at most, whatever else arrives joins the same buffer: a
+            # busy stream comes in batches of thousands of packets rather than a handful,
+            # which is what the tables downstream are fast with; a quiet one waits no longer.
+            while not self.eof and length < len(carry) + want:
+                if gather_until is None:
+                    if self.on_idle is not None and not pending_bytes(self.stream):
+                        self.on_idle(True)
+                elif not _readable(self.stream, gather_until - time.monotonic()):
+                    break
                 got = self._read_into(view[length : len(carry) + want])
                 if self.on_idle is not None:
                     self.on_idle(False)
                 length += got
                 self.bytes_read += got
-                if length - len(carry) >= minimum:
-                    break
+                if gather_until is None and length - len(carry) >= minimum:
+                    gather_until = time.monotonic() + GATHER_S
         finally:
             view.release()
         return buffer, length
+
+
+def _readable(stream: BinaryIO, timeout: float) -> bool:
+    """Whether the stream has bytes (or its end) to read within ``timeout`` seconds."""
+    if timeout <= 0:
+        return pending_bytes(stream) != 0
+    try:
+        ready, _, _ = select.select([stream.fileno()], [], [], timeout)
+    except (OSError, ValueError, AttributeError):
+        return True  # no descriptor (an in-memory stream): reading will not wait
+    return bool(ready)
 
 
 def pending_bytes(stream: BinaryIO) -> int:

@@ -325,7 +325,7 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
         findings: list[Any] = []
         packets = None
         stop_asked_at: float | None = None
-        last_analysis = 0.0
+        last_analysis = last_took = 0.0
         while not window.all_ended:
             # Wake often: a window that changed is analyzed as soon as every reader has handed over
             # what it read (at most every TICK_S while packets keep coming), and findings waiting
@@ -349,10 +349,15 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
             if window.all_ended:
                 break
             all_idle = all(when is not None for name, when in idle.items() if not window.points[name].ended)
-            if window.changed and (all_idle or time.monotonic() - last_analysis >= TICK_S):
+            since = time.monotonic() - last_analysis
+            # After an analysis that took D seconds, the readers get D seconds before the next one: a
+            # window too big to analyze twice a second is analyzed less often, but the streams are
+            # still read as fast as they come.
+            if window.changed and (all_idle or since >= TICK_S) and since >= 2 * last_took:
                 last_analysis = time.monotonic()
                 packets = window.packets()
                 findings = analyze_window(packets) if packets is not None else []
+                last_took = time.monotonic() - last_analysis
             now = time.time()
             for finding in decider.decide(findings, window, now, idle):
                 _emit(output, finding, now, kernel, packets)

@@ -1,0 +1,141 @@
+"""How fast ``diag watch`` keeps up with a stream, how soon it decides, and whether its memory stays flat.
+
+A generated capture (``gen_capture.py``: many TCP connections, some ending in
+RSTs, DNS-like UDP) is re-timed to RATE packets per second of stream time,
+repeated (each pass shifted in time, its ports changed so that it is new
+connections) until SECONDS of stream time, and
+written into ``diag watch --window W x=-`` through a pipe:
+
+    .venv/bin/python bench/bench_watch.py --rate 50000 --seconds 20            # as fast as the watch reads
+    .venv/bin/python bench/bench_watch.py --rate 50000 --seconds 20 --realtime # paced: each packet stamped
+                                                                               # and written at its time
+    .venv/bin/python bench/bench_watch.py --rate 1000 --seconds 3600           # an hour of stream time
+
+It prints the wall time and the packets per wall-clock second the watch
+took in, its CPU time and its resident memory sampled over the run (a flat
+line is the point of the window), and, from its JSON lines, how many
+findings it decided and the decision latency (``decided_at`` minus the RST's
+capture time, meaningful with ``--realtime``, where the capture time is the
+time the packet was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+PROJECT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from gen_capture import write_capture  # noqa: E402  (the benchmark's own generator, next to this file)
+
+RECORD = struct.Struct("<IIII")
+
+
+def records(path: Path) -> tuple[bytes, list[bytes]]:
+    data = path.read_bytes()
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        caplen = RECORD.unpack_from(data, pos)[2]
+        out.append(data[pos + 16 : pos + 16 + caplen])
+        pos += 16 + caplen
+    return data[:24], out
+
+
+def rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=50_000, help="packets per second of stream time")
+    parser.add_argument("--seconds", type=float, default=20, help="seconds of stream time")
+    parser.add_argument("--window", type=float, default=30)
+    parser.add_argument("--packets", type=int, default=200_000, help="packets in the generated capture (repeated)")
+    parser.add_argument("--realtime", action="store_true", help="write each packet at its time, stamped with it")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
+    capture = work / "gen.pcap"
+    write_capture(capture, args.packets)
+    header, bodies = records(capture)
+    total = int(args.rate * args.seconds)
+    out = work / "findings.jsonl"
+    watch = subprocess.Popen([sys.executable, "-m", "diag.cli", "watch", "--window", str(args.window),
+                              "--json-lines", str(out), "--quiet", "x=-"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=PROJECT)
+    assert watch.stdin is not None
+    samples: list[tuple[float, int]] = []
+    began = time.monotonic()
+
+    def sample() -> None:
+        while watch.poll() is None:
+            samples.append((time.monotonic() - began, rss_kib(watch.pid)))
+            time.sleep(0.5)
+
+    threading.Thread(target=sample, daemon=True).start()
+    watch.stdin.write(header)
+    start_ts = time.time() if args.realtime else 1_764_257_000.0
+    step = 1.0 / args.rate
+    chunk = bytearray()
+    written = 0
+    for number in range(total):
+        ts = start_ts + number * step
+        if args.realtime:
+            wait = ts - time.time()
+            if wait > 0.002:
+                watch.stdin.write(chunk)
+                chunk.clear()
+                time.sleep(wait)
+            ts = time.time()
+        body = bodies[number % len(bodies)]
+        repeat = number // len(bodies)
+        if repeat and len(body) >= 38:
+            # Each pass over the capture is new connections: both ports XORed with the pass number
+            # (the same in both directions, so a connection stays whole; checksums are not checked).
+            sport, dport = struct.unpack_from("!HH", body, 34)
+            body = body[:34] + struct.pack("!HH", sport ^ repeat, dport ^ repeat) + body[38:]
+        seconds = int(ts)
+        chunk += RECORD.pack(seconds, int((ts - seconds) * 1e6), len(body), len(body)) + body
+        if len(chunk) > 1 << 20:
+            watch.stdin.write(chunk)
+            chunk.clear()
+        written += 1
+    watch.stdin.write(chunk)
+    fed = time.monotonic() - began
+    watch.stdin.close()
+    watch.wait()
+    wall = time.monotonic() - began
+    findings = [json.loads(line) for line in out.read_text().splitlines()]
+    latencies = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings if f["packet"])
+    print(f"{written:,} packets ({args.rate:,.0f}/s of stream time for {args.seconds:g} s), window {args.window:g} s"
+          f"{', real time' if args.realtime else ', as fast as read'}")
+    print(f"  fed in {fed:.1f} s, done in {wall:.1f} s: {written / fed:,.0f} packets per wall second taken in")
+    rss = [kib for _t, kib in samples if kib]
+    if rss:
+        marks = [rss[int(len(rss) * q) - 1] for q in (0.1, 0.25, 0.5, 0.75, 1.0)]
+        print(f"  resident memory at 10/25/50/75/100% of the run: {', '.join(f'{k / 1024:.0f}' for k in marks)} MiB; "
+              f"peak {max(rss) / 1024:.0f} MiB")
+    print(f"  {len(findings)} finding(s) decided")
+    if latencies and args.realtime:
+        print(f"  decision latency: median {statistics.median(latencies):.3f} s, "
+              f"90% {latencies[int(len(latencies) * 0.9) - 1]:.3f} s, max {latencies[-1]:.3f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
