@@ -258,3 +258,23 @@ def _busy_worker(client: distributed.Client) -> tuple[str, tuple[str, ...]]:
                 return worker, ours
         time.sleep(0.01)
     raise AssertionError("no read task was handed to a worker")
+
+
+@pytest.mark.slow
+def test_an_existing_scheduler_by_address_reads_paths_given_relative_to_the_command(
+    fleet: Path, single: str, client: distributed.Client
+) -> None:
+    """``tcp://HOST:PORT``: the workers' working directory is not the command's; they are sent absolute paths."""
+    address = client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    result = subprocess.run(
+        [sys.executable, "-m", "diag.cli", "analyze", "fleet", "--json", "-", fleet.name],
+        capture_output=True, text=True, timeout=600, cwd=fleet.parent,
+        env={**os.environ, "DIAG_CLUSTER": address, "PYTHONPATH": str(PROJECT)},
+    )
+    assert result.returncode == 0, result.stderr
+    spread, alone = json.loads(result.stdout), json.loads(single)
+    for member in ("verdict", "findings", "flows", "groups", "clock"):
+        assert spread[member] == alone[member], member
+    # The report names the files as the command was given them.
+    assert spread["captures"][0]["path"] == str(Path(fleet.name) / "client" / Path(alone["captures"][0]["path"]).name)
