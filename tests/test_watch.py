@@ -361,3 +361,28 @@ def test_trace_lines_parse_and_tag_a_rst() -> None:
     saved = ('[21:1260] -A NATGW-NO-STATE -p tcp -m comment --comment "reset it" -j REJECT --reject-with tcp-reset\n'
              "[5:300] -A FORWARD -j ACCEPT\n")
     assert reject_rule_matches(saved) == 21
+
+
+# --- ground truth in run-scenario ---------------------------------------------------------------
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "made_by", "reason"), [
+    ("incident", "netfilter", "REJECT --reject-with tcp-reset"),
+    ("port-closed", "tcp-stack", "NO_SOCKET"),
+])
+def test_run_scenario_records_the_kernel_account_as_ground_truth(run_of: Any, name: str, made_by: str,
+                                                                   reason: str) -> None:
+    run = run_of(name)
+    report = json.loads((run.out / "report.json").read_text())
+    truth = report["ground_truth"]
+    assert truth["agrees"] is True, truth
+    verdict = report["findings"][0] if len(report["findings"]) == 1 else None
+    assert verdict is not None and verdict["cause"] == run.scenario.expect_cause
+    assert [(r["point"], r["made_by"], r["reason"]) for r in truth["rsts"]] == [
+        (verdict["packet"]["capture"], made_by, reason)]
+    events = [json.loads(line) for line in (run.out / "kernel.jsonl").read_text().splitlines()]
+    assert all(event["kind"] in ("send_reset", "receive_reset", "drop") for event in events)
+    if made_by == "tcp-stack":
+        assert any(e["kind"] == "send_reset" and e["reason"] == reason for e in events)

@@ -2,8 +2,11 @@
 
 The output directory receives one ``<point>.pcapng`` per capture point,
 ``<node>.conntrack.log`` for the NAT boxes asked for, ``run.json`` (what was
-run: lab addresses, step outcomes, capture statistics), and, once analyzed,
-``report.json``, ``report.txt`` and ``ladder.png`` when plotting is available.
+run: lab addresses, step outcomes, capture statistics), ``kernel.jsonl`` (the
+kernel's reset and drop tracepoints during the run, as root), and, once
+analyzed, ``report.json`` (with ``ground_truth``: the kernel's account of each
+RST against the diagnosis), ``report.txt`` and ``ladder.png`` when plotting
+is available.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from diag.errors import DiagError, LabError
 from diag.scenario.capture import DEFAULT_SNAPLEN, CapturePoint, CaptureSet, PointCapture
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from diag.lab import Lab
     from diag.lab.topology import Topology
     from diag.report import Report
+    from diag.watch.kernel import KernelEvent
+    from diag.watch.tracefs import KernelTrace
 
 Progress = Callable[[str], None]
 RUN_FILE = "run.json"
@@ -50,6 +55,7 @@ class RunResult:
     report: Report | None = None
     warnings: list[str] = field(default_factory=list)
     analysis_error: str = ""
+    kernel: KernelRecord | None = None  # the kernel's account of the run, when tracing was possible
 
     @property
     def capture_paths(self) -> dict[str, Path]:
@@ -212,18 +218,23 @@ def run_scenario(
         conntrack = [CapturePoint(node, lab.netns(node), ()) for node in scenario.conntrack]
         service = topology.service
         addresses = {node: lab.address(node) for node in sorted(node_names)}
+        kernel_log = teardown.enter_context((out_dir / "kernel.jsonl").open("w"))
+        kernel, kernel_note = _start_kernel_trace({node: lab.netns(node) for node in sorted(node_names)}, kernel_log)
         with CaptureSet(points, out_dir, snaplen=snaplen, conntrack=conntrack) as capture_set:
             interfaces = sum(len(p.interfaces) for p in points)
             stages.done("captures listening", f"{len(points)} points, {interfaces} interfaces")
             steps = _drive_traffic(scenario, lab, service)
             stages.done("traffic", "; ".join(f"{s.label} {s.outcome}" for s in steps))
             captures = capture_set.stop()
+        record = _stop_kernel_trace(kernel)  # REJECT counters read while the namespaces still exist
         packets = sum(c.packets for c in captures)
         drops = sum(max(c.dropped_by_kernel, 0) for c in captures)
         stages.done("captures stopped", f"{packets} packets, {drops} dropped by kernel")
     if not keep_lab:
         stages.done("lab down")
-    result = RunResult(scenario, out_dir, lab.name, service, addresses, captures, steps)
+    result = RunResult(scenario, out_dir, lab.name, service, addresses, captures, steps, kernel=record)
+    if kernel_note:
+        result.warnings.append(kernel_note)
     result.warnings += [f"{c.point}: {c.dropped_by_kernel} packets dropped by the kernel"
                         for c in captures if c.dropped_by_kernel > 0]
     # run.json first: whatever happens in the analysis, the captures are described.
@@ -234,6 +245,32 @@ def run_scenario(
         result.timings = stages.timings
         (out_dir / RUN_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """What the kernel's tracepoints said during the run, and the REJECT rule counters of every box."""
+
+    events: list[KernelEvent]
+    reject_counts: dict[str, int]
+
+
+def _start_kernel_trace(boxes: dict[str, str], log: IO[str]) -> tuple[KernelTrace | None, str]:
+    """The kernel account of every lab box (events to ``kernel.jsonl``), or None and a line saying why not."""
+    from diag.watch.tracefs import KernelTrace
+
+    try:
+        return KernelTrace.start(boxes, log), ""
+    except DiagError as error:
+        return None, f"no kernel account (kernel.jsonl stays empty): {error}"
+
+
+def _stop_kernel_trace(kernel: KernelTrace | None) -> KernelRecord | None:
+    if kernel is None:
+        return None
+    counts = kernel.reject_counts()
+    kernel.close()
+    return KernelRecord(kernel.snapshot(), counts)
 
 
 def _check_nodes(scenario: Scenario, nodes: set[str]) -> None:
@@ -287,7 +324,15 @@ def _analyze(result: RunResult, stages: _Stages) -> None:
         stages.done("analyze", "failed")
         return
     result.report = report
-    (result.out_dir / "report.json").write_text(report.dumps() + "\n")
+    document = report.dumps()
+    if result.kernel is not None:
+        from diag.watch.kernel import ground_truth
+
+        parsed = json.loads(document)
+        parsed["ground_truth"] = ground_truth(report.findings, report.packets, result.kernel.events,
+                                              result.kernel.reject_counts)
+        document = json.dumps(parsed, indent=2)
+    (result.out_dir / "report.json").write_text(document + "\n")
     (result.out_dir / "report.txt").write_text(render_text(report) + "\n")
     stages.done("analyze", report.verdict_json()["cause"])
     _plot(result, stages)

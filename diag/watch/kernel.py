@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.proto import RST as RST_FLAG
+from diag.report import Finding
+from diag.report.model import FORGED_RESET_CAUSES
 
 # Where a RST came from, as the kernel account tells it.
 TCP_STACK = "tcp-stack"
@@ -157,3 +159,32 @@ def wire_rsts(packets: pd.DataFrame, capture: str, index: int, client_port: int)
     rows = packets[rst & near & on_port] if client_port > 0 else symptom
     return [WireRst(f"{row.src}:{row.sport}", f"{row.dst}:{row.dport}", float(row.ts_ns) / 1e9)
             for row in rows.itertuples()]
+
+
+def ground_truth(findings: Iterable[Finding], packets: pd.DataFrame, events: Iterable[KernelEvent],
+                 reject_counts: Mapping[str, int]) -> dict[str, Any]:
+    """The kernel's account of every RST the findings stand on, and whether it agrees with the diagnosis.
+
+    A reset the diagnosis calls forged (made by a box in someone else's
+    name) must be netfilter's, at the box it names when it names one; any
+    other reset (a closed port, a peer's abort) must come from a TCP stack.
+    """
+    kept = list(events)
+    rsts: list[dict[str, Any]] = []
+    agrees = True
+    for finding in findings:
+        if finding.packet is None or finding.proto != "tcp":
+            continue
+        client_port = int(finding.client.rpartition(":")[2] or 0)
+        copies = wire_rsts(packets, finding.packet.capture, finding.packet.index, client_port)
+        if not copies:
+            continue
+        note = account(copies, kept, finding.origin, reject_counts)
+        forged = finding.cause in FORGED_RESET_CAUSES
+        agreed = note["made_by"] == (NETFILTER if forged else TCP_STACK)
+        if agreed and forged and finding.origin in reject_counts:
+            agreed = note.get("box") == finding.origin
+        agrees = agrees and agreed
+        rsts.append({"point": finding.packet.capture, "index": finding.packet.index, "cause": finding.cause,
+                     "made_by": note["made_by"], "reason": note.get("reason"), "agrees": agreed})
+    return {"rsts": rsts, "agrees": agrees}

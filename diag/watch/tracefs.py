@@ -6,6 +6,7 @@ Everything here is I/O; what an event means for a RST is ``diag.watch.kernel``.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 from diag.errors import DiagError
 from diag.watch.kernel import KernelEvent, WireRst, account, parse_line, reject_rule_matches
@@ -25,18 +26,21 @@ KEEP_EVENTS = 200_000  # bounded memory: a watch over hours keeps the recent eve
 class KernelTrace:
     """The tracer helper, run in a private mount namespace, and the events it reports."""
 
-    def __init__(self, process: subprocess.Popen[bytes], points: Mapping[str, str | None]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], points: Mapping[str, str | None],
+                 log: IO[str] | None = None) -> None:
         self.process = process
+        self.log = log  # every event as a JSON line, when given (run-scenario's kernel.jsonl)
         self.points = dict(points)  # point -> its network namespace (None: this host's own)
         self.events: collections.deque[KernelEvent] = collections.deque(maxlen=KEEP_EVENTS)
         self.drops: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
         # The trace clock is CLOCK_MONOTONIC; this maps it onto Unix time (µs-level drift over hours).
         self.clock_to_unix = time.time() - time.monotonic()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     @classmethod
-    def start(cls, points: Mapping[str, str | None]) -> KernelTrace:
+    def start(cls, points: Mapping[str, str | None], log: IO[str] | None = None) -> KernelTrace:
         """Start the helper; ``DiagError`` in one line when tracing is not possible here."""
         if os.geteuid() != 0:
             raise DiagError("the kernel's tracepoints need root")
@@ -62,7 +66,7 @@ class KernelTrace:
             _out, err = process.communicate(timeout=5)
             lines = err.decode("utf-8", "replace").strip().splitlines()
             raise DiagError(lines[-1] if lines else "the tracer did not start")
-        return cls(process, points)
+        return cls(process, points, log)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -74,6 +78,12 @@ class KernelTrace:
                 if event.kind == "drop":
                     self.drops[event.reason or "?"] += 1
                 self.events.append(event)
+                if self.log is not None:
+                    self.log.write(json.dumps(event.to_json()) + "\n")
+
+    def snapshot(self) -> list[KernelEvent]:
+        with self.lock:
+            return list(self.events)
 
     def account(self, rsts: list[WireRst], origin: str | None) -> dict[str, Any]:
         time.sleep(0.05)  # the tracer's last lines are a pipe away
@@ -110,3 +120,4 @@ class KernelTrace:
             except subprocess.TimeoutExpired:
                 self.process.terminate()
                 self.process.wait(timeout=5)
+        self.reader.join(timeout=5)  # its last events are written before the caller closes the log
