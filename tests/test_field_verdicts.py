@@ -98,23 +98,35 @@ def healthy_nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
     yield run
 
 
-@pytest.fixture(scope="module")
-def raced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
-    """A router that injects: a forged RST+ACK to the client's SYN, the genuine SYN-ACK passed on after it."""
+def _injected_run(out: Path, server_ignores_syns: bool) -> FieldRun:
     require_root()
     require_tools("tcpdump", "tshark", "iptables")
-    out = tmp_path_factory.mktemp("field-raced")
     with build(ROUTER_LAB) as lab:
+        if server_ignores_syns:
+            # The server's capture sees each SYN arrive (before netfilter); its stack never answers.
+            lab.run("server", ["iptables", "-I", "INPUT", "-p", "tcp", "--dport", "80", "--syn", "-j", "DROP"])
         outcome: dict[str, object] = {}
 
         def traffic() -> None:
-            outcome["tcp"], outcome["injector"] = race_reset(lab, 80, 6.0)
+            outcome["tcp"], outcome["injector"] = race_reset(lab, 80, 2.0 if server_ignores_syns else 6.0)
 
         files = captured(lab, out, ("client", "router", "server"), traffic)
         addresses = {name: lab.address(name) for name in ("client", "server")}
     assert outcome["tcp"] == "refused"
-    assert outcome["injector"] == {"rst": 1, "synack": 1, "rst_ttl": 64}
-    yield FieldRun(files, outcome, addresses)
+    assert outcome["injector"] == {"rst": 1, "synack": 0 if server_ignores_syns else 1, "rst_ttl": 64}
+    return FieldRun(files, outcome, addresses)
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
+    """A router that injects: a forged RST+ACK to the client's SYN, the genuine SYN-ACK passed on after it."""
+    yield _injected_run(tmp_path_factory.mktemp("field-raced"), server_ignores_syns=False)
+
+
+@pytest.fixture(scope="module")
+def let_through(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
+    """The same injector, but the server never answers: the RST stands alone, the SYN still went on."""
+    yield _injected_run(tmp_path_factory.mktemp("field-let-through"), server_ignores_syns=True)
 
 
 def of_proto(report: Report, proto: str, count: int) -> list[Finding]:
@@ -158,6 +170,25 @@ def test_a_rst_racing_the_genuine_synack_is_injected_reset(raced: FieldRun, poin
     assert {"policy-reject", "port-closed"} <= ruled
     if points == ("router",):
         assert finding.origin == "router"  # it shows the RST leaving with an initial TTL, made there
+
+
+@pytest.mark.parametrize("points", [("client", "server"), ("client", "router", "server"), ("router",)], ids="+".join)
+def test_a_rst_for_a_syn_that_went_on_is_injected_reset(let_through: FieldRun, points: tuple[str, ...]) -> None:
+    """No SYN-ACK to race, but the SYN was seen past the device that refused it in the server's name."""
+    assert tshark_lines(let_through.files["server"], ("frame.number",), "tcp.flags.syn==1 && tcp.flags.ack==0")
+    assert tshark_lines(let_through.files["server"], ("frame.number",), f"ip.src=={let_through.addresses['server']}") \
+        == []
+    finding = only(let_through.analyze(*points), "tcp")
+    assert finding.cause == "injected-reset" and finding.confidence >= 0.7
+    assert {"policy-reject", "port-closed"} <= {r.cause for r in finding.ruled_out}
+    if "router" in points:
+        assert finding.origin == "router"
+
+
+def test_the_client_alone_cannot_tell_a_let_through_reset_from_a_reject(let_through: FieldRun) -> None:
+    finding = only(let_through.analyze("client"), "tcp")
+    assert finding.cause == "policy-reject" and finding.confidence <= 0.8
+    assert "not established" in "\n".join(finding.evidence)
 
 
 # --- the incident seen from the forwarding box alone -------------------------------------------------------

@@ -17,6 +17,7 @@ from diag.diagnose.context import Context, Verdict
 from diag.diagnose.forwarding import Handoff, handoff, path_points
 from diag.diagnose.signals import (
     Seen,
+    Sight,
     after_at,
     arrived_from_neighbour,
     covers,
@@ -229,6 +230,8 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
         answer = _genuine_answer(packets, rst, trigger)
         if answer is not None:
             return _raced_handshake(sides, rst, answer, forged, claim_lines, base)
+        if trigger is not None and trigger.is_pure_syn and (beyond := _syn_went_past(rst, trigger)) is not None:
+            return _let_through(sides, rst, trigger, beyond, claim_lines, base)
         return _handshake_reset_from_server(conn, sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
     if trigger is not None and trigger.is_synack and not genuine:
         return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
@@ -364,6 +367,61 @@ def _raced_handshake(
         "the RST refuses the client's SYN in the server's name; an asymmetric return resets the server's SYN-ACK "
         "in the client's name",
     )
+    return verdict
+
+
+def _syn_went_past(rst: Seen, syn: Seen) -> Sight | None:
+    """A sighting of the SYN past the device that made a RST answering it, at a point that never saw that RST.
+
+    The RST reaches its first point after h routers, so its maker is h hops
+    beyond that point; the SYN, seen there after s hops, is past the maker
+    once seen with s + h + 1 hops or more. A device that refuses a SYN stops
+    it; one that lets it through and still answers in the server's name
+    injected its answer.
+    """
+    first = rst.first
+    at_rst = syn.at(first.capture)
+    if at_rst is None:
+        return None
+    if generated_at(rst) == first.capture and at_rst.forwarded:
+        return at_rst  # the point that made the RST also sent the SYN on
+    past = hops(at_rst.ttl) + hops(first.ttl) + 1
+    # A server that made the RST would show it leaving where the SYN arrived: a point that has the SYN
+    # but not the RST was running when the RST would have passed it.
+    for sight in syn.sights:
+        if hops(sight.ttl) >= past and rst.at(sight.capture) is None:
+            return sight
+    return None
+
+
+def _let_through(
+    sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines: list[str], base: list[str]
+) -> Verdict:
+    origin, origin_text = _origin(rst, sides, syn)
+    verdict = Verdict(
+        "injected-reset",
+        0.65,
+        summary="a device on the path answered the SYN with a RST in the server's name yet let the SYN go on",
+    )
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = list(base)
+    if beyond.capture == rst.first.capture:
+        line = f"{beyond.capture} made the RST and also sent the SYN on ({where(beyond)}, leaving with a lower TTL)"
+    else:
+        line = (
+            f"the SYN went on past the RST's maker: {beyond.capture} saw it {hops(beyond.ttl)} hop(s) from the "
+            f"client ({where(beyond)}), further than the RST's TTL puts its maker, and never saw the RST"
+        )
+    verdict.support(line, 0.1)
+    for line in claim_lines:
+        verdict.support(line, 0.05)
+    verdict.support(f"origin: {origin_text}")
+    verdict.evidence.append(
+        "not established: why no SYN-ACK came back (none in the captures): the same device may have dropped it, "
+        "or the server ignored the SYN"
+    )
+    verdict.rule_out("policy-reject", f"the SYN was not stopped: it reached {beyond.capture}, past the RST's maker")
+    verdict.rule_out("port-closed", f"the RST was made before {beyond.capture} on the way, so not by the server")
     return verdict
 
 
