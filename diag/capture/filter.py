@@ -711,17 +711,17 @@ def _directed(columns: _Columns, direction: str, test: Callable[[str], np.ndarra
     if direction == "dst":
         return test("dst")
     if direction == "src and dst":
-        return test("src") & test("dst")
-    return test("src") | test("dst")
+        return np.asarray(np.logical_and(test("src"), test("dst")), dtype=bool)
+    return np.asarray(np.logical_or(test("src"), test("dst")), dtype=bool)
 
 
 def _evaluate(node: Node, columns: _Columns) -> np.ndarray:
     if isinstance(node, And):
-        return _evaluate(node.left, columns) & _evaluate(node.right, columns)
+        return np.asarray(np.logical_and(_evaluate(node.left, columns), _evaluate(node.right, columns)), dtype=bool)
     if isinstance(node, Or):
-        return _evaluate(node.left, columns) | _evaluate(node.right, columns)
+        return np.asarray(np.logical_or(_evaluate(node.left, columns), _evaluate(node.right, columns)), dtype=bool)
     if isinstance(node, Not):
-        return ~_evaluate(node.child, columns)
+        return np.asarray(np.logical_not(_evaluate(node.child, columns)), dtype=bool)
     if isinstance(node, Field):
         return np.asarray(columns.array(node.column) == node.value, dtype=bool)
     if isinstance(node, Tunnel):
@@ -741,7 +741,7 @@ def _evaluate(node: Node, columns: _Columns) -> np.ndarray:
     values_left, valid_left = _value(node.left, columns)
     values_right, valid_right = _value(node.right, columns)
     # pcap-filter compares unsigned 32-bit values.
-    return RELOPS[node.op](values_left, values_right) & valid_left & valid_right
+    return np.asarray(RELOPS[node.op](values_left, values_right) & valid_left & valid_right, dtype=bool)
 
 
 def _value(value: Value, columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
@@ -766,10 +766,11 @@ def _value(value: Value, columns: _Columns) -> tuple[np.ndarray, np.ndarray]:
         result = left // safe if value.op == "/" else left % safe
     else:
         shift = np.minimum(right, 63)
-        result = {
+        operations: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
             "|": operator.or_, "^": operator.xor, "&": operator.and_, "+": operator.add, "-": operator.sub,
             "*": operator.mul, "<<": lambda a, b: np.left_shift(a, shift), ">>": lambda a, b: np.right_shift(a, shift),
-        }[value.op](left, right)  # fmt: skip
+        }  # fmt: skip
+        result = operations[value.op](left, right)
     return np.asarray(result, dtype=np.int64) & 0xFFFFFFFF, valid
 
 

@@ -108,14 +108,15 @@ class _Prefixed(io.RawIOBase):
     def fileno(self) -> int:
         return self._stream.fileno()
 
-    def readinto(self, target: Any) -> int:
+    def readinto(self, target: Any) -> int | None:
         view = memoryview(target).cast("B")
         if self._prefix:
             count = min(len(view), len(self._prefix))
             view[:count] = self._prefix[:count]
             self._prefix = self._prefix[count:]
             return count
-        return self._stream.readinto(view)  # type: ignore[attr-defined]
+        count_read: int | None = self._stream.readinto(view)  # type: ignore[attr-defined]
+        return count_read  # None only from a non-blocking stream with nothing to read yet, as for any raw stream
 
     def close(self) -> None:
         self._stream.close()
