@@ -98,13 +98,15 @@ def test_runs_leave_no_namespace_behind(run_of: Callable[[str], Run]) -> None:
 
 
 def test_rerun_into_a_previous_output_replaces_it(run_of: Callable[[str], Run]) -> None:
-    """A previous run's directory is ours to replace: the old captures of other points do not linger."""
+    """A previous run's directory is kept unless --force; with it, the old captures of other points do not linger."""
     run = run_of("udp-asymmetric")
     stale = run.out / "stale-point.pcapng"
     stale.write_bytes((run.out / "client.pcapng").read_bytes())
-    result = subprocess.run([sys.executable, "-m", "diag.cli", "run-scenario", "udp-asymmetric",
-                             "--out", str(run.out), "--json", "-"],
-                            capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    argv = [sys.executable, "-m", "diag.cli", "run-scenario", "udp-asymmetric", "--out", str(run.out), "--json", "-"]
+    refused = subprocess.run(argv, capture_output=True, text=True, cwd=PROJECT, timeout=120)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert "--force" in refused.stderr and stale.exists()
+    result = subprocess.run([*argv, "--force"], capture_output=True, text=True, cwd=PROJECT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
     assert json.loads(result.stdout)["schema"] == "diag.report/1"
