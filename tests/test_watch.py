@@ -31,6 +31,7 @@ from conftest import PROJECT, require_root, require_tools
 from diag import read_capture
 from diag.capture.live import stream_tables
 from diag.report import Finding, PacketRef
+from diag.scenario.spec import available_scenarios
 from diag.watch.window import QUIET_S, Decider, Window
 
 CAPTURES = PROJECT / "captures"
@@ -353,7 +354,8 @@ def test_trace_lines_parse_and_tag_a_rst() -> None:
     rst = WireRst("203.0.113.1:81", "203.0.113.10:40040", 1_003_246.4066)
     note = account([rst], real, None, {})
     assert note["made_by"] == "tcp-stack" and note["reason"] == "NO_SOCKET" and note["received_by_socket"]
-    # The same RST two seconds later, or on another port, is not this event's.
+    # The other direction (the peer's own RST), the same RST two seconds later, or on another port: not this event's.
+    assert account([WireRst(rst.dst, rst.src, rst.ts)], real[:1], None, {})["made_by"] == "not-this-host"
     assert account([WireRst(rst.src, rst.dst, rst.ts + 2)], real, None, {})["made_by"] == "not-this-host"
     forged = WireRst("203.0.113.10:40041", "198.18.102.10:80", rst.ts)
     assert account([forged], real, "natgw", {"natgw": 3, "pod-b": 0})["made_by"] == "netfilter"
@@ -386,3 +388,36 @@ def test_run_scenario_records_the_kernel_account_as_ground_truth(run_of: Any, na
     assert all(event["kind"] in ("send_reset", "receive_reset", "drop") for event in events)
     if made_by == "tcp-stack":
         assert any(e["kind"] == "send_reset" and e["reason"] == reason for e in events)
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+@pytest.mark.parametrize("name", available_scenarios())
+def test_every_scenario_agrees_with_its_kernel(run_of: Any, name: str) -> None:
+    """The scenario's diagnosis against what the kernels of its boxes did: a disagreement fails it."""
+    report = json.loads((run_of(name).out / "report.json").read_text())
+    assert report["ground_truth"]["agrees"] is True, report["ground_truth"]
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_run_scenario_watch_writes_the_findings_of_its_report(tmp_path: Path) -> None:
+    """run-scenario --watch: diag watch over every capture point while the traffic runs (watch.jsonl)."""
+    require_root()
+    require_tools("tcpdump", "iptables-restore")
+    out = tmp_path / "out"
+    result = subprocess.run([*DIAG, "run-scenario", "incident", "--watch", "--out", str(out)],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "diag watch failed" not in result.stderr
+    watched = [json.loads(line) for line in (out / "watch.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+
+    def what(finding: dict[str, Any]) -> tuple[str, str, str, str | None]:
+        # Packet numbers differ: watch reads each box's interfaces as one 'any' capture.
+        return finding["cause"], finding["flow"]["client"], finding["flow"]["server"], finding["origin"]
+
+    assert sorted(map(what, watched)) == sorted(map(what, report["findings"]))
+    assert [f["cause"] for f in watched] == ["asymmetric-return"]
+    print(f"\nrun-scenario --watch: decided {watched[0]['decided_at'] - watched[0]['packet']['ts']:.3f} s "
+          "after the RST was captured")

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_lab_path(parser)
     parser.add_argument("--list", action="store_true", help="describe every scenario and fix, one line each")
     parser.add_argument("--snaplen", type=int, default=262144, metavar="N", help="bytes captured per packet")
+    parser.add_argument("--watch", action="store_true",
+                        help="also run 'diag watch' over every capture point during the traffic (watch.jsonl)")
     parser.set_defaults(func=run)
 
 
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         report_cleaned()
     out_dir = args.out or default_out_dir(scenario)
     _progress(f"scenario {scenario.name}: {scenario.description}")
-    result = run_scenario(scenario, out_dir, snaplen=args.snaplen, keep_lab=args.keep_lab, progress=_progress)
+    result = run_scenario(scenario, out_dir, snaplen=args.snaplen, keep_lab=args.keep_lab, progress=_progress,
+                          watch=args.watch)
     for warning in result.warnings:
         _progress(f"warning: {warning}")
     if result.report is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from diag.errors import DiagError
 
 OWN_FILES = re.compile(r"^([A-Za-z0-9_.\-]+\.pcapng|[A-Za-z0-9_.\-]+\.conntrack\.log|run\.json|report\.json"
-                       r"|report\.txt|ladder\.png|ladder\.svg|kernel\.jsonl)$")
+                       r"|report\.txt|ladder\.png|ladder\.svg|kernel\.jsonl|watch\.jsonl)$")
 RAW_DIR = ".raw"  # per-interface captures before the merge; left behind only by a killed run
 
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -186,6 +189,7 @@ def run_scenario(
     keep_lab: bool = False,
     progress: Progress = lambda line: None,
     analyze: bool = True,
+    watch: bool = False,
 ) -> RunResult:
     """Build the scenario's lab, capture everywhere while driving its traffic, then analyze the captures."""
     from diag.lab import Lab, load_topology
@@ -223,8 +227,12 @@ def run_scenario(
         with CaptureSet(points, out_dir, snaplen=snaplen, conntrack=conntrack) as capture_set:
             interfaces = sum(len(p.interfaces) for p in points)
             stages.done("captures listening", f"{len(points)} points, {interfaces} interfaces")
+            watcher = _start_watch(points, out_dir) if watch else None
+            if watcher is not None:
+                teardown.callback(_end_process, watcher)  # on an error in the traffic: no watch left running
             steps = _drive_traffic(scenario, lab, service)
             stages.done("traffic", "; ".join(f"{s.label} {s.outcome}" for s in steps))
+            watch_note = _stop_watch(watcher) if watcher is not None else ""
             captures = capture_set.stop()
         record = _stop_kernel_trace(kernel)  # REJECT counters read while the namespaces still exist
         packets = sum(c.packets for c in captures)
@@ -233,8 +241,7 @@ def run_scenario(
     if not keep_lab:
         stages.done("lab down")
     result = RunResult(scenario, out_dir, lab.name, service, addresses, captures, steps, kernel=record)
-    if kernel_note:
-        result.warnings.append(kernel_note)
+    result.warnings += [note for note in (kernel_note, watch_note) if note]
     result.warnings += [f"{c.point}: {c.dropped_by_kernel} packets dropped by the kernel"
                         for c in captures if c.dropped_by_kernel > 0]
     # run.json first: whatever happens in the analysis, the captures are described.
@@ -271,6 +278,37 @@ def _stop_kernel_trace(kernel: KernelTrace | None) -> KernelRecord | None:
     counts = kernel.reject_counts()
     kernel.close()
     return KernelRecord(kernel.snapshot(), counts)
+
+
+def _start_watch(points: list[CapturePoint], out_dir: Path) -> subprocess.Popen[str]:
+    """``diag watch`` over every capture point (all its interfaces: ``-i any``), writing ``watch.jsonl``."""
+    sources = [f"{point.name}=any@{point.netns}" for point in points]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diag.cli", "watch", "--json-lines", str(out_dir / "watch.jsonl"), *sources],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    process.stderr.readline()  # "watching N point(s)" once every tcpdump listens (or its one-line error)
+    return process
+
+
+def _end_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _stop_watch(process: subprocess.Popen[str]) -> str:
+    """Stop the watch as Ctrl-C would (it analyzes what it read); a line to warn with if it failed."""
+    process.send_signal(signal.SIGINT)
+    try:
+        _out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _out, err = process.communicate()
+    if process.returncode != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        return f"diag watch failed: {lines[-1] if lines else f'status {process.returncode}'}"
+    return ""
 
 
 def _check_nodes(scenario: Scenario, nodes: set[str]) -> None:
@@ -329,8 +367,11 @@ def _analyze(result: RunResult, stages: _Stages) -> None:
         from diag.watch.kernel import ground_truth
 
         parsed = json.loads(document)
-        parsed["ground_truth"] = ground_truth(report.findings, report.packets, result.kernel.events,
-                                              result.kernel.reject_counts)
+        truth = ground_truth(report.findings, report.packets, result.kernel.events, result.kernel.reject_counts)
+        parsed["ground_truth"] = truth
+        result.warnings += [f"the kernel's account disagrees with the diagnosis: {rst['cause']} at {rst['point']} "
+                            f"#{rst['index']}, but the kernel says {rst['made_by']} ({rst['reason']})"
+                            for rst in truth["rsts"] if not rst["agrees"]]
         document = json.dumps(parsed, indent=2)
     (result.out_dir / "report.json").write_text(document + "\n")
     (result.out_dir / "report.txt").write_text(render_text(report) + "\n")

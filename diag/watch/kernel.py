@@ -103,17 +103,19 @@ def account(rsts: Iterable[WireRst], events: Iterable[KernelEvent], origin: str 
     point the diagnosis named as the RST's maker, if any.
     """
     copies = list(rsts)
-    pairs = {frozenset((rst.src, rst.dst)) for rst in copies}
+    sent_as = {(rst.src, rst.dst) for rst in copies}
+    # tcp_receive_reset prints the receiving socket's view: its own address first, the RST's sender second.
+    taken_as = {(rst.dst, rst.src) for rst in copies}
     times = [rst.ts for rst in copies]
     sent = [event for event in events if event.kind == "send_reset" and _near(event.ts, times)
-            and frozenset((event.src, event.dst)) in pairs]
+            and (event.src, event.dst) in sent_as]
     received = [event for event in events if event.kind == "receive_reset" and _near(event.ts, times)
-                and frozenset((event.src, event.dst)) in pairs]
+                and (event.src, event.dst) in taken_as]
     note: dict[str, Any]
     if sent:
         event = sent[0]
         reason = event.reason or "not given by this kernel"
-        note = {"made_by": TCP_STACK, "reason": event.reason, "state": event.state,
+        note = {"made_by": TCP_STACK, "reason": event.reason, "state": event.state, "src": event.src,
                 "account": f"sent by this kernel's TCP stack (reason {reason}, socket state {event.state})"}
     else:
         rejecting = [box for box, count in reject_counts.items() if count > 0]
@@ -126,6 +128,18 @@ def account(rsts: Iterable[WireRst], events: Iterable[KernelEvent], origin: str 
                     "account": "not from this host (no tcp_send_reset for it, no REJECT rule that matched)"}
     note["received_by_socket"] = bool(received)
     return note
+
+
+def _agrees(finding: Finding, note: Mapping[str, Any]) -> bool:
+    made_by = note["made_by"]
+    if finding.cause not in FORGED_RESET_CAUSES:
+        return bool(made_by == TCP_STACK)
+    if made_by == NETFILTER:
+        return finding.origin is None or note.get("box") == finding.origin or note.get("box") is None
+    if made_by == TCP_STACK:
+        endpoints = {finding.client.rpartition(":")[0], finding.server.rpartition(":")[0]}
+        return str(note.get("src", "")).rpartition(":")[0] not in endpoints
+    return True
 
 
 def _near(ts: float, times: list[float]) -> bool:
@@ -145,9 +159,10 @@ def reject_rule_matches(iptables_save: str) -> int:
 def wire_rsts(packets: pd.DataFrame, capture: str, index: int, client_port: int) -> list[WireRst]:
     """The symptom RST (``capture``/``index``) and its copies at the other points, from the packet table.
 
-    A copy is a RST within ``MATCH_S`` of it on the client's port at any
-    point (NAT may rewrite the addresses between points, not this port: the
-    incident's boxes DNAT without SNAT). Empty when the symptom is no RST.
+    A copy is a RST with the same sequence number within ``MATCH_S`` of it,
+    on the client's port, at any point (NAT may rewrite the addresses between
+    points, not the sequence number, nor this port where boxes DNAT without
+    SNAT). Empty when the symptom is no RST.
     """
     rst = (packets["tcp_flags"].to_numpy() & RST_FLAG) != 0
     symptom = packets[rst & (packets["capture"] == capture).to_numpy() & (packets["index"] == index).to_numpy()]
@@ -155,8 +170,9 @@ def wire_rsts(packets: pd.DataFrame, capture: str, index: int, client_port: int)
         return []
     ts = float(symptom["ts_ns"].iloc[0]) / 1e9
     near = np.abs(packets["ts_ns"].to_numpy() / 1e9 - ts) <= MATCH_S
+    same = (packets["seq"] == symptom["seq"].iloc[0]).to_numpy()
     on_port = (packets["sport"] == client_port).to_numpy() | (packets["dport"] == client_port).to_numpy()
-    rows = packets[rst & near & on_port] if client_port > 0 else symptom
+    rows = packets[rst & near & same & on_port] if client_port > 0 else symptom
     return [WireRst(f"{row.src}:{row.sport}", f"{row.dst}:{row.dport}", float(row.ts_ns) / 1e9)
             for row in rows.itertuples()]
 
@@ -165,9 +181,13 @@ def ground_truth(findings: Iterable[Finding], packets: pd.DataFrame, events: Ite
                  reject_counts: Mapping[str, int]) -> dict[str, Any]:
     """The kernel's account of every RST the findings stand on, and whether it agrees with the diagnosis.
 
-    A reset the diagnosis calls forged (made by a box in someone else's
-    name) must be netfilter's, at the box it names when it names one; any
-    other reset (a closed port, a peer's abort) must come from a TCP stack.
+    The diagnosis says who really sent each RST; the kernel can contradict
+    it. A reset it calls genuine (a closed port, a peer's abort) must come
+    from a TCP stack. One it calls forged or made on the path must not come
+    from either endpoint's TCP stack: netfilter (at the box it names, when
+    both name one), something this kernel's stack and netfilter do not see
+    (a raw socket, another host), or the TCP stack of a middle box answering
+    in its own name for a connection it never had.
     """
     kept = list(events)
     rsts: list[dict[str, Any]] = []
@@ -180,10 +200,7 @@ def ground_truth(findings: Iterable[Finding], packets: pd.DataFrame, events: Ite
         if not copies:
             continue
         note = account(copies, kept, finding.origin, reject_counts)
-        forged = finding.cause in FORGED_RESET_CAUSES
-        agreed = note["made_by"] == (NETFILTER if forged else TCP_STACK)
-        if agreed and forged and finding.origin in reject_counts:
-            agreed = note.get("box") == finding.origin
+        agreed = _agrees(finding, note)
         agrees = agrees and agreed
         rsts.append({"point": finding.packet.capture, "index": finding.packet.index, "cause": finding.cause,
                      "made_by": note["made_by"], "reason": note.get("reason"), "agrees": agreed})
