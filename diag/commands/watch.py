@@ -31,7 +31,7 @@ diagnosed; a finding is printed once, when every point has caught up past its
 symptom (delivered later packets or went quiet).
 
 A SOURCE is:
-  -              a pcap or pcapng stream on standard input (tcpdump -U -w -)
+  -              a pcap or pcapng stream on standard input (tcpdump -U --immediate-mode -w -)
   PATH           a FIFO or file carrying a pcap or pcapng stream
   IFACE          an interface, captured here with tcpdump (root)
   IFACE@NETNS    an interface in a named network namespace (ip netns)
@@ -41,8 +41,8 @@ interface's name or the file's stem. Names must be unique.
 
 EPILOG = """\
 examples:
-  tcpdump -i eth0 -U -w - 'tcp' | diag watch node-a=-
-  ssh node-b tcpdump -i eth0 -U -w - | diag watch node-b=-
+  tcpdump -i eth0 -U --immediate-mode -w - tcp | diag watch node-a=-
+  ssh node-b tcpdump -i eth0 -U --immediate-mode -w - | diag watch node-b=-
   diag watch node=eth0 pod=eth0@cni-1234 --json-lines findings.jsonl
   diag watch --netns diag-demo-pod-b pod=eth-node-b --kernel
 
@@ -50,7 +50,9 @@ output:
   Each finding as 'analyze' renders it, followed by when it was decided; with
   --json-lines FILE ('-': stdout, instead of the text) one JSON object a line:
   the finding as in the report's "findings" plus "decided_at" (Unix time of
-  the decision). Notes about the sources go to stderr.
+  the decision) and, with --kernel, "kernel": who made the RST by the
+  kernel's own account (tcp-stack with its reason, netfilter, or
+  not-this-host). Notes about the sources go to stderr. More in docs/watch.md.
 
 exit status:
   0  every stream ended (or --duration passed, or Ctrl-C) and was analyzed
