@@ -14,14 +14,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pandas as pd
-from pandas.api.types import union_categoricals
 
 from diag.capture import read_capture
-from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
-from diag.capture.points import check_points, expand_spec, merge_point, point_stem
+from diag.capture.points import check_points, expand_spec, merge_point, point_stem, stack_tables
 from diag.capture.source import capture_size, exists_quietly
 from diag.correlate import correlate
 from diag.diagnose import diagnose
@@ -94,16 +92,7 @@ def group_points(pairs: Sequence[tuple[str, Path]]) -> dict[str, list[Path]]:
 
 def concat_packets(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Stack packet tables, keeping categorical columns categorical (a plain concat would not)."""
-    if len(tables) == 1:
-        return tables[0]
-    columns = list(PACKET_COLUMNS)
-    stacked = pd.concat([table[columns] for table in tables], ignore_index=True)
-    for column, (dtype, _meaning) in PACKET_COLUMNS.items():
-        if dtype == "category":
-            parts = [pd.Categorical(table[column]) for table in tables]
-            stacked[column] = pd.Categorical(union_categoricals(parts))
-    stacked.attrs = {}
-    return stacked
+    return tables[0] if len(tables) == 1 else stack_tables(tables)
 
 
 def read_captures(
