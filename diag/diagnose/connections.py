@@ -153,7 +153,10 @@ def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
     starts = np.r_[True, group[1:] != group[:-1]]
     first = node[np.maximum.accumulate(np.where(starts, np.arange(len(pairs)), 0))]
     joined = node != first
-    for a, b in set(zip(node[joined].tolist(), first[joined].tolist(), strict=True)):
+    # Many groups link the same two flows (every packet of a connection seen at two points): unite each pair once.
+    links = np.sort(node[joined] * n_nodes + first[joined])
+    links = links[np.r_[True, links[1:] != links[:-1]]] if len(links) else links
+    for a, b in zip(*(part.tolist() for part in np.divmod(links, n_nodes)), strict=True):
         uf.union(a, b)
 
 
@@ -392,13 +395,15 @@ def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
     if clients.empty:
         return
     clients["root"] = [uf.find(int(n)) for n in clients["node"]]
-    for _, group in clients.groupby(["addr", "port"], sort=False):
-        per_point = group.drop_duplicates(["capture", "root"])
-        if per_point["capture"].duplicated().any():
-            continue  # two connections from that endpoint at one point: a reused port, leave them apart
-        roots = per_point["root"].tolist()
-        for other in roots[1:]:
-            uf.union(roots[0], other)
+    per_point = clients.drop_duplicates(["addr", "port", "capture", "root"])
+    endpoint = per_point.groupby(["addr", "port"], sort=False)["capture"]
+    # Two connections from that endpoint at one point: a reused port, leave them apart.
+    single = (endpoint.transform("size") == endpoint.transform("nunique")).to_numpy()
+    linked = per_point[single]
+    first_root = linked.groupby(["addr", "port"], sort=False)["root"].transform("first")
+    for a, b in set(zip(linked["root"].tolist(), first_root.tolist(), strict=True)):
+        if a != b:
+            uf.union(a, b)
 
 
 def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
