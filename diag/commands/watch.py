@@ -186,7 +186,10 @@ class Feeder:
                 self.listening.set()
             elif line:
                 self.stderr_lines.append(line)
-        self.listening.set()  # tcpdump ended: whoever waits learns it from its status
+        # tcpdump ended: whoever waits learns it from its status, which must be set before they look
+        # (stderr closes a moment before the process can be reaped).
+        self.process.wait()
+        self.listening.set()
 
     def _read_stream(self) -> None:
         from diag.capture.live import open_stream, stream_tables
