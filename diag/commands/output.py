@@ -81,7 +81,7 @@ def atomic_path(target: Path, force: bool, option: str) -> Iterator[Path]:
 def write_atomically(target: Path, text: str, force: bool, option: str) -> None:
     with atomic_path(target, force, option) as temporary:
         try:
-            with open(temporary, "w") as sink:
+            with open(temporary, "w", encoding="utf-8") as sink:
                 sink.write(text)
                 sink.flush()
                 os.fsync(sink.fileno())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pandas as pd
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ SCHEMA = "diag.report/1"
 def verdict_json(verdict: Finding | None) -> dict[str, Any]:
     if verdict is None:
         return {"cause": "healthy", "confidence": 1.0, "summary": "no resets or lost replies found"}
-    return {"cause": verdict.cause, "confidence": round(verdict.confidence, 3), "summary": verdict.summary}
+    return {"cause": str(verdict.cause), "confidence": round(verdict.confidence, 3), "summary": verdict.summary}
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
@@ -45,7 +45,9 @@ def report_to_json(report: Report) -> dict[str, Any]:
 
 
 def dumps(report: Report) -> str:
-    return json.dumps(report_to_json(report), indent=2, allow_nan=False)
+    # orjson: the standard library's encoder falls back to pure Python as soon as it indents, which cost
+    # seconds on a busy capture's tens of thousands of flows; the document is the same, key order included.
+    return orjson.dumps(report_to_json(report), option=orjson.OPT_INDENT_2).decode()
 
 
 def _plain(value: Any) -> Any:
