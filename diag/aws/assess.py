@@ -16,7 +16,7 @@ from diag.aws.findings import NAT_GATEWAY_NOTE, check
 from diag.aws.flowlogs import FlowLog, ForgedReset, find_forged_resets, flags_text
 from diag.aws.metrics import MetricsWindow, describe
 from diag.aws.model import NLB_TCP_IDLE_TIMEOUT_S, Inventory, LoadBalancer
-from diag.report import Finding, Report
+from diag.report import Cause, Finding, Report
 
 # One finding per node interface and service port; the rest of the flows are counted in its evidence.
 _EXAMPLES_PER_FINDING = 3
@@ -75,7 +75,7 @@ def elb_reset_findings(inventory: Inventory, metrics: MetricsWindow) -> list[Fin
         timeout_text = " / ".join(f"{t} s" for t in timeouts) or f"{NLB_TCP_IDLE_TIMEOUT_S} s"
         findings.append(
             Finding(
-                cause="idle-timeout",
+                cause=Cause.IDLE_TIMEOUT,
                 confidence=0.4,
                 proto="tcp",
                 client="*",
@@ -172,7 +172,7 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
             continue
         result.append(
             Finding(
-                cause="asymmetric-return",
+                cause=Cause.ASYMMETRIC_RETURN,
                 confidence=best.confidence,
                 proto="tcp",
                 client=f"{best.client}:{best.client_port}",

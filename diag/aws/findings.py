@@ -27,7 +27,7 @@ from diag.aws.model import (
     Route,
     TargetGroup,
 )
-from diag.report import Finding, RuledOut
+from diag.report import Cause, Finding, RuledOut
 
 # Certainty that the setup resets some connections, from configuration alone.
 # Whether any reply actually leaves through another node depends on the
@@ -140,7 +140,7 @@ def asymmetric_return_finding(path: ExposedPath, inventory: Inventory) -> Findin
         f"NAT gateway {path.nat_gateway_id}, posing as the client"
     )
     return Finding(
-        cause="asymmetric-return",
+        cause=Cause.ASYMMETRIC_RETURN,
         confidence=confidence,
         proto=proto,
         client="*",
@@ -159,7 +159,7 @@ def _ruled_out(path: ExposedPath) -> Iterator[RuledOut]:
     unhealthy = [t.id for t in path.group.targets if t.health not in ("healthy", "")]
     if not unhealthy and path.group.targets:
         yield RuledOut(
-            "port-closed",
+            Cause.PORT_CLOSED,
             f"every target of {path.group.name} passes the load balancer's health check, so the service listens",
         )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from diag.correlate import Correlation
-from diag.report import RuledOut
+from diag.report import Cause, RuledOut
 
 # Where the usual vantage names sit on a request's way, used only when no
 # order is given: the client first, the server (pod) last.
@@ -87,7 +87,7 @@ class Context:
 class Verdict:
     """A verdict being assembled: cause and confidence, and the lines that justify it."""
 
-    cause: str
+    cause: Cause
     confidence: float
     summary: str = ""
     origin: str | None = None
@@ -99,6 +99,6 @@ class Verdict:
         self.evidence.append(line)
         self.confidence = min(0.97, self.confidence + weight)
 
-    def rule_out(self, cause: str, why: str) -> None:
+    def rule_out(self, cause: Cause, why: str) -> None:
         if cause != self.cause and all(r.cause != cause for r in self.ruled_out):
             self.ruled_out.append(RuledOut(cause, why))

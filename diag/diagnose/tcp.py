@@ -31,6 +31,7 @@ from diag.diagnose.signals import (
     usual_hops,
     where,
 )
+from diag.report import Cause
 
 # An idle gap counts when it is this long and much longer than a round trip.
 IDLE_GAP_MIN_NS = 1_000_000_000
@@ -235,7 +236,7 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
         return _handshake_reset_from_server(conn, sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
     if trigger is not None and trigger.is_synack and not genuine:
         return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
-    verdict = Verdict("unknown", 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
+    verdict = Verdict(Cause.UNKNOWN, 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
     verdict.evidence = base + claim_lines
     return verdict
 
@@ -258,7 +259,7 @@ def _tuple_reuse(
 ) -> Verdict:
     syn = next(p for p in reversed(_before(sides.packets, challenge)) if p.is_pure_syn and p.from_orig)
     verdict = Verdict(
-        "tuple-reuse",
+        Cause.TUPLE_REUSE,
         0.7,
         summary="a new SYN reused a 4-tuple the server still held: challenge ACK, then the client's RST",
     )
@@ -284,12 +285,14 @@ def _tuple_reuse(
     if later:
         verdict.support(f"a new handshake then succeeded ({where(later[0].first)})", 0.1)
     verdict.rule_out(
-        "peer-reset", "the RST is the client's answer to a challenge ACK, not an abort of a working connection"
+        Cause.PEER_RESET, "the RST is the client's answer to a challenge ACK, not an abort of a working connection"
     )
     verdict.rule_out(
-        "asymmetric-return", "the server's answer reached the client; the client reset the stale connection itself"
+        Cause.ASYMMETRIC_RETURN, "the server's answer reached the client; the client reset the stale connection itself"
     )
-    verdict.rule_out("injected-reset", "the RST's sender is the client and it follows the challenge ACK in sequence")
+    verdict.rule_out(
+        Cause.INJECTED_RESET, "the RST's sender is the client and it follows the challenge ACK in sequence"
+    )
     return verdict
 
 
@@ -328,7 +331,7 @@ def _raced_handshake(
     syn = next((p for p in packets if p.is_pure_syn and p.from_orig and (p.seq + 1) % 2**32 == answer.ack), None)
     origin, origin_text = _origin(rst, sides, syn)
     verdict = Verdict(
-        "injected-reset",
+        Cause.INJECTED_RESET,
         0.7,
         summary="a device on the path refused the SYN with a RST in the server's name, racing the server, "
         "whose genuine SYN-ACK to the same SYN followed",
@@ -356,14 +359,14 @@ def _raced_handshake(
             "packets at these points; the two answers to one SYN do"
         )
     verdict.support(f"origin: {origin_text}")
-    verdict.rule_out("port-closed", "the server answered the same SYN with a SYN-ACK: it listens on the port")
+    verdict.rule_out(Cause.PORT_CLOSED, "the server answered the same SYN with a SYN-ACK: it listens on the port")
     verdict.rule_out(
-        "policy-reject",
+        Cause.POLICY_REJECT,
         "the SYN reached the server and was answered; a rejecting firewall stops the SYN, so no genuine answer follows",
     )
-    verdict.rule_out("peer-reset", "the server was accepting the connection, not aborting it")
+    verdict.rule_out(Cause.PEER_RESET, "the server was accepting the connection, not aborting it")
     verdict.rule_out(
-        "asymmetric-return",
+        Cause.ASYMMETRIC_RETURN,
         "the RST refuses the client's SYN in the server's name; an asymmetric return resets the server's SYN-ACK "
         "in the client's name",
     )
@@ -394,12 +397,10 @@ def _syn_went_past(rst: Seen, syn: Seen) -> Sight | None:
     return None
 
 
-def _let_through(
-    sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines: list[str], base: list[str]
-) -> Verdict:
+def _let_through(sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines: list[str], base: list[str]) -> Verdict:
     origin, origin_text = _origin(rst, sides, syn)
     verdict = Verdict(
-        "injected-reset",
+        Cause.INJECTED_RESET,
         0.65,
         summary="a device on the path answered the SYN with a RST in the server's name yet let the SYN go on",
     )
@@ -420,8 +421,8 @@ def _let_through(
         "not established: why no SYN-ACK came back (none in the captures): the same device may have dropped it, "
         "or the server ignored the SYN"
     )
-    verdict.rule_out("policy-reject", f"the SYN was not stopped: it reached {beyond.capture}, past the RST's maker")
-    verdict.rule_out("port-closed", f"the RST was made before {beyond.capture} on the way, so not by the server")
+    verdict.rule_out(Cause.POLICY_REJECT, f"the SYN was not stopped: it reached {beyond.capture}, past the RST's maker")
+    verdict.rule_out(Cause.PORT_CLOSED, f"the RST was made before {beyond.capture} on the way, so not by the server")
     return verdict
 
 
@@ -438,7 +439,7 @@ def _established_reset(
     packets = sides.packets
     if genuine or not forged:
         confidence = 0.8 if genuine else 0.45
-        verdict = Verdict("peer-reset", confidence, summary=f"the {who} aborted an established connection")
+        verdict = Verdict(Cause.PEER_RESET, confidence, summary=f"the {who} aborted an established connection")
         verdict.origin = generated_at(rst) if generated_at(rst) == sides.own_capture(rst.from_orig) else None
         verdict.evidence = [*base, *claim_lines]
         if not genuine:
@@ -455,9 +456,9 @@ def _established_reset(
                 "client, or a client restart); a capture at the client would show which"
             )
         verdict.rule_out(
-            "injected-reset", "nothing says another device made the RST (TTL in line, no genuine packets after it)"
+            Cause.INJECTED_RESET, "nothing says another device made the RST (TTL in line, no genuine packets after it)"
         )
-        verdict.rule_out("idle-timeout", "the RST comes from the endpoint itself")
+        verdict.rule_out(Cause.IDLE_TIMEOUT, "the RST comes from the endpoint itself")
         return verdict
 
     # Forged on an established connection: a middlebox that lost the state, or an injector.
@@ -470,7 +471,7 @@ def _established_reset(
     origin, origin_text = _origin(rst, sides, trigger)
     if after:
         verdict = Verdict(
-            "injected-reset",
+            Cause.INJECTED_RESET,
             0.75,
             summary=f"a device on the path injected a RST as the {who} while the {who} kept sending",
         )
@@ -482,12 +483,12 @@ def _established_reset(
             0.15,
         )
         verdict.support(f"origin: {origin_text}")
-        verdict.rule_out("peer-reset", f"the {who} kept sending after the RST, so it did not abort")
-        verdict.rule_out("idle-timeout", "the connection was busy, not idle")
+        verdict.rule_out(Cause.PEER_RESET, f"the {who} kept sending after the RST, so it did not abort")
+        verdict.rule_out(Cause.IDLE_TIMEOUT, "the connection was busy, not idle")
         return verdict
     if trigger is not None and gap is not None and gap >= idle_threshold:
         verdict = Verdict(
-            "idle-timeout", 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}"
+            Cause.IDLE_TIMEOUT, 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}"
         )
         verdict.origin, verdict.origin_description = origin, origin_text
         verdict.evidence = [*base, *claim_lines]
@@ -502,18 +503,20 @@ def _established_reset(
                 f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05
             )
         verdict.support(f"origin: {origin_text}")
-        verdict.rule_out("peer-reset", f"the {who} did not send the RST (see the TTL/presence evidence)")
+        verdict.rule_out(Cause.PEER_RESET, f"the {who} did not send the RST (see the TTL/presence evidence)")
         verdict.rule_out(
-            "injected-reset",
+            Cause.INJECTED_RESET,
             "nothing from the real sender follows the RST; it answers the first segment after the idle gap",
         )
         return verdict
     verdict = Verdict(
-        "injected-reset", 0.5, summary=f"a RST made by another device than the {who} ended an established connection"
+        Cause.INJECTED_RESET,
+        0.5,
+        summary=f"a RST made by another device than the {who} ended an established connection",
     )
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = [*base, *claim_lines, f"origin: {origin_text}"]
-    verdict.rule_out("peer-reset", f"the {who} did not send the RST")
+    verdict.rule_out(Cause.PEER_RESET, f"the {who} did not send the RST")
     return verdict
 
 
@@ -580,7 +583,7 @@ def _handshake_reset_from_server(
     origin, origin_text = _origin(rst, sides, syn)
     if syn_missing_at_server or downstream_missing or (forged and not syn_at_server):
         verdict = Verdict(
-            "policy-reject", 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name"
+            Cause.POLICY_REJECT, 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name"
         )
         verdict.origin, verdict.origin_description = origin, origin_text
         verdict.evidence = [*base, *claim_lines]
@@ -595,7 +598,9 @@ def _handshake_reset_from_server(
             )
         verdict.support(f"origin: {origin_text}", 0.05 if origin else 0.0)
         if syn_missing_at_server or downstream_missing:
-            verdict.rule_out("port-closed", "the SYN never reached the server, so the server cannot have refused it")
+            verdict.rule_out(
+                Cause.PORT_CLOSED, "the SYN never reached the server, so the server cannot have refused it"
+            )
         else:
             # Only the RST's own marks say it was forged: where the SYN went is unknown.
             verdict.evidence.append(
@@ -603,13 +608,16 @@ def _handshake_reset_from_server(
                 "the RST's own marks, and a capture on the server or its node would confirm it"
             )
             verdict.rule_out(
-                "port-closed", "the RST was not made by the server (see its TTL), so the server did not refuse the SYN"
+                Cause.PORT_CLOSED,
+                "the RST was not made by the server (see its TTL), so the server did not refuse the SYN",
             )
-        verdict.rule_out("asymmetric-return", "the RST claims the server and answers the SYN itself; no reply was sent")
+        verdict.rule_out(
+            Cause.ASYMMETRIC_RETURN, "the RST claims the server and answers the SYN itself; no reply was sent"
+        )
         return verdict
     confidence = 0.85 if (genuine or syn_at_server) else 0.5
     verdict = Verdict(
-        "port-closed", confidence, summary="the server refused the connection: nothing listens on the port"
+        Cause.PORT_CLOSED, confidence, summary="the server refused the connection: nothing listens on the port"
     )
     verdict.origin = origin if origin == server else None
     verdict.origin_description = origin_text
@@ -629,7 +637,7 @@ def _handshake_reset_from_server(
             "separate them"
         )
     verdict.rule_out(
-        "policy-reject",
+        Cause.POLICY_REJECT,
         "the SYN reached the server"
         if syn_at_server
         else "the RST's TTL matches the server's distance"
@@ -637,7 +645,7 @@ def _handshake_reset_from_server(
         else "not excluded (see evidence)",
     )
     verdict.rule_out(
-        "asymmetric-return", "the RST answers the SYN itself; the server sent no SYN-ACK that could go astray"
+        Cause.ASYMMETRIC_RETURN, "the RST answers the SYN itself; the server sent no SYN-ACK that could go astray"
     )
     return verdict
 
@@ -655,7 +663,7 @@ def _asymmetric_return(
     packets = sides.packets
     origin, origin_text = _origin(rst, sides, synack)
     verdict = Verdict(
-        "asymmetric-return",
+        Cause.ASYMMETRIC_RETURN,
         0.55 if forged else 0.4,
         summary=(
             "the server's SYN-ACK left by a path the SYN did not take; a stateful box there (NAT gateway or "
@@ -725,23 +733,25 @@ def _asymmetric_return(
     if retried:
         reasons.append("the client retransmitted the same SYN afterwards, which it would not do after resetting")
     verdict.rule_out(
-        "peer-reset",
+        Cause.PEER_RESET,
         "a genuine client reset is ruled out: " + ("; ".join(reasons) or "the RST does not come from the client"),
     )
     verdict.rule_out(
-        "tuple-reuse",
+        Cause.TUPLE_REUSE,
         "no RFC 5961 challenge ACK: the server answered the SYN with a SYN-ACK acknowledging it "
         f"(ack {synack.ack} = ISN + 1) and the RST's seq {rst.seq} answers that SYN-ACK",
     )
     verdict.rule_out(
-        "port-closed", "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server"
+        Cause.PORT_CLOSED,
+        "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server",
     )
     verdict.rule_out(
-        "policy-reject", "the SYN reached the server and was answered; the RST goes to the server, not to the client"
+        Cause.POLICY_REJECT,
+        "the SYN reached the server and was answered; the RST goes to the server, not to the client",
     )
-    verdict.rule_out("idle-timeout", "the connection never got established, nothing was idle")
+    verdict.rule_out(Cause.IDLE_TIMEOUT, "the connection never got established, nothing was idle")
     verdict.rule_out(
-        "injected-reset",
+        Cause.INJECTED_RESET,
         "the RST answers the server's SYN-ACK on every attempt, as a stateful box without the flow's state does; "
         "an injector races genuine traffic instead",
     )
@@ -800,7 +810,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
         extra = [c for c in synack.points if c not in syn_points]
         if extra:
             verdict = Verdict(
-                "asymmetric-return",
+                Cause.ASYMMETRIC_RETURN,
                 0.7,
                 summary="the server's SYN-ACK left by a path the SYN did not take and never reached the client",
             )
@@ -811,10 +821,10 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
                 f"the SYN-ACK went {' → '.join(path_points(conn, synack))}: "
                 f"{', '.join(extra)} saw the reply but never the request",
             ]
-            verdict.rule_out("silent-drop", "the reply was not lost on the request's path: it took another one")
+            verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost on the request's path: it took another one")
             return verdict, first, len(syns)
         verdict = Verdict(
-            "silent-drop", 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}"
+            Cause.SILENT_DROP, 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}"
         )
         verdict.evidence = [
             *base,
@@ -831,7 +841,9 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     if passed is not None and passed.dnat and passed.source_kept and not downstream:
         return _forwarded_unanswered(passed, base, syns), first, len(syns)
     verdict = Verdict(
-        "silent-drop", 0.4 if single else 0.75, summary=f"the SYN vanished after {last_point} with no answer and no RST"
+        Cause.SILENT_DROP,
+        0.4 if single else 0.75,
+        summary=f"the SYN vanished after {last_point} with no answer and no RST",
     )
     verdict.evidence = [*base, _last_seen(conn, farthest), "no SYN-ACK and no RST anywhere"]
     if downstream:
@@ -846,9 +858,11 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
         )
         verdict.confidence = min(verdict.confidence, 0.45)
     else:
-        verdict.rule_out("asymmetric-return", "the SYN never reached the server, so there was no reply to go astray")
-    verdict.rule_out("port-closed", "no RST came back")
-    verdict.rule_out("policy-reject", "no RST came back")
+        verdict.rule_out(
+            Cause.ASYMMETRIC_RETURN, "the SYN never reached the server, so there was no reply to go astray"
+        )
+    verdict.rule_out(Cause.PORT_CLOSED, "no RST came back")
+    verdict.rule_out(Cause.POLICY_REJECT, "no RST came back")
     return verdict, first, len(syns)
 
 
@@ -863,7 +877,7 @@ def _forwarded_unanswered(passed: Handoff, base: list[str], syns: list[Seen]) ->
     """
     box, target = passed.capture, passed.left_dst
     verdict = Verdict(
-        "asymmetric-return",
+        Cause.ASYMMETRIC_RETURN,
         0.5,
         summary=f"{box} forwarded the SYN to {target} (DNAT, the client's address kept) and no answer ever came "
         "back through it: the reply most likely left by another path",
@@ -878,8 +892,8 @@ def _forwarded_unanswered(passed: Handoff, base: list[str], syns: list[Seen]) ->
         f"{passed.left_dst_addr} (or on the node in front of it) would confirm it: a SYN-ACK leaving there that never "
         f"reaches {box}; a drop after {box} (silent-drop) looks the same from here",
     ]
-    verdict.rule_out("port-closed", f"no RST came back through {box}")
-    verdict.rule_out("policy-reject", f"no RST came back through {box}")
+    verdict.rule_out(Cause.PORT_CLOSED, f"no RST came back through {box}")
+    verdict.rule_out(Cause.POLICY_REJECT, f"no RST came back through {box}")
     return verdict
 
 
@@ -890,4 +904,3 @@ def _last_seen(conn: Connection, syn: Seen) -> str:
     if passed is None:
         return f"the SYN was last seen at {last}"
     return f"the SYN was last seen leaving {last} for {passed.left_dst} (TTL {passed.ttl_in} → {passed.ttl_out})"
-

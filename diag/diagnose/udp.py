@@ -19,6 +19,7 @@ from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.forwarding import Handoff, handoff, path_points
 from diag.diagnose.signals import Seen, covers, distinct_packets, where
+from diag.report import Cause
 
 # A lone unanswered datagram is common (fire-and-forget protocols); only
 # repeated requests, or a reply seen somewhere, make it a symptom. A one-way
@@ -68,7 +69,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     if foreign:
         reply, sight = foreign[0]
         verdict = Verdict(
-            "asymmetric-return",
+            Cause.ASYMMETRIC_RETURN,
             0.7,
             summary=f"the reply reached the client from {sight.src}, not from {expected_from} it wrote to: "
             "it left by another path and was re-sourced on the way",
@@ -80,7 +81,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         ]
         _add_reply_path(conn, verdict, reply, requests, request_points)
         _add_port_unreachable(verdict, ctx.packets, point, sight.src_addr)
-        verdict.rule_out("silent-drop", "the reply was not lost: it arrived from the wrong source")
+        verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost: it arrived from the wrong source")
         return verdict, reply, len(foreign)
 
     if proper:
@@ -96,7 +97,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     if resourced:
         reply, sight = resourced[0]
         verdict = Verdict(
-            "asymmetric-return",
+            Cause.ASYMMETRIC_RETURN,
             0.75,
             summary=(
                 f"the server's reply left by {sight.capture}, which the request never passed, and was re-sourced there"
@@ -108,7 +109,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
             "the client will see a reply from an address it never wrote to",
         ]
         _add_reply_path(conn, verdict, reply, requests, request_points)
-        verdict.rule_out("silent-drop", "the reply left the server and was translated, not dropped")
+        verdict.rule_out(Cause.SILENT_DROP, "the reply left the server and was translated, not dropped")
         return verdict, reply, len(resourced)
     if proper:
         return None
@@ -119,20 +120,22 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         extra = [c for c in reply.points if c not in request_points]
         if extra:
             verdict = Verdict(
-                "asymmetric-return",
+                Cause.ASYMMETRIC_RETURN,
                 0.7,
                 summary="the server's reply left by a path the request did not take and never reached the client",
             )
             verdict.evidence = list(base)
             _add_reply_path(conn, verdict, reply, requests, request_points)
             return verdict, first, len(unanswered)
-        verdict = Verdict("silent-drop", 0.7, summary=f"the server's replies vanished after {reply.sights[-1].capture}")
+        verdict = Verdict(
+            Cause.SILENT_DROP, 0.7, summary=f"the server's replies vanished after {reply.sights[-1].capture}"
+        )
         verdict.evidence = [
             *base,
             f"the server answered ({len(replies)} reply datagram(s), first at {where(reply.first)}); "
             f"last seen at {reply.sights[-1].capture}, never at {point}",
         ]
-        verdict.rule_out("asymmetric-return", "the replies were seen only on the request's own path")
+        verdict.rule_out(Cause.ASYMMETRIC_RETURN, "the replies were seen only on the request's own path")
         return verdict, first, len(unanswered)
     retried = _looks_like_retries(unanswered) and len({p.digest for p in unanswered}) < len(unanswered)
     farthest = max(requests, key=lambda p: len(p.points))
@@ -154,7 +157,7 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         # A lone datagram, a stream, or every datagram different: a one-way protocol (syslog, sFlow,
         # tunnels), not retried requests.
         return None
-    verdict = Verdict("silent-drop", 0.6, summary=f"UDP requests vanished after {last} with no reply")
+    verdict = Verdict(Cause.SILENT_DROP, 0.6, summary=f"UDP requests vanished after {last} with no reply")
     last_seen = (
         f"the requests were last seen leaving {last} for {passed.left_dst}"
         if passed is not None
@@ -179,7 +182,7 @@ def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen]
     """
     box, target = passed.capture, passed.left_dst
     verdict = Verdict(
-        "asymmetric-return",
+        Cause.ASYMMETRIC_RETURN,
         0.5 if retried else 0.45,
         summary=f"{box} forwarded the requests to {target} (DNAT, the client's address kept) and no reply ever came "
         "back through it: the reply most likely left by another path",

@@ -9,7 +9,8 @@ contract one to one, so notebooks and scripts get the same facts as the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -19,23 +20,34 @@ from diag.correlate.clock import ClockOffset
 if TYPE_CHECKING:
     from diag.report.significance import Group
 
-Cause = Literal[
-    "asymmetric-return",
-    "port-closed",
-    "peer-reset",
-    "idle-timeout",
-    "injected-reset",
-    "tuple-reuse",
-    "policy-reject",
-    "silent-drop",
-    "healthy",
-    "unknown",
-]
 
-CAUSES: tuple[str, ...] = get_args(Cause)
+class Cause(StrEnum):
+    """The cause vocabulary; each member's value is the string the JSON and the text report carry.
+
+    What each cause means, its fixes and what rules it out live in the
+    registry under ``diag.diagnose.causes`` (one module a cause).
+    """
+
+    ASYMMETRIC_RETURN = "asymmetric-return"
+    PORT_CLOSED = "port-closed"
+    PEER_RESET = "peer-reset"
+    IDLE_TIMEOUT = "idle-timeout"
+    INJECTED_RESET = "injected-reset"
+    TUPLE_REUSE = "tuple-reuse"
+    POLICY_REJECT = "policy-reject"
+    SILENT_DROP = "silent-drop"
+    HEALTHY = "healthy"
+    UNKNOWN = "unknown"
+
+
+CAUSES: tuple[str, ...] = tuple(cause.value for cause in Cause)
 
 # Causes whose RST is made by a box in someone else's name: the claimed sender is not the real one.
-FORGED_RESET_CAUSES = frozenset({"asymmetric-return", "idle-timeout", "injected-reset", "policy-reject"})
+# It lives here, below the diagnosis, because the report and the plots need it too; the
+# registry's ``CauseSpec.forged`` flags are checked against it by the tests.
+FORGED_RESET_CAUSES: frozenset[Cause] = frozenset(
+    {Cause.ASYMMETRIC_RETURN, Cause.IDLE_TIMEOUT, Cause.INJECTED_RESET, Cause.POLICY_REJECT}
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class PacketRef:
 
 @dataclass(frozen=True)
 class RuledOut:
-    cause: str
+    cause: Cause
     why: str
 
 
@@ -57,7 +69,7 @@ class RuledOut:
 class Finding:
     """One symptom (a RST, an unanswered SYN or datagram) and the verdict on its cause."""
 
-    cause: str
+    cause: Cause
     confidence: float
     proto: str
     client: str  # "addr:port" as the client addressed the connection
@@ -72,7 +84,7 @@ class Finding:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "cause": self.cause,
+            "cause": str(self.cause),
             "confidence": round(self.confidence, 3),
             "proto": self.proto,
             "flow": {"client": self.client, "server": self.server},
@@ -81,7 +93,7 @@ class Finding:
             "origin": self.origin,
             "summary": self.summary,
             "evidence": list(self.evidence),
-            "ruled_out": [asdict(r) for r in self.ruled_out],
+            "ruled_out": [{"cause": str(r.cause), "why": r.why} for r in self.ruled_out],
             "fixes": list(self.fixes),
         }
 
