@@ -693,6 +693,22 @@ def test_force_replaces_outputs_atomically(tmp_path: Path, plain_report: dict[st
     assert sorted(path.name for path in tmp_path.iterdir()) == ["ladder.png", "old.json", "old.png", "report.json"]
 
 
+def test_devices_and_pipes_are_written_straight_into(tmp_path: Path, plain_report: dict[str, Any]) -> None:
+    # /dev/null, /dev/stdout and a named pipe exist already, but nothing there can be replaced: no --force.
+    assert run_diag("analyze", "pcap", "--json", "/dev/null", f"pod={SAMPLE}").returncode == 0
+    to_stdout = run_diag("analyze", "pcap", "--json", "/dev/stdout", f"pod={SAMPLE}")
+    assert to_stdout.returncode == 0, to_stdout.stderr
+    assert '"schema": "diag.report/1"' in to_stdout.stdout
+    pipe = tmp_path / "report.fifo"
+    os.mkfifo(pipe)
+    reader = subprocess.Popen(["cat", str(pipe)], stdout=subprocess.PIPE, text=True)
+    result = run_diag("analyze", "pcap", "--json", pipe, f"pod={SAMPLE}")
+    received, _ = reader.communicate(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert report_without_paths(received) == plain_report
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.fifo"]  # no temporary left beside it
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

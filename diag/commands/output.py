@@ -12,6 +12,10 @@ Three promises, whatever is already at the target path:
 - atomic: the content goes to a temporary file in the target's directory
   first, so a reader sees the old file or the whole new one, never half, and
   a failed run leaves no partial output.
+
+A character device or a FIFO (``/dev/null``, ``/dev/stdout``, a named pipe)
+is a stream, not a file: nothing there can be replaced, so it is written
+straight into, links to it included, with no ``--force`` needed.
 """
 
 from __future__ import annotations
@@ -29,9 +33,20 @@ from diag.errors import DiagError
 PLOT_SUFFIXES = (".png", ".svg")
 
 
+def is_stream(path: Path) -> bool:
+    """A character device or a FIFO, reached directly or through links."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
 def check_output(target: str | os.PathLike[str], force: bool, option: str) -> Path:
     """``target`` as a Path, once it is known that it may be written; else a one-line DiagError."""
     path = Path(target)
+    if is_stream(path):
+        return path
     try:
         status: os.stat_result | None = path.lstat()
     except FileNotFoundError:
@@ -65,6 +80,9 @@ def check_plot(target: str | os.PathLike[str], force: bool, option: str = "--plo
 def atomic_path(target: Path, force: bool, option: str) -> Iterator[Path]:
     """A temporary path beside ``target`` (same suffix) to write; put in place when the block succeeds."""
     check_output(target, force, option)
+    if is_stream(target):
+        yield target  # a device or pipe: nothing to replace, the content goes straight in
+        return
     try:
         descriptor, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
     except OSError as error:
@@ -84,7 +102,8 @@ def write_atomically(target: Path, text: str, force: bool, option: str) -> None:
             with open(temporary, "w", encoding="utf-8") as sink:
                 sink.write(text)
                 sink.flush()
-                os.fsync(sink.fileno())
+                if temporary != target:  # a device or pipe has nothing to sync (and /dev/null refuses)
+                    os.fsync(sink.fileno())
         except OSError as error:
             raise DiagError(f"{option} {target}: cannot write: {error.strerror or error}") from None
 
