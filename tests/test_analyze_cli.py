@@ -154,7 +154,7 @@ def test_text_report_lists_resets_and_unanswered_syns_per_capture(incident: dict
     assert "CAPTURE client" in out and "CAPTURE pod" in out
     pod_part = out[out.index("CAPTURE pod") :]
     client_part = out[out.index("CAPTURE client") : out.index("CAPTURE pod")]
-    assert "RESET (1)" in pod_part and "ShR RSTO" in pod_part and "RST #2 from orig" in pod_part
+    assert "RESET (1)" in pod_part and "ShR RSTO" in pod_part and "RST frame 3 from orig" in pod_part
     assert "NO REPLY (1)" in client_part and "S S0" in client_part and "2 SYN retransmissions" in client_part
     assert result.stderr == ""
 
@@ -179,6 +179,40 @@ def test_json_to_stdout_follows_the_report_contract(incident: dict[str, Path]) -
     assert (pod["history"], pod["conn_state"], pod["syn_retransmits"]) == ("ShR", "RSTO", 2)
     assert pod["rsts"] == [{"index": 2, "from": "orig"}, {"index": 5, "from": "orig"}, {"index": 8, "from": "orig"}]
     assert pod["first_ts"] == pytest.approx(T0)
+
+
+def _tshark_rst_flag(path: Path, frame: int) -> str:
+    """tshark's own reading of frame ``frame`` (its 1-based frame.number): the TCP RST flag."""
+    out = subprocess.run(
+        ["tshark", "-r", str(path), "-Y", f"frame.number == {frame}", "-T", "fields", "-e", "tcp.flags.reset"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    return out.strip()
+
+
+def test_symptom_frame_is_wiresharks_frame_number(incident: dict[str, Path]) -> None:
+    require_tools("tshark")
+    result = run_diag("analyze", "pcap", "--json", "-", incident["pod"])
+    packet = json.loads(result.stdout)["findings"][0]["packet"]
+    assert packet["frame"] == packet["index"] + 1 and packet["file"] is None  # one file: no name needed
+    assert _tshark_rst_flag(incident["pod"], packet["frame"]) in ("1", "True")
+    text = run_diag("analyze", "pcap", incident["pod"]).stdout
+    assert f"symptom      pod frame {packet['frame']} at" in text
+    assert f"#{packet['index']}" not in text
+
+
+def test_symptom_in_a_point_of_several_files_names_its_file(tmp_path: Path) -> None:
+    """A point made of two files: the frame number counts within the file the JSON names."""
+    require_tools("tshark")
+    packets = incident_at_pod()
+    first = _write(tmp_path / "pod-1.pcap", packets[:2])
+    second = _write(tmp_path / "pod-2.pcap", packets[2:], start=T0 + 0.002)
+    result = run_diag("analyze", "pcap", "--json", "-", f"pod={first}", f"pod={second}")
+    assert result.returncode == 0, result.stderr
+    packet = json.loads(result.stdout)["findings"][0]["packet"]
+    assert packet["file"] == str(second)  # the first RST is the third packet: in the second file
+    assert packet["frame"] == packet["index"] + 1 == 1
+    assert _tshark_rst_flag(second, packet["frame"]) in ("1", "True")
 
 
 def test_json_file_and_text_together(incident: dict[str, Path], tmp_path: Path) -> None:

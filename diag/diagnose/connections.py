@@ -35,7 +35,7 @@ RESOURCED_REPLY_WINDOW_NS = 5_000_000_000
 # The packet table's columns a connection's rows carry (what the diagnosis reads).
 TABLE_PACKET_COLUMNS = (
     "capture", "src", "dst", "sport", "dport", "proto", "tcp_flags", "seq", "ack", "ts_ns", "ttl", "ip_id",
-    "direction", "index", "payload_len", "payload_digest",
+    "direction", "index", "file", "payload_len", "payload_digest",
 )  # fmt: skip
 _TEXT_COLUMNS = ("capture", "src", "dst", "direction")  # kept as codes into ``ConnectionTable.names``
 
@@ -175,6 +175,8 @@ def _text_codes(column: pd.Series, positions: np.ndarray, names: dict[str, int])
 def _take(packets: pd.DataFrame, name: str, positions: np.ndarray, names: dict[str, int]) -> np.ndarray:
     if name in _TEXT_COLUMNS:
         return _text_codes(packets[name], positions, names)
+    if name == "file" and name not in packets:
+        return np.zeros(len(positions), dtype=np.int16)  # a table not made by the reader: one file per point
     return packets[name].to_numpy()[positions]
 
 

@@ -63,7 +63,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         proto="tcp" if proto == TCP else "udp",
         client=client,
         server=server,
-        packet=PacketRef(capture=first.capture, index=first.index, ts=first.ts_ns / 1e9),
+        packet=PacketRef(capture=first.capture, index=first.index, ts=first.ts_ns / 1e9, file=first.file),
         claimed_src=first.src_addr,
         origin=origin,
         summary=verdict.summary,

@@ -34,7 +34,7 @@ class Sight:
     """One capture point's first copy of a packet."""
 
     capture: str
-    index: int
+    index: int  # 0-based position in its file; Wireshark's frame number is index + 1
     ts_ns: int
     ts_ref: int
     ttl: int
@@ -44,6 +44,7 @@ class Sight:
     src: str  # "addr:port" on arrival at this point
     dst: str
     sources: tuple[str, ...]  # every source seen on the copies here (a box's rewrite shows as two)
+    file: int = 0  # which file of the capture point (its position in CaptureInfo.files)
 
     @property
     def src_addr(self) -> str:
@@ -104,7 +105,7 @@ class Seen:
 
 _SEEN_COLUMNS = (
     "pkt", "capture", "index", "ts_ns", "ts_ref", "ttl", "ip_id", "direction", "src", "sport", "dst", "dport",
-    "from_orig", "tcp_flags", "seq", "ack", "payload_len", "payload_digest",
+    "from_orig", "tcp_flags", "seq", "ack", "payload_len", "payload_digest", "file",
 )  # fmt: skip
 _TEXT_COLUMNS = ("capture", "direction", "src", "dst")
 
@@ -145,6 +146,7 @@ def distinct_packets(conn: Connection) -> list[Seen]:
                     src=endpoint_text(head[8], head[9]),
                     dst=endpoint_text(head[10], head[11]),
                     sources=tuple(dict.fromkeys(endpoint_text(c[8], c[9]) for c in copies)),
+                    file=int(head[18]),
                 )
             )
         head = next(iter(captures.values()))[0]
@@ -271,5 +273,5 @@ def ms(ns: int | float) -> str:
 
 
 def where(sight: Sight) -> str:
-    """'pod #12' style packet reference."""
-    return f"{sight.capture} #{sight.index}"
+    """'pod frame 13' style packet reference: Wireshark's 1-based frame number, which is what people search for."""
+    return f"{sight.capture} frame {sight.index + 1}"

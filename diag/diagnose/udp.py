@@ -234,7 +234,7 @@ def _add_port_unreachable(verdict: Verdict, packets: pd.DataFrame, point: str, f
     if len(hits):
         verdict.support(
             f"the client answered {len(hits)} of them with ICMP port unreachable "
-            f"({point} #{int(hits['index'].iloc[0])}): "
+            f"({point} frame {int(hits['index'].iloc[0]) + 1}): "
             "its socket expected the reply from the address it wrote to",
             0.1,
         )

@@ -29,7 +29,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "verdict": verdict_json(report.verdict),
-        "findings": [finding.to_json() for finding in report.findings],
+        "findings": [finding.to_json(_files(report, finding)) for finding in report.findings],
         "groups": [group.to_json() for group in report.groups],
         "captures": [
             {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
@@ -42,6 +42,13 @@ def report_to_json(report: Report) -> dict[str, Any]:
         },
         "warnings": list(report.warnings),
     }
+
+
+def _files(report: Report, finding: Finding) -> tuple[str, ...]:
+    """The files of the capture point the finding's packet is from (to name its file when there are several)."""
+    if finding.packet is None:
+        return ()
+    return next((c.files for c in report.captures if c.name == finding.packet.capture), ())
 
 
 def dumps(report: Report) -> str:

@@ -8,7 +8,7 @@ contract one to one, so notebooks and scripts get the same facts as the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -52,11 +52,26 @@ FORGED_RESET_CAUSES: frozenset[Cause] = frozenset(
 
 @dataclass(frozen=True)
 class PacketRef:
-    """Where a symptom was first seen: capture name, 0-based index in that file, timestamp."""
+    """Where a symptom was first seen: capture name, 0-based index in its file, timestamp, which file.
+
+    ``file`` is the position in the point's ``CaptureInfo.files`` (0 for a
+    point read from one file); the index counts within that file.
+    """
 
     capture: str
     index: int
     ts: float
+    file: int = 0
+
+    @property
+    def frame(self) -> int:
+        """Wireshark's frame.number: 1-based, what a reader types into its filter bar."""
+        return self.index + 1
+
+    def to_json(self, files: tuple[str, ...] = ()) -> dict[str, Any]:
+        """``file`` is named only when the point has several files (``files``, its CaptureInfo.files)."""
+        name = files[self.file] if len(files) > 1 and 0 <= self.file < len(files) else None
+        return {"capture": self.capture, "index": self.index, "frame": self.frame, "file": name, "ts": self.ts}
 
 
 @dataclass(frozen=True)
@@ -82,13 +97,14 @@ class Finding:
     ruled_out: tuple[RuledOut, ...] = ()
     fixes: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, files: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The finding's JSON object; ``files`` are its capture point's files, to name the packet's one."""
         return {
             "cause": str(self.cause),
             "confidence": round(self.confidence, 3),
             "proto": self.proto,
             "flow": {"client": self.client, "server": self.server},
-            "packet": asdict(self.packet) if self.packet else None,
+            "packet": self.packet.to_json(files) if self.packet else None,
             "claimed_src": self.claimed_src,
             "origin": self.origin,
             "summary": self.summary,

@@ -87,14 +87,14 @@ def _flow_line(flow: Mapping[Hashable, Any]) -> str:
     details = []
     rsts = flow["rsts"]
     if rsts:
-        shown = ", ".join(f"#{r['index']} from {r['from']}" for r in rsts[:4])
+        shown = ", ".join(f"frame {r['index'] + 1} from {r['from']}" for r in rsts[:4])
         more = f" (+{len(rsts) - 4})" if len(rsts) > 4 else ""
         details.append(f"RST {shown}{more}")
     if flow["syn_retransmits"]:
         details.append(f"{flow['syn_retransmits']} SYN retransmissions")
     if flow["retransmits"]:
         details.append(f"{flow['retransmits']} retransmissions")
-    details.append(f"first #{flow['first_index']} at {format_ts(flow['first_ts'])}")
+    details.append(f"first frame {flow['first_index'] + 1} at {format_ts(flow['first_ts'])}")
     return "  ".join(parts) + "  " + "; ".join(details)
 
 
@@ -116,7 +116,7 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
     lines.append(f"  connection   {finding.proto} {finding.client} -> {finding.server}")
     if finding.packet is not None:
         ref = finding.packet
-        lines.append(f"  symptom      {ref.capture} packet #{ref.index} at {format_ts(ref.ts)}")
+        lines.append(f"  symptom      {ref.capture} frame {ref.frame} at {format_ts(ref.ts)}")
     if finding.claimed_src:
         lines.append(f"  claimed from {finding.claimed_src}")
     lines.append(f"  generated at {finding.origin or 'not established from these captures'}")
@@ -183,7 +183,7 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
 
 
 def _where(finding: Finding) -> str:
-    return f"{finding.packet.capture} #{finding.packet.index}" if finding.packet else "-"
+    return f"{finding.packet.capture} frame {finding.packet.frame}" if finding.packet else "-"
 
 
 def _other_groups(groups: list[Group], verdict: int) -> list[Group]:
