@@ -239,7 +239,7 @@ def test_udp_fifos_give_the_findings_of_analyze(tmp_path: Path) -> None:
     ("args", "stdin", "words"),
     [
         (["pod=/no/such/capture"], None, "no such file or FIFO"),
-        (["pod=-"], b"this is not a capture at all", "not a pcap or pcapng stream"),
+        (["pod=-"], b"this is not a capture at all", "not a pcap or pcapng capture (the stream"),
         (["pod=-"], b"", "ended before any capture header"),
         (["a=-", "b=-"], b"", "standard input ('-') can be only one source"),
         (["pod=captures"], None, "is a directory"),

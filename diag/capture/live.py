@@ -29,9 +29,8 @@ from typing import BinaryIO
 
 import pandas as pd
 
-from diag.capture import pcap, pcapng
 from diag.capture.bytesview import PADDING, Buffer
-from diag.capture.reader import TableBuilder
+from diag.capture.reader import TableBuilder, format_batches
 from diag.capture.records import Diagnostics, RecordBatch
 from diag.capture.source import GZIP_MAGIC, STDIN_NAME, Feed
 from diag.errors import CaptureError
@@ -142,12 +141,4 @@ def _batches(feed: LiveFeed, path: str, diagnostics: Diagnostics) -> Iterator[Re
         raise CaptureError(f"{path}: the stream ended before any capture header")
     if magic[:2] == GZIP_MAGIC:
         raise CaptureError(f"{path}: a gzip-compressed stream cannot be watched live (decompress it first)")
-    if magic in pcap.MAGICS:
-        header = magic + feed.read_exact(pcap.FILE_HEADER_LEN - 4)
-        if len(header) < pcap.FILE_HEADER_LEN:
-            raise CaptureError(f"{path}: the pcap file header is cut short ({len(header)} of 24 bytes)")
-        yield from pcap.read_pcap(feed, header, diagnostics)
-    elif magic == pcapng.SHB_TYPE:
-        yield from pcapng.read_pcapng(feed, magic, diagnostics, Path(path))
-    else:
-        raise CaptureError(f"{path}: not a pcap or pcapng stream (it starts with bytes {magic.hex(' ')})")
+    yield from format_batches(feed, magic, Path(path), diagnostics, "the stream")

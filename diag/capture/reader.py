@@ -76,6 +76,14 @@ def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics)
         if diagnostics.messages:
             raise CaptureError(f"{path}: cannot be read: {diagnostics.messages[-1]}")
         raise CaptureError(f"{path}: the {what} is empty, not a capture")
+    yield from format_batches(feed, magic, path, diagnostics, f"the {what}")
+
+
+def format_batches(feed: Feed, magic: bytes, path: Path, diagnostics: Diagnostics, what: str) -> Iterator[RecordBatch]:
+    """The batches of a pcap or pcapng capture whose first four bytes (``magic``) were read from ``feed``.
+
+    ``what`` names the input in the error for anything else ('the file', 'the stream').
+    """
     if magic in pcap.MAGICS:
         header = magic + feed.read_exact(pcap.FILE_HEADER_LEN - 4)
         if len(header) < pcap.FILE_HEADER_LEN:
@@ -84,7 +92,7 @@ def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics)
     elif magic == pcapng.SHB_TYPE:
         yield from pcapng.read_pcapng(feed, magic, diagnostics, path)
     else:
-        raise CaptureError(f"{path}: not a pcap or pcapng capture (the {what} starts with bytes {magic.hex(' ')})")
+        raise CaptureError(f"{path}: not a pcap or pcapng capture ({what} starts with bytes {magic.hex(' ')})")
 
 
 def _expected_rows(feed: Feed, rows_so_far: int) -> int | None:
