@@ -35,7 +35,20 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from gen_capture import ACK, DATA_DIR, FIN, MSS, PSH, RST, SYN, Array, Packets, layout, udp_exchanges  # noqa: E402
+from gen_capture import (  # noqa: E402
+    ACK,
+    DATA_DIR,
+    FIN,
+    MSS,
+    PSH,
+    RST,
+    SYN,
+    Array,
+    Packets,
+    layout,
+    tcp_packets,
+    udp_exchanges,
+)
 
 START_NS = 1_764_257_000 * 10**9
 SPAN_NS = 20 * 10**9
@@ -135,22 +148,7 @@ def tcp_traffic(profile: Profile, packets_wanted: int, rng: np.random.Generator)
     elapsed = np.cumsum(step)
     ts = begin[conn] + elapsed - elapsed[first][conn]
 
-    src = np.where(from_server, server_ip[conn], client_ip[conn])
-    dst = np.where(from_server, client_ip[conn], server_ip[conn])
-    return Packets(
-        ts=ts,
-        src=src,
-        dst=dst,
-        sport=np.where(from_server, dport[conn], sport[conn]),
-        dport=np.where(from_server, sport[conn], dport[conn]),
-        proto=np.full(len(conn), 6),
-        flags=flags,
-        seq=seq,
-        ack=ack,
-        payload=payload,
-        ttl=np.where(from_server, 64, 52),
-        tsval=(ts // 1_000_000) % 2**32,
-    )
+    return tcp_packets(conn, from_server, ts, flags, seq, ack, payload, (client_ip, sport), (server_ip, dport))
 
 
 def build(profile: Profile, packets_wanted: int, seed: int) -> Packets:

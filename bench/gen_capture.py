@@ -115,6 +115,15 @@ def tcp_connections(count: int, rng: np.random.Generator, start_ns: int, span_ns
     begin = start_ns + rng.integers(0, span_ns, count)
     ts = begin[conn] + slot * (rtt_ns[conn] // 2) + rng.integers(0, 50_000, len(conn))
 
+    return tcp_packets(conn, from_server, ts, flags, seq, ack, payload, (client_ip, sport), (server_ip, dport))
+
+
+def tcp_packets(
+    conn: Array, from_server: Array, ts: Array, flags: Array, seq: Array, ack: Array, payload: Array,
+    client: tuple[Array, Array], server: tuple[Array, Array],
+) -> Packets:
+    """Each packet of connection ``conn`` with its endpoints (address, port per connection) set by direction."""
+    (client_ip, sport), (server_ip, dport) = client, server
     src = np.where(from_server, server_ip[conn], client_ip[conn])
     dst = np.where(from_server, client_ip[conn], server_ip[conn])
     return Packets(
