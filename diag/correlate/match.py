@@ -117,20 +117,67 @@ class _Sightings:
     rows_sorted: np.ndarray  # matchable positions, grouped by sighting, copies in time order
 
 
-def _find_sightings(
-    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, ttl: np.ndarray
-) -> _Sightings:
+def _stable_argsort_few_ties(values: np.ndarray) -> np.ndarray:
+    """``np.argsort(values, kind="stable")`` for values that are nearly all distinct.
+
+    An unstable sort is several times faster than the stable one on 64-bit
+    hashes; the few runs of equal values are then put back in position order
+    with a second sort over them alone.
+    """
+    order: np.ndarray = np.argsort(values)
+    ordered = values[order]
+    equal = ordered[1:] == ordered[:-1]
+    if equal.any():
+        tied = np.zeros(len(order), dtype=bool)
+        tied[1:] |= equal
+        tied[:-1] |= equal
+        at = np.flatnonzero(tied)
+        run_start = np.ones(len(at), dtype=bool)
+        run_start[1:] = ~equal[at[1:] - 1]
+        positions = order[at]
+        order[at] = positions[np.argsort(np.cumsum(run_start) * len(order) + positions)]
+    return order
+
+
+def _sorted_sightings(
+    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, one_capture: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Matchable rows grouped by content, then capture and time; where keys, runs and sightings start.
+
+    A run is one key at one capture; a sighting a run's copies within the
+    duplicate window of each other.
+    """
     base = _by_capture_then_time(capture, ts)
     rows = base[key[base] != 0]
     content = _mix(key[rows], ip_id[rows])
-    order = np.argsort(content, kind="stable")  # stays in capture, time order inside a key
+    # Stays in capture, time order inside a key. In one capture equal contents are
+    # only a packet's copies (few); across points every matched packet repeats.
+    order = _stable_argsort_few_ties(content) if one_capture else np.argsort(content, kind="stable")
     rows, content = rows[order], content[order]
-    c, t = capture[rows], ts[rows]
+    t = ts[rows]
     new_key = _starts(content)
-    new_run = new_key | _starts(c)
+    new_run = new_key if one_capture else new_key | _starts(capture[rows])
     gap = np.zeros(len(rows), dtype=bool)
     gap[1:] = (t[1:] - t[:-1]) > DUPLICATE_WINDOW_NS
-    new_sighting = new_run | gap
+    return rows, new_key, new_run, new_run | gap
+
+
+def _row_sightings(key: np.ndarray, rows: np.ndarray, new_sighting: np.ndarray) -> np.ndarray:
+    """Per packet position: its sighting, numbered in sorted order; unmatchable rows get their own after."""
+    row_sighting = np.empty(len(key), dtype=np.int64)
+    sighting = np.cumsum(new_sighting)
+    sighting -= 1
+    row_sighting[rows] = sighting
+    lone = np.flatnonzero(key == 0)
+    row_sighting[lone] = (int(sighting[-1]) + 1 if len(sighting) else 0) + np.arange(len(lone))
+    return row_sighting
+
+
+def _find_sightings(
+    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, ttl: np.ndarray
+) -> _Sightings:
+    rows, new_key, new_run, new_sighting = _sorted_sightings(key, ip_id, capture, ts, one_capture=False)
+    c, t = capture[rows], ts[rows]
     first = np.flatnonzero(new_sighting)
     occurrence = _rank_in_run(new_sighting, new_run)[first]
     key_run = (np.cumsum(new_key) - 1)[first]
@@ -153,11 +200,7 @@ def _find_sightings(
         found = match2 >= 0
         match[left[found]] = match2[found] + (int(match.max()) + 1)
 
-    n_rows = len(key)
-    row_sighting = np.empty(n_rows, dtype=np.int64)
-    row_sighting[rows] = np.cumsum(new_sighting) - 1
-    lone = np.flatnonzero(key == 0)
-    row_sighting[lone] = len(first) + np.arange(len(lone))
+    row_sighting = _row_sightings(key, rows, new_sighting)
     return _Sightings(
         first_row=first_row,
         capture=sight_capture,
@@ -244,9 +287,9 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
         # Nothing to match, but copies inside the one capture are still one packet.
         ts = packets["ts_ns"].to_numpy().astype(np.int64)
         ip_id = packets["ip_id"].to_numpy().astype(np.int64)
-        ttl = packets["ttl"].to_numpy().astype(np.int64)
-        sightings = _find_sightings(packet_keys(packets), ip_id, capture_code, ts, ttl).row_sighting
-        return _unmatched(packets, reference, sightings)
+        key = packet_keys(packets)
+        rows, _, _, new_sighting = _sorted_sightings(key, ip_id, capture_code, ts, one_capture=True)
+        return _unmatched(packets, reference, _row_sightings(key, rows, new_sighting))
 
     ts = packets["ts_ns"].to_numpy().astype(np.int64)
     ttl = packets["ttl"].to_numpy().astype(np.int64)
@@ -457,7 +500,6 @@ def _matches_table(
     nat_map = nat_map.sort_values(["from_capture", "to_capture", "proto", "side", "before", "after"])
     nat_map = nat_map.reset_index(drop=True)
     return table, nat_map
-
 
 
 def describe_rewrite(
