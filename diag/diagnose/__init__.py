@@ -1,9 +1,10 @@
 """Diagnosis: from correlated captures to findings with a cause, evidence and fixes.
 
-``engine`` combines the cause modules (``tcp``, ``udp``) over the connections
+``engine`` applies the rules (``tcp``, ``udp``) to the connections
 that ``connections`` assembles across capture points; ``signals`` holds the
 single facts they stand on, ``context`` what the whole analysis knows (which
-points were captured, when, in what order) and ``advice`` the fixes.
+points were captured, when, in what order); ``causes`` is the registry, one
+module a cause, with its fixes and what rules it out.
 """
 
 from diag.diagnose.engine import diagnose

@@ -8,7 +8,7 @@ import pandas as pd
 
 from diag.capture.proto import TCP
 from diag.correlate import Correlation, correlate
-from diag.diagnose.advice import FIXES
+from diag.diagnose.causes import spec_of
 from diag.diagnose.connections import build_connections
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen
@@ -69,5 +69,5 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         summary=verdict.summary,
         evidence=tuple(evidence),
         ruled_out=tuple(verdict.ruled_out),
-        fixes=FIXES.get(verdict.cause, ()),
+        fixes=spec_of(verdict.cause).fixes,
     )
