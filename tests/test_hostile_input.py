@@ -732,3 +732,100 @@ def test_run_scenario_outputs_are_checked_before_the_lab(tmp_path: Path) -> None
     assert (previous / "run.json").exists()
     # Each refusal was the only line on stderr: not even the scenario's first progress line, let alone a lab.
     assert _host_state()[1] == before[1]
+
+
+# --- Memory: a budget that stops a bomb with one line, before the system runs out of memory ---
+
+PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+# The child's address space is capped too, so that a budget that failed to hold
+# would end in the child's own MemoryError, never in the test machine's OOM killer.
+ADDRESS_SPACE_CAP = 4 << 30
+
+
+def _run_capped(tmp_path: Path, *args: str | Path) -> tuple[int, str, int]:
+    """diag run with its address space capped: (exit status, stderr, peak RSS in bytes of that one child)."""
+    import resource
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_CAP, ADDRESS_SPACE_CAP))
+
+    errors = tmp_path / "stderr"
+    with open(errors, "wb") as stderr:
+        child = subprocess.Popen([str(DIAG), *map(str, args)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                 preexec_fn=cap)
+        # wait4, not RUSAGE_CHILDREN: the peak of this child alone, not of every child so far.
+        _pid, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, errors.read_text(), usage.ru_maxrss * 1024
+
+
+@pytest.fixture(scope="module")
+def interpreter_rss(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """Peak RSS of an analysis of a small real capture: what Python, numpy, pandas and numba take anyway."""
+    status, stderr, peak = _run_capped(tmp_path_factory.mktemp("baseline"), "analyze", "pcap", "-q", SAMPLE)
+    assert status == 0, stderr
+    return peak
+
+
+def _gzip_bomb(path: Path, expanded_mib: int) -> None:
+    """``expanded_mib`` MiB of empty pcap records, as gzip members of 1 MiB each (deflate's ~1000:1 at best)."""
+    member = gzip.compress(struct.pack("<IIII", 1, 0, 0, 0) * 65536, compresslevel=9)
+    with open(path, "wb") as out:
+        out.write(gzip.compress(PCAP_HEADER))
+        for _ in range(expanded_mib):
+            out.write(member)
+
+
+BUDGET = 256 << 20
+
+
+def test_a_gzip_bomb_stops_at_the_budget_with_one_line(tmp_path: Path, interpreter_rss: int) -> None:
+    bomb = tmp_path / "bomb.pcap.gz"
+    _gzip_bomb(bomb, 1024)  # 1 GiB of 16-byte records: 64M packets, some 25 GB of tables
+    assert bomb.stat().st_size < 3 << 20
+    status, stderr, peak = _run_capped(tmp_path, "analyze", "pcap", "-q", "--max-memory", "256M", bomb)
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert str(bomb) in lines[0] and "256 MiB" in lines[0] and "--max-memory" in lines[0]
+    assert peak < BUDGET + interpreter_rss, (peak, interpreter_rss)
+
+
+@pytest.mark.parametrize("command", [("analyze", "pcap", "-q"), ("flows", "--format", "json")])
+def test_a_sparse_gigabyte_of_empty_records_is_refused_before_it_is_read(
+    tmp_path: Path, interpreter_rss: int, command: tuple[str, ...]
+) -> None:
+    sparse = tmp_path / "sparse.pcap"
+    sparse.write_bytes(PCAP_HEADER)
+    subprocess.run(["truncate", "-s", "1G", str(sparse)], check=True)
+    status, stderr, peak = _run_capped(tmp_path, *command, "--max-memory", "256M", sparse)
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert str(sparse) in lines[0] and "256 MiB" in lines[0]
+    assert peak < BUDGET + interpreter_rss, (peak, interpreter_rss)
+
+
+def test_a_capture_within_the_budget_is_analyzed_as_without_one() -> None:
+    plain = run_diag("analyze", "pcap", "--json", "-", SAMPLE)
+    budgeted = run_diag("analyze", "pcap", "--json", "-", "--max-memory", "1.5GiB", SAMPLE)
+    assert plain.returncode == budgeted.returncode == 0, budgeted.stderr
+    assert json.loads(plain.stdout) == json.loads(budgeted.stdout)
+
+
+@pytest.mark.parametrize("value", ["lots", "2X", "-1G", "0", "1e9", "G"])
+def test_a_bad_max_memory_is_one_line(value: str) -> None:
+    one_line_failure(run_diag("analyze", "pcap", f"--max-memory={value}", SAMPLE), "--max-memory", repr(value))
+
+
+def test_sizes_are_read_as_documented() -> None:
+    from diag.memory import available_memory, parse_size
+
+    assert parse_size("512M") == 512 << 20
+    assert parse_size("2G") == 2 << 30
+    assert parse_size("1.5GiB") == 3 << 29
+    assert parse_size("2GB") == 2 * 10**9
+    assert parse_size("300000000") == 300_000_000
+    assert available_memory("MemTotal: 8000 kB\nMemAvailable:    4000 kB\n", "max\n") == 4000 * 1024
+    assert available_memory("MemAvailable:    4000 kB\n", "1048576\n") == 1 << 20
+    assert available_memory("", None) is None

@@ -21,6 +21,7 @@ from diag.capture.linktypes import SUPPORTED, linktype_name
 from diag.capture.records import Diagnostics, RecordBatch
 from diag.capture.source import STDIN_NAME, Feed, open_capture
 from diag.errors import CaptureError
+from diag.memory import current_budget
 
 CAPTURE_SUFFIXES = (".gz", ".pcap", ".pcapng", ".cap", ".dmp")
 DIRECTIONS = ["", "in", "out"]
@@ -54,8 +55,13 @@ def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.Da
     with stream:
         feed = Feed(stream, diagnostics)
         builder = TableBuilder(name, diagnostics)
+        budget = current_budget()
         for batch in _batches(feed, path, compressed, diagnostics):
-            builder.add(batch, _expected_rows(feed, builder.rows + len(batch)))
+            expected = _expected_rows(feed, builder.rows + len(batch))
+            # Before the batch is kept: a bomb stops here, not in a MemoryError or the OOM killer.
+            budget.check(str(path), max(expected or 0, builder.rows + len(batch)))
+            builder.add(batch, expected)
+    budget.keep(builder.rows)
     table = builder.finish()
     table.attrs["capture_info"] = CaptureInfo(
         name=name,

@@ -144,6 +144,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "and service)",
     )
     common.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="stop with one line, before the system runs out of memory, when the captures would need more than "
+        "SIZE (512M, 2G, 1.5GiB; default: half the memory available, or of the cgroup's limit if lower)",
+    )
+    common.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -265,8 +271,10 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
     from diag.analysis import analyze, group_points
     from diag.cluster import cluster_from, cluster_reader
     from diag.commands.progress import stage_progress
+    from diag.memory import budget_option, set_budget
     from diag.report.text import render_text
 
+    set_budget(budget_option(args.max_memory))
     cluster = cluster_from(args.cluster)
     packet_filter, selector = _focus_options(args)
     inputs = [path for _, path in pairs]

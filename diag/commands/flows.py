@@ -60,6 +60,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--format", metavar="FORMAT", help="conn.log, csv, parquet or json (required)")
     parser.add_argument("-o", "--output", type=Path, metavar="DIR", help="write one file per capture point here")
     parser.add_argument("--force", action="store_true", help="replace output files that already exist")
+    parser.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="stop with one line when the captures would need more memory than SIZE (512M, 2G, 1.5GiB; "
+        "default: half the memory available, or of the cgroup's limit if lower)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -125,9 +131,11 @@ def run(args: argparse.Namespace) -> int:
     from diag.analysis import concat_packets, parse_capture_args, read_captures
     from diag.commands.outfiles import check_dir, check_targets, make_dir, write_bytes
     from diag.flows import build_flows
+    from diag.memory import budget_option, set_budget
     from diag.report.export import point_flows
 
     fmt = _check_format(args.format)
+    set_budget(budget_option(args.max_memory))
     pairs = parse_capture_args(args.captures)
     points = list(dict.fromkeys(name for name, _ in pairs))
     inputs = [path for _, path in pairs]

@@ -1,0 +1,145 @@
+"""The memory budget of one analysis: ``--max-memory``, its default, and the check made while reading.
+
+Reading is where an input can make memory grow without bound (a gzip bomb of
+tiny records, a sparse file of empty ones), and where the cost of what follows
+is set: every packet read becomes a row of the packet table and of the tables
+built from it. So the budget is checked against the packets a read would
+hold, projected from what was read so far, before each batch is kept; an
+input that would not fit stops with one line naming the file and the budget
+instead of meeting the kernel's OOM killer (or a MemoryError) later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from diag.errors import CaptureError, DiagError
+
+# Peak resident memory of a whole 'analyze pcap' per packet, measured on generated
+# captures of 54-byte TCP packets in a few flows: 0.2M packets 372 MB, 1M packets
+# 647 MB (345 B a packet beyond the interpreter's own ~260 MB). Rounded up, so the
+# analysis after the read fits too. Captures of one packet per flow cost about
+# 3.3 KB a flow more; this per-packet check does not see flows (see docs/analyze.md).
+BYTES_PER_PACKET = 384
+# The budget when --max-memory is not given: this share of the memory available now
+# (or of the cgroup's limit, when that is lower), leaving the rest to everything else.
+DEFAULT_SHARE = 0.5
+FALLBACK_BUDGET = 2 << 30  # neither /proc/meminfo nor a cgroup limit could be read
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?|\.\d+)\s*(?P<unit>[kmgt]i?)?b?", re.IGNORECASE)
+
+
+class MemoryBudgetError(CaptureError):
+    """Reading a capture would take more memory than the budget allows."""
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1.5GiB``, ``300000000`` -> bytes.
+
+    K, M, G and T alone are binary (as ``ulimit``, ``free`` and the kernel's own
+    limits count them: ``2G`` is 2 GiB); ``KB``/``MB``/``GB`` are decimal,
+    ``KiB``/``MiB``/``GiB`` binary. Raises ``ValueError`` on anything else.
+    """
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (examples: 512M, 2G, 1.5GiB)")
+    unit = (match["unit"] or "").lower()
+    spelled_b = text.strip().lower().endswith("b") and not text.strip().lower().endswith("ib")
+    if unit and not unit.endswith("i") and not spelled_b:
+        unit += "i"
+    value = float(match["number"]) * _UNITS[unit]
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"{text!r} is not a positive size")
+    return int(value)
+
+
+def format_size(size: int) -> str:
+    """Bytes as a short human figure: ``1.5 GiB``, ``512 MiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" or value >= 100 else f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} TiB"
+
+
+def available_memory(meminfo: str, cgroup_limit: str | None) -> int | None:
+    """The lower of /proc/meminfo's MemAvailable and a cgroup v2 ``memory.max`` (texts as read), in bytes."""
+    candidates = []
+    found = re.search(r"^MemAvailable:\s+(\d+)\s*kB", meminfo, re.MULTILINE)
+    if found:
+        candidates.append(int(found[1]) * 1024)
+    if cgroup_limit is not None and cgroup_limit.strip().isdigit():
+        candidates.append(int(cgroup_limit.strip()))
+    return min(candidates) if candidates else None
+
+
+def default_budget() -> int:
+    """``DEFAULT_SHARE`` of the memory this process may use, as the machine and its cgroup say."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        meminfo = ""
+    available = available_memory(meminfo, _cgroup_limit())
+    return int(available * DEFAULT_SHARE) if available else FALLBACK_BUDGET
+
+
+def _cgroup_limit() -> str | None:
+    try:
+        line = Path("/proc/self/cgroup").read_text().splitlines()[0]
+        relative = line.split("::", 1)[1] if "::" in line else ""
+        return (Path("/sys/fs/cgroup") / relative.lstrip("/") / "memory.max").read_text()
+    except (OSError, IndexError):
+        return None
+
+
+def budget_option(text: str | None) -> int:
+    """The ``--max-memory`` value in bytes (its default when not given); one-line error when it is not a size."""
+    if text is None:
+        return default_budget()
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise DiagError(f"--max-memory: {error}") from None
+
+
+@dataclass
+class MemoryBudget:
+    """How many bytes the packets of this process may take, and how many packets earlier reads kept."""
+
+    limit: int | None = None  # None: no budget (library use, unless a command sets one)
+    kept_packets: int = 0
+
+    def check(self, path: str, packets: int) -> None:
+        """Raise ``MemoryBudgetError`` if ``packets`` more (a read's projection) would not fit."""
+        if self.limit is None:
+            return
+        needed = (self.kept_packets + packets) * BYTES_PER_PACKET
+        if needed > self.limit:
+            raise MemoryBudgetError(
+                f"{path}: about {packets:,} packets would need about {format_size(needed)} of memory, over the "
+                f"budget of {format_size(self.limit)}; stopped reading (raise it with --max-memory)"
+            )
+
+    def keep(self, packets: int) -> None:
+        self.kept_packets += packets
+
+
+_current = MemoryBudget()
+
+
+def current_budget() -> MemoryBudget:
+    """The budget readers in this process check against (none until a command sets one)."""
+    return _current
+
+
+def set_budget(limit: int | None) -> MemoryBudget:
+    """A fresh budget of ``limit`` bytes for this process's reads from now on; returned for callers that log it."""
+    global _current
+    _current = MemoryBudget(limit)
+    return _current
