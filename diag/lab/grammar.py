@@ -10,6 +10,7 @@ splits one ``ip -batch`` line into two).
 - topology name: 1-63 lower-case letters, digits and dashes, not starting with a dash;
 - node name: 1-20 lower-case letters, digits and dashes, starting with a letter;
 - interface name: 1-15 letters, digits, ``-`` and ``_``;
+- overlay device name: the same and ``.`` (``flannel.1``), but not first;
 - k8s service name: ``namespace/name``, each a DNS label (RFC 1123: 1-63
   lower-case letters, digits and dashes, a letter or digit at both ends);
 - sysctl key: ``net.`` then letters, digits, ``_``, ``.`` and ``-``;
@@ -40,6 +41,8 @@ LAB_NAME = re.compile(r"[a-z0-9]{1,12}")
 TOPOLOGY_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
+# A tunnel device may carry a dot like Flannel's flannel.1; not a leading one (the kernel refuses "." and "..").
+DEVICE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}")
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 SERVICE_NAME = re.compile(rf"{_DNS_LABEL}/{_DNS_LABEL}")
 SYSCTL_KEY = re.compile(r"net\.[A-Za-z0-9_.-]+")

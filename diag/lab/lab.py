@@ -133,9 +133,12 @@ class Lab:
             def job() -> None:  # runs inside ns.netns; the tools it starts inherit the namespace
                 netns.write_sysctls(ns.sysctls)
                 netns.ip_batch(ns.ip_batch, f"{ns.node}: addresses and routes", netns=ns.netns)
+                if ns.bridge_batch:
+                    netns.run_tool(["bridge", "-batch", "-"], "\n".join(ns.bridge_batch) + "\n",
+                                   f"{ns.node}: overlay forwarding entries")
                 if ns.iptables:
                     netns.run_tool(["iptables-restore"], ns.iptables, f"{ns.node}: rules")
-                for interface in ns.interfaces:
+                for interface in ns.interfaces + ns.devices:
                     netns.disable_tx_checksum_offload(interface)
             return job
 

@@ -12,7 +12,17 @@ import shlex
 from dataclasses import dataclass, field
 
 from diag.lab import rules
-from diag.lab.topology import ROUTER_ROLES, K8sNodeConfig, NatGwConfig, NlbConfig, Node, PodConfig, Topology
+from diag.lab.topology import (
+    ROUTER_ROLES,
+    K8sNodeConfig,
+    NatGwConfig,
+    NlbConfig,
+    Node,
+    Overlay,
+    OverlayMember,
+    PodConfig,
+    Topology,
+)
 
 NETNS_PREFIX = "diag-"
 SUPPRESS_DEFAULT_PREF = 900  # main table first, but without its default route
@@ -35,6 +45,9 @@ class NamespacePlan:
     ip_batch: list[str]
     iptables: str
     server: list[str] = field(default_factory=list)  # arguments of diag.lab.servers, for pods
+    # Overlay tunnel devices: tx checksum offload off like the veths, but not captured (captures stay on the underlay).
+    devices: list[str] = field(default_factory=list)
+    bridge_batch: list[str] = field(default_factory=list)  # `bridge -batch` lines: the tunnel's static FDB
 
 
 @dataclass
@@ -100,6 +113,41 @@ def ip_batch(topology: Topology, node: Node) -> list[str]:
     return lines
 
 
+def overlay_mac(member: OverlayMember) -> str:
+    """A stable, locally administered MAC for a member's tunnel device: 02:00 and its underlay address."""
+    return "02:00:" + ":".join(f"{byte:02x}" for byte in member.underlay.address.ip.packed)
+
+
+def overlay_ip_batch(overlay: Overlay, member: OverlayMember) -> list[str]:
+    """Flannel's VXLAN backend by hand: one device, and for every other node a route, a neighbour and an FDB entry.
+
+    No multicast group and no learning: the device knows each peer's MAC and underlay address statically,
+    as flanneld programs them from the Kubernetes node objects.
+    """
+    device = overlay.device
+    lines = [
+        f"link add {device} address {overlay_mac(member)} type vxlan id {overlay.vni} "
+        f"local {member.underlay.address.ip} dev {member.underlay.interface} dstport {overlay.port} nolearning",
+        f"link set {device} up",
+    ]
+    # The tunnel's own address is the network address of the node's pod subnet, as flannel.1's is.
+    lines += [f"address add {network.network_address}/32 dev {device}" for network in member.pod_networks]
+    for peer in overlay.members:
+        if peer is member:
+            continue
+        for network in peer.pod_networks:
+            gateway = network.network_address
+            lines.append(f"neighbour add {gateway} lladdr {overlay_mac(peer)} dev {device} nud permanent")
+            lines.append(f"route add {network} via {gateway} dev {device} onlink")
+    return lines
+
+
+def overlay_fdb(overlay: Overlay, member: OverlayMember) -> list[str]:
+    """Where each peer's MAC lives: its underlay address (the outer packet's destination)."""
+    return [f"fdb add {overlay_mac(peer)} dev {overlay.device} dst {peer.underlay.address.ip}"
+            for peer in overlay.members if peer is not member]
+
+
 def server_arguments(topology: Topology, node: Node) -> list[str]:
     if not isinstance(node.config, PodConfig):
         return []
@@ -118,15 +166,21 @@ def build_plan(topology: Topology, lab: str) -> Plan:
     namespaces = []
     for node in topology.nodes:
         interfaces = topology.interfaces(node.name)
+        member = topology.overlay.member(node.name) if topology.overlay else None
+        batch = ip_batch(topology, node)
+        if topology.overlay and member:
+            batch += overlay_ip_batch(topology.overlay, member)
         namespaces.append(NamespacePlan(
             node=node.name,
             role=node.role,
             netns=netns_name(lab, node.name),
             interfaces=interfaces,
             sysctls=base_sysctls(node, interfaces),
-            ip_batch=ip_batch(topology, node),
+            ip_batch=batch,
             iptables=rules.ruleset_for(topology, node),
             server=server_arguments(topology, node),
+            devices=[topology.overlay.device] if topology.overlay and member else [],
+            bridge_batch=overlay_fdb(topology.overlay, member) if topology.overlay and member else [],
         ))
     return Plan(lab=lab, topology=topology.name, setup_batch=setup, namespaces=namespaces)
 
@@ -152,9 +206,11 @@ def render_shell(plan: Plan) -> str:
         settings = " ".join(f"{key}={value}" for key, value in ns.sysctls.items())
         out.append(f"ip netns exec {ns.netns} sysctl -qw {settings}")
         out.append(heredoc(f"ip -n {ns.netns} -batch -", "\n".join(ns.ip_batch)))
+        if ns.bridge_batch:
+            out.append(heredoc(f"ip netns exec {ns.netns} bridge -batch -", "\n".join(ns.bridge_batch)))
         if ns.iptables:
             out.append(heredoc(f"ip netns exec {ns.netns} iptables-restore", ns.iptables))
-        for interface in ns.interfaces:
+        for interface in ns.interfaces + ns.devices:
             out.append(f"ip netns exec {ns.netns} ethtool -K {interface} tx off >/dev/null")
         if ns.server:
             args = " ".join(shlex.quote(arg) for arg in ns.server)

@@ -9,6 +9,7 @@ namespace exists.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ TCP_OUTCOMES = ("connected", "timeout", "reset")
 UDP_OUTCOMES = ("answered", "re-sourced", "refused", "timeout")
 POD_BEHAVIOURS = ("normal", "no-listener", "abort", "slow")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
+OVERLAY_TYPES = ("vxlan",)
+VNI_MAX = 2**24 - 1
 MAX_DELAY = 3600.0  # seconds a "slow" pod may wait before answering
 
 
@@ -145,12 +148,39 @@ class Node:
 
 
 @dataclass(frozen=True)
+class OverlayMember:
+    """One k8s node's end of the overlay (a VTEP in VXLAN's words)."""
+
+    node: str
+    underlay: LinkEnd  # the outer packets leave from this interface and address
+    pod_networks: tuple[IPv4Network, ...]  # the subnets of the node's links to its pods
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Pod networks joined through a tunnel between the k8s nodes, as Flannel's VXLAN backend does."""
+
+    kind: str  # "vxlan"
+    vni: int
+    port: int  # outer UDP destination port
+    device: str  # the tunnel device inside each member node
+    members: tuple[OverlayMember, ...]
+
+    def member(self, node: str) -> OverlayMember | None:
+        for member in self.members:
+            if member.node == node:
+                return member
+        return None
+
+
+@dataclass(frozen=True)
 class Topology:
     name: str
     description: str
     nodes: tuple[Node, ...]
     links: tuple[Link, ...]
     expect: Mapping[str, str] = field(default_factory=dict)  # proto -> outcome through the service
+    overlay: Overlay | None = None
     source: str = field(repr=False, default="")  # the TOML text, so another process can rebuild it
 
     def node(self, name: str) -> Node:
@@ -290,7 +320,7 @@ class _Parser:
     # -- the topology --------------------------------------------------------
 
     def topology(self, data: Mapping[str, Any]) -> Topology:
-        self.unknown_keys(data, {"name", "description", "nodes", "links", "expect"}, "topology")
+        self.unknown_keys(data, {"name", "description", "nodes", "links", "expect", "overlay"}, "topology")
         name = self.string(data, "name", "topology")
         if not grammar.matches(grammar.TOPOLOGY_NAME, name):
             raise self.fail("name", f"{name!r}: use 1-63 lower-case letters, digits and dashes")
@@ -320,7 +350,49 @@ class _Parser:
             source=self.text,
         )
         self.cross_check(topology)
+        if "overlay" in data:
+            topology = dataclasses.replace(topology, overlay=self.overlay(data, topology))
         return topology
+
+    def overlay(self, data: Mapping[str, Any], topology: Topology) -> Overlay:
+        spec = self.table(data, "overlay", "topology")
+        self.unknown_keys(spec, {"type", "vni", "port", "device", "nodes"}, "overlay")
+        kind = self.string(spec, "type", "overlay", default="vxlan")
+        if kind not in OVERLAY_TYPES:
+            raise self.fail("overlay.type", f"{kind!r}: the lab builds {', '.join(OVERLAY_TYPES)} overlays only")
+        # Flannel's defaults: VNI 1 on the device flannel.1, and Linux's own VXLAN port 8472 (not IANA's 4789).
+        vni = self.integer(spec, "vni", "overlay", default=1, low=0, high=VNI_MAX)
+        port = self.integer(spec, "port", "overlay", default=8472, low=1, high=65535)
+        device = self.string(spec, "device", "overlay", default=f"flannel.{vni}")
+        if not grammar.matches(grammar.DEVICE_NAME, device):
+            raise self.fail("overlay.device", f"{device!r}: 1-15 letters, digits, '.', '-' and '_', not starting "
+                            "with '.'")
+        default_nodes = [node.name for node in topology.nodes_with_role("k8s-node")]
+        names = self.strings(spec, "nodes", "overlay", default=default_nodes)
+        if len(set(names)) != len(names):
+            raise self.fail("overlay.nodes", "a node is named twice")
+        if len(names) < 2:
+            raise self.fail("overlay.nodes", "an overlay joins at least two k8s-node nodes")
+        members = []
+        taken: dict[IPv4Network, str] = {}
+        for name in names:
+            if name not in topology.node_names or topology.node(name).role != "k8s-node":
+                raise self.fail("overlay.nodes", f"{name!r} is not a k8s-node node")
+            if device in topology.interfaces(name):
+                raise self.fail("overlay.device", f"{name} already has an interface {device!r}")
+            pod_links = [link for link in topology.links_of(name) if topology.node(link.peer(name).node).role == "pod"]
+            underlay = [link for link in topology.links_of(name) if link not in pod_links]
+            if not underlay:
+                raise self.fail("overlay.nodes", f"{name} has no link but to its pods: no underlay for the tunnel")
+            networks = tuple(link.end(name).address.network for link in pod_links)
+            for network in networks:
+                for other, owner in taken.items():
+                    if network.overlaps(other):
+                        raise self.fail("overlay.nodes", f"pod networks {network} of {name} and {other} of {owner} "
+                                        "overlap: the overlay could not route between them")
+                taken[network] = name
+            members.append(OverlayMember(name, underlay[0].end(name), networks))
+        return Overlay(kind, vni, port, device, tuple(members))
 
     def expect(self, data: Mapping[str, Any]) -> dict[str, str]:
         expect = self.table(data, "expect", "topology", required=False)
