@@ -20,7 +20,7 @@ along the most certain links (fewest accumulated uncertainty).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +88,7 @@ def estimate_offsets(
     capture: np.ndarray,
     ts_ns: np.ndarray,
     ttl: np.ndarray,
-    endpoints: np.ndarray,
+    endpoints: Callable[[np.ndarray], np.ndarray],
     n_captures: int,
     reference: int,
     order_hint: Sequence[int] | None = None,
@@ -96,8 +96,10 @@ def estimate_offsets(
     """Offsets of every capture reachable from ``reference`` through matched packets.
 
     Inputs are one entry per sighting of a matched packet: its match id,
-    capture code, time, TTL and its (src, sport, dst, dport) codes at that
-    point. Returns offsets keyed by capture code and a note per capture
+    capture code, time and TTL; ``endpoints`` gives, for an array of entry
+    numbers, their (src, sport, dst, dport) codes at that point as an n x 4
+    array (asked only for packets with an equal TTL at two points, which
+    spares building it for every entry). Returns offsets keyed by capture code and a note per capture
     saying how its offset was obtained.
     """
     offsets: dict[int, ClockOffset] = {reference: ClockOffset(0.0, 0.0)}
@@ -125,7 +127,7 @@ def estimate_offsets(
             direction = np.sign(ttl_a - ttl_b).astype(np.int8)
             equal = direction == 0
             if equal.any():
-                direction[equal] = _equal_ttl_directions(d[equal], endpoints[wide_entry[a, both][equal]])
+                direction[equal] = _equal_ttl_directions(d[equal], endpoints(wide_entry[a, both][equal]))
             if not (direction != 0).any():
                 direction[:] = _fallback_direction(a, b, d, order_hint)
             estimate = pair_offset(d, direction > 0, direction < 0)

@@ -307,7 +307,11 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
     # Order along a path: the TTL on arrival only goes down; between two points on
     # one link (same arrival TTL) the one that forwarded the packet on is later.
     path_rank = sights.ttl[matched] * 256 + sights.ttl_out[matched]
-    endpoints = np.stack([addresses[0][rows], sport[rows], addresses[1][rows], dport[rows]], axis=1)
+
+    def endpoints(entries: np.ndarray) -> np.ndarray:
+        at = rows[entries]
+        return np.stack([addresses[0][at], sport[at], addresses[1][at], dport[at]], axis=1)
+
     hint_codes = [names.index(n) for n in order_hint if n in names] if order_hint else None
     offsets_by_code, notes_by_code = estimate_offsets(
         match=sights.match[matched],
@@ -431,7 +435,7 @@ def _matches_table(
     before = after - 1
     proto = packets["proto"].to_numpy()[positions[after]].astype(np.int64)
     # Address code -> text; the extra last entry makes code -1 (absent) the empty string.
-    address_list = [str(a) for a in address_text] + [""]
+    address_list = [str(a) for a in address_text] + [""] if len(after) else [""]
     # A translation is one endpoint rewritten into another, per side, between two
     # points: few distinct ones even when a busy box rewrites every flow.
     translations: list[tuple[str, str, int, str, str, str, int]] = []
@@ -518,10 +522,11 @@ def _paths_table(matches: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Per match: the points in order (distinct paths are few, so each is built once)."""
     if matches.empty:
         return empty_table(PATH_COLUMNS)
-    firsts = matches[~matches["duplicate"].to_numpy()]
-    match = firsts["match_id"].to_numpy()
-    code = pd.Categorical(firsts["capture"], categories=names).codes.astype(np.int64)
-    ts = firsts["ts_ref_ns"].to_numpy()
+    # Columns taken apart rather than the whole table filtered: only four are read.
+    first = ~matches["duplicate"].to_numpy()
+    match = matches["match_id"].to_numpy()[first]
+    code = matches["capture"].cat.codes.to_numpy()[first].astype(np.int64)  # categories are ``names``
+    ts = matches["ts_ref_ns"].to_numpy()[first]
     new = np.ones(len(match), dtype=bool)
     new[1:] = match[1:] != match[:-1]
     starts = np.flatnonzero(new)
@@ -529,7 +534,7 @@ def _paths_table(matches: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     n_points = ends - starts + 1
     bits = max(1, (len(names) + 1).bit_length())
     if bits * int(n_points.max()) <= 63:
-        hop = firsts["hop"].to_numpy().astype(np.int64)
+        hop = matches["hop"].to_numpy()[first].astype(np.int64)
         packed = np.add.reduceat((code + 1) << (bits * hop), starts)
         kinds, inverse = np.unique(packed, return_inverse=True)
         decoded = []
@@ -543,17 +548,18 @@ def _paths_table(matches: pd.DataFrame, names: list[str]) -> pd.DataFrame:
         kinds_as_objects[:] = decoded  # one tuple per cell, not a 2-D array
         points_col = kinds_as_objects[inverse]
     else:
-        captures = firsts["capture"].astype(str).to_numpy()
+        captures = np.asarray(names, dtype=object)[code]
         points_col = np.empty(len(starts), dtype=object)
         points_col[:] = [tuple(captures[a : b + 1]) for a, b in zip(starts, ends, strict=True)]
-    capture_names = np.asarray(names, dtype=object)
+    # Taken from an index of the names: the string column is built once, not per row from Python strings.
+    capture_names = pd.Index(names)
     return pd.DataFrame(
         {
             "match_id": match[starts],
             "points": points_col,
             "n_points": n_points,
-            "first_capture": capture_names[code[starts]],
-            "last_capture": capture_names[code[ends]],
+            "first_capture": capture_names.take(code[starts]).array,
+            "last_capture": capture_names.take(code[ends]).array,
             "first_ts_ns": ts[starts],
             "last_ts_ns": ts[ends],
         }
