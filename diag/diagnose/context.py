@@ -10,6 +10,7 @@ import pandas as pd
 
 from diag.correlate import Correlation
 from diag.report import Cause, RuledOut
+from diag.report.facts import Fact
 
 # Where the usual vantage names sit on a request's way, used only when no
 # order is given: the client first, the server (pod) last.
@@ -83,6 +84,11 @@ class Context:
         return 10**12 if offset is None else int(offset.uncertainty_s * 1e9)
 
 
+# An evidence line while a verdict is assembled: a Fact, or a sentence not yet broken into one
+# (the engine turns those into ``note`` facts).
+Line = str | Fact
+
+
 @dataclass
 class Verdict:
     """A verdict being assembled: cause and confidence, and the lines that justify it."""
@@ -92,12 +98,16 @@ class Verdict:
     summary: str = ""
     origin: str | None = None
     origin_description: str | None = None
-    evidence: list[str] = field(default_factory=list)
+    evidence: list[Line] = field(default_factory=list)
     ruled_out: list[RuledOut] = field(default_factory=list)
 
-    def support(self, line: str, weight: float = 0.0) -> None:
+    def support(self, line: Line, weight: float = 0.0) -> None:
         self.evidence.append(line)
         self.confidence = min(0.97, self.confidence + weight)
+
+    def facts(self) -> list[Fact]:
+        """The evidence lines that are already facts (what the registry's ``excluded_by`` reads)."""
+        return [line for line in self.evidence if isinstance(line, Fact)]
 
     def rule_out(self, cause: Cause, why: str) -> None:
         if cause != self.cause and all(r.cause != cause for r in self.ruled_out):

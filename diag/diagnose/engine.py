@@ -15,6 +15,7 @@ from diag.diagnose.signals import Seen
 from diag.diagnose.tcp import analyze_tcp
 from diag.diagnose.udp import analyze_udp
 from diag.report import FORGED_RESET_CAUSES, Finding, PacketRef
+from diag.report.facts import Fact, note
 
 
 def diagnose(
@@ -50,13 +51,13 @@ def diagnose(
 
 def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, ctx: Context) -> Finding:
     first = symptom.first
-    evidence = list(verdict.evidence)
     origin = verdict.origin
     if origin is None and verdict.origin_description and verdict.cause in FORGED_RESET_CAUSES:
         # The maker was not captured: say where it is, as far as the TTL tells.
         origin = verdict.origin_description
-    captured = ", ".join(ctx.captures)
-    evidence.append(f"captures analysed: {captured}")
+    # Every line becomes a fact (sentences not yet broken into values as notes); the evidence is their rendering.
+    facts = [line if isinstance(line, Fact) else note(line) for line in verdict.evidence]
+    facts.append(Fact.of("captures", points=ctx.captures))
     return Finding(
         cause=verdict.cause,
         confidence=round(min(verdict.confidence, 0.97), 3),
@@ -67,7 +68,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         claimed_src=first.src_addr,
         origin=origin,
         summary=verdict.summary,
-        evidence=tuple(evidence),
+        facts=tuple(facts),
         ruled_out=tuple(verdict.ruled_out),
         fixes=spec_of(verdict.cause).fixes,
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, FIN, RST, SYN
 from diag.diagnose.connections import Connection
+from diag.report.facts import Fact
 
 # Initial TTLs in common use (Linux/macOS 64, Windows 128, network gear 255; 32 is rare).
 INITIAL_TTLS = (32, 64, 128, 255)
@@ -224,22 +225,27 @@ def usual_ttl(packets: list[Seen], from_orig: bool, capture: str) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def ttl_mismatch(packets: list[Seen], suspect: Seen) -> list[str]:
-    """Evidence lines where the suspect's TTL says another distance than its claimed sender's packets."""
-    lines = []
+def ttl_mismatch(packets: list[Seen], suspect: Seen) -> list[Fact]:
+    """``ttl-hops`` facts where the suspect's TTL says another distance than its claimed sender's packets."""
+    facts = []
     side = "client" if suspect.from_orig else "server"
     for sight in suspect.sights:
         usual = usual_ttl(packets, suspect.from_orig, sight.capture)
         if usual is None:
             continue
         if hops(usual) != hops(sight.ttl):
-            nearer = "closer" if hops(sight.ttl) < hops(usual) else "further"
-            lines.append(
-                f"at {sight.capture}: the RST arrived with TTL {sight.ttl} ({hops(sight.ttl)} hop(s) from its sender) "
-                f"while the {side}'s own packets arrive with TTL {usual} ({hops(usual)} hops): "
-                f"it was made {abs(hops(usual) - hops(sight.ttl))} hop(s) {nearer} than the {side}"
+            facts.append(
+                Fact.of(
+                    "ttl-hops",
+                    point=sight.capture,
+                    side=side,
+                    rst_ttl=sight.ttl,
+                    rst_hops=hops(sight.ttl),
+                    claimed_ttl=usual,
+                    claimed_hops=hops(usual),
+                )
             )
-    return lines
+    return facts
 
 
 def ttl_consistent(packets: list[Seen], suspect: Seen) -> bool:

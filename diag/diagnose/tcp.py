@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diag.capture.proto import ACK
+from diag.diagnose.causes import spec_of
 from diag.diagnose.connections import Connection
-from diag.diagnose.context import Context, Verdict
+from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.forwarding import Handoff, handoff, path_points
 from diag.diagnose.signals import (
     Seen,
@@ -32,6 +33,7 @@ from diag.diagnose.signals import (
     where,
 )
 from diag.report import Cause
+from diag.report.facts import Fact
 
 # An idle gap counts when it is this long and much longer than a round trip.
 IDLE_GAP_MIN_NS = 1_000_000_000
@@ -94,9 +96,14 @@ def analyze_tcp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         if verdict is not None:
             same = [p for p in packets if p.is_rst and p.from_orig == rst.from_orig and p.ts_ref >= rst.ts_ref]
             if len(same) > 1:
-                verdict.evidence.insert(0, f"{len(same)} RSTs like it in this connection (counted once)")
+                verdict.evidence.insert(0, Fact.of("repeated-rst", count=len(same)))
             return verdict, rst, len(same)
     return unanswered_syn(conn, sides, ctx)
+
+
+def _origin_fact(text: str, point: str | None = None) -> Fact:
+    """Where the RST was made: ``point`` when that is a captured point, ``text`` as the evidence says it."""
+    return Fact.of("origin", point=point, text=text)
 
 
 def _claimed(rst: Seen) -> str:
@@ -134,9 +141,9 @@ def _origin(rst: Seen, sides: Sides, trigger: Seen | None) -> tuple[str | None, 
     return None, f"a device {away} from {first.capture}, not captured"
 
 
-def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, list[str]]:
+def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, list[Line]]:
     """(genuine, forged, evidence lines) for the RST's claim about its sender."""
-    lines: list[str] = []
+    lines: list[Line] = []
     own = sides.own_capture(rst.from_orig)
     who = side_name(rst.from_orig)
     maker = _rst_maker(rst, sides)
@@ -146,14 +153,15 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
         assert own is not None
         sight = rst.at(own)
         assert sight is not None
-        lines.append(f"the {who}'s own capture shows the RST leaving it ({where(sight)}, TTL {sight.ttl})")
+        lines.append(Fact.of("left-own", side=who, packet=where(sight), ttl=sight.ttl))
     if absent_at_own:
-        lines.append(f"the {who}'s own capture ({own}) was running and never shows this RST: the {who} did not send it")
+        lines.append(Fact.of("absent-at-own", side=who, point=own))
     mismatches = ttl_mismatch(sides.packets, rst)
     if mismatches:
         # The point nearest the RST's destination tells it best; the others only agree.
         others = len(mismatches) - 1
-        lines.append(mismatches[-1] + (f" (the same at {others} other point(s))" if others else ""))
+        nearest = mismatches[-1]
+        lines.append(Fact(nearest.kind, (*nearest.items, ("other_points", others))) if others else nearest)
     other_host = sides.own_capture(not rst.from_orig)
     claimed_hops_at_maker = usual_hops(sides.packets, rst.from_orig, maker) if maker else None
     made_elsewhere = (
@@ -190,7 +198,7 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
             f"there from {claimed_hops_at_maker} router(s) away: a device next to {maker} made it"
         )
     elif made_elsewhere:
-        lines.append(f"the RST first appears at {maker} with an initial TTL ({rst.first.ttl}): {maker} made it")
+        lines.append(Fact.of("rst-made-at", point=maker, ttl=rst.first.ttl))
     forged = absent_at_own or bool(mismatches) or made_elsewhere
     genuine = not forged and (seen_leaving_own or ttl_consistent(sides.packets, rst))
     if genuine and not seen_leaving_own:
@@ -209,7 +217,7 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
 
     genuine, forged, claim_lines = _genuineness(sides, rst, ctx)
     first = rst.first
-    base = [
+    base: list[Line] = [
         f"RST claiming to come from the {who} ({_claimed(rst)}) first seen at {where(first)}, "
         f"TTL {first.ttl}, IP ID {first.ip_id}"
     ]
@@ -255,7 +263,7 @@ def _challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
 
 
 def _tuple_reuse(
-    sides: Sides, rst: Seen, challenge: Seen, genuine: bool, claim_lines: list[str], base: list[str]
+    sides: Sides, rst: Seen, challenge: Seen, genuine: bool, claim_lines: list[Line], base: list[Line]
 ) -> Verdict:
     syn = next(p for p in reversed(_before(sides.packets, challenge)) if p.is_pure_syn and p.from_orig)
     verdict = Verdict(
@@ -280,7 +288,7 @@ def _tuple_reuse(
         where_made = _origin(rst, sides, challenge)[1]
         # A RST in line with the client's other packets is its own stack's, wherever it was seen.
         verdict.origin_description = f"the client's stack ({where_made})" if genuine else where_made
-        verdict.evidence.append(f"origin: {verdict.origin_description}")
+        verdict.evidence.append(_origin_fact(verdict.origin_description))
     later = [p for p in sides.packets if p.is_synack and not p.from_orig and p.ts_ref > rst.ts_ref]
     if later:
         verdict.support(f"a new handshake then succeeded ({where(later[0].first)})", 0.1)
@@ -325,7 +333,7 @@ def _genuine_answer(packets: list[Seen], rst: Seen, trigger: Seen | None) -> See
 
 
 def _raced_handshake(
-    sides: Sides, rst: Seen, answer: Seen, forged: bool, claim_lines: list[str], base: list[str]
+    sides: Sides, rst: Seen, answer: Seen, forged: bool, claim_lines: list[Line], base: list[Line]
 ) -> Verdict:
     packets = sides.packets
     syn = next((p for p in packets if p.is_pure_syn and p.from_orig and (p.seq + 1) % 2**32 == answer.ack), None)
@@ -358,7 +366,7 @@ def _raced_handshake(
             "not established by the RST's own marks: its TTL and presence do not set it apart from the server's "
             "packets at these points; the two answers to one SYN do"
         )
-    verdict.support(f"origin: {origin_text}")
+    verdict.support(_origin_fact(origin_text))
     verdict.rule_out(Cause.PORT_CLOSED, "the server answered the same SYN with a SYN-ACK: it listens on the port")
     verdict.rule_out(
         Cause.POLICY_REJECT,
@@ -397,7 +405,9 @@ def _syn_went_past(rst: Seen, syn: Seen) -> Sight | None:
     return None
 
 
-def _let_through(sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines: list[str], base: list[str]) -> Verdict:
+def _let_through(
+    sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines: list[Line], base: list[Line]
+) -> Verdict:
     origin, origin_text = _origin(rst, sides, syn)
     verdict = Verdict(
         Cause.INJECTED_RESET,
@@ -414,9 +424,9 @@ def _let_through(sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines:
             f"client ({where(beyond)}), further than the RST's TTL puts its maker, and never saw the RST"
         )
     verdict.support(line, 0.1)
-    for line in claim_lines:
-        verdict.support(line, 0.05)
-    verdict.support(f"origin: {origin_text}")
+    for claim in claim_lines:
+        verdict.support(claim, 0.05)
+    verdict.support(_origin_fact(origin_text))
     verdict.evidence.append(
         "not established: why no SYN-ACK came back (none in the captures): the same device may have dropped it, "
         "or the server ignored the SYN"
@@ -432,8 +442,8 @@ def _established_reset(
     trigger: Seen | None,
     genuine: bool,
     forged: bool,
-    claim_lines: list[str],
-    base: list[str],
+    claim_lines: list[Line],
+    base: list[Line],
 ) -> Verdict | None:
     who = side_name(rst.from_orig)
     packets = sides.packets
@@ -482,7 +492,7 @@ def _established_reset(
             f"{where(after[0].first)}): the {who} never reset",
             0.15,
         )
-        verdict.support(f"origin: {origin_text}")
+        verdict.support(_origin_fact(origin_text))
         verdict.rule_out(Cause.PEER_RESET, f"the {who} kept sending after the RST, so it did not abort")
         verdict.rule_out(Cause.IDLE_TIMEOUT, "the connection was busy, not idle")
         return verdict
@@ -502,7 +512,7 @@ def _established_reset(
             verdict.support(
                 f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05
             )
-        verdict.support(f"origin: {origin_text}")
+        verdict.support(_origin_fact(origin_text))
         verdict.rule_out(Cause.PEER_RESET, f"the {who} did not send the RST (see the TTL/presence evidence)")
         verdict.rule_out(
             Cause.INJECTED_RESET,
@@ -515,7 +525,7 @@ def _established_reset(
         summary=f"a RST made by another device than the {who} ended an established connection",
     )
     verdict.origin, verdict.origin_description = origin, origin_text
-    verdict.evidence = [*base, *claim_lines, f"origin: {origin_text}"]
+    verdict.evidence = [*base, *claim_lines, _origin_fact(origin_text)]
     verdict.rule_out(Cause.PEER_RESET, f"the {who} did not send the RST")
     return verdict
 
@@ -550,8 +560,8 @@ def _handshake_reset_from_server(
     trigger: Seen | None,
     genuine: bool,
     forged: bool,
-    claim_lines: list[str],
-    base: list[str],
+    claim_lines: list[Line],
+    base: list[Line],
     ctx: Context,
 ) -> Verdict:
     packets = sides.packets
@@ -596,7 +606,7 @@ def _handshake_reset_from_server(
                 f"captures further along the path ({', '.join(downstream_missing)}) were running and never saw the SYN",
                 0.1,
             )
-        verdict.support(f"origin: {origin_text}", 0.05 if origin else 0.0)
+        verdict.support(_origin_fact(origin_text), 0.05 if origin else 0.0)
         if syn_missing_at_server or downstream_missing:
             verdict.rule_out(
                 Cause.PORT_CLOSED, "the SYN never reached the server, so the server cannot have refused it"
@@ -623,7 +633,7 @@ def _handshake_reset_from_server(
     verdict.origin_description = origin_text
     verdict.evidence = [*base, *claim_lines]
     if verdict.origin is None:
-        verdict.evidence.append(f"origin: {origin_text}")
+        verdict.evidence.append(_origin_fact(origin_text))
     if rst.has(ACK) and syn is not None and rst.ack == (syn.seq + 1) % 2**32:
         verdict.support(
             f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05
@@ -656,8 +666,8 @@ def _asymmetric_return(
     rst: Seen,
     synack: Seen,
     forged: bool,
-    claim_lines: list[str],
-    base: list[str],
+    claim_lines: list[Line],
+    base: list[Line],
     ctx: Context,
 ) -> Verdict:
     packets = sides.packets
@@ -674,17 +684,13 @@ def _asymmetric_return(
     verdict.evidence = list(base)
     for line in claim_lines:
         verdict.support(line, 0.1)
-    if origin is None:
-        verdict.support(f"origin: {origin_text}")
+    # The origin as a fact either way: a captured maker is what rules out the client's own reset.
+    verdict.support(_origin_fact(origin_text, origin))
     isn = (rst.seq - 1) % 2**32
     retried = [p for p in packets if p.is_pure_syn and p.from_orig and p.seq == isn and p.ts_ref > rst.ts_ref]
     same_point = [p for p in retried for s in rst.sights if (s2 := p.at(s.capture)) is not None and s2.ts_ns > s.ts_ns]
     if same_point or retried:
-        verdict.support(
-            f"the client sent the same SYN (ISN {isn}) again after the RST ({len({p.pkt for p in retried})} time(s)): "
-            "a client that had reset would not retransmit its SYN",
-            0.1,
-        )
+        verdict.support(Fact.of("syn-retried", isn=isn, times=len({p.pkt for p in retried})), 0.1)
     syns = [p for p in packets if p.is_pure_syn and p.from_orig]
     syn_points = {c for p in syns for c in p.points}
     extra = [c for c in synack.points if c not in syn_points]
@@ -723,18 +729,12 @@ def _asymmetric_return(
         missing.append("the box that made the RST was not captured; its position comes from the TTL")
     for line in missing:
         verdict.evidence.append("not established: " + line)
-    reasons = []
-    if any("never shows this RST" in line for line in claim_lines):
-        reasons.append("the client's capture never shows it leaving")
-    if mismatches := [line for line in claim_lines if "hop(s) closer" in line]:
-        reasons.append("its TTL puts its sender " + mismatches[0].split("it was made ", 1)[1].split(" (")[0])
-    if origin is not None:
-        reasons.append(f"{origin} made it")
-    if retried:
-        reasons.append("the client retransmitted the same SYN afterwards, which it would not do after resetting")
+    # What excludes the client's own reset is read from the facts, not from the sentences they render to.
+    excluded = spec_of(Cause.PEER_RESET).excluded_by
     verdict.rule_out(
         Cause.PEER_RESET,
-        "a genuine client reset is ruled out: " + ("; ".join(reasons) or "the RST does not come from the client"),
+        (excluded(verdict.facts()) if excluded else None)
+        or "a genuine client reset is ruled out: the RST does not come from the client",
     )
     verdict.rule_out(
         Cause.TUPLE_REUSE,
@@ -801,7 +801,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     syn_points = {c for p in syns for c in p.points}
     last_point = max(syns, key=lambda p: len(p.points)).sights[-1].capture
     captured_here = conn.captures
-    base = [
+    base: list[Line] = [
         f"{len(syns)} SYN(s) with ISN {first.seq} from the client, first at {where(first.first)}, "
         f"never answered at {point}",
     ]
@@ -866,7 +866,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
     return verdict, first, len(syns)
 
 
-def _forwarded_unanswered(passed: Handoff, base: list[str], syns: list[Seen]) -> Verdict:
+def _forwarded_unanswered(passed: Handoff, base: list[Line], syns: list[Seen]) -> Verdict:
     """A forwarding box sent the SYN on, DNATed with the client's address kept, and nothing came back through it.
 
     The server answers the client's own address, so its reply is routed by

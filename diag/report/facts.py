@@ -35,6 +35,12 @@ class Fact:
     def __getitem__(self, key: str) -> JsonValue:
         return self.values[key]
 
+    def number(self, key: str) -> int:
+        value = self.values[key]
+        if not isinstance(value, int):
+            raise TypeError(f"{self.kind}.{key} is not a number: {value!r}")
+        return value
+
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.items}}
 

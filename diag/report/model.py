@@ -16,6 +16,7 @@ import pandas as pd
 
 from diag.capture.info import CaptureInfo
 from diag.correlate.clock import ClockOffset
+from diag.report.facts import Fact, note, render_all
 
 if TYPE_CHECKING:
     from diag.report.significance import Group
@@ -96,6 +97,15 @@ class Finding:
     evidence: tuple[str, ...] = ()
     ruled_out: tuple[RuledOut, ...] = ()
     fixes: tuple[str, ...] = ()
+    # The evidence as structured facts; ``evidence`` is their rendering. Give either: facts render to the
+    # evidence, and evidence given alone (a finding made elsewhere, e.g. from AWS state) travels as notes.
+    facts: tuple[Fact, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.facts and not self.evidence:
+            object.__setattr__(self, "evidence", render_all(self.facts))
+        elif self.evidence and not self.facts:
+            object.__setattr__(self, "facts", tuple(note(line) for line in self.evidence))
 
     def to_json(self, files: tuple[str, ...] = ()) -> dict[str, Any]:
         """The finding's JSON object; ``files`` are its capture point's files, to name the packet's one."""
@@ -109,6 +119,7 @@ class Finding:
             "origin": self.origin,
             "summary": self.summary,
             "evidence": list(self.evidence),
+            "facts": [fact.to_json() for fact in self.facts],
             "ruled_out": [{"cause": str(r.cause), "why": r.why} for r in self.ruled_out],
             "fixes": list(self.fixes),
         }

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from diag.diagnose.causes.spec import CauseSpec
 from diag.report import Cause
+from diag.report.facts import Fact
+
+
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """Why the facts say the RST's claimed sender did not reset the connection itself, or None.
+
+    Its own capture not showing the RST, a TTL that puts the maker closer than
+    the claimed sender, a captured point that made it, or the client
+    retransmitting its SYN afterwards (which a client that had reset would not do).
+    """
+    reasons = []
+    sides = [str(f["side"]) for f in facts if f.kind in ("absent-at-own", "ttl-hops")]
+    side = sides[0] if sides else "client"
+    if any(f.kind == "absent-at-own" for f in facts):
+        reasons.append(f"the {side}'s capture never shows it leaving")
+    closer = [f for f in facts if f.kind == "ttl-hops" and f.number("rst_hops") < f.number("claimed_hops")]
+    if closer:
+        hops = closer[0].number("claimed_hops") - closer[0].number("rst_hops")
+        reasons.append(f"its TTL puts its sender {hops} hop(s) closer than the {closer[0]['side']}")
+    reasons += [f"{f['point']} made it" for f in facts if f.kind == "origin" and f["point"] is not None]
+    if any(f.kind == "syn-retried" for f in facts):
+        reasons.append("the client retransmitted the same SYN afterwards, which it would not do after resetting")
+    return f"a genuine {side} reset is ruled out: " + "; ".join(reasons) if reasons else None
+
 
 SPEC = CauseSpec(
     cause=Cause.PEER_RESET,
     forged=False,
+    excluded_by=excluded_by,
     fixes=(
         "Look at the application that sent the RST: an abortive close (SO_LINGER 0), a crash, or closing the "
         "socket with unread data; trade-off: none at the network level, this is the endpoint's decision.",
