@@ -22,7 +22,7 @@ from diag.errors import CaptureError, DiagError
 # captures of 54-byte TCP packets in a few flows: 0.2M packets 372 MB, 1M packets
 # 647 MB (345 B a packet beyond the interpreter's own ~260 MB). Rounded up, so the
 # analysis after the read fits too. Captures of one packet per flow cost about
-# 3.3 KB a flow more; this per-packet check does not see flows (see docs/analyze.md).
+# 460 B a flow more (1M flows: 1.1 GB); this per-packet check does not see flows.
 BYTES_PER_PACKET = 384
 # The budget when --max-memory is not given: this share of the memory available now
 # (or of the cgroup's limit, when that is lower), leaving the rest to everything else.

@@ -829,3 +829,52 @@ def test_sizes_are_read_as_documented() -> None:
     assert available_memory("MemTotal: 8000 kB\nMemAvailable:    4000 kB\n", "max\n") == 4000 * 1024
     assert available_memory("MemAvailable:    4000 kB\n", "1048576\n") == 1 << 20
     assert available_memory("", None) is None
+
+
+# --- The report JSON stays proportionate: flow rows capped, problems first ---
+
+def _tcp_record(index: int, src: int, dst: int, sport: int, dport: int, flags: int) -> bytes:
+    eth = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00"
+    ip = struct.pack("!BBHHHBBHII", 0x45, 0, 40, 0, 0, 64, 6, 0, src, dst)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 0 if flags == 0x02 else 2001, 0x50, flags, 1000, 0, 0)
+    packet = eth + ip + tcp
+    header = struct.pack("<IIII", 1_700_000_000 + index // 100_000, index % 100_000 * 10, len(packet), len(packet))
+    return header + packet
+
+
+def _many_flows_capture(path: Path, healthy: int, reset: int) -> None:
+    """``healthy`` handshakes (SYN, SYN-ACK, ACK), then ``reset`` connections refused with a RST, last in the file."""
+    client, server = 0xC0000201, 0xC6336402  # 192.0.2.1, 198.51.100.2
+    records = [PCAP_HEADER]
+    index = 0
+    for flow in range(healthy + reset):
+        sport, dport = 1024 + flow % 60000, 80 + flow // 60000
+        steps = [(client, server, sport, dport, 0x02)]
+        if flow < healthy:
+            steps += [(server, client, dport, sport, 0x12), (client, server, sport, dport, 0x10)]
+        else:
+            steps += [(server, client, dport, sport, 0x14)]
+        for src, dst, a, b, flags in steps:
+            records.append(_tcp_record(index, src, dst, a, b, flags))
+            index += 1
+    path.write_bytes(b"".join(records))
+
+
+def test_json_flows_are_capped_problems_first_and_all_with_flows_all(tmp_path: Path) -> None:
+    from diag.report.flowcap import FLOW_LIMIT
+
+    capture = tmp_path / "many.pcap"
+    _many_flows_capture(capture, healthy=FLOW_LIMIT + 200, reset=5)
+    capped = run_diag("analyze", "pcap", "-q", "--json", "-", capture)
+    assert capped.returncode == 0, capped.stderr
+    document = json.loads(capped.stdout)
+    assert len(document["flows"]) == FLOW_LIMIT
+    assert document["flows_truncated"] == 205
+    assert sum(1 for flow in document["flows"] if flow["rsts"]) == 5  # the last five rows of the table, kept
+    every = run_diag("analyze", "pcap", "-q", "--flows", "all", "--json", "-", capture)
+    assert every.returncode == 0, every.stderr
+    full = json.loads(every.stdout)
+    assert len(full["flows"]) == FLOW_LIMIT + 205 and full["flows_truncated"] == 0
+    kept = {(flow["orig"], flow["resp"]) for flow in document["flows"]}
+    assert kept <= {(flow["orig"], flow["resp"]) for flow in full["flows"]}
+    assert full["findings"] == document["findings"]  # the cap touches the flow rows, nothing else

@@ -134,7 +134,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--flows",
         choices=("problems", "all"),
         default="problems",
-        help="list only problem flows, at most 20 of each kind (default), or every flow",
+        help="list only problem flows, at most 20 of each kind, and at most 10,000 flow rows in the JSON, "
+        "problems first (default), or every flow in both",
     )
     common.add_argument(
         "--all",
@@ -298,15 +299,20 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
     if selector is not None:
         report = _focus(report, selector)
 
+    from diag.report.flowcap import FLOW_LIMIT
+    from diag.report.jsondoc import dumps
+
+    # The JSON's flows are capped like the text's (problems first), unless --flows all.
+    flow_limit = None if args.flows == "all" else FLOW_LIMIT
     if args.json == "-":
-        sys.stdout.write(report.dumps() + "\n")
+        sys.stdout.write(dumps(report, flow_limit) + "\n")
     else:
         color = args.color == "always" or (
             args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
         )
         sys.stdout.write(render_text(report, color=color, flows=args.flows, all_findings=args.all_findings))
         if args.json:
-            write_atomically(Path(args.json), report.dumps() + "\n", args.force, "--json")
+            write_atomically(Path(args.json), dumps(report, flow_limit) + "\n", args.force, "--json")
     if args.plot:
         _plot(report, args.plot, args.force)
     if args.export:

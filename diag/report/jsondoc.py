@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pandas as pd
 
+from diag.report.flowcap import FLOW_LIMIT, cap_flows
+
 if TYPE_CHECKING:
     from diag.report.model import Finding, Report
 
@@ -21,11 +23,13 @@ def verdict_json(verdict: Finding | None) -> dict[str, Any]:
     return {"cause": str(verdict.cause), "confidence": round(verdict.confidence, 3), "summary": verdict.summary}
 
 
-def report_to_json(report: Report) -> dict[str, Any]:
+def report_to_json(report: Report, flow_limit: int | None = FLOW_LIMIT) -> dict[str, Any]:
     """The whole document: every finding, and ``groups`` counting them by cause and service.
 
     ``groups`` come most significant first; their ``examples`` are indices into ``findings``.
+    ``flows`` holds at most ``flow_limit`` rows (None: all; see ``diag.report.flowcap``).
     """
+    flows, flows_left_out = cap_flows(report.flows, flow_limit)
     return {
         "schema": SCHEMA,
         "verdict": verdict_json(report.verdict),
@@ -35,7 +39,8 @@ def report_to_json(report: Report) -> dict[str, Any]:
             {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
             for c in report.captures
         ],
-        "flows": flows_to_json(report.flows),
+        "flows": flows_to_json(flows),
+        "flows_truncated": flows_left_out,
         "clock": {
             "reference": report.clock_reference,
             "offsets": {name: asdict(o) for name, o in report.clock_offsets.items()},
@@ -51,10 +56,10 @@ def _files(report: Report, finding: Finding) -> tuple[str, ...]:
     return next((c.files for c in report.captures if c.name == finding.packet.capture), ())
 
 
-def dumps(report: Report) -> str:
+def dumps(report: Report, flow_limit: int | None = FLOW_LIMIT) -> str:
     # orjson: the standard library's encoder falls back to pure Python as soon as it indents, which cost
     # seconds on a busy capture's tens of thousands of flows; the document is the same, key order included.
-    return orjson.dumps(report_to_json(report), option=orjson.OPT_INDENT_2).decode()
+    return orjson.dumps(report_to_json(report, flow_limit), option=orjson.OPT_INDENT_2).decode()
 
 
 def _plain(value: Any) -> Any:
