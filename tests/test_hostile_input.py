@@ -878,3 +878,24 @@ def test_json_flows_are_capped_problems_first_and_all_with_flows_all(tmp_path: P
     kept = {(flow["orig"], flow["resp"]) for flow in document["flows"]}
     assert kept <= {(flow["orig"], flow["resp"]) for flow in full["flows"]}
     assert full["findings"] == document["findings"]  # the cap touches the flow rows, nothing else
+
+
+def test_plot_as_a_user_without_a_home_warns_nothing_and_reuses_one_config_dir(shared_dir: Path) -> None:
+    capture = shared_dir / "plot.pcapng"
+    shutil.copy(SAMPLE, capture)
+    capture.chmod(0o644)
+    pictures = shared_dir / "plots"
+    pictures.mkdir()
+    os.chown(pictures, NOBODY, NOBODY)
+    before = set(Path(tempfile.gettempdir()).glob("matplotlib-*"))
+    for run in range(2):
+        picture = pictures / f"ladder-{run}.svg"
+        result = _as_nobody("analyze", "pcap", "-q", "--plot", picture, capture)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""  # matplotlib's 'created a temporary cache directory' warning is gone
+        assert picture.read_text().lstrip().startswith("<?xml")
+    config = Path("/var/tmp") / f"diag-{NOBODY}" / "matplotlib"
+    status = config.lstat()
+    assert stat.S_ISDIR(status.st_mode) and status.st_uid == NOBODY and stat.S_IMODE(status.st_mode) == 0o700
+    # No per-run directory left behind by matplotlib's fallback.
+    assert set(Path(tempfile.gettempdir()).glob("matplotlib-*")) == before
