@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -61,8 +62,17 @@ def _by_capture_then_time(capture: np.ndarray, ts: np.ndarray) -> np.ndarray:
         return np.arange(len(capture))  # the usual case: captures one after the other, each in time order
     order = np.argsort(capture.astype(np.int16), kind="stable")  # radix sort on small ints
     c, t = capture[order], ts[order]
-    if np.any((c[1:] == c[:-1]) & (t[1:] < t[:-1])):
-        order = np.lexsort((ts, capture))
+    late = np.flatnonzero((c[1:] == c[:-1]) & (t[1:] < t[:-1]))
+    if len(late):
+        # Some capture is out of time order (a merged ring buffer, a host's clock step):
+        # sort the times inside each such capture alone; they are nearly in order,
+        # which the stable sort (timsort) handles in close to one pass.
+        bounds = [*np.flatnonzero(_starts(c)).tolist(), len(c)]
+        for start, end in pairwise(bounds):
+            first_late = np.searchsorted(late, start)
+            if first_late < len(late) and late[first_late] < end - 1:  # this capture has a step back
+                block = order[start:end]
+                order[start:end] = block[np.argsort(t[start:end], kind="stable")]
     return order
 
 
@@ -201,12 +211,17 @@ def _find_sightings(
         match[left[found]] = match2[found] + (int(match.max()) + 1)
 
     row_sighting = _row_sightings(key, rows, new_sighting)
+    ttl_rows = ttl[rows]
+    if len(first) == len(rows):  # no copies inside any capture: one row per sighting
+        ttl_in = ttl_out = ttl_rows
+    else:
+        ttl_in, ttl_out = np.maximum.reduceat(ttl_rows, first), np.minimum.reduceat(ttl_rows, first)
     return _Sightings(
         first_row=first_row,
         capture=sight_capture,
         ts=sight_ts,
-        ttl=np.maximum.reduceat(ttl[rows], first) if len(first) else np.zeros(0, dtype=np.int64),
-        ttl_out=np.minimum.reduceat(ttl[rows], first) if len(first) else np.zeros(0, dtype=np.int64),
+        ttl=ttl_in,
+        ttl_out=ttl_out,
         match=match,
         row_sighting=row_sighting,
         rows_sorted=rows,
@@ -386,9 +401,12 @@ def _hop_order(
     wide_ts[capture, match] = ts_ref
     hop = np.zeros(len(match), dtype=np.int64)
     for other in range(n_captures):
-        o_present = present[other, match]
-        o_ttl = wide_ttl[other, match]
-        o_ts = wide_ts[other, match]
+        if not present[other].any():
+            continue
+        # One point's row at a time: a 1-D gather, no flat index to compute per element.
+        o_present = present[other][match]
+        o_ttl = wide_ttl[other][match]
+        o_ts = wide_ts[other][match]
         earlier = (o_ttl > rank) | ((o_ttl == rank) & ((o_ts < ts_ref) | ((o_ts == ts_ref) & (other < capture))))
         hop += o_present & earlier
     return hop
