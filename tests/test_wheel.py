@@ -11,6 +11,7 @@ quick; only the project's own files come from the wheel.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -31,7 +32,12 @@ def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fresh environment's bin directory, with the wheel installed in it."""
     root = tmp_path_factory.mktemp("wheel")
-    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(PROJECT)], root)
+    # Build from a clean copy: setuptools reuses a build/ folder in the tree it builds, which can hold
+    # modules that no longer exist in the source.
+    source = root / "source"
+    shutil.copytree(PROJECT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "data", "out", "diag-out", "__pycache__", "*.egg-info", ".*_cache"))
+    built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(source)], root)
     assert built.returncode == 0, built.stderr
     wheels = list((root / "dist").glob("diag-*.whl"))
     assert len(wheels) == 1, wheels
@@ -59,6 +65,19 @@ def test_the_package_comes_from_the_wheel(installed: Path, tmp_path: Path) -> No
     env_root = installed.parent.resolve()
     for line in probe.stdout.split():
         assert Path(line).resolve().is_relative_to(env_root), f"{line} is not inside the installed environment"
+
+
+def test_every_module_of_the_source_is_in_the_wheel(installed: Path, tmp_path: Path) -> None:
+    # pyproject.toml lists the subpackages one by one: one left out would be missing from every install.
+    source = sorted(str(path.relative_to(PROJECT)) for path in (PROJECT / "diag").rglob("*.py"))
+    listing = run(
+        [str(installed / "python"), "-c",
+         "import pathlib, diag; root = pathlib.Path(diag.__file__).parent; "
+         "print('\\n'.join(sorted('diag/' + str(p.relative_to(root)) for p in root.rglob('*.py'))))"],
+        tmp_path,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.split() == source
 
 
 def test_every_scenario_is_listed(installed: Path, tmp_path: Path) -> None:
