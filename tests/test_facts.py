@@ -53,6 +53,9 @@ def test_the_incident_evidence_is_facts_with_values() -> None:
     ttl = by_kind["ttl-hops"]
     assert ttl["side"] == "client" and ttl["rst_hops"] < ttl["claimed_hops"]
     assert by_kind["origin"]["point"] == "natgw"
+    assert by_kind["rst"]["side"] == "client" and by_kind["answers"]["segment"] == "SYN-ACK"
+    paths = by_kind["paths"]
+    assert "natgw" in paths["reply_only"] and "natgw" not in paths["request_path"]
     assert sorted(by_kind["captures"]["points"]) == sorted(ALL_POINTS)
     (peer,) = [r["why"] for r in finding["ruled_out"] if r["cause"] == "peer-reset"]
     hops = ttl["claimed_hops"] - ttl["rst_hops"]

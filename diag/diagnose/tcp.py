@@ -106,6 +106,18 @@ def _origin_fact(text: str, point: str | None = None) -> Fact:
     return Fact.of("origin", point=point, text=text)
 
 
+def _paths_fact(conn: Connection, syn: Seen, synack: Seen, reply_only: list[str]) -> Fact:
+    """The request's and the reply's paths, and the points only the reply passed."""
+    return Fact.of(
+        "paths",
+        request="SYN",
+        reply="SYN-ACK",
+        request_path=tuple(path_points(conn, syn)),
+        reply_path=tuple(path_points(conn, synack)),
+        reply_only=tuple(reply_only),
+    )
+
+
 def _claimed(rst: Seen) -> str:
     return rst.first.src_addr
 
@@ -218,14 +230,19 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
     genuine, forged, claim_lines = _genuineness(sides, rst, ctx)
     first = rst.first
     base: list[Line] = [
-        f"RST claiming to come from the {who} ({_claimed(rst)}) first seen at {where(first)}, "
-        f"TTL {first.ttl}, IP ID {first.ip_id}"
+        Fact.of("rst", side=who, claimed=_claimed(rst), packet=where(first), ttl=first.ttl, ip_id=first.ip_id)
     ]
     if trigger is not None:
         kind = "SYN-ACK" if trigger.is_synack else "SYN" if trigger.is_pure_syn else "segment"
         base.append(
-            f"it answers the {side_name(trigger.from_orig)}'s {kind} (seq {trigger.seq}, ack {trigger.ack}) seen at "
-            f"{where(trigger.first)}"
+            Fact.of(
+                "answers",
+                side=side_name(trigger.from_orig),
+                segment=kind,
+                seq=trigger.seq,
+                ack=trigger.ack,
+                packet=where(trigger.first),
+            )
         )
 
     if not any(p.is_pure_syn or p.is_synack for p in packets):
@@ -695,12 +712,7 @@ def _asymmetric_return(
     syn_points = {c for p in syns for c in p.points}
     extra = [c for c in synack.points if c not in syn_points]
     if extra and syns:
-        verdict.support(
-            f"the SYN came {' → '.join(path_points(conn, syns[0]))}; "
-            f"the SYN-ACK went {' → '.join(path_points(conn, synack))}: "
-            f"{', '.join(extra)} saw the reply but never the request",
-            0.1,
-        )
+        verdict.support(_paths_fact(conn, syns[0], synack, extra), 0.1)
     elif extra:
         verdict.support(f"{', '.join(extra)} saw the server's SYN-ACK but never the client's SYN", 0.05)
     client = sides.client_capture
@@ -817,9 +829,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
             verdict.evidence = [
                 *base,
                 f"the server answered: SYN-ACK at {where(synack.first)}",
-                f"the SYN came {' → '.join(path_points(conn, first))}; "
-                f"the SYN-ACK went {' → '.join(path_points(conn, synack))}: "
-                f"{', '.join(extra)} saw the reply but never the request",
+                _paths_fact(conn, first, synack, extra),
             ]
             verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost on the request's path: it took another one")
             return verdict, first, len(syns)

@@ -99,8 +99,30 @@ def _rst_made_at(v: Mapping[str, Any]) -> str:
     return f"the RST first appears at {v['point']} with an initial TTL ({v['ttl']}): {v['point']} made it"
 
 
+def _rst(v: Mapping[str, Any]) -> str:
+    return (
+        f"RST claiming to come from the {v['side']} ({v['claimed']}) first seen at {v['packet']}, "
+        f"TTL {v['ttl']}, IP ID {v['ip_id']}"
+    )
+
+
+def _answers(v: Mapping[str, Any]) -> str:
+    return f"it answers the {v['side']}'s {v['segment']} (seq {v['seq']}, ack {v['ack']}) seen at {v['packet']}"
+
+
+def _paths(v: Mapping[str, Any]) -> str:
+    return (
+        f"the {v['request']} came {' → '.join(v['request_path'])}; "
+        f"the {v['reply']} went {' → '.join(v['reply_path'])}: "
+        f"{', '.join(v['reply_only'])} saw the reply but never the request"
+    )
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "note": _note,
+    "rst": _rst,
+    "answers": _answers,
+    "paths": _paths,
     "ttl-hops": _ttl_hops,
     "absent-at-own": _absent_at_own,
     "left-own": _left_own,
