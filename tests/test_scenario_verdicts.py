@@ -83,6 +83,8 @@ def asymmetric_tcp(maker: str) -> dict[str, dict[str, Want]]:
 EXPECTED: dict[str, dict[str, dict[str, Want]]] = {
     **{name: {subset: {} for subset in SUBSETS} for name in HEALTHY},
     "incident": asymmetric_tcp("natgw"),
+    # The same incident with the nodes joined by a VXLAN overlay, captured on the underlay.
+    "incident-vxlan": asymmetric_tcp("natgw"),
     "fix-no-preservation": asymmetric_tcp("nlb"),
     "tcp-udp": {
         "all": {"tcp": want(ASYMMETRIC, low=0.9, origin="natgw"), "udp": want(ASYMMETRIC, low=0.85, origin="natgw")},
