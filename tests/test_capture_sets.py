@@ -240,3 +240,20 @@ def test_a_tcpdump_ring_buffer_reads_as_its_mergecap_merge(ring_buffer: list[Pat
 
 if __name__ == "__main__" and sys.argv[1:] == ["--traffic"]:
     make_traffic()
+
+
+def test_a_packet_of_a_multi_file_point_is_found_in_its_own_file(tmp_path: Path) -> None:
+    # Each file of a point counts its packets from 0, so (point, index) names one packet per file:
+    # the ladder and --flow must take the file into account to find the symptom packet.
+    from diag.plot.flowview import _row_of_ref
+    from diag.report import PacketRef
+
+    packets = conversation(12)
+    first = write_pcap_at(tmp_path / "pod.pcap0", packets[:6])
+    second = write_pcap_at(tmp_path / "pod.pcap1", packets[6:])
+    report = analyze({"pod": [first, second]})
+    table = report.packets
+    assert sorted(set(table["file"].tolist())) == [0, 1] and table["index"].duplicated().any()
+    for label, row in table.iterrows():
+        ref = PacketRef("pod", int(row["index"]), row["ts_ns"] / 1e9, int(row["file"]))
+        assert _row_of_ref(table, ref) == label

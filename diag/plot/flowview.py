@@ -246,9 +246,10 @@ def _row_of_flow_record(report: Report, record: pd.Series) -> Hashable:
 
 
 def _row_of_ref(packets: pd.DataFrame, ref: PacketRef) -> Hashable:
-    hits = np.flatnonzero(
-        (packets["capture"].astype(str) == ref.capture).to_numpy() & (packets["index"] == ref.index).to_numpy()
-    )
+    here = (packets["capture"].astype(str) == ref.capture).to_numpy() & (packets["index"] == ref.index).to_numpy()
+    if here.sum() > 1 and "file" in packets.columns:  # a point of several files counts packets from 0 in each
+        here &= (packets["file"] == ref.file).to_numpy()
+    hits = np.flatnonzero(here)
     if len(hits) == 0:
         raise DiagError(f"packet {ref.index} of capture {ref.capture} is not in the report")
     first: Hashable = packets.index[hits[0]]

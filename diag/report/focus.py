@@ -129,12 +129,18 @@ def focus_report(report: Report, selector: FlowSelector) -> Report:
         raise DiagError(f"--flow {selector}: no packet to or from it in the captures")
     rows = _with_copies(report, seeds)
     chosen = packets[rows]
-    symptoms = set(zip(chosen["capture"].astype(str), chosen["index"].to_numpy().tolist(), strict=True))
+    # A packet is its capture point, its file in that point (several files count from 0 each) and its index;
+    # a table without file numbers (-1) names the packet by point and index alone.
+    files = chosen["file"].to_numpy().tolist() if "file" in chosen.columns else [-1] * len(chosen)
+    symptoms = set(zip(chosen["capture"].astype(str), files, chosen["index"].to_numpy().tolist(), strict=True))
 
     def about(finding: Finding) -> bool:
         if selector.matches(finding.client) or selector.matches(finding.server):
             return True
-        return finding.packet is not None and (finding.packet.capture, finding.packet.index) in symptoms
+        ref = finding.packet
+        if ref is None:
+            return False
+        return (ref.capture, ref.file, ref.index) in symptoms or (ref.capture, -1, ref.index) in symptoms
 
     flows = report.flows
     if flows is not None and not flows.empty and {"orig_h", "orig_p", "resp_h", "resp_p"} <= set(flows.columns):
