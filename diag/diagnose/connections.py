@@ -138,7 +138,8 @@ def _flow_nodes(columns: dict[str, np.ndarray]) -> np.ndarray:
     n_low, n_high = int(low.max()) + 1, int(high.max()) + 1
     key = (point.astype(np.int64) * n_low + low) * n_high + high
     nodes, _ = pd.factorize(key)
-    return nodes.astype(np.int64)
+    numbered: np.ndarray = nodes.astype(np.int64)
+    return numbered
 
 
 def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
@@ -166,7 +167,8 @@ def _text_codes(column: pd.Series, positions: np.ndarray, names: dict[str, int])
         categories = [str(c) for c in column.cat.categories]
         # The last entry serves code -1 (a missing value), which pandas writes as 'nan'.
         lookup = np.array([names.setdefault(c, len(names)) for c in [*categories, "nan"]], dtype=np.int64)
-        return lookup[column.cat.codes.to_numpy()[positions]]
+        codes: np.ndarray = lookup[column.cat.codes.to_numpy()[positions]]
+        return codes
     values, uniques = pd.factorize(column.iloc[positions].astype(str).to_numpy())
     lookup = np.array([names.setdefault(str(u), len(names)) for u in uniques], dtype=np.int64)
     return lookup[values]
@@ -177,7 +179,8 @@ def _take(packets: pd.DataFrame, name: str, positions: np.ndarray, names: dict[s
         return _text_codes(packets[name], positions, names)
     if name == "file" and name not in packets:
         return np.zeros(len(positions), dtype=np.int16)  # a table not made by the reader: one file per point
-    return packets[name].to_numpy()[positions]
+    taken: np.ndarray = packets[name].to_numpy()[positions]
+    return taken
 
 
 def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: bool = False) -> list[Connection]:

@@ -61,7 +61,8 @@ def _copies(conn: Connection, packet: Seen, capture: str | None = None) -> pd.Da
     chosen = rows["pkt"].to_numpy() == packet.pkt
     if capture is not None:
         chosen &= rows["capture"].astype(str).to_numpy() == capture
-    return rows[chosen]
+    copies: pd.DataFrame = rows[chosen]
+    return copies
 
 
 def handoff(conn: Connection, packet: Seen, capture: str) -> Handoff | None:

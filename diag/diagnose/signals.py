@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, FIN, RST, SYN
@@ -125,7 +126,7 @@ def distinct_packets(conn: Connection) -> list[Seen]:
     for column in _SEEN_COLUMNS:
         picked = table.columns[column][chosen].tolist()
         values.append([names[code] for code in picked] if column in _TEXT_COLUMNS else picked)
-    by_packet: dict[int, dict[str, list[tuple]]] = {}
+    by_packet: dict[int, dict[str, list[tuple[Any, ...]]]] = {}
     for record in zip(*values, strict=True):
         by_packet.setdefault(record[0], {}).setdefault(record[1], []).append(record)
     seen = []
