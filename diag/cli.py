@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
+
+# numpy asks the kernel for 2 MB pages on large arrays; on these machines setting them up cost most of a
+# many-capture correlation's time (4 of 6.6 CPU s on four 1M-packet captures), and diag's arrays are
+# short-lived. Read by numpy when it is first imported, which the commands do later; a user's own setting wins.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 # Module names under diag.commands, in the order --help lists them.
 COMMANDS = ("scenario", "analyze", "watch", "flows", "lab", "replay", "aws")
