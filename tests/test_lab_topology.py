@@ -161,3 +161,17 @@ def test_cli_bad_input_is_one_line_and_status_2(args: tuple[str, ...], message: 
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_a_routing_loop_is_refused_before_anything_is_built() -> None:
+    # The VPC router sends pod-b's subnet to node-a, whose default route points back at the router.
+    looping = INCIDENT.replace('"198.18.102.0/24" = "node-b"', '"198.18.102.0/24" = "node-a"')
+    assert looping != INCIDENT
+    with pytest.raises(LabError) as refused:
+        parse_topology(looping, origin="loop.toml")
+    message = str(refused.value)
+    assert message.startswith("loop.toml: routes: a routing loop: a packet for 198.18.102.1 goes ")
+    assert "vpc-router → node-a → vpc-router" in message and "\n" not in message
+    # Every shipped topology routes without a loop (they all load).
+    for name in SHIPPED:
+        load_topology(name)

@@ -261,7 +261,13 @@ def load_topology(name_or_path: str) -> Topology:
 def parse_topology(text: str, origin: str = "<topology>") -> Topology:
     """Check everything (names and addresses per ``diag.lab.grammar``) before anything is built."""
     data = grammar.load_toml(text, lambda problem: LabError(f"{origin}: {problem}"))
-    return _Parser(origin, text).topology(data)
+    topology = _Parser(origin, text).topology(data)
+    from diag.lab.routing import find_routing_loop  # it reads the Topology this module defines
+
+    loop = find_routing_loop(topology)
+    if loop is not None:
+        raise LabError(grammar.printable(f"{origin}: routes: a routing loop: {loop}"))
+    return topology
 
 
 class _Parser:
