@@ -48,7 +48,7 @@ def _host_state() -> dict[str, object]:
     lab_processes = sorted(
         line.split(None, 1)[1] for line in processes
         if any(word in line for word in ("tcpdump", "conntrack -E", "diag.lab.servers"))
-        and "ps -eo" not in line
+        and "ps -eo" not in line and "<defunct>" not in line  # a zombie runs nothing; its parent reaps it
     )  # fmt: skip
     return {
         "lab namespaces": sorted(n for n in output("ip", "netns", "list").split() if n.startswith("diag-")),
