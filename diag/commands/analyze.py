@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diag.commands.options import add_max_memory
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
@@ -144,12 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list every finding, most significant first (default: the verdict, then the top 10 groups of cause "
         "and service)",
     )
-    common.add_argument(
-        "--max-memory",
-        metavar="SIZE",
-        help="stop with one line, before the system runs out of memory, when the captures would need more than "
-        "SIZE (512M, 2G, 1.5GiB; default: half the memory available, or of the cgroup's limit if lower)",
-    )
+    add_max_memory(common)
     common.add_argument(
         "-q",
         "--quiet",

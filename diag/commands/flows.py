@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diag.commands.options import add_max_memory
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
@@ -60,12 +61,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--format", metavar="FORMAT", help="conn.log, csv, parquet or json (required)")
     parser.add_argument("-o", "--output", type=Path, metavar="DIR", help="write one file per capture point here")
     parser.add_argument("--force", action="store_true", help="replace output files that already exist")
-    parser.add_argument(
-        "--max-memory",
-        metavar="SIZE",
-        help="stop with one line when the captures would need more memory than SIZE (512M, 2G, 1.5GiB; "
-        "default: half the memory available, or of the cgroup's limit if lower)",
-    )
+    add_max_memory(parser)
     parser.set_defaults(func=run)
 
 

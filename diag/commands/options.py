@@ -13,3 +13,12 @@ def add_lab_path(parser: argparse.ArgumentParser) -> None:
         help="a folder laid out like lab/ (DIR/topologies/*.toml, DIR/scenarios/*.toml) searched before the "
         "shipped ones; may be repeated; the DIAG_LAB_PATH variable adds more",
     )  # fmt: skip
+
+
+def add_max_memory(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory SIZE``: the budget a read must fit in (``diag.memory``)."""
+    parser.add_argument(
+        "--max-memory", metavar="SIZE",
+        help="stop with one line, before the system runs out of memory, when the captures would need more than "
+        "SIZE (512M, 2G, 1.5GiB; default: half the memory available, or of the cgroup's limit if lower)",
+    )  # fmt: skip
