@@ -25,6 +25,7 @@ from diag.correlate import correlate
 from diag.diagnose import diagnose
 from diag.errors import DiagError
 from diag.flows import build_flows
+from diag.memory import MemoryBudgetError, current_budget
 from diag.report import Report
 
 CaptureSpec = str | os.PathLike[str]
@@ -156,19 +157,39 @@ def analyze(
     """
     tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
     pairs = parse_capture_args(captures)
-    tables, infos = (reader or read_captures)(pairs, progress)
+    try:
+        tables, infos = (reader or read_captures)(pairs, progress)
+    except MemoryBudgetError:
+        limit = current_budget().limit
+        if reader is not None or limit is None:
+            raise
+        # Every packet at once would not fit: read the files in passes instead (diag.passes).
+        from diag.passes import analyze_in_passes
+
+        return analyze_in_passes(pairs, limit, progress, tree)
     packets = concat_packets(tables)
     if tree is not None:
         # Renumbered rows: the correlation and the plots name packets by row label, within this table only.
         packets = filter_packets(packets, tree).reset_index(drop=True)
     with _stage(progress, "flows", f"{len(packets):,} packets"):
         flows = build_flows(packets)
-    with _stage(progress, "correlate", f"{len(packets):,} packets at {len(tables)} point(s)"):
+    return report_of(packets, flows, infos, progress)
+
+
+def report_of(
+    packets: pd.DataFrame, flows: pd.DataFrame, infos: Sequence[CaptureInfo], progress: ProgressHook | None = None
+) -> Report:
+    """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
+
+    ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``) and the flow
+    tables built where the points were read; the result is the same as on every packet.
+    """
+    with _stage(progress, "correlate", f"{len(packets):,} packets at {len(infos)} point(s)"):
         correlation = correlate(packets)
     with _stage(progress, "diagnose", f"{len(flows):,} flows"):
         findings = diagnose(packets, flows, correlation)
     return Report(
-        captures=infos,
+        captures=list(infos),
         packets=packets,
         flows=flows,
         findings=findings,

@@ -23,23 +23,39 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from diag.analysis import CaptureReader, ProgressHook, assemble_points, read_file
+import pandas as pd
+
+from diag.analysis import ProgressHook, concat_packets, group_points, read_file, report_of
+from diag.capture.filter import Node as FilterNode
+from diag.capture.filter import filter_packets, parse_filter
+from diag.capture.info import CaptureInfo
+from diag.capture.points import merge_point
 from diag.capture.source import is_file_quietly
 from diag.errors import DiagError
+from diag.flows import build_flows
+from diag.flows.table import empty_flows
+from diag.reduction import (
+    LinkKeys,
+    PointRows,
+    merge_link_keys,
+    partition_link_keys,
+    select_candidates,
+    shared_link_keys,
+)
 
 if TYPE_CHECKING:
-    import pandas as pd
-    from distributed import Client
+    from distributed import Client, Future
 
-    from diag.capture.info import CaptureInfo
+    from diag.report import Report
 
 ENVIRONMENT = "DIAG_CLUSTER"
 # How long to wait for a scheduler before giving up (the contract: one line within 10 s).
@@ -127,49 +143,168 @@ def _reason(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-def read_on(client: Client) -> CaptureReader:
-    """A ``reader`` for ``diag.analysis.analyze`` that reads every file on ``client``'s workers."""
+@dataclass(frozen=True)
+class PointPart:
+    """A capture point as its worker holds it: the whole packet table, its flows and per-row link keys."""
 
-    def read(
-        pairs: Sequence[tuple[str, Path]], progress: ProgressHook | None
-    ) -> tuple[list[pd.DataFrame], list[CaptureInfo]]:
-        workers = len(client.scheduler_info().get("workers", {}))
-        stage = progress("read", f"{len(pairs)} files on {workers} Dask workers") if progress else None
-        with stage or contextlib.nullcontext():
-            files = read_files(client, pairs)
-        return assemble_points([name for name, _ in pairs], files)
-
-    return read
+    table: pd.DataFrame
+    info: CaptureInfo
+    flows: pd.DataFrame
+    rows: PointRows
 
 
-def read_files(client: Client, pairs: Sequence[tuple[str, Path]]) -> list[tuple[pd.DataFrame, CaptureInfo]]:
-    """Every file read on a worker, in the order of ``pairs`` (whatever order the workers finish in)."""
-    from distributed import KilledWorker
+@dataclass(frozen=True)
+class PointCandidates:
+    """What a point sends to the client: its candidate packets, its whole flow table and its ``CaptureInfo``."""
 
-    # Workers open absolute paths (their working directory is not ours); the report keeps the path as given.
-    futures = [
-        client.submit(read_file, name, path.absolute(), key=f"diag-read-{position}-{uuid.uuid4().hex}", pure=False)
-        for position, (name, path) in enumerate(pairs)
-    ]
-    files = []
+    packets: pd.DataFrame
+    info: CaptureInfo
+    flows: pd.DataFrame
+    read: int  # packets the point had (after --filter); ``len(packets)`` of them are sent
+
+
+def prepare_point(
+    given: Sequence[str], packet_filter: FilterNode | None, *files: tuple[pd.DataFrame, CaptureInfo]
+) -> PointPart:
+    """On a worker: one point's files (read by other tasks) in time order, filtered, with flows and link keys."""
+    tables = [table for table, _ in files]
+    infos = [replace(info, path=path, files=(path,)) for (_, info), path in zip(files, given, strict=True)]
+    table, info = merge_point(tables, infos)
+    if packet_filter is not None:
+        table = filter_packets(table, packet_filter).reset_index(drop=True)
+    return PointPart(table, info, build_flows(table), PointRows.of(table))
+
+
+def point_link_parts(part: PointPart, partitions: int) -> list[LinkKeys]:
+    """On a worker: the point's distinct link keys, cut into ``partitions`` by hash (the shuffle's map side)."""
+    return partition_link_keys(part.rows.link_keys(part.table), partitions)
+
+
+def shared_in_partition(parts: Sequence[LinkKeys]) -> LinkKeys:
+    """On a worker: one hash partition of every point's link keys, reduced to those of two points or more."""
+    return shared_link_keys(parts)
+
+
+def point_candidates(part: PointPart, *shared: LinkKeys) -> PointCandidates:
+    """On a worker: the point's candidate rows, given every partition's shared link keys."""
+    keep = select_candidates(part.table, part.rows, merge_link_keys(shared))
+    return PointCandidates(part.table[keep], part.info, part.flows, len(part.table))
+
+
+def analyze_on(
+    client: Client,
+    pairs: Sequence[tuple[str, Path]],
+    progress: ProgressHook | None = None,
+    packet_filter: str | FilterNode | None = None,
+) -> Report:
+    """``diag.analysis.analyze`` with the points read, summarised and reduced on ``client``'s workers.
+
+    The graph, submitted at once: a read task per file; a point task per point
+    (its files merged in time order, ``--filter``, the flow table, link keys),
+    which stays on its worker; each point's link keys cut into one part per
+    worker; per part, the keys of two points or more; per point, its candidate
+    packets given those. Only the candidates, the flow tables and the shared
+    keys travel; the client stacks the candidates in point order and
+    correlates and diagnoses them. Nothing depends on the number of workers:
+    the shared keys are the same however they are partitioned, and results
+    are gathered in the order of the points.
+    """
+    tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
+    points = group_points(pairs)
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    run = uuid.uuid4().hex
+    owner: dict[str, str] = {}  # task key -> what to name if it keeps killing workers
+    futures = []
+
+    def submit(function: Callable[..., Any], *args: object, key: str, blame: str) -> Future[Any]:
+        owner[key] = blame
+        future: Future[Any] = client.submit(function, *args, key=key, pure=False)
+        futures.append(future)
+        return future
+
+    detail = f"{len(pairs)} files of {len(points)} point(s) on {workers} Dask workers"
+    stage = progress("read", detail) if progress else None
+    with stage or contextlib.nullcontext():
+        parts, blames = [], []
+        for number, (name, files) in enumerate(points.items()):
+            reads = [
+                # Workers open absolute paths (their working directory is not ours); the report keeps the path as given.
+                submit(read_file, name, path.absolute(), key=f"diag-read-{number}-{index}-{run}", blame=str(path))
+                for index, path in enumerate(files)
+            ]
+            blame = f"{name} ({', '.join(str(path) for path in files)})"
+            blames.append(blame)
+            parts.append(
+                submit(prepare_point, [str(path) for path in files], tree, *reads, key=f"diag-point-{number}-{run}",
+                       blame=blame)
+            )
+        try:
+            _wait(client, parts, owner)
+            stage_detail = "link keys shuffled across points, candidate packets selected"
+            cut = [
+                submit(point_link_parts, part, workers, key=f"diag-keys-{number}-{run}", blame=blames[number])
+                for number, part in enumerate(parts)
+            ]
+            pieces = [
+                [submit(operator.getitem, whole, share, key=f"diag-keys-{number}-{share}-{run}", blame=blames[number])
+                 for share in range(workers)]
+                for number, whole in enumerate(cut)
+            ]  # fmt: skip
+            shared = [
+                submit(shared_in_partition, [piece[share] for piece in pieces], key=f"diag-shared-{share}-{run}",
+                       blame="the join of every point's link keys")
+                for share in range(workers)
+            ]
+            candidates = [
+                submit(point_candidates, part, *shared, key=f"diag-candidates-{number}-{run}", blame=blames[number])
+                for number, part in enumerate(parts)
+            ]
+        except BaseException:
+            client.cancel(futures)
+            raise
     try:
-        for (_name, path), future in zip(pairs, futures, strict=True):
-            try:
-                table, info = future.result()
-            except KilledWorker:
-                raise DiagError(f"{path}: every worker that read this file died; read it without --cluster") from None
-            files.append((table, replace(info, path=str(path), files=(str(path),))))
+        with (progress("candidates", stage_detail) if progress else contextlib.nullcontext()):
+            results: list[PointCandidates] = _wait(client, candidates, owner)
     finally:
         client.cancel(futures)
-    return files
+    return report_of_candidates(results, progress)
+
+
+def report_of_candidates(results: Sequence[PointCandidates], progress: ProgressHook | None = None) -> Report:
+    """The report from every point's candidates (in point order): stacked, flows renumbered, correlated, diagnosed."""
+    packets = concat_packets([result.packets for result in results])
+    flows = _renumbered([result.flows for result in results])
+    return report_of(packets, flows, [result.info for result in results], progress)
+
+
+def _wait(client: Client, futures: Sequence[Future[Any]], owner: dict[str, str]) -> list[Any]:
+    """The futures' results in their order; a task that kept killing workers is one line naming its files."""
+    from distributed import KilledWorker
+
+    try:
+        return list(client.gather(list(futures)))
+    except KilledWorker as error:
+        key = str(getattr(error, "task", "") or (error.args[0] if error.args else ""))
+        what = owner.get(key, "a capture")
+        raise DiagError(f"{what}: every worker that worked on it died; analyze it without --cluster") from None
+
+
+def _renumbered(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Each point's flow table (ids from 0) as the one table of all points: ids continue from point to point."""
+    kept, offset = [], 0
+    for flows in tables:
+        if len(flows):
+            kept.append(flows.assign(flow_id=flows["flow_id"].to_numpy() + offset))
+            offset += len(flows)
+    return pd.concat(kept, ignore_index=True) if kept else empty_flows()
 
 
 @contextlib.contextmanager
-def cluster_reader(spec: ClusterSpec | None, pairs: Sequence[tuple[str, Path]]) -> Iterator[CaptureReader | None]:
-    """The reader ``analyze`` should use for ``spec`` (None: read in this process), connected for the block."""
+def cluster_client(spec: ClusterSpec | None, pairs: Sequence[tuple[str, Path]]) -> Iterator[Client | None]:
+    """A client of the cluster ``spec`` names (None: analyze in this process), connected for the block."""
     if spec is None:
         yield None
         return
     check_shareable(pairs)
     with connect(spec) as client:
-        yield read_on(client)
+        yield client

@@ -266,7 +266,7 @@ def run_fleet(args: argparse.Namespace) -> int:
 def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]]) -> int:
     """Both sub-commands from here on: the same options, analysis and rendering."""
     from diag.analysis import analyze, group_points
-    from diag.cluster import cluster_from, cluster_reader
+    from diag.cluster import analyze_on, cluster_client, cluster_from
     from diag.commands.progress import stage_progress
     from diag.memory import budget_option, set_budget
     from diag.report.text import render_text
@@ -289,8 +289,11 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
         from diag.commands.outfiles import check_export
 
         check_export(args.export, inputs, args.force)
-    with stage_progress(args.quiet) as progress, cluster_reader(cluster, pairs) as reader:
-        report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter, reader=reader)
+    with stage_progress(args.quiet) as progress, cluster_client(cluster, pairs) as client:
+        if client is None:
+            report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
+        else:
+            report = analyze_on(client, pairs, progress=progress, packet_filter=packet_filter)
     _print_warnings(report)
     if selector is not None:
         report = _focus(report, selector)

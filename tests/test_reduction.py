@@ -1,0 +1,125 @@
+"""Candidate reduction (``diag.reduction``): each point keeps only what correlation and diagnosis can use.
+
+The steps a Dask cluster runs (``diag.cluster``: a point's files merged with
+its flow table, its link keys cut into hash partitions, each partition
+reduced to the keys of two points or more, the candidates chosen) are run
+here in one process, so the result can be compared with the whole analysis
+for any number of partitions without a cluster. The cluster itself is
+tested in tests/test_fleet.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PROJECT
+
+from diag.analysis import analyze, group_points, parse_capture_args, read_file
+from diag.capture.filter import parse_filter
+from diag.cluster import (
+    PointCandidates,
+    point_candidates,
+    point_link_parts,
+    prepare_point,
+    report_of_candidates,
+    shared_in_partition,
+)
+from diag.reduction import LinkKeys, partition_link_keys, shared_link_keys
+
+CAPTURES = PROJECT / "captures"
+
+
+def _candidates(
+    points: Mapping[str, Sequence[Path]], partitions: int, packet_filter: str | None = None
+) -> list[PointCandidates]:
+    tree = parse_filter(packet_filter) if packet_filter else None
+    parts = [
+        prepare_point([str(path) for path in files], tree, *[read_file(name, path) for path in files])
+        for name, files in points.items()
+    ]
+    cut = [point_link_parts(part, partitions) for part in parts]
+    shared = [shared_in_partition([pieces[number] for pieces in cut]) for number in range(partitions)]
+    return [point_candidates(part, *shared) for part in parts]
+
+
+def _points(*specs: str | Path) -> dict[str, list[Path]]:
+    return group_points(parse_capture_args([str(spec) for spec in specs]))
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated capture of many healthy flows and a few thousand resets and unanswered SYNs."""
+    out = tmp_path_factory.mktemp("busy") / "busy.pcap"
+    subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / "gen_capture.py"), "--packets", "40000", "--seed", "11",
+         "--out", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 5])
+def test_the_incident_at_every_point_reduced_gives_the_whole_report(partitions: int) -> None:
+    points = _points(*sorted(CAPTURES.glob("*.pcapng")))
+    whole = analyze(points)
+    reduced = report_of_candidates(_candidates(points, partitions))
+    assert reduced.dumps() == whole.dumps()
+    assert reduced.flows.equals(whole.flows)
+    assert whole.verdict is not None and whole.verdict.cause == "asymmetric-return"
+    # The healthy traffic the points also saw is left out.
+    assert len(reduced.packets) < len(whole.packets)
+
+
+@pytest.mark.parametrize(
+    "captures",
+    [["fix-snat/client.pcapng"], ["udp-asymmetric/client.pcapng"], ["client.pcapng", "natgw.pcapng"],
+     ["node-b.pcapng", "pod-b.pcapng", "vpc-router.pcapng"]],
+)  # fmt: skip
+def test_subsets_of_points_reduced_give_the_whole_report(captures: list[str]) -> None:
+    points = _points(*(CAPTURES / name for name in captures))
+    assert report_of_candidates(_candidates(points, 3)).dumps() == analyze(points).dumps()
+
+
+def test_a_busy_capture_with_the_incident_keeps_a_few_percent(busy: Path) -> None:
+    points = {"node-c": [busy], **_points(*sorted(CAPTURES.glob("*.pcapng")))}
+    whole = analyze(points)
+    results = _candidates(points, 2)
+    reduced = report_of_candidates(results)
+    assert reduced.dumps() == whole.dumps()
+    kept = {result.info.name: len(result.packets) / result.read for result in results}
+    assert kept["node-c"] < 0.2, kept
+    assert {finding.cause for finding in whole.findings} >= {"asymmetric-return", "peer-reset"}
+
+
+def test_a_filter_applied_where_the_point_is_read(busy: Path) -> None:
+    points = {"node-c": [busy], **_points(CAPTURES / "client.pcapng", CAPTURES / "pod-b.pcapng")}
+    expression = "tcp and not port 22"
+    reduced = report_of_candidates(_candidates(points, 2, expression))
+    assert reduced.dumps() == analyze(points, packet_filter=expression).dumps()
+
+
+def test_shared_keys_do_not_depend_on_the_partitioning() -> None:
+    rng = np.random.default_rng(3)
+    points = [
+        LinkKeys(
+            np.unique(rng.integers(1, 500, 200, dtype=np.uint64)),
+            np.unique(rng.integers(1, 50, 20, dtype=np.uint64)),
+            np.arange(5, dtype=np.uint64) + point,
+            np.full(5, point + 1, dtype=np.uint64),
+        )
+        for point in range(4)
+    ]
+    one = shared_link_keys(points)
+    for partitions in (2, 3, 7):
+        cut = [partition_link_keys(keys, partitions) for keys in points]
+        parts = [shared_link_keys([pieces[number] for pieces in cut]) for number in range(partitions)]
+        assert np.array_equal(np.sort(np.concatenate([part.packets for part in parts])), one.packets)
+        assert np.array_equal(np.sort(np.concatenate([part.endpoints for part in parts])), one.endpoints)
+        assert np.array_equal(np.sort(np.concatenate([part.syn_seqs for part in parts])), one.syn_seqs)
+    # Sequence numbers 1 to 4 come with two different SYNs (two points' contents); 0 and 7 with one.
+    assert one.syn_seqs.tolist() == [1, 2, 3, 4, 5, 6]
