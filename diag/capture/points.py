@@ -121,14 +121,14 @@ def merge_point(tables: Sequence[pd.DataFrame], infos: Sequence[CaptureInfo]) ->
     """
     if len(tables) == 1:
         info = infos[0]
-        return tables[0], _point_info(info.name, [info])
+        return tables[0], point_info(info.name, [info])
     first = [_first_ts(table) for table in tables]
     order = sorted(range(len(tables)), key=lambda position: (first[position] is None, first[position] or 0))
     ordered = [tables[position].assign(file=np.int16(rank)) for rank, position in enumerate(order)]
     merged = stack_tables(ordered)
     if _overlap([tables[position] for position in order]):
         merged = merged.iloc[np.argsort(merged["ts_ns"].to_numpy(), kind="stable")].reset_index(drop=True)
-    return merged, _point_info(infos[0].name, [infos[position] for position in order])
+    return merged, point_info(infos[0].name, [infos[position] for position in order])
 
 
 def stack_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
@@ -169,7 +169,7 @@ def _overlap(tables: Sequence[pd.DataFrame]) -> bool:
     return False
 
 
-def _point_info(name: str, infos: Sequence[CaptureInfo]) -> CaptureInfo:
+def point_info(name: str, infos: Sequence[CaptureInfo]) -> CaptureInfo:
     """One ``CaptureInfo`` for the point: counts summed, every file listed, warnings naming their file.
 
     ``path`` then says which files, for the reports that show it: ``ring.pcap3 … ring.pcap2 (5 files)``.

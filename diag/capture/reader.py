@@ -75,6 +75,49 @@ def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.Da
     return table
 
 
+def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """``read_capture`` in pieces of about ``chunk_rows`` packets each, for a capture larger than memory.
+
+    Each piece is a packet table of its own (``index`` still counts from the
+    file's start); the last one, possibly empty, carries the whole file's
+    ``CaptureInfo`` in ``attrs["capture_info"]``. No memory budget is checked:
+    the caller decides how many rows it keeps. A compressed file is
+    decompressed again on every read.
+    """
+    path = Path(path)
+    diagnostics = Diagnostics(str(path))
+    stream, compressed = open_capture(path)
+    skipped_link_types: Counter[int] = Counter()
+    seen_link_types: set[int] = set()
+    rows = 0
+    with stream:
+        feed = Feed(stream, diagnostics)
+        builder = TableBuilder(name, diagnostics)
+        for batch in _batches(feed, path, compressed, diagnostics):
+            builder.add(batch, chunk_rows + 2 * len(batch))
+            if builder.rows >= chunk_rows:
+                skipped_link_types.update(builder.skipped_link_types)
+                builder.skipped_link_types.clear()  # warned about once, at the end
+                seen_link_types |= builder.seen_link_types
+                rows += builder.rows
+                yield builder.finish()
+                builder = TableBuilder(name, diagnostics)
+    builder.skipped_link_types.update(skipped_link_types)
+    builder.seen_link_types |= seen_link_types
+    rows += builder.rows
+    last = builder.finish()
+    last.attrs["capture_info"] = CaptureInfo(
+        name=name,
+        path=str(path),
+        packets=rows,
+        link_type=builder.link_type_name(),
+        skipped=diagnostics.skipped,
+        warnings=tuple(diagnostics.messages),
+        files=(str(path),),
+    )
+    yield last
+
+
 def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
     what = "gzip-compressed file" if compressed else "file"
     magic = feed.read_exact(4)
