@@ -5,6 +5,12 @@ answered when a datagram comes back to the client's port *from the address
 and port the client wrote to*; a reply from any other source was re-sourced
 on a path the request did not take (a NAT gateway translating the server's
 direct reply), which a connected UDP socket drops.
+
+This module only observes: what the conversation shows becomes facts
+(``diag.report.facts``: requests, replies from the wrong source, re-sourced
+or lost replies, what a forwarding box did with unanswered requests). Which
+cause those facts are is decided by the causes' own ``udp`` rules in
+``diag.diagnose.causes``, and the ruled-out lines follow from the same facts.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from itertools import pairwise
 import pandas as pd
 
 from diag.capture.proto import ICMP, ICMP_DEST_UNREACHABLE
+from diag.diagnose.causes import decide
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
-from diag.diagnose.forwarding import Handoff, handoff, path_points
+from diag.diagnose.forwarding import handoff, path_points
 from diag.diagnose.signals import Seen, covers, distinct_packets, where
 from diag.report import Cause
+from diag.report.facts import Fact
 
 # A lone unanswered datagram is common (fire-and-forget protocols); only
 # repeated requests, or a reply seen somewhere, make it a symptom. A one-way
@@ -47,6 +55,28 @@ def is_group_or_broadcast(address: str) -> bool:
 
 
 def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | None:
+    """The finding on one UDP conversation: its facts observed here, the cause decided by the registry's rules."""
+    observed = observe_udp(conn, ctx)
+    if observed is None:
+        return None
+    facts, symptom, occurrences = observed
+    decided = decide(facts, lambda spec: spec.udp)
+    if decided is None or decided[0] is Cause.HEALTHY:
+        return None
+    cause, decision = decided
+    verdict = Verdict(cause, decision.confidence, summary=decision.summary, origin=decision.origin)
+    verdict.evidence = list(decision.facts)
+    return verdict, symptom, occurrences
+
+
+def observe_udp(conn: Connection, ctx: Context) -> tuple[list[Fact], Seen, int] | None:
+    """What one UDP conversation shows, as facts; the symptom packet; how many packets show it.
+
+    No cause is decided here: the facts say where the requests went, whether
+    and from where replies reached the client, where they were re-sourced,
+    and what a forwarding box did with unanswered requests. None when there
+    is nothing to judge (no request; multicast and broadcast announcements).
+    """
     packets = distinct_packets(conn)
     requests = [p for p in packets if p.from_orig]
     replies = [p for p in packets if not p.from_orig]
@@ -61,86 +91,54 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
     at_client = [(p, s) for p in replies if (s := p.at(point)) is not None]
     # A NAT box on the way shows the reply arriving from the translated server and leaving un-NATed: any
     # copy there from the address the client wrote to is the proper answer.
-    proper = [p for p, s in at_client if expected_from in s.sources]
+    proper = [(p, s) for p, s in at_client if expected_from in s.sources]
     foreign = [(p, s) for p, s in at_client if expected_from not in s.sources]
     request_points = {c for p in requests for c in p.points}
-    base = [f"{len(requests)} request(s) from the client to {expected_from}, first at {where(first.first)}"]
-
-    if foreign:
-        reply, sight = foreign[0]
-        verdict = Verdict(
-            Cause.ASYMMETRIC_RETURN,
-            0.7,
-            summary=f"the reply reached the client from {sight.src}, not from {expected_from} it wrote to: "
-            "it left by another path and was re-sourced on the way",
-        )
-        verdict.evidence = [
-            *base,
-            f"{len(foreign)} reply datagram(s) reached the client from {sight.src} ({where(sight)}); "
-            f"none came from {expected_from}",
-        ]
-        _add_reply_path(conn, verdict, reply, requests, request_points)
-        _add_port_unreachable(verdict, ctx.packets, point, sight.src_addr)
-        verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost: it arrived from the wrong source")
-        return verdict, reply, len(foreign)
-
-    if proper:
-        # The client got its answers; but a reply that was re-sourced on a path the request never took
-        # (seen when the client's side was not captured) is still the asymmetric return.
-        for reply in replies:
-            rewritten = [s for s in reply.sights if s.capture not in request_points and len(s.sources) > 1]
-            if rewritten:
-                break
-        else:
-            return None
+    # A reply re-sourced at a point the request never passed: the client will not recognise it.
     resourced = [(p, s) for p in replies for s in p.sights if s.capture not in request_points and len(s.sources) > 1]
-    if resourced:
-        reply, sight = resourced[0]
-        verdict = Verdict(
-            Cause.ASYMMETRIC_RETURN,
-            0.75,
-            summary=(
-                f"the server's reply left by {sight.capture}, which the request never passed, and was re-sourced there"
-            ),
-        )
-        verdict.evidence = [
-            *base,
-            f"at {where(sight)} the reply's source was rewritten {' → '.join(sight.sources)}: "
-            "the client will see a reply from an address it never wrote to",
-        ]
-        _add_reply_path(conn, verdict, reply, requests, request_points)
-        verdict.rule_out(Cause.SILENT_DROP, "the reply left the server and was translated, not dropped")
-        return verdict, reply, len(resourced)
-    if proper:
-        return None
-
     unanswered = [p for p in requests if p.at(point) is not None]
-    if replies:
-        reply = replies[0]
-        extra = [c for c in reply.points if c not in request_points]
-        if extra:
-            verdict = Verdict(
-                Cause.ASYMMETRIC_RETURN,
-                0.7,
-                summary="the server's reply left by a path the request did not take and never reached the client",
-            )
-            verdict.evidence = list(base)
-            _add_reply_path(conn, verdict, reply, requests, request_points)
-            return verdict, first, len(unanswered)
-        verdict = Verdict(
-            Cause.SILENT_DROP, 0.7, summary=f"the server's replies vanished after {reply.sights[-1].capture}"
-        )
-        verdict.evidence = [
-            *base,
-            f"the server answered ({len(replies)} reply datagram(s), first at {where(reply.first)}); "
-            f"last seen at {reply.sights[-1].capture}, never at {point}",
-        ]
-        verdict.rule_out(Cause.ASYMMETRIC_RETURN, "the replies were seen only on the request's own path")
-        return verdict, first, len(unanswered)
+    facts = [Fact.of("requests", count=len(requests), to=expected_from, packet=where(first.first))]
+
+    if proper:
+        sight = proper[0][1]
+        facts.append(Fact.of("answered", count=len(proper), src=expected_from, packet=where(sight)))
+    if foreign:
+        sight = foreign[0][1]
+        facts.append(Fact.of("reply-foreign", count=len(foreign), src=sight.src, packet=where(sight),
+                             expected=expected_from))  # fmt: skip
+    if resourced:
+        sight = resourced[0][1]
+        facts.append(Fact.of("reply-resourced", point=sight.capture, packet=where(sight), sources=sight.sources))
+    # The reply the evidence follows: the one the client got from the wrong source, else the re-sourced one.
+    followed = foreign[0][0] if foreign else resourced[0][0] if resourced else replies[0] if replies else None
+    if followed is not None and not at_client and not resourced and all(c in request_points for c in replies[0].points):
+        lost = replies[0]
+        facts.append(Fact.of("reply-lost", count=len(replies), packet=where(lost.first),
+                             last=lost.sights[-1].capture, client_point=point))  # fmt: skip
+    if followed is not None:
+        facts += _reply_path(conn, followed, requests, request_points)
+    if foreign:
+        facts += _port_unreachable(ctx.packets, point, foreign[0][1].src_addr)
+    if not replies and unanswered:
+        facts += _unanswered(conn, ctx, requests, unanswered, request_points)
+    symptom, occurrences = (
+        (foreign[0][0], len(foreign)) if foreign
+        else (resourced[0][0], len(resourced)) if resourced
+        else (first, len(unanswered))
+    )  # fmt: skip
+    return facts, symptom, occurrences
+
+
+def _unanswered(
+    conn: Connection, ctx: Context, requests: list[Seen], unanswered: list[Seen], request_points: set[str]
+) -> list[Fact]:
+    """Requests that drew no reply anywhere: how far they went, and what a forwarding box did with them."""
+    first = requests[0]
     retried = _looks_like_retries(unanswered) and len({p.digest for p in unanswered}) < len(unanswered)
     farthest = max(requests, key=lambda p: len(p.points))
     last = farthest.sights[-1].capture
     passed = handoff(conn, farthest, last)
+    facts = [Fact.of("no-reply", last=last, left_for=None if passed is None else passed.left_dst, retried=retried)]
     downstream = [c for c in ctx.captures if c not in request_points and covers(ctx.spans, c, first.ts_ref)]
     if (
         passed is not None
@@ -149,80 +147,50 @@ def analyze_udp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | N
         and not downstream
         and MIN_UNANSWERED_REQUESTS <= len(unanswered) <= MAX_RETRIES
     ):
-        # A box that translated a few requests to a service and got nothing back: the requests need not be
-        # retries of one datagram (a client asking twice differently is as telling), but then a short
-        # one-way exchange looks the same, which the finding says.
-        return _forwarded_unanswered(passed, base, unanswered, retried), first, len(unanswered)
-    if not retried:
-        # A lone datagram, a stream, or every datagram different: a one-way protocol (syslog, sFlow,
-        # tunnels), not retried requests.
-        return None
-    verdict = Verdict(Cause.SILENT_DROP, 0.6, summary=f"UDP requests vanished after {last} with no reply")
-    last_seen = (
-        f"the requests were last seen leaving {last} for {passed.left_dst}"
-        if passed is not None
-        else f"the requests were last seen at {last}"
-    )
-    verdict.evidence = [*base, f"no reply at all; {last_seen}"]
+        # A box that translated a few requests to a service and got nothing back. The server replies to the
+        # client's own address, by its own side's route, not through the box that translated the request:
+        # from that box alone the asymmetric return's signature. The requests need not be retries of one
+        # datagram (a client asking twice differently is as telling), but then a short one-way exchange
+        # looks the same, which the facts say.
+        box = passed.capture
+        facts += [
+            Fact.of("forwarded", box=box, arrived=passed.arrived_dst, target=passed.left_dst,
+                    ttl_in=passed.ttl_in, ttl_out=passed.ttl_out, client=passed.arrived_src_addr),
+            Fact.of("none-back", count=len(unanswered), box=box),
+            Fact.of("confirm-at", box=box, target=passed.left_dst_addr),
+        ]  # fmt: skip
+        if not retried:
+            facts.append(Fact.of("not-retried"))
     if len(ctx.captures) == 1:
-        verdict.confidence = 0.4
-        verdict.evidence.append(
-            "not established: whether the server answered by another path (re-sourced or dropped on the way back); "
-            "a capture on the server (pod) would show it"
-        )
-    return verdict, first, len(unanswered)
+        facts.append(Fact.of("single-point"))
+    return facts
 
 
-def _forwarded_unanswered(passed: Handoff, base: list[str], requests: list[Seen], retried: bool) -> Verdict:
-    """A forwarding box sent the requests on, DNATed with the client's address kept, and no reply came back through it.
-
-    The server replies to the client's own address, by its own side's route,
-    not through the box that translated the request: from that box alone the
-    asymmetric return's signature. A drop after the box looks the same.
-    """
-    box, target = passed.capture, passed.left_dst
-    verdict = Verdict(
-        Cause.ASYMMETRIC_RETURN,
-        0.5 if retried else 0.45,
-        summary=f"{box} forwarded the requests to {target} (DNAT, the client's address kept) and no reply ever came "
-        "back through it: the reply most likely left by another path",
-    )
-    verdict.evidence = [
-        *base,
-        f"{box} received the requests for {passed.arrived_dst} and sent them on to {target} (TTL {passed.ttl_in} → "
-        f"{passed.ttl_out}), still from the client's address {passed.arrived_src_addr}: the server will reply to the "
-        f"client directly, and only a route back through {box} would let {box} undo its DNAT",
-        f"{len(requests)} request(s) and not one reply came back through {box}",
-        f"not established: whether the requests reached {passed.left_dst_addr} and where its replies went. A capture "
-        f"on {passed.left_dst_addr} (or on the node in front of it) would confirm it: replies leaving there that "
-        f"never reach {box}; a drop after {box} (silent-drop) looks the same from here",
-    ]
-    if not retried:
-        verdict.evidence.append(
-            "not established: that replies were expected. The requests are not one datagram retried at a "
-            "client's pace, so a short one-way exchange (no reply by design) would look the same"
-        )
-    return verdict
-
-
-def _add_reply_path(
-    conn: Connection, verdict: Verdict, reply: Seen, requests: list[Seen], request_points: set[str]
-) -> None:
+def _reply_path(conn: Connection, reply: Seen, requests: list[Seen], request_points: set[str]) -> list[Fact]:
+    """The request's and the reply's paths, and every point that rewrote the reply's source."""
+    facts = []
     extra = [c for c in reply.points if c not in request_points]
     if len(reply.points) > 1 or extra:
-        verdict.support(
-            f"the request came {' → '.join(path_points(conn, requests[0]))}; "
-            f"the reply went {' → '.join(path_points(conn, reply))}"
-            + (f": {', '.join(extra)} saw the reply but never the request" if extra else ""),
-            0.1 if extra else 0.0,
+        facts.append(
+            Fact.of(
+                "paths",
+                request="request",
+                reply="reply",
+                request_path=tuple(path_points(conn, requests[0])),
+                reply_path=tuple(path_points(conn, reply)),
+                reply_only=tuple(extra),
+            )
         )
-    for sight in reply.sights:
-        if len(sight.sources) > 1:
-            verdict.support(f"{sight.capture} rewrote the reply's source {' → '.join(sight.sources)}", 0.1)
-            verdict.origin = sight.capture
+    facts += [
+        Fact.of("reply-rewritten", point=sight.capture, sources=sight.sources)
+        for sight in reply.sights
+        if len(sight.sources) > 1
+    ]
+    return facts
 
 
-def _add_port_unreachable(verdict: Verdict, packets: pd.DataFrame, point: str, foreign_addr: str) -> None:
+def _port_unreachable(packets: pd.DataFrame, point: str, foreign_addr: str) -> list[Fact]:
+    """The client's ICMP port unreachable for replies from an address it never wrote to."""
     at_point = packets[(packets["capture"].astype(str) == point) & (packets["proto"] == ICMP)]
     unreachable = at_point[at_point["icmp_type"] == ICMP_DEST_UNREACHABLE]
     hits = pd.concat(
@@ -231,10 +199,6 @@ def _add_port_unreachable(verdict: Verdict, packets: pd.DataFrame, point: str, f
             unreachable[unreachable["inner_src"].astype(str) == foreign_addr],
         ]
     )
-    if len(hits):
-        verdict.support(
-            f"the client answered {len(hits)} of them with ICMP port unreachable "
-            f"({point} frame {int(hits['index'].iloc[0]) + 1}): "
-            "its socket expected the reply from the address it wrote to",
-            0.1,
-        )
+    if not len(hits):
+        return []
+    return [Fact.of("port-unreachable", count=len(hits), point=point, frame=int(hits["index"].iloc[0]) + 1)]

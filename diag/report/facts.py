@@ -111,10 +111,96 @@ def _answers(v: Mapping[str, Any]) -> str:
 
 
 def _paths(v: Mapping[str, Any]) -> str:
+    request, reply = " → ".join(v["request_path"]), " → ".join(v["reply_path"])
+    line = f"the {v['request']} came {request}; the {v['reply']} went {reply}"
+    return line + (f": {', '.join(v['reply_only'])} saw the reply but never the request" if v["reply_only"] else "")
+
+
+# UDP: requests, where their replies went, and what a forwarding box shows of them.
+
+
+def _requests(v: Mapping[str, Any]) -> str:
+    return f"{v['count']} request(s) from the client to {v['to']}, first at {v['packet']}"
+
+
+def _answered(v: Mapping[str, Any]) -> str:
     return (
-        f"the {v['request']} came {' → '.join(v['request_path'])}; "
-        f"the {v['reply']} went {' → '.join(v['reply_path'])}: "
-        f"{', '.join(v['reply_only'])} saw the reply but never the request"
+        f"{v['count']} reply datagram(s) reached the client from {v['src']}, the address it wrote to "
+        f"(first at {v['packet']})"
+    )
+
+
+def _reply_foreign(v: Mapping[str, Any]) -> str:
+    return (
+        f"{v['count']} reply datagram(s) reached the client from {v['src']} ({v['packet']}); "
+        f"none came from {v['expected']}"
+    )
+
+
+def _reply_resourced(v: Mapping[str, Any]) -> str:
+    return (
+        f"at {v['packet']} the reply's source was rewritten {' → '.join(v['sources'])}: "
+        "the client will see a reply from an address it never wrote to"
+    )
+
+
+def _reply_rewritten(v: Mapping[str, Any]) -> str:
+    return f"{v['point']} rewrote the reply's source {' → '.join(v['sources'])}"
+
+
+def _reply_lost(v: Mapping[str, Any]) -> str:
+    return (
+        f"the server answered ({v['count']} reply datagram(s), first at {v['packet']}); "
+        f"last seen at {v['last']}, never at {v['client_point']}"
+    )
+
+
+def _port_unreachable(v: Mapping[str, Any]) -> str:
+    return (
+        f"the client answered {v['count']} of them with ICMP port unreachable ({v['point']} frame {v['frame']}): "
+        "its socket expected the reply from the address it wrote to"
+    )
+
+
+def _no_reply(v: Mapping[str, Any]) -> str:
+    if v["left_for"] is None:
+        return f"no reply at all; the requests were last seen at {v['last']}"
+    return f"no reply at all; the requests were last seen leaving {v['last']} for {v['left_for']}"
+
+
+def _single_point(v: Mapping[str, Any]) -> str:
+    return (
+        "not established: whether the server answered by another path (re-sourced or dropped on the way back); "
+        "a capture on the server (pod) would show it"
+    )
+
+
+def _forwarded(v: Mapping[str, Any]) -> str:
+    box = v["box"]
+    return (
+        f"{box} received the requests for {v['arrived']} and sent them on to {v['target']} (TTL {v['ttl_in']} → "
+        f"{v['ttl_out']}), still from the client's address {v['client']}: the server will reply to the "
+        f"client directly, and only a route back through {box} would let {box} undo its DNAT"
+    )
+
+
+def _none_back(v: Mapping[str, Any]) -> str:
+    return f"{v['count']} request(s) and not one reply came back through {v['box']}"
+
+
+def _confirm_at(v: Mapping[str, Any]) -> str:
+    box, target = v["box"], v["target"]
+    return (
+        f"not established: whether the requests reached {target} and where its replies went. A capture "
+        f"on {target} (or on the node in front of it) would confirm it: replies leaving there that "
+        f"never reach {box}; a drop after {box} (silent-drop) looks the same from here"
+    )
+
+
+def _not_retried(v: Mapping[str, Any]) -> str:
+    return (
+        "not established: that replies were expected. The requests are not one datagram retried at a "
+        "client's pace, so a short one-way exchange (no reply by design) would look the same"
     )
 
 
@@ -131,6 +217,19 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "captures": _captures,
     "syn-retried": _syn_retried,
     "repeated-rst": _repeated,
+    "requests": _requests,
+    "answered": _answered,
+    "reply-foreign": _reply_foreign,
+    "reply-resourced": _reply_resourced,
+    "reply-rewritten": _reply_rewritten,
+    "reply-lost": _reply_lost,
+    "port-unreachable": _port_unreachable,
+    "no-reply": _no_reply,
+    "single-point": _single_point,
+    "forwarded": _forwarded,
+    "none-back": _none_back,
+    "confirm-at": _confirm_at,
+    "not-retried": _not_retried,
 }
 
 

@@ -3,16 +3,19 @@
 Adding a cause is one module here (named after the cause, ``-`` as ``_``),
 a member of ``diag.report.Cause``, one test and one row of the cause table in
 docs/analyze.md. The modules are found by listing this package, so nothing
-else has to name them.
+else has to name them. ``decide`` runs the rules, ``ruled_out`` computes a
+finding's ruled-out lines from its facts.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Iterable, Sequence
 
-from diag.diagnose.causes.spec import CauseSpec
-from diag.report import Cause
+from diag.diagnose.causes.spec import CauseSpec, Decision, Rule
+from diag.report import Cause, RuledOut
+from diag.report.facts import Fact
 
 
 def _load() -> dict[Cause, CauseSpec]:
@@ -35,4 +38,42 @@ def spec_of(cause: Cause) -> CauseSpec:
     return REGISTRY[cause]
 
 
-__all__ = ["REGISTRY", "CauseSpec", "spec_of"]
+def decide(facts: Sequence[Fact], rule_of: Callable[[CauseSpec], Rule | None]) -> tuple[Cause, Decision] | None:
+    """The cause whose rule fits ``facts`` most confidently, among those the facts do not exclude; None if none fits.
+
+    ``rule_of`` picks the protocol's rule from a spec (``lambda spec: spec.udp``).
+    The rules are written so that one fits a given set of facts; the
+    confidence (then the registry's order) only settles a tie for certain.
+    """
+    fitting: list[tuple[float, int, Cause, Decision]] = []
+    for position, (cause, spec) in enumerate(REGISTRY.items()):
+        rule = rule_of(spec)
+        if rule is None or (spec.excluded_by is not None and spec.excluded_by(facts) is not None):
+            continue
+        decision = rule(facts)
+        if decision is not None:
+            fitting.append((-decision.confidence, position, cause, decision))
+    if not fitting:
+        return None
+    _, _, cause, decision = min(fitting, key=lambda item: item[:2])
+    return cause, decision
+
+
+def ruled_out(cause: Cause, facts: Sequence[Fact], stated: Iterable[RuledOut] = ()) -> tuple[RuledOut, ...]:
+    """The causes a finding of ``cause`` rules out: those its rule stated, then every one its facts exclude.
+
+    A cause the rule already gave a reason for keeps the rule's words; the
+    finding's own cause and ``healthy`` (a finding is never healthy) are not
+    listed.
+    """
+    lines = [r for r in stated if r.cause is not cause]
+    for other, spec in REGISTRY.items():
+        if other in (cause, Cause.HEALTHY) or spec.excluded_by is None or any(r.cause is other for r in lines):
+            continue
+        why = spec.excluded_by(facts)
+        if why is not None:
+            lines.append(RuledOut(other, why))
+    return tuple(lines)
+
+
+__all__ = ["REGISTRY", "CauseSpec", "Decision", "decide", "ruled_out", "spec_of"]

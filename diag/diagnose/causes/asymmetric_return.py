@@ -5,12 +5,78 @@ A stateful box on that path forges a RST as the client (TCP) or re-sources the r
 
 from __future__ import annotations
 
-from diag.diagnose.causes.spec import CauseSpec
+from collections.abc import Sequence
+
+from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.report import Cause
+from diag.report.facts import Fact
+
+CAP = 0.97
+
+
+def udp(facts: Sequence[Fact]) -> Decision | None:
+    """A UDP reply that reached the client from the wrong source, was re-sourced off the request's path, or
+    left by a point the request never passed; or, from a forwarding box alone, requests DNATed on with the
+    client's address kept and not one reply back through the box.
+
+    The path and the points that rewrote the reply each make it surer (and the
+    last of those points made the symptom), as does the client refusing the
+    reply with ICMP port unreachable.
+    """
+    requests = first(facts, "requests")
+    foreign, resourced, paths = first(facts, "reply-foreign"), first(facts, "reply-resourced"), first(facts, "paths")
+    forwarded = first(facts, "forwarded")
+    if requests is None:
+        return None
+    cited: tuple[str, ...]
+    if foreign is not None:
+        confidence = 0.7
+        summary = (
+            f"the reply reached the client from {foreign['src']}, not from {requests['to']} it wrote to: "
+            "it left by another path and was re-sourced on the way"
+        )
+        cited = ("reply-foreign", "paths", "reply-rewritten", "port-unreachable")
+    elif resourced is not None:
+        confidence = 0.75
+        summary = f"the server's reply left by {resourced['point']}, which the request never passed, and was re-sourced"
+        summary += " there"
+        cited = ("reply-resourced", "paths", "reply-rewritten")
+    elif paths is not None and paths["reply_only"] and first(facts, "answered") is None:
+        confidence = 0.7
+        summary = "the server's reply left by a path the request did not take and never reached the client"
+        cited = ("paths", "reply-rewritten")
+    elif forwarded is not None:
+        box, target = forwarded["box"], forwarded["target"]
+        return Decision(
+            0.45 if first(facts, "not-retried") else 0.5,
+            f"{box} forwarded the requests to {target} (DNAT, the client's address kept) and no reply ever came "
+            "back through it: the reply most likely left by another path",
+            tuple(kinds(facts, "requests", "forwarded", "none-back", "confirm-at", "not-retried")),
+        )
+    else:
+        return None
+    evidence = kinds(facts, "requests", *cited)
+    for fact in evidence:
+        weight = 0.1 if fact.kind in ("reply-rewritten", "port-unreachable") else 0.0
+        weight = 0.1 if fact.kind == "paths" and fact["reply_only"] else weight
+        confidence = min(CAP, confidence + weight)
+    rewriters = [str(fact["point"]) for fact in evidence if fact.kind == "reply-rewritten"]
+    return Decision(confidence, summary, tuple(evidence), origin=rewriters[-1] if rewriters else None)
+
+
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """Replies that went back only along the request's own path, and were lost there, were not sent astray."""
+    if first(facts, "reply-lost") is not None:
+        return "the replies were seen only on the request's own path"
+    return None
+
 
 SPEC = CauseSpec(
     cause=Cause.ASYMMETRIC_RETURN,
     forged=True,
+    udp=udp,
+    excluded_by=excluded_by,
+    excluded_kinds=frozenset({"reply-lost"}),
     fixes=(
         "Make the forwarding node SNAT what it sends on to another node (kube-proxy masquerade, "
         "externalTrafficPolicy: Cluster with SNAT) so the reply returns through it and the load balancer; "

@@ -2,12 +2,66 @@
 
 from __future__ import annotations
 
-from diag.diagnose.causes.spec import CauseSpec
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from collections.abc import Sequence
+
+from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.report import Cause
+from diag.report.facts import Fact
+
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
+
+
+
+def udp(facts: Sequence[Fact]) -> Decision | None:
+    """The server's replies lost on the request's own path, or requests retried at a client's pace and never
+    answered at all (unless a forwarding box shows them DNATed on with the client's address kept: that is the
+    asymmetric return's signature from that box, though a drop after it looks the same).
+
+    From one capture point alone the server's side is unseen, which makes it less sure.
+    """
+    lost, nothing = first(facts, "reply-lost"), first(facts, "no-reply")
+    if lost is not None:
+        return Decision(
+            0.7, f"the server's replies vanished after {lost['last']}", tuple(kinds(facts, "requests", "reply-lost"))
+        )
+    if nothing is None or not nothing["retried"] or first(facts, "forwarded") is not None:
+        return None  # a lone datagram, a stream, or every datagram different: a one-way protocol
+    single = first(facts, "single-point") is not None
+    return Decision(
+        0.4 if single else 0.6,
+        f"UDP requests vanished after {nothing['last']} with no reply",
+        tuple(kinds(facts, "requests", "no-reply", "single-point")),
+    )
+
+
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """A reply that arrived, or was translated on its way, was not lost; a RST came back, so nothing was silent."""
+    if first(facts, "reply-foreign") is not None:
+        return "the reply was not lost: it arrived from the wrong source"
+    if first(facts, "reply-resourced") is not None:
+        return "the reply left the server and was translated, not dropped"
+    if first(facts, "rst") is not None:
+        return "a RST came back: the connection was answered, not silently dropped"
+    return None
+
+
+def tcp_rule(s: TcpSignals) -> np.ndarray:
+    """SYNs unanswered long enough, no SYN-ACK to them anywhere, and no box that visibly sent them on."""
+    rule: np.ndarray = s.syn_verdict & ~s.synack & ~s.syn_forwarded
+    return rule
 
 SPEC = CauseSpec(
     cause=Cause.SILENT_DROP,
     forged=False,
+    tcp_rule=tcp_rule,
+    udp=udp,
+    excluded_by=excluded_by,
+    excluded_kinds=frozenset({"reply-foreign", "reply-resourced", "rst"}),
     fixes=(
         "Find the point where the packet was last seen and look for a DROP rule, a security group or NACL, "
         "a missing route or an MTU black hole after it; trade-off: depends on the rule.",

@@ -1,25 +1,74 @@
-"""What the registry holds for one cause."""
+"""What the registry holds for one cause, and the shape of the rules it declares."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from diag.report import Cause
 from diag.report.facts import Fact
 
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a cause's rule concludes from the facts: how sure, in one sentence, and which facts it rests on.
+
+    ``facts`` are the observed facts the finding shows as its evidence (in the
+    order observed); ``origin`` names the capture point that made the symptom,
+    when one did.
+    """
+
+    confidence: float
+    summary: str
+    facts: tuple[Fact, ...]
+    origin: str | None = None
+
+
+# A rule reads the facts observed on one connection and says whether they are this cause's signature.
+Rule = Callable[[Sequence[Fact]], Decision | None]
+# Reads the facts a finding stands on and says why they exclude this cause, or None when they do not.
+Exclusion = Callable[[Sequence[Fact]], str | None]
+
 
 @dataclass(frozen=True)
 class CauseSpec:
-    """One cause: whether its RST is forged, what fixes it (each with its price), and what rules it out.
+    """One cause: whether its RST is forged, what fixes it (each with its price), and what rules it in or out.
 
-    ``excluded_by`` reads the facts a finding of *another* cause stands on and
-    says why they exclude this one, or None when they do not; the diagnosis
-    puts that reason in the finding's ``ruled_out``. Causes without one are
-    ruled out by the rule that chose the verdict, in its own words.
+    ``udp`` is the rule that recognises the cause in a UDP conversation's
+    facts (``diag.diagnose.udp`` observes them); the registry's ``decide``
+    runs every cause's rule and keeps the most confident one the facts do not
+    exclude. ``excluded_by`` reads the facts a finding of *another* cause
+    stands on and says why they exclude this one; the diagnosis puts every
+    such reason in the finding's ``ruled_out``, so the ruled-out lines follow
+    from the facts in the JSON. ``excluded_kinds`` names the fact kinds
+    ``excluded_by`` reads (the tests hold it to that).
+
+    ``tcp_rule`` says, over the signal columns of every TCP connection at
+    once (``diag.diagnose.tcp_signals.TcpSignals``), which connections this
+    cause explains; no two rules claim the same connection. A connection no
+    rule claims (the rarer shapes: forged RSTs, races, tuple reuse, replies by
+    another path) is judged by the per-connection rules of ``diag.diagnose.tcp``.
     """
 
     cause: Cause
     forged: bool  # the RST is made by a box in someone else's name
     fixes: tuple[str, ...] = ()
-    excluded_by: Callable[[Sequence[Fact]], str | None] | None = None
+    excluded_by: Exclusion | None = None
+    excluded_kinds: frozenset[str] = frozenset()
+    udp: Rule | None = None
+    tcp_rule: Callable[[TcpSignals], np.ndarray] | None = None
+
+
+def kinds(facts: Sequence[Fact], *wanted: str) -> list[Fact]:
+    """The facts of the wanted kinds, in their order."""
+    return [fact for fact in facts if fact.kind in wanted]
+
+
+def first(facts: Sequence[Fact], kind: str) -> Fact | None:
+    return next((fact for fact in facts if fact.kind == kind), None)
