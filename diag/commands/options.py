@@ -16,9 +16,10 @@ def add_lab_path(parser: argparse.ArgumentParser) -> None:
 
 
 def add_max_memory(parser: argparse.ArgumentParser) -> None:
-    """``--max-memory SIZE``: the budget a read must fit in (``diag.memory``)."""
+    """``--max-memory SIZE``: the budget a read must fit in (``diag.memory``; ``diag.passes`` beyond it)."""
     parser.add_argument(
         "--max-memory", metavar="SIZE",
-        help="stop with one line, before the system runs out of memory, when the captures would need more than "
-        "SIZE (512M, 2G, 1.5GiB; default: half the memory available, or of the cgroup's limit if lower)",
+        help="the memory the captures' packets may take (512M, 2G, 1.5GiB; default: half the memory available, "
+        "or of the cgroup's limit if lower); analyze reads captures that need more in passes, with the same "
+        "report; flows, and input that does not fit even then, stop with one line",
     )  # fmt: skip

@@ -1,0 +1,90 @@
+"""Analysis in passes (``diag.passes``): the report of captures larger than the budget is the report of one pass.
+
+The shipped captures are small, so the number of passes is forced (``passes=``)
+instead of coming from a tiny budget; the whole JSON document (findings, flow
+table, clock, captures, warnings) must equal the one-pass analysis's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT
+
+from diag.analysis import analyze, parse_capture_args
+from diag.memory import MemoryBudgetError, set_budget
+from diag.passes import analyze_in_passes
+from diag.report.jsondoc import report_to_json
+
+CAPTURES = PROJECT / "captures"
+DIAG = PROJECT / ".venv" / "bin" / "diag"
+
+CASES = {
+    "incident": sorted(CAPTURES.glob("*.pcapng")),
+    "incident-client+pod-b": [CAPTURES / "client.pcapng", CAPTURES / "pod-b.pcapng"],
+    "node-a": [CAPTURES / "node-a.pcapng"],
+    "fix-snat": sorted((CAPTURES / "fix-snat").glob("*.pcapng")),
+    "udp-asymmetric": sorted((CAPTURES / "udp-asymmetric").glob("*.pcapng")),
+}
+
+
+def _arguments(paths: list[Path]) -> list[str]:
+    return [f"{path.stem}={path}" for path in paths]
+
+
+@pytest.mark.parametrize("passes", [1, 3])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_passes_give_the_report_of_one_pass(case: str, passes: int) -> None:
+    arguments = _arguments(CASES[case])
+    whole = report_to_json(analyze(arguments), None)
+    report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=passes)
+    assert report_to_json(report, None) == whole
+    assert whole["findings"] or case == "fix-snat"  # the cases hold symptoms to get wrong
+    assert len(report.packets) <= sum(info["packets"] for info in whole["captures"])
+
+
+def test_compressed_files_and_a_ring_of_files_are_read_again_in_each_pass(tmp_path: Path) -> None:
+    """gzip inputs are decompressed again in every pass; a point of several files keeps its merged order."""
+    ring = tmp_path / "ring"
+    ring.mkdir()
+    arguments = []
+    for path in CASES["incident"]:
+        packed = tmp_path / f"{path.stem}.pcapng.gz"
+        packed.write_bytes(gzip.compress(path.read_bytes()))
+        arguments.append(f"{path.stem}={packed}")
+    # The client's point as two files: the capture twice, which overlaps in time and is merged packet by packet.
+    for name in ("a.pcapng", "b.pcapng"):
+        shutil.copy(CAPTURES / "client.pcapng", ring / name)
+    arguments = [a for a in arguments if not a.startswith("client=")] + [f"client={ring}"]
+    whole = report_to_json(analyze(arguments), None)
+    report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=2)
+    assert report_to_json(report, None) == whole
+
+
+def test_a_budget_too_small_even_for_passes_is_one_clear_error() -> None:
+    """Over the budget the one-pass read refuses and ``analyze`` turns to passes; when even those do not fit
+    (the incident's 106 packets nearly all candidates, ~40 KB), the error says so."""
+    set_budget(30_000)
+    try:
+        with pytest.raises(MemoryBudgetError, match="even analysed in passes"):
+            analyze(_arguments(CASES["incident"]))
+    finally:
+        set_budget(None)
+
+
+def test_standard_input_over_the_budget_is_one_line() -> None:
+    """Standard input cannot be read twice: over the budget it is refused in one line, exit status 2."""
+    done = subprocess.run(
+        [str(DIAG), "analyze", "pcap", "-q", "--max-memory", "1K", "--json", "-", "-"],
+        input=(CAPTURES / "client.pcapng").read_bytes(),
+        capture_output=True,
+        check=False,
+    )
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert "standard input" in stderr and "save it to a file" in stderr
