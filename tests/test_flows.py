@@ -116,7 +116,7 @@ def test_sf_counts_payload_bytes_and_packets_per_direction() -> None:
     assert (flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p) == ("203.0.113.10", 38622, "198.18.102.10", 80)
 
 
-def test_incident_seen_at_the_pod_is_one_flow_with_syn_retransmissions() -> None:
+def test_incident_seen_at_the_pod_is_one_flow_per_attempt_linked_and_counting_retries() -> None:
     # SYN, SYN-ACK, then a RST "from the client" (forged by the NAT gateway), every second.
     rows = []
     for attempt in range(4):
@@ -125,15 +125,20 @@ def test_incident_seen_at_the_pod_is_one_flow_with_syn_retransmissions() -> None
             s("SA", seq=S_ISN, ack=C_ISN + 1, t=attempt + 0.001),
             c("R", seq=C_ISN + 1, t=attempt + 0.002),
         ]
-    flow = one_flow(rows)
-    # A SYN-ACK establishes both ends in Zeek's state machine, so the
-    # originator's RST gives RSTO (RSTOS0 would need no SYN-ACK at all).
-    assert (flow.history, flow.conn_state) == ("ShR", "RSTO")
-    assert flow.syn_retransmits == 3
-    assert (flow.orig_pkts, flow.resp_pkts) == (8, 4)
-    assert flow.rsts == [{"index": i, "from": "orig"} for i in (2, 5, 8, 11)]
-    assert flow.first_ts == pytest.approx(make_packets(rows).ts_ns.iloc[0] / 1e9)
-    assert flow.last_ts - flow.first_ts == pytest.approx(3.002)
+    flows = build_flows(make_packets(rows))
+    # Zeek: a SYN after the RST (the connection is closed) opens a new connection, even with the same ISN.
+    # A SYN-ACK establishes both ends in Zeek's state machine, so each originator RST gives RSTO (RSTOS0
+    # would need no SYN-ACK at all).
+    assert list(flows.history) == ["ShR"] * 4
+    assert list(flows.conn_state) == ["RSTO"] * 4
+    # Each later flow names the one before it, and its SYN repeats the previous flow's: a retransmission.
+    assert list(flows.prev_flow) == [-1, 0, 1, 2]
+    assert list(flows.syn_retransmits) == [0, 1, 1, 1]
+    assert list(flows.orig_pkts) == [2] * 4 and list(flows.resp_pkts) == [1] * 4
+    assert [flow for flow in flows.rsts] == [[{"index": i, "from": "orig"}] for i in (2, 5, 8, 11)]
+    assert flows.first_ts.iloc[0] == pytest.approx(make_packets(rows).ts_ns.iloc[0] / 1e9)
+    assert flows.last_ts.iloc[-1] - flows.first_ts.iloc[0] == pytest.approx(3.002)
+    assert list(flow_ids(make_packets(rows))) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
 
 def test_a_new_server_isn_after_a_reset_counts_no_phantom_bytes() -> None:
@@ -147,19 +152,19 @@ def test_a_new_server_isn_after_a_reset_counts_no_phantom_bytes() -> None:
             s("SA", seq=server_isn, ack=C_ISN + 1, t=attempt + 0.001),
             c("R", seq=C_ISN + 1, t=attempt + 0.002),
         ]
-    flow = one_flow(rows)
-    assert (flow.history, flow.orig_bytes, flow.resp_bytes) == ("ShRhh", 0, 0)
-    # The last handshake completes and carries data: its bytes count, measured from its own ISN.
-    last = isns[-1]
-    rows += [
-        c("S", seq=C_ISN, t=3),
-        s("SA", seq=last + 7, ack=C_ISN + 1, t=3.001),
-        c("A", seq=C_ISN + 1, ack=last + 8, t=3.002),
-        s("PA", seq=last + 8, ack=C_ISN + 1, payload_len=300, t=3.003),
-        c("A", seq=C_ISN + 1, ack=last + 308, t=3.004),
+    flows = build_flows(make_packets(rows))
+    assert list(zip(flows.history, flows.orig_bytes, flows.resp_bytes, strict=True)) == [("ShR", 0, 0)] * 3
+    # Inside one connection a SYN-ACK with a new ISN (the first SYN-ACK lost on its way) starts counting anew.
+    rows = [
+        c("S", seq=C_ISN, t=0),
+        s("SA", seq=5000, ack=C_ISN + 1, t=0.001),
+        s("SA", seq=3_500_000_000, ack=C_ISN + 1, t=1.001),
+        c("A", seq=C_ISN + 1, ack=3_500_000_001, t=1.002),
+        s("PA", seq=3_500_000_001, ack=C_ISN + 1, payload_len=300, t=1.003),
+        c("A", seq=C_ISN + 1, ack=3_500_000_301, t=1.004),
     ]
     flow = one_flow(rows)
-    assert (flow.orig_bytes, flow.resp_bytes) == (0, 300)
+    assert (flow.history, flow.orig_bytes, flow.resp_bytes) == ("ShhAd", 0, 300)
 
 
 def test_client_side_of_the_incident_is_s0_with_retransmissions() -> None:
@@ -203,7 +208,38 @@ def test_new_isn_on_the_same_tuple_starts_a_new_flow() -> None:
     flows = build_flows(make_packets(rows))
     assert list(flows.history) == ["ShAR", "Sh"]
     assert list(flows.conn_state) == ["RSTO", "S1"]
+    assert list(flows.prev_flow) == [-1, 0]
     assert list(flow_ids(make_packets(rows))) == [0, 0, 0, 0, 1, 1]
+
+
+def test_a_new_isn_before_any_close_also_starts_a_new_flow() -> None:
+    # Zeek's IsReuse: a SYN whose ISN is not the connection's is a new connection, closed or not.
+    rows = [c("S", seq=C_ISN), c("S", seq=C_ISN), c("S", seq=C_ISN + 99)]
+    flows = build_flows(make_packets(rows))
+    assert list(flows.history) == ["S", "S"]
+    assert list(flows.syn_retransmits) == [1, 0]
+
+
+def test_a_syn_after_a_fin_close_starts_a_new_flow_even_with_the_same_isn() -> None:
+    closed = [*HANDSHAKE, c("FA", seq=C_ISN + 1, ack=S_ISN + 1), s("FA", seq=S_ISN + 1, ack=C_ISN + 2)]
+    flows = build_flows(make_packets([*closed, c("S", seq=C_ISN, t=5)]))
+    assert list(flows.history) == ["ShAFf", "S"]
+    assert list(flows.conn_state) == ["SF", "S0"]
+    assert list(flows.syn_retransmits) == [0, 1]
+
+
+def test_a_syn_answering_a_syn_ack_seen_first_flips_the_roles_in_place() -> None:
+    # The SYN-ACK from a port that is no likely server port arrives before its SYN (two interfaces'
+    # timestamps crossed): Zeek keeps one connection and flips the roles when the SYN arrives.
+    server = {**SERVER, "sport": 9000}
+    client = {**CLIENT, "dport": 9000}
+    rows = [
+        {**server, "flags": "SA", "seq": S_ISN, "ack": C_ISN + 1},
+        {**client, "flags": "S", "seq": C_ISN},
+        {**client, "flags": "A", "seq": C_ISN + 1, "ack": S_ISN + 1},
+    ]
+    flow = one_flow(rows)
+    assert (flow.history, flow.conn_state, flow.orig_p, flow.resp_p) == ("Hs^A", "S1", 38622, 9000)
 
 
 def test_vlans_and_captures_separate_flows() -> None:
@@ -306,7 +342,9 @@ def test_syn_fin_rst_letters_repeat_only_with_a_new_sequence_number() -> None:
 
 
 def test_multi_flag_packets_are_q_and_i() -> None:
-    assert one_flow([c("SF", seq=C_ISN), c("SR", seq=C_ISN)]).history == "Q"
+    assert one_flow([c("SF", seq=C_ISN)]).history == "Q"
+    # The FIN closed the connection: the SYN-RST after it is another one, as Zeek splits it.
+    assert list(build_flows(make_packets([c("SF", seq=C_ISN), c("SR", seq=C_ISN)])).history) == ["Q", "Q"]
     assert one_flow([*HANDSHAKE, s("FR", seq=S_ISN + 1)]).history == "ShAi"
 
 
@@ -357,13 +395,13 @@ def test_incident_through_a_two_interface_node_reads_like_the_pod() -> None:
         rows += forwarded(c("S", seq=C_ISN), attempt, 100 + attempt, toward_pod)
         rows += forwarded(s("SA", seq=S_ISN + attempt * 7777, ack=C_ISN + 1), attempt + 0.001, 0, toward_router)
         rows += forwarded(c("R", seq=C_ISN + 1), attempt + 0.002, 0, toward_pod)
-    at_node = one_flow(rows)
-    at_pod = one_flow([row for row in rows if row["iface"] == "eth-pod"])
-    assert (at_node.history, at_node.conn_state) == (at_pod.history, at_pod.conn_state) == ("ShRhh", "RSTO")
-    assert at_node.syn_retransmits == at_pod.syn_retransmits == 2
-    assert (at_node.orig_pkts, at_node.resp_pkts) == (at_pod.orig_pkts, at_pod.resp_pkts) == (6, 3)
+    at_node = build_flows(make_packets(rows))
+    at_pod = build_flows(make_packets([row for row in rows if row["iface"] == "eth-pod"]))
+    columns = ["history", "conn_state", "syn_retransmits", "orig_pkts", "resp_pkts", "prev_flow"]
+    assert at_node[columns].values.tolist() == at_pod[columns].values.tolist()
+    assert at_node.history.tolist() == ["ShR"] * 3 and at_node.syn_retransmits.tolist() == [0, 1, 1]
     # Each RST once, under the index of its first copy (in on eth-router).
-    assert at_node.rsts == [{"index": 6 * attempt + 4, "from": "orig"} for attempt in range(3)]
+    assert at_node.rsts.tolist() == [[{"index": 6 * attempt + 4, "from": "orig"}] for attempt in range(3)]
 
 
 def test_forwarded_data_counts_its_bytes_once_and_is_no_retransmission() -> None:
@@ -427,28 +465,27 @@ def test_every_point_counts_the_clients_own_syn_retransmissions(incident_flows: 
     for point, flows in incident_flows.items():
         seen_from_client = flows[flows.orig == client.orig]
         assert not seen_from_client.empty, point
-        flow: Any
-        for flow in seen_from_client.itertuples():
-            # Every point passes each SYN once (the NAT gateway never sees one).
-            assert flow.syn_retransmits == (0 if point == "natgw" else client.syn_retransmits), (point, flow)
+        # Every point passes each SYN once (the NAT gateway never sees one); where the RSTs split the
+        # attempts into flows, each later flow's SYN counts as a retransmission of the one before.
+        expected = 0 if point == "natgw" else client.syn_retransmits
+        for _resp, flows_to_one_server in seen_from_client.groupby("resp"):
+            assert flows_to_one_server.syn_retransmits.sum() == expected, (point, flows_to_one_server)
 
 
 def test_router_histories_match_the_single_interface_points(incident_flows: dict[str, pd.DataFrame]) -> None:
-    def only(point: str, resp: str) -> Any:
-        (flow,) = incident_flows[point][incident_flows[point].resp == resp].itertuples()
-        return flow
+    def flows_to(point: str, resp: str) -> pd.DataFrame:
+        table = incident_flows[point]
+        return table[table.resp == resp].reset_index(drop=True)
 
     nlb_listener, pod = "198.51.100.10:80", "198.18.102.10:80"
     # internet forwards between the client and the NLB: it reads like the client.
-    client, internet = only("client", nlb_listener), only("internet", nlb_listener)
-    assert (internet.history, internet.orig_pkts, internet.resp_pkts) == ("S", client.orig_pkts, 0)
-    # vpc-router and node-b forward the pod's flow: they read like the pod.
-    at_pod = only("pod-b", pod)
+    client, internet = flows_to("client", nlb_listener), flows_to("internet", nlb_listener)
+    assert internet[["history", "orig_pkts", "resp_pkts"]].values.tolist() == [["S", client.orig_pkts[0], 0]]
+    # vpc-router and node-b forward the pod's flows: they read like the pod.
+    at_pod = flows_to("pod-b", pod)
+    columns = ["history", "conn_state", "orig_pkts", "resp_pkts", "syn_retransmits"]
     for point in ("node-b", "vpc-router"):
-        flow = only(point, pod)
-        assert (flow.history, flow.conn_state) == (at_pod.history, at_pod.conn_state), point
-        assert (flow.orig_pkts, flow.resp_pkts, len(flow.rsts)) == (
-            at_pod.orig_pkts,
-            at_pod.resp_pkts,
-            len(at_pod.rsts),
-        ), point
+        at_point = flows_to(point, pod)
+        assert at_point[columns].values.tolist() == at_pod[columns].values.tolist(), point
+        assert (at_point.prev_flow >= 0).tolist() == (at_pod.prev_flow >= 0).tolist(), point
+        assert at_point.rsts.map(len).tolist() == at_pod.rsts.map(len).tolist(), point

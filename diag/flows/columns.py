@@ -32,15 +32,38 @@ FLOW_COLUMNS: Final[dict[str, tuple[str, str]]] = {
         "of payloads",
     ),
     "resp_bytes": ("int64", "the same from the responder"),
+    "orig_ip_bytes": (
+        "int64",
+        "IP-level bytes from the originator as Zeek counts them: the IP total length of each packet, added up",
+    ),
+    "resp_ip_bytes": ("int64", "the same from the responder"),
     "first_ts": ("float64", "first packet time, seconds since the epoch"),
     "last_ts": ("float64", "last packet time, seconds since the epoch"),
-    "syn_retransmits": ("int64", "SYNs from the originator repeating an earlier SYN's sequence number"),
+    "syn_retransmits": (
+        "int64",
+        "SYNs from the originator repeating the sequence number of the 5-tuple's previous SYN, also when that "
+        "SYN is in the previous flow (a SYN retried after a RST opens a new flow, as in Zeek, and counts here)",
+    ),
     "retransmits": (
         "int64",
         "segments with payload that did not advance their sender's sequence space (Zeek's rule), both directions",
     ),
     "rsts": ("object", 'every RST of the flow: `{"index": <0-based in its capture file>, "from": "orig"|"resp"}`'),
     "first_index": ("int64", "index in its capture file of the flow's first packet"),
+    "prev_flow": (
+        "int64",
+        "`flow_id` of the flow before this one on the same 5-tuple, VLAN and capture; -1 for the first",
+    ),
+    "tunnel_parents": (
+        "object",
+        "uids of the tunnels the flow's packets came through (VXLAN, Geneve, GRE, IP in IP), as Zeek's "
+        "`tunnel_parents`; empty when none",
+    ),
+    "carrier": (
+        "bool",
+        "the flow is a tunnel itself (packets the reader could not open, or UDP on a tunnel port): never "
+        "listed or diagnosed as a problem",
+    ),
 }
 
 

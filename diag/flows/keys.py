@@ -1,10 +1,10 @@
-"""Which flow each packet belongs to: the bidirectional 5-tuple, and a new flow for a SYN with a new ISN.
+"""Which 5-tuple each packet belongs to: the key that flows are cut from.
 
-A flow key is the capture, the VLAN, the transport (TCP or UDP) and the two
+A tuple key is the capture, the VLAN, the transport (TCP or UDP) and the two
 endpoints (address and port) in an order that does not depend on the
-direction, so both directions of a connection share it. Within one such
-5-tuple, a SYN (without ACK) whose sequence number differs from the
-previous SYN's starts a new flow: a new connection reusing the tuple.
+direction, so both directions of a connection share it. One 5-tuple can hold
+several flows: ``diag.flows.walk`` starts a new one where Zeek would (a SYN
+after the connection closed, or with a new initial sequence number).
 
 One compiled pass over the packets in file order keeps a hash table of the
 5-tuples seen so far, so ids are numbered by first appearance and no sort or
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from diag.capture.proto import ACK, SYN, TCP, UDP
+from diag.capture.proto import TCP, UDP
 from diag.compiled import compiled
 
 IntArray = npt.NDArray[np.int64]
@@ -97,7 +97,7 @@ class KeyColumns(NamedTuple):
 
 
 class FlowKeys:
-    """Per packet: the flow id (-1 when not TCP/UDP) and the address codes its endpoints are named by."""
+    """Per packet: the 5-tuple id (-1 when not TCP/UDP) and the address codes its endpoints are named by."""
 
     def __init__(self, packets: pd.DataFrame) -> None:
         src, dst, self.addresses = _shared_address_codes(packets["src"], packets["dst"])
@@ -113,7 +113,7 @@ class FlowKeys:
             capture=read_only(np.asarray(categorical(packets["capture"]).codes), np.int32),
             vlan=column(packets, "vlan", np.int32),
         )
-        self.flow_id, self.n_flows = _assign_flow_ids(self.columns)
+        self.tuple_id, self.n_tuples = _assign_tuple_ids(self.columns)
 
 
 @compiled
@@ -144,10 +144,9 @@ def _slot_of(slots: IntArray, h: int) -> int:
     return at
 
 
-# One row per distinct 5-tuple: its key, its current flow, its latest SYN's
-# sequence number. One row keeps a lookup to one or two cache lines.
-_HASH, _CAPTURE, _VLAN, _UDP, _LOW, _HIGH, _FLOW, _HAS_SYN, _SYN_SEQ = range(9)
-_TUPLE_FIELDS: Final = 9
+# One row per distinct 5-tuple: its hash and key. One row keeps a lookup to one cache line.
+_HASH, _CAPTURE, _VLAN, _UDP, _LOW, _HIGH = range(6)
+_TUPLE_FIELDS: Final = 6
 
 
 @compiled
@@ -173,20 +172,20 @@ def _find_tuple(
 
 
 @compiled
-def _assign_flow_ids(keys: KeyColumns) -> tuple[IntArray, int]:
-    """(flow id per packet, number of flows); ids numbered from 0 by first appearance."""
+def _assign_tuple_ids(keys: KeyColumns) -> tuple[IntArray, int]:
+    """(5-tuple id per packet, number of 5-tuples); ids numbered from 0 by first appearance."""
     n = len(keys.proto)
-    flow_id = np.empty(n, dtype=np.int64)
+    tuple_id = np.empty(n, dtype=np.int64)
     tuples = np.empty((n, _TUPLE_FIELDS), dtype=np.int64)  # at most one 5-tuple per packet; rows filled in turn
     size = _MIN_TABLE_SIZE
     while size < n // _PACKETS_PER_SLOT:
         size *= 2
     slots = np.full(size, -1, dtype=np.int64)  # hash table: row in ``tuples``, -1 free
-    row = n_tuples = n_flows = 0
+    row = n_tuples = 0
     while True:
-        row, n_tuples, n_flows = _assign_rows(row, n_tuples, n_flows, slots, tuples, flow_id, keys)
+        row, n_tuples = _assign_rows(row, n_tuples, slots, tuples, tuple_id, keys)
         if row == n:
-            return flow_id, n_flows
+            return tuple_id, n_tuples
         # Half full: a table twice the size. (Growing here, outside the row loop, keeps
         # that loop's table a fixed array the compiler can keep in registers.)
         slots = np.full(2 * len(slots), -1, dtype=np.int64)
@@ -198,13 +197,12 @@ def _assign_flow_ids(keys: KeyColumns) -> tuple[IntArray, int]:
 def _assign_rows(
     begin: int,
     n_tuples: int,
-    n_flows: int,
     slots: IntArray,
     tuples: IntArray,
-    flow_id: IntArray,
+    tuple_id: IntArray,
     keys: KeyColumns,
-) -> tuple[int, int, int]:
-    """Flow ids from ``begin`` on, until the end or until the table is half full: (next row, tuples, flows)."""
+) -> tuple[int, int]:
+    """Tuple ids from ``begin`` on, until the end or until the table is half full: (next row, tuples)."""
     n = len(keys.proto)
     for row in range(begin, n):
         p = keys.proto[row]
@@ -217,7 +215,7 @@ def _assign_rows(
             and keys.frag_offset[row] == 0
         )
         if not eligible:
-            flow_id[row] = -1
+            tuple_id[row] = -1
             continue
         source = endpoint(keys.src_address[row], keys.sport[row])
         destination = endpoint(keys.dst_address[row], keys.dport[row])
@@ -225,21 +223,13 @@ def _assign_rows(
         c, v, u = int(keys.capture[row]), int(keys.vlan[row]), 1 if p == UDP else 0
         h = _tuple_hash(c, v, u, low, high)
         t, at = _find_tuple(slots, tuples, h, c, v, u, low, high)
-        pure_syn = p == TCP and (keys.tcp_flags[row] & (SYN | ACK)) == SYN
         if t < 0:
             t = n_tuples
             n_tuples += 1
             tuples[t, _HASH], tuples[t, _CAPTURE], tuples[t, _VLAN], tuples[t, _UDP] = h, c, v, u
-            tuples[t, _LOW], tuples[t, _HIGH], tuples[t, _FLOW], tuples[t, _HAS_SYN] = low, high, n_flows, 0
-            n_flows += 1
+            tuples[t, _LOW], tuples[t, _HIGH] = low, high
             slots[at] = t
-        elif pure_syn and tuples[t, _HAS_SYN] and keys.seq[row] != tuples[t, _SYN_SEQ]:
-            tuples[t, _FLOW] = n_flows  # a new initial sequence number: a new connection
-            n_flows += 1
-        if pure_syn:
-            tuples[t, _HAS_SYN] = 1
-            tuples[t, _SYN_SEQ] = keys.seq[row]
-        flow_id[row] = tuples[t, _FLOW]
+        tuple_id[row] = t
         if 2 * n_tuples > len(slots):
-            return row + 1, n_tuples, n_flows
-    return n, n_tuples, n_flows
+            return row + 1, n_tuples
+    return n, n_tuples

@@ -14,25 +14,12 @@ results. Flow ids come from one compiled pass over the table with a hash
 table of 5-tuples (``diag.flows.keys``). Only the naming of endpoints and the
 final table are built in Python, once per flow.
 
-Where this differs from Zeek, on purpose:
-- Zeek starts a new conn.log entry when a SYN arrives after the connection
-  closed, even with the same initial sequence number. Here a SYN that repeats
-  the ISN stays in the same flow (it is the same attempt, retransmitted, and
-  diagnosis needs to count it: a client retransmitting its SYN after "its own"
-  RST did not send that RST). A SYN with a *new* ISN does start a new flow,
-  as in Zeek.
-- The originator is the sender of the first SYN without ACK; with no such SYN
-  and a SYN-ACK first, the receiver of that SYN-ACK (it answers a SYN the
-  capture missed); otherwise the first packet's sender. Zeek reaches the same
-  result for the SYN-ACK case through its list of likely server ports. When
-  the originator did not send the first packet, the history starts with '^'
-  as Zeek's does after flipping roles.
-- Letters 'c' (bad checksum) and 'g' (content gap) are never produced: the
-  packet table carries no checksum verdict, and gaps need stream reassembly.
-- A capture on several interfaces of a forwarding box (or ``-i any``) sees a
-  forwarded packet once per interface. Zeek counts every copy; here the later
-  copies (``diag.flows.copies.forwarded_copies``) are left out of every count, so a
-  router's flow reads like its endpoints' (one SYN, not one per interface).
+Where Zeek starts a new connection on a 5-tuple (a SYN after a FIN or RST,
+or with a new initial sequence number) a new flow starts too; ``prev_flow``
+names the flow before it on the same 5-tuple, and ``syn_retransmits`` counts
+a SYN that repeats the 5-tuple's previous SYN even when it opens a new flow.
+Who is the originator follows Zeek too (``diag.flows.servers``). The
+remaining, deliberate differences are listed in docs/analyze.md.
 """
 
 from __future__ import annotations
@@ -45,9 +32,11 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.addresses import endpoint_text
+from diag.flows.carriers import carrier_flows, tunnel_parents
 from diag.flows.columns import FLOW_COLUMNS
 from diag.flows.copies import copy_origins
 from diag.flows.keys import PORT_BITS, PORT_MASK, FlowKeys, categorical, column, read_only
+from diag.flows.servers import likely_server_table
 from diag.flows.tcpstate import tcp_conn_state, udp_conn_state
 from diag.flows.walk import FlowSummary, group_by_flow, walk_flows
 
@@ -55,25 +44,29 @@ from diag.flows.walk import FlowSummary, group_by_flow, walk_flows
 def flow_ids(packets: pd.DataFrame) -> np.ndarray:
     """The flow of every packet (int64, numbered from 0 by first appearance; -1 when not TCP/UDP).
 
-    Packets of the same bidirectional 5-tuple, VLAN and capture share an id;
-    ICMP, non-IP packets and non-first fragments get -1. A SYN with a new
-    initial sequence number on a 5-tuple already seen starts a new id.
-    Forwarded copies of a packet get their flow's id like any other row.
+    Packets of the same bidirectional 5-tuple, VLAN and capture share an id
+    until a SYN starts a new connection on it (after a FIN or RST, or with a
+    new initial sequence number, as Zeek decides); ICMP, non-IP packets and
+    non-first fragments get -1. Forwarded copies of a packet get their flow's
+    id like any other row. The same ids as ``build_flows``'s ``flow_id``.
     """
-    return FlowKeys(packets).flow_id
+    keys = FlowKeys(packets)
+    if keys.n_tuples == 0:
+        return np.full(len(packets), -1, dtype=np.int64)
+    return _numbered(_summarise(packets, keys))[1]
 
 
 def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
-    """Walk every flow's counted packets (``diag.flows.walk``).
+    """Cut every 5-tuple into flows and walk their counted packets (``diag.flows.walk``).
 
     A packet a capture saw twice because it was forwarded between two of its
     interfaces counts once: later copies (``copy_origins``) are left out
-    when their origin, the first copy, is in the same flow (a guard for
-    captures out of time order, where a new-ISN SYN could fall in between).
+    when their origin, the first copy, is in the same 5-tuple; they get the
+    flow of their origin.
     """
     origin = read_only(copy_origins(packets), np.int64)
-    order, starts = group_by_flow(keys.flow_id, origin)
-    return FlowSummary(
+    order, starts = group_by_flow(keys.tuple_id, origin)
+    summary = FlowSummary(
         *walk_flows(
             order,
             starts,
@@ -81,10 +74,27 @@ def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
             column(packets, "ack", np.int64),
             column(packets, "win", np.int32),
             column(packets, "payload_len", np.int32),
+            column(packets, "ip_len", np.int32),
             column(packets, "ts_ns", np.int64),
             column(packets, "index", np.int64),
+            likely_server_table(),
         )
     )
+    row_flow = summary.row_flow
+    copies = (row_flow < 0) & (keys.tuple_id >= 0) & (origin >= 0)
+    if copies.any():
+        row_flow[copies] = row_flow[origin[copies]]
+    return summary
+
+
+def _numbered(summary: FlowSummary) -> tuple[np.ndarray, np.ndarray]:
+    """(walk position of each flow in first-appearance order, each row's flow id in that numbering)."""
+    by_appearance = np.argsort(summary.first_row, kind="stable")
+    rank = np.empty(len(by_appearance), dtype=np.int64)
+    rank[by_appearance] = np.arange(len(by_appearance), dtype=np.int64)
+    row_flow = summary.row_flow
+    ids = np.where(row_flow >= 0, rank[np.maximum(row_flow, 0)], -1)
+    return by_appearance, ids
 
 
 class _EndpointNames:
@@ -106,16 +116,17 @@ class _EndpointNames:
 
 
 def _histories(summary: FlowSummary) -> np.ndarray:
-    """Each flow's history string, cut from the walk's one buffer of letters."""
+    """Each flow's history string (walk order), cut from the walk's one buffer of letters."""
     text = summary.letters.tobytes().decode("ascii")
     ends = summary.history_end.tolist()
     return np.array([text[b:e] for b, e in zip([0, *ends[:-1]], ends, strict=True)], dtype=object)
 
 
-def _rst_lists(summary: FlowSummary, n_flows: int) -> list[list[dict[str, object]]]:
-    lists: list[list[dict[str, object]]] = [[] for _ in range(n_flows)]
+def _rst_lists(summary: FlowSummary, rank: np.ndarray) -> list[list[dict[str, object]]]:
+    """Each flow's RSTs (first-appearance numbering), in file order."""
+    lists: list[list[dict[str, object]]] = [[] for _ in range(len(rank))]
     for flow, index, orig in zip(
-        summary.rst_flow.tolist(), summary.rst_index.tolist(), summary.rst_from_orig.tolist(), strict=True
+        rank[summary.rst_flow].tolist(), summary.rst_index.tolist(), summary.rst_from_orig.tolist(), strict=True
     ):
         lists[flow].append({"index": index, "from": "orig" if orig else "resp"})
     return lists
@@ -152,7 +163,7 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     every column, under its first copy.
     """
     keys = FlowKeys(packets)
-    if keys.n_flows == 0:
+    if keys.n_tuples == 0:
         return empty_flows()
     summary = _summarise(packets, keys)
     with _collector_paused():
@@ -161,25 +172,38 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
 
 def _flow_table(packets: pd.DataFrame, keys: FlowKeys, summary: FlowSummary) -> pd.DataFrame:
     """The walk's results as ``FLOW_COLUMNS``, with each flow's endpoints, history and RSTs as Python objects."""
-    n_flows = len(summary.first_row)
-    first_row = summary.first_row
+    by_appearance, row_ids = _numbered(summary)
+    n_flows = len(by_appearance)
+    rank = np.empty(n_flows, dtype=np.int64)
+    rank[by_appearance] = np.arange(n_flows, dtype=np.int64)
+    first_row = summary.first_row[by_appearance]
+    is_tcp = summary.is_tcp[by_appearance]
     capture = categorical(packets["capture"])
     capture_names = np.asarray(capture.categories.astype(str), dtype=object)
     names = _EndpointNames(keys.addresses)
-    orig_h, orig_p, orig_text = names(summary.originator)
-    resp_h, resp_p, resp_text = names(summary.responder)
-    orig_pkts, resp_pkts = summary.packets[:, 0], summary.packets[:, 1]
-    orig_bytes, resp_bytes = summary.sizes[:, 0], summary.sizes[:, 1]
+    orig_h, orig_p, orig_text = names(summary.originator[by_appearance])
+    resp_h, resp_p, resp_text = names(summary.responder[by_appearance])
+    packet_counts, sizes, ip_sizes = (
+        summary.packets[by_appearance],
+        summary.sizes[by_appearance],
+        summary.ip_sizes[by_appearance],
+    )
+    orig_pkts, resp_pkts = packet_counts[:, 0], packet_counts[:, 1]
+    orig_bytes, resp_bytes = sizes[:, 0], sizes[:, 1]
+    histories = _histories(summary)[by_appearance]
+    states = summary.states[by_appearance]
     conn_state = np.where(
-        summary.is_tcp,
-        tcp_conn_state(summary.states[:, 0], summary.states[:, 1], orig_bytes, resp_bytes),
+        is_tcp,
+        tcp_conn_state(states[:, 0], states[:, 1], orig_bytes, resp_bytes, histories),
         udp_conn_state(orig_pkts, resp_pkts),
     )
+    previous = summary.previous[by_appearance]
+    proto = np.where(is_tcp, "tcp", "udp").astype(object)
     return pd.DataFrame(
         {
             "flow_id": np.arange(n_flows, dtype=np.int64),
             "capture": capture_names[np.asarray(capture.codes)[first_row]],
-            "proto": np.where(summary.is_tcp, "tcp", "udp").astype(object),
+            "proto": proto,
             "orig": orig_text,
             "resp": resp_text,
             "orig_h": orig_h,
@@ -187,18 +211,23 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, summary: FlowSummary) -> 
             "resp_h": resp_h,
             "resp_p": resp_p.astype(np.int64),
             "vlan": packets["vlan"].to_numpy()[first_row].astype(np.int64),
-            "history": _histories(summary),
+            "history": histories,
             "conn_state": conn_state,
             "orig_pkts": orig_pkts,
             "resp_pkts": resp_pkts,
             "orig_bytes": orig_bytes,
             "resp_bytes": resp_bytes,
-            "first_ts": summary.first_ts_ns / 1e9,
-            "last_ts": summary.last_ts_ns / 1e9,
-            "syn_retransmits": summary.syn_retransmits,
-            "retransmits": summary.retransmits,
-            "rsts": _rst_lists(summary, n_flows),
+            "orig_ip_bytes": ip_sizes[:, 0],
+            "resp_ip_bytes": ip_sizes[:, 1],
+            "first_ts": summary.first_ts_ns[by_appearance] / 1e9,
+            "last_ts": summary.last_ts_ns[by_appearance] / 1e9,
+            "syn_retransmits": summary.syn_retransmits[by_appearance],
+            "retransmits": summary.retransmits[by_appearance],
+            "rsts": _rst_lists(summary, rank),
             "first_index": packets["index"].to_numpy()[first_row].astype(np.int64),
+            "prev_flow": np.where(previous >= 0, rank[np.maximum(previous, 0)], -1),
+            "tunnel_parents": tunnel_parents(packets, row_ids, n_flows),
+            "carrier": carrier_flows(packets, row_ids, n_flows, proto, orig_p, resp_p),
         },
         columns=list(FLOW_COLUMNS),
     )

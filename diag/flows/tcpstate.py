@@ -9,6 +9,7 @@ any bytes flowed.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import numpy as np
@@ -88,8 +89,16 @@ def update_endpoints(
     return me, me_before, peer, peer_before
 
 
-def tcp_conn_state(orig: np.ndarray, resp: np.ndarray, orig_bytes: np.ndarray, resp_bytes: np.ndarray) -> np.ndarray:
-    """Zeek's conn_state() per flow from the final endpoint states and payload sizes (object array of str)."""
+# conn.zeek gives RSTOS0 (an attempt the originator reset, no answer) only to a history that is a
+# SYN followed by a RST before any SYN-ACK, ACK, data, FIN, gap or odd flags of the originator;
+# Zeek's ``==`` on a pattern matches the whole string.
+_RSTOS0_HISTORY: Final = re.compile(r"\^?S[^HAFGIQ]*R.*")
+
+
+def tcp_conn_state(
+    orig: np.ndarray, resp: np.ndarray, orig_bytes: np.ndarray, resp_bytes: np.ndarray, history: np.ndarray
+) -> np.ndarray:
+    """Zeek's conn_state() per flow from the final endpoint states, payload sizes and history (object array)."""
     o, r = orig, resp
     o_inactive = (o == INACTIVE) | (o == PARTIAL)
     r_inactive = (r == INACTIVE) | (r == PARTIAL)
@@ -112,6 +121,10 @@ def tcp_conn_state(orig: np.ndarray, resp: np.ndarray, orig_bytes: np.ndarray, r
         ["REJ", "RSTRH", "RSTR", "RSTOS0", "RSTO", "SF", "SH", "S2", "SHR", "S3", "S0", "S1", "OTH"], dtype=object
     )
     states: np.ndarray = names[np.select(conditions, np.arange(len(conditions)), default=len(conditions))]
+    # The originator reset and the responder never got going: RSTOS0 only for a reset attempt's history.
+    for flow in np.flatnonzero(states == "RSTOS0").tolist():
+        if not _RSTOS0_HISTORY.fullmatch(str(history[flow])):
+            states[flow] = "OTH"
     return states
 
 

@@ -1,12 +1,14 @@
-"""The walk over each flow's packets that yields its Zeek-style summary.
+"""The walk over each 5-tuple's packets that cuts it into flows and yields their Zeek-style summary.
 
-Packets are grouped by flow (``group_by_flow``, file order kept inside a
-flow), then ``walk_flows`` goes through each flow's packets in order, once,
-keeping per direction what Zeek keeps per endpoint: the highest sequence
-number reached (``last_seq``, unwrapped across 2**32), whether the endpoint
-already sent a RST or a FIN, the endpoint state, and which history letters
-it has shown. A second, short pass over the flow's ACKs needs each side's
-final ``last_seq``.
+Packets are grouped by 5-tuple (``group_by_flow``, file order kept inside a
+group), then ``walk_flows`` goes through each group's packets in order, once.
+A SYN that Zeek would take for a new connection (``_reused``: after a FIN or
+RST, or with a new initial sequence number) ends the current flow and starts
+the next. Per flow it keeps per direction what Zeek keeps per endpoint: the
+highest sequence number reached (``last_seq``, unwrapped across 2**32),
+whether the endpoint already sent a RST, the endpoint state, and which
+history letters it has shown. A second, short pass over the flow's ACKs
+needs each side's final ``last_seq``.
 
 Everything here is compiled (``diag.compiled``) and works on numpy arrays
 only; ``diag.flows`` turns the results into the flow table.
@@ -22,7 +24,7 @@ import numpy.typing as npt
 from diag.capture.proto import ACK, FIN, RST, SYN, TCP, UDP
 from diag.compiled import compiled
 from diag.flows.keys import KeyColumns, endpoint
-from diag.flows.tcpstate import INACTIVE, update_endpoints
+from diag.flows.tcpstate import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, update_endpoints
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -46,11 +48,12 @@ _FLIPPED: Final = ord("^")
 
 @compiled
 def group_by_flow(flow_id: IntArray, origin: IntArray) -> tuple[IntArray, IntArray]:
-    """(rows sorted by flow, file order kept; ``starts`` such that flow f is ``order[starts[f]:starts[f + 1]]``).
+    """(rows sorted by group, file order kept; ``starts`` such that group g is ``order[starts[g]:starts[g + 1]]``).
 
-    Left out: rows of no flow (-1), and later copies of a packet forwarded
+    ``flow_id`` is the group of each row (the 5-tuple, ``diag.flows.keys``).
+    Left out: rows of no group (-1), and later copies of a packet forwarded
     inside the capture (``origin`` >= 0, from ``diag.flows.copies.copy_origins``)
-    when their origin is in the same flow. A counting sort: two passes.
+    when their origin is in the same group. A counting sort: two passes.
     """
     n = len(flow_id)
     counted = np.empty(n, dtype=np.bool_)
@@ -94,7 +97,11 @@ def _is_power_of_ten(count: int) -> bool:
 
 
 class FlowSummary(NamedTuple):
-    """``walk_flows``'s results. Per flow unless said otherwise; ``[:, 0]`` originator, ``[:, 1]`` responder."""
+    """``walk_flows``'s results. Per flow unless said otherwise; ``[:, 0]`` originator, ``[:, 1]`` responder.
+
+    Flows are in walk order (5-tuple by 5-tuple); ``diag.flows.table`` numbers
+    them by first appearance.
+    """
 
     first_row: IntArray  # table row of the flow's first packet
     originator: IntArray  # endpoints (``diag.flows.keys.endpoint``)
@@ -102,33 +109,74 @@ class FlowSummary(NamedTuple):
     is_tcp: BoolArray
     packets: IntArray  # (n_flows, 2)
     sizes: IntArray  # (n_flows, 2) payload bytes: Zeek's sequence-space count for TCP, the sum for UDP
+    ip_sizes: IntArray  # (n_flows, 2) IP total lengths added up, as Zeek's orig_ip_bytes / resp_ip_bytes
     states: npt.NDArray[np.int8]  # (n_flows, 2) final Zeek endpoint states (``diag.flows.tcpstate``)
     first_ts_ns: IntArray
     last_ts_ns: IntArray
     syn_retransmits: IntArray
     retransmits: IntArray
+    previous: IntArray  # the flow before this one on the same 5-tuple (walk order), -1 for none
     history_end: IntArray  # flow f's history is ``letters[history_end[f - 1]:history_end[f]]``
     letters: npt.NDArray[np.uint8]
-    rst_flow: IntArray  # per RST, in flow then file order
+    rst_flow: IntArray  # per RST, in walk then file order
     rst_index: IntArray
     rst_from_orig: BoolArray
+    row_flow: IntArray  # per packet-table row: its flow (walk order), -1 for rows of no flow
 
 
 @compiled
-def _originator(order: IntArray, begin: int, end: int, keys: KeyColumns) -> int:
-    """The flow's originator endpoint: the sender of its first SYN without ACK.
+def _flipped_at_start(tcp: bool, flags: int, sport: int, dport: int, likely_server: npt.NDArray[np.bool_]) -> bool:
+    """Zeek's ``WantConnection``: is the first packet's receiver the originator? (``diag.flows.servers``)"""
+    if tcp and (flags & (SYN | ACK)) == SYN:
+        return False  # a SYN without ACK: its sender opens the connection
+    proto = TCP if tcp else UDP
+    source_likely = likely_server[proto, sport]
+    destination_likely = likely_server[proto, dport]
+    if not source_likely:
+        return False
+    if not destination_likely:
+        return True
+    # Both plausible servers: TCP flips a packet without SYN when its source port is the lower; UDP never.
+    return tcp and (flags & SYN) == 0 and sport < dport
 
-    With no such SYN and a SYN-ACK first, the receiver of that SYN-ACK (it
-    answers a SYN the capture missed); otherwise the first packet's sender.
+
+@compiled
+def _reused(
+    flags: int,
+    seq: int,
+    closed: bool,
+    orig_side: int,
+    state: IntArray,
+    start_seq: IntArray,
+) -> bool:
+    """Zeek's ``IsReuse``: does this TCP packet (a SYN) start a new connection on the 5-tuple?
+
+    Only a SYN can. A SYN-ACK only while the originator has sent nothing (a
+    connection seen from its SYN-ACKs); it is then compared with the
+    responder. After a FIN or RST (Zeek's "closed") every such SYN starts a
+    new connection, whatever its sequence number; before, one that repeats
+    the initial sequence number does not, nor a SYN that answers a SYN-ACK
+    seen before it (the two crossed in the capture).
     """
-    for k in range(begin, end):
-        row = order[k]
-        if keys.proto[row] == TCP and (max(keys.tcp_flags[row], 0) & (SYN | ACK)) == SYN:
-            return endpoint(keys.src_address[row], keys.sport[row])
-    first = order[begin]
-    if keys.proto[first] == TCP and (max(keys.tcp_flags[first], 0) & (SYN | ACK | RST | FIN)) == SYN | ACK:
-        return endpoint(keys.dst_address[first], keys.dport[first])
-    return endpoint(keys.src_address[first], keys.sport[first])
+    if (flags & SYN) == 0:
+        return False
+    resp_side = 1 - orig_side
+    compared = orig_side
+    if flags & ACK:
+        if state[orig_side] != INACTIVE:
+            return False
+        compared = resp_side
+    if closed:
+        return True
+    if (seq & _SEQ_MASK) == start_seq[compared]:
+        return False
+    crossed = (
+        (flags & ACK) == 0
+        and state[orig_side] == SYN_ACK_SENT
+        and state[resp_side] == INACTIVE
+        and (seq & _SEQ_MASK) == start_seq[resp_side]
+    )
+    return not crossed
 
 
 @compiled
@@ -139,47 +187,65 @@ def walk_flows(
     ack: IntArray,
     win: npt.NDArray[np.int32],
     payload_len: npt.NDArray[np.int32],
+    ip_len: npt.NDArray[np.int32],
     ts_ns: IntArray,
     index: IntArray,
+    likely_server: npt.NDArray[np.bool_],
 ) -> tuple[
-    IntArray, IntArray, IntArray, BoolArray, IntArray, IntArray, npt.NDArray[np.int8], IntArray, IntArray,
-    IntArray, IntArray, IntArray, npt.NDArray[np.uint8], IntArray, IntArray, BoolArray,
+    IntArray, IntArray, IntArray, BoolArray, IntArray, IntArray, IntArray, npt.NDArray[np.int8], IntArray,
+    IntArray, IntArray, IntArray, IntArray, IntArray, npt.NDArray[np.uint8], IntArray, IntArray, BoolArray,
+    IntArray,
 ]:  # fmt: skip
-    """Every flow's summary, in ``FlowSummary``'s field order (see ``group_by_flow`` for ``order``/``starts``)."""
-    n_flows = len(starts) - 1
+    """Every flow's summary, in ``FlowSummary``'s field order (see ``group_by_flow`` for ``order``/``starts``).
+
+    ``order``/``starts`` group the packets by 5-tuple; each 5-tuple's packets
+    are cut into flows where Zeek starts a new connection (``_reused``).
+    Inside a flow, sides are fixed: side 0 sent the flow's first packet;
+    ``orig_side`` says which side is the originator, and changes when Zeek
+    flips the roles.
+    """
+    n_tuples = len(starts) - 1
     n_packets = len(order)
-    first_row = np.empty(n_flows, dtype=np.int64)
-    originators = np.empty(n_flows, dtype=np.int64)
-    responders = np.empty(n_flows, dtype=np.int64)
-    is_tcp = np.empty(n_flows, dtype=np.bool_)
-    packets = np.zeros((n_flows, 2), dtype=np.int64)
-    sizes = np.zeros((n_flows, 2), dtype=np.int64)
-    states = np.zeros((n_flows, 2), dtype=np.int8)
-    first_ts_ns = np.empty(n_flows, dtype=np.int64)
-    last_ts_ns = np.empty(n_flows, dtype=np.int64)
-    syn_retransmits = np.zeros(n_flows, dtype=np.int64)
-    retransmits = np.zeros(n_flows, dtype=np.int64)
-    history_end = np.empty(n_flows, dtype=np.int64)
-    letters = np.empty(3 * n_packets + n_flows, dtype=np.uint8)  # at most '^' and 3 letters a packet
+    capacity = n_packets  # at most one flow per packet
+    first_row = np.empty(capacity, dtype=np.int64)
+    originators = np.empty(capacity, dtype=np.int64)
+    responders = np.empty(capacity, dtype=np.int64)
+    is_tcp = np.empty(capacity, dtype=np.bool_)
+    packets = np.empty((capacity, 2), dtype=np.int64)
+    sizes = np.empty((capacity, 2), dtype=np.int64)
+    ip_sizes = np.empty((capacity, 2), dtype=np.int64)
+    states = np.empty((capacity, 2), dtype=np.int8)
+    first_ts_ns = np.empty(capacity, dtype=np.int64)
+    last_ts_ns = np.empty(capacity, dtype=np.int64)
+    syn_retransmits = np.empty(capacity, dtype=np.int64)
+    retransmits = np.empty(capacity, dtype=np.int64)
+    previous = np.empty(capacity, dtype=np.int64)
+    history_end = np.empty(capacity, dtype=np.int64)
+    letters = np.empty(4 * n_packets + 1, dtype=np.uint8)  # at most 3 letters and a '^' a packet
     rst_flow = np.empty(n_packets, dtype=np.int64)
     rst_index = np.empty(n_packets, dtype=np.int64)
     rst_from_orig = np.empty(n_packets, dtype=np.bool_)
+    row_flow = np.full(len(keys.proto), -1, dtype=np.int64)
     n_letters = 0
     n_rsts = 0
+    n_flows = 0
 
-    # Per direction (0 originator, 1 responder) of the flow being walked; reset for each flow.
-    first_at = np.empty(2, dtype=np.int64)  # position in ``order`` of the direction's first packet
+    # Per side (0: the flow's first sender, 1: the other) of the flow being walked; reset for each flow.
+    endpoints = np.empty(2, dtype=np.int64)
+    side_packets = np.empty(2, dtype=np.int64)
+    side_ip_bytes = np.empty(2, dtype=np.int64)
+    first_at = np.empty(2, dtype=np.int64)  # position in ``order`` of the side's first packet of this handshake
     seq_before = np.empty(2, dtype=np.int64)  # the previous packet's raw and unwrapped sequence numbers
     unwrapped_before = np.empty(2, dtype=np.int64)
     initial_seq = np.empty(2, dtype=np.int64)  # Zeek's last_seq before any packet moves it
     start_seq = np.empty(2, dtype=np.int64)  # the sequence number before the first payload byte
+    zeek_start = np.empty(2, dtype=np.int64)  # Zeek's StartSeq (32 bits), which ``_reused`` compares with
     highest_end = np.empty(2, dtype=np.int64)  # highest segment end so far (RSTs and after-RST excluded)
-    acked = np.empty(2, dtype=np.int64)  # highest acknowledgement the peer sent for this direction
+    acked = np.empty(2, dtype=np.int64)  # highest acknowledgement the peer sent for this side
     fins = np.empty(2, dtype=np.int64)
     # Payload bytes of a side's earlier handshakes in this flow (see 'a new handshake' below).
     carried = np.empty(2, dtype=np.int64)
     reset_sent = np.empty(2, dtype=np.bool_)
-    fin_sent = np.empty(2, dtype=np.bool_)  # a FIN without RST
     udp_bytes = np.empty(2, dtype=np.int64)
     # History letters: shown once ('I', 'Q', 'D', 'A'), on a new value ('S'/'H', 'F', 'R'), at the
     # 1st, 10th, 100th ... occurrence ('W', 'T').
@@ -204,182 +270,244 @@ def walk_flows(
     plain_fed = np.empty(2, dtype=np.bool_)
     data_fed = np.empty(2, dtype=np.bool_)
 
-    for f in range(n_flows):
-        begin, end = starts[f], starts[f + 1]
-        first = order[begin]
-        first_row[f] = first
-        is_tcp[f] = keys.proto[first] == TCP
-        originator = _originator(order, begin, end, keys)
-        first_sender = endpoint(keys.src_address[first], keys.sport[first])
-        first_receiver = endpoint(keys.dst_address[first], keys.dport[first])
-        originators[f] = originator
-        responders[f] = first_receiver if first_sender == originator else first_sender
-        if originator != first_sender:
-            letters[n_letters] = _FLIPPED  # as Zeek's history does after flipping roles
-            n_letters += 1
-        for side in range(2):
-            first_at[side] = -1
-            highest_end[side] = _NEVER
-            acked[side] = _NEVER
-            fins[side] = 0
-            carried[side] = 0
-            udp_bytes[side] = 0
-            zero_windows[side] = 0
-            retransmitted[side] = 0
-            state[side] = state_before[side] = INACTIVE
-            for flag in (reset_sent, fin_sent, shown_i, shown_q, shown_data, shown_ack, shown_udp, syn_seen, fin_seen):
-                flag[side] = False
-            rst_seen[side] = plain_fed[side] = data_fed[side] = False
-        first_ts = last_ts = ts_ns[first]
-        syn_isn = -1  # the originator's first SYN's sequence number (mod 2**32), -1 before it
-
-        for k in range(begin, end):
-            row = order[k]
-            flags = max(keys.tcp_flags[row], 0)
-            tcp = keys.proto[row] == TCP
-            syn, fin, rst, has_ack = (flags & SYN) != 0, (flags & FIN) != 0, (flags & RST) != 0, (flags & ACK) != 0
-            payload = max(int(payload_len[row]), 0)
-            from_orig = endpoint(keys.src_address[row], keys.sport[row]) == originator
-            side = 0 if from_orig else 1
-            peer = 1 - side
-            packets[f, side] += 1
-            first_ts, last_ts = min(first_ts, ts_ns[row]), max(last_ts, ts_ns[row])
-
-            # Sequence space: unwrap across 2**32, then Zeek's retransmission test against last_seq.
-            raw_seq = keys.seq[row]
-            # A new handshake: a SYN with another ISN than this side's earlier SYN (a server answering the
-            # client's retransmitted SYN after a reset picks a new ISN). Its sequence space has nothing to do
-            # with the old one, so the old one's bytes are set aside and counting starts again here;
-            # subtracting one ISN from another would count billions of bytes that were never sent.
-            if tcp and syn and first_at[side] >= 0 and syn_seen[side] and syn_value[side] != raw_seq:
-                carried[side] += _epoch_bytes(highest_end[side], initial_seq[side], start_seq[side], fins[side])
+    for t in range(n_tuples):
+        tuple_end = starts[t + 1]
+        begin = starts[t]
+        # The 5-tuple's latest SYN without ACK (its sender and sequence number), across its flows:
+        # a SYN repeating it is a retransmission even when Zeek's rule put it in a new flow.
+        last_syn_from = -1
+        last_syn_seq = -1
+        flow_before = -1
+        while begin < tuple_end:
+            f = n_flows
+            n_flows += 1
+            first = order[begin]
+            tcp_flow = keys.proto[first] == TCP
+            first_row[f] = first
+            is_tcp[f] = tcp_flow
+            previous[f] = flow_before
+            endpoints[0] = endpoint(keys.src_address[first], keys.sport[first])
+            endpoints[1] = endpoint(keys.dst_address[first], keys.dport[first])
+            orig_side = 0
+            if _flipped_at_start(
+                tcp_flow, max(keys.tcp_flags[first], 0), keys.sport[first], keys.dport[first], likely_server
+            ):
+                orig_side = 1
+                letters[n_letters] = _FLIPPED  # as Zeek's history does after flipping roles
+                n_letters += 1
+            for side in range(2):
+                side_packets[side] = 0
+                side_ip_bytes[side] = 0
                 first_at[side] = -1
                 highest_end[side] = _NEVER
+                acked[side] = _NEVER
                 fins[side] = 0
-            if first_at[side] < 0:
-                first_at[side] = k
-                unwrapped = raw_seq
-            else:
-                unwrapped = unwrapped_before[side] + signed_seq_delta(raw_seq, seq_before[side])
-            seq_before[side], unwrapped_before[side] = raw_seq, unwrapped
-            segment_end = unwrapped + payload + syn + fin - (payload if rst else 0)
-            if first_at[side] == k:
-                initial_seq[side] = segment_end if syn else unwrapped
-                start_seq[side] = unwrapped if syn else unwrapped - 1
-            own_rst_before = reset_sent[side]
-            peer_closed = fin_sent[peer]
-            last_seq = max(highest_end[side], initial_seq[side])
-            retransmission = (
-                payload > 0
-                and segment_end <= last_seq
-                and not own_rst_before
-                # A FIN right after the SYN may legitimately not advance (Zeek's >2 GB case).
-                and not (fin and last_seq == start_seq[side] + 1)
-            )
-            if not rst and not own_rst_before:
-                highest_end[side] = max(highest_end[side], segment_end)
-            fins[side] += fin
-            if retransmission:
-                retransmits[f] += 1
-            if not tcp:
-                udp_bytes[side] += payload
+                carried[side] = 0
+                udp_bytes[side] = 0
+                zero_windows[side] = 0
+                retransmitted[side] = 0
+                zeek_start[side] = 0
+                state[side] = state_before[side] = INACTIVE
+                for flag in (reset_sent, shown_i, shown_q, shown_data, shown_ack, shown_udp, syn_seen, fin_seen):
+                    flag[side] = False
+                rst_seen[side] = plain_fed[side] = data_fed[side] = False
+            first_ts = last_ts = ts_ns[first]
+            closed = False  # a FIN or RST was seen (Zeek's IsClosed)
+            syn_retransmits[f] = 0
+            retransmits[f] = 0
+            n_flow_rsts_start = n_rsts
 
-            # History letters, in Zeek's order inside one packet: its kind, then 'W', then 'T'.
-            case = _UPPER_TO_LOWER if side else 0
-            letter = 0
-            n_flags = syn + fin + rst
-            if tcp and n_flags > 1:
-                if fin and rst:
-                    if not shown_i[side]:
-                        shown_i[side] = True
-                        letter = _LETTER_I
-                elif not shown_q[side]:
-                    shown_q[side] = True
-                    letter = _LETTER_Q
-            elif tcp and syn:
-                if not syn_seen[side] or syn_value[side] != raw_seq:
-                    letter = _LETTER_H if has_ack else _LETTER_S
-                syn_seen[side], syn_value[side] = True, raw_seq
-            elif tcp and fin:
-                fin_end = (raw_seq + payload) & _SEQ_MASK
-                if not fin_seen[side] or fin_value[side] != fin_end:
-                    letter = _LETTER_F
-                fin_seen[side], fin_value[side] = True, fin_end
-            elif tcp and rst:
-                if not rst_seen[side] or rst_value[side] != raw_seq:
-                    letter = _LETTER_R
-                rst_seen[side], rst_value[side] = True, raw_seq
-            elif tcp and payload > 0:
-                if not shown_data[side]:
-                    shown_data[side] = True
-                    letter = _LETTER_D
-            elif tcp and has_ack:
-                if not shown_ack[side]:
-                    shown_ack[side] = True
-                    letter = _LETTER_A
-            elif keys.proto[row] == UDP and not shown_udp[side]:
-                shown_udp[side] = True
-                letter = _LETTER_D
-            if letter:
-                letters[n_letters] = letter + case
-                n_letters += 1
-            if tcp and win[row] == 0 and not rst and not own_rst_before and not peer_closed:
-                zero_windows[side] += 1
-                if _is_power_of_ten(zero_windows[side]):
-                    letters[n_letters] = _LETTER_W + case
-                    n_letters += 1
-            if tcp and retransmission:
-                retransmitted[side] += 1
-                if _is_power_of_ten(retransmitted[side]):
-                    letters[n_letters] = _LETTER_T + case
-                    n_letters += 1
+            k = begin
+            while k < tuple_end:
+                row = order[k]
+                flags = max(keys.tcp_flags[row], 0)
+                tcp = keys.proto[row] == TCP
+                raw_seq = keys.seq[row]
+                if k > begin and tcp and _reused(flags, raw_seq, closed, orig_side, state, zeek_start):
+                    break  # this SYN opens the next connection on the 5-tuple
+                row_flow[row] = f
+                syn, fin, rst, has_ack = (flags & SYN) != 0, (flags & FIN) != 0, (flags & RST) != 0, (flags & ACK) != 0
+                payload = max(int(payload_len[row]), 0)
+                side = 0 if endpoint(keys.src_address[row], keys.sport[row]) == endpoints[0] else 1
+                peer = 1 - side
+                from_orig = side == orig_side
+                side_packets[side] += 1
+                side_ip_bytes[side] += max(int(ip_len[row]), 0)
+                first_ts, last_ts = min(first_ts, ts_ns[row]), max(last_ts, ts_ns[row])
 
-            # Endpoint states.
-            if tcp:
-                control = syn or fin or rst
-                if control:
-                    plain_fed[0] = plain_fed[1] = data_fed[0] = data_fed[1] = False
-                    feed = True
+                # Zeek's StartSeq: set by an endpoint's packets while it is inactive (one before a
+                # midstream packet's sequence number), by a SYN later on, and by the peer's ACK
+                # while the endpoint has sent nothing.
+                if tcp:
+                    if state[side] == INACTIVE:
+                        zeek_start[side] = raw_seq & _SEQ_MASK if syn else (raw_seq - 1) & _SEQ_MASK
+                    elif syn and state[side] != CLOSED and state[side] != RESET:
+                        zeek_start[side] = raw_seq & _SEQ_MASK
+                    if has_ack and state[peer] == INACTIVE:
+                        zeek_start[peer] = (ack[row] - 1) & _SEQ_MASK
+
+                # Sequence space: unwrap across 2**32, then Zeek's retransmission test against last_seq.
+                # A new handshake: a SYN with another ISN than this side's earlier SYN (a server answering the
+                # client's retransmitted SYN with a new ISN). Its sequence space has nothing to do with the
+                # old one, so the old one's bytes are set aside and counting starts again here; subtracting
+                # one ISN from another would count billions of bytes that were never sent.
+                if tcp and syn and first_at[side] >= 0 and syn_seen[side] and syn_value[side] != raw_seq:
+                    carried[side] += _epoch_bytes(highest_end[side], initial_seq[side], start_seq[side], fins[side])
+                    first_at[side] = -1
+                    highest_end[side] = _NEVER
+                    fins[side] = 0
+                if first_at[side] < 0:
+                    first_at[side] = k
+                    unwrapped = raw_seq
                 else:
-                    feed = not plain_fed[side] or (payload > 0 and not data_fed[side])
-                    plain_fed[side] = True
-                    data_fed[side] = data_fed[side] or payload > 0
-                if feed:
-                    state[side], state_before[side], state[peer], state_before[peer] = update_endpoints(
-                        state[side], state_before[side], state[peer], state_before[peer],
-                        from_orig, syn, fin, rst, has_ack, payload > 0,
-                    )  # fmt: skip
+                    unwrapped = unwrapped_before[side] + signed_seq_delta(raw_seq, seq_before[side])
+                seq_before[side], unwrapped_before[side] = raw_seq, unwrapped
+                segment_end = unwrapped + payload + syn + fin - (payload if rst else 0)
+                if first_at[side] == k:
+                    initial_seq[side] = segment_end if syn else unwrapped
+                    start_seq[side] = unwrapped if syn else unwrapped - 1
+                own_rst_before = reset_sent[side]
+                last_seq = max(highest_end[side], initial_seq[side])
+                retransmission = (
+                    payload > 0
+                    and segment_end <= last_seq
+                    and not own_rst_before
+                    # A FIN right after the SYN may legitimately not advance (Zeek's >2 GB case).
+                    and not (fin and last_seq == start_seq[side] + 1)
+                )
+                if not rst and not own_rst_before:
+                    highest_end[side] = max(highest_end[side], segment_end)
+                fins[side] += fin
+                if retransmission:
+                    retransmits[f] += 1
+                if not tcp:
+                    udp_bytes[side] += payload
 
-            # The originator's SYNs: every one after the first repeats its ISN (a new ISN is a new flow).
-            if tcp and from_orig and syn and not has_ack:
-                if syn_isn < 0:
-                    syn_isn = raw_seq & _SEQ_MASK
-                elif raw_seq & _SEQ_MASK == syn_isn:
-                    syn_retransmits[f] += 1
-            if tcp and rst:
-                rst_flow[n_rsts], rst_index[n_rsts], rst_from_orig[n_rsts] = f, index[row], from_orig
-                n_rsts += 1
-            reset_sent[side] = reset_sent[side] or rst
-            fin_sent[side] = fin_sent[side] or (fin and not rst)
+                # History letters, in Zeek's order inside one packet: its kind, then 'W', then 'T'.
+                case = 0 if from_orig else _UPPER_TO_LOWER
+                letter = 0
+                n_flags = syn + fin + rst
+                if tcp and n_flags > 1:
+                    if fin and rst:
+                        if not shown_i[side]:
+                            shown_i[side] = True
+                            letter = _LETTER_I
+                    elif not shown_q[side]:
+                        shown_q[side] = True
+                        letter = _LETTER_Q
+                elif tcp and syn:
+                    if not syn_seen[side] or syn_value[side] != raw_seq:
+                        letter = _LETTER_H if has_ack else _LETTER_S
+                    syn_seen[side], syn_value[side] = True, raw_seq
+                elif tcp and fin:
+                    fin_end = (raw_seq + payload) & _SEQ_MASK
+                    if not fin_seen[side] or fin_value[side] != fin_end:
+                        letter = _LETTER_F
+                    fin_seen[side], fin_value[side] = True, fin_end
+                elif tcp and rst:
+                    if not rst_seen[side] or rst_value[side] != raw_seq:
+                        letter = _LETTER_R
+                    rst_seen[side], rst_value[side] = True, raw_seq
+                elif tcp and payload > 0:
+                    if not shown_data[side]:
+                        shown_data[side] = True
+                        letter = _LETTER_D
+                elif tcp and has_ack:
+                    if not shown_ack[side]:
+                        shown_ack[side] = True
+                        letter = _LETTER_A
+                elif keys.proto[row] == UDP and not shown_udp[side]:
+                    shown_udp[side] = True
+                    letter = _LETTER_D
+                if letter:
+                    letters[n_letters] = letter + case
+                    n_letters += 1
+                # Zeek: a zero window is news unless it comes with or after the sender's RST, or after
+                # the peer closed (its FIN: no window matters then).
+                if tcp and win[row] == 0 and not rst and state[side] != RESET and state[peer] != CLOSED:
+                    zero_windows[side] += 1
+                    if _is_power_of_ten(zero_windows[side]):
+                        letters[n_letters] = _LETTER_W + case
+                        n_letters += 1
+                if tcp and retransmission:
+                    retransmitted[side] += 1
+                    if _is_power_of_ten(retransmitted[side]):
+                        letters[n_letters] = _LETTER_T + case
+                        n_letters += 1
 
-        # Each side's payload bytes from its sequence space, bounded by what the peer acknowledged.
-        if is_tcp[f]:
-            _highest_acks(order, begin, end, keys, originator, ack, first_at, highest_end, initial_seq, acked)
+                # Endpoint states.
+                if tcp:
+                    control = syn or fin or rst
+                    if control:
+                        plain_fed[0] = plain_fed[1] = data_fed[0] = data_fed[1] = False
+                        feed = True
+                    else:
+                        feed = not plain_fed[side] or (payload > 0 and not data_fed[side])
+                        plain_fed[side] = True
+                        data_fed[side] = data_fed[side] or payload > 0
+                    if (
+                        syn and not has_ack and not from_orig and state[side] == INACTIVE
+                        and state[peer] == SYN_ACK_SENT and (raw_seq & _SEQ_MASK) == zeek_start[side]
+                    ):  # fmt: skip
+                        # The SYN answered by the SYN-ACK seen first (Zeek: a SYN/SYN-ACK reversal):
+                        # the roles flip, and the SYN-ACK's sender is established.
+                        orig_side = side
+                        letters[n_letters] = _FLIPPED
+                        n_letters += 1
+                        state[peer], state_before[peer] = ESTABLISHED, state[peer]
+                    if feed:
+                        state[side], state_before[side], state[peer], state_before[peer] = update_endpoints(
+                            state[side], state_before[side], state[peer], state_before[peer],
+                            from_orig, syn, fin, rst, has_ack, payload > 0,
+                        )  # fmt: skip
+                    closed = closed or fin or rst
+
+                # SYNs without ACK from the originator repeating the 5-tuple's latest SYN.
+                if tcp and syn and not has_ack:
+                    sender = endpoints[side]
+                    if from_orig and sender == last_syn_from and (raw_seq & _SEQ_MASK) == last_syn_seq:
+                        syn_retransmits[f] += 1
+                    last_syn_from, last_syn_seq = sender, raw_seq & _SEQ_MASK
+                if tcp and rst:
+                    rst_flow[n_rsts], rst_index[n_rsts], rst_from_orig[n_rsts] = f, index[row], side == 0
+                    n_rsts += 1
+                reset_sent[side] = reset_sent[side] or rst
+                k += 1
+
+            # Each side's payload bytes from its sequence space, bounded by what the peer acknowledged.
             for side in range(2):
-                if first_at[side] >= 0:
-                    reached = max(highest_end[side], acked[side])
-                    epoch = _epoch_bytes(reached, initial_seq[side], start_seq[side], fins[side])
-                    sizes[f, side] = carried[side] + epoch
-        else:
-            sizes[f, 0], sizes[f, 1] = udp_bytes[0], udp_bytes[1]
-        states[f, 0], states[f, 1] = state[0], state[1]
-        first_ts_ns[f], last_ts_ns[f] = first_ts, last_ts
-        history_end[f] = n_letters
+                sizes[f, side] = 0
+            if tcp_flow:
+                _highest_acks(order, begin, k, keys, endpoints[0], ack, first_at, highest_end, initial_seq, acked)
+                for side in range(2):
+                    if first_at[side] >= 0:
+                        reached = max(highest_end[side], acked[side])
+                        epoch = _epoch_bytes(reached, initial_seq[side], start_seq[side], fins[side])
+                        sizes[f, side] = carried[side] + epoch
+            else:
+                sizes[f, 0], sizes[f, 1] = udp_bytes[0], udp_bytes[1]
+            resp_side = 1 - orig_side
+            if orig_side == 1:  # columns are (originator, responder)
+                sizes[f, 0], sizes[f, 1] = sizes[f, 1], sizes[f, 0]
+            originators[f], responders[f] = endpoints[orig_side], endpoints[resp_side]
+            packets[f, 0], packets[f, 1] = side_packets[orig_side], side_packets[resp_side]
+            ip_sizes[f, 0], ip_sizes[f, 1] = side_ip_bytes[orig_side], side_ip_bytes[resp_side]
+            states[f, 0], states[f, 1] = state[orig_side], state[resp_side]
+            # RSTs were noted by side (True: side 0); the roles are known now that the flow has ended.
+            for r in range(n_flow_rsts_start, n_rsts):
+                rst_from_orig[r] = rst_from_orig[r] == (orig_side == 0)
+            first_ts_ns[f], last_ts_ns[f] = first_ts, last_ts
+            history_end[f] = n_letters
+            flow_before = f
+            begin = k
 
     return (
-        first_row, originators, responders, is_tcp, packets, sizes, states, first_ts_ns, last_ts_ns,
-        syn_retransmits, retransmits, history_end, letters[:n_letters].copy(),
-        rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(),
+        first_row[:n_flows].copy(), originators[:n_flows].copy(), responders[:n_flows].copy(),
+        is_tcp[:n_flows].copy(), packets[:n_flows].copy(), sizes[:n_flows].copy(), ip_sizes[:n_flows].copy(),
+        states[:n_flows].copy(), first_ts_ns[:n_flows].copy(), last_ts_ns[:n_flows].copy(),
+        syn_retransmits[:n_flows].copy(), retransmits[:n_flows].copy(), previous[:n_flows].copy(),
+        history_end[:n_flows].copy(), letters[:n_letters].copy(),
+        rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(), row_flow,
     )  # fmt: skip
 
 
@@ -397,14 +525,16 @@ def _highest_acks(
     begin: int,
     end: int,
     keys: KeyColumns,
-    originator: int,
+    first_sender: int,
     ack: IntArray,
     first_at: IntArray,
     highest_end: IntArray,
     initial_seq: IntArray,
     acked: IntArray,
 ) -> None:
-    """Per direction, into ``acked``: the highest acknowledgement the peer sent after the direction's first packet.
+    """Per side, into ``acked``: the highest acknowledgement the peer sent after the side's first packet.
+
+    Side 0 is ``first_sender``'s (the flow's first packet's sender), side 1 the other end's.
 
     Acknowledgement numbers are unwrapped against the acknowledged side's
     final last_seq; those in RSTs do not count.
@@ -414,7 +544,7 @@ def _highest_acks(
         flags = max(keys.tcp_flags[row], 0)
         if (flags & ACK) == 0 or (flags & RST) != 0:
             continue
-        target = 1 if endpoint(keys.src_address[row], keys.sport[row]) == originator else 0  # the acknowledged side
+        target = 1 if endpoint(keys.src_address[row], keys.sport[row]) == first_sender else 0  # the acknowledged side
         if first_at[target] < 0 or k <= first_at[target]:
             continue
         reference = max(highest_end[target], initial_seq[target])

@@ -18,13 +18,16 @@ FLOW_LIMIT = 10_000
 
 def problem_mask(flows: pd.DataFrame) -> np.ndarray:
     """True for the rows with a problem the text report lists (``diag.report.text.problem_kind``), column-wise."""
-    return np.asarray(
+    problems = np.asarray(
         (flows["rsts"].map(len).to_numpy() > 0)
         | (flows["conn_state"] == "S0").to_numpy()
         | ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
         | (flows["syn_retransmits"] > 0).to_numpy(),
         dtype=bool,
     )
+    if "carrier" in flows.columns:  # a tunnel is never a problem of its own
+        problems &= ~flows["carrier"].to_numpy(dtype=bool)
+    return problems
 
 
 def cap_flows(flows: pd.DataFrame, limit: int | None = FLOW_LIMIT) -> tuple[pd.DataFrame, int]:

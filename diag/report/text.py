@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 
 from diag.capture.info import CaptureInfo
@@ -218,9 +219,13 @@ def _capture_header(info: CaptureInfo, flows: pd.DataFrame, style: _Style) -> st
 def _healthy_summary(flows: pd.DataFrame) -> str:
     if flows.empty:
         return "healthy: 0 flows"
-    states = Counter(zip(flows["proto"], flows["conn_state"], strict=True))
-    parts = ", ".join(f"{count} {proto} {state}" for (proto, state), count in sorted(states.items()))
-    return f"healthy: {len(flows)} flows ({parts})"
+    carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
+    carried = flows[~carrier]
+    states = Counter(zip(carried["proto"], carried["conn_state"], strict=True))
+    parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(states.items())]
+    if carrier.any():  # tunnels between nodes: one-way by nature, shown apart from the traffic they carry
+        parts.append(f"{int(carrier.sum())} tunnel")
+    return f"healthy: {len(flows)} flows ({', '.join(parts)})"
 
 
 def _capture_section(info: CaptureInfo, flows: pd.DataFrame, style: _Style, show_all: bool, limit: int) -> list[str]:
@@ -253,9 +258,11 @@ def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
     unanswered = (flows["conn_state"] == "S0").to_numpy()
     one_sided = ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
     retried = (flows["syn_retransmits"] > 0).to_numpy()
+    # A tunnel (a VXLAN or Geneve carrier flow) is one-way by design and never a problem of its own.
+    carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
     kinds: list[str | None] = []
-    for r, u, o, s in zip(has_rst, unanswered, one_sided, retried, strict=True):
-        kinds.append(RESET if r else UNANSWERED if u else ONE_SIDED if o else SYN_RETRY if s else None)
+    for r, u, o, s, c in zip(has_rst, unanswered, one_sided, retried, carrier, strict=True):
+        kinds.append(None if c else RESET if r else UNANSWERED if u else ONE_SIDED if o else SYN_RETRY if s else None)
     return kinds
 
 

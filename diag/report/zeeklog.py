@@ -23,10 +23,11 @@ data, so a trailing ACK can make ours longer). As in Zeek, ``duration``,
 one packet). Fields we do not compute are unset (``-``), never guessed:
 ``service`` (no protocol analyzers), ``local_orig``/``local_resp`` (no
 local networks configured, which is what Zeek writes then too),
-``missed_bytes`` (no stream reassembly, so content gaps are not measured),
-``orig_ip_bytes``/``resp_ip_bytes`` (the flow table has no IP-level byte
-counts) and ``tunnel_parents`` (the flow table names no carrier flow; Zeek
-also leaves it unset for a connection that was not tunnelled).
+``missed_bytes`` (no stream reassembly, so content gaps are not measured).
+``orig_ip_bytes``/``resp_ip_bytes`` are the flow table's IP-level counts, and
+``tunnel_parents`` the uids of the tunnels a flow came through
+(``diag.flows.carriers``), unset for a flow that was not tunnelled, as Zeek
+leaves it.
 
 ``uid`` is deterministic, unlike Zeek's random one: ``C`` and the base-62
 digits of the first 96 bits of a BLAKE2b digest of the capture point, the
@@ -44,6 +45,8 @@ from datetime import datetime
 from typing import Any, Final
 
 import pandas as pd
+
+from diag.flows.carriers import base62
 
 SEPARATOR: Final = "\t"
 SET_SEPARATOR: Final = ","
@@ -78,8 +81,6 @@ CONN_FIELDS: Final[tuple[tuple[str, str], ...]] = (
 # Zeek writes the time of #open and #close like this, in local time.
 HEADER_TIME_FORMAT: Final = "%Y-%m-%d-%H-%M-%S"
 
-_BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
 
 def escape_byte(char: str) -> str:
     """One character as Zeek escapes it: ``\\x`` and two lower-case hex digits."""
@@ -109,15 +110,6 @@ def format_time(seconds: float) -> str:
     return f"{seconds:.6f}"
 
 
-def base62(number: int) -> str:
-    digits = ""
-    while True:
-        number, digit = divmod(number, 62)
-        digits = _BASE62[digit] + digits
-        if number == 0:
-            return digits
-
-
 def conn_uid(capture: str, proto: str, orig: str, resp: str, vlan: int, first_index: int, first_ts: float) -> str:
     """A Zeek-looking connection uid (``C`` and up to 17 base-62 digits) derived from the flow, not random."""
     key = f"{capture}\x00{proto}\x00{orig}\x00{resp}\x00{vlan}\x00{first_index}\x00{first_ts!r}"
@@ -135,6 +127,16 @@ def _texts(flows: pd.DataFrame, column: str) -> list[str]:
 
 def _counts(flows: pd.DataFrame, column: str) -> list[str]:
     return [str(int(value)) for value in _values(flows, column)]
+
+
+def _uid_sets(flows: pd.DataFrame, column: str) -> list[str]:
+    """A ``set[string]`` column: its members joined by the set separator, unset when there are none."""
+    if column not in flows.columns:
+        return [UNSET_FIELD] * len(flows)
+    return [
+        SET_SEPARATOR.join(escape_text(str(uid)) for uid in uids) if len(uids) else UNSET_FIELD
+        for uids in _values(flows, column)
+    ]
 
 
 def _where(present: list[bool], rendered: list[str]) -> list[str]:
@@ -175,10 +177,10 @@ def conn_columns(flows: pd.DataFrame) -> list[list[str]]:
         unset,  # missed_bytes: no reassembly, gaps not measured
         [escape_text(history) if history else UNSET_FIELD for history in histories],  # empty: unset, as Zeek
         _counts(flows, "orig_pkts"),
-        unset,  # orig_ip_bytes: not in the flow table
+        _counts(flows, "orig_ip_bytes") if "orig_ip_bytes" in flows.columns else unset,
         _counts(flows, "resp_pkts"),
-        unset,  # resp_ip_bytes
-        unset,  # tunnel_parents: no carrier flow named
+        _counts(flows, "resp_ip_bytes") if "resp_ip_bytes" in flows.columns else unset,
+        _uid_sets(flows, "tunnel_parents"),
     ]
 
 

@@ -1,0 +1,210 @@
+"""Zeek parity of the flow table on crafted packets: who is the originator, RSTOS0, IP bytes, tunnels.
+
+No Zeek binary is available to compare with, so each case is worked from
+Zeek's documented and implemented behaviour: ``likely_server_ports`` and the
+``WantConnection`` flip of its TCP and UDP analyzers, ``conn_state()`` in
+conn.zeek (RSTOS0 only for a history matching ``^?S[^HAFGIQ]*R``), its
+ConnSize counts (IP total lengths), its zero-window rule, and
+``tunnel_parents`` naming the tunnel a connection came through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from packets import make_packets
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from test_reader import write_pcap
+
+from diag.analysis import analyze
+from diag.capture import read_capture
+from diag.flows import build_flows
+from diag.flows.carriers import tunnel_uid
+from diag.report.text import render_text
+from diag.report.zeeklog import conn_columns
+
+HOST, SERVER = "192.0.2.5", "198.51.100.53"
+
+
+def udp(src: str, sport: int, dst: str, dport: int, **fields: Any) -> dict[str, Any]:
+    return {"proto": "udp", "src": src, "sport": sport, "dst": dst, "dport": dport, "payload_len": 40, **fields}
+
+
+def one_flow(rows: list[dict[str, Any]]) -> pd.Series:
+    flows = build_flows(make_packets(rows))
+    assert len(flows) == 1, flows
+    return flows.iloc[0]
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+@pytest.mark.parametrize(
+    ("first", "orig", "resp", "history"),
+    [
+        # A DHCP reply seen before its request: the client (68) still originates, towards the server (67).
+        ((SERVER, 67, "255.255.255.255", 68), ("255.255.255.255", 68), (SERVER, 67), "^d"),
+        # DNS: the answer first, from 53 to an ephemeral port: flipped.
+        ((SERVER, 53, HOST, 40000), (HOST, 40000), (SERVER, 53), "^d"),
+        # NTP 123 <-> 123: both likely servers, UDP never flips.
+        ((SERVER, 123, HOST, 123), (SERVER, 123), (HOST, 123), "D"),
+        # Neither port is a server's: the first sender originates.
+        ((SERVER, 40001, HOST, 40002), (SERVER, 40001), (HOST, 40002), "D"),
+        # A request towards a server port is the usual case: no flip.
+        ((HOST, 40000, SERVER, 53), (HOST, 40000), (SERVER, 53), "D"),
+    ],
+)
+def test_udp_originator_follows_zeeks_likely_server_ports(
+    first: tuple[str, int, str, int], orig: tuple[str, int], resp: tuple[str, int], history: str
+) -> None:
+    flow = one_flow([udp(*first)])
+    assert (flow.orig_h, flow.orig_p) == orig
+    assert (flow.resp_h, flow.resp_p) == resp
+    assert flow.history == history
+    # The only packet came from the responder in a flipped flow: Zeek's SHR; else S0.
+    assert flow.conn_state == ("SHR" if history.startswith("^") else "S0")
+    assert (flow.orig_pkts, flow.resp_pkts) == ((0, 1) if history.startswith("^") else (1, 0))
+
+
+@pytest.mark.parametrize(
+    ("sport", "dport", "flags", "flipped"),
+    [
+        (443, 51000, "PA", True),  # midstream, server port first: flipped
+        (51000, 443, "PA", False),  # midstream from the client
+        (8080, 80, "PA", False),  # both servers, no SYN: flipped only when the source port is the lower
+        (80, 8080, "PA", True),
+        (80, 8080, "SA", False),  # both servers and a SYN-ACK: never (stealth scans)
+        (9000, 51000, "SA", False),  # a SYN-ACK from no likely server port: its sender stays originator
+        (80, 51000, "SA", True),
+    ],
+)
+def test_tcp_first_packet_without_syn_flips_as_zeek_does(sport: int, dport: int, flags: str, flipped: bool) -> None:
+    flow = one_flow([{"src": SERVER, "sport": sport, "dst": HOST, "dport": dport, "flags": flags, "seq": 7}])
+    assert flow.history.startswith("^") == flipped
+    assert flow.orig_p == (dport if flipped else sport)
+
+
+def test_a_syn_ack_from_a_port_no_server_uses_stays_with_its_sender() -> None:
+    # Zeek flips a SYN-ACK-first connection only for a likely server port: otherwise 'H' from the originator.
+    rows = [
+        {"src": SERVER, "sport": 9000, "dst": HOST, "dport": 51000, "flags": "SA", "seq": 5, "ack": 11},
+        {"src": SERVER, "sport": 9000, "dst": HOST, "dport": 51000, "flags": "R", "seq": 6},
+    ]
+    flow = one_flow(rows)
+    assert (flow.history, flow.orig_p) == ("HR", 9000)
+
+
+# --------------------------------------------------------------------------- RSTOS0 or OTH
+
+
+CLIENT = {"src": HOST, "sport": 40000, "dst": SERVER, "dport": 80}
+
+
+@pytest.mark.parametrize(
+    ("rows", "history", "state"),
+    [
+        ([{**CLIENT, "flags": "S", "seq": 1}, {**CLIENT, "flags": "R", "seq": 2}], "SR", "RSTOS0"),
+        # A SYN, data, then a RST from the originator, nothing from the responder: 'D' is allowed.
+        (
+            [
+                {**CLIENT, "flags": "S", "seq": 1},
+                {**CLIENT, "flags": "P", "seq": 2, "payload_len": 10},
+                {**CLIENT, "flags": "R", "seq": 12},
+            ],
+            "SDR",
+            "RSTOS0",
+        ),
+        # No SYN (midstream ACK, then a RST): the originator reset, but this is no attempt: OTH.
+        ([{**CLIENT, "flags": "A", "seq": 1, "ack": 9}, {**CLIENT, "flags": "R", "seq": 1}], "AR", "OTH"),
+        # An ACK after the SYN breaks the pattern: OTH.
+        (
+            [
+                {**CLIENT, "flags": "S", "seq": 1},
+                {**CLIENT, "flags": "A", "seq": 2, "ack": 9},
+                {**CLIENT, "flags": "R", "seq": 2},
+            ],
+            "SAR",
+            "OTH",
+        ),
+    ],
+)
+def test_rstos0_needs_zeeks_history_pattern(rows: list[dict[str, Any]], history: str, state: str) -> None:
+    flow = one_flow(rows)
+    assert (flow.history, flow.conn_state) == (history, state)
+
+
+# --------------------------------------------------------------------------- counts and letters
+
+
+def test_ip_bytes_add_up_the_ip_total_lengths_per_direction() -> None:
+    rows = [
+        {**CLIENT, "flags": "S", "seq": 1, "ip_len": 60},
+        {"src": SERVER, "sport": 80, "dst": HOST, "dport": 40000, "flags": "SA", "seq": 9, "ack": 2, "ip_len": 60},
+        {**CLIENT, "flags": "PA", "seq": 2, "ack": 10, "payload_len": 100, "ip_len": 152},
+    ]
+    flow = one_flow(rows)
+    assert (flow.orig_ip_bytes, flow.resp_ip_bytes) == (212, 60)
+    # conn.log's orig_ip_bytes and resp_ip_bytes (fields 18 and 20 of 21) carry them.
+    fields = conn_columns(flow.to_frame().T)
+    assert (fields[17][0], fields[19][0]) == ("212", "60")
+
+
+def test_a_zero_window_after_the_peer_closed_is_no_w() -> None:
+    server = {"src": SERVER, "sport": 80, "dst": HOST, "dport": 40000}
+    rows = [
+        {**CLIENT, "flags": "S", "seq": 1},
+        {**server, "flags": "SA", "seq": 9, "ack": 2},
+        {**CLIENT, "flags": "A", "seq": 2, "ack": 10},
+        {**CLIENT, "flags": "FA", "seq": 2, "ack": 10},
+        {**server, "flags": "A", "seq": 10, "ack": 3, "win": 0},  # the client closed: no window matters
+        {**CLIENT, "flags": "A", "seq": 3, "ack": 10, "win": 0},  # the client's own zero window after its FIN counts
+    ]
+    assert one_flow(rows).history == "ShAFaW"
+
+
+# --------------------------------------------------------------------------- tunnels
+
+ETH = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+NODE_A, NODE_B = "198.18.0.1", "198.18.0.2"
+POD_A, POD_B = "10.244.1.5", "10.244.2.7"
+
+
+def vxlan(inner: Any, sport: int = 49500) -> Any:
+    return ETH / IP(src=NODE_A, dst=NODE_B) / UDP(sport=sport, dport=4789) / VXLAN(vni=1) / ETH / inner
+
+
+@pytest.fixture
+def overlay_capture(tmp_path: Path) -> Path:
+    """node-b's underlay: the pod's SYNs in VXLAN, its SYN-ACKs bare; a cut VXLAN packet; a VXLAN-GPE datagram."""
+    syn = IP(src=POD_A, dst=POD_B) / TCP(sport=40000, dport=8080, flags="S", seq=100)
+    synack = IP(src=POD_B, dst=POD_A) / TCP(sport=8080, dport=40000, flags="SA", seq=900, ack=101)
+    cut = bytes(vxlan(syn, sport=49501))[: 14 + 20 + 8 + 4]  # the VXLAN header cut short
+    gpe_header = b"\x0c\x00\x00\x03" + bytes(4)  # VXLAN-GPE: flags, next protocol IPv4, VNI 0
+    gpe = ETH / IP(src=NODE_A, dst=NODE_B) / UDP(sport=49502, dport=4790) / (gpe_header + bytes(syn))
+    frames = [bytes(vxlan(syn)), bytes(ETH / synack), bytes(vxlan(syn)), bytes(ETH / synack), cut, bytes(gpe)]
+    return write_pcap(tmp_path / "overlay.pcap", frames)
+
+
+def test_a_tunnelled_flow_names_its_tunnel_and_carriers_are_no_problems(overlay_capture: Path) -> None:
+    packets = read_capture(overlay_capture, name="node-b")
+    flows = build_flows(packets)
+    pod = flows[flows.resp_p == 8080].iloc[0]
+    assert (pod.history, pod.conn_state, pod.carrier) == ("Sh", "S1", False)
+    assert pod.tunnel_parents == [tunnel_uid("node-b", -1, "vxlan", NODE_B, NODE_A)]
+    # The cut VXLAN packet and the VXLAN-GPE datagram stay outer UDP flows: carriers, one-way by nature.
+    carriers = flows[flows.carrier]
+    assert sorted(carriers.resp_p) == [4789, 4790]
+    assert set(carriers.conn_state) == {"S0"} and all(not parents for parents in carriers.tunnel_parents)
+
+
+def test_carrier_flows_are_not_listed_as_no_reply(overlay_capture: Path) -> None:
+    report = analyze({"node-b": str(overlay_capture)})
+    text = render_text(report, flows="problems")
+    assert "4789" not in text and "4790" not in text, text
+    assert "healthy: 2 flows (2 tunnel)" in render_text(report, flows="problems"), text
+    assert report.flows is not None and report.flows.carrier.sum() == 2
