@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from diag.capture.proto import TCP
@@ -13,6 +14,8 @@ from diag.diagnose.connections import build_connections
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen
 from diag.diagnose.tcp import analyze_tcp
+from diag.diagnose.tcp_columns import Outcome, judge_by_columns
+from diag.diagnose.tcp_signals import build_packets, compute_signals
 from diag.diagnose.udp import analyze_udp
 from diag.report import FORGED_RESET_CAUSES, Finding, PacketRef
 from diag.report.facts import Fact, note
@@ -38,15 +41,26 @@ def diagnose(
     if len(packets) == 0:
         return []
     ctx = Context.build(packets, corr, order_hint)
-    findings: list[tuple[int, Finding]] = []
-    for conn in build_connections(packets, corr, suspects_only=True):
-        result = analyze_tcp(conn, ctx) if conn.proto == TCP else analyze_udp(conn, ctx)
+    connections = build_connections(packets, corr, suspects_only=True)
+    claimed: set[int] = set()
+    outcomes: dict[int, Outcome] = {}
+    if any(conn.proto == TCP for conn in connections):
+        # The TCP signals of every connection at once; the registry's rules judge most of them.
+        signals = compute_signals(build_packets(connections[0].table, connections), connections, ctx)
+        chosen, outcomes = judge_by_columns(connections, signals, ctx)
+        claimed = set(np.flatnonzero(chosen).tolist())
+    findings: list[tuple[int, int, Finding]] = []
+    for k, conn in enumerate(connections):
+        if k in claimed:
+            result = outcomes[k]
+        else:
+            result = analyze_tcp(conn, ctx) if conn.proto == TCP else analyze_udp(conn, ctx)
         if result is None:
             continue
         verdict, symptom, _occurrences = result
-        findings.append((symptom.ts_ref, _finding(conn.proto, conn.client, conn.server, verdict, symptom, ctx)))
-    findings.sort(key=lambda item: item[0])
-    return [finding for _, finding in findings]
+        findings.append((symptom.ts_ref, k, _finding(conn.proto, conn.client, conn.server, verdict, symptom, ctx)))
+    findings.sort(key=lambda item: (item[0], item[1]))
+    return [finding for _, _, finding in findings]
 
 
 def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, ctx: Context) -> Finding:

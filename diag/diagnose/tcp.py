@@ -228,9 +228,38 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
         return None
 
     genuine, forged, claim_lines = _genuineness(sides, rst, ctx)
+    base = rst_lines(rst, trigger, any(p.is_pure_syn or p.is_synack for p in packets))
+    challenge = _challenge_ack(packets, rst)
+    if rst.from_orig and challenge is not None:
+        return _tuple_reuse(sides, rst, challenge, genuine, claim_lines, base)
+    if is_established(packets, rst):
+        return established_reset(sides, rst, trigger, genuine, forged, claim_lines, base)
+    if not rst.from_orig:
+        answer = _genuine_answer(packets, rst, trigger)
+        if answer is not None:
+            return _raced_handshake(sides, rst, answer, forged, claim_lines, base)
+        if trigger is not None and trigger.is_pure_syn and (beyond := _syn_went_past(rst, trigger)) is not None:
+            return _let_through(sides, rst, trigger, beyond, claim_lines, base)
+        return handshake_reset_from_server(conn, sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
+    if trigger is not None and trigger.is_synack and not genuine:
+        return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
+    verdict = Verdict(Cause.UNKNOWN, 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
+    verdict.evidence = base + claim_lines
+    return verdict
+
+
+def rst_lines(rst: Seen, trigger: Seen | None, handshake_seen: bool) -> list[Line]:
+    """The lines every RST verdict starts with: the RST itself, the packet it answers, a missing handshake."""
     first = rst.first
     base: list[Line] = [
-        Fact.of("rst", side=who, claimed=_claimed(rst), packet=where(first), ttl=first.ttl, ip_id=first.ip_id)
+        Fact.of(
+            "rst",
+            side=side_name(rst.from_orig),
+            claimed=_claimed(rst),
+            packet=where(first),
+            ttl=first.ttl,
+            ip_id=first.ip_id,
+        )
     ]
     if trigger is not None:
         kind = "SYN-ACK" if trigger.is_synack else "SYN" if trigger.is_pure_syn else "segment"
@@ -244,26 +273,9 @@ def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Ver
                 packet=where(trigger.first),
             )
         )
-
-    if not any(p.is_pure_syn or p.is_synack for p in packets):
+    if not handshake_seen:
         base.append("no handshake in the captures: which side is the client is a guess (the first to send)")
-    challenge = _challenge_ack(packets, rst)
-    if rst.from_orig and challenge is not None:
-        return _tuple_reuse(sides, rst, challenge, genuine, claim_lines, base)
-    if is_established(packets, rst):
-        return _established_reset(sides, rst, trigger, genuine, forged, claim_lines, base)
-    if not rst.from_orig:
-        answer = _genuine_answer(packets, rst, trigger)
-        if answer is not None:
-            return _raced_handshake(sides, rst, answer, forged, claim_lines, base)
-        if trigger is not None and trigger.is_pure_syn and (beyond := _syn_went_past(rst, trigger)) is not None:
-            return _let_through(sides, rst, trigger, beyond, claim_lines, base)
-        return _handshake_reset_from_server(conn, sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
-    if trigger is not None and trigger.is_synack and not genuine:
-        return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
-    verdict = Verdict(Cause.UNKNOWN, 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
-    verdict.evidence = base + claim_lines
-    return verdict
+    return base
 
 
 def _challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
@@ -453,7 +465,7 @@ def _let_through(
     return verdict
 
 
-def _established_reset(
+def established_reset(
     sides: Sides,
     rst: Seen,
     trigger: Seen | None,
@@ -570,7 +582,7 @@ def _handshake_rtt(packets: list[Seen]) -> int | None:
     return best
 
 
-def _handshake_reset_from_server(
+def handshake_reset_from_server(
     conn: Connection,
     sides: Sides,
     rst: Seen,

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec
 from diag.report import Cause
 from diag.report.facts import Fact
+
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
@@ -31,10 +37,17 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     return f"a genuine {side} reset is ruled out: " + "; ".join(reasons) if reasons else None
 
 
+def tcp_rule(s: TcpSignals) -> np.ndarray:
+    """An established connection ended by a RST its claimed sender really sent (nothing says otherwise)."""
+    rule: np.ndarray = (s.rst >= 0) & s.established & ~s.forged & ~s.unsure_origin & ~(s.rst_from_client & s.challenge)
+    return rule
+
+
 SPEC = CauseSpec(
     cause=Cause.PEER_RESET,
     forged=False,
     excluded_by=excluded_by,
+    tcp_rule=tcp_rule,
     fixes=(
         "Look at the application that sent the RST: an abortive close (SO_LINGER 0), a crash, or closing the "
         "socket with unread data; trade-off: none at the network level, this is the endpoint's decision.",
