@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
+from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, left_its_sender
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -65,10 +65,11 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """Replies that went back only along the request's own path, and were lost there, were not sent astray."""
+    """Replies that went back only along the request's own path, and were lost there, were not sent astray;
+    a RST its claimed sender's own capture shows leaving it was not forged by a box on the way back."""
     if first(facts, "reply-lost") is not None:
         return "the replies were seen only on the request's own path"
-    return None
+    return left_its_sender(facts)
 
 
 SPEC = CauseSpec(
@@ -76,7 +77,7 @@ SPEC = CauseSpec(
     forged=True,
     udp=udp,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"reply-lost"}),
+    excluded_kinds=frozenset({"reply-lost", "left-own"}),
     fixes=(
         "Make the forwarding node SNAT what it sends on to another node (kube-proxy masquerade, "
         "externalTrafficPolicy: Cluster with SNAT) so the reply returns through it and the load balancer; "

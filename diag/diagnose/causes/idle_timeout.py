@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from diag.diagnose.causes.spec import CauseSpec
+from collections.abc import Sequence
+
+from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender
 from diag.report import Cause
+from diag.report.facts import Fact
+
+
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """A client still retrying its SYN had no established flow to time out; a genuine RST is no middlebox's."""
+    if first(facts, "syn-retried") is not None:
+        return "the client was still retrying its SYN: the connection never got established, nothing was idle"
+    return left_its_sender(facts)
+
 
 SPEC = CauseSpec(
     cause=Cause.IDLE_TIMEOUT,
     forged=True,
+    excluded_by=excluded_by,
+    excluded_kinds=frozenset({"syn-retried", "left-own"}),
     fixes=(
         "Enable TCP keepalives below the middlebox's idle timeout (e.g. net.ipv4.tcp_keepalive_time under 350 s "
         "for an AWS NLB or NAT gateway); trade-off: a few extra packets per idle connection.",

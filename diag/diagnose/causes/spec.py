@@ -72,3 +72,9 @@ def kinds(facts: Sequence[Fact], *wanted: str) -> list[Fact]:
 
 def first(facts: Sequence[Fact], kind: str) -> Fact | None:
     return next((fact for fact in facts if fact.kind == kind), None)
+
+
+def left_its_sender(facts: Sequence[Fact]) -> str | None:
+    """The claimed sender's own capture shows the RST leaving it: genuine, so no box forged it."""
+    left = first(facts, "left-own")
+    return None if left is None else f"the {left['side']}'s own capture shows the RST leaving it: it is genuine"

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-from diag.diagnose.causes.spec import CauseSpec
+from collections.abc import Sequence
+
+from diag.diagnose.causes.spec import CauseSpec, first
 from diag.report import Cause
+from diag.report.facts import Fact
+
+
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """The RST of a tuple reuse is the client's own stack answering the challenge ACK: its capture shows it."""
+    absent = first(facts, "absent-at-own")
+    if absent is not None and absent["side"] == "client":
+        return "the client's own capture never shows the RST, and in a tuple reuse the client's stack sends it"
+    return None
+
 
 SPEC = CauseSpec(
     cause=Cause.TUPLE_REUSE,
     forged=False,
+    excluded_by=excluded_by,
+    excluded_kinds=frozenset({"absent-at-own"}),
     fixes=(
         "Avoid reusing a 4-tuple the server still holds: let the client's stack pick ephemeral ports (no fixed "
         "source port), and keep net.ipv4.tcp_tw_reuse and the NAT's port allocation from recycling ports early; "
