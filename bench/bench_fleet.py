@@ -10,8 +10,12 @@ file of node-00, node-01 and node-02. Each configuration runs in a fresh child
 process (imports and the compiled loops' cache load included in none of the
 stage times) and prints the stage times from ``analyze``'s progress hook, the
 child's peak RSS and, on a cluster, each worker's peak RSS and the time the
-LocalCluster took to start. The reports of every configuration must be
-identical (compared by a digest of the JSON); the script fails otherwise.
+LocalCluster took to start. On a cluster it also measures what travels:
+per point the pickled size of its candidates and flow table (what the
+client receives) and of its link keys (what the shuffle moves), and the
+workers' compute time per kind of task. The reports of every configuration
+must be identical (compared by a digest of the JSON); the script fails
+otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import pickle
 import resource
 import shutil
 import subprocess
@@ -62,14 +67,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_s() -> float:
+    """CPU seconds (user + system) this process has used: on a shared machine, steadier than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def warm_up() -> bool:
+    """Load the compiled loops' cache (reader, flows, packet keys) with a small analysis of one capture."""
+    from diag.analysis import analyze
+
+    return analyze([str(CAPTURES / "client.pcapng")]) is not None
+
+
 def one(mode: str, fleet: Path) -> dict[str, object]:
     """Run in a child process: one analysis of the fleet in ``mode`` ('single' or 'local:N')."""
     from diag.analysis import analyze
-    from diag.capture import read_capture
     from diag.fleet import fleet_points
 
-    # Start-up kept out of the stage times: the compiled loops' cache is loaded by a first small read.
-    read_capture(CAPTURES / "client.pcapng")
+    # Start-up kept out of the stage times, in this process and in every worker.
+    warm_up()
     stages: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -81,13 +98,15 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
     points = fleet_points(fleet)
     result: dict[str, object] = {"mode": mode}
     started = time.perf_counter()
+    client_cpu = cpu_s()
     if mode == "single":
         report = analyze(points, progress=progress)
         result["workers_rss_mb"] = []
     else:
         from distributed import Client, LocalCluster, get_task_stream
 
-        from diag.cluster import read_on
+        from diag.analysis import parse_capture_args
+        from diag.cluster import reduce_on, report_of_candidates
 
         workers = int(mode.split(":")[1])
         with LocalCluster(
@@ -95,20 +114,35 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
         ) as cluster, Client(cluster) as client:
             # Each worker loads the compiled loops once, as the single process did above.
-            client.run(lambda: read_capture(CAPTURES / "client.pcapng") is not None)
+            client.run(warm_up)
             result["cluster_start_s"] = time.perf_counter() - started
             started = time.perf_counter()
+            client_cpu = cpu_s()
+            workers_cpu = client.run(cpu_s)
             with get_task_stream(client) as stream:
-                report = analyze(points, progress=progress, reader=read_on(client))
-            # Time the workers spent in read_file itself; the rest of the read stage is scheduling and transfer.
-            result["worker_compute_s"] = sum(
-                part["stop"] - part["start"]
-                for task in stream.data
-                for part in task["startstops"]
-                if part["action"] == "compute"
-            )
+                candidates = reduce_on(client, parse_capture_args(points), progress)
+            report = report_of_candidates(candidates, progress)
+            # Time the workers spent computing, per kind of task (diag-read-..., diag-point-...); the rest of
+            # the stages is scheduling and transfer.
+            compute: dict[str, float] = {}
+            for task in stream.data:
+                kind = str(task["key"]).split("-")[1]
+                for part in task["startstops"]:
+                    if part["action"] == "compute":
+                        compute[kind] = compute.get(kind, 0.0) + part["stop"] - part["start"]
+            result["worker_compute_s"] = compute
             result["workers_rss_mb"] = sorted(client.run(peak_rss_mb).values())
+            result["workers_cpu_s"] = sorted(
+                spent - workers_cpu[worker] for worker, spent in client.run(cpu_s).items()
+            )
+            result["shipped"] = [
+                {"point": one.info.name, "packets": one.read, "candidates": len(one.packets),
+                 "candidates_bytes": len(pickle.dumps(one.packets, protocol=5)),
+                 "flows_bytes": len(pickle.dumps(one.flows, protocol=5)), "link_bytes": one.link_bytes}
+                for one in candidates
+            ]  # fmt: skip
     result["total_s"] = time.perf_counter() - started
+    result["client_cpu_s"] = cpu_s() - client_cpu
     result["stages_s"] = stages
     result["packets"] = sum(info.packets for info in report.captures)
     result["bytes"] = sum(path.stat().st_size for files in points.values() for path in files)
@@ -142,17 +176,30 @@ def main(argv: list[str] | None = None) -> int:
     first = rows[0]
     print(f"fleet: {args.points} points, {first['files']} files, {first['packets']:,} packets, "
           f"{first['bytes'] / 1e6:,.0f} MB; verdict {first['verdict']}, {first['findings']} findings")
-    print("| run | cluster start s | read s | (in workers' read_file s) | flows s | correlate s | diagnose s "
-          "| total s | client peak RSS MB | worker peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| run | cluster start s | read s | flows s | candidates s | correlate s | diagnose s | total s "
+          "| client CPU s | workers' CPU s | client peak RSS MB | worker peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         stages = row["stages_s"]
         workers = ", ".join(f"{rss:.0f}" for rss in row["workers_rss_mb"]) or "-"
         start = f"{row['cluster_start_s']:.1f}" if "cluster_start_s" in row else "-"
-        compute = f"{row['worker_compute_s']:.2f}" if "worker_compute_s" in row else "-"
-        print(f"| {row['mode']} | {start} | {stages.get('read', 0):.2f} | {compute} | {stages.get('flows', 0):.2f} | "
-              f"{stages.get('correlate', 0):.2f} | {stages.get('diagnose', 0):.2f} | {row['total_s']:.2f} | "
+        print(f"| {row['mode']} | {start} | {stages.get('read', 0):.2f} | {stages.get('flows', 0):.2f} | "
+              f"{stages.get('candidates', 0):.2f} | {stages.get('correlate', 0):.2f} | "
+              f"{stages.get('diagnose', 0):.2f} | {row['total_s']:.2f} | {row['client_cpu_s']:.1f} | "
+              f"{', '.join(f'{cpu:.1f}' for cpu in row.get('workers_cpu_s', [])) or '-'} | "
               f"{row['client_rss_mb']:.0f} | {workers} |")
+    for row in rows:
+        if "worker_compute_s" in row:
+            tasks = ", ".join(f"{kind} {seconds:.2f}" for kind, seconds in row["worker_compute_s"].items())
+            print(f"{row['mode']}: workers' compute s by task: {tasks}")
+    shipped = next((row["shipped"] for row in rows if "shipped" in row), None)
+    if shipped:
+        print("| point | packets | candidates | candidates MB | flow table MB | link keys MB |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for point in shipped:
+            print(f"| {point['point']} | {point['packets']:,} | {point['candidates']:,} | "
+                  f"{point['candidates_bytes'] / 1e6:.2f} | {point['flows_bytes'] / 1e6:.2f} | "
+                  f"{point['link_bytes'] / 1e6:.2f} |")
     digests = {row["digest"] for row in rows}
     if len(digests) != 1:
         print(f"reports differ between runs: {[(row['mode'], row['digest']) for row in rows]}", file=sys.stderr)

@@ -1,22 +1,34 @@
-"""Reading captures on a Dask cluster (``--cluster local[:N] | tcp://HOST:PORT``, ``DIAG_CLUSTER``).
+"""Analyzing captures on a Dask cluster (``--cluster local[:N] | tcp://HOST:PORT``, ``DIAG_CLUSTER``).
 
-Reading and dissecting is most of an analysis's time and it is per file, so
-it is what goes to the workers: one task per file runs
-``diag.analysis.read_file`` and sends back the packet table and its
-``CaptureInfo`` (pickled pandas). The client then puts each point's files in
-time order, correlates and diagnoses exactly as the single-process path
-does, with the same code. Tasks are submitted and gathered in the order of
-the (name, path) pairs, so the report does not depend on how many workers
-there are or which one finished first.
+Reading, dissecting and summarising is most of an analysis's time and most
+of its memory, and it is per point, so it stays on the workers:
+
+1. one task per file reads it (``diag.analysis.read_file``);
+2. one task per point merges its files in time order, applies ``--filter``,
+   builds its flow table and the per-row link keys (``diag.reduction``);
+   the point's whole packet table stays in that worker's memory;
+3. the shuffle: each point's distinct link keys are cut into one hash
+   partition per worker, and each partition is reduced, on a worker, to the
+   keys seen at two points or more;
+4. one task per point chooses its candidate packets given those keys and
+   sends them, with its flow table and ``CaptureInfo``, to the client.
+
+The client stacks the candidates in the order of the points, correlates and
+diagnoses them with the single-process code (``diag.analysis.report_of``),
+and gets the report the single process gets from every packet. Nothing
+depends on the number of workers: the shared keys are the same however they
+are partitioned, and results are gathered in the order of the points.
+The whole packet tables never leave the workers; what travels is the link
+keys (8 bytes per distinct key of a point), the candidates and the flow tables.
 
 Files are read where they are: each worker opens the path itself, so every
 worker must see the captures at the same absolute path (a shared file
 system, or a ``LocalCluster`` on this machine). Standard input and pipes
 cannot be shared that way and are refused.
 
-When a worker dies mid-task, the scheduler gives the task to another worker
-(``distributed.scheduler.allowed-failures`` times); a file that keeps killing
-workers ends in one line naming it.
+When a worker dies mid-run, the scheduler gives its tasks to another worker
+and computes again what the dead one held (``distributed.scheduler.allowed-failures``
+times); a point whose files keep killing workers ends in one line naming them.
 """
 
 from __future__ import annotations
@@ -151,6 +163,7 @@ class PointPart:
     info: CaptureInfo
     flows: pd.DataFrame
     rows: PointRows
+    links: LinkKeys
 
 
 @dataclass(frozen=True)
@@ -161,6 +174,7 @@ class PointCandidates:
     info: CaptureInfo
     flows: pd.DataFrame
     read: int  # packets the point had (after --filter); ``len(packets)`` of them are sent
+    link_bytes: int  # what the point's link keys weighed in the shuffle
 
 
 def prepare_point(
@@ -172,12 +186,13 @@ def prepare_point(
     table, info = merge_point(tables, infos)
     if packet_filter is not None:
         table = filter_packets(table, packet_filter).reset_index(drop=True)
-    return PointPart(table, info, build_flows(table), PointRows.of(table))
+    rows = PointRows.of(table)
+    return PointPart(table, info, build_flows(table), rows, rows.link_keys(table))
 
 
 def point_link_parts(part: PointPart, partitions: int) -> list[LinkKeys]:
     """On a worker: the point's distinct link keys, cut into ``partitions`` by hash (the shuffle's map side)."""
-    return partition_link_keys(part.rows.link_keys(part.table), partitions)
+    return partition_link_keys(part.links, partitions)
 
 
 def shared_in_partition(parts: Sequence[LinkKeys]) -> LinkKeys:
@@ -188,7 +203,7 @@ def shared_in_partition(parts: Sequence[LinkKeys]) -> LinkKeys:
 def point_candidates(part: PointPart, *shared: LinkKeys) -> PointCandidates:
     """On a worker: the point's candidate rows, given every partition's shared link keys."""
     keep = select_candidates(part.table, part.rows, merge_link_keys(shared))
-    return PointCandidates(part.table[keep], part.info, part.flows, len(part.table))
+    return PointCandidates(part.table[keep], part.info, part.flows, len(part.table), part.links.nbytes)
 
 
 def analyze_on(
@@ -197,7 +212,17 @@ def analyze_on(
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
 ) -> Report:
-    """``diag.analysis.analyze`` with the points read, summarised and reduced on ``client``'s workers.
+    """``diag.analysis.analyze`` with the points read, summarised and reduced on ``client``'s workers."""
+    return report_of_candidates(reduce_on(client, pairs, progress, packet_filter), progress)
+
+
+def reduce_on(
+    client: Client,
+    pairs: Sequence[tuple[str, Path]],
+    progress: ProgressHook | None = None,
+    packet_filter: str | FilterNode | None = None,
+) -> list[PointCandidates]:
+    """Every point's candidates, in point order, computed on ``client``'s workers.
 
     The graph, submitted at once: a read task per file; a point task per point
     (its files merged in time order, ``--filter``, the flow table, link keys),
@@ -267,7 +292,7 @@ def analyze_on(
             results: list[PointCandidates] = _wait(client, candidates, owner)
     finally:
         client.cancel(futures)
-    return report_of_candidates(results, progress)
+    return results
 
 
 def report_of_candidates(results: Sequence[PointCandidates], progress: ProgressHook | None = None) -> Report:

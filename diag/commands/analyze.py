@@ -81,8 +81,10 @@ point read in time order), or a TOML manifest naming each point's files:
   [points.pod]                               # relative to the manifest
   files = ["pod/eth0.pcapng", "pod/eth1.pcapng"]
 
-With --cluster (or DIAG_CLUSTER) every file is read and dissected on a Dask
-worker; the report is the same as without it.
+With --cluster (or DIAG_CLUSTER) every point is read, summarised and reduced
+to its candidate packets on a Dask worker (the points' packet keys joined
+across the workers), and only those come back to be correlated and
+diagnosed; the report is the same as without it.
 """
 
 FLEET_EPILOG = """\
@@ -90,9 +92,9 @@ examples:
   diag analyze fleet incident-0412/
       every subdirectory of incident-0412 is one point, named after it
   diag analyze fleet --cluster local:4 --json report.json incident-0412/
-      the files read by a local Dask cluster of 4 worker processes
+      the points read and reduced by a local Dask cluster of 4 worker processes
   DIAG_CLUSTER=tcp://10.0.0.5:8786 diag analyze fleet fleet.toml
-      the files read by an existing cluster, whose workers see the same paths
+      the same on an existing cluster, whose workers see the files at the same paths
 
 exit status:
   0  the captures were analyzed (whatever was found, even with warnings)
@@ -161,7 +163,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument(
         "--cluster",
         metavar="local[:N]|tcp://HOST:PORT",
-        help="read and dissect the files on Dask workers: a local cluster of N processes (default: one per CPU) "
+        help="read the files and reduce each point to its candidate packets on Dask workers: a local cluster of N "
+        "processes (default: one per CPU) "
         "or the scheduler at this address, whose workers see the files at the same paths (default: $DIAG_CLUSTER)",
     )
     # Parsers copy their parents' options when they are made, so the sub-commands come after the options.
