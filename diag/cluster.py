@@ -44,6 +44,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from diag.analysis import ProgressHook, concat_packets, group_points, read_file, report_of
@@ -319,7 +320,13 @@ def _renumbered(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     kept, offset = [], 0
     for flows in tables:
         if len(flows):
-            kept.append(flows.assign(flow_id=flows["flow_id"].to_numpy() + offset))
+            previous = flows["prev_flow"].to_numpy()
+            kept.append(
+                flows.assign(
+                    flow_id=flows["flow_id"].to_numpy() + offset,
+                    prev_flow=np.where(previous >= 0, previous + offset, previous),
+                )
+            )
             offset += len(flows)
     return pd.concat(kept, ignore_index=True) if kept else empty_flows()
 
