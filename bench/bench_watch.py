@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import struct
 import subprocess
@@ -118,7 +119,8 @@ def main() -> int:
     watch.stdin.write(chunk)
     fed = time.monotonic() - began
     watch.stdin.close()
-    watch.wait()
+    _pid, status, usage = os.wait4(watch.pid, 0)
+    watch.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - began
     findings = [json.loads(line) for line in out.read_text().splitlines()]
     latencies = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings if f["packet"])
@@ -130,10 +132,18 @@ def main() -> int:
         marks = [rss[int(len(rss) * q) - 1] for q in (0.1, 0.25, 0.5, 0.75, 1.0)]
         print(f"  resident memory at 10/25/50/75/100% of the run: {', '.join(f'{k / 1024:.0f}' for k in marks)} MiB; "
               f"peak {max(rss) / 1024:.0f} MiB")
+    print(f"  CPU {usage.ru_utime:.1f} s user + {usage.ru_stime:.1f} s system "
+          f"({(usage.ru_utime + usage.ru_stime) / wall:.0%} of one core over the run)")
     print(f"  {len(findings)} finding(s) decided")
+    # A reset's finding is decided as soon as every point caught up past it; an absence (silent-drop)
+    # waits ABSENCE_SETTLE_S for a late reply by design, so the two are reported apart.
+    resets = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings
+                    if f["packet"] and f["cause"] != "silent-drop")
     if latencies and args.realtime:
-        print(f"  decision latency: median {statistics.median(latencies):.3f} s, "
-              f"90% {latencies[int(len(latencies) * 0.9) - 1]:.3f} s, max {latencies[-1]:.3f} s")
+        for label, values in (("every finding", latencies), ("findings on a RST", resets)):
+            if values:
+                print(f"  decision latency, {label} ({len(values)}): median {statistics.median(values):.3f} s, "
+                      f"95% {values[max(int(len(values) * 0.95) - 1, 0)]:.3f} s, max {values[-1]:.3f} s")
     return 0
 
 

@@ -305,6 +305,7 @@ def _note(args: argparse.Namespace, text: str) -> None:
 
 def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> int:
     from diag.capture.records import CaptureWarning
+    from diag.watch.incremental import IncrementalAnalysis
     from diag.watch.window import Decider, Window, analyze_window
 
     # The reader records damaged parts and also warns; the notes on stderr carry them instead.
@@ -326,15 +327,16 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
                   + ", ".join(f"{source.name}={source.describe()}" for source in sources))
         window = Window([source.name for source in sources], args.window)
         decider = Decider()
+        incremental = IncrementalAnalysis(window)
         deadline = time.monotonic() + args.duration if args.duration else None
         findings: list[Any] = []
-        packets = None
         stop_asked_at: float | None = None
         last_analysis = last_took = 0.0
         while not window.all_ended:
             # Wake often: a window that changed is analyzed as soon as every reader has handed over
             # what it read (at most every TICK_S while packets keep coming), and findings waiting
-            # for the points to catch up are looked at again.
+            # for the points to catch up are looked at again. Each analysis revisits only the
+            # connections that may have changed (diag.watch.incremental).
             try:
                 kind, point, payload = messages.get(timeout=STEP_S)
                 _take(kind, point, payload, window, args)
@@ -356,20 +358,22 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
             all_idle = all(when is not None for name, when in idle.items() if not window.points[name].ended)
             since = time.monotonic() - last_analysis
             # After an analysis that took D seconds, the readers get D seconds before the next one: a
-            # window too big to analyze twice a second is analyzed less often, but the streams are
-            # still read as fast as they come.
+            # burst that takes long to analyze is analyzed less often, but the streams are still
+            # read as fast as they come.
             if window.changed and (all_idle or since >= TICK_S) and since >= 2 * last_took:
                 last_analysis = time.monotonic()
-                packets = window.packets()
-                findings = analyze_window(packets) if packets is not None else []
+                findings = incremental.step(time.time(), idle)
                 last_took = time.monotonic() - last_analysis
             now = time.time()
             for finding in decider.decide(findings, window, now, idle):
-                _emit(output, finding, now, kernel, packets)
+                _emit(output, finding, now, kernel, incremental.rsts_of(finding))
+                incremental.given(finding)
             oldest = window.oldest_kept()
             if oldest is not None:
                 decider.forget_before(oldest - window.seconds)
-        # Whatever is still queued (the last tables of streams that just ended), then the last analysis.
+        # Whatever is still queued (the last tables of streams that just ended), then the last analysis:
+        # of the whole window, as 'analyze' would make it (see diag.watch.incremental for what the
+        # steps before could not see).
         _drain(messages, window, args)
         packets = window.packets()
         findings = analyze_window(packets) if packets is not None else []
@@ -415,10 +419,14 @@ def _warm_up() -> None:
     import io
 
     from diag.capture.live import stream_tables
-    from diag.watch.window import analyze_window
+    from diag.watch.incremental import IncrementalAnalysis
+    from diag.watch.window import Window, analyze_window
 
+    window = Window(["warm-up"])
     for table in stream_tables(io.BytesIO(_tiny_capture()), "warm-up", "warm-up"):
         analyze_window(table)
+        window.add("warm-up", table)
+    IncrementalAnalysis(window).step(time.time(), {})
 
 
 def _drain(messages: queue.Queue[Message], window: Any, args: argparse.Namespace) -> None:

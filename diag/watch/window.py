@@ -27,13 +27,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from diag.analysis import concat_packets
 from diag.correlate import correlate
 from diag.diagnose import diagnose
-from diag.flows import build_flows
-from diag.report import Finding
+from diag.report import Cause, Finding
+from diag.watch.links import FlowLinks, IntArray, RowKeys, row_keys
 
 DEFAULT_WINDOW_S = 30.0
 # After its symptom, how much of every point's traffic a finding waits for (stream time).
@@ -43,7 +44,12 @@ ABSENCE_SETTLE_S = 3.0
 # A point whose reader has waited on an empty stream this long (wall clock) has caught up:
 # what the capture on the other end still holds in flight is gone by then.
 QUIET_S = 0.1
-ABSENCE_CAUSES = frozenset({"silent-drop"})
+ABSENCE_CAUSES = frozenset({Cause.SILENT_DROP})
+# A point's newest pieces are merged up to this many rows: big enough that a point has a handful
+# of pieces, small enough that a piece leaves the window soon after its last packet does.
+MAX_PIECE_ROWS = 1 << 18
+# The window's links are rebuilt no more often than every this many rows taken in.
+RELINK_MIN_ROWS = 1 << 16
 
 ConnectionKey = tuple[str, str, str, str]
 
@@ -60,26 +66,65 @@ def settle_for(finding: Finding) -> float:
 
 
 @dataclass
+class Piece:
+    """Consecutive packets of one point and, per row, what the incremental analysis looks them up by.
+
+    ``flow`` is the row's flow number in the window's ``FlowLinks`` (-1: not
+    TCP or UDP); ``keys`` are what it was linked by, kept to link it again
+    when the window rebuilds its links.
+    """
+
+    table: pd.DataFrame
+    ts: IntArray
+    flow: IntArray
+    keys: RowKeys
+
+    @property
+    def newest(self) -> int:
+        return int(self.ts.max()) if len(self.ts) else -1
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass
 class PointState:
     """One capture point's part of the window and how far its stream has come."""
 
-    parts: list[pd.DataFrame] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)
+    arrived: list[pd.DataFrame] = field(default_factory=list)  # tables not yet made a piece
     newest_ts: float | None = None  # the newest packet's timestamp, seconds
     ended: bool = False
     packets: int = 0  # seen over the whole watch
 
 
 class Window:
-    """Per point, the packets of the last ``seconds`` of its own clock, in arrival order."""
+    """Per point, the packets of the last ``seconds`` of its own clock, in arrival order.
+
+    A point's packets are kept as a few pieces: each table that arrives is
+    appended as a piece (the tables that arrived between two analyses make
+    one piece: ``add`` only queues them), and the newest pieces are merged while the one
+    before is not four times bigger (up to ``MAX_PIECE_ROWS``), so a point
+    has a handful of pieces, a row is copied a few times over its life, and
+    nothing is rebuilt at each analysis. Pieces wholly older than the window
+    are dropped. Every row is linked into ``links`` when its piece is made
+    (see ``diag.watch.links``); ``take_fresh`` gives the flow numbers of the
+    rows that came since it was last called.
+    """
 
     def __init__(self, points: Sequence[str], seconds: float = DEFAULT_WINDOW_S) -> None:
         self.seconds = seconds
         self.points: dict[str, PointState] = {name: PointState() for name in points}
         self.changed = False
+        self.links = FlowLinks()
+        self._point_codes = {name: code for code, name in enumerate(points)}
+        self._addresses: dict[str, int] = {}
+        self._fresh: list[IntArray] = []
 
     def add(self, point: str, table: pd.DataFrame) -> None:
+        """Take in a point's table; it becomes part of a piece at the next ``seal`` (keeping up comes first)."""
         state = self.points[point]
-        state.parts.append(table)
+        state.arrived.append(table)
         state.packets += len(table)
         newest = _newest_ts(table)
         if newest is not None and (state.newest_ts is None or newest > state.newest_ts):
@@ -94,27 +139,60 @@ class Window:
     def all_ended(self) -> bool:
         return all(state.ended for state in self.points.values())
 
-    def packets(self) -> pd.DataFrame | None:
-        """The window's packets, all points stacked in the order given; None before any packet arrived.
+    def seal(self) -> None:
+        """Make the tables that arrived since the last call one piece per point, linked (see the class notes)."""
+        for point, state in self.points.items():
+            if not state.arrived:
+                continue
+            table = concat_packets(state.arrived).reset_index(drop=True)
+            state.arrived = []
+            keys = row_keys(table, self._point_codes[point], self._addresses)
+            flows = self.links.link(keys)
+            state.pieces.append(Piece(table, table["ts_ns"].to_numpy().astype(np.int64), flows, keys))
+            _merge_newest(state.pieces)
+            self._fresh.append(flows[flows >= 0])
 
-        Each point's parts are merged into one table and its packets older
-        than the window dropped, so what is kept stays bounded.
-        """
+    def take_fresh(self) -> IntArray:
+        """The flow numbers of the rows sealed since the last call (each once)."""
+        self.seal()
+        fresh = np.unique(np.concatenate(self._fresh)) if self._fresh else np.zeros(0, dtype=np.int64)
+        self._fresh = []
+        self.changed = False
+        return fresh
+
+    def trim(self) -> None:
+        """Drop the pieces wholly older than the window; relink what is kept once the links have grown stale."""
+        self.seal()
+        for state in self.points.values():
+            cutoff = self.cutoff_ns(state)
+            state.pieces = [piece for piece in state.pieces if piece.newest >= cutoff]
+        held = sum(len(piece) for state in self.points.values() for piece in state.pieces)
+        # Links remember every key ever seen: rebuilt from the rows still held once they took in
+        # twice as many, so memory follows the window. Flow numbers change: only between analyses.
+        if self.links.rows_linked > 2 * held + RELINK_MIN_ROWS and not self._fresh:
+            self.links = FlowLinks()
+            for state in self.points.values():
+                for piece in state.pieces:
+                    piece.flow = self.links.link(piece.keys)
+
+    def packets(self) -> pd.DataFrame | None:
+        """The window's packets, all points stacked in the order given; None before any packet arrived."""
+        self.trim()
         tables = []
         for state in self.points.values():
-            if not state.parts:
-                continue
-            table = concat_packets(state.parts) if len(state.parts) > 1 else state.parts[0]
-            if state.newest_ts is not None:
-                cutoff = int((state.newest_ts - self.seconds) * 1e9)
-                stamps = table["ts_ns"].to_numpy()
-                if (stamps < cutoff).any():
-                    table = table[stamps >= cutoff].reset_index(drop=True)
-            state.parts = [table] if len(table) else []
-            if len(table):
-                tables.append(table)
+            cutoff = self.cutoff_ns(state)
+            for piece in state.pieces:
+                table = piece.table
+                if (piece.ts < cutoff).any():
+                    table = table[piece.ts >= cutoff]
+                if len(table):
+                    tables.append(table)
         self.changed = False
-        return concat_packets(tables) if tables else None
+        return concat_packets(tables).reset_index(drop=True) if tables else None
+
+    def cutoff_ns(self, state: PointState) -> int:
+        """Packets of that point older than this (ns, the point's own clock) have left the window."""
+        return -(2**62) if state.newest_ts is None else int((state.newest_ts - self.seconds) * 1e9)
 
     def caught_up(self, ts: float, now: float, idle_since: Mapping[str, float | None]) -> bool:
         """Whether every point has delivered what it will about the time ``ts`` (see the module's notes).
@@ -122,13 +200,22 @@ class Window:
         ``idle_since`` is, per point, the wall-clock time since which its
         reader has been waiting on an empty stream (None while it is busy).
         """
+        return ts <= self.caught_up_to(now, idle_since)
+
+    def caught_up_to(self, now: float, idle_since: Mapping[str, float | None]) -> float:
+        """The time every point has caught up to (inf when all have ended or gone quiet)."""
+        return min(self.caught_up_by_point(now, idle_since).values(), default=float("inf"))
+
+    def caught_up_by_point(self, now: float, idle_since: Mapping[str, float | None]) -> dict[str, float]:
+        """Per point, the time it has caught up to: its newest packet's, or inf once it ended or went quiet."""
+        until = {}
         for name, state in self.points.items():
-            if state.ended or (state.newest_ts is not None and state.newest_ts >= ts):
-                continue
             idle = idle_since.get(name)
-            if idle is None or now - idle < QUIET_S:
-                return False
-        return True
+            if state.ended or (idle is not None and now - idle >= QUIET_S):
+                until[name] = float("inf")
+            else:
+                until[name] = state.newest_ts if state.newest_ts is not None else float("-inf")
+        return until
 
     def newest(self) -> float | None:
         """The newest packet's time over all points."""
@@ -141,11 +228,31 @@ class Window:
         return min(starts) if starts else None
 
 
+def _merge_newest(pieces: list[Piece]) -> None:
+    """Merge the newest pieces while the one before is not four times bigger, up to ``MAX_PIECE_ROWS``."""
+    while len(pieces) >= 2 and len(pieces[-2]) < 4 * len(pieces[-1]) \
+            and len(pieces[-2]) + len(pieces[-1]) <= MAX_PIECE_ROWS:
+        last = pieces.pop()
+        before = pieces[-1]
+        pieces[-1] = Piece(
+            concat_packets([before.table, last.table]),
+            np.concatenate([before.ts, last.ts]),
+            np.concatenate([before.flow, last.flow]),
+            RowKeys(
+                flow=np.concatenate([before.keys.flow, last.keys.flow]),
+                packet=np.concatenate([before.keys.packet, last.keys.packet]),
+                endpoint_a=np.concatenate([before.keys.endpoint_a, last.keys.endpoint_a]),
+                endpoint_b=np.concatenate([before.keys.endpoint_b, last.keys.endpoint_b]),
+                flags=np.concatenate([before.keys.flags, last.keys.flags]),
+                point=before.keys.point,
+            ),
+        )
+
+
 def analyze_window(packets: pd.DataFrame) -> list[Finding]:
-    """The findings of ``diag analyze`` on the window's packets (flows, correlation, diagnosis)."""
-    flows = build_flows(packets)
-    correlation = correlate(packets)
-    return diagnose(packets, flows, correlation)
+    """The findings of ``diag analyze`` on the window's packets (correlation, diagnosis; the diagnosis
+    makes its connections from the correlation, not from the flow table)."""
+    return diagnose(packets, None, correlate(packets))
 
 
 @dataclass
