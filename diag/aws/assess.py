@@ -158,7 +158,7 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
         evidence.append(best.reason)
         evidence.append("flow log tcp-flags are OR-ed over the aggregation interval; only flag bits are compared")
         match = next(
-            (i for i, f in enumerate(result) if f.cause == "asymmetric-return" and nat and f.origin == nat), None
+            (i for i, f in enumerate(result) if f.cause is Cause.ASYMMETRIC_RETURN and nat and f.origin == nat), None
         )
         if match is not None:
             base = result[match]

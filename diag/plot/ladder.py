@@ -25,7 +25,7 @@ from diag.errors import DiagError
 from diag.plot import style
 from diag.plot.condense import CollapsedCycles, LadderItem, condense
 from diag.plot.flowview import FlowSelector, FlowView, PacketTrip, flow_view, host_of
-from diag.report import FORGED_RESET_CAUSES, Finding, Report
+from diag.report import FORGED_RESET_CAUSES, Cause, Finding, Report
 
 # Flows longer than this are condensed unless the caller says otherwise.
 CONDENSE_ABOVE = 50
@@ -334,7 +334,7 @@ def _mark_finding(
         ax.text(first_x + 0.12 * side, first_y + 0.8, f"really from: {origin}", ha="left" if side > 0 else "right",
                 va="center", fontsize=style.LABEL_SIZE, fontweight="bold", color=style.ORIGIN_COLOUR, gid="origin",
                 zorder=6, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 0.6})
-    elif finding.cause == "silent-drop":
+    elif finding.cause is Cause.SILENT_DROP:
         (_, _), (last_x, last_y) = segments[-1]
         ax.plot([last_x + 0.22 * travel], [last_y], marker="X", markersize=11, color=style.ORIGIN_COLOUR, ls="",
                 zorder=6, gid="vanished-marker")

@@ -12,7 +12,7 @@ from matplotlib.lines import Line2D
 
 from diag.plot import style
 from diag.plot.flowview import FlowSelector, flow_view
-from diag.report import Report
+from diag.report import Cause, Report
 
 # Marker per kind of packet, so the picture reads in grey scale too.
 _MARKERS = {"SYN": ">", "SYN-ACK": "<", "RST": "X", "RST-ACK": "X"}
@@ -45,7 +45,7 @@ def timeline(report: Report, flow: FlowSelector = None) -> Figure:
                   fontsize=style.HEADER_SIZE)
     ax.grid(axis="x", color="#e0e0e0")
     ax.set_axisbelow(True)
-    verdict = "healthy" if view.finding is None else view.finding.cause
+    verdict = Cause.HEALTHY if view.finding is None else view.finding.cause
     figure.suptitle(f"Timeline of {view.client} → {view.server} ({view.proto}): {verdict}",
                     fontsize=style.TITLE_SIZE - 1, x=0.02, y=1 - 0.12 / height, ha="left", va="top")
     handles = [

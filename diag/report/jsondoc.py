@@ -10,6 +10,7 @@ import orjson
 import pandas as pd
 
 from diag.report.flowcap import FLOW_LIMIT, cap_flows
+from diag.report.model import Cause
 
 if TYPE_CHECKING:
     from diag.report.model import Finding, Report
@@ -19,7 +20,7 @@ SCHEMA = "diag.report/1"
 
 def verdict_json(verdict: Finding | None) -> dict[str, Any]:
     if verdict is None:
-        return {"cause": "healthy", "confidence": 1.0, "summary": "no resets or lost replies found"}
+        return {"cause": str(Cause.HEALTHY), "confidence": 1.0, "summary": "no resets or lost replies found"}
     return {"cause": str(verdict.cause), "confidence": round(verdict.confidence, 3), "summary": verdict.summary}
 
 

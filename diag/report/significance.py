@@ -39,28 +39,28 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from diag.report.model import FORGED_RESET_CAUSES, Finding
+from diag.report.model import FORGED_RESET_CAUSES, Cause, Finding
 
 # Severity classes; a cause not listed (a new one, before it is classed here) counts as class 2.
 INCIDENT_CLASS: Final = 3
 REVIEW_CLASS: Final = 2
 ORDINARY_CLASS: Final = 1
-SEVERITY: Final[dict[str, int]] = {
+SEVERITY: Final[dict[Cause, int]] = {
     **dict.fromkeys(FORGED_RESET_CAUSES, INCIDENT_CLASS),
-    "silent-drop": INCIDENT_CLASS,
-    "tuple-reuse": REVIEW_CLASS,
-    "unknown": REVIEW_CLASS,
-    "peer-reset": ORDINARY_CLASS,
-    "port-closed": ORDINARY_CLASS,
-    "healthy": 0,
+    Cause.SILENT_DROP: INCIDENT_CLASS,
+    Cause.TUPLE_REUSE: REVIEW_CLASS,
+    Cause.UNKNOWN: REVIEW_CLASS,
+    Cause.PEER_RESET: ORDINARY_CLASS,
+    Cause.PORT_CLOSED: ORDINARY_CLASS,
+    Cause.HEALTHY: 0,
 }
 EXAMPLES_PER_GROUP: Final = 3
 
 Ints = npt.NDArray[np.int64]
 
 
-def severity(cause: str) -> int:
-    return SEVERITY.get(str(cause), REVIEW_CLASS)
+def severity(cause: Cause) -> int:
+    return SEVERITY.get(cause, REVIEW_CLASS)
 
 
 def _service(finding: Finding) -> tuple[str, str]:
@@ -94,7 +94,7 @@ def _table(findings: Sequence[Finding]) -> _Table:
     service: Ints = np.asarray(frame.groupby(["proto", "server"], sort=False).ngroup(), dtype=np.int64)
     per_group = np.bincount(group)[group]
     per_service = np.bincount(service)[service]
-    klass = np.array([severity(c) for c in causes], dtype=np.int64)
+    klass = np.array([severity(f.cause) for f in findings], dtype=np.int64)
     return _Table(
         klass=klass,
         rarity=np.where(klass >= INCIDENT_CLASS, 1.0, 1.0 + np.log10(per_service / per_group)),

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.info import CaptureInfo
-from diag.report import Finding, Report
+from diag.report import Cause, Finding, Report
 from diag.report.significance import Group, group_findings, most_significant, ranked, why_first
 
 # Problem kinds, most urgent first; a flow is listed under the first that applies.
@@ -109,7 +109,7 @@ def _bullets(items: Iterable[str]) -> list[str]:
 
 def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[str]:
     lines: list[str] = []
-    cause = style.bad(finding.cause) if finding.cause != "healthy" else style.good(finding.cause)
+    cause = style.bad(finding.cause) if finding.cause is not Cause.HEALTHY else style.good(finding.cause)
     title = "VERDICT" if headline else "FINDING"
     lines.append(f"{style.bold(title)}: {cause}  (confidence {finding.confidence:.2f})")
     if finding.summary:
@@ -144,7 +144,7 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
             Counter(kind for kind in problem_kinds(report.flows) if kind is not None) if not report.flows.empty else {}
         )
         if not kinds:
-            return [f"{style.bold('VERDICT')}: {style.good('healthy')}  no resets or lost replies found"]
+            return [f"{style.bold('VERDICT')}: {style.good(Cause.HEALTHY)}  no resets or lost replies found"]
         seen = ", ".join(f"{kinds[kind]} {kind}" for kind in PROBLEM_ORDER if kind in kinds)
         return [f"{style.bold('VERDICT')}: {style.warn('not diagnosed')}  problem flows seen ({seen}); see below"]
     findings = report.findings
