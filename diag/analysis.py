@@ -21,12 +21,12 @@ from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
 from diag.capture.points import check_points, expand_spec, merge_point, point_stem, stack_tables
 from diag.capture.source import capture_size, exists_quietly
-from diag.correlate import correlate
+from diag.correlate import Correlation, correlate
 from diag.diagnose import diagnose
 from diag.errors import DiagError
 from diag.flows import build_flows
 from diag.memory import MemoryBudgetError, current_budget
-from diag.report import Report
+from diag.report import Finding, Report
 
 CaptureSpec = str | os.PathLike[str]
 # One capture point: a file, a directory or glob of files, or a list of them (a ring buffer, rotated files).
@@ -39,6 +39,8 @@ PointSpec = CaptureSpec | Sequence[CaptureSpec]
 # or a progress line; the analysis itself never writes to a terminal.
 ProgressHook = Callable[[str, str], AbstractContextManager[object]]
 STAGES = ("read", "flows", "correlate", "diagnose")
+# Findings from the stacked packet table and its correlation (``diagnose``'s, or one that spreads the work).
+Diagnoser = Callable[[pd.DataFrame, Correlation], list[Finding]]
 # Reads (name, path) pairs into one packet table and CaptureInfo per point, as ``read_captures`` does.
 CaptureReader = Callable[
     [Sequence[tuple[str, Path]], ProgressHook | None], tuple[list[pd.DataFrame], list[CaptureInfo]]
@@ -177,17 +179,22 @@ def analyze(
 
 
 def report_of(
-    packets: pd.DataFrame, flows: pd.DataFrame, infos: Sequence[CaptureInfo], progress: ProgressHook | None = None
+    packets: pd.DataFrame,
+    flows: pd.DataFrame,
+    infos: Sequence[CaptureInfo],
+    progress: ProgressHook | None = None,
+    diagnoser: Diagnoser | None = None,
 ) -> Report:
     """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
 
-    ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``) and the flow
-    tables built where the points were read; the result is the same as on every packet.
+    ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``), the flow
+    tables built where the points were read, and a ``diagnoser`` that diagnoses connection partitions on
+    the workers (``diag.partitions``); the result is the same as on every packet in one process.
     """
     with _stage(progress, "correlate", f"{len(packets):,} packets at {len(infos)} point(s)"):
         correlation = correlate(packets)
     with _stage(progress, "diagnose", f"{len(flows):,} flows"):
-        findings = diagnose(packets, flows, correlation)
+        findings = diagnose(packets, flows, correlation) if diagnoser is None else diagnoser(packets, correlation)
     return Report(
         captures=list(infos),
         packets=packets,

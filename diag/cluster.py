@@ -13,9 +13,11 @@ of its memory, and it is per point, so it stays on the workers:
 4. one task per point chooses its candidate packets given those keys and
    sends them, with its flow table and ``CaptureInfo``, to the client.
 
-The client stacks the candidates in the order of the points, correlates and
-diagnoses them with the single-process code (``diag.analysis.report_of``),
-and gets the report the single process gets from every packet. Nothing
+The client stacks the candidates in the order of the points and correlates
+them (one clock estimate for all points); then the correlated candidates
+are cut into connection partitions (``diag.partitions``), one per worker,
+diagnosed there, and their findings merged in the single-process order. The
+report is the one the single process gets from every packet. Nothing
 depends on the number of workers: the shared keys are the same however they
 are partitioned, and results are gathered in the order of the points.
 The whole packet tables never leave the workers; what travels is the link
@@ -47,15 +49,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from diag.analysis import ProgressHook, concat_packets, group_points, read_file, report_of
+from diag.analysis import Diagnoser, ProgressHook, concat_packets, group_points, read_file, report_of
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
 from diag.capture.points import merge_point
 from diag.capture.source import is_file_quietly
+from diag.correlate import Correlation
 from diag.errors import DiagError
 from diag.flows import build_flows
 from diag.flows.table import empty_flows
+from diag.partitions import cut_part, diagnose_part, merge_findings, partition_rows
 from diag.reduction import (
     LinkKeys,
     PointRows,
@@ -68,7 +72,7 @@ from diag.reduction import (
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-    from diag.report import Report
+    from diag.report import Finding, Report
 
 ENVIRONMENT = "DIAG_CLUSTER"
 # How long to wait for a scheduler before giving up (the contract: one line within 10 s).
@@ -213,8 +217,9 @@ def analyze_on(
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
 ) -> Report:
-    """``diag.analysis.analyze`` with the points read, summarised and reduced on ``client``'s workers."""
-    return report_of_candidates(reduce_on(client, pairs, progress, packet_filter), progress)
+    """``diag.analysis.analyze`` with the points read, summarised and reduced, and the connections
+    diagnosed, on ``client``'s workers."""
+    return report_of_candidates(reduce_on(client, pairs, progress, packet_filter), progress, diagnose_on(client))
 
 
 def reduce_on(
@@ -296,11 +301,36 @@ def reduce_on(
     return results
 
 
-def report_of_candidates(results: Sequence[PointCandidates], progress: ProgressHook | None = None) -> Report:
-    """The report from every point's candidates (in point order): stacked, flows renumbered, correlated, diagnosed."""
+def report_of_candidates(
+    results: Sequence[PointCandidates], progress: ProgressHook | None = None, diagnoser: Diagnoser | None = None
+) -> Report:
+    """The report from every point's candidates (in point order): stacked, flows renumbered, correlated, diagnosed
+    (in this process, or by ``diagnoser``)."""
     packets = concat_packets([result.packets for result in results])
     flows = _renumbered([result.flows for result in results])
-    return report_of(packets, flows, [result.info for result in results], progress)
+    return report_of(packets, flows, [result.info for result in results], progress, diagnoser)
+
+
+def diagnose_on(client: Client) -> Diagnoser:
+    """A diagnoser that cuts the correlated candidates into one connection partition per worker
+    (``diag.partitions``), diagnoses each on a worker and merges their findings in the single-process order."""
+
+    def diagnose(packets: pd.DataFrame, corr: Correlation) -> list[Finding]:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        run = uuid.uuid4().hex
+        futures = []
+        for number, rows in enumerate(partition_rows(packets, corr, workers)):
+            part, part_corr = cut_part(packets, corr, rows)
+            futures.append(
+                client.submit(diagnose_part, part, part_corr, rows, key=f"diag-diagnose-{number}-{run}", pure=False)
+            )
+        owner = {str(future.key): "the diagnosis of a partition of connections" for future in futures}
+        try:
+            return merge_findings(_wait(client, futures, owner))
+        finally:
+            client.cancel(futures)
+
+    return diagnose
 
 
 def _wait(client: Client, futures: Sequence[Future[Any]], owner: dict[str, str]) -> list[Any]:

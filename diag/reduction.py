@@ -101,7 +101,7 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return np.unique(values[values != 0])
 
 
-def _text_hashes(column: pd.Series) -> np.ndarray:
+def text_hashes(column: pd.Series) -> np.ndarray:
     """Per row, a 64-bit hash of the column's text that every process computes alike (0 where missing)."""
     categorical = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
     categories = [str(value) for value in categorical.cat.categories]
@@ -122,7 +122,7 @@ def client_endpoints(table: pd.DataFrame) -> np.ndarray:
     handshake = flags & (SYN | ACK | RST)
     syn = tcp & (handshake == SYN)
     synack = tcp & (handshake == SYN | ACK)
-    address = np.where(syn, _text_hashes(table["src"]), _text_hashes(table["dst"]))
+    address = np.where(syn, text_hashes(table["src"]), text_hashes(table["dst"]))
     port = np.where(syn, table["sport"].to_numpy(), table["dport"].to_numpy()).astype(np.int64)
     state = mix_hash(np.full(len(table), _ENDPOINT_SEED, dtype=np.uint64), address)
     state = mix_hash(state, port.astype(np.uint64))
@@ -212,7 +212,7 @@ def suspect_rows(table: pd.DataFrame, rows: PointRows) -> np.ndarray:
     suspect = (rsts > 0) | (syns > 1) | ((syns > 0) & (synacks == 0))
     udp = (proto == UDP) & (flow >= 0)
     if udp.any():
-        sender = _text_hashes(table["src"]) ^ table["sport"].to_numpy().astype(np.uint64)
+        sender = text_hashes(table["src"]) ^ table["sport"].to_numpy().astype(np.uint64)
         senders = pd.Series(sender[udp]).groupby(flow[udp]).nunique()
         one_way = np.zeros(n_flows, dtype=bool)
         one_way[senders.index.to_numpy()[senders.to_numpy() < 2]] = True

@@ -121,8 +121,8 @@ def test_the_split_incident_reads_as_the_shipped_one(fleet: Path, single: str) -
     assert [(f["cause"], f["origin"], f["flow"]) for f in incident] == [
         (f["cause"], f["origin"], f["flow"]) for f in whole["findings"]
     ]
-    # Packet indexes count within a file (they change once a capture is cut) and flow ids count node-c's flows
-    # too; the rest of each flow may not change.
+    # Packet indexes count within a file (they change once a capture is cut) and flow ids (prev_flow too) count
+    # node-c's flows too; the rest of each flow may not change.
     assert [_without_indexes(flow) for flow in fleet_report["flows"] if flow["capture"] != "node-c"] == [
         _without_indexes(flow) for flow in whole["flows"]
     ]
@@ -132,7 +132,10 @@ def test_the_split_incident_reads_as_the_shipped_one(fleet: Path, single: str) -
 def _without_indexes(flow: dict[str, object]) -> dict[str, object]:
     rsts = flow["rsts"]
     assert isinstance(rsts, list)
-    return {**flow, "flow_id": None, "first_index": None, "rsts": [rst["from"] for rst in rsts]}
+    previous = flow["prev_flow"]
+    assert isinstance(previous, int)
+    rst_senders = [rst["from"] for rst in rsts]
+    return {**flow, "flow_id": None, "first_index": None, "rsts": rst_senders, "prev_flow": previous >= 0}
 
 
 @pytest.mark.parametrize(

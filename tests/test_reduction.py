@@ -4,8 +4,9 @@ The steps a Dask cluster runs (``diag.cluster``: a point's files merged with
 its flow table, its link keys cut into hash partitions, each partition
 reduced to the keys of two points or more, the candidates chosen) are run
 here in one process, so the result can be compared with the whole analysis
-for any number of partitions without a cluster. The cluster itself is
-tested in tests/test_fleet.py.
+for any number of partitions without a cluster; so are the connection
+partitions the diagnosis is cut into (``diag.partitions``). The cluster
+itself is tested in tests/test_fleet.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from diag.cluster import (
     report_of_candidates,
     shared_in_partition,
 )
+from diag.correlate import correlate
+from diag.partitions import components, cut_part, diagnose_part, merge_findings, partition_rows
 from diag.reduction import LinkKeys, partition_link_keys, shared_link_keys
+from diag.report import Finding, Report
 
 CAPTURES = PROJECT / "captures"
 
@@ -123,3 +127,36 @@ def test_shared_keys_do_not_depend_on_the_partitioning() -> None:
         assert np.array_equal(np.sort(np.concatenate([part.syn_seqs for part in parts])), one.syn_seqs)
     # Sequence numbers 1 to 4 come with two different SYNs (two points' contents); 0 and 7 with one.
     assert one.syn_seqs.tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def _diagnosed_in_parts(report: Report, parts: int) -> list[Finding]:
+    corr = correlate(report.packets)
+    cuts = partition_rows(report.packets, corr, parts)
+    return merge_findings([diagnose_part(*cut_part(report.packets, corr, rows), rows) for rows in cuts])
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_connection_partitions_diagnosed_apart_give_the_findings_of_one_run(busy: Path, parts: int) -> None:
+    """The correlated candidates cut into parts of whole connections, each diagnosed alone, merged back."""
+    points = {"node-c": [busy], **_points(*sorted(CAPTURES.glob("*.pcapng")))}
+    reduced = report_of_candidates(_candidates(points, 2))
+    assert _diagnosed_in_parts(reduced, parts) == reduced.findings
+    assert len(reduced.findings) > 50
+
+
+def test_every_part_holds_whole_connections_and_each_point_s_time_span(busy: Path) -> None:
+    points = {"node-c": [busy], **_points(CAPTURES / "client.pcapng", CAPTURES / "natgw.pcapng")}
+    packets = report_of_candidates(_candidates(points, 2)).packets
+    corr = correlate(packets)
+    parts = partition_rows(packets, corr, 4)
+    component = components(packets, corr)
+    sizes = np.bincount(component[component >= 0])
+    for rows in parts:
+        present = component[rows][component[rows] >= 0]
+        assert np.array_equal(np.bincount(present, minlength=len(sizes))[np.unique(present)], sizes[np.unique(present)])
+        for code in np.unique(packets["capture"].cat.codes.to_numpy()):
+            at = corr.ts_ref_ns[packets["capture"].cat.codes.to_numpy() == code]
+            mine = corr.ts_ref_ns[rows][packets["capture"].cat.codes.to_numpy()[rows] == code]
+            assert (mine.min(), mine.max()) == (at.min(), at.max())
+    # The work is spread: no part holds most of the rows.
+    assert max(len(rows) for rows in parts) < 0.5 * len(packets)

@@ -1,0 +1,207 @@
+"""Connection partitions: the correlated candidates cut into groups of whole connections, diagnosed apart.
+
+The diagnosis judges one connection at a time, from that connection's rows
+at every point and from a few facts about the whole analysis: the clock
+offsets and each row's match, sighting and hop (``Correlation``), the points
+in order of first appearance and the time each covered (``Context``), and
+the ICMP answers a point saw. ``partition_rows`` cuts the stacked packet
+table so that ``diagnose`` run on each part gives the whole run's findings:
+
+- rows are grouped into *components*, never smaller than a connection: rows
+  of one flow at one point (capture, transport, the two endpoints), joined
+  by a shared match or sighting, by a client endpoint of a SYN or SYN-ACK
+  (port 1024 and up) anywhere, and, for UDP, by an endpoint at one point
+  (a reply re-sourced by NAT reaches the client's port from elsewhere);
+- components are dealt to parts by their first row, so which part a
+  connection lands in depends only on the table;
+- every part also holds each point's earliest and latest row with their
+  whole components (so each point keeps its place and its time span), and
+  every ICMP row. A finding of those boundary components then comes out of
+  several parts, the same each time: ``merge_findings`` keeps one;
+- each part's ``Correlation`` is the whole one's, cut to its rows
+  (``slice_correlation``): offsets, match and sighting ids stay those of the
+  whole analysis.
+
+``merge_findings`` puts the parts' findings back in the whole run's order:
+by the symptom's time on the reference clock, then by the connection's
+first row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from diag.capture.proto import ICMP, ICMPV6, TCP, UDP
+from diag.compiled import compiled
+from diag.correlate import Correlation
+from diag.diagnose.connections import build_connections
+from diag.flows.copies import mix_hash
+from diag.reduction import CLIENT_PORTS, client_endpoints, text_hashes
+from diag.report import Finding
+
+
+@compiled
+def _find(parent: npt.NDArray[np.int64], x: int) -> int:
+    root = x
+    while parent[root] != root:
+        root = parent[root]
+    while parent[x] != root:
+        parent[x], x = root, parent[x]
+    return root
+
+
+@compiled
+def _row_components(vertices: npt.NDArray[np.int64], n_vertices: int) -> npt.NDArray[np.int64]:
+    """Per row (one row of ``vertices`` lists the vertices it joins, -1 for none): its component's root, or -1."""
+    parent = np.arange(n_vertices, dtype=np.int64)
+    n_rows, n_columns = vertices.shape
+    for row in range(n_rows):
+        anchor = -1
+        for column in range(n_columns):
+            vertex = vertices[row, column]
+            if vertex < 0:
+                continue
+            root = _find(parent, vertex)
+            if anchor < 0:
+                anchor = root
+            elif root != anchor:
+                low, high = min(anchor, root), max(anchor, root)
+                parent[high] = low
+                anchor = low
+    result = np.full(n_rows, -1, dtype=np.int64)
+    for row in range(n_rows):
+        if vertices[row, 0] >= 0:
+            result[row] = _find(parent, vertices[row, 0])
+    return result
+
+
+def _dense(values: np.ndarray, present: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
+    """Vertex numbers from ``offset`` for the distinct ``values`` where ``present``; -1 elsewhere."""
+    codes, uniques = pd.factorize(values[present])
+    numbers = np.full(len(values), -1, dtype=np.int64)
+    numbers[present] = codes.astype(np.int64) + offset
+    return numbers, len(uniques)
+
+
+def components(packets: pd.DataFrame, corr: Correlation) -> np.ndarray:
+    """Per row: the number of its component (see the module's text), or -1 for rows outside any connection."""
+    n = len(packets)
+    proto = packets["proto"].to_numpy()
+    transport = np.isin(proto, (TCP, UDP)) & (packets["ip_version"].to_numpy() > 0)
+    capture = packets["capture"].cat.codes.to_numpy().astype(np.uint64)
+    src, dst = text_hashes(packets["src"]), text_hashes(packets["dst"])
+    sport = packets["sport"].to_numpy().astype(np.int64)
+    dport = packets["dport"].to_numpy().astype(np.int64)
+    src_ep = mix_hash(src.copy(), sport.astype(np.uint64))
+    dst_ep = mix_hash(dst.copy(), dport.astype(np.uint64))
+    node = mix_hash(mix_hash(mix_hash(capture.copy(), proto.astype(np.uint64)), np.minimum(src_ep, dst_ep)),
+                    np.maximum(src_ep, dst_ep))  # fmt: skip
+    udp = transport & (proto == UDP)
+    at_point_src = mix_hash(capture.copy(), src_ep)
+    at_point_dst = mix_hash(capture.copy(), dst_ep)
+    columns = [
+        (node, transport),
+        (corr.row_match, transport & (corr.row_match >= 0)),
+        (corr.row_sighting, transport),
+        (client_endpoints(packets), transport),
+        (at_point_src, udp & (sport >= CLIENT_PORTS)),
+        (at_point_dst, udp & (dport >= CLIENT_PORTS)),
+    ]
+    vertices = np.full((n, len(columns)), -1, dtype=np.int64)
+    offset = 0
+    for position, (values, present) in enumerate(columns):
+        present = present & (values != 0) if values.dtype == np.uint64 else present
+        vertices[:, position], count = _dense(values, present, offset)
+        offset += count
+    roots = _row_components(vertices, max(offset, 1))
+    # Numbered by first row, so a component's number is the same whoever computes it.
+    result = np.full(n, -1, dtype=np.int64)
+    result[roots >= 0] = pd.factorize(roots[roots >= 0])[0]
+    return result
+
+
+def partition_rows(packets: pd.DataFrame, corr: Correlation, parts: int) -> list[np.ndarray]:
+    """The sorted row positions of each of ``parts`` parts (see the module's text); parts may be empty."""
+    component = components(packets, corr)
+    # Each point's earliest and latest row on the reference clock, with their components.
+    codes = packets["capture"].cat.codes.to_numpy()
+    ts_ref = corr.ts_ref_ns
+    frame = pd.DataFrame({"code": codes, "ts": ts_ref, "row": np.arange(len(packets))})
+    by_point = frame.groupby("code", sort=False)["ts"]
+    boundary = np.unique(np.concatenate([by_point.idxmin().to_numpy(), by_point.idxmax().to_numpy()]))
+    shared = np.isin(packets["proto"].to_numpy(), (ICMP, ICMPV6))
+    shared[boundary] = True
+    boundary_components = np.unique(component[boundary][component[boundary] >= 0])
+    shared |= np.isin(component, boundary_components) & (component >= 0)
+    owner = np.where(component >= 0, component % max(parts, 1), -1)
+    return [np.flatnonzero((owner == part) | shared) for part in range(parts)]
+
+
+def slice_correlation(corr: Correlation, rows: np.ndarray) -> Correlation:
+    """The whole analysis's correlation for ``rows`` only: the per-row columns cut, offsets and ids kept.
+
+    The match, path and NAT tables, which the diagnosis does not read, are left empty.
+    """
+    return replace(
+        corr,
+        row_match=corr.row_match[rows],
+        row_sighting=corr.row_sighting[rows],
+        ts_ref_ns=corr.ts_ref_ns[rows],
+        row_hop=corr.row_hop[rows],
+        matches=corr.matches.iloc[:0],
+        paths=corr.paths.iloc[:0],
+        nat_map=corr.nat_map.iloc[:0],
+    )
+
+
+def cut_part(packets: pd.DataFrame, corr: Correlation, rows: np.ndarray) -> tuple[pd.DataFrame, Correlation]:
+    """One part's packet table (renumbered from 0) and correlation, what ``diagnose_part`` is given."""
+    return packets.iloc[rows].reset_index(drop=True), slice_correlation(corr, rows)
+
+
+@dataclass(frozen=True)
+class PartFindings:
+    """One part's findings, each with what orders it among all parts' (reference time, connection's first row)."""
+
+    findings: list[Finding]
+    order: list[tuple[int, int]]
+
+
+def diagnose_part(part: pd.DataFrame, corr: Correlation, rows: np.ndarray) -> PartFindings:
+    """``diagnose`` on one part (``cut_part``; ``rows`` its rows in the whole table), with each finding's place."""
+    from diag.diagnose import diagnose
+
+    findings = diagnose(part, None, corr)
+    if not findings:
+        return PartFindings([], [])
+    # Each finding's connection: its first row (the whole table's position) orders connections as diagnose does.
+    first_row: dict[tuple[str, int, int], int] = {}
+    for conn in build_connections(part, corr, suspects_only=True):
+        start = int(rows[int(conn.column("position").min())])
+        capture, index, file = conn.column("capture"), conn.column("index"), conn.column("file")
+        for code, one, number in zip(capture.tolist(), index.tolist(), file.tolist(), strict=True):
+            first_row.setdefault((conn.table.names[code], int(one), int(number)), start)
+    where = zip(part["capture"].astype(str).tolist(), part["index"].tolist(), part["file"].tolist(), strict=True)
+    ts_ref = dict(zip(where, corr.ts_ref_ns.tolist(), strict=True))
+    order = []
+    for finding in findings:
+        assert finding.packet is not None
+        key = (finding.packet.capture, finding.packet.index, finding.packet.file)
+        order.append((int(ts_ref[key]), first_row[key]))
+    return PartFindings(findings, order)
+
+
+def merge_findings(parts: Sequence[PartFindings]) -> list[Finding]:
+    """Every part's findings in the whole run's order, each once (a boundary connection is in every part)."""
+    merged: dict[tuple[int, int, str, int, int], Finding] = {}
+    for part in parts:
+        for finding, (ts_ref, first_row) in zip(part.findings, part.order, strict=True):
+            assert finding.packet is not None
+            key = (ts_ref, first_row, finding.packet.capture, finding.packet.file, finding.packet.index)
+            merged.setdefault(key, finding)
+    return [merged[key] for key in sorted(merged)]
