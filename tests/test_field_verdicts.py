@@ -10,7 +10,9 @@ the shipped lab's numbers. Each case is what a user meets in the field:
   the request leaves DNATed with the client's address kept and nothing comes
   back, the asymmetric return's signature from that box;
 - a healthy NAT (kube-proxy's DNAT and SNAT) from every single point: nothing;
-- a packet that passes a point twice is listed twice on the path line.
+- a packet that passes a point twice is listed twice on the path line;
+- a node connecting straight to a closed port on its pod, seen from the pod's
+  link alone: both ends send with initial TTLs, the pod's stack refused it.
 
 tshark reads the same files independently to check that each capture shows
 what the case claims before the verdict is judged.
@@ -45,6 +47,7 @@ from diag.scenario.client import run_udp
 pytestmark = pytest.mark.lab
 
 INCIDENT_POINTS = ("client", "nlb", "vpc-router", "node-a", "node-b", "pod-b", "natgw")
+CLOSED_PORT = 81  # pod-b serves 80 only
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,25 @@ def raced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
 def let_through(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
     """The same injector, but the server never answers: the RST stands alone, the SYN still went on."""
     yield _injected_run(tmp_path_factory.mktemp("field-let-through"), server_ignores_syns=True)
+
+
+@pytest.fixture(scope="module")
+def closed_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FieldRun]:
+    """node-b connects straight to a port nothing listens on at pod-b, its neighbour on the pod's link."""
+    require_root()
+    require_tools("tcpdump", "tshark")
+    out = tmp_path_factory.mktemp("field-closed")
+    with build(moved_topology("incident", lab_name="fieldclosed")) as lab:
+        pod = lab.address("pod-b")
+        outcome: dict[str, object] = {}
+
+        def traffic() -> None:
+            outcome["tcp"] = lab.call("node-b", functools.partial(tcp_connect, pod, CLOSED_PORT, 2.0))
+
+        files = captured(lab, out, ("pod-b", "node-b"), traffic, any_on=["pod-b"])
+        addresses = {name: lab.address(name) for name in ("node-b", "pod-b")}
+    assert outcome["tcp"] == "refused"
+    yield FieldRun(files, outcome, addresses)
 
 
 def of_proto(report: Report, proto: str, count: int) -> list[Finding]:
@@ -280,3 +302,36 @@ def test_tuple_reuse_names_its_origin(run_of) -> None:  # type: ignore[no-untype
     pods = [analyze([f"{p}={run.capture_path(p)}"]).findings for p in points if p.startswith("pod-")]
     (at_pod,) = [f for findings in pods for f in findings if f.cause == "tuple-reuse"]
     assert at_pod.origin is None and "origin: the client's stack (" in "\n".join(at_pod.evidence)
+
+
+# --- a closed port on a neighbour, seen from the link between them ------------------------------------------
+
+
+def test_the_closed_port_capture_shows_both_ends_at_initial_ttls(closed_port: FieldRun) -> None:
+    """tshark's reading of pod-b: node-b's SYN and pod-b's RST+ACK (ack = ISN + 1), both with TTL 64."""
+    fields = ("ip.src", "ip.dst", "ip.ttl", "tcp.flags.str", "tcp.seq_raw", "tcp.ack_raw")
+    rows = [line.split("\t") for line in tshark_lines(closed_port.files["pod-b"], fields, f"tcp.port=={CLOSED_PORT}")]
+    pod = closed_port.addresses["pod-b"]
+    assert [(dst == pod, src == pod, ttl) for src, dst, ttl, *_ in rows] == [(True, False, "64"), (False, True, "64")]
+    rows = [row[2:] for row in rows]
+    (_, syn_flags, isn, _), (_, rst_flags, _, ack) = rows
+    assert "S" in syn_flags and "R" in rst_flags and "A" in rst_flags and int(ack) == int(isn) + 1
+
+
+@pytest.mark.parametrize("point", ["pod-b", "pod-b-any", "node-b"])
+def test_a_closed_port_on_a_neighbour_is_port_closed_from_its_link(closed_port: FieldRun, point: str) -> None:
+    """The pod's own stack refused the SYN (the kernel's reason is NO_SOCKET), whichever end's capture is read.
+
+    On a capture without link direction (pod-b, node-b) the SYN and the RST
+    both arrive with initial TTLs, so the TTL cannot say which host made the
+    RST; the two ends share a subnet, which makes the server a neighbour whose
+    own RST looks exactly so. A firewall forging it would have to sit on that
+    very link.
+    """
+    finding = only(closed_port.analyze(point), "tcp")
+    assert finding.cause == "port-closed", (finding.cause, finding.evidence)
+    assert finding.confidence >= 0.85
+    assert "policy-reject" in {r.cause for r in finding.ruled_out}
+    assert finding.claimed_src == closed_port.addresses["pod-b"]
+    if point != "pod-b-any":  # the direction-less captures say why the TTL was not held against the server
+        assert any("share a subnet" in line for line in finding.evidence), finding.evidence

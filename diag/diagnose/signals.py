@@ -7,6 +7,7 @@ point sent it, which capture is the client's own) from the rows of a
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ class Sight:
     @property
     def src_addr(self) -> str:
         return self.src.rsplit(":", 1)[0].strip("[]") if ":" in self.src else self.src
+
+    @property
+    def dst_addr(self) -> str:
+        return self.dst.rsplit(":", 1)[0].strip("[]") if ":" in self.dst else self.dst
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,22 @@ def ttl_consistent(packets: list[Seen], suspect: Seen) -> bool:
         if usual is not None and usual == hops(sight.ttl):
             return True
     return False
+
+
+def shared_subnet(a: str, b: str) -> str | None:
+    """The /24 (IPv4) or /64 (IPv6) both addresses are in, the usual subnet of one link; None if they differ.
+
+    Hosts of one subnet reach each other without a router, so a packet one of
+    them sends arrives at the other with its initial TTL.
+    """
+    try:
+        first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return None
+    if first.version != second.version:
+        return None
+    network = ipaddress.ip_network(f"{first}/{24 if first.version == 4 else 64}", strict=False)
+    return str(network) if second in network else None
 
 
 def covers(spans: dict[str, tuple[int, int]], capture: str, ts_ref: int) -> bool:

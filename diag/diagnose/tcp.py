@@ -27,6 +27,7 @@ from diag.diagnose.signals import (
     generated_at,
     hops,
     ms,
+    shared_subnet,
     ttl_consistent,
     ttl_mismatch,
     usual_hops,
@@ -176,9 +177,14 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
         lines.append(Fact(nearest.kind, (*nearest.items, ("other_points", others))) if others else nearest)
     other_host = sides.own_capture(not rst.from_orig)
     claimed_hops_at_maker = usual_hops(sides.packets, rst.from_orig, maker) if maker else None
+    # The RST arrives with an initial TTL where the other side's packets start, nothing else of its claimed
+    # sender reached that point, and the two share a subnet: the claimed sender is a neighbour on that link,
+    # and an initial TTL is what its own RST shows there (a point on the link cannot tell which host it is on).
+    subnet = neighbours_subnet(rst, maker, own, other_host, claimed_hops_at_maker)
     made_elsewhere = (
         maker is not None
         and maker != own
+        and subnet is None
         and (own is not None or maker == other_host or claimed_hops_at_maker not in (None, 0))
     )
     # A point that made a RST in the client's name for a connection whose client
@@ -212,10 +218,38 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
     elif made_elsewhere:
         lines.append(Fact.of("rst-made-at", point=maker, ttl=rst.first.ttl))
     forged = absent_at_own or bool(mismatches) or made_elsewhere
-    genuine = not forged and (seen_leaving_own or ttl_consistent(sides.packets, rst))
+    genuine = not forged and (seen_leaving_own or subnet is not None or ttl_consistent(sides.packets, rst))
     if genuine and not seen_leaving_own:
-        lines.append(f"the RST's TTL matches the {who}'s other packets wherever both were seen")
+        lines.append(genuine_line(rst, maker, subnet))
     return genuine, forged, lines
+
+
+def neighbours_subnet(
+    rst: Seen, maker: str | None, own: str | None, other_host: str | None, claimed_hops_at_maker: int | None
+) -> str | None:
+    """The subnet the RST's two ends share when only that, not the TTL, can tell who made it; else None.
+
+    The RST reaches the point where the other side's packets start (``maker``
+    is that side's capture) with an initial TTL, no capture is known for its
+    claimed sender and none of that sender's other packets reached the point.
+    If the two ends share a subnet, the claimed sender is a neighbour on the
+    point's link and its own RST looks exactly like this.
+    """
+    if maker is None or maker != other_host or own is not None or claimed_hops_at_maker is not None:
+        return None
+    return shared_subnet(rst.first.src_addr, rst.first.dst_addr)
+
+
+def genuine_line(rst: Seen, maker: str | None, subnet: str | None) -> str:
+    """Why a RST not seen leaving its sender's capture is taken for its own."""
+    who = side_name(rst.from_orig)
+    if subnet is None:
+        return f"the RST's TTL matches the {who}'s other packets wherever both were seen"
+    other = side_name(not rst.from_orig)
+    return (
+        f"the {who} and the {other} share a subnet ({subnet}): neighbours on one link, so the RST reaching {maker} "
+        f"with an initial TTL ({rst.first.ttl}) is what the {who}'s own RST looks like there"
+    )
 
 
 def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Verdict | None:

@@ -17,10 +17,11 @@ from diag.capture.proto import ACK, RST, SYN
 from diag.diagnose.causes import REGISTRY
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Line, Verdict
-from diag.diagnose.signals import Seen, where
+from diag.diagnose.signals import Seen, shared_subnet, where
 from diag.diagnose.tcp import (
     Sides,
     established_reset,
+    genuine_line,
     handshake_reset_from_server,
     rst_lines,
     side_name,
@@ -52,7 +53,8 @@ def _claim_lines(s: TcpSignals, k: int, rst: Seen, sides: Sides) -> list[Line]:
         assert sight is not None
         lines.append(Fact.of("left-own", side=side_name(rst.from_orig), packet=where(sight), ttl=sight.ttl))
     elif s.genuine[k]:
-        lines.append(f"the RST's TTL matches the {side_name(rst.from_orig)}'s other packets wherever both were seen")
+        subnet = shared_subnet(rst.first.src_addr, rst.first.dst_addr) if s.on_link[k] else None
+        lines.append(genuine_line(rst, s.packets.table.names[maker] if maker >= 0 else None, subnet))
     return lines
 
 

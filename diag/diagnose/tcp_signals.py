@@ -25,7 +25,7 @@ from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, FIN, RST, SYN, TCP
 from diag.diagnose.connections import Connection, ConnectionTable
 from diag.diagnose.context import Context
-from diag.diagnose.signals import INITIAL_TTLS, Seen, Sight
+from diag.diagnose.signals import INITIAL_TTLS, Seen, Sight, shared_subnet
 
 _INITIAL = np.array(INITIAL_TTLS, dtype=np.int64)
 _MOD = 2**32
@@ -253,6 +253,7 @@ class TcpSignals:
     maker: np.ndarray  # the captured point that made the RST (``tcp._rst_maker``)
     forged: np.ndarray  # the RST is not its claimed sender's (absent at its own capture, TTL, made elsewhere)
     genuine: np.ndarray  # not forged, and seen leaving the sender's capture or at the sender's distance
+    on_link: np.ndarray  # the RST's ends share a subnet and only the TTL spoke: its sender is a neighbour there
     unsure_origin: np.ndarray  # made at a point other than the sender's own, where the per-connection rules say more
     server_answered: np.ndarray  # the server also accepted the SYN the RST refuses (``tcp._genuine_answer``)
     syn_went_past: np.ndarray  # the SYN went on past the RST's maker (``tcp._syn_went_past``)
@@ -380,13 +381,15 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     absent_at_own = has_rst & (own_side >= 0) & ~_any(at_own, k_sight, n) & covers_own
     hops_at_maker = _lookup(usual_hops, (np.arange(n) * 2 + rst_side) * n_names + np.maximum(maker, 0))
     hops_at_maker = np.where(maker >= 0, hops_at_maker, NONE)
+    on_link = _on_link(p, rst, has_rst & (maker >= 0) & (maker == other_side) & (own_side < 0) & (hops_at_maker < 0))
     made_elsewhere = (
         (maker >= 0)
         & (maker != own_side)
+        & ~on_link
         & ((own_side >= 0) | (maker == other_side) | ((hops_at_maker != NONE) & (hops_at_maker != 0)))
     )
     forged = has_rst & (absent_at_own | _any(mismatch, k_sight, n) | made_elsewhere)
-    genuine = has_rst & ~forged & (leaving_own | _any(consistent, k_sight, n))
+    genuine = has_rst & ~forged & (leaving_own | on_link | _any(consistent, k_sight, n))
     unsure_origin = has_rst & (maker >= 0) & (maker != own_side) & (rst_side == 1)
 
     server_answered = _server_answered(p, side, pure_syn, synack, r, with_rst, trigger, n)
@@ -407,6 +410,7 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         maker=maker,
         forged=forged,
         genuine=genuine,
+        on_link=on_link,
         unsure_origin=unsure_origin,
         server_answered=server_answered,
         syn_went_past=syn_went_past,
@@ -423,6 +427,16 @@ def _any(flags: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
     """Per connection: some row it owns has ``flags``."""
     result = np.zeros(n, dtype=bool)
     result[owners[flags]] = True
+    return result
+
+
+def _on_link(p: Packets, rst: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """``tcp.neighbours_subnet`` found a subnet for the chosen connections' RSTs (few: read one by one)."""
+    result = np.zeros(len(rst), dtype=bool)
+    columns, names = p.table.columns, p.table.names
+    for k in np.flatnonzero(chosen).tolist():
+        head = int(p.head[rst[k]])
+        result[k] = shared_subnet(names[columns["src"][head]], names[columns["dst"][head]]) is not None
     return result
 
 
@@ -453,7 +467,8 @@ def _established(
     result[answered["conn"].to_numpy(dtype=np.int64)] = True
     data = before & (p.payload_len > 0)
     both_ways = _any(data & (side == 1), p.conn, n) & _any(data & (side == 0), p.conn, n)
-    return result | both_ways
+    established: np.ndarray = result | both_ways
+    return established
 
 
 def _challenge(
@@ -517,7 +532,8 @@ def _server_answered(
         & (p.seq[rst_safe[k]] != p.seq)
         & (p.seq[rst_safe[k]] != (p.seq + 1) % _MOD)
     )
-    return _any(answer, k, n) & (rst >= 0) & ~p.from_orig[rst_safe]
+    answered: np.ndarray = _any(answer, k, n) & (rst >= 0) & ~p.from_orig[rst_safe]
+    return answered
 
 
 def _syn_went_past(

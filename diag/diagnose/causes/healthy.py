@@ -7,11 +7,10 @@ elsewhere, or re-sourced on a path the request never took, excludes it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from collections.abc import Sequence
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.report import Cause
@@ -19,7 +18,6 @@ from diag.report.facts import Fact
 
 if TYPE_CHECKING:
     from diag.diagnose.tcp_signals import TcpSignals
-
 
 
 def udp(facts: Sequence[Fact]) -> Decision | None:
@@ -41,6 +39,7 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     """No RST to judge and no SYN left unanswered: the connection makes no finding."""
     rule: np.ndarray = s.tcp & (s.rst < 0) & ~s.syn_verdict
     return rule
+
 
 SPEC = CauseSpec(
     cause=Cause.HEALTHY,

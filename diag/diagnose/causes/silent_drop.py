@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from collections.abc import Sequence
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.report import Cause
@@ -14,7 +13,6 @@ from diag.report.facts import Fact
 
 if TYPE_CHECKING:
     from diag.diagnose.tcp_signals import TcpSignals
-
 
 
 def udp(facts: Sequence[Fact]) -> Decision | None:
@@ -54,6 +52,7 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     """SYNs unanswered long enough, no SYN-ACK to them anywhere, and no box that visibly sent them on."""
     rule: np.ndarray = s.syn_verdict & ~s.synack & ~s.syn_forwarded
     return rule
+
 
 SPEC = CauseSpec(
     cause=Cause.SILENT_DROP,
