@@ -208,3 +208,67 @@ def test_carrier_flows_are_not_listed_as_no_reply(overlay_capture: Path) -> None
     assert "4789" not in text and "4790" not in text, text
     assert "healthy: 2 flows (2 tunnel)" in render_text(report, flows="problems"), text
     assert report.flows is not None and report.flows.carrier.sum() == 2
+
+
+# --------------------------------------------------------------------------- Zeek's timers
+
+
+def test_an_unanswered_syn_is_given_up_after_5_s_and_its_retries_open_new_flows() -> None:
+    # Linux retries an unanswered SYN after 1, 3, 7 and 15 s; Zeek's attempt timer (5 s) ends the first
+    # connection, so the 7 s and 15 s retries each open one, each a retransmission of the SYN before it.
+    flows = build_flows(make_packets([{**CLIENT, "flags": "S", "seq": 1, "t": t} for t in (0, 1, 3, 7, 15)]))
+    assert list(flows.history) == ["S", "S", "S"]
+    assert list(flows.orig_pkts) == [3, 1, 1]
+    assert list(flows.syn_retransmits) == [2, 1, 1]
+    assert list(flows.prev_flow) == [-1, 0, 1]
+    assert set(flows.conn_state) == {"S0"}
+
+
+def test_an_answered_syn_is_not_given_up() -> None:
+    server = {"src": SERVER, "sport": 80, "dst": HOST, "dport": 40000}
+    rows = [
+        {**CLIENT, "flags": "S", "seq": 1, "t": 0},
+        {**server, "flags": "SA", "seq": 9, "ack": 2, "t": 0.1},
+        {**CLIENT, "flags": "A", "seq": 2, "ack": 10, "t": 6},
+    ]
+    assert one_flow(rows).history == "ShA"
+
+
+@pytest.mark.parametrize(("after", "flows_expected"), [(1.0, 1), (5.0, 2)])
+def test_a_closed_connection_is_forgotten_5_s_after_its_reset(after: float, flows_expected: int) -> None:
+    server = {"src": SERVER, "sport": 80, "dst": HOST, "dport": 40000}
+    rows = [
+        {**CLIENT, "flags": "S", "seq": 1, "t": 0},
+        {**server, "flags": "SA", "seq": 9, "ack": 2, "t": 0.1},
+        {**server, "flags": "RA", "seq": 10, "ack": 2, "t": 0.2},
+        {**CLIENT, "flags": "A", "seq": 2, "ack": 10, "t": 0.2 + after},  # a late ACK
+    ]
+    flows = build_flows(make_packets(rows))
+    assert len(flows) == flows_expected
+    if flows_expected == 2:
+        assert (flows.history.iloc[1], flows.conn_state.iloc[1], flows.prev_flow.iloc[1]) == ("A", "OTH", 0)
+
+
+@pytest.mark.parametrize(
+    ("proto", "gap", "flows_expected"), [("udp", 59, 1), ("udp", 60, 2), ("tcp", 299, 1), ("tcp", 300, 2)]
+)
+def test_silence_longer_than_zeeks_inactivity_timeout_starts_a_new_flow(
+    proto: str, gap: float, flows_expected: int
+) -> None:
+    if proto == "udp":
+        rows = [
+            udp(HOST, 40000, SERVER, 53, t=0),
+            udp(SERVER, 53, HOST, 40000, t=0.01),
+            udp(HOST, 40000, SERVER, 53, t=0.01 + gap),
+        ]
+    else:
+        server = {"src": SERVER, "sport": 80, "dst": HOST, "dport": 40000}
+        rows = [
+            {**CLIENT, "flags": "S", "seq": 1, "t": 0},
+            {**server, "flags": "SA", "seq": 9, "ack": 2, "t": 0.1},
+            {**CLIENT, "flags": "A", "seq": 2, "ack": 10, "t": 0.2},
+            {**CLIENT, "flags": "PA", "seq": 2, "ack": 10, "payload_len": 5, "t": 0.2 + gap},
+        ]
+    flows = build_flows(make_packets(rows))
+    assert len(flows) == flows_expected
+    assert list(flows.prev_flow) == [-1, 0][:flows_expected]

@@ -48,8 +48,8 @@ def tunnel_uid(capture: str, vlan: int, kind: str, outer_a: str, outer_b: str) -
     return "C" + base62(int.from_bytes(digest, "big"))
 
 
-def _tunnel_rows(packets: pd.DataFrame, broken: bool) -> np.ndarray:
-    """Rows that came in a tunnel the reader opened (``broken`` False), or could not open (True)."""
+def tunnel_rows(packets: pd.DataFrame) -> np.ndarray:
+    """Rows the reader found in a tunnel, opened or not (bool array)."""
     tunnel = packets["tunnel"]
     codes = np.asarray(tunnel.cat.codes) if isinstance(tunnel.dtype, pd.CategoricalDtype) else None
     if codes is not None:
@@ -60,7 +60,12 @@ def _tunnel_rows(packets: pd.DataFrame, broken: bool) -> np.ndarray:
         tunnelled = np.isin(codes, tunnelled_codes)
     else:
         tunnelled = tunnel.astype(str).to_numpy() != ""
-    rows: np.ndarray = tunnelled & (packets["tunnel_broken"].to_numpy(dtype=bool) == broken)
+    return np.asarray(tunnelled, dtype=bool)
+
+
+def _tunnel_rows(packets: pd.DataFrame, broken: bool) -> np.ndarray:
+    """Rows that came in a tunnel the reader opened (``broken`` False), or could not open (True)."""
+    rows: np.ndarray = tunnel_rows(packets) & (packets["tunnel_broken"].to_numpy(dtype=bool) == broken)
     return rows
 
 
@@ -93,16 +98,20 @@ def tunnel_parents(packets: pd.DataFrame, row_flow: np.ndarray, n_flows: int) ->
 
 def carrier_flows(
     packets: pd.DataFrame,
-    row_flow: np.ndarray,
+    row_flow: np.ndarray | None,
     n_flows: int,
     proto: np.ndarray,
     orig_p: np.ndarray,
     resp_p: np.ndarray,
 ) -> np.ndarray:
-    """Per flow: is it a tunnel (unopened tunnel packets, or UDP on a tunnel port)? (bool array)"""
+    """Per flow: is it a tunnel (unopened tunnel packets, or UDP on a tunnel port)? (bool array)
+
+    ``row_flow`` (each row's flow) is needed only when the capture has tunnel rows; None when it has none.
+    """
     ports = np.array(sorted(TUNNEL_UDP_PORTS))
     carrier = (proto == "udp") & (np.isin(orig_p, ports) | np.isin(resp_p, ports))
-    unopened = np.flatnonzero(_tunnel_rows(packets, broken=True) & (row_flow >= 0))
-    carrier[row_flow[unopened]] = True
+    if row_flow is not None:
+        unopened = np.flatnonzero(_tunnel_rows(packets, broken=True) & (row_flow >= 0))
+        carrier[row_flow[unopened]] = True
     flags: np.ndarray = carrier.astype(bool)
     return flags

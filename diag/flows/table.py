@@ -15,7 +15,8 @@ table of 5-tuples (``diag.flows.keys``). Only the naming of endpoints and the
 final table are built in Python, once per flow.
 
 Where Zeek starts a new connection on a 5-tuple (a SYN after a FIN or RST,
-or with a new initial sequence number) a new flow starts too; ``prev_flow``
+or with a new initial sequence number; a packet after one of its timers
+ended the connection) a new flow starts too; ``prev_flow``
 names the flow before it on the same 5-tuple, and ``syn_retransmits`` counts
 a SYN that repeats the 5-tuple's previous SYN even when it opens a new flow.
 Who is the originator follows Zeek too (``diag.flows.servers``). The
@@ -27,12 +28,13 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from diag.capture.addresses import endpoint_text
-from diag.flows.carriers import carrier_flows, tunnel_parents
+from diag.flows.carriers import carrier_flows, tunnel_parents, tunnel_rows
 from diag.flows.columns import FLOW_COLUMNS
 from diag.flows.copies import copy_origins
 from diag.flows.keys import PORT_BITS, PORT_MASK, FlowKeys, categorical, column, read_only
@@ -45,24 +47,50 @@ def flow_ids(packets: pd.DataFrame) -> np.ndarray:
     """The flow of every packet (int64, numbered from 0 by first appearance; -1 when not TCP/UDP).
 
     Packets of the same bidirectional 5-tuple, VLAN and capture share an id
-    until a SYN starts a new connection on it (after a FIN or RST, or with a
-    new initial sequence number, as Zeek decides); ICMP, non-IP packets and
-    non-first fragments get -1. Forwarded copies of a packet get their flow's
-    id like any other row. The same ids as ``build_flows``'s ``flow_id``.
+    until Zeek would start a new connection on it (a SYN after a FIN or RST,
+    or with a new initial sequence number; a packet after one of its timers
+    ended the connection); ICMP, non-IP packets and non-first fragments get
+    -1. Forwarded copies of a packet get their flow's id like any other row.
+    The same ids as ``build_flows``'s ``flow_id``.
     """
     keys = FlowKeys(packets)
     if keys.n_tuples == 0:
         return np.full(len(packets), -1, dtype=np.int64)
-    return _numbered(_summarise(packets, keys))[1]
+    walked = _summarise(packets, keys)
+    return _numbered(walked.summary, walked.row_flows())[1]
 
 
-def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
+@dataclass(frozen=True)
+class _Walked:
+    """The walk's summary, and what it takes to say which flow each packet-table row went to."""
+
+    summary: FlowSummary
+    order: np.ndarray  # rows grouped by 5-tuple (``group_by_flow``)
+    origin: np.ndarray  # per row, the row it is a forwarded copy of, or -1
+    tuple_id: np.ndarray
+
+    def row_flows(self) -> np.ndarray:
+        """Per row, its flow in walk order (-1 for rows of no flow); a forwarded copy gets its origin's flow.
+
+        Made only when asked (tunnelled captures, ``flow_ids``): scattering a
+        million ids costs more than the rest of the table's columns.
+        """
+        summary = self.summary
+        lengths = np.diff(np.append(summary.begin, len(self.order)))
+        row_flow = np.full(len(self.tuple_id), -1, dtype=np.int64)
+        row_flow[self.order] = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        copies = (row_flow < 0) & (self.tuple_id >= 0) & (self.origin >= 0)
+        if copies.any():
+            row_flow[copies] = row_flow[self.origin[copies]]
+        return row_flow
+
+
+def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> _Walked:
     """Cut every 5-tuple into flows and walk their counted packets (``diag.flows.walk``).
 
     A packet a capture saw twice because it was forwarded between two of its
     interfaces counts once: later copies (``copy_origins``) are left out
-    when their origin, the first copy, is in the same 5-tuple; they get the
-    flow of their origin.
+    when their origin, the first copy, is in the same 5-tuple.
     """
     origin = read_only(copy_origins(packets), np.int64)
     order, starts = group_by_flow(keys.tuple_id, origin)
@@ -80,19 +108,16 @@ def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> FlowSummary:
             likely_server_table(),
         )
     )
-    row_flow = summary.row_flow
-    copies = (row_flow < 0) & (keys.tuple_id >= 0) & (origin >= 0)
-    if copies.any():
-        row_flow[copies] = row_flow[origin[copies]]
-    return summary
+    return _Walked(summary, order, origin, keys.tuple_id)
 
 
-def _numbered(summary: FlowSummary) -> tuple[np.ndarray, np.ndarray]:
-    """(walk position of each flow in first-appearance order, each row's flow id in that numbering)."""
+def _numbered(summary: FlowSummary, row_flow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(walk position of each flow in first-appearance order, each row's flow id in that numbering or empty)."""
     by_appearance = np.argsort(summary.first_row, kind="stable")
+    if row_flow is None:
+        return by_appearance, np.empty(0, dtype=np.int64)
     rank = np.empty(len(by_appearance), dtype=np.int64)
     rank[by_appearance] = np.arange(len(by_appearance), dtype=np.int64)
-    row_flow = summary.row_flow
     ids = np.where(row_flow >= 0, rank[np.maximum(row_flow, 0)], -1)
     return by_appearance, ids
 
@@ -165,14 +190,17 @@ def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
     keys = FlowKeys(packets)
     if keys.n_tuples == 0:
         return empty_flows()
-    summary = _summarise(packets, keys)
+    walked = _summarise(packets, keys)
     with _collector_paused():
-        return _flow_table(packets, keys, summary)
+        return _flow_table(packets, keys, walked)
 
 
-def _flow_table(packets: pd.DataFrame, keys: FlowKeys, summary: FlowSummary) -> pd.DataFrame:
+def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.DataFrame:
     """The walk's results as ``FLOW_COLUMNS``, with each flow's endpoints, history and RSTs as Python objects."""
-    by_appearance, row_ids = _numbered(summary)
+    summary = walked.summary
+    # Which flow each row went to matters only for tunnel packets (the usual capture has none).
+    has_tunnels = bool(tunnel_rows(packets).any())
+    by_appearance, row_ids = _numbered(summary, walked.row_flows() if has_tunnels else None)
     n_flows = len(by_appearance)
     rank = np.empty(n_flows, dtype=np.int64)
     rank[by_appearance] = np.arange(n_flows, dtype=np.int64)
@@ -226,8 +254,8 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, summary: FlowSummary) -> 
             "rsts": _rst_lists(summary, rank),
             "first_index": packets["index"].to_numpy()[first_row].astype(np.int64),
             "prev_flow": np.where(previous >= 0, rank[np.maximum(previous, 0)], -1),
-            "tunnel_parents": tunnel_parents(packets, row_ids, n_flows),
-            "carrier": carrier_flows(packets, row_ids, n_flows, proto, orig_p, resp_p),
+            "tunnel_parents": tunnel_parents(packets, row_ids, n_flows) if has_tunnels else [[] for _ in first_row],
+            "carrier": carrier_flows(packets, row_ids if has_tunnels else None, n_flows, proto, orig_p, resp_p),
         },
         columns=list(FLOW_COLUMNS),
     )

@@ -3,8 +3,9 @@
 Packets are grouped by 5-tuple (``group_by_flow``, file order kept inside a
 group), then ``walk_flows`` goes through each group's packets in order, once.
 A SYN that Zeek would take for a new connection (``_reused``: after a FIN or
-RST, or with a new initial sequence number) ends the current flow and starts
-the next. Per flow it keeps per direction what Zeek keeps per endpoint: the
+RST, or with a new initial sequence number), or any packet after one of
+Zeek's timers ended the connection (an unanswered SYN, a close, silence),
+ends the current flow and starts the next. Per flow it keeps per direction what Zeek keeps per endpoint: the
 highest sequence number reached (``last_seq``, unwrapped across 2**32),
 whether the endpoint already sent a RST, the endpoint state, and which
 history letters it has shown. A second, short pass over the flow's ACKs
@@ -24,7 +25,7 @@ import numpy.typing as npt
 from diag.capture.proto import ACK, FIN, RST, SYN, TCP, UDP
 from diag.compiled import compiled
 from diag.flows.keys import KeyColumns, endpoint
-from diag.flows.tcpstate import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, update_endpoints
+from diag.flows.tcpstate import CLOSED, ESTABLISHED, INACTIVE, RESET, SYN_ACK_SENT, SYN_SENT, update_endpoints
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -44,6 +45,16 @@ _LETTER_A: Final = ord("A")
 _LETTER_W: Final = ord("W")  # zero window
 _LETTER_T: Final = ord("T")  # retransmission
 _FLIPPED: Final = ord("^")
+
+# Zeek's timers that end a connection (init-bare.zeek defaults), in ns: a packet after one of them
+# fired opens a new connection. An unanswered SYN is given up 5 s after it (tcp_attempt_delay), a
+# closed or reset connection is forgotten 5 s after the close (tcp_close_delay), and any connection
+# after a silence of 5 min (TCP) or 1 min (UDP) (tcp_/udp_inactivity_timeout).
+_ATTEMPT_DELAY_NS: Final = 5_000_000_000
+_CLOSE_DELAY_NS: Final = 5_000_000_000
+_TCP_INACTIVITY_NS: Final = 300_000_000_000
+_UDP_INACTIVITY_NS: Final = 60_000_000_000
+_NO_TIMER: Final = np.iinfo(np.int64).max
 
 
 @compiled
@@ -121,7 +132,7 @@ class FlowSummary(NamedTuple):
     rst_flow: IntArray  # per RST, in walk then file order
     rst_index: IntArray
     rst_from_orig: BoolArray
-    row_flow: IntArray  # per packet-table row: its flow (walk order), -1 for rows of no flow
+    begin: IntArray  # flow f's packets are ``order[begin[f]:begin[f + 1]]`` (``order`` from ``group_by_flow``)
 
 
 @compiled
@@ -225,7 +236,7 @@ def walk_flows(
     rst_flow = np.empty(n_packets, dtype=np.int64)
     rst_index = np.empty(n_packets, dtype=np.int64)
     rst_from_orig = np.empty(n_packets, dtype=np.bool_)
-    row_flow = np.full(len(keys.proto), -1, dtype=np.int64)
+    flow_begin = np.empty(capacity, dtype=np.int64)
     n_letters = 0
     n_rsts = 0
     n_flows = 0
@@ -267,6 +278,7 @@ def walk_flows(
     # direction, and its first with payload, can change a state.
     state = np.empty(2, dtype=np.int64)
     state_before = np.empty(2, dtype=np.int64)
+    did_close = np.empty(2, dtype=np.bool_)  # Zeek's did_close: the side's first FIN or RST was seen
     plain_fed = np.empty(2, dtype=np.bool_)
     data_fed = np.empty(2, dtype=np.bool_)
 
@@ -284,6 +296,7 @@ def walk_flows(
             first = order[begin]
             tcp_flow = keys.proto[first] == TCP
             first_row[f] = first
+            flow_begin[f] = begin
             is_tcp[f] = tcp_flow
             previous[f] = flow_before
             endpoints[0] = endpoint(keys.src_address[first], keys.sport[first])
@@ -313,6 +326,12 @@ def walk_flows(
                 rst_seen[side] = plain_fed[side] = data_fed[side] = False
             first_ts = last_ts = ts_ns[first]
             closed = False  # a FIN or RST was seen (Zeek's IsClosed)
+            did_close[0] = did_close[1] = False
+            inactivity = _TCP_INACTIVITY_NS if tcp_flow else _UDP_INACTIVITY_NS
+            attempt_at = _NO_TIMER  # when Zeek gives up an unanswered SYN
+            delete_at = _NO_TIMER  # when Zeek forgets a closed connection
+            timer_at = _NO_TIMER  # the earlier of the two
+            latest = ts_ns[first]  # the flow's latest packet time so far
             syn_retransmits[f] = 0
             retransmits[f] = 0
             n_flow_rsts_start = n_rsts
@@ -323,9 +342,24 @@ def walk_flows(
                 flags = max(keys.tcp_flags[row], 0)
                 tcp = keys.proto[row] == TCP
                 raw_seq = keys.seq[row]
-                if k > begin and tcp and _reused(flags, raw_seq, closed, orig_side, state, zeek_start):
-                    break  # this SYN opens the next connection on the 5-tuple
-                row_flow[row] = f
+                if k > begin:
+                    now = ts_ns[row]
+                    # Zeek's timers fire before the packet is looked at: the connection is gone.
+                    if now - latest >= inactivity:
+                        break
+                    if now >= timer_at:
+                        if now >= delete_at:
+                            break
+                        # The attempt timer fires once: it ends the connection if the SYN is still unanswered.
+                        attempt_at = _NO_TIMER
+                        timer_at = delete_at
+                        if (state[orig_side] == SYN_SENT or state[orig_side] == SYN_ACK_SENT) and (
+                            state[1 - orig_side] == INACTIVE
+                        ):
+                            break
+                    if tcp and (flags & SYN) != 0 and _reused(flags, raw_seq, closed, orig_side, state, zeek_start):
+                        break  # this SYN opens the next connection on the 5-tuple
+                latest = max(latest, ts_ns[row])
                 syn, fin, rst, has_ack = (flags & SYN) != 0, (flags & FIN) != 0, (flags & RST) != 0, (flags & ACK) != 0
                 payload = max(int(payload_len[row]), 0)
                 side = 0 if endpoint(keys.src_address[row], keys.sport[row]) == endpoints[0] else 1
@@ -455,11 +489,22 @@ def walk_flows(
                         letters[n_letters] = _FLIPPED
                         n_letters += 1
                         state[peer], state_before[peer] = ESTABLISHED, state[peer]
+                    was = state[side]
                     if feed:
                         state[side], state_before[side], state[peer], state_before[peer] = update_endpoints(
                             state[side], state_before[side], state[peer], state_before[peer],
                             from_orig, syn, fin, rst, has_ack, payload > 0,
                         )  # fmt: skip
+                    if from_orig and syn and was == INACTIVE and state[side] != INACTIVE:
+                        attempt_at = ts_ns[row] + _ATTEMPT_DELAY_NS
+                        timer_at = min(attempt_at, delete_at)
+                    if (fin or rst) and not did_close[side]:
+                        # Zeek's ConnectionClosed: complete when this side reset, or the peer closed too or
+                        # never spoke; then the other timers stop and the connection goes 5 s later.
+                        did_close[side] = True
+                        if state[side] == RESET or did_close[peer] or state[peer] == INACTIVE:
+                            attempt_at = _NO_TIMER
+                            delete_at = timer_at = ts_ns[row] + _CLOSE_DELAY_NS
                     closed = closed or fin or rst
 
                 # SYNs without ACK from the originator repeating the 5-tuple's latest SYN.
@@ -507,7 +552,7 @@ def walk_flows(
         states[:n_flows].copy(), first_ts_ns[:n_flows].copy(), last_ts_ns[:n_flows].copy(),
         syn_retransmits[:n_flows].copy(), retransmits[:n_flows].copy(), previous[:n_flows].copy(),
         history_end[:n_flows].copy(), letters[:n_letters].copy(),
-        rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(), row_flow,
+        rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(), flow_begin[:n_flows].copy(),
     )  # fmt: skip
 
 
