@@ -161,14 +161,14 @@ def analyze(
     pairs = parse_capture_args(captures)
     try:
         tables, infos = (reader or read_captures)(pairs, progress)
-    except MemoryBudgetError:
+    except MemoryBudgetError as error:
         limit = current_budget().limit
         if reader is not None or limit is None:
             raise
         # Every packet at once would not fit: read the files in passes instead (diag.passes).
         from diag.passes import analyze_in_passes
 
-        return analyze_in_passes(pairs, limit, progress, tree)
+        return analyze_in_passes(pairs, limit, progress, tree, refusal=error)
     packets = concat_packets(tables)
     if tree is not None:
         # Renumbered rows: the correlation and the plots name packets by row label, within this table only.

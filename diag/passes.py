@@ -1,14 +1,18 @@
 """Captures larger than the memory budget, analysed in passes over the files.
 
 When the packets of every point would not fit in ``--max-memory``
-(``diag.memory``), the files are read several times, chunk by chunk, and no
-pass holds more than a share of the packets:
+(``diag.memory``), the files are read several times, chunk by chunk, and
+nothing held grows with the number of packets, only with the connections:
 
-1. Every file is read once and each packet leaves a few integers
-   (``diag.flows.candidates.key_table``); from those of every point,
-   ``candidate_rows`` picks the packets the correlation and the diagnosis can
-   need (a few percent of a busy capture: the connections that ended badly,
-   whole, and what sets the clocks).
+1. Every file is read once; each chunk's key table
+   (``diag.flows.candidates.key_table``) goes to a ``CandidateSurvey``
+   (``diag.flows.candidate_stream``), which keeps per-flow counts in memory and
+   spills the rows' packet keys to bucket files in a temporary directory (by
+   key hash; removed whatever happens). The buckets are then worked on a few
+   at a time and the candidate packets, those the correlation and the
+   diagnosis can need (a few percent of a busy capture: the connections that
+   ended badly, whole, and what sets the clocks), are known as sets of flows
+   and keys.
 2. The flow table, which counts every packet, is built in ``K`` partitions:
    each pass reads the files again and keeps the packets of the flows whose
    node hash falls in one partition (a flow's packets all share it), builds
@@ -18,20 +22,25 @@ pass holds more than a share of the packets:
 3. The usual correlation and diagnosis run on the candidate packets.
 
 The rows kept are put in the order the whole table would have them (points in
-order, each point's files merged as ``diag.capture.points.merge_point`` does),
-and the flow rows numbered by their first packet in that order, so the report
-is the same as from one pass over everything: the same findings, clock
-offsets and flow table. Only ``Report.packets`` and ``Report.matches`` hold
-the candidate packets instead of all of them. A compressed file is
-decompressed again in every pass; standard input cannot be read twice.
+order, each point's files merged as ``diag.capture.points.merge_point`` does:
+by rank, or by time when they overlap), and the flow rows numbered by their
+first packet in that order, so the report is the same as from one pass over
+everything: the same findings, clock offsets and flow table. Only
+``Report.packets`` and ``Report.matches`` hold the candidate packets instead
+of all of them. A compressed file is decompressed again in every pass;
+standard input cannot be read twice. A file whose first chunk holds nothing
+but empty records (a zero-filled or sparse file, a gzip bomb of record
+headers) is refused with the one-pass read's error: passes cannot make it a
+capture.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,7 +56,8 @@ from diag.capture.source import STDIN_NAME, capture_size
 from diag.correlate import correlate
 from diag.diagnose import diagnose
 from diag.flows import build_flows, flow_ids
-from diag.flows.candidates import candidate_rows, key_table
+from diag.flows.candidate_stream import BUCKET_BYTES_PER_ROW, SPILL, CandidateSurvey, Choice, FileOrder
+from diag.flows.candidates import key_table, node_hashes
 from diag.flows.table import empty_flows
 from diag.memory import BYTES_PER_PACKET, MemoryBudgetError, format_size
 from diag.report import Report
@@ -55,22 +65,26 @@ from diag.report import Report
 if TYPE_CHECKING:
     from diag.analysis import ProgressHook
 
-# Memory per packet while the key tables of every point are held and the candidates chosen from them
-# (the table's ~60 bytes and the choice's temporary columns), measured on busy.pcap; rounded up.
-KEY_BYTES_PER_PACKET = 160
-# Per packet between the passes: its position in the whole table, its node hash, kept or not.
-RESIDENT_BYTES_PER_PACKET = 24
-# Memory per flow row of the flow table being gathered (its Python strings and RST lists).
+# Memory per flow row of the flow table being gathered (its Python strings and RST lists), and per flow
+# counted by the survey (node aggregates, SYNs, client endpoints).
 BYTES_PER_FLOW = 700
+# Memory per packet of one partition while its flow rows are built (the packet table and build_flows' own).
+PARTITION_BYTES_PER_PACKET = 320
 # Packets decoded at a time: one chunk's full rows are the passes' transient memory.
 CHUNK_ROWS = 1 << 17
 MIN_CHUNK_ROWS = 1 << 12
+# Bucket files the packet keys are spilled to: enough that one bucket is a small share of the budget.
+MIN_BUCKETS, MAX_BUCKETS = 16, 4096
+# Bytes of capture file per packet, at least (a 16-byte record header and a short frame): sizes the buckets.
+MIN_FILE_BYTES_PER_PACKET = 64
+GZIP_RATIO_GUESS = 10
 
 
 @dataclass
 class _File:
     """One file of one point, as the passes know it after the first."""
 
+    number: int
     point: int
     name: str
     path: Path
@@ -78,9 +92,9 @@ class _File:
     last_ts: int | None = None
     info: CaptureInfo | None = None
     rank: int = 0  # the file's place among its point's files (the ``file`` column)
-    global_row: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    node: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    keep: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    several: bool = False  # its point has several files
+    by_time: bool = False  # ... that overlap, so they are merged by time
+    rows: int = 0
 
 
 def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
@@ -92,32 +106,48 @@ def chunk_rows_for(limit: int) -> int:
     return int(min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, limit // (8 * BYTES_PER_PACKET))))
 
 
+def _order_of(file: _File, chunk: pd.DataFrame, start: int) -> np.ndarray:
+    """Per row of a chunk, its place in the whole table: (point, time or 0, rank, row), sorted as merge_point."""
+    order = np.empty(len(chunk), dtype=[("point", "<i8"), ("time", "<i8"), ("rank", "<i8"), ("row", "<i8")])
+    order["point"] = file.point
+    order["time"] = chunk["ts_ns"].to_numpy() if file.by_time else 0
+    order["rank"] = file.rank
+    order["row"] = np.arange(start, start + len(chunk))
+    return order
+
+
+def _sorted(order: np.ndarray) -> np.ndarray:
+    return np.lexsort((order["row"], order["rank"], order["time"], order["point"]))
+
+
 class _Selected:
-    """Rows picked from the files in one pass, in the order of the whole table, with their positions in it."""
+    """Rows picked from the files in one pass, with their places in the whole table."""
 
     def __init__(self) -> None:
         self.pieces: list[pd.DataFrame] = []
-        self.rows: list[np.ndarray] = []
+        self.orders: list[np.ndarray] = []
 
-    def add(self, chunk: pd.DataFrame, rows: np.ndarray, chosen: np.ndarray, rank: int | None) -> None:
+    def add(self, chunk: pd.DataFrame, order: np.ndarray, chosen: np.ndarray, file: _File) -> None:
         if not chosen.any() and self.pieces:
             return
         piece = chunk[chosen]
-        if rank is not None:  # a point of several files: the file's place among them, as merge_point numbers it
-            piece = piece.assign(file=np.int16(rank))
+        if file.several:  # a point of several files: the file's place among them, as merge_point numbers it
+            piece = piece.assign(file=np.int16(file.rank))
         self.pieces.append(piece)
-        self.rows.append(rows[chosen])
+        self.orders.append(order[chosen])
 
     def table(self) -> tuple[pd.DataFrame, np.ndarray]:
-        """The rows as one packet table in the whole table's order, and their positions in it."""
-        rows = np.concatenate(self.rows) if self.rows else np.zeros(0, dtype=np.int64)
+        """The rows as one packet table in the whole table's order, and their places in it."""
         stacked = stack_tables(self.pieces)
-        order = np.argsort(rows, kind="stable")
-        return stacked.iloc[order].reset_index(drop=True), rows[order]
+        self.pieces = []
+        order = np.concatenate(self.orders)
+        self.orders = []
+        sort = _sorted(order)
+        return stacked.iloc[sort].reset_index(drop=True), order[sort]
 
 
-def _read_file(file: _File, limit: int, tree: FilterNode | None) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-    """(chunk, that chunk's rows' positions in ``file``'s filtered rows) for each chunk of the file."""
+def _read_file(file: _File, limit: int, tree: FilterNode | None) -> Iterator[tuple[pd.DataFrame, int]]:
+    """(chunk, position of its first row among ``file``'s filtered rows) for each chunk of the file."""
     start = 0
     for chunk in read_capture_chunks(file.path, file.name, chunk_rows_for(limit)):
         info = chunk.attrs.get("capture_info")
@@ -132,55 +162,43 @@ def _read_file(file: _File, limit: int, tree: FilterNode | None) -> Iterator[tup
         if tree is not None:
             chunk = filter_packets(chunk, tree)
         chunk.attrs = {}
-        yield chunk, np.arange(start, start + len(chunk))
+        yield chunk, start
         start += len(chunk)
 
 
-def _first_pass(files: list[_File], limit: int, progress: ProgressHook | None, tree: FilterNode | None) -> pd.DataFrame:
-    """Read every file once: the key table of every point, stacked in the whole table's order.
-
-    Sets each file's times, ``CaptureInfo``, rank among its point's files and
-    the position of each of its rows in the whole table.
-    """
-    by_file: list[pd.DataFrame] = []
-    held = 0
+def _first_pass(
+    files: list[_File],
+    limit: int,
+    progress: ProgressHook | None,
+    tree: FilterNode | None,
+    survey: CandidateSurvey,
+    refusal: MemoryBudgetError | None,
+) -> None:
+    """Read every file once into the survey; set each file's times, ``CaptureInfo`` and row count."""
     for file in files:
         size = capture_size(file.path)
         detail = f"{file.name} ({file.path}, {size / 1e6:.0f} MB), pass 1" if size else f"{file.name} ({file.path})"
-        parts = []
         with _stage(progress, "read", detail):
-            for chunk, _rows in _read_file(file, limit, tree):
-                parts.append(key_table(chunk, file.point))
-                held += len(chunk)
-                if held * KEY_BYTES_PER_PACKET > limit:
-                    raise MemoryBudgetError(
-                        f"{file.path}: more than {held:,} packets: even analysed in passes they would need about "
-                        f"{format_size(held * KEY_BYTES_PER_PACKET)} of memory, over the budget of "
-                        f"{format_size(limit)}; stopped reading (raise it with --max-memory)"
+            for chunk, start in _read_file(file, limit, tree):
+                if start == 0 and len(chunk) >= MIN_CHUNK_ROWS and not (chunk["cap_len"].to_numpy() > 0).any():
+                    # Thousands of records without a byte: not traffic, and no number of passes makes it fit.
+                    raise refusal or MemoryBudgetError(
+                        f"{file.path}: its first {len(chunk):,} records hold no bytes at all; not analysed in passes"
                     )
-        by_file.append(pd.concat(parts, ignore_index=True))
-    ordered: list[pd.DataFrame] = []
-    base = 0
+                survey.add(key_table(chunk, file.point), file.number, start)
+                file.rows = start + len(chunk)
+
+
+def _order_files(files: list[_File]) -> list[FileOrder]:
+    """Each file's rank among its point's files and whether they are merged by time, as merge_point decides."""
     for point in sorted({file.point for file in files}):
-        members = [position for position, file in enumerate(files) if file.point == point]
+        members = [file for file in files if file.point == point]
         # As merge_point: files by their first time (files without one last), merged by time if they overlap.
-        members.sort(key=lambda position: (files[position].first_ts is None, files[position].first_ts or 0))
-        tables = [by_file[position] for position in members]
-        stacked = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
-        order = np.arange(len(stacked))
-        if len(members) > 1 and _overlap([files[position] for position in members]):
-            order = np.argsort(stacked["ts_ns"].to_numpy(), kind="stable")
-        position_of = np.empty(len(stacked), dtype=np.int64)
-        position_of[order] = base + np.arange(len(stacked))
-        offset = 0
-        for rank, member in enumerate(members):
-            file = files[member]
-            file.rank = rank
-            file.global_row = position_of[offset : offset + len(by_file[member])]
-            offset += len(by_file[member])
-        ordered.append(stacked.iloc[order])
-        base += len(stacked)
-    return pd.concat(ordered, ignore_index=True)
+        members.sort(key=lambda file: (file.first_ts is None, file.first_ts or 0))
+        overlapping = len(members) > 1 and _overlap(members)
+        for rank, file in enumerate(members):
+            file.rank, file.several, file.by_time = rank, len(members) > 1, overlapping
+    return [FileOrder(file.number, file.point, file.rank, file.by_time) for file in files]
 
 
 def _overlap(files: Sequence[_File]) -> bool:
@@ -195,53 +213,81 @@ def _overlap(files: Sequence[_File]) -> bool:
     return False
 
 
-def _plan_passes(total: int, kept: int, limit: int) -> int:
+def _buckets_for(files: Sequence[_File], limit: int) -> int:
+    """How many bucket files the keys are spilled to, from the files' sizes: a bucket a small share of the budget."""
+    packets = 0
+    for file in files:
+        size = capture_size(file.path) or 0
+        packets += size * (GZIP_RATIO_GUESS if file.path.suffix == ".gz" else 1) // MIN_FILE_BYTES_PER_PACKET
+    per_bucket = max(1, _bucket_rows(limit) // 4)
+    return int(min(MAX_BUCKETS, max(MIN_BUCKETS, 1 << max(0, math.ceil(math.log2(max(1, packets // per_bucket)))))))
+
+
+def _bucket_rows(limit: int) -> int:
+    """Spilled rows worked on at once: a quarter of the budget."""
+    return max(1 << 14, limit // 4 // BUCKET_BYTES_PER_ROW)
+
+
+def _plan_passes(total: int, choice: Choice, flows: int, limit: int) -> int:
     """How many partitions the flow table is built in so that one pass's packets fit what the budget leaves."""
-    flows_guess = total // 8  # flows are held as they are made; a busy capture has one per 16 packets
-    left = limit - total * RESIDENT_BYTES_PER_PACKET - kept * BYTES_PER_PACKET - flows_guess * BYTES_PER_FLOW
+    held = choice.kept_estimate * BYTES_PER_PACKET + flows * BYTES_PER_FLOW
+    left = limit - held - chunk_rows_for(limit) * BYTES_PER_PACKET
     if left < limit // 16:
         raise MemoryBudgetError(
-            f"the captures' {total:,} packets, {kept:,} of them needed for the diagnosis, need more memory than "
-            f"the budget of {format_size(limit)} even analysed in passes (raise it with --max-memory)"
+            f"the captures' {total:,} packets, about {choice.kept_estimate:,} of them needed for the diagnosis, "
+            f"need more memory than the budget of {format_size(limit)} even analysed in passes (raise it with "
+            "--max-memory)"
         )
-    return max(1, math.ceil(total * BYTES_PER_PACKET / left))
+    return max(1, math.ceil(total * PARTITION_BYTES_PER_PACKET / left))
 
 
 def _read_pass(
-    files: list[_File], limit: int, tree: FilterNode | None, partition: int, passes: int, with_candidates: bool
+    files: list[_File], limit: int, tree: FilterNode | None, partition: int, passes: int, choice: Choice | None
 ) -> tuple[tuple[pd.DataFrame, np.ndarray], tuple[pd.DataFrame, np.ndarray] | None]:
-    """Read every file again: the packets of one partition's flows and, when asked, the candidate packets."""
+    """Read every file again: the packets of one partition's flows and, given the choice, the candidate packets."""
     flows = _Selected()
     candidates = _Selected()
-    several = {file.point for file in files if sum(other.point == file.point for other in files) > 1}
     for file in files:
-        in_partition = (file.node != 0) & (file.node % np.uint64(passes) == np.uint64(partition))
-        rank = file.rank if file.point in several else None
-        for chunk, rows in _read_file(file, limit, tree):
-            flows.add(chunk, file.global_row[rows], in_partition[rows], rank)
-            if with_candidates:
-                candidates.add(chunk, file.global_row[rows], file.keep[rows], rank)
-    return flows.table(), candidates.table() if with_candidates else None
+        for chunk, start in _read_file(file, limit, tree):
+            node = node_hashes(chunk, file.point)
+            order = _order_of(file, chunk, start)
+            flows.add(chunk, order, (node != 0) & (node % np.uint64(passes) == np.uint64(partition)), file)
+            if choice is not None:
+                candidates.add(chunk, order, choice.keep(chunk, node, file.number, start), file)
+    return flows.table(), candidates.table() if choice is not None else None
 
 
-def _first_rows(selected: tuple[pd.DataFrame, np.ndarray]) -> np.ndarray:
-    """For each flow of the table (by flow id), the whole table's position of its first packet."""
-    table, rows = selected
+def _first_packets(selected: tuple[pd.DataFrame, np.ndarray]) -> np.ndarray:
+    """For each flow of the table (by flow id), the whole table's place of its first packet."""
+    table, order = selected
     ids = flow_ids(table)
     counted = ids >= 0
     _unique, first = np.unique(ids[counted], return_index=True)
-    return rows[np.flatnonzero(counted)[first]]
+    firsts: np.ndarray = order[np.flatnonzero(counted)[first]]
+    return firsts
 
 
 def _merge_flows(parts: list[tuple[np.ndarray, pd.DataFrame]]) -> pd.DataFrame:
     """The partitions' flow rows as one table, numbered by their first packet in the whole table."""
     if not parts:
         return empty_flows()
-    first = np.concatenate([rows for rows, _table in parts])
-    merged = pd.concat([table for _rows, table in parts], ignore_index=True)
+    first = np.concatenate([order for order, _table in parts])
+    merged = pd.concat([table for _order, table in parts], ignore_index=True)
     if len(first) != len(merged):  # flow_ids and build_flows disagree on a table: nothing to sort by
         raise AssertionError("flow ids and flow rows differ")
-    merged = merged.iloc[np.argsort(first, kind="stable")].reset_index(drop=True)
+    # prev_flow names a flow of the same 5-tuple, so of the same partition: its id there, renumbered like the rest.
+    offsets = np.cumsum([0] + [len(table) for _order, table in parts])
+    previous = np.concatenate(
+        [
+            np.where(table["prev_flow"].to_numpy() >= 0, table["prev_flow"].to_numpy() + offset, -1)
+            for offset, (_order, table) in zip(offsets, parts, strict=False)
+        ]
+    )
+    sort = _sorted(first)
+    new_id = np.empty(len(merged), dtype=np.int64)
+    new_id[sort] = np.arange(len(merged), dtype=np.int64)
+    merged["prev_flow"] = np.where(previous >= 0, new_id[np.maximum(previous, 0)], -1)
+    merged = merged.iloc[sort].reset_index(drop=True)
     merged["flow_id"] = np.arange(len(merged), dtype=np.int64)
     return merged
 
@@ -261,14 +307,19 @@ def analyze_in_passes(
     progress: ProgressHook | None = None,
     tree: FilterNode | None = None,
     passes: int | None = None,
+    *,
+    buckets: int | None = None,
+    refusal: MemoryBudgetError | None = None,
 ) -> Report:
     """The ``Report`` of ``diag.analysis.analyze`` on ``pairs`` ((point name, file) pairs), within ``limit`` bytes.
 
     Raises ``MemoryBudgetError`` when even the passes would not fit (the
-    per-packet keys of every point are held at once), or when a point is
-    standard input, which cannot be read twice. ``passes`` fixes the number of
-    flow-table partitions instead of planning it from the budget (tests force
-    several passes on small captures with it).
+    candidate packets and the flow table are held at once), or when a point is
+    standard input, which cannot be read twice; ``refusal`` (the one-pass
+    read's error) when a file is no capture worth passes. ``passes`` and
+    ``buckets`` fix the number of flow-table partitions and of key buckets
+    instead of planning them from the budget (tests force several on small
+    captures with them).
     """
     for _name, path in pairs:
         if str(path) == STDIN_NAME:
@@ -278,33 +329,39 @@ def analyze_in_passes(
             )
     point_numbers: dict[str, int] = {}
     files = [
-        _File(point=point_numbers.setdefault(name, len(point_numbers)), name=name, path=path) for name, path in pairs
+        _File(number=number, point=point_numbers.setdefault(name, len(point_numbers)), name=name, path=path)
+        for number, (name, path) in enumerate(pairs)
     ]
-    keys = _first_pass(files, limit, progress, tree)
-    total = len(keys)
-    keep = candidate_rows(keys)
-    for file in files:
-        file.keep = keep[file.global_row]
-        file.node = keys["node"].to_numpy()[file.global_row]
-    del keys, keep
-    kept = int(sum(int(file.keep.sum()) for file in files))
-    passes = passes or _plan_passes(total, kept, limit)
+    with tempfile.TemporaryDirectory(prefix="diag-keys-") as spill:
+        survey = CandidateSurvey(
+            Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 16 // SPILL.itemsize)
+        )
+        _first_pass(files, limit, progress, tree, survey, refusal)
+        orders = _order_files(files)
+        total = sum(file.rows for file in files)
+        with _stage(progress, "flows", f"candidates among {total:,} packets ({survey.spilled_rows:,} keys)"):
+            choice = survey.choose(orders, _bucket_rows(limit))
+        flows_seen = survey.nodes_seen
+        del survey
+    passes = passes or _plan_passes(total, choice, flows_seen, limit)
     flows_parts: list[tuple[np.ndarray, pd.DataFrame]] = []
     candidates: pd.DataFrame | None = None
     for partition in range(passes):
-        detail = f"pass {partition + 1} of {passes}: flows of {total:,} packets"
+        detail = f"pass {partition + 2} of {passes + 1}: flows of {total:,} packets"
         with _stage(progress, "flows", detail):
-            in_partition, reduced = _read_pass(files, limit, tree, partition, passes, with_candidates=partition == 0)
+            in_partition, reduced = _read_pass(
+                files, limit, tree, partition, passes, choice if partition == 0 else None
+            )
             if reduced is not None:
-                candidates = reduced
+                candidates = reduced[0]
             if len(in_partition[0]):
                 table = build_flows(in_partition[0])
                 if len(table):
-                    flows_parts.append((_first_rows(in_partition), table))
+                    flows_parts.append((_first_packets(in_partition), table))
             del in_partition
     flows = _merge_flows(flows_parts)
     assert candidates is not None
-    packets = candidates[0].reset_index(drop=True)
+    packets = candidates.reset_index(drop=True)
     infos = _point_infos(files)
     with _stage(progress, "correlate", f"{len(packets):,} of {total:,} packets at {len(infos)} point(s)"):
         correlation = correlate(packets)

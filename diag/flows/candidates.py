@@ -95,14 +95,10 @@ def _endpoint(address: np.ndarray, port: np.ndarray) -> npt.NDArray[np.uint64]:
     return mix_hash(address.copy(), port.astype(np.int64) + 1)
 
 
-def key_table(packets: pd.DataFrame, point: int) -> pd.DataFrame:
-    """The ``KEY_COLUMNS`` of every row of ``packets`` (one point's packet table, or a chunk of it)."""
+def _nodes(
+    packets: pd.DataFrame, point: int, src_ep: npt.NDArray[np.uint64], dst_ep: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.uint64]:
     proto = packets["proto"].to_numpy()
-    flags = packets["tcp_flags"].to_numpy()
-    sport = packets["sport"].to_numpy()
-    dport = packets["dport"].to_numpy()
-    src, dst = _text_hashes(packets["src"]), _text_hashes(packets["dst"])
-    src_ep, dst_ep = _endpoint(src, sport), _endpoint(dst, dport)
     transport = np.isin(proto, (TCP, UDP)) & (packets["ip_version"].to_numpy() > 0)
     state = np.full(len(packets), _SEED, dtype=np.uint64)
     state = mix_hash(state, np.full(len(packets), point, dtype=np.int64))
@@ -111,6 +107,25 @@ def key_table(packets: pd.DataFrame, point: int) -> pd.DataFrame:
     node = mix_hash(state, np.maximum(src_ep, dst_ep))
     node[node == 0] = 1
     node[~transport] = 0
+    return node
+
+
+def node_hashes(packets: pd.DataFrame, point: int) -> npt.NDArray[np.uint64]:
+    """The key table's ``node`` column alone (cheaper: no packet keys), for the passes that only partition rows."""
+    src_ep = _endpoint(_text_hashes(packets["src"]), packets["sport"].to_numpy())
+    dst_ep = _endpoint(_text_hashes(packets["dst"]), packets["dport"].to_numpy())
+    return _nodes(packets, point, src_ep, dst_ep)
+
+
+def key_table(packets: pd.DataFrame, point: int) -> pd.DataFrame:
+    """The ``KEY_COLUMNS`` of every row of ``packets`` (one point's packet table, or a chunk of it)."""
+    proto = packets["proto"].to_numpy()
+    flags = packets["tcp_flags"].to_numpy()
+    sport = packets["sport"].to_numpy()
+    dport = packets["dport"].to_numpy()
+    src, dst = _text_hashes(packets["src"]), _text_hashes(packets["dst"])
+    src_ep, dst_ep = _endpoint(src, sport), _endpoint(dst, dport)
+    node = _nodes(packets, point, src_ep, dst_ep)
     handshake = np.where(flags >= 0, flags & (SYN | ACK | RST), -1)
     syn = (proto == TCP) & (handshake == SYN) & (sport >= 1024)
     synack = (proto == TCP) & (handshake == (SYN | ACK)) & (dport >= 1024)
@@ -169,6 +184,14 @@ def _components(
             if vertex >= 0:
                 result[row] = _find(parent, vertex)
                 break
+    return result
+
+
+def joined_components(
+    first: npt.NDArray[np.int64], second: npt.NDArray[np.int64], third: npt.NDArray[np.int64], n_vertices: int
+) -> npt.NDArray[np.int64]:
+    """Per row, the smallest vertex of the component its vertices (0 .. n_vertices-1, -1: none) end up in."""
+    result: npt.NDArray[np.int64] = _components(first, second, third, n_vertices)
     return result
 
 

@@ -1,0 +1,479 @@
+"""``candidate_rows`` for captures larger than memory: the same choice from key tables seen one chunk at a time.
+
+``diag.flows.candidates.candidate_rows`` needs the key table of every packet
+at once, about 60 bytes a packet: a capture of a hundred million packets
+would not fit. ``CandidateSurvey`` takes the key tables chunk by chunk and
+keeps in memory only what grows with the connections, not the packets:
+
+- per *node* (one flow at one point) its point, protocol and a few counts
+  (rows, RSTs, SYNs, SYN-ACKs, the smallest and largest sender): the seeds;
+- the SYNs (the retried-SYN rule) and the client endpoints of SYNs and
+  SYN-ACKs, a few rows per connection;
+- per file its first row and where its earliest and latest times are.
+
+The rows that have a packet key go to *bucket* files on disk, by key hash.
+A packet key never spans two buckets, so the nodes each key joins and the
+keys that decide clock offsets are found a few buckets at a time; the
+tightest delay bound of each pair of points and direction is a maximum (or
+minimum) and merges across buckets. The nodes are then joined into
+components (union-find over nodes, the keys that only node-less rows hold,
+and client endpoints), and the choice is kept as sets of nodes and keys
+(``Choice``), so a later pass decides each row of a chunk from that row alone.
+
+The rows chosen are ``candidate_rows``'s, except that every packet key
+reaching the tightest delay bound of a pair is kept where ``candidate_rows``
+keeps one of them (and it compares exact integers, not floats): a superset
+that cannot change an offset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from diag.capture.proto import ACK, ICMP, ICMPV6, RST, SYN, TCP, UDP
+from diag.flows.candidates import joined_components
+from diag.flows.copies import mix_hash, packet_keys
+
+# One spilled row: what grouping by packet key needs (the vertex is the row's node, or its key's own vertex).
+SPILL: Final = np.dtype([("key", "<u8"), ("vertex", "<u8"), ("ts", "<i8"), ("point", "<i2"), ("ttl", "<i2")])
+# Memory per spilled row while its bucket is worked on: the rows, the de-duplication and grouping temporaries.
+BUCKET_BYTES_PER_ROW: Final = 160
+# Node aggregates are merged once this many chunks' partial ones are waiting.
+_MERGE_EVERY: Final = 8
+
+_ORPHAN_SEED: Final = np.uint64(0x9E3779B97F4A7C15)
+_CLIENT_SEED: Final = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _tagged(values: np.ndarray, seed: np.uint64) -> npt.NDArray[np.uint64]:
+    """``values`` hashed into a vertex space of their own (never 0), so keys and endpoints never meet nodes."""
+    hashed: npt.NDArray[np.uint64] = mix_hash(np.full(len(values), seed, dtype=np.uint64), values)
+    hashed[hashed == 0] = 1
+    return hashed
+
+
+def orphan_vertices(keys: np.ndarray) -> npt.NDArray[np.uint64]:
+    """The vertex of a packet key held by rows without a node (not TCP or UDP)."""
+    return _tagged(keys, _ORPHAN_SEED)
+
+
+@dataclass
+class _Mark:
+    """One row of a file that may be a boundary row: its time, position and vertex (0: none)."""
+
+    ts: int
+    row: int
+    vertex: int
+
+
+@dataclass
+class _FileMarks:
+    first: _Mark | None = None
+    earliest: _Mark | None = None
+    latest: _Mark | None = None
+
+
+@dataclass(frozen=True)
+class FileOrder:
+    """Where a file's rows go in the whole table (``diag.capture.points.merge_point``'s order)."""
+
+    file: int
+    point: int
+    rank: int  # the file's place among its point's files
+    by_time: bool  # the point's files overlap: its rows are merged by time
+
+
+@dataclass
+class Choice:
+    """The candidate rows as sets a later pass tests each row against."""
+
+    nodes: npt.NDArray[np.uint64]
+    orphans: npt.NDArray[np.uint64]
+    clock_keys: npt.NDArray[np.uint64]
+    boundary: dict[int, set[int]] = field(default_factory=dict)  # file -> rows (positions in the file's rows)
+    kept_estimate: int = 0  # rows of the kept nodes, plus the rows kept alone
+
+    def keep(self, packets: pd.DataFrame, node: np.ndarray, file: int, first_row: int) -> npt.NDArray[np.bool_]:
+        """Per row of ``packets`` (rows ``first_row``.. of ``file``, ``node`` their node hashes): kept or not."""
+        kept: npt.NDArray[np.bool_] = np.isin(node, self.nodes)
+        proto = packets["proto"].to_numpy()
+        kept |= (proto == ICMP) | (proto == ICMPV6)
+        alone = np.flatnonzero((node == 0) & ~kept)
+        if len(alone):
+            key = packet_keys(packets.iloc[alone])
+            matched = (key != 0) & (np.isin(orphan_vertices(key), self.orphans) | np.isin(key, self.clock_keys))
+            kept[alone[matched]] = True
+        for row in self.boundary.get(file, ()):
+            if first_row <= row < first_row + len(kept):
+                kept[row - first_row] = True
+        return kept
+
+
+class CandidateSurvey:
+    """Collects a capture's key tables chunk by chunk (``add``), then chooses the candidate rows (``choose``).
+
+    ``directory`` receives the bucket files (the caller removes it);
+    ``buffer_rows`` spilled rows are held before they are written out.
+    """
+
+    def __init__(self, directory: Path, buckets: int, buffer_rows: int) -> None:
+        self.directory = directory
+        self.buckets = buckets
+        self.buffer_rows = buffer_rows
+        self.points: set[int] = set()
+        self.spilled_rows = 0
+        self.nodes_seen = 0  # set by ``choose``: how many nodes (flows at a point) there were
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+        self._node_parts: list[pd.DataFrame] = []
+        self._syns: list[pd.DataFrame] = []
+        self._clients: list[pd.DataFrame] = []
+        self._icmp: list[np.ndarray] = []
+        self._marks: dict[int, _FileMarks] = {}
+
+    def _bucket_path(self, bucket: int) -> Path:
+        return self.directory / f"keys-{bucket:05d}.bin"
+
+    def add(self, keys: pd.DataFrame, file: int, first_row: int) -> None:
+        """The key table (``key_table``) of rows ``first_row``.. of ``file``."""
+        marks = self._marks.setdefault(file, _FileMarks())
+        if len(keys) == 0:
+            return
+        node = keys["node"].to_numpy()
+        key = keys["key"].to_numpy()
+        point = keys["point"].to_numpy()
+        ts = keys["ts_ns"].to_numpy()
+        proto = keys["proto"].to_numpy()
+        flags = keys["tcp_flags"].to_numpy().astype(np.int64)
+        self.points.update(np.unique(point).tolist())
+        vertex = np.where(node != 0, node, np.where(key != 0, orphan_vertices(key), np.uint64(0)))
+        self._mark(marks, ts, vertex, first_row)
+        self._spill(keys, key, vertex)
+        transport = node != 0
+        tcp = transport & (proto == TCP) & (flags >= 0)
+        handshake = flags & (SYN | ACK | RST)
+        syn = tcp & (handshake == SYN)
+        self._node_parts.append(
+            pd.DataFrame(
+                {
+                    "node": node[transport],
+                    "point": point[transport],
+                    "proto": proto[transport],
+                    "rows": np.ones(int(transport.sum()), dtype=np.int64),
+                    "rst": (tcp & ((flags & RST) != 0))[transport].astype(np.int64),
+                    "syn": syn[transport].astype(np.int64),
+                    "synack": (tcp & (handshake == (SYN | ACK)))[transport].astype(np.int64),
+                    "sender_min": keys["sender"].to_numpy()[transport],
+                    "sender_max": keys["sender"].to_numpy()[transport],
+                }
+            )
+            .groupby("node", sort=False)
+            .agg(_NODE_AGGREGATES)
+        )
+        if len(self._node_parts) >= _MERGE_EVERY:
+            self._node_parts = [self._merged_nodes()]
+        if syn.any():
+            self._syns.append(
+                pd.DataFrame(
+                    {
+                        "seq": keys["seq"].to_numpy()[syn],
+                        "point": point[syn],
+                        "content": mix_hash(key[syn].copy(), keys["ip_id"].to_numpy()[syn]),
+                        "node": node[syn],
+                    }
+                )
+            )
+        client = keys["client_endpoint"].to_numpy()
+        if (client != 0).any():
+            has = client != 0
+            self._clients.append(pd.DataFrame({"client": client[has], "node": node[has]}).drop_duplicates())
+        icmp = ((proto == ICMP) | (proto == ICMPV6)) & (key != 0)
+        if icmp.any():
+            self._icmp.append(np.unique(orphan_vertices(key[icmp])))
+
+    @staticmethod
+    def _mark(marks: _FileMarks, ts: np.ndarray, vertex: np.ndarray, first_row: int) -> None:
+        if marks.first is None:
+            marks.first = _Mark(int(ts[0]), first_row, int(vertex[0]))
+        low, high = int(np.argmin(ts)), int(np.argmax(ts))
+        if marks.earliest is None or ts[low] < marks.earliest.ts:
+            marks.earliest = _Mark(int(ts[low]), first_row + low, int(vertex[low]))
+        if marks.latest is None or ts[high] > marks.latest.ts:
+            marks.latest = _Mark(int(ts[high]), first_row + high, int(vertex[high]))
+
+    def _spill(self, keys: pd.DataFrame, key: np.ndarray, vertex: np.ndarray) -> None:
+        has = key != 0
+        records = np.empty(int(has.sum()), dtype=SPILL)
+        records["key"] = key[has]
+        records["vertex"] = vertex[has]
+        records["ts"] = keys["ts_ns"].to_numpy()[has]
+        records["point"] = keys["point"].to_numpy()[has]
+        records["ttl"] = keys["ttl"].to_numpy()[has]
+        self._buffer.append(records)
+        self._buffered += len(records)
+        self.spilled_rows += len(records)
+        if self._buffered >= self.buffer_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        records = np.concatenate(self._buffer)
+        self._buffer, self._buffered = [], 0
+        bucket = (records["key"] % np.uint64(self.buckets)).astype(np.int64)
+        order = np.argsort(bucket, kind="stable")
+        records, bucket = records[order], bucket[order]
+        bounds = np.searchsorted(bucket, np.arange(self.buckets + 1))
+        for number in range(self.buckets):
+            start, stop = int(bounds[number]), int(bounds[number + 1])
+            if stop > start:
+                with open(self._bucket_path(number), "ab") as out:
+                    records[start:stop].tofile(out)
+
+    def _merged_nodes(self) -> pd.DataFrame:
+        if not self._node_parts:
+            return pd.DataFrame(columns=list(_NODE_AGGREGATES)).rename_axis("node")
+        if len(self._node_parts) == 1:
+            return self._node_parts[0]
+        return pd.concat(self._node_parts).groupby(level=0, sort=False).agg(_NODE_AGGREGATES)
+
+    def choose(self, files: Sequence[FileOrder], bucket_rows: int) -> Choice:
+        """The candidate rows, reading the buckets back about ``bucket_rows`` spilled rows at a time.
+
+        ``files`` says where each file's rows go in the whole table (its point,
+        rank and whether the point is merged by time), which decides each
+        point's first row. The bucket files are removed as they are read.
+        """
+        self._flush()
+        nodes = self._merged_nodes()
+        self._node_parts = []
+        self.nodes_seen = len(nodes)
+        clock = _Clock(several_points=len(self.points) > 1)
+        edges: list[pd.DataFrame] = []
+        group: list[Path] = []
+        held = 0
+        for number in range(self.buckets):
+            path = self._bucket_path(number)
+            if not path.exists():
+                continue
+            group.append(path)
+            held += path.stat().st_size // SPILL.itemsize
+            if held >= bucket_rows:
+                edges.append(_bucket_work(group, clock))
+                group, held = [], 0
+        if group:
+            edges.append(_bucket_work(group, clock))
+        joined = pd.concat(edges, ignore_index=True).drop_duplicates() if edges else _no_edges()
+        del edges
+        clients = (
+            pd.concat(self._clients, ignore_index=True).drop_duplicates()
+            if self._clients
+            else pd.DataFrame({"client": np.zeros(0, np.uint64), "node": np.zeros(0, np.uint64)})
+        )
+        chosen = [_seeds(nodes), _retried_syns(self._syns), clock.vertices(), *self._icmp]
+        boundary, lone = self._boundary(files)
+        chosen.append(np.array([vertex for vertex in lone if vertex], dtype=np.uint64))
+        node_ids = nodes.index.to_numpy().astype(np.uint64)
+        client_vertex = _tagged(clients["client"].to_numpy(), _CLIENT_SEED)
+        chosen_values = np.concatenate(chosen).astype(np.uint64)
+        values = np.concatenate(
+            [
+                node_ids,
+                joined["a"].to_numpy(),
+                joined["b"].to_numpy(),
+                clients["node"].to_numpy(),
+                client_vertex,
+                chosen_values,
+            ]
+        ).astype(np.uint64)
+        codes, uniques = pd.factorize(values, sort=False)
+        codes = codes.astype(np.int64)
+        n_vertices = len(uniques)
+        at = np.cumsum([0, len(node_ids), len(joined), len(joined), len(clients), len(clients), len(chosen_values)])
+        first = np.concatenate([codes[at[1] : at[2]], codes[at[3] : at[4]], np.arange(n_vertices, dtype=np.int64)])
+        second = np.concatenate([codes[at[2] : at[3]], codes[at[4] : at[5]], np.full(n_vertices, -1, dtype=np.int64)])
+        roots = joined_components(first, second, np.full(len(first), -1, dtype=np.int64), n_vertices)[-n_vertices:]
+        node_component = roots[codes[: at[1]]]
+        kept_components = [roots[codes[at[5] : at[6]]]]
+        udp = nodes["proto"].to_numpy() == UDP
+        if udp.any():  # a UDP connection with two flows at one point is a suspect
+            per_point = (
+                pd.DataFrame(
+                    {"component": node_component[udp], "point": nodes["point"].to_numpy()[udp], "node": node_ids[udp]}
+                )
+                .groupby(["component", "point"])["node"]
+                .nunique()
+            )
+            kept_components.append(per_point[per_point > 1].index.get_level_values("component").to_numpy())
+        kept = np.zeros(n_vertices, dtype=bool)
+        kept[np.concatenate(kept_components).astype(np.int64)] = True
+        kept_vertex = kept[roots]
+        kept_nodes = kept[node_component]
+        orphans = np.setdiff1d(uniques[kept_vertex].astype(np.uint64), node_ids[kept_nodes])
+        return Choice(
+            nodes=np.sort(node_ids[kept_nodes]),
+            orphans=orphans,
+            clock_keys=clock.keys(),
+            boundary=boundary,
+            kept_estimate=int(nodes["rows"].to_numpy()[kept_nodes].sum()) + len(lone),
+        )
+
+    def _boundary(self, files: Sequence[FileOrder]) -> tuple[dict[int, set[int]], list[int]]:
+        """Each point's first row and the first rows (in the whole table's order) of its earliest and latest time.
+
+        Returns file -> rows, and the vertices of those rows (0: a row without one).
+        """
+        chosen: list[tuple[int, _Mark]] = []
+        for point in sorted({order.point for order in files}):
+            members: list[tuple[FileOrder, _Mark, _Mark, _Mark]] = []
+            for order in sorted((o for o in files if o.point == point), key=lambda o: o.rank):
+                marks = self._marks.get(order.file)
+                if marks and marks.first and marks.earliest and marks.latest:
+                    members.append((order, marks.first, marks.earliest, marks.latest))
+            if not members:
+                continue
+            by_time = members[0][0].by_time
+            # The whole table's order: (time, rank, row) when merged by time, else (rank, row).
+            heads = [(order, earliest if by_time else first) for order, first, earliest, _latest in members]
+            head = min(heads, key=lambda pair: (pair[1].ts if by_time else 0, pair[0].rank, pair[1].row))
+            low = min(earliest.ts for _order, _first, earliest, _latest in members)
+            high = max(latest.ts for _order, _first, _earliest, latest in members)
+            # Files in rank order: the first to reach the time holds its first row in the whole table's order.
+            earliest = next((order, mark) for order, _first, mark, _latest in members if mark.ts == low)
+            latest = next((order, mark) for order, _first, _earliest, mark in members if mark.ts == high)
+            chosen += [(pair[0].file, pair[1]) for pair in (head, earliest, latest)]
+        rows: dict[int, set[int]] = {}
+        for file, mark in chosen:
+            rows.setdefault(file, set()).add(mark.row)
+        return rows, [mark.vertex for _file, mark in chosen]
+
+
+_NODE_AGGREGATES: Final = {
+    "point": "first",
+    "proto": "first",
+    "rows": "sum",
+    "rst": "sum",
+    "syn": "sum",
+    "synack": "sum",
+    "sender_min": "min",
+    "sender_max": "max",
+}
+
+
+def _no_edges() -> pd.DataFrame:
+    return pd.DataFrame({"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64)})
+
+
+def _seeds(nodes: pd.DataFrame) -> npt.NDArray[np.uint64]:
+    """``seed_nodes`` from the node aggregates: a RST, two SYNs, a SYN unanswered, a UDP flow of one sender."""
+    tcp = nodes["proto"].to_numpy() == TCP
+    syn, synack = nodes["syn"].to_numpy(), nodes["synack"].to_numpy()
+    seed = tcp & ((nodes["rst"].to_numpy() > 0) | (syn >= 2) | ((syn > 0) & (synack == 0)))
+    seed |= (nodes["proto"].to_numpy() == UDP) & (nodes["sender_min"].to_numpy() == nodes["sender_max"].to_numpy())
+    seeds: npt.NDArray[np.uint64] = nodes.index.to_numpy()[seed].astype(np.uint64)
+    return seeds
+
+
+def _retried_syns(parts: list[pd.DataFrame]) -> npt.NDArray[np.uint64]:
+    """Nodes of SYNs whose sequence number comes with two different packets (content or count) anywhere."""
+    if not parts:
+        return np.zeros(0, dtype=np.uint64)
+    frame = pd.concat(parts, ignore_index=True)
+    several: np.ndarray = (frame.groupby("seq")["content"].transform("nunique") > 1).to_numpy() | (
+        frame.groupby(["seq", "point"])["content"].transform("size") > 1
+    ).to_numpy()
+    nodes: npt.NDArray[np.uint64] = np.unique(frame["node"].to_numpy()[several]).astype(np.uint64)
+    return nodes
+
+
+def _bucket_work(paths: list[Path], clock: _Clock) -> pd.DataFrame:
+    """Read (and remove) a group of bucket files: the node pairs their keys join; the clock rule sees them."""
+    rows = np.concatenate([np.fromfile(path, dtype=SPILL) for path in paths])
+    for path in paths:
+        path.unlink()
+    pairs = pd.DataFrame({"key": rows["key"], "vertex": rows["vertex"]}).drop_duplicates()
+    linked = pairs[pairs["key"].duplicated(keep=False).to_numpy()]
+    clock.add(rows)
+    if not len(linked):
+        return _no_edges()
+    anchor = linked.groupby("key", sort=False)["vertex"].transform("first").to_numpy()
+    other = linked["vertex"].to_numpy()
+    differ = anchor != other
+    low = np.minimum(anchor[differ], other[differ])
+    high = np.maximum(anchor[differ], other[differ])
+    return pd.DataFrame({"a": low, "b": high}).drop_duplicates()
+
+
+@dataclass
+class _Best:
+    bound: int
+    keys: list[int]
+    vertices: list[np.ndarray]
+
+
+class _Clock:
+    """The packet keys that can decide a clock offset (``candidates._clock_keys``), bucket by bucket."""
+
+    def __init__(self, several_points: bool) -> None:
+        self.several_points = several_points
+        self._kept: list[np.ndarray] = []
+        self._kept_vertices: list[np.ndarray] = []
+        # (point a, point b, a's side first) -> the keys at the tightest bound and their rows' vertices
+        self._best: dict[tuple[int, int, bool], _Best] = {}
+
+    def add(self, rows: np.ndarray) -> None:
+        if not self.several_points or len(rows) == 0:
+            return
+        frame = pd.DataFrame({"key": rows["key"], "point": rows["point"], "ts": rows["ts"], "ttl": rows["ttl"]})
+        by_key = frame.groupby("key", sort=False)["point"]
+        n_points = by_key.transform("nunique").to_numpy()
+        size = by_key.transform("size").to_numpy()
+        shared = n_points >= 2
+        kept = [np.unique(frame["key"].to_numpy()[shared & (size > n_points)])]
+        single = frame[shared & (size == n_points)].sort_values("key", kind="stable")
+        by_point = {int(p): part for p, part in single.groupby("point")}
+        points = sorted(by_point)
+        for position, a in enumerate(points):
+            for b in points[position + 1 :]:
+                at_a, at_b = by_point[a], by_point[b]
+                common, in_a, in_b = np.intersect1d(
+                    at_a["key"].to_numpy(), at_b["key"].to_numpy(), assume_unique=True, return_indices=True
+                )
+                if not len(common):
+                    continue
+                ttl_a = at_a["ttl"].to_numpy()[in_a]
+                ttl_b = at_b["ttl"].to_numpy()[in_b]
+                bound = at_a["ts"].to_numpy()[in_a] - at_b["ts"].to_numpy()[in_b]
+                kept.append(common[ttl_a == ttl_b])
+                for a_first, side in ((True, ttl_a > ttl_b), (False, ttl_a < ttl_b)):
+                    if side.any():
+                        best = int(bound[side].max() if a_first else bound[side].min())
+                        self._offer((a, b, a_first), best, common[side][bound[side] == best], rows)
+        keys = np.concatenate(kept)
+        self._kept.append(keys)
+        self._kept_vertices.append(np.unique(rows["vertex"][np.isin(rows["key"], keys)]))
+
+    def _offer(self, pair: tuple[int, int, bool], bound: int, keys: np.ndarray, rows: np.ndarray) -> None:
+        current = self._best.get(pair)
+        tighter = current is None or (bound > current.bound if pair[2] else bound < current.bound)
+        vertices = np.unique(rows["vertex"][np.isin(rows["key"], keys)])
+        if tighter:
+            self._best[pair] = _Best(bound, keys.tolist(), [vertices])
+        elif current is not None and bound == current.bound:
+            current.keys += keys.tolist()
+            current.vertices.append(vertices)
+
+    def keys(self) -> npt.NDArray[np.uint64]:
+        best = [np.array(entry.keys, dtype=np.uint64) for entry in self._best.values()]
+        return np.unique(np.concatenate([np.zeros(0, np.uint64), *self._kept, *best]).astype(np.uint64))
+
+    def vertices(self) -> npt.NDArray[np.uint64]:
+        best = [vertices for entry in self._best.values() for vertices in entry.vertices]
+        return np.unique(np.concatenate([np.zeros(0, np.uint64), *self._kept_vertices, *best]).astype(np.uint64))
