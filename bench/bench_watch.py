@@ -2,8 +2,8 @@
 
 A generated capture (``gen_capture.py``: many TCP connections, some ending in
 RSTs, DNS-like UDP) is re-timed to RATE packets per second of stream time,
-repeated (each pass shifted in time, its ports changed so that it is new
-connections) until SECONDS of stream time, and
+repeated (each pass shifted in time, its ports, sequence numbers and DNS ids
+changed so that it is new connections) until SECONDS of stream time, and
 written into ``diag watch --window W x=-`` through a pipe:
 
     .venv/bin/python bench/bench_watch.py --rate 50000 --seconds 20            # as fast as the watch reads
@@ -52,6 +52,42 @@ def records(path: Path) -> tuple[bytes, list[bytes]]:
     return data[:24], out
 
 
+def _new_pass(body: bytes, repeat: int) -> bytes:
+    """The packet as it is in pass ``repeat`` over the capture: new connections, not copies of old ones.
+
+    Both ports are XORed with the pass number (the same in both directions, so
+    a connection stays whole); TCP sequence and acknowledgement numbers are
+    moved by the same amount in both directions, and a UDP payload's first two
+    bytes (a DNS id) XORed, so no packet of a pass is the same packet as one of
+    an earlier pass to the correlation. Checksums are not checked.
+    """
+    sport, dport = struct.unpack_from("!HH", body, 34)
+    head = body[:34] + struct.pack("!HH", sport ^ repeat, dport ^ repeat)
+    if body[23] == 6:  # TCP
+        seq, ack = struct.unpack_from("!II", body, 38)
+        shift = repeat * 7_919_993
+        return head + struct.pack("!II", (seq + shift) % 2**32, (ack + shift) % 2**32 if ack else 0) + body[46:]
+    if body[23] == 17:  # UDP
+        dns_id = struct.unpack_from("!H", body, 42)[0]
+        return head + body[38:42] + struct.pack("!H", dns_id ^ repeat) + body[44:]
+    return head + body[38:]
+
+
+def forged_reset() -> list[tuple[float, bytes]]:
+    """The incident's connection as the pod saw it (SYN, SYN-ACK, the NAT gateway's RST in the client's
+    name, twice more), as (seconds after its first packet, frame): one capture point alone diagnoses it
+    as asymmetric-return from the RST's TTL."""
+    from scapy.all import rdpcap  # the benchmark's own dependency; diag does not need it
+
+    frames = [(float(packet.time), bytes(packet)) for packet in rdpcap(str(PROJECT / "captures" / "pod-b.pcapng"))]
+    frames = [(ts, frame) for ts, frame in frames if len(frame) >= 46 and frame[12:14] == b"\x08\x00"]
+    return [(ts - frames[0][0], frame) for ts, frame in frames]
+
+
+def is_rst(frame: bytes) -> bool:
+    return frame[23] == 6 and bool(frame[47] & 0x04)
+
+
 def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -69,7 +105,21 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30)
     parser.add_argument("--packets", type=int, default=200_000, help="packets in the generated capture (repeated)")
     parser.add_argument("--realtime", action="store_true", help="write each packet at its time, stamped with it")
+    parser.add_argument("--plant-every", type=float, default=5.0, metavar="SECONDS",
+                        help="plant the incident's forged RST connection this often (stream time, first after 2 s)")
     args = parser.parse_args()
+    plant = forged_reset()
+    # (stream seconds, frame, is the plant's first RST) of every planted packet, in time order.
+    planted: list[tuple[float, bytes, bool]] = []
+    at = 2.0
+    while at + plant[-1][0] < args.seconds:
+        number = len(planted) // len(plant) + 1
+        first_rst = next(offset for offset, frame in plant if is_rst(frame))
+        planted += [(at + offset, _new_pass(frame, 2000 + number), offset == first_rst and is_rst(frame))
+                    for offset, frame in plant]
+        at += args.plant_every
+    planted.sort(key=lambda item: item[0])
+    planted_rsts: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
     capture = work / "gen.pcap"
     write_capture(capture, args.packets)
@@ -94,6 +144,7 @@ def main() -> int:
     step = 1.0 / args.rate
     chunk = bytearray()
     written = 0
+    next_plant = 0
     for number in range(total):
         ts = start_ts + number * step
         if args.realtime:
@@ -103,13 +154,16 @@ def main() -> int:
                 chunk.clear()
                 time.sleep(wait)
             ts = time.time()
-        body = bodies[number % len(bodies)]
-        repeat = number // len(bodies)
-        if repeat and len(body) >= 38:
-            # Each pass over the capture is new connections: both ports XORed with the pass number
-            # (the same in both directions, so a connection stays whole; checksums are not checked).
-            sport, dport = struct.unpack_from("!HH", body, 34)
-            body = body[:34] + struct.pack("!HH", sport ^ repeat, dport ^ repeat) + body[38:]
+        if next_plant < len(planted) and start_ts + planted[next_plant][0] <= start_ts + number * step:
+            _offset, body, first_rst = planted[next_plant]
+            next_plant += 1
+            if first_rst:
+                planted_rsts.append(round(ts, 6))
+        else:
+            body = bodies[number % len(bodies)]
+            repeat = number // len(bodies)
+            if repeat and len(body) >= 46:
+                body = _new_pass(body, repeat)
         seconds = int(ts)
         chunk += RECORD.pack(seconds, int((ts - seconds) * 1e6), len(body), len(body)) + body
         if len(chunk) > 1 << 20:
@@ -139,8 +193,12 @@ def main() -> int:
     # waits ABSENCE_SETTLE_S for a late reply by design, so the two are reported apart.
     resets = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings
                     if f["packet"] and f["cause"] != "silent-drop")
+    planted_lags = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings
+                          if f["packet"] and any(abs(f["packet"]["ts"] - when) < 2e-6 for when in planted_rsts))
+    print(f"  planted forged RSTs: {len(planted_rsts)}, decided as such: {len(planted_lags)}")
     if latencies and args.realtime:
-        for label, values in (("every finding", latencies), ("findings on a RST", resets)):
+        for label, values in (("planted forged RST", planted_lags), ("every finding", latencies),
+                              ("findings on a RST", resets)):
             if values:
                 print(f"  decision latency, {label} ({len(values)}): median {statistics.median(values):.3f} s, "
                       f"95% {values[max(int(len(values) * 0.95) - 1, 0)]:.3f} s, max {values[-1]:.3f} s")

@@ -11,6 +11,7 @@ asserted.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -26,13 +27,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic
 from conftest import PROJECT, require_root, require_tools
 
 from diag import read_capture
+from diag.analysis import concat_packets
 from diag.capture.live import stream_tables
 from diag.report import Finding, PacketRef
 from diag.scenario.spec import available_scenarios
-from diag.watch.window import QUIET_S, Decider, Window
+from diag.watch.incremental import IncrementalAnalysis
+from diag.watch.window import QUIET_S, Decider, Window, analyze_window
 
 CAPTURES = PROJECT / "captures"
 INCIDENT_POINTS = ["client", "internet", "nlb", "vpc-router", "node-a", "node-b", "pod-b", "natgw"]
@@ -161,6 +165,99 @@ def test_decider_gives_a_finding_once_even_when_its_symptom_moves() -> None:
     assert decider.count == 1
 
 
+def _stepped(tables: dict[str, pd.DataFrame], rows_a_batch: int) -> tuple[dict[tuple[Any, ...], Finding],
+                                                                         list[Finding], Window]:
+    """Feed the points' tables to a window in small batches, in time order across points, analyzing
+    incrementally after each; returns the latest version of every finding seen, the last step's, the window."""
+    batches = []
+    for name, table in tables.items():
+        for start in range(0, len(table), rows_a_batch):
+            part = table.iloc[start : start + rows_a_batch].reset_index(drop=True)
+            batches.append((int(part["ts_ns"].max()), name, part))
+    batches.sort(key=lambda batch: (batch[0], batch[1]))
+    window = Window(list(tables), seconds=3600)
+    incremental = IncrementalAnalysis(window)
+    latest: dict[tuple[Any, ...], Finding] = {}
+    found: list[Finding] = []
+    for _ts, name, part in batches:
+        window.add(name, part)
+        found = incremental.step(0.0, {})
+        for finding in found:
+            assert finding.packet is not None
+            latest[(finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)] = finding
+    for name in tables:
+        window.end(name)
+    found = incremental.step(0.0, {})
+    for finding in found:
+        assert finding.packet is not None
+        latest[(finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)] = finding
+    return latest, found, window
+
+
+@pytest.mark.parametrize("name", list(synthetic.SCENARIOS))
+def test_incremental_analysis_finds_what_the_whole_window_does(name: str) -> None:
+    """Every finding of the whole window, as each step that revisited its connection last found it: the
+    same, evidence and all (clocks of different points shifted, so the correlation aligns them)."""
+    scenario = synthetic.SCENARIOS[name]()
+    points = sorted({point for point in scenario.recorded})
+    shifts = synthetic.shifted(points)
+    tables = {point: scenario.table(point, shifts.get(point, 0)) for point in points}
+    latest, _found, window = _stepped({p: t for p, t in tables.items() if len(t)}, rows_a_batch=2)
+    packets = window.packets()
+    assert packets is not None
+    whole = analyze_window(packets)
+    for finding in whole:
+        assert finding.packet is not None
+        key = (finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)
+        assert key in latest, key
+        assert latest[key].to_json() == finding.to_json()
+
+
+def test_incremental_analysis_of_the_incident_streams() -> None:
+    """The incident's eight captures a few packets at a time: the whole window's finding, the same."""
+    tables = {name: read_capture(CAPTURES / f"{name}.pcapng", name=name) for name in INCIDENT_POINTS}
+    latest, found, window = _stepped(tables, rows_a_batch=3)
+    packets = window.packets()
+    assert packets is not None
+    whole = analyze_window(packets)
+    assert [f.to_json() for f in found] == [f.to_json() for f in whole] and whole
+
+
+def _healthy_connections(copies: int, start_ns: int) -> pd.DataFrame:
+    """``copies`` healthy connections at the pod, each its own (client port, sequence numbers), 3 ms apart."""
+    base = synthetic.healthy(background=False).table("pod")
+    base = base[(base["sport"] == 41000) | (base["dport"] == 41000)].reset_index(drop=True)  # the connection closed
+    assert not (base["tcp_flags"] & 0x04).any()
+    base["ts_ns"] -= int(base["ts_ns"].min())
+    parts = []
+    for k in range(copies):
+        part = base.copy()
+        from_client = part["dport"] == 80
+        part.loc[from_client, "sport"] += k + 1
+        part.loc[~from_client, "dport"] += k + 1
+        part["seq"] = (part["seq"] + k * 100_003) % 2**32
+        part["ack"] = np.where(part["ack"] > 0, (part["ack"] + k * 100_003) % 2**32, 0)
+        part["ts_ns"] += start_ns + k * 3_000_000
+        parts.append(part)
+    return concat_packets(parts).reset_index(drop=True)
+
+
+def test_incremental_analysis_revisits_only_what_changed() -> None:
+    """After many healthy connections, a forged reset: the step that finds it diagnoses its connection, not
+    the window."""
+    background = _healthy_connections(300, int(1000e9))
+    window = Window(["pod"], seconds=3600)
+    incremental = IncrementalAnalysis(window)
+    window.add("pod", background)
+    assert incremental.step(0.0, {}) == [] and incremental.last.packets < 10  # nothing suspect: nothing diagnosed
+    forged = synthetic.incident().table("pod")
+    forged["ts_ns"] += int(1002e9) - int(forged["ts_ns"].min())
+    window.add("pod", forged)
+    found = incremental.step(0.0, {})
+    assert [finding.cause for finding in found] == ["asymmetric-return"]
+    assert 0 < incremental.last.packets <= len(forged) + 2 < len(background) // 10
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -174,6 +271,20 @@ def test_pcap_stream_on_stdin_gives_the_findings_of_analyze(point: str) -> None:
     assert sorted(_key(finding) for finding in found) == _analyze_keys([f"{point}={path}"])
     for finding in found:
         assert finding["evidence"] and finding["decided_at"] > finding["packet"]["ts"]
+
+
+def test_gzip_stream_on_stdin_is_decompressed_as_it_comes(tmp_path: Path) -> None:
+    """``tcpdump -w - | gzip | diag watch x=-``: the same findings as analyze on the plain file, each once;
+    a stream of two gzip members (as concatenated .gz files are) is read whole."""
+    path = CAPTURES / "pod-b.pcapng"
+    data = path.read_bytes()
+    compressed = tmp_path / "pod-b.pcapng.gz"
+    compressed.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:]))
+    with compressed.open("rb") as stdin:
+        result = _watch(["pod-b=-"], stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    found = sorted(_key(finding) for finding in _lines(result.stdout))
+    assert found == _analyze_keys([f"pod-b={path}"]) and found
 
 
 def test_public_captures_on_stdin_give_the_findings_of_analyze(corpus: Path) -> None:

@@ -194,6 +194,7 @@ class Feeder:
     def _read_stream(self) -> None:
         from diag.capture.live import open_stream, stream_tables
         from diag.capture.records import Diagnostics
+        from diag.watch.gunzip import decompressing
 
         name = self.source.name
         diagnostics = Diagnostics(self.source.describe())
@@ -204,6 +205,7 @@ class Feeder:
             else:
                 assert self.source.path is not None
                 stream = open_stream(self.source.path)
+            stream = decompressing(stream)  # a gzip stream (tcpdump -w - | gzip) is decompressed as it comes
             noted = 0
             with stream:
                 for table in stream_tables(stream, name, self.source.describe(), diagnostics, self._on_idle):
@@ -357,10 +359,10 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
                 break
             all_idle = all(when is not None for name, when in idle.items() if not window.points[name].ended)
             since = time.monotonic() - last_analysis
-            # After an analysis that took D seconds, the readers get D seconds before the next one: a
+            # After an analysis that took D seconds, the readers get D/2 seconds before the next one: a
             # burst that takes long to analyze is analyzed less often, but the streams are still
-            # read as fast as they come.
-            if window.changed and (all_idle or since >= TICK_S) and since >= 2 * last_took:
+            # read as fast as they come. (Analyses revisit only what changed, so they stay short.)
+            if window.changed and (all_idle or since >= TICK_S) and since >= 1.5 * last_took:
                 last_analysis = time.monotonic()
                 findings = incremental.step(time.time(), idle)
                 last_took = time.monotonic() - last_analysis

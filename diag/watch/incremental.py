@@ -98,9 +98,10 @@ class IncrementalAnalysis:
         fresh = window.take_fresh()
         links = window.links
         groups = links.groups()
+        # A flow that only waits (a SYN or datagram not yet answered) has no finding before its wait
+        # runs out: it is looked at then (or earlier, if it becomes a suspect otherwise).
         waiting = links.waiting()
-        # A flow that only waits (one SYN not yet answered) has no finding before its wait runs out.
-        active_flows = links.suspects(groups) & ~(waiting & ((links.flags[: links.n_flows] & IS_UDP) == 0))
+        active_flows = links.suspects(groups)
         caught_up = window.caught_up_by_point(now, idle_since)
         revisit, ran_out = self._revisit(fresh, active_flows, waiting, caught_up)
         self._caught_up_before = caught_up

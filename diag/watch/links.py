@@ -264,16 +264,17 @@ class FlowLinks:
         return _roots(self.parent, self.n_flows)
 
     def suspects(self, groups: IntArray) -> npt.NDArray[np.bool_]:
-        """Per flow number, whether it may make its connection a suspect of the diagnosis.
+        """Per flow number, whether it makes its connection a suspect of the diagnosis now.
 
         What the diagnosis picks its suspects by, per flow (which is more
         than it needs): a RST; a SYN seen more than once (a retry, or copies
-        of one); a SYN never answered at that point; a UDP flow one way only,
-        or one of two UDP flows of a group at one point (NAT on the way).
-        ``groups`` is what ``groups()`` gave.
+        of one); one of two UDP flows of a group at one point (NAT on the
+        way). A flow that only waits for an answer (``waiting``) is a suspect
+        once its wait has run out, which the caller times. ``groups`` is what
+        ``groups()`` gave.
         """
         result: npt.NDArray[np.bool_] = ((self.flags[: self.n_flows] & HAS_RST) != 0) \
-            | (self.syn_count[: self.n_flows] > 1) | self.waiting() | self._udp_beside_another(groups)
+            | (self.syn_count[: self.n_flows] > 1) | self._udp_beside_another(groups)
         return result
 
     def waiting(self) -> npt.NDArray[np.bool_]:

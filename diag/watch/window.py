@@ -47,7 +47,7 @@ QUIET_S = 0.1
 ABSENCE_CAUSES = frozenset({Cause.SILENT_DROP})
 # A point's newest pieces are merged up to this many rows: big enough that a point has a handful
 # of pieces, small enough that a piece leaves the window soon after its last packet does.
-MAX_PIECE_ROWS = 1 << 18
+MAX_PIECE_ROWS = 1 << 16
 # The window's links are rebuilt no more often than every this many rows taken in.
 RELINK_MIN_ROWS = 1 << 16
 
