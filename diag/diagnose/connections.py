@@ -142,6 +142,15 @@ def _flow_nodes(columns: dict[str, np.ndarray]) -> np.ndarray:
     return numbered
 
 
+def _in_shared_group(group: np.ndarray) -> np.ndarray:
+    """Rows whose group id (>= 0) is shared with another row."""
+    valid = group >= 0
+    counts = np.bincount(group[valid]) if valid.any() else np.zeros(0, dtype=np.int64)
+    shared = valid.copy()
+    shared[valid] = counts[group[valid]] > 1
+    return shared
+
+
 def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
     """Join the flows of each group (rows with one group id) into one connection."""
     if len(group) == 0:
@@ -208,22 +217,21 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     columns["match"] = match
     columns["pkt"] = np.where(match >= 0, match, base + sighting)
     columns["sighting"] = sighting
-    copy = np.ones(len(positions), dtype=bool)
-    copy[np.unique(sighting, return_index=True)[1]] = False
-    columns["copy"] = copy
     node = columns["node"] = _flow_nodes(columns)
 
     uf = _UnionFind(int(node.max()) + 1)
     # Flows sharing a matched packet are one connection, and so are flows holding copies of one
-    # packet inside one capture (a box's way in and way out, NAT between them).
+    # packet inside one capture (a box's way in and way out, NAT between them). A group of one row
+    # joins nothing: only groups of several rows are sorted.
     for group in (match, sighting):
-        _union_groups(uf, group[group >= 0], node[group >= 0])
+        shared = _in_shared_group(group)
+        _union_groups(uf, group[shared], node[shared])
     # The joins and the choice of suspects read only handshakes, resets and datagrams: a small table.
     flags = columns["tcp_flags"]
     tcp = columns["proto"] == TCP
     telling = ~tcp | ((flags >= 0) & ((flags & (SYN | RST)) != 0))
     table = pd.DataFrame(
-        {name: values[telling] for name, values in columns.items() if name not in ("position", "copy", "match")}
+        {name: values[telling] for name, values in columns.items() if name not in ("position", "match")}
     )
     _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
@@ -239,6 +247,13 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     order = rows[np.lexsort((positions[rows], ts_ref, conn[rows]))]
     columns = {name: values[order] for name, values in columns.items()}
     kept = columns["position"]
+    # A second copy of a packet in one capture: its sighting appeared at an earlier position. (Every copy of
+    # a sighting is in one flow, so of one connection: kept or left out together.)
+    by_sighting = np.lexsort((kept, columns["sighting"]))
+    ordered = columns["sighting"][by_sighting]
+    copy = np.ones(len(kept), dtype=bool)
+    copy[by_sighting[np.r_[True, ordered[1:] != ordered[:-1]]] if len(kept) else by_sighting] = False
+    columns["copy"] = copy
     for name in TABLE_PACKET_COLUMNS:
         if name not in columns:
             columns[name] = _take(packets, name, kept, names)

@@ -123,6 +123,17 @@ RENDERERS: dict[Cause, Renderer] = {
 }
 
 
+def _prefetch(s: TcpSignals, chosen: np.ndarray) -> None:
+    """Make the packets the chosen connections' findings name in one go: the RST and its trigger, or the SYNs."""
+    p = s.packets
+    wanted = [s.rst[chosen], s.trigger[chosen]]
+    unanswered = chosen & (s.rst < 0) & s.syn_verdict
+    if unanswered.any():
+        mine = unanswered[p.conn] & p.from_orig & p.handshake(SYN)
+        wanted.append(np.flatnonzero(mine))
+    p.prefetch(np.concatenate(wanted))
+
+
 def judge_by_columns(
     connections: list[Connection], s: TcpSignals, ctx: Context
 ) -> tuple[np.ndarray, dict[int, Outcome]]:
@@ -137,6 +148,7 @@ def judge_by_columns(
             raise AssertionError(f"the TCP rule of {cause} claims connections another rule claims")
         claimed |= mine
         render = RENDERERS[cause]
+        _prefetch(s, mine)
         for k in np.flatnonzero(mine).tolist():
             outcomes[k] = render(connections[k], s, k, ctx)
     return claimed, outcomes

@@ -16,7 +16,7 @@ Every column answers the question the per-connection code in ``tcp.py`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -103,6 +103,7 @@ class Packets:
     sight_start: np.ndarray  # the packet's sightings: ``sights`` rows [sight_start, sight_stop), in path order
     sight_stop: np.ndarray
     sights: Sights
+    _made: dict[int, Seen] = field(default_factory=dict, compare=False, repr=False)  # ``seen``'s results
 
     def has(self, flag: int) -> np.ndarray:
         result: np.ndarray = (self.flags >= 0) & ((self.flags & flag) != 0)
@@ -114,43 +115,63 @@ class Packets:
 
     def seen(self, i: int) -> Seen:
         """Packet ``i`` as the ``Seen`` that ``distinct_packets`` makes of it (for rendering a finding)."""
+        made = self._made.get(i)
+        if made is None:
+            self.prefetch(np.array([i], dtype=np.int64))
+            made = self._made[i]
+        return made
+
+    def prefetch(self, chosen: np.ndarray) -> None:
+        """Make the ``Seen`` of every packet in ``chosen`` at once: one gather per column for all of them."""
+        chosen = np.unique(chosen[chosen >= 0])
+        if len(chosen) == 0:
+            return
         columns, names, sights = self.table.columns, self.table.names, self.sights
-        first, last = int(self.sight_start[i]), int(self.sight_stop[i])
-        bounds = sights.bounds[first : last + 1].tolist()
-        rows = sights.copies[bounds[0] : bounds[-1]]
+        owner, sight_rows = _ranges(self.sight_start[chosen], self.sight_stop[chosen])
+        copy_owner, copies = _ranges(sights.bounds[sight_rows], sights.bounds[sight_rows + 1])
+        rows = sights.copies[copies]
         values = {name: columns[name][rows].tolist() for name in _SIGHT_COLUMNS}
-        ttls, forwarded, incoming = (column[first:last].tolist() for column in (sights.ttl, sights.forwarded,
-                                                                                sights.incoming))  # fmt: skip
-        made = []
-        for s in range(last - first):
-            at, stop = bounds[s] - bounds[0], bounds[s + 1] - bounds[0]
-            src, sport = values["src"], values["sport"]
+        src, sport, dst, dport = values["src"], values["sport"], values["dst"], values["dport"]
+        capture, index, ts_ns, ts_ref, ip_id, file = (
+            values[name] for name in ("capture", "index", "ts_ns", "ts_ref", "ip_id", "file")
+        )
+        ttl = sights.ttl[sight_rows].tolist()
+        forwarded = sights.forwarded[sight_rows].tolist()
+        incoming = sights.incoming[sight_rows].tolist()
+        copy_bounds = np.r_[0, np.cumsum(sights.bounds[sight_rows + 1] - sights.bounds[sight_rows])].tolist()
+        sight_bounds = np.r_[0, np.cumsum(self.sight_stop[chosen] - self.sight_start[chosen])].tolist()
+        made: list[Sight] = []
+        for s in range(len(sight_rows)):
+            at, stop = copy_bounds[s], copy_bounds[s + 1]
             made.append(
                 Sight(
-                    capture=names[values["capture"][at]],
-                    index=values["index"][at],
-                    ts_ns=values["ts_ns"][at],
-                    ts_ref=values["ts_ref"][at],
-                    ttl=ttls[s],
-                    ip_id=values["ip_id"][at],
+                    capture=names[capture[at]],
+                    index=index[at],
+                    ts_ns=ts_ns[at],
+                    ts_ref=ts_ref[at],
+                    ttl=ttl[s],
+                    ip_id=ip_id[at],
                     forwarded=forwarded[s],
                     incoming=incoming[s],
                     src=endpoint_text(names[src[at]], sport[at]),
-                    dst=endpoint_text(names[values["dst"][at]], values["dport"][at]),
+                    dst=endpoint_text(names[dst[at]], dport[at]),
                     sources=tuple(dict.fromkeys(endpoint_text(names[src[c]], sport[c]) for c in range(at, stop))),
-                    file=int(values["file"][at]),
+                    file=int(file[at]),
                 )
             )
-        return Seen(
-            pkt=values["pkt"][0],
-            from_orig=bool(values["from_orig"][0]),
-            flags=values["tcp_flags"][0],
-            seq=values["seq"][0],
-            ack=values["ack"][0],
-            payload_len=values["payload_len"][0],
-            digest=values["payload_digest"][0],
-            sights=tuple(made),
-        )
+        del owner, copy_owner
+        for n, i in enumerate(chosen.tolist()):
+            head = copy_bounds[sight_bounds[n]]
+            self._made[i] = Seen(
+                pkt=values["pkt"][head],
+                from_orig=bool(values["from_orig"][head]),
+                flags=values["tcp_flags"][head],
+                seq=values["seq"][head],
+                ack=values["ack"][head],
+                payload_len=values["payload_len"][head],
+                digest=values["payload_digest"][head],
+                sights=tuple(made[sight_bounds[n] : sight_bounds[n + 1]]),
+            )
 
 
 _SIGHT_COLUMNS = (

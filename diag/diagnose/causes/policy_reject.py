@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
     """A RST in the server's name refuses the SYN, and the SYN is missing where the server's side would show it."""
-    return s.refused_syn() & s.policy
+    rule: np.ndarray = s.refused_syn() & s.policy
+    return rule
 
 
 SPEC = CauseSpec(

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
     """The server's RST refuses the SYN it answers; the SYN reached it and nothing says the RST is not its own."""
-    return s.refused_syn() & ~s.policy
+    rule: np.ndarray = s.refused_syn() & ~s.policy
+    return rule
 
 
 SPEC = CauseSpec(
