@@ -253,6 +253,7 @@ class Scenario:
 
 # --- routes of the incident's topology -------------------------------------------------------------
 
+
 def to_pod(client_port: int, via_snat: bool = False) -> list[Hop]:
     """Client → router → NLB (DNAT to the NodePort) → node-a (DNAT to the pod) → node-b → pod."""
     node_a_rewrite: dict[str, object] = {"dst": POD, "dport": 80}
@@ -303,6 +304,7 @@ def _syn(port: int, isn: int, ip_id: int) -> Packet:
 
 
 # --- scenarios ---------------------------------------------------------------------------------------
+
 
 def incident(retries: int = 4) -> Scenario:
     """The NLB / NAT gateway incident: the NAT gateway resets the pod's SYN-ACK as the client."""
@@ -562,6 +564,37 @@ def udp_silent_drop() -> Scenario:
     return sc
 
 
+def udp_port_closed() -> Scenario:
+    """UDP to a port nothing listens on at the pod: its kernel answers each request with ICMP port unreachable.
+
+    node-a SNATs (kube-proxy), so the error comes back through node-a and the
+    NLB, which translate the quoted request back as well as the outer header.
+    """
+    sc = Scenario("udp-port-closed", "port-closed", ALL_POINTS, dict(SKEWS))
+    port = 53000
+    for attempt in range(3):
+        t = START_NS + attempt * 1000 * MS
+        request = Packet(CLIENT, VIP, port, 80, proto=UDP, payload=b"\x33\x44\x00query", ip_id=0x4500 + attempt)
+        arrival = sc.send(t, request, to_pod(port, via_snat=True))
+        refusal = Packet(POD, NODE_A, proto=ICMP, icmp_type=3, icmp_code=3, ip_id=0x8500 + attempt,
+                         inner=(NODE_A, POD, UDP, port + 1000, 80))  # fmt: skip
+        route = [
+            Hop("pod"),
+            Hop("node-b", 50_000),
+            Hop(
+                "node-a",
+                200_000,
+                rewrite={"src": NODE_A, "dst": CLIENT, "inner": (CLIENT, NODE_A, UDP, port, NODE_PORT)},
+            ),
+            Hop("nlb", 300_000, rewrite={"src": VIP, "inner": (CLIENT, VIP, UDP, port, 80)}),
+            Hop(None, 1 * MS),
+            Hop("client", 2 * MS, last=True),
+        ]
+        sc.send(arrival + 60_000, refusal, route)
+    sc.subsets = (ALL_POINTS, ("client",), ("pod",), ("client", "pod"), ("node-a",), ("nlb",))
+    return sc
+
+
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "incident": incident,
     "healthy": healthy,
@@ -574,6 +607,7 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
     "silent-drop": silent_drop,
     "udp-asymmetric": udp_asymmetric,
     "udp-silent-drop": udp_silent_drop,
+    "udp-port-closed": udp_port_closed,
 }
 
 

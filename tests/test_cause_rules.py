@@ -78,6 +78,15 @@ RST = Fact.of("rst", side="server", claimed="10.0.2.5", packet="client frame 3",
 RETRIED = Fact.of("syn-retried", isn=1000, times=2)
 ABSENT_CLIENT = Fact.of("absent-at-own", side="client", point="client")
 ABSENT_SERVER = Fact.of("absent-at-own", side="server", point="pod")
+REFUSED = Fact.of(
+    "unreachable",
+    count=2,
+    reason="port",
+    code=3,
+    sender="198.51.100.10",
+    quoted="198.51.100.10:80",
+    packet="client frame 2",
+)
 
 EXCLUSIONS: dict[Cause, tuple[list[Fact], str, list[Fact]]] = {
     Cause.ASYMMETRIC_RETURN: ([REQUESTS, LOST], "only on the request's own path", [REQUESTS, FOREIGN]),
@@ -87,6 +96,8 @@ EXCLUSIONS: dict[Cause, tuple[list[Fact], str, list[Fact]]] = {
     Cause.INJECTED_RESET: ([RST, LEFT], "shows the RST leaving it", [RST, ABSENT_SERVER]),
     Cause.TUPLE_REUSE: ([RST, ABSENT_CLIENT], "client's stack sends it", [RST, ABSENT_SERVER]),
     Cause.PEER_RESET: ([RST, ABSENT_SERVER], "server's capture never shows it leaving", [RST, LEFT]),
+    Cause.PORT_CLOSED: ([REQUESTS, FOREIGN], "something listens on the port", [REQUESTS, REFUSED]),
+    Cause.POLICY_REJECT: ([REQUESTS, LOST], "nothing on the way refused them", [REQUESTS, REFUSED]),
 }
 
 
@@ -134,6 +145,20 @@ FORWARDED = [
     Fact.of("confirm-at", box="node-a", target="10.0.2.5"),
 ]
 NO_REPLY = [REQUESTS, Fact.of("no-reply", last="node-a", left_for=None, retried=True)]
+
+
+def unreachable(reason: str, code: int, sender: str = "198.51.100.10") -> Fact:
+    return Fact.of(
+        "unreachable",
+        count=1,
+        reason=reason,
+        code=code,
+        sender=sender,
+        quoted="198.51.100.10:80",
+        packet="client frame 2",
+    )
+
+
 ANSWERED = Fact.of("answered", count=3, src="198.51.100.10:80", packet="client frame 2")
 
 
@@ -154,6 +179,11 @@ ANSWERED = Fact.of("answered", count=3, src="198.51.100.10:80", packet="client f
         (NO_REPLY, Cause.SILENT_DROP, 0.6),
         ([*NO_REPLY, Fact.of("single-point")], Cause.SILENT_DROP, 0.4),
         ([REQUESTS, Fact.of("no-reply", last="client", left_for=None, retried=False)], None, None),
+        ([*NO_REPLY, REFUSED], Cause.PORT_CLOSED, 0.85),
+        ([*FORWARDED, REFUSED], Cause.PORT_CLOSED, 0.85),
+        ([*NO_REPLY, unreachable("port", 3, sender="198.51.100.1")], Cause.POLICY_REJECT, 0.75),
+        ([*NO_REPLY, unreachable("prohibited", 13)], Cause.POLICY_REJECT, 0.85),
+        ([*NO_REPLY, unreachable("other", 1, sender="198.51.100.1")], Cause.UNKNOWN, 0.5),
     ],
     ids=[
         "foreign",
@@ -166,6 +196,11 @@ ANSWERED = Fact.of("answered", count=3, src="198.51.100.10:80", packet="client f
         "no-reply",
         "no-reply-one-point",
         "one-way",
+        "port-unreachable",
+        "port-unreachable-through-a-forwarder",
+        "port-unreachable-from-a-box",
+        "prohibited",
+        "host-unreachable",
     ],
 )
 def test_the_udp_rules_decide(facts: Sequence[Fact], cause: Cause | None, confidence: float | None) -> None:

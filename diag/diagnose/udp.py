@@ -16,11 +16,13 @@ cause those facts are is decided by the causes' own ``udp`` rules in
 from __future__ import annotations
 
 import ipaddress
+import weakref
 from itertools import pairwise
 
+import numpy as np
 import pandas as pd
 
-from diag.capture.proto import ICMP, ICMP_DEST_UNREACHABLE
+from diag.capture.proto import ICMP, ICMP_DEST_UNREACHABLE, ICMPV6, UDP
 from diag.diagnose.causes import decide
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Verdict
@@ -119,6 +121,8 @@ def observe_udp(conn: Connection, ctx: Context) -> tuple[list[Fact], Seen, int] 
         facts += _reply_path(conn, followed, requests, request_points)
     if foreign:
         facts += _port_unreachable(ctx.packets, point, foreign[0][1].src_addr)
+    if not replies:
+        facts += _refused(ctx.packets, requests)
     if not replies and unanswered:
         facts += _unanswered(conn, ctx, requests, unanswered, request_points)
     symptom, occurrences = (
@@ -189,10 +193,88 @@ def _reply_path(conn: Connection, reply: Seen, requests: list[Seen], request_poi
     return facts
 
 
+# ICMPv6 destination unreachable (RFC 4443) and the codes that mean a port or a policy refused it.
+ICMPV6_DEST_UNREACHABLE = 1
+PORT_UNREACHABLE = {ICMP: 3, ICMPV6: 4}
+PROHIBITED = {ICMP: (9, 10, 13), ICMPV6: (1, 5, 6)}
+
+_unreachable_cache: tuple[weakref.ref[pd.DataFrame], pd.DataFrame] | None = None
+
+
+def _unreachables(packets: pd.DataFrame) -> pd.DataFrame:
+    """Every ICMP and ICMPv6 destination unreachable of the analysis, found once for all its conversations.
+
+    A busy capture has thousands of unanswered conversations and few ICMP
+    errors: the errors are picked out of the packet table once (remembered
+    for that table only) rather than searched for each conversation.
+    """
+    global _unreachable_cache
+    if _unreachable_cache is not None and _unreachable_cache[0]() is packets:
+        return _unreachable_cache[1]
+    proto = packets["proto"].to_numpy()
+    kind = packets["icmp_type"].to_numpy()
+    v4 = (proto == ICMP) & (kind == ICMP_DEST_UNREACHABLE)
+    chosen = v4 | ((proto == ICMPV6) & (kind == ICMPV6_DEST_UNREACHABLE))
+    errors: pd.DataFrame = packets[chosen].copy()
+    for column in ("capture", "src", "inner_src", "inner_dst"):
+        errors[column] = errors[column].astype(str)
+    _unreachable_cache = (weakref.ref(packets), errors)
+    return errors
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    address, port = text.rsplit(":", 1)
+    return address.strip("[]"), int(port)
+
+
+def _refused(packets: pd.DataFrame, requests: list[Seen]) -> list[Fact]:
+    """ICMP destination unreachable quoting one of the requests, at a point that saw that request.
+
+    The quoted datagram is the request as that point saw it (a NAT on the way
+    back translates the quote too), so it is matched point by point. Who sent
+    the error says who refused: the host the request was addressed to, or a
+    box on the way in its stead.
+    """
+    errors = _unreachables(packets)
+    if errors.empty:
+        return []
+    sent = {(s.capture, *_endpoint(s.src), *_endpoint(s.dst)) for p in requests for s in p.sights}
+    keys = zip(
+        errors["capture"].tolist(),
+        errors["inner_src"].tolist(),
+        errors["inner_sport"].tolist(),
+        errors["inner_dst"].tolist(),
+        errors["inner_dport"].tolist(),
+        strict=True,
+    )
+    hits = errors[np.fromiter((key in sent for key in keys), dtype=bool, count=len(errors))]
+    hits = hits[hits["inner_proto"].to_numpy() == UDP]
+    if hits.empty:
+        return []
+    # Quoted as the point nearest the client saw it (the address the client wrote to), its first there.
+    order = {point: rank for rank, point in enumerate(requests[0].points)}
+    rank = hits["capture"].map(lambda point: order.get(point, len(order))).to_numpy()
+    first = hits.iloc[int(np.lexsort((hits["ts_ns"].to_numpy(), rank))[0])]
+    family, code = int(first["proto"]), int(first["icmp_code"])
+    reason = "port" if code == PORT_UNREACHABLE[family] else "prohibited" if code in PROHIBITED[family] else "other"
+    return [
+        Fact.of(
+            "unreachable",
+            # A forwarding point holds each error twice (arriving, leaving): counted once by its IP ID.
+            count=int(hits.loc[hits["capture"] == first["capture"], "ip_id"].nunique()),
+            reason=reason,
+            code=code,
+            sender=str(first["src"]),
+            quoted=f"{first['inner_dst']}:{int(first['inner_dport'])}",
+            packet=f"{first['capture']} frame {int(first['index']) + 1}",
+        )
+    ]
+
+
 def _port_unreachable(packets: pd.DataFrame, point: str, foreign_addr: str) -> list[Fact]:
     """The client's ICMP port unreachable for replies from an address it never wrote to."""
-    at_point = packets[(packets["capture"].astype(str) == point) & (packets["proto"] == ICMP)]
-    unreachable = at_point[at_point["icmp_type"] == ICMP_DEST_UNREACHABLE]
+    errors = _unreachables(packets)
+    unreachable = errors[(errors["capture"] == point) & (errors["proto"].to_numpy() == ICMP)]
     hits = pd.concat(
         [
             unreachable[unreachable["inner_dst"].astype(str) == foreign_addr],

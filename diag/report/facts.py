@@ -162,6 +162,15 @@ def _port_unreachable(v: Mapping[str, Any]) -> str:
     )
 
 
+def _unreachable(v: Mapping[str, Any]) -> str:
+    meaning = {"port": "port unreachable", "prohibited": "administratively prohibited"}
+    what = meaning.get(v["reason"], f"code {v['code']}")
+    return (
+        f"{v['count']} ICMP destination unreachable ({what}) came back for the requests to {v['quoted']}, "
+        f"sent by {v['sender']}, first at {v['packet']}"
+    )
+
+
 def _no_reply(v: Mapping[str, Any]) -> str:
     if v["left_for"] is None:
         return f"no reply at all; the requests were last seen at {v['last']}"
@@ -224,6 +233,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "reply-rewritten": _reply_rewritten,
     "reply-lost": _reply_lost,
     "port-unreachable": _port_unreachable,
+    "unreachable": _unreachable,
     "no-reply": _no_reply,
     "single-point": _single_point,
     "forwarded": _forwarded,

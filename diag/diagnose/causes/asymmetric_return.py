@@ -69,6 +69,8 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     a RST its claimed sender's own capture shows leaving it was not forged by a box on the way back."""
     if first(facts, "reply-lost") is not None:
         return "the replies were seen only on the request's own path"
+    if (refused := first(facts, "unreachable")) is not None:
+        return f"the requests were refused ({refused['sender']} sent an ICMP destination unreachable), not answered"
     return left_its_sender(facts)
 
 
@@ -77,7 +79,7 @@ SPEC = CauseSpec(
     forged=True,
     udp=udp,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"reply-lost", "left-own"}),
+    excluded_kinds=frozenset({"reply-lost", "unreachable", "left-own"}),
     fixes=(
         "Make the forwarding node SNAT what it sends on to another node (kube-proxy masquerade, "
         "externalTrafficPolicy: Cluster with SNAT) so the reply returns through it and the load balancer; "

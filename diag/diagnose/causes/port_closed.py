@@ -1,13 +1,19 @@
-"""port-closed: The server host itself refused the SYN: nothing listens on the port."""
+"""port-closed: The server host itself refused the request: nothing listens on the port.
+
+TCP: its RST answers the SYN. UDP: its ICMP port unreachable answers the
+requests (sent by the host they were addressed to, as the point saw them).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec
+from diag.diagnose.causes.spec import CauseSpec, Decision, first, host_of, kinds, udp_answered
 from diag.report import Cause
+from diag.report.facts import Fact
 
 if TYPE_CHECKING:
     from diag.diagnose.tcp_signals import TcpSignals
@@ -19,10 +25,30 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def udp(facts: Sequence[Fact]) -> Decision | None:
+    """ICMP port unreachable for the requests, from the very host they were addressed to."""
+    refused = first(facts, "unreachable")
+    if refused is None or refused["reason"] != "port" or refused["sender"] != host_of(str(refused["quoted"])):
+        return None
+    return Decision(
+        0.85,
+        f"nothing listens on {refused['quoted']}: its host answered the requests with ICMP port unreachable",
+        tuple(kinds(facts, "requests", "unreachable")),
+    )
+
+
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """A server that answered the requests listens on the port."""
+    return "the server answered the requests, so something listens on the port" if udp_answered(facts) else None
+
+
 SPEC = CauseSpec(
     cause=Cause.PORT_CLOSED,
     forged=False,
     tcp_rule=tcp_rule,
+    udp=udp,
+    excluded_by=excluded_by,
+    excluded_kinds=frozenset({"answered", "reply-foreign", "reply-resourced", "reply-lost"}),
     fixes=(
         "Start the service (or fix its port) on the server: nothing listens on the port the SYN reached.",
         "Check the Service's targetPort against the port the container really listens on; "

@@ -38,13 +38,16 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """A reply that arrived, or was translated on its way, was not lost; a RST came back, so nothing was silent."""
+    """A reply that arrived, or was translated on its way, was not lost; a RST or an ICMP error came back, so
+    nothing was silent."""
     if first(facts, "reply-foreign") is not None:
         return "the reply was not lost: it arrived from the wrong source"
     if first(facts, "reply-resourced") is not None:
         return "the reply left the server and was translated, not dropped"
     if first(facts, "rst") is not None:
         return "a RST came back: the connection was answered, not silently dropped"
+    if (refused := first(facts, "unreachable")) is not None:
+        return f"an ICMP destination unreachable from {refused['sender']} came back: refused, not silently dropped"
     return None
 
 
@@ -60,7 +63,7 @@ SPEC = CauseSpec(
     tcp_rule=tcp_rule,
     udp=udp,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"reply-foreign", "reply-resourced", "rst"}),
+    excluded_kinds=frozenset({"reply-foreign", "reply-resourced", "rst", "unreachable"}),
     fixes=(
         "Find the point where the packet was last seen and look for a DROP rule, a security group or NACL, "
         "a missing route or an MTU black hole after it; trade-off: depends on the rule.",

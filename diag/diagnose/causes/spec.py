@@ -78,3 +78,13 @@ def left_its_sender(facts: Sequence[Fact]) -> str | None:
     """The claimed sender's own capture shows the RST leaving it: genuine, so no box forged it."""
     left = first(facts, "left-own")
     return None if left is None else f"the {left['side']}'s own capture shows the RST leaving it: it is genuine"
+
+
+def host_of(endpoint: str) -> str:
+    """The address of an "addr:port" endpoint (IPv6 as "[addr]:port")."""
+    return endpoint.rsplit(":", 1)[0].strip("[]")
+
+
+def udp_answered(facts: Sequence[Fact]) -> bool:
+    """The server answered a UDP conversation's requests (whether or not the answer reached the client)."""
+    return any(fact.kind in ("answered", "reply-foreign", "reply-resourced", "reply-lost") for fact in facts)
