@@ -182,16 +182,17 @@ def _stepped(tables: dict[str, pd.DataFrame], rows_a_batch: int) -> tuple[dict[t
     for _ts, name, part in batches:
         window.add(name, part)
         found = incremental.step(0.0, {})
-        for finding in found:
-            assert finding.packet is not None
-            latest[(finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)] = finding
+        latest.update((_finding_key(finding), finding) for finding in found)
     for name in tables:
         window.end(name)
     found = incremental.step(0.0, {})
-    for finding in found:
-        assert finding.packet is not None
-        latest[(finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)] = finding
+    latest.update((_finding_key(finding), finding) for finding in found)
     return latest, found, window
+
+
+def _finding_key(finding: Finding) -> tuple[Any, ...]:
+    assert finding.packet is not None
+    return (finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)
 
 
 @pytest.mark.parametrize("name", list(synthetic.SCENARIOS))
@@ -207,8 +208,7 @@ def test_incremental_analysis_finds_what_the_whole_window_does(name: str) -> Non
     assert packets is not None
     whole = analyze_window(packets)
     for finding in whole:
-        assert finding.packet is not None
-        key = (finding.cause, finding.client, finding.server, finding.packet.capture, finding.packet.index)
+        key = _finding_key(finding)
         assert key in latest, key
         assert latest[key].to_json() == finding.to_json()
 
@@ -216,7 +216,7 @@ def test_incremental_analysis_finds_what_the_whole_window_does(name: str) -> Non
 def test_incremental_analysis_of_the_incident_streams() -> None:
     """The incident's eight captures a few packets at a time: the whole window's finding, the same."""
     tables = {name: read_capture(CAPTURES / f"{name}.pcapng", name=name) for name in INCIDENT_POINTS}
-    latest, found, window = _stepped(tables, rows_a_batch=3)
+    _latest, found, window = _stepped(tables, rows_a_batch=3)
     packets = window.packets()
     assert packets is not None
     whole = analyze_window(packets)
