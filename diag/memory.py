@@ -18,12 +18,13 @@ from pathlib import Path
 
 from diag.errors import CaptureError, DiagError
 
-# Peak resident memory of a whole 'analyze pcap' per packet, measured on generated
-# captures of 54-byte TCP packets in a few flows: 0.2M packets 372 MB, 1M packets
-# 647 MB (345 B a packet beyond the interpreter's own ~260 MB). Rounded up, so the
-# analysis after the read fits too. Captures of one packet per flow cost about
-# 460 B a flow more (1M flows: 1.1 GB); this per-packet check does not see flows.
-BYTES_PER_PACKET = 384
+# Peak resident memory of a whole 'analyze pcap' per packet beyond the interpreter's own
+# (about 230 MB with numpy, pandas and numba loaded): measured on bench/data/busy.pcap
+# (970k packets, 85k flows, thousands of resets), 720 MB in all, 514 B a packet.
+# Rounded up, so the analysis after the read fits too. Captures of one packet per
+# flow cost about 460 B a flow more (1M flows: 1.1 GB); this per-packet check does
+# not see flows. Over the budget, 'analyze' reads in passes (diag.passes).
+BYTES_PER_PACKET = 576
 # The budget when --max-memory is not given: this share of the memory available now
 # (or of the cgroup's limit, when that is lower), leaving the rest to everything else.
 DEFAULT_SHARE = 0.5

@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 # counted by the survey (node aggregates, SYNs, client endpoints).
 BYTES_PER_FLOW = 700
 # Memory per packet of one partition while its flow rows are built (the packet table and build_flows' own).
-PARTITION_BYTES_PER_PACKET = 320
+PARTITION_BYTES_PER_PACKET = 448
 # Packets decoded at a time: one chunk's full rows are the passes' transient memory.
 CHUNK_ROWS = 1 << 17
 MIN_CHUNK_ROWS = 1 << 12
@@ -171,10 +171,10 @@ def _first_pass(
     limit: int,
     progress: ProgressHook | None,
     tree: FilterNode | None,
-    survey: CandidateSurvey,
+    survey: CandidateSurvey | None,
     refusal: MemoryBudgetError | None,
 ) -> None:
-    """Read every file once into the survey; set each file's times, ``CaptureInfo`` and row count."""
+    """Read every file once into the survey (if any); set each file's times, ``CaptureInfo`` and row count."""
     for file in files:
         size = capture_size(file.path)
         detail = f"{file.name} ({file.path}, {size / 1e6:.0f} MB), pass 1" if size else f"{file.name} ({file.path})"
@@ -185,7 +185,8 @@ def _first_pass(
                     raise refusal or MemoryBudgetError(
                         f"{file.path}: its first {len(chunk):,} records hold no bytes at all; not analysed in passes"
                     )
-                survey.add(key_table(chunk, file.point), file.number, start)
+                if survey is not None:
+                    survey.add(key_table(chunk, file.point), file.number, start)
                 file.rows = start + len(chunk)
 
 
@@ -228,15 +229,15 @@ def _bucket_rows(limit: int) -> int:
     return max(1 << 14, limit // 4 // BUCKET_BYTES_PER_ROW)
 
 
-def _plan_passes(total: int, choice: Choice, flows: int, limit: int) -> int:
+def _plan_passes(total: int, kept: int, flows: int, limit: int) -> int:
     """How many partitions the flow table is built in so that one pass's packets fit what the budget leaves."""
-    held = choice.kept_estimate * BYTES_PER_PACKET + flows * BYTES_PER_FLOW
+    held = kept * BYTES_PER_PACKET + flows * BYTES_PER_FLOW
     left = limit - held - chunk_rows_for(limit) * BYTES_PER_PACKET
     if left < limit // 16:
         raise MemoryBudgetError(
-            f"the captures' {total:,} packets, about {choice.kept_estimate:,} of them needed for the diagnosis, "
-            f"need more memory than the budget of {format_size(limit)} even analysed in passes (raise it with "
-            "--max-memory)"
+            f"the captures' {total:,} packets, about {kept:,} of them needed for the diagnosis, and "
+            f"{flows:,} flows need more memory than the budget of {format_size(limit)} even analysed in passes "
+            "(raise it with --max-memory)"
         )
     return max(1, math.ceil(total * PARTITION_BYTES_PER_PACKET / left))
 
@@ -301,6 +302,71 @@ def _point_infos(files: list[_File]) -> list[CaptureInfo]:
     return infos
 
 
+def _files_of(pairs: Sequence[tuple[str, Path]], limit: int) -> list[_File]:
+    """The files of ``pairs``, their points numbered in order; standard input refused (it cannot be read twice)."""
+    for _name, path in pairs:
+        if str(path) == STDIN_NAME:
+            raise MemoryBudgetError(
+                f"{path}: the captures need more memory than the budget of {format_size(limit)}, and standard "
+                "input cannot be read more than once to analyse it in passes; save it to a file first"
+            )
+    point_numbers: dict[str, int] = {}
+    return [
+        _File(number=number, point=point_numbers.setdefault(name, len(point_numbers)), name=name, path=path)
+        for number, (name, path) in enumerate(pairs)
+    ]
+
+
+def _flow_passes(
+    files: list[_File],
+    limit: int,
+    progress: ProgressHook | None,
+    tree: FilterNode | None,
+    passes: int,
+    choice: Choice | None,
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The flow table built in ``passes`` partitions and, given a choice, the candidate packets (read in the first)."""
+    total = sum(file.rows for file in files)
+    flows_parts: list[tuple[np.ndarray, pd.DataFrame]] = []
+    candidates: pd.DataFrame | None = None
+    for partition in range(passes):
+        detail = f"pass {partition + 2} of {passes + 1}: flows of {total:,} packets"
+        with _stage(progress, "flows", detail):
+            in_partition, reduced = _read_pass(
+                files, limit, tree, partition, passes, choice if partition == 0 else None
+            )
+            if reduced is not None:
+                candidates = reduced[0]
+            if len(in_partition[0]):
+                table = build_flows(in_partition[0])
+                if len(table):
+                    flows_parts.append((_first_packets(in_partition), table))
+            del in_partition
+    return _merge_flows(flows_parts), candidates
+
+
+def flows_in_passes(
+    pairs: Sequence[tuple[str, Path]],
+    limit: int,
+    *,
+    refusal: MemoryBudgetError | None = None,
+    passes: int | None = None,
+) -> tuple[pd.DataFrame, list[CaptureInfo]]:
+    """``build_flows`` of every point's packets, and each point's ``CaptureInfo``, within ``limit`` bytes.
+
+    The flow table alone (``diag flows``): a first pass learns the files'
+    order and sizes, then the partitions are built as in ``analyze_in_passes``.
+    """
+    files = _files_of(pairs, limit)
+    _first_pass(files, limit, None, None, None, refusal)
+    _order_files(files)
+    total = sum(file.rows for file in files)
+    # Without the survey the flows are not counted: a busy capture has about one per 12 packets.
+    passes = passes or _plan_passes(total, 0, total // 12, limit)
+    flows, _candidates = _flow_passes(files, limit, None, None, passes, None)
+    return flows, _point_infos(files)
+
+
 def analyze_in_passes(
     pairs: Sequence[tuple[str, Path]],
     limit: int,
@@ -321,17 +387,7 @@ def analyze_in_passes(
     instead of planning them from the budget (tests force several on small
     captures with them).
     """
-    for _name, path in pairs:
-        if str(path) == STDIN_NAME:
-            raise MemoryBudgetError(
-                f"{path}: the captures need more memory than the budget of {format_size(limit)}, and standard "
-                "input cannot be read more than once to analyse it in passes; save it to a file first"
-            )
-    point_numbers: dict[str, int] = {}
-    files = [
-        _File(number=number, point=point_numbers.setdefault(name, len(point_numbers)), name=name, path=path)
-        for number, (name, path) in enumerate(pairs)
-    ]
+    files = _files_of(pairs, limit)
     with tempfile.TemporaryDirectory(prefix="diag-keys-") as spill:
         survey = CandidateSurvey(
             Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 16 // SPILL.itemsize)
@@ -343,23 +399,8 @@ def analyze_in_passes(
             choice = survey.choose(orders, _bucket_rows(limit))
         flows_seen = survey.nodes_seen
         del survey
-    passes = passes or _plan_passes(total, choice, flows_seen, limit)
-    flows_parts: list[tuple[np.ndarray, pd.DataFrame]] = []
-    candidates: pd.DataFrame | None = None
-    for partition in range(passes):
-        detail = f"pass {partition + 2} of {passes + 1}: flows of {total:,} packets"
-        with _stage(progress, "flows", detail):
-            in_partition, reduced = _read_pass(
-                files, limit, tree, partition, passes, choice if partition == 0 else None
-            )
-            if reduced is not None:
-                candidates = reduced[0]
-            if len(in_partition[0]):
-                table = build_flows(in_partition[0])
-                if len(table):
-                    flows_parts.append((_first_packets(in_partition), table))
-            del in_partition
-    flows = _merge_flows(flows_parts)
+    passes = passes or _plan_passes(total, choice.kept_estimate, flows_seen, limit)
+    flows, candidates = _flow_passes(files, limit, progress, tree, passes, choice)
     assert candidates is not None
     packets = candidates.reset_index(drop=True)
     infos = _point_infos(files)

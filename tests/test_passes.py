@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,13 @@ import pandas as pd
 import pytest
 from conftest import PROJECT
 
-from diag.analysis import analyze, parse_capture_args
+from diag.analysis import analyze, concat_packets, parse_capture_args, read_captures
 from diag.capture.reader import read_capture
+from diag.flows import build_flows
 from diag.flows.candidate_stream import CandidateSurvey, FileOrder
 from diag.flows.candidates import candidate_rows, key_table
 from diag.memory import MemoryBudgetError, set_budget
-from diag.passes import analyze_in_passes
+from diag.passes import analyze_in_passes, flows_in_passes
 from diag.report.jsondoc import report_to_json
 
 CAPTURES = PROJECT / "captures"
@@ -128,3 +130,52 @@ def test_the_streamed_choice_keeps_what_candidate_rows_keeps(case: str, tmp_path
     assert (streamed >= expected).all()
     print("SUMS", case, streamed.sum(), expected.sum(), len(expected))
     assert expected.sum() < len(expected) or case.startswith("udp")
+
+
+@pytest.mark.parametrize("case", ["incident", "fix-snat"])
+def test_the_flow_table_alone_in_passes_is_the_flow_table_of_one_pass(case: str) -> None:
+    """``diag flows`` over the budget: the partitions' flow rows, renumbered, are the whole table's."""
+    pairs = parse_capture_args(_arguments(CASES[case]))
+    tables, _infos = read_captures(pairs)
+    whole = build_flows(concat_packets(tables))
+    flows, infos = flows_in_passes(pairs, 1 << 40, passes=3)
+    pd.testing.assert_frame_equal(flows, whole)
+    assert [info.name for info in infos] == [path.stem for path in CASES[case]]
+
+
+@pytest.fixture(scope="module")
+def four_points(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Generated busy traffic at four points (each a hop further, its own clock): resets, refusals, lost SYNs."""
+    out = tmp_path_factory.mktemp("four")
+    subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / "gen_busy.py"), "--profile", "busy", "--packets", "30000",
+         "--flows", "1500", "--points", "4", "--seed", "3", "--out-dir", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return sorted(out.glob("busy-p*.pcap"))
+
+
+def test_four_generated_points_in_passes_give_the_report_of_one_pass(four_points: list[Path], tmp_path: Path) -> None:
+    """Delay bounds that tie across many packets (generated clocks) and thousands of candidates: the streamed
+    choice is ``candidate_rows``'s, and four flow partitions and 7 key buckets give the one-pass report."""
+    arguments = _arguments(four_points)
+    pieces = _key_tables_in_chunks(arguments, 5000)
+    survey = CandidateSurvey(tmp_path, buckets=7, buffer_rows=3000)
+    keys = []
+    for number, start, packets in pieces:
+        table = key_table(packets, number)
+        survey.add(table, number, start)
+        keys.append(table)
+    choice = survey.choose([FileOrder(n, n, 0, False) for n in range(len(arguments))], bucket_rows=4000)
+    expected = candidate_rows(pd.concat(keys, ignore_index=True))
+    streamed = np.concatenate(
+        [
+            choice.keep(packets, key_table(packets, number)["node"].to_numpy(), number, start)
+            for number, start, packets in pieces
+        ]
+    )
+    assert (streamed == expected).all() and 0 < expected.sum() < len(expected) // 2
+    whole = report_to_json(analyze(arguments), None)
+    report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=4, buckets=7)
+    assert report_to_json(report, None) == whole
+    assert len(whole["findings"]) > 10 and len(whole["clock"]["offsets"]) == 4

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from diag.analysis import concat_packets, parse_capture_args, read_captures
     from diag.commands.outfiles import check_dir, check_targets, make_dir, write_bytes
     from diag.flows import build_flows
-    from diag.memory import budget_option, set_budget
+    from diag.memory import MemoryBudgetError, budget_option, current_budget, set_budget
     from diag.report.export import point_flows
 
     fmt = _check_format(args.format)
@@ -145,9 +145,19 @@ def run(args: argparse.Namespace) -> int:
         targets = _targets(args.output, points, fmt)
         check_targets(targets, inputs, args.force, "-o")
 
-    tables, infos = read_captures(pairs)
+    try:
+        tables, infos = read_captures(pairs)
+        flows = build_flows(concat_packets(tables))
+        del tables
+    except MemoryBudgetError as error:
+        # Every packet at once would not fit: the flow table in partitions, one pass over the files each.
+        from diag.passes import flows_in_passes
+
+        limit = current_budget().limit
+        if limit is None:
+            raise
+        flows, infos = flows_in_passes(pairs, limit, refusal=error)
     _warn(infos)
-    flows = build_flows(concat_packets(tables))
     per_point = point_flows(flows, points)
 
     if args.output is None:

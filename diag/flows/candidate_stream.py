@@ -20,10 +20,11 @@ components (union-find over nodes, the keys that only node-less rows hold,
 and client endpoints), and the choice is kept as sets of nodes and keys
 (``Choice``), so a later pass decides each row of a chunk from that row alone.
 
-The rows chosen are ``candidate_rows``'s, except that every packet key
-reaching the tightest delay bound of a pair is kept where ``candidate_rows``
-keeps one of them (and it compares exact integers, not floats): a superset
-that cannot change an offset.
+The rows chosen are ``candidate_rows``'s. Of the packet keys at the
+tightest delay bound of a pair of points both keep the smallest; the bounds
+are compared here as exact integers (there as floats, which can round two
+bounds a few hundred nanoseconds apart to one): any key at the bound gives
+the same offset.
 """
 
 from __future__ import annotations
@@ -414,8 +415,8 @@ def _bucket_work(paths: list[Path], clock: _Clock) -> pd.DataFrame:
 @dataclass
 class _Best:
     bound: int
-    keys: list[int]
-    vertices: list[np.ndarray]
+    key: int
+    vertices: np.ndarray
 
 
 class _Clock:
@@ -455,25 +456,25 @@ class _Clock:
                 for a_first, side in ((True, ttl_a > ttl_b), (False, ttl_a < ttl_b)):
                     if side.any():
                         best = int(bound[side].max() if a_first else bound[side].min())
-                        self._offer((a, b, a_first), best, common[side][bound[side] == best], rows)
+                        # Of keys at the same bound any one gives the offset: the smallest, as candidate_rows keeps.
+                        key = int(common[side][bound[side] == best].min())
+                        self._offer((a, b, a_first), best, key, rows)
         keys = np.concatenate(kept)
         self._kept.append(keys)
         self._kept_vertices.append(np.unique(rows["vertex"][np.isin(rows["key"], keys)]))
 
-    def _offer(self, pair: tuple[int, int, bool], bound: int, keys: np.ndarray, rows: np.ndarray) -> None:
+    def _offer(self, pair: tuple[int, int, bool], bound: int, key: int, rows: np.ndarray) -> None:
         current = self._best.get(pair)
-        tighter = current is None or (bound > current.bound if pair[2] else bound < current.bound)
-        vertices = np.unique(rows["vertex"][np.isin(rows["key"], keys)])
-        if tighter:
-            self._best[pair] = _Best(bound, keys.tolist(), [vertices])
-        elif current is not None and bound == current.bound:
-            current.keys += keys.tolist()
-            current.vertices.append(vertices)
+        if current is not None:
+            tighter = bound > current.bound if pair[2] else bound < current.bound
+            if not tighter and (bound != current.bound or key >= current.key):
+                return
+        self._best[pair] = _Best(bound, key, np.unique(rows["vertex"][rows["key"] == np.uint64(key)]))
 
     def keys(self) -> npt.NDArray[np.uint64]:
-        best = [np.array(entry.keys, dtype=np.uint64) for entry in self._best.values()]
-        return np.unique(np.concatenate([np.zeros(0, np.uint64), *self._kept, *best]).astype(np.uint64))
+        best = np.array([entry.key for entry in self._best.values()], dtype=np.uint64)
+        return np.unique(np.concatenate([best, *self._kept]).astype(np.uint64))
 
     def vertices(self) -> npt.NDArray[np.uint64]:
-        best = [vertices for entry in self._best.values() for vertices in entry.vertices]
+        best = [entry.vertices for entry in self._best.values()]
         return np.unique(np.concatenate([np.zeros(0, np.uint64), *self._kept_vertices, *best]).astype(np.uint64))
