@@ -221,8 +221,11 @@ def _healthy_summary(flows: pd.DataFrame) -> str:
         return "healthy: 0 flows"
     carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
     carried = flows[~carrier]
-    states = Counter(zip(carried["proto"], carried["conn_state"], strict=True))
-    parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(states.items())]
+    # Counted by pandas in one grouping: iterating the text columns row by row took a tenth of a second per
+    # 100,000 flows.
+    states = carried.groupby(["proto", "conn_state"], sort=False, dropna=False).size()
+    keys = zip(states.index.get_level_values(0), states.index.get_level_values(1), strict=True)
+    parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(zip(keys, states.tolist(), strict=True))]
     if carrier.any():  # tunnels between nodes: one-way by nature, shown apart from the traffic they carry
         parts.append(f"{int(carrier.sum())} tunnel")
     return f"healthy: {len(flows)} flows ({', '.join(parts)})"
@@ -254,16 +257,19 @@ def _capture_section(info: CaptureInfo, flows: pd.DataFrame, style: _Style, show
 
 def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
     """``problem_kind`` of every row of a flow table, column-wise."""
-    has_rst = flows["rsts"].map(len).to_numpy() > 0
+    has_rst = np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0
     unanswered = (flows["conn_state"] == "S0").to_numpy()
     one_sided = ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
     retried = (flows["syn_retransmits"] > 0).to_numpy()
     # A tunnel (a VXLAN or Geneve carrier flow) is one-way by design and never a problem of its own.
     carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
-    kinds: list[str | None] = []
-    for r, u, o, s, c in zip(has_rst, unanswered, one_sided, retried, carrier, strict=True):
-        kinds.append(None if c else RESET if r else UNANSWERED if u else ONE_SIDED if o else SYN_RETRY if s else None)
+    # The first kind that applies, in PROBLEM_ORDER: position 0 of _KIND_LABELS is "none".
+    choice = np.select([carrier, has_rst, unanswered, one_sided, retried], [0, 1, 2, 3, 4], default=0)
+    kinds: list[str | None] = _KIND_LABELS[choice].tolist()
     return kinds
+
+
+_KIND_LABELS: Final = np.array([None, *PROBLEM_ORDER], dtype=object)
 
 
 def _clock_lines(report: Report) -> list[str]:
