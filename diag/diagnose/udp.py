@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import weakref
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -198,15 +199,27 @@ ICMPV6_DEST_UNREACHABLE = 1
 PORT_UNREACHABLE = {ICMP: 3, ICMPV6: 4}
 PROHIBITED = {ICMP: (9, 10, 13), ICMPV6: (1, 5, 6)}
 
-_unreachable_cache: tuple[weakref.ref[pd.DataFrame], pd.DataFrame] | None = None
+# A UDP datagram as one point saw it: (point, source address, port, destination address, port).
+Quote = tuple[str, str, int, str, int]
 
 
-def _unreachables(packets: pd.DataFrame) -> pd.DataFrame:
+@dataclass(frozen=True)
+class _Unreachables:
+    """The analysis's ICMP destination unreachables, and those quoting UDP by the datagram they quote."""
+
+    errors: pd.DataFrame
+    by_quote: dict[Quote, list[int]]  # row positions in ``errors``
+
+
+_unreachable_cache: tuple[weakref.ref[pd.DataFrame], _Unreachables] | None = None
+
+
+def _unreachables(packets: pd.DataFrame) -> _Unreachables:
     """Every ICMP and ICMPv6 destination unreachable of the analysis, found once for all its conversations.
 
-    A busy capture has thousands of unanswered conversations and few ICMP
-    errors: the errors are picked out of the packet table once (remembered
-    for that table only) rather than searched for each conversation.
+    A busy capture has thousands of unanswered conversations: the errors are
+    picked out of the packet table and indexed by what they quote once
+    (remembered for that table only), not searched for each conversation.
     """
     global _unreachable_cache
     if _unreachable_cache is not None and _unreachable_cache[0]() is packets:
@@ -218,8 +231,22 @@ def _unreachables(packets: pd.DataFrame) -> pd.DataFrame:
     errors: pd.DataFrame = packets[chosen].copy()
     for column in ("capture", "src", "inner_src", "inner_dst"):
         errors[column] = errors[column].astype(str)
-    _unreachable_cache = (weakref.ref(packets), errors)
-    return errors
+    by_quote: dict[Quote, list[int]] = {}
+    quotes = zip(
+        errors["capture"].tolist(),
+        errors["inner_src"].tolist(),
+        errors["inner_sport"].tolist(),
+        errors["inner_dst"].tolist(),
+        errors["inner_dport"].tolist(),
+        errors["inner_proto"].tolist(),
+        strict=True,
+    )
+    for position, (*quote, inner_proto) in enumerate(quotes):
+        if inner_proto == UDP:
+            by_quote.setdefault((quote[0], quote[1], quote[2], quote[3], quote[4]), []).append(position)
+    found = _Unreachables(errors, by_quote)
+    _unreachable_cache = (weakref.ref(packets), found)
+    return found
 
 
 def _endpoint(text: str) -> tuple[str, int]:
@@ -235,22 +262,14 @@ def _refused(packets: pd.DataFrame, requests: list[Seen]) -> list[Fact]:
     the error says who refused: the host the request was addressed to, or a
     box on the way in its stead.
     """
-    errors = _unreachables(packets)
-    if errors.empty:
+    found = _unreachables(packets)
+    if not found.by_quote:
         return []
     sent = {(s.capture, *_endpoint(s.src), *_endpoint(s.dst)) for p in requests for s in p.sights}
-    keys = zip(
-        errors["capture"].tolist(),
-        errors["inner_src"].tolist(),
-        errors["inner_sport"].tolist(),
-        errors["inner_dst"].tolist(),
-        errors["inner_dport"].tolist(),
-        strict=True,
-    )
-    hits = errors[np.fromiter((key in sent for key in keys), dtype=bool, count=len(errors))]
-    hits = hits[hits["inner_proto"].to_numpy() == UDP]
-    if hits.empty:
+    positions = sorted({position for quote in sent for position in found.by_quote.get(quote, ())})
+    if not positions:
         return []
+    hits = found.errors.iloc[positions]
     # Quoted as the point nearest the client saw it (the address the client wrote to), its first there.
     order = {point: rank for rank, point in enumerate(requests[0].points)}
     rank = hits["capture"].map(lambda point: order.get(point, len(order))).to_numpy()
@@ -273,7 +292,7 @@ def _refused(packets: pd.DataFrame, requests: list[Seen]) -> list[Fact]:
 
 def _port_unreachable(packets: pd.DataFrame, point: str, foreign_addr: str) -> list[Fact]:
     """The client's ICMP port unreachable for replies from an address it never wrote to."""
-    errors = _unreachables(packets)
+    errors = _unreachables(packets).errors
     unreachable = errors[(errors["capture"] == point) & (errors["proto"].to_numpy() == ICMP)]
     hits = pd.concat(
         [
