@@ -65,11 +65,12 @@ from diag.report import Report
 if TYPE_CHECKING:
     from diag.analysis import ProgressHook
 
-# Memory per flow row of the flow table being gathered (its Python strings and RST lists), and per flow
-# counted by the survey (node aggregates, SYNs, client endpoints).
-BYTES_PER_FLOW = 700
-# Memory per packet of one partition while its flow rows are built (the packet table and build_flows' own).
-PARTITION_BYTES_PER_PACKET = 448
+# Memory per flow: its row of the flow table (about 390 bytes deep, measured) and its share of the merge
+# of the partitions' rows; it also covers the survey's per-flow counts, SYNs and client endpoints.
+BYTES_PER_FLOW = 500
+# Memory per packet of one partition while its flow rows are built: the packet table (160 bytes deep)
+# and build_flows' own (busy.pcap in one partition: 280 bytes a packet, measured).
+PARTITION_BYTES_PER_PACKET = 320
 # Packets decoded at a time: one chunk's full rows are the passes' transient memory.
 CHUNK_ROWS = 1 << 17
 MIN_CHUNK_ROWS = 1 << 12
@@ -102,8 +103,8 @@ def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractCo
 
 
 def chunk_rows_for(limit: int) -> int:
-    """Packets decoded at a time under a budget of ``limit`` bytes: a small share of it."""
-    return int(min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, limit // (8 * BYTES_PER_PACKET))))
+    """Packets decoded at a time under a budget of ``limit`` bytes: a small share of it (512M: 58k)."""
+    return int(min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, limit // (16 * BYTES_PER_PACKET))))
 
 
 def _order_of(file: _File, chunk: pd.DataFrame, start: int) -> np.ndarray:

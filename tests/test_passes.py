@@ -8,6 +8,7 @@ table, clock, captures, warnings) must equal the one-pass analysis's.
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from diag.flows.candidate_stream import CandidateSurvey, FileOrder
 from diag.flows.candidates import candidate_rows, key_table
 from diag.memory import MemoryBudgetError, set_budget
 from diag.passes import analyze_in_passes, flows_in_passes
+from diag.report import Report
 from diag.report.jsondoc import report_to_json
 
 CAPTURES = PROJECT / "captures"
@@ -179,3 +181,20 @@ def test_four_generated_points_in_passes_give_the_report_of_one_pass(four_points
     report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=4, buckets=7)
     assert report_to_json(report, None) == whole
     assert len(whole["findings"]) > 10 and len(whole["clock"]["offsets"]) == 4
+
+
+def _ladder(report: Report, path: Path) -> str:
+    """The verdict's ladder as SVG text, without what changes from one drawing to the next (date, clip ids)."""
+    import diag.plot
+
+    diag.plot.ladder_to_file(report, path)
+    text = path.read_text()
+    return re.sub(r'(id|href|clip-path)="[^"]*"|url\(#[^)]*\)|<dc:date>[^<]*', "", text)
+
+
+def test_the_ladder_drawn_from_passes_is_the_one_pass_ladder(four_points: list[Path], tmp_path: Path) -> None:
+    """Passes keep every packet of a connection that can hold a finding, at every point: the same drawing."""
+    for arguments in (_arguments(CASES["incident"]), _arguments(four_points)):
+        whole = _ladder(analyze(arguments), tmp_path / "whole.svg")
+        passes = _ladder(analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=2), tmp_path / "passes.svg")
+        assert passes == whole and "<path" in whole

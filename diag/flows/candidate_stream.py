@@ -399,17 +399,19 @@ def _bucket_work(paths: list[Path], clock: _Clock) -> pd.DataFrame:
     rows = np.concatenate([np.fromfile(path, dtype=SPILL) for path in paths])
     for path in paths:
         path.unlink()
-    pairs = pd.DataFrame({"key": rows["key"], "vertex": rows["vertex"]}).drop_duplicates()
-    linked = pairs[pairs["key"].duplicated(keep=False).to_numpy()]
     clock.add(rows)
-    if not len(linked):
-        return _no_edges()
-    anchor = linked.groupby("key", sort=False)["vertex"].transform("first").to_numpy()
-    other = linked["vertex"].to_numpy()
-    differ = anchor != other
-    low = np.minimum(anchor[differ], other[differ])
-    high = np.maximum(anchor[differ], other[differ])
-    return pd.DataFrame({"a": low, "b": high}).drop_duplicates()
+    order = np.lexsort((rows["vertex"], rows["key"]))
+    key, vertex = rows["key"][order], rows["vertex"][order]
+    del rows, order
+    distinct = np.ones(len(key), dtype=bool)
+    distinct[1:] = (key[1:] != key[:-1]) | (vertex[1:] != vertex[:-1])
+    key, vertex = key[distinct], vertex[distinct]
+    starts = np.ones(len(key), dtype=bool)
+    starts[1:] = key[1:] != key[:-1]
+    # Each key's vertices (sorted, distinct) joined to its first: a star per key shared by two vertices or more.
+    anchor = vertex[np.maximum.accumulate(np.where(starts, np.arange(len(key)), 0))]
+    joined = ~starts
+    return pd.DataFrame({"a": anchor[joined], "b": vertex[joined]}).drop_duplicates()
 
 
 @dataclass
@@ -432,33 +434,37 @@ class _Clock:
     def add(self, rows: np.ndarray) -> None:
         if not self.several_points or len(rows) == 0:
             return
-        frame = pd.DataFrame({"key": rows["key"], "point": rows["point"], "ts": rows["ts"], "ttl": rows["ttl"]})
-        by_key = frame.groupby("key", sort=False)["point"]
-        n_points = by_key.transform("nunique").to_numpy()
-        size = by_key.transform("size").to_numpy()
+        order = np.lexsort((rows["point"], rows["key"]))
+        key, point = rows["key"][order], rows["point"][order]
+        new_key = np.ones(len(key), dtype=bool)
+        new_key[1:] = key[1:] != key[:-1]
+        new_point = new_key.copy()
+        new_point[1:] |= point[1:] != point[:-1]
+        key_number = np.cumsum(new_key) - 1
+        size = np.bincount(key_number)[key_number]
+        n_points = np.bincount(key_number, weights=new_point).astype(np.int64)[key_number]
         shared = n_points >= 2
-        kept = [np.unique(frame["key"].to_numpy()[shared & (size > n_points)])]
-        single = frame[shared & (size == n_points)].sort_values("key", kind="stable")
-        by_point = {int(p): part for p, part in single.groupby("point")}
+        # Seen more than once at one point: copies and retransmissions pair up in ways only the correlation knows.
+        kept = [np.unique(key[shared & (size > n_points)])]
+        single = order[shared & (size == n_points)]  # rows of keys seen once at each of their points, by key
+        single_point = rows["point"][single]
+        by_point = {int(p): single[single_point == p] for p in np.unique(single_point).tolist()}
         points = sorted(by_point)
         for position, a in enumerate(points):
             for b in points[position + 1 :]:
-                at_a, at_b = by_point[a], by_point[b]
-                common, in_a, in_b = np.intersect1d(
-                    at_a["key"].to_numpy(), at_b["key"].to_numpy(), assume_unique=True, return_indices=True
-                )
+                at_a, at_b = rows[by_point[a]], rows[by_point[b]]
+                common, in_a, in_b = np.intersect1d(at_a["key"], at_b["key"], assume_unique=True, return_indices=True)
                 if not len(common):
                     continue
-                ttl_a = at_a["ttl"].to_numpy()[in_a]
-                ttl_b = at_b["ttl"].to_numpy()[in_b]
-                bound = at_a["ts"].to_numpy()[in_a] - at_b["ts"].to_numpy()[in_b]
+                ttl_a, ttl_b = at_a["ttl"][in_a], at_b["ttl"][in_b]
+                bound = at_a["ts"][in_a] - at_b["ts"][in_b]
                 kept.append(common[ttl_a == ttl_b])
                 for a_first, side in ((True, ttl_a > ttl_b), (False, ttl_a < ttl_b)):
                     if side.any():
                         best = int(bound[side].max() if a_first else bound[side].min())
                         # Of keys at the same bound any one gives the offset: the smallest, as candidate_rows keeps.
-                        key = int(common[side][bound[side] == best].min())
-                        self._offer((a, b, a_first), best, key, rows)
+                        smallest = int(common[side][bound[side] == best].min())
+                        self._offer((a, b, a_first), best, smallest, rows)
         keys = np.concatenate(kept)
         self._kept.append(keys)
         self._kept_vertices.append(np.unique(rows["vertex"][np.isin(rows["key"], keys)]))
