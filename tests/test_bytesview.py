@@ -39,3 +39,16 @@ def test_set_helpers_agree_with_numpy() -> None:
         assert (is_one_of(values, (1, 2)) == np.isin(values, [1, 2])).all()
         found = distinct(values)
         assert found.dtype == np.unique(values).dtype and (found == np.unique(values)).all()
+
+
+@pytest.mark.parametrize("kind", ["bytearray", "bytes", "memoryview"])
+def test_every_buffer_is_handed_to_compiled_loops_read_only(kind: str) -> None:
+    # numba compiles a loop once per argument type, writability included: a mapped window (read-only)
+    # and a bytearray (a file's last bytes, a compressed stream) must look alike to it.
+    data = bytearray(100 + PADDING)
+    buffer = {"bytearray": data, "bytes": bytes(data), "memoryview": memoryview(data)}[kind]
+    view = ByteView(buffer, 100)
+    assert not view.u8_view.flags.writeable
+    assert not any(lane.flags.writeable for lane in view.word_lanes())
+    data[0] = 7  # a view of the same bytes, not a copy
+    assert view.u8_view[0] == (0 if kind == "bytes" else 7)

@@ -30,7 +30,7 @@ from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 import diag.capture.source
-from diag.capture import CaptureWarning, read_capture
+from diag.capture import CaptureWarning, digest, dissect, pcap, pcapng, read_capture
 from diag.capture.columns import PACKET_COLUMNS
 from diag.errors import CaptureError
 
@@ -296,6 +296,23 @@ def test_small_buffers_read_the_same_as_one_buffer(tmp_path: Path, monkeypatch: 
     # A compressed stream has no size to size the table from: it grows batch by batch.
     assert_same_packets(whole_pcap, read_capture(zipped))
     assert len(whole_ng) == len(frames)
+
+
+def test_each_compiled_loop_has_one_version_for_every_kind_of_buffer(tmp_path: Path) -> None:
+    # Mapped windows (read-only) and bytearrays (a file's last bytes, a compressed stream) get the same
+    # argument types, so a process compiles or loads each loop once, not once per kind of buffer.
+    frames = ethernet_frames() * 20
+    plain = write_pcap(tmp_path / "many.pcap", frames)
+    zipped = tmp_path / "many.pcap.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    section = pcapng_section("<", [(1, "eth0", 9, 0)], [("epb", 0, BASE_NS + i, f, 0) for i, f in enumerate(frames)])
+    nextgen = tmp_path / "many.pcapng"
+    nextgen.write_bytes(section)
+    big = write_pcap(tmp_path / "big.pcap", frames * 400)  # 12 MB: a mapped window, then the copied tail
+    for path in (plain, zipped, nextgen, big):
+        read_capture(path)
+    for loop in (pcap._chain_lengths, pcapng._skim_blocks, dissect._decode_packets, digest._digest_rows):
+        assert len(loop.signatures) == 1, (loop.py_func.__name__, loop.signatures)
 
 
 def test_pcapng_interfaces_resolutions_flags_and_sections_agree_with_tshark(tmp_path: Path) -> None:

@@ -22,6 +22,22 @@ Buffer = bytearray | memoryview | bytes
 PADDING = 256
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """``array`` as a read-only view, as a window of a mapped file already is.
+
+    numba compiles a loop once per distinct argument type, and whether an array
+    may be written is part of its type: a mapped window and a bytearray (the
+    file's last bytes, a compressed stream, a pipe) would each get a compiled
+    version of every loop, compiled, cached and loaded apart. Given alike, one
+    version serves every buffer.
+    """
+    if not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 class ByteView:
     """Field reads over ``data[:length]``; ``data`` must hold ``PADDING`` more bytes."""
 
@@ -30,7 +46,7 @@ class ByteView:
             raise ValueError("buffer lacks the trailing padding")
         self.data = data
         self.length = length
-        self.u8_view = np.frombuffer(data, dtype=np.uint8)
+        self.u8_view = read_only(np.frombuffer(data, dtype=np.uint8))
         self._views: dict[int, np.ndarray] = {}
         self._last = len(data) - 8  # highest offset at which an 8-byte read still fits
 
@@ -87,7 +103,8 @@ class ByteView:
         full speed (a single strided (8, n) view read several times slower).
         """
         size = len(self.data)
-        return tuple(np.frombuffer(self.data, dtype="<u8", offset=k, count=(size - k) // 8) for k in range(8))
+        lanes = (np.frombuffer(self.data, dtype="<u8", offset=k, count=(size - k) // 8) for k in range(8))
+        return tuple(read_only(lane) for lane in lanes)
 
     def headers(self, offsets: IntArray, width: int) -> HeaderBlock:
         """The ``width`` bytes at each offset, copied once, for reading several fields of one header.

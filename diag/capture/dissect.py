@@ -163,7 +163,7 @@ def decode_batch(
     found = _Found.empty(count)
     direction = batch.direction.copy()
     payload_count = _decode_packets(
-        _read_only(view.u8_view),
+        view.u8_view,
         view.length,
         batch.data_off,
         batch.cap_len,
@@ -189,15 +189,6 @@ def decode_batch(
     columns: dict[str, np.ndarray] = dict(zip(INT_COLUMNS, ints, strict=True))
     columns.update(zip(BOOL_COLUMNS, flags, strict=True))
     return Decoded(columns=columns, direction=direction, payload_digest=digest)
-
-
-def _read_only(data: Bytes) -> Bytes:
-    """``data`` as a read-only array, as a mapped file gives it: one compiled version serves every buffer."""
-    if not data.flags.writeable:
-        return data
-    view = data.view()
-    view.flags.writeable = False
-    return view
 
 
 def _add_addresses(view: ByteView, found: _Found, addresses: dict[str, AddressColumn], row_base: int) -> None:

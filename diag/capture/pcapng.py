@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from diag.capture.bytesview import Buffer, ByteView, IntArray
+from diag.capture.bytesview import Buffer, ByteView, IntArray, read_only
 from diag.capture.records import DIR_IN, DIR_OUT, DIR_UNKNOWN, Diagnostics, Interface, RecordBatch
 from diag.capture.source import Feed
 from diag.compiled import compiled
@@ -117,7 +117,7 @@ class BlockWalker:
         packets: list[int] = []
         section = self.section
         header = struct.Struct((section.endian if section else "<") + "II").unpack_from
-        data = np.frombuffer(buffer, dtype=np.uint8)
+        data = read_only(np.frombuffer(buffer, dtype=np.uint8))  # one compiled version for every buffer
         while pos + 12 <= end:
             if section is not None:
                 found, pos = _skim_blocks(data, pos, end, section.big_endian)
