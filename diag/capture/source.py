@@ -10,6 +10,7 @@ Gzip compression is recognised by its magic bytes, not by the name.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import gzip
 import io
@@ -17,7 +18,9 @@ import mmap
 import os
 import stat
 import sys
+import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,6 +37,27 @@ MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; P
 
 
 STDIN_NAME = "-"  # the path that means standard input
+
+
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    """libc's ``madvise(address, length, advice)`` through ctypes, or None off Linux.
+
+    ``mmap.madvise`` holds the interpreter lock for the whole call, so a helper
+    thread mapping pages with it would stop the decoding thread; a ctypes call
+    lets it go.
+    """
+    if sys.platform != "linux":
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    function.restype = ctypes.c_int
+    return function
+
+
+MADVISE = _libc_madvise()
 
 
 def open_capture(path: Path) -> tuple[BinaryIO, bool]:
@@ -140,6 +164,11 @@ class Feed:
         self._map = self._map_file()
         self._can_populate = sys.platform == "linux"
         self._mapped_from = 0  # start of the window handed out last, to release it later
+        # The next window's pages are mapped and its bytes pulled into the CPU cache by a helper
+        # thread while this one is decoded (see _prepare_ahead); ready up to _ahead_until.
+        self._bytes: np.ndarray | None = None  # the map as an array, made on first use (it pins the map)
+        self._ahead: threading.Thread | None = None
+        self._ahead_until = 0
 
     def _map_file(self) -> mmap.mmap | None:
         if not self.size:
@@ -203,18 +232,62 @@ class Feed:
         self._check_not_shrunk()
         start = self.bytes_read - carried  # the carried bytes are still in the file, just before
         stop = min(self.size, self.bytes_read + max(self.chunk_size, minimum))
-        self._release(start)
-        self._populate(start, stop + PADDING)
+        prepared = self._wait_ahead() >= min(stop + PADDING, self.size)
+        released_from = self._mapped_from
+        self._mapped_from = start
+        if not prepared:
+            self._release(released_from, start)
+            self._populate(start, stop + PADDING)
+            released_from = start
         self.bytes_read = stop
         self.eof = stop >= self.size
+        if not self.eof:
+            self._prepare_ahead(released_from, start, stop, min(self.size, stop + self.chunk_size) + PADDING)
         if stop + PADDING <= self.size:
             window = memoryview(self._map)[start : stop + PADDING]
-            _warm_cache(window)
+            if not prepared:
+                _warm_cache(window)
             return window, stop - start
         # The file's last bytes: copied, so zero padding can follow them.
         tail = bytearray(stop - start + PADDING)
         tail[: stop - start] = self._map[start:stop]
         return tail, stop - start
+
+    def _prepare_ahead(self, release_from: int, release_to: int, start: int, stop: int) -> None:
+        """On a helper thread: drop the pages of ``[release_from, release_to)``, decoded already, then map
+        ``[start, stop)`` and stream it into the CPU cache, while this thread decodes the window before it.
+
+        Both run outside the interpreter lock (a ctypes call, a numpy reduction), so on a machine with a
+        second core the reading thread no longer waits for the kernel's page set-up: about a tenth of a
+        second per million packets.
+        """
+        assert self._map is not None and self.size is not None
+        if self._bytes is None:
+            self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+        data, page = self._bytes, mmap.PAGESIZE
+        stop = min(stop, self.size)  # never touch a page past the file's end
+        populate = self._can_populate and MADVISE is not None
+
+        def prepare() -> None:
+            release_start, release_stop = release_from - release_from % page, release_to - release_to % page
+            if MADVISE is not None and release_stop > release_start:
+                MADVISE(data[release_start:].ctypes.data, release_stop - release_start, mmap.MADV_DONTNEED)
+            page_start = start - start % page
+            if populate and MADVISE is not None:
+                MADVISE(data[page_start:].ctypes.data, stop - page_start, MADV_POPULATE_READ)
+            data[start:stop:64].max(initial=0)  # as _warm_cache; faults the pages in if populating failed
+
+        self._ahead = threading.Thread(target=prepare, name="diag-read-ahead")
+        self._ahead.start()
+        self._ahead_until = stop
+
+    def _wait_ahead(self) -> int:
+        """Wait for the helper started by the last window; how far the file is prepared (0: nothing)."""
+        if self._ahead is None:
+            return 0
+        self._ahead.join()
+        self._ahead = None
+        return self._ahead_until
 
     def _populate(self, start: int, stop: int) -> None:
         """Map a window's pages in one system call rather than one page fault per page (Linux 5.14+)."""
@@ -231,14 +304,13 @@ class Feed:
         except ValueError:
             self._can_populate = False
 
-    def _release(self, keep_from: int) -> None:
+    def _release(self, start: int, stop: int) -> None:
         """Drop the pages of windows already decoded from this process's memory (not from the page cache)."""
         assert self._map is not None
-        page_start = self._mapped_from - self._mapped_from % mmap.PAGESIZE
-        page_stop = keep_from - keep_from % mmap.PAGESIZE
+        page_start = start - start % mmap.PAGESIZE
+        page_stop = stop - stop % mmap.PAGESIZE
         if page_stop > page_start and hasattr(mmap, "MADV_DONTNEED"):
             self._map.madvise(mmap.MADV_DONTNEED, page_start, page_stop - page_start)
-        self._mapped_from = keep_from
 
     def _read_into(self, target: memoryview) -> int:
         try:
