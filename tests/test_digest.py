@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+import diag.capture.digest
 from diag.capture.bytesview import PADDING, ByteView
 from diag.capture.digest import payload_digest
 
@@ -61,3 +63,18 @@ def test_digest_ignores_the_bytes_after_the_payload_even_at_the_end_of_the_data(
         buffer = bytearray(data + bytes(PADDING))
         digests.append(int(payload_digest(ByteView(buffer, len(data)), np.array([0]), np.array([len(payload)]))[0]))
     assert digests == [reference_digest(payload)] * 3
+
+
+def test_a_large_batch_digested_in_two_halves_matches_the_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(11)
+    size = 256 * 1024
+    buffer = bytearray(rng.integers(0, 256, size + PADDING, dtype=np.uint8).tobytes())
+    buffer[size:] = bytes(PADDING)
+    view = ByteView(buffer, size)
+    count = 5001  # odd: the halves differ in size
+    starts = rng.integers(0, size - 1500, count)
+    lengths = rng.integers(0, 1500, count)
+    monkeypatch.setattr(diag.capture.digest, "SPLIT_ROWS", 16)
+    digests = payload_digest(view, starts, lengths)
+    expected = [reference_digest(bytes(buffer[s : s + n])) for s, n in zip(starts, lengths, strict=True)]
+    assert digests.tolist() == expected
