@@ -120,6 +120,15 @@ class _UnionFind:
             self.parent[x], x = root, self.parent[x]
         return root
 
+    def roots(self) -> np.ndarray:
+        """Every element's root at once (pointer jumping on the parent array, no per-element calls)."""
+        parent = np.array(self.parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
+
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
@@ -128,14 +137,18 @@ class _UnionFind:
 
 def _flow_nodes(columns: dict[str, np.ndarray]) -> np.ndarray:
     """Per row: the id of its per-capture flow (capture, proto, unordered endpoint pair), by first appearance."""
+    n = len(columns["src"])
     src_ep = columns["src"] * 65537 + columns["sport"].astype(np.int64) + 1
     dst_ep = columns["dst"] * 65537 + columns["dport"].astype(np.int64) + 1
-    low, _ = pd.factorize(np.minimum(src_ep, dst_ep))
-    high, _ = pd.factorize(np.maximum(src_ep, dst_ep))
-    point, _ = pd.factorize(columns["capture"] * 256 + columns["proto"].astype(np.int64))
-    # One integer per (point, low, high): the factors' ranges multiplied stay far below 2**63 for any
-    # capture that fits in memory. Numbered by first appearance, as a groupby with sort=False does.
-    n_low, n_high = int(low.max()) + 1, int(high.max()) + 1
+    # Endpoints numbered once for both directions, so the pair is two small numbers.
+    endpoint, _ = pd.factorize(np.concatenate([src_ep, dst_ep]))
+    low, high = np.minimum(endpoint[:n], endpoint[n:]), np.maximum(endpoint[:n], endpoint[n:])
+    point = columns["capture"] * 256 + columns["proto"].astype(np.int64)  # capture codes are few and come first
+    # One integer per (point, low, high): the ranges multiplied stay far below 2**63 for any capture that
+    # fits in memory. Numbered by first appearance, as a groupby with sort=False does.
+    n_low = n_high = int(endpoint.max()) + 1
+    if (int(point.max()) + 1) * n_low * n_high >= 2**62:
+        point = pd.factorize(point)[0].astype(np.int64)
     key = (point.astype(np.int64) * n_low + low) * n_high + high
     nodes, _ = pd.factorize(key)
     numbered: np.ndarray = nodes.astype(np.int64)
@@ -235,10 +248,14 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     )
     _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
-    roots = np.array([uf.find(n) for n in range(len(uf.parent))], dtype=np.int64)
-    conn = roots[node]
+    conn = uf.roots()[node]
     table["conn"] = conn[telling]
-    keep = np.isin(conn, _suspect_connections(table)) if suspects_only else np.ones(len(conn), dtype=bool)
+    if suspects_only:
+        suspect = np.zeros(int(conn.max()) + 1, dtype=bool)
+        suspect[_suspect_connections(table)] = True
+        keep = suspect[conn]
+    else:
+        keep = np.ones(len(conn), dtype=bool)
     del table
     columns["conn"] = conn
     # From here on only the kept rows, once sorted: connection, reference time, position.
