@@ -21,6 +21,7 @@ from conftest import PROJECT, require_tools
 from packets import make_packets
 
 from diag.analysis import analyze, concat_packets, parse_capture_args
+from diag.capture.addresses import endpoint_text
 from diag.capture.info import CaptureInfo
 from diag.errors import DiagError
 from diag.flows import build_flows, flow_ids
@@ -154,7 +155,10 @@ def test_text_report_lists_resets_and_unanswered_syns_per_capture(incident: dict
     assert "CAPTURE client" in out and "CAPTURE pod" in out
     pod_part = out[out.index("CAPTURE pod") :]
     client_part = out[out.index("CAPTURE client") : out.index("CAPTURE pod")]
-    assert "RESET (1)" in pod_part and "ShR RSTO" in pod_part and "RST frame 3 from orig" in pod_part
+    # Each SYN after a RST opens a new connection (Zeek's rule): three reset flows at the pod, the later
+    # two retransmissions of the first one's SYN.
+    assert "RESET (3)" in pod_part and "ShR RSTO" in pod_part and "RST frame 3 from orig" in pod_part
+    assert pod_part.count("1 SYN retransmissions") == 2
     assert "NO REPLY (1)" in client_part and "S S0" in client_part and "2 SYN retransmissions" in client_part
     assert result.stderr == ""
 
@@ -174,11 +178,14 @@ def test_json_to_stdout_follows_the_report_contract(incident: dict[str, Path]) -
     }  # fmt: skip
     for flow in document["flows"]:
         assert contract_keys <= set(flow)
-    pod = next(f for f in document["flows"] if f["capture"] == "pod")
-    assert pod["vlan"] is None
-    assert (pod["history"], pod["conn_state"], pod["syn_retransmits"]) == ("ShR", "RSTO", 2)
-    assert pod["rsts"] == [{"index": 2, "from": "orig"}, {"index": 5, "from": "orig"}, {"index": 8, "from": "orig"}]
-    assert pod["first_ts"] == pytest.approx(T0)
+    pods = [f for f in document["flows"] if f["capture"] == "pod"]
+    assert [pod["vlan"] for pod in pods] == [None] * 3
+    assert [(pod["history"], pod["conn_state"], pod["syn_retransmits"]) for pod in pods] == [
+        ("ShR", "RSTO", 0), ("ShR", "RSTO", 1), ("ShR", "RSTO", 1),
+    ]  # fmt: skip
+    assert [pod["rsts"] for pod in pods] == [[{"index": index, "from": "orig"}] for index in (2, 5, 8)]
+    assert [pod["prev_flow"] >= 0 for pod in pods] == [False, True, True]
+    assert pods[0]["first_ts"] == pytest.approx(T0)
 
 
 def _tshark_rst_flag(path: Path, frame: int) -> str:
@@ -277,7 +284,7 @@ def test_truncated_capture_reports_what_was_read_and_warns(tmp_path: Path) -> No
     assert "read 8 packets" in warnings[0]
     document = json.loads(result.stdout)
     assert document["captures"][0]["packets"] == 8
-    assert document["flows"][0]["orig_pkts"] + document["flows"][0]["resp_pkts"] == 8
+    assert sum(flow["orig_pkts"] + flow["resp_pkts"] for flow in document["flows"]) == 8
 
 
 def test_help_teaches_names_vantage_points_and_exit_codes() -> None:
@@ -298,7 +305,7 @@ def test_analyze_names_captures_from_mapping_and_name_equals_path(incident: dict
     by_items = analyze([f"client={incident['client']}", str(incident["pod"])])
     for report in (by_mapping, by_items):
         assert [c.name for c in report.captures] == ["client", "pod"]
-        assert list(report.flows.capture) == ["client", "pod"]
+        assert list(dict.fromkeys(report.flows.capture)) == ["client", "pod"]
         assert list(report.packets.capture.cat.categories) == ["client", "pod"]
         assert isinstance(report.packets.src.dtype, pd.CategoricalDtype)
         assert len(report.packets) == 12
@@ -342,12 +349,44 @@ def test_flows_match_tshark_stream_numbering(tmp_path: Path) -> None:
             reference[int(number) - 1] = f"udp{udp_stream}"
     report = analyze([capture])
     ids = flow_ids(report.packets)
-    ours = {int(i): int(f) for i, f in zip(report.packets["index"], ids, strict=True) if f >= 0}
+    assert ids.tolist() == [int(flow_id) for flow_id in _flow_of_rows(report)]
+    # tshark keeps a SYN retried after a RST in its stream; Zeek's rule, and diag, open a new flow for it
+    # and link it to the one before (prev_flow): the 5-tuples, the chains of flows, are tshark's streams.
+    previous = report.flows["prev_flow"].tolist()
+    chain_start = list(range(len(previous)))
+    for flow, before in enumerate(previous):
+        if before >= 0:
+            chain_start[flow] = chain_start[before]
+    ours = {int(i): chain_start[int(f)] for i, f in zip(report.packets["index"], ids, strict=True) if f >= 0}
     assert set(ours) == set(reference)
-    # The same partition of packets into flows, whatever the numbering.
+    # The same partition of packets into 5-tuples, whatever the numbering.
     pairs = {(ours[i], reference[i]) for i in ours}
     assert len(pairs) == len({f for f, _ in pairs}) == len({r for _, r in pairs})
-    assert len(report.flows) == len(pairs)
+    assert len(set(chain_start)) == len(pairs)
+    # The incident at the pod: its three attempts are three flows of one stream.
+    assert len(report.flows) == len(pairs) + 2
+
+
+def _flow_of_rows(report: Any) -> list[int]:
+    """Each packet's flow as ``build_flows`` counted it: the flow whose 5-tuple and time span hold it."""
+    flows = report.flows
+    out = []
+    for row in report.packets.itertuples():
+        if row.proto not in (6, 17) or row.sport < 0 or row.frag_offset:
+            out.append(-1)
+            continue
+        ends = {endpoint_text(str(row.src), row.sport), endpoint_text(str(row.dst), row.dport)}
+        proto = "tcp" if row.proto == 6 else "udp"
+        t = row.ts_ns / 1e9
+        match = flows[
+            (flows.proto == proto)
+            & flows.orig.isin(ends)
+            & flows.resp.isin(ends)
+            & (flows.first_ts <= t + 1e-9)
+            & (flows.last_ts >= t - 1e-9)
+        ]
+        out.append(int(match.flow_id.iloc[0]) if len(match) else -2)
+    return out
 
 
 def test_plot_option_writes_the_ladder_diagram(incident: dict[str, Path], tmp_path: Path) -> None:

@@ -220,7 +220,7 @@ def _first_flow_row(report: Report) -> Hashable:
         elif "rsts" in flows.columns:
             troubled = flows["rsts"].map(lambda value: isinstance(value, list) and bool(value)).to_numpy(dtype=bool)
         if "carrier" in flows.columns:  # a tunnel is never the connection to draw
-            troubled &= ~flows["carrier"].to_numpy(dtype=bool)
+            troubled = troubled & ~flows["carrier"].to_numpy(dtype=bool)
         first = int(np.argmax(troubled)) if troubled.any() else 0
         return _row_of_flow_record(report, flows.iloc[first])
     # No flow table: the first connection attempt (a bare SYN), else the first IP packet.
