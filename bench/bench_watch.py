@@ -193,9 +193,15 @@ def main() -> int:
     # waits ABSENCE_SETTLE_S for a late reply by design, so the two are reported apart.
     resets = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings
                     if f["packet"] and f["cause"] != "silent-drop")
-    planted_lags = sorted(f["decided_at"] - f["packet"]["ts"] for f in findings
-                          if f["packet"] and any(abs(f["packet"]["ts"] - when) < 2e-6 for when in planted_rsts))
-    print(f"  planted forged RSTs: {len(planted_rsts)}, decided as such: {len(planted_lags)}")
+    # Each planted RST's first finding (its connection may come back later with another symptom).
+    first_decision: dict[float, dict[str, object]] = {}
+    for finding in sorted(findings, key=lambda f: f["decided_at"]):
+        for when in planted_rsts:
+            if finding["packet"] and abs(finding["packet"]["ts"] - when) < 2e-6:
+                first_decision.setdefault(when, finding)
+    planted_lags = sorted(float(f["decided_at"]) - when for when, f in first_decision.items())  # type: ignore[arg-type]
+    causes = sorted({str(f["cause"]) for f in first_decision.values()})
+    print(f"  planted forged RSTs: {len(planted_rsts)}, decided: {len(planted_lags)} (as {', '.join(causes) or '-'})")
     if latencies and args.realtime:
         for label, values in (("planted forged RST", planted_lags), ("every finding", latencies),
                               ("findings on a RST", resets)):

@@ -45,14 +45,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from diag.analysis import concat_packets
 from diag.capture.proto import ICMP, ICMPV6
 from diag.correlate import correlate
 from diag.diagnose import diagnose
 from diag.diagnose.tcp import UNANSWERED_WAIT_NS
 from diag.report import Finding
 from diag.watch.links import HAS_SYN, IS_UDP, IntArray
-from diag.watch.window import ABSENCE_SETTLE_S, SETTLE_S, Window
+from diag.watch.window import ABSENCE_SETTLE_S, SETTLE_S, Piece, Window
 
 # After this much of its point's stream time, an unanswered SYN is a finding (the diagnosis' own wait).
 UNANSWERED_WAIT_S = UNANSWERED_WAIT_NS / 1e9
@@ -192,7 +191,7 @@ class IncrementalAnalysis:
     def _analyze(self, chosen_flow: BoolArray) -> None:
         """Diagnose the chosen flows' packets (with every ICMP packet and each point's first and last)."""
         window = self.window
-        tables: list[pd.DataFrame] = []
+        taken: list[tuple[Piece, IntArray]] = []
         flow_keys: list[npt.NDArray[np.uint64]] = []
         flow_numbers: list[IntArray] = []
         for state in window.points.values():
@@ -207,7 +206,7 @@ class IncrementalAnalysis:
                 valid = piece.flow >= 0
                 rows = np.zeros(len(piece), dtype=bool)
                 rows[valid] = chosen_flow[piece.flow[valid]]
-                proto = piece.table["proto"].to_numpy()
+                proto = piece.columns["proto"]
                 rows |= (proto == ICMP) | (proto == ICMPV6)
                 in_window = piece.ts >= cutoff
                 if k == first:
@@ -217,14 +216,14 @@ class IncrementalAnalysis:
                 rows &= in_window
                 positions = np.flatnonzero(rows)
                 if len(positions):
-                    tables.append(_used_categories_only(piece.table.take(positions)))
+                    taken.append((piece, positions))
                     keys = np.where(valid[positions] & chosen_flow[np.maximum(piece.flow[positions], 0)],
                                     window.links.flow_hash[np.maximum(piece.flow[positions], 0)], np.uint64(0))
                     flow_keys.append(keys)
                     flow_numbers.append(piece.flow[positions])
-        if not tables:
+        if not taken:
             return
-        packets = concat_packets(tables).reset_index(drop=True)
+        packets = window.rows(taken)
         row_flow_key = np.concatenate(flow_keys)
         row_flow = np.concatenate(flow_numbers)
         self._numbered_by = window.links
@@ -261,20 +260,6 @@ class IncrementalAnalysis:
         for name, pending in list(self.pending.items()):
             if pending.finding.packet is not None and pending.finding.packet.ts < oldest:
                 del self.pending[name]
-
-
-def _used_categories_only(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows with each categorical column's unused categories dropped.
-
-    A piece's address columns list every address the piece ever held; the
-    diagnosis reads a column's categories once per call, which on a few
-    hundred rows taken from a window of a million would cost more than the
-    rows themselves.
-    """
-    for name, column in table.items():
-        if isinstance(column.dtype, pd.CategoricalDtype) and len(column.cat.categories) > len(table):
-            table[name] = column.cat.remove_unused_categories()
-    return table
 
 
 def _ns(seconds: float) -> int:

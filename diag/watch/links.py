@@ -27,6 +27,7 @@ hold a finding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -68,26 +69,23 @@ class RowKeys(NamedTuple):
     point: int  # the capture point's number
 
 
-def _address_ids(column: pd.Series, ids: dict[str, int]) -> IntArray:
-    """The column's addresses as numbers that stay the same from one table to the next (``ids`` grows)."""
-    codes, uniques = pd.factorize(column, use_na_sentinel=True)
-    lookup = np.array([ids.setdefault(str(u), len(ids) + 1) for u in uniques] + [0], dtype=np.int64)
-    found: IntArray = lookup[codes]  # code -1 (no address) takes the last entry, 0
-    return found
+def row_keys(columns: Mapping[str, np.ndarray], point: int) -> RowKeys:
+    """Each row's keys (see ``RowKeys``); ``point`` numbers the capture point.
 
-
-def row_keys(table: pd.DataFrame, point: int, addresses: dict[str, int]) -> RowKeys:
-    """Each row's keys (see ``RowKeys``); ``point`` numbers the capture point, ``addresses`` numbers addresses."""
-    proto = table["proto"].to_numpy().astype(np.int64)
-    flags = table["tcp_flags"].to_numpy().astype(np.int64)
-    sport = np.maximum(table["sport"].to_numpy().astype(np.int64), 0)
-    dport = np.maximum(table["dport"].to_numpy().astype(np.int64), 0)
-    source = (_address_ids(table["src"], addresses) << 16) | sport
-    destination = (_address_ids(table["dst"], addresses) << 16) | dport
+    ``columns`` are the packet table's columns, the addresses as numbers that
+    stay the same from one table to the next (``diag.watch.window.Texts``).
+    """
+    proto = columns["proto"].astype(np.int64)
+    n = len(proto)
+    flags = columns["tcp_flags"].astype(np.int64)
+    sport = np.maximum(columns["sport"].astype(np.int64), 0)
+    dport = np.maximum(columns["dport"].astype(np.int64), 0)
+    source = ((columns["src"].astype(np.int64) + 1) << 16) | sport
+    destination = ((columns["dst"].astype(np.int64) + 1) << 16) | dport
     tcp, udp = proto == TCP, proto == UDP
-    in_flow = (tcp | udp) & (table["ip_version"].to_numpy() > 0)
-    seed = np.full(len(table), _FLOW_SEED, dtype=np.uint64)
-    flow = mix_hash(mix_hash(mix_hash(mix_hash(seed, np.full(len(table), point)), proto),
+    in_flow = (tcp | udp) & (columns["ip_version"] > 0)
+    seed = np.full(n, _FLOW_SEED, dtype=np.uint64)
+    flow = mix_hash(mix_hash(mix_hash(mix_hash(seed, np.full(n, point)), proto),
                              np.minimum(source, destination)), np.maximum(source, destination))
     flow[flow == 0] = 1
     flow[~in_flow] = 0
@@ -95,12 +93,12 @@ def row_keys(table: pd.DataFrame, point: int, addresses: dict[str, int]) -> RowK
     syn, synack = handshake == SYN, handshake == SYN | ACK
     rst = tcp & (flags >= 0) & ((flags & RST) != 0)
     client = np.where(syn, source, destination)
-    tcp_client = mix_hash(mix_hash(np.full(len(table), _TCP_CLIENT_SEED, dtype=np.uint64), proto), client)
+    tcp_client = mix_hash(mix_hash(np.full(n, _TCP_CLIENT_SEED, dtype=np.uint64), proto), client)
     client_port = np.where(syn, sport, dport)
-    udp_src = mix_hash(mix_hash(np.full(len(table), _UDP_ENDPOINT_SEED, dtype=np.uint64),
-                                np.full(len(table), point)), source)
-    udp_dst = mix_hash(mix_hash(np.full(len(table), _UDP_ENDPOINT_SEED, dtype=np.uint64),
-                                np.full(len(table), point)), destination)
+    udp_src = mix_hash(mix_hash(np.full(n, _UDP_ENDPOINT_SEED, dtype=np.uint64),
+                                np.full(n, point)), source)
+    udp_dst = mix_hash(mix_hash(np.full(n, _UDP_ENDPOINT_SEED, dtype=np.uint64),
+                                np.full(n, point)), destination)
     zero = np.uint64(0)
     endpoint_a = np.where(in_flow & (syn | synack) & (client_port >= CLIENT_PORT_MIN), tcp_client,
                           np.where(in_flow & udp & (sport >= CLIENT_PORT_MIN), udp_src, zero))
@@ -108,7 +106,8 @@ def row_keys(table: pd.DataFrame, point: int, addresses: dict[str, int]) -> RowK
     row_flags = (np.where(rst, HAS_RST, 0) | np.where(syn, HAS_SYN, 0) | np.where(synack, HAS_SYNACK, 0)
                  | np.where(udp, np.where(source < destination, IS_UDP | UDP_FORWARD, IS_UDP | UDP_BACKWARD), 0)
                  ).astype(np.uint8)
-    packet = packet_keys(table) if len(table) else np.zeros(0, dtype=np.uint64)
+    # packet_keys reads a table's columns by name; these are arrays already.
+    packet = packet_keys(_NumericColumns(columns)) if n else np.zeros(0, dtype=np.uint64)  # type: ignore[arg-type]
     packet = np.where(in_flow, packet, zero)
     return RowKeys(flow, packet, endpoint_a.astype(np.uint64), endpoint_b.astype(np.uint64), row_flags, point)
 
@@ -193,6 +192,19 @@ def _rehash(keys: IntArray, values: IntArray, new_keys: IntArray, new_values: In
     for at in range(len(keys)):
         if keys[at] != 0:
             _get_or_put(new_keys, new_values, keys[at], int(values[at]))
+
+
+class _NumericColumns:
+    """Columns by name, as ``packet_keys`` reads a packet table's (``table[name].to_numpy()``)."""
+
+    def __init__(self, columns: Mapping[str, np.ndarray]) -> None:
+        self.columns = columns
+
+    def __getitem__(self, name: str) -> pd.Series:
+        return pd.Series(self.columns[name], copy=False)
+
+    def __len__(self) -> int:
+        return len(self.columns["proto"])
 
 
 class _Table:

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from diag.analysis import concat_packets
 from diag.correlate import correlate
 from diag.diagnose import diagnose
 from diag.report import Cause, Finding
@@ -48,6 +48,8 @@ ABSENCE_CAUSES = frozenset({Cause.SILENT_DROP})
 # A point's newest pieces are merged up to this many rows: big enough that a point has a handful
 # of pieces, small enough that a piece leaves the window soon after its last packet does.
 MAX_PIECE_ROWS = 1 << 16
+# Categorical columns with at most this many texts keep them all when a table is made back.
+SHORT_VOCABULARY = 64
 # The window's links are rebuilt no more often than every this many rows taken in.
 RELINK_MIN_ROWS = 1 << 16
 
@@ -69,12 +71,15 @@ def settle_for(finding: Finding) -> float:
 class Piece:
     """Consecutive packets of one point and, per row, what the incremental analysis looks them up by.
 
-    ``flow`` is the row's flow number in the window's ``FlowLinks`` (-1: not
-    TCP or UDP); ``keys`` are what it was linked by, kept to link it again
-    when the window rebuilds its links.
+    ``columns`` are the packet table's columns as arrays, the categorical ones
+    (capture, addresses, ...) as codes into the window's ``Texts`` (-1: none),
+    so pieces are joined and rows taken with plain numpy. ``flow`` is the
+    row's flow number in the window's ``FlowLinks`` (-1: not TCP or UDP);
+    ``keys`` are what it was linked by, kept to link it again when the window
+    rebuilds its links.
     """
 
-    table: pd.DataFrame
+    columns: dict[str, np.ndarray]
     ts: IntArray
     flow: IntArray
     keys: RowKeys
@@ -85,6 +90,62 @@ class Piece:
 
     def __len__(self) -> int:
         return len(self.ts)
+
+
+class Texts:
+    """The texts of the packet table's categorical columns, one code each for the whole watch.
+
+    A packet table's categories are its own; stacking tables means joining
+    them (``union_categoricals``), which cost more than anything else a live
+    window did with its tables. Here every text gets a code once, and a table
+    is built back with only the texts its rows use.
+    """
+
+    # Columns that share one set of codes: an address has the same code as source and as destination
+    # (the flow keys are made of them).
+    SHARED: ClassVar[dict[str, str]] = {
+        name: "address" for name in ("src", "dst", "inner_src", "inner_dst", "outer_src", "outer_dst")
+    }
+
+    def __init__(self) -> None:
+        self.known: dict[str, pd.Index] = {}  # per vocabulary, its texts in code order
+        self.texts: dict[str, list[str]] = {}
+        self.dtypes: dict[str, Any] = {}
+
+    def encode(self, column: str, values: pd.Series) -> IntArray:
+        vocabulary = self.SHARED.get(column, column)
+        categories = values.cat.categories
+        self.dtypes.setdefault(column, categories.dtype)
+        known = self.known.get(vocabulary)
+        if known is None:
+            known = self.known[vocabulary] = categories[:0]
+            self.texts[vocabulary] = []
+        lookup = np.append(known.get_indexer(categories), -1)  # the last entry serves pandas' missing value
+        new = np.flatnonzero(lookup[:-1] < 0)
+        if len(new):
+            lookup[new] = np.arange(len(known), len(known) + len(new))
+            self.known[vocabulary] = known.append(categories[new])
+            self.texts[vocabulary] += categories[new].tolist()
+        found: IntArray = lookup[values.cat.codes.to_numpy()]
+        return found
+
+    def decode(self, column: str, codes: IntArray, order: Sequence[str] = ()) -> pd.Categorical:
+        """The codes as a Categorical: the texts in ``order`` first (the diagnosis reads some categories
+        in order), then in the order first seen; only the texts used, but a short vocabulary whole."""
+        vocabulary = self.SHARED.get(column, column)
+        texts = self.texts.get(vocabulary, [])
+        used = np.arange(len(texts)) if len(texts) <= SHORT_VOCABULARY else np.unique(codes[codes >= 0])
+        if order:
+            found = self.known[vocabulary].get_indexer(pd.Index(list(order)))
+            first = [code for code in found.tolist() if code >= 0]
+            rank = np.full(len(texts), len(first), dtype=np.int64)
+            rank[first] = np.arange(len(first))
+            used = used[np.argsort(rank[used], kind="stable")]
+        position = np.zeros(len(texts), dtype=np.int64)
+        position[used] = np.arange(len(used))
+        categories = pd.Index([texts[code] for code in used.tolist()], dtype=self.dtypes.get(column))
+        return pd.Categorical.from_codes(np.where(codes >= 0, position[np.maximum(codes, 0)], -1),
+                                         categories=categories)
 
 
 @dataclass
@@ -118,7 +179,7 @@ class Window:
         self.changed = False
         self.links = FlowLinks()
         self._point_codes = {name: code for code, name in enumerate(points)}
-        self._addresses: dict[str, int] = {}
+        self.texts = Texts()
         self._fresh: list[IntArray] = []
 
     def add(self, point: str, table: pd.DataFrame) -> None:
@@ -144,13 +205,39 @@ class Window:
         for point, state in self.points.items():
             if not state.arrived:
                 continue
-            table = concat_packets(state.arrived).reset_index(drop=True)
+            columns = self._encode(state.arrived)
             state.arrived = []
-            keys = row_keys(table, self._point_codes[point], self._addresses)
+            keys = row_keys(columns, self._point_codes[point])
             flows = self.links.link(keys)
-            state.pieces.append(Piece(table, table["ts_ns"].to_numpy().astype(np.int64), flows, keys))
+            state.pieces.append(Piece(columns, columns["ts_ns"].astype(np.int64), flows, keys))
             _merge_newest(state.pieces)
             self._fresh.append(flows[flows >= 0])
+
+    def _encode(self, tables: list[pd.DataFrame]) -> dict[str, np.ndarray]:
+        """Tables of one point as one set of column arrays (categorical columns as ``texts`` codes)."""
+        columns: dict[str, np.ndarray] = {}
+        for name in tables[0].columns:
+            parts = []
+            for table in tables:
+                values = table[name]
+                if isinstance(values.dtype, pd.CategoricalDtype):
+                    parts.append(self.texts.encode(name, values))
+                else:
+                    parts.append(values.to_numpy())
+            columns[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return columns
+
+    def rows(self, taken: Sequence[tuple[Piece, IntArray]]) -> pd.DataFrame:
+        """A packet table of the given rows of the given pieces, in that order (as the reader makes one)."""
+        names = list(taken[0][0].columns)
+        data: dict[str, object] = {}
+        for name in names:
+            values = np.concatenate([piece.columns[name][positions] for piece, positions in taken])
+            if name in self.texts.dtypes:  # capture points in the order given, as 'analyze' stacks them
+                data[name] = self.texts.decode(name, values, list(self.points) if name == "capture" else ())
+            else:
+                data[name] = values
+        return pd.DataFrame(data)
 
     def take_fresh(self) -> IntArray:
         """The flow numbers of the rows sealed since the last call (each once)."""
@@ -178,17 +265,13 @@ class Window:
     def packets(self) -> pd.DataFrame | None:
         """The window's packets, all points stacked in the order given; None before any packet arrived."""
         self.trim()
-        tables = []
+        taken = []
         for state in self.points.values():
             cutoff = self.cutoff_ns(state)
-            for piece in state.pieces:
-                table = piece.table
-                if (piece.ts < cutoff).any():
-                    table = table[piece.ts >= cutoff]
-                if len(table):
-                    tables.append(table)
+            taken += [(piece, np.flatnonzero(piece.ts >= cutoff)) for piece in state.pieces]
+        taken = [(piece, positions) for piece, positions in taken if len(positions)]
         self.changed = False
-        return concat_packets(tables).reset_index(drop=True) if tables else None
+        return self.rows(taken) if taken else None
 
     def cutoff_ns(self, state: PointState) -> int:
         """Packets of that point older than this (ns, the point's own clock) have left the window."""
@@ -235,7 +318,7 @@ def _merge_newest(pieces: list[Piece]) -> None:
         last = pieces.pop()
         before = pieces[-1]
         pieces[-1] = Piece(
-            concat_packets([before.table, last.table]),
+            {name: np.concatenate([values, last.columns[name]]) for name, values in before.columns.items()},
             np.concatenate([before.ts, last.ts]),
             np.concatenate([before.flow, last.flow]),
             RowKeys(
