@@ -6,7 +6,9 @@ is set: every packet read becomes a row of the packet table and of the tables
 built from it. So the budget is checked against the packets a read would
 hold, projected from what was read so far, before each batch is kept; an
 input that would not fit stops with one line naming the file and the budget
-instead of meeting the kernel's OOM killer (or a MemoryError) later.
+instead of meeting the kernel's OOM killer (or a MemoryError) later. ``analyze``
+and ``flows`` then read the files in passes (``diag.passes``), which hold the
+connections' state rather than the packets.
 """
 
 from __future__ import annotations

@@ -71,6 +71,8 @@ BYTES_PER_FLOW = 500
 # Memory per packet of one partition while its flow rows are built: the packet table (160 bytes deep)
 # and build_flows' own (busy.pcap in one partition: 280 bytes a packet, measured).
 PARTITION_BYTES_PER_PACKET = 320
+# Memory per candidate packet held while the flow partitions are built (its row of the packet table).
+CANDIDATE_BYTES_HELD = 192
 # Packets decoded at a time: one chunk's full rows are the passes' transient memory.
 CHUNK_ROWS = 1 << 17
 MIN_CHUNK_ROWS = 1 << 12
@@ -231,10 +233,15 @@ def _bucket_rows(limit: int) -> int:
 
 
 def _plan_passes(total: int, kept: int, flows: int, limit: int) -> int:
-    """How many partitions the flow table is built in so that one pass's packets fit what the budget leaves."""
-    held = kept * BYTES_PER_PACKET + flows * BYTES_PER_FLOW
-    left = limit - held - chunk_rows_for(limit) * BYTES_PER_PACKET
-    if left < limit // 16:
+    """How many partitions the flow table is built in so that one pass's packets fit what the budget leaves.
+
+    While the flows are built the candidates are only held (their packet table); the correlation and
+    diagnosis that take ``BYTES_PER_PACKET`` of each come after the partitions are gone. A quarter of the
+    budget is left to what the earlier stages leave behind (freed memory the allocator keeps).
+    """
+    held = kept * CANDIDATE_BYTES_HELD + flows * BYTES_PER_FLOW + chunk_rows_for(limit) * BYTES_PER_PACKET
+    left = limit * 3 // 4 - held
+    if left < limit // 16 or kept * BYTES_PER_PACKET + flows * BYTES_PER_FLOW > limit:
         raise MemoryBudgetError(
             f"the captures' {total:,} packets, about {kept:,} of them needed for the diagnosis, and "
             f"{flows:,} flows need more memory than the budget of {format_size(limit)} even analysed in passes "
@@ -270,20 +277,20 @@ def _first_packets(selected: tuple[pd.DataFrame, np.ndarray]) -> np.ndarray:
 
 
 def _merge_flows(parts: list[tuple[np.ndarray, pd.DataFrame]]) -> pd.DataFrame:
-    """The partitions' flow rows as one table, numbered by their first packet in the whole table."""
+    """The partitions' flow rows as one table, numbered by their first packet in the whole table (empties ``parts``)."""
     if not parts:
         return empty_flows()
     first = np.concatenate([order for order, _table in parts])
     merged = pd.concat([table for _order, table in parts], ignore_index=True)
+    sizes = [len(table) for _order, table in parts]
+    previous_parts = [table["prev_flow"].to_numpy() for _order, table in parts]
+    parts.clear()  # the caller's list: the partitions' rows go before the merged rows are reordered
     if len(first) != len(merged):  # flow_ids and build_flows disagree on a table: nothing to sort by
         raise AssertionError("flow ids and flow rows differ")
     # prev_flow names a flow of the same 5-tuple, so of the same partition: its id there, renumbered like the rest.
-    offsets = np.cumsum([0] + [len(table) for _order, table in parts])
+    offsets = np.cumsum([0, *sizes])
     previous = np.concatenate(
-        [
-            np.where(table["prev_flow"].to_numpy() >= 0, table["prev_flow"].to_numpy() + offset, -1)
-            for offset, (_order, table) in zip(offsets, parts, strict=False)
-        ]
+        [np.where(ids >= 0, ids + offset, -1) for offset, ids in zip(offsets, previous_parts, strict=False)]
     )
     sort = _sorted(first)
     new_id = np.empty(len(merged), dtype=np.int64)
@@ -342,7 +349,8 @@ def _flow_passes(
                 table = build_flows(in_partition[0])
                 if len(table):
                     flows_parts.append((_first_packets(in_partition), table))
-            del in_partition
+                del table
+            del in_partition, reduced
     return _merge_flows(flows_parts), candidates
 
 
@@ -391,7 +399,7 @@ def analyze_in_passes(
     files = _files_of(pairs, limit)
     with tempfile.TemporaryDirectory(prefix="diag-keys-") as spill:
         survey = CandidateSurvey(
-            Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 16 // SPILL.itemsize)
+            Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 64 // SPILL.itemsize)
         )
         _first_pass(files, limit, progress, tree, survey, refusal)
         orders = _order_files(files)
