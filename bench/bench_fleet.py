@@ -106,7 +106,7 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
         from distributed import Client, LocalCluster, get_task_stream
 
         from diag.analysis import parse_capture_args
-        from diag.cluster import reduce_on, report_of_candidates
+        from diag.cluster import diagnose_on, reduce_on, report_of_candidates
 
         workers = int(mode.split(":")[1])
         with LocalCluster(
@@ -121,7 +121,8 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
             workers_cpu = client.run(cpu_s)
             with get_task_stream(client) as stream:
                 candidates = reduce_on(client, parse_capture_args(points), progress)
-            report = report_of_candidates(candidates, progress)
+                result["client_rss_reduced_mb"] = peak_rss_mb()
+                report = report_of_candidates(candidates, progress, diagnose_on(client))
             # Time the workers spent computing, per kind of task (diag-read-..., diag-point-...); the rest of
             # the stages is scheduling and transfer.
             compute: dict[str, float] = {}

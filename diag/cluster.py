@@ -143,7 +143,7 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # a failed task is reported once, as one line, by the command
         ) as cluster, Client(cluster) as client:
             yield client
         return
@@ -270,7 +270,8 @@ def reduce_on(
                        blame=blame)
             )
         try:
-            _wait(client, parts, owner)
+            # Wait for the points without fetching them: their tables stay on the workers.
+            _wait(client, parts, owner, fetch=False)
             stage_detail = "link keys shuffled across points, candidate packets selected"
             cut = [
                 submit(point_link_parts, part, workers, key=f"diag-keys-{number}-{run}", blame=blames[number])
@@ -333,12 +334,19 @@ def diagnose_on(client: Client) -> Diagnoser:
     return diagnose
 
 
-def _wait(client: Client, futures: Sequence[Future[Any]], owner: dict[str, str]) -> list[Any]:
-    """The futures' results in their order; a task that kept killing workers is one line naming its files."""
-    from distributed import KilledWorker
+def _wait(client: Client, futures: Sequence[Future[Any]], owner: dict[str, str], fetch: bool = True) -> list[Any]:
+    """The futures' results in their order (``fetch``), or only their end, the results left on the workers;
+    a task that kept killing workers is one line naming its files, any other failure its own error."""
+    from distributed import KilledWorker, wait
 
     try:
-        return list(client.gather(list(futures)))
+        if fetch:
+            return list(client.gather(list(futures)))
+        wait(list(futures))
+        for future in futures:
+            if future.status == "error":
+                future.result()  # raises the task's exception here
+        return []
     except KilledWorker as error:
         key = str(getattr(error, "task", "") or (error.args[0] if error.args else ""))
         what = owner.get(key, "a capture")

@@ -207,6 +207,18 @@ def test_standard_input_is_refused_with_cluster() -> None:
 
 
 @pytest.mark.slow
+def test_a_capture_a_worker_cannot_read_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The reader's error travels back from the worker as the command's one line; the worker logs nothing."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "client.pcapng").write_bytes((CAPTURES / "client.pcapng").read_bytes())
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "b.pcap").write_bytes(b"not a capture at all" * 100)
+    result = _diag("analyze", "fleet", "--cluster", "local:1", str(tmp_path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "b.pcap: not a pcap or pcapng capture" in result.stderr
+
+
+@pytest.mark.slow
 def test_the_shipped_captures_on_a_local_cluster_give_the_single_process_report(tmp_path: Path) -> None:
     """The whole command: a LocalCluster of 2 processes started and torn down, the same JSON and text."""
     captures = [str(path) for path in sorted(CAPTURES.glob("*.pcapng"))]
