@@ -36,16 +36,19 @@ capture.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import math
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import pyarrow
 
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets
@@ -69,8 +72,8 @@ if TYPE_CHECKING:
 # of the partitions' rows; it also covers the survey's per-flow counts, SYNs and client endpoints.
 BYTES_PER_FLOW = 500
 # Memory per packet of one partition while its flow rows are built: the packet table (160 bytes deep)
-# and build_flows' own (busy.pcap in one partition: 280 bytes a packet, measured).
-PARTITION_BYTES_PER_PACKET = 320
+# and build_flows' own (busy.pcap in one partition: 280 to 470 bytes a packet, measured).
+PARTITION_BYTES_PER_PACKET = 448
 # Memory per candidate packet held while the flow partitions are built (its row of the packet table).
 CANDIDATE_BYTES_HELD = 192
 # Packets decoded at a time: one chunk's full rows are the passes' transient memory.
@@ -98,6 +101,18 @@ class _File:
     several: bool = False  # its point has several files
     by_time: bool = False  # ... that overlap, so they are merged by time
     rows: int = 0
+
+
+def _give_back_freed_memory() -> None:
+    """Return what a finished stage freed to the system (Arrow's pool and the C heap keep it otherwise).
+
+    A pass's packets are freed when it ends, but the allocators keep the pages for reuse; what the next
+    stage needs then comes on top of them in the resident size the budget is about.
+    """
+    gc.collect()
+    pyarrow.default_memory_pool().release_unused()
+    with suppress(OSError, AttributeError):  # not glibc: its allocator decides alone
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
@@ -146,6 +161,8 @@ class _Selected:
         order = np.concatenate(self.orders)
         self.orders = []
         sort = _sorted(order)
+        if (np.diff(sort) > 0).all():  # read in order already (no point merged by time): no copy
+            return stacked.reset_index(drop=True), order
         return stacked.iloc[sort].reset_index(drop=True), order[sort]
 
 
@@ -256,7 +273,7 @@ def _read_pass(
     """Read every file again: the packets of one partition's flows and, given the choice, the candidate packets."""
     flows = _Selected()
     candidates = _Selected()
-    for file in files:
+    for file in sorted(files, key=lambda file: (file.point, file.rank)):  # the whole table's order, mostly
         for chunk, start in _read_file(file, limit, tree):
             node = node_hashes(chunk, file.point)
             order = _order_of(file, chunk, start)
@@ -351,6 +368,7 @@ def _flow_passes(
                     flows_parts.append((_first_packets(in_partition), table))
                 del table
             del in_partition, reduced
+        _give_back_freed_memory()
     return _merge_flows(flows_parts), candidates
 
 
@@ -408,6 +426,7 @@ def analyze_in_passes(
             choice = survey.choose(orders, _bucket_rows(limit))
         flows_seen = survey.nodes_seen
         del survey
+    _give_back_freed_memory()
     passes = passes or _plan_passes(total, choice.kept_estimate, flows_seen, limit)
     flows, candidates = _flow_passes(files, limit, progress, tree, passes, choice)
     assert candidates is not None
