@@ -195,7 +195,7 @@ def test_a_tunnelled_flow_names_its_tunnel_and_carriers_are_no_problems(overlay_
     flows = build_flows(packets)
     pod = flows[flows.resp_p == 8080].iloc[0]
     assert (pod.history, pod.conn_state, pod.carrier) == ("Sh", "S1", False)
-    assert pod.tunnel_parents == [tunnel_uid("node-b", -1, "vxlan", NODE_B, NODE_A)]
+    assert pod.tunnel_parents == tunnel_uid("node-b", -1, "vxlan", NODE_B, NODE_A)
     # The cut VXLAN packet and the VXLAN-GPE datagram stay outer UDP flows: carriers, one-way by nature.
     carriers = flows[flows.carrier]
     assert sorted(carriers.resp_p) == [4789, 4790]

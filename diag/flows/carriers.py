@@ -69,9 +69,13 @@ def _tunnel_rows(packets: pd.DataFrame, broken: bool) -> np.ndarray:
     return rows
 
 
-def tunnel_parents(packets: pd.DataFrame, row_flow: np.ndarray, n_flows: int) -> list[list[str]]:
-    """Per flow, the uids of the tunnels its packets came through (in order of first use; empty for none)."""
-    parents: list[list[str]] = [[] for _ in range(n_flows)]
+def tunnel_parents(packets: pd.DataFrame, row_flow: np.ndarray, n_flows: int) -> np.ndarray:
+    """Per flow, the uids of the tunnels its packets came through, in order of first use, joined by ``,``.
+
+    An object array of str, ``''`` for a flow that came through no tunnel (one shared string: the usual
+    capture has no tunnel, and a list per flow would cost a Python object each).
+    """
+    parents = np.full(n_flows, "", dtype=object)
     rows = np.flatnonzero(_tunnel_rows(packets, broken=False) & (row_flow >= 0))
     if len(rows) == 0:
         return parents
@@ -86,13 +90,17 @@ def tunnel_parents(packets: pd.DataFrame, row_flow: np.ndarray, n_flows: int) ->
         }
     ).drop_duplicates()
     uids: dict[tuple[str, int, str, str, str], str] = {}
+    per_flow: dict[int, list[str]] = {}
     for flow, capture, vlan, kind, src, dst in carried.itertuples(index=False, name=None):
         key = (capture, int(vlan), kind, *sorted((src, dst)))
         uid = uids.get(key)
         if uid is None:
             uid = uids[key] = tunnel_uid(capture, int(vlan), kind, src, dst)
-        if uid not in parents[flow]:
-            parents[flow].append(uid)
+        named = per_flow.setdefault(int(flow), [])
+        if uid not in named:
+            named.append(uid)
+    for flow, named in per_flow.items():
+        parents[flow] = ",".join(named)
     return parents
 
 

@@ -55,9 +55,9 @@ FLOW_COLUMNS: Final[dict[str, tuple[str, str]]] = {
         "`flow_id` of the flow before this one on the same 5-tuple, VLAN and capture; -1 for the first",
     ),
     "tunnel_parents": (
-        "object",
-        "uids of the tunnels the flow's packets came through (VXLAN, Geneve, GRE, IP in IP), as Zeek's "
-        "`tunnel_parents`; empty when none",
+        "str",
+        "uids of the tunnels the flow's packets came through (VXLAN, Geneve, GRE, IP in IP), joined by `,` as "
+        "Zeek writes its `tunnel_parents` set; '' when none",
     ),
     "carrier": (
         "bool",

@@ -254,7 +254,9 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
             "rsts": _rst_lists(summary, rank),
             "first_index": packets["index"].to_numpy()[first_row].astype(np.int64),
             "prev_flow": np.where(previous >= 0, rank[np.maximum(previous, 0)], -1),
-            "tunnel_parents": tunnel_parents(packets, row_ids, n_flows) if has_tunnels else [[] for _ in first_row],
+            "tunnel_parents": (
+                tunnel_parents(packets, row_ids, n_flows) if has_tunnels else np.full(n_flows, "", dtype=object)
+            ),
             "carrier": carrier_flows(packets, row_ids if has_tunnels else None, n_flows, proto, orig_p, resp_p),
         },
         columns=list(FLOW_COLUMNS),

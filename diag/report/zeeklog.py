@@ -130,11 +130,11 @@ def _counts(flows: pd.DataFrame, column: str) -> list[str]:
 
 
 def _uid_sets(flows: pd.DataFrame, column: str) -> list[str]:
-    """A ``set[string]`` column: its members joined by the set separator, unset when there are none."""
+    """A ``set[string]`` column held as uids joined by ``,`` (the set separator): unset when it is empty."""
     if column not in flows.columns:
         return [UNSET_FIELD] * len(flows)
     return [
-        SET_SEPARATOR.join(escape_text(str(uid)) for uid in uids) if len(uids) else UNSET_FIELD
+        SET_SEPARATOR.join(escape_text(uid) for uid in str(uids).split(",")) if uids else UNSET_FIELD
         for uids in _values(flows, column)
     ]
 
