@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.proto import ICMP, ICMP_ERROR_TYPES, ICMPV6, ICMPV6_ERROR_TYPES, TCP, UDP
+from diag.compiled import compiled
+from diag.flows.keys import read_only
 
 # Copies of one packet inside one capture (ingress and egress of a forwarding
 # box) are microseconds apart; retransmissions are at least 200 ms apart.
@@ -49,54 +51,96 @@ def mix_hash(state: np.ndarray, values: np.ndarray) -> np.ndarray:
     return state
 
 
-def _pack(*fields: tuple[np.ndarray, int]) -> np.ndarray:
-    """Several small fields side by side in one 64-bit word (each masked to its bit width)."""
-    word = np.zeros(len(fields[0][0]), dtype=np.uint64)
-    for values, bits in fields:
-        word <<= np.uint64(bits)
-        word |= _as_u64(values) & np.uint64((1 << bits) - 1)
-    return word
+_SEED: Final = 0x243F6A8885A308D3
+# The packet table's dtypes, so that the compiled loop is compiled once whatever table it is given.
+_KEY_COLUMNS: Final = {
+    "proto": np.int16, "ip_version": np.int8, "more_fragments": np.bool_, "frag_offset": np.int32,
+    "payload_len": np.int32, "ip_len": np.int32, "tcp_flags": np.int16, "wscale": np.int16, "sack_perm": np.bool_,
+    "mss": np.int32, "icmp_type": np.int16, "icmp_code": np.int16, "inner_proto": np.int16, "seq": np.int64,
+    "ack": np.int64, "tsval": np.int64, "tsecr": np.int64, "payload_digest": np.uint64,
+}  # fmt: skip
+
+
+@compiled
+def _put(word: np.uint64, value: int, bits: int) -> np.uint64:
+    """``word`` shifted left by ``bits`` with ``value``'s low ``bits`` bits put in (negative values wrap)."""
+    return (word << np.uint64(bits)) | (np.uint64(np.int64(value)) & np.uint64((1 << bits) - 1))
+
+
+@compiled
+def _fold(state: np.uint64, value: np.uint64) -> np.uint64:
+    """``mix_hash`` for one value."""
+    state = (state ^ value) * _MULT
+    return state ^ (state >> np.uint64(29))
+
+
+@compiled
+def _keys(columns: tuple[np.ndarray, ...], error_types: np.ndarray, error_types_v6: np.ndarray) -> np.ndarray:
+    """``packet_keys`` over ``columns``, the arrays of ``_KEY_COLUMNS`` in that order."""
+    (
+        proto, ip_version, more_fragments, frag_offset, payload_len, ip_len, tcp_flags, wscale, sack_perm, mss,
+        icmp_type, icmp_code, inner_proto, seq, ack, tsval, tsecr, payload_digest,
+    ) = columns  # fmt: skip
+    n = len(proto)
+    keys = np.empty(n, dtype=np.uint64)
+    zero = np.uint64(0)
+    for i in range(n):
+        p = proto[i]
+        if ip_version[i] == 0:
+            keys[i] = zero
+            continue
+        tcp = p == TCP
+        icmp = p in (ICMP, ICMPV6)
+        other = not (tcp or p == UDP or icmp)
+        error = False
+        if icmp:
+            for t in error_types if p == ICMP else error_types_v6:
+                error = error or icmp_type[i] == t
+        header = _put(
+            _put(
+                _put(_put(_put(_put(zero, p, 8), ip_version[i], 4), more_fragments[i], 1), frag_offset[i], 16),
+                payload_len[i],
+                17,
+            ),
+            ip_len[i] if other else 0,
+            17,
+        )
+        options = _put(
+            _put(
+                _put(
+                    _put(_put(_put(_put(zero, tcp_flags[i], 9), wscale[i], 5), sack_perm[i], 1), mss[i], 17),
+                    icmp_type[i],
+                    9,
+                ),
+                icmp_code[i],
+                9,
+            ),
+            inner_proto[i],
+            9,
+        )
+        state = _fold(_fold(np.uint64(_SEED), header), options)
+        state = _fold(state, _put(_put(zero, seq[i], 32), ack[i], 32) if tcp else zero)
+        state = _fold(state, _put(_put(zero, tsval[i], 32), tsecr[i], 32) if tcp else zero)
+        # The quoted header inside an ICMP error is rewritten by NAT: not in the key.
+        state = _fold(state, zero if error else payload_digest[i])
+        keys[i] = state if state != zero else np.uint64(1)  # keep 0 free as "not matchable"
+    return keys
 
 
 def packet_keys(packets: pd.DataFrame) -> np.ndarray:
     """One uint64 per packet from the fields NAT leaves alone; 0 = not matchable.
 
     The IP ID is deliberately left out (it is a separate matching column) so
-    a box that rewrites it can still be followed.
+    a box that rewrites it can still be followed. Small fields are packed into
+    two words (``_HEADER_FIELDS``, ``_OPTION_FIELDS``), which are hashed with
+    the sequence and acknowledgement numbers, the TCP timestamps and the
+    payload digest; the IP length counts only for protocols whose payload is
+    not otherwise known, and TCP fields only for TCP.
     """
-    needed = (
-        "proto", "ip_version", "more_fragments", "frag_offset", "payload_len", "ip_len", "tcp_flags", "wscale",
-        "sack_perm", "mss", "icmp_type", "icmp_code", "inner_proto", "seq", "ack", "tsval", "tsecr", "payload_digest",
-    )  # fmt: skip
-    col = {name: packets[name].to_numpy() for name in needed}
-    proto = col["proto"]
-    is_tcp = proto == TCP
-    is_icmp = (proto == ICMP) | (proto == ICMPV6)
-    is_error = ((proto == ICMP) & np.isin(col["icmp_type"], ICMP_ERROR_TYPES)) | (
-        (proto == ICMPV6) & np.isin(col["icmp_type"], ICMPV6_ERROR_TYPES)
-    )
-    other = ~(is_tcp | (proto == UDP) | is_icmp)
-    # Small fields packed into words first, so only a few words need hashing.
-    header = _pack(
-        (proto, 8), (col["ip_version"], 4), (col["more_fragments"], 1), (col["frag_offset"], 16),
-        (col["payload_len"], 17), (np.where(other, col["ip_len"], 0), 17),
-    )  # fmt: skip
-    options = _pack(
-        (col["tcp_flags"], 9), (col["wscale"], 5), (col["sack_perm"], 1), (col["mss"], 17),
-        (col["icmp_type"], 9), (col["icmp_code"], 9), (col["inner_proto"], 9),
-    )  # fmt: skip
-    state = mix_hash(np.full(len(packets), 0x243F6A8885A308D3, dtype=np.uint64), header)
-    state = mix_hash(state, options)
-    all_tcp = bool(is_tcp.all())
-    sequence = _pack((col["seq"], 32), (col["ack"], 32))
-    timestamps = _pack((col["tsval"], 32), (col["tsecr"], 32))
-    state = mix_hash(state, sequence if all_tcp else np.where(is_tcp, sequence, 0))
-    state = mix_hash(state, timestamps if all_tcp else np.where(is_tcp, timestamps, 0))
-    # The quoted header inside an ICMP error is rewritten by NAT: not in the key.
-    state = mix_hash(state, np.where(is_error, np.uint64(0), col["payload_digest"].astype(np.uint64)))
-    state[state == 0] = 1  # keep 0 free as "not matchable"
-    state[col["ip_version"] == 0] = 0
-    return state
+    columns = tuple(read_only(packets[name].to_numpy(), dtype) for name, dtype in _KEY_COLUMNS.items())
+    errors, errors_v6 = np.array(ICMP_ERROR_TYPES, dtype=np.int64), np.array(ICMPV6_ERROR_TYPES, dtype=np.int64)
+    keys: np.ndarray = _keys(columns, errors, errors_v6)
+    return keys
 
 
 def _codes(column: pd.Series) -> np.ndarray:

@@ -1,0 +1,312 @@
+"""Sightings and matches: one packet at one point (its copies there collapsed), then across points.
+
+Rows are put in content order (the 64-bit hash of the fields NAT leaves
+alone, mixed with the IP ID), capture and time order kept inside equal
+contents. Hashes are numbered first (``pandas.factorize``), only the distinct
+ones are sorted, and the rows follow with a counting sort on that rank: the
+same order as a stable sort of the hashes themselves, which would have to
+merge millions of random 64-bit values (a stable sort of 4M of them costs
+about four times this).
+
+One compiled pass over the rows in that order then cuts runs (one content at
+one capture) into sightings (copies within ``DUPLICATE_WINDOW_NS`` of each
+other) and numbers each sighting's occurrence inside its run; a second one
+pairs the k-th occurrence of a content at every point into a match. Packets
+left unmatched are tried again without the IP ID (a box on the path may
+rewrite it). Ids follow the content hash's order, so they do not depend on
+the order in which the captures were given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from diag.compiled import compiled
+from diag.flows.copies import DUPLICATE_WINDOW_NS
+from diag.flows.copies import mix_hash as _mix
+from diag.flows.keys import read_only
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Sightings:
+    """Per sighting (one packet seen at one point, copies collapsed), in content order: its rows and facts."""
+
+    first_row: IntArray  # packet position of the earliest copy
+    capture: IntArray
+    ts: IntArray
+    ttl: IntArray  # highest TTL among the copies (the way in)
+    ttl_out: IntArray  # lowest TTL among the copies (the way out, when the point forwarded it)
+    match: IntArray  # -1 when seen at one point only
+    row_sighting: IntArray  # per packet position: its sighting (unmatchable rows get their own, after)
+    rows_sorted: IntArray  # matchable positions, grouped by sighting, copies in time order
+    start: IntArray  # per sighting, where its rows begin in ``rows_sorted`` (one extra entry: the end)
+
+
+def by_capture_then_time(capture: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Row order by capture, then time; cheap when each capture is already in time order."""
+    same = capture[1:] == capture[:-1]
+    if np.all(capture[1:] >= capture[:-1]) and not np.any(same & (ts[1:] < ts[:-1])):
+        return np.arange(len(capture))  # the usual case: captures one after the other, each in time order
+    order = np.argsort(capture.astype(np.int16), kind="stable")  # radix sort on small ints
+    c, t = capture[order], ts[order]
+    late = np.flatnonzero((c[1:] == c[:-1]) & (t[1:] < t[:-1]))
+    if len(late):
+        # Some capture is out of time order (a merged ring buffer, a host's clock step):
+        # sort the times inside each such capture alone; they are nearly in order,
+        # which the stable sort (timsort) handles in close to one pass.
+        bounds = [*np.flatnonzero(starts(c)).tolist(), len(c)]
+        for start, end in pairwise(bounds):
+            first_late = np.searchsorted(late, start)
+            if first_late < len(late) and late[first_late] < end - 1:  # this capture has a step back
+                block = order[start:end]
+                order[start:end] = block[np.argsort(t[start:end], kind="stable")]
+    return order
+
+
+def starts(*columns: np.ndarray) -> np.ndarray:
+    """True where any of the (sorted) columns changes: the first row of each run."""
+    n = len(columns[0])
+    new = np.zeros(n, dtype=bool)
+    if n:
+        new[0] = True
+        for column in columns:
+            new[1:] |= column[1:] != column[:-1]
+    return new
+
+
+@compiled
+def _counting_sort(group: IntArray, n_groups: int, rows: IntArray) -> tuple[IntArray, BoolArray]:
+    """``rows`` sorted by ``group`` (values 0 .. n_groups - 1), equal groups in their given order; and
+    True at the first row of each group."""
+    first = np.zeros(n_groups + 1, dtype=np.int64)
+    for g in group:
+        first[g + 1] += 1
+    for g in range(n_groups):
+        first[g + 1] += first[g]
+    new_group = np.zeros(len(rows), dtype=np.bool_)
+    for g in range(n_groups):
+        new_group[first[g]] = True  # every group is present: its rank comes from a row
+    ordered = np.empty(len(rows), dtype=np.int64)
+    for i in range(len(rows)):
+        g = group[i]
+        ordered[first[g]] = rows[i]
+        first[g] += 1
+    return ordered, new_group
+
+
+def _stable_argsort_few_ties(values: np.ndarray) -> IntArray:
+    """``np.argsort(values, kind="stable")`` for values that are nearly all distinct.
+
+    An unstable sort is several times faster than the stable one on 64-bit
+    hashes; the few runs of equal values are then put back in position order
+    with a second sort over them alone.
+    """
+    order: IntArray = np.argsort(values)
+    ordered = values[order]
+    equal = ordered[1:] == ordered[:-1]
+    if equal.any():
+        tied = np.zeros(len(order), dtype=bool)
+        tied[1:] |= equal
+        tied[:-1] |= equal
+        at = np.flatnonzero(tied)
+        run_start = np.ones(len(at), dtype=bool)
+        run_start[1:] = ~equal[at[1:] - 1]
+        positions = order[at]
+        order[at] = positions[np.argsort(np.cumsum(run_start) * len(order) + positions)]
+    return order
+
+
+def content_order(content: np.ndarray, rows: IntArray) -> tuple[IntArray, BoolArray]:
+    """``rows`` ordered as by ``np.argsort(content, kind="stable")``, and True where a content starts.
+
+    Linear time: contents are numbered by a hash table, only the distinct ones
+    are sorted, and the rows follow their content's rank by a counting sort.
+    """
+    codes, uniques = pd.factorize(content, sort=False)
+    rank = np.empty(len(uniques), dtype=np.int64)
+    rank[np.argsort(uniques)] = np.arange(len(uniques))  # distinct values: any sort gives the same order
+    return _counting_sort(read_only(rank[codes], np.int64), len(uniques), rows)
+
+
+@compiled
+def _cut_sightings(
+    rows: IntArray, new_content: BoolArray, records: np.ndarray, window_ns: int, one_capture: bool
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """Sightings of ``rows`` (in content order, ``new_content`` where a content starts): a new one where
+    the content or the capture changes, or after a gap longer than the window.
+
+    Returns per sighting: where its rows start (plus the end), first row,
+    capture, time, highest and lowest TTL, its occurrence inside its run (one
+    content at one capture) and its content's number; and per row its
+    sighting.
+    """
+    n = len(rows)
+    sighting_of = np.empty(n, dtype=np.int64)
+    start = np.empty(n + 1, dtype=np.int64)
+    first_row = np.empty(n, dtype=np.int64)
+    sight_capture = np.empty(n, dtype=np.int64)
+    sight_ts = np.empty(n, dtype=np.int64)
+    ttl_in = np.empty(n, dtype=np.int64)
+    ttl_out = np.empty(n, dtype=np.int64)
+    occurrence = np.empty(n, dtype=np.int64)
+    sight_content = np.empty(n, dtype=np.int64)
+    s = k = -1
+    prev_c = prev_t = occ = 0
+    for i in range(n):
+        r = rows[i]
+        record = records[r]
+        c, t, tt = int(record.capture), int(record.ts), int(record.ttl)
+        k += new_content[i]
+        new_run = new_content[i] or (not one_capture and c != prev_c)
+        if new_run or t - prev_t > window_ns:
+            s += 1
+            occ = 0 if new_run else occ + 1
+            start[s] = i
+            first_row[s], sight_capture[s], sight_ts[s] = r, c, t
+            ttl_in[s] = tt
+            ttl_out[s] = tt
+            occurrence[s], sight_content[s] = occ, k
+        else:
+            ttl_in[s] = max(ttl_in[s], tt)
+            ttl_out[s] = min(ttl_out[s], tt)
+        sighting_of[i] = s
+        prev_c, prev_t = c, t
+    m = s + 1
+    start[m] = n
+    return (
+        start[: m + 1], first_row[:m], sight_capture[:m], sight_ts[:m], ttl_in[:m], ttl_out[:m], occurrence[:m],
+        sight_content[:m], sighting_of,
+    )  # fmt: skip
+
+
+@compiled
+def _pair_occurrences(content: IntArray, occurrence: IntArray) -> IntArray:
+    """Match id per sighting (in content order): the same content's k-th occurrence at two points or
+    more is one match, numbered by (content, occurrence); -1 when seen at one point only.
+
+    Inside one content each capture has each occurrence once, so the number
+    of sightings of an occurrence is its number of points.
+    """
+    n = len(content)
+    match = np.full(n, -1, dtype=np.int64)
+    most = 0
+    for i in range(n):
+        most = max(most, occurrence[i])
+    seen = np.zeros(most + 1, dtype=np.int64)
+    ids = np.empty(most + 1, dtype=np.int64)
+    next_id = 0
+    begin = 0
+    while begin < n:
+        end, top = begin, 0
+        while end < n and content[end] == content[begin]:
+            top = max(top, occurrence[end])
+            seen[occurrence[end]] += 1
+            end += 1
+        for o in range(top + 1):
+            ids[o] = next_id if seen[o] >= 2 else -1
+            next_id += seen[o] >= 2
+            seen[o] = 0
+        for i in range(begin, end):
+            match[i] = ids[occurrence[i]]
+        begin = end
+    return match
+
+
+def _rank_in_run(new_item: np.ndarray, new_run: np.ndarray) -> np.ndarray:
+    """0-based rank of each item inside its run (both flags mark first rows, in sorted order)."""
+    count = np.cumsum(new_item)
+    run_first = np.flatnonzero(new_run)[np.cumsum(new_run) - 1]
+    rank: np.ndarray = count - count[run_first]
+    return rank
+
+
+def _group_matches(group_run: np.ndarray, occurrence: np.ndarray) -> np.ndarray:
+    """Match id per item: same run and same occurrence, seen at two points or more; else -1."""
+    composite = group_run * (int(occurrence.max()) + 1) + occurrence if len(occurrence) else occurrence
+    order = np.argsort(composite, kind="stable")
+    new = starts(composite[order])
+    group = np.cumsum(new) - 1
+    sizes = np.bincount(group)
+    matched = sizes >= 2
+    ids = np.where(matched, np.cumsum(matched) - 1, -1)
+    result = np.empty(len(order), dtype=np.int64)
+    result[order] = ids[group]
+    return result
+
+
+def _match_without_ip_id(
+    key: np.ndarray, first_row: IntArray, capture: IntArray, ts: IntArray, match: IntArray
+) -> None:
+    """Second pass, in place: sightings left unmatched, paired on the key alone (a box may rewrite the IP ID)."""
+    left = np.flatnonzero(match < 0)
+    if len(left) == 0:
+        return
+    k = key[first_row[left]]
+    order = np.lexsort((ts[left], capture[left], k))
+    left = left[order]
+    k = k[order]
+    new_k = starts(k)
+    new_run = new_k | starts(capture[left])
+    occurrence = _rank_in_run(np.ones(len(left), dtype=bool), new_run)
+    again = _group_matches(np.cumsum(new_k) - 1, occurrence)
+    found = again >= 0
+    match[left[found]] = again[found] + (int(match.max()) + 1)
+
+
+def _row_sightings(n_rows: int, key: np.ndarray, rows: IntArray, sighting_of: IntArray) -> IntArray:
+    """Per packet position: its sighting; unmatchable rows get their own, numbered after the others."""
+    row_sighting = np.empty(n_rows, dtype=np.int64)
+    row_sighting[rows] = sighting_of
+    lone = np.flatnonzero(key == 0)
+    row_sighting[lone] = (int(sighting_of[-1]) + 1 if len(sighting_of) else 0) + np.arange(len(lone))
+    return row_sighting
+
+
+def find_sightings(
+    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, records: np.ndarray, one_capture: bool
+) -> Sightings:
+    """Every matchable row's sighting, and (across several captures) every sighting's match.
+
+    ``key`` is ``diag.flows.copies.packet_keys`` (0: not matchable); ``ip_id``,
+    ``capture`` (codes) and ``ts`` are columns of the packet table, and
+    ``records`` its rows' ``diag.correlate.records``. With ``one_capture``
+    nothing is matched: only copies are collapsed.
+    """
+    base = by_capture_then_time(capture, ts)
+    rows = read_only(base[key[base] != 0], np.int64)
+    content = _mix(key[rows], ip_id[rows])
+    if one_capture:
+        # Nearly every content is distinct in one capture (only a packet's copies repeat
+        # it): sorting the hashes themselves is cheaper than numbering them first.
+        order = _stable_argsort_few_ties(content)
+        rows_sorted, new_content = rows[order], starts(content[order])
+    else:
+        rows_sorted, new_content = content_order(content, rows)
+    rows_sorted = read_only(rows_sorted, np.int64)
+    start, first_row, sight_capture, sight_ts, ttl_in, ttl_out, occurrence, content_number, sighting_of = (
+        _cut_sightings(rows_sorted, new_content, records, DUPLICATE_WINDOW_NS, one_capture)
+    )
+    if one_capture:
+        match = np.full(len(first_row), -1, dtype=np.int64)
+    else:
+        match = _pair_occurrences(content_number, occurrence)
+        _match_without_ip_id(key, first_row, sight_capture, sight_ts, match)
+    return Sightings(
+        first_row=first_row,
+        capture=sight_capture,
+        ts=sight_ts,
+        ttl=ttl_in,
+        ttl_out=ttl_out,
+        match=match,
+        row_sighting=_row_sightings(len(key), key, rows_sorted, sighting_of),
+        rows_sorted=rows_sorted,
+        start=start,
+    )
