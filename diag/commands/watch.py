@@ -25,10 +25,12 @@ HELP = "diagnose live: watch interfaces or capture streams and print each findin
 DESCRIPTION = """\
 Watch one or more capture points live and print each finding (who really sent
 a RST, which SYNs go unanswered) as soon as it is decided, with the same
-evidence as 'diag analyze pcap'. Every half second the packets of the sliding
-window (--window, default 30 s) are correlated across the points and
-diagnosed; a finding is printed once, when every point has caught up past its
-symptom (delivered later packets or went quiet).
+evidence as 'diag analyze pcap'. The packets of the sliding window (--window,
+default 30 s) are kept, and the connections that changed are correlated
+across the points and diagnosed again as their packets come (at least every
+half second); a finding is printed once, when every point has caught up past
+its symptom (delivered later packets or went quiet). A gzip-compressed stream
+is decompressed as it comes.
 
 A SOURCE is:
   -              a pcap or pcapng stream on standard input (tcpdump -U --immediate-mode -w -)
