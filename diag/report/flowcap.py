@@ -19,7 +19,7 @@ FLOW_LIMIT = 10_000
 def problem_mask(flows: pd.DataFrame) -> np.ndarray:
     """True for the rows with a problem the text report lists (``diag.report.text.problem_kind``), column-wise."""
     problems = np.asarray(
-        (flows["rsts"].map(len).to_numpy() > 0)
+        (np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0)
         | (flows["conn_state"] == "S0").to_numpy()
         | ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
         | (flows["syn_retransmits"] > 0).to_numpy(),
