@@ -155,7 +155,8 @@ def analyze(
     as ``"tcp and host 10.0.0.5"``, see ``diag.capture.filter``) keeps only the
     matching packets before flows, correlation and diagnosis see them; a bad
     expression raises ``FilterError`` before any capture is read. ``reader``
-    replaces ``read_captures`` (``diag.cluster`` reads the files on Dask workers).
+    replaces ``read_captures`` (the tables it gives are analyzed as read; a Dask
+    cluster does more than read, see ``diag.cluster.analyze_on``).
     """
     tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
     pairs = parse_capture_args(captures)
