@@ -286,6 +286,38 @@ def test_gzip_stream_on_stdin_is_decompressed_as_it_comes(tmp_path: Path) -> Non
     assert found == _analyze_keys([f"pod-b={path}"]) and found
 
 
+def _repeated_incident(times: int, apart_s: float) -> bytes:
+    """A pcap stream of the incident's connection at the pod, ``times`` times ``apart_s`` seconds apart,
+    each time a new connection (client port and sequence numbers moved)."""
+    import struct
+
+    from scapy.all import rdpcap
+
+    frames = [(float(p.time), bytes(p)) for p in rdpcap(str(CAPTURES / "pod-b.pcapng"))]
+    frames = [(ts - frames[0][0], data) for ts, data in frames if data[12:14] == b"\x08\x00" and data[23] == 6]
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for k in range(times):
+        for offset, data in frames:
+            sport, dport, seq, ack = struct.unpack_from("!HHII", data, 34)
+            ports = (sport + k + 1, dport) if dport == 80 else (sport, dport + k + 1)
+            shift = k * 1_000_003
+            moved = struct.pack("!HHII", *ports, (seq + shift) % 2**32, (ack + shift) % 2**32 if ack else 0)
+            when = 1_800_000_000 + k * apart_s + offset
+            record = struct.pack("<IIII", int(when), int(when % 1 * 1e6), len(data), len(data))
+            out += record + data[:34] + moved + data[46:]
+    return out
+
+
+def test_a_stream_read_faster_than_real_time_gives_each_finding_once() -> None:
+    """Minutes of stream read in a moment, through a 2 s window: every connection's finding, once."""
+    result = subprocess.run([*DIAG, "watch", "--window", "2", "--json-lines", "-", "x=-"],
+                            input=_repeated_incident(40, 5.0), capture_output=True, cwd=PROJECT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    found = [(f["cause"], f["flow"]["client"]) for f in _lines(result.stdout.decode())]
+    assert len(found) == len(set(found)) == 40
+    assert {cause for cause, _client in found} == {"asymmetric-return"}
+
+
 def test_public_captures_on_stdin_give_the_findings_of_analyze(corpus: Path) -> None:
     for name in ("of10_pf5240.pcap", "bgp-bgpsec.pcap"):
         path = corpus / "tcpdump" / "tests" / name

@@ -62,6 +62,7 @@ exit status:
 """
 
 TICK_S = 0.5  # the longest a changed window waits for its analysis
+QUEUED_TABLES = 64  # tables read and not yet taken in, at most (the readers wait beyond)
 STEP_S = 0.05  # how often the loop looks at the readers and the waiting findings
 TCPDUMP_START_S = 10.0
 SNAPLEN = 262144
@@ -154,6 +155,7 @@ class Feeder:
 
     source: Source
     out: queue.Queue[Message]
+    slice_s: float = float("inf")  # a table handed over spans at most this much of the stream's time
     process: subprocess.Popen[bytes] | None = None
     listening: threading.Event = field(default_factory=threading.Event)
     stderr_lines: list[str] = field(default_factory=list)
@@ -211,7 +213,8 @@ class Feeder:
             noted = 0
             with stream:
                 for table in stream_tables(stream, name, self.source.describe(), diagnostics, self._on_idle):
-                    self.out.put(("table", name, table))
+                    for part in _time_slices(table, self.slice_s):
+                        self.out.put(("table", name, part))
                     for message in diagnostics.messages[noted:]:
                         self.out.put(("note", name, message))
                     noted = len(diagnostics.messages)
@@ -236,6 +239,20 @@ class Feeder:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def _time_slices(table: Any, seconds: float) -> list[Any]:
+    """The table cut where its packets' times pass ``seconds`` after the first packet of each part."""
+    stamps = table["ts_ns"].to_numpy()
+    if len(stamps) == 0 or int(stamps.max()) - int(stamps.min()) <= seconds * 1e9:
+        return [table]
+    parts, start, first = [], 0, int(stamps[0])
+    for row, stamp in enumerate(stamps.tolist()):
+        if stamp - first > seconds * 1e9:
+            parts.append(table.iloc[start:row].reset_index(drop=True))
+            start, first = row, stamp
+    parts.append(table.iloc[start:].reset_index(drop=True))
+    return parts
 
 
 def _start_tcpdump(source: Source) -> subprocess.Popen[bytes]:
@@ -314,8 +331,12 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
 
     # The reader records damaged parts and also warns; the notes on stderr carry them instead.
     warnings.simplefilter("ignore", CaptureWarning)
-    messages: queue.Queue[Message] = queue.Queue()
-    feeders = [Feeder(source, messages) for source in sources]
+    # Bounded: a source read faster than it is analyzed (a file, a replay) waits for the analysis
+    # instead of piling tables up in memory.
+    messages: queue.Queue[Message] = queue.Queue(maxsize=QUEUED_TABLES)
+    # A table never spans more than a quarter of the window (a file read in one go would otherwise
+    # come as one table, and the window would slide past most of it before any analysis).
+    feeders = [Feeder(source, messages, slice_s=args.window / 4) for source in sources]
     kernel = _start_kernel(args, sources) if args.kernel else None
     if kernel is not None:
         _note(args, "kernel account on: tcp_send_reset, tcp_receive_reset and kfree_skb from this host's kernel")
@@ -364,21 +385,35 @@ def _watch(sources: list[Source], args: argparse.Namespace, output: Output) -> i
             # After an analysis that took D seconds, the readers get D/2 seconds before the next one: a
             # burst that takes long to analyze is analyzed less often, but the streams are still
             # read as fast as they come. (Analyses revisit only what changed, so they stay short.)
-            if window.changed and (all_idle or since >= TICK_S) and since >= 1.5 * last_took:
+            behind = window.unanalyzed_s() >= window.seconds / 4
+            if window.changed and (behind or ((all_idle or since >= TICK_S) and since >= 1.5 * last_took)):
                 last_analysis = time.monotonic()
                 findings = incremental.step(time.time(), idle)
                 last_took = time.monotonic() - last_analysis
             now = time.time()
-            for finding in decider.decide(findings, window, now, idle):
+            decided = decider.decide(findings, window, now, idle)
+            for finding in decided:
                 _emit(output, finding, now, kernel, incremental.rsts_of(finding))
                 incremental.given(finding)
+            if decided:
+                # Out of the list too: the decider forgets what it gave once the window has moved on,
+                # and this list is looked at again until the next analysis replaces it.
+                given = {id(finding) for finding in decided}
+                findings = [finding for finding in findings if id(finding) not in given]
             oldest = window.oldest_kept()
             if oldest is not None:
                 decider.forget_before(oldest - window.seconds)
-        # Whatever is still queued (the last tables of streams that just ended), then the last analysis:
-        # of the whole window, as 'analyze' would make it (see diag.watch.incremental for what the
-        # steps before could not see).
+        # Whatever is still queued (the last tables of streams that just ended), analyzed as it is taken
+        # in, then the last analysis: of the whole window, as 'analyze' would make it (see
+        # diag.watch.incremental for what the steps before could not see).
         _drain(messages, window, args)
+        while not messages.empty():
+            findings = incremental.step(time.time(), {})
+            now = time.time()
+            for finding in decider.decide(findings, window, now, {}):
+                _emit(output, finding, now, kernel, incremental.rsts_of(finding))
+                incremental.given(finding)
+            _drain(messages, window, args)
         packets = window.packets()
         findings = analyze_window(packets) if packets is not None else []
         now = time.time()
@@ -434,7 +469,10 @@ def _warm_up() -> None:
 
 
 def _drain(messages: queue.Queue[Message], window: Any, args: argparse.Namespace) -> None:
-    while True:
+    """Take in what is queued, but stop once the window's packets not yet analyzed span a quarter of it:
+    a stream read faster than real time (a file, a backlog) must not slide the window past packets no
+    analysis has seen."""
+    while window.unanalyzed_s() < window.seconds / 4:
         try:
             kind, point, payload = messages.get_nowait()
         except queue.Empty:

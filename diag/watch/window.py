@@ -181,6 +181,7 @@ class Window:
         self._point_codes = {name: code for code, name in enumerate(points)}
         self.texts = Texts()
         self._fresh: list[IntArray] = []
+        self._analyzed_until: dict[str, float] = {}  # per point, its newest time at the last take_fresh
 
     def add(self, point: str, table: pd.DataFrame) -> None:
         """Take in a point's table; it becomes part of a piece at the next ``seal`` (keeping up comes first)."""
@@ -239,8 +240,19 @@ class Window:
                 data[name] = values
         return pd.DataFrame(data)
 
+    def unanalyzed_s(self) -> float:
+        """How much of a point's stream (its own clock) came since the last ``take_fresh``, at most."""
+        behind = 0.0
+        for name, state in self.points.items():
+            if state.newest_ts is not None:
+                behind = max(behind, state.newest_ts - self._analyzed_until.get(name, state.newest_ts))
+                self._analyzed_until.setdefault(name, state.newest_ts)
+        return behind
+
     def take_fresh(self) -> IntArray:
         """The flow numbers of the rows sealed since the last call (each once)."""
+        self._analyzed_until = {name: state.newest_ts for name, state in self.points.items()
+                                if state.newest_ts is not None}
         self.seal()
         fresh = np.unique(np.concatenate(self._fresh)) if self._fresh else np.zeros(0, dtype=np.int64)
         self._fresh = []
