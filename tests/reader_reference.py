@@ -195,6 +195,9 @@ def _compare_tunnel(row: dict[str, Any], ref: dict[str, list[str]], check: Any) 
     if ref[f"{outer}_src"]:
         check("outer_src", row["outer_src"], ref[f"{outer}_src"][0])
         check("outer_dst", row["outer_dst"], ref[f"{outer}_dst"][0])
+        ttl = ref["ip_ttl" if outer == "ip" else "ip6_hlim"]
+        if row["outer_src"] != "" and ttl:
+            check("outer_ttl", row["outer_ttl"], _int(ttl[0]))
     tunnel = tunnel_of(protocols)
     check("tunnel", row["tunnel"], tunnel)
     key = TUNNEL_KEYS.get(tunnel)
@@ -244,7 +247,9 @@ def compare_with_tshark(
         # The vlan column is the outer frame's; every other header is the innermost one diag opened.
         tags = ref["svlan"] or ref["vlan"]
         tagged = tags and tags_before_ip(ref["protocols"][0])
-        if row["outer_src"] != "":
+        if row["outer_src"] == "":
+            check("outer_ttl", row["outer_ttl"], -1)
+        else:
             protocols = ref["protocols"][0] if ref["protocols"] else ""
             if row["ip_version"] == 0:  # a tunnel carrying something other than IP: only the outer header
                 _compare_tunnel(row, ref, check)

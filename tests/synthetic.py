@@ -46,7 +46,7 @@ _DEFAULTS: dict[str, object] = {
     "seq": -1, "ack": -1, "win": -1, "mss": -1, "wscale": -1, "sack_perm": False, "tsval": -1, "tsecr": -1,
     "payload_len": -1, "payload_digest": 0, "icmp_type": -1, "icmp_code": -1, "inner_src": "", "inner_dst": "",
     "inner_proto": -1, "inner_sport": -1, "inner_dport": -1, "tunnel": "", "tunnel_id": -1, "outer_src": "",
-    "outer_dst": "", "tunnel_broken": False,
+    "outer_dst": "", "outer_ttl": -1, "tunnel_broken": False,
 }  # fmt: skip
 
 

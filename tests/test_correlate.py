@@ -10,6 +10,10 @@ import pytest
 import synthetic
 from conftest import require_tools
 from packets import make_packets
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from test_tunnels import write_nanosecond_pcap
 
 from diag import read_capture
 from diag.analysis import concat_packets
@@ -173,3 +177,34 @@ def test_matches_agree_with_tshark_on_real_files(tmp_path: Path) -> None:
             seen.add((frame[1], frame[2], frame[3]))
             assert (frame[4], frame[5], int(frame[6])) == (row["src"], row["dst"], row["ttl"])
         assert len(seen) == 1
+
+
+@pytest.mark.parametrize("given", [("node-b", "router", "node-a", "pod-a"), ("pod-a", "node-a", "router", "node-b")])
+def test_points_inside_a_vxlan_tunnel_are_ordered_by_the_outer_ttl(tmp_path: Path, given: tuple[str, ...]) -> None:
+    """A pod's SYN leaves node-a in VXLAN and crosses a router to node-b; underlay captures all show the
+    carried packet with the same TTL, so only the outer one tells the order, whatever order the captures
+    come in and although node-b's clock runs behind (its copy looks earliest)."""
+
+    def syn(ttl: int) -> IP:
+        options = [("MSS", 1410), ("SAckOK", b""), ("Timestamp", (11, 0)), ("WScale", 7)]
+        return IP(src="10.244.1.5", dst="10.244.2.7", ttl=ttl, id=4321) / TCP(
+            sport=40000, dport=8080, flags="S", seq=1000, options=options
+        )
+
+    def vxlan(outer_ttl: int) -> bytes:
+        underlay = IP(src="192.0.2.1", dst="192.0.2.2", ttl=outer_ttl) / UDP(sport=51000, dport=4789)
+        return bytes(Ether() / underlay / VXLAN(vni=1) / Ether() / syn(63))
+
+    start = 1_700_000_000_000_000_000
+    frames = {
+        "pod-a": (start, bytes(Ether() / syn(64))),  # before node-a routed it into the tunnel
+        "node-a": (start + 40_000, vxlan(64)),
+        "router": (start + 90_000, vxlan(63)),
+        "node-b": (start - 5_000_000, vxlan(62)),  # a clock 5 ms behind
+    }
+    files = {name: write_nanosecond_pcap(tmp_path / f"{name}.pcap", [frame]) for name, frame in frames.items()}
+    packets = concat_packets([read_capture(files[name], name=name) for name in given])
+    outer_ttl = packets.set_index("capture")["outer_ttl"].to_dict()
+    assert outer_ttl == {"pod-a": -1, "node-a": 64, "router": 63, "node-b": 62}
+    paths = correlate(packets).paths
+    assert paths["points"].tolist() == [("pod-a", "node-a", "router", "node-b")]

@@ -78,6 +78,11 @@ PACKET_COLUMNS: Final[dict[str, tuple[str, str]]] = {
         "source address of the outermost IP header when the row holds what a tunnel carried, '' otherwise",
     ),
     "outer_dst": ("category", "destination address of that outermost IP header, '' otherwise"),
+    "outer_ttl": (
+        "int16",
+        "TTL or hop limit of that outermost IP header, -1 otherwise (it goes down across the underlay, where "
+        "the carried packet's own TTL stays the same)",
+    ),
     "tunnel_broken": (
         "bool",
         "a tunnel header, or the IP header it carries, is cut short or malformed: the row keeps the packet "

@@ -84,6 +84,7 @@ INT_COLUMNS: dict[str, int] = {
     "inner_dport": -1,
     "tunnel": 0,  # a code of TUNNEL_NAMES, turned into the tunnel column by the reader
     "tunnel_id": -1,
+    "outer_ttl": -1,
     "ifindex": -1,  # SLL2 interface index, turned into the iface column by the reader
 }
 BOOL_COLUMNS = ("more_fragments", "truncated", "sack_perm", "tunnel_broken")
@@ -99,7 +100,7 @@ SEQ, ACK, WIN, MSS, WSCALE = _INT["seq"], _INT["ack"], _INT["win"], _INT["mss"],
 TSVAL, TSECR, PAYLOAD_LEN = _INT["tsval"], _INT["tsecr"], _INT["payload_len"]
 ICMP_TYPE, ICMP_CODE = _INT["icmp_type"], _INT["icmp_code"]
 INNER_PROTO, INNER_SPORT, INNER_DPORT = _INT["inner_proto"], _INT["inner_sport"], _INT["inner_dport"]
-IFINDEX, TUNNEL, TUNNEL_ID = _INT["ifindex"], _INT["tunnel"], _INT["tunnel_id"]
+IFINDEX, TUNNEL, TUNNEL_ID, OUTER_TTL = _INT["ifindex"], _INT["tunnel"], _INT["tunnel_id"], _INT["outer_ttl"]
 MORE_FRAGMENTS = BOOL_COLUMNS.index("more_fragments")
 TRUNCATED = BOOL_COLUMNS.index("truncated")
 SACK_PERM = BOOL_COLUMNS.index("sack_perm")
@@ -356,8 +357,10 @@ def _decode_packets(
             if inner_family:
                 if family == 4:
                     _list_ipv4(address_counts, ipv4_found, OUTER, row, _be32(data, net + 12), _be32(data, net + 16))
+                    ints[OUTER_TTL][row] = _u8(data, net + 8)
                 else:
                     _list_ipv6(address_counts, ipv6_found, OUTER, row, net)
+                    ints[OUTER_TTL][row] = _u8(data, net + 7)  # hop limit
                 net, family, wire_end = inner, inner_family, inner_end
 
         if family == 4:

@@ -22,7 +22,7 @@ a step visits packets in hash order):
    second pass without the IP ID catches boxes that rewrite it.
 4. Clock offsets (``diag.correlate.clock``) from the matched packets, then the order of
    the points along each packet's path (``diag.correlate.paths``: TTL first, it only
-   goes down; then the corrected time).
+   goes down, and inside a tunnel the outer TTL; then the corrected time).
 5. The per-row ``matches`` table with the rewrite seen against the previous copy,
    the ``paths`` and the NAT map (``diag.correlate.tables``).
 
@@ -140,7 +140,8 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
 
     src, dst, address_text = _address_codes(packets)
     sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()
-    records = packet_records(ts, capture_code, ttl, (src, dst, sport, dport))
+    outer_ttl = packets["outer_ttl"].to_numpy() if "outer_ttl" in packets else None
+    records = packet_records(ts, capture_code, ttl, outer_ttl, (src, dst, sport, dport))
     sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records, one_capture=False)
     matched = np.flatnonzero(sights.match >= 0)
     rank = path_rank(sights.ttl, sights.ttl_out)
@@ -168,7 +169,9 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
         offset_ns_by_code[code] = round(o.offset_s * 1e9)
     ts_ref = ts + offset_ns_by_code[capture_code]
 
-    layout = lay_out_paths(sights.match, sights.capture, rank, sights.ts + offset_ns_by_code[sights.capture])
+    layout = lay_out_paths(
+        sights.match, sights.capture, rank, sights.outer_ttl, sights.ts + offset_ns_by_code[sights.capture]
+    )
     lone = len(sights.row_sighting) - len(sights.first_row)
     no_sighting = np.full(lone, -1, dtype=np.int64)
     matches, nat_map = matches_and_nat(packets, sights, layout, names, records, offset_ns_by_code, address_text)

@@ -3,7 +3,10 @@
 The TTL on arrival only goes down along a path, so a higher TTL is earlier;
 between two points on one link (same arrival TTL) the one that forwarded the
 packet on (its copies' lowest TTL, the way out) is later. ``path_rank`` packs
-both into one number. Equal ranks fall back to the time on the reference
+both into one number. Inside a tunnel (VXLAN between nodes) the carried
+packet's TTL does not change from point to point, but the outer header's
+does: among points of equal rank that all saw the packet tunnelled, a higher
+outer TTL is earlier. Remaining ties fall back to the time on the reference
 clock, then to the capture order.
 
 A sighting's hop is the number of sightings of the same match that come
@@ -40,8 +43,27 @@ class PathLayout(NamedTuple):
 
 
 @compiled
+def _tunnel_ranks(members: IntArray, begin: int, end: int, rank: IntArray, outer_ttl: IntArray, out: IntArray) -> None:
+    """Per member of one match, its outer TTL where every member of the same rank came in a tunnel, else -1.
+
+    Inside a tunnel the carried packet's TTL stays the same, so the outer one
+    orders the points there. Between a bare copy and a tunnelled one of the
+    same rank it says nothing (the bare one may be before the tunnel or after
+    it), so a rank holding both leaves the order to the clocks, as without
+    tunnels; the order stays one total order either way.
+    """
+    for i in range(begin, end):
+        a = members[i]
+        usable = outer_ttl[a] >= 0
+        for j in range(begin, end):
+            if rank[members[j]] == rank[a] and outer_ttl[members[j]] < 0:
+                usable = False
+        out[a] = outer_ttl[a] if usable else -1
+
+
+@compiled
 def _lay_out(
-    match: IntArray, capture: IntArray, rank: IntArray, ts_ref: IntArray, n_matches: int
+    match: IntArray, capture: IntArray, rank: IntArray, outer_ttl: IntArray, ts_ref: IntArray, n_matches: int
 ) -> tuple[IntArray, IntArray, IntArray]:
     """(hop per sighting, where each match's sightings start, the sightings in path order); see ``lay_out_paths``."""
     n = len(match)
@@ -60,31 +82,41 @@ def _lay_out(
             filled[m] += 1
     hop = np.full(n, -1, dtype=np.int64)
     in_order = np.empty_like(members)
+    tunnel = np.full(n, -1, dtype=np.int64)
     for m in range(n_matches):
         begin, end = match_start[m], match_start[m + 1]
+        _tunnel_ranks(members, begin, end, rank, outer_ttl, tunnel)
         for i in range(begin, end):
             a = members[i]
             before = 0
             for j in range(begin, end):
                 b = members[j]
-                if j == i or rank[b] < rank[a]:
+                if j == i or rank[b] < rank[a] or (rank[b] == rank[a] and tunnel[b] < tunnel[a]):
                     continue
-                if rank[b] > rank[a] or ts_ref[b] < ts_ref[a] or (ts_ref[b] == ts_ref[a] and capture[b] < capture[a]):
+                if (
+                    rank[b] > rank[a]
+                    or tunnel[b] > tunnel[a]
+                    or ts_ref[b] < ts_ref[a]
+                    or (ts_ref[b] == ts_ref[a] and capture[b] < capture[a])
+                ):
                     before += 1
             hop[a] = before
             in_order[begin + before] = a
     return hop, match_start, in_order
 
 
-def lay_out_paths(match: np.ndarray, capture: np.ndarray, rank: np.ndarray, ts_ref: np.ndarray) -> PathLayout:
+def lay_out_paths(
+    match: np.ndarray, capture: np.ndarray, rank: np.ndarray, outer_ttl: np.ndarray, ts_ref: np.ndarray
+) -> PathLayout:
     """Per sighting (all of them, -1 in ``match`` when unmatched): hops and the sightings match by match.
 
-    ``rank`` is ``path_rank`` of each sighting, ``ts_ref`` the time of its
-    first copy on the reference clock.
+    ``rank`` is ``path_rank`` of each sighting, ``outer_ttl`` the outer TTL
+    it came in with through a tunnel (-1 when bare), ``ts_ref`` the time of
+    its first copy on the reference clock.
     """
     n_matches = int(match.max()) + 1 if len(match) else 0
     hop, match_start, in_order = _lay_out(
         read_only(match, np.int64), read_only(capture, np.int64), read_only(rank, np.int64),
-        read_only(ts_ref, np.int64), n_matches,
+        read_only(outer_ttl, np.int64), read_only(ts_ref, np.int64), n_matches,
     )  # fmt: skip
     return PathLayout(hop=hop, match_start=match_start, in_order=in_order)

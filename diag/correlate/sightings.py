@@ -44,6 +44,7 @@ class Sightings:
     ts: IntArray
     ttl: IntArray  # highest TTL among the copies (the way in)
     ttl_out: IntArray  # lowest TTL among the copies (the way out, when the point forwarded it)
+    outer_ttl: IntArray  # highest outer TTL among the copies that came in a tunnel, -1 when none did
     match: IntArray  # -1 when seen at one point only
     row_sighting: IntArray  # per packet position: its sighting (unmatchable rows get their own, after)
     rows_sorted: IntArray  # matchable positions, grouped by sighting, copies in time order
@@ -139,12 +140,12 @@ def content_order(content: np.ndarray, rows: IntArray) -> tuple[IntArray, BoolAr
 @compiled
 def _cut_sightings(
     rows: IntArray, new_content: BoolArray, records: np.ndarray, window_ns: int, one_capture: bool
-) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
     """Sightings of ``rows`` (in content order, ``new_content`` where a content starts): a new one where
     the content or the capture changes, or after a gap longer than the window.
 
     Returns per sighting: where its rows start (plus the end), first row,
-    capture, time, highest and lowest TTL, its occurrence inside its run (one
+    capture, time, highest and lowest TTL, highest outer TTL, its occurrence inside its run (one
     content at one capture) and its content's number; and per row its
     sighting.
     """
@@ -156,6 +157,7 @@ def _cut_sightings(
     sight_ts = np.empty(n, dtype=np.int64)
     ttl_in = np.empty(n, dtype=np.int64)
     ttl_out = np.empty(n, dtype=np.int64)
+    outer_in = np.empty(n, dtype=np.int64)
     occurrence = np.empty(n, dtype=np.int64)
     sight_content = np.empty(n, dtype=np.int64)
     s = k = -1
@@ -163,7 +165,7 @@ def _cut_sightings(
     for i in range(n):
         r = rows[i]
         record = records[r]
-        c, t, tt = int(record.capture), int(record.ts), int(record.ttl)
+        c, t, tt, outer = int(record.capture), int(record.ts), int(record.ttl), int(record.outer_ttl)
         k += new_content[i]
         new_run = new_content[i] or (not one_capture and c != prev_c)
         if new_run or t - prev_t > window_ns:
@@ -173,17 +175,19 @@ def _cut_sightings(
             first_row[s], sight_capture[s], sight_ts[s] = r, c, t
             ttl_in[s] = tt
             ttl_out[s] = tt
+            outer_in[s] = outer
             occurrence[s], sight_content[s] = occ, k
         else:
             ttl_in[s] = max(ttl_in[s], tt)
             ttl_out[s] = min(ttl_out[s], tt)
+            outer_in[s] = max(outer_in[s], outer)
         sighting_of[i] = s
         prev_c, prev_t = c, t
     m = s + 1
     start[m] = n
     return (
-        start[: m + 1], first_row[:m], sight_capture[:m], sight_ts[:m], ttl_in[:m], ttl_out[:m], occurrence[:m],
-        sight_content[:m], sighting_of,
+        start[: m + 1], first_row[:m], sight_capture[:m], sight_ts[:m], ttl_in[:m], ttl_out[:m], outer_in[:m],
+        occurrence[:m], sight_content[:m], sighting_of,
     )  # fmt: skip
 
 
@@ -291,7 +295,7 @@ def find_sightings(
     else:
         rows_sorted, new_content = content_order(content, rows)
     rows_sorted = read_only(rows_sorted, np.int64)
-    start, first_row, sight_capture, sight_ts, ttl_in, ttl_out, occurrence, content_number, sighting_of = (
+    start, first_row, sight_capture, sight_ts, ttl_in, ttl_out, outer_in, occurrence, content_number, sighting_of = (
         _cut_sightings(rows_sorted, new_content, records, DUPLICATE_WINDOW_NS, one_capture)
     )
     if one_capture:
@@ -305,6 +309,7 @@ def find_sightings(
         ts=sight_ts,
         ttl=ttl_in,
         ttl_out=ttl_out,
+        outer_ttl=outer_in,
         match=match,
         row_sighting=_row_sightings(len(key), key, rows_sorted, sighting_of),
         rows_sorted=rows_sorted,
