@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -93,15 +94,16 @@ def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int
     with stream:
         feed = Feed(stream, diagnostics)
         builder = TableBuilder(name, diagnostics)
-        for batch in _batches(feed, path, compressed, diagnostics):
-            builder.add(batch, chunk_rows + 2 * len(batch))
-            if builder.rows >= chunk_rows:
-                skipped_link_types.update(builder.skipped_link_types)
-                builder.skipped_link_types.clear()  # warned about once, at the end
-                seen_link_types |= builder.seen_link_types
-                rows += builder.rows
-                yield builder.finish()
-                builder = TableBuilder(name, diagnostics)
+        for whole in _batches(feed, path, compressed, diagnostics):
+            for batch in _pieces(whole, chunk_rows):
+                builder.add(batch, max(chunk_rows, builder.rows + len(batch)))
+                if builder.rows >= chunk_rows:
+                    skipped_link_types.update(builder.skipped_link_types)
+                    builder.skipped_link_types.clear()  # warned about once, at the end
+                    seen_link_types |= builder.seen_link_types
+                    rows += builder.rows
+                    yield builder.finish()
+                    builder = TableBuilder(name, diagnostics)
     builder.skipped_link_types.update(skipped_link_types)
     builder.seen_link_types |= seen_link_types
     rows += builder.rows
@@ -116,6 +118,25 @@ def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int
         files=(str(path),),
     )
     yield last
+
+
+def _pieces(batch: RecordBatch, rows: int) -> Iterator[RecordBatch]:
+    """``batch`` in pieces of at most ``rows`` records: a window of tiny records decodes a chunk at a time."""
+    if len(batch) <= rows:
+        yield batch
+        return
+    for start in range(0, len(batch), rows):
+        part = slice(start, start + rows)
+        yield replace(
+            batch,
+            data_off=batch.data_off[part],
+            cap_len=batch.cap_len[part],
+            wire_len=batch.wire_len[part],
+            ts_ns=batch.ts_ns[part],
+            iface=batch.iface[part],
+            direction=batch.direction[part],
+            index=batch.index[part],
+        )
 
 
 def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
