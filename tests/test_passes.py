@@ -198,3 +198,21 @@ def test_the_ladder_drawn_from_passes_is_the_one_pass_ladder(four_points: list[P
         whole = _ladder(analyze(arguments), tmp_path / "whole.svg")
         passes = _ladder(analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=2), tmp_path / "passes.svg")
         assert passes == whole and "<path" in whole
+
+
+def test_the_command_over_its_budget_reads_in_passes_with_the_same_report(
+    four_points: list[Path], tmp_path: Path
+) -> None:
+    """``--max-memory 40M`` is below what one read of the four points needs (about 70 MB at 576 bytes a
+    packet), so ``analyze`` turns to passes; the JSON report is the uncapped one's."""
+    outputs = {}
+    for budget in ("40M", None):
+        out = tmp_path / f"{budget}.json"
+        extra = ["--max-memory", budget] if budget else []
+        done = subprocess.run(
+            [str(DIAG), "analyze", "pcap", "-q", *extra, "--json", str(out), *_arguments(four_points)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode in (0, 1), done.stderr
+        outputs[budget] = out.read_text()
+    assert outputs["40M"] == outputs[None]
