@@ -48,6 +48,11 @@ FLOW_COLUMNS: Final[dict[str, tuple[str, str]]] = {
         "int64",
         "segments with payload that did not advance their sender's sequence space (Zeek's rule), both directions",
     ),
+    "missed_bytes": (
+        "int64",
+        "bytes of content gaps as Zeek's conn.log counts them, both directions: sequence space the peer "
+        "acknowledged, while both ends were established, that no captured segment carried",
+    ),
     "rsts": ("object", 'every RST of the flow: `{"index": <0-based in its capture file>, "from": "orig"|"resp"}`'),
     "first_index": ("int64", "index in its capture file of the flow's first packet"),
     "prev_flow": (

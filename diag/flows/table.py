@@ -251,6 +251,7 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
             "last_ts": summary.last_ts_ns[by_appearance] / 1e9,
             "syn_retransmits": summary.syn_retransmits[by_appearance],
             "retransmits": summary.retransmits[by_appearance],
+            "missed_bytes": summary.missed_bytes[by_appearance],
             "rsts": _rst_lists(summary, rank),
             "first_index": packets["index"].to_numpy()[first_row].astype(np.int64),
             "prev_flow": np.where(previous >= 0, rank[np.maximum(previous, 0)], -1),

@@ -8,8 +8,11 @@ Zeek's timers ended the connection (an unanswered SYN, a close, silence),
 ends the current flow and starts the next. Per flow it keeps per direction what Zeek keeps per endpoint: the
 highest sequence number reached (``last_seq``, unwrapped across 2**32),
 whether the endpoint already sent a RST, the endpoint state, and which
-history letters it has shown. A second, short pass over the flow's ACKs
-needs each side's final ``last_seq``.
+history letters it has shown, and what Zeek's reassembler would have
+delivered: sequence space the peer acknowledges that no captured segment
+carried is a content gap (``_gap``: the ``G``/``g`` letters and
+``missed_bytes``). A second, short pass over the flow's ACKs needs each side's
+final ``last_seq``.
 
 Everything here is compiled (``diag.compiled``) and works on numpy arrays
 only; ``diag.flows`` turns the results into the flow table.
@@ -44,6 +47,7 @@ _LETTER_D: Final = ord("D")
 _LETTER_A: Final = ord("A")
 _LETTER_W: Final = ord("W")  # zero window
 _LETTER_T: Final = ord("T")  # retransmission
+_LETTER_G: Final = ord("G")  # content gap
 _FLIPPED: Final = ord("^")
 
 # Zeek's timers that end a connection (init-bare.zeek defaults), in ns: a packet after one of them
@@ -133,6 +137,7 @@ class FlowSummary(NamedTuple):
     rst_index: IntArray
     rst_from_orig: BoolArray
     begin: IntArray  # flow f's packets are ``order[begin[f]:begin[f + 1]]`` (``order`` from ``group_by_flow``)
+    missed_bytes: IntArray  # bytes of content gaps, both directions, as Zeek's conn.log counts them (``_gap``)
 
 
 @compiled
@@ -205,7 +210,7 @@ def walk_flows(
 ) -> tuple[
     IntArray, IntArray, IntArray, BoolArray, IntArray, IntArray, IntArray, npt.NDArray[np.int8], IntArray,
     IntArray, IntArray, IntArray, IntArray, IntArray, npt.NDArray[np.uint8], IntArray, IntArray, BoolArray,
-    IntArray,
+    IntArray, IntArray,
 ]:  # fmt: skip
     """Every flow's summary, in ``FlowSummary``'s field order (see ``group_by_flow`` for ``order``/``starts``).
 
@@ -232,11 +237,12 @@ def walk_flows(
     retransmits = np.empty(capacity, dtype=np.int64)
     previous = np.empty(capacity, dtype=np.int64)
     history_end = np.empty(capacity, dtype=np.int64)
-    letters = np.empty(4 * n_packets + 1, dtype=np.uint8)  # at most 3 letters and a '^' a packet
+    letters = np.empty(5 * n_packets + 1, dtype=np.uint8)  # at most 4 letters and a '^' a packet
     rst_flow = np.empty(n_packets, dtype=np.int64)
     rst_index = np.empty(n_packets, dtype=np.int64)
     rst_from_orig = np.empty(n_packets, dtype=np.bool_)
     flow_begin = np.empty(capacity, dtype=np.int64)
+    missed_bytes = np.empty(capacity, dtype=np.int64)
     n_letters = 0
     n_rsts = 0
     n_flows = 0
@@ -257,9 +263,14 @@ def walk_flows(
     # Payload bytes of a side's earlier handshakes in this flow (see 'a new handshake' below).
     carried = np.empty(2, dtype=np.int64)
     reset_sent = np.empty(2, dtype=np.bool_)
+    # Zeek's reassembly, per side: the end of the sequence space seen without a hole (its
+    # last_reassem_seq), and the segments seen beyond a hole, as one block (start, end; _NEVER: none).
+    delivered = np.empty(2, dtype=np.int64)
+    held = np.empty((2, 2), dtype=np.int64)
+    gaps = np.empty(2, dtype=np.int64)  # content gaps reported, for the scaled 'G'
     udp_bytes = np.empty(2, dtype=np.int64)
     # History letters: shown once ('I', 'Q', 'D', 'A'), on a new value ('S'/'H', 'F', 'R'), at the
-    # 1st, 10th, 100th ... occurrence ('W', 'T').
+    # 1st, 10th, 100th ... occurrence ('W', 'T', 'G').
     shown_i = np.empty(2, dtype=np.bool_)
     shown_q = np.empty(2, dtype=np.bool_)
     shown_data = np.empty(2, dtype=np.bool_)
@@ -319,6 +330,8 @@ def walk_flows(
                 udp_bytes[side] = 0
                 zero_windows[side] = 0
                 retransmitted[side] = 0
+                gaps[side] = 0
+                held[side, 0] = held[side, 1] = _NEVER
                 zeek_start[side] = 0
                 state[side] = state_before[side] = INACTIVE
                 for flag in (reset_sent, shown_i, shown_q, shown_data, shown_ack, shown_udp, syn_seen, fin_seen):
@@ -334,6 +347,7 @@ def walk_flows(
             latest = ts_ns[first]  # the flow's latest packet time so far
             syn_retransmits[f] = 0
             retransmits[f] = 0
+            missed_bytes[f] = 0
             n_flow_rsts_start = n_rsts
 
             k = begin
@@ -390,6 +404,7 @@ def walk_flows(
                     first_at[side] = -1
                     highest_end[side] = _NEVER
                     fins[side] = 0
+                    held[side, 0] = held[side, 1] = _NEVER
                 if first_at[side] < 0:
                     first_at[side] = k
                     unwrapped = raw_seq
@@ -400,6 +415,9 @@ def walk_flows(
                 if first_at[side] == k:
                     initial_seq[side] = segment_end if syn else unwrapped
                     start_seq[side] = unwrapped if syn else unwrapped - 1
+                    delivered[side] = unwrapped
+                if tcp and not rst and segment_end > unwrapped:
+                    _reassemble(delivered, held, side, unwrapped, segment_end)
                 own_rst_before = reset_sent[side]
                 last_seq = max(highest_end[side], initial_seq[side])
                 retransmission = (
@@ -507,6 +525,22 @@ def walk_flows(
                             delete_at = timer_at = ts_ns[row] + _CLOSE_DELAY_NS
                     closed = closed or fin or rst
 
+                # The peer's data this packet acknowledges: sequence space never seen is a content gap.
+                if tcp and has_ack and not rst and first_at[peer] >= 0:
+                    reference = delivered[peer]
+                    acked_to = reference + signed_seq_delta(ack[row], reference & _SEQ_MASK)
+                    # Zeek reports a gap only while both ends are established (elsewhere holes come from
+                    # RSTs' sequence numbers or packets before a partial connection's start).
+                    reported = state[0] == ESTABLISHED and state[1] == ESTABLISHED
+                    holes, missing = _gap(delivered, held, peer, acked_to)
+                    if reported and holes > 0:
+                        missed_bytes[f] += missing
+                        for _ in range(holes):
+                            gaps[peer] += 1
+                            if _is_power_of_ten(gaps[peer]):
+                                letters[n_letters] = _LETTER_G + (0 if peer == orig_side else _UPPER_TO_LOWER)
+                                n_letters += 1
+
                 # SYNs without ACK from the originator repeating the 5-tuple's latest SYN.
                 if tcp and syn and not has_ack:
                     sender = endpoints[side]
@@ -553,7 +587,54 @@ def walk_flows(
         syn_retransmits[:n_flows].copy(), retransmits[:n_flows].copy(), previous[:n_flows].copy(),
         history_end[:n_flows].copy(), letters[:n_letters].copy(),
         rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(), flow_begin[:n_flows].copy(),
+        missed_bytes[:n_flows].copy(),
     )  # fmt: skip
+
+
+@compiled
+def _reassemble(delivered: IntArray, held: IntArray, side: int, start: int, end: int) -> None:
+    """A segment of ``side`` covering ``[start, end)`` (unwrapped sequence space) reaches the reassembler.
+
+    A segment that starts at or before the end of what was seen without a hole
+    extends it, and takes in the held block once it reaches it (a retransmission
+    filled the hole). One past a hole is held: Zeek keeps such blocks until the
+    hole is filled or acknowledged. Disjoint held blocks are kept as one, from
+    the lowest start to the highest end.
+    """
+    if start <= delivered[side]:
+        delivered[side] = max(delivered[side], end)
+        if held[side, 1] != _NEVER and held[side, 0] <= delivered[side]:
+            delivered[side] = max(delivered[side], held[side, 1])
+            held[side, 0] = held[side, 1] = _NEVER
+    elif held[side, 1] == _NEVER:
+        held[side, 0], held[side, 1] = start, end
+    else:
+        held[side, 0], held[side, 1] = min(held[side, 0], start), max(held[side, 1], end)
+
+
+@compiled
+def _gap(delivered: IntArray, held: IntArray, side: int, acked_to: int) -> tuple[int, int]:
+    """The peer acknowledged ``side``'s sequence space up to ``acked_to``: (holes, bytes) never seen below it.
+
+    As Zeek's reassembler when an acknowledgement passes what it could
+    deliver: the hole up to the held block (or up to the acknowledgement) is
+    skipped as a gap, the held block delivered, and the space between it and
+    the acknowledgement is a second gap.
+    """
+    if acked_to <= delivered[side]:
+        return 0, 0
+    holes = 0
+    missing = 0
+    if held[side, 1] != _NEVER and held[side, 0] < acked_to:
+        holes += 1
+        missing += held[side, 0] - delivered[side]
+        delivered[side] = held[side, 1]
+        held[side, 0] = held[side, 1] = _NEVER
+    if acked_to > delivered[side]:
+        holes += 1
+        missing += acked_to - delivered[side]
+        delivered[side] = acked_to
+    return holes, missing
 
 
 @compiled

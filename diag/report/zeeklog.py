@@ -22,9 +22,9 @@ data, so a trailing ACK can make ours longer). As in Zeek, ``duration``,
 ``orig_bytes`` and ``resp_bytes`` are unset when the duration is 0 (a flow of
 one packet). Fields we do not compute are unset (``-``), never guessed:
 ``service`` (no protocol analyzers), ``local_orig``/``local_resp`` (no
-local networks configured, which is what Zeek writes then too),
-``missed_bytes`` (no stream reassembly, so content gaps are not measured).
-``orig_ip_bytes``/``resp_ip_bytes`` are the flow table's IP-level counts, and
+local networks configured, which is what Zeek writes then too).
+``missed_bytes`` is the flow table's count of content-gap bytes (0 when none,
+as Zeek writes it), ``orig_ip_bytes``/``resp_ip_bytes`` are the flow table's IP-level counts, and
 ``tunnel_parents`` the uids of the tunnels a flow came through
 (``diag.flows.carriers``), unset for a flow that was not tunnelled, as Zeek
 leaves it.
@@ -174,7 +174,7 @@ def conn_columns(flows: pd.DataFrame) -> list[list[str]]:
         _texts(flows, "conn_state"),
         unset,  # local_orig: no local networks configured
         unset,  # local_resp
-        unset,  # missed_bytes: no reassembly, gaps not measured
+        _counts(flows, "missed_bytes") if "missed_bytes" in flows.columns else unset,  # 0 without a gap, as Zeek
         [escape_text(history) if history else UNSET_FIELD for history in histories],  # empty: unset, as Zeek
         _counts(flows, "orig_pkts"),
         _counts(flows, "orig_ip_bytes") if "orig_ip_bytes" in flows.columns else unset,
