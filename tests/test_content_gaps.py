@@ -2,7 +2,8 @@
 
 Zeek's TCP reassembler skips sequence space that the peer acknowledges but no
 captured segment carried, reports it as a content gap (``content_gap``, which
-conn.zeek adds to ``missed_bytes``) while both endpoints are established, and
+conn.zeek adds to ``missed_bytes``) while both endpoints are established or
+closing from established, and
 writes ``G`` (originator's data) or ``g`` (responder's) into the history at
 the 1st, 10th, 100th ... gap. Each capture is written with scapy, read by the
 reader, and checked through the conn.log ``diag flows`` writes.
@@ -141,3 +142,16 @@ def test_g_is_written_at_the_1st_and_10th_gap(tmp_path: Path) -> None:
     record = conn_record(tmp_path, frames)
     assert record["missed_bytes"] == 100
     assert record["history"].count("G") == 2
+
+
+def test_a_gap_acknowledged_after_the_senders_fin_is_still_reported(tmp_path: Path) -> None:
+    # Closed straight from established is "cleanly closing" for Zeek: the hole before the FIN counts.
+    frames = [
+        *HANDSHAKE,
+        client("PA", C_ISN + 1, S_ISN + 1, 100),
+        client("FA", C_ISN + 301, S_ISN + 1),  # the FIN after 300 bytes, 200 of them missed
+        server("A", S_ISN + 1, C_ISN + 302),
+    ]
+    record = conn_record(tmp_path, frames)
+    assert record["missed_bytes"] == 200
+    assert record["history"] == "ShADFaG"

@@ -51,7 +51,8 @@ FLOW_COLUMNS: Final[dict[str, tuple[str, str]]] = {
     "missed_bytes": (
         "int64",
         "bytes of content gaps as Zeek's conn.log counts them, both directions: sequence space the peer "
-        "acknowledged, while both ends were established, that no captured segment carried",
+        "acknowledged, while both ends were established or closing from established, that no captured segment "
+        "carried",
     ),
     "rsts": ("object", 'every RST of the flow: `{"index": <0-based in its capture file>, "from": "orig"|"resp"}`'),
     "first_index": ("int64", "index in its capture file of the flow's first packet"),

@@ -529,9 +529,10 @@ def walk_flows(
                 if tcp and has_ack and not rst and first_at[peer] >= 0:
                     reference = delivered[peer]
                     acked_to = reference + signed_seq_delta(ack[row], reference & _SEQ_MASK)
-                    # Zeek reports a gap only while both ends are established (elsewhere holes come from
-                    # RSTs' sequence numbers or packets before a partial connection's start).
-                    reported = state[0] == ESTABLISHED and state[1] == ESTABLISHED
+                    # Zeek reports a gap only while both ends are established or cleanly closing (closed
+                    # from established); elsewhere holes come from RSTs' sequence numbers or packets before
+                    # a partial connection's start.
+                    reported = _clean(state[0], state_before[0]) and _clean(state[1], state_before[1])
                     holes, missing = _gap(delivered, held, peer, acked_to)
                     if reported and holes > 0:
                         missed_bytes[f] += missing
@@ -589,6 +590,12 @@ def walk_flows(
         rst_flow[:n_rsts].copy(), rst_index[:n_rsts].copy(), rst_from_orig[:n_rsts].copy(), flow_begin[:n_flows].copy(),
         missed_bytes[:n_flows].copy(),
     )  # fmt: skip
+
+
+@compiled
+def _clean(state: int, before: int) -> bool:
+    """Zeek's ``is_clean``: an endpoint established, or closed straight from established."""
+    return state == ESTABLISHED or (state == CLOSED and before == ESTABLISHED)
 
 
 @compiled
