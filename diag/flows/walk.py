@@ -417,7 +417,10 @@ def walk_flows(
                     start_seq[side] = unwrapped if syn else unwrapped - 1
                     delivered[side] = unwrapped
                 if tcp and not rst and segment_end > unwrapped:
-                    _reassemble(delivered, held, side, unwrapped, segment_end)
+                    if unwrapped <= delivered[side] and held[side, 1] == _NEVER:  # in order, nothing held: most
+                        delivered[side] = max(delivered[side], segment_end)
+                    else:
+                        _reassemble(delivered, held, side, unwrapped, segment_end)
                 own_rst_before = reset_sent[side]
                 last_seq = max(highest_end[side], initial_seq[side])
                 retransmission = (
@@ -529,18 +532,19 @@ def walk_flows(
                 if tcp and has_ack and not rst and first_at[peer] >= 0:
                     reference = delivered[peer]
                     acked_to = reference + signed_seq_delta(ack[row], reference & _SEQ_MASK)
-                    # Zeek reports a gap only while both ends are established or cleanly closing (closed
-                    # from established); elsewhere holes come from RSTs' sequence numbers or packets before
-                    # a partial connection's start.
-                    reported = _clean(state[0], state_before[0]) and _clean(state[1], state_before[1])
-                    holes, missing = _gap(delivered, held, peer, acked_to)
-                    if reported and holes > 0:
-                        missed_bytes[f] += missing
-                        for _ in range(holes):
-                            gaps[peer] += 1
-                            if _is_power_of_ten(gaps[peer]):
-                                letters[n_letters] = _LETTER_G + (0 if peer == orig_side else _UPPER_TO_LOWER)
-                                n_letters += 1
+                    if acked_to > reference:  # else the usual ACK: nothing beyond what was seen
+                        # Zeek reports a gap only while both ends are established or cleanly closing (closed
+                        # from established); elsewhere holes come from RSTs' sequence numbers or packets
+                        # before a partial connection's start.
+                        reported = _clean(state[0], state_before[0]) and _clean(state[1], state_before[1])
+                        holes, missing = _gap(delivered, held, peer, acked_to)
+                        if reported and holes > 0:
+                            missed_bytes[f] += missing
+                            for _ in range(holes):
+                                gaps[peer] += 1
+                                if _is_power_of_ten(gaps[peer]):
+                                    letters[n_letters] = _LETTER_G + (0 if peer == orig_side else _UPPER_TO_LOWER)
+                                    n_letters += 1
 
                 # SYNs without ACK from the originator repeating the 5-tuple's latest SYN.
                 if tcp and syn and not has_ack:
