@@ -211,6 +211,14 @@ class Feed:
         return CaptureError(f"{self.diagnostics.path}: cannot read past byte {self.bytes_read}: "
                             f"{error.strerror or error}")
 
+    def _shrunk(self) -> bool:
+        """Whether the file is now shorter than when it was mapped (unknown counts as no)."""
+        try:
+            now = os.fstat(self.stream.fileno()).st_size
+        except (OSError, ValueError):
+            return False
+        return self.size is not None and now < self.size
+
     def _check_not_shrunk(self) -> None:
         """Stop in one line when the mapped file was cut shorter since it was opened.
 
@@ -268,18 +276,26 @@ class Feed:
         stop = min(stop, self.size)  # never touch a page past the file's end
         populate = self._can_populate and MADVISE is not None
 
+        self._ahead_until = 0  # until the helper says otherwise, nothing is prepared
+
         def prepare() -> None:
             release_start, release_stop = release_from - release_from % page, release_to - release_to % page
             if MADVISE is not None and release_stop > release_start:
                 MADVISE(data[release_start:].ctypes.data, release_stop - release_start, mmap.MADV_DONTNEED)
             page_start = start - start % page
             if populate and MADVISE is not None:
-                MADVISE(data[page_start:].ctypes.data, stop - page_start, MADV_POPULATE_READ)
-            data[start:stop:64].max(initial=0)  # as _warm_cache; faults the pages in if populating failed
+                if MADVISE(data[page_start:].ctypes.data, stop - page_start, MADV_POPULATE_READ) != 0:
+                    # Refused (EFAULT: the file shrank under us). Touching those pages here
+                    # would kill the process with SIGBUS; the reading thread maps the window
+                    # itself, notices the cut and stops in one line.
+                    return
+            elif self._shrunk():
+                return
+            data[start:stop:64].max(initial=0)  # as _warm_cache; faults the pages in if populating is unsupported
+            self._ahead_until = stop
 
         self._ahead = threading.Thread(target=prepare, name="diag-read-ahead")
         self._ahead.start()
-        self._ahead_until = stop
 
     def _wait_ahead(self) -> int:
         """Wait for the helper started by the last window; how far the file is prepared (0: nothing)."""
