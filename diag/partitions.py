@@ -43,16 +43,7 @@ from diag.diagnose.connections import build_connections
 from diag.flows.copies import mix_hash
 from diag.reduction import CLIENT_PORTS, client_endpoints, text_hashes
 from diag.report import Finding
-
-
-@compiled
-def _find(parent: npt.NDArray[np.int64], x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        parent[x], x = root, parent[x]
-    return root
+from diag.unionfind import find
 
 
 @compiled
@@ -66,7 +57,7 @@ def _row_components(vertices: npt.NDArray[np.int64], n_vertices: int) -> npt.NDA
             vertex = vertices[row, column]
             if vertex < 0:
                 continue
-            root = _find(parent, vertex)
+            root = find(parent, vertex)
             if anchor < 0:
                 anchor = root
             elif root != anchor:
@@ -76,7 +67,7 @@ def _row_components(vertices: npt.NDArray[np.int64], n_vertices: int) -> npt.NDA
     result = np.full(n_rows, -1, dtype=np.int64)
     for row in range(n_rows):
         if vertices[row, 0] >= 0:
-            result[row] = _find(parent, vertices[row, 0])
+            result[row] = find(parent, vertices[row, 0])
     return result
 
 

@@ -53,6 +53,7 @@ import pandas as pd
 from diag.capture.proto import ACK, ICMP, ICMPV6, RST, SYN, TCP, UDP
 from diag.compiled import compiled
 from diag.flows.copies import mix_hash, packet_keys
+from diag.unionfind import find
 
 # The key table's columns: name -> (dtype, meaning).
 KEY_COLUMNS: Final[dict[str, tuple[str, str]]] = {
@@ -149,16 +150,6 @@ def key_table(packets: pd.DataFrame, point: int) -> pd.DataFrame:
 
 
 @compiled
-def _find(parent: npt.NDArray[np.int64], x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        parent[x], x = root, parent[x]
-    return root
-
-
-@compiled
 def _components(
     first: npt.NDArray[np.int64], second: npt.NDArray[np.int64], third: npt.NDArray[np.int64], n_vertices: int
 ) -> npt.NDArray[np.int64]:
@@ -171,9 +162,9 @@ def _components(
             if vertex < 0:
                 continue
             if anchor < 0:
-                anchor = _find(parent, vertex)
+                anchor = find(parent, vertex)
             else:
-                other = _find(parent, vertex)
+                other = find(parent, vertex)
                 if other != anchor:
                     low, high = min(anchor, other), max(anchor, other)
                     parent[high] = low
@@ -182,7 +173,7 @@ def _components(
     for row in range(n):
         for vertex in (first[row], second[row], third[row]):
             if vertex >= 0:
-                result[row] = _find(parent, vertex)
+                result[row] = find(parent, vertex)
                 break
     return result
 

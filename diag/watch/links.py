@@ -37,6 +37,7 @@ import pandas as pd
 from diag.capture.proto import ACK, RST, SYN, TCP, UDP
 from diag.compiled import compiled
 from diag.flows.copies import mix_hash, packet_keys
+from diag.unionfind import find, union
 
 U64Array = npt.NDArray[np.uint64]
 IntArray = npt.NDArray[np.int64]
@@ -130,23 +131,6 @@ def _get_or_put(keys: IntArray, values: IntArray, key: int, value: int) -> int:
 
 
 @compiled
-def _find(parent: IntArray, x: int) -> int:
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        parent[x], x = root, parent[x]
-    return root
-
-
-@compiled
-def _union(parent: IntArray, a: int, b: int) -> None:
-    ra, rb = _find(parent, a), _find(parent, b)
-    if ra != rb:
-        parent[max(ra, rb)] = min(ra, rb)
-
-
-@compiled
 def _link_rows(
     flow_key: IntArray, packet_key: IntArray, endpoint_a: IntArray, endpoint_b: IntArray, row_flags: FlagArray,
     flow_keys: IntArray, flow_values: IntArray, packet_keys: IntArray, packet_values: IntArray,
@@ -171,11 +155,11 @@ def _link_rows(
         if row_flags[i] & HAS_SYN:
             syn_count[flow] += 1
         if packet_key[i] != 0:
-            _union(parent, flow, _get_or_put(packet_keys, packet_values, packet_key[i], flow))
+            union(parent, flow, _get_or_put(packet_keys, packet_values, packet_key[i], flow))
         if endpoint_a[i] != 0:
-            _union(parent, flow, _get_or_put(endpoint_keys, endpoint_values, endpoint_a[i], flow))
+            union(parent, flow, _get_or_put(endpoint_keys, endpoint_values, endpoint_a[i], flow))
         if endpoint_b[i] != 0:
-            _union(parent, flow, _get_or_put(endpoint_keys, endpoint_values, endpoint_b[i], flow))
+            union(parent, flow, _get_or_put(endpoint_keys, endpoint_values, endpoint_b[i], flow))
     return out, n_flows
 
 
@@ -183,7 +167,7 @@ def _link_rows(
 def _roots(parent: IntArray, n: int) -> IntArray:
     out = np.empty(n, dtype=np.int64)
     for x in range(n):
-        out[x] = _find(parent, x)
+        out[x] = find(parent, x)
     return out
 
 
