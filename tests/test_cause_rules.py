@@ -220,3 +220,12 @@ def test_a_reply_rewritten_names_the_origin() -> None:
     rewritten = Fact.of("reply-rewritten", point="natgw", sources=("10.0.2.5:80", "203.0.113.9:61000"))
     decided = decide([REQUESTS, FOREIGN, rewritten], lambda spec: spec.udp)
     assert decided is not None and decided[1].origin == "natgw"
+
+
+@pytest.mark.parametrize(("address", "port"), [("10.0.0.1", 53), ("10.0.0.1", -1), ("fd00::1", 53), ("fd00::1", -1)])
+def test_udp_endpoints_read_back_as_reports_write_them(address: str, port: int) -> None:
+    """A datagram with no port to show (a later fragment) is written as its address alone and read back so."""
+    from diag.capture.addresses import endpoint_text
+    from diag.diagnose.udp import _endpoint
+
+    assert _endpoint(endpoint_text(address, port)) == (address, port)

@@ -250,8 +250,14 @@ def _unreachables(packets: pd.DataFrame) -> _Unreachables:
 
 
 def _endpoint(text: str) -> tuple[str, int]:
-    address, port = text.rsplit(":", 1)
-    return address.strip("[]"), int(port)
+    """(address, port) from ``endpoint_text``'s form; port -1 where it wrote none (a later fragment, a cut header)."""
+    if text.startswith("["):
+        address, _, port = text[1:].partition("]:")
+        return address, int(port)
+    if text.count(":") != 1:  # an IPv4 address alone, or an IPv6 one (which is bracketed when it has a port)
+        return text, -1
+    address, port = text.split(":")
+    return address, int(port)
 
 
 def _refused(packets: pd.DataFrame, requests: list[Seen]) -> list[Fact]:
