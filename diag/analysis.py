@@ -185,14 +185,17 @@ def report_of(
     infos: Sequence[CaptureInfo],
     progress: ProgressHook | None = None,
     diagnoser: Diagnoser | None = None,
+    packets_read: int | None = None,
 ) -> Report:
     """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
 
     ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``), the flow
     tables built where the points were read, and a ``diagnoser`` that diagnoses connection partitions on
     the workers (``diag.partitions``); the result is the same as on every packet in one process.
+    ``diag.passes`` calls it with the candidates it kept of ``packets_read`` packets.
     """
-    with _stage(progress, "correlate", f"{len(packets):,} packets at {len(infos)} point(s)"):
+    kept = f"{len(packets):,}" if packets_read is None else f"{len(packets):,} of {packets_read:,}"
+    with _stage(progress, "correlate", f"{kept} packets at {len(infos)} point(s)"):
         correlation = correlate(packets)
     with _stage(progress, "diagnose", f"{len(flows):,} flows"):
         findings = diagnose(packets, flows, correlation) if diagnoser is None else diagnoser(packets, correlation)

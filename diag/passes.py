@@ -50,14 +50,13 @@ import numpy as np
 import pandas as pd
 import pyarrow
 
+from diag.analysis import report_of
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets
 from diag.capture.info import CaptureInfo
 from diag.capture.points import point_info, stack_tables
 from diag.capture.reader import read_capture_chunks
 from diag.capture.source import STDIN_NAME, capture_size
-from diag.correlate import correlate
-from diag.diagnose import diagnose
 from diag.flows import build_flows, flow_ids
 from diag.flows.candidate_stream import BUCKET_BYTES_PER_ROW, SPILL, CandidateSurvey, Choice, FileOrder
 from diag.flows.candidates import key_table, node_hashes
@@ -431,18 +430,4 @@ def analyze_in_passes(
     flows, candidates = _flow_passes(files, limit, progress, tree, passes, choice)
     assert candidates is not None
     packets = candidates.reset_index(drop=True)
-    infos = _point_infos(files)
-    with _stage(progress, "correlate", f"{len(packets):,} of {total:,} packets at {len(infos)} point(s)"):
-        correlation = correlate(packets)
-    with _stage(progress, "diagnose", f"{len(flows):,} flows"):
-        findings = diagnose(packets, flows, correlation)
-    return Report(
-        captures=infos,
-        packets=packets,
-        flows=flows,
-        findings=findings,
-        matches=correlation.matches,
-        clock_reference=correlation.reference,
-        clock_offsets=dict(correlation.offsets),
-        warnings=[f"{info.path}: {message}" for info in infos for message in info.warnings],
-    )
+    return report_of(packets, flows, _point_infos(files), progress, packets_read=total)

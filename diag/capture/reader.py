@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -126,17 +125,7 @@ def _pieces(batch: RecordBatch, rows: int) -> Iterator[RecordBatch]:
         yield batch
         return
     for start in range(0, len(batch), rows):
-        part = slice(start, start + rows)
-        yield replace(
-            batch,
-            data_off=batch.data_off[part],
-            cap_len=batch.cap_len[part],
-            wire_len=batch.wire_len[part],
-            ts_ns=batch.ts_ns[part],
-            iface=batch.iface[part],
-            direction=batch.direction[part],
-            index=batch.index[part],
-        )
+        yield _select(batch, slice(start, start + rows))  # views of the batch's arrays, not copies
 
 
 def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
@@ -309,7 +298,7 @@ def _stored_dtype(column: str, values: np.ndarray) -> np.dtype[Any]:
     return np.dtype(final)
 
 
-def _select(batch: RecordBatch, keep: np.ndarray) -> RecordBatch:
+def _select(batch: RecordBatch, keep: np.ndarray | slice) -> RecordBatch:
     return RecordBatch(
         view=batch.view,
         data_off=batch.data_off[keep],
