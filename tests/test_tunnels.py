@@ -28,8 +28,12 @@ from test_corpus import KNOWN_DIFFERENCES
 from test_dissect_cuts import write_cut_capture
 from test_reader import write_pcap
 
-from diag.analysis import analyze
+from diag.analysis import analyze, concat_packets
 from diag.capture import read_capture
+from diag.correlate import correlate
+from diag.diagnose.connections import build_connections
+from diag.diagnose.forwarding import path_points
+from diag.diagnose.signals import distinct_packets
 from diag.flows import build_flows
 from diag.flows.copies import packet_keys
 from diag.report import Report
@@ -370,3 +374,43 @@ def test_the_incident_reads_the_same_when_one_point_saw_it_inside_vxlan(tmp_path
 
 def flow_rows(report: Report, columns: list[str]) -> list[tuple[str, ...]]:
     return sorted(tuple(str(value) for value in row) for row in report.flows[columns].itertuples(index=False))
+
+
+def test_the_diagnosis_orders_a_tunnelled_stretch_by_the_outer_ttl(tmp_path: Path) -> None:
+    """The lab's overlay in miniature: a router passed twice, once bare and once inside VXLAN.
+
+    client -> router -> node-a, which routes the SYN into VXLAN back through the router to node-b, which
+    sends it on bare to the pod. Between node-a's way out and node-b's way in the carried TTL stays 62 at three
+    copies, so only the outer TTL orders them; node-b's clock runs 5 ms behind, so the time would put node-b
+    before the router's second pass. The path a verdict's evidence draws must be the one the packet took.
+    """
+
+    def syn(ttl: int) -> IP:
+        return IP(src="203.0.113.10", dst="10.244.2.7", ttl=ttl, id=777) / TCP(
+            sport=40000, dport=8080, flags="S", seq=1000, options=[("MSS", 1460)]
+        )
+
+    def bare(ttl: int) -> bytes:
+        return bytes(Ether() / syn(ttl))
+
+    def vxlan(outer_ttl: int) -> bytes:
+        underlay = IP(src="192.0.2.1", dst="192.0.2.2", ttl=outer_ttl) / UDP(sport=51000, dport=8472)
+        return bytes(Ether() / underlay / VXLAN(vni=1) / Ether() / syn(62))
+
+    start = 1_700_000_000_000_000_000
+    captures = {
+        "client": [(start, bare(64))],
+        "router": [(start + 10_000, bare(64)), (start + 20_000, bare(63)),
+                   (start + 60_000, vxlan(64)), (start + 70_000, vxlan(63))],
+        "node-a": [(start + 30_000, bare(63)), (start + 50_000, vxlan(64))],
+        "node-b": [(start - 5_000_000 + 80_000, vxlan(63)), (start - 5_000_000 + 90_000, bare(61))],
+        "pod": [(start + 100_000, bare(61))],
+    }
+    packets = concat_packets([
+        read_capture(write_nanosecond_pcap(tmp_path / f"{name}.pcap", frames), name=name)
+        for name, frames in captures.items()
+    ])
+    corr = correlate(packets)
+    (conn,) = build_connections(packets, corr)
+    (packet,) = [p for p in distinct_packets(conn) if p.is_pure_syn]
+    assert path_points(conn, packet) == ("client", "router", "node-a", "router", "node-b", "pod")

@@ -42,6 +42,19 @@ class PathLayout(NamedTuple):
     in_order: IntArray  # sighting numbers, match by match, each match's in path order
 
 
+def tunnel_order(rank: np.ndarray, outer_ttl: np.ndarray) -> IntArray:
+    """Per item, its outer TTL where every item of the same ``rank`` came in a tunnel, else -1.
+
+    The order inside one rank (higher first) the tunnel gives, by the rule
+    below: the correlation applies it to the sightings of each match, the
+    diagnosis to the copies of one packet (``diagnose.forwarding``).
+    """
+    n = len(rank)
+    out = np.full(n, -1, dtype=np.int64)
+    _tunnel_ranks(np.arange(n, dtype=np.int64), 0, n, read_only(rank, np.int64), read_only(outer_ttl, np.int64), out)
+    return out
+
+
 @compiled
 def _tunnel_ranks(members: IntArray, begin: int, end: int, rank: IntArray, outer_ttl: IntArray, out: IntArray) -> None:
     """Per member of one match, its outer TTL where every member of the same rank came in a tunnel, else -1.

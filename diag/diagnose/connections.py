@@ -35,7 +35,7 @@ RESOURCED_REPLY_WINDOW_NS = 5_000_000_000
 # The packet table's columns a connection's rows carry (what the diagnosis reads).
 TABLE_PACKET_COLUMNS = (
     "capture", "src", "dst", "sport", "dport", "proto", "tcp_flags", "seq", "ack", "ts_ns", "ttl", "ip_id",
-    "direction", "index", "file", "payload_len", "payload_digest",
+    "direction", "index", "file", "payload_len", "payload_digest", "outer_ttl",
 )  # fmt: skip
 _TEXT_COLUMNS = ("capture", "src", "dst", "direction")  # kept as codes into ``ConnectionTable.names``
 
@@ -201,6 +201,8 @@ def _take(packets: pd.DataFrame, name: str, positions: np.ndarray, names: dict[s
         return _text_codes(packets[name], positions, names)
     if name == "file" and name not in packets:
         return np.zeros(len(positions), dtype=np.int16)  # a table not made by the reader: one file per point
+    if name == "outer_ttl" and name not in packets:
+        return np.full(len(positions), -1, dtype=np.int16)  # a table without tunnel columns: nothing tunnelled
     taken: np.ndarray = packets[name].to_numpy()[positions]
     return taken
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from diag.capture.addresses import endpoint_text
+from diag.correlate.paths import tunnel_order
 from diag.diagnose.connections import Connection
 from diag.diagnose.signals import Seen, hops
 
@@ -97,47 +99,67 @@ def path_points(conn: Connection, packet: Seen) -> tuple[str, ...]:
     only goes down along the way, and a box's way out has the same TTL as the
     next box's way in, so ordering every copy by TTL, ways out first, gives
     the passes in order with no clock involved; consecutive copies at one
-    point are one pass. Falls back to the sightings' order when the copies
-    say nothing more.
+    point are one pass. Inside a tunnel the carried packet's TTL stays the
+    same from box to box and the outer header's goes down instead: copies of
+    one TTL that all came tunnelled are ordered by their outer TTL, the rule
+    the correlation orders its paths by (``correlate.paths.tunnel_order``).
+    Falls back to the sightings' order when the copies say nothing more.
     """
     if not any(sight.forwarded for sight in packet.sights):
         return packet.points  # no point sent it on, so none can have seen it twice
     copies = _copies(conn, packet)
     if len(copies) <= len(packet.sights):
         return packet.points
+    ttl = copies["ttl"].to_numpy().astype(np.int64)
+    outer = copies["outer_ttl"].to_numpy().astype(np.int64)
+    tunnel = tunnel_order(ttl, outer)
+    capture = copies["capture"].astype(str).to_numpy()
+    ts_ref = copies["ts_ref"].to_numpy().astype(np.int64)
+    ts = copies["ts_ns"].to_numpy()
+    direction = copies["direction"].astype(str).to_numpy()
     keyed = []
-    for capture, group in copies.groupby(copies["capture"].astype(str), sort=False):
-        group = group.sort_values("ts_ns", kind="stable")
-        first_point = str(capture) == packet.points[0]
-        ways = _ways(group["ttl"].astype(int).tolist(), group["direction"].astype(str).tolist(), first_point)
-        for (ttl, out), ts_ref in zip(ways, group["ts_ref"].astype(int).tolist(), strict=True):
-            keyed.append((-ttl, 0 if out else 1, ts_ref, str(capture)))
+    for name in dict.fromkeys(capture.tolist()):
+        rows = np.flatnonzero(capture == name)
+        rows = rows[np.argsort(ts[rows], kind="stable")]
+        first_point = name == packet.points[0]
+        ways = _ways([(int(ttl[r]), int(outer[r])) for r in rows], direction[rows].tolist(), first_point)
+        for r, out in zip(rows.tolist(), ways, strict=True):
+            keyed.append((-int(ttl[r]), -int(tunnel[r]), 0 if out else 1, int(ts_ref[r]), name))
     keyed.sort()
     points: list[str] = []
-    for *_, capture in keyed:
-        if not points or points[-1] != capture:
-            points.append(capture)
+    for *_, name in keyed:
+        if not points or points[-1] != name:
+            points.append(name)
     if points[0] != packet.points[0] or set(points) != set(packet.points):
         return packet.points
     return tuple(points)
 
 
-def _ways(ttls: list[int], directions: list[str], first_point: bool) -> list[tuple[int, bool]]:
-    """(TTL, is a way out) for one point's copies of a packet, in that point's time order.
+def _ways(ttls: list[tuple[int, int]], directions: list[str], first_point: bool) -> list[bool]:
+    """Whether each of one point's copies of a packet is a way out, the copies in that point's time order.
 
-    The link type says so where it records a direction (Linux cooked,
-    pcapng flags); otherwise a copy one TTL below the way in before it is its
-    way out, and a lone copy is a way out only where the packet starts (its
-    sender) with an initial TTL.
+    ``ttls`` are (TTL, outer TTL or -1 when not tunnelled). The link type says
+    so where it records a direction (Linux cooked, pcapng flags); otherwise a
+    copy one hop below the way in before it is its way out (one TTL less, or
+    inside a tunnel the same TTL under an outer TTL one less), and a lone copy
+    is a way out only where the packet starts (its sender) with an initial TTL.
     """
     if all(d in ("in", "out") for d in directions):
-        return [(ttl, d == "out") for ttl, d in zip(ttls, directions, strict=True)]
+        return [d == "out" for d in directions]
     if len(ttls) == 1:
-        return [(ttls[0], first_point and hops(ttls[0]) == 0)]
+        return [first_point and hops(ttls[0][0]) == 0]
     ways = []
-    way_in: int | None = None
-    for ttl in ttls:
-        out = way_in is not None and ttl == way_in - 1
-        ways.append((ttl, out))
-        way_in = None if out else ttl
+    way_in: tuple[int, int] | None = None
+    for ttl, outer in ttls:
+        out = way_in is not None and _one_hop_on(way_in, (ttl, outer))
+        ways.append(out)
+        way_in = None if out else (ttl, outer)
     return ways
+
+
+def _one_hop_on(way_in: tuple[int, int], copy: tuple[int, int]) -> bool:
+    """``copy`` is ``way_in`` sent on by one router: its TTL one less, or in a tunnel the outer TTL one less."""
+    (ttl_in, outer_in), (ttl, outer) = way_in, copy
+    if ttl == ttl_in - 1:
+        return True
+    return ttl == ttl_in and outer_in >= 0 and outer == outer_in - 1
