@@ -20,7 +20,7 @@ along the most certain links (fewest accumulated uncertainty).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,12 +66,22 @@ def pair_offset(d_ns: np.ndarray, a_first: np.ndarray, b_first: np.ndarray) -> t
     ``d_ns`` is ``ts_B − ts_A`` per packet; ``a_first``/``b_first`` mark which
     point the packet passed first.
     """
-    has_fwd = bool(a_first.any())
-    has_rev = bool(b_first.any())
-    if not has_fwd and not has_rev:
+    lo_ns = int(np.max(-d_ns[a_first])) if a_first.any() else None
+    hi_ns = int(np.min(-d_ns[b_first])) if b_first.any() else None
+    return offset_from_bounds(lo_ns, hi_ns)
+
+
+def offset_from_bounds(lo_ns: int | None, hi_ns: int | None) -> tuple[float, float, str] | None:
+    """``pair_offset`` from its two bounds alone: the largest ``−d`` of the packets that passed A first
+    (``lo_ns``) and the smallest of those that passed B first (``hi_ns``); None for a side without packets.
+
+    The bounds are a maximum and a minimum, so they can be taken over parts of the packets apart and
+    combined (``diag.clocks`` does, for a correlation cut into partitions on a cluster).
+    """
+    if lo_ns is None and hi_ns is None:
         return None
-    lo = float(np.max(-d_ns[a_first])) / 1e9 if has_fwd else None
-    hi = float(np.min(-d_ns[b_first])) / 1e9 if has_rev else None
+    lo = float(lo_ns) / 1e9 if lo_ns is not None else None
+    hi = float(hi_ns) / 1e9 if hi_ns is not None else None
     if lo is not None and hi is not None:
         middle = (lo + hi) / 2
         half = abs(hi - lo) / 2
@@ -102,10 +112,32 @@ def estimate_offsets(
     spares building it for every entry). Returns offsets keyed by capture code and a note per capture
     saying how its offset was obtained.
     """
-    offsets: dict[int, ClockOffset] = {reference: ClockOffset(0.0, 0.0)}
-    notes: dict[int, str] = {reference: "reference clock"}
+    edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
+    for a, b, d, direction in pair_directions(match, capture, ts_ns, ttl, endpoints, n_captures):
+        if not (direction != 0).any():
+            direction[:] = _fallback_direction(a, b, d, order_hint)
+        estimate = pair_offset(d, direction > 0, direction < 0)
+        if estimate is None:
+            continue
+        theta, uncertainty, note = estimate
+        edges[a].append((b, theta, uncertainty, note))
+        edges[b].append((a, -theta, uncertainty, note))
+    return chain_offsets(edges, reference)
+
+
+def pair_directions(
+    match: np.ndarray,
+    capture: np.ndarray,
+    ts_ns: np.ndarray,
+    ttl: np.ndarray,
+    endpoints: Callable[[np.ndarray], np.ndarray],
+    n_captures: int,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """For each pair of captures a < b with matched packets at both (inputs as ``estimate_offsets``'s):
+    ``(a, b, d, direction)``, ``d = ts_B − ts_A`` per packet and its direction from the TTLs (+1: A first,
+    -1: B first, 0: not told by the packets; the caller decides those when no packet tells)."""
     if len(match) == 0:
-        return offsets, notes
+        return
     n_match = int(match.max()) + 1
     present = np.zeros((n_captures, n_match), dtype=bool)
     wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
@@ -115,8 +147,6 @@ def estimate_offsets(
     wide_ts[capture, match] = ts_ns
     wide_ttl[capture, match] = ttl
     wide_entry[capture, match] = np.arange(len(match))
-
-    edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
     for a in range(n_captures):
         for b in range(a + 1, n_captures):
             both = present[a] & present[b]
@@ -128,23 +158,23 @@ def estimate_offsets(
             equal = direction == 0
             if equal.any():
                 direction[equal] = _equal_ttl_directions(d[equal], endpoints(wide_entry[a, both][equal]))
-            if not (direction != 0).any():
-                direction[:] = _fallback_direction(a, b, d, order_hint)
-            estimate = pair_offset(d, direction > 0, direction < 0)
-            if estimate is None:
-                continue
-            theta, uncertainty, note = estimate
-            edges[a].append((b, theta, uncertainty, note))
-            edges[b].append((a, -theta, uncertainty, note))
+            yield a, b, d, direction
 
-    # Most certain chain from the reference (Dijkstra on summed uncertainty).
+
+def chain_offsets(
+    edges: dict[int, list[tuple[int, float, float, str]]], reference: int
+) -> tuple[dict[int, ClockOffset], dict[int, str]]:
+    """Offsets of every capture reachable from ``reference`` along the most certain chain of pairwise
+    estimates (Dijkstra on summed uncertainty); ``edges[a]`` lists ``(b, θ = o_B − o_A, uncertainty, note)``."""
+    offsets: dict[int, ClockOffset] = {reference: ClockOffset(0.0, 0.0)}
+    notes: dict[int, str] = {reference: "reference clock"}
     best: dict[int, float] = {reference: 0.0}
     queue: list[tuple[float, int]] = [(0.0, reference)]
     while queue:
         spent, node = heapq.heappop(queue)
         if spent > best.get(node, float("inf")):
             continue
-        for other, theta, uncertainty, note in edges[node]:
+        for other, theta, uncertainty, note in edges.get(node, []):
             total = spent + uncertainty
             if total < best.get(other, float("inf")):
                 best[other] = total

@@ -33,7 +33,7 @@ order); everything after reads runs of that order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,12 +116,19 @@ def choose_reference(names: Sequence[str]) -> str | None:
     return names[0]
 
 
-def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) -> Correlation:
+def correlate(
+    packets: pd.DataFrame,
+    order_hint: Sequence[str] | None = None,
+    offsets: Mapping[str, ClockOffset] | None = None,
+) -> Correlation:
     """Match packets across the captures in ``packets`` (column ``capture``).
 
     ``order_hint`` optionally names the capture points in the order a request
     passes them (client first); it only decides the direction between two
-    points when neither TTL nor traffic in both directions does.
+    points when neither TTL nor traffic in both directions does. ``offsets``,
+    when given, are the clock offsets to use instead of estimating them from
+    these packets (a cluster estimates them once from every partition's
+    packets, ``diag.clocks``, and correlates each partition with them).
     """
     capture_code, names = _capture_codes(packets)
     present = [names[c] for c in pd.unique(capture_code)] if len(packets) else []
@@ -152,16 +159,20 @@ def correlate(packets: pd.DataFrame, order_hint: Sequence[str] | None = None) ->
         return np.stack([src[at], sport[at], dst[at], dport[at]], axis=1).astype(np.int64)
 
     hint_codes = [names.index(n) for n in order_hint if n in names] if order_hint else None
-    offsets_by_code, notes_by_code = estimate_offsets(
-        match=sights.match[matched],
-        capture=sights.capture[matched],
-        ts_ns=sights.ts[matched],
-        ttl=rank[matched],
-        endpoints=endpoints,
-        n_captures=len(names),
-        reference=names.index(reference) if reference else 0,
-        order_hint=hint_codes,
-    )
+    if offsets is None:
+        offsets_by_code, notes_by_code = estimate_offsets(
+            match=sights.match[matched],
+            capture=sights.capture[matched],
+            ts_ns=sights.ts[matched],
+            ttl=rank[matched],
+            endpoints=endpoints,
+            n_captures=len(names),
+            reference=names.index(reference) if reference else 0,
+            order_hint=hint_codes,
+        )
+    else:
+        offsets_by_code = {names.index(name): offset for name, offset in offsets.items() if name in names}
+        notes_by_code = {}
     offsets = {names[c]: o for c, o in offsets_by_code.items() if names[c] in present}
     notes = {names[c]: note for c, note in notes_by_code.items()}
     offset_ns_by_code = np.zeros(len(names), dtype=np.int64)
