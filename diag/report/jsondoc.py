@@ -32,6 +32,11 @@ def report_to_json(report: Report, flow_limit: int | None = FLOW_LIMIT) -> dict[
     ``flows`` holds at most ``flow_limit`` rows (None: all; see ``diag.report.flowcap``).
     """
     flows, flows_left_out = cap_flows(report.flows, flow_limit)
+    if report.flow_digest is not None:
+        # Only the rows this cap shows came back from where the flow tables are (diag.report.flowdigest).
+        if flow_limit != report.flow_digest.limit:
+            raise ValueError(f"this report holds the flow rows of a cap of {report.flow_digest.limit}, not every flow")
+        flows_left_out = report.flow_digest.flows - len(flows)
     return {
         "schema": SCHEMA,
         "verdict": verdict_json(report.verdict),

@@ -19,6 +19,8 @@ from diag.correlate.clock import ClockOffset
 from diag.report.facts import Fact, note, render_all
 
 if TYPE_CHECKING:
+    from diag.flows.spilled import SpilledFlows
+    from diag.report.flowdigest import FlowDigest
     from diag.report.significance import Group
 
 
@@ -130,7 +132,9 @@ class Report:
     """Everything one analysis produced, built in one go by ``diag.analysis.analyze``.
 
     ``packets``, ``flows`` and ``matches`` are DataFrames for drilling down in
-    Python; only ``flows`` (as records) goes into the JSON document.
+    Python; only ``flows`` (as records) goes into the JSON document. A report
+    made on a cluster holds no packets, and only the flow rows the text and
+    the JSON show, with ``flow_digest`` counting the rest.
     """
 
     captures: list[CaptureInfo]
@@ -141,6 +145,10 @@ class Report:
     clock_reference: str | None = None
     clock_offsets: dict[str, ClockOffset] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # Set when ``flows`` holds only the rows the reports show, not every flow (``diag.report.flowdigest``).
+    flow_digest: FlowDigest | None = None
+    # An analysis in passes whose flow table did not fit in memory: the whole table, on disk (``diag.passes``).
+    flow_store: SpilledFlows | None = field(default=None, compare=False, repr=False)
 
     # The ranking and the JSON rendering build on these types, so they are
     # imported when first used rather than at the top (no import cycle).

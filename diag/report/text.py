@@ -24,6 +24,7 @@ import pandas as pd
 
 from diag.capture.info import CaptureInfo
 from diag.report import Cause, Finding, Report
+from diag.report.flowdigest import CaptureFlows
 from diag.report.significance import Group, group_findings, most_significant, ranked, why_first
 
 # Problem kinds, most urgent first; a flow is listed under the first that applies.
@@ -140,9 +141,16 @@ def render_finding(finding: Finding, *, color: bool = False) -> str:
 
 def _verdict_section(report: Report, style: _Style, all_findings: bool, group_limit: int) -> list[str]:
     if not report.findings:
-        kinds = (
-            Counter(kind for kind in problem_kinds(report.flows) if kind is not None) if not report.flows.empty else {}
-        )
+        if report.flow_digest is not None:
+            kinds: Mapping[str, int] = Counter()
+            for capture in report.flow_digest.captures.values():
+                kinds.update(capture.problems)
+        else:
+            kinds = (
+                Counter(kind for kind in problem_kinds(report.flows) if kind is not None)
+                if not report.flows.empty
+                else {}
+            )
         if not kinds:
             return [f"{style.bold('VERDICT')}: {style.good(Cause.HEALTHY)}  no resets or lost replies found"]
         seen = ", ".join(f"{kinds[kind]} {kind}" for kind in PROBLEM_ORDER if kind in kinds)
@@ -208,15 +216,16 @@ def _group_line(group: Group, example: Finding) -> str:
     )
 
 
-def _capture_header(info: CaptureInfo, flows: pd.DataFrame, style: _Style) -> str:
+def _capture_header(info: CaptureInfo, n_flows: int, style: _Style) -> str:
     header = f"CAPTURE {info.name}  ({info.path}, {info.packets} packets, {info.link_type or 'unknown link'}"
-    header += f", {len(flows)} flows"
+    header += f", {n_flows} flows"
     if info.skipped:
         header += f", {info.skipped} records skipped"
     return style.bold(header + ")")
 
 
-def _healthy_summary(flows: pd.DataFrame) -> str:
+def healthy_summary(flows: pd.DataFrame) -> str:
+    """The summary line of a capture's healthy flows (counts by protocol and state, and tunnels)."""
     if flows.empty:
         return "healthy: 0 flows"
     carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
@@ -231,9 +240,13 @@ def _healthy_summary(flows: pd.DataFrame) -> str:
     return f"healthy: {len(flows)} flows ({', '.join(parts)})"
 
 
-def _capture_section(info: CaptureInfo, flows: pd.DataFrame, style: _Style, show_all: bool, limit: int) -> list[str]:
-    lines = [_capture_header(info, flows, style)]
-    if flows.empty:
+def _capture_section(
+    info: CaptureInfo, flows: pd.DataFrame, style: _Style, show_all: bool, limit: int, digest: CaptureFlows | None
+) -> list[str]:
+    """One capture's problem flows and healthy summary; with ``digest``, ``flows`` holds only the rows shown and
+    the counts come from the digest."""
+    lines = [_capture_header(info, len(flows) if digest is None else digest.flows, style)]
+    if (flows.empty and digest is None) or (digest is not None and digest.flows == 0):
         lines.append("  no TCP or UDP flows")
         return lines
     flows = flows.assign(_kind=pd.Series(problem_kinds(flows), index=flows.index, dtype=object))
@@ -241,15 +254,16 @@ def _capture_section(info: CaptureInfo, flows: pd.DataFrame, style: _Style, show
     healthy = flows[flows["_kind"].isna()]
     for kind in PROBLEM_ORDER:
         group = problems[problems["_kind"] == kind]
-        if group.empty:
+        count = len(group) if digest is None else digest.problems.get(kind, 0)
+        if count == 0:
             continue
         label = style.bad(kind.upper()) if kind in (RESET, UNANSWERED) else style.warn(kind.upper())
-        lines.append(f"  {label} ({len(group)})")
+        lines.append(f"  {label} ({count})")
         shown = group if show_all else group.head(limit)
         lines += [f"    {_flow_line(row)}" for row in shown.to_dict(orient="records")]
-        if len(shown) < len(group):
-            lines.append(style.dim(f"    ... and {len(group) - len(shown)} more (--flows all lists every flow)"))
-    lines.append(f"  {style.good(_healthy_summary(healthy))}")
+        if len(shown) < count:
+            lines.append(style.dim(f"    ... and {count - len(shown)} more (--flows all lists every flow)"))
+    lines.append(f"  {style.good(healthy_summary(healthy) if digest is None else digest.healthy)}")
     if show_all and not healthy.empty:
         lines += [f"    {_flow_line(row)}" for row in healthy.to_dict(orient="records")]
     return lines
@@ -296,6 +310,8 @@ def render_text(
     kind; ``all_findings`` lists every finding instead of at most
     ``group_limit`` groups.
     """
+    if report.flow_digest is not None and flows == "all":
+        raise ValueError("this report holds only the flow rows its summary shows, not every flow")
     style = _Style(color)
     lines = _verdict_section(report, style, all_findings, group_limit)
     clock = _clock_lines(report)
@@ -305,7 +321,8 @@ def render_text(
     for info in report.captures:
         lines.append("")
         mine = table[table["capture"] == info.name] if not table.empty else table
-        lines += _capture_section(info, mine, style, flows == "all", limit)
+        digest = report.flow_digest.captures.get(info.name) if report.flow_digest is not None else None
+        lines += _capture_section(info, mine, style, flows == "all", limit, digest)
     if report.warnings:
         lines.append("")
         lines.append(style.warn(f"WARNINGS ({len(report.warnings)})"))
