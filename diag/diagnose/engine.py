@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import pandas as pd
 
 from diag.capture.proto import TCP
@@ -13,7 +12,6 @@ from diag.diagnose.causes import ruled_out, spec_of
 from diag.diagnose.connections import build_connections
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen
-from diag.diagnose.tcp import analyze_tcp
 from diag.diagnose.tcp_columns import Outcome, judge_by_columns
 from diag.diagnose.tcp_signals import build_packets, compute_signals
 from diag.diagnose.udp import analyze_udp
@@ -42,19 +40,14 @@ def diagnose(
         return []
     ctx = Context.build(packets, corr, order_hint)
     connections = build_connections(packets, corr, suspects_only=True)
-    claimed: set[int] = set()
     outcomes: dict[int, Outcome] = {}
     if any(conn.proto == TCP for conn in connections):
-        # The TCP signals of every connection at once; the registry's rules judge most of them.
+        # The TCP signals of every connection at once; the registry's rules judge them all.
         signals = compute_signals(build_packets(connections[0].table, connections), connections, ctx)
-        chosen, outcomes = judge_by_columns(connections, signals, ctx)
-        claimed = set(np.flatnonzero(chosen).tolist())
+        outcomes = judge_by_columns(connections, signals, ctx)
     findings: list[tuple[int, int, Finding]] = []
     for k, conn in enumerate(connections):
-        if k in claimed:
-            result = outcomes[k]
-        else:
-            result = analyze_tcp(conn, ctx) if conn.proto == TCP else analyze_udp(conn, ctx)
+        result = outcomes[k] if conn.proto == TCP else analyze_udp(conn, ctx)
         if result is None:
             continue
         verdict, symptom, _occurrences = result

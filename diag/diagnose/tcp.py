@@ -1,10 +1,12 @@
-"""Verdicts on TCP connections: who sent each RST and why, and why a SYN went unanswered.
+"""The findings of TCP connections as sentences and facts, written from the few packets each one names.
 
-One finding per connection at most. The decisive symptom is the first RST
-that is not part of a normal close; without one, SYNs the client never saw
-answered. The cause follows from the phase of the connection (handshake or
-established), the side the RST claims to come from, and whether that side
-really sent it (its own capture, TTL distance, presence along the path).
+Which cause explains a connection is decided for every connection at once
+over signal columns (``diag.diagnose.tcp_signals``, each cause's
+``tcp_rule``); ``diag.diagnose.tcp_columns`` then calls the function here
+that writes that cause's finding: its summary, its evidence (facts, and
+sentences not yet facts), its origin and its confidence. The decisive
+symptom is the first RST that is not part of a normal close; without one,
+SYNs the client never saw answered.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from diag.diagnose.signals import (
     after_at,
     arrived_from_neighbour,
     covers,
-    distinct_packets,
-    endpoint_capture,
     generated_at,
     hops,
     ms,
@@ -61,45 +61,6 @@ def side_name(from_orig: bool) -> str:
 
 def _before(packets: list[Seen], packet: Seen) -> list[Seen]:
     return [p for p in packets if p.ts_ref < packet.ts_ref or (p.ts_ref == packet.ts_ref and p.pkt < packet.pkt)]
-
-
-def find_trigger(packets: list[Seen], rst: Seen) -> Seen | None:
-    """The packet the RST answers: by sequence numbers (RFC 793 reset generation), else the last one before it."""
-    candidates = [p for p in _before(packets, rst) if p.from_orig != rst.from_orig and not p.is_rst]
-    for packet in reversed(candidates):
-        if rst.has(ACK):  # RST+ACK acknowledges what it answers
-            syn_fin = 1 if packet.has(0x02) or packet.has(0x01) else 0
-            if rst.ack == (packet.seq + max(packet.payload_len, 0) + syn_fin) % 2**32:
-                return packet
-        elif packet.has(0x10) and rst.seq == packet.ack:
-            return packet
-    return candidates[-1] if candidates else None
-
-
-def is_established(packets: list[Seen], before: Seen) -> bool:
-    """A completed handshake or data both ways before ``before``."""
-    earlier = _before(packets, before)
-    synacks = [p for p in earlier if p.is_synack and not p.from_orig]
-    for synack in synacks:
-        if any(p.from_orig and p.has(0x10) and p.ack == (synack.seq + 1) % 2**32 for p in earlier):
-            return True
-    has_orig_data = any(p.from_orig and p.payload_len > 0 for p in earlier)
-    has_resp_data = any(not p.from_orig and p.payload_len > 0 for p in earlier)
-    return has_orig_data and has_resp_data
-
-
-def analyze_tcp(conn: Connection, ctx: Context) -> tuple[Verdict, Seen, int] | None:
-    """The verdict, the symptom packet and how many times the symptom occurred; None when healthy."""
-    packets = distinct_packets(conn)
-    sides = Sides(packets, endpoint_capture(packets, True), endpoint_capture(packets, False))
-    for rst in [p for p in packets if p.is_rst]:
-        verdict = classify_rst(conn, sides, rst, ctx)
-        if verdict is not None:
-            same = [p for p in packets if p.is_rst and p.from_orig == rst.from_orig and p.ts_ref >= rst.ts_ref]
-            if len(same) > 1:
-                verdict.evidence.insert(0, Fact.of("repeated-rst", count=len(same)))
-            return verdict, rst, len(same)
-    return unanswered_syn(conn, sides, ctx)
 
 
 def _origin_fact(text: str, point: str | None = None) -> Fact:
@@ -154,8 +115,8 @@ def _origin(rst: Seen, sides: Sides, trigger: Seen | None) -> tuple[str | None, 
     return None, f"a device {away} from {first.capture}, not captured"
 
 
-def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, list[Line]]:
-    """(genuine, forged, evidence lines) for the RST's claim about its sender."""
+def genuineness(sides: Sides, rst: Seen, trigger: Seen | None, ctx: Context) -> tuple[bool, bool, list[Line]]:
+    """(genuine, forged, evidence lines) for the RST's claim about its sender; ``trigger`` is the packet it answers."""
     lines: list[Line] = []
     own = sides.own_capture(rst.from_orig)
     who = side_name(rst.from_orig)
@@ -189,7 +150,6 @@ def _genuineness(sides: Sides, rst: Seen, ctx: Context) -> tuple[bool, bool, lis
     )
     # A point that made a RST in the client's name for a connection whose client
     # packets it never saw (it only got the server's answer) is not the client.
-    trigger = find_trigger(sides.packets, rst)
     never_saw_client = (
         maker is not None
         and maker != own
@@ -252,36 +212,6 @@ def genuine_line(rst: Seen, maker: str | None, subnet: str | None) -> str:
     )
 
 
-def classify_rst(conn: Connection, sides: Sides, rst: Seen, ctx: Context) -> Verdict | None:
-    packets = sides.packets
-    trigger = find_trigger(packets, rst)
-    who = side_name(rst.from_orig)
-    earlier = _before(packets, rst)
-    # A normal close: the RST's sender already sent its FIN (stacks that reset lingering data after FIN).
-    if any(p.is_fin and p.from_orig == rst.from_orig for p in earlier):
-        return None
-
-    genuine, forged, claim_lines = _genuineness(sides, rst, ctx)
-    base = rst_lines(rst, trigger, any(p.is_pure_syn or p.is_synack for p in packets))
-    challenge = _challenge_ack(packets, rst)
-    if rst.from_orig and challenge is not None:
-        return _tuple_reuse(sides, rst, challenge, genuine, claim_lines, base)
-    if is_established(packets, rst):
-        return established_reset(sides, rst, trigger, genuine, forged, claim_lines, base)
-    if not rst.from_orig:
-        answer = _genuine_answer(packets, rst, trigger)
-        if answer is not None:
-            return _raced_handshake(sides, rst, answer, forged, claim_lines, base)
-        if trigger is not None and trigger.is_pure_syn and (beyond := _syn_went_past(rst, trigger)) is not None:
-            return _let_through(sides, rst, trigger, beyond, claim_lines, base)
-        return handshake_reset_from_server(conn, sides, rst, trigger, genuine, forged, claim_lines, base, ctx)
-    if trigger is not None and trigger.is_synack and not genuine:
-        return _asymmetric_return(conn, sides, rst, trigger, forged, claim_lines, base, ctx)
-    verdict = Verdict(Cause.UNKNOWN, 0.3, summary=f"RST from the {who} during the handshake that fits no known pattern")
-    verdict.evidence = base + claim_lines
-    return verdict
-
-
 def rst_lines(rst: Seen, trigger: Seen | None, handshake_seen: bool) -> list[Line]:
     """The lines every RST verdict starts with: the RST itself, the packet it answers, a missing handshake."""
     first = rst.first
@@ -312,7 +242,7 @@ def rst_lines(rst: Seen, trigger: Seen | None, handshake_seen: bool) -> list[Lin
     return base
 
 
-def _challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
+def challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
     """A server pure ACK that answers a SYN without acknowledging it (RFC 5961 challenge ACK) and the RST answers."""
     earlier = _before(packets, rst)
     for position, packet in reversed(list(enumerate(earlier))):
@@ -325,7 +255,7 @@ def _challenge_ack(packets: list[Seen], rst: Seen) -> Seen | None:
     return None
 
 
-def _tuple_reuse(
+def tuple_reuse(
     sides: Sides, rst: Seen, challenge: Seen, genuine: bool, claim_lines: list[Line], base: list[Line]
 ) -> Verdict:
     syn = next(p for p in reversed(_before(sides.packets, challenge)) if p.is_pure_syn and p.from_orig)
@@ -367,35 +297,7 @@ def _tuple_reuse(
     return verdict
 
 
-def _genuine_answer(packets: list[Seen], rst: Seen, trigger: Seen | None) -> Seen | None:
-    """The server's SYN-ACK to the very SYN that a RST in the server's name refused, if any.
-
-    A server refuses a SYN (RST+ACK, ack = ISN + 1) or accepts it (SYN-ACK,
-    the same ack), never both; a RST it sends after its own SYN-ACK, aborting
-    the half-open connection, is in its own sequence space (seq = its ISN + 1).
-    Both answers to one SYN mean another device answered in the server's
-    name: it raced the server (Weaver, Sommer and Paxson, NDSS 2009).
-    """
-    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
-    if rst.has(ACK):
-        refused = [p for p in syns if (p.seq + 1) % 2**32 == rst.ack]
-    else:
-        refused = [trigger] if trigger is not None and trigger.is_pure_syn else []
-    if not refused:
-        return None
-    wanted = (refused[0].seq + 1) % 2**32
-    for packet in packets:
-        if (
-            packet.is_synack
-            and not packet.from_orig
-            and packet.ack == wanted
-            and rst.seq not in (packet.seq, (packet.seq + 1) % 2**32)
-        ):
-            return packet
-    return None
-
-
-def _raced_handshake(
+def raced_handshake(
     sides: Sides, rst: Seen, answer: Seen, forged: bool, claim_lines: list[Line], base: list[Line]
 ) -> Verdict:
     packets = sides.packets
@@ -444,7 +346,7 @@ def _raced_handshake(
     return verdict
 
 
-def _syn_went_past(rst: Seen, syn: Seen) -> Sight | None:
+def syn_went_past(rst: Seen, syn: Seen) -> Sight | None:
     """A sighting of the SYN past the device that made a RST answering it, at a point that never saw that RST.
 
     The RST reaches its first point after h routers, so its maker is h hops
@@ -468,7 +370,7 @@ def _syn_went_past(rst: Seen, syn: Seen) -> Sight | None:
     return None
 
 
-def _let_through(
+def let_through(
     sides: Sides, rst: Seen, syn: Seen, beyond: Sight, claim_lines: list[Line], base: list[Line]
 ) -> Verdict:
     origin, origin_text = _origin(rst, sides, syn)
@@ -499,89 +401,81 @@ def _let_through(
     return verdict
 
 
-def established_reset(
-    sides: Sides,
-    rst: Seen,
-    trigger: Seen | None,
-    genuine: bool,
-    forged: bool,
-    claim_lines: list[Line],
-    base: list[Line],
-) -> Verdict | None:
+def peer_reset(
+    sides: Sides, rst: Seen, trigger: Seen | None, genuine: bool, claim_lines: list[Line], base: list[Line]
+) -> Verdict:
+    """An endpoint aborted an established connection: its own RST, or one nothing marks as another's."""
     who = side_name(rst.from_orig)
-    packets = sides.packets
-    if genuine or not forged:
-        confidence = 0.8 if genuine else 0.45
-        verdict = Verdict(Cause.PEER_RESET, confidence, summary=f"the {who} aborted an established connection")
-        verdict.origin = generated_at(rst) if generated_at(rst) == sides.own_capture(rst.from_orig) else None
-        verdict.evidence = [*base, *claim_lines]
-        if not genuine:
-            missing = "client" if rst.from_orig else "server"
-            verdict.evidence.append(
-                f"could not confirm the {who} sent it: no capture on the {missing} and none of its other packets to "
-                "compare TTLs with; a capture on that host would settle it"
-            )
-        if rst.from_orig and not rst.has(ACK) and trigger is not None and trigger.payload_len > 0:
-            verdict.confidence = min(verdict.confidence, 0.55)
-            verdict.evidence.append(
-                "the client answered the server's data with a bare RST (no ACK), as a stack does for a connection "
-                "it no longer has: it was torn down on the client's side without a FIN (a RST injected towards the "
-                "client, or a client restart); a capture at the client would show which"
-            )
-        verdict.rule_out(
-            Cause.INJECTED_RESET, "nothing says another device made the RST (TTL in line, no genuine packets after it)"
+    confidence = 0.8 if genuine else 0.45
+    verdict = Verdict(Cause.PEER_RESET, confidence, summary=f"the {who} aborted an established connection")
+    verdict.origin = generated_at(rst) if generated_at(rst) == sides.own_capture(rst.from_orig) else None
+    verdict.evidence = [*base, *claim_lines]
+    if not genuine:
+        missing = "client" if rst.from_orig else "server"
+        verdict.evidence.append(
+            f"could not confirm the {who} sent it: no capture on the {missing} and none of its other packets to "
+            "compare TTLs with; a capture on that host would settle it"
         )
-        verdict.rule_out(Cause.IDLE_TIMEOUT, "the RST comes from the endpoint itself")
-        return verdict
+    if rst.from_orig and not rst.has(ACK) and trigger is not None and trigger.payload_len > 0:
+        verdict.confidence = min(verdict.confidence, 0.55)
+        verdict.evidence.append(
+            "the client answered the server's data with a bare RST (no ACK), as a stack does for a connection "
+            "it no longer has: it was torn down on the client's side without a FIN (a RST injected towards the "
+            "client, or a client restart); a capture at the client would show which"
+        )
+    return verdict
 
-    # Forged on an established connection: a middlebox that lost the state, or an injector.
+
+def kept_sending(sides: Sides, rst: Seen, trigger: Seen | None, claim_lines: list[Line], base: list[Line]) -> Verdict:
+    """A forged RST ended an established connection whose claimed sender went on sending: injected."""
+    who = side_name(rst.from_orig)
     after: list[Seen] = []
     for sight in rst.sights:
-        after += after_at(packets, sight.capture, sight, lambda p: p.from_orig == rst.from_orig and not p.is_rst)
-    gap = _idle_gap(packets, trigger)
-    rtt = _handshake_rtt(packets)
-    idle_threshold = max(IDLE_GAP_MIN_NS, IDLE_GAP_RTTS * rtt) if rtt else IDLE_GAP_MIN_NS
+        after += after_at(sides.packets, sight.capture, sight, lambda p: p.from_orig == rst.from_orig and not p.is_rst)
     origin, origin_text = _origin(rst, sides, trigger)
-    if after:
-        verdict = Verdict(
-            Cause.INJECTED_RESET,
-            0.75,
-            summary=f"a device on the path injected a RST as the {who} while the {who} kept sending",
-        )
-        verdict.origin, verdict.origin_description = origin, origin_text
-        verdict.evidence = [*base, *claim_lines]
-        verdict.support(
-            f"the {who}'s genuine packets keep arriving after the RST ({len({p.pkt for p in after})} of them, first at "
-            f"{where(after[0].first)}): the {who} never reset",
-            0.15,
-        )
-        verdict.support(_origin_fact(origin_text))
-        verdict.rule_out(Cause.PEER_RESET, f"the {who} kept sending after the RST, so it did not abort")
-        verdict.rule_out(Cause.IDLE_TIMEOUT, "the connection was busy, not idle")
-        return verdict
-    if trigger is not None and gap is not None and gap >= idle_threshold:
-        verdict = Verdict(
-            Cause.IDLE_TIMEOUT, 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}"
-        )
-        verdict.origin, verdict.origin_description = origin, origin_text
-        verdict.evidence = [*base, *claim_lines]
-        verdict.support(
-            f"the connection was idle for {gap / 1e9:.1f} s (round trip {ms(rtt) if rtt else 'unknown'}) before the "
-            f"segment the RST answers",
-            0.15,
-        )
-        other = sides.own_capture(rst.from_orig)
-        if other is not None and trigger.at(other) is None:
-            verdict.support(
-                f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05
-            )
-        verdict.support(_origin_fact(origin_text))
-        verdict.rule_out(Cause.PEER_RESET, f"the {who} did not send the RST (see the TTL/presence evidence)")
-        verdict.rule_out(
-            Cause.INJECTED_RESET,
-            "nothing from the real sender follows the RST; it answers the first segment after the idle gap",
-        )
-        return verdict
+    verdict = Verdict(
+        Cause.INJECTED_RESET,
+        0.75,
+        summary=f"a device on the path injected a RST as the {who} while the {who} kept sending",
+    )
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = [*base, *claim_lines]
+    verdict.support(
+        f"the {who}'s genuine packets keep arriving after the RST ({len({p.pkt for p in after})} of them, first at "
+        f"{where(after[0].first)}): the {who} never reset",
+        0.15,
+    )
+    verdict.support(_origin_fact(origin_text))
+    return verdict
+
+
+def idle_timeout(sides: Sides, rst: Seen, trigger: Seen, claim_lines: list[Line], base: list[Line]) -> Verdict:
+    """A forged RST answered the first segment after a long silence: a middlebox that dropped the idle flow."""
+    who = side_name(rst.from_orig)
+    gap = _idle_gap(sides.packets, trigger) or 0
+    rtt = _handshake_rtt(sides.packets)
+    origin, origin_text = _origin(rst, sides, trigger)
+    verdict = Verdict(
+        Cause.IDLE_TIMEOUT, 0.7, summary=f"a middlebox dropped the idle flow's state and reset it as the {who}"
+    )
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = [*base, *claim_lines]
+    verdict.support(
+        f"the connection was idle for {gap / 1e9:.1f} s (round trip {ms(rtt) if rtt else 'unknown'}) before the "
+        f"segment the RST answers",
+        0.15,
+    )
+    other = sides.own_capture(rst.from_orig)
+    if other is not None and trigger.at(other) is None:
+        verdict.support(f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05)
+    verdict.support(_origin_fact(origin_text))
+    return verdict
+
+
+def forged_abort(sides: Sides, rst: Seen, trigger: Seen | None, claim_lines: list[Line], base: list[Line]) -> Verdict:
+    """A forged RST ended an established connection, with neither genuine traffic after it nor an idle gap."""
+    who = side_name(rst.from_orig)
+    origin, origin_text = _origin(rst, sides, trigger)
     verdict = Verdict(
         Cause.INJECTED_RESET,
         0.5,
@@ -589,7 +483,6 @@ def established_reset(
     )
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = [*base, *claim_lines, _origin_fact(origin_text)]
-    verdict.rule_out(Cause.PEER_RESET, f"the {who} did not send the RST")
     return verdict
 
 
@@ -616,20 +509,20 @@ def _handshake_rtt(packets: list[Seen]) -> int | None:
     return best
 
 
-def handshake_reset_from_server(
-    conn: Connection,
-    sides: Sides,
-    rst: Seen,
-    trigger: Seen | None,
-    genuine: bool,
-    forged: bool,
-    claim_lines: list[Line],
-    base: list[Line],
-    ctx: Context,
-) -> Verdict:
-    packets = sides.packets
-    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
-    syn = trigger if trigger is not None and trigger.is_pure_syn else (syns[-1] if syns else None)
+@dataclass(frozen=True)
+class Refusal:
+    """Where the SYN a server-side handshake RST refuses went: what tells the server's refusal from a firewall's."""
+
+    syn: Seen | None
+    server: str | None  # the server's capture, or the point where the SYN ended when the RST was made there
+    syn_at_server: bool
+    syn_missing_at_server: bool  # the server's own capture was running and never saw the SYN
+    downstream_missing: list[str]  # captures further along the SYN's path that were running and never saw it
+    origin: str | None
+    origin_text: str
+
+
+def refusal(sides: Sides, rst: Seen, syn: Seen | None, ctx: Context) -> Refusal:
     maker = _rst_maker(rst, sides)
     server = sides.server_capture
     if (
@@ -640,7 +533,6 @@ def handshake_reset_from_server(
         and maker != sides.client_capture
     ):
         server = maker  # the RST comes from where the SYN ended: that point is the server's host
-    syn_at_server = syn is not None and server is not None and syn.at(server) is not None
     syn_missing_at_server = (
         syn is not None
         and sides.server_capture is not None
@@ -654,41 +546,56 @@ def handshake_reset_from_server(
             if capture not in syn.points and covers(ctx.spans, capture, syn.ts_ref) and ctx.is_beyond(capture, last):
                 downstream_missing.append(capture)
     origin, origin_text = _origin(rst, sides, syn)
-    if syn_missing_at_server or downstream_missing or (forged and not syn_at_server):
-        verdict = Verdict(
-            Cause.POLICY_REJECT, 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name"
+    return Refusal(
+        syn=syn,
+        server=server,
+        syn_at_server=syn is not None and server is not None and syn.at(server) is not None,
+        syn_missing_at_server=syn_missing_at_server,
+        downstream_missing=downstream_missing,
+        origin=origin,
+        origin_text=origin_text,
+    )
+
+
+def policy_reject(conn: Connection, refused: Refusal, claim_lines: list[Line], base: list[Line]) -> Verdict:
+    """A firewall refused the SYN in the server's name: the SYN never got there, or the RST is not the server's."""
+    syn, origin, origin_text = refused.syn, refused.origin, refused.origin_text
+    verdict = Verdict(
+        Cause.POLICY_REJECT, 0.75, summary="a firewall on the path rejected the SYN with a RST in the server's name"
+    )
+    verdict.origin, verdict.origin_description = origin, origin_text
+    verdict.evidence = [*base, *claim_lines]
+    if syn is not None:
+        verdict.support(_last_seen(conn, syn), 0.0)
+    if refused.syn_missing_at_server:
+        verdict.support(f"the server's capture ({refused.server}) never saw the SYN: it did not answer it", 0.15)
+    if refused.downstream_missing:
+        verdict.support(
+            f"captures further along the path ({', '.join(refused.downstream_missing)}) were running and never saw "
+            "the SYN",
+            0.1,
         )
-        verdict.origin, verdict.origin_description = origin, origin_text
-        verdict.evidence = [*base, *claim_lines]
-        if syn is not None:
-            verdict.support(_last_seen(conn, syn), 0.0)
-        if syn_missing_at_server:
-            verdict.support(f"the server's capture ({server}) never saw the SYN: it did not answer it", 0.15)
-        if downstream_missing:
-            verdict.support(
-                f"captures further along the path ({', '.join(downstream_missing)}) were running and never saw the SYN",
-                0.1,
-            )
-        verdict.support(_origin_fact(origin_text), 0.05 if origin else 0.0)
-        if syn_missing_at_server or downstream_missing:
-            verdict.rule_out(
-                Cause.PORT_CLOSED, "the SYN never reached the server, so the server cannot have refused it"
-            )
-        else:
-            # Only the RST's own marks say it was forged: where the SYN went is unknown.
-            verdict.evidence.append(
-                "not established: how far the SYN went (no capture further along the path); the verdict rests on "
-                "the RST's own marks, and a capture on the server or its node would confirm it"
-            )
-            verdict.rule_out(
-                Cause.PORT_CLOSED,
-                "the RST was not made by the server (see its TTL), so the server did not refuse the SYN",
-            )
+    verdict.support(_origin_fact(origin_text), 0.05 if origin else 0.0)
+    if refused.syn_missing_at_server or refused.downstream_missing:
+        verdict.rule_out(Cause.PORT_CLOSED, "the SYN never reached the server, so the server cannot have refused it")
+    else:
+        # Only the RST's own marks say it was forged: where the SYN went is unknown.
+        verdict.evidence.append(
+            "not established: how far the SYN went (no capture further along the path); the verdict rests on "
+            "the RST's own marks, and a capture on the server or its node would confirm it"
+        )
         verdict.rule_out(
-            Cause.ASYMMETRIC_RETURN, "the RST claims the server and answers the SYN itself; no reply was sent"
+            Cause.PORT_CLOSED,
+            "the RST was not made by the server (see its TTL), so the server did not refuse the SYN",
         )
-        return verdict
-    confidence = 0.85 if (genuine or syn_at_server) else 0.5
+    verdict.rule_out(Cause.ASYMMETRIC_RETURN, "the RST claims the server and answers the SYN itself; no reply was sent")
+    return verdict
+
+
+def port_closed(rst: Seen, refused: Refusal, genuine: bool, claim_lines: list[Line], base: list[Line]) -> Verdict:
+    """The server refused the SYN: nothing listens on the port."""
+    syn, origin, origin_text, server = refused.syn, refused.origin, refused.origin_text, refused.server
+    confidence = 0.85 if (genuine or refused.syn_at_server) else 0.5
     verdict = Verdict(
         Cause.PORT_CLOSED, confidence, summary="the server refused the connection: nothing listens on the port"
     )
@@ -701,7 +608,7 @@ def handshake_reset_from_server(
         verdict.support(
             f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05
         )
-    if syn_at_server:
+    if refused.syn_at_server:
         verdict.support(f"the SYN reached the server's capture ({server})", 0.05)
     else:
         verdict.evidence.append(
@@ -712,7 +619,7 @@ def handshake_reset_from_server(
     verdict.rule_out(
         Cause.POLICY_REJECT,
         "the SYN reached the server"
-        if syn_at_server
+        if refused.syn_at_server
         else "the RST's TTL matches the server's distance"
         if genuine
         else "not excluded (see evidence)",
@@ -723,7 +630,14 @@ def handshake_reset_from_server(
     return verdict
 
 
-def _asymmetric_return(
+def unknown_handshake_reset(claim_lines: list[Line], base: list[Line]) -> Verdict:
+    """A RST from the client during the handshake that fits no known pattern."""
+    verdict = Verdict(Cause.UNKNOWN, 0.3, summary="RST from the client during the handshake that fits no known pattern")
+    verdict.evidence = base + claim_lines
+    return verdict
+
+
+def synack_reset(
     conn: Connection,
     sides: Sides,
     rst: Seen,
@@ -833,75 +747,72 @@ def _client_round_trip_floor(packets: list[Seen], at: str, client: str | None, c
     return 2 * (min(delays) - uncertainty)
 
 
-def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdict, Seen, int] | None:
-    """SYNs the client never saw answered, and where their answer (or they) vanished."""
-    packets = sides.packets
-    syns = [p for p in packets if p.is_pure_syn and p.from_orig]
-    if not syns:
-        return None
+def _unanswered_lines(syns: list[Seen]) -> list[Line]:
     first = syns[0]
-    point = first.first.capture
-    answered = [
-        p for p in packets if not p.from_orig and (s := p.at(point)) is not None and s.ts_ns >= first.first.ts_ns
-    ]
-    if answered:
-        return None
-    # The client acknowledging something after its SYN got the SYN-ACK: the
-    # capture just missed the other direction (one-way capture, asymmetric tap).
-    if any(p.from_orig and p.has(0x10) and not p.is_rst and p.ts_ref > first.ts_ref for p in packets):
-        return None
-    attempts = [p for p in syns if p.seq == first.seq]
-    span = ctx.spans.get(point)
-    waited = span is not None and span[1] - syns[-1].ts_ref >= UNANSWERED_WAIT_NS
-    if len(attempts) < 2 and not waited:
-        return None
-    synacks = [p for p in packets if p.is_synack and not p.from_orig and p.ack == (first.seq + 1) % 2**32]
-    syn_points = {c for p in syns for c in p.points}
-    last_point = max(syns, key=lambda p: len(p.points)).sights[-1].capture
-    captured_here = conn.captures
-    base: list[Line] = [
+    return [
         f"{len(syns)} SYN(s) with ISN {first.seq} from the client, first at {where(first.first)}, "
-        f"never answered at {point}",
+        f"never answered at {first.first.capture}",
     ]
-    if synacks:
-        synack = synacks[0]
-        extra = [c for c in synack.points if c not in syn_points]
-        if extra:
-            verdict = Verdict(
-                Cause.ASYMMETRIC_RETURN,
-                0.7,
-                summary="the server's SYN-ACK left by a path the SYN did not take and never reached the client",
-            )
-            verdict.evidence = [
-                *base,
-                f"the server answered: SYN-ACK at {where(synack.first)}",
-                _paths_fact(conn, first, synack, extra),
-            ]
-            verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost on the request's path: it took another one")
-            return verdict, first, len(syns)
-        verdict = Verdict(
-            Cause.SILENT_DROP, 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}"
-        )
-        verdict.evidence = [
-            *base,
-            f"the server answered (SYN-ACK at {where(synack.first)}); last seen at {synack.sights[-1].capture}",
-        ]
-        verdict.evidence.append("no RST anywhere")
-        return verdict, first, len(syns)
 
-    single = len(captured_here) == 1 and len(ctx.captures) == 1
+
+def synack_astray(conn: Connection, syns: list[Seen], synack: Seen) -> Verdict:
+    """The server answered the unanswered SYNs, and its SYN-ACK went by points no SYN passed."""
+    syn_points = {c for p in syns for c in p.points}
+    extra = [c for c in synack.points if c not in syn_points]
+    verdict = Verdict(
+        Cause.ASYMMETRIC_RETURN,
+        0.7,
+        summary="the server's SYN-ACK left by a path the SYN did not take and never reached the client",
+    )
+    verdict.evidence = [
+        *_unanswered_lines(syns),
+        f"the server answered: SYN-ACK at {where(synack.first)}",
+        _paths_fact(conn, syns[0], synack, extra),
+    ]
+    verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost on the request's path: it took another one")
+    return verdict
+
+
+def synack_lost(syns: list[Seen], synack: Seen) -> Verdict:
+    """The server answered the unanswered SYNs, and its SYN-ACK vanished on the SYN's own path."""
+    verdict = Verdict(
+        Cause.SILENT_DROP, 0.65, summary=f"the server's SYN-ACK vanished after {synack.sights[-1].capture}"
+    )
+    verdict.evidence = [
+        *_unanswered_lines(syns),
+        f"the server answered (SYN-ACK at {where(synack.first)}); last seen at {synack.sights[-1].capture}",
+        "no RST anywhere",
+    ]
+    return verdict
+
+
+def _farthest(syns: list[Seen]) -> Seen:
+    return max(syns, key=lambda p: len(p.points))
+
+
+def syn_handed_on(conn: Connection, syns: list[Seen]) -> Verdict:
+    """A forwarding box DNATed the unanswered SYNs on with the client's address kept (seen from that box alone)."""
+    farthest = _farthest(syns)
+    passed = handoff(conn, farthest, farthest.sights[-1].capture)
+    assert passed is not None, "the columns saw this SYN handed on"
+    return _forwarded_unanswered(passed, _unanswered_lines(syns), syns)
+
+
+def syn_lost(conn: Connection, sides: Sides, syns: list[Seen], ctx: Context) -> Verdict:
+    """The SYNs vanished: no SYN-ACK and no RST anywhere."""
+    first = syns[0]
+    syn_points = {c for p in syns for c in p.points}
+    farthest = _farthest(syns)
+    last_point = farthest.sights[-1].capture
+    single = len(conn.captures) == 1 and len(ctx.captures) == 1
     server = sides.server_capture
     downstream = [c for c in ctx.captures if c not in syn_points and covers(ctx.spans, c, first.ts_ref)]
-    farthest = max(syns, key=lambda p: len(p.points))
-    passed = handoff(conn, farthest, last_point)
-    if passed is not None and passed.dnat and passed.source_kept and not downstream:
-        return _forwarded_unanswered(passed, base, syns), first, len(syns)
     verdict = Verdict(
         Cause.SILENT_DROP,
         0.4 if single else 0.75,
         summary=f"the SYN vanished after {last_point} with no answer and no RST",
     )
-    verdict.evidence = [*base, _last_seen(conn, farthest), "no SYN-ACK and no RST anywhere"]
+    verdict.evidence = [*_unanswered_lines(syns), _last_seen(conn, farthest), "no SYN-ACK and no RST anywhere"]
     if downstream:
         verdict.support(f"captures running further on ({', '.join(downstream)}) never saw it", 0.1)
     if server is not None and first.at(server) is None:
@@ -919,7 +830,7 @@ def unanswered_syn(conn: Connection, sides: Sides, ctx: Context) -> tuple[Verdic
         )
     verdict.rule_out(Cause.PORT_CLOSED, "no RST came back")
     verdict.rule_out(Cause.POLICY_REJECT, "no RST came back")
-    return verdict, first, len(syns)
+    return verdict
 
 
 def _forwarded_unanswered(passed: Handoff, base: list[Line], syns: list[Seen]) -> Verdict:

@@ -6,12 +6,13 @@ connection established, does the RST's TTL fit its claimed sender) costs a
 scan of its packets per question, so it is done here on whole columns: one
 table of distinct packets (``Packets``), one of their sightings (``Sights``),
 and one row per connection of signals (``TcpSignals``). The cause modules'
-``tcp_rule`` reads those columns; only the findings themselves are rendered
-per connection, from the few packets they name (``Packets.seen``).
+``tcp_rule`` reads those columns and every TCP connection is decided there;
+only the findings themselves are written per connection, from the packets
+they name (``Packets.seen``), by ``diag.diagnose.tcp``.
 
-Every column answers the question the per-connection code in ``tcp.py`` and
-``signals.py`` answers for the same connection, with the same tie-breaks
-(the first packet wins a tie, as ``Counter.most_common`` keeps order).
+Ties are broken as the sentences written from the packets break them (the
+first packet wins, as ``Counter.most_common`` keeps order), so a finding's
+words and the columns that chose it agree.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ class TcpSignals:
     Packets are rows of ``packets``; captures are codes into the table's
     names; ``NONE`` where there is none. The RST columns describe the
     decisive RST (``rst``): the first one whose sender had not closed with a
-    FIN before it, as ``tcp.analyze_tcp`` picks it.
+    FIN before it.
     """
 
     packets: Packets
@@ -267,37 +268,69 @@ class TcpSignals:
     rst: np.ndarray  # the decisive RST
     rst_from_client: np.ndarray
     repeated: np.ndarray  # RSTs of the same side from the decisive one on
-    trigger: np.ndarray  # the packet the RST answers (``tcp.find_trigger``)
+    trigger: np.ndarray  # the packet the RST answers (``find_trigger``)
     trigger_is_syn: np.ndarray
+    trigger_is_synack: np.ndarray
     established: np.ndarray  # handshake completed or data both ways before the RST
-    challenge: np.ndarray  # an RFC 5961 challenge ACK the RST answers (``tcp._challenge_ack`` finds one)
-    maker: np.ndarray  # the captured point that made the RST (``tcp._rst_maker``)
+    challenge: np.ndarray  # an RFC 5961 challenge ACK the RST answers
+    maker: np.ndarray  # the captured point that made the RST (``tcp.rst_maker``)
     forged: np.ndarray  # the RST is not its claimed sender's (absent at its own capture, TTL, made elsewhere)
     genuine: np.ndarray  # not forged, and seen leaving the sender's capture or at the sender's distance
     on_link: np.ndarray  # the RST's ends share a subnet and only the TTL spoke: its sender is a neighbour there
-    unsure_origin: np.ndarray  # made at a point other than the sender's own, where the per-connection rules say more
-    server_answered: np.ndarray  # the server also accepted the SYN the RST refuses (``tcp._genuine_answer``)
-    syn_went_past: np.ndarray  # the SYN went on past the RST's maker (``tcp._syn_went_past``)
-    policy: np.ndarray  # the SYN did not reach the server, or captures further on never saw it
+    answer: np.ndarray  # the server's SYN-ACK to the very SYN a RST in its name refuses (a race), or NONE
+    syn_went_past: np.ndarray  # the SYN went on past the RST's maker (``tcp.syn_went_past``)
+    refused: np.ndarray  # the client's SYN a server-side RST refuses: the one it answers, else the last one
+    policy: np.ndarray  # that SYN did not reach the server, captures further on never saw it, or the RST is forged
+    kept_sending: np.ndarray  # the RST's claimed sender's packets seen after it where the RST was seen
+    idle: np.ndarray  # the packet the RST answers came after an idle gap (>= 1 s and >= 10 round trips)
     syn: np.ndarray  # without a decisive RST: the client's first SYN
     syn_verdict: np.ndarray  # ... and whether it is left unanswered long enough to be a finding
-    synack: np.ndarray  # ... a SYN-ACK acknowledging it, anywhere
-    syn_forwarded: np.ndarray  # ... the farthest-seen attempt was sent on at its last point (a forwarding box)
+    synack: np.ndarray  # ... the first SYN-ACK acknowledging it, anywhere (NONE)
+    synack_astray: np.ndarray  # ... that SYN-ACK passed points no SYN of the client passed
+    syn_handed_on: np.ndarray  # ... the farthest attempt's last point DNATed it on with the client's address kept
+    syn_unseen_elsewhere: np.ndarray  # ... captures running at the time never saw any of the SYNs
     handshake_seen: np.ndarray  # a SYN or SYN-ACK anywhere in the connection
 
+    # The phases of a connection that ended in a RST, in the order the causes are told apart.
+    def reused(self) -> np.ndarray:
+        """The client's RST answers an RFC 5961 challenge ACK: its own stack rejecting a stale connection."""
+        result: np.ndarray = (self.rst >= 0) & self.rst_from_client & self.challenge
+        return result
+
+    def aborted(self) -> np.ndarray:
+        """A RST ended an established connection (not the answer to a challenge ACK)."""
+        result: np.ndarray = (self.rst >= 0) & self.established & ~self.reused()
+        return result
+
+    def refusing(self) -> np.ndarray:
+        """A RST in the server's name during the handshake."""
+        result: np.ndarray = (self.rst >= 0) & ~self.rst_from_client & ~self.established
+        return result
+
     def refused_syn(self) -> np.ndarray:
-        """A RST in the server's name answering the client's SYN during the handshake, not raced by the server's
-        own SYN-ACK, not let through, and not forged by its own marks: the server refused, or a firewall did."""
-        refused: np.ndarray = (
-            (self.rst >= 0)
-            & ~self.rst_from_client
-            & ~self.established
-            & ~self.server_answered
-            & self.trigger_is_syn
-            & ~self.syn_went_past
-            & ~self.forged
-        )
+        """A RST in the server's name during the handshake, not raced by the server's own SYN-ACK and not let
+        through: the server refused the SYN, or a firewall did in its stead."""
+        refused: np.ndarray = self.refusing() & (self.answer < 0) & ~self.syn_went_past
         return refused
+
+    def client_handshake_rst(self) -> np.ndarray:
+        """A RST in the client's name during the handshake that answers no challenge ACK."""
+        result: np.ndarray = (self.rst >= 0) & self.rst_from_client & ~self.established & ~self.challenge
+        return result
+
+    def synack_reset_astray(self) -> np.ndarray:
+        """A RST in the client's name, not its own, answering the server's SYN-ACK during the handshake."""
+        result: np.ndarray = self.client_handshake_rst() & self.trigger_is_synack & ~self.genuine
+        return result
+
+    def reply_astray(self) -> np.ndarray:
+        """Unanswered SYNs whose SYN-ACK went by other points, or that a forwarding box alone saw DNATed on with
+        the client's address kept while no other capture saw them (the asymmetric return without a RST)."""
+        answered = self.synack >= 0
+        result: np.ndarray = self.syn_verdict & (
+            (answered & self.synack_astray) | (~answered & self.syn_handed_on & ~self.syn_unseen_elsewhere)
+        )
+        return result
 
 
 def _per_connection(values: np.ndarray, owners: np.ndarray, n: int, reduce: str) -> np.ndarray:
@@ -409,14 +442,33 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         & ~on_link
         & ((own_side >= 0) | (maker == other_side) | ((hops_at_maker != NONE) & (hops_at_maker != 0)))
     )
+    # A point that made a RST in the client's name and never saw a packet from the client, only the server's
+    # answer arriving, is a box on the reply's way, not the client.
+    client_at = (side[s.seen] == 1) & ~is_rst[s.seen] & (s.capture == maker[p.conn[s.seen]])
+    made_elsewhere |= (
+        has_rst
+        & (rst_side == 1)
+        & (maker >= 0)
+        & (maker != own_side)
+        & (_sight_at(p, trigger, maker) >= 0)
+        & ~_any(client_at & (maker[p.conn[s.seen]] >= 0), p.conn[s.seen], n)
+    )
     forged = has_rst & (absent_at_own | _any(mismatch, k_sight, n) | made_elsewhere)
     genuine = has_rst & ~forged & (leaving_own | on_link | _any(consistent, k_sight, n))
-    unsure_origin = has_rst & (maker >= 0) & (maker != own_side) & (rst_side == 1)
 
-    server_answered = _server_answered(p, side, pure_syn, synack, r, with_rst, trigger, n)
+    answer = _answer(p, side, pure_syn, synack, r, with_rst, trigger, n)
     syn_went_past = _syn_went_past(p, trigger, trigger_is_syn, rst, generated, n_names)
-    policy = _policy(p, ctx, names, own[:, 0], maker, other_side, trigger, trigger_is_syn, n_names)
-    syn, syn_verdict, synack_for_syn, syn_forwarded = _unanswered(p, ctx, names, side, pure_syn, synack, pos, n)
+    client_syns = np.flatnonzero(pure_syn & (side == 1))
+    last_syn = _per_connection(client_syns, p.conn[client_syns], n, "max") if len(client_syns) else np.full(n, NONE)
+    refused = np.where(has_rst & (rst_side == 0), np.where(trigger_is_syn, trigger, last_syn), NONE)
+    policy = _policy(p, ctx, names, own, maker, refused, forged)
+    aborted = has_rst & established & forged
+    kept_sending = _kept_sending(p, rst, rst_side, side, is_rst, aborted)
+    idle = _idle(p, pos, side, pure_syn, synack, trigger, aborted & (kept_sending == 0))
+    syn, syn_verdict, synack_for_syn, farthest = _unanswered(p, ctx, names, side, pure_syn, synack, pos, n)
+    unanswered = ~has_rst & syn_verdict
+    answered = np.where(unanswered, synack_for_syn, NONE)
+    astray, unseen_elsewhere = _syn_points(p, ctx, names, side, pure_syn, syn, answered)
     return TcpSignals(
         packets=p,
         tcp=tcp,
@@ -426,20 +478,25 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         repeated=repeated,
         trigger=trigger,
         trigger_is_syn=trigger_is_syn,
+        trigger_is_synack=(trigger >= 0) & synack[np.maximum(trigger, 0)],
         established=established,
         challenge=challenge,
         maker=maker,
         forged=forged,
         genuine=genuine,
         on_link=on_link,
-        unsure_origin=unsure_origin,
-        server_answered=server_answered,
+        answer=answer,
         syn_went_past=syn_went_past,
+        refused=refused,
         policy=policy,
+        kept_sending=kept_sending,
+        idle=idle,
         syn=np.where(has_rst, NONE, syn),
-        syn_verdict=~has_rst & syn_verdict,
-        synack=~has_rst & synack_for_syn,
-        syn_forwarded=~has_rst & syn_forwarded,
+        syn_verdict=unanswered,
+        synack=np.where(unanswered, synack_for_syn, NONE),
+        synack_astray=unanswered & astray,
+        syn_handed_on=_handed_on(p, unanswered & (synack_for_syn < 0), farthest),
+        syn_unseen_elsewhere=unanswered & unseen_elsewhere,
         handshake_seen=_any(pure_syn | synack, p.conn, n),
     )
 
@@ -523,7 +580,7 @@ def _challenge(
     return _any(challenge, p.conn, n)
 
 
-def _server_answered(
+def _answer(
     p: Packets,
     side: np.ndarray,
     pure_syn: np.ndarray,
@@ -533,7 +590,14 @@ def _server_answered(
     trigger: np.ndarray,
     n: int,
 ) -> np.ndarray:
-    """``tcp._genuine_answer`` found a SYN-ACK from the server to the very SYN the RST refuses."""
+    """The server's SYN-ACK to the very SYN a RST in its name refuses (the first), or NONE.
+
+    A server refuses a SYN (RST+ACK, ack = ISN + 1) or accepts it (SYN-ACK,
+    the same ack), never both; a RST it sends after its own SYN-ACK, aborting
+    the half-open connection, is in its own sequence space (seq = its ISN + 1).
+    Both answers to one SYN mean another device answered in the server's
+    name: it raced the server (Weaver, Sommer and Paxson, NDSS 2009).
+    """
     rst_acks = p.has(ACK)[r]
     refused_by_ack = _any(with_rst & rst_acks & pure_syn & (side == 1) & ((p.seq + 1) % _MOD == p.ack[r]), p.conn, n)
     safe = np.maximum(trigger, 0)
@@ -553,14 +617,15 @@ def _server_answered(
         & (p.seq[rst_safe[k]] != p.seq)
         & (p.seq[rst_safe[k]] != (p.seq + 1) % _MOD)
     )
-    answered: np.ndarray = _any(answer, k, n) & (rst >= 0) & ~p.from_orig[rst_safe]
-    return answered
+    first = _per_connection(np.flatnonzero(answer), k[answer], n, "min")
+    result: np.ndarray = np.where((rst >= 0) & ~p.from_orig[rst_safe], first, NONE)
+    return result
 
 
 def _syn_went_past(
     p: Packets, trigger: np.ndarray, trigger_is_syn: np.ndarray, rst: np.ndarray, generated: np.ndarray, n_names: int
 ) -> np.ndarray:
-    """``tcp._syn_went_past`` found a sighting of the SYN past the RST's maker."""
+    """A sighting of the SYN the RST answers past the RST's maker (``tcp.syn_went_past`` finds it)."""
     s = p.sights
     result = np.zeros(len(rst), dtype=bool)
     chosen = np.flatnonzero(trigger_is_syn & (rst >= 0))
@@ -599,45 +664,212 @@ def rst_sight_keys(p: Packets, rows: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _policy(
-    p: Packets,
-    ctx: Context,
-    names: list[str],
-    server_own: np.ndarray,
-    maker: np.ndarray,
-    client_own: np.ndarray,
-    trigger: np.ndarray,
-    trigger_is_syn: np.ndarray,
-    n_names: int,
-) -> np.ndarray:
-    """The SYN (the trigger) missing at the server's capture, or at captures further along its path.
-
-    What ``tcp._handshake_reset_from_server`` calls a policy reject apart from a forged RST; only read for
-    connections whose RST answers a SYN.
-    """
-    s = p.sights
-    n = len(trigger)
-    result = np.zeros(n, dtype=bool)
-    chosen = np.flatnonzero(trigger_is_syn)
+def _sight_at(p: Packets, rows: np.ndarray, captures: np.ndarray) -> np.ndarray:
+    """Per entry, the sighting of packet ``rows[i]`` at capture ``captures[i]``; NONE where there is none."""
+    result = np.full(len(rows), NONE, dtype=np.int64)
+    chosen = np.flatnonzero((rows >= 0) & (captures >= 0))
     if len(chosen) == 0:
         return result
-    syn = trigger[chosen]
-    seen_at = set(rst_sight_keys(p, syn).tolist())
-    last_cap = s.capture[p.sight_stop[syn] - 1]
-    syn_ts = p.ts_ref[syn]
-    server = server_own[chosen]
-    missing = (server >= 0) & _covers(ctx, names, server, syn_ts)
-    missing &= np.array([int(a) * n_names + int(b) not in seen_at for a, b in zip(syn, server, strict=True)])
-    result[chosen] = missing
+    owner, sights = _ranges(p.sight_start[rows[chosen]], p.sight_stop[rows[chosen]])
+    hit = p.sights.capture[sights] == captures[chosen][owner]
+    result[chosen[owner[hit]]] = sights[hit]
+    return result
+
+
+def _policy(
+    p: Packets, ctx: Context, names: list[str], own: np.ndarray, maker: np.ndarray, syn: np.ndarray, forged: np.ndarray
+) -> np.ndarray:
+    """A server-side handshake RST is a firewall's, not the server's: the SYN it refuses missing at the server's
+    capture or at captures further along its path, or the RST forged and the SYN not seen at the server.
+
+    Without a capture on the server, the point where the SYN ended counts as the server's host when the RST
+    was made there (and it is not the client's).
+    """
+    s = p.sights
+    result: np.ndarray = forged.copy()  # with no SYN to follow, only the RST's own marks speak
+    chosen = np.flatnonzero(syn >= 0)
+    if len(chosen) == 0:
+        return result
+    rows = syn[chosen]
+    syn_ts = p.ts_ref[rows]
+    last_cap = s.capture[p.sight_stop[rows] - 1]
+    server_own, client_own = own[chosen, 0], own[chosen, 1]
+    made = maker[chosen]
+    server = np.where((server_own < 0) & (made >= 0) & (made == last_cap) & (made != client_own), made, server_own)
+    at_server = (server >= 0) & (_sight_at(p, rows, server) >= 0)
+    missing = (server_own >= 0) & (_sight_at(p, rows, server_own) < 0) & _covers(ctx, names, server_own, syn_ts)
     for capture in ctx.captures:
         low, high = ctx.spans.get(capture, (1, 0))
         running = (low <= syn_ts) & (syn_ts <= high)
-        after = np.array([ctx.is_beyond(capture, names[c]) for c in last_cap.tolist()], dtype=bool)
-        if not (running & after).any():
+        beyond = np.array([ctx.is_beyond(capture, names[c]) for c in last_cap.tolist()], dtype=bool)
+        if not (running & beyond).any():
             continue
-        code = names.index(capture) if capture in names else len(names)
-        absent = np.array([int(a) * n_names + code not in seen_at for a in syn.tolist()], dtype=bool)
-        result[chosen] |= after & absent & running
+        code = np.full(len(rows), names.index(capture) if capture in names else len(names), dtype=np.int64)
+        missing |= beyond & running & (_sight_at(p, rows, code) < 0)
+    result[chosen] = missing | (forged[chosen] & ~at_server)
+    return result
+
+
+def _kept_sending(
+    p: Packets, rst: np.ndarray, rst_side: np.ndarray, side: np.ndarray, is_rst: np.ndarray, chosen: np.ndarray
+) -> np.ndarray:
+    """Per chosen connection, how many of the RST's claimed sender's packets (not RSTs) a point that saw the RST
+    saw after it: a sender that reset the connection sends nothing more."""
+    s = p.sights
+    n = len(rst)
+    count = np.zeros(n, dtype=np.int64)
+    ks = np.flatnonzero(chosen & (rst >= 0))
+    if len(ks) == 0:
+        return count
+    n_names = len(p.table.names) + 1
+    owner, rst_sights = _ranges(p.sight_start[rst[ks]], p.sight_stop[rst[ks]])
+    rst_ts = pd.Series(s.ts_ns[rst_sights], index=ks[owner] * n_names + s.capture[rst_sights])
+    k = p.conn[s.seen]
+    mine = chosen[k] & (side[s.seen] == rst_side[k]) & ~is_rst[s.seen]
+    since = _lookup(rst_ts, np.where(mine, k * n_names + s.capture, -1), missing=np.iinfo(np.int64).max)
+    after = mine & (s.ts_ns > since)
+    packets = np.unique(s.seen[after])
+    count += np.bincount(p.conn[packets], minlength=n)
+    return count
+
+
+def _idle(
+    p: Packets,
+    pos: np.ndarray,
+    side: np.ndarray,
+    pure_syn: np.ndarray,
+    synack: np.ndarray,
+    trigger: np.ndarray,
+    chosen: np.ndarray,
+) -> np.ndarray:
+    """The packet the RST answers came after a silence of at least ``IDLE_GAP_MIN_NS`` and ``IDLE_GAP_RTTS``
+    handshake round trips (``IDLE_GAP_MIN_NS`` alone when no round trip was seen)."""
+    from diag.diagnose.tcp import IDLE_GAP_MIN_NS, IDLE_GAP_RTTS
+
+    t = np.maximum(trigger, 0)
+    has_gap = chosen & (trigger >= 0) & (pos[t] > 0)
+    gap = np.where(has_gap, p.ts_ref[t] - p.ts_ref[np.maximum(t - 1, 0)], 0)
+    long = has_gap & (gap >= IDLE_GAP_MIN_NS)
+    rtt = handshake_rtt(p, side, pure_syn, synack, long)
+    threshold = np.where(rtt > 0, np.maximum(IDLE_GAP_MIN_NS, IDLE_GAP_RTTS * rtt), IDLE_GAP_MIN_NS)
+    result: np.ndarray = long & (gap >= threshold)
+    return result
+
+
+def handshake_rtt(
+    p: Packets, side: np.ndarray, pure_syn: np.ndarray, synack: np.ndarray, chosen: np.ndarray
+) -> np.ndarray:
+    """Per chosen connection, the shortest SYN to ACK-of-the-SYN-ACK time at any one capture (one clock); NONE.
+
+    The client's SYN, the server's SYN-ACK acknowledging it and the client's
+    bare ACK of that SYN-ACK are paired by their sequence numbers; each pair's
+    SYN and ACK are compared where both were seen.
+    """
+    n = len(chosen)
+    result = np.full(n, NONE, dtype=np.int64)
+    k = p.conn
+    mine = chosen[k]
+    syns, answers = np.flatnonzero(mine & pure_syn & (side == 1)), np.flatnonzero(mine & synack & (side == 0))
+    acks = np.flatnonzero(mine & (side == 1) & (p.flags == ACK))
+    if not (len(syns) and len(answers) and len(acks)):
+        return result
+    syn_answer = pd.merge(
+        pd.DataFrame({"conn": k[syns], "value": (p.seq[syns] + 1) % _MOD, "syn": syns}),
+        pd.DataFrame({"conn": k[answers], "value": p.ack[answers], "answer": answers}),
+        on=["conn", "value"],
+    )
+    syn_answer["value"] = (p.seq[syn_answer["answer"].to_numpy()] + 1) % _MOD
+    pairs = pd.merge(
+        syn_answer[["conn", "value", "syn"]],
+        pd.DataFrame({"conn": k[acks], "value": p.ack[acks], "ack": acks}),
+        on=["conn", "value"],
+    )[["conn", "syn", "ack"]].drop_duplicates()
+    if pairs.empty:
+        return result
+    s = p.sights
+    syn_rows, ack_rows = pairs["syn"].to_numpy(), pairs["ack"].to_numpy()
+    owner, sights = _ranges(p.sight_start[syn_rows], p.sight_stop[syn_rows])
+    at = _sight_at(p, ack_rows[owner], s.capture[sights])
+    found = at >= 0
+    rtt = s.ts_ns[np.maximum(at, 0)] - s.ts_ns[sights]
+    positive = found & (rtt > 0)
+    conn = pairs["conn"].to_numpy()[owner[positive]]
+    best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, conn, rtt[positive])
+    result[best < np.iinfo(np.int64).max] = best[best < np.iinfo(np.int64).max]
+    return result
+
+
+def _syn_points(
+    p: Packets,
+    ctx: Context,
+    names: list[str],
+    side: np.ndarray,
+    pure_syn: np.ndarray,
+    first_syn: np.ndarray,
+    synack: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(astray, unseen elsewhere) per connection with a first SYN: the SYN-ACK ``synack`` was seen at a point no
+    SYN of the client passed; a capture running when the first SYN was sent never saw any of them."""
+    s = p.sights
+    n = len(first_syn)
+    n_names = len(names) + 1
+    syns = np.flatnonzero(pure_syn & (side == 1) & (first_syn[p.conn] >= 0))
+    owner, sights = _ranges(p.sight_start[syns], p.sight_stop[syns])
+    syn_keys = np.unique(p.conn[syns][owner] * n_names + s.capture[sights])
+    astray = np.zeros(n, dtype=bool)
+    ks = np.flatnonzero(synack >= 0)
+    if len(ks):
+        owner, sights = _ranges(p.sight_start[synack[ks]], p.sight_stop[synack[ks]])
+        off_path = ~np.isin(ks[owner] * n_names + s.capture[sights], syn_keys)
+        astray[ks[owner[off_path]]] = True
+    unseen = np.zeros(n, dtype=bool)
+    ks = np.flatnonzero(first_syn >= 0)
+    ts = p.ts_ref[first_syn[ks]]
+    for capture in ctx.captures:
+        code = names.index(capture) if capture in names else len(names)  # a point with no rows never saw it
+        low, high = ctx.spans.get(capture, (1, 0))
+        unseen[ks] |= (low <= ts) & (ts <= high) & ~np.isin(ks * n_names + code, syn_keys)
+    return astray, unseen
+
+
+def _handed_on(p: Packets, chosen: np.ndarray, farthest: np.ndarray) -> np.ndarray:
+    """Per chosen connection, its farthest SYN's last point DNATed it on with the client's address kept.
+
+    That point's copies show the SYN arriving (the highest TTL, first in time)
+    and leaving (the lowest TTL, last in time); its destination changed and
+    its source address did not (``forwarding.handoff``).
+    """
+    s, columns = p.sights, p.table.columns
+    result = np.zeros(len(chosen), dtype=bool)
+    ks = np.flatnonzero(chosen & (farthest >= 0))
+    if len(ks) == 0:
+        return result
+    last = p.sight_stop[farthest[ks]] - 1
+    owner, copies = _ranges(s.bounds[last], s.bounds[last + 1])
+    rows = s.copies[copies]
+    frame = pd.DataFrame(
+        {
+            "owner": owner,
+            "order": np.arange(len(rows)),
+            "ts": columns["ts_ns"][rows],
+            "ttl": columns["ttl"][rows].astype(np.int64),
+            "src": columns["src"][rows],
+            "dst": columns["dst"][rows],
+            "dport": columns["dport"][rows],
+        }
+    ).sort_values(["owner", "ts", "order"], kind="stable")
+    ttl = frame.groupby("owner")["ttl"]
+    arrived = frame[frame["ttl"] == ttl.transform("max")].drop_duplicates("owner", keep="first").set_index("owner")
+    left = frame[frame["ttl"] == ttl.transform("min")].drop_duplicates("owner", keep="last").set_index("owner")
+    at = np.arange(len(ks))
+    arrived, left = arrived.reindex(at), left.reindex(at)
+    dnat = (arrived["dst"].to_numpy() != left["dst"].to_numpy()) | (
+        arrived["dport"].to_numpy() != left["dport"].to_numpy()
+    )
+    kept = arrived["src"].to_numpy() == left["src"].to_numpy()
+    spread = arrived["ttl"].to_numpy() != left["ttl"].to_numpy()
+    result[ks] = dnat & kept & spread
     return result
 
 
@@ -651,7 +883,7 @@ def _unanswered(
     pos: np.ndarray,
     n: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(first SYN, unanswered long enough, a SYN-ACK to it, farthest attempt forwarded) per connection.
+    """(first SYN, unanswered long enough, the first SYN-ACK to it, the farthest-seen attempt) per connection.
 
     What ``tcp.unanswered_syn`` decides before it renders: no packet of the
     server seen where the first SYN was, after it; no later ACK from the
@@ -685,7 +917,8 @@ def _unanswered(
     n_sights = p.sight_stop - p.sight_start
     farthest_order = pd.DataFrame({"conn": p.conn[syns], "n": -n_sights[syns], "i": index[syns]})
     farthest = farthest_order.sort_values(["conn", "n", "i"]).drop_duplicates("conn")
-    forwarded = np.zeros(n, dtype=bool)
     rows = farthest["i"].to_numpy(dtype=np.int64)
-    forwarded[p.conn[rows]] = s.forwarded[p.sight_stop[rows] - 1]
-    return first_syn, verdict, _any(acking, p.conn, n), forwarded
+    farthest_syn = np.full(n, NONE, dtype=np.int64)
+    farthest_syn[p.conn[rows]] = rows
+    acked_by = np.flatnonzero(acking)
+    return first_syn, verdict, _per_connection(acked_by, p.conn[acked_by], n, "min"), farthest_syn

@@ -6,10 +6,16 @@ A stateful box on that path forges a RST as the client (TCP) or re-sources the r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, left_its_sender
 from diag.report import Cause
 from diag.report.facts import Fact
+
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
 
 CAP = 0.97
 
@@ -74,10 +80,18 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     return left_its_sender(facts)
 
 
+def tcp_rule(s: TcpSignals) -> np.ndarray:
+    """The server's SYN-ACK reset in the client's name by another device, or unanswered SYNs whose SYN-ACK went
+    by another path (or that a forwarding box alone shows DNATed on with the client's address kept)."""
+    rule: np.ndarray = s.synack_reset_astray() | s.reply_astray()
+    return rule
+
+
 SPEC = CauseSpec(
     cause=Cause.ASYMMETRIC_RETURN,
     forged=True,
     udp=udp,
+    tcp_rule=tcp_rule,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"reply-lost", "unreachable", "left-own"}),
     fixes=(

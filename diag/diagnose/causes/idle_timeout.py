@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender
 from diag.report import Cause
 from diag.report.facts import Fact
+
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
@@ -16,9 +22,17 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     return left_its_sender(facts)
 
 
+def tcp_rule(s: TcpSignals) -> np.ndarray:
+    """A forged RST ended an established connection, answering the first segment after a long silence, and its
+    claimed sender sent nothing after it."""
+    rule: np.ndarray = s.aborted() & s.forged & (s.kept_sending == 0) & s.idle
+    return rule
+
+
 SPEC = CauseSpec(
     cause=Cause.IDLE_TIMEOUT,
     forged=True,
+    tcp_rule=tcp_rule,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"syn-retried", "left-own"}),
     fixes=(

@@ -39,7 +39,7 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
     """An established connection ended by a RST its claimed sender really sent (nothing says otherwise)."""
-    rule: np.ndarray = (s.rst >= 0) & s.established & ~s.forged & ~s.unsure_origin & ~(s.rst_from_client & s.challenge)
+    rule: np.ndarray = s.aborted() & ~s.forged
     return rule
 
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
-    """A RST in the server's name refuses the SYN, and the SYN is missing where the server's side would show it."""
+    """A RST in the server's name refuses the SYN, and the SYN is missing where the server's side would show it,
+    or the RST is forged and the SYN was not seen at the server."""
     rule: np.ndarray = s.refused_syn() & s.policy
     return rule
 

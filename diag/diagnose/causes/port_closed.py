@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
-    """The server's RST refuses the SYN it answers; the SYN reached it and nothing says the RST is not its own."""
+    """A RST in the server's name refuses the SYN; nothing says the SYN missed the server or the RST is not its own."""
     rule: np.ndarray = s.refused_syn() & ~s.policy
     return rule
 

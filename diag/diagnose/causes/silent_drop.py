@@ -52,8 +52,9 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
 
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
-    """SYNs unanswered long enough, no SYN-ACK to them anywhere, and no box that visibly sent them on."""
-    rule: np.ndarray = s.syn_verdict & ~s.synack & ~s.syn_forwarded
+    """SYNs unanswered long enough whose SYN-ACK (if any) was lost on their own path, and no box alone that shows
+    them handed on with the client's address kept."""
+    rule: np.ndarray = s.syn_verdict & ~s.reply_astray()
     return rule
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, first
 from diag.report import Cause
 from diag.report.facts import Fact
+
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
@@ -17,9 +23,16 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     return None
 
 
+def tcp_rule(s: TcpSignals) -> np.ndarray:
+    """The client's RST answers an RFC 5961 challenge ACK the server sent to its new SYN."""
+    rule: np.ndarray = s.reused()
+    return rule
+
+
 SPEC = CauseSpec(
     cause=Cause.TUPLE_REUSE,
     forged=False,
+    tcp_rule=tcp_rule,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"absent-at-own"}),
     fixes=(

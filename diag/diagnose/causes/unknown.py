@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.report import Cause
 from diag.report.facts import Fact
+
+if TYPE_CHECKING:
+    from diag.diagnose.tcp_signals import TcpSignals
 
 
 def udp(facts: Sequence[Fact]) -> Decision | None:
@@ -22,8 +28,16 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
     )
 
 
+def tcp_rule(s: TcpSignals) -> np.ndarray:
+    """A RST in the client's name during the handshake that is neither a tuple reuse nor a forged answer to the
+    server's SYN-ACK."""
+    rule: np.ndarray = s.client_handshake_rst() & ~s.synack_reset_astray()
+    return rule
+
+
 SPEC = CauseSpec(
     cause=Cause.UNKNOWN,
     forged=False,
     udp=udp,
+    tcp_rule=tcp_rule,
 )
