@@ -37,37 +37,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 import os
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from diag.analysis import Diagnoser, ProgressHook, concat_packets, group_points, read_file, report_of
+from diag.analysis import Diagnoser, ProgressHook
 from diag.capture.filter import Node as FilterNode
-from diag.capture.filter import filter_packets, parse_filter
-from diag.capture.info import CaptureInfo
-from diag.capture.points import merge_point
 from diag.capture.source import is_file_quietly
 from diag.correlate import Correlation
 from diag.errors import DiagError
-from diag.flows import build_flows
-from diag.flows.table import empty_flows
 from diag.partitions import cut_part, diagnose_part, merge_findings, partition_rows
-from diag.reduction import (
-    LinkKeys,
-    PointRows,
-    merge_link_keys,
-    partition_link_keys,
-    select_candidates,
-    shared_link_keys,
-)
+from diag.taskgraph import PointCandidates, gather_candidates, report_of_candidates, run_analysis
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -137,14 +123,17 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
         workers = spec.workers or os.cpu_count() or 1
         # Loopback only (the scheduler's HTTP endpoint too, on a free port): a local cluster is never reachable
         # from the network, and two of them on one machine do not fight over 8787.
-        with LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.CRITICAL,  # a failed task is reported once, as one line, by the command
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+                silence_logs=logging.CRITICAL,  # a failed task is reported once, as one line, by the command
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
         return
     try:
@@ -160,66 +149,28 @@ def _reason(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
-@dataclass(frozen=True)
-class PointPart:
-    """A capture point as its worker holds it: the whole packet table, its flows and per-row link keys."""
-
-    table: pd.DataFrame
-    info: CaptureInfo
-    flows: pd.DataFrame
-    rows: PointRows
-    links: LinkKeys
-
-
-@dataclass(frozen=True)
-class PointCandidates:
-    """What a point sends to the client: its candidate packets, its whole flow table and its ``CaptureInfo``."""
-
-    packets: pd.DataFrame
-    info: CaptureInfo
-    flows: pd.DataFrame
-    read: int  # packets the point had (after --filter); ``len(packets)`` of them are sent
-    link_bytes: int  # what the point's link keys weighed in the shuffle
-
-
-def prepare_point(
-    given: Sequence[str], packet_filter: FilterNode | None, *files: tuple[pd.DataFrame, CaptureInfo]
-) -> PointPart:
-    """On a worker: one point's files (read by other tasks) in time order, filtered, with flows and link keys."""
-    tables = [table for table, _ in files]
-    infos = [replace(info, path=path, files=(path,)) for (_, info), path in zip(files, given, strict=True)]
-    table, info = merge_point(tables, infos)
-    if packet_filter is not None:
-        table = filter_packets(table, packet_filter).reset_index(drop=True)
-    rows = PointRows.of(table)
-    return PointPart(table, info, build_flows(table), rows, rows.link_keys(table))
-
-
-def point_link_parts(part: PointPart, partitions: int) -> list[LinkKeys]:
-    """On a worker: the point's distinct link keys, cut into ``partitions`` by hash (the shuffle's map side)."""
-    return partition_link_keys(part.links, partitions)
-
-
-def shared_in_partition(parts: Sequence[LinkKeys]) -> LinkKeys:
-    """On a worker: one hash partition of every point's link keys, reduced to those of two points or more."""
-    return shared_link_keys(parts)
-
-
-def point_candidates(part: PointPart, *shared: LinkKeys) -> PointCandidates:
-    """On a worker: the point's candidate rows, given every partition's shared link keys."""
-    keep = select_candidates(part.table, part.rows, merge_link_keys(shared))
-    return PointCandidates(part.table[keep], part.info, part.flows, len(part.table), part.links.nbytes)
-
-
 def analyze_on(
     client: Client,
     pairs: Sequence[tuple[str, Path]],
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
+    whole_tables: bool = False,
 ) -> Report:
-    """``diag.analysis.analyze`` with the points read, summarised and reduced, and the connections
-    diagnosed, on ``client``'s workers."""
-    return report_of_candidates(reduce_on(client, pairs, progress, packet_filter), progress, diagnose_on(client))
+    """``diag.analysis.analyze`` with every stage on ``client``'s workers (``diag.taskgraph``).
+
+    The report holds no packets and only the flow rows the text and the capped JSON show (``Report.flow_digest``
+    counts the rest). ``whole_tables`` instead gathers every point's candidate packets and whole flow table to
+    this process, which correlates them (the connections are still diagnosed on the workers): what ``--export``,
+    ``--plot``, ``--flow`` and ``--flows all`` need, at the cost of the client's memory.
+    """
+    runner = DaskRunner(client)
+    try:
+        if whole_tables:
+            return report_of_candidates(gather_candidates(runner, pairs, progress, packet_filter), progress,
+                                        diagnose_on(client))  # fmt: skip
+        return run_analysis(runner, pairs, progress, packet_filter)
+    finally:
+        runner.close()
 
 
 def reduce_on(
@@ -228,88 +179,42 @@ def reduce_on(
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
 ) -> list[PointCandidates]:
-    """Every point's candidates, in point order, computed on ``client``'s workers.
+    """Every point's candidates and whole flow table, computed on ``client``'s workers, in point order."""
+    runner = DaskRunner(client)
+    try:
+        return gather_candidates(runner, pairs, progress, packet_filter)
+    finally:
+        runner.close()
 
-    The graph, submitted at once: a read task per file; a point task per point
-    (its files merged in time order, ``--filter``, the flow table, link keys),
-    which stays on its worker; each point's link keys cut into one part per
-    worker; per part, the keys of two points or more; per point, its candidate
-    packets given those. Only the candidates, the flow tables and the shared
-    keys travel; the client stacks the candidates in point order and
-    correlates and diagnoses them. Nothing depends on the number of workers:
-    the shared keys are the same however they are partitioned, and results
-    are gathered in the order of the points.
-    """
-    tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
-    points = group_points(pairs)
-    workers = max(1, len(client.scheduler_info().get("workers", {})))
-    run = uuid.uuid4().hex
-    owner: dict[str, str] = {}  # task key -> what to name if it keeps killing workers
-    futures = []
 
-    def submit(function: Callable[..., Any], *args: object, key: str, blame: str) -> Future[Any]:
-        owner[key] = blame
-        future: Future[Any] = client.submit(function, *args, key=key, pure=False)
-        futures.append(future)
+class DaskRunner:
+    """``diag.taskgraph.Runner`` on a Dask client: one partition per worker, each task keyed by its kind and run."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.run = uuid.uuid4().hex
+        self.owner: dict[str, str] = {}  # task key -> what to name if it keeps killing workers
+        self.futures: list[Future[Any]] = []
+
+    def partitions(self) -> int:
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def submit(self, function: Callable[..., Any], *args: Any, name: str, blame: str) -> Future[Any]:
+        key = f"diag-{name}-{len(self.futures)}-{self.run}"
+        self.owner[key] = blame
+        future: Future[Any] = self.client.submit(function, *args, key=key, pure=False)
+        self.futures.append(future)
         return future
 
-    detail = f"{len(pairs)} files of {len(points)} point(s) on {workers} Dask workers"
-    stage = progress("read", detail) if progress else None
-    with stage or contextlib.nullcontext():
-        parts, blames = [], []
-        for number, (name, files) in enumerate(points.items()):
-            reads = [
-                # Workers open absolute paths (their working directory is not ours); the report keeps the path as given.
-                submit(read_file, name, path.absolute(), key=f"diag-read-{number}-{index}-{run}", blame=str(path))
-                for index, path in enumerate(files)
-            ]
-            blame = f"{name} ({', '.join(str(path) for path in files)})"
-            blames.append(blame)
-            parts.append(
-                submit(prepare_point, [str(path) for path in files], tree, *reads, key=f"diag-point-{number}-{run}",
-                       blame=blame)
-            )
-        try:
-            # Wait for the points without fetching them: their tables stay on the workers.
-            _wait(client, parts, owner, fetch=False)
-            stage_detail = "link keys shuffled across points, candidate packets selected"
-            cut = [
-                submit(point_link_parts, part, workers, key=f"diag-keys-{number}-{run}", blame=blames[number])
-                for number, part in enumerate(parts)
-            ]
-            pieces = [
-                [submit(operator.getitem, whole, share, key=f"diag-keys-{number}-{share}-{run}", blame=blames[number])
-                 for share in range(workers)]
-                for number, whole in enumerate(cut)
-            ]  # fmt: skip
-            shared = [
-                submit(shared_in_partition, [piece[share] for piece in pieces], key=f"diag-shared-{share}-{run}",
-                       blame="the join of every point's link keys")
-                for share in range(workers)
-            ]
-            candidates = [
-                submit(point_candidates, part, *shared, key=f"diag-candidates-{number}-{run}", blame=blames[number])
-                for number, part in enumerate(parts)
-            ]
-        except BaseException:
-            client.cancel(futures)
-            raise
-    try:
-        with (progress("candidates", stage_detail) if progress else contextlib.nullcontext()):
-            results: list[PointCandidates] = _wait(client, candidates, owner)
-    finally:
-        client.cancel(futures)
-    return results
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        return _wait(self.client, handles, self.owner)
 
+    def settle(self, handles: Sequence[Any]) -> None:
+        _wait(self.client, handles, self.owner, fetch=False)
 
-def report_of_candidates(
-    results: Sequence[PointCandidates], progress: ProgressHook | None = None, diagnoser: Diagnoser | None = None
-) -> Report:
-    """The report from every point's candidates (in point order): stacked, flows renumbered, correlated, diagnosed
-    (in this process, or by ``diagnoser``)."""
-    packets = concat_packets([result.packets for result in results])
-    flows = _renumbered([result.flows for result in results])
-    return report_of(packets, flows, [result.info for result in results], progress, diagnoser)
+    def close(self) -> None:
+        """Let go of every result the run left on the workers."""
+        self.client.cancel(self.futures)
 
 
 def diagnose_on(client: Client) -> Diagnoser:
@@ -351,22 +256,6 @@ def _wait(client: Client, futures: Sequence[Future[Any]], owner: dict[str, str],
         key = str(getattr(error, "task", "") or (error.args[0] if error.args else ""))
         what = owner.get(key, "a capture")
         raise DiagError(f"{what}: every worker that worked on it died; analyze it without --cluster") from None
-
-
-def _renumbered(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Each point's flow table (ids from 0) as the one table of all points: ids continue from point to point."""
-    kept, offset = [], 0
-    for flows in tables:
-        if len(flows):
-            previous = flows["prev_flow"].to_numpy()
-            kept.append(
-                flows.assign(
-                    flow_id=flows["flow_id"].to_numpy() + offset,
-                    prev_flow=np.where(previous >= 0, previous + offset, previous),
-                )
-            )
-            offset += len(flows)
-    return pd.concat(kept, ignore_index=True) if kept else empty_flows()
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ first row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -37,8 +37,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from diag.capture.proto import ICMP, ICMPV6, TCP, UDP
+from diag.clocks import ClockBounds, clock_bounds
 from diag.compiled import compiled
-from diag.correlate import Correlation
+from diag.correlate import ClockOffset, Correlation, correlate
 from diag.diagnose.connections import build_connections
 from diag.flows.copies import mix_hash
 from diag.reduction import CLIENT_PORTS, client_endpoints, text_hashes
@@ -47,7 +48,7 @@ from diag.unionfind import find
 
 
 @compiled
-def _row_components(vertices: npt.NDArray[np.int64], n_vertices: int) -> npt.NDArray[np.int64]:
+def row_components(vertices: npt.NDArray[np.int64], n_vertices: int) -> npt.NDArray[np.int64]:
     """Per row (one row of ``vertices`` lists the vertices it joins, -1 for none): its component's root, or -1."""
     parent = np.arange(n_vertices, dtype=np.int64)
     n_rows, n_columns = vertices.shape
@@ -71,7 +72,7 @@ def _row_components(vertices: npt.NDArray[np.int64], n_vertices: int) -> npt.NDA
     return result
 
 
-def _dense(values: np.ndarray, present: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
+def dense_vertices(values: np.ndarray, present: np.ndarray, offset: int) -> tuple[np.ndarray, int]:
     """Vertex numbers from ``offset`` for the distinct ``values`` where ``present``; -1 elsewhere."""
     codes, uniques = pd.factorize(values[present])
     numbers = np.full(len(values), -1, dtype=np.int64)
@@ -107,9 +108,9 @@ def components(packets: pd.DataFrame, corr: Correlation) -> np.ndarray:
     offset = 0
     for position, (values, present) in enumerate(columns):
         present = present & (values != 0) if values.dtype == np.uint64 else present
-        vertices[:, position], count = _dense(values, present, offset)
+        vertices[:, position], count = dense_vertices(values, present, offset)
         offset += count
-    roots = _row_components(vertices, max(offset, 1))
+    roots = row_components(vertices, max(offset, 1))
     # Numbered by first row, so a component's number is the same whoever computes it.
     result = np.full(n, -1, dtype=np.int64)
     result[roots >= 0] = pd.factorize(roots[roots >= 0])[0]
@@ -196,3 +197,87 @@ def merge_findings(parts: Sequence[PartFindings]) -> list[Finding]:
             key = (ts_ref, first_row, finding.packet.capture, finding.packet.file, finding.packet.index)
             merged.setdefault(key, finding)
     return [merged[key] for key in sorted(merged)]
+
+
+# A row's place in the whole stacked table, and a component's label (``diag.linking``): the point's number in
+# the high bits, the row's (or the component's) number at that point below.
+POINT_SHIFT = 40
+
+
+def owner_of(labels: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition owning each component label: its rows are correlated and diagnosed there."""
+    mixed = mix_hash(np.full(len(labels), 0x243F6A8885A308D3, dtype=np.uint64), labels.astype(np.uint64))
+    owner: np.ndarray = (mixed % np.uint64(partitions)).astype(np.int64)
+    return owner
+
+
+def boundary_rows(packets: pd.DataFrame) -> np.ndarray:
+    """One point's rows with its earliest and its latest time (the first of each): its place and time span."""
+    if len(packets) == 0:
+        return np.zeros(0, dtype=np.int64)
+    ts = packets["ts_ns"].to_numpy()
+    return np.unique([int(np.argmin(ts)), int(np.argmax(ts))])
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The rows of one point's candidates that go to one partition."""
+
+    table: pd.DataFrame
+    rows: np.ndarray  # their positions among the point's candidates
+    owned: np.ndarray  # per row: the partition owns it (else it is a copy that every partition holds)
+
+
+def cut_point(
+    packets: pd.DataFrame, component: np.ndarray, labels: np.ndarray, boundary: np.ndarray, parts: int
+) -> list[Piece]:
+    """One point's candidates cut into ``parts`` pieces by their component's label (``diag.linking``).
+
+    Each piece holds the components its partition owns, and every piece the
+    components with a label in ``boundary`` (those holding a point's earliest
+    or latest row), each point's earliest and latest rows, and every ICMP row:
+    what the diagnosis reads of the whole analysis besides one connection.
+    """
+    held = component >= 0
+    row_label = np.full(len(packets), -1, dtype=np.int64)
+    row_label[held] = labels[component[held]]
+    owner = np.full(len(packets), -1, dtype=np.int64)
+    owner[held] = owner_of(row_label[held], parts)
+    shared = np.isin(packets["proto"].to_numpy(), (ICMP, ICMPV6)) | (held & np.isin(row_label, boundary))
+    shared[boundary_rows(packets)] = True
+    pieces = []
+    for part in range(parts):
+        rows = np.flatnonzero((owner == part) | shared)
+        pieces.append(Piece(packets.iloc[rows], rows, owner[rows] == part))
+    return pieces
+
+
+@dataclass(frozen=True)
+class Part:
+    """One partition's rows of every point, stacked in point order."""
+
+    table: pd.DataFrame  # the packet table; its ``capture`` categories are every point's name, in order
+    positions: np.ndarray  # per row: (point << POINT_SHIFT) + its row among the point's candidates
+    owned: np.ndarray
+
+
+def assemble_part(pieces: Sequence[Piece], names: Sequence[str]) -> Part:
+    """The pieces of every point (``pieces[i]`` of point ``i``) for one partition, as one table."""
+    from diag.analysis import concat_packets
+
+    table = concat_packets([piece.table for piece in pieces]).reset_index(drop=True)
+    table["capture"] = table["capture"].cat.set_categories(list(names))
+    positions = np.concatenate(
+        [(np.int64(point) << np.int64(POINT_SHIFT)) + piece.rows.astype(np.int64) for point, piece in enumerate(pieces)]
+    )
+    return Part(table, positions, np.concatenate([piece.owned for piece in pieces]).astype(bool))
+
+
+def part_clock_bounds(part: Part) -> ClockBounds:
+    """What the partition's own matched packets say about the clock offsets (``diag.clocks``)."""
+    return clock_bounds(part.table[part.owned].reset_index(drop=True))
+
+
+def diagnose_partition(part: Part, offsets: Mapping[str, ClockOffset]) -> PartFindings:
+    """The partition correlated with the offsets estimated from every partition, then diagnosed."""
+    return diagnose_part(part.table, correlate(part.table, offsets=offsets), part.positions)

@@ -22,7 +22,11 @@ from conftest import PROJECT
 
 from diag.analysis import analyze, group_points, parse_capture_args, read_file
 from diag.capture.filter import parse_filter
-from diag.cluster import (
+from diag.correlate import correlate
+from diag.partitions import components, cut_part, diagnose_part, merge_findings, partition_rows
+from diag.reduction import LinkKeys, partition_link_keys, shared_link_keys
+from diag.report import Finding, Report
+from diag.taskgraph import (
     PointCandidates,
     point_candidates,
     point_link_parts,
@@ -30,10 +34,6 @@ from diag.cluster import (
     report_of_candidates,
     shared_in_partition,
 )
-from diag.correlate import correlate
-from diag.partitions import components, cut_part, diagnose_part, merge_findings, partition_rows
-from diag.reduction import LinkKeys, partition_link_keys, shared_link_keys
-from diag.report import Finding, Report
 
 CAPTURES = PROJECT / "captures"
 

@@ -296,7 +296,10 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
         if client is None:
             report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
         else:
-            report = analyze_on(client, pairs, progress=progress, packet_filter=packet_filter)
+            # These outputs read the packet and flow tables themselves: gathered to this process. Otherwise only the
+            # report's counts, findings and the flow rows it shows come back from the workers.
+            whole = bool(args.export or args.plot or selector is not None or args.flows == "all")
+            report = analyze_on(client, pairs, progress=progress, packet_filter=packet_filter, whole_tables=whole)
     _print_warnings(report)
     if selector is not None:
         report = _focus(report, selector)
