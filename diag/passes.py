@@ -1,24 +1,29 @@
 """Captures larger than the memory budget, analysed in passes over the files.
 
 When the packets of every point would not fit in ``--max-memory``
-(``diag.memory``), the files are read several times, chunk by chunk, and
-nothing held grows with the number of packets, only with the connections:
+(``diag.memory``), the files are read once, chunk by chunk, and nothing held
+grows with the number of packets; with ``SpilledFlows`` nothing grows with
+the number of flows either, only with the connections that need diagnosing:
 
-1. Every file is read once; each chunk's key table
+1. Every file is read once. Each chunk's key table
    (``diag.flows.candidates.key_table``) goes to a ``CandidateSurvey``
    (``diag.flows.candidate_stream``), which keeps per-flow counts in memory and
-   spills the rows' packet keys to bucket files in a temporary directory (by
-   key hash; removed whatever happens). The buckets are then worked on a few
-   at a time and the candidate packets, those the correlation and the
-   diagnosis can need (a few percent of a busy capture: the connections that
-   ended badly, whole, and what sets the clocks), are known as sets of flows
-   and keys.
-2. The flow table, which counts every packet, is built in ``K`` partitions:
-   each pass reads the files again and keeps the packets of the flows whose
-   node hash falls in one partition (a flow's packets all share it), builds
-   their flow rows, and drops the packets. The first pass also keeps the
-   candidate packets. ``K`` is the smallest number of passes whose share of
-   the packets fits what the budget leaves.
+   spills the rows' packet keys to bucket files by key hash; the chunk's
+   packets go to *packet buckets* by the hash of their flow (a flow's packets
+   all share a bucket; packets of no flow go to a bucket of their own). Both
+   live in a temporary directory, removed whatever happens. The key buckets
+   are then worked on a few at a time and the candidate packets, those the
+   correlation and the diagnosis can need (a few percent of a busy capture:
+   the connections that ended badly, whole, and what sets the clocks), are
+   known as sets of flows and keys.
+2. The packet buckets are read back a *partition* at a time (as many buckets
+   as fit what the budget leaves): the rows are put in the whole table's
+   order, the candidates among them kept, their flow rows built, and the
+   packets dropped. The flow rows go to ``SpilledFlows``
+   (``diag.flows.spilled``), which writes them to disk and keeps in memory
+   the problem rows, the first healthy ones and the counts the report shows,
+   when the whole flow table would take more than a quarter of the budget;
+   otherwise the table is read back whole at the end.
 3. The usual correlation and diagnosis run on the candidate packets.
 
 The rows kept are put in the order the whole table would have them (points in
@@ -27,11 +32,11 @@ by rank, or by time when they overlap), and the flow rows numbered by their
 first packet in that order, so the report is the same as from one pass over
 everything: the same findings, clock offsets and flow table. Only
 ``Report.packets`` and ``Report.matches`` hold the candidate packets instead
-of all of them. A compressed file is decompressed again in every pass;
-standard input cannot be read twice. A file whose first chunk holds nothing
-but empty records (a zero-filled or sparse file, a gzip bomb of record
-headers) is refused with the one-pass read's error: passes cannot make it a
-capture.
+of all of them, and with a spilled flow table ``Report.flows`` holds the rows
+above (``Report.flow_store`` the whole table). Standard input cannot be read
+in passes (it is refused). A file whose first chunk holds nothing but empty
+records (a zero-filled or sparse file, a gzip bomb of record headers) is
+refused with the one-pass read's error: passes cannot make it a capture.
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
+import pickle
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,15 +66,15 @@ from diag.capture.source import STDIN_NAME, capture_size
 from diag.flows import build_flows, flow_ids
 from diag.flows.candidate_stream import BUCKET_BYTES_PER_ROW, SPILL, CandidateSurvey, Choice, FileOrder
 from diag.flows.candidates import key_table, node_hashes
-from diag.flows.table import empty_flows
+from diag.flows.spilled import ORDER, SpilledFlows, sorted_order
 from diag.memory import BYTES_PER_PACKET, MemoryBudgetError, format_size
 from diag.report import Report
 
 if TYPE_CHECKING:
     from diag.analysis import ProgressHook
 
-# Memory per flow: its row of the flow table (about 390 bytes deep, measured) and its share of the merge
-# of the partitions' rows; it also covers the survey's per-flow counts, SYNs and client endpoints.
+# Memory per flow held in memory: its row of the flow table (about 390 bytes deep, measured) and its share
+# of the merge of the partitions' rows; it also covers the survey's per-flow counts, SYNs and client endpoints.
 BYTES_PER_FLOW = 500
 # Memory per packet of one partition while its flow rows are built: the packet table (160 bytes deep)
 # and build_flows' own (busy.pcap in one partition: 280 to 470 bytes a packet, measured).
@@ -80,9 +86,16 @@ CHUNK_ROWS = 1 << 17
 MIN_CHUNK_ROWS = 1 << 12
 # Bucket files the packet keys are spilled to: enough that one bucket is a small share of the budget.
 MIN_BUCKETS, MAX_BUCKETS = 16, 4096
+# Packet buckets: at most this many, and this many times as many as partitions seem needed (to group them).
+MAX_PACKET_BUCKETS, PACKET_BUCKETS_PER_PARTITION = 1024, 4
 # Bytes of capture file per packet, at least (a 16-byte record header and a short frame): sizes the buckets.
 MIN_FILE_BYTES_PER_PACKET = 64
+RECORD_HEADER_BYTES = 16
 GZIP_RATIO_GUESS = 10
+# Pass 1 writes its buffered packets to their buckets once this many chunks' worth are waiting.
+FLUSH_CHUNKS = 4
+# Helper columns of a spilled packet: its file, its position among the file's rows, its flow's node hash.
+_META = np.dtype([("file", "<i4"), ("row", "<i8"), ("node", "<u8")])
 
 
 @dataclass
@@ -105,7 +118,7 @@ class _File:
 def _give_back_freed_memory() -> None:
     """Return what a finished stage freed to the system (Arrow's pool and the C heap keep it otherwise).
 
-    A pass's packets are freed when it ends, but the allocators keep the pages for reuse; what the next
+    A partition's packets are freed when it ends, but the allocators keep the pages for reuse; what the next
     stage needs then comes on top of them in the resident size the budget is about.
     """
     gc.collect()
@@ -123,46 +136,86 @@ def chunk_rows_for(limit: int) -> int:
     return int(min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, limit // (16 * BYTES_PER_PACKET))))
 
 
-def _order_of(file: _File, chunk: pd.DataFrame, start: int) -> np.ndarray:
-    """Per row of a chunk, its place in the whole table: (point, time or 0, rank, row), sorted as merge_point."""
-    order = np.empty(len(chunk), dtype=[("point", "<i8"), ("time", "<i8"), ("rank", "<i8"), ("row", "<i8")])
-    order["point"] = file.point
-    order["time"] = chunk["ts_ns"].to_numpy() if file.by_time else 0
-    order["rank"] = file.rank
-    order["row"] = np.arange(start, start + len(chunk))
-    return order
+class _PacketBuckets:
+    """The packets of pass 1 in bucket files by their flow's node hash; packets of no flow in one more bucket.
+
+    Each bucket file is a sequence of pickled (packet table, ``_META`` rows)
+    blocks; ``flush_rows`` rows are buffered before they are written out.
+    """
+
+    def __init__(self, directory: Path, flush_rows: int) -> None:
+        self.directory = directory
+        self.flush_rows = flush_rows
+        self.buckets = 0  # decided by ``open`` once the first chunk tells how large packets are
+        self.rows: list[int] = []
+        self._blocks: list[list[tuple[int, int]]] = []
+        self._pending: list[list[tuple[pd.DataFrame, np.ndarray]]] = []
+        self._pending_rows = 0
+
+    def open(self, buckets: int) -> None:
+        self.buckets = buckets
+        self.rows = [0] * (buckets + 1)
+        self._blocks = [[] for _ in range(buckets + 1)]
+        self._pending = [[] for _ in range(buckets + 1)]
+
+    @property
+    def nodeless(self) -> int:
+        """The bucket of the packets of no flow (neither TCP nor UDP)."""
+        return self.buckets
+
+    def _path(self, bucket: int) -> Path:
+        return self.directory / f"packets-{bucket:05d}.bin"
+
+    def add(self, chunk: pd.DataFrame, node: np.ndarray, file: int, start: int) -> None:
+        meta = np.empty(len(chunk), dtype=_META)
+        meta["file"], meta["row"], meta["node"] = file, np.arange(start, start + len(chunk)), node
+        bucket = np.where(node != 0, (node % np.uint64(self.buckets)).astype(np.int64), self.nodeless)
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 2))
+        for number in range(self.buckets + 1):
+            rows = order[bounds[number] : bounds[number + 1]]
+            if len(rows):
+                self._pending[number].append((chunk.iloc[rows], meta[rows]))
+                self.rows[number] += len(rows)
+        self._pending_rows += len(chunk)
+        if self._pending_rows >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        for number, pending in enumerate(self._pending):
+            if not pending:
+                continue
+            block = (stack_tables([table for table, _meta in pending]), np.concatenate([meta for _t, meta in pending]))
+            data = pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)
+            with open(self._path(number), "ab") as out:
+                self._blocks[number].append((out.tell(), len(data)))
+                out.write(data)
+            pending.clear()
+        self._pending_rows = 0
+
+    def read(self, bucket: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+        """The blocks of one bucket, in the order they were written (the bucket's file is removed after)."""
+        path = self._path(bucket)
+        for offset, length in self._blocks[bucket] if self.buckets else []:
+            with open(path, "rb") as source:
+                source.seek(offset)
+                table, meta = pickle.loads(source.read(length))
+            yield table, meta
+        with suppress(FileNotFoundError):
+            path.unlink()
 
 
-def _sorted(order: np.ndarray) -> np.ndarray:
-    return np.lexsort((order["row"], order["rank"], order["time"], order["point"]))
-
-
-class _Selected:
-    """Rows picked from the files in one pass, with their places in the whole table."""
-
-    def __init__(self) -> None:
-        self.pieces: list[pd.DataFrame] = []
-        self.orders: list[np.ndarray] = []
-
-    def add(self, chunk: pd.DataFrame, order: np.ndarray, chosen: np.ndarray, file: _File) -> None:
-        if not chosen.any() and self.pieces:
-            return
-        piece = chunk[chosen]
-        if file.several:  # a point of several files: the file's place among them, as merge_point numbers it
-            piece = piece.assign(file=np.int16(file.rank))
-        self.pieces.append(piece)
-        self.orders.append(order[chosen])
-
-    def table(self) -> tuple[pd.DataFrame, np.ndarray]:
-        """The rows as one packet table in the whole table's order, and their places in it."""
-        stacked = stack_tables(self.pieces)
-        self.pieces = []
-        order = np.concatenate(self.orders)
-        self.orders = []
-        sort = _sorted(order)
-        if (np.diff(sort) > 0).all():  # read in order already (no point merged by time): no copy
-            return stacked.reset_index(drop=True), order
-        return stacked.iloc[sort].reset_index(drop=True), order[sort]
+def _packet_buckets_for(files: Sequence[_File], chunk: pd.DataFrame, limit: int) -> int:
+    """How many packet buckets, from the files' sizes and the first chunk's packet sizes: several per partition."""
+    stored = chunk["cap_len"].to_numpy()
+    per_packet = max(MIN_FILE_BYTES_PER_PACKET, int(stored.mean()) + RECORD_HEADER_BYTES if len(stored) else 0)
+    packets = 0
+    for file in files:
+        size = capture_size(file.path) or 0
+        packets += size * (GZIP_RATIO_GUESS if file.path.suffix == ".gz" else 1) // per_packet
+    partitions = packets * PARTITION_BYTES_PER_PACKET / max(1, limit // 2)
+    wanted = max(1, math.ceil(partitions * PACKET_BUCKETS_PER_PARTITION))
+    return int(min(MAX_PACKET_BUCKETS, 1 << math.ceil(math.log2(wanted))))
 
 
 def _read_file(file: _File, limit: int, tree: FilterNode | None) -> Iterator[tuple[pd.DataFrame, int]]:
@@ -191,9 +244,11 @@ def _first_pass(
     progress: ProgressHook | None,
     tree: FilterNode | None,
     survey: CandidateSurvey | None,
+    packets: _PacketBuckets,
     refusal: MemoryBudgetError | None,
+    buckets: int | None,
 ) -> None:
-    """Read every file once into the survey (if any); set each file's times, ``CaptureInfo`` and row count."""
+    """Read every file once into the survey (if any) and the packet buckets; set each file's times, info, rows."""
     for file in files:
         size = capture_size(file.path)
         detail = f"{file.name} ({file.path}, {size / 1e6:.0f} MB), pass 1" if size else f"{file.name} ({file.path})"
@@ -204,9 +259,18 @@ def _first_pass(
                     raise refusal or MemoryBudgetError(
                         f"{file.path}: its first {len(chunk):,} records hold no bytes at all; not analysed in passes"
                     )
+                if not packets.buckets:
+                    packets.open(buckets or _packet_buckets_for(files, chunk, limit))
                 if survey is not None:
-                    survey.add(key_table(chunk, file.point), file.number, start)
+                    keys = key_table(chunk, file.point)
+                    survey.add(keys, file.number, start)
+                    node = keys["node"].to_numpy()
+                    del keys
+                else:
+                    node = node_hashes(chunk, file.point)
+                packets.add(chunk, node, file.number, start)
                 file.rows = start + len(chunk)
+    packets.flush()
 
 
 def _order_files(files: list[_File]) -> list[FileOrder]:
@@ -248,73 +312,77 @@ def _bucket_rows(limit: int) -> int:
     return max(1 << 14, limit // 4 // BUCKET_BYTES_PER_ROW)
 
 
-def _plan_passes(total: int, kept: int, flows: int, limit: int) -> int:
-    """How many partitions the flow table is built in so that one pass's packets fit what the budget leaves.
+def _partition_rows(total: int, kept: int, flows_held: int, limit: int) -> int:
+    """How many packets one partition may hold so that its flow rows are built within what the budget leaves.
 
-    While the flows are built the candidates are only held (their packet table); the correlation and
-    diagnosis that take ``BYTES_PER_PACKET`` of each come after the partitions are gone. A quarter of the
-    budget is left to what the earlier stages leave behind (freed memory the allocator keeps).
+    While the flows are built the candidates and the flows kept in memory are only held; the correlation
+    and diagnosis that take ``BYTES_PER_PACKET`` of each candidate come after the partitions are gone. A
+    quarter of the budget is left to what the earlier stages leave behind (freed memory the allocator keeps).
     """
-    held = kept * CANDIDATE_BYTES_HELD + flows * BYTES_PER_FLOW + chunk_rows_for(limit) * BYTES_PER_PACKET
+    held = kept * CANDIDATE_BYTES_HELD + flows_held * BYTES_PER_FLOW + chunk_rows_for(limit) * BYTES_PER_PACKET
     left = limit * 3 // 4 - held
-    if left < limit // 16 or kept * BYTES_PER_PACKET + flows * BYTES_PER_FLOW > limit:
+    if left < limit // 16 or kept * BYTES_PER_PACKET + flows_held * BYTES_PER_FLOW > limit:
         raise MemoryBudgetError(
             f"the captures' {total:,} packets, about {kept:,} of them needed for the diagnosis, and "
-            f"{flows:,} flows need more memory than the budget of {format_size(limit)} even analysed in passes "
-            "(raise it with --max-memory)"
+            f"{flows_held:,} flows held need more memory than the budget of {format_size(limit)} even analysed in "
+            "passes (raise it with --max-memory)"
         )
-    return max(1, math.ceil(total * PARTITION_BYTES_PER_PACKET / left))
+    return max(1, left // PARTITION_BYTES_PER_PACKET)
 
 
-def _read_pass(
-    files: list[_File], limit: int, tree: FilterNode | None, partition: int, passes: int, choice: Choice | None
-) -> tuple[tuple[pd.DataFrame, np.ndarray], tuple[pd.DataFrame, np.ndarray] | None]:
-    """Read every file again: the packets of one partition's flows and, given the choice, the candidate packets."""
-    flows = _Selected()
-    candidates = _Selected()
-    for file in sorted(files, key=lambda file: (file.point, file.rank)):  # the whole table's order, mostly
-        for chunk, start in _read_file(file, limit, tree):
-            node = node_hashes(chunk, file.point)
-            order = _order_of(file, chunk, start)
-            flows.add(chunk, order, (node != 0) & (node % np.uint64(passes) == np.uint64(partition)), file)
-            if choice is not None:
-                candidates.add(chunk, order, choice.keep(chunk, node, file.number, start), file)
-    return flows.table(), candidates.table() if choice is not None else None
+def _partitions(rows: Sequence[int], most: int, count: int | None) -> list[list[int]]:
+    """The packet buckets grouped into partitions of consecutive buckets, ``most`` rows at most each (a bucket
+    larger than that alone); given ``count``, at most that many partitions of about equal rows."""
+    if count is not None:
+        most = max(1, math.ceil(sum(rows) / max(1, count)))
+    groups: list[list[int]] = [[]]
+    held = 0
+    for bucket, size in enumerate(rows):
+        if groups[-1] and held + size > most and (count is None or len(groups) < count):
+            groups.append([])
+            held = 0
+        groups[-1].append(bucket)
+        held += size
+    return groups
 
 
-def _first_packets(selected: tuple[pd.DataFrame, np.ndarray]) -> np.ndarray:
+class _Order:
+    """Per file number, what places a row in the whole table (its point, rank, several files, merged by time)."""
+
+    def __init__(self, files: Sequence[_File]) -> None:
+        size = max((file.number for file in files), default=-1) + 1
+        self.point = np.zeros(size, dtype=np.int64)
+        self.rank = np.zeros(size, dtype=np.int64)
+        self.several = np.zeros(size, dtype=bool)
+        self.by_time = np.zeros(size, dtype=bool)
+        for file in files:
+            self.point[file.number], self.rank[file.number] = file.point, file.rank
+            self.several[file.number], self.by_time[file.number] = file.several, file.by_time
+
+    def placed(self, table: pd.DataFrame, meta: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """The rows in the whole table's order, their ``_META`` and places; the ``file`` column as merge_point's."""
+        file = meta["file"].astype(np.int64)
+        order = np.empty(len(table), dtype=ORDER)
+        order["point"] = self.point[file]
+        order["time"] = np.where(self.by_time[file], table["ts_ns"].to_numpy(), 0)
+        order["rank"] = self.rank[file]
+        order["row"] = meta["row"]
+        sort = sorted_order(order)
+        if not (np.diff(sort) > 0).all():
+            table, meta, order, file = table.iloc[sort], meta[sort], order[sort], file[sort]
+        table = table.reset_index(drop=True)
+        if self.several[file].any():  # a point of several files: the file's place among them, as merge_point
+            table["file"] = np.where(self.several[file], self.rank[file], table["file"].to_numpy()).astype(np.int16)
+        return table, meta, order
+
+
+def _first_packets(table: pd.DataFrame, order: np.ndarray) -> np.ndarray:
     """For each flow of the table (by flow id), the whole table's place of its first packet."""
-    table, order = selected
     ids = flow_ids(table)
     counted = ids >= 0
     _unique, first = np.unique(ids[counted], return_index=True)
     firsts: np.ndarray = order[np.flatnonzero(counted)[first]]
     return firsts
-
-
-def _merge_flows(parts: list[tuple[np.ndarray, pd.DataFrame]]) -> pd.DataFrame:
-    """The partitions' flow rows as one table, numbered by their first packet in the whole table (empties ``parts``)."""
-    if not parts:
-        return empty_flows()
-    first = np.concatenate([order for order, _table in parts])
-    merged = pd.concat([table for _order, table in parts], ignore_index=True)
-    sizes = [len(table) for _order, table in parts]
-    previous_parts = [table["prev_flow"].to_numpy() for _order, table in parts]
-    parts.clear()  # the caller's list: the partitions' rows go before the merged rows are reordered
-    if len(first) != len(merged):  # flow_ids and build_flows disagree on a table: nothing to sort by
-        raise AssertionError("flow ids and flow rows differ")
-    # prev_flow names a flow of the same 5-tuple, so of the same partition: its id there, renumbered like the rest.
-    offsets = np.cumsum([0, *sizes])
-    previous = np.concatenate(
-        [np.where(ids >= 0, ids + offset, -1) for offset, ids in zip(offsets, previous_parts, strict=False)]
-    )
-    sort = _sorted(first)
-    new_id = np.empty(len(merged), dtype=np.int64)
-    new_id[sort] = np.arange(len(merged), dtype=np.int64)
-    merged["prev_flow"] = np.where(previous >= 0, new_id[np.maximum(previous, 0)], -1)
-    merged = merged.iloc[sort].reset_index(drop=True)
-    merged["flow_id"] = np.arange(len(merged), dtype=np.int64)
-    return merged
 
 
 def _point_infos(files: list[_File]) -> list[CaptureInfo]:
@@ -341,34 +409,68 @@ def _files_of(pairs: Sequence[tuple[str, Path]], limit: int) -> list[_File]:
     ]
 
 
-def _flow_passes(
-    files: list[_File],
-    limit: int,
+class _Candidates:
+    """The candidate packets picked from the partitions, with their places in the whole table."""
+
+    def __init__(self) -> None:
+        self.pieces: list[pd.DataFrame] = []
+        self.orders: list[np.ndarray] = []
+
+    def add(self, table: pd.DataFrame, order: np.ndarray, chosen: np.ndarray) -> None:
+        if chosen.any() or not self.pieces:  # one piece at least, for the columns
+            self.pieces.append(table[chosen])
+            self.orders.append(order[chosen])
+
+    def table(self) -> pd.DataFrame:
+        stacked = stack_tables(self.pieces)
+        order = np.concatenate(self.orders)
+        self.pieces, self.orders = [], []
+        return stacked.iloc[sorted_order(order)].reset_index(drop=True)
+
+
+def _flow_partitions(
+    packets: _PacketBuckets,
+    groups: list[list[int]],
+    placing: _Order,
     progress: ProgressHook | None,
-    tree: FilterNode | None,
-    passes: int,
+    store: SpilledFlows,
     choice: Choice | None,
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The flow table built in ``passes`` partitions and, given a choice, the candidate packets (read in the first)."""
-    total = sum(file.rows for file in files)
-    flows_parts: list[tuple[np.ndarray, pd.DataFrame]] = []
-    candidates: pd.DataFrame | None = None
-    for partition in range(passes):
-        detail = f"pass {partition + 2} of {passes + 1}: flows of {total:,} packets"
-        with _stage(progress, "flows", detail):
-            in_partition, reduced = _read_pass(
-                files, limit, tree, partition, passes, choice if partition == 0 else None
-            )
-            if reduced is not None:
-                candidates = reduced[0]
-            if len(in_partition[0]):
-                table = build_flows(in_partition[0])
-                if len(table):
-                    flows_parts.append((_first_packets(in_partition), table))
-                del table
-            del in_partition, reduced
+) -> pd.DataFrame | None:
+    """Each partition's flow rows into ``store`` and, given a choice, the candidate packets (in the whole order)."""
+    candidates = _Candidates()
+    for number, group in enumerate(groups):
+        rows = sum(packets.rows[bucket] for bucket in group)
+        with _stage(progress, "flows", f"partition {number + 1} of {len(groups)}: flows of {rows:,} packets"):
+            blocks = [block for bucket in group for block in packets.read(bucket)]
+            if blocks:
+                table, meta, order = placing.placed(
+                    stack_tables([table for table, _meta in blocks]), np.concatenate([meta for _t, meta in blocks])
+                )
+                del blocks
+                if choice is not None:
+                    candidates.add(table, order, choice.keep_rows(table, meta["node"], meta["file"], meta["row"]))
+                flows = build_flows(table)
+                if len(flows):
+                    store.add(flows, _first_packets(table, order))
+                del table, meta, order, flows
         _give_back_freed_memory()
-    return _merge_flows(flows_parts), candidates
+    if choice is None:
+        return None
+    for table, meta in packets.read(packets.nodeless):  # packets of no flow: candidates or nothing
+        table, meta, order = placing.placed(table, meta)
+        candidates.add(table, order, choice.keep_rows(table, meta["node"], meta["file"], meta["row"]))
+    return candidates.table()
+
+
+def _flows_of(store: SpilledFlows, spill: bool) -> tuple[pd.DataFrame, SpilledFlows | None]:
+    """The report's flows: the rows the store kept (the store stays, on disk), or the whole table (store closed)."""
+    kept = store.finish()
+    if spill:
+        return kept, store
+    del kept
+    whole = store.load()
+    store.close()
+    return whole, None
 
 
 def flows_in_passes(
@@ -380,16 +482,25 @@ def flows_in_passes(
 ) -> tuple[pd.DataFrame, list[CaptureInfo]]:
     """``build_flows`` of every point's packets, and each point's ``CaptureInfo``, within ``limit`` bytes.
 
-    The flow table alone (``diag flows``): a first pass learns the files'
-    order and sizes, then the partitions are built as in ``analyze_in_passes``.
+    The flow table alone (``diag flows``): one pass over the files into the
+    packet buckets, then the partitions built as in ``analyze_in_passes``. The
+    whole table is returned, so it must fit in memory.
     """
     files = _files_of(pairs, limit)
-    _first_pass(files, limit, None, None, None, refusal)
-    _order_files(files)
-    total = sum(file.rows for file in files)
-    # Without the survey the flows are not counted: a busy capture has about one per 12 packets.
-    passes = passes or _plan_passes(total, 0, total // 12, limit)
-    flows, _candidates = _flow_passes(files, limit, None, None, passes, None)
+    with tempfile.TemporaryDirectory(prefix="diag-packets-") as spill:
+        packets = _PacketBuckets(Path(spill), FLUSH_CHUNKS * chunk_rows_for(limit))
+        _first_pass(files, limit, None, None, None, packets, refusal, passes and passes * PACKET_BUCKETS_PER_PARTITION)
+        _order_files(files)
+        total = sum(file.rows for file in files)
+        # The flows are not counted without the survey: a busy capture has about one per 12 packets.
+        most = _partition_rows(total, 0, total // 12, limit)
+        groups = _partitions(packets.rows[: packets.buckets], most, passes)
+        store = SpilledFlows()
+        try:
+            _flow_partitions(packets, groups, _Order(files), None, store, None)
+            flows, _store = _flows_of(store, spill=False)
+        finally:
+            store.close()
     return flows, _point_infos(files)
 
 
@@ -402,32 +513,50 @@ def analyze_in_passes(
     *,
     buckets: int | None = None,
     refusal: MemoryBudgetError | None = None,
+    spill_flows: bool | None = None,
 ) -> Report:
     """The ``Report`` of ``diag.analysis.analyze`` on ``pairs`` ((point name, file) pairs), within ``limit`` bytes.
 
     Raises ``MemoryBudgetError`` when even the passes would not fit (the
-    candidate packets and the flow table are held at once), or when a point is
-    standard input, which cannot be read twice; ``refusal`` (the one-pass
-    read's error) when a file is no capture worth passes. ``passes`` and
-    ``buckets`` fix the number of flow-table partitions and of key buckets
-    instead of planning them from the budget (tests force several on small
-    captures with them).
+    candidate packets and the flows that need diagnosing are held at once), or
+    when a point is standard input, which cannot be read twice; ``refusal``
+    (the one-pass read's error) when a file is no capture worth passes.
+    ``passes`` and ``buckets`` fix the number of flow-table partitions and of
+    key (and packet) buckets instead of planning them from the budget;
+    ``spill_flows`` keeps the flow table on disk (``Report.flow_store``) or
+    not, instead of deciding from its size (tests force all three on small
+    captures).
     """
     files = _files_of(pairs, limit)
-    with tempfile.TemporaryDirectory(prefix="diag-keys-") as spill:
-        survey = CandidateSurvey(
-            Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 64 // SPILL.itemsize)
-        )
-        _first_pass(files, limit, progress, tree, survey, refusal)
-        orders = _order_files(files)
-        total = sum(file.rows for file in files)
-        with _stage(progress, "flows", f"candidates among {total:,} packets ({survey.spilled_rows:,} keys)"):
-            choice = survey.choose(orders, _bucket_rows(limit))
-        flows_seen = survey.nodes_seen
-        del survey
-    _give_back_freed_memory()
-    passes = passes or _plan_passes(total, choice.kept_estimate, flows_seen, limit)
-    flows, candidates = _flow_passes(files, limit, progress, tree, passes, choice)
-    assert candidates is not None
-    packets = candidates.reset_index(drop=True)
-    return report_of(packets, flows, _point_infos(files), progress, packets_read=total)
+    store = SpilledFlows(piece_rows=min(1 << 13, max(1 << 10, limit // 64 // BYTES_PER_FLOW)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="diag-keys-") as spill:
+            survey = CandidateSurvey(
+                Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 64 // SPILL.itemsize)
+            )
+            packets = _PacketBuckets(Path(spill), FLUSH_CHUNKS * chunk_rows_for(limit))
+            packet_buckets = buckets or (passes and passes * PACKET_BUCKETS_PER_PARTITION)
+            _first_pass(files, limit, progress, tree, survey, packets, refusal, packet_buckets)
+            orders = _order_files(files)
+            total = sum(file.rows for file in files)
+            with _stage(progress, "flows", f"candidates among {total:,} packets ({survey.spilled_rows:,} keys)"):
+                choice = survey.choose(orders, _bucket_rows(limit))
+            flows_seen = survey.nodes_seen
+            del survey
+            _give_back_freed_memory()
+            if spill_flows is None:
+                spill_flows = flows_seen * BYTES_PER_FLOW > limit // 4
+            held = len(choice.nodes) if spill_flows else flows_seen
+            most = _partition_rows(total, choice.kept_estimate, held, limit)
+            groups = _partitions(packets.rows[: packets.buckets], most, passes)
+            candidates = _flow_partitions(packets, groups, _Order(files), progress, store, choice)
+        assert candidates is not None
+        flows, kept_store = _flows_of(store, spill_flows)
+        _give_back_freed_memory()
+        report = report_of(candidates, flows, _point_infos(files), progress, packets_read=total)
+    except BaseException:
+        store.close()
+        raise
+    if kept_store is None:
+        return report
+    return replace(report, flow_digest=kept_store.digest(), flow_store=kept_store)

@@ -8,10 +8,13 @@ table, clock, captures, warnings) must equal the one-pass analysis's.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +22,18 @@ import pandas as pd
 import pytest
 from conftest import PROJECT
 
+import diag.flows.spilled
+import diag.passes
 from diag.analysis import analyze, concat_packets, parse_capture_args, read_captures
 from diag.capture.reader import read_capture
 from diag.flows import build_flows
 from diag.flows.candidate_stream import CandidateSurvey, FileOrder
 from diag.flows.candidates import candidate_rows, key_table
-from diag.memory import MemoryBudgetError, set_budget
+from diag.memory import MemoryBudgetError, parse_size, set_budget
 from diag.passes import analyze_in_passes, flows_in_passes
 from diag.report import Report
 from diag.report.jsondoc import report_to_json
+from diag.report.text import render_text
 
 CAPTURES = PROJECT / "captures"
 DIAG = PROJECT / ".venv" / "bin" / "diag"
@@ -45,12 +51,22 @@ def _arguments(paths: list[Path]) -> list[str]:
     return [f"{path.stem}={path}" for path in paths]
 
 
-@pytest.mark.parametrize("passes", [1, 3])
+@pytest.mark.parametrize(("passes", "spill"), [(1, False), (3, True)])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_passes_give_the_report_of_one_pass(case: str, passes: int) -> None:
+def test_passes_give_the_report_of_one_pass(case: str, passes: int, spill: bool) -> None:
+    """With ``spill`` the flow table goes to disk: the report holds the rows it shows, the store every row."""
     arguments = _arguments(CASES[case])
-    whole = report_to_json(analyze(arguments), None)
-    report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=passes, buckets=passes * 2 + 1)
+    one_pass = analyze(arguments)
+    whole = report_to_json(one_pass, None)
+    pairs = parse_capture_args(arguments)
+    report = analyze_in_passes(pairs, 1 << 40, passes=passes, buckets=passes * 2 + 1, spill_flows=spill)
+    if spill:
+        assert report.flow_store is not None
+        pd.testing.assert_frame_equal(report.flow_store.load(), one_pass.flows)
+        assert report_to_json(report) == report_to_json(one_pass)
+        in_memory = analyze_in_passes(pairs, 1 << 40, passes=passes, buckets=passes * 2 + 1, spill_flows=False)
+        assert render_text(report) == render_text(in_memory)
+        report = replace(report, flows=report.flow_store.load(), flow_digest=None)
     assert report_to_json(report, None) == whole
     assert whole["findings"] or case == "fix-snat"  # the cases hold symptoms to get wrong
     assert len(report.packets) <= sum(info["packets"] for info in whole["captures"])
@@ -216,3 +232,87 @@ def test_the_command_over_its_budget_reads_in_passes_with_the_same_report(
         assert done.returncode in (0, 1), done.stderr
         outputs[budget] = out.read_text()
     assert outputs["40M"] == outputs[None]
+
+
+def test_a_flow_table_on_disk_gives_the_report_of_one_pass(
+    four_points: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """9,000 flows, of which the report keeps 100 healthy ones and the problem rows it shows in memory (the JSON
+    capped at 100 rows, the text's 20 lines of each kind); the rest is read back from disk in blocks of a few
+    dozen rows, merged from 4 partitions: the same JSON and text, and the same whole table."""
+    monkeypatch.setattr(diag.flows.spilled, "FLOW_LIMIT", 100)
+    monkeypatch.setattr(diag.flows.spilled, "MERGE_BLOCK_ROWS", 37)
+    monkeypatch.setattr(diag.flows.spilled, "READ_ROWS", 101)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    arguments = _arguments(four_points)
+    one_pass = analyze(arguments)
+    pairs = parse_capture_args(arguments)
+    report = analyze_in_passes(pairs, 1 << 40, passes=4, buckets=7, spill_flows=True)
+    store = report.flow_store
+    assert store is not None and len(store._parts) == 4
+    assert len(report.flows) < 400 < len(one_pass.flows)  # only the rows the reports show are in memory
+    assert report_to_json(report, 100) == report_to_json(one_pass, 100)
+    assert report_to_json(report, 100)["flows_truncated"] == len(one_pass.flows) - 100
+    in_memory = analyze_in_passes(pairs, 1 << 40, passes=4, buckets=7, spill_flows=False)
+    assert in_memory.flow_store is None
+    assert render_text(report) == render_text(in_memory)
+    pd.testing.assert_frame_equal(store.load(), one_pass.flows)
+    assert list(tmp_path.iterdir()) == [store.path]  # the packet and key buckets are gone already
+    del report
+    store.close()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("a partition failed"), KeyboardInterrupt()])
+def test_the_temporary_files_are_removed_when_the_analysis_stops(
+    four_points: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException
+) -> None:
+    """An error (or Ctrl-C) while the third partition's flows are built, with packets, keys and two partitions'
+    flow rows on disk: the error comes out as it was, and no file is left behind."""
+    built = []
+
+    def build_or_stop(packets: pd.DataFrame) -> pd.DataFrame:
+        if len(built) == 2:
+            assert any(tmp_path.rglob("packets-*")) and any(tmp_path.rglob("part-*.rows"))
+            raise stop
+        built.append(len(packets))
+        return build_flows(packets)
+
+    monkeypatch.setattr(diag.passes, "build_flows", build_or_stop)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(type(stop)):
+        analyze_in_passes(parse_capture_args(_arguments(four_points)), 1 << 40, passes=4, spill_flows=True)
+    assert len(built) == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_command_with_a_flow_table_on_disk_writes_the_uncapped_report_and_leaves_no_file(
+    four_points: list[Path], tmp_path: Path
+) -> None:
+    """``--max-memory 12M``: passes, and the 9,000 flows' table (about 4.5 MB in memory) is over a quarter of
+    the budget, so it goes to disk; the JSON and the text are the uncapped run's, ``--flows all`` too, and
+    the temporary directory is empty afterwards."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    environment = {**os.environ, "TMPDIR": str(temporary)}
+    outputs = {}
+    for budget in ("12M", None):
+        for flows in ("problems", "all"):
+            out = tmp_path / f"{budget}-{flows}.json"
+            extra = ["--max-memory", budget] if budget else []
+            done = subprocess.run(
+                [str(DIAG), "analyze", "pcap", "--flows", flows, *extra, "--json", str(out), *_arguments(four_points)],
+                capture_output=True, text=True, check=False, env=environment,
+            )  # fmt: skip
+            assert done.returncode in (0, 1), done.stderr
+            outputs[budget, flows] = (out.read_text(), done.stdout)
+            assert not list(temporary.iterdir())
+    set_budget(parse_size("12M"))  # the same decision in this process: passes, and the flows on disk
+    try:
+        report = analyze(_arguments(four_points))
+    finally:
+        set_budget(None)
+    assert report.flow_store is not None and report.flow_digest is not None
+    report.flow_store.close()
+    for flows in ("problems", "all"):
+        assert outputs["12M", flows] == outputs[None, flows]

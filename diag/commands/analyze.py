@@ -7,6 +7,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -301,6 +302,11 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
             whole = bool(args.export or args.plot or selector is not None or args.flows == "all")
             report = analyze_on(client, pairs, progress=progress, packet_filter=packet_filter, whole_tables=whole)
     _print_warnings(report)
+    store = report.flow_store
+    if store is not None and (args.flows == "all" or selector is not None or args.export or args.plot):
+        # These use every flow row: the table an analysis in passes kept on disk is read back whole.
+        report = replace(report, flows=store.load(), flow_digest=None, flow_store=None)
+        store.close()
     if selector is not None:
         report = _focus(report, selector)
 

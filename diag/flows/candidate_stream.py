@@ -103,6 +103,13 @@ class Choice:
 
     def keep(self, packets: pd.DataFrame, node: np.ndarray, file: int, first_row: int) -> npt.NDArray[np.bool_]:
         """Per row of ``packets`` (rows ``first_row``.. of ``file``, ``node`` their node hashes): kept or not."""
+        rows = np.arange(first_row, first_row + len(packets), dtype=np.int64)
+        return self.keep_rows(packets, node, np.full(len(packets), file, dtype=np.int64), rows)
+
+    def keep_rows(
+        self, packets: pd.DataFrame, node: np.ndarray, files: np.ndarray, rows: np.ndarray
+    ) -> npt.NDArray[np.bool_]:
+        """Per row of ``packets`` (of any files: ``files`` and ``rows`` say where each is from): kept or not."""
         kept: npt.NDArray[np.bool_] = np.isin(node, self.nodes)
         proto = packets["proto"].to_numpy()
         kept |= (proto == ICMP) | (proto == ICMPV6)
@@ -111,9 +118,10 @@ class Choice:
             key = packet_keys(packets.iloc[alone])
             matched = (key != 0) & (np.isin(orphan_vertices(key), self.orphans) | np.isin(key, self.clock_keys))
             kept[alone[matched]] = True
-        for row in self.boundary.get(file, ()):
-            if first_row <= row < first_row + len(kept):
-                kept[row - first_row] = True
+        for file, marked in self.boundary.items():
+            in_file = files == file
+            if in_file.any():
+                kept |= in_file & np.isin(rows, np.fromiter(marked, dtype=np.int64, count=len(marked)))
         return kept
 
 
