@@ -27,7 +27,9 @@ import pandas as pd
 
 from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, RST, SYN, TCP, UDP
+from diag.compiled import compiled
 from diag.correlate import Correlation
+from diag.flows.keys import read_only
 
 # A re-sourced UDP reply must come this soon after the request it answers.
 RESOURCED_REPLY_WINDOW_NS = 5_000_000_000
@@ -135,24 +137,68 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _flow_nodes(columns: dict[str, np.ndarray]) -> np.ndarray:
+_HASH_MULTIPLIER = 0x5851F42D4C957F2D  # odd and below 2**63: the hash stays int64 in compiled code
+
+
+@compiled
+def _number_flows(point: np.ndarray, src_ep: np.ndarray, dst_ep: np.ndarray) -> np.ndarray:
+    """Per row, the number of its (point, unordered endpoint pair), numbered by first appearance.
+
+    One pass with an open-addressing hash table (linear probing, kept at most
+    half full): a factorisation of the pairs would sort or hash every row
+    twice, and this runs over every TCP and UDP packet of the analysis.
+    """
+    n = len(point)
+    numbers = np.empty(n, dtype=np.int64)
+    size = 4096
+    slots = np.full(size, -1, dtype=np.int64)  # row of ``keys`` or -1
+    keys = np.empty((size // 2, 3), dtype=np.int64)  # point, low, high per distinct pair
+    count = 0
+    for i in range(n):
+        low, high = min(src_ep[i], dst_ep[i]), max(src_ep[i], dst_ep[i])
+        p = point[i]
+        h = ((p * _HASH_MULTIPLIER) ^ low) * _HASH_MULTIPLIER
+        h = ((h ^ (h >> 29)) ^ high) * _HASH_MULTIPLIER
+        h ^= h >> 31
+        at = h & (size - 1)
+        while slots[at] >= 0:
+            k = slots[at]
+            if keys[k, 0] == p and keys[k, 1] == low and keys[k, 2] == high:
+                break
+            at = (at + 1) & (size - 1)
+        if slots[at] < 0:
+            slots[at] = count
+            keys[count, 0], keys[count, 1], keys[count, 2] = p, low, high
+            count += 1
+            if 2 * count >= size:  # half full: twice the table, every pair placed again
+                size *= 2
+                grown = np.empty((size // 2, 3), dtype=np.int64)
+                grown[:count] = keys[:count]
+                keys = grown
+                slots = np.full(size, -1, dtype=np.int64)
+                for k in range(count):
+                    g = ((keys[k, 0] * _HASH_MULTIPLIER) ^ keys[k, 1]) * _HASH_MULTIPLIER
+                    g = ((g ^ (g >> 29)) ^ keys[k, 2]) * _HASH_MULTIPLIER
+                    g ^= g >> 31
+                    j = g & (size - 1)
+                    while slots[j] >= 0:
+                        j = (j + 1) & (size - 1)
+                    slots[j] = k
+            numbers[i] = count - 1
+        else:
+            numbers[i] = slots[at]
+    return numbers
+
+
+def _flow_nodes(
+    capture: np.ndarray, proto: np.ndarray, src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray
+) -> np.ndarray:
     """Per row: the id of its per-capture flow (capture, proto, unordered endpoint pair), by first appearance."""
-    n = len(columns["src"])
-    src_ep = columns["src"] * 65537 + columns["sport"].astype(np.int64) + 1
-    dst_ep = columns["dst"] * 65537 + columns["dport"].astype(np.int64) + 1
-    # Endpoints numbered once for both directions, so the pair is two small numbers.
-    endpoint, _ = pd.factorize(np.concatenate([src_ep, dst_ep]))
-    low, high = np.minimum(endpoint[:n], endpoint[n:]), np.maximum(endpoint[:n], endpoint[n:])
-    point = columns["capture"] * 256 + columns["proto"].astype(np.int64)  # capture codes are few and come first
-    # One integer per (point, low, high): the ranges multiplied stay far below 2**63 for any capture that
-    # fits in memory. Numbered by first appearance, as a groupby with sort=False does.
-    n_low = n_high = int(endpoint.max()) + 1
-    if (int(point.max()) + 1) * n_low * n_high >= 2**62:
-        point = pd.factorize(point)[0].astype(np.int64)
-    key = (point.astype(np.int64) * n_low + low) * n_high + high
-    nodes, _ = pd.factorize(key)
-    numbered: np.ndarray = nodes.astype(np.int64)
-    return numbered
+    # An endpoint is one integer (a missing port, -1, is 0); a point, the capture and the protocol.
+    src_ep = src.astype(np.int64) * 65537 + sport.astype(np.int64) + 1
+    dst_ep = dst.astype(np.int64) * 65537 + dport.astype(np.int64) + 1
+    point = capture.astype(np.int64) * 65536 + proto.astype(np.int64)
+    return _number_flows(read_only(point, np.int64), read_only(src_ep, np.int64), read_only(dst_ep, np.int64))
 
 
 def _in_shared_group(group: np.ndarray) -> np.ndarray:
@@ -183,28 +229,48 @@ def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
         uf.union(a, b)
 
 
-def _text_codes(column: pd.Series, positions: np.ndarray, names: dict[str, int]) -> np.ndarray:
-    """The column's texts at ``positions`` as codes into ``names`` (extended as needed), without a string per row."""
-    if isinstance(column.dtype, pd.CategoricalDtype):
-        categories = [str(c) for c in column.cat.categories]
-        # The last entry serves code -1 (a missing value), which pandas writes as 'nan'.
-        lookup = np.array([names.setdefault(c, len(names)) for c in [*categories, "nan"]], dtype=np.int64)
-        codes: np.ndarray = lookup[column.cat.codes.to_numpy()[positions]]
-        return codes
-    values, uniques = pd.factorize(column.iloc[positions].astype(str).to_numpy())
-    lookup = np.array([names.setdefault(str(u), len(names)) for u in uniques], dtype=np.int64)
-    return lookup[values]
+class _PacketColumns:
+    """Reads packet-table columns at chosen positions; texts as codes into one shared list of names.
 
+    A categorical column's categories are given their codes once, and rows
+    then cost one gather of the category codes; no string is made per row.
+    """
 
-def _take(packets: pd.DataFrame, name: str, positions: np.ndarray, names: dict[str, int]) -> np.ndarray:
-    if name in _TEXT_COLUMNS:
-        return _text_codes(packets[name], positions, names)
-    if name == "file" and name not in packets:
-        return np.zeros(len(positions), dtype=np.int16)  # a table not made by the reader: one file per point
-    if name == "outer_ttl" and name not in packets:
-        return np.full(len(positions), -1, dtype=np.int16)  # a table without tunnel columns: nothing tunnelled
-    taken: np.ndarray = packets[name].to_numpy()[positions]
-    return taken
+    def __init__(self, packets: pd.DataFrame) -> None:
+        self.packets = packets
+        self.names: dict[str, int] = {}
+        self._lookups: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, positions: np.ndarray) -> np.ndarray:
+        packets = self.packets
+        if name in _TEXT_COLUMNS:
+            return self._text_codes(name, positions)
+        if name == "file" and name not in packets:
+            return np.zeros(len(positions), dtype=np.int16)  # a table not made by the reader: one file per point
+        if name == "outer_ttl" and name not in packets:
+            return np.full(len(positions), -1, dtype=np.int16)  # a table without tunnel columns: nothing tunnelled
+        taken: np.ndarray = packets[name].to_numpy()[positions]
+        return taken
+
+    def ordered_names(self) -> list[str]:
+        return [name for name, _ in sorted(self.names.items(), key=lambda item: item[1])]
+
+    def _text_codes(self, name: str, positions: np.ndarray) -> np.ndarray:
+        column = self.packets[name]
+        names = self.names
+        if isinstance(column.dtype, pd.CategoricalDtype):
+            lookup = self._lookups.get(name)
+            if lookup is None:
+                # In bulk: iterating the categories one by one costs a microsecond each (tens of thousands
+                # of addresses). The last entry serves code -1 (a missing value), which pandas writes as 'nan'.
+                texts = column.cat.categories.astype(str).to_numpy(dtype=object).tolist()
+                lookup = np.array([names.setdefault(text, len(names)) for text in [*texts, "nan"]], dtype=np.int64)
+                self._lookups[name] = lookup
+            codes: np.ndarray = lookup[column.cat.codes.to_numpy()[positions]]
+            return codes
+        values, uniques = pd.factorize(column.iloc[positions].astype(str).to_numpy())
+        lookup = np.array([names.setdefault(str(u), len(names)) for u in uniques], dtype=np.int64)
+        return lookup[values]
 
 
 def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: bool = False) -> list[Connection]:
@@ -215,24 +281,24 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     The work is done on whole columns (linking, orienting, choosing each
     connection's client); Python runs once per connection only to make its
     ``Connection``, and per row only for connections no SYN or SYN-ACK orients.
+
+    Every TCP/UDP row is read only for what links flows (its flow's key, its
+    match and sighting); the other columns are read for the handshakes,
+    resets and datagrams that decide the joins and the suspects, and for the
+    rows of the connections kept.
     """
-    proto = packets["proto"].to_numpy()
-    positions = np.flatnonzero(np.isin(proto, (TCP, UDP)) & (packets["ip_version"].to_numpy() > 0))
+    proto_all = packets["proto"].to_numpy()
+    positions = np.flatnonzero(((proto_all == TCP) | (proto_all == UDP)) & (packets["ip_version"].to_numpy() > 0))
     if len(positions) == 0:
         return []
-    names: dict[str, int] = {}
-    columns: dict[str, np.ndarray] = {"position": positions}
-    # First the columns that link flows into connections, for every row; the rest for the rows kept.
-    for name in ("capture", "src", "dst", "sport", "dport", "proto", "tcp_flags", "seq", "ts_ns"):
-        columns[name] = _take(packets, name, positions, names)
+    reader = _PacketColumns(packets)
+    linking = {name: reader.take(name, positions) for name in ("capture", "src", "dst", "sport", "dport", "proto")}
     match = corr.row_match[positions]
     sighting = corr.row_sighting[positions]
     # Unmatched packets get ids after every match id so ``pkt`` is unique.
     base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
-    columns["match"] = match
-    columns["pkt"] = np.where(match >= 0, match, base + sighting)
-    columns["sighting"] = sighting
-    node = columns["node"] = _flow_nodes(columns)
+    pkt = np.where(match >= 0, match, base + sighting)
+    node = _flow_nodes(*(linking[name] for name in ("capture", "proto", "src", "dst", "sport", "dport")))
 
     uf = _UnionFind(int(node.max()) + 1)
     # Flows sharing a matched packet are one connection, and so are flows holding copies of one
@@ -242,11 +308,20 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
         shared = _in_shared_group(group)
         _union_groups(uf, group[shared], node[shared])
     # The joins and the choice of suspects read only handshakes, resets and datagrams: a small table.
-    flags = columns["tcp_flags"]
-    tcp = columns["proto"] == TCP
-    telling = ~tcp | ((flags >= 0) & ((flags & (SYN | RST)) != 0))
+    flags = packets["tcp_flags"].to_numpy()[positions]
+    tcp = linking["proto"] == TCP
+    telling = np.flatnonzero(~tcp | ((flags >= 0) & ((flags & (SYN | RST)) != 0)))
+    at = positions[telling]
     table = pd.DataFrame(
-        {name: values[telling] for name, values in columns.items() if name not in ("position", "match")}
+        {
+            **{name: values[telling] for name, values in linking.items()},
+            "tcp_flags": flags[telling],
+            "seq": reader.take("seq", at),
+            "ts_ns": reader.take("ts_ns", at),
+            "pkt": pkt[telling],
+            "sighting": sighting[telling],
+            "node": node[telling],
+        }
     )
     _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
@@ -255,17 +330,21 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     if suspects_only:
         suspect = np.zeros(int(conn.max()) + 1, dtype=bool)
         suspect[_suspect_connections(table)] = True
-        keep = suspect[conn]
+        rows = np.flatnonzero(suspect[conn])
     else:
-        keep = np.ones(len(conn), dtype=bool)
+        rows = np.arange(len(conn))
     del table
-    columns["conn"] = conn
     # From here on only the kept rows, once sorted: connection, reference time, position.
-    rows = np.flatnonzero(keep)
     ts_ref = corr.ts_ref_ns[positions[rows]]
     order = rows[np.lexsort((positions[rows], ts_ref, conn[rows]))]
-    columns = {name: values[order] for name, values in columns.items()}
-    kept = columns["position"]
+    kept = positions[order]
+    columns: dict[str, np.ndarray] = {"position": kept}
+    columns |= {name: values[order] for name, values in linking.items()}
+    columns["tcp_flags"] = flags[order]
+    columns["seq"] = reader.take("seq", kept)
+    columns["ts_ns"] = reader.take("ts_ns", kept)
+    columns |= {"match": match[order], "pkt": pkt[order], "sighting": sighting[order], "node": node[order]}
+    columns["conn"] = conn[order]
     # A second copy of a packet in one capture: its sighting appeared at an earlier position. (Every copy of
     # a sighting is in one flow, so of one connection: kept or left out together.)
     by_sighting = np.lexsort((kept, columns["sighting"]))
@@ -275,10 +354,10 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     columns["copy"] = copy
     for name in TABLE_PACKET_COLUMNS:
         if name not in columns:
-            columns[name] = _take(packets, name, kept, names)
+            columns[name] = reader.take(name, kept)
     columns["ts_ref"] = corr.ts_ref_ns[kept]
     columns["hop"] = np.maximum(corr.row_hop[kept], 0)
-    return _orient_all(columns, [name for name, _ in sorted(names.items(), key=lambda item: item[1])])
+    return _orient_all(columns, reader.ordered_names())
 
 
 def _first_per(keys: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,28 +435,50 @@ def _orient_all(columns: dict[str, np.ndarray], names: list[str]) -> list[Connec
         columns=columns,
         by_packet=np.lexsort((np.arange(n), columns["ts_ref"], columns["hop"], columns["pkt"], dense)),
     )
-    capture = columns["capture"]
-    proto = columns["proto"]
+    # Every row of a point's flow is at that point: a node's capture is any of its rows'.
+    node_capture = np.zeros(n_nodes, dtype=np.int64)
+    node_capture[node] = columns["capture"]
+    point_name = [names[code] for code in node_capture.tolist()]
+    addr_list, port_list = orig_addr.tolist(), orig_port.tolist()
+    event_nodes = node[event_rows].tolist()
+    bounds = event_bounds.tolist()
+    heads_at = {name: values[heads].tolist() for name, values in (("conn", conn), ("proto", columns["proto"]),
+                ("src", src), ("sport", sport), ("dst", dst), ("dport", dport))}  # fmt: skip
+    starts_list, stops_list = starts.tolist(), stops.tolist()
     connections = []
-    for k, head in zip(kept.tolist(), heads.tolist(), strict=True):
-        events = event_rows[event_bounds[k] : event_bounds[k + 1]].tolist()
+    for i, k in enumerate(kept.tolist()):
         orig_at: dict[str, tuple[str, int]] = {}
-        for point in [int(node[row]) for row in events] + extra_events.get(k, []):
-            where = starts[k] + int(np.argmax(node[starts[k] : stops[k]] == point))
-            orig_at.setdefault(names[capture[where]], (names[orig_addr[point]], int(orig_port[point])))
+        for point in event_nodes[bounds[k] : bounds[k + 1]] + extra_events.get(k, []):
+            orig_at.setdefault(point_name[point], (names[addr_list[point]], port_list[point]))
         connections.append(
             Connection(
-                conn_id=int(conn[head]),
-                proto=int(proto[head]),
-                client=endpoint_text(names[src[head]], int(sport[head])),
-                server=endpoint_text(names[dst[head]], int(dport[head])),
+                conn_id=heads_at["conn"][i],
+                proto=heads_at["proto"][i],
+                client=endpoint_text(names[heads_at["src"][i]], heads_at["sport"][i]),
+                server=endpoint_text(names[heads_at["dst"][i]], heads_at["dport"][i]),
                 table=table,
-                start=int(starts[k]),
-                stop=int(stops[k]),
+                start=starts_list[k],
+                stop=stops_list[k],
                 orig_at=orig_at,
             )
         )
     return connections
+
+
+def _distinct_counts(keys: tuple[np.ndarray, ...], value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each group of equal ``keys``, how many distinct ``value``s it holds), groups in key order."""
+    order = np.lexsort((value, *reversed(keys)))
+    new_group = np.zeros(len(order), dtype=bool)
+    new_group[:1] = True
+    for key in keys:
+        ordered = key[order]
+        new_group[1:] |= ordered[1:] != ordered[:-1]
+    ordered = value[order]
+    new_value = new_group.copy()
+    new_value[1:] |= ordered[1:] != ordered[:-1]
+    at = np.flatnonzero(new_group)
+    counts = np.add.reduceat(new_value.astype(np.int64), at) if len(at) else np.zeros(0, dtype=np.int64)
+    return order[at], counts
 
 
 def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
@@ -391,20 +492,22 @@ def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
     tcp = table["proto"].to_numpy() == TCP
     handshake = np.where(flags >= 0, flags & (SYN | ACK | RST), 0)
     rst = tcp & (flags >= 0) & ((flags & RST) != 0)
-    syn = tcp & (handshake == SYN)
+    syn = np.flatnonzero(tcp & (handshake == SYN))
     synack = tcp & (handshake == SYN | ACK)
-    suspects = set(np.unique(conn[rst]).tolist())
-    syns = pd.DataFrame({"conn": conn[syn], "seq": table["seq"].to_numpy()[syn], "pkt": table["pkt"].to_numpy()[syn]})
-    retried = syns.groupby(["conn", "seq"])["pkt"].nunique()
-    suspects |= set(retried[retried > 1].index.get_level_values("conn").tolist())
-    suspects |= set(np.setdiff1d(np.unique(conn[syn]), np.unique(conn[synack])).tolist())
-    udp = ~tcp
-    if udp.any():
-        datagrams = table[udp]
-        senders = datagrams.groupby(["conn", "capture"]).agg(senders=("src", "nunique"), flows=("node", "nunique"))
-        odd = senders[(senders["senders"] < 2) | (senders["flows"] > 1)]
-        suspects |= set(odd.index.get_level_values("conn").tolist())
-    return np.array(sorted(suspects), dtype=np.int64)
+    parts = [conn[rst]]
+    # The same SYN (sequence number) as two distinct packets: sent again.
+    heads, packets = _distinct_counts((conn[syn], table["seq"].to_numpy()[syn]), table["pkt"].to_numpy()[syn])
+    parts.append(conn[syn][heads[packets > 1]])
+    parts.append(np.setdiff1d(conn[syn], conn[synack]))
+    udp = np.flatnonzero(~tcp)
+    if len(udp):
+        group = (conn[udp], table["capture"].to_numpy()[udp])
+        heads, senders = _distinct_counts(group, table["src"].to_numpy()[udp])
+        odd = senders < 2
+        _, flows = _distinct_counts(group, table["node"].to_numpy()[udp])
+        odd |= flows > 1  # both in group order, so row for row the same groups
+        parts.append(conn[udp][heads[odd]])
+    return np.unique(np.concatenate(parts)).astype(np.int64)
 
 
 def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
@@ -415,62 +518,80 @@ def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
     the client's capture, but the client's endpoint is the same: the SYN's
     source at one point, the SYN-ACK's destination at the other.
     """
+    capture = table["capture"].to_numpy()
+    if len(capture) == 0 or (capture == capture[0]).all():
+        return  # one point: nothing to link across points
     flags = table["tcp_flags"].to_numpy()
     tcp = table["proto"].to_numpy() == TCP
-    syn = tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN)
-    synack = tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN | ACK)
-    clients = pd.concat(
-        [
-            pd.DataFrame({"addr": table["src"][syn], "port": table["sport"][syn], "node": table["node"][syn],
-                          "capture": table["capture"][syn]}),
-            pd.DataFrame({"addr": table["dst"][synack], "port": table["dport"][synack],
-                          "node": table["node"][synack], "capture": table["capture"][synack]}),
-        ]
-    ).drop_duplicates()  # fmt: skip
-    clients = clients[clients["port"] >= 1024]
+    syn = np.flatnonzero(tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN))
+    synack = np.flatnonzero(tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN | ACK))
+    addr = np.r_[table["src"].to_numpy()[syn], table["dst"].to_numpy()[synack]].astype(np.int64)
+    port = np.r_[table["sport"].to_numpy()[syn], table["dport"].to_numpy()[synack]].astype(np.int64)
+    node = np.r_[table["node"].to_numpy()[syn], table["node"].to_numpy()[synack]]
+    point = np.r_[capture[syn], capture[synack]].astype(np.int64)
+    client = port >= 1024
+    endpoint = (addr * 65536 + port)[client]  # ports fit in 16 bits
+    node, point = node[client], point[client]
     # Only endpoints seen at two points or more can link anything.
-    spread = clients.groupby(["addr", "port"])["capture"].transform("nunique")
-    clients = clients[spread.to_numpy() > 1].copy()
-    if clients.empty:
+    heads, points = _distinct_counts((endpoint,), point)
+    spread = np.isin(endpoint, endpoint[heads[points > 1]])
+    if not spread.any():
         return
-    clients["root"] = [uf.find(int(n)) for n in clients["node"]]
-    per_point = clients.drop_duplicates(["addr", "port", "capture", "root"])
-    endpoint = per_point.groupby(["addr", "port"], sort=False)["capture"]
-    # Two connections from that endpoint at one point: a reused port, leave them apart.
-    single = (endpoint.transform("size") == endpoint.transform("nunique")).to_numpy()
-    linked = per_point[single]
-    first_root = linked.groupby(["addr", "port"], sort=False)["root"].transform("first")
-    for a, b in set(zip(linked["root"].tolist(), first_root.tolist(), strict=True)):
+    endpoint, point = endpoint[spread], point[spread]
+    root = uf.roots()[node[spread]]
+    # Two connections from that endpoint at one point (two roots there): a reused port, leave them apart.
+    pair = point * (int(root.max()) + 1) + root
+    heads, pairs = _distinct_counts((endpoint,), pair)
+    _, points = _distinct_counts((endpoint,), point)
+    single = np.isin(endpoint, endpoint[heads[pairs == points]])
+    endpoint, root = endpoint[single], root[single]
+    if len(endpoint) == 0:
+        return
+    # Every root of one endpoint joins the endpoint's smallest.
+    order = np.lexsort((root, endpoint))
+    endpoint, root = endpoint[order], root[order]
+    first = np.r_[True, endpoint[1:] != endpoint[:-1]]
+    smallest = root[np.flatnonzero(first)[np.cumsum(first) - 1]]
+    for a, b in set(zip(root.tolist(), smallest.tolist(), strict=True)):
         if a != b:
             uf.union(a, b)
 
 
 def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
     """Link UDP flows that only send *to* a client port with that port's unanswered requests."""
-    udp = table[table["proto"] == UDP]
-    if udp.empty:
+    udp = np.flatnonzero(table["proto"].to_numpy() == UDP)
+    if len(udp) == 0:
         return
-    for _capture, rows in udp.groupby("capture", sort=False):
-        # One line per flow whose packets all go one way: candidate requests and candidate replies.
-        per_flow = rows.groupby("node", sort=False).agg(
-            src=("src", "first"), sport=("sport", "first"), dst=("dst", "first"), dport=("dport", "first"),
-            senders=("sport", "size"), first_ts=("ts_ns", "min"),
-        )  # fmt: skip
-        one_way = per_flow[rows.groupby("node", sort=False)[["src", "sport"]].nunique().max(axis=1) == 1]
-        replies_to: dict[tuple[str, int], list[tuple[int, str, int, int]]] = {}
-        for node, flow in one_way.iterrows():
-            replies_to.setdefault((flow["dst"], int(flow["dport"])), []).append(
-                (int(str(node)), flow["src"], int(flow["sport"]), int(flow["first_ts"]))
-            )
-        for node, flow in one_way.iterrows():
-            client = (flow["src"], int(flow["sport"]))
-            if client[1] < 1024:
-                continue
-            server = (flow["dst"], int(flow["dport"]))
-            for other, src, sport, first_ts in replies_to.get(client, []):
-                delay = first_ts - int(flow["first_ts"])
-                if (src, sport) != server and 0 <= delay <= RESOURCED_REPLY_WINDOW_NS:
-                    uf.union(int(str(node)), other)
+    column = {
+        name: table[name].to_numpy()[udp] for name in ("node", "capture", "src", "sport", "dst", "dport", "ts_ns")
+    }
+    # Rows grouped by flow, in table order inside each: one line per flow whose packets all go one way
+    # (candidate requests and candidate replies), with its first packet's endpoints.
+    order = np.argsort(column["node"], kind="stable")
+    node = column["node"][order]
+    new_flow = np.r_[True, node[1:] != node[:-1]]
+    starts = np.flatnonzero(new_flow)
+    heads = order[starts]
+    flow_of = np.cumsum(new_flow) - 1
+    src, sport = column["src"][order], column["sport"][order]
+    same_sender = (src == src[starts][flow_of]) & (sport == sport[starts][flow_of])
+    one_way = np.logical_and.reduceat(same_sender, starts)
+    flows = pd.DataFrame({name: values[heads] for name, values in column.items() if name != "ts_ns"})
+    flows["first_ts"] = np.minimum.reduceat(column["ts_ns"][order], starts)
+    flows = flows[one_way]
+    requests = flows[flows["sport"] >= 1024]
+    pairs = requests.merge(
+        flows, left_on=["capture", "src", "sport"], right_on=["capture", "dst", "dport"], suffixes=("", "_reply")
+    )
+    delay = pairs["first_ts_reply"].to_numpy() - pairs["first_ts"].to_numpy()
+    resourced = (pairs["src_reply"].to_numpy() != pairs["dst"].to_numpy()) | (
+        pairs["sport_reply"].to_numpy() != pairs["dport"].to_numpy()
+    )
+    joined = resourced & (delay >= 0) & (delay <= RESOURCED_REPLY_WINDOW_NS)
+    for a, b in zip(
+        pairs["node"].to_numpy()[joined].tolist(), pairs["node_reply"].to_numpy()[joined].tolist(), strict=True
+    ):
+        uf.union(a, b)
 
 
 def _orient_rest(
