@@ -57,11 +57,26 @@ def test_json_facts_render_to_the_evidence_and_rule_out_what_they_exclude(name: 
         assert Cause.HEALTHY not in listed
 
 
-def test_a_udp_findings_ruled_out_lines_are_exactly_those_of_its_facts() -> None:
-    for name in ("udp-asymmetric", "udp-silent-drop"):
-        for point in synthetic.SCENARIOS[name]().points:
-            for finding in _findings(name, (point,)):
-                assert finding.ruled_out == ruled_out(finding.cause, finding.facts)
+@pytest.mark.parametrize("name", list(synthetic.SCENARIOS))
+def test_a_findings_ruled_out_lines_are_exactly_those_of_its_facts(name: str) -> None:
+    """Nothing but the facts speaks: no rule states a reason of its own, and no line says a cause is not excluded."""
+    for point in synthetic.SCENARIOS[name]().points:
+        for finding in _findings(name, (point,)):
+            assert finding.ruled_out == ruled_out(finding.cause, finding.facts)
+            assert not any("not excluded" in r.why for r in finding.ruled_out), finding.ruled_out
+
+
+def test_a_closed_port_seen_from_the_client_alone_does_not_rule_out_a_firewall() -> None:
+    """From the client's capture alone a server refusing the SYN and a firewall refusing it in the server's name
+    look the same (the finding says so in its evidence), so policy-reject is not in its ruled-out lines at all."""
+    (finding,) = _findings("port-closed", ("client",))
+    assert finding.cause is Cause.PORT_CLOSED
+    assert any("a firewall rejecting in the server's name" in line for line in finding.evidence)
+    assert Cause.POLICY_REJECT not in {r.cause for r in finding.ruled_out}, finding.ruled_out
+    # With the server's capture the SYN is seen reaching it, and that fact rules the firewall out.
+    (finding,) = _findings("port-closed", ("client", "pod"))
+    listed = {r.cause: r.why for r in finding.ruled_out}
+    assert "the SYN reached the server's capture (pod)" == listed[Cause.POLICY_REJECT]
 
 
 # One crafted case a cause: facts that exclude it, with the reason, and facts that say nothing about it.

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from diag.correlate import Correlation
-from diag.report import Cause, RuledOut
+from diag.report import Cause
 from diag.report.facts import Fact
 
 # Where the usual vantage names sit on a request's way, used only when no
@@ -99,7 +99,6 @@ class Verdict:
     origin: str | None = None
     origin_description: str | None = None
     evidence: list[Line] = field(default_factory=list)
-    ruled_out: list[RuledOut] = field(default_factory=list)
 
     def support(self, line: Line, weight: float = 0.0) -> None:
         self.evidence.append(line)
@@ -108,7 +107,3 @@ class Verdict:
     def facts(self) -> list[Fact]:
         """The evidence lines that are already facts (what the registry's ``excluded_by`` reads)."""
         return [line for line in self.evidence if isinstance(line, Fact)]
-
-    def rule_out(self, cause: Cause, why: str) -> None:
-        if cause != self.cause and all(r.cause != cause for r in self.ruled_out):
-            self.ruled_out.append(RuledOut(cause, why))

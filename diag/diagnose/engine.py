@@ -76,7 +76,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         origin=origin,
         summary=verdict.summary,
         facts=tuple(facts),
-        # The rule's own reasons, then every cause the facts exclude (each cause's ``excluded_by``).
-        ruled_out=ruled_out(verdict.cause, facts, verdict.ruled_out),
+        # Every cause the facts exclude (each cause's ``excluded_by``), from the facts alone.
+        ruled_out=ruled_out(verdict.cause, facts),
         fixes=spec_of(verdict.cause).fixes,
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diag.capture.proto import ACK
-from diag.diagnose.causes import spec_of
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.forwarding import Handoff, handoff, path_points
@@ -200,20 +199,18 @@ def neighbours_subnet(
     return shared_subnet(rst.first.src_addr, rst.first.dst_addr)
 
 
-def genuine_line(rst: Seen, maker: str | None, subnet: str | None) -> str:
+def genuine_line(rst: Seen, maker: str | None, subnet: str | None) -> Fact:
     """Why a RST not seen leaving its sender's capture is taken for its own."""
     who = side_name(rst.from_orig)
     if subnet is None:
-        return f"the RST's TTL matches the {who}'s other packets wherever both were seen"
+        return Fact.of("ttl-consistent", side=who)
     other = side_name(not rst.from_orig)
-    return (
-        f"the {who} and the {other} share a subnet ({subnet}): neighbours on one link, so the RST reaching {maker} "
-        f"with an initial TTL ({rst.first.ttl}) is what the {who}'s own RST looks like there"
-    )
+    return Fact.of("on-link", side=who, other=other, subnet=subnet, point=maker, ttl=rst.first.ttl)
 
 
-def rst_lines(rst: Seen, trigger: Seen | None, handshake_seen: bool) -> list[Line]:
-    """The lines every RST verdict starts with: the RST itself, the packet it answers, a missing handshake."""
+def rst_lines(rst: Seen, trigger: Seen | None, handshake_seen: bool, established: bool) -> list[Line]:
+    """The lines every RST verdict starts with: the RST itself (and whether it ended an established connection
+    or came during the handshake), the packet it answers, a missing handshake."""
     first = rst.first
     base: list[Line] = [
         Fact.of(
@@ -223,6 +220,7 @@ def rst_lines(rst: Seen, trigger: Seen | None, handshake_seen: bool) -> list[Lin
             packet=where(first),
             ttl=first.ttl,
             ip_id=first.ip_id,
+            phase="established" if established else "handshake",
         )
     ]
     if trigger is not None:
@@ -266,9 +264,14 @@ def tuple_reuse(
     )
     verdict.evidence = [
         *base,
-        f"the client's SYN (ISN {syn.seq}, {where(syn.first)}) was answered by a bare ACK (ack {challenge.ack}, not "
-        f"{(syn.seq + 1) % 2**32}) at {where(challenge.first)}: an RFC 5961 challenge ACK from a connection still open "
-        "on the server",
+        Fact.of(
+            "challenge-ack",
+            isn=syn.seq,
+            syn_packet=where(syn.first),
+            ack=challenge.ack,
+            expected=(syn.seq + 1) % 2**32,
+            packet=where(challenge.first),
+        ),
         f"the client's RST carries seq {rst.seq} = that ACK's ack number: the client's stack rejecting it",
         *claim_lines,
     ]
@@ -285,15 +288,6 @@ def tuple_reuse(
     later = [p for p in sides.packets if p.is_synack and not p.from_orig and p.ts_ref > rst.ts_ref]
     if later:
         verdict.support(f"a new handshake then succeeded ({where(later[0].first)})", 0.1)
-    verdict.rule_out(
-        Cause.PEER_RESET, "the RST is the client's answer to a challenge ACK, not an abort of a working connection"
-    )
-    verdict.rule_out(
-        Cause.ASYMMETRIC_RETURN, "the server's answer reached the client; the client reset the stale connection itself"
-    )
-    verdict.rule_out(
-        Cause.INJECTED_RESET, "the RST's sender is the client and it follows the challenge ACK in sequence"
-    )
     return verdict
 
 
@@ -311,10 +305,7 @@ def raced_handshake(
     )
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = list(base)
-    verdict.support(
-        f"the server accepted that same SYN: its SYN-ACK (seq {answer.seq}, ack {answer.ack} = the SYN's ISN + 1) "
-        f"first seen at {where(answer.first)}; a server refuses a SYN or accepts it, never both"
-    )
+    verdict.support(Fact.of("syn-accepted", seq=answer.seq, ack=answer.ack, packet=where(answer.first)))
     for sight in rst.sights:
         later = answer.at(sight.capture)
         if later is not None and later.ts_ns > sight.ts_ns:
@@ -332,17 +323,6 @@ def raced_handshake(
             "packets at these points; the two answers to one SYN do"
         )
     verdict.support(_origin_fact(origin_text))
-    verdict.rule_out(Cause.PORT_CLOSED, "the server answered the same SYN with a SYN-ACK: it listens on the port")
-    verdict.rule_out(
-        Cause.POLICY_REJECT,
-        "the SYN reached the server and was answered; a rejecting firewall stops the SYN, so no genuine answer follows",
-    )
-    verdict.rule_out(Cause.PEER_RESET, "the server was accepting the connection, not aborting it")
-    verdict.rule_out(
-        Cause.ASYMMETRIC_RETURN,
-        "the RST refuses the client's SYN in the server's name; an asymmetric return resets the server's SYN-ACK "
-        "in the client's name",
-    )
     return verdict
 
 
@@ -381,14 +361,14 @@ def let_through(
     )
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = list(base)
-    if beyond.capture == rst.first.capture:
-        line = f"{beyond.capture} made the RST and also sent the SYN on ({where(beyond)}, leaving with a lower TTL)"
-    else:
-        line = (
-            f"the SYN went on past the RST's maker: {beyond.capture} saw it {hops(beyond.ttl)} hop(s) from the "
-            f"client ({where(beyond)}), further than the RST's TTL puts its maker, and never saw the RST"
-        )
-    verdict.support(line, 0.1)
+    went_on = Fact.of(
+        "syn-went-past",
+        point=beyond.capture,
+        packet=where(beyond),
+        hops=hops(beyond.ttl),
+        made_there=beyond.capture == rst.first.capture,
+    )
+    verdict.support(went_on, 0.1)
     for claim in claim_lines:
         verdict.support(claim, 0.05)
     verdict.support(_origin_fact(origin_text))
@@ -396,8 +376,6 @@ def let_through(
         "not established: why no SYN-ACK came back (none in the captures): the same device may have dropped it, "
         "or the server ignored the SYN"
     )
-    verdict.rule_out(Cause.POLICY_REJECT, f"the SYN was not stopped: it reached {beyond.capture}, past the RST's maker")
-    verdict.rule_out(Cause.PORT_CLOSED, f"the RST was made before {beyond.capture} on the way, so not by the server")
     return verdict
 
 
@@ -441,9 +419,7 @@ def kept_sending(sides: Sides, rst: Seen, trigger: Seen | None, claim_lines: lis
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = [*base, *claim_lines]
     verdict.support(
-        f"the {who}'s genuine packets keep arriving after the RST ({len({p.pkt for p in after})} of them, first at "
-        f"{where(after[0].first)}): the {who} never reset",
-        0.15,
+        Fact.of("kept-sending", side=who, count=len({p.pkt for p in after}), packet=where(after[0].first)), 0.15
     )
     verdict.support(_origin_fact(origin_text))
     return verdict
@@ -460,11 +436,7 @@ def idle_timeout(sides: Sides, rst: Seen, trigger: Seen, claim_lines: list[Line]
     )
     verdict.origin, verdict.origin_description = origin, origin_text
     verdict.evidence = [*base, *claim_lines]
-    verdict.support(
-        f"the connection was idle for {gap / 1e9:.1f} s (round trip {ms(rtt) if rtt else 'unknown'}) before the "
-        f"segment the RST answers",
-        0.15,
-    )
+    verdict.support(Fact.of("idle-gap", gap_ns=gap, rtt_ns=rtt), 0.15)
     other = sides.own_capture(rst.from_orig)
     if other is not None and trigger.at(other) is None:
         verdict.support(f"that segment never reached the {who}'s capture ({other}): a box on the way answered it", 0.05)
@@ -568,27 +540,16 @@ def policy_reject(conn: Connection, refused: Refusal, claim_lines: list[Line], b
     if syn is not None:
         verdict.support(_last_seen(conn, syn), 0.0)
     if refused.syn_missing_at_server:
-        verdict.support(f"the server's capture ({refused.server}) never saw the SYN: it did not answer it", 0.15)
+        verdict.support(Fact.of("syn-missing-at-server", point=refused.server), 0.15)
     if refused.downstream_missing:
-        verdict.support(
-            f"captures further along the path ({', '.join(refused.downstream_missing)}) were running and never saw "
-            "the SYN",
-            0.1,
-        )
+        verdict.support(Fact.of("syn-missing-further", points=tuple(refused.downstream_missing)), 0.1)
     verdict.support(_origin_fact(origin_text), 0.05 if origin else 0.0)
-    if refused.syn_missing_at_server or refused.downstream_missing:
-        verdict.rule_out(Cause.PORT_CLOSED, "the SYN never reached the server, so the server cannot have refused it")
-    else:
+    if not (refused.syn_missing_at_server or refused.downstream_missing):
         # Only the RST's own marks say it was forged: where the SYN went is unknown.
         verdict.evidence.append(
             "not established: how far the SYN went (no capture further along the path); the verdict rests on "
             "the RST's own marks, and a capture on the server or its node would confirm it"
         )
-        verdict.rule_out(
-            Cause.PORT_CLOSED,
-            "the RST was not made by the server (see its TTL), so the server did not refuse the SYN",
-        )
-    verdict.rule_out(Cause.ASYMMETRIC_RETURN, "the RST claims the server and answers the SYN itself; no reply was sent")
     return verdict
 
 
@@ -609,24 +570,13 @@ def port_closed(rst: Seen, refused: Refusal, genuine: bool, claim_lines: list[Li
             f"RST+ACK with ack {rst.ack} = the SYN's ISN + 1 and seq {rst.seq}: a kernel refusing a SYN", 0.05
         )
     if refused.syn_at_server:
-        verdict.support(f"the SYN reached the server's capture ({server})", 0.05)
+        verdict.support(Fact.of("syn-at-server", point=server), 0.05)
     else:
         verdict.evidence.append(
             "could not establish that the SYN reached the server: with no server-side capture, a firewall rejecting "
             "in the server's name (policy-reject) looks the same; a capture on the server or its node would "
             "separate them"
         )
-    verdict.rule_out(
-        Cause.POLICY_REJECT,
-        "the SYN reached the server"
-        if refused.syn_at_server
-        else "the RST's TTL matches the server's distance"
-        if genuine
-        else "not excluded (see evidence)",
-    )
-    verdict.rule_out(
-        Cause.ASYMMETRIC_RETURN, "the RST answers the SYN itself; the server sent no SYN-ACK that could go astray"
-    )
     return verdict
 
 
@@ -701,32 +651,6 @@ def synack_reset(
         missing.append("the box that made the RST was not captured; its position comes from the TTL")
     for line in missing:
         verdict.evidence.append("not established: " + line)
-    # What excludes the client's own reset is read from the facts, not from the sentences they render to.
-    excluded = spec_of(Cause.PEER_RESET).excluded_by
-    verdict.rule_out(
-        Cause.PEER_RESET,
-        (excluded(verdict.facts()) if excluded else None)
-        or "a genuine client reset is ruled out: the RST does not come from the client",
-    )
-    verdict.rule_out(
-        Cause.TUPLE_REUSE,
-        "no RFC 5961 challenge ACK: the server answered the SYN with a SYN-ACK acknowledging it "
-        f"(ack {synack.ack} = ISN + 1) and the RST's seq {rst.seq} answers that SYN-ACK",
-    )
-    verdict.rule_out(
-        Cause.PORT_CLOSED,
-        "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server",
-    )
-    verdict.rule_out(
-        Cause.POLICY_REJECT,
-        "the SYN reached the server and was answered; the RST goes to the server, not to the client",
-    )
-    verdict.rule_out(Cause.IDLE_TIMEOUT, "the connection never got established, nothing was idle")
-    verdict.rule_out(
-        Cause.INJECTED_RESET,
-        "the RST answers the server's SYN-ACK on every attempt, as a stateful box without the flow's state does; "
-        "an injector races genuine traffic instead",
-    )
     return verdict
 
 
@@ -750,8 +674,7 @@ def _client_round_trip_floor(packets: list[Seen], at: str, client: str | None, c
 def _unanswered_lines(syns: list[Seen]) -> list[Line]:
     first = syns[0]
     return [
-        f"{len(syns)} SYN(s) with ISN {first.seq} from the client, first at {where(first.first)}, "
-        f"never answered at {first.first.capture}",
+        Fact.of("syns-unanswered", count=len(syns), isn=first.seq, packet=where(first.first), point=first.first.capture)
     ]
 
 
@@ -769,7 +692,6 @@ def synack_astray(conn: Connection, syns: list[Seen], synack: Seen) -> Verdict:
         f"the server answered: SYN-ACK at {where(synack.first)}",
         _paths_fact(conn, syns[0], synack, extra),
     ]
-    verdict.rule_out(Cause.SILENT_DROP, "the reply was not lost on the request's path: it took another one")
     return verdict
 
 
@@ -814,7 +736,7 @@ def syn_lost(conn: Connection, sides: Sides, syns: list[Seen], ctx: Context) -> 
     )
     verdict.evidence = [*_unanswered_lines(syns), _last_seen(conn, farthest), "no SYN-ACK and no RST anywhere"]
     if downstream:
-        verdict.support(f"captures running further on ({', '.join(downstream)}) never saw it", 0.1)
+        verdict.support(Fact.of("syn-unseen-elsewhere", points=tuple(downstream)), 0.1)
     if server is not None and first.at(server) is None:
         verdict.support(f"it never reached the server's capture ({server})", 0.05)
     if single or not downstream:
@@ -824,12 +746,6 @@ def syn_lost(conn: Connection, sides: Sides, syns: list[Seen], ctx: Context) -> 
             "same from here; a capture on the server (pod) or its node would separate them"
         )
         verdict.confidence = min(verdict.confidence, 0.45)
-    else:
-        verdict.rule_out(
-            Cause.ASYMMETRIC_RETURN, "the SYN never reached the server, so there was no reply to go astray"
-        )
-    verdict.rule_out(Cause.PORT_CLOSED, "no RST came back")
-    verdict.rule_out(Cause.POLICY_REJECT, "no RST came back")
     return verdict
 
 
@@ -859,8 +775,6 @@ def _forwarded_unanswered(passed: Handoff, base: list[Line], syns: list[Seen]) -
         f"{passed.left_dst_addr} (or on the node in front of it) would confirm it: a SYN-ACK leaving there that never "
         f"reaches {box}; a drop after {box} (silent-drop) looks the same from here",
     ]
-    verdict.rule_out(Cause.PORT_CLOSED, f"no RST came back through {box}")
-    verdict.rule_out(Cause.POLICY_REJECT, f"no RST came back through {box}")
     return verdict
 
 

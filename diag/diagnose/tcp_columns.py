@@ -79,7 +79,7 @@ def _rst_outcome(s: TcpSignals, k: int, ctx: Context, write: RstWriter, every_pa
     rst = p.seen(int(s.rst[k]))
     trigger = p.seen(int(s.trigger[k])) if s.trigger[k] >= 0 else None
     sides = _sides(s, k, _all_packets(s, k) if every_packet or s.forged[k] else [])
-    base = rst_lines(rst, trigger, bool(s.handshake_seen[k]))
+    base = rst_lines(rst, trigger, bool(s.handshake_seen[k]), bool(s.established[k]))
     verdict = write(sides, rst, trigger, _claim_lines(s, k, rst, sides, ctx), base)
     count = int(s.repeated[k])
     if count > 1:

@@ -116,6 +116,81 @@ def _paths(v: Mapping[str, Any]) -> str:
     return line + (f": {', '.join(v['reply_only'])} saw the reply but never the request" if v["reply_only"] else "")
 
 
+def _duration(ns: int | float) -> str:
+    """A duration for people: microseconds below a millisecond."""
+    return f"{ns / 1e3:.0f} µs" if abs(ns) < 1_000_000 else f"{ns / 1e6:.1f} ms"
+
+
+def _ttl_consistent(v: Mapping[str, Any]) -> str:
+    return f"the RST's TTL matches the {v['side']}'s other packets wherever both were seen"
+
+
+def _on_link(v: Mapping[str, Any]) -> str:
+    return (
+        f"the {v['side']} and the {v['other']} share a subnet ({v['subnet']}): neighbours on one link, so the RST "
+        f"reaching {v['point']} with an initial TTL ({v['ttl']}) is what the {v['side']}'s own RST looks like there"
+    )
+
+
+def _challenge_ack(v: Mapping[str, Any]) -> str:
+    return (
+        f"the client's SYN (ISN {v['isn']}, {v['syn_packet']}) was answered by a bare ACK (ack {v['ack']}, not "
+        f"{v['expected']}) at {v['packet']}: an RFC 5961 challenge ACK from a connection still open on the server"
+    )
+
+
+def _syn_accepted(v: Mapping[str, Any]) -> str:
+    return (
+        f"the server accepted that same SYN: its SYN-ACK (seq {v['seq']}, ack {v['ack']} = the SYN's ISN + 1) "
+        f"first seen at {v['packet']}; a server refuses a SYN or accepts it, never both"
+    )
+
+
+def _syn_went_past(v: Mapping[str, Any]) -> str:
+    if v["made_there"]:
+        return f"{v['point']} made the RST and also sent the SYN on ({v['packet']}, leaving with a lower TTL)"
+    return (
+        f"the SYN went on past the RST's maker: {v['point']} saw it {v['hops']} hop(s) from the client "
+        f"({v['packet']}), further than the RST's TTL puts its maker, and never saw the RST"
+    )
+
+
+def _syn_missing_at_server(v: Mapping[str, Any]) -> str:
+    return f"the server's capture ({v['point']}) never saw the SYN: it did not answer it"
+
+
+def _syn_missing_further(v: Mapping[str, Any]) -> str:
+    return f"captures further along the path ({', '.join(v['points'])}) were running and never saw the SYN"
+
+
+def _syn_at_server(v: Mapping[str, Any]) -> str:
+    return f"the SYN reached the server's capture ({v['point']})"
+
+
+def _syns_unanswered(v: Mapping[str, Any]) -> str:
+    return (
+        f"{v['count']} SYN(s) with ISN {v['isn']} from the client, first at {v['packet']}, "
+        f"never answered at {v['point']}"
+    )
+
+
+def _syn_unseen_elsewhere(v: Mapping[str, Any]) -> str:
+    return f"captures running further on ({', '.join(v['points'])}) never saw it"
+
+
+def _kept_sending(v: Mapping[str, Any]) -> str:
+    return (
+        f"the {v['side']}'s genuine packets keep arriving after the RST ({v['count']} of them, first at "
+        f"{v['packet']}): the {v['side']} never reset"
+    )
+
+
+def _idle_gap(v: Mapping[str, Any]) -> str:
+    rtt = _duration(v["rtt_ns"]) if v["rtt_ns"] else "unknown"
+    gap = v["gap_ns"] / 1e9
+    return f"the connection was idle for {gap:.1f} s (round trip {rtt}) before the segment the RST answers"
+
+
 # UDP: requests, where their replies went, and what a forwarding box shows of them.
 
 
@@ -226,6 +301,18 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "captures": _captures,
     "syn-retried": _syn_retried,
     "repeated-rst": _repeated,
+    "ttl-consistent": _ttl_consistent,
+    "on-link": _on_link,
+    "challenge-ack": _challenge_ack,
+    "syn-accepted": _syn_accepted,
+    "syn-went-past": _syn_went_past,
+    "syn-missing-at-server": _syn_missing_at_server,
+    "syn-missing-further": _syn_missing_further,
+    "syn-at-server": _syn_at_server,
+    "syns-unanswered": _syns_unanswered,
+    "syn-unseen-elsewhere": _syn_unseen_elsewhere,
+    "kept-sending": _kept_sending,
+    "idle-gap": _idle_gap,
     "requests": _requests,
     "answered": _answered,
     "reply-foreign": _reply_foreign,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, Rule
 from diag.report import Cause, RuledOut
@@ -59,16 +59,15 @@ def decide(facts: Sequence[Fact], rule_of: Callable[[CauseSpec], Rule | None]) -
     return cause, decision
 
 
-def ruled_out(cause: Cause, facts: Sequence[Fact], stated: Iterable[RuledOut] = ()) -> tuple[RuledOut, ...]:
-    """The causes a finding of ``cause`` rules out: those its rule stated, then every one its facts exclude.
+def ruled_out(cause: Cause, facts: Sequence[Fact]) -> tuple[RuledOut, ...]:
+    """The causes a finding of ``cause`` rules out: every one its facts exclude, in the registry's order.
 
-    A cause the rule already gave a reason for keeps the rule's words; the
-    finding's own cause and ``healthy`` (a finding is never healthy) are not
-    listed.
+    Nothing else speaks: a cause no fact excludes is not listed. The finding's
+    own cause and ``healthy`` (a finding is never healthy) are not listed.
     """
-    lines = [r for r in stated if r.cause is not cause]
+    lines = []
     for other, spec in REGISTRY.items():
-        if other in (cause, Cause.HEALTHY) or spec.excluded_by is None or any(r.cause is other for r in lines):
+        if other in (cause, Cause.HEALTHY) or spec.excluded_by is None:
             continue
         why = spec.excluded_by(facts)
         if why is not None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, left_its_sender
+from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, kinds, left_its_sender, listed
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -72,11 +72,24 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
     """Replies that went back only along the request's own path, and were lost there, were not sent astray;
-    a RST its claimed sender's own capture shows leaving it was not forged by a box on the way back."""
+    a RST its claimed sender's own capture shows leaving it was not forged by a box on the way back, nor was one
+    answering a challenge ACK or the client's SYN itself; a SYN no capture further on saw got no reply."""
     if first(facts, "reply-lost") is not None:
         return "the replies were seen only on the request's own path"
     if (refused := first(facts, "unreachable")) is not None:
         return f"the requests were refused ({refused['sender']} sent an ICMP destination unreachable), not answered"
+    if first(facts, "challenge-ack") is not None:
+        return "the server's answer reached the client; the client reset the stale connection itself"
+    if answered_with(facts, "SYN", "client") is not None:
+        return (
+            "the RST answers the client's SYN in the server's name: no SYN-ACK went astray (an asymmetric return "
+            "resets the server's SYN-ACK in the client's name)"
+        )
+    if (unseen := first(facts, "syn-unseen-elsewhere")) is not None:
+        return (
+            f"the SYN never reached the server (captures further on, {listed(unseen['points'])}, never saw it), "
+            "so there was no reply to go astray"
+        )
     return left_its_sender(facts)
 
 
@@ -93,7 +106,9 @@ SPEC = CauseSpec(
     udp=udp,
     tcp_rule=tcp_rule,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"reply-lost", "unreachable", "left-own"}),
+    excluded_kinds=frozenset(
+        {"reply-lost", "unreachable", "left-own", "challenge-ack", "answers", "syn-unseen-elsewhere"}
+    ),
     fixes=(
         "Make the forwarding node SNAT what it sends on to another node (kube-proxy masquerade, "
         "externalTrafficPolicy: Cluster with SNAT) so the reply returns through it and the load balancer; "

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender
+from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender, rst_phase
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -16,9 +16,14 @@ if TYPE_CHECKING:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """A client still retrying its SYN had no established flow to time out; a genuine RST is no middlebox's."""
+    """A connection never established (a client still retrying its SYN, a RST in the handshake) had no flow to
+    time out, a busy one was not idle, and a genuine RST is no middlebox's."""
     if first(facts, "syn-retried") is not None:
         return "the client was still retrying its SYN: the connection never got established, nothing was idle"
+    if rst_phase(facts) == "handshake" or first(facts, "syns-unanswered") is not None:
+        return "the connection never got established, nothing was idle"
+    if (busy := first(facts, "kept-sending")) is not None:
+        return f"the connection was busy, not idle: the {busy['side']} kept sending after the RST"
     return left_its_sender(facts)
 
 
@@ -34,7 +39,7 @@ SPEC = CauseSpec(
     forged=True,
     tcp_rule=tcp_rule,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"syn-retried", "left-own"}),
+    excluded_kinds=frozenset({"syn-retried", "left-own", "rst", "syns-unanswered", "kept-sending"}),
     fixes=(
         "Enable TCP keepalives below the middlebox's idle timeout (e.g. net.ipv4.tcp_keepalive_time under 350 s "
         "for an AWS NLB or NAT gateway); trade-off: a few extra packets per idle connection.",

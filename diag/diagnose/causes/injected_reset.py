@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, left_its_sender
+from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender
 from diag.report import Cause
+from diag.report.facts import Fact
 
 if TYPE_CHECKING:
     from diag.diagnose.tcp_signals import TcpSignals
@@ -22,13 +24,31 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def excluded_by(facts: Sequence[Fact]) -> str | None:
+    """A RST its claimed sender's own capture shows leaving it was not injected in that sender's name; one that
+    answers a challenge ACK is the client's stack; one the client answered by retrying its SYN, or that came after
+    an idle gap, raced no genuine traffic."""
+    if first(facts, "challenge-ack") is not None:
+        return "the RST's sender is the client and it follows the challenge ACK in sequence"
+    if (retried := first(facts, "syn-retried")) is not None:
+        return (
+            f"the client sent the same SYN (ISN {retried['isn']}) again after the RST: it never got the server's "
+            "answer, so no genuine traffic went on for an injected RST to race"
+        )
+    if (idle := first(facts, "idle-gap")) is not None:
+        return (
+            f"the RST answers the first segment after {idle.number('gap_ns') / 1e9:.1f} s of silence, as a middlebox "
+            "that dropped the idle flow does"
+        )
+    return left_its_sender(facts)
+
+
 SPEC = CauseSpec(
     cause=Cause.INJECTED_RESET,
     forged=True,
-    # A RST its claimed sender's own capture shows leaving it was not injected in that sender's name.
     tcp_rule=tcp_rule,
-    excluded_by=left_its_sender,
-    excluded_kinds=frozenset({"left-own"}),
+    excluded_by=excluded_by,
+    excluded_kinds=frozenset({"left-own", "challenge-ack", "syn-retried", "idle-gap"}),
     fixes=(
         "Find the injecting device on the path (IPS/DPI, firewall with TCP reset on policy match) from the hop "
         "distance in the evidence, and change its policy; trade-off: depends on why it resets.",

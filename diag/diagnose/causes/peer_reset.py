@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec
+from diag.diagnose.causes.spec import CauseSpec, first, rst_phase
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -20,7 +20,9 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
 
     Its own capture not showing the RST, a TTL that puts the maker closer than
     the claimed sender, a captured point that made it, or the client
-    retransmitting its SYN afterwards (which a client that had reset would not do).
+    retransmitting its SYN afterwards (which a client that had reset would not do), or still sending after it;
+    else a RST that answers a challenge ACK, refuses a SYN the server accepted, or came before any connection
+    was established.
     """
     reasons = []
     sides = [str(f["side"]) for f in facts if f.kind in ("absent-at-own", "ttl-hops")]
@@ -34,7 +36,16 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     reasons += [f"{f['point']} made it" for f in facts if f.kind == "origin" and f["point"] is not None]
     if any(f.kind == "syn-retried" for f in facts):
         reasons.append("the client retransmitted the same SYN afterwards, which it would not do after resetting")
-    return f"a genuine {side} reset is ruled out: " + "; ".join(reasons) if reasons else None
+    reasons += [f"the {f['side']} kept sending after it" for f in facts if f.kind == "kept-sending"]
+    if reasons:
+        return f"a genuine {side} reset is ruled out: " + "; ".join(reasons)
+    if first(facts, "challenge-ack") is not None:
+        return "the RST is the client's answer to a challenge ACK, not an abort of a working connection"
+    if first(facts, "syn-accepted") is not None:
+        return "the server was accepting the connection, not aborting it"
+    if rst_phase(facts) == "handshake":
+        return "the RST came during the handshake: there was no established connection to abort"
+    return None
 
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:
@@ -47,6 +58,9 @@ SPEC = CauseSpec(
     cause=Cause.PEER_RESET,
     forged=False,
     excluded_by=excluded_by,
+    excluded_kinds=frozenset(
+        {"absent-at-own", "ttl-hops", "origin", "syn-retried", "kept-sending", "challenge-ack", "syn-accepted", "rst"}
+    ),
     tcp_rule=tcp_rule,
     fixes=(
         "Look at the application that sent the RST: an abortive close (SO_LINGER 0), a crash, or closing the "

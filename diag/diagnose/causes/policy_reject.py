@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, first, host_of, kinds, udp_answered
+from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, host_of, kinds, udp_answered
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -46,8 +46,30 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """Requests the server answered were let through."""
-    return "the server answered the requests, so nothing on the way refused them" if udp_answered(facts) else None
+    """Requests the server answered, a SYN seen at the server or past the RST's maker, were let through; a RST
+    from a neighbour of the server on its own link is what the server's own looks like; SYNs nothing answered
+    were refused by no one."""
+    if udp_answered(facts):
+        return "the server answered the requests, so nothing on the way refused them"
+    if first(facts, "syn-accepted") is not None:
+        return (
+            "the SYN reached the server and was answered; a rejecting firewall stops the SYN, so no genuine answer "
+            "follows"
+        )
+    if answered_with(facts, "SYN-ACK", "server") is not None:
+        return "the SYN reached the server and was answered; the RST goes to the server, not to the client"
+    if (went_on := first(facts, "syn-went-past")) is not None:
+        return f"the SYN was not stopped: it reached {went_on['point']}, past the RST's maker"
+    if (reached := first(facts, "syn-at-server")) is not None:
+        return f"the SYN reached the server's capture ({reached['point']})"
+    if (link := first(facts, "on-link")) is not None and link["side"] == "server":
+        return (
+            f"the server is a neighbour on {link['point']}'s link and the RST is what its own looks like there: a "
+            "firewall would have to sit on that very link"
+        )
+    if first(facts, "syns-unanswered") is not None:
+        return "no RST came back: nothing refused the SYN"
+    return None
 
 
 SPEC = CauseSpec(
@@ -56,7 +78,10 @@ SPEC = CauseSpec(
     tcp_rule=tcp_rule,
     udp=udp,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"answered", "reply-foreign", "reply-resourced", "reply-lost"}),
+    excluded_kinds=frozenset(
+        {"answered", "reply-foreign", "reply-resourced", "reply-lost", "syn-accepted", "answers", "syn-went-past"}
+        | {"syn-at-server", "on-link", "syns-unanswered"}
+    ),
     fixes=(
         "Allow the flow in the rejecting firewall (iptables/nftables REJECT rule, NetworkPolicy, security group "
         "with an ICMP/RST reject); trade-off: widening a rule widens who can reach the service, so allow the "

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, first, host_of, kinds, udp_answered
+from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, host_of, kinds, udp_answered
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -38,8 +38,24 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """A server that answered the requests listens on the port."""
-    return "the server answered the requests, so something listens on the port" if udp_answered(facts) else None
+    """A server that answered the requests (UDP) or the SYN (a SYN-ACK) listens on the port; a SYN that never
+    reached the server, or went on past the RST's maker, was not refused by the server, nor was one its RST's
+    own marks say another device refused; SYNs nothing answered were refused by no one."""
+    if udp_answered(facts):
+        return "the server answered the requests, so something listens on the port"
+    if first(facts, "syn-accepted") is not None:
+        return "the server answered the same SYN with a SYN-ACK: it listens on the port"
+    if answered_with(facts, "SYN-ACK", "server") is not None:
+        return "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server"
+    if (went_on := first(facts, "syn-went-past")) is not None:
+        return f"the RST was made before {went_on['point']} on the way, so not by the server"
+    if first(facts, "syn-missing-at-server") is not None or first(facts, "syn-missing-further") is not None:
+        return "the SYN never reached the server, so the server cannot have refused it"
+    if any(fact.kind in ("absent-at-own", "ttl-hops") and fact["side"] == "server" for fact in facts):
+        return "the RST was not made by the server (see its TTL and presence), so the server did not refuse the SYN"
+    if first(facts, "syns-unanswered") is not None:
+        return "no RST came back: nothing refused the SYN"
+    return None
 
 
 SPEC = CauseSpec(
@@ -48,7 +64,10 @@ SPEC = CauseSpec(
     tcp_rule=tcp_rule,
     udp=udp,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"answered", "reply-foreign", "reply-resourced", "reply-lost"}),
+    excluded_kinds=frozenset(
+        {"answered", "reply-foreign", "reply-resourced", "reply-lost", "syn-accepted", "answers", "syn-went-past"}
+        | {"syn-missing-at-server", "syn-missing-further", "absent-at-own", "ttl-hops", "syns-unanswered"}
+    ),
     fixes=(
         "Start the service (or fix its port) on the server: nothing listens on the port the SYN reached.",
         "Check the Service's targetPort against the port the container really listens on; "

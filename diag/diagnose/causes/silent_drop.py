@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
+from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, listed
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -38,12 +38,14 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """A reply that arrived, or was translated on its way, was not lost; a RST or an ICMP error came back, so
-    nothing was silent."""
+    """A reply that arrived, was translated on its way or took another path, was not lost; a RST or an ICMP
+    error came back, so nothing was silent."""
     if first(facts, "reply-foreign") is not None:
         return "the reply was not lost: it arrived from the wrong source"
     if first(facts, "reply-resourced") is not None:
         return "the reply left the server and was translated, not dropped"
+    if (paths := first(facts, "paths")) is not None and paths["reply_only"]:
+        return f"the reply was not lost on the request's path: it took another one ({listed(paths['reply_only'])})"
     if first(facts, "rst") is not None:
         return "a RST came back: the connection was answered, not silently dropped"
     if (refused := first(facts, "unreachable")) is not None:
@@ -64,7 +66,7 @@ SPEC = CauseSpec(
     tcp_rule=tcp_rule,
     udp=udp,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"reply-foreign", "reply-resourced", "rst", "unreachable"}),
+    excluded_kinds=frozenset({"reply-foreign", "reply-resourced", "paths", "rst", "unreachable"}),
     fixes=(
         "Find the point where the packet was last seen and look for a DROP rule, a security group or NACL, "
         "a missing route or an MTU black hole after it; trade-off: depends on the rule.",

@@ -80,6 +80,23 @@ def left_its_sender(facts: Sequence[Fact]) -> str | None:
     return None if left is None else f"the {left['side']}'s own capture shows the RST leaving it: it is genuine"
 
 
+def rst_phase(facts: Sequence[Fact]) -> str | None:
+    """Whether the finding's RST ended an established connection or came during the handshake (None: no RST)."""
+    rst = first(facts, "rst")
+    return None if rst is None else str(rst.values.get("phase"))
+
+
+def answered_with(facts: Sequence[Fact], segment: str, side: str) -> Fact | None:
+    """The ``answers`` fact when the RST answers that segment of that side (the server's SYN-ACK, say)."""
+    answers = first(facts, "answers")
+    return answers if answers is not None and answers["segment"] == segment and answers["side"] == side else None
+
+
+def listed(value: object) -> str:
+    """A fact's tuple of names as text ("a, b")."""
+    return ", ".join(str(item) for item in value) if isinstance(value, tuple) else str(value)
+
+
 def host_of(endpoint: str) -> str:
     """The address of an "addr:port" endpoint (IPv6 as "[addr]:port")."""
     return endpoint.rsplit(":", 1)[0].strip("[]")

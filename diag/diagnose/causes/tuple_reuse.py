@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, first
+from diag.diagnose.causes.spec import CauseSpec, answered_with, first
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 
 
 def excluded_by(facts: Sequence[Fact]) -> str | None:
-    """The RST of a tuple reuse is the client's own stack answering the challenge ACK: its capture shows it."""
+    """The RST of a tuple reuse is the client's own stack answering the challenge ACK: its capture shows it, and
+    the RST answers that bare ACK, not a SYN-ACK."""
+    if (synack := answered_with(facts, "SYN-ACK", "server")) is not None:
+        return (
+            f"no RFC 5961 challenge ACK: the RST answers the server's SYN-ACK (seq {synack['seq']}, ack "
+            f"{synack['ack']}), which accepted the SYN"
+        )
     absent = first(facts, "absent-at-own")
     if absent is not None and absent["side"] == "client":
         return "the client's own capture never shows the RST, and in a tuple reuse the client's stack sends it"
@@ -34,7 +40,7 @@ SPEC = CauseSpec(
     forged=False,
     tcp_rule=tcp_rule,
     excluded_by=excluded_by,
-    excluded_kinds=frozenset({"absent-at-own"}),
+    excluded_kinds=frozenset({"absent-at-own", "answers"}),
     fixes=(
         "Avoid reusing a 4-tuple the server still holds: let the client's stack pick ephemeral ports (no fixed "
         "source port), and keep net.ipv4.tcp_tw_reuse and the NAT's port allocation from recycling ports early; "
