@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from diag.errors import CaptureError, DiagError
@@ -113,24 +114,49 @@ def budget_option(text: str | None) -> int:
 
 @dataclass
 class MemoryBudget:
-    """How many bytes the packets of this process may take, and how many packets earlier reads kept."""
+    """How many bytes the packets of this process may take, how many packets earlier reads kept, and how
+    many the reads going on now (files read side by side, ``diag.analysis.read_captures``) project to hold.
+
+    Each read checks its own projection on top of what is kept and of every other read's latest
+    projection, so reading files at the same time never lets them hold more together than reading
+    them one by one would have allowed.
+    """
 
     limit: int | None = None  # None: no budget (library use, unless a command sets one)
     kept_packets: int = 0
+    reading: dict[object, int] = field(default_factory=dict)  # read -> packets it projects to hold
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def check(self, path: str, packets: int) -> None:
-        """Raise ``MemoryBudgetError`` if ``packets`` more (a read's projection) would not fit."""
+    def check(self, path: str, packets: int, read: object = None) -> None:
+        """Raise ``MemoryBudgetError`` if ``packets`` more (a read's projection) would not fit.
+
+        ``read`` (any object standing for one read) records the projection, for the checks of reads
+        running at the same time; ``keep`` or ``forget`` with the same object ends it.
+        """
         if self.limit is None:
             return
-        needed = (self.kept_packets + packets) * BYTES_PER_PACKET
-        if needed > self.limit:
-            raise MemoryBudgetError(
-                f"{path}: about {packets:,} packets would need about {format_size(needed)} of memory, over the "
-                f"budget of {format_size(self.limit)}; stopped reading (raise it with --max-memory)"
-            )
+        with self._lock:
+            others = sum(projected for other, projected in self.reading.items() if other is not read)
+            needed = (self.kept_packets + others + packets) * BYTES_PER_PACKET
+            if needed > self.limit:
+                held = f"{packets:,} packets" if not others else f"{packets:,} packets (and {others:,} of other reads)"
+                raise MemoryBudgetError(
+                    f"{path}: about {held} would need about {format_size(needed)} of memory, over the "
+                    f"budget of {format_size(self.limit)}; stopped reading (raise it with --max-memory)"
+                )
+            if read is not None:
+                self.reading[read] = packets
 
-    def keep(self, packets: int) -> None:
-        self.kept_packets += packets
+    def keep(self, packets: int, read: object = None) -> None:
+        """A read ended with ``packets`` kept: they count from now on, its projection no more."""
+        with self._lock:
+            self.reading.pop(read, None)
+            self.kept_packets += packets
+
+    def forget(self, read: object) -> None:
+        """A read ended without keeping anything (it failed): its projection no longer counts."""
+        with self._lock:
+            self.reading.pop(read, None)
 
 
 _current = MemoryBudget()

@@ -14,7 +14,10 @@ straight from the capture's buffer: every payload byte is touched once.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +34,7 @@ _multipliers = np.zeros(0, dtype=U64)
 # the compiled loop lets go of the interpreter lock, so a second core halves the digest's wall time.
 SPLIT_ROWS = 4096
 _helper: tuple[int, ThreadPoolExecutor | None] | None = None  # (process id, pool): a forked child makes its own
+_this_thread = threading.local()  # .alone: this thread digests without the helper (see digest_alone)
 
 
 def _splitmix64(seeds: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
@@ -58,7 +62,8 @@ def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.N
     multipliers = _position_multipliers((int(lengths.max(initial=0)) + 7) // 8)
     lanes = view.word_lanes()
     starts, lengths = starts.astype(np.int64), lengths.astype(np.int64)
-    helper = _helper_pool() if len(starts) >= SPLIT_ROWS else None
+    alone = getattr(_this_thread, "alone", False)
+    helper = _helper_pool() if len(starts) >= SPLIT_ROWS and not alone else None
     if helper is None:
         return _digest_rows(lanes, starts, lengths, multipliers)
     half = len(starts) // 2
@@ -67,16 +72,28 @@ def payload_digest(view: ByteView, starts: IntArray, lengths: IntArray) -> npt.N
     return np.concatenate([first, second.result()])
 
 
+@contextmanager
+def digest_alone() -> Iterator[None]:
+    """Within it, this thread digests whole batches itself: files read side by side already keep every
+    CPU busy, and their halves queued for the one helper would wait for each other."""
+    before = getattr(_this_thread, "alone", False)
+    _this_thread.alone = True
+    try:
+        yield
+    finally:
+        _this_thread.alone = before
+
+
 def _helper_pool() -> ThreadPoolExecutor | None:
     """The one helper thread of this process, or None when it may use a single CPU only."""
     global _helper
     if _helper is None or _helper[0] != os.getpid():
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diag-digest") if _cpus() > 1 else None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diag-digest") if usable_cpus() > 1 else None
         _helper = (os.getpid(), pool)
     return _helper[1]
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
     """CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,28 +41,39 @@ def capture_stem(path: Path) -> str:
         name = name[: -len(suffix)]
 
 
-def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.DataFrame:
+def read_capture(
+    path: str | os.PathLike[str], name: str | None = None, stop: threading.Event | None = None
+) -> pd.DataFrame:
     """Read a pcap or pcapng file (optionally gzip-compressed) into the packet table.
 
     The table has exactly the columns of ``diag.capture.columns.PACKET_COLUMNS``;
     ``df.attrs["capture_info"]`` holds a ``diag.report.CaptureInfo``. Damaged or
     unsupported parts are skipped, counted and reported as ``CaptureWarning``;
-    ``CaptureError`` is raised only when nothing at all can be read.
+    ``CaptureError`` is raised only when nothing at all can be read. Once
+    ``stop`` is set (another file read at the same time failed), the read
+    gives up at its next batch with ``ReadStopped``.
     """
     path = Path(path)
     name = name if name is not None else capture_stem(path)
     diagnostics = Diagnostics(str(path))
+    budget = current_budget()
+    read = object()  # this read, as the budget tells it from others made at the same time
     stream, compressed = open_capture(path)
-    with stream:
-        feed = Feed(stream, diagnostics)
-        builder = TableBuilder(name, diagnostics)
-        budget = current_budget()
-        for batch in _batches(feed, path, compressed, diagnostics):
-            expected = _expected_rows(feed, builder.rows + len(batch))
-            # Before the batch is kept: a bomb stops here, not in a MemoryError or the OOM killer.
-            budget.check(str(path), max(expected or 0, builder.rows + len(batch)))
-            builder.add(batch, expected)
-    budget.keep(builder.rows)
+    try:
+        with stream:
+            feed = Feed(stream, diagnostics)
+            builder = TableBuilder(name, diagnostics)
+            for batch in _batches(feed, path, compressed, diagnostics):
+                if stop is not None and stop.is_set():
+                    raise ReadStopped(f"{path}: stopped reading: another capture failed")
+                expected = _expected_rows(feed, builder.rows + len(batch))
+                # Before the batch is kept: a bomb stops here, not in a MemoryError or the OOM killer.
+                budget.check(str(path), max(expected or 0, builder.rows + len(batch)), read)
+                builder.add(batch, expected)
+    except BaseException:
+        budget.forget(read)
+        raise
+    budget.keep(builder.rows, read)
     table = builder.finish()
     table.attrs["capture_info"] = CaptureInfo(
         name=name,
@@ -73,6 +85,10 @@ def read_capture(path: str | os.PathLike[str], name: str | None = None) -> pd.Da
         files=(str(path),),
     )
     return table
+
+
+class ReadStopped(CaptureError):
+    """A read given up because another one, made at the same time, failed (see ``read_capture``'s ``stop``)."""
 
 
 def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
