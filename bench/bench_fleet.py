@@ -10,10 +10,13 @@ file of node-00, node-01 and node-02. Each configuration runs in a fresh child
 process (imports and the compiled loops' cache load included in none of the
 stage times) and prints the stage times from ``analyze``'s progress hook, the
 child's peak RSS and, on a cluster, each worker's peak RSS and the time the
-LocalCluster took to start. On a cluster it also measures what travels:
-per point the pickled size of its candidates and flow table (what the
-client receives) and of its link keys (what the shuffle moves), and the
-workers' compute time per kind of task. The reports of every configuration
+LocalCluster took to start. On a cluster it also measures what travels: the
+pickled report the client ends up with (counts, findings, the flow rows
+shown), and, after the last run (untimed), per point the pickled size of its
+candidates and whole flow table (what the partitions shuffle between
+workers, and what the outputs that gather the tables receive) and of its
+link keys (what the key shuffle moves), and the workers' compute time per
+kind of task. The reports of every configuration
 must be identical (compared by a digest of the JSON); the script fails
 otherwise.
 """
@@ -80,7 +83,7 @@ def warm_up() -> bool:
     return analyze([str(CAPTURES / "client.pcapng")]) is not None
 
 
-def one(mode: str, fleet: Path) -> dict[str, object]:
+def one(mode: str, fleet: Path, shipped: bool = False) -> dict[str, object]:
     """Run in a child process: one analysis of the fleet in ``mode`` ('single' or 'local:N')."""
     from diag.analysis import analyze
     from diag.fleet import fleet_points
@@ -106,7 +109,7 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
         from distributed import Client, LocalCluster, get_task_stream
 
         from diag.analysis import parse_capture_args
-        from diag.cluster import diagnose_on, reduce_on, report_of_candidates
+        from diag.cluster import analyze_on, reduce_on
 
         workers = int(mode.split(":")[1])
         with LocalCluster(
@@ -120,9 +123,9 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
             client_cpu = cpu_s()
             workers_cpu = client.run(cpu_s)
             with get_task_stream(client) as stream:
-                candidates = reduce_on(client, parse_capture_args(points), progress)
-                result["client_rss_reduced_mb"] = peak_rss_mb()
-                report = report_of_candidates(candidates, progress, diagnose_on(client))
+                report = analyze_on(client, parse_capture_args(points), progress)
+            total_s = time.perf_counter() - started
+            client_cpu_s = cpu_s() - client_cpu
             # Time the workers spent computing, per kind of task (diag-read-..., diag-point-...); the rest of
             # the stages is scheduling and transfer.
             compute: dict[str, float] = {}
@@ -136,19 +139,28 @@ def one(mode: str, fleet: Path) -> dict[str, object]:
             result["workers_cpu_s"] = sorted(
                 spent - workers_cpu[worker] for worker, spent in client.run(cpu_s).items()
             )
-            result["shipped"] = [
-                {"point": one.info.name, "packets": one.read, "candidates": len(one.packets),
-                 "candidates_bytes": len(pickle.dumps(one.packets, protocol=5)),
-                 "flows_bytes": len(pickle.dumps(one.flows, protocol=5)), "link_bytes": one.link_bytes}
-                for one in candidates
-            ]  # fmt: skip
-    result["total_s"] = time.perf_counter() - started
-    result["client_cpu_s"] = cpu_s() - client_cpu
+            result["report_bytes"] = len(pickle.dumps(report, protocol=5))
+            result["client_rss_mb"] = peak_rss_mb()
+            if shipped:
+                # Not timed: what each point's candidates and whole flow table weigh, as the outputs that gather
+                # the tables (--export, --plot, --flow, --flows all) receive them and the partitions shuffle them.
+                candidates = reduce_on(client, parse_capture_args(points))
+                result["shipped"] = [
+                    {"point": one.info.name, "packets": one.read, "candidates": len(one.packets),
+                     "candidates_bytes": len(pickle.dumps(one.packets, protocol=5)),
+                     "flows_bytes": len(pickle.dumps(one.flows, protocol=5)), "link_bytes": one.link_bytes}
+                    for one in candidates
+                ]  # fmt: skip
+        result["total_s"] = total_s
+        result["client_cpu_s"] = client_cpu_s
+    if mode == "single":
+        result["total_s"] = time.perf_counter() - started
+        result["client_cpu_s"] = cpu_s() - client_cpu
+        result["client_rss_mb"] = peak_rss_mb()
     result["stages_s"] = stages
     result["packets"] = sum(info.packets for info in report.captures)
     result["bytes"] = sum(path.stat().st_size for files in points.values() for path in files)
     result["files"] = sum(len(files) for files in points.values())
-    result["client_rss_mb"] = peak_rss_mb()
     result["verdict"] = report.verdict.cause if report.verdict else "healthy"
     result["findings"] = len(report.findings)
     result["digest"] = hashlib.sha256(report.dumps().encode()).hexdigest()[:16]
@@ -162,15 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--packets", type=int, default=100_000, help="packets per generated file")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="LocalCluster sizes to run")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "FLEET"), help=argparse.SUPPRESS)
+    parser.add_argument("--shipped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(one(args.child[0], Path(args.child[1]))))
+        print(json.dumps(one(args.child[0], Path(args.child[1]), shipped=args.shipped)))
         return 0
     fleet = make_fleet(args.points, args.files, args.packets)
     rows = []
-    for mode in ["single", *(f"local:{workers}" for workers in args.workers)]:
+    modes = ["single", *(f"local:{workers}" for workers in args.workers)]
+    for mode in modes:
+        # The tables' sizes are measured once, after the last run's timed analysis.
+        extra = ["--shipped"] if mode == modes[-1] and mode != "single" else []
         child = subprocess.run(
-            [sys.executable, __file__, "--child", mode, str(fleet)], check=True, capture_output=True, text=True
+            [sys.executable, __file__, "--child", mode, str(fleet), *extra], check=True, capture_output=True, text=True
         )
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
@@ -178,17 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fleet: {args.points} points, {first['files']} files, {first['packets']:,} packets, "
           f"{first['bytes'] / 1e6:,.0f} MB; verdict {first['verdict']}, {first['findings']} findings")
     print("| run | cluster start s | read s | flows s | candidates s | correlate s | diagnose s | total s "
-          "| client CPU s | workers' CPU s | client peak RSS MB | worker peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| client CPU s | workers' CPU s | client peak RSS MB | worker peak RSS MB | report MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         stages = row["stages_s"]
         workers = ", ".join(f"{rss:.0f}" for rss in row["workers_rss_mb"]) or "-"
         start = f"{row['cluster_start_s']:.1f}" if "cluster_start_s" in row else "-"
+        report_mb = f"{row['report_bytes'] / 1e6:.2f}" if "report_bytes" in row else "-"
         print(f"| {row['mode']} | {start} | {stages.get('read', 0):.2f} | {stages.get('flows', 0):.2f} | "
               f"{stages.get('candidates', 0):.2f} | {stages.get('correlate', 0):.2f} | "
               f"{stages.get('diagnose', 0):.2f} | {row['total_s']:.2f} | {row['client_cpu_s']:.1f} | "
               f"{', '.join(f'{cpu:.1f}' for cpu in row.get('workers_cpu_s', [])) or '-'} | "
-              f"{row['client_rss_mb']:.0f} | {workers} |")
+              f"{row['client_rss_mb']:.0f} | {workers} | {report_mb} |")
     for row in rows:
         if "worker_compute_s" in row:
             tasks = ", ".join(f"{kind} {seconds:.2f}" for kind, seconds in row["worker_compute_s"].items())

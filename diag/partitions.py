@@ -1,30 +1,34 @@
-"""Connection partitions: the correlated candidates cut into groups of whole connections, diagnosed apart.
+"""Connection partitions: candidate packets cut into groups of whole connections, correlated and diagnosed apart.
 
 The diagnosis judges one connection at a time, from that connection's rows
 at every point and from a few facts about the whole analysis: the clock
 offsets and each row's match, sighting and hop (``Correlation``), the points
 in order of first appearance and the time each covered (``Context``), and
-the ICMP answers a point saw. ``partition_rows`` cuts the stacked packet
-table so that ``diagnose`` run on each part gives the whole run's findings:
+the ICMP answers a point saw. A part that holds whole connections, every
+point's earliest and latest row with their whole components, and every ICMP
+row therefore gives, diagnosed alone, that part's share of the findings;
+findings of the components every part holds come out of several parts, the
+same each time, and ``merge_findings`` keeps one, in the whole run's order
+(the symptom's time on the reference clock, then the connection's first row
+in the table of every point).
 
-- rows are grouped into *components*, never smaller than a connection: rows
-  of one flow at one point (capture, transport, the two endpoints), joined
-  by a shared match or sighting, by a client endpoint of a SYN or SYN-ACK
-  (port 1024 and up) anywhere, and, for UDP, by an endpoint at one point
-  (a reply re-sourced by NAT reaches the client's port from elsewhere);
-- components are dealt to parts by their first row, so which part a
-  connection lands in depends only on the table;
-- every part also holds each point's earliest and latest row with their
-  whole components (so each point keeps its place and its time span), and
-  every ICMP row. A finding of those boundary components then comes out of
-  several parts, the same each time: ``merge_findings`` keeps one;
-- each part's ``Correlation`` is the whole one's, cut to its rows
-  (``slice_correlation``): offsets, match and sighting ids stay those of the
-  whole analysis.
+Two cuts share that design:
 
-``merge_findings`` puts the parts' findings back in the whole run's order:
-by the symptom's time on the reference clock, then by the connection's
-first row.
+- before correlation, on a cluster (``cut_point``, ``assemble_part``): rows
+  are grouped by the component labels of ``diag.linking``, which also keep
+  every row of a packet key together, so each part is correlated on its own
+  (``diagnose_partition``) with the clock offsets estimated from every part's
+  delay bounds (``part_clock_bounds``, ``diag.clocks``). Each row knows its
+  place in the whole table (``positions``: the point's number, then the row);
+- after correlation of all candidates in one process (``partition_rows``,
+  for the outputs that gather the tables): rows are grouped into components
+  by flow at one point, shared match or sighting, client endpoint of a SYN
+  or SYN-ACK (port 1024 and up) anywhere and, for UDP, an endpoint at one
+  point, and each part's ``Correlation`` is the whole one's, cut to its rows
+  (``slice_correlation``).
+
+Components are dealt to parts by a function of their label or first row
+only, so which part a connection lands in depends only on the table.
 """
 
 from __future__ import annotations

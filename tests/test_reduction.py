@@ -22,16 +22,22 @@ from conftest import PROJECT
 
 from diag.analysis import analyze, group_points, parse_capture_args, read_file
 from diag.capture.filter import parse_filter
+from diag.clocks import PairBounds
 from diag.correlate import correlate
 from diag.partitions import components, cut_part, diagnose_part, merge_findings, partition_rows
 from diag.reduction import LinkKeys, partition_link_keys, shared_link_keys
 from diag.report import Finding, Report
+from diag.report.flowcap import problem_mask
+from diag.report.jsondoc import dumps
+from diag.report.text import render_text
 from diag.taskgraph import (
+    InProcess,
     PointCandidates,
     point_candidates,
     point_link_parts,
     prepare_point,
     report_of_candidates,
+    run_analysis,
     shared_in_partition,
 )
 
@@ -160,3 +166,70 @@ def test_every_part_holds_whole_connections_and_each_point_s_time_span(busy: Pat
             assert (mine.min(), mine.max()) == (at.min(), at.max())
     # The work is spread: no part holds most of the rows.
     assert max(len(rows) for rows in parts) < 0.5 * len(packets)
+
+
+# ---- the whole graph (diag.taskgraph), run task by task in this process ----
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 3, 5, 7])
+def test_the_graph_correlating_on_partitions_gives_the_whole_report(busy: Path, partitions: int) -> None:
+    """Components labelled across points, clock bounds per partition combined, each partition correlated and
+    diagnosed, the flow tables sending their counts and shown rows: the JSON and the text of one process."""
+    points = {"node-c": [busy], **_points(*sorted(CAPTURES.glob("*.pcapng")))}
+    pairs = parse_capture_args(points)
+    whole = analyze(points)
+    spread = run_analysis(InProcess(partitions), pairs)
+    assert spread.dumps() == whole.dumps()
+    assert render_text(spread) == render_text(whole)
+    assert render_text(spread, all_findings=True) == render_text(whole, all_findings=True)
+    assert spread.clock_offsets == whole.clock_offsets and len(whole.clock_offsets) >= 6
+    # Nothing per packet came back, and of the flows only those the report shows.
+    assert spread.packets.empty and spread.flow_digest is not None
+    assert spread.flow_digest.flows == len(whole.flows)
+
+
+@pytest.mark.parametrize("limit", [7, 150, 1000])
+def test_the_flow_rows_shown_under_any_cap_are_the_whole_table_s(busy: Path, limit: int) -> None:
+    """Caps below the problem flows, between them and all flows, and above: the JSON's rows, its count of rows
+    left out and the text's per-kind lists and counts are those of the whole table."""
+    points = {"node-c": [busy], **_points(CAPTURES / "client.pcapng", CAPTURES / "natgw.pcapng")}
+    whole = analyze(points)
+    assert 7 < int(problem_mask(whole.flows).sum()) < 1000 < len(whole.flows)
+    spread = run_analysis(InProcess(2), parse_capture_args(points), flow_limit=limit)
+    assert dumps(spread, limit) == dumps(whole, limit)
+    assert render_text(spread) == render_text(whole)
+    with pytest.raises(ValueError, match="not every flow"):
+        render_text(spread, flows="all")
+
+
+def test_the_four_points_of_the_same_traffic_correlate_on_partitions(tmp_path: Path) -> None:
+    """Every packet seen at four points, one hop and another clock apart: every packet is a candidate, and the
+    clock offsets come from the delay bounds of every partition."""
+    subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / "gen_busy.py"), "--profile", "busy", "--points", "4", "--flows", "300",
+         "--seed", "5", "--out-dir", str(tmp_path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    points = {path.stem: [path] for path in sorted(tmp_path.glob("busy-p*.pcap"))}
+    whole = analyze(points)
+    assert len(whole.clock_offsets) == 4 and len({offset.offset_s for offset in whole.clock_offsets.values()}) == 4
+    for partitions in (2, 5):
+        assert run_analysis(InProcess(partitions), parse_capture_args(points)).dumps() == whole.dumps()
+
+
+def test_delay_bounds_combined_from_parts_are_those_of_all_packets() -> None:
+    """The median's sign, the bounds and so the pair's estimate, from any split of the packets."""
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        n = int(rng.integers(1, 12))
+        d = rng.integers(-50, 50, n) * (1 + trial % 3)
+        direction = rng.choice(np.array([-1, 0, 1], dtype=np.int8), n) * (trial % 2)
+        whole = PairBounds.of(d, direction)
+        assert whole.median_not_negative() == (float(np.median(d)) >= 0)
+        cut = np.sort(rng.choice(np.arange(1, n + 1), int(rng.integers(0, n)), replace=False)) if n > 1 else []
+        parts = [PairBounds.of(d[a:b], direction[a:b]) for a, b in zip([0, *cut], [*cut, n], strict=True) if b > a]
+        combined = parts[0]
+        for part in parts[1:]:
+            combined = combined.combine(part)
+        assert combined == whole
+        assert combined.estimate() == whole.estimate()
