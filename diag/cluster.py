@@ -1,27 +1,18 @@
 """Analyzing captures on a Dask cluster (``--cluster local[:N] | tcp://HOST:PORT``, ``DIAG_CLUSTER``).
 
 Reading, dissecting and summarising is most of an analysis's time and most
-of its memory, and it is per point, so it stays on the workers:
-
-1. one task per file reads it (``diag.analysis.read_file``);
-2. one task per point merges its files in time order, applies ``--filter``,
-   builds its flow table and the per-row link keys (``diag.reduction``);
-   the point's whole packet table stays in that worker's memory;
-3. the shuffle: each point's distinct link keys are cut into one hash
-   partition per worker, and each partition is reduced, on a worker, to the
-   keys seen at two points or more;
-4. one task per point chooses its candidate packets given those keys and
-   sends them, with its flow table and ``CaptureInfo``, to the client.
-
-The client stacks the candidates in the order of the points and correlates
-them (one clock estimate for all points); then the correlated candidates
-are cut into connection partitions (``diag.partitions``), one per worker,
-diagnosed there, and their findings merged in the single-process order. The
-report is the one the single process gets from every packet. Nothing
-depends on the number of workers: the shared keys are the same however they
-are partitioned, and results are gathered in the order of the points.
-The whole packet tables never leave the workers; what travels is the link
-keys (8 bytes per distinct key of a point), the candidates and the flow tables.
+of its memory, and correlation and diagnosis grow with the candidates, so
+every stage runs on the workers: ``diag.taskgraph`` is the graph (a task
+per file, per point, per hash or connection partition), and this module
+runs it (``DaskRunner``: one partition per worker) and connects to the
+cluster. The client receives counts, per pair of points a few numbers for
+the clock, the findings and the flow rows the report shows; the report is
+the one the single process gets from every packet, whatever the number of
+workers. The outputs that read the tables themselves (``--export``,
+``--plot``, ``--flow``, ``--flows all``) gather every point's candidates and
+flow table instead (``analyze_on(whole_tables=True)``), which the client
+correlates; their connection partitions are still diagnosed on the workers
+(``diagnose_on``).
 
 Files are read where they are: each worker opens the path itself, so every
 worker must see the captures at the same absolute path (a shared file
