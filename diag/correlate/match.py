@@ -44,9 +44,10 @@ from diag.correlate.clock import ClockOffset, estimate_offsets
 from diag.correlate.columns import MATCH_COLUMNS, NAT_COLUMNS, PATH_COLUMNS, empty_table
 from diag.correlate.paths import lay_out_paths, path_rank
 from diag.correlate.records import packet_records
-from diag.correlate.sightings import find_sightings
+from diag.correlate.sightings import find_sightings, one_capture_sightings
 from diag.correlate.tables import matches_and_nat, paths_table
 from diag.flows.copies import packet_keys
+from diag.flows.keys import read_only
 
 
 def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -93,13 +94,15 @@ def _unmatched(packets: pd.DataFrame, reference: str | None, row_sighting: np.nd
     """Nothing matched across points: every packet (or each given sighting) stands alone."""
     n = len(packets)
     offsets = {reference: ClockOffset(0.0, 0.0)} if reference else {}
+    # Read-only arrays that cost no memory per packet: -1 everywhere, and the packets' own times (one clock).
+    none = np.broadcast_to(np.int64(-1), (n,))
     return Correlation(
         reference=reference,
         offsets=offsets,
-        row_match=np.full(n, -1, dtype=np.int64),
+        row_match=none,
         row_sighting=np.arange(n, dtype=np.int64) if row_sighting is None else row_sighting,
-        ts_ref_ns=packets["ts_ns"].to_numpy().astype(np.int64) if n else np.zeros(0, dtype=np.int64),
-        row_hop=np.full(n, -1, dtype=np.int64),
+        ts_ref_ns=read_only(packets["ts_ns"].to_numpy(), np.int64) if n else np.zeros(0, dtype=np.int64),
+        row_hop=none,
     )
 
 
@@ -141,9 +144,7 @@ def correlate(
     one_capture = len(present) < 2
     if one_capture:
         # Nothing to match, but copies inside the one capture are still one packet.
-        records = packet_records(ts, capture_code, ttl)
-        sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records, one_capture=True)
-        return _unmatched(packets, reference, sights.row_sighting)
+        return _unmatched(packets, reference, one_capture_sightings(packet_keys(packets), ip_id, capture_code, ts))
 
     src, dst, address_text = _address_codes(packets)
     sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()

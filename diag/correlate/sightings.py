@@ -274,6 +274,37 @@ def _row_sightings(n_rows: int, key: np.ndarray, rows: IntArray, sighting_of: In
     return row_sighting
 
 
+@compiled
+def _cut_copies(rows: IntArray, new_content: BoolArray, ts: IntArray, window_ns: int) -> IntArray:
+    """``_cut_sightings``'s sighting per row for one capture, which is all a single capture needs: the rows'
+    times are read from their own column, without the records and the per-sighting facts."""
+    n = len(rows)
+    sighting_of = np.empty(n, dtype=np.int64)
+    s = -1
+    prev_t = 0
+    for i in range(n):
+        t = ts[rows[i]]
+        if new_content[i] or t - prev_t > window_ns:
+            s += 1
+        sighting_of[i] = s
+        prev_t = t
+    return sighting_of
+
+
+def one_capture_sightings(key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray) -> IntArray:
+    """Per packet position, its sighting when every packet is from one capture: ``find_sightings``'s
+    ``row_sighting`` with the same numbering, at a fraction of its time and memory (nothing can match)."""
+    base = by_capture_then_time(capture, ts)
+    rows = read_only(base[key[base] != 0], np.int64)
+    content = _mix(key[rows], ip_id[rows])
+    # Nearly every content is distinct in one capture (only a packet's copies repeat
+    # it): sorting the hashes themselves is cheaper than numbering them first.
+    order = _stable_argsort_few_ties(content)
+    rows_sorted = read_only(rows[order], np.int64)
+    sighting_of = _cut_copies(rows_sorted, starts(content[order]), read_only(ts, np.int64), DUPLICATE_WINDOW_NS)
+    return _row_sightings(len(key), key, rows_sorted, sighting_of)
+
+
 def find_sightings(
     key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, records: np.ndarray, one_capture: bool
 ) -> Sightings:
