@@ -29,6 +29,7 @@ from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, RST, SYN, TCP, UDP
 from diag.compiled import compiled
 from diag.correlate import Correlation
+from diag.diagnose.suspects import suspect
 from diag.flows.keys import read_only
 
 # A re-sourced UDP reply must come this soon after the request it answers.
@@ -486,6 +487,7 @@ def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
 
     TCP: a RST, a SYN sent more than once, or a SYN with no SYN-ACK anywhere.
     UDP: a point that saw only one direction, or two flows of one connection.
+    The signs are counted here, per connection; ``suspects.suspect`` is the predicate.
     """
     conn = table["conn"].to_numpy()
     flags = table["tcp_flags"].to_numpy()
@@ -494,20 +496,26 @@ def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
     rst = tcp & (flags >= 0) & ((flags & RST) != 0)
     syn = np.flatnonzero(tcp & (handshake == SYN))
     synack = tcp & (handshake == SYN | ACK)
-    parts = [conn[rst]]
+    n = int(conn.max()) + 1 if len(conn) else 0
+
+    def having(units: np.ndarray) -> np.ndarray:
+        marked = np.zeros(n, dtype=bool)
+        marked[units] = True
+        return marked
+
     # The same SYN (sequence number) as two distinct packets: sent again.
     heads, packets = _distinct_counts((conn[syn], table["seq"].to_numpy()[syn]), table["pkt"].to_numpy()[syn])
-    parts.append(conn[syn][heads[packets > 1]])
-    parts.append(np.setdiff1d(conn[syn], conn[synack]))
+    retried = having(conn[syn][heads[packets > 1]])
+    one_way, split = having(conn[:0]), having(conn[:0])
     udp = np.flatnonzero(~tcp)
     if len(udp):
         group = (conn[udp], table["capture"].to_numpy()[udp])
         heads, senders = _distinct_counts(group, table["src"].to_numpy()[udp])
-        odd = senders < 2
-        _, flows = _distinct_counts(group, table["node"].to_numpy()[udp])
-        odd |= flows > 1  # both in group order, so row for row the same groups
-        parts.append(conn[udp][heads[odd]])
-    return np.unique(np.concatenate(parts)).astype(np.int64)
+        _, flows = _distinct_counts(group, table["node"].to_numpy()[udp])  # the same groups, row for row
+        one_way, split = having(conn[udp][heads[senders < 2]]), having(conn[udp][heads[flows > 1]])
+    unanswered = having(np.setdiff1d(conn[syn], conn[synack]))
+    chosen = suspect(having(conn[rst]), retried, split, unanswered, one_way)
+    return np.flatnonzero(chosen).astype(np.int64)
 
 
 def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:

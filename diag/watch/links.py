@@ -36,6 +36,7 @@ import pandas as pd
 
 from diag.capture.proto import ACK, RST, SYN, TCP, UDP
 from diag.compiled import compiled
+from diag.diagnose.suspects import suspect
 from diag.flows.copies import mix_hash, packet_keys
 from diag.unionfind import find, union
 
@@ -262,25 +263,36 @@ class FlowLinks:
     def suspects(self, groups: IntArray) -> npt.NDArray[np.bool_]:
         """Per flow number, whether it makes its connection a suspect of the diagnosis now.
 
-        What the diagnosis picks its suspects by, per flow (which is more
-        than it needs): a RST; a SYN seen more than once (a retry, or copies
-        of one); one of two UDP flows of a group at one point (NAT on the
-        way). A flow that only waits for an answer (``waiting``) is a suspect
-        once its wait has run out, which the caller times. ``groups`` is what
-        ``groups()`` gave.
+        The diagnosis' own predicate (``diag.diagnose.suspects.suspect``) over
+        each flow's signs (which asks more than it needs: a SYN seen more than
+        once may be two copies of one): a RST, a SYN seen again, one of two UDP
+        flows of a group at one point (NAT on the way). A flow that only waits
+        for an answer (``waiting``) is a suspect once its wait has run out,
+        which the caller times. ``groups`` is what ``groups()`` gave.
         """
-        result: npt.NDArray[np.bool_] = ((self.flags[: self.n_flows] & HAS_RST) != 0) \
-            | (self.syn_count[: self.n_flows] > 1) | self._udp_beside_another(groups)
-        return result
+        flags = self.flags[: self.n_flows]
+        syn_unanswered, udp_one_way = self._unanswered(flags)
+        return suspect(
+            rst=(flags & HAS_RST) != 0,
+            syn_retried=self.syn_count[: self.n_flows] > 1,
+            udp_split=self._udp_beside_another(groups),
+            syn_unanswered=syn_unanswered,
+            udp_one_way=udp_one_way,
+            answer_due=False,
+        )
 
     def waiting(self) -> npt.NDArray[np.bool_]:
         """Per flow number, whether it waits for an answer: a SYN with no SYN-ACK, UDP one way only."""
-        flags = self.flags[: self.n_flows]
-        unanswered = ((flags & HAS_SYN) != 0) & ((flags & HAS_SYNACK) == 0)
+        syn_unanswered, udp_one_way = self._unanswered(self.flags[: self.n_flows])
+        result: npt.NDArray[np.bool_] = syn_unanswered | udp_one_way
+        return result
+
+    @staticmethod
+    def _unanswered(flags: FlagArray) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Per flow: a SYN with no SYN-ACK; UDP one way only (the signs that an answer has not come yet)."""
         both_ways = UDP_FORWARD | UDP_BACKWARD
         one_way = ((flags & IS_UDP) != 0) & ((flags & both_ways) != both_ways)
-        result: npt.NDArray[np.bool_] = unanswered | one_way
-        return result
+        return ((flags & HAS_SYN) != 0) & ((flags & HAS_SYNACK) == 0), one_way
 
     def _udp_beside_another(self, groups: IntArray) -> npt.NDArray[np.bool_]:
         udp = np.flatnonzero((self.flags[: self.n_flows] & IS_UDP) != 0)
