@@ -62,7 +62,7 @@ def point_flows(*captures: str | Path) -> dict[str, pd.DataFrame]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tables, _infos = read_captures(pairs)
-    flows = build_flows(concat_packets(tables))
+    flows = build_flows(concat_packets(tables), icmp=True)
     return {name: flows[flows["capture"].astype(str) == name].reset_index(drop=True) for name in dict(pairs)}
 
 
@@ -202,13 +202,13 @@ def test_conn_log_uids_are_the_same_on_every_run(conn_logs: Path) -> None:
     assert first == again
 
 
-def test_conn_log_covers_tcp_udp_ipv6_and_single_packet_flows() -> None:
+def test_conn_log_covers_tcp_udp_icmp_ipv6_and_single_packet_flows() -> None:
     """The corpus files above exercise every branch of the mapping (or the test would prove less than it says)."""
     captures = _corpus_captures()
     if not captures:
         pytest.skip(f"public capture corpus not found at {CORPUS}")
     flows = pd.concat([next(iter(point_flows(c).values())) for c in captures])
-    assert set(flows["proto"]) == {"tcp", "udp"}
+    assert set(flows["proto"]) == {"tcp", "udp", "icmp"}
     assert flows["orig_h"].str.contains(":").any()
     assert (flows["first_ts"] == flows["last_ts"]).any() and (flows["first_ts"] < flows["last_ts"]).any()
 

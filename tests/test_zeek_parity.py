@@ -10,15 +10,20 @@ ConnSize counts (IP total lengths), its zero-window rule, and
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from conftest import PROJECT, require_tools
 from packets import make_packets
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
+from scapy.utils import wrpcap
 from test_reader import write_pcap
 
 from diag.analysis import analyze
@@ -272,3 +277,84 @@ def test_silence_longer_than_zeeks_inactivity_timeout_starts_a_new_flow(
     flows = build_flows(make_packets(rows))
     assert len(flows) == flows_expected
     assert list(flows.prev_flow) == [-1, 0][:flows_expected]
+
+
+# --------------------------------------------------------------------------- ICMP
+
+
+def icmp_capture(path: Path) -> Path:
+    """Pings, a port unreachable quoting a UDP datagram, an ICMPv6 ping, and a ping after a minute of silence."""
+    start = 1_700_000_000.0
+    frames = [
+        (0.0, IP(src=HOST, dst=SERVER) / ICMP(type=8, id=1, seq=1) / (b"p" * 8)),
+        (0.001, IP(src=SERVER, dst=HOST) / ICMP(type=0, id=1, seq=1) / (b"p" * 8)),
+        (1.0, IP(src=HOST, dst=SERVER) / ICMP(type=8, id=2, seq=1) / (b"p" * 56)),  # another id: the same connection
+        (2.0, IP(src=HOST, dst=SERVER) / UDP(sport=40000, dport=53) / b"query"),
+        (2.001, IP(src=SERVER, dst=HOST) / ICMP(type=3, code=3) / IP(src=HOST, dst=SERVER)
+         / UDP(sport=40000, dport=53) / b"query"),
+        (2.5, IP(src=HOST, dst=SERVER) / ICMP(type=3, code=3) / IP(src=SERVER, dst=HOST)
+         / UDP(sport=53, dport=40000)),  # the same message the other way: one-way, so a connection of its own
+        (3.0, IPv6(src="2001:db8::1", dst="2001:db8::2") / ICMPv6EchoRequest(id=7, seq=1, data=b"abcd")),
+        (3.002, IPv6(src="2001:db8::2", dst="2001:db8::1") / ICMPv6EchoReply(id=7, seq=1, data=b"abcd")),
+        (62.0, IP(src=HOST, dst=SERVER) / ICMP(type=8, id=1, seq=9) / (b"p" * 8)),  # 61 s after the last ping
+    ]
+    packets = []
+    for offset, packet in frames:
+        framed = Ether() / packet
+        framed.time = start + offset
+        packets.append(framed)
+    wrpcap(str(path), packets)
+    return path
+
+
+def conn_log_rows(capture: Path) -> list[dict[str, str]]:
+    """``diag flows --format conn.log`` run as a user runs it, parsed back by its #fields line."""
+    result = subprocess.run([sys.executable, "-m", "diag.cli", "flows", str(capture), "--format", "conn.log"],
+                            capture_output=True, text=True, cwd=PROJECT, timeout=120, check=True)
+    lines = result.stdout.splitlines()
+    fields = next(line for line in lines if line.startswith("#fields")).split("\t")[1:]
+    return [dict(zip(fields, line.split("\t"), strict=True)) for line in lines if not line.startswith("#")]
+
+
+def test_icmp_connections_are_keyed_by_type_and_answer_as_zeek_does(tmp_path: Path) -> None:
+    rows = conn_log_rows(icmp_capture(tmp_path / "icmp.pcap"))
+    icmp = [(r["id.orig_h"], r["id.orig_p"], r["id.resp_h"], r["id.resp_p"], r["orig_pkts"], r["resp_pkts"],
+             r["orig_bytes"], r["resp_bytes"], r["orig_ip_bytes"], r["resp_ip_bytes"]) for r in rows
+            if r["proto"] == "icmp"]
+    assert icmp == [
+        # Echo request 8 answered by 0: both directions and both ids in one connection; bytes after the 8-byte
+        # ICMP header (8 + 56 from the originator), IP total lengths (36 + 84).
+        (HOST, "8", SERVER, "0", "2", "1", "64", "8", "120", "36"),
+        # Port unreachable (3, code 3): no answer type, so the code is resp_p and the direction is the key's.
+        (SERVER, "3", HOST, "3", "1", "0", "-", "-", "61", "0"),
+        (HOST, "3", SERVER, "3", "1", "0", "-", "-", "56", "0"),
+        ("2001:db8::1", "128", "2001:db8::2", "129", "1", "1", "4", "4", "52", "52"),
+        # A minute of silence (Zeek's icmp_inactivity_timeout) ended the first connection.
+        (HOST, "8", SERVER, "0", "1", "0", "-", "-", "36", "0"),
+    ]
+    assert {(r["conn_state"], r["history"]) for r in rows if r["proto"] == "icmp"} == {("OTH", "-")}
+    assert [r["proto"] for r in rows].count("udp") == 1
+
+
+def test_icmp_types_and_codes_are_tsharks(tmp_path: Path) -> None:
+    """The port columns of the ICMP flows come from the type and code tshark decodes."""
+    require_tools("tshark")
+    capture = icmp_capture(tmp_path / "icmp.pcap")
+    decoded = subprocess.run(["tshark", "-n", "-r", str(capture), "-Y", "icmp || icmpv6", "-T", "fields",
+                              "-e", "icmp.type", "-e", "icmpv6.type", "-e", "icmp.code", "-e", "icmpv6.code"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    firsts = {(t4 or t6, c4 or c6) for t4, t6, c4, c6 in (line.split("\t") for line in decoded if line)}
+    types = {(r["id.orig_p"], r["id.resp_p"]) for r in conn_log_rows(capture) if r["proto"] == "icmp"}
+    # Each flow's orig_p is the type of a message tshark saw; a one-way message's resp_p is its code.
+    assert {orig for orig, _ in types} <= {kind for kind, _ in firsts}
+    assert ("3", "3") in types and ("3", "3") in firsts
+
+
+def test_analyze_keeps_icmp_out_of_the_flow_list_and_reads_the_errors(tmp_path: Path) -> None:
+    """The report's flows are TCP and UDP; the port unreachable still answers the UDP request for the diagnosis."""
+    capture = icmp_capture(tmp_path / "icmp.pcap")
+    report = analyze([capture])
+    assert set(report.flows["proto"]) == {"udp"}
+    assert [finding.cause.value for finding in report.findings] == ["port-closed"]
+    assert "ICMP port unreachable" in report.findings[0].summary
+    assert set(build_flows(read_capture(capture), icmp=True)["proto"]) == {"udp", "icmp"}

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         tables, infos = read_captures(pairs)
-        flows = build_flows(concat_packets(tables))
+        flows = build_flows(concat_packets(tables), icmp=True)
         del tables
     except MemoryBudgetError as error:
         # Every packet at once would not fit: the flow table in partitions, one pass over the files each.

@@ -13,13 +13,13 @@ from typing import Final
 FLOW_COLUMNS: Final[dict[str, tuple[str, str]]] = {
     "flow_id": ("int64", "one id per flow, counted from 0 in order of first appearance (as `flow_ids`)"),
     "capture": ("str", "the capture point's name"),
-    "proto": ("str", "`tcp` or `udp`"),
+    "proto": ("str", "`tcp` or `udp`; `icmp` (ICMP and ICMPv6) in the tables `diag flows` writes"),
     "orig": ("str", "`addr:port` of the originator, IPv6 as `[addr]:port`"),
     "resp": ("str", "`addr:port` of the responder"),
     "orig_h": ("str", "originator address"),
-    "orig_p": ("int64", "originator port"),
+    "orig_p": ("int64", "originator port; for ICMP the message type, as Zeek writes it"),
     "resp_h": ("str", "responder address"),
-    "resp_p": ("int64", "responder port"),
+    "resp_p": ("int64", "responder port; for ICMP the type that answers the message, else its code (Zeek's)"),
     "vlan": ("int64", "outermost VLAN id; -1 untagged (null in JSON)"),
     "history": ("str", "Zeek's history letters (below)"),
     "conn_state": ("str", "Zeek's connection state (below)"),
@@ -29,7 +29,7 @@ FLOW_COLUMNS: Final[dict[str, tuple[str, str]]] = {
         "int64",
         "payload bytes from the originator as Zeek counts them: for TCP the extent of sequence space sent (or "
         "acknowledged by the peer), SYN and FIN excluded, so a retransmission is counted once; for UDP the sum "
-        "of payloads",
+        "of payloads, for ICMP of what follows the 8-byte ICMP header",
     ),
     "resp_bytes": ("int64", "the same from the responder"),
     "orig_ip_bytes": (

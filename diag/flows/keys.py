@@ -2,7 +2,11 @@
 
 A tuple key is the capture, the VLAN, the transport (TCP or UDP) and the two
 endpoints (address and port) in an order that does not depend on the
-direction, so both directions of a connection share it. One 5-tuple can hold
+direction, so both directions of a connection share it. ICMP, when asked for,
+is keyed as Zeek keys it (``icmp_ports``): the type in place of the source
+port, the type of the answer (or, for a message that has none, its code) in
+place of the destination port; only messages with an answer share a key with
+the opposite direction. One 5-tuple can hold
 several flows: ``diag.flows.walk`` starts a new one where Zeek would (a SYN
 after the connection closed, or with a new initial sequence number).
 
@@ -19,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from diag.capture.proto import TCP, UDP
+from diag.capture.proto import ICMP, ICMPV6, TCP, UDP
 from diag.compiled import compiled
 
 IntArray = npt.NDArray[np.int64]
@@ -96,16 +100,70 @@ class KeyColumns(NamedTuple):
     vlan: npt.NDArray[np.int32]
 
 
-class FlowKeys:
-    """Per packet: the 5-tuple id (-1 when not TCP/UDP) and the address codes its endpoints are named by."""
+# Zeek's ICMP4_counterpart / ICMP6_counterpart: the type answering each type that has an answer
+# (echo, timestamp, information, router, address mask; ICMPv6 echo, router, neighbour, MLD, node
+# information, home agent discovery). Every other type is one-way.
+_ICMP_ANSWERS: Final = ((8, 0), (13, 14), (15, 16), (10, 9), (17, 18))
+_ICMPV6_ANSWERS: Final = ((128, 129), (133, 134), (135, 136), (130, 131), (139, 140), (144, 145))
+_NOT_KEYED: Final = -1  # ``one_way`` of a row that is no ICMP flow's
 
-    def __init__(self, packets: pd.DataFrame) -> None:
+
+def _answer_table(pairs: tuple[tuple[int, int], ...]) -> npt.NDArray[np.int32]:
+    table = np.full(256, -1, dtype=np.int32)
+    for a, b in pairs:
+        table[a], table[b] = b, a
+    return table
+
+
+def icmp_ports(packets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, npt.NDArray[np.int8]]:
+    """(source port, destination port, one-way) per row with ICMP rows keyed as Zeek keys them.
+
+    Zeek's ICMP connection has the message type as ``orig_p`` and the type
+    that answers it as ``resp_p`` (an echo request 8 -> 0), or the code when
+    nothing answers it (a port unreachable 3 -> 3); such a one-way message is
+    keyed by its direction too. ``one_way`` is 0 for an ICMP row with an
+    answer type, 1 for a one-way one, -1 for every other row (and for ICMP
+    too short to hold the 8-byte header, which Zeek leaves out too). Without
+    ICMP rows the port columns are returned as they are, ``one_way`` empty.
+    """
+    proto = packets["proto"].to_numpy()
+    sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()
+    kind = packets["icmp_type"].to_numpy()
+    rows = np.flatnonzero((kind >= 0) & ((proto == ICMP) | (proto == ICMPV6)))
+    rows = rows[packets["payload_len"].to_numpy()[rows] >= 0]
+    if len(rows) == 0:
+        return sport, dport, np.zeros(0, dtype=np.int8)
+    sport, dport = sport.astype(np.int32), dport.astype(np.int32)
+    one_way = np.full(len(proto), _NOT_KEYED, dtype=np.int8)
+    kind = kind[rows].astype(np.int32) & 0xFF
+    answer = np.where(
+        proto[rows] == ICMP, _answer_table(_ICMP_ANSWERS)[kind], _answer_table(_ICMPV6_ANSWERS)[kind]
+    )
+    sport[rows] = kind
+    dport[rows] = np.where(answer >= 0, answer, packets["icmp_code"].to_numpy()[rows])
+    one_way[rows] = answer < 0
+    return sport, dport, one_way
+
+
+class FlowKeys:
+    """Per packet: the 5-tuple id (-1 when not TCP/UDP, or ICMP when asked for) and its endpoints' address codes.
+
+    With ``icmp``, ICMP and ICMPv6 messages get flows too, keyed as Zeek keys
+    them (``icmp_ports``): their type and answer type (or code) stand in the
+    port columns the walk reads.
+    """
+
+    def __init__(self, packets: pd.DataFrame, icmp: bool = False) -> None:
         src, dst, self.addresses = _shared_address_codes(packets["src"], packets["dst"])
+        if icmp:
+            sport, dport, one_way = icmp_ports(packets)
+        else:
+            sport, dport, one_way = packets["sport"].to_numpy(), packets["dport"].to_numpy(), np.zeros(0, np.int8)
         self.columns = KeyColumns(
             src_address=read_only(src, np.int32),
             dst_address=read_only(dst, np.int32),
-            sport=column(packets, "sport", np.int32),
-            dport=column(packets, "dport", np.int32),
+            sport=read_only(sport, np.int32),
+            dport=read_only(dport, np.int32),
             proto=column(packets, "proto", np.int16),
             tcp_flags=column(packets, "tcp_flags", np.int16),
             seq=column(packets, "seq", np.int64),
@@ -113,7 +171,7 @@ class FlowKeys:
             capture=read_only(np.asarray(categorical(packets["capture"]).codes), np.int32),
             vlan=column(packets, "vlan", np.int32),
         )
-        self.tuple_id, self.n_tuples = _assign_tuple_ids(self.columns)
+        self.tuple_id, self.n_tuples = _assign_tuple_ids(self.columns, read_only(one_way, np.int8))
 
 
 @compiled
@@ -130,8 +188,8 @@ def _mix(h: int, part: int) -> int:
 
 
 @compiled
-def _tuple_hash(capture: int, vlan: int, udp: int, low: int, high: int) -> int:
-    return _mix(_mix(_mix(_mix(capture, vlan), udp), low), high)
+def _tuple_hash(capture: int, vlan: int, kind: int, low: int, high: int) -> int:
+    return _mix(_mix(_mix(_mix(capture, vlan), kind), low), high)
 
 
 @compiled
@@ -145,7 +203,7 @@ def _slot_of(slots: IntArray, h: int) -> int:
 
 
 # One row per distinct 5-tuple: its hash and key. One row keeps a lookup to one cache line.
-_HASH, _CAPTURE, _VLAN, _UDP, _LOW, _HIGH = range(6)
+_HASH, _CAPTURE, _VLAN, _KIND, _LOW, _HIGH = range(6)
 _TUPLE_FIELDS: Final = 6
 
 
@@ -164,7 +222,7 @@ def _find_tuple(
             and tuples[t, _HIGH] == high
             and tuples[t, _CAPTURE] == c
             and tuples[t, _VLAN] == v
-            and tuples[t, _UDP] == u
+            and tuples[t, _KIND] == u
         ):
             return t, at
         at = (at + 1) & mask
@@ -172,8 +230,11 @@ def _find_tuple(
 
 
 @compiled
-def _assign_tuple_ids(keys: KeyColumns) -> tuple[IntArray, int]:
-    """(5-tuple id per packet, number of 5-tuples); ids numbered from 0 by first appearance."""
+def _assign_tuple_ids(keys: KeyColumns, one_way: npt.NDArray[np.int8]) -> tuple[IntArray, int]:
+    """(5-tuple id per packet, number of 5-tuples); ids numbered from 0 by first appearance.
+
+    ``one_way`` is ``icmp_ports``'s, or empty when ICMP gets no flows.
+    """
     n = len(keys.proto)
     tuple_id = np.empty(n, dtype=np.int64)
     tuples = np.empty((n, _TUPLE_FIELDS), dtype=np.int64)  # at most one 5-tuple per packet; rows filled in turn
@@ -183,7 +244,7 @@ def _assign_tuple_ids(keys: KeyColumns) -> tuple[IntArray, int]:
     slots = np.full(size, -1, dtype=np.int64)  # hash table: row in ``tuples``, -1 free
     row = n_tuples = 0
     while True:
-        row, n_tuples = _assign_rows(row, n_tuples, slots, tuples, tuple_id, keys)
+        row, n_tuples = _assign_rows(row, n_tuples, slots, tuples, tuple_id, keys, one_way)
         if row == n:
             return tuple_id, n_tuples
         # Half full: a table twice the size. (Growing here, outside the row loop, keeps
@@ -201,15 +262,24 @@ def _assign_rows(
     tuples: IntArray,
     tuple_id: IntArray,
     keys: KeyColumns,
+    one_way: npt.NDArray[np.int8],
 ) -> tuple[int, int]:
     """Tuple ids from ``begin`` on, until the end or until the table is half full: (next row, tuples)."""
     n = len(keys.proto)
+    icmp = len(one_way) > 0
     for row in range(begin, n):
         p = keys.proto[row]
+        kind = 1 if p == UDP else 0  # the key's transport: 0 TCP, 1 UDP, 2-5 ICMP (below)
+        if p in (TCP, UDP):
+            eligible = keys.sport[row] >= 0 and keys.dport[row] >= 0
+        elif icmp and one_way[row] >= 0:
+            eligible = True
+            # ICMP or ICMPv6, with or without an answer type: four kinds that never share a key.
+            kind = 2 + one_way[row] + (2 if p == ICMPV6 else 0)
+        else:
+            eligible = False
         eligible = (
-            p in (TCP, UDP)
-            and keys.sport[row] >= 0
-            and keys.dport[row] >= 0
+            eligible
             and keys.src_address[row] >= 0
             and keys.dst_address[row] >= 0
             and keys.frag_offset[row] == 0
@@ -220,13 +290,15 @@ def _assign_rows(
         source = endpoint(keys.src_address[row], keys.sport[row])
         destination = endpoint(keys.dst_address[row], keys.dport[row])
         low, high = min(source, destination), max(source, destination)
-        c, v, u = int(keys.capture[row]), int(keys.vlan[row]), 1 if p == UDP else 0
+        if kind == 3 or kind == 5:  # a one-way ICMP message: its direction is part of the key, as in Zeek
+            low, high = source, destination
+        c, v, u = int(keys.capture[row]), int(keys.vlan[row]), kind
         h = _tuple_hash(c, v, u, low, high)
         t, at = _find_tuple(slots, tuples, h, c, v, u, low, high)
         if t < 0:
             t = n_tuples
             n_tuples += 1
-            tuples[t, _HASH], tuples[t, _CAPTURE], tuples[t, _VLAN], tuples[t, _UDP] = h, c, v, u
+            tuples[t, _HASH], tuples[t, _CAPTURE], tuples[t, _VLAN], tuples[t, _KIND] = h, c, v, u
             tuples[t, _LOW], tuples[t, _HIGH] = low, high
             slots[at] = t
         tuple_id[row] = t

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.addresses import endpoint_text
+from diag.capture.proto import UDP
 from diag.flows.carriers import carrier_flows, tunnel_parents, tunnel_rows
 from diag.flows.columns import FLOW_COLUMNS
 from diag.flows.copies import copy_origins
@@ -178,16 +179,22 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def build_flows(packets: pd.DataFrame) -> pd.DataFrame:
+def build_flows(packets: pd.DataFrame, icmp: bool = False) -> pd.DataFrame:
     """One row per TCP/UDP flow per capture, with Zeek-style history, conn_state, counts and RSTs.
 
     The columns and their meaning are declared in ``diag.flows.columns.FLOW_COLUMNS``.
+
+    With ``icmp``, ICMP and ICMPv6 messages make flows too, as Zeek's conn.log
+    has them (``diag.flows.keys.icmp_ports``): the type and the answer type or
+    code in the port columns, no history, conn_state ``OTH``. The diagnosis
+    reads ICMP errors from the packets, as evidence about the flow they quote,
+    and the report's flow list is about TCP and UDP: ``analyze`` leaves them out.
 
     A packet a capture saw twice because it was forwarded between two of the
     captured interfaces (``diag.flows.copies.forwarded_copies``) counts once, in
     every column, under its first copy.
     """
-    keys = FlowKeys(packets)
+    keys = FlowKeys(packets, icmp)
     if keys.n_tuples == 0:
         return empty_flows()
     walked = _summarise(packets, keys)
@@ -220,13 +227,14 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
     orig_bytes, resp_bytes = sizes[:, 0], sizes[:, 1]
     histories = _histories(summary)[by_appearance]
     states = summary.states[by_appearance]
+    is_udp = keys.columns.proto[first_row] == UDP
     conn_state = np.where(
         is_tcp,
         tcp_conn_state(states[:, 0], states[:, 1], orig_bytes, resp_bytes, histories),
-        udp_conn_state(orig_pkts, resp_pkts),
+        np.where(is_udp, udp_conn_state(orig_pkts, resp_pkts), "OTH"),  # Zeek's state of any other transport
     )
     previous = summary.previous[by_appearance]
-    proto = np.where(is_tcp, "tcp", "udp").astype(object)
+    proto = np.where(is_tcp, "tcp", np.where(is_udp, "udp", "icmp")).astype(object)
     return pd.DataFrame(
         {
             "flow_id": np.arange(n_flows, dtype=np.int64),

@@ -53,7 +53,7 @@ _FLIPPED: Final = ord("^")
 # Zeek's timers that end a connection (init-bare.zeek defaults), in ns: a packet after one of them
 # fired opens a new connection. An unanswered SYN is given up 5 s after it (tcp_attempt_delay), a
 # closed or reset connection is forgotten 5 s after the close (tcp_close_delay), and any connection
-# after a silence of 5 min (TCP) or 1 min (UDP) (tcp_/udp_inactivity_timeout).
+# after a silence of 5 min (TCP) or 1 min (UDP, ICMP) (tcp_/udp_/icmp_inactivity_timeout).
 _ATTEMPT_DELAY_NS: Final = 5_000_000_000
 _CLOSE_DELAY_NS: Final = 5_000_000_000
 _TCP_INACTIVITY_NS: Final = 300_000_000_000
@@ -123,7 +123,7 @@ class FlowSummary(NamedTuple):
     responder: IntArray
     is_tcp: BoolArray
     packets: IntArray  # (n_flows, 2)
-    sizes: IntArray  # (n_flows, 2) payload bytes: Zeek's sequence-space count for TCP, the sum for UDP
+    sizes: IntArray  # (n_flows, 2) payload bytes: Zeek's sequence-space count for TCP, the sum for UDP and ICMP
     ip_sizes: IntArray  # (n_flows, 2) IP total lengths added up, as Zeek's orig_ip_bytes / resp_ip_bytes
     states: npt.NDArray[np.int8]  # (n_flows, 2) final Zeek endpoint states (``diag.flows.tcpstate``)
     first_ts_ns: IntArray
@@ -141,11 +141,16 @@ class FlowSummary(NamedTuple):
 
 
 @compiled
-def _flipped_at_start(tcp: bool, flags: int, sport: int, dport: int, likely_server: npt.NDArray[np.bool_]) -> bool:
-    """Zeek's ``WantConnection``: is the first packet's receiver the originator? (``diag.flows.servers``)"""
+def _flipped_at_start(proto: int, flags: int, sport: int, dport: int, likely_server: npt.NDArray[np.bool_]) -> bool:
+    """Zeek's ``WantConnection``: is the first packet's receiver the originator? (``diag.flows.servers``)
+
+    Only TCP and UDP flip; an ICMP connection's originator is its first message's sender.
+    """
+    if proto != TCP and proto != UDP:
+        return False
+    tcp = proto == TCP
     if tcp and (flags & (SYN | ACK)) == SYN:
         return False  # a SYN without ACK: its sender opens the connection
-    proto = TCP if tcp else UDP
     source_likely = likely_server[proto, sport]
     destination_likely = likely_server[proto, dport]
     if not source_likely:
@@ -314,7 +319,7 @@ def walk_flows(
             endpoints[1] = endpoint(keys.dst_address[first], keys.dport[first])
             orig_side = 0
             if _flipped_at_start(
-                tcp_flow, max(keys.tcp_flags[first], 0), keys.sport[first], keys.dport[first], likely_server
+                keys.proto[first], max(keys.tcp_flags[first], 0), keys.sport[first], keys.dport[first], likely_server
             ):
                 orig_side = 1
                 letters[n_letters] = _FLIPPED  # as Zeek's history does after flipping roles
