@@ -63,7 +63,7 @@ class Labels:
 def local_components(packets: pd.DataFrame, keys: np.ndarray, endpoints: np.ndarray) -> tuple[np.ndarray, int]:
     """Per row of one point's candidates, its component (see the module's text), numbered by first row; -1 for
     rows that are neither TCP or UDP over IP nor matchable. ``keys`` and ``endpoints`` are the rows' packet keys
-    and client endpoints (``diag.reduction.PointRows``)."""
+    and client endpoints (the ``key`` and ``client_endpoint`` of ``diag.flows.candidates.key_table``)."""
     n = len(packets)
     proto = packets["proto"].to_numpy()
     transport = np.isin(proto, (TCP, UDP)) & (packets["ip_version"].to_numpy() > 0)

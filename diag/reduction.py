@@ -1,14 +1,13 @@
-"""What one capture point keeps for the cross-point join: its candidate packets.
+"""What one capture point keeps for the cross-point join: its links to other points, and its candidates.
 
-A fleet's analysis (``diag.cluster``) reads and summarises each point where
-its files are, and sends on only the packets that correlation and diagnosis
-can use: every flow that may hold a symptom and everything that links such a
-flow to its copies at other points. The flow table itself is built in full
-where the point was read; only the packet rows are reduced.
-
-Correlation and diagnosis then give on the stacked candidates of all points
-exactly what they give on all packets, because the candidates are closed
-under everything those stages group by:
+A fleet's analysis (``diag.taskgraph``) reads and summarises each point where
+its files are, and goes on only with the packets that correlation and
+diagnosis can use. Which those are is decided by the one candidate choice
+of ``diag.flows.candidates``, on the point's key table: the flows that may
+hold a symptom, ICMP, the point's time span, whole components (flows joined
+by packet keys and client endpoints). What it cannot see from one point is
+what links it to the others; this module finds that without gathering the
+points anywhere:
 
 - a *link key* is either a packet's NAT-invariant key
   (``diag.flows.copies.packet_keys``) or a client endpoint (the address and
@@ -20,18 +19,12 @@ under everything those stages group by:
   The same partitions carry each SYN's sequence number with its packet key:
   a sequence number that comes with two different SYNs anywhere may be a
   retried SYN whose copies no single point saw both of;
-- every packet with a shared packet key is kept at every point, so each match
-  (the k-th sighting of a key at one point is the k-th at the others) and the
-  clock offsets estimated from the matches come out the same; every flow
-  holding a shared client endpoint is kept, so the endpoint join counts the
-  same connections;
-- locally, the flows that can hold a symptom (a RST, a SYN sent twice, a SYN
-  with no SYN-ACK, a one-way UDP flow), keys held by two flows of the point
-  (a box's way in and way out), ICMP (port unreachable answers) and the
-  point's first and last packet (its time span) start the selection;
-- then, until nothing changes, the whole flow of every kept packet and every
-  packet with the key of a kept packet are kept: a kept connection is kept
-  complete at every point, with each of its sightings.
+- given the shared keys, each point keeps every packet with a shared packet
+  key (so each match, and the clock offsets estimated from the matches, come
+  out the same), every flow holding a shared client endpoint (so the
+  endpoint join counts the same connections) and every SYN with a shared
+  sequence number, each with its whole component
+  (``diag.flows.candidates.candidate_rows`` with ``SharedLinks``).
 
 Keeping more than that never changes a result (a complete healthy connection
 is skipped by the diagnosis), so the selection may be generous; keeping less
@@ -48,9 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from diag.capture.proto import ACK, ICMP, ICMPV6, RST, SYN, TCP, UDP
-from diag.flows.copies import mix_hash, packet_keys
-from diag.flows.table import flow_ids
+from diag.capture.proto import ACK, RST, SYN, TCP
+from diag.flows.candidates import SharedLinks, candidate_rows, key_table, syn_rows
+from diag.flows.copies import mix_hash
 
 # Client endpoints below this port are servers' (the diagnosis joins only from 1024 up).
 CLIENT_PORTS = 1024
@@ -71,29 +64,27 @@ class LinkKeys:
         return sum(int(values.nbytes) for values in (self.packets, self.endpoints, self.syn_seqs, self.syn_packets))
 
 
-@dataclass(frozen=True)
-class PointRows:
-    """Per row of a point's packet table: its flow, its packet key and its client endpoint's hash (0: none)."""
-
-    flow: np.ndarray
-    key: np.ndarray
-    endpoint: np.ndarray
-
-    @classmethod
-    def of(cls, table: pd.DataFrame) -> PointRows:
-        return cls(flow_ids(table), packet_keys(table), client_endpoints(table))
-
-    def link_keys(self, table: pd.DataFrame) -> LinkKeys:
-        syn = _syns(table)
-        pairs = np.unique(np.stack([table["seq"].to_numpy()[syn].astype(np.uint64), self.key[syn]], axis=1), axis=0)
-        return LinkKeys(_distinct(self.key), _distinct(self.endpoint), pairs[:, 0].copy(), pairs[:, 1].copy())
+def point_keys(table: pd.DataFrame) -> pd.DataFrame:
+    """The key table (``diag.flows.candidates.key_table``) of one point's packet table."""
+    return key_table(table, 0)
 
 
-def _syns(table: pd.DataFrame) -> np.ndarray:
-    """The mask of TCP SYNs without ACK (and without RST)."""
-    flags = table["tcp_flags"].to_numpy().astype(np.int64)
-    syns: np.ndarray = (table["proto"].to_numpy() == TCP) & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN)
-    return syns
+def link_keys(keys: pd.DataFrame) -> LinkKeys:
+    """A point's distinct link keys, from its key table."""
+    syn = syn_rows(keys)
+    seqs, packets = keys["seq"].to_numpy()[syn].astype(np.uint64), keys["key"].to_numpy()[syn]
+    pairs = np.unique(np.stack([seqs, packets], axis=1), axis=0)
+    return LinkKeys(
+        _distinct(keys["key"].to_numpy()),
+        _distinct(keys["client_endpoint"].to_numpy()),
+        pairs[:, 0].copy(),
+        pairs[:, 1].copy(),
+    )
+
+
+def select_candidates(keys: pd.DataFrame, shared: LinkKeys) -> np.ndarray:
+    """The mask of a point's candidate rows (its key table ``keys``), given the link keys shared across points."""
+    return candidate_rows(keys, SharedLinks(shared.packets, shared.endpoints, shared.syn_seqs))
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -106,8 +97,7 @@ def text_hashes(column: pd.Series) -> np.ndarray:
     categorical = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
     categories = [str(value) for value in categorical.cat.categories]
     lookup = np.array(
-        [int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") for text in categories]
-        + [0],
+        [int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") for text in categories] + [0],
         dtype=np.uint64,
     )
     codes = categorical.cat.codes.to_numpy().astype(np.int64)
@@ -186,72 +176,3 @@ def merge_link_keys(parts: Sequence[LinkKeys]) -> LinkKeys:
         merged([part.syn_seqs for part in parts]),
         np.zeros(0, dtype=np.uint64),
     )
-
-
-def _per_flow(flow: np.ndarray, mask: np.ndarray, n_flows: int) -> np.ndarray:
-    """How many rows of each flow ``mask`` selects."""
-    counts: np.ndarray = np.bincount(flow[mask & (flow >= 0)], minlength=n_flows)
-    return counts
-
-
-def suspect_rows(table: pd.DataFrame, rows: PointRows) -> np.ndarray:
-    """The rows that start the selection (see the module's text), as a mask."""
-    n = len(table)
-    keep = np.zeros(n, dtype=bool)
-    if n == 0:
-        return keep
-    flow = rows.flow
-    n_flows = int(flow.max()) + 1 if len(flow) else 0
-    proto = table["proto"].to_numpy()
-    flags = table["tcp_flags"].to_numpy().astype(np.int64)
-    tcp = (proto == TCP) & (flags >= 0)
-    handshake = flags & (SYN | ACK | RST)
-    rsts = _per_flow(flow, tcp & ((flags & RST) != 0), n_flows)
-    syns = _per_flow(flow, tcp & (handshake == SYN), n_flows)
-    synacks = _per_flow(flow, tcp & (handshake == SYN | ACK), n_flows)
-    suspect = (rsts > 0) | (syns > 1) | ((syns > 0) & (synacks == 0))
-    udp = (proto == UDP) & (flow >= 0)
-    if udp.any():
-        sender = text_hashes(table["src"]) ^ table["sport"].to_numpy().astype(np.uint64)
-        senders = pd.Series(sender[udp]).groupby(flow[udp]).nunique()
-        one_way = np.zeros(n_flows, dtype=bool)
-        one_way[senders.index.to_numpy()[senders.to_numpy() < 2]] = True
-        suspect |= one_way
-    if n_flows:
-        keep |= (flow >= 0) & suspect[np.maximum(flow, 0)]
-    keep |= np.isin(proto, (ICMP, ICMPV6))
-    keep |= _keys_of_several_flows(rows)
-    ts = table["ts_ns"].to_numpy()
-    keep[int(np.argmin(ts))] = keep[int(np.argmax(ts))] = True
-    return keep
-
-
-def _keys_of_several_flows(rows: PointRows) -> np.ndarray:
-    """Rows whose packet key is held by two flows of the point or more (copies of one packet on both sides of a box)."""
-    linked = (rows.key != 0) & (rows.flow >= 0)
-    positions = np.flatnonzero(linked)
-    if len(positions) == 0:
-        return np.zeros(len(rows.key), dtype=bool)
-    pairs = pd.DataFrame({"key": rows.key[positions], "flow": rows.flow[positions]})
-    flows_per_key = pairs.groupby("key", sort=False)["flow"].nunique()
-    several = flows_per_key.index.to_numpy()[flows_per_key.to_numpy() > 1].astype(np.uint64)
-    return np.isin(rows.key, several) if len(several) else np.zeros(len(rows.key), dtype=bool)
-
-
-def select_candidates(table: pd.DataFrame, rows: PointRows, shared: LinkKeys) -> np.ndarray:
-    """The mask of the point's candidate rows, given the link keys shared across points (the module's text)."""
-    keep = suspect_rows(table, rows)
-    if len(shared.packets):
-        keep |= np.isin(rows.key, shared.packets)
-    if len(shared.endpoints):
-        keep |= np.isin(rows.endpoint, shared.endpoints)
-    if len(shared.syn_seqs):
-        keep |= _syns(table) & np.isin(table["seq"].to_numpy().astype(np.uint64), shared.syn_seqs)
-    flow, key = rows.flow, rows.key
-    while True:
-        flows = np.unique(flow[keep & (flow >= 0)])
-        keys = np.unique(key[keep & (key != 0)])
-        grown = keep | np.isin(flow, flows) & (flow >= 0) | np.isin(key, keys) & (key != 0)
-        if int(grown.sum()) == int(keep.sum()):
-            return keep
-        keep = grown

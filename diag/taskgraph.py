@@ -62,9 +62,10 @@ from diag.partitions import (
 )
 from diag.reduction import (
     LinkKeys,
-    PointRows,
+    link_keys,
     merge_link_keys,
     partition_link_keys,
+    point_keys,
     select_candidates,
     shared_link_keys,
 )
@@ -130,12 +131,12 @@ def _resolved(arg: Any) -> Any:
 
 @dataclass(frozen=True)
 class PointPart:
-    """A capture point as its worker holds it: the whole packet table, its flows and per-row link keys."""
+    """A capture point as its worker holds it: the whole packet table, its flows, its key table and link keys."""
 
     table: pd.DataFrame
     info: CaptureInfo
     flows: pd.DataFrame
-    rows: PointRows
+    keys: pd.DataFrame  # ``diag.flows.candidates.key_table``
     links: LinkKeys
 
 
@@ -179,8 +180,8 @@ def prepare_point(
     table, info = merge_point(tables, infos)
     if packet_filter is not None:
         table = filter_packets(table, packet_filter).reset_index(drop=True)
-    rows = PointRows.of(table)
-    return PointPart(table, info, build_flows(table), rows, rows.link_keys(table))
+    keys = point_keys(table)
+    return PointPart(table, info, build_flows(table), keys, link_keys(keys))
 
 
 def point_link_parts(part: PointPart, partitions: int) -> list[LinkKeys]:
@@ -195,17 +196,19 @@ def shared_in_partition(parts: Sequence[LinkKeys]) -> LinkKeys:
 
 def point_candidates(part: PointPart, *shared: LinkKeys) -> PointCandidates:
     """The point's candidate rows, given every partition's shared link keys."""
-    keep = select_candidates(part.table, part.rows, merge_link_keys(shared))
+    keep = select_candidates(part.keys, merge_link_keys(shared))
     return PointCandidates(part.table[keep], part.info, part.flows, len(part.table), part.links.nbytes)
 
 
 def point_share(part: PointPart, number: int, *shared: LinkKeys) -> PointShare:
     """The point's candidates and their components (``diag.linking``); the whole packet table is let go."""
     merged = merge_link_keys(shared)
-    keep = select_candidates(part.table, part.rows, merged)
+    keep = select_candidates(part.keys, merged)
     packets = part.table[keep].reset_index(drop=True)
     candidates = PointCandidates(packets, part.info, part.flows, len(part.table), part.links.nbytes)
-    return PointShare(number, candidates, local_links(packets, part.rows.key[keep], part.rows.endpoint[keep], merged))
+    keys = part.keys[keep]
+    links = local_links(packets, keys["key"].to_numpy(), keys["client_endpoint"].to_numpy(), merged)
+    return PointShare(number, candidates, links)
 
 
 def point_facts(share: PointShare) -> PointFacts:

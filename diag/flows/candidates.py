@@ -38,12 +38,16 @@ whole capture:
 Every kept row takes its whole component with it. Pure functions of numpy
 arrays and DataFrames: readers call ``key_table`` on each chunk of a capture
 (or on a worker's part of it) and ``candidate_rows`` once on the key tables of
-all points stacked.
+all points stacked. A cluster, where no one place holds every point's key
+table, calls ``candidate_rows`` on each point's alone with the ``SharedLinks``
+its shuffle found (``diag.reduction``): the keys that decide clock offsets
+are then replaced by every packet key seen at another point, a superset.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -299,11 +303,36 @@ def _boundary_rows(keys: pd.DataFrame) -> npt.NDArray[np.int64]:
     return np.array(rows, dtype=np.int64)
 
 
-def candidate_rows(keys: pd.DataFrame) -> npt.NDArray[np.bool_]:
-    """Per row of ``keys`` (the key tables of every point stacked): True for the rows the analysis must keep.
+@dataclass(frozen=True)
+class SharedLinks:
+    """What other points hold of one point's links (a cluster's shuffle finds it, ``diag.reduction``).
 
-    Analysing only these rows gives the same correlation offsets, connections
-    and findings as analysing them all (see the module docstring for why).
+    Each array is sorted and distinct: the packet keys and client endpoints (``KEY_COLUMNS``' ``key`` and
+    ``client_endpoint``) seen at two points or more, and the sequence numbers that came with two different
+    SYNs anywhere.
+    """
+
+    packets: npt.NDArray[np.uint64]
+    endpoints: npt.NDArray[np.uint64]
+    syn_seqs: npt.NDArray[np.uint64]
+
+
+def syn_rows(keys: pd.DataFrame) -> npt.NDArray[np.bool_]:
+    """The rows of TCP SYNs without ACK (and without RST)."""
+    flags = keys["tcp_flags"].to_numpy()
+    syn: npt.NDArray[np.bool_] = (keys["proto"].to_numpy() == TCP) & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN)
+    return syn
+
+
+def candidate_rows(keys: pd.DataFrame, shared: SharedLinks | None = None) -> npt.NDArray[np.bool_]:
+    """Per row of ``keys``: True for the rows the analysis must keep.
+
+    ``keys`` are the key tables of every point stacked, or, with ``shared``, of one point only: what links
+    its rows to other points is then ``shared`` instead of found in ``keys`` (every packet with a shared key
+    is kept, a superset of the keys that decide the clock offsets; so is every flow with a shared client
+    endpoint or a SYN whose sequence number came with another SYN elsewhere). Analysing only these rows
+    (of every point) gives the same correlation offsets, connections and findings as analysing them all
+    (see the module docstring for why).
     """
     n = len(keys)
     if n == 0:
@@ -315,8 +344,14 @@ def candidate_rows(keys: pd.DataFrame) -> npt.NDArray[np.bool_]:
     chosen |= np.isin(node, chosen_nodes) & (node != 0)
     proto = keys["proto"].to_numpy()
     chosen |= (proto == ICMP) | (proto == ICMPV6)
-    if len(np.unique(keys["point"].to_numpy())) > 1:
-        chosen |= np.isin(keys["key"].to_numpy(), _clock_keys(keys))
+    key = keys["key"].to_numpy()
+    if shared is not None:
+        endpoint = keys["client_endpoint"].to_numpy()
+        chosen |= np.isin(key, shared.packets) & (key != 0)
+        chosen |= np.isin(endpoint, shared.endpoints) & (endpoint != 0)
+        chosen |= syn_rows(keys) & np.isin(keys["seq"].to_numpy().astype(np.uint64), shared.syn_seqs)
+    elif len(np.unique(keys["point"].to_numpy())) > 1:
+        chosen |= np.isin(key, _clock_keys(keys))
     udp = (proto == UDP) & (node != 0) & (component >= 0)
     if udp.any():  # a UDP connection with two flows at one point is a suspect
         nodes_per_point = (
@@ -328,4 +363,5 @@ def candidate_rows(keys: pd.DataFrame) -> npt.NDArray[np.bool_]:
         chosen |= np.isin(component, several)
     chosen[_boundary_rows(keys)] = True
     kept_components = np.unique(component[chosen & (component >= 0)])
-    return chosen | (np.isin(component, kept_components) & (component >= 0))
+    result: npt.NDArray[np.bool_] = chosen | (np.isin(component, kept_components) & (component >= 0))
+    return result
