@@ -21,6 +21,7 @@ import synthetic
 
 from diag.analysis import concat_packets, parse_capture_args, read_captures
 from diag.correlate import correlate
+from diag.diagnose import diagnose
 from diag.diagnose.causes import REGISTRY
 from diag.diagnose.connections import build_connections
 from diag.diagnose.context import Context
@@ -101,3 +102,46 @@ def test_busy_traffic_is_claimed_once(busy: list[Path]) -> None:
     for arguments in ([str(busy[0])], [f"p{i}={path}" for i, path in enumerate(busy)]):
         claims = _claimed_once(_signals(_read(arguments)))
         assert claims[Cause.PEER_RESET] and claims[Cause.PORT_CLOSED] and claims[Cause.SILENT_DROP], claims
+
+
+def _scenario_signals(name: str, points: tuple[str, ...], rst_ip_id: int | None = None) -> TcpSignals:
+    packets = synthetic.SCENARIOS[name]().packets(points)
+    if rst_ip_id is not None:
+        flags = packets["tcp_flags"].to_numpy().astype(np.int64)
+        packets.loc[(flags >= 0) & ((flags & 0x04) != 0), "ip_id"] = rst_ip_id
+    return _signals(packets)
+
+
+def test_a_rst_back_sooner_than_its_sender_could_answer_is_forged() -> None:
+    """The injector one router from the client answers at once; the server is a 7 ms round trip away."""
+    s = _scenario_signals("injected-reset", ("client",))
+    (k,) = np.flatnonzero(s.rst >= 0)
+    assert s.timing.too_soon[k] and s.forged[k]
+    assert s.timing.delay_ns[k] * 2 < s.timing.rtt_ns[k]
+    # The server's own RST, answering the client after a full round trip, is not.
+    s = _scenario_signals("peer-reset", ("client",))
+    assert not s.timing.too_soon.any()
+
+
+def test_a_rst_whose_ip_id_breaks_its_senders_count_is_marked() -> None:
+    # The server's data packets at the client carry IP IDs 0x7001, 0x7002: the next is 0x7003.
+    in_line = _scenario_signals("peer-reset", ("client",), rst_ip_id=0x7003)
+    out_of_line = _scenario_signals("peer-reset", ("client",), rst_ip_id=0x0001)
+    (k,) = np.flatnonzero(in_line.rst >= 0)
+    assert not in_line.ip_id.out_of_line[k]
+    assert out_of_line.ip_id.out_of_line[k] and out_of_line.ip_id.rst_id[k] == 1
+    # A sender whose IDs do not count up (the synthetic server's SYN-ACK carries 0, then its data) says nothing.
+    assert not _scenario_signals("idle-timeout", ("client",)).ip_id.out_of_line.any()
+
+
+def test_an_ip_id_out_of_line_supports_a_forged_rst_in_the_finding() -> None:
+    """The server's RST given another device's TTL and IP ID: forged by its TTL, and its IP ID is said too."""
+    packets = synthetic.SCENARIOS["peer-reset"]().packets(("client",))
+    flags = packets["tcp_flags"].to_numpy().astype(np.int64)
+    rst = (flags >= 0) & ((flags & 0x04) != 0)
+    packets.loc[rst, "ip_id"], packets.loc[rst, "ttl"] = 1, 63
+    (finding,) = diagnose(packets)
+    assert finding.cause is Cause.INJECTED_RESET
+    (fact,) = [fact for fact in finding.facts if fact.kind == "ip-id-out-of-line"]
+    assert fact["rst_ip_id"] == 1 and fact["last_ip_id"] == 0x7002 and fact["side"] == "server"
+    assert "IP ID (1) is out of line with the server's own packets" in " ".join(finding.evidence)

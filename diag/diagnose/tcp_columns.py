@@ -52,7 +52,44 @@ def _client_syns(s: TcpSignals, k: int) -> list[Seen]:
 
 
 def _claim_lines(s: TcpSignals, k: int, rst: Seen, sides: Sides, ctx: Context) -> list[Line]:
-    """What the RST's marks say of its claimed sender (``tcp.genuineness``'s lines)."""
+    """What the RST's marks say of its claimed sender (``tcp.genuineness``'s lines), then its timing and IP ID."""
+    return _marks(s, k, rst, sides, ctx) + _timing_and_ip_id(s, k)
+
+
+def _timing_and_ip_id(s: TcpSignals, k: int) -> list[Line]:
+    """A RST back sooner than its claimed sender could answer; an IP ID out of that sender's count (said where
+    the RST is not taken for its sender's own: an ordinary reset from a stack that lost the socket has one too)."""
+    names, who = s.packets.table.names, side_name(bool(s.rst_from_client[k]))
+    lines: list[Line] = []
+    timing, ip_id = s.timing, s.ip_id
+    if timing.too_soon[k]:
+        lines.append(
+            Fact.of(
+                "rst-too-soon",
+                point=names[int(timing.point[k])],
+                side=who,
+                delay_ns=int(timing.delay_ns[k]),
+                rtt_ns=int(timing.rtt_ns[k]),
+            )
+        )
+    if ip_id.out_of_line[k] and not s.genuine[k]:
+        last = s.packets.seen(int(ip_id.last[k]))
+        sight = last.at(names[int(ip_id.point[k])])
+        assert sight is not None
+        lines.append(
+            Fact.of(
+                "ip-id-out-of-line",
+                point=sight.capture,
+                side=who,
+                rst_ip_id=int(ip_id.rst_id[k]),
+                last_ip_id=sight.ip_id,
+                packet=where(sight),
+            )
+        )
+    return lines
+
+
+def _marks(s: TcpSignals, k: int, rst: Seen, sides: Sides, ctx: Context) -> list[Line]:
     if s.forged[k]:
         trigger = s.packets.seen(int(s.trigger[k])) if s.trigger[k] >= 0 else None
         return tcp.genuineness(sides, rst, trigger, ctx)[2]
@@ -216,6 +253,7 @@ def _prefetch(s: TcpSignals, chosen: np.ndarray, cause: Cause) -> None:
     every = chosen & (s.rst >= 0) & (s.forged | (cause in _EVERY_PACKET))
     if every.any():
         wanted.append(np.flatnonzero(every[p.conn]))
+    wanted.append(s.ip_id.last[chosen & s.ip_id.out_of_line])
     p.prefetch(np.concatenate(wanted))
 
 

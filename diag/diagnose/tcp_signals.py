@@ -250,6 +250,43 @@ def build_packets(table: ConnectionTable, connections: list[Connection]) -> Pack
 
 
 NONE = -1  # "no such packet / capture" in the integer columns
+# A sender's IP IDs count up by one a packet; a capture may miss some, so a step up to this (or to a few times
+# the step its own packets took) stays in line.
+IP_ID_STEP = 16
+IP_ID_STEPS = 4
+# A RST is too soon when it comes back in under half the round trip to its claimed sender (the handshake's,
+# measured at the same point) and that round trip is long enough for a capture's timestamps to tell.
+TOO_SOON_SHARE = 0.5
+TOO_SOON_MIN_RTT_NS = 200_000
+
+
+@dataclass(frozen=True)
+class IpIdSignal:
+    """Per connection: the RST's IP ID out of line with the IP IDs its claimed sender's own packets count up by
+    (seen at one point before it), and the point, the RST's IP ID and the sender's last packet there (or NONE).
+
+    A stack numbers the packets of a connection in sequence (Linux counts per
+    socket); a RST made by another device carries its own IP ID, out of that
+    sequence (Weaver, Sommer and Paxson, NDSS 2009). Senders whose IDs do not
+    count up (all zero, random) say nothing.
+    """
+
+    out_of_line: np.ndarray
+    point: np.ndarray  # capture code
+    rst_id: np.ndarray
+    last: np.ndarray  # the sender's last packet before the RST at that point
+
+
+@dataclass(frozen=True)
+class TimingSignal:
+    """Per connection: the RST came back sooner than its claimed sender could have answered, at some point that
+    saw both it and the packet it answers: in under ``TOO_SOON_SHARE`` of the round trip from that point to the
+    sender (its handshake answer, timed there). The point, the delay and the round trip (or NONE)."""
+
+    too_soon: np.ndarray
+    point: np.ndarray
+    delay_ns: np.ndarray
+    rtt_ns: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -274,7 +311,7 @@ class TcpSignals:
     established: np.ndarray  # handshake completed or data both ways before the RST
     challenge: np.ndarray  # an RFC 5961 challenge ACK the RST answers
     maker: np.ndarray  # the captured point that made the RST (``tcp.rst_maker``)
-    forged: np.ndarray  # the RST is not its claimed sender's (absent at its own capture, TTL, made elsewhere)
+    forged: np.ndarray  # the RST is not its claimed sender's (absent at its own capture, TTL, made elsewhere, too soon)
     genuine: np.ndarray  # not forged, and seen leaving the sender's capture or at the sender's distance
     on_link: np.ndarray  # the RST's ends share a subnet and only the TTL spoke: its sender is a neighbour there
     answer: np.ndarray  # the server's SYN-ACK to the very SYN a RST in its name refuses (a race), or NONE
@@ -290,6 +327,8 @@ class TcpSignals:
     syn_handed_on: np.ndarray  # ... the farthest attempt's last point DNATed it on with the client's address kept
     syn_unseen_elsewhere: np.ndarray  # ... captures running at the time never saw any of the SYNs
     handshake_seen: np.ndarray  # a SYN or SYN-ACK anywhere in the connection
+    ip_id: IpIdSignal  # the RST's IP ID against its claimed sender's own count
+    timing: TimingSignal  # how soon the RST came back against the round trip to its claimed sender
 
     # The phases of a connection that ended in a RST, in the order the causes are told apart.
     def reused(self) -> np.ndarray:
@@ -453,7 +492,9 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         & (_sight_at(p, trigger, maker) >= 0)
         & ~_any(client_at & (maker[p.conn[s.seen]] >= 0), p.conn[s.seen], n)
     )
-    forged = has_rst & (absent_at_own | _any(mismatch, k_sight, n) | made_elsewhere)
+    # A RST back sooner than its claimed sender could have answered was made closer than that sender.
+    timing = _timing(p, rst, rst_side, trigger, side, pure_syn, synack)
+    forged = has_rst & (absent_at_own | _any(mismatch, k_sight, n) | made_elsewhere | timing.too_soon)
     genuine = has_rst & ~forged & (leaving_own | on_link | _any(consistent, k_sight, n))
 
     answer = _answer(p, side, pure_syn, synack, r, with_rst, trigger, n)
@@ -498,7 +539,116 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         syn_handed_on=_handed_on(p, unanswered & (synack_for_syn < 0), farthest),
         syn_unseen_elsewhere=unanswered & unseen_elsewhere,
         handshake_seen=_any(pure_syn | synack, p.conn, n),
+        ip_id=_ip_id(p, rst, rst_side, side, is_rst),
+        timing=timing,
     )
+
+
+def _ip_id(p: Packets, rst: np.ndarray, rst_side: np.ndarray, side: np.ndarray, is_rst: np.ndarray) -> IpIdSignal:
+    """The RST's IP ID against the last two of its claimed sender's packets seen where the RST was first seen."""
+    s, columns = p.sights, p.table.columns
+    n = len(rst)
+    point, rst_id, last = (np.full(n, NONE, dtype=np.int64) for _ in range(3))
+    out_of_line = np.zeros(n, dtype=bool)
+    ks = np.flatnonzero(rst >= 0)
+    if len(ks) == 0:
+        return IpIdSignal(out_of_line, point, rst_id, last)
+    first = p.sight_start[rst[ks]]
+    point[ks] = s.capture[first]
+    rst_id[ks] = columns["ip_id"][s.head[first]]
+    rst_ts = np.full(n, NONE, dtype=np.int64)
+    rst_ts[ks] = s.ts_ns[first]
+    k = p.conn[s.seen]
+    mine = (rst_ts[k] >= 0) & (side[s.seen] == rst_side[k]) & ~is_rst[s.seen] & (s.capture == point[k])
+    mine &= s.ts_ns < rst_ts[k]
+    rows = np.flatnonzero(mine)
+    if len(rows) == 0:
+        return IpIdSignal(out_of_line, point, rst_id, last)
+    rows = rows[np.lexsort((s.ts_ns[rows], k[rows]))]
+    owner = k[rows]
+    is_last = np.r_[owner[1:] != owner[:-1], True]
+    has_before = np.r_[False, owner[1:] == owner[:-1]]
+    latest = np.flatnonzero(is_last & has_before)  # positions in ``rows`` with a packet before them
+    conn = owner[latest]
+    ids = columns["ip_id"][s.head[rows]].astype(np.int64)
+    prev, before = ids[latest], ids[latest - 1]
+    step = (prev - before) % 65536
+    counting = (step >= 1) & (step <= IP_ID_STEP)
+    allowed = np.maximum(IP_ID_STEP, IP_ID_STEPS * step)
+    ahead = (rst_id[conn] - prev) % 65536
+    out_of_line[conn] = counting & ((ahead < 1) | (ahead > allowed)) & (rst_id[conn] >= 0) & (prev >= 0)
+    last[conn] = s.seen[rows[latest]]
+    return IpIdSignal(out_of_line, point, rst_id, last)
+
+
+def _timing(
+    p: Packets,
+    rst: np.ndarray,
+    rst_side: np.ndarray,
+    trigger: np.ndarray,
+    side: np.ndarray,
+    pure_syn: np.ndarray,
+    synack: np.ndarray,
+) -> TimingSignal:
+    """At each point that saw the RST and the packet it answers, the delay between them against the round trip
+    to the RST's claimed sender there: the client's SYN to the server's SYN-ACK, or the server's SYN-ACK to the
+    client's ACK of it."""
+    s = p.sights
+    n = len(rst)
+    too_soon = np.zeros(n, dtype=bool)
+    point, delay_out, rtt_out = (np.full(n, NONE, dtype=np.int64) for _ in range(3))
+    ks = np.flatnonzero((rst >= 0) & (trigger >= 0))
+    empty = TimingSignal(too_soon, point, delay_out, rtt_out)
+    if len(ks) == 0:
+        return empty
+    wanted = np.zeros(n, dtype=bool)
+    wanted[ks] = True
+    k = p.conn
+    # Round trips to the server (SYN -> SYN-ACK) and to the client (SYN-ACK -> its ACK), per connection.
+    syns, answers = np.flatnonzero(wanted[k] & pure_syn & (side == 1)), np.flatnonzero(wanted[k] & synack & (side == 0))
+    acks = np.flatnonzero(wanted[k] & (side == 1) & (p.flags == ACK))
+    to_server = pd.merge(
+        pd.DataFrame({"conn": k[syns], "value": (p.seq[syns] + 1) % _MOD, "ask": syns}),
+        pd.DataFrame({"conn": k[answers], "value": p.ack[answers], "reply": answers}),
+        on=["conn", "value"],
+    )
+    to_client = pd.merge(
+        pd.DataFrame({"conn": k[answers], "value": (p.seq[answers] + 1) % _MOD, "ask": answers}),
+        pd.DataFrame({"conn": k[acks], "value": p.ack[acks], "reply": acks}),
+        on=["conn", "value"],
+    )
+    to_server["toward"], to_client["toward"] = 0, 1
+    pairs = pd.concat([to_server, to_client], ignore_index=True)
+    pairs = pairs[pairs["toward"].to_numpy() == rst_side[pairs["conn"].to_numpy()]]
+    if pairs.empty:
+        return empty
+    ask, reply = pairs["ask"].to_numpy(), pairs["reply"].to_numpy()
+    owner, sights = _ranges(p.sight_start[ask], p.sight_stop[ask])
+    at = _sight_at(p, reply[owner], s.capture[sights])
+    rtt = s.ts_ns[np.maximum(at, 0)] - s.ts_ns[sights]
+    timed = (at >= 0) & (rtt > 0)
+    n_names = len(p.table.names) + 1
+    round_trip = (
+        pd.DataFrame(
+            {"key": pairs["conn"].to_numpy()[owner[timed]] * n_names + s.capture[sights[timed]], "rtt": rtt[timed]}
+        )
+        .groupby("key")["rtt"]
+        .min()
+    )
+    # The RST's sightings, in path order, with the packet it answers seen at the same point.
+    owner, rst_sights = _ranges(p.sight_start[rst[ks]], p.sight_stop[rst[ks]])
+    conn = ks[owner]
+    capture = s.capture[rst_sights]
+    answered = _sight_at(p, trigger[conn], capture)
+    delay = s.ts_ns[rst_sights] - s.ts_ns[np.maximum(answered, 0)]
+    trip = _lookup(round_trip, conn * n_names + capture)
+    soon = (answered >= 0) & (delay >= 0) & (trip >= TOO_SOON_MIN_RTT_NS) & (delay < TOO_SOON_SHARE * trip)
+    hits = np.flatnonzero(soon)
+    first_hit = hits[np.r_[True, conn[hits][1:] != conn[hits][:-1]]] if len(hits) else hits
+    chosen = conn[first_hit]
+    too_soon[chosen] = True
+    point[chosen], delay_out[chosen], rtt_out[chosen] = capture[first_hit], delay[first_hit], trip[first_hit]
+    return TimingSignal(too_soon, point, delay_out, rtt_out)
 
 
 def _any(flags: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:

@@ -191,6 +191,22 @@ def _idle_gap(v: Mapping[str, Any]) -> str:
     return f"the connection was idle for {gap:.1f} s (round trip {rtt}) before the segment the RST answers"
 
 
+def _rst_too_soon(v: Mapping[str, Any]) -> str:
+    return (
+        f"at {v['point']} the RST came back {_duration(v['delay_ns'])} after the packet it answers, in under half "
+        f"the {_duration(v['rtt_ns'])} round trip to the {v['side']} there: something closer than the "
+        f"{v['side']} made it"
+    )
+
+
+def _ip_id_out_of_line(v: Mapping[str, Any]) -> str:
+    return (
+        f"at {v['point']} the RST's IP ID ({v['rst_ip_id']}) is out of line with the {v['side']}'s own packets, "
+        f"which count up (the last before it: {v['last_ip_id']}, {v['packet']}): not the next packet of the "
+        f"stack that sent them"
+    )
+
+
 # UDP: requests, where their replies went, and what a forwarding box shows of them.
 
 
@@ -313,6 +329,8 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "syn-unseen-elsewhere": _syn_unseen_elsewhere,
     "kept-sending": _kept_sending,
     "idle-gap": _idle_gap,
+    "rst-too-soon": _rst_too_soon,
+    "ip-id-out-of-line": _ip_id_out_of_line,
     "requests": _requests,
     "answered": _answered,
     "reply-foreign": _reply_foreign,

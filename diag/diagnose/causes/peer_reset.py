@@ -20,7 +20,8 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
 
     Its own capture not showing the RST, a TTL that puts the maker closer than
     the claimed sender, a captured point that made it, or the client
-    retransmitting its SYN afterwards (which a client that had reset would not do), or still sending after it;
+    retransmitting its SYN afterwards (which a client that had reset would not do), still sending after it, or
+    a RST back sooner than it could have answered;
     else a RST that answers a challenge ACK, refuses a SYN the server accepted, or came before any connection
     was established.
     """
@@ -37,6 +38,11 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     if any(f.kind == "syn-retried" for f in facts):
         reasons.append("the client retransmitted the same SYN afterwards, which it would not do after resetting")
     reasons += [f"the {f['side']} kept sending after it" for f in facts if f.kind == "kept-sending"]
+    reasons += [
+        f"it came back at {f['point']} faster than the {f['side']} could have answered"
+        for f in facts
+        if f.kind == "rst-too-soon"
+    ]
     if reasons:
         return f"a genuine {side} reset is ruled out: " + "; ".join(reasons)
     if first(facts, "challenge-ack") is not None:
@@ -60,6 +66,7 @@ SPEC = CauseSpec(
     excluded_by=excluded_by,
     excluded_kinds=frozenset(
         {"absent-at-own", "ttl-hops", "origin", "syn-retried", "kept-sending", "challenge-ack", "syn-accepted", "rst"}
+        | {"rst-too-soon"}
     ),
     tcp_rule=tcp_rule,
     fixes=(

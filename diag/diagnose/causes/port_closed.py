@@ -51,8 +51,8 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
         return f"the RST was made before {went_on['point']} on the way, so not by the server"
     if first(facts, "syn-missing-at-server") is not None or first(facts, "syn-missing-further") is not None:
         return "the SYN never reached the server, so the server cannot have refused it"
-    if any(fact.kind in ("absent-at-own", "ttl-hops") and fact["side"] == "server" for fact in facts):
-        return "the RST was not made by the server (see its TTL and presence), so the server did not refuse the SYN"
+    if any(fact.kind in ("absent-at-own", "ttl-hops", "rst-too-soon") and fact["side"] == "server" for fact in facts):
+        return "the RST was not made by the server (see its TTL, presence, timing), so it did not refuse the SYN"
     if first(facts, "syns-unanswered") is not None:
         return "no RST came back: nothing refused the SYN"
     return None
@@ -66,7 +66,8 @@ SPEC = CauseSpec(
     excluded_by=excluded_by,
     excluded_kinds=frozenset(
         {"answered", "reply-foreign", "reply-resourced", "reply-lost", "syn-accepted", "answers", "syn-went-past"}
-        | {"syn-missing-at-server", "syn-missing-further", "absent-at-own", "ttl-hops", "syns-unanswered"}
+        | {"syn-missing-at-server", "syn-missing-further", "absent-at-own", "ttl-hops", "rst-too-soon"}
+        | {"syns-unanswered"}
     ),
     fixes=(
         "Start the service (or fix its port) on the server: nothing listens on the port the SYN reached.",
