@@ -140,6 +140,8 @@ def one(mode: str, fleet: Path, shipped: bool = False) -> dict[str, object]:
                 spent - workers_cpu[worker] for worker, spent in client.run(cpu_s).items()
             )
             result["report_bytes"] = len(pickle.dumps(report, protocol=5))
+            result["findings_bytes"] = len(pickle.dumps(report.findings, protocol=5))
+            result["flow_rows_shown"] = len(report.flows)
             result["client_rss_mb"] = peak_rss_mb()
             if shipped:
                 # Not timed: what each point's candidates and whole flow table weigh, as the outputs that gather
@@ -207,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(f'{cpu:.1f}' for cpu in row.get('workers_cpu_s', [])) or '-'} | "
               f"{row['client_rss_mb']:.0f} | {workers} | {report_mb} |")
     for row in rows:
+        if "findings_bytes" in row:
+            print(f"{row['mode']}: the report the client holds, pickled: {row['report_bytes'] / 1e6:.2f} MB, of which "
+                  f"{row['findings'] :,} findings {row['findings_bytes'] / 1e6:.2f} MB and {row['flow_rows_shown']:,} "
+                  "flow rows shown")
         if "worker_compute_s" in row:
             tasks = ", ".join(f"{kind} {seconds:.2f}" for kind, seconds in row["worker_compute_s"].items())
             print(f"{row['mode']}: workers' compute s by task: {tasks}")
