@@ -84,8 +84,11 @@ point read in time order), or a TOML manifest naming each point's files:
 
 With --cluster (or DIAG_CLUSTER) every point is read, summarised and reduced
 to its candidate packets on a Dask worker (the points' packet keys joined
-across the workers), and only those come back to be correlated and
-diagnosed; the report is the same as without it.
+across the workers), the candidates are cut into partitions of whole
+connections, correlated and diagnosed on the workers, and only the report's
+counts, findings and the flow rows it shows come back (--export, --plot,
+--flow and --flows all gather the candidates and every flow instead); the
+report is the same as without it.
 """
 
 FLEET_EPILOG = """\
@@ -164,8 +167,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     common.add_argument(
         "--cluster",
         metavar="local[:N]|tcp://HOST:PORT",
-        help="read the files and reduce each point to its candidate packets on Dask workers: a local cluster of N "
-        "processes (default: one per CPU) "
+        help="read, correlate and diagnose on Dask workers (each point reduced to its candidate packets, the "
+        "connections partitioned across the workers): a local cluster of N processes (default: one per CPU) "
         "or the scheduler at this address, whose workers see the files at the same paths (default: $DIAG_CLUSTER)",
     )
     # Parsers copy their parents' options when they are made, so the sub-commands come after the options.
