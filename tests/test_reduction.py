@@ -207,7 +207,7 @@ def test_the_four_points_of_the_same_traffic_correlate_on_partitions(tmp_path: P
     clock offsets come from the delay bounds of every partition."""
     subprocess.run(
         [sys.executable, str(PROJECT / "bench" / "gen_busy.py"), "--profile", "busy", "--points", "4", "--flows", "300",
-         "--seed", "5", "--out-dir", str(tmp_path)],
+         "--packets", "8000", "--seed", "5", "--out-dir", str(tmp_path)],
         check=True, capture_output=True,
     )  # fmt: skip
     points = {path.stem: [path] for path in sorted(tmp_path.glob("busy-p*.pcap"))}
