@@ -74,9 +74,6 @@ from diag.report.flowcap import FLOW_LIMIT
 from diag.report.flowdigest import CaptureFlows, FlowDigest, capture_flows, json_quota, shown_rows
 from diag.report.text import DEFAULT_PROBLEM_LINES
 
-# Hash-min rounds before giving up: a connection's keys pass through a few points, never this many.
-MAX_LINK_ROUNDS = 64
-
 
 class Runner(Protocol):
     """An executor of the graph: tasks submitted with their inputs (results of earlier tasks, or lists of them)."""
@@ -413,7 +410,9 @@ def _link(runner: Runner, shares: Sequence[Any], blames: Sequence[str], partitio
     """Handles of every point's final component labels (``diag.linking``: hash-min rounds until none changes)."""
     labels = [runner.submit(point_first_labels, share, name="link", blame=blame)
               for share, blame in zip(shares, blames, strict=True)]  # fmt: skip
-    for _round in range(MAX_LINK_ROUNDS):
+    # Every round but the last lowers a label, and labels only go down: the rounds end. How many there are is the
+    # longest chain of points a connection's keys cross (two or three for a path through NAT).
+    while True:
         emitted = [runner.submit(point_emit, share, label, partitions, name="link", blame=blame)
                    for share, label, blame in zip(shares, labels, blames, strict=True)]  # fmt: skip
         minima = [
@@ -429,7 +428,6 @@ def _link(runner: Runner, shares: Sequence[Any], blames: Sequence[str], partitio
                                  for label, blame in zip(labels, blames, strict=True)])  # fmt: skip
         if not any(changed):
             return labels
-    raise RuntimeError(f"the components of the candidates did not settle in {MAX_LINK_ROUNDS} rounds")
 
 
 def _shown_flows(
