@@ -44,13 +44,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
-import pickle
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -92,8 +91,6 @@ MAX_PACKET_BUCKETS, PACKET_BUCKETS_PER_PARTITION = 1024, 4
 MIN_FILE_BYTES_PER_PACKET = 64
 RECORD_HEADER_BYTES = 16
 GZIP_RATIO_GUESS = 10
-# Pass 1 writes its buffered packets to their buckets once this many chunks' worth are waiting.
-FLUSH_CHUNKS = 4
 # Helper columns of a spilled packet: its file, its position among the file's rows, its flow's node hash.
 _META = np.dtype([("file", "<i4"), ("row", "<i8"), ("node", "<u8")])
 
@@ -139,24 +136,30 @@ def chunk_rows_for(limit: int) -> int:
 class _PacketBuckets:
     """The packets of pass 1 in bucket files by their flow's node hash; packets of no flow in one more bucket.
 
-    Each bucket file is a sequence of pickled (packet table, ``_META`` rows)
-    blocks; ``flush_rows`` rows are buffered before they are written out.
+    Columnar and raw: a chunk's rows of one bucket are one record of the bucket's file, each column's
+    values one after the other (a categorical column as codes into a dictionary this object grows over
+    the whole pass, so the records of many chunks stack without joining dictionaries), then ``_META``.
     """
 
-    def __init__(self, directory: Path, flush_rows: int) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.flush_rows = flush_rows
         self.buckets = 0  # decided by ``open`` once the first chunk tells how large packets are
         self.rows: list[int] = []
-        self._blocks: list[list[tuple[int, int]]] = []
-        self._pending: list[list[tuple[pd.DataFrame, np.ndarray]]] = []
-        self._pending_rows = 0
+        self._records: list[list[int]] = []  # per bucket: the rows of each record, in file order
+        self._columns: list[tuple[str, np.dtype[Any]]] = []
+        self._dictionaries: dict[str, pd.Index] = {}
 
-    def open(self, buckets: int) -> None:
+    def open(self, buckets: int, chunk: pd.DataFrame) -> None:
         self.buckets = buckets
         self.rows = [0] * (buckets + 1)
-        self._blocks = [[] for _ in range(buckets + 1)]
-        self._pending = [[] for _ in range(buckets + 1)]
+        self._records = [[] for _ in range(buckets + 1)]
+        for column in chunk.columns:
+            dtype = chunk[column].dtype
+            if isinstance(dtype, pd.CategoricalDtype):
+                self._dictionaries[str(column)] = dtype.categories[:0]
+                self._columns.append((str(column), np.dtype(np.int32)))
+            else:
+                self._columns.append((str(column), chunk[column].to_numpy().dtype))
 
     @property
     def nodeless(self) -> int:
@@ -166,43 +169,67 @@ class _PacketBuckets:
     def _path(self, bucket: int) -> Path:
         return self.directory / f"packets-{bucket:05d}.bin"
 
+    def _codes(self, column: str, values: pd.Series) -> np.ndarray:
+        """A categorical column's values as codes into the pass's dictionary of that column (grown as needed)."""
+        categories = values.cat.categories
+        known = self._dictionaries[column]
+        found = known.get_indexer(categories)
+        if (found < 0).any():
+            known = known.append(categories[found < 0])
+            self._dictionaries[column] = known
+            found = known.get_indexer(categories)
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, found[np.maximum(codes, 0)], -1).astype(np.int32)
+
     def add(self, chunk: pd.DataFrame, node: np.ndarray, file: int, start: int) -> None:
         meta = np.empty(len(chunk), dtype=_META)
         meta["file"], meta["row"], meta["node"] = file, np.arange(start, start + len(chunk)), node
         bucket = np.where(node != 0, (node % np.uint64(self.buckets)).astype(np.int64), self.nodeless)
         order = np.argsort(bucket, kind="stable")
         bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 2))
+        columns = [
+            self._codes(name, chunk[name]) if name in self._dictionaries else chunk[name].to_numpy()
+            for name, _dtype in self._columns
+        ]
+        columns = [np.ascontiguousarray(values[order]) for values in (*columns, meta)]
         for number in range(self.buckets + 1):
-            rows = order[bounds[number] : bounds[number + 1]]
-            if len(rows):
-                self._pending[number].append((chunk.iloc[rows], meta[rows]))
-                self.rows[number] += len(rows)
-        self._pending_rows += len(chunk)
-        if self._pending_rows >= self.flush_rows:
-            self.flush()
+            low, high = int(bounds[number]), int(bounds[number + 1])
+            if high > low:
+                with open(self._path(number), "ab") as out:
+                    out.write(b"".join(values[low:high].tobytes() for values in columns))
+                self._records[number].append(high - low)
+                self.rows[number] += high - low
 
-    def flush(self) -> None:
-        for number, pending in enumerate(self._pending):
-            if not pending:
+    def read(self, buckets: Sequence[int]) -> tuple[pd.DataFrame, np.ndarray] | None:
+        """The packets of some buckets as one packet table and its ``_META`` (the buckets' files removed after)."""
+        parts: list[list[np.ndarray]] = [[] for _ in range(len(self._columns) + 1)]
+        dtypes = [dtype for _name, dtype in self._columns] + [_META]
+        for bucket in buckets:
+            path = self._path(bucket)
+            if not self._records or not self._records[bucket]:
                 continue
-            block = (stack_tables([table for table, _meta in pending]), np.concatenate([meta for _t, meta in pending]))
-            data = pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)
-            with open(self._path(number), "ab") as out:
-                self._blocks[number].append((out.tell(), len(data)))
-                out.write(data)
-            pending.clear()
-        self._pending_rows = 0
-
-    def read(self, bucket: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-        """The blocks of one bucket, in the order they were written (the bucket's file is removed after)."""
-        path = self._path(bucket)
-        for offset, length in self._blocks[bucket] if self.buckets else []:
-            with open(path, "rb") as source:
-                source.seek(offset)
-                table, meta = pickle.loads(source.read(length))
-            yield table, meta
-        with suppress(FileNotFoundError):
+            data = path.read_bytes()
+            offset = 0
+            for rows in self._records[bucket]:
+                for index, dtype in enumerate(dtypes):
+                    parts[index].append(np.frombuffer(data, dtype=dtype, count=rows, offset=offset))
+                    offset += rows * dtype.itemsize
+            del data
             path.unlink()
+        if not parts[0]:
+            return None
+        values = [np.concatenate(column) for column in parts]
+        del parts
+        table = pd.DataFrame(
+            {
+                name: pd.Categorical.from_codes(column, dtype=pd.CategoricalDtype(self._dictionaries[name]))
+                if name in self._dictionaries
+                else column
+                for (name, _dtype), column in zip(self._columns, values, strict=False)
+            },
+            copy=False,
+        )
+        return table, values[-1]
 
 
 def _packet_buckets_for(files: Sequence[_File], chunk: pd.DataFrame, limit: int) -> int:
@@ -260,7 +287,7 @@ def _first_pass(
                         f"{file.path}: its first {len(chunk):,} records hold no bytes at all; not analysed in passes"
                     )
                 if not packets.buckets:
-                    packets.open(buckets or _packet_buckets_for(files, chunk, limit))
+                    packets.open(buckets or _packet_buckets_for(files, chunk, limit), chunk)
                 if survey is not None:
                     keys = key_table(chunk, file.point)
                     survey.add(keys, file.number, start)
@@ -270,7 +297,6 @@ def _first_pass(
                     node = node_hashes(chunk, file.point)
                 packets.add(chunk, node, file.number, start)
                 file.rows = start + len(chunk)
-    packets.flush()
 
 
 def _order_files(files: list[_File]) -> list[FileOrder]:
@@ -441,12 +467,10 @@ def _flow_partitions(
     for number, group in enumerate(groups):
         rows = sum(packets.rows[bucket] for bucket in group)
         with _stage(progress, "flows", f"partition {number + 1} of {len(groups)}: flows of {rows:,} packets"):
-            blocks = [block for bucket in group for block in packets.read(bucket)]
-            if blocks:
-                table, meta, order = placing.placed(
-                    stack_tables([table for table, _meta in blocks]), np.concatenate([meta for _t, meta in blocks])
-                )
-                del blocks
+            read = packets.read(group)
+            if read is not None:
+                table, meta, order = placing.placed(*read)
+                del read
                 if choice is not None:
                     candidates.add(table, order, choice.keep_rows(table, meta["node"], meta["file"], meta["row"]))
                 flows = build_flows(table)
@@ -456,8 +480,9 @@ def _flow_partitions(
         _give_back_freed_memory()
     if choice is None:
         return None
-    for table, meta in packets.read(packets.nodeless):  # packets of no flow: candidates or nothing
-        table, meta, order = placing.placed(table, meta)
+    read = packets.read([packets.nodeless])  # packets of no flow: candidates or nothing
+    if read is not None:
+        table, meta, order = placing.placed(*read)
         candidates.add(table, order, choice.keep_rows(table, meta["node"], meta["file"], meta["row"]))
     return candidates.table()
 
@@ -488,7 +513,7 @@ def flows_in_passes(
     """
     files = _files_of(pairs, limit)
     with tempfile.TemporaryDirectory(prefix="diag-packets-") as spill:
-        packets = _PacketBuckets(Path(spill), FLUSH_CHUNKS * chunk_rows_for(limit))
+        packets = _PacketBuckets(Path(spill))
         _first_pass(files, limit, None, None, None, packets, refusal, passes and passes * PACKET_BUCKETS_PER_PARTITION)
         _order_files(files)
         total = sum(file.rows for file in files)
@@ -534,7 +559,7 @@ def analyze_in_passes(
             survey = CandidateSurvey(
                 Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 64 // SPILL.itemsize)
             )
-            packets = _PacketBuckets(Path(spill), FLUSH_CHUNKS * chunk_rows_for(limit))
+            packets = _PacketBuckets(Path(spill))
             packet_buckets = buckets or (passes and passes * PACKET_BUCKETS_PER_PARTITION)
             _first_pass(files, limit, progress, tree, survey, packets, refusal, packet_buckets)
             orders = _order_files(files)
