@@ -253,7 +253,7 @@ def _prefetch(s: TcpSignals, chosen: np.ndarray, cause: Cause) -> None:
     every = chosen & (s.rst >= 0) & (s.forged | (cause in _EVERY_PACKET))
     if every.any():
         wanted.append(np.flatnonzero(every[p.conn]))
-    wanted.append(s.ip_id.last[chosen & s.ip_id.out_of_line])
+    wanted.append(s.ip_id.last[chosen & s.ip_id.out_of_line & ~s.genuine])  # said only then
     p.prefetch(np.concatenate(wanted))
 
 
