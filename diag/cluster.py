@@ -186,9 +186,11 @@ class DaskRunner:
         self.run = uuid.uuid4().hex
         self.owner: dict[str, str] = {}  # task key -> what to name if it keeps killing workers
         self.futures: list[Future[Any]] = []
+        # Fixed for the run: a worker that dies and comes back must not change how the shuffles are cut.
+        self._partitions = max(1, len(client.scheduler_info().get("workers", {})))
 
     def partitions(self) -> int:
-        return max(1, len(self.client.scheduler_info().get("workers", {})))
+        return self._partitions
 
     def submit(self, function: Callable[..., Any], *args: Any, name: str, blame: str) -> Future[Any]:
         key = f"diag-{name}-{len(self.futures)}-{self.run}"
