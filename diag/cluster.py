@@ -30,26 +30,28 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from diag.analysis import Diagnoser, ProgressHook
-from diag.capture.filter import Node as FilterNode
 from diag.capture.source import is_file_quietly
-from diag.correlate import Correlation
 from diag.errors import DiagError
-from diag.partitions import cut_part, diagnose_part, merge_findings, partition_rows
-from diag.taskgraph import PointCandidates, gather_candidates, report_of_candidates, run_analysis
 
 if TYPE_CHECKING:
+    import pandas as pd
     from distributed import Client, Future
 
+    from diag.analysis import Diagnoser, ProgressHook
+    from diag.capture.filter import Node as FilterNode
+    from diag.correlate import Correlation
     from diag.report import Finding, Report
+    from diag.taskgraph import PointCandidates
+
+# The analysis itself (diag.taskgraph and what it imports) is loaded when a cluster is used: the command line
+# parses --cluster and reaches the scheduler before it pays for it.
 
 ENVIRONMENT = "DIAG_CLUSTER"
 # How long to wait for a scheduler before giving up (the contract: one line within 10 s).
@@ -86,9 +88,19 @@ def parse_cluster(text: str) -> ClusterSpec:
 
 
 def cluster_from(option: str | None) -> ClusterSpec | None:
-    """The cluster the command line asks for: ``--cluster``, else ``$DIAG_CLUSTER``, else none (one process)."""
+    """The cluster the command line asks for: ``--cluster``, else ``$DIAG_CLUSTER``, else none (one process).
+
+    A scheduler's address must answer a TCP connection within ``CONNECT_TIMEOUT_S`` (``DiagError`` otherwise),
+    so an unreachable one is said in one line before any capture is read.
+    """
     text = option if option is not None else os.environ.get(ENVIRONMENT, "")
-    return parse_cluster(text.strip()) if text.strip() else None
+    spec = parse_cluster(text.strip()) if text.strip() else None
+    if spec is not None and spec.address is not None:
+        try:
+            _probe(spec.address)
+        except OSError as error:
+            raise DiagError(f"--cluster {spec.address}: cannot reach the scheduler ({_reason(error)})") from None
+    return spec
 
 
 def check_shareable(pairs: Sequence[tuple[str, Path]]) -> None:
@@ -128,11 +140,23 @@ def connect(spec: ClusterSpec) -> Iterator[Client]:
             yield client
         return
     try:
+        # A plain TCP connection first: refused or silent, it says so at once, where Dask's client retries until
+        # its timeout and takes as long again to give up.
+        _probe(spec.address)
         client = Client(spec.address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as error:
         raise DiagError(f"--cluster {spec.address}: cannot reach the scheduler ({_reason(error)})") from None
     with client:
         yield client
+
+
+def _probe(address: str) -> None:
+    """Open and close a TCP connection to ``tcp://HOST:PORT`` within ``CONNECT_TIMEOUT_S``; ``OSError`` if none."""
+    match = ADDRESS.match(address)
+    assert match is not None, address
+    host = match["host"].strip("[]")
+    with socket.create_connection((host, int(match["port"])), timeout=CONNECT_TIMEOUT_S):
+        pass
 
 
 def _reason(error: BaseException) -> str:
@@ -154,6 +178,8 @@ def analyze_on(
     this process, which correlates them (the connections are still diagnosed on the workers): what ``--export``,
     ``--plot``, ``--flow`` and ``--flows all`` need, at the cost of the client's memory.
     """
+    from diag.taskgraph import gather_candidates, report_of_candidates, run_analysis
+
     runner = DaskRunner(client)
     try:
         if whole_tables:
@@ -171,6 +197,8 @@ def reduce_on(
     packet_filter: str | FilterNode | None = None,
 ) -> list[PointCandidates]:
     """Every point's candidates and whole flow table, computed on ``client``'s workers, in point order."""
+    from diag.taskgraph import gather_candidates
+
     runner = DaskRunner(client)
     try:
         return gather_candidates(runner, pairs, progress, packet_filter)
@@ -213,6 +241,7 @@ class DaskRunner:
 def diagnose_on(client: Client) -> Diagnoser:
     """A diagnoser that cuts the correlated candidates into one connection partition per worker
     (``diag.partitions``), diagnoses each on a worker and merges their findings in the single-process order."""
+    from diag.partitions import cut_part, diagnose_part, merge_findings, partition_rows
 
     def diagnose(packets: pd.DataFrame, corr: Correlation) -> list[Finding]:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
