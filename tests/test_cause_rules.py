@@ -76,7 +76,7 @@ def test_a_closed_port_seen_from_the_client_alone_does_not_rule_out_a_firewall()
     # With the server's capture the SYN is seen reaching it, and that fact rules the firewall out.
     (finding,) = _findings("port-closed", ("client", "pod"))
     listed = {r.cause: r.why for r in finding.ruled_out}
-    assert "the SYN reached the server's capture (pod)" == listed[Cause.POLICY_REJECT]
+    assert listed[Cause.POLICY_REJECT] == "the SYN reached the server's capture (pod)"
 
 
 # One crafted case a cause: facts that exclude it, with the reason, and facts that say nothing about it.

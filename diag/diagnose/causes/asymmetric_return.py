@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, kinds, left_its_sender, listed
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context, Line, Verdict
+from diag.diagnose.signals import Seen
+from diag.diagnose.tcp import Sides
+from diag.diagnose.tcp_findings import Outcome, client_syns, rst_outcome, unanswered_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -100,11 +106,31 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """The server's SYN-ACK reset in the client's name, or the unanswered SYNs whose SYN-ACK went astray or
+    that a forwarding box handed on: the columns say which."""
+    p = s.packets
+    if s.rst[k] >= 0:
+        forged = bool(s.forged[k])
+
+        def write(sides: Sides, rst: Seen, trigger: Seen | None, claim: list[Line], base: list[Line]) -> Verdict:
+            assert trigger is not None
+            return tcp.synack_reset(conn, sides, rst, trigger, forged, claim, base, ctx)
+
+        return rst_outcome(s, k, ctx, write, every_packet=True)
+    syns = client_syns(s, k)
+    if s.synack[k] >= 0:
+        return unanswered_outcome(tcp.synack_astray(conn, syns, p.seen(int(s.synack[k]))), syns)
+    return unanswered_outcome(tcp.syn_handed_on(conn, syns), syns)
+
+
 SPEC = CauseSpec(
     cause=Cause.ASYMMETRIC_RETURN,
     forged=True,
     udp=udp,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
+    tcp_finding_reads_every_packet=True,
     excluded_by=excluded_by,
     excluded_kinds=frozenset(
         {"reply-lost", "unreachable", "left-own", "challenge-ack", "answers", "syn-unseen-elsewhere"}

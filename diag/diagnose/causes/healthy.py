@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context
+from diag.diagnose.tcp_findings import Outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -41,10 +44,16 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """No finding."""
+    return None
+
+
 SPEC = CauseSpec(
     cause=Cause.HEALTHY,
     forged=False,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
     udp=udp,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"reply-foreign", "reply-resourced"}),

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender, rst_phase
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context, Line, Verdict
+from diag.diagnose.signals import Seen
+from diag.diagnose.tcp import Sides
+from diag.diagnose.tcp_findings import Outcome, rst_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -34,10 +40,22 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """The forged RST after the idle gap, with the silence and the round trip it was held against."""
+
+    def write(sides: Sides, rst: Seen, trigger: Seen | None, claim: list[Line], base: list[Line]) -> Verdict:
+        assert trigger is not None
+        return tcp.idle_timeout(sides, rst, trigger, claim, base)
+
+    return rst_outcome(s, k, ctx, write, every_packet=True)
+
+
 SPEC = CauseSpec(
     cause=Cause.IDLE_TIMEOUT,
     forged=True,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
+    tcp_finding_reads_every_packet=True,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"syn-retried", "left-own", "rst", "syns-unanswered", "kept-sending"}),
     fixes=(

@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context, Line, Verdict
+from diag.diagnose.signals import Seen
+from diag.diagnose.tcp import Sides
+from diag.diagnose.tcp_findings import Outcome, rst_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -43,10 +49,39 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     return left_its_sender(facts)
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """The forged RST on an established connection (its sender kept sending, or not), the RST racing the
+    server's SYN-ACK, or the one answering a SYN it let through: the columns say which."""
+    p = s.packets
+    forged = bool(s.forged[k])
+    if s.aborted()[k]:
+        writer = tcp.kept_sending if s.kept_sending[k] else tcp.forged_abort
+        return rst_outcome(s, k, ctx, writer, every_packet=True)
+    if s.answer[k] >= 0:
+        answer = p.seen(int(s.answer[k]))
+        return rst_outcome(
+            s,
+            k,
+            ctx,
+            lambda sides, rst, trigger, claim, base: tcp.raced_handshake(sides, rst, answer, forged, claim, base),
+            every_packet=True,
+        )
+
+    def let_through(sides: Sides, rst: Seen, trigger: Seen | None, claim: list[Line], base: list[Line]) -> Verdict:
+        assert trigger is not None
+        beyond = tcp.syn_went_past(rst, trigger)
+        assert beyond is not None, "the columns saw the SYN go on"
+        return tcp.let_through(sides, rst, trigger, beyond, claim, base)
+
+    return rst_outcome(s, k, ctx, let_through)
+
+
 SPEC = CauseSpec(
     cause=Cause.INJECTED_RESET,
     forged=True,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
+    tcp_finding_reads_every_packet=True,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"left-own", "challenge-ack", "syn-retried", "idle-gap"}),
     fixes=(

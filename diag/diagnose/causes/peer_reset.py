@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, first, rst_phase
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context
+from diag.diagnose.tcp_findings import Outcome, rst_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -60,6 +64,14 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """The RST, the packet it answers and what says it is its sender's own."""
+    genuine = bool(s.genuine[k])
+    return rst_outcome(
+        s, k, ctx, lambda sides, rst, trigger, claim, base: tcp.peer_reset(sides, rst, trigger, genuine, claim, base)
+    )
+
+
 SPEC = CauseSpec(
     cause=Cause.PEER_RESET,
     forged=False,
@@ -69,6 +81,7 @@ SPEC = CauseSpec(
         | {"rst-too-soon"}
     ),
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
     fixes=(
         "Look at the application that sent the RST: an abortive close (SO_LINGER 0), a crash, or closing the "
         "socket with unread data; trade-off: none at the network level, this is the endpoint's decision.",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, host_of, kinds, udp_answered
+from diag.diagnose.tcp_findings import refusal_finding
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -76,6 +77,7 @@ SPEC = CauseSpec(
     cause=Cause.POLICY_REJECT,
     forged=True,
     tcp_rule=tcp_rule,
+    tcp_finding=refusal_finding,
     udp=udp,
     excluded_by=excluded_by,
     excluded_kinds=frozenset(

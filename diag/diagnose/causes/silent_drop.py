@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, listed
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context
+from diag.diagnose.tcp_findings import Outcome, client_syns, sides_of, unanswered_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -60,10 +64,19 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """The unanswered SYNs: their SYN-ACK lost on their own path, or no answer at all."""
+    syns = client_syns(s, k)
+    if s.synack[k] >= 0:
+        return unanswered_outcome(tcp.synack_lost(syns, s.packets.seen(int(s.synack[k]))), syns)
+    return unanswered_outcome(tcp.syn_lost(conn, sides_of(s, k, syns), syns, ctx), syns)
+
+
 SPEC = CauseSpec(
     cause=Cause.SILENT_DROP,
     forged=False,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
     udp=udp,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"reply-foreign", "reply-resourced", "paths", "rst", "unreachable"}),

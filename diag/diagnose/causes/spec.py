@@ -12,6 +12,7 @@ from diag.report import Cause
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
+    from diag.diagnose.tcp_findings import Writer
     from diag.diagnose.tcp_signals import TcpSignals
 
 
@@ -51,9 +52,10 @@ class CauseSpec:
 
     ``tcp_rule`` says, over the signal columns of every TCP connection at
     once (``diag.diagnose.tcp_signals.TcpSignals``), which connections this
-    cause explains; no two rules claim the same connection. A connection no
-    rule claims (the rarer shapes: forged RSTs, races, tuple reuse, replies by
-    another path) is judged by the per-connection rules of ``diag.diagnose.tcp``.
+    cause explains; every TCP connection is claimed by exactly one rule.
+    ``tcp_finding`` writes a claimed connection's finding from the packets it
+    names (``diag.diagnose.tcp_findings``), choosing among the cause's shapes
+    by the columns, never deciding the cause again.
     """
 
     cause: Cause
@@ -63,6 +65,8 @@ class CauseSpec:
     excluded_kinds: frozenset[str] = frozenset()
     udp: Rule | None = None
     tcp_rule: Callable[[TcpSignals], np.ndarray] | None = None
+    tcp_finding: Writer | None = None
+    tcp_finding_reads_every_packet: bool = False  # its findings read all their connection's packets (rare ones)
 
 
 def kinds(facts: Sequence[Fact], *wanted: str) -> list[Fact]:

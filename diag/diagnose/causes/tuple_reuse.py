@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, answered_with, first
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context, Line, Verdict
+from diag.diagnose.signals import Seen
+from diag.diagnose.tcp import Sides
+from diag.diagnose.tcp_findings import Outcome, rst_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -35,10 +41,24 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """The challenge ACK to the new SYN and the client's RST answering it."""
+    genuine = bool(s.genuine[k])
+
+    def write(sides: Sides, rst: Seen, trigger: Seen | None, claim: list[Line], base: list[Line]) -> Verdict:
+        challenge = tcp.challenge_ack(sides.packets, rst)
+        assert challenge is not None, "the columns saw the challenge ACK"
+        return tcp.tuple_reuse(sides, rst, challenge, genuine, claim, base)
+
+    return rst_outcome(s, k, ctx, write, every_packet=True)
+
+
 SPEC = CauseSpec(
     cause=Cause.TUPLE_REUSE,
     forged=False,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
+    tcp_finding_reads_every_packet=True,
     excluded_by=excluded_by,
     excluded_kinds=frozenset({"absent-at-own", "answers"}),
     fixes=(

@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.diagnose import tcp
 from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
+from diag.diagnose.connections import Connection
+from diag.diagnose.context import Context
+from diag.diagnose.tcp_findings import Outcome, rst_outcome
 from diag.report import Cause
 from diag.report.facts import Fact
 
@@ -35,9 +39,15 @@ def tcp_rule(s: TcpSignals) -> np.ndarray:
     return rule
 
 
+def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:
+    """What the RST shows, and that it fits no known pattern."""
+    return rst_outcome(s, k, ctx, lambda sides, rst, trigger, claim, base: tcp.unknown_handshake_reset(claim, base))
+
+
 SPEC = CauseSpec(
     cause=Cause.UNKNOWN,
     forged=False,
     udp=udp,
     tcp_rule=tcp_rule,
+    tcp_finding=tcp_finding,
 )
