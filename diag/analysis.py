@@ -29,6 +29,7 @@ from diag.correlate import Correlation, correlate
 from diag.diagnose import diagnose
 from diag.errors import DiagError
 from diag.flows import build_flows
+from diag.gcpause import collector_paused
 from diag.memory import MemoryBudgetError, current_budget
 from diag.report import Finding, Report
 
@@ -251,7 +252,7 @@ def report_of(
     kept = f"{len(packets):,}" if packets_read is None else f"{len(packets):,} of {packets_read:,}"
     with _stage(progress, "correlate", f"{kept} packets at {len(infos)} point(s)"):
         correlation = correlate(packets)
-    with _stage(progress, "diagnose", f"{len(flows):,} flows"):
+    with _stage(progress, "diagnose", f"{len(flows):,} flows"), collector_paused():
         findings = diagnose(packets, flows, correlation) if diagnoser is None else diagnoser(packets, correlation)
     return Report(
         captures=list(infos),

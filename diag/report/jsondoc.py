@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from diag.gcpause import collector_paused
 from diag.report.flowcap import FLOW_LIMIT, cap_flows
 from diag.report.model import Cause
 
@@ -37,10 +38,14 @@ def report_to_json(report: Report, flow_limit: int | None = FLOW_LIMIT) -> dict[
         if flow_limit != report.flow_digest.limit:
             raise ValueError(f"this report holds the flow rows of a cap of {report.flow_digest.limit}, not every flow")
         flows_left_out = report.flow_digest.flows - len(flows)
+    files = _files(report)
     return {
         "schema": SCHEMA,
         "verdict": verdict_json(report.verdict),
-        "findings": [finding.to_json(_files(report, finding)) for finding in report.findings],
+        "findings": [
+            finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ())
+            for finding in report.findings
+        ],
         "groups": [group.to_json() for group in report.groups],
         "captures": [
             {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
@@ -56,17 +61,19 @@ def report_to_json(report: Report, flow_limit: int | None = FLOW_LIMIT) -> dict[
     }
 
 
-def _files(report: Report, finding: Finding) -> tuple[str, ...]:
-    """The files of the capture point the finding's packet is from (to name its file when there are several)."""
-    if finding.packet is None:
-        return ()
-    return next((c.files for c in report.captures if c.name == finding.packet.capture), ())
+def _files(report: Report) -> dict[str, tuple[str, ...]]:
+    """Each capture point's files (to name a finding's packet's file when its point has several)."""
+    files: dict[str, tuple[str, ...]] = {}
+    for capture in report.captures:
+        files.setdefault(capture.name, capture.files)  # the first of a name, as a search in order finds
+    return files
 
 
 def dumps(report: Report, flow_limit: int | None = FLOW_LIMIT) -> str:
     # orjson: the standard library's encoder falls back to pure Python as soon as it indents, which cost
     # seconds on a busy capture's tens of thousands of flows; the document is the same, key order included.
-    return orjson.dumps(report_to_json(report, flow_limit), option=orjson.OPT_INDENT_2).decode()
+    with collector_paused():  # tens of thousands of dicts, none in a cycle (see diag.gcpause)
+        return orjson.dumps(report_to_json(report, flow_limit), option=orjson.OPT_INDENT_2).decode()
 
 
 def _plain(value: Any) -> Any:

@@ -249,11 +249,15 @@ def _capture_section(
     if (flows.empty and digest is None) or (digest is not None and digest.flows == 0):
         lines.append("  no TCP or UDP flows")
         return lines
-    flows = flows.assign(_kind=pd.Series(problem_kinds(flows), index=flows.index, dtype=object))
-    problems = flows[flows["_kind"].notna()]
-    healthy = flows[flows["_kind"].isna()]
+    # Rows are taken by position, and the healthy ones (most of a big table) only in the columns their summary
+    # counts: a copy of every column of every healthy row cost more than the rest of the report.
+    kinds = np.array(problem_kinds(flows), dtype=object)
+    is_problem = kinds != None  # noqa: E711 (element-wise against None)
+    problems = flows.iloc[np.flatnonzero(is_problem)]
+    problem_kind = kinds[is_problem]
+    healthy_rows = np.flatnonzero(~is_problem)
     for kind in PROBLEM_ORDER:
-        group = problems[problems["_kind"] == kind]
+        group = problems.iloc[np.flatnonzero(problem_kind == kind)]
         count = len(group) if digest is None else digest.problems.get(kind, 0)
         if count == 0:
             continue
@@ -263,9 +267,13 @@ def _capture_section(
         lines += [f"    {_flow_line(row)}" for row in shown.to_dict(orient="records")]
         if len(shown) < count:
             lines.append(style.dim(f"    ... and {count - len(shown)} more (--flows all lists every flow)"))
-    lines.append(f"  {style.good(healthy_summary(healthy) if digest is None else digest.healthy)}")
-    if show_all and not healthy.empty:
-        lines += [f"    {_flow_line(row)}" for row in healthy.to_dict(orient="records")]
+    if digest is None:
+        counted = [name for name in ("proto", "conn_state", "carrier") if name in flows.columns]
+        lines.append(f"  {style.good(healthy_summary(flows.iloc[healthy_rows][counted]))}")
+    else:
+        lines.append(f"  {style.good(digest.healthy)}")
+    if show_all and len(healthy_rows):
+        lines += [f"    {_flow_line(row)}" for row in flows.iloc[healthy_rows].to_dict(orient="records")]
     return lines
 
 
@@ -320,7 +328,10 @@ def render_text(
     table = report.flows
     for info in report.captures:
         lines.append("")
-        mine = table[table["capture"] == info.name] if not table.empty else table
+        mine = table
+        if not table.empty:
+            here = (table["capture"] == info.name).to_numpy(dtype=bool)
+            mine = table if here.all() else table.iloc[np.flatnonzero(here)]  # one point: no copy
         digest = report.flow_digest.captures.get(info.name) if report.flow_digest is not None else None
         lines += _capture_section(info, mine, style, flows == "all", limit, digest)
     if report.warnings:
