@@ -7,35 +7,28 @@ same packets across capture points, and diagnose every reset and lost reply.
 
 from __future__ import annotations
 
-import os
-import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pandas as pd
 
 from diag.capture import read_capture
-from diag.capture.digest import digest_alone, usable_cpus
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
-from diag.capture.points import check_points, expand_spec, merge_point, point_stem, stack_tables
-from diag.capture.reader import ReadStopped
-from diag.capture.source import STDIN_NAME, capture_size, exists_quietly
+from diag.capture.points import CaptureSpec, PointSpec, merge_point, stack_tables
+
+# Callers long imported these from here; they live with the rest of what makes capture points.
+from diag.capture.points import group_points as group_points
+from diag.capture.points import parse_capture_args as parse_capture_args
+from diag.capture.sidebyside import BackgroundRead, info_of, read_files
 from diag.correlate import Correlation, correlate
 from diag.diagnose import diagnose
-from diag.errors import DiagError
 from diag.flows import build_flows
 from diag.gcpause import collector_paused
 from diag.memory import MemoryBudgetError, current_budget
 from diag.report import Finding, Report
-
-CaptureSpec = str | os.PathLike[str]
-# One capture point: a file, a directory or glob of files, or a list of them (a ring buffer, rotated files).
-PointSpec = CaptureSpec | Sequence[CaptureSpec]
 
 # Called as hook(stage, detail) when a stage of the analysis starts: "read"
 # once per capture (detail: its name, path and size), then "flows",
@@ -56,48 +49,6 @@ def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractCo
     return progress(stage, detail) if progress else nullcontext()
 
 
-def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
-    """(name, path) pairs from a mapping, or from ``NAME=PATH`` / ``PATH`` items; a name may come back
-    several times, once for each file of that capture point.
-
-    Without ``NAME=`` the name is the file's stem (``pod.pcap.gz`` -> ``pod``),
-    and rotated files (``pod.pcap0 pod.pcap1``, ``pod_00001_<time>.pcapng``)
-    of one directory are one point named ``pod``. The same NAME given again,
-    ``NAME=DIR`` and ``NAME=GLOB`` (quoted, so the shell leaves it) add files
-    to one point; so does a list in the mapping (``{"pod": [a, b]}``). An
-    item whose text before the first '=' names an existing file is taken as
-    a path, so odd file names still work. Two unrelated files that would get
-    the same name are an error.
-    """
-    entries: list[tuple[str, Path, bool]] = []  # (name, file, named explicitly)
-    if isinstance(captures, Mapping):
-        for name, spec in captures.items():
-            specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
-            for one in specs:
-                entries += [(str(name), path, True) for path in expand_spec(Path(one)) or [Path(one)]]
-    else:
-        for item in captures:
-            text = os.fspath(item)
-            name, sep, rest = text.partition("=")
-            if isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
-                entries += [(name, path, True) for path in expand_spec(Path(rest)) or [Path(rest)]]
-            else:
-                files = expand_spec(Path(text), directories=False) or [Path(text)]
-                entries += [(point_stem(path), path, False) for path in files]
-    if not entries:
-        raise DiagError("no capture given")
-    check_points(entries)
-    return [(name, path) for name, path, _named in entries]
-
-
-def group_points(pairs: Sequence[tuple[str, Path]]) -> dict[str, list[Path]]:
-    """``parse_capture_args``'s pairs as point name -> its files, in the order given (``analyze`` takes it)."""
-    points: dict[str, list[Path]] = {}
-    for name, path in pairs:
-        points.setdefault(name, []).append(path)
-    return points
-
-
 def concat_packets(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Stack packet tables, keeping categorical columns categorical (a plain concat would not)."""
     return tables[0] if len(tables) == 1 else stack_tables(tables)
@@ -108,78 +59,17 @@ def read_captures(
 ) -> tuple[list[pd.DataFrame], list[CaptureInfo]]:
     """Read every capture, one table per point; the reader's warnings are collected in each ``CaptureInfo``.
 
-    Several files are read side by side, one per CPU (see ``read_side_by_side``); the files of one
+    Several files are read side by side, one per CPU (``diag.capture.sidebyside``); the files of one
     point (pairs with the same name) are then put together in time order (``diag.capture.points.merge_point``).
     """
-    with warnings.catch_warnings():
-        # The reader both records and warns; the report carries the records.
-        warnings.simplefilter("ignore")
-        files = read_side_by_side(pairs, progress)
-    return assemble_points([name for name, _ in pairs], files)
-
-
-def read_side_by_side(
-    pairs: Sequence[tuple[str, Path]], progress: ProgressHook | None = None
-) -> list[tuple[pd.DataFrame, CaptureInfo]]:
-    """``read_file`` of every pair, in order, on as many threads as there are CPUs (and files).
-
-    The compiled parts of a read (the record walk, the decoding, the payload digest) let go of the
-    interpreter lock, so two files read at once take little more than the time of one on two CPUs.
-    The memory budget counts the packets every read going on projects to hold (``diag.memory``), so
-    reading side by side stays within ``--max-memory`` as reading one by one does. When one read fails
-    the others stop at their next batch, and the error raised is the one of the first file (in the
-    order given) that failed for a reason of its own.
-    """
-    workers = min(len(pairs), usable_cpus())
-    if workers < 2 or any(str(path) == STDIN_NAME for _, path in pairs):
-        return [_read_one(name, path, progress) for name, path in pairs]
-    stop = threading.Event()
-
-    def read(name: str, path: Path) -> tuple[pd.DataFrame, CaptureInfo]:
-        try:
-            with digest_alone():
-                return _read_one(name, path, progress, stop)
-        except BaseException:
-            stop.set()
-            raise
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="diag-read") as pool:
-        futures = [pool.submit(read, name, path) for name, path in pairs]
-        try:
-            wait(futures)
-        finally:
-            stop.set()  # an interrupt here: the reads give up rather than run to their end first
-    failures = [future.exception() for future in futures]
-    first = next((error for error in failures if error is not None and not isinstance(error, ReadStopped)), None)
-    if first is not None:
-        raise first
-    return [future.result() for future in futures]
-
-
-def _read_one(
-    name: str, path: Path, progress: ProgressHook | None, stop: threading.Event | None = None
-) -> tuple[pd.DataFrame, CaptureInfo]:
-    size = capture_size(path)
-    detail = f"{name} ({path}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({path})"
-    with _stage(progress, "read", detail):
-        table = read_capture(path, name=name, stop=stop)
-    return table, _info_of(table, name, path)
+    return assemble_points([name for name, _ in pairs], read_files(pairs, progress))
 
 
 def read_file(name: str, path: Path) -> tuple[pd.DataFrame, CaptureInfo]:
     """One file of one point: its packet table and ``CaptureInfo`` (``diag.cluster`` runs this on workers)."""
-    with warnings.catch_warnings():
-        # The reader both records and warns; the report carries the records.
-        warnings.simplefilter("ignore")
-        table = read_capture(path, name=name)
-    return table, _info_of(table, name, path)
-
-
-def _info_of(table: pd.DataFrame, name: str, path: Path) -> CaptureInfo:
-    info = table.attrs.get("capture_info")
-    if not isinstance(info, CaptureInfo):
-        info = CaptureInfo(name=name, path=str(path), packets=len(table), link_type="")
-    return info
+    # The reader both records and warns; the report carries the records.
+    table = read_capture(path, name=name, warn=False)
+    return table, info_of(table, name, path)
 
 
 def assemble_points(
@@ -199,6 +89,7 @@ def analyze(
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
     reader: CaptureReader | None = None,
+    started: BackgroundRead | None = None,
 ) -> Report:
     """Read captures of the same traffic taken at different points and say what happened.
 
@@ -211,12 +102,21 @@ def analyze(
     matching packets before flows, correlation and diagnosis see them; a bad
     expression raises ``FilterError`` before any capture is read. ``reader``
     replaces ``read_captures`` (the tables it gives are analyzed as read; a Dask
-    cluster does more than read, see ``diag.cluster.analyze_on``).
+    cluster does more than read, see ``diag.cluster.analyze_on``). ``started``:
+    the same files' read, begun earlier in the background (``diag analyze``
+    starts it before importing this module); it is used when it reads exactly
+    the pairs ``captures`` names, dropped otherwise.
     """
     tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
     pairs = parse_capture_args(captures)
+    if started is not None and (reader is not None or started.pairs != pairs):
+        started.cancel()
+        started = None
     try:
-        tables, infos = (reader or read_captures)(pairs, progress)
+        if started is not None:
+            tables, infos = assemble_points([name for name, _ in pairs], started.result())
+        else:
+            tables, infos = (reader or read_captures)(pairs, progress)
     except MemoryBudgetError as error:
         limit = current_budget().limit
         if reader is not None or limit is None:

@@ -8,12 +8,15 @@ address column becomes a pandas categorical of integer codes.
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from diag.capture.bytesview import IntArray
+
+if TYPE_CHECKING:  # loaded when a column is made, not when the reader is (see diag.capture.reader)
+    import pandas as pd
 
 
 def format_ipv4(value: int) -> str:
@@ -56,6 +59,8 @@ class AddressColumn:
 
     def to_categorical(self, count: int) -> pd.Categorical[str]:
         """The column for ``count`` rows; rows never given an address hold ''."""
+        import pandas as pd
+
         codes = np.zeros(count, dtype=np.int32)
         categories: list[str] = [""]
         if self._v4_rows:
@@ -77,6 +82,8 @@ class AddressColumn:
 
 def categorical(codes: np.ndarray, categories: list[str]) -> pd.Categorical[str]:
     """A categorical column from integer codes and distinct labels."""
+    import pandas as pd
+
     return pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype=str))
 
 

@@ -29,13 +29,15 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import pandas as pd
 
 from diag.capture.proto import ACK, CWR, ECE, FIN, ICMP, ICMPV6, PSH, RST, SYN, TCP, UDP, URG
 from diag.errors import DiagError
+
+if TYPE_CHECKING:  # pandas is loaded by the time a table is filtered; parsing an expression needs none of it
+    import pandas as pd
 
 SCTP: Final = 132
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -666,6 +668,8 @@ class _Columns:
 
     def in_network(self, column: str, network: Network) -> np.ndarray:
         if column not in self.addresses:
+            import pandas as pd
+
             values = self.packets[column]
             categorical = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
             codes = categorical.cat.codes.to_numpy()

@@ -11,20 +11,27 @@ back together in time order, as ``mergecap`` would.
 from __future__ import annotations
 
 import glob
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from pandas.api.types import union_categoricals
 
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import capture_stem
 from diag.capture.source import exists_quietly, is_dir_quietly, is_file_quietly
 from diag.errors import DiagError
+
+if TYPE_CHECKING:  # naming the files of each point needs no pandas: the command starts reading before loading it
+    import pandas as pd
+
+CaptureSpec = str | os.PathLike[str]
+# One capture point: a file, a directory or glob of files, or a list of them (a ring buffer, rotated files).
+PointSpec = CaptureSpec | Sequence[CaptureSpec]
 
 # tcpdump -C numbers the files after the name it was given: pod.pcap, pod.pcap1, … (pod.pcap00 … with -W 10+).
 TCPDUMP_ROTATED = re.compile(r"^(?P<base>.+\.(?:pcapng|pcap|cap|dmp))(?P<number>\d+)(?P<gz>\.gz)?$", re.IGNORECASE)
@@ -108,6 +115,48 @@ def check_points(entries: Sequence[tuple[str, Path, bool]]) -> None:
         )
 
 
+def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
+    """(name, path) pairs from a mapping, or from ``NAME=PATH`` / ``PATH`` items; a name may come back
+    several times, once for each file of that capture point.
+
+    Without ``NAME=`` the name is the file's stem (``pod.pcap.gz`` -> ``pod``),
+    and rotated files (``pod.pcap0 pod.pcap1``, ``pod_00001_<time>.pcapng``)
+    of one directory are one point named ``pod``. The same NAME given again,
+    ``NAME=DIR`` and ``NAME=GLOB`` (quoted, so the shell leaves it) add files
+    to one point; so does a list in the mapping (``{"pod": [a, b]}``). An
+    item whose text before the first '=' names an existing file is taken as
+    a path, so odd file names still work. Two unrelated files that would get
+    the same name are an error.
+    """
+    entries: list[tuple[str, Path, bool]] = []  # (name, file, named explicitly)
+    if isinstance(captures, Mapping):
+        for name, spec in captures.items():
+            specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
+            for one in specs:
+                entries += [(str(name), path, True) for path in expand_spec(Path(one)) or [Path(one)]]
+    else:
+        for item in captures:
+            text = os.fspath(item)
+            name, sep, rest = text.partition("=")
+            if isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
+                entries += [(name, path, True) for path in expand_spec(Path(rest)) or [Path(rest)]]
+            else:
+                files = expand_spec(Path(text), directories=False) or [Path(text)]
+                entries += [(point_stem(path), path, False) for path in files]
+    if not entries:
+        raise DiagError("no capture given")
+    check_points(entries)
+    return [(name, path) for name, path, _named in entries]
+
+
+def group_points(pairs: Sequence[tuple[str, Path]]) -> dict[str, list[Path]]:
+    """``parse_capture_args``'s pairs as point name -> its files, in the order given (``analyze`` takes it)."""
+    points: dict[str, list[Path]] = {}
+    for name, path in pairs:
+        points.setdefault(name, []).append(path)
+    return points
+
+
 def merge_point(tables: Sequence[pd.DataFrame], infos: Sequence[CaptureInfo]) -> tuple[pd.DataFrame, CaptureInfo]:
     """The packet tables of one point's files as one table in time order, and the point's ``CaptureInfo``.
 
@@ -139,6 +188,9 @@ def stack_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     turned into strings and back, which took most of the time of stacking
     (11 of 26 s of a 3.2M-packet fleet's analysis).
     """
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
     columns = list(PACKET_COLUMNS)
     categorical = [column for column, (dtype, _meaning) in PACKET_COLUMNS.items() if dtype == "category"]
     stacked = pd.concat([table[[c for c in columns if c not in categorical]] for table in tables], ignore_index=True)

@@ -7,10 +7,9 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from diag.capture import pcap, pcapng
 from diag.capture.addresses import AddressColumn, categorical
@@ -23,6 +22,9 @@ from diag.capture.records import Diagnostics, RecordBatch
 from diag.capture.source import STDIN_NAME, Feed, open_capture
 from diag.errors import CaptureError
 from diag.memory import current_budget
+
+if TYPE_CHECKING:  # loaded when a table is made: diag analyze reads while pandas is still being imported
+    import pandas as pd
 
 CAPTURE_SUFFIXES = (".gz", ".pcap", ".pcapng", ".cap", ".dmp")
 DIRECTIONS = ["", "in", "out"]
@@ -42,7 +44,11 @@ def capture_stem(path: Path) -> str:
 
 
 def read_capture(
-    path: str | os.PathLike[str], name: str | None = None, stop: threading.Event | None = None
+    path: str | os.PathLike[str],
+    name: str | None = None,
+    stop: threading.Event | None = None,
+    *,
+    warn: bool = True,
 ) -> pd.DataFrame:
     """Read a pcap or pcapng file (optionally gzip-compressed) into the packet table.
 
@@ -51,11 +57,12 @@ def read_capture(
     unsupported parts are skipped, counted and reported as ``CaptureWarning``;
     ``CaptureError`` is raised only when nothing at all can be read. Once
     ``stop`` is set (another file read at the same time failed), the read
-    gives up at its next batch with ``ReadStopped``.
+    gives up at its next batch with ``ReadStopped``. ``warn=False``: the
+    problems are only recorded in the ``CaptureInfo``, not raised as warnings.
     """
     path = Path(path)
     name = name if name is not None else capture_stem(path)
-    diagnostics = Diagnostics(str(path))
+    diagnostics = Diagnostics(str(path), raise_warnings=warn)
     budget = current_budget()
     read = object()  # this read, as the budget tells it from others made at the same time
     stream, compressed = open_capture(path)
@@ -246,6 +253,8 @@ class TableBuilder:
         return "mixed" if names else ""
 
     def finish(self) -> pd.DataFrame:
+        import pandas as pd
+
         for link_type, count in sorted(self.skipped_link_types.items()):
             self.diagnostics.warn(
                 f"{count} packet(s) on link type {linktype_name(link_type)} ({link_type}) skipped: "

@@ -58,9 +58,13 @@ class Diagnostics:
     interfaces: list[Interface] = field(default_factory=list)
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
+    # False: recorded only. Python's warning filters are one set for the whole process, so a read on a
+    # thread of its own (diag.capture.sidebyside) cannot silence its warnings with catch_warnings.
+    raise_warnings: bool = True
 
     def warn(self, message: str, skipped: int = 0) -> None:
         """Record one skipped or damaged part: counted, kept for the report, raised as a warning."""
         self.skipped += skipped
         self.messages.append(message)
-        warnings.warn(f"{self.path}: {message}", CaptureWarning, stacklevel=3)
+        if self.raise_warnings:
+            warnings.warn(f"{self.path}: {message}", CaptureWarning, stacklevel=3)

@@ -15,7 +15,9 @@ from diag.commands.options import add_max_memory
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
+    from diag.analysis import ProgressHook
     from diag.capture.filter import Node as FilterNode
+    from diag.cluster import ClusterSpec
     from diag.report import Report
     from diag.report.focus import FlowSelector
 
@@ -107,6 +109,8 @@ exit status:
 """
 
 WARNINGS_PER_CAPTURE = 3
+# diag.cluster.ENVIRONMENT, named here so that a run without a cluster need not load diag.cluster to know it.
+CLUSTER_ENVIRONMENT = "DIAG_CLUSTER"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -221,6 +225,23 @@ def _print_warnings(report: Report) -> None:
             )
 
 
+def _analyze_here(
+    pairs: list[tuple[str, Path]], progress: ProgressHook | None, packet_filter: FilterNode | None
+) -> Report:
+    """``analyze`` in this process, its captures read from the start in the background: the compiled
+    reading runs on one CPU while pandas and the later stages are imported on the other."""
+    from diag.capture.points import group_points
+    from diag.capture.sidebyside import BackgroundRead
+
+    started = BackgroundRead(pairs, progress)
+    try:
+        from diag.analysis import analyze
+
+        return analyze(group_points(pairs), progress=progress, packet_filter=packet_filter, started=started)
+    finally:
+        started.cancel()  # nothing left to stop once analyze took the result; an error: the reads stop
+
+
 def _plot(report: Report, target: str, force: bool) -> None:
     if importlib.util.find_spec("diag.plot") is None:
         raise DiagError("--plot needs the diag.plot module, which this installation does not have")
@@ -258,28 +279,35 @@ def _focus(report: Report, selector: FlowSelector) -> Report:
 
 
 def run_pcap(args: argparse.Namespace) -> int:
-    from diag.analysis import parse_capture_args
+    from diag.capture.points import parse_capture_args
 
     return _analyze_and_report(args, parse_capture_args(args.captures))
 
 
 def run_fleet(args: argparse.Namespace) -> int:
-    from diag.analysis import parse_capture_args
+    from diag.capture.points import parse_capture_args
     from diag.fleet import fleet_points
 
     return _analyze_and_report(args, parse_capture_args(fleet_points(args.fleet)))
 
 
+def _cluster_option(args: argparse.Namespace) -> ClusterSpec | None:
+    """``diag.cluster.cluster_from``'s answer, loading that module (and the whole analysis) only when
+    --cluster or $DIAG_CLUSTER asks for one: without, the captures are read while the rest loads."""
+    if args.cluster is None and not os.environ.get(CLUSTER_ENVIRONMENT, "").strip():
+        return None
+    from diag.cluster import cluster_from
+
+    return cluster_from(args.cluster)
+
+
 def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]]) -> int:
     """Both sub-commands from here on: the same options, analysis and rendering."""
-    from diag.analysis import analyze, group_points
-    from diag.cluster import analyze_on, cluster_client, cluster_from
     from diag.commands.progress import stage_progress
     from diag.memory import budget_option, set_budget
-    from diag.report.text import render_text
 
     set_budget(budget_option(args.max_memory))
-    cluster = cluster_from(args.cluster)
+    cluster = _cluster_option(args)
     packet_filter, selector = _focus_options(args)
     inputs = [path for _, path in pairs]
     for target in (args.json, args.plot):
@@ -296,14 +324,24 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
         from diag.commands.outfiles import check_export
 
         check_export(args.export, inputs, args.force)
-    with stage_progress(args.quiet) as progress, cluster_client(cluster, pairs) as client:
-        if client is None:
-            report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
+    with stage_progress(args.quiet) as progress:
+        if cluster is None:
+            report = _analyze_here(pairs, progress, packet_filter)
         else:
-            # These outputs read the packet and flow tables themselves: gathered to this process. Otherwise only the
-            # report's counts, findings and the flow rows it shows come back from the workers.
-            whole = bool(args.export or args.plot or selector is not None or args.flows == "all")
-            report = analyze_on(client, pairs, progress=progress, packet_filter=packet_filter, whole_tables=whole)
+            from diag.analysis import analyze
+            from diag.capture.points import group_points
+            from diag.cluster import analyze_on, cluster_client
+
+            with cluster_client(cluster, pairs) as client:
+                if client is None:
+                    report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
+                else:
+                    # These outputs read the packet and flow tables themselves: gathered to this process. Otherwise
+                    # only the report's counts, findings and the flow rows it shows come back from the workers.
+                    whole = bool(args.export or args.plot or selector is not None or args.flows == "all")
+                    report = analyze_on(
+                        client, pairs, progress=progress, packet_filter=packet_filter, whole_tables=whole
+                    )
     _print_warnings(report)
     store = report.flow_store
     if store is not None and (args.flows == "all" or selector is not None or args.export or args.plot):
@@ -315,6 +353,7 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
 
     from diag.report.flowcap import FLOW_LIMIT
     from diag.report.jsondoc import dumps
+    from diag.report.text import render_text
 
     # The JSON's flows are capped like the text's (problems first), unless --flows all.
     flow_limit = None if args.flows == "all" else FLOW_LIMIT
