@@ -253,23 +253,23 @@ def _capture_section(
     # counts: a copy of every column of every healthy row cost more than the rest of the report.
     kinds = np.array(problem_kinds(flows), dtype=object)
     is_problem = kinds != None  # noqa: E711 (element-wise against None)
-    problems = flows.iloc[np.flatnonzero(is_problem)]
+    problem_rows = np.flatnonzero(is_problem)
     problem_kind = kinds[is_problem]
     healthy_rows = np.flatnonzero(~is_problem)
     for kind in PROBLEM_ORDER:
-        group = problems.iloc[np.flatnonzero(problem_kind == kind)]
+        group = problem_rows[problem_kind == kind]
         count = len(group) if digest is None else digest.problems.get(kind, 0)
         if count == 0:
             continue
         label = style.bad(kind.upper()) if kind in (RESET, UNANSWERED) else style.warn(kind.upper())
         lines.append(f"  {label} ({count})")
-        shown = group if show_all else group.head(limit)
+        shown = flows.iloc[group if show_all else group[:limit]]
         lines += [f"    {_flow_line(row)}" for row in shown.to_dict(orient="records")]
         if len(shown) < count:
             lines.append(style.dim(f"    ... and {count - len(shown)} more (--flows all lists every flow)"))
     if digest is None:
         counted = [name for name in ("proto", "conn_state", "carrier") if name in flows.columns]
-        lines.append(f"  {style.good(healthy_summary(flows.iloc[healthy_rows][counted]))}")
+        lines.append(f"  {style.good(healthy_summary(flows[counted].iloc[healthy_rows]))}")
     else:
         lines.append(f"  {style.good(digest.healthy)}")
     if show_all and len(healthy_rows):
