@@ -141,10 +141,12 @@ def render_finding(finding: Finding, *, color: bool = False) -> str:
 
 def _verdict_section(report: Report, style: _Style, all_findings: bool, group_limit: int) -> list[str]:
     if not report.findings:
+        kinds: Mapping[str, int]
         if report.flow_digest is not None:
-            kinds: Mapping[str, int] = Counter()
+            counted: Counter[str] = Counter()
             for capture in report.flow_digest.captures.values():
-                kinds.update(capture.problems)
+                counted.update(capture.problems)
+            kinds = counted
         else:
             kinds = (
                 Counter(kind for kind in problem_kinds(report.flows) if kind is not None)
