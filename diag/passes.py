@@ -56,6 +56,7 @@ import pandas as pd
 import pyarrow
 
 from diag.analysis import report_of
+from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets
 from diag.capture.info import CaptureInfo
@@ -448,6 +449,8 @@ class _Candidates:
             self.orders.append(order[chosen])
 
     def table(self) -> pd.DataFrame:
+        if not self.pieces:  # no file held a single record
+            return pd.DataFrame({name: pd.Series(dtype=dtype) for name, (dtype, _meaning) in PACKET_COLUMNS.items()})
         stacked = stack_tables(self.pieces)
         order = np.concatenate(self.orders)
         self.pieces, self.orders = [], []

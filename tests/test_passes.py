@@ -11,6 +11,7 @@ import gzip
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -316,3 +317,14 @@ def test_the_command_with_a_flow_table_on_disk_writes_the_uncapped_report_and_le
     report.flow_store.close()
     for flows in ("problems", "all"):
         assert outputs["12M", flows] == outputs[None, flows]
+
+
+def test_captures_without_a_packet_in_passes_give_the_report_of_one_pass(tmp_path: Path) -> None:
+    """A file of nothing but its header, alone and next to a capture: no bucket, no flow, the same report."""
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+    for arguments in ([f"empty={empty}"], [f"empty={empty}", f"client={CAPTURES / 'client.pcapng'}"]):
+        whole = analyze(arguments)
+        report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=2, spill_flows=True)
+        assert report_to_json(report) == report_to_json(whole)
+        assert render_text(report) == render_text(whole)
