@@ -8,6 +8,8 @@ into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import importlib
 import os
 import sys
@@ -20,6 +22,25 @@ from diag.errors import DiagError
 # many-capture correlation's time (4 of 6.6 CPU s on four 1M-packet captures), and diag's arrays are
 # short-lived. Read by numpy when it is first imported, which the commands do later; a user's own setting wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+# glibc's mallopt parameter for how many heaps ("arenas") threads may allocate from.
+M_ARENA_MAX = -8
+
+
+def _one_malloc_arena() -> None:
+    """Let every thread allocate from one heap, as a single-threaded process does.
+
+    glibc gives a thread that allocates its own arena, and memory freed in one
+    arena is not reused for another's allocations: reading captures on threads
+    (``diag.capture.sidebyside``) while the main thread builds tables raised a
+    busy capture's peak by about 60 MB (588 -> 656 MiB), given back with one
+    arena. The threads allocate few, large blocks, so sharing costs nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator decides
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+
 
 # Module names under diag.commands, in the order --help lists them.
 COMMANDS = ("scenario", "analyze", "watch", "flows", "lab", "replay", "aws")
@@ -57,6 +78,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _one_malloc_arena()
     parser = build_parser()
     args = parser.parse_args(argv)
     add_lab_paths(getattr(args, "lab_path", None) or [])
