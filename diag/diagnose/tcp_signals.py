@@ -316,7 +316,7 @@ class TcpSignals:
     on_link: np.ndarray  # the RST's ends share a subnet and only the TTL spoke: its sender is a neighbour there
     answer: np.ndarray  # the server's SYN-ACK to the very SYN a RST in its name refuses (a race), or NONE
     syn_went_past: np.ndarray  # the SYN went on past the RST's maker (``tcp.syn_went_past``)
-    refused: np.ndarray  # the client's SYN a server-side RST refuses: the one it answers, else the last one
+    refused: np.ndarray  # the client's SYN a server-side handshake RST refuses: the one it answers, else the last
     policy: np.ndarray  # that SYN did not reach the server, captures further on never saw it, or the RST is forged
     kept_sending: np.ndarray  # the RST's claimed sender's packets seen after it where the RST was seen
     idle: np.ndarray  # the packet the RST answers came after an idle gap (>= 1 s and >= 10 round trips)
@@ -501,7 +501,8 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     syn_went_past = _syn_went_past(p, trigger, trigger_is_syn, rst, generated, n_names)
     client_syns = np.flatnonzero(pure_syn & (side == 1))
     last_syn = _per_connection(client_syns, p.conn[client_syns], n, "max") if len(client_syns) else np.full(n, NONE)
-    refused = np.where(has_rst & (rst_side == 0), np.where(trigger_is_syn, trigger, last_syn), NONE)
+    refusing = has_rst & (rst_side == 0) & ~established
+    refused = np.where(refusing, np.where(trigger_is_syn, trigger, last_syn), NONE)
     policy = _policy(p, ctx, names, own, maker, refused, forged)
     aborted = has_rst & established & forged
     kept_sending = _kept_sending(p, rst, rst_side, side, is_rst, aborted)
