@@ -33,10 +33,14 @@ class Fact:
         return dict(self.items)
 
     def __getitem__(self, key: str) -> JsonValue:
-        return self.values[key]
+        # A fact holds a handful of values: a scan is cheaper than building the dict (rules read facts by the thousand).
+        for name, value in self.items:
+            if name == key:
+                return value
+        raise KeyError(key)
 
     def number(self, key: str) -> int:
-        value = self.values[key]
+        value = self[key]
         if not isinstance(value, int):
             raise TypeError(f"{self.kind}.{key} is not a number: {value!r}")
         return value

@@ -75,7 +75,11 @@ def kinds(facts: Sequence[Fact], *wanted: str) -> list[Fact]:
 
 
 def first(facts: Sequence[Fact], kind: str) -> Fact | None:
-    return next((fact for fact in facts if fact.kind == kind), None)
+    """The first fact of that kind, or None."""
+    for fact in facts:
+        if fact.kind == kind:
+            return fact
+    return None
 
 
 def left_its_sender(facts: Sequence[Fact]) -> str | None:
