@@ -34,3 +34,10 @@ def union(parent: npt.NDArray[np.int64], a: int, b: int) -> None:
         parent[rb] = ra
     elif rb < ra:
         parent[ra] = rb
+
+
+@compiled
+def union_pairs(parent: npt.NDArray[np.int64], a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> None:
+    """Join ``a[i]`` with ``b[i]`` for every i in one compiled loop (pairs can number hundreds of thousands)."""
+    for i in range(len(a)):
+        union(parent, a[i], b[i])

@@ -25,6 +25,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from diag import unionfind
 from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, RST, SYN, TCP, UDP
 from diag.compiled import compiled
@@ -112,20 +113,14 @@ class Connection:
 
 
 class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+    """Flows joined into connections: a parent array and the compiled find/union of ``diag.unionfind``."""
 
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return root
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
 
     def roots(self) -> np.ndarray:
         """Every element's root at once (pointer jumping on the parent array, no per-element calls)."""
-        parent = np.array(self.parent, dtype=np.int64)
+        parent = self.parent.copy()
         while True:
             grand = parent[parent]
             if np.array_equal(grand, parent):
@@ -133,9 +128,10 @@ class _UnionFind:
             parent = grand
 
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        unionfind.union(self.parent, a, b)
+
+    def union_all(self, a: np.ndarray, b: np.ndarray) -> None:
+        unionfind.union_pairs(self.parent, a.astype(np.int64), b.astype(np.int64))
 
 
 _HASH_MULTIPLIER = 0x5851F42D4C957F2D  # odd and below 2**63: the hash stays int64 in compiled code
@@ -226,8 +222,7 @@ def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
     # Many groups link the same two flows (every packet of a connection seen at two points): unite each pair once.
     links = np.sort(node[joined] * n_nodes + first[joined])
     links = links[np.r_[True, links[1:] != links[:-1]]] if len(links) else links
-    for a, b in zip(*(part.tolist() for part in np.divmod(links, n_nodes)), strict=True):
-        uf.union(a, b)
+    uf.union_all(*np.divmod(links, n_nodes))
 
 
 class _PacketColumns:
