@@ -12,7 +12,9 @@ import contextlib
 import ctypes
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from diag.datafiles import add_lab_paths
@@ -77,11 +79,32 @@ def _version() -> str:
     return __version__
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so every ``finally`` and ``with`` on the stack runs.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way swallows it.
+    """
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _end_cleanly_on_sigterm() -> None:
+    """``kill`` ends a command as Ctrl-C does: temporary files (an analysis in passes) are removed on the way out.
+
+    Only where nobody chose otherwise (the lab and the watch install their own handlers while they run).
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _one_malloc_arena()
     parser = build_parser()
     args = parser.parse_args(argv)
     add_lab_paths(getattr(args, "lab_path", None) or [])
+    _end_cleanly_on_sigterm()
     try:
         status: int = args.func(args)
     except DiagError as error:
@@ -90,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("diag: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("diag: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         # `diag ... | head` closed the pipe: not an error worth a traceback.
         return 0

@@ -11,10 +11,12 @@ import gzip
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -328,3 +330,31 @@ def test_captures_without_a_packet_in_passes_give_the_report_of_one_pass(tmp_pat
         report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=2, spill_flows=True)
         assert report_to_json(report) == report_to_json(whole)
         assert render_text(report) == render_text(whole)
+
+
+def test_a_killed_command_in_passes_leaves_no_temporary_file_and_no_output(
+    four_points: list[Path], tmp_path: Path
+) -> None:
+    """SIGTERM while the analysis in passes holds its buckets on disk: exit 143, the temporary directory
+    emptied on the way out, and no half-written report."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    out = tmp_path / "report.json"
+    command = [str(DIAG), "analyze", "pcap", "--max-memory", "12M", "--json", str(out), *_arguments(four_points)]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(temporary)},
+    )
+    deadline = time.monotonic() + 120
+    while not any(temporary.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert process.poll() is None, "the analysis ended before its temporary files appeared"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "diag: terminated"
+    assert not list(temporary.iterdir())
+    assert not out.exists()
