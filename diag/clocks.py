@@ -33,11 +33,7 @@ import numpy as np
 import pandas as pd
 
 from diag.correlate.clock import ClockOffset, chain_offsets, offset_from_bounds, pair_directions
-from diag.correlate.match import _address_codes, choose_reference
-from diag.correlate.paths import path_rank
-from diag.correlate.records import packet_records
-from diag.correlate.sightings import find_sightings
-from diag.flows.copies import packet_keys
+from diag.correlate.match import choose_reference, sightings_across
 
 Pair = tuple[int, int]
 
@@ -122,21 +118,10 @@ def clock_bounds(packets: pd.DataFrame) -> ClockBounds:
         return {}
     ts = np.asarray(packets["ts_ns"].to_numpy(), dtype=np.int64)
     ip_id = np.asarray(packets["ip_id"].to_numpy(), dtype=np.int64)
-    src, dst, _texts = _address_codes(packets)
-    sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()
-    outer_ttl = packets["outer_ttl"].to_numpy() if "outer_ttl" in packets else None
-    records = packet_records(ts, capture_code, packets["ttl"].to_numpy(), outer_ttl, (src, dst, sport, dport))
-    sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records, one_capture=False)
-    matched = np.flatnonzero(sights.match >= 0)
-    rank = path_rank(sights.ttl, sights.ttl_out)
-    rows = sights.first_row[matched]
-
-    def endpoints(entries: np.ndarray) -> np.ndarray:
-        at = rows[entries]
-        return np.stack([src[at], sport[at], dst[at], dport[at]], axis=1).astype(np.int64)
-
+    seen = sightings_across(packets, capture_code, ts, ip_id)
+    sights, matched = seen.sights, seen.matched
     pairs = pair_directions(
-        sights.match[matched], sights.capture[matched], sights.ts[matched], rank[matched], endpoints,
+        sights.match[matched], sights.capture[matched], sights.ts[matched], seen.rank[matched], seen.endpoints,
         len(captures.cat.categories),
     )  # fmt: skip
     return {(a, b): PairBounds.of(d, direction) for a, b, d, direction in pairs}

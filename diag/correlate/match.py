@@ -44,7 +44,7 @@ from diag.correlate.clock import ClockOffset, estimate_offsets
 from diag.correlate.columns import MATCH_COLUMNS, NAT_COLUMNS, PATH_COLUMNS, empty_table
 from diag.correlate.paths import lay_out_paths, path_rank
 from diag.correlate.records import packet_records
-from diag.correlate.sightings import find_sightings, one_capture_sightings
+from diag.correlate.sightings import Sightings, find_sightings, one_capture_sightings
 from diag.correlate.tables import matches_and_nat, paths_table
 from diag.flows.copies import packet_keys
 from diag.flows.keys import read_only
@@ -140,25 +140,13 @@ def correlate(
         return _unmatched(packets, reference)
     ts = np.asarray(packets["ts_ns"].to_numpy(), dtype=np.int64)
     ip_id = np.asarray(packets["ip_id"].to_numpy(), dtype=np.int64)
-    ttl = packets["ttl"].to_numpy()
     one_capture = len(present) < 2
     if one_capture:
         # Nothing to match, but copies inside the one capture are still one packet.
         return _unmatched(packets, reference, one_capture_sightings(packet_keys(packets), ip_id, capture_code, ts))
 
-    src, dst, address_text = _address_codes(packets)
-    sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()
-    outer_ttl = packets["outer_ttl"].to_numpy() if "outer_ttl" in packets else None
-    records = packet_records(ts, capture_code, ttl, outer_ttl, (src, dst, sport, dport))
-    sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records, one_capture=False)
-    matched = np.flatnonzero(sights.match >= 0)
-    rank = path_rank(sights.ttl, sights.ttl_out)
-    rows = sights.first_row[matched]
-
-    def endpoints(entries: np.ndarray) -> np.ndarray:
-        at = rows[entries]
-        return np.stack([src[at], sport[at], dst[at], dport[at]], axis=1).astype(np.int64)
-
+    seen = sightings_across(packets, capture_code, ts, ip_id)
+    sights, matched, rank, endpoints = seen.sights, seen.matched, seen.rank, seen.endpoints
     hint_codes = [names.index(n) for n in order_hint if n in names] if order_hint else None
     if offsets is None:
         offsets_by_code, notes_by_code = estimate_offsets(
@@ -186,7 +174,9 @@ def correlate(
     )
     lone = len(sights.row_sighting) - len(sights.first_row)
     no_sighting = np.full(lone, -1, dtype=np.int64)
-    matches, nat_map = matches_and_nat(packets, sights, layout, names, records, offset_ns_by_code, address_text)
+    matches, nat_map = matches_and_nat(
+        packets, sights, layout, names, seen.records, offset_ns_by_code, seen.address_text
+    )
     return Correlation(
         reference=reference,
         offsets=offsets,
@@ -198,6 +188,51 @@ def correlate(
         paths=paths_table(sights, layout, offset_ns_by_code, names),
         nat_map=nat_map,
         clock_notes=notes,
+    )
+
+
+@dataclass(frozen=True)
+class SightingsAcross:
+    """The copies of each packet across the points, and the ones seen at two or more (what the clocks read)."""
+
+    sights: Sightings
+    matched: np.ndarray  # the sightings with a match at another point
+    matched_rows: np.ndarray  # the packet row of each matched sighting's first copy
+    rank: np.ndarray  # each sighting's place along the path, from its inner and outer TTL
+    records: np.ndarray  # the packets' 32-byte records the sightings were cut from
+    address_text: np.ndarray  # the address strings the src/dst codes stand for
+    src: np.ndarray
+    dst: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+
+    def endpoints(self, entries: np.ndarray) -> np.ndarray:
+        """The (src, sport, dst, dport) codes of the first copy of each of those matched sightings."""
+        at = self.matched_rows[entries]
+        return np.stack([self.src[at], self.sport[at], self.dst[at], self.dport[at]], axis=1).astype(np.int64)
+
+
+def sightings_across(
+    packets: pd.DataFrame, capture_code: np.ndarray, ts: np.ndarray, ip_id: np.ndarray
+) -> SightingsAcross:
+    """Each packet's sightings over several points: one step of ``correlate`` and of the cluster's clock bounds."""
+    src, dst, address_text = _address_codes(packets)
+    sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()
+    outer_ttl = packets["outer_ttl"].to_numpy() if "outer_ttl" in packets else None
+    records = packet_records(ts, capture_code, packets["ttl"].to_numpy(), outer_ttl, (src, dst, sport, dport))
+    sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records, one_capture=False)
+    matched = np.flatnonzero(sights.match >= 0)
+    return SightingsAcross(
+        sights=sights,
+        matched=matched,
+        matched_rows=sights.first_row[matched],
+        rank=path_rank(sights.ttl, sights.ttl_out),
+        records=records,
+        address_text=address_text,
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
     )
 
 

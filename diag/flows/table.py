@@ -25,9 +25,6 @@ remaining, deliberate differences are listed in docs/analyze.md.
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +39,7 @@ from diag.flows.keys import PORT_BITS, PORT_MASK, FlowKeys, categorical, column,
 from diag.flows.servers import likely_server_table
 from diag.flows.tcpstate import tcp_conn_state, udp_conn_state
 from diag.flows.walk import FlowSummary, group_by_flow, walk_flows
+from diag.gcpause import collector_paused
 
 
 def flow_ids(packets: pd.DataFrame) -> np.ndarray:
@@ -162,23 +160,6 @@ def empty_flows() -> pd.DataFrame:
     return pd.DataFrame({name: pd.Series(dtype=object) for name in FLOW_COLUMNS})
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while the table's per-flow objects are made.
-
-    Tens of thousands of new lists and dicts (the RST lists) trigger full
-    collections that scan every object of the process, tens of milliseconds
-    each; none of these objects can form a cycle.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def build_flows(packets: pd.DataFrame, icmp: bool = False) -> pd.DataFrame:
     """One row per TCP/UDP flow per capture, with Zeek-style history, conn_state, counts and RSTs.
 
@@ -198,7 +179,8 @@ def build_flows(packets: pd.DataFrame, icmp: bool = False) -> pd.DataFrame:
     if keys.n_tuples == 0:
         return empty_flows()
     walked = _summarise(packets, keys)
-    with _collector_paused():
+    # Tens of thousands of new lists and dicts (the RST lists), none in a cycle: no full collections meanwhile.
+    with collector_paused():
         return _flow_table(packets, keys, walked)
 
 
