@@ -20,7 +20,7 @@ the number of flows either, only with the connections that need diagnosing:
    as fit what the budget leaves): the rows are put in the whole table's
    order, the candidates among them kept, their flow rows built, and the
    packets dropped. The flow rows go to ``SpilledFlows``
-   (``diag.flows.spilled``), which writes them to disk and keeps in memory
+   (``diag.spilled``), which writes them to disk and keeps in memory
    the problem rows, the first healthy ones and the counts the report shows,
    when the whole flow table would take more than a quarter of the budget;
    otherwise the table is read back whole at the end.
@@ -66,9 +66,9 @@ from diag.capture.source import STDIN_NAME, capture_size
 from diag.flows import build_flows, flow_ids
 from diag.flows.candidate_stream import BUCKET_BYTES_PER_ROW, SPILL, CandidateSurvey, Choice, FileOrder
 from diag.flows.candidates import key_table, node_hashes
-from diag.flows.spilled import ORDER, SpilledFlows, sorted_order
 from diag.memory import BYTES_PER_PACKET, MemoryBudgetError, format_size
 from diag.report import Report
+from diag.spilled import ORDER, SpilledFlows, sorted_order
 
 if TYPE_CHECKING:
     from diag.analysis import ProgressHook

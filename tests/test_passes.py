@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 from conftest import PROJECT
 
-import diag.flows.spilled
 import diag.passes
+import diag.spilled
 from diag.analysis import analyze, concat_packets, parse_capture_args, read_captures
 from diag.capture.reader import read_capture
 from diag.flows import build_flows
@@ -243,9 +243,9 @@ def test_a_flow_table_on_disk_gives_the_report_of_one_pass(
     """9,000 flows, of which the report keeps 100 healthy ones and the problem rows it shows in memory (the JSON
     capped at 100 rows, the text's 20 lines of each kind); the rest is read back from disk in blocks of a few
     dozen rows, merged from 4 partitions: the same JSON and text, and the same whole table."""
-    monkeypatch.setattr(diag.flows.spilled, "FLOW_LIMIT", 100)
-    monkeypatch.setattr(diag.flows.spilled, "MERGE_BLOCK_ROWS", 37)
-    monkeypatch.setattr(diag.flows.spilled, "READ_ROWS", 101)
+    monkeypatch.setattr(diag.spilled, "FLOW_LIMIT", 100)
+    monkeypatch.setattr(diag.spilled, "MERGE_BLOCK_ROWS", 37)
+    monkeypatch.setattr(diag.spilled, "READ_ROWS", 101)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     arguments = _arguments(four_points)
     one_pass = analyze(arguments)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -19,9 +19,20 @@ from diag.correlate.clock import ClockOffset
 from diag.report.facts import Fact, note, render_all
 
 if TYPE_CHECKING:
-    from diag.flows.spilled import SpilledFlows
     from diag.report.flowdigest import FlowDigest
     from diag.report.significance import Group
+
+
+class FlowStore(Protocol):
+    """Every flow row of an analysis, kept on disk when the table did not fit in memory (``diag.spilled``)."""
+
+    def load(self) -> pd.DataFrame:
+        """The whole flow table, read back (for the outputs that show every flow)."""
+        ...
+
+    def close(self) -> None:
+        """Remove the files."""
+        ...
 
 
 class Cause(StrEnum):
@@ -148,7 +159,7 @@ class Report:
     # Set when ``flows`` holds only the rows the reports show, not every flow (``diag.report.flowdigest``).
     flow_digest: FlowDigest | None = None
     # An analysis in passes whose flow table did not fit in memory: the whole table, on disk (``diag.passes``).
-    flow_store: SpilledFlows | None = field(default=None, compare=False, repr=False)
+    flow_store: FlowStore | None = field(default=None, compare=False, repr=False)
 
     # The ranking and the JSON rendering build on these types, so they are
     # imported when first used rather than at the top (no import cycle).
