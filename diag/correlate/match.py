@@ -220,7 +220,7 @@ def sightings_across(
     sport, dport = packets["sport"].to_numpy(), packets["dport"].to_numpy()
     outer_ttl = packets["outer_ttl"].to_numpy() if "outer_ttl" in packets else None
     records = packet_records(ts, capture_code, packets["ttl"].to_numpy(), outer_ttl, (src, dst, sport, dport))
-    sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records, one_capture=False)
+    sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records)
     matched = np.flatnonzero(sights.match >= 0)
     return SightingsAcross(
         sights=sights,

@@ -139,7 +139,7 @@ def content_order(content: np.ndarray, rows: IntArray) -> tuple[IntArray, BoolAr
 
 @compiled
 def _cut_sightings(
-    rows: IntArray, new_content: BoolArray, records: np.ndarray, window_ns: int, one_capture: bool
+    rows: IntArray, new_content: BoolArray, records: np.ndarray, window_ns: int
 ) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
     """Sightings of ``rows`` (in content order, ``new_content`` where a content starts): a new one where
     the content or the capture changes, or after a gap longer than the window.
@@ -167,7 +167,7 @@ def _cut_sightings(
         record = records[r]
         c, t, tt, outer = int(record.capture), int(record.ts), int(record.ttl), int(record.outer_ttl)
         k += new_content[i]
-        new_run = new_content[i] or (not one_capture and c != prev_c)
+        new_run = new_content[i] or c != prev_c
         if new_run or t - prev_t > window_ns:
             s += 1
             occ = 0 if new_run else occ + 1
@@ -306,34 +306,25 @@ def one_capture_sightings(key: np.ndarray, ip_id: np.ndarray, capture: np.ndarra
 
 
 def find_sightings(
-    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, records: np.ndarray, one_capture: bool
+    key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray, records: np.ndarray
 ) -> Sightings:
-    """Every matchable row's sighting, and (across several captures) every sighting's match.
+    """Every matchable row's sighting across several captures, and every sighting's match.
 
     ``key`` is ``diag.flows.copies.packet_keys`` (0: not matchable); ``ip_id``,
     ``capture`` (codes) and ``ts`` are columns of the packet table, and
-    ``records`` its rows' ``diag.correlate.records``. With ``one_capture``
-    nothing is matched: only copies are collapsed.
+    ``records`` its rows' ``diag.correlate.records``. A single capture has
+    nothing to match: ``one_capture_sightings`` only collapses its copies.
     """
     base = by_capture_then_time(capture, ts)
     rows = read_only(base[key[base] != 0], np.int64)
     content = _mix(key[rows], ip_id[rows])
-    if one_capture:
-        # Nearly every content is distinct in one capture (only a packet's copies repeat
-        # it): sorting the hashes themselves is cheaper than numbering them first.
-        order = _stable_argsort_few_ties(content)
-        rows_sorted, new_content = rows[order], starts(content[order])
-    else:
-        rows_sorted, new_content = content_order(content, rows)
+    rows_sorted, new_content = content_order(content, rows)
     rows_sorted = read_only(rows_sorted, np.int64)
     start, first_row, sight_capture, sight_ts, ttl_in, ttl_out, outer_in, occurrence, content_number, sighting_of = (
-        _cut_sightings(rows_sorted, new_content, records, DUPLICATE_WINDOW_NS, one_capture)
+        _cut_sightings(rows_sorted, new_content, records, DUPLICATE_WINDOW_NS)
     )
-    if one_capture:
-        match = np.full(len(first_row), -1, dtype=np.int64)
-    else:
-        match = _pair_occurrences(content_number, occurrence)
-        _match_without_ip_id(key, first_row, sight_capture, sight_ts, match)
+    match = _pair_occurrences(content_number, occurrence)
+    _match_without_ip_id(key, first_row, sight_capture, sight_ts, match)
     return Sightings(
         first_row=first_row,
         capture=sight_capture,
