@@ -289,7 +289,10 @@ class Feed:
                     # would kill the process with SIGBUS; the reading thread maps the window
                     # itself, notices the cut and stops in one line.
                     return
-            elif self._shrunk():
+            # Populated pages are dropped again by a cut made since, so look once more right
+            # before touching them (a cut in between can still get past, as the docstring of
+            # _check_not_shrunk says).
+            if self._shrunk():
                 return
             data[start:stop:64].max(initial=0)  # as _warm_cache; faults the pages in if populating is unsupported
             self._ahead_until = stop
