@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diag.capture.remote import is_s3
 from diag.capture.source import is_file_quietly
 from diag.errors import DiagError
 
@@ -104,8 +105,13 @@ def cluster_from(option: str | None) -> ClusterSpec | None:
 
 
 def check_shareable(pairs: Sequence[tuple[str, Path]]) -> None:
-    """Refuse inputs a worker cannot open by path (standard input, pipes), before a cluster is started."""
+    """Refuse inputs a worker cannot open by path (standard input, pipes), before a cluster is started.
+
+    An ``s3://`` object is opened by the worker that reads it, from the URL alone.
+    """
     for _name, path in pairs:
+        if is_s3(path):
+            continue
         if str(path) == "-" or not is_file_quietly(path):
             if str(path) != "-" and not os.path.lexists(path):
                 raise DiagError(f"{path}: no such capture file")

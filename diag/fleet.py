@@ -5,7 +5,8 @@ ring of files. ``diag analyze fleet`` takes the lot in one of two shapes:
 
 - a directory ``FLEET/POINT/…`` whose subdirectories are the points, each
   holding that point's capture files (``.pcap``, ``.pcapng``, rotated
-  ``.pcapN``, ``.gz``; see ``diag.capture.points``);
+  ``.pcapN``, ``.gz``; see ``diag.capture.points``), or an S3 prefix
+  ``s3://BUCKET/FLEET/POINT/…`` laid out the same way (``diag.capture.remote``);
 - a TOML manifest, for files that are not laid out that way::
 
       [points.node-a]
@@ -13,8 +14,9 @@ ring of files. ``diag analyze fleet`` takes the lot in one of two shapes:
       [points.pod]
       files = ["pod/eth0.pcapng", "pod/eth1.pcapng"]
 
-  Each entry of ``files`` is a file, a directory or a glob; relative
-  entries are relative to the manifest's own directory.
+  Each entry of ``files`` is a file, a directory or a glob, or an
+  ``s3://BUCKET/KEY`` object; relative entries are relative to the
+  manifest's own directory.
 
 Both give ``{point: [files]}``, points in name order and files sorted, so
 the analysis (and its order of reading) is the same whoever lists the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from diag.capture import remote
 from diag.capture.points import expand_spec, looks_like_capture
 from diag.capture.source import is_dir_quietly, is_file_quietly
 from diag.errors import DiagError
@@ -36,6 +39,8 @@ MANIFEST_SUFFIX = ".toml"
 
 def fleet_points(source: Path) -> dict[str, list[Path]]:
     """The points of a fleet directory or manifest, as point name -> its files (see the module's text)."""
+    if remote.is_s3(source):
+        return remote.list_points(source)
     if is_file_quietly(source) and source.suffix.lower() == MANIFEST_SUFFIX:
         return manifest_points(source)
     if is_dir_quietly(source):
@@ -108,7 +113,7 @@ def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[
             raise DiagError(f"{where}: points.{name}.files must be a non-empty list of paths")
         paths: list[Path] = []
         for item in files:
-            spec = Path(item) if Path(item).is_absolute() else base / item
+            spec = Path(item) if Path(item).is_absolute() or remote.is_s3(item) else base / item
             paths += expand_spec(spec) or [spec]
         points[name] = paths
     return points

@@ -63,7 +63,7 @@ def _byte_order(magic: bytes) -> bool | None:
     return None
 
 
-def read_pcapng(feed: Feed, magic: bytes, diagnostics: Diagnostics, path: Path) -> Iterator[RecordBatch]:
+def read_pcapng(feed: Feed, magic: bytes, diagnostics: Diagnostics, path: str | Path) -> Iterator[RecordBatch]:
     head = magic + feed.read_exact(8)
     if len(head) < 12:
         raise CaptureError(f"{path}: the pcapng section header is cut short ({len(head)} bytes)")

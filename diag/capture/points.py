@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from diag.capture import remote
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import capture_stem
@@ -69,6 +70,8 @@ def expand_spec(spec: Path, directories: bool = True) -> list[Path] | None:
     rotated forms, ``.gz``); a path that does not exist but holds ``*``, ``?``
     or ``[`` is a glob. Either one matching nothing is an error.
     """
+    if remote.is_s3(spec):
+        return None  # an object in S3 is always one file (diag.capture.remote lists a fleet's prefixes)
     # The OS may refuse to say (a directory the user cannot search): then it is no directory and
     # no glob, and opening it as a file reports the refusal in one line.
     if directories and is_dir_quietly(spec):
@@ -138,7 +141,12 @@ def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]
         for item in captures:
             text = os.fspath(item)
             name, sep, rest = text.partition("=")
-            if isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
+            if text.startswith(remote.SCHEME):  # an object's key may hold '=' (date=2026-12-04/)
+                remote.check_url(text)
+                entries.append((point_stem(Path(text)), Path(text), False))
+            elif isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
+                if rest.startswith(remote.SCHEME):
+                    remote.check_url(rest)
                 entries += [(name, path, True) for path in expand_spec(Path(rest)) or [Path(rest)]]
             else:
                 files = expand_spec(Path(text), directories=False) or [Path(text)]

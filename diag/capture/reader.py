@@ -19,6 +19,7 @@ from diag.capture.dissect import ADDRESS_COLUMNS, TUNNEL_NAMES, decode_batch
 from diag.capture.info import CaptureInfo
 from diag.capture.linktypes import SUPPORTED, linktype_name
 from diag.capture.records import Diagnostics, RecordBatch
+from diag.capture.remote import shown
 from diag.capture.source import STDIN_NAME, Feed, open_capture
 from diag.errors import CaptureError
 from diag.memory import current_budget
@@ -62,7 +63,8 @@ def read_capture(
     """
     path = Path(path)
     name = name if name is not None else capture_stem(path)
-    diagnostics = Diagnostics(str(path), raise_warnings=warn)
+    label = shown(path)  # an s3:// URL as written, not as pathlib folds it
+    diagnostics = Diagnostics(label, raise_warnings=warn)
     budget = current_budget()
     read = object()  # this read, as the budget tells it from others made at the same time
     stream, compressed = open_capture(path)
@@ -72,10 +74,10 @@ def read_capture(
             builder = TableBuilder(name, diagnostics)
             for batch in _batches(feed, path, compressed, diagnostics):
                 if stop is not None and stop.is_set():
-                    raise ReadStopped(f"{path}: stopped reading: another capture failed")
+                    raise ReadStopped(f"{label}: stopped reading: another capture failed")
                 expected = _expected_rows(feed, builder.rows + len(batch))
                 # Before the batch is kept: a bomb stops here, not in a MemoryError or the OOM killer.
-                budget.check(str(path), max(expected or 0, builder.rows + len(batch)), read)
+                budget.check(label, max(expected or 0, builder.rows + len(batch)), read)
                 builder.add(batch, expected)
     except BaseException:
         budget.forget(read)
@@ -84,12 +86,12 @@ def read_capture(
     table = builder.finish()
     table.attrs["capture_info"] = CaptureInfo(
         name=name,
-        path=str(path),
+        path=label,
         packets=len(table),
         link_type=builder.link_type_name(),
         skipped=diagnostics.skipped,
         warnings=tuple(diagnostics.messages),
-        files=(str(path),),
+        files=(label,),
     )
     return table
 
@@ -108,7 +110,7 @@ def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int
     decompressed again on every read.
     """
     path = Path(path)
-    diagnostics = Diagnostics(str(path))
+    diagnostics = Diagnostics(shown(path))
     stream, compressed = open_capture(path)
     skipped_link_types: Counter[int] = Counter()
     seen_link_types: set[int] = set()
@@ -132,12 +134,12 @@ def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int
     last = builder.finish()
     last.attrs["capture_info"] = CaptureInfo(
         name=name,
-        path=str(path),
+        path=diagnostics.path,
         packets=rows,
         link_type=builder.link_type_name(),
         skipped=diagnostics.skipped,
         warnings=tuple(diagnostics.messages),
-        files=(str(path),),
+        files=(diagnostics.path,),
     )
     yield last
 
@@ -156,12 +158,14 @@ def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics)
     magic = feed.read_exact(4)
     if not magic:
         if diagnostics.messages:
-            raise CaptureError(f"{path}: cannot be read: {diagnostics.messages[-1]}")
-        raise CaptureError(f"{path}: the {what} is empty, not a capture")
-    yield from format_batches(feed, magic, path, diagnostics, f"the {what}")
+            raise CaptureError(f"{diagnostics.path}: cannot be read: {diagnostics.messages[-1]}")
+        raise CaptureError(f"{diagnostics.path}: the {what} is empty, not a capture")
+    yield from format_batches(feed, magic, diagnostics.path, diagnostics, f"the {what}")
 
 
-def format_batches(feed: Feed, magic: bytes, path: Path, diagnostics: Diagnostics, what: str) -> Iterator[RecordBatch]:
+def format_batches(
+    feed: Feed, magic: bytes, path: str | Path, diagnostics: Diagnostics, what: str
+) -> Iterator[RecordBatch]:
     """The batches of a pcap or pcapng capture whose first four bytes (``magic``) were read from ``feed``.
 
     ``what`` names the input in the error for anything else ('the file', 'the stream').

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from diag.capture.digest import digest_alone, usable_cpus
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import ReadStopped, read_capture
+from diag.capture.remote import is_s3
 from diag.capture.source import capture_size, is_file_quietly
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def read_files(
     workers = min(len(pairs), usable_cpus())
     # Pipes, FIFOs and standard input are read one after another, in the order given, each opened only
     # when its turn comes (what feeds them may be waiting for an earlier one to be read).
-    if workers < 2 or not all(is_file_quietly(path) for _, path in pairs):
+    if workers < 2 or not all(is_file_quietly(path) or is_s3(path) for _, path in pairs):
         return [_read_one(name, path, progress, stop) for name, path in pairs]
 
     def read(name: str, path: Path) -> FileRead:

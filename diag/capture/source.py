@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from diag.capture import remote
 from diag.capture.bytesview import PADDING, Buffer
 from diag.capture.records import Diagnostics
 from diag.errors import CaptureError
@@ -63,14 +64,17 @@ MADVISE = _libc_madvise()
 def open_capture(path: Path) -> tuple[BinaryIO, bool]:
     """Open ``path`` for reading, decompressing gzip transparently; (stream, was_compressed).
 
-    ``-`` is standard input. Pipes, FIFOs and ``/dev/stdin`` cannot seek back
+    ``-`` is standard input; ``s3://BUCKET/KEY`` an object in S3, streamed
+    (``diag.capture.remote``). Pipes, FIFOs and ``/dev/stdin`` cannot seek back
     over the bytes that tell gzip from a capture, so those bytes are handed
     back in front of the rest of the stream instead. Whatever the OS answers
     (no such file, permission denied, an I/O error) becomes one ``CaptureError``
     naming the file.
     """
-    if str(path) == STDIN_NAME:
-        raw: BinaryIO = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+    if remote.is_s3(path):
+        raw: BinaryIO = remote.open_object(path)  # type: ignore[assignment]  # a raw stream, read sequentially
+    elif str(path) == STDIN_NAME:
+        raw = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
     else:
         try:
             raw = path.open("rb")
@@ -81,7 +85,7 @@ def open_capture(path: Path) -> tuple[BinaryIO, bool]:
         stream = _rewound(raw, magic)
     except OSError as error:
         raw.close()
-        raise CaptureError(f"{path}: {_os_problem(error, 'cannot read')}") from None
+        raise CaptureError(f"{remote.shown(path)}: {_os_problem(error, 'cannot read')}") from None
     if magic == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=stream, mode="rb"), True  # type: ignore[return-value]
     return stream, False
@@ -406,6 +410,8 @@ def file_size(stream: BinaryIO) -> int | None:
     """
     if isinstance(stream, gzip.GzipFile):
         return None
+    if isinstance(stream, remote.S3Body):  # an object in S3, never mapped: its size serves the estimates
+        return stream.size if stream.tell() == 0 else None
     try:
         status = os.fstat(stream.fileno())
         if not stat.S_ISREG(status.st_mode) or stream.tell() != 0:
@@ -443,12 +449,16 @@ def is_file_quietly(path: Path) -> bool:
 def capture_size(path: Path) -> int:
     """Bytes in a capture file, for progress and memory estimates; 0 for a stream or anything unreadable.
 
+    An object in S3 is sized by a HEAD request.
+
     Never raises: asking the size of a file in a directory one cannot
     search, or of one that has just disappeared, must not end in a
     traceback; opening it later reports the problem in one line.
     """
     if str(path) == STDIN_NAME:
         return 0
+    if remote.is_s3(path):
+        return remote.object_size(path)
     try:
         status = path.stat()
     except (OSError, ValueError):
