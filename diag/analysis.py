@@ -115,6 +115,7 @@ def analyze(
     try:
         if started is not None:
             tables, infos = assemble_points([name for name, _ in pairs], started.result())
+            started.cancel()  # it is done: this drops its hold on the files' tables, stacked below
         else:
             tables, infos = (reader or read_captures)(pairs, progress)
     except MemoryBudgetError as error:
@@ -126,6 +127,8 @@ def analyze(
 
         return analyze_in_passes(pairs, limit, progress, tree, refusal=error)
     packets = concat_packets(tables)
+    # The points' own tables are copied into the stacked one: not kept for the stages after (peak memory).
+    del tables
     if tree is not None:
         # Renumbered rows: the correlation and the plots name packets by row label, within this table only.
         packets = filter_packets(packets, tree).reset_index(drop=True)
