@@ -7,8 +7,9 @@ the number of flows either, only with the connections that need diagnosing:
 
 1. Every file is read once. Each chunk's key table
    (``diag.flows.candidates.key_table``) goes to a ``CandidateSurvey``
-   (``diag.flows.candidate_stream``), which keeps per-flow counts in memory and
-   spills the rows' packet keys to bucket files by key hash; the chunk's
+   (``diag.flows.candidate_stream``), which spills the rows' packet keys, each
+   chunk's per-flow counts, the SYNs and the client endpoints to bucket files
+   (keys by key hash, counts by flow hash); the chunk's
    packets go to *packet buckets* by the hash of their flow (a flow's packets
    all share a bucket; packets of no flow go to a bucket of their own). Both
    live in a temporary directory, removed whatever happens. The key buckets
@@ -74,7 +75,7 @@ if TYPE_CHECKING:
     from diag.analysis import ProgressHook
 
 # Memory per flow held in memory: its row of the flow table (about 390 bytes deep, measured) and its share
-# of the merge of the partitions' rows; it also covers the survey's per-flow counts, SYNs and client endpoints.
+# of the merge of the partitions' rows.
 BYTES_PER_FLOW = 500
 # Memory per packet of one partition while its flow rows are built: the packet table (160 bytes deep)
 # and build_flows' own (busy.pcap in one partition: 280 to 470 bytes a packet, measured).

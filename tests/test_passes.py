@@ -358,3 +358,66 @@ def test_a_killed_command_in_passes_leaves_no_temporary_file_and_no_output(
     assert stderr.strip().splitlines()[-1] == "diag: terminated"
     assert not list(temporary.iterdir())
     assert not out.exists()
+
+
+def _healthy_key_tables(flows: int, chunk: int) -> list[pd.DataFrame]:
+    """Key tables (``key_table``'s columns) of ``flows`` TCP flows at one point, in ``chunk``-row pieces: each a
+    SYN, a SYN-ACK and an ACK with keys of their own, and every hundredth flow a RST after them."""
+    flow = np.repeat(np.arange(flows, dtype=np.int64), 3)
+    step = np.tile(np.arange(3), flows)
+    reset = np.arange(0, flows, 100)
+    flow, step = np.concatenate([flow, reset]), np.concatenate([step, np.full(len(reset), 3)])
+    order = np.lexsort((step, flow))
+    flow, step = flow[order], step[order]
+    salt = np.uint64(0x9E3779B97F4A7C15)
+    client = (flow.astype(np.uint64) + np.uint64(1)) * salt
+    server = np.uint64(77 * 0x9E3779B97F4A7C15 % (1 << 64))
+    from_client = (step == 0) | (step == 2)
+    flags = np.array([0x02, 0x12, 0x10, 0x04], dtype=np.int16)[step]
+    table = pd.DataFrame(
+        {
+            "point": np.zeros(len(flow), dtype=np.int16),
+            "node": (flow.astype(np.uint64) + np.uint64(1)) * np.uint64(0xC2B2AE3D27D4EB4F),
+            "key": np.arange(1, len(flow) + 1, dtype=np.uint64) * np.uint64(0x165667B19E3779F9),
+            "ip_id": np.arange(len(flow), dtype=np.int32) % 65536,
+            "ts_ns": np.arange(len(flow), dtype=np.int64) * 1000,
+            "ttl": np.full(len(flow), 64, dtype=np.int16),
+            "proto": np.full(len(flow), 6, dtype=np.int16),
+            "tcp_flags": flags,
+            "seq": flow * 7919 + step,
+            "sender": np.where(from_client, client, server),
+            "client_endpoint": np.where(step <= 1, client, np.uint64(0)),
+        }
+    )
+    return [table.iloc[start : start + chunk].reset_index(drop=True) for start in range(0, len(table), chunk)]
+
+
+def test_the_survey_holds_no_state_per_flow_in_memory(tmp_path: Path) -> None:
+    """60,000 flows that share nothing: what the survey holds between chunks is bounded by its buffer, not by
+    the flows (per-flow counts, SYNs and client endpoints are on disk), and the union-find joins only the
+    chosen flows, not every flow. The choice is still ``candidate_rows``'s."""
+    import tracemalloc
+
+    chunks = _healthy_key_tables(60_000, 4096)
+    survey = CandidateSurvey(tmp_path, buckets=8, buffer_rows=2000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        first = 0
+        for chunk in chunks:
+            survey.add(chunk, 0, first)
+            first += len(chunk)
+            assert survey.held_rows() <= 2000 + 3 * 4096  # keys, node counts, SYNs, endpoints of a chunk
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # Kept whole in memory, the flows' counts alone would be 60,000 × 48 bytes or more (2.9 MB).
+    assert held < 1_500_000, f"the survey holds {held:,} bytes after 60,000 flows"
+    choice = survey.choose([FileOrder(0, 0, 0, False)], bucket_rows=10_000)
+    assert not list(tmp_path.iterdir())
+    assert survey.nodes_seen == 60_000
+    assert survey.vertices_joined < 1000  # the 600 reset flows and the boundary rows' flows
+    whole = pd.concat(chunks, ignore_index=True)
+    expected = candidate_rows(whole)
+    kept = choice.keep(whole, whole["node"].to_numpy(), 0, 0)
+    assert (kept == expected).all() and expected.sum() == 600 * 4 + 3  # the last flow holds the latest row

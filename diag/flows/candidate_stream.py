@@ -3,22 +3,32 @@
 ``diag.flows.candidates.candidate_rows`` needs the key table of every packet
 at once, about 60 bytes a packet: a capture of a hundred million packets
 would not fit. ``CandidateSurvey`` takes the key tables chunk by chunk and
-keeps in memory only what grows with the connections, not the packets:
+keeps in memory neither what grows with the packets nor what grows with the
+flows: everything per row or per flow goes to *bucket* files on disk, each
+kind by the hash of what it is grouped by, so a group of buckets holds whole
+groups:
 
-- per *node* (one flow at one point) its point, protocol and a few counts
-  (rows, RSTs, SYNs, SYN-ACKs, the smallest and largest sender): the seeds;
-- the SYNs (the retried-SYN rule) and the client endpoints of SYNs and
-  SYN-ACKs, a few rows per connection;
-- per file its first row and where its earliest and latest times are.
+- the rows that have a packet key, by key hash: the nodes each key joins and
+  the keys that decide clock offsets are found a few buckets at a time (the
+  tightest delay bound of each pair of points and direction is a maximum, or
+  minimum, and merges across buckets);
+- per chunk, per *node* (one flow at one point) its point, protocol and a few
+  counts (rows, RSTs, SYNs, SYN-ACKs, the smallest and largest sender), by
+  node hash: summed a few buckets at a time, they give the seeds, and each
+  node's rows and protocol are written back sorted for the last step;
+- the SYNs, by sequence number (the retried-SYN rule groups by it);
+- the client endpoints of SYNs and SYN-ACKs with their nodes, by endpoint: an
+  endpoint of one node joins nothing, so only those of two nodes or more are
+  kept.
 
-The rows that have a packet key go to *bucket* files on disk, by key hash.
-A packet key never spans two buckets, so the nodes each key joins and the
-keys that decide clock offsets are found a few buckets at a time; the
-tightest delay bound of each pair of points and direction is a maximum (or
-minimum) and merges across buckets. The nodes are then joined into
-components (union-find over nodes, the keys that only node-less rows hold,
-and client endpoints), and the choice is kept as sets of nodes and keys
-(``Choice``), so a later pass decides each row of a chunk from that row alone.
+In memory stay per file its first row and where its earliest and latest
+times are, and what the joining needs: the node pairs that share a key, the
+shared client endpoints and the vertices chosen so far. The union-find runs
+over those only: a node that shares nothing is a component of its own, kept
+if and only if it is chosen, so a capture of a million healthy flows that
+share no key joins only its chosen ones. The choice is kept as sets of nodes
+and keys (``Choice``), so a later pass decides each row of a chunk from that
+row alone.
 
 The rows chosen are ``candidate_rows``'s. Of the packet keys at the
 tightest delay bound of a pair of points both keep the smallest; the bounds
@@ -29,7 +39,7 @@ the same offset.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -46,8 +56,16 @@ from diag.flows.copies import mix_hash, packet_keys
 SPILL: Final = np.dtype([("key", "<u8"), ("vertex", "<u8"), ("ts", "<i8"), ("point", "<i2"), ("ttl", "<i2")])
 # Memory per spilled row while its bucket is worked on: the rows, the de-duplication and grouping temporaries.
 BUCKET_BYTES_PER_ROW: Final = 160
-# Node aggregates are merged once this many chunks' partial ones are waiting.
-_MERGE_EVERY: Final = 8
+# One chunk's counts of one node (summed over the chunks by ``_sum_nodes``).
+NODE_COUNTS: Final = np.dtype(
+    [("node", "<u8"), ("sender_min", "<u8"), ("sender_max", "<u8"), ("rows", "<i8"), ("rst", "<i8"),
+     ("syn", "<i8"), ("synack", "<i8"), ("point", "<i2"), ("proto", "<i2")]
+)  # fmt: skip
+# One node after the sums, sorted by node, for the last step of ``choose``: what is kept and how many rows.
+NODE_SUMMARY: Final = np.dtype([("node", "<u8"), ("rows", "<i8"), ("point", "<i2"), ("proto", "<i2")])
+# One SYN (the retried-SYN rule), and one client endpoint of a SYN or SYN-ACK with its node.
+SYN_ROW: Final = np.dtype([("seq", "<i8"), ("content", "<u8"), ("node", "<u8"), ("point", "<i2")])
+CLIENT_ROW: Final = np.dtype([("client", "<u8"), ("node", "<u8")])
 
 _ORPHAN_SEED: Final = np.uint64(0x9E3779B97F4A7C15)
 _CLIENT_SEED: Final = np.uint64(0xC2B2AE3D27D4EB4F)
@@ -139,16 +157,19 @@ class CandidateSurvey:
         self.points: set[int] = set()
         self.spilled_rows = 0
         self.nodes_seen = 0  # set by ``choose``: how many nodes (flows at a point) there were
-        self._buffer: list[np.ndarray] = []
+        self.vertices_joined = 0  # set by ``choose``: the vertices of the union-find (not every node)
+        # Rows waiting to be written to the bucket files, per kind (keys, node counts, SYNs, client endpoints).
+        self._buffers: dict[str, list[np.ndarray]] = {kind: [] for kind in _KINDS}
         self._buffered = 0
-        self._node_parts: list[pd.DataFrame] = []
-        self._syns: list[pd.DataFrame] = []
-        self._clients: list[pd.DataFrame] = []
         self._icmp: list[np.ndarray] = []
         self._marks: dict[int, _FileMarks] = {}
 
-    def _bucket_path(self, bucket: int) -> Path:
-        return self.directory / f"keys-{bucket:05d}.bin"
+    def _bucket_path(self, bucket: int, kind: str = "keys") -> Path:
+        return self.directory / f"{kind}-{bucket:05d}.bin"
+
+    def held_rows(self) -> int:
+        """Rows of any kind held in memory, waiting to be written to the bucket files."""
+        return sum(len(part) for parts in self._buffers.values() for part in parts)
 
     def add(self, keys: pd.DataFrame, file: int, first_row: int) -> None:
         """The key table (``key_table``) of rows ``first_row``.. of ``file``."""
@@ -169,40 +190,26 @@ class CandidateSurvey:
         tcp = transport & (proto == TCP) & (flags >= 0)
         handshake = flags & (SYN | ACK | RST)
         syn = tcp & (handshake == SYN)
-        self._node_parts.append(
-            pd.DataFrame(
-                {
-                    "node": node[transport],
-                    "point": point[transport],
-                    "proto": proto[transport],
-                    "rows": np.ones(int(transport.sum()), dtype=np.int64),
-                    "rst": (tcp & ((flags & RST) != 0))[transport].astype(np.int64),
-                    "syn": syn[transport].astype(np.int64),
-                    "synack": (tcp & (handshake == (SYN | ACK)))[transport].astype(np.int64),
-                    "sender_min": keys["sender"].to_numpy()[transport],
-                    "sender_max": keys["sender"].to_numpy()[transport],
-                }
-            )
-            .groupby("node", sort=False)
-            .agg(_NODE_AGGREGATES)
-        )
-        if len(self._node_parts) >= _MERGE_EVERY:
-            self._node_parts = [self._merged_nodes()]
+        sender = keys["sender"].to_numpy()
+        counts = np.empty(int(transport.sum()), dtype=NODE_COUNTS)
+        counts["node"], counts["point"], counts["proto"] = node[transport], point[transport], proto[transport]
+        counts["rows"] = 1
+        counts["rst"] = (tcp & ((flags & RST) != 0))[transport]
+        counts["syn"] = syn[transport]
+        counts["synack"] = (tcp & (handshake == (SYN | ACK)))[transport]
+        counts["sender_min"] = counts["sender_max"] = sender[transport]
+        self._buffers["nodes"].append(_sum_nodes(counts))
         if syn.any():
-            self._syns.append(
-                pd.DataFrame(
-                    {
-                        "seq": keys["seq"].to_numpy()[syn],
-                        "point": point[syn],
-                        "content": mix_hash(key[syn].copy(), keys["ip_id"].to_numpy()[syn]),
-                        "node": node[syn],
-                    }
-                )
-            )
+            syns = np.empty(int(syn.sum()), dtype=SYN_ROW)
+            syns["seq"], syns["point"], syns["node"] = keys["seq"].to_numpy()[syn], point[syn], node[syn]
+            syns["content"] = mix_hash(key[syn].copy(), keys["ip_id"].to_numpy()[syn])
+            self._buffers["syns"].append(syns)
         client = keys["client_endpoint"].to_numpy()
-        if (client != 0).any():
-            has = client != 0
-            self._clients.append(pd.DataFrame({"client": client[has], "node": node[has]}).drop_duplicates())
+        has = client != 0
+        if has.any():
+            clients = np.empty(int(has.sum()), dtype=CLIENT_ROW)
+            clients["client"], clients["node"] = client[has], node[has]
+            self._buffers["clients"].append(np.unique(clients))
         icmp = ((proto == ICMP) | (proto == ICMPV6)) & (key != 0)
         if icmp.any():
             self._icmp.append(np.unique(orphan_vertices(key[icmp])))
@@ -225,113 +232,136 @@ class CandidateSurvey:
         records["ts"] = keys["ts_ns"].to_numpy()[has]
         records["point"] = keys["point"].to_numpy()[has]
         records["ttl"] = keys["ttl"].to_numpy()[has]
-        self._buffer.append(records)
+        self._buffers["keys"].append(records)
         self._buffered += len(records)
         self.spilled_rows += len(records)
         if self._buffered >= self.buffer_rows:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._buffer:
-            return
-        records = np.concatenate(self._buffer)
-        self._buffer, self._buffered = [], 0
-        bucket = (records["key"] % np.uint64(self.buckets)).astype(np.int64)
-        order = np.argsort(bucket, kind="stable")
-        records, bucket = records[order], bucket[order]
-        bounds = np.searchsorted(bucket, np.arange(self.buckets + 1))
-        for number in range(self.buckets):
-            start, stop = int(bounds[number]), int(bounds[number + 1])
-            if stop > start:
-                with open(self._bucket_path(number), "ab") as out:
-                    records[start:stop].tofile(out)
+        """Write the rows waiting, each kind to its buckets by the hash of the field it is grouped by."""
+        for kind, field_name in _KINDS.items():
+            if not self._buffers[kind]:
+                continue
+            records = np.concatenate(self._buffers[kind])
+            self._buffers[kind] = []
+            bucket = (records[field_name].astype(np.uint64) % np.uint64(self.buckets)).astype(np.int64)
+            order = np.argsort(bucket, kind="stable")
+            records, bucket = records[order], bucket[order]
+            bounds = np.searchsorted(bucket, np.arange(self.buckets + 1))
+            for number in range(self.buckets):
+                start, stop = int(bounds[number]), int(bounds[number + 1])
+                if stop > start:
+                    with open(self._bucket_path(number, kind), "ab") as out:
+                        records[start:stop].tofile(out)
+        self._buffered = 0
 
-    def _merged_nodes(self) -> pd.DataFrame:
-        if not self._node_parts:
-            return pd.DataFrame(columns=list(_NODE_AGGREGATES)).rename_axis("node")
-        if len(self._node_parts) == 1:
-            return self._node_parts[0]
-        return pd.concat(self._node_parts).groupby(level=0, sort=False).agg(_NODE_AGGREGATES)
+    def _bucket_groups(self, kind: str, dtype: np.dtype[np.void], rows: int) -> Iterator[np.ndarray]:
+        """The rows of one kind's buckets, a group of buckets of about ``rows`` rows at a time (files removed)."""
+        group: list[Path] = []
+        held = 0
+        for number in range(self.buckets):
+            path = self._bucket_path(number, kind)
+            if not path.exists():
+                continue
+            group.append(path)
+            held += path.stat().st_size // dtype.itemsize
+            if held >= rows:
+                yield _read_removing(group, dtype)
+                group, held = [], 0
+        if group:
+            yield _read_removing(group, dtype)
 
     def choose(self, files: Sequence[FileOrder], bucket_rows: int) -> Choice:
-        """The candidate rows, reading the buckets back about ``bucket_rows`` spilled rows at a time.
+        """The candidate rows, reading the buckets back about ``bucket_rows`` rows at a time.
 
         ``files`` says where each file's rows go in the whole table (its point,
         rank and whether the point is merged by time), which decides each
         point's first row. The bucket files are removed as they are read.
         """
         self._flush()
-        nodes = self._merged_nodes()
-        self._node_parts = []
-        self.nodes_seen = len(nodes)
         clock = _Clock(several_points=len(self.points) > 1)
-        edges: list[pd.DataFrame] = []
-        group: list[Path] = []
-        held = 0
-        for number in range(self.buckets):
-            path = self._bucket_path(number)
-            if not path.exists():
-                continue
-            group.append(path)
-            held += path.stat().st_size // SPILL.itemsize
-            if held >= bucket_rows:
-                edges.append(_bucket_work(group, clock))
-                group, held = [], 0
-        if group:
-            edges.append(_bucket_work(group, clock))
+        edges = [_bucket_work(group, clock) for group in self._bucket_groups("keys", SPILL, bucket_rows)]
         joined = pd.concat(edges, ignore_index=True).drop_duplicates() if edges else _no_edges()
         del edges
-        clients = (
-            pd.concat(self._clients, ignore_index=True).drop_duplicates()
-            if self._clients
-            else pd.DataFrame({"client": np.zeros(0, np.uint64), "node": np.zeros(0, np.uint64)})
-        )
-        chosen = [_seeds(nodes), _retried_syns(self._syns), clock.vertices(), *self._icmp]
+        shared = [_shared_clients(group) for group in self._bucket_groups("clients", CLIENT_ROW, bucket_rows)]
+        clients = np.concatenate(shared) if shared else np.zeros(0, dtype=CLIENT_ROW)
+        del shared
+        retried = [_retried_syns(group) for group in self._bucket_groups("syns", SYN_ROW, bucket_rows)]
+        seeds, summaries = self._summarise_nodes(bucket_rows)
+        chosen = [*seeds, *retried, clock.vertices(), *self._icmp]
         boundary, lone = self._boundary(files)
         chosen.append(np.array([vertex for vertex in lone if vertex], dtype=np.uint64))
-        node_ids = nodes.index.to_numpy().astype(np.uint64)
-        client_vertex = _tagged(clients["client"].to_numpy(), _CLIENT_SEED)
+        client_vertex = _tagged(clients["client"], _CLIENT_SEED)
         chosen_values = np.concatenate(chosen).astype(np.uint64)
+        del chosen, seeds, retried
+        # Only what shares a key or a client endpoint, and what is chosen, is joined: any other node is a
+        # component of its own, kept if and only if it is chosen.
         values = np.concatenate(
-            [
-                node_ids,
-                joined["a"].to_numpy(),
-                joined["b"].to_numpy(),
-                clients["node"].to_numpy(),
-                client_vertex,
-                chosen_values,
-            ]
+            [joined["a"].to_numpy(), joined["b"].to_numpy(), clients["node"], client_vertex, chosen_values]
         ).astype(np.uint64)
         codes, uniques = pd.factorize(values, sort=False)
         codes = codes.astype(np.int64)
         n_vertices = len(uniques)
-        at = np.cumsum([0, len(node_ids), len(joined), len(joined), len(clients), len(clients), len(chosen_values)])
-        first = np.concatenate([codes[at[1] : at[2]], codes[at[3] : at[4]], np.arange(n_vertices, dtype=np.int64)])
-        second = np.concatenate([codes[at[2] : at[3]], codes[at[4] : at[5]], np.full(n_vertices, -1, dtype=np.int64)])
+        self.vertices_joined = n_vertices
+        at = np.cumsum([0, len(joined), len(joined), len(clients), len(clients), len(chosen_values)])
+        first = np.concatenate([codes[at[0] : at[1]], codes[at[2] : at[3]], np.arange(n_vertices, dtype=np.int64)])
+        second = np.concatenate([codes[at[1] : at[2]], codes[at[3] : at[4]], np.full(n_vertices, -1, dtype=np.int64)])
+        del joined, clients, client_vertex, values
         roots = joined_components(first, second, np.full(len(first), -1, dtype=np.int64), n_vertices)[-n_vertices:]
-        node_component = roots[codes[: at[1]]]
-        kept_components = [roots[codes[at[5] : at[6]]]]
-        udp = nodes["proto"].to_numpy() == UDP
-        if udp.any():  # a UDP connection with two flows at one point is a suspect
-            per_point = (
-                pd.DataFrame(
-                    {"component": node_component[udp], "point": nodes["point"].to_numpy()[udp], "node": node_ids[udp]}
-                )
-                .groupby(["component", "point"])["node"]
-                .nunique()
-            )
-            kept_components.append(per_point[per_point > 1].index.get_level_values("component").to_numpy())
+        del first, second
         kept = np.zeros(n_vertices, dtype=bool)
-        kept[np.concatenate(kept_components).astype(np.int64)] = True
+        kept[roots[codes[at[4] : at[5]]]] = True
+        del codes
+        vertex_of = pd.Index(uniques)
+        # A UDP connection with two flows at one point is a suspect: only joined nodes can be two in a component.
+        udp_parts = [self._joined_udp(summary, vertex_of, roots) for summary in _read_each(summaries, NODE_SUMMARY)]
+        udp = pd.concat(udp_parts, ignore_index=True) if udp_parts else pd.DataFrame()
+        if len(udp):
+            per_point = udp.groupby(["component", "point"])["node"].nunique()
+            kept[per_point[per_point > 1].index.get_level_values("component").to_numpy()] = True
         kept_vertex = kept[roots]
-        kept_nodes = kept[node_component]
-        orphans = np.setdiff1d(uniques[kept_vertex].astype(np.uint64), node_ids[kept_nodes])
+        kept_values = np.sort(uniques[kept_vertex].astype(np.uint64))
+        node_parts, estimate = [], 0
+        for summary in _read_each(summaries, NODE_SUMMARY, remove=True):
+            mine = np.isin(summary["node"], kept_values, assume_unique=True)
+            node_parts.append(summary["node"][mine])
+            estimate += int(summary["rows"][mine].sum())
+        nodes = np.sort(np.concatenate([np.zeros(0, dtype=np.uint64), *node_parts]))
         return Choice(
-            nodes=np.sort(node_ids[kept_nodes]),
-            orphans=orphans,
+            nodes=nodes,
+            orphans=np.setdiff1d(kept_values, nodes),
             clock_keys=clock.keys(),
             boundary=boundary,
-            kept_estimate=int(nodes["rows"].to_numpy()[kept_nodes].sum()) + len(lone),
+            kept_estimate=estimate + len(lone),
+        )
+
+    def _summarise_nodes(self, bucket_rows: int) -> tuple[list[np.ndarray], list[Path]]:
+        """Each node's counts summed over the chunks, a group of buckets at a time: the seeds, and files of each
+        node's ``NODE_SUMMARY`` (sorted by node) for the end of ``choose``."""
+        seeds, summaries = [], []
+        self.nodes_seen = 0
+        for number, group in enumerate(self._bucket_groups("nodes", NODE_COUNTS, bucket_rows)):
+            nodes = _sum_nodes(group)
+            del group
+            self.nodes_seen += len(nodes)
+            seeds.append(_seeds(nodes))
+            summary = np.empty(len(nodes), dtype=NODE_SUMMARY)
+            for name in NODE_SUMMARY.names or ():
+                summary[name] = nodes[name]
+            path = self.directory / f"summary-{number:05d}.bin"
+            summary.tofile(path)
+            summaries.append(path)
+        return seeds, summaries
+
+    @staticmethod
+    def _joined_udp(summary: np.ndarray, vertex_of: pd.Index, roots: np.ndarray) -> pd.DataFrame:
+        """The UDP nodes of ``summary`` that the union-find holds, with their component and point."""
+        udp = summary[summary["proto"] == UDP]
+        at = vertex_of.get_indexer(udp["node"])
+        joined = at >= 0
+        return pd.DataFrame(
+            {"component": roots[at[joined]], "point": udp["point"][joined], "node": udp["node"][joined]}
         )
 
     def _boundary(self, files: Sequence[FileOrder]) -> tuple[dict[int, set[int]], list[int]]:
@@ -364,37 +394,69 @@ class CandidateSurvey:
         return rows, [mark.vertex for _file, mark in chosen]
 
 
-_NODE_AGGREGATES: Final = {
-    "point": "first",
-    "proto": "first",
-    "rows": "sum",
-    "rst": "sum",
-    "syn": "sum",
-    "synack": "sum",
-    "sender_min": "min",
-    "sender_max": "max",
-}
+# Each kind of bucket file and the field its rows are bucketed (and grouped) by.
+_KINDS: Final = {"keys": "key", "nodes": "node", "syns": "seq", "clients": "client"}
+
+
+def _read_removing(paths: list[Path], dtype: np.dtype[np.void]) -> np.ndarray:
+    rows = np.concatenate([np.fromfile(path, dtype=dtype) for path in paths])
+    for path in paths:
+        path.unlink()
+    return rows
+
+
+def _read_each(paths: list[Path], dtype: np.dtype[np.void], remove: bool = False) -> Iterator[np.ndarray]:
+    for path in paths:
+        rows = np.fromfile(path, dtype=dtype)
+        if remove:
+            path.unlink()
+        yield rows
+
+
+def _sum_nodes(counts: np.ndarray) -> np.ndarray:
+    """``NODE_COUNTS`` rows summed per node (sorted by node): counts added, senders' extremes, point and proto."""
+    if len(counts) == 0:
+        return counts
+    counts = counts[np.argsort(counts["node"], kind="stable")]
+    node = counts["node"]
+    starts = np.flatnonzero(np.concatenate([[True], node[1:] != node[:-1]]))
+    summed = counts[starts]  # node, point and proto: the same for every row of a node
+    for name in ("rows", "rst", "syn", "synack"):
+        summed[name] = np.add.reduceat(counts[name], starts)
+    summed["sender_min"] = np.minimum.reduceat(counts["sender_min"], starts)
+    summed["sender_max"] = np.maximum.reduceat(counts["sender_max"], starts)
+    return summed
 
 
 def _no_edges() -> pd.DataFrame:
     return pd.DataFrame({"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64)})
 
 
-def _seeds(nodes: pd.DataFrame) -> npt.NDArray[np.uint64]:
-    """``seed_nodes`` from the node aggregates: a RST, two SYNs, a SYN unanswered, a UDP flow of one sender."""
-    tcp = nodes["proto"].to_numpy() == TCP
-    syn, synack = nodes["syn"].to_numpy(), nodes["synack"].to_numpy()
-    seed = tcp & ((nodes["rst"].to_numpy() > 0) | (syn >= 2) | ((syn > 0) & (synack == 0)))
-    seed |= (nodes["proto"].to_numpy() == UDP) & (nodes["sender_min"].to_numpy() == nodes["sender_max"].to_numpy())
-    seeds: npt.NDArray[np.uint64] = nodes.index.to_numpy()[seed].astype(np.uint64)
+def _seeds(nodes: np.ndarray) -> npt.NDArray[np.uint64]:
+    """``seed_nodes`` from the nodes' counts: a RST, two SYNs, a SYN unanswered, a UDP flow of one sender."""
+    tcp = nodes["proto"] == TCP
+    syn, synack = nodes["syn"], nodes["synack"]
+    seed = tcp & ((nodes["rst"] > 0) | (syn >= 2) | ((syn > 0) & (synack == 0)))
+    seed |= (nodes["proto"] == UDP) & (nodes["sender_min"] == nodes["sender_max"])
+    seeds: npt.NDArray[np.uint64] = nodes["node"][seed].astype(np.uint64)
     return seeds
 
 
-def _retried_syns(parts: list[pd.DataFrame]) -> npt.NDArray[np.uint64]:
+def _shared_clients(rows: np.ndarray) -> np.ndarray:
+    """Of client endpoint rows (whole endpoints: a group of buckets), the distinct ones of endpoints two nodes
+    or more share: an endpoint of one node joins nothing."""
+    rows = np.unique(rows)  # sorted by endpoint, then node
+    client = rows["client"]
+    nodes = np.bincount(np.cumsum(np.concatenate([[True], client[1:] != client[:-1]])) - 1)
+    shared: np.ndarray = rows[np.repeat(nodes, nodes) > 1]
+    return shared
+
+
+def _retried_syns(syns: np.ndarray) -> npt.NDArray[np.uint64]:
     """Nodes of SYNs whose sequence number comes with two different packets (content or count) anywhere."""
-    if not parts:
+    if len(syns) == 0:
         return np.zeros(0, dtype=np.uint64)
-    frame = pd.concat(parts, ignore_index=True)
+    frame = pd.DataFrame({name: syns[name] for name in SYN_ROW.names or ()})
     several: np.ndarray = (frame.groupby("seq")["content"].transform("nunique") > 1).to_numpy() | (
         frame.groupby(["seq", "point"])["content"].transform("size") > 1
     ).to_numpy()
@@ -402,11 +464,8 @@ def _retried_syns(parts: list[pd.DataFrame]) -> npt.NDArray[np.uint64]:
     return nodes
 
 
-def _bucket_work(paths: list[Path], clock: _Clock) -> pd.DataFrame:
-    """Read (and remove) a group of bucket files: the node pairs their keys join; the clock rule sees them."""
-    rows = np.concatenate([np.fromfile(path, dtype=SPILL) for path in paths])
-    for path in paths:
-        path.unlink()
+def _bucket_work(rows: np.ndarray, clock: _Clock) -> pd.DataFrame:
+    """The node pairs the keys of a group of buckets join; the clock rule sees the rows."""
     clock.add(rows)
     order = np.lexsort((rows["vertex"], rows["key"]))
     key, vertex = rows["key"][order], rows["vertex"][order]
