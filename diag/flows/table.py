@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
 
 from diag.capture.addresses import endpoint_text
 from diag.capture.proto import UDP
@@ -121,6 +122,18 @@ def _numbered(summary: FlowSummary, row_flow: np.ndarray | None = None) -> tuple
     return by_appearance, ids
 
 
+def _text_column(values: np.ndarray, codes: np.ndarray | None = None) -> ExtensionArray:
+    """``values[codes]`` (``values`` itself without ``codes``) as the column pandas would make of it.
+
+    A DataFrame turns an object column of str into its string dtype one element at a time; most of the
+    flow table's texts repeat (captures, protocols, states, hosts, servers), so each distinct text is
+    converted once and the column is a gather of those. ``codes`` index ``values`` as numpy does.
+    """
+    if codes is None:
+        codes, values = pd.factorize(values, use_na_sentinel=False)
+    return pd.Series(values).array.take(codes)
+
+
 class _EndpointNames:
     """Endpoint codes as host, port and "host:port" text (IPv6 in brackets), each distinct one formatted once."""
 
@@ -129,14 +142,14 @@ class _EndpointNames:
         # Each address's text up to the port: its text with port 0, less the "0".
         self.prefix = [endpoint_text(host, 0)[:-1] for host in addresses.tolist()]
 
-    def __call__(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(host, port, text) per code."""
+    def __call__(self, codes: np.ndarray) -> tuple[ExtensionArray, np.ndarray, ExtensionArray]:
+        """(host, port, text) per code, the texts as string columns (``_text_column``)."""
         address, port = codes >> PORT_BITS, codes & PORT_MASK
         inverse, distinct = pd.factorize(codes)  # many flows share an endpoint (the server)
         prefix = self.prefix
         pairs = zip((distinct >> PORT_BITS).tolist(), (distinct & PORT_MASK).tolist(), strict=True)
-        text = [prefix[host] + str(number) for host, number in pairs]
-        return self.addresses[address], port, np.array(text, dtype=object)[inverse]
+        text = np.array([prefix[host] + str(number) for host, number in pairs], dtype=object)
+        return _text_column(self.addresses, address), port, _text_column(text, inverse)
 
 
 def _histories(summary: FlowSummary) -> np.ndarray:
@@ -220,8 +233,8 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
     return pd.DataFrame(
         {
             "flow_id": np.arange(n_flows, dtype=np.int64),
-            "capture": capture_names[np.asarray(capture.codes)[first_row]],
-            "proto": proto,
+            "capture": _text_column(capture_names, np.asarray(capture.codes)[first_row]),
+            "proto": _text_column(proto),
             "orig": orig_text,
             "resp": resp_text,
             "orig_h": orig_h,
@@ -229,8 +242,8 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
             "resp_h": resp_h,
             "resp_p": resp_p.astype(np.int64),
             "vlan": packets["vlan"].to_numpy()[first_row].astype(np.int64),
-            "history": histories,
-            "conn_state": conn_state,
+            "history": _text_column(histories),
+            "conn_state": _text_column(conn_state),
             "orig_pkts": orig_pkts,
             "resp_pkts": resp_pkts,
             "orig_bytes": orig_bytes,
@@ -245,7 +258,7 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
             "rsts": _rst_lists(summary, rank),
             "first_index": packets["index"].to_numpy()[first_row].astype(np.int64),
             "prev_flow": np.where(previous >= 0, rank[np.maximum(previous, 0)], -1),
-            "tunnel_parents": (
+            "tunnel_parents": _text_column(
                 tunnel_parents(packets, row_ids, n_flows) if has_tunnels else np.full(n_flows, "", dtype=object)
             ),
             "carrier": carrier_flows(packets, row_ids if has_tunnels else None, n_flows, proto, orig_p, resp_p),
