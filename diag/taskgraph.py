@@ -47,6 +47,7 @@ from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
 from diag.capture.points import merge_point
+from diag.capture.remote import is_s3, shown
 from diag.clocks import combine_bounds, offsets_from_bounds
 from diag.flows import build_flows
 from diag.flows.table import empty_flows
@@ -281,14 +282,15 @@ def _read_points(
         parts, blames = [], []
         for name, files in points.items():
             reads = [
-                # Workers open absolute paths (their working directory is not ours); the report keeps the path as given.
-                runner.submit(read_file, name, path.absolute(), name="read", blame=str(path))
+                # Workers open absolute paths (their working directory is not ours; an s3:// URL is one already);
+                # the report keeps the path as given.
+                runner.submit(read_file, name, path if is_s3(path) else path.absolute(), name="read", blame=shown(path))
                 for path in files
             ]
-            blame = f"{name} ({', '.join(str(path) for path in files)})"
+            blame = f"{name} ({', '.join(shown(path) for path in files)})"
             blames.append(blame)
             parts.append(
-                runner.submit(prepare_point, [str(path) for path in files], tree, *reads, name="point", blame=blame)
+                runner.submit(prepare_point, [shown(path) for path in files], tree, *reads, name="point", blame=blame)
             )
         runner.settle(parts)  # the tables stay where they were made
     return _Points(list(points), parts, blames)

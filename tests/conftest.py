@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from moto_fixture import moto_endpoint  # noqa: F401  (a session fixture: moto's server, for the AWS and S3 tests)
 from scenario_runs import run_of  # noqa: F401  (a session fixture: each shipped scenario runs once per session)
 
 PROJECT = Path(__file__).resolve().parent.parent

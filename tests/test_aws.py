@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,19 +34,7 @@ from diag.lab.probe import tcp_probe, udp_probe
 from diag.lab.topology import K8sNodeConfig, NlbConfig
 
 REGION = "eu-west-1"
-moto_server = pytest.importorskip("moto.server")
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+pytest.importorskip("moto.server")
 
 
 @pytest.fixture

@@ -251,17 +251,17 @@ def list_points(path: str | os.PathLike[str]) -> dict[str, list[Path]]:
     """
     from diag.capture.points import looks_like_capture
 
-    url = shown(path)
     bucket, prefix = split(path)
     if not bucket:
-        raise DiagError(f"{url}: a fleet in S3 is s3://BUCKET/PREFIX/ (its points PREFIX/POINT/*.pcap*)")
+        raise DiagError(f"{shown(path)}: a fleet in S3 is s3://BUCKET/PREFIX/ (its points PREFIX/POINT/*.pcap*)")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
+    url = f"{SCHEME}{bucket}/{prefix}"
     folders, loose = _list(url, bucket, prefix)
     captures = [key for key in loose if looks_like_capture(Path(key))]
     if captures:
         raise DiagError(
             f"{SCHEME}{bucket}/{captures[0]}: a capture directly in the fleet prefix; put each point's files in "
-            f"{url.rstrip('/')}/POINT/"
+            f"{url}POINT/"
         )
     points: dict[str, list[Path]] = {}
     for folder in sorted(folders):
