@@ -9,6 +9,8 @@ Compiled code is cached next to the module (``cache=True``), so only the first
 run after an install or an edit pays for compiling; later runs load it. When
 the package's directory is not writable (an install owned by another user),
 the cache goes to the user's own cache directory instead (see ``_user_cache_dir``).
+
+Loading is what every process pays, so it is kept lean (``_LeanLoadingCache``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 import numba
+from numba.core.caching import FunctionCache
+from numba.core.runtime import nrt
 
 F = TypeVar("F", bound=Callable[..., object])
 # Where users without a writable home keep their compiled code, one directory per user.
@@ -34,12 +38,34 @@ def compiled(function: F) -> F:
     past every read (``diag.capture.bytesview.PADDING``) or index arrays they
     built themselves.
     """
+    dispatcher = numba.njit(nogil=True, boundscheck=False)(function)
     try:
-        dispatcher = numba.njit(cache=True, nogil=True, boundscheck=False)(function)
+        cache = _LeanLoadingCache(function)  # type: ignore[no-untyped-call]
     except RuntimeError:  # numba found no writable place for its cache
         numba.config.CACHE_DIR = _user_cache_dir()  # type: ignore[attr-defined]
-        dispatcher = numba.njit(cache=True, nogil=True, boundscheck=False)(function)
+        cache = _LeanLoadingCache(function)  # type: ignore[no-untyped-call]
+    # What numba.njit(cache=True) does, with numba's own FunctionCache.
+    dispatcher._cache = cache  # type: ignore[attr-defined]
     return cast(F, dispatcher)
+
+
+class _LeanLoadingCache(FunctionCache):
+    """numba's on-disk cache of compiled functions, loaded without making numba ready to compile.
+
+    numba's own ``load_overload`` first refreshes its target context: it imports and registers
+    every typing and lowering rule numba has (the unicode, dict, linalg, random... implementations),
+    about 0.2 CPU s, most of numba's share of a process's start-up, although what the cache holds is
+    machine code already. That code needs only numba's runtime (the memory manager of the arrays it
+    allocates: ``rtsys``, set up here) and the C helpers registered when the contexts are made; the
+    modules whose objects it refers to are imported as it is unpickled. A function that is not in
+    the cache (a first run, an edited source, new argument types) is compiled as before: numba's
+    compiler refreshes both contexts itself.
+    """
+
+    def load_overload(self, sig: object, target_context: object) -> object:
+        nrt.rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)  # type: ignore[no-untyped-call]
 
 
 def _user_cache_dir() -> str:

@@ -255,7 +255,6 @@ def _plot(report: Report, target: str, force: bool) -> None:
 def _focus_options(args: argparse.Namespace) -> tuple[FilterNode | None, FlowSelector | None]:
     """--filter and --flow checked before any capture is read: a typo costs no analysis."""
     from diag.capture.filter import FilterError, parse_filter
-    from diag.report.focus import parse_flow_selector
 
     packet_filter = None
     if args.filter is not None:
@@ -263,7 +262,12 @@ def _focus_options(args: argparse.Namespace) -> tuple[FilterNode | None, FlowSel
             packet_filter = parse_filter(args.filter)
         except FilterError as error:
             raise DiagError(f"--filter: {error}") from None
-    return packet_filter, parse_flow_selector(args.flow) if args.flow is not None else None
+    if args.flow is None:
+        return packet_filter, None
+    # diag.report.focus loads pandas: only for --flow, so that otherwise the captures are being read meanwhile.
+    from diag.report.focus import parse_flow_selector
+
+    return packet_filter, parse_flow_selector(args.flow)
 
 
 def _focus(report: Report, selector: FlowSelector) -> Report:
@@ -314,7 +318,7 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
         if target and target != "-":
             _check_output_path(target, inputs)
     # Outputs are checked before any work (see diag.commands.output): no analysis ends in a refusal.
-    from diag.commands.output import check_output, check_plot, write_atomically
+    from diag.commands.output import check_output, check_plot, write_atomically_with
 
     if args.json and args.json != "-":
         check_output(args.json, args.force, "--json")
@@ -352,20 +356,27 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
         report = _focus(report, selector)
 
     from diag.report.flowcap import FLOW_LIMIT
-    from diag.report.jsondoc import dumps
+    from diag.report.jsondoc import dumps, write_json
     from diag.report.text import render_text
 
     # The JSON's flows are capped like the text's (problems first), unless --flows all.
     flow_limit = None if args.flows == "all" else FLOW_LIMIT
     if args.json == "-":
-        sys.stdout.write(dumps(report, flow_limit) + "\n")
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is None:  # a text stream with no bytes beneath (a caller's StringIO)
+            sys.stdout.write(dumps(report, flow_limit) + "\n")
+        else:  # a large document is written piece by piece (see write_json)
+            sys.stdout.flush()
+            write_json(report, binary, flow_limit)
     else:
         color = args.color == "always" or (
             args.color == "auto" and sys.stdout.isatty() and "NO_COLOR" not in os.environ
         )
         sys.stdout.write(render_text(report, color=color, flows=args.flows, all_findings=args.all_findings))
         if args.json:
-            write_atomically(Path(args.json), dumps(report, flow_limit) + "\n", args.force, "--json")
+            write_atomically_with(
+                Path(args.json), lambda sink: write_json(report, sink, flow_limit), args.force, "--json"
+            )
     if args.plot:
         _plot(report, args.plot, args.force)
     if args.export:

@@ -1,0 +1,91 @@
+"""What every ``diag analyze`` process pays before its captures: the compiled loops and the imports.
+
+Each test runs a whole analysis of the shipped captures in a fresh Python
+process (start-up is what is under test, so it cannot share this one).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import PROJECT
+
+CAPTURES = sorted((PROJECT / "captures").glob("*.pcapng"))
+
+# The analysis, then what numba did: every compiled function of diag's modules with its cache hits and
+# misses, and whether numba's compiler was made ready (its target context refreshed: registries installed).
+COMPILED_REPORT = """
+import json, sys
+from diag.cli import main
+
+status = main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *sys.argv[2:]])
+from numba.core.dispatcher import Dispatcher
+from numba.core.registry import cpu_target
+
+functions = {}
+for module in list(sys.modules.values()):
+    if getattr(module, "__name__", "").startswith("diag"):
+        for name, value in vars(module).items():
+            if isinstance(value, Dispatcher) and value.__module__ == module.__name__:
+                functions[f"{module.__name__}.{name}"] = value.stats
+with open(sys.argv[1], "w") as out:
+    json.dump({
+        "status": status,
+        "loaded": sorted(name for name, stats in functions.items() if sum(stats.cache_hits.values())),
+        "compiled": sorted(name for name, stats in functions.items() if sum(stats.cache_misses.values())),
+        "registries": len(cpu_target.target_context._registries),
+    }, out)
+"""
+
+READ_STARTS = """
+import sys
+import diag.capture.sidebyside as sidebyside
+from diag.cli import main
+
+
+class Recorded(sidebyside.BackgroundRead):
+    def __init__(self, *args, **kwargs):
+        print("pandas loaded when the read started:", "pandas" in sys.modules, file=sys.stderr)
+        super().__init__(*args, **kwargs)
+
+
+sidebyside.BackgroundRead = Recorded
+sys.exit(main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *sys.argv[1:]]))
+"""
+
+
+def _python(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=PROJECT
+    )
+
+
+def test_a_later_process_loads_every_compiled_loop_from_the_cache_without_readying_the_compiler(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "numba.json"
+    # The first run compiles what the cache lacks (a fresh checkout, an edited kernel); the second must not.
+    for _ in range(2):
+        result = _python(COMPILED_REPORT, report, *CAPTURES)
+        assert result.returncode == 0, result.stderr
+    facts = json.loads(report.read_text())
+    assert facts["status"] == 0
+    assert facts["compiled"] == []
+    # The packet loops, the flow table and the correlation across points all ran, from the cache.
+    assert {"diag.capture.pcapng._skim_blocks", "diag.flows.walk.walk_flows"} <= set(facts["loaded"])
+    assert len(facts["loaded"]) >= 8
+    # numba's typing and lowering rules were never registered: loading did not need them.
+    assert facts["registries"] == 0
+
+
+def test_the_captures_are_read_while_pandas_and_the_analysis_load(tmp_path: Path) -> None:
+    result = _python(READ_STARTS, *CAPTURES)
+    assert result.returncode == 0, result.stderr
+    assert "pandas loaded when the read started: False" in result.stderr
+    # --flow needs pandas to be parsed before the read (a typo costs no analysis): it still works.
+    focused = _python(READ_STARTS, "--flow", "198.51.100.10", *CAPTURES)
+    assert focused.returncode == 0, focused.stderr
+    assert "pandas loaded when the read started: True" in focused.stderr
