@@ -198,31 +198,34 @@ def _flow_nodes(
     return _number_flows(read_only(point, np.int64), read_only(src_ep, np.int64), read_only(dst_ep, np.int64))
 
 
-def _in_shared_group(group: np.ndarray) -> np.ndarray:
-    """Rows whose group id (>= 0) is shared with another row."""
-    valid = group >= 0
-    counts = np.bincount(group[valid]) if valid.any() else np.zeros(0, dtype=np.int64)
-    shared = valid.copy()
-    shared[valid] = counts[group[valid]] > 1
-    return shared
+@compiled
+def _union_by_group(parent: np.ndarray, group: np.ndarray, node: np.ndarray, n_groups: int) -> None:
+    """Join the flows of each group (rows with one group id >= 0) into one connection, in one pass.
+
+    Each row's flow is united with the flow of its group's first row. The union-find keeps the smallest
+    root, so the connections (and their ids) do not depend on the order of the unions: the same as
+    uniting each distinct pair once, without sorting the rows by group (every packet of a connection
+    seen at several points is a group).
+    """
+    first = np.full(n_groups, -1, dtype=np.int64)
+    for i in range(len(group)):
+        g = group[i]
+        if g < 0:
+            continue
+        f = first[g]
+        if f < 0:
+            first[g] = node[i]
+        elif f != node[i]:
+            unionfind.union(parent, f, node[i])
 
 
 def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
-    """Join the flows of each group (rows with one group id) into one connection."""
+    """Join the flows of each group (rows with one group id; -1: none) into one connection."""
     if len(group) == 0:
         return
-    n_nodes = int(node.max()) + 1
-    pairs = np.sort(group.astype(np.int64) * n_nodes + node)  # by group, then node
-    # Sorting and dropping repeats by hand: numpy's hash-based unique is several times slower here.
-    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
-    group, node = np.divmod(pairs, n_nodes)
-    starts = np.r_[True, group[1:] != group[:-1]]
-    first = node[np.maximum.accumulate(np.where(starts, np.arange(len(pairs)), 0))]
-    joined = node != first
-    # Many groups link the same two flows (every packet of a connection seen at two points): unite each pair once.
-    links = np.sort(node[joined] * n_nodes + first[joined])
-    links = links[np.r_[True, links[1:] != links[:-1]]] if len(links) else links
-    uf.union_all(*np.divmod(links, n_nodes))
+    n_groups = int(group.max()) + 1
+    if n_groups > 0:
+        _union_by_group(uf.parent, read_only(group, np.int64), read_only(node, np.int64), n_groups)
 
 
 class _PacketColumns:
@@ -298,11 +301,9 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
 
     uf = _UnionFind(int(node.max()) + 1)
     # Flows sharing a matched packet are one connection, and so are flows holding copies of one
-    # packet inside one capture (a box's way in and way out, NAT between them). A group of one row
-    # joins nothing: only groups of several rows are sorted.
+    # packet inside one capture (a box's way in and way out, NAT between them).
     for group in (match, sighting):
-        shared = _in_shared_group(group)
-        _union_groups(uf, group[shared], node[shared])
+        _union_groups(uf, group, node)
     # The joins and the choice of suspects read only handshakes, resets and datagrams: a small table.
     flags = packets["tcp_flags"].to_numpy()[positions]
     tcp = linking["proto"] == TCP
@@ -555,9 +556,8 @@ def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
     endpoint, root = endpoint[order], root[order]
     first = np.r_[True, endpoint[1:] != endpoint[:-1]]
     smallest = root[np.flatnonzero(first)[np.cumsum(first) - 1]]
-    for a, b in set(zip(root.tolist(), smallest.tolist(), strict=True)):
-        if a != b:
-            uf.union(a, b)
+    joined = root != smallest
+    uf.union_all(root[joined], smallest[joined])  # the roots stay the smallest whatever the order
 
 
 def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
