@@ -34,6 +34,12 @@ Each PATH may be prefixed with NAME= to say where it was captured (the
 vantage point: client, node-a, node-b, pod, natgw, ...). Findings and the flow
 table refer to captures by these names. Without NAME= the file's stem is used
 (pod.pcap.gz -> pod). Names must be unique.
+
+A PATH may be an object in S3, s3://BUCKET/KEY, read as a stream (never
+downloaded whole). Credentials, region and endpoint come from boto3's
+standard chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and the
+~/.aws files, an instance role; AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) for
+an S3-compatible store.
 """
 
 PCAP_EPILOG = """\
@@ -54,6 +60,8 @@ examples:
   diag analyze pcap --flow 203.0.113.10:38622 --plot ladder.svg client=c.pcap pod=p.pcap
       the findings, flows and ladder of that one connection, wherever it was
       seen (the pod's own address after DNAT picks it too)
+  diag analyze pcap s3://incident-0412/node-a.pcap.gz pod=s3://incident-0412/pod.pcap
+      captures stored in S3, streamed from the bucket
 
 output:
   The text report goes to stdout: the verdict first (the most significant
@@ -77,7 +85,9 @@ FLEET_DESCRIPTION = """\
 Analyze the captures a whole fleet took of one incident, as 'analyze pcap'
 does with the same options. The fleet is a directory whose subdirectories
 are the capture points (DIR/POINT/*.pcap*, rotated and ring files of one
-point read in time order), or a TOML manifest naming each point's files:
+point read in time order), the same layout under an S3 prefix
+(s3://BUCKET/PREFIX/POINT/*.pcap*, credentials and endpoint as for analyze
+pcap), or a TOML manifest naming each point's files (or s3:// objects):
 
   [points.node-a]
   files = ["/captures/node-a/ring*.pcap"]   # files, directories or globs;
@@ -101,6 +111,8 @@ examples:
       the points read and reduced by a local Dask cluster of 4 worker processes
   DIAG_CLUSTER=tcp://10.0.0.5:8786 diag analyze fleet fleet.toml
       the same on an existing cluster, whose workers see the files at the same paths
+  diag analyze fleet --cluster local:4 s3://captures/incident-0412/
+      a fleet in S3: each worker reads its points' objects from the bucket itself
 
 exit status:
   0  the captures were analyzed (whatever was found, even with warnings)
@@ -184,7 +196,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=PCAP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pcap.add_argument("captures", nargs="+", metavar="[NAME=]PATH", help="a capture file, optionally named")
+    pcap.add_argument(
+        "captures", nargs="+", metavar="[NAME=]PATH", help="a capture file or s3://BUCKET/KEY object, optionally named"
+    )
     pcap.set_defaults(func=run_pcap)
     fleet = commands.add_parser(
         "fleet",
@@ -194,7 +208,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=FLEET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fleet.add_argument("fleet", type=Path, metavar="DIR|MANIFEST.toml", help="the fleet's directory or manifest")
+    fleet.add_argument(
+        "fleet", type=Path, metavar="DIR|MANIFEST.toml|s3://BUCKET/PREFIX/",
+        help="the fleet's directory, manifest or S3 prefix",
+    )
     fleet.set_defaults(func=run_fleet)
 
 
