@@ -46,17 +46,18 @@ def diagnose(
         signals = compute_signals(build_packets(connections[0].table, connections), connections, ctx)
         outcomes = judge_by_columns(connections, signals, ctx)
     findings: list[tuple[int, int, Finding]] = []
+    captures = Fact.of("captures", points=ctx.captures)  # the same last fact of every finding: made once
     for k, conn in enumerate(connections):
         result = outcomes[k] if conn.proto == TCP else analyze_udp(conn, ctx)
         if result is None:
             continue
         verdict, symptom, _occurrences = result
-        findings.append((symptom.ts_ref, k, _finding(conn.proto, conn.client, conn.server, verdict, symptom, ctx)))
+        findings.append((symptom.ts_ref, k, _finding(conn.proto, conn.client, conn.server, verdict, symptom, captures)))
     findings.sort(key=lambda item: (item[0], item[1]))
     return [finding for _, _, finding in findings]
 
 
-def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, ctx: Context) -> Finding:
+def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, captures: Fact) -> Finding:
     first = symptom.first
     origin = verdict.origin
     if origin is None and verdict.origin_description and verdict.cause in FORGED_RESET_CAUSES:
@@ -64,7 +65,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         origin = verdict.origin_description
     # Every line becomes a fact (sentences not yet broken into values as notes); the evidence is their rendering.
     facts = [line if isinstance(line, Fact) else note(line) for line in verdict.evidence]
-    facts.append(Fact.of("captures", points=ctx.captures))
+    facts.append(captures)
     return Finding(
         cause=verdict.cause,
         confidence=round(min(verdict.confidence, 0.97), 3),

@@ -29,7 +29,7 @@ Writer = Callable[[Connection, TcpSignals, int, Context], Outcome]
 
 def sides_of(s: TcpSignals, k: int, packets: list[Seen]) -> Sides:
     names = s.packets.table.names
-    server, client = (int(code) for code in s.own[k])
+    server, client = s.own[k].tolist()
     return Sides(packets, names[client] if client >= 0 else None, names[server] if server >= 0 else None)
 
 

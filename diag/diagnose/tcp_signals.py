@@ -144,6 +144,13 @@ class Packets:
         made: list[Sight] = []
         for s in range(len(sight_rows)):
             at, stop = copy_bounds[s], copy_bounds[s + 1]
+            source = endpoint_text(names[src[at]], sport[at])
+            # Most sightings are one copy; the sources of several are listed once each, in order.
+            sources = (
+                (source,)
+                if stop - at == 1
+                else tuple(dict.fromkeys(endpoint_text(names[src[c]], sport[c]) for c in range(at, stop)))
+            )
             made.append(
                 Sight(
                     capture=names[capture[at]],
@@ -154,9 +161,9 @@ class Packets:
                     ip_id=ip_id[at],
                     forwarded=forwarded[s],
                     incoming=incoming[s],
-                    src=endpoint_text(names[src[at]], sport[at]),
+                    src=source,
                     dst=endpoint_text(names[dst[at]], dport[at]),
-                    sources=tuple(dict.fromkeys(endpoint_text(names[src[c]], sport[c]) for c in range(at, stop))),
+                    sources=sources,
                     file=int(file[at]),
                 )
             )

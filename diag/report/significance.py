@@ -86,7 +86,23 @@ class _Table:
         return self.confidence * self.rarity
 
 
+# The last findings ranked and their table: the verdict, the groups and the text's ranking each ask for the same
+# list (four or five times a report), and a busy capture's table takes tens of milliseconds to build.
+_last: list[tuple[tuple[Finding, ...], _Table]] = []
+
+
 def _table(findings: Sequence[Finding]) -> _Table:
+    if _last:
+        seen, table = _last[0]
+        # The same findings, one by one (a Finding is immutable, so the same objects rank the same).
+        if len(seen) == len(findings) and all(a is b for a, b in zip(seen, findings, strict=True)):
+            return table
+    table = _build_table(findings)
+    _last[:] = [(tuple(findings), table)]
+    return table
+
+
+def _build_table(findings: Sequence[Finding]) -> _Table:
     causes = [str(f.cause) for f in findings]
     columns = {"cause": causes, "proto": [f.proto for f in findings], "server": [f.server for f in findings]}
     frame = pd.DataFrame(columns, dtype=object)  # plain objects: factorised faster than arrow strings

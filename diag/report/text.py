@@ -243,21 +243,28 @@ def healthy_summary(flows: pd.DataFrame) -> str:
 
 
 def _capture_section(
-    info: CaptureInfo, flows: pd.DataFrame, style: _Style, show_all: bool, limit: int, digest: CaptureFlows | None
+    info: CaptureInfo,
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    kinds: np.ndarray,
+    style: _Style,
+    show_all: bool,
+    limit: int,
+    digest: CaptureFlows | None,
 ) -> list[str]:
-    """One capture's problem flows and healthy summary; with ``digest``, ``flows`` holds only the rows shown and
-    the counts come from the digest."""
-    lines = [_capture_header(info, len(flows) if digest is None else digest.flows, style)]
-    if (flows.empty and digest is None) or (digest is not None and digest.flows == 0):
+    """One capture's problem flows and healthy summary: its flows are the rows ``rows`` of ``table``, of the
+    problem kinds ``kinds`` (``problem_kinds``); with ``digest``, they are only the rows shown and the counts
+    come from the digest."""
+    lines = [_capture_header(info, len(rows) if digest is None else digest.flows, style)]
+    if (len(rows) == 0 and digest is None) or (digest is not None and digest.flows == 0):
         lines.append("  no TCP or UDP flows")
         return lines
     # Rows are taken by position, and the healthy ones (most of a big table) only in the columns their summary
     # counts: a copy of every column of every healthy row cost more than the rest of the report.
-    kinds = np.array(problem_kinds(flows), dtype=object)
     is_problem = kinds != None  # noqa: E711 (element-wise against None)
-    problem_rows = np.flatnonzero(is_problem)
+    problem_rows = rows[is_problem]
     problem_kind = kinds[is_problem]
-    healthy_rows = np.flatnonzero(~is_problem)
+    healthy_rows = rows[~is_problem]
     for kind in PROBLEM_ORDER:
         group = problem_rows[problem_kind == kind]
         count = len(group) if digest is None else digest.problems.get(kind, 0)
@@ -265,17 +272,17 @@ def _capture_section(
             continue
         label = style.bad(kind.upper()) if kind in (RESET, UNANSWERED) else style.warn(kind.upper())
         lines.append(f"  {label} ({count})")
-        shown = flows.iloc[group if show_all else group[:limit]]
+        shown = table.iloc[group if show_all else group[:limit]]
         lines += [f"    {_flow_line(row)}" for row in shown.to_dict(orient="records")]
         if len(shown) < count:
             lines.append(style.dim(f"    ... and {count - len(shown)} more (--flows all lists every flow)"))
     if digest is None:
-        counted = [name for name in ("proto", "conn_state", "carrier") if name in flows.columns]
-        lines.append(f"  {style.good(healthy_summary(flows[counted].iloc[healthy_rows]))}")
+        counted = [name for name in ("proto", "conn_state", "carrier") if name in table.columns]
+        lines.append(f"  {style.good(healthy_summary(table[counted].iloc[healthy_rows]))}")
     else:
         lines.append(f"  {style.good(digest.healthy)}")
     if show_all and len(healthy_rows):
-        lines += [f"    {_flow_line(row)}" for row in flows.iloc[healthy_rows].to_dict(orient="records")]
+        lines += [f"    {_flow_line(row)}" for row in table.iloc[healthy_rows].to_dict(orient="records")]
     return lines
 
 
@@ -328,14 +335,17 @@ def render_text(
     if clock:
         lines += ["", *clock]
     table = report.flows
+    # Every row's problem kind at once; each point's section then reads its rows by position, and copies only
+    # the rows it shows (a copy of each point's whole table cost more than the rest of a 4-point report).
+    kinds = np.array(problem_kinds(table), dtype=object) if not table.empty else np.zeros(0, dtype=object)
     for info in report.captures:
         lines.append("")
-        mine = table
+        rows = np.arange(len(table))
         if not table.empty:
             here = (table["capture"] == info.name).to_numpy(dtype=bool)
-            mine = table if here.all() else table.iloc[np.flatnonzero(here)]  # one point: no copy
+            rows = rows if here.all() else np.flatnonzero(here)
         digest = report.flow_digest.captures.get(info.name) if report.flow_digest is not None else None
-        lines += _capture_section(info, mine, style, flows == "all", limit, digest)
+        lines += _capture_section(info, table, rows, kinds[rows], style, flows == "all", limit, digest)
     if report.warnings:
         lines.append("")
         lines.append(style.warn(f"WARNINGS ({len(report.warnings)})"))
