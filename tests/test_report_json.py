@@ -1,15 +1,24 @@
-"""The JSON document's flow rows, built column by column, against pandas' own row-by-row conversion."""
+"""The JSON document: its flow rows, built column by column, against pandas' own row-by-row conversion, and the
+document written piece by piece against the whole string."""
 
 from __future__ import annotations
 
+import io
 import math
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
+import pytest
 
-from diag.report.jsondoc import flows_to_json
+import diag.report.jsondoc
+from diag.analysis import analyze
+from diag.report.jsondoc import dumps, flows_to_json, write_json
+
+CAPTURES = Path(__file__).resolve().parent.parent / "captures"
 
 
 def _reference(flows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -56,3 +65,36 @@ def test_flow_rows_match_the_row_by_row_conversion_for_every_kind_of_column() ->
 
 def test_an_empty_flow_table_is_an_empty_list() -> None:
     assert flows_to_json(pd.DataFrame({"flow_id": np.zeros(0, dtype=np.int64)})) == []
+
+
+@pytest.mark.parametrize(
+    "captures",
+    [
+        sorted(CAPTURES.glob("*.pcapng")),  # the incident at every point: findings of several points
+        [CAPTURES / "client.pcapng"],
+        sorted((CAPTURES / "udp-asymmetric").glob("*.pcapng")),
+    ],
+    ids=["incident", "client", "udp-asymmetric"],
+)
+@pytest.mark.parametrize("at_once", [1, 2, 512])
+def test_the_document_written_piece_by_piece_is_the_whole_string(
+    captures: list[Path], at_once: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_json`` writes the findings a few at a time: the bytes are ``dumps``' and a newline, whether the
+    findings fill one piece or many, with the flows capped or not."""
+    monkeypatch.setattr(diag.report.jsondoc, "FINDINGS_AT_ONCE", at_once)
+    report = analyze([f"{path.stem}={path}" for path in captures])
+    for flow_limit in (10_000, None, 1):
+        sink = io.BytesIO()
+        write_json(report, sink, flow_limit)
+        assert sink.getvalue() == (dumps(report, flow_limit) + "\n").encode()
+    assert report.findings or captures[0].parent.name == "udp-asymmetric"
+
+
+def test_a_document_without_findings_is_the_whole_string() -> None:
+    report = analyze([f"pod-b={CAPTURES / 'pod-b.pcapng'}"])
+    healthy = replace(report, findings=[])
+    sink = io.BytesIO()
+    write_json(healthy, sink)
+    assert sink.getvalue() == (dumps(healthy) + "\n").encode()
+    assert b'"findings": []' in sink.getvalue()

@@ -25,8 +25,9 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from diag.errors import DiagError
 
@@ -103,6 +104,20 @@ def write_atomically(target: Path, text: str, force: bool, option: str) -> None:
                 sink.write(text)
                 sink.flush()
                 if temporary != target:  # a device or pipe has nothing to sync (and /dev/null refuses)
+                    os.fsync(sink.fileno())
+        except OSError as error:
+            raise DiagError(f"{option} {target}: cannot write: {error.strerror or error}") from None
+
+
+def write_atomically_with(target: Path, write: Callable[[BinaryIO], None], force: bool, option: str) -> None:
+    """``write_atomically`` of what ``write`` writes to a binary file, piece by piece (a document too large
+    to hold as one string)."""
+    with atomic_path(target, force, option) as temporary:
+        try:
+            with open(temporary, "wb") as sink:
+                write(sink)
+                sink.flush()
+                if temporary != target:
                     os.fsync(sink.fileno())
         except OSError as error:
             raise DiagError(f"{option} {target}: cannot write: {error.strerror or error}") from None

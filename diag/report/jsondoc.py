@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -32,20 +32,25 @@ def report_to_json(report: Report, flow_limit: int | None = FLOW_LIMIT) -> dict[
     ``groups`` come most significant first; their ``examples`` are indices into ``findings``.
     ``flows`` holds at most ``flow_limit`` rows (None: all; see ``diag.report.flowcap``).
     """
+    files = _files(report)
+    findings = [
+        finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ()) for finding in report.findings
+    ]
+    return _document(report, flow_limit, findings)
+
+
+def _document(report: Report, flow_limit: int | None, findings: list[Any]) -> dict[str, Any]:
+    """``report_to_json``'s document with ``findings`` as its findings."""
     flows, flows_left_out = cap_flows(report.flows, flow_limit)
     if report.flow_digest is not None:
         # Only the rows this cap shows came back from where the flow tables are (diag.report.flowdigest).
         if flow_limit != report.flow_digest.limit:
             raise ValueError(f"this report holds the flow rows of a cap of {report.flow_digest.limit}, not every flow")
         flows_left_out = report.flow_digest.flows - len(flows)
-    files = _files(report)
     return {
         "schema": SCHEMA,
         "verdict": verdict_json(report.verdict),
-        "findings": [
-            finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ())
-            for finding in report.findings
-        ],
+        "findings": findings,
         "groups": [group.to_json() for group in report.groups],
         "captures": [
             {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
@@ -74,6 +79,49 @@ def dumps(report: Report, flow_limit: int | None = FLOW_LIMIT) -> str:
     # seconds on a busy capture's tens of thousands of flows; the document is the same, key order included.
     with collector_paused():  # tens of thousands of dicts, none in a cycle (see diag.gcpause)
         return orjson.dumps(report_to_json(report, flow_limit), option=orjson.OPT_INDENT_2).decode()
+
+
+# Findings encoded at a time by ``write_json``, and where the findings go in the rest of the document.
+FINDINGS_AT_ONCE = 512
+_PLACE = "diag.report: the findings go here"
+# The findings list sits two levels deep (the document, then the list): two steps of OPT_INDENT_2.
+_FINDING_INDENT = b"    "
+
+
+def write_json(report: Report, sink: BinaryIO, flow_limit: int | None = FLOW_LIMIT) -> None:
+    """``dumps(report, flow_limit)`` and a newline written to ``sink``, the same bytes, in bounded memory.
+
+    A capture with a hundred thousand findings makes a document of a quarter of a gigabyte: as one
+    string (and its dicts, its bytes and its encoding on write) it took a gigabyte and more at once.
+    Here the rest of the document is encoded around a placeholder and the findings are made and
+    encoded ``FINDINGS_AT_ONCE`` at a time, each indented to its place in the list.
+    """
+    if not report.findings:
+        sink.write(dumps(report, flow_limit).encode() + b"\n")
+        return
+    files = _files(report)
+    with collector_paused():
+        rest = orjson.dumps(_document(report, flow_limit, [_PLACE]), option=orjson.OPT_INDENT_2)
+    place = _FINDING_INDENT + orjson.dumps(_PLACE)
+    if rest.count(place) != 1:  # a capture's name or path that spells the placeholder: the whole string
+        sink.write(dumps(report, flow_limit).encode() + b"\n")
+        return
+    head, tail = rest.split(place)
+    del rest
+    sink.write(head)
+    for start in range(0, len(report.findings), FINDINGS_AT_ONCE):
+        with collector_paused():
+            encoded = [
+                orjson.dumps(
+                    finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ()),
+                    option=orjson.OPT_INDENT_2,
+                )
+                for finding in report.findings[start : start + FINDINGS_AT_ONCE]
+            ]
+        # Each finding's lines indented to the list's depth (JSON strings hold no raw newline), comma-separated.
+        indented = [_FINDING_INDENT + one.replace(b"\n", b"\n" + _FINDING_INDENT) for one in encoded]
+        sink.write((b",\n" if start else b"") + b",\n".join(indented))
+    sink.write(tail + b"\n")
 
 
 def _plain(value: Any) -> Any:
