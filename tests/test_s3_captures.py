@@ -161,6 +161,7 @@ def test_a_manifest_may_name_objects(bucket: Path, tmp_path: Path) -> None:
     assert _as_local(_report("fleet", str(manifest)), bucket) == local
 
 
+@pytest.mark.slow
 def test_cluster_workers_open_the_objects_themselves(bucket: Path) -> None:
     """Only the URLs travel: each worker process of a local cluster reads its points from S3."""
     pytest.importorskip("distributed")
@@ -169,6 +170,7 @@ def test_cluster_workers_open_the_objects_themselves(bucket: Path) -> None:
     assert _as_local(remote, bucket) == local
 
 
+@pytest.mark.slow
 def test_under_a_memory_cap_the_objects_are_read_in_passes(s3: Any, tmp_path: Path) -> None:
     """Four generated points over a 40M budget: the streamed objects are analysed in passes, as the files are."""
     subprocess.run(
@@ -301,3 +303,15 @@ def test_an_object_replaced_while_read_stops_in_one_line(bucket: Path, s3: Any) 
         s3.put_object(Bucket=BUCKET, Key=key, Body=(CAPTURES / "client.pcapng").read_bytes())
         with pytest.raises(OSError, match=r"^the object was replaced while it was read$"):
             body.read()
+
+
+def test_seeking_back_over_the_first_bytes_costs_no_second_request(bucket: Path, s3: Any) -> None:
+    """The reader looks at two bytes to tell gzip from a capture and seeks back: the same body goes on."""
+    from diag.capture import remote
+
+    remote._client.cache_clear()
+    expected = (bucket / "one" / "natgw.pcapng.gz").read_bytes()
+    with remote.open_object(f"s3://{BUCKET}/one/natgw.pcapng.gz") as body:
+        first = body._body
+        assert body.read(2) == b"\x1f\x8b" and body.seek(-2, os.SEEK_CUR) == 0
+        assert body.read() == expected and body._body is first and body.size == len(expected)

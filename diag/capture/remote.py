@@ -40,6 +40,7 @@ CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 ATTEMPTS = 2  # per request, botocore's own retries included
 RESUMES = 3  # times a broken-off body is picked up again from where it stopped
+FIRST_BYTES_KEPT = 64  # an object's first bytes, kept to read again after a seek back (see S3Body)
 
 _NO_SUCH_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
 _ACCESS_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
@@ -167,8 +168,12 @@ class S3Body(io.RawIOBase):
         self.url, self.bucket, self.key = url, bucket, key
         self.size = 0
         self.etag = ""
-        self._offset = 0
+        self._offset = 0  # where the next read starts
         self._body: Any = None
+        self._body_at = 0  # where the body's next bytes are in the object
+        # The object's first bytes, kept: the reader looks at them to tell gzip from a capture and seeks
+        # back, which must not cost a second request (S3 bills per request; an emulator resends it all).
+        self._first = b""
 
     def start(self) -> None:
         """The first GET: what a missing object, bucket or permission answers is raised here as ``CaptureError``."""
@@ -183,7 +188,7 @@ class S3Body(io.RawIOBase):
     def _resume(self) -> None:
         """A ranged GET from the byte reached, of the same version of the object."""
         extra = {"IfMatch": self.etag} if self.etag else {}
-        response = _client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self._offset}-", **extra)
+        response = _client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self._body_at}-", **extra)
         self._body = response["Body"]
 
     def readable(self) -> bool:
@@ -196,22 +201,26 @@ class S3Body(io.RawIOBase):
         return self._offset
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move to another byte; the next read asks for the object from there (a ranged GET).
-
-        The reader only seeks back over the few bytes it looked at to tell gzip
-        from a capture, so this costs one request per object.
-        """
+        """Move to another byte: back over the first bytes already read at no cost, anywhere else with a
+        ranged GET on the next read."""
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._offset, io.SEEK_END: self.size}[whence]
         target = max(0, base + offset)
-        if target != self._offset:
+        if target <= self._body_at <= len(self._first):
+            self._offset = target  # the bytes up to the body's position are all in _first
+        elif target != self._offset:
             self._drop_body()
-            self._offset = target
+            self._offset = self._body_at = target
         return target
 
     def readinto(self, target: Any) -> int:
         view = memoryview(target).cast("B")
         if not len(view) or self._offset >= self.size:
             return 0
+        if self._offset < self._body_at:  # sought back over the first bytes: hand them out again
+            again = self._first[self._offset : self._body_at][: len(view)]
+            view[: len(again)] = again
+            self._offset += len(again)
+            return len(again)
         from urllib3.exceptions import HTTPError
 
         failures = 0
@@ -221,8 +230,11 @@ class S3Body(io.RawIOBase):
                     self._resume()
                 got = int(self._body.readinto(view))
                 if got == 0:  # the body ended before the object's size: a cut connection
-                    raise ConnectionError(f"the body ended at byte {self._offset} of {self.size}")
-                self._offset += got
+                    raise ConnectionError(f"the body ended at byte {self._body_at} of {self.size}")
+                if self._body_at == len(self._first) < FIRST_BYTES_KEPT:
+                    self._first += bytes(view[: min(got, FIRST_BYTES_KEPT - self._body_at)])
+                self._body_at += got
+                self._offset = self._body_at
                 return got
             except (*_boto_errors(), HTTPError, OSError) as error:
                 self._drop_body()
