@@ -7,7 +7,9 @@ same packets across capture points, and diagnose every reset and lost reply.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -132,9 +134,28 @@ def analyze(
     if tree is not None:
         # Renumbered rows: the correlation and the plots name packets by row label, within this table only.
         packets = filter_packets(packets, tree).reset_index(drop=True)
+    # The correlation needs only the packets: it runs on a thread of its own while the flow table is built. Both
+    # spend much of their time in compiled loops that let go of the interpreter lock, so on two cores they overlap.
+    correlating = _on_thread(correlate, packets)
     with _stage(progress, "flows", f"{len(packets):,} packets"):
         flows = build_flows(packets)
-    return report_of(packets, flows, infos, progress)
+    return report_of(packets, flows, infos, progress, correlating=correlating)
+
+
+def _on_thread(function: Callable[[pd.DataFrame], Correlation], packets: pd.DataFrame) -> Future[Correlation]:
+    """``function(packets)`` started now on a daemon thread (an interrupted analysis does not wait for it)."""
+    future: Future[Correlation] = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(function(packets))
+        except BaseException as error:  # raised again by ``result()`` in the thread that waits for it
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="diag-correlate", daemon=True).start()
+    return future
 
 
 def report_of(
@@ -144,17 +165,19 @@ def report_of(
     progress: ProgressHook | None = None,
     diagnoser: Diagnoser | None = None,
     packets_read: int | None = None,
+    correlating: Future[Correlation] | None = None,
 ) -> Report:
     """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
 
     ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``), the flow
     tables built where the points were read, and a ``diagnoser`` that diagnoses connection partitions on
     the workers (``diag.partitions``); the result is the same as on every packet in one process.
-    ``diag.passes`` calls it with the candidates it kept of ``packets_read`` packets.
+    ``diag.passes`` calls it with the candidates it kept of ``packets_read`` packets. ``correlating``: the
+    correlation of ``packets``, already started (``analyze`` runs it beside the flow table), waited for here.
     """
     kept = f"{len(packets):,}" if packets_read is None else f"{len(packets):,} of {packets_read:,}"
     with _stage(progress, "correlate", f"{kept} packets at {len(infos)} point(s)"):
-        correlation = correlate(packets)
+        correlation = correlate(packets) if correlating is None else correlating.result()
     with _stage(progress, "diagnose", f"{len(flows):,} flows"), collector_paused():
         findings = diagnose(packets, flows, correlation) if diagnoser is None else diagnoser(packets, correlation)
     return Report(
