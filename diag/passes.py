@@ -25,7 +25,11 @@ the number of flows either, only with the connections that need diagnosing:
    the problem rows, the first healthy ones and the counts the report shows,
    when the whole flow table would take more than a quarter of the budget;
    otherwise the table is read back whole at the end.
-3. The usual correlation and diagnosis run on the candidate packets.
+3. The usual correlation runs on the candidate packets; the diagnosis too, or,
+   when its working memory for all of them would take more than a share of
+   the budget, on connection partitions of them one after another
+   (``diag.partitions``: whole connections, each part's findings merged in
+   the whole run's order), so that only the findings add up.
 
 The rows kept are put in the order the whole table would have them (points in
 order, each point's files merged as ``diag.capture.points.merge_point`` does:
@@ -72,7 +76,9 @@ from diag.report import Report
 from diag.spilled import ORDER, SpilledFlows, sorted_order
 
 if TYPE_CHECKING:
-    from diag.analysis import ProgressHook
+    from diag.analysis import Diagnoser, ProgressHook
+    from diag.correlate import Correlation
+    from diag.report import Finding
 
 # Memory per flow held in memory: its row of the flow table (about 390 bytes deep, measured) and its share
 # of the merge of the partitions' rows.
@@ -82,6 +88,11 @@ BYTES_PER_FLOW = 500
 PARTITION_BYTES_PER_PACKET = 448
 # Memory per candidate packet held while the flow partitions are built (its row of the packet table).
 CANDIDATE_BYTES_HELD = 192
+# Working memory of the diagnosis per candidate packet (connection tables, signals, the findings under way:
+# a peak of 73 MiB traced for busy.pcap's 40k candidates, about 1.5 KB each rounded up), and the share of the
+# budget one connection partition's diagnosis may take.
+DIAGNOSE_BYTES_PER_CANDIDATE = 2048
+DIAGNOSE_SHARE = 8
 # Packets decoded at a time: one chunk's full rows are the passes' transient memory.
 CHUNK_ROWS = 1 << 17
 MIN_CHUNK_ROWS = 1 << 12
@@ -491,6 +502,30 @@ def _flow_partitions(
     return candidates.table()
 
 
+def diagnosis_parts(candidates: int, limit: int) -> int:
+    """Connection partitions the candidates are diagnosed in, one after another: one if their diagnosis fits
+    a ``DIAGNOSE_SHARE``-th of the budget, else enough that each part's does."""
+    return max(1, math.ceil(candidates * DIAGNOSE_BYTES_PER_CANDIDATE / max(1, limit // DIAGNOSE_SHARE)))
+
+
+def _diagnoser(parts: int) -> Diagnoser | None:
+    """``diag.analysis.report_of``'s diagnosis in ``parts`` connection partitions one at a time (None: whole)."""
+    if parts <= 1:
+        return None
+
+    def diagnose_in_parts(packets: pd.DataFrame, corr: Correlation) -> list[Finding]:
+        from diag.partitions import cut_part, diagnose_part, merge_findings, partition_rows
+
+        found = []
+        for rows in partition_rows(packets, corr, parts):
+            part, part_corr = cut_part(packets, corr, rows)
+            found.append(diagnose_part(part, part_corr, rows))
+            del part, part_corr
+        return merge_findings(found)
+
+    return diagnose_in_parts
+
+
 def _flows_of(store: SpilledFlows, spill: bool) -> tuple[pd.DataFrame, SpilledFlows | None]:
     """The report's flows: the rows the store kept (the store stays, on disk), or the whole table (store closed)."""
     kept = store.finish()
@@ -543,6 +578,7 @@ def analyze_in_passes(
     buckets: int | None = None,
     refusal: MemoryBudgetError | None = None,
     spill_flows: bool | None = None,
+    diagnose_parts: int | None = None,
 ) -> Report:
     """The ``Report`` of ``diag.analysis.analyze`` on ``pairs`` ((point name, file) pairs), within ``limit`` bytes.
 
@@ -554,7 +590,8 @@ def analyze_in_passes(
     key (and packet) buckets instead of planning them from the budget;
     ``spill_flows`` keeps the flow table on disk (``Report.flow_store``) or
     not, instead of deciding from its size (tests force all three on small
-    captures).
+    captures); ``diagnose_parts`` the connection partitions the diagnosis
+    runs in (``diagnosis_parts`` decides from the candidates otherwise).
     """
     files = _files_of(pairs, limit)
     store = SpilledFlows(piece_rows=min(1 << 13, max(1 << 10, limit // 64 // BYTES_PER_FLOW)))
@@ -582,7 +619,8 @@ def analyze_in_passes(
         assert candidates is not None
         flows, kept_store = _flows_of(store, spill_flows)
         _give_back_freed_memory()
-        report = report_of(candidates, flows, _point_infos(files), progress, packets_read=total)
+        diagnoser = _diagnoser(diagnose_parts or diagnosis_parts(len(candidates), limit))
+        report = report_of(candidates, flows, _point_infos(files), progress, diagnoser, packets_read=total)
     except BaseException:
         store.close()
         raise

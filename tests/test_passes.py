@@ -54,15 +54,18 @@ def _arguments(paths: list[Path]) -> list[str]:
     return [f"{path.stem}={path}" for path in paths]
 
 
-@pytest.mark.parametrize(("passes", "spill"), [(1, False), (3, True)])
+@pytest.mark.parametrize(("passes", "spill", "parts"), [(1, False, 1), (3, True, 3)])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_passes_give_the_report_of_one_pass(case: str, passes: int, spill: bool) -> None:
-    """With ``spill`` the flow table goes to disk: the report holds the rows it shows, the store every row."""
+def test_passes_give_the_report_of_one_pass(case: str, passes: int, spill: bool, parts: int) -> None:
+    """With ``spill`` the flow table goes to disk: the report holds the rows it shows, the store every row; with
+    ``parts`` the candidates are diagnosed in that many connection partitions, one after another."""
     arguments = _arguments(CASES[case])
     one_pass = analyze(arguments)
     whole = report_to_json(one_pass, None)
     pairs = parse_capture_args(arguments)
-    report = analyze_in_passes(pairs, 1 << 40, passes=passes, buckets=passes * 2 + 1, spill_flows=spill)
+    report = analyze_in_passes(
+        pairs, 1 << 40, passes=passes, buckets=passes * 2 + 1, spill_flows=spill, diagnose_parts=parts
+    )
     if spill:
         assert report.flow_store is not None
         pd.testing.assert_frame_equal(report.flow_store.load(), one_pass.flows)
@@ -199,6 +202,8 @@ def test_four_generated_points_in_passes_give_the_report_of_one_pass(four_points
     whole = report_to_json(analyze(arguments), None)
     report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=4, buckets=7)
     assert report_to_json(report, None) == whole
+    in_parts = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=4, buckets=7, diagnose_parts=5)
+    assert report_to_json(in_parts, None) == whole
     assert len(whole["findings"]) > 10 and len(whole["clock"]["offsets"]) == 4
 
 
