@@ -489,3 +489,21 @@ def test_router_histories_match_the_single_interface_points(incident_flows: dict
         assert at_point[columns].values.tolist() == at_pod[columns].values.tolist(), point
         assert (at_point.prev_flow >= 0).tolist() == (at_pod.prev_flow >= 0).tolist(), point
         assert at_point.rsts.map(len).tolist() == at_pod.rsts.map(len).tolist(), point
+
+
+def test_text_columns_gathered_from_distinct_texts_are_what_pandas_makes_of_them() -> None:
+    """The flow table's text columns are built from each distinct text once; the column is pandas' own."""
+    from diag.flows.table import _text_column
+
+    rng = np.random.default_rng(7)
+    texts = np.array(["tcp", "udp", "icmp", "10.0.0.1:80", "[2001:db8::1]:443", ""], dtype=object)
+    values = texts[rng.integers(0, len(texts), 500)]
+    expected = pd.DataFrame({"text": values})
+    pd.testing.assert_frame_equal(pd.DataFrame({"text": _text_column(values)}), expected)
+    codes = rng.integers(0, len(texts), 500)
+    gathered = pd.DataFrame({"text": _text_column(texts, codes)})
+    pd.testing.assert_frame_equal(gathered, pd.DataFrame({"text": texts[codes]}))
+    with_missing = np.array(["a", None, "b", "a"], dtype=object)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame({"text": _text_column(with_missing)}), pd.DataFrame({"text": with_missing})
+    )
