@@ -8,6 +8,7 @@ into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import importlib
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
@@ -99,7 +101,13 @@ def _end_cleanly_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, _terminate)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
+    """Run one command; its exit status.
+
+    ``own_process``: the caller is the process's entry point and exits with that status at once (the
+    ``diag`` script, ``python -m diag.cli``). A command that allows it (``analyze``: its parser's default
+    ``exit_without_teardown``) then ends the process here when it succeeds, see ``_exit_now``.
+    """
     _one_malloc_arena()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -119,8 +127,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # `diag ... | head` closed the pipe: not an error worth a traceback.
         return 0
+    if own_process and getattr(args, "exit_without_teardown", False):
+        _exit_now(status)
     return status
 
 
+def run() -> None:
+    """The ``diag`` console script."""
+    sys.exit(main(own_process=True))
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the process with ``status`` as exiting would, without freeing its memory object by object.
+
+    After an analysis the interpreter's own exit spends about 0.15 CPU s (0.3 s of wall time on a busy
+    capture) deallocating the packet and flow tables and the report's objects, memory the kernel takes
+    back at once. What exiting does that matters is done here, in its order: ``threading``'s shutdown
+    (idle thread pools are told to stop, such as the payload digest's, and threads that are not daemons
+    are waited for), the functions registered with ``atexit`` (among them the finalizers of temporary
+    directories still open, such as a flow table kept on disk), the standard streams flushed.
+    """
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter's exit calls first
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None or stream.closed:
+            continue
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader left (`diag ... | head`): nothing more to say, as above
+            pass
+        except (OSError, ValueError):  # what Python's exit gives when it cannot flush them (a full disk)
+            status = 120
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,7 +1,7 @@
-"""What every ``diag analyze`` process pays before its captures: the compiled loops and the imports.
+"""What every ``diag analyze`` process pays besides its captures: the compiled loops, the imports, the exit.
 
 Each test runs a whole analysis of the shipped captures in a fresh Python
-process (start-up is what is under test, so it cannot share this one).
+process (start-up and exit are what is under test, so it cannot share this one).
 """
 
 from __future__ import annotations
@@ -57,9 +57,35 @@ sys.exit(main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *
 """
 
 
+# The command as the diag script runs it, in a process holding what an exit must finish: an atexit function,
+# a temporary directory left open (as a flow table kept on disk is), a thread still writing, an idle thread
+# pool (as the payload digest's), and an object whose finalizer would only run if the heap were torn down.
+EXIT = """
+import atexit, sys, tempfile, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from diag.cli import main
+
+ThreadPoolExecutor(1).submit(int).result()
+
+atexit.register(print, "atexit ran", file=sys.stderr)
+kept = tempfile.TemporaryDirectory(dir=sys.argv[1])
+
+
+class TornDown:
+    def __del__(self):
+        print("torn down", file=sys.stderr)
+
+
+torn_down = TornDown()
+threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", file=sys.stderr))).start()
+main(["analyze", "pcap", "--json", "-", *sys.argv[2:]], own_process=True)
+print("main returned", file=sys.stderr)
+"""
+
+
 def _python(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", *map(str, args)], capture_output=True, text=True, timeout=600, cwd=PROJECT
+        [sys.executable, "-c", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=PROJECT
     )
 
 
@@ -89,3 +115,15 @@ def test_the_captures_are_read_while_pandas_and_the_analysis_load(tmp_path: Path
     focused = _python(READ_STARTS, "--flow", "198.51.100.10", *CAPTURES)
     assert focused.returncode == 0, focused.stderr
     assert "pandas loaded when the read started: True" in focused.stderr
+
+
+def test_an_analysis_ends_its_process_without_teardown_but_with_what_an_exit_finishes(tmp_path: Path) -> None:
+    result = _python(EXIT, tmp_path, *CAPTURES)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verdict"]  # the whole document, flushed
+    lines = result.stderr.splitlines()
+    assert lines == ["thread done", "atexit ran"]  # in an exit's order; no "main returned", no "torn down"
+    assert not list(tmp_path.iterdir())
+    # A failure returns to the caller, which exits as usual.
+    failed = _python(EXIT, tmp_path, tmp_path / "missing.pcap")
+    assert failed.returncode == 0 and "main returned" in failed.stderr and "torn down" in failed.stderr

@@ -199,7 +199,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pcap.add_argument(
         "captures", nargs="+", metavar="[NAME=]PATH", help="a capture file or s3://BUCKET/KEY object, optionally named"
     )
-    pcap.set_defaults(func=run_pcap)
+    # Both end the process without freeing their tables when run as the process's command (diag.cli.main).
+    pcap.set_defaults(func=run_pcap, exit_without_teardown=True)
     fleet = commands.add_parser(
         "fleet",
         parents=[common],
@@ -212,7 +213,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "fleet", type=Path, metavar="DIR|MANIFEST.toml|s3://BUCKET/PREFIX/",
         help="the fleet's directory, manifest or S3 prefix",
     )
-    fleet.set_defaults(func=run_fleet)
+    fleet.set_defaults(func=run_fleet, exit_without_teardown=True)
 
 
 def _check_output_path(target: str, inputs: list[Path]) -> None:
