@@ -85,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         command = [str(DIAG)]
         env = None
         if args.source is not None:
-            command = [sys.executable, "-c", "import sys; from diag.cli import main; sys.exit(main())"]
+            # The copy's own entry point, which ends the process as the diag script does.
+            command = [sys.executable, "-m", "diag.cli"]
             env = {**os.environ, "PYTHONPATH": str(args.source)}
         command += ["analyze", "pcap", "--json", "-"]  # standard output goes to /dev/null
         command += [f"p{i}={p}" for i, p in enumerate(paths)] if len(paths) > 1 else [str(paths[0])]
-        # ``python -c`` puts the working directory first on the path, before PYTHONPATH: run it in the copy.
+        # ``python -m`` puts the working directory first on the path, before PYTHONPATH: run it in the copy.
         runs = [run(command, env, args.source) for _ in range(args.repeat)]
         best = min(runs, key=lambda r: r["cpu"])
         row: dict[str, object] = {"case": name, "files": len(paths), "size_mb": round(size_mb), **best}
