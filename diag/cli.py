@@ -21,6 +21,7 @@ from typing import NoReturn
 
 from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
+from diag.gcpause import end_startup, pause_for_startup
 
 # numpy asks the kernel for 2 MB pages on large arrays; on these machines setting them up cost most of a
 # many-capture correlation's time (4 of 6.6 CPU s on four 1M-packet captures), and diag's arrays are
@@ -106,11 +107,17 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
 
     ``own_process``: the caller is the process's entry point and exits with that status at once (the
     ``diag`` script, ``python -m diag.cli``). A command that allows it (``analyze``: its parser's default
-    ``exit_without_teardown``) then ends the process here when it succeeds, see ``_exit_now``.
+    ``exit_without_teardown``) then ends the process here when it succeeds, see ``_exit_now``. Its
+    start-up also runs without the cyclic collector (``diag.gcpause.pause_for_startup``), until the
+    command has loaded its modules (one whose parser sets ``ends_startup`` says when) or now.
     """
+    if own_process:
+        pause_for_startup()
     _one_malloc_arena()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "ends_startup", False):
+        end_startup()
     add_lab_paths(getattr(args, "lab_path", None) or [])
     _end_cleanly_on_sigterm()
     try:

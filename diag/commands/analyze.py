@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from diag.commands.options import add_max_memory
 from diag.errors import DiagError
+from diag.gcpause import end_startup
 
 if TYPE_CHECKING:
     from diag.analysis import ProgressHook
@@ -199,8 +200,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pcap.add_argument(
         "captures", nargs="+", metavar="[NAME=]PATH", help="a capture file or s3://BUCKET/KEY object, optionally named"
     )
-    # Both end the process without freeing their tables when run as the process's command (diag.cli.main).
-    pcap.set_defaults(func=run_pcap, exit_without_teardown=True)
+    # Both end the process without freeing their tables when run as the process's command (diag.cli.main),
+    # and say when their modules are loaded (diag.gcpause.end_startup).
+    pcap.set_defaults(func=run_pcap, exit_without_teardown=True, ends_startup=True)
     fleet = commands.add_parser(
         "fleet",
         parents=[common],
@@ -213,7 +215,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "fleet", type=Path, metavar="DIR|MANIFEST.toml|s3://BUCKET/PREFIX/",
         help="the fleet's directory, manifest or S3 prefix",
     )
-    fleet.set_defaults(func=run_fleet, exit_without_teardown=True)
+    fleet.set_defaults(func=run_fleet, exit_without_teardown=True, ends_startup=True)
 
 
 def _check_output_path(target: str, inputs: list[Path]) -> None:
@@ -255,6 +257,7 @@ def _analyze_here(
     try:
         from diag.analysis import analyze
 
+        end_startup()
         return analyze(group_points(pairs), progress=progress, packet_filter=packet_filter, started=started)
     finally:
         started.cancel()  # nothing left to stop once analyze took the result; an error: the reads stop
@@ -354,6 +357,7 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]])
             from diag.capture.points import group_points
             from diag.cluster import analyze_on, cluster_client
 
+            end_startup()
             with cluster_client(cluster, pairs) as client:
                 if client is None:
                     report = analyze(group_points(pairs), progress=progress, packet_filter=packet_filter)
