@@ -26,7 +26,8 @@ from diag.diagnose.causes import REGISTRY
 from diag.diagnose.connections import build_connections
 from diag.diagnose.context import Context
 from diag.diagnose.signals import hops
-from diag.diagnose.tcp_signals import TcpSignals, build_packets, compute_signals, hops_of
+from diag.diagnose.tcp_packets import build_packets
+from diag.diagnose.tcp_signals import TcpSignals, compute_signals, hops_of
 from diag.report import Cause
 
 PROJECT = Path(__file__).resolve().parent.parent

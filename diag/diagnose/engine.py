@@ -13,7 +13,8 @@ from diag.diagnose.connections import build_connections
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen
 from diag.diagnose.tcp_columns import Outcome, judge_by_columns
-from diag.diagnose.tcp_signals import build_packets, compute_signals
+from diag.diagnose.tcp_packets import build_packets
+from diag.diagnose.tcp_signals import compute_signals
 from diag.diagnose.udp import analyze_udp
 from diag.report import FORGED_RESET_CAUSES, Finding, PacketRef
 from diag.report.facts import Fact, note

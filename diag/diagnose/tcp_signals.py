@@ -3,9 +3,11 @@
 A busy capture has thousands of connections that end in a RST. Asking each
 one its questions in Python (which packet does the RST answer, was the
 connection established, does the RST's TTL fit its claimed sender) costs a
-scan of its packets per question, so it is done here on whole columns: one
-table of distinct packets (``Packets``), one of their sightings (``Sights``),
-and one row per connection of signals (``TcpSignals``). The cause modules'
+scan of its packets per question, so it is done here on whole columns of the
+distinct packets and their sightings (``diag.diagnose.tcp_packets``), one row
+per connection of signals (``TcpSignals``). Two signals have modules of their
+own: how soon the RST came back against the round trip (``rst_timing``) and
+its IP ID against its sender's count (``rst_ip_id``). The cause modules'
 ``tcp_rule`` reads those columns and every TCP connection is decided there;
 only the findings themselves are written per connection, from the packets
 they name (``Packets.seen``), by ``diag.diagnose.tcp``.
@@ -17,19 +19,20 @@ words and the columns that chose it agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from diag.capture.addresses import endpoint_text
 from diag.capture.proto import ACK, FIN, RST, SYN, TCP
-from diag.diagnose.connections import Connection, ConnectionTable
+from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
-from diag.diagnose.signals import INITIAL_TTLS, Seen, Sight, shared_subnet
+from diag.diagnose.rst_ip_id import IpIdSignal, ip_id_signal
+from diag.diagnose.rst_timing import TimingSignal, timing_signal
+from diag.diagnose.signals import INITIAL_TTLS, shared_subnet
+from diag.diagnose.tcp_packets import NONE, SEQ_SPACE, Packets, expand_ranges, lookup, sight_at
 
 _INITIAL = np.array(INITIAL_TTLS, dtype=np.int64)
-_MOD = 2**32
 
 
 def hops_of(ttl: np.ndarray) -> np.ndarray:
@@ -40,14 +43,6 @@ def hops_of(ttl: np.ndarray) -> np.ndarray:
     return result
 
 
-def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(owner, index) of every index in the half-open ranges ``[starts[i], stops[i])``."""
-    lengths = stops - starts
-    owner = np.repeat(np.arange(len(starts)), lengths)
-    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return owner, starts[owner] + offsets
-
-
 def _mode(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
     """Per key, the most frequent value; a tie goes to the value seen first (smallest ``order``)."""
     frame = pd.DataFrame({"key": keys, "value": values, "order": order})
@@ -55,245 +50,6 @@ def _mode(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
     counted = counted.reset_index().sort_values(["key", "count", "first"], ascending=[True, False, True])
     best = counted.drop_duplicates("key")
     return pd.Series(best["value"].to_numpy(), index=best["key"].to_numpy())
-
-
-def _lookup(table: pd.Series, keys: np.ndarray, missing: int = -1) -> np.ndarray:
-    """``table[key]`` for every key, ``missing`` where it has none."""
-    if len(table) == 0:
-        return np.full(len(keys), missing, dtype=np.int64)
-    at = pd.Index(table.index).get_indexer(keys)
-    values = table.to_numpy().astype(np.int64)
-    found: np.ndarray = np.where(at >= 0, values[np.maximum(at, 0)], missing)
-    return found
-
-
-@dataclass(frozen=True)
-class Sights:
-    """One row per capture point's copy of a distinct packet (``signals.Sight`` as columns)."""
-
-    seen: np.ndarray  # the distinct packet (row of ``Packets``)
-    capture: np.ndarray  # code into the table's names
-    ttl: np.ndarray  # the highest TTL of the copies there
-    forwarded: np.ndarray  # copies there with a lower TTL too
-    incoming: np.ndarray
-    head: np.ndarray  # the first copy's row in the connection table
-    ts_ns: np.ndarray
-    copies: np.ndarray  # rows of every copy, grouped by sighting: ``copies[bounds[i]:bounds[i+1]]``
-    bounds: np.ndarray
-
-
-@dataclass(frozen=True)
-class Packets:
-    """The distinct packets of the TCP connections (``signals.Seen`` as columns), per connection in time order.
-
-    Row ``i`` belongs to connection ``conn[i]`` (its position in the
-    connection list); a connection's packets are the slice
-    ``first[k]:first[k + 1]``, ordered as ``distinct_packets`` orders them.
-    """
-
-    table: ConnectionTable
-    conn: np.ndarray
-    first: np.ndarray  # per connection (and one past the end), where its packets start
-    head: np.ndarray  # row of the first copy at the first point
-    from_orig: np.ndarray
-    flags: np.ndarray
-    seq: np.ndarray
-    ack: np.ndarray
-    payload_len: np.ndarray
-    ts_ref: np.ndarray
-    sight_start: np.ndarray  # the packet's sightings: ``sights`` rows [sight_start, sight_stop), in path order
-    sight_stop: np.ndarray
-    sights: Sights
-    _made: dict[int, Seen] = field(default_factory=dict, compare=False, repr=False)  # ``seen``'s results
-
-    def has(self, flag: int) -> np.ndarray:
-        result: np.ndarray = (self.flags >= 0) & ((self.flags & flag) != 0)
-        return result
-
-    def handshake(self, wanted: int) -> np.ndarray:
-        result: np.ndarray = (self.flags >= 0) & ((self.flags & (SYN | ACK | RST)) == wanted)
-        return result
-
-    def seen(self, i: int) -> Seen:
-        """Packet ``i`` as the ``Seen`` that ``distinct_packets`` makes of it (for rendering a finding)."""
-        made = self._made.get(i)
-        if made is None:
-            self.prefetch(np.array([i], dtype=np.int64))
-            made = self._made[i]
-        return made
-
-    def prefetch(self, chosen: np.ndarray) -> None:
-        """Make the ``Seen`` of every packet in ``chosen`` at once: one gather per column for all of them."""
-        chosen = np.unique(chosen[chosen >= 0])
-        if len(chosen) == 0:
-            return
-        columns, names, sights = self.table.columns, self.table.names, self.sights
-        owner, sight_rows = _ranges(self.sight_start[chosen], self.sight_stop[chosen])
-        copy_owner, copies = _ranges(sights.bounds[sight_rows], sights.bounds[sight_rows + 1])
-        rows = sights.copies[copies]
-        values = {name: columns[name][rows].tolist() for name in _SIGHT_COLUMNS}
-        src, sport, dst, dport = values["src"], values["sport"], values["dst"], values["dport"]
-        capture, index, ts_ns, ts_ref, ip_id, file = (
-            values[name] for name in ("capture", "index", "ts_ns", "ts_ref", "ip_id", "file")
-        )
-        ttl = sights.ttl[sight_rows].tolist()
-        forwarded = sights.forwarded[sight_rows].tolist()
-        incoming = sights.incoming[sight_rows].tolist()
-        copy_bounds = np.r_[0, np.cumsum(sights.bounds[sight_rows + 1] - sights.bounds[sight_rows])].tolist()
-        sight_bounds = np.r_[0, np.cumsum(self.sight_stop[chosen] - self.sight_start[chosen])].tolist()
-        made: list[Sight] = []
-        for s in range(len(sight_rows)):
-            at, stop = copy_bounds[s], copy_bounds[s + 1]
-            source = endpoint_text(names[src[at]], sport[at])
-            # Most sightings are one copy; the sources of several are listed once each, in order.
-            sources = (
-                (source,)
-                if stop - at == 1
-                else tuple(dict.fromkeys(endpoint_text(names[src[c]], sport[c]) for c in range(at, stop)))
-            )
-            made.append(
-                Sight(
-                    capture=names[capture[at]],
-                    index=index[at],
-                    ts_ns=ts_ns[at],
-                    ts_ref=ts_ref[at],
-                    ttl=ttl[s],
-                    ip_id=ip_id[at],
-                    forwarded=forwarded[s],
-                    incoming=incoming[s],
-                    src=source,
-                    dst=endpoint_text(names[dst[at]], dport[at]),
-                    sources=sources,
-                    file=int(file[at]),
-                )
-            )
-        del owner, copy_owner
-        for n, i in enumerate(chosen.tolist()):
-            head = copy_bounds[sight_bounds[n]]
-            self._made[i] = Seen(
-                pkt=values["pkt"][head],
-                from_orig=bool(values["from_orig"][head]),
-                flags=values["tcp_flags"][head],
-                seq=values["seq"][head],
-                ack=values["ack"][head],
-                payload_len=values["payload_len"][head],
-                digest=values["payload_digest"][head],
-                sights=tuple(made[sight_bounds[n] : sight_bounds[n + 1]]),
-            )
-
-
-_SIGHT_COLUMNS = (
-    "capture", "index", "ts_ns", "ts_ref", "ip_id", "src", "sport", "dst", "dport", "file", "pkt", "from_orig",
-    "tcp_flags", "seq", "ack", "payload_len", "payload_digest",
-)  # fmt: skip
-
-
-def build_packets(table: ConnectionTable, connections: list[Connection]) -> Packets:
-    """The distinct packets of the TCP ``connections``, grouped and ordered as ``distinct_packets`` does."""
-    columns = table.columns
-    n_rows = len(columns["pkt"])
-    # Which connection (position in the list) each row belongs to; -1 for UDP.
-    owner = np.full(n_rows, -1, dtype=np.int64)
-    tcp = np.array([c.proto == TCP for c in connections], dtype=bool)
-    starts = np.array([c.start for c in connections], dtype=np.int64)
-    stops = np.array([c.stop for c in connections], dtype=np.int64)
-    k_of_row, rows = _ranges(starts[tcp], stops[tcp])
-    owner[rows] = np.flatnonzero(tcp)[k_of_row]
-    order = table.by_packet[owner[table.by_packet] >= 0]  # TCP rows by connection, packet, hop, time
-    pkt, capture = columns["pkt"][order], columns["capture"][order]
-    n_names = max(len(table.names), 1)
-    sight_id, _ = pd.factorize(pkt.astype(np.int64) * n_names + capture)
-    by_sight = np.argsort(sight_id, kind="stable")
-    copies = order[by_sight]
-    n_sights = int(sight_id.max()) + 1 if len(sight_id) else 0
-    bounds = np.searchsorted(sight_id[by_sight], np.arange(n_sights + 1))
-    heads = copies[bounds[:-1]]
-    ttl = columns["ttl"][copies].astype(np.int64)
-    top = np.maximum.reduceat(ttl, bounds[:-1]) if n_sights else ttl[:0]
-    low = np.minimum.reduceat(ttl, bounds[:-1]) if n_sights else ttl[:0]
-    names = table.names
-    in_code = names.index("in") if "in" in names else -1
-    # Sightings of one packet are consecutive ids (the packets' rows are consecutive in ``order``).
-    head_pkt = columns["pkt"][heads]
-    new_packet = np.r_[True, head_pkt[1:] != head_pkt[:-1]] if n_sights else np.zeros(0, dtype=bool)
-    packet_of_sight = np.cumsum(new_packet) - 1
-    first_sight = np.flatnonzero(new_packet)
-    last_sight = np.r_[first_sight[1:], n_sights]
-    packet_head = heads[first_sight]
-    conn = owner[packet_head]
-    ts_ref = columns["ts_ref"][packet_head]
-    # ``distinct_packets`` orders by (reference time, packet id) within the connection.
-    ordered = np.lexsort((columns["pkt"][packet_head], ts_ref, conn))
-    rank = np.empty(len(ordered), dtype=np.int64)
-    rank[ordered] = np.arange(len(ordered))
-    sights = Sights(
-        seen=rank[packet_of_sight],
-        capture=columns["capture"][heads],
-        ttl=top,
-        forwarded=low < top,
-        incoming=columns["direction"][heads] == in_code,
-        head=heads,
-        ts_ns=columns["ts_ns"][heads],
-        copies=copies,
-        bounds=bounds,
-    )
-    conn = conn[ordered]
-    packet_head = packet_head[ordered]
-    return Packets(
-        table=table,
-        conn=conn,
-        first=np.searchsorted(conn, np.arange(len(connections) + 1)),
-        head=packet_head,
-        from_orig=columns["from_orig"][packet_head].astype(bool),
-        flags=columns["tcp_flags"][packet_head].astype(np.int64),
-        seq=columns["seq"][packet_head].astype(np.int64),
-        ack=columns["ack"][packet_head].astype(np.int64),
-        payload_len=columns["payload_len"][packet_head].astype(np.int64),
-        ts_ref=ts_ref[ordered],
-        sight_start=first_sight[ordered],
-        sight_stop=last_sight[ordered],
-        sights=sights,
-    )
-
-
-NONE = -1  # "no such packet / capture" in the integer columns
-# A sender's IP IDs count up by one a packet; a capture may miss some, so a step up to this (or to a few times
-# the step its own packets took) stays in line.
-IP_ID_STEP = 16
-IP_ID_STEPS = 4
-# A RST is too soon when it comes back in under half the round trip to its claimed sender (the handshake's,
-# measured at the same point) and that round trip is long enough for a capture's timestamps to tell.
-TOO_SOON_SHARE = 0.5
-TOO_SOON_MIN_RTT_NS = 200_000
-
-
-@dataclass(frozen=True)
-class IpIdSignal:
-    """Per connection: the RST's IP ID out of line with the IP IDs its claimed sender's own packets count up by
-    (seen at one point before it), and the point, the RST's IP ID and the sender's last packet there (or NONE).
-
-    A stack numbers the packets of a connection in sequence (Linux counts per
-    socket); a RST made by another device carries its own IP ID, out of that
-    sequence (Weaver, Sommer and Paxson, NDSS 2009). Senders whose IDs do not
-    count up (all zero, random) say nothing.
-    """
-
-    out_of_line: np.ndarray
-    point: np.ndarray  # capture code
-    rst_id: np.ndarray
-    last: np.ndarray  # the sender's last packet before the RST at that point
-
-
-@dataclass(frozen=True)
-class TimingSignal:
-    """Per connection: the RST came back sooner than its claimed sender could have answered, at some point that
-    saw both it and the packet it answers: in under ``TOO_SOON_SHARE`` of the round trip from that point to the
-    sender (its handshake answer, timed there). The point, the delay and the round trip (or NONE)."""
-
-    too_soon: np.ndarray
-    point: np.ndarray
-    delay_ns: np.ndarray
-    rtt_ns: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -447,7 +203,7 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     # the RST answers, else the last packet of the other side before it.
     candidate = before & (side != side[r]) & ~is_rst
     syn_fin = (p.has(SYN) | p.has(FIN)).astype(np.int64)
-    answered_by_ack = p.ack[r] == (p.seq + np.maximum(p.payload_len, 0) + syn_fin) % _MOD
+    answered_by_ack = p.ack[r] == (p.seq + np.maximum(p.payload_len, 0) + syn_fin) % SEQ_SPACE
     answered_by_seq = p.has(ACK) & (p.seq[r] == p.ack)
     matches = candidate & np.where(rst_has_ack, answered_by_ack, answered_by_seq)
     by_number = _per_connection(index[matches], p.conn[matches], n, "max")
@@ -462,13 +218,13 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     challenge = _challenge(p, pos, side, before, is_rst, pure_syn, r, n)
 
     # Whether the RST is its claimed sender's (``tcp._genuineness``).
-    rst_sights_owner, rst_sights = _ranges(p.sight_start[rst[has_rst]], p.sight_stop[rst[has_rst]])
+    rst_sights_owner, rst_sights = expand_ranges(p.sight_start[rst[has_rst]], p.sight_stop[rst[has_rst]])
     k_sight = np.flatnonzero(has_rst)[rst_sights_owner]
     at_key = (k_sight * 2 + rst_side[k_sight]) * n_names + s.capture[rst_sights]
     sight_hops = hops_of(s.ttl[rst_sights])
-    typical_ttl = _lookup(usual_ttl, at_key)
+    typical_ttl = lookup(usual_ttl, at_key)
     mismatch = (typical_ttl >= 0) & (hops_of(np.maximum(typical_ttl, 0)) != sight_hops)
-    typical_hops = _lookup(usual_hops, at_key)
+    typical_hops = lookup(usual_hops, at_key)
     consistent = (typical_hops >= 0) & (typical_hops == sight_hops)
     own_side = own[np.arange(n), rst_side]
     other_side = own[np.arange(n), 1 - rst_side]
@@ -479,7 +235,7 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     leaving_own = (own_side >= 0) & (maker == own_side)
     covers_own = _covers(ctx, names, own_side, p.ts_ref[safe_rst])
     absent_at_own = has_rst & (own_side >= 0) & ~_any(at_own, k_sight, n) & covers_own
-    hops_at_maker = _lookup(usual_hops, (np.arange(n) * 2 + rst_side) * n_names + np.maximum(maker, 0))
+    hops_at_maker = lookup(usual_hops, (np.arange(n) * 2 + rst_side) * n_names + np.maximum(maker, 0))
     hops_at_maker = np.where(maker >= 0, hops_at_maker, NONE)
     on_link = _on_link(p, rst, has_rst & (maker >= 0) & (maker == other_side) & (own_side < 0) & (hops_at_maker < 0))
     made_elsewhere = (
@@ -496,11 +252,11 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         & (rst_side == 1)
         & (maker >= 0)
         & (maker != own_side)
-        & (_sight_at(p, trigger, maker) >= 0)
+        & (sight_at(p, trigger, maker) >= 0)
         & ~_any(client_at & (maker[p.conn[s.seen]] >= 0), p.conn[s.seen], n)
     )
     # A RST back sooner than its claimed sender could have answered was made closer than that sender.
-    timing = _timing(p, rst, rst_side, trigger, side, pure_syn, synack)
+    timing = timing_signal(p, rst, rst_side, trigger, side, pure_syn, synack)
     forged = has_rst & (absent_at_own | _any(mismatch, k_sight, n) | made_elsewhere | timing.too_soon)
     genuine = has_rst & ~forged & (leaving_own | on_link | _any(consistent, k_sight, n))
 
@@ -547,116 +303,9 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
         syn_handed_on=_handed_on(p, unanswered & (synack_for_syn < 0), farthest),
         syn_unseen_elsewhere=unanswered & unseen_elsewhere,
         handshake_seen=_any(pure_syn | synack, p.conn, n),
-        ip_id=_ip_id(p, rst, rst_side, side, is_rst),
+        ip_id=ip_id_signal(p, rst, rst_side, side, is_rst),
         timing=timing,
     )
-
-
-def _ip_id(p: Packets, rst: np.ndarray, rst_side: np.ndarray, side: np.ndarray, is_rst: np.ndarray) -> IpIdSignal:
-    """The RST's IP ID against the last two of its claimed sender's packets seen where the RST was first seen."""
-    s, columns = p.sights, p.table.columns
-    n = len(rst)
-    point, rst_id, last = (np.full(n, NONE, dtype=np.int64) for _ in range(3))
-    out_of_line = np.zeros(n, dtype=bool)
-    ks = np.flatnonzero(rst >= 0)
-    if len(ks) == 0:
-        return IpIdSignal(out_of_line, point, rst_id, last)
-    first = p.sight_start[rst[ks]]
-    point[ks] = s.capture[first]
-    rst_id[ks] = columns["ip_id"][s.head[first]]
-    rst_ts = np.full(n, NONE, dtype=np.int64)
-    rst_ts[ks] = s.ts_ns[first]
-    k = p.conn[s.seen]
-    mine = (rst_ts[k] >= 0) & (side[s.seen] == rst_side[k]) & ~is_rst[s.seen] & (s.capture == point[k])
-    mine &= s.ts_ns < rst_ts[k]
-    rows = np.flatnonzero(mine)
-    if len(rows) == 0:
-        return IpIdSignal(out_of_line, point, rst_id, last)
-    rows = rows[np.lexsort((s.ts_ns[rows], k[rows]))]
-    owner = k[rows]
-    is_last = np.r_[owner[1:] != owner[:-1], True]
-    has_before = np.r_[False, owner[1:] == owner[:-1]]
-    latest = np.flatnonzero(is_last & has_before)  # positions in ``rows`` with a packet before them
-    conn = owner[latest]
-    ids = columns["ip_id"][s.head[rows]].astype(np.int64)
-    prev, before = ids[latest], ids[latest - 1]
-    step = (prev - before) % 65536
-    counting = (step >= 1) & (step <= IP_ID_STEP)
-    allowed = np.maximum(IP_ID_STEP, IP_ID_STEPS * step)
-    ahead = (rst_id[conn] - prev) % 65536
-    out_of_line[conn] = counting & ((ahead < 1) | (ahead > allowed)) & (rst_id[conn] >= 0) & (prev >= 0)
-    last[conn] = s.seen[rows[latest]]
-    return IpIdSignal(out_of_line, point, rst_id, last)
-
-
-def _timing(
-    p: Packets,
-    rst: np.ndarray,
-    rst_side: np.ndarray,
-    trigger: np.ndarray,
-    side: np.ndarray,
-    pure_syn: np.ndarray,
-    synack: np.ndarray,
-) -> TimingSignal:
-    """At each point that saw the RST and the packet it answers, the delay between them against the round trip
-    to the RST's claimed sender there: the client's SYN to the server's SYN-ACK, or the server's SYN-ACK to the
-    client's ACK of it."""
-    s = p.sights
-    n = len(rst)
-    too_soon = np.zeros(n, dtype=bool)
-    point, delay_out, rtt_out = (np.full(n, NONE, dtype=np.int64) for _ in range(3))
-    ks = np.flatnonzero((rst >= 0) & (trigger >= 0))
-    empty = TimingSignal(too_soon, point, delay_out, rtt_out)
-    if len(ks) == 0:
-        return empty
-    wanted = np.zeros(n, dtype=bool)
-    wanted[ks] = True
-    k = p.conn
-    # Round trips to the server (SYN -> SYN-ACK) and to the client (SYN-ACK -> its ACK), per connection.
-    syns, answers = np.flatnonzero(wanted[k] & pure_syn & (side == 1)), np.flatnonzero(wanted[k] & synack & (side == 0))
-    acks = np.flatnonzero(wanted[k] & (side == 1) & (p.flags == ACK))
-    to_server = pd.merge(
-        pd.DataFrame({"conn": k[syns], "value": (p.seq[syns] + 1) % _MOD, "ask": syns}),
-        pd.DataFrame({"conn": k[answers], "value": p.ack[answers], "reply": answers}),
-        on=["conn", "value"],
-    )
-    to_client = pd.merge(
-        pd.DataFrame({"conn": k[answers], "value": (p.seq[answers] + 1) % _MOD, "ask": answers}),
-        pd.DataFrame({"conn": k[acks], "value": p.ack[acks], "reply": acks}),
-        on=["conn", "value"],
-    )
-    to_server["toward"], to_client["toward"] = 0, 1
-    pairs = pd.concat([to_server, to_client], ignore_index=True)
-    pairs = pairs[pairs["toward"].to_numpy() == rst_side[pairs["conn"].to_numpy()]]
-    if pairs.empty:
-        return empty
-    ask, reply = pairs["ask"].to_numpy(), pairs["reply"].to_numpy()
-    owner, sights = _ranges(p.sight_start[ask], p.sight_stop[ask])
-    at = _sight_at(p, reply[owner], s.capture[sights])
-    rtt = s.ts_ns[np.maximum(at, 0)] - s.ts_ns[sights]
-    timed = (at >= 0) & (rtt > 0)
-    n_names = len(p.table.names) + 1
-    round_trip = (
-        pd.DataFrame(
-            {"key": pairs["conn"].to_numpy()[owner[timed]] * n_names + s.capture[sights[timed]], "rtt": rtt[timed]}
-        )
-        .groupby("key")["rtt"]
-        .min()
-    )
-    # The RST's sightings, in path order, with the packet it answers seen at the same point.
-    owner, rst_sights = _ranges(p.sight_start[rst[ks]], p.sight_stop[rst[ks]])
-    conn = ks[owner]
-    capture = s.capture[rst_sights]
-    answered = _sight_at(p, trigger[conn], capture)
-    delay = s.ts_ns[rst_sights] - s.ts_ns[np.maximum(answered, 0)]
-    trip = _lookup(round_trip, conn * n_names + capture)
-    soon = (answered >= 0) & (delay >= 0) & (trip >= TOO_SOON_MIN_RTT_NS) & (delay < TOO_SOON_SHARE * trip)
-    hits = np.flatnonzero(soon)
-    first_hit = hits[np.r_[True, conn[hits][1:] != conn[hits][:-1]]] if len(hits) else hits
-    chosen = conn[first_hit]
-    too_soon[chosen] = True
-    point[chosen], delay_out[chosen], rtt_out[chosen] = capture[first_hit], delay[first_hit], trip[first_hit]
-    return TimingSignal(too_soon, point, delay_out, rtt_out)
 
 
 def _any(flags: np.ndarray, owners: np.ndarray, n: int) -> np.ndarray:
@@ -695,7 +344,9 @@ def _established(
     server_synack = np.flatnonzero(before & synack & (side == 0))
     client_ack = np.flatnonzero(before & (side == 1) & p.has(ACK))
     answered = pd.merge(
-        pd.DataFrame({"conn": p.conn[server_synack], "value": (p.seq[server_synack] + 1) % _MOD}).drop_duplicates(),
+        pd.DataFrame(
+            {"conn": p.conn[server_synack], "value": (p.seq[server_synack] + 1) % SEQ_SPACE}
+        ).drop_duplicates(),
         pd.DataFrame({"conn": p.conn[client_ack], "value": p.ack[client_ack]}).drop_duplicates(),
         on=["conn", "value"],
     )
@@ -733,7 +384,7 @@ def _challenge(
         & (p.seq[r] == p.ack)
         & (previous >= 0)
         & pure_syn[prior]
-        & (p.ack != (p.seq[prior] + 1) % _MOD)
+        & (p.ack != (p.seq[prior] + 1) % SEQ_SPACE)
     )
     return _any(challenge, p.conn, n)
 
@@ -757,7 +408,9 @@ def _answer(
     name: it raced the server (Weaver, Sommer and Paxson, NDSS 2009).
     """
     rst_acks = p.has(ACK)[r]
-    refused_by_ack = _any(with_rst & rst_acks & pure_syn & (side == 1) & ((p.seq + 1) % _MOD == p.ack[r]), p.conn, n)
+    refused_by_ack = _any(
+        with_rst & rst_acks & pure_syn & (side == 1) & ((p.seq + 1) % SEQ_SPACE == p.ack[r]), p.conn, n
+    )
     safe = np.maximum(trigger, 0)
     by_trigger = (trigger >= 0) & pure_syn[safe]
     rst = np.full(n, NONE, dtype=np.int64)
@@ -765,7 +418,7 @@ def _answer(
     rst_safe = np.maximum(rst, 0)
     has_ack = (rst >= 0) & p.has(ACK)[rst_safe]
     refused = np.where(has_ack, refused_by_ack, by_trigger)
-    wanted = np.where(has_ack, p.ack[rst_safe], (p.seq[safe] + 1) % _MOD)
+    wanted = np.where(has_ack, p.ack[rst_safe], (p.seq[safe] + 1) % SEQ_SPACE)
     k = p.conn
     answer = (
         synack
@@ -773,7 +426,7 @@ def _answer(
         & refused[k]
         & (p.ack == wanted[k])
         & (p.seq[rst_safe[k]] != p.seq)
-        & (p.seq[rst_safe[k]] != (p.seq + 1) % _MOD)
+        & (p.seq[rst_safe[k]] != (p.seq + 1) % SEQ_SPACE)
     )
     first = _per_connection(np.flatnonzero(answer), k[answer], n, "min")
     result: np.ndarray = np.where((rst >= 0) & ~p.from_orig[rst_safe], first, NONE)
@@ -791,7 +444,7 @@ def _syn_went_past(
         return result
     rst_first = p.sight_start[rst[chosen]]
     rst_cap, rst_hops = s.capture[rst_first], hops_of(s.ttl[rst_first])
-    owner, syn_sights = _ranges(p.sight_start[trigger[chosen]], p.sight_stop[trigger[chosen]])
+    owner, syn_sights = expand_ranges(p.sight_start[trigger[chosen]], p.sight_stop[trigger[chosen]])
     at_rst_point = s.capture[syn_sights] == rst_cap[owner]
     # The SYN's sighting where the RST was first seen (one at most: one sighting per point).
     at_rst = np.full(len(chosen), NONE, dtype=np.int64)
@@ -817,21 +470,9 @@ def _syn_went_past(
 def rst_sight_keys(p: Packets, rows: np.ndarray) -> np.ndarray:
     """``packet * (names + 1) + capture`` for every sighting of the packets ``rows``."""
     n_names = len(p.table.names) + 1
-    owner, sights = _ranges(p.sight_start[rows], p.sight_stop[rows])
+    owner, sights = expand_ranges(p.sight_start[rows], p.sight_stop[rows])
     keys: np.ndarray = rows[owner].astype(np.int64) * n_names + p.sights.capture[sights]
     return keys
-
-
-def _sight_at(p: Packets, rows: np.ndarray, captures: np.ndarray) -> np.ndarray:
-    """Per entry, the sighting of packet ``rows[i]`` at capture ``captures[i]``; NONE where there is none."""
-    result = np.full(len(rows), NONE, dtype=np.int64)
-    chosen = np.flatnonzero((rows >= 0) & (captures >= 0))
-    if len(chosen) == 0:
-        return result
-    owner, sights = _ranges(p.sight_start[rows[chosen]], p.sight_stop[rows[chosen]])
-    hit = p.sights.capture[sights] == captures[chosen][owner]
-    result[chosen[owner[hit]]] = sights[hit]
-    return result
 
 
 def _policy(
@@ -854,8 +495,8 @@ def _policy(
     server_own, client_own = own[chosen, 0], own[chosen, 1]
     made = maker[chosen]
     server = np.where((server_own < 0) & (made >= 0) & (made == last_cap) & (made != client_own), made, server_own)
-    at_server = (server >= 0) & (_sight_at(p, rows, server) >= 0)
-    missing = (server_own >= 0) & (_sight_at(p, rows, server_own) < 0) & _covers(ctx, names, server_own, syn_ts)
+    at_server = (server >= 0) & (sight_at(p, rows, server) >= 0)
+    missing = (server_own >= 0) & (sight_at(p, rows, server_own) < 0) & _covers(ctx, names, server_own, syn_ts)
     for capture in ctx.captures:
         low, high = ctx.spans.get(capture, (1, 0))
         running = (low <= syn_ts) & (syn_ts <= high)
@@ -863,7 +504,7 @@ def _policy(
         if not (running & beyond).any():
             continue
         code = np.full(len(rows), names.index(capture) if capture in names else len(names), dtype=np.int64)
-        missing |= beyond & running & (_sight_at(p, rows, code) < 0)
+        missing |= beyond & running & (sight_at(p, rows, code) < 0)
     result[chosen] = missing | (forged[chosen] & ~at_server)
     return result
 
@@ -880,11 +521,11 @@ def _kept_sending(
     if len(ks) == 0:
         return count
     n_names = len(p.table.names) + 1
-    owner, rst_sights = _ranges(p.sight_start[rst[ks]], p.sight_stop[rst[ks]])
+    owner, rst_sights = expand_ranges(p.sight_start[rst[ks]], p.sight_stop[rst[ks]])
     rst_ts = pd.Series(s.ts_ns[rst_sights], index=ks[owner] * n_names + s.capture[rst_sights])
     k = p.conn[s.seen]
     mine = chosen[k] & (side[s.seen] == rst_side[k]) & ~is_rst[s.seen]
-    since = _lookup(rst_ts, np.where(mine, k * n_names + s.capture, -1), missing=np.iinfo(np.int64).max)
+    since = lookup(rst_ts, np.where(mine, k * n_names + s.capture, -1), missing=np.iinfo(np.int64).max)
     after = mine & (s.ts_ns > since)
     packets = np.unique(s.seen[after])
     count += np.bincount(p.conn[packets], minlength=n)
@@ -932,11 +573,11 @@ def handshake_rtt(
     if not (len(syns) and len(answers) and len(acks)):
         return result
     syn_answer = pd.merge(
-        pd.DataFrame({"conn": k[syns], "value": (p.seq[syns] + 1) % _MOD, "syn": syns}),
+        pd.DataFrame({"conn": k[syns], "value": (p.seq[syns] + 1) % SEQ_SPACE, "syn": syns}),
         pd.DataFrame({"conn": k[answers], "value": p.ack[answers], "answer": answers}),
         on=["conn", "value"],
     )
-    syn_answer["value"] = (p.seq[syn_answer["answer"].to_numpy()] + 1) % _MOD
+    syn_answer["value"] = (p.seq[syn_answer["answer"].to_numpy()] + 1) % SEQ_SPACE
     pairs = pd.merge(
         syn_answer[["conn", "value", "syn"]],
         pd.DataFrame({"conn": k[acks], "value": p.ack[acks], "ack": acks}),
@@ -946,8 +587,8 @@ def handshake_rtt(
         return result
     s = p.sights
     syn_rows, ack_rows = pairs["syn"].to_numpy(), pairs["ack"].to_numpy()
-    owner, sights = _ranges(p.sight_start[syn_rows], p.sight_stop[syn_rows])
-    at = _sight_at(p, ack_rows[owner], s.capture[sights])
+    owner, sights = expand_ranges(p.sight_start[syn_rows], p.sight_stop[syn_rows])
+    at = sight_at(p, ack_rows[owner], s.capture[sights])
     found = at >= 0
     rtt = s.ts_ns[np.maximum(at, 0)] - s.ts_ns[sights]
     positive = found & (rtt > 0)
@@ -973,12 +614,12 @@ def _syn_points(
     n = len(first_syn)
     n_names = len(names) + 1
     syns = np.flatnonzero(pure_syn & (side == 1) & (first_syn[p.conn] >= 0))
-    owner, sights = _ranges(p.sight_start[syns], p.sight_stop[syns])
+    owner, sights = expand_ranges(p.sight_start[syns], p.sight_stop[syns])
     syn_keys = np.unique(p.conn[syns][owner] * n_names + s.capture[sights])
     astray = np.zeros(n, dtype=bool)
     ks = np.flatnonzero(synack >= 0)
     if len(ks):
-        owner, sights = _ranges(p.sight_start[synack[ks]], p.sight_stop[synack[ks]])
+        owner, sights = expand_ranges(p.sight_start[synack[ks]], p.sight_stop[synack[ks]])
         off_path = ~np.isin(ks[owner] * n_names + s.capture[sights], syn_keys)
         astray[ks[owner[off_path]]] = True
     unseen = np.zeros(n, dtype=bool)
@@ -1004,7 +645,7 @@ def _handed_on(p: Packets, chosen: np.ndarray, farthest: np.ndarray) -> np.ndarr
     if len(ks) == 0:
         return result
     last = p.sight_stop[farthest[ks]] - 1
-    owner, copies = _ranges(s.bounds[last], s.bounds[last + 1])
+    owner, copies = expand_ranges(s.bounds[last], s.bounds[last + 1])
     rows = s.copies[copies]
     frame = pd.DataFrame(
         {
@@ -1070,7 +711,7 @@ def _unanswered(
             span_end[code] = ctx.spans[name][1]
     waited = span_end[point] - p.ts_ref[np.maximum(last_syn, 0)] >= UNANSWERED_WAIT_NS
     verdict = has_syn & ~_any(answered, k_of_sight, n) & ~_any(later_ack, p.conn, n) & ((attempts >= 2) | waited)
-    acking = synack & (side == 0) & (p.ack == (p.seq[f[p.conn]] + 1) % _MOD) & has_syn[p.conn]
+    acking = synack & (side == 0) & (p.ack == (p.seq[f[p.conn]] + 1) % SEQ_SPACE) & has_syn[p.conn]
     # The farthest-seen attempt (most sightings, the first of those) and whether its last point forwarded it.
     n_sights = p.sight_stop - p.sight_start
     farthest_order = pd.DataFrame({"conn": p.conn[syns], "n": -n_sights[syns], "i": index[syns]})
