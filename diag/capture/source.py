@@ -287,12 +287,15 @@ class Feed:
             if MADVISE is not None and release_stop > release_start:
                 MADVISE(data[release_start:].ctypes.data, release_stop - release_start, mmap.MADV_DONTNEED)
             page_start = start - start % page
-            if populate and MADVISE is not None:
-                if MADVISE(data[page_start:].ctypes.data, stop - page_start, MADV_POPULATE_READ) != 0:
-                    # Refused (EFAULT: the file shrank under us). Touching those pages here
-                    # would kill the process with SIGBUS; the reading thread maps the window
-                    # itself, notices the cut and stops in one line.
-                    return
+            if (
+                populate
+                and MADVISE is not None
+                and MADVISE(data[page_start:].ctypes.data, stop - page_start, MADV_POPULATE_READ) != 0
+            ):
+                # Refused (EFAULT: the file shrank under us). Touching those pages here
+                # would kill the process with SIGBUS; the reading thread maps the window
+                # itself, notices the cut and stops in one line.
+                return
             # Populated pages are dropped again by a cut made since, so look once more right
             # before touching them (a cut in between can still get past, as the docstring of
             # _check_not_shrunk says).
