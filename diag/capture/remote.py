@@ -145,8 +145,10 @@ def open_object(path: str | os.PathLike[str]) -> S3Body:
     return body
 
 
+@functools.lru_cache(maxsize=4096)
 def object_size(path: str | os.PathLike[str]) -> int:
-    """The object's size in bytes (a HEAD request), 0 when S3 will not say: it only sizes estimates."""
+    """The object's size in bytes (a HEAD request, once per object and process), 0 when S3 will not say:
+    it only sizes progress and memory estimates, which ask several times."""
     bucket, key = split(path)
     try:
         return int(_client().head_object(Bucket=bucket, Key=key)["ContentLength"])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from diag.capture.digest import digest_alone, usable_cpus
 from diag.capture.info import CaptureInfo
 from diag.capture.reader import ReadStopped, read_capture
-from diag.capture.remote import is_s3
+from diag.capture.remote import is_s3, shown
 from diag.capture.source import capture_size, is_file_quietly
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ def read_files(
 
 def _read_one(name: str, path: Path, progress: Progress | None, stop: threading.Event) -> FileRead:
     size = capture_size(path)
-    detail = f"{name} ({path}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({path})"
+    where = shown(path)
+    detail = f"{name} ({where}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({where})"
     with progress("read", detail) if progress else nullcontext():
         table = read_capture(path, name=name, stop=stop, warn=False)
     return table, info_of(table, name, path)
