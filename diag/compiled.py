@@ -63,9 +63,12 @@ class _LeanLoadingCache(FunctionCache):
     """
 
     def load_overload(self, sig: object, target_context: object) -> object:
-        nrt.rtsys.initialize(target_context)
-        with self._guard_against_spurious_io_errors():
-            return self._load_overload(sig, target_context)  # type: ignore[no-untyped-call]
+        try:
+            nrt.rtsys.initialize(target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)  # type: ignore[no-untyped-call]
+        except Exception:  # numba's internals moved in another release: load the way numba does
+            return super().load_overload(sig, target_context)
 
 
 def _user_cache_dir() -> str:
