@@ -68,7 +68,7 @@ class _LeanLoadingCache(FunctionCache):
             with self._guard_against_spurious_io_errors():
                 return self._load_overload(sig, target_context)  # type: ignore[no-untyped-call]
         except Exception:  # numba's internals moved in another release: load the way numba does
-            return super().load_overload(sig, target_context)
+            return super().load_overload(sig, target_context)  # type: ignore[no-untyped-call]
 
 
 def _user_cache_dir() -> str:
