@@ -129,3 +129,25 @@ def test_an_analysis_ends_its_process_without_teardown_but_with_what_an_exit_fin
     # A failure returns to the caller, which exits as usual.
     failed = _python(EXIT, tmp_path, tmp_path / "missing.pcap")
     assert failed.returncode == 0 and "main returned" in failed.stderr and "torn down" in failed.stderr
+
+
+# As COMPILED_REPORT, with the numba internals the lean load relies on gone, as another numba release may do.
+WITHOUT_LEAN_LOAD = """
+import sys
+import diag.compiled
+
+diag.compiled.nrt = None  # nrt.rtsys no longer where the lean load looks for it
+""" + COMPILED_REPORT.replace("import json, sys\n", "import json\n")
+
+
+def test_the_compiled_loops_still_load_when_numba_internals_move(tmp_path: Path) -> None:
+    report = tmp_path / "numba.json"
+    expected = tmp_path / "expected.json"
+    for _ in range(2):  # a first run compiles what the cache lacks
+        assert _python(COMPILED_REPORT, expected, *CAPTURES).returncode == 0
+    result = _python(WITHOUT_LEAN_LOAD, report, *CAPTURES)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(report.read_text())
+    assert facts["status"] == 0 and facts["compiled"] == []
+    assert facts["loaded"] == json.loads(expected.read_text())["loaded"]
+    assert facts["registries"] > 0  # loaded numba's own way, its compiler made ready first
