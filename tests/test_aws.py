@@ -20,6 +20,7 @@ import boto3
 import botocore.exceptions
 import pytest
 from conftest import require_root, require_tools
+from moto_fixture import fresh_account
 
 from diag.aws.assess import assess
 from diag.aws.findings import check
@@ -40,15 +41,7 @@ pytest.importorskip("moto.server")
 @pytest.fixture
 def endpoint(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh, empty account and fake credentials in this test's environment only."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request).close()
+    fresh_account(moto_endpoint, monkeypatch)
     return moto_endpoint
 
 

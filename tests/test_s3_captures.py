@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import PROJECT, require_tools
+from moto_fixture import fresh_account
 
 pytest.importorskip("moto.server")
 
@@ -40,16 +41,10 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     (which the diag processes inherit); the boto3 client that fills it."""
     import boto3
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_PROFILE", "DIAG_CLUSTER"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    fresh_account(moto_endpoint, monkeypatch)
+    monkeypatch.delenv("DIAG_CLUSTER", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
-    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")).close()
     client = boto3.client("s3", region_name="eu-west-1", endpoint_url=moto_endpoint)
     client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     return client
