@@ -30,7 +30,8 @@ import tomllib
 from pathlib import Path
 
 from diag.capture import remote
-from diag.capture.points import expand_spec, looks_like_capture
+from diag.capture.names import looks_like_capture
+from diag.capture.points import expand_spec
 from diag.capture.source import is_dir_quietly, is_file_quietly
 from diag.errors import DiagError
 

@@ -23,6 +23,7 @@ import numpy as np
 from diag.capture import remote
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
+from diag.capture.names import DUMPCAP_RING, looks_like_capture
 from diag.capture.reader import capture_stem
 from diag.capture.source import exists_quietly, is_dir_quietly, is_file_quietly
 from diag.errors import DiagError
@@ -36,9 +37,6 @@ PointSpec = CaptureSpec | Sequence[CaptureSpec]
 
 # tcpdump -C numbers the files after the name it was given: pod.pcap, pod.pcap1, … (pod.pcap00 … with -W 10+).
 TCPDUMP_ROTATED = re.compile(r"^(?P<base>.+\.(?:pcapng|pcap|cap|dmp))(?P<number>\d+)(?P<gz>\.gz)?$", re.IGNORECASE)
-# dumpcap / Wireshark ring buffers: NAME_<5-digit file number>_<YYYYmmddHHMMSS>.pcapng
-DUMPCAP_RING = re.compile(r"^(?P<base>.+)_\d{5}_\d{14}(?P<suffix>\.(?:pcapng|pcap)(?:\.gz)?)?$", re.IGNORECASE)
-CAPTURE_NAME = re.compile(r"\.(?:pcapng|pcap|cap|dmp)\d*(?:\.gz)?$", re.IGNORECASE)
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
 
@@ -57,10 +55,6 @@ def rotated_stem(path: Path) -> str | None:
 def point_stem(path: Path) -> str:
     """The default vantage name of a file: its rotation stem when it has one, else its stem."""
     return rotated_stem(path) or capture_stem(path)
-
-
-def looks_like_capture(path: Path) -> bool:
-    return not path.name.startswith(".") and bool(CAPTURE_NAME.search(path.name) or DUMPCAP_RING.match(path.name))
 
 
 def expand_spec(spec: Path, directories: bool = True) -> list[Path] | None:

@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from diag.capture.names import looks_like_capture
 from diag.errors import CaptureError, DiagError
 
 if TYPE_CHECKING:
@@ -263,8 +264,6 @@ def list_points(path: str | os.PathLike[str]) -> dict[str, list[Path]]:
     local point's files; deeper prefixes are not looked into); capture
     objects directly under ``PREFIX/`` belong to no point and are refused.
     """
-    from diag.capture.points import looks_like_capture
-
     bucket, prefix = split(path)
     if not bucket:
         raise DiagError(f"{shown(path)}: a fleet in S3 is s3://BUCKET/PREFIX/ (its points PREFIX/POINT/*.pcap*)")
