@@ -19,7 +19,7 @@ from diag.capture import read_capture
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
-from diag.capture.points import CaptureSpec, PointSpec, merge_point, stack_tables
+from diag.capture.points import CaptureSpec, PointSpec, concat_packets, merge_point
 
 # Callers long imported these from here; they live with the rest of what makes capture points.
 from diag.capture.points import group_points as group_points
@@ -49,11 +49,6 @@ CaptureReader = Callable[
 
 def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
     return progress(stage, detail) if progress else nullcontext()
-
-
-def concat_packets(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Stack packet tables, keeping categorical columns categorical (a plain concat would not)."""
-    return tables[0] if len(tables) == 1 else stack_tables(tables)
 
 
 def read_captures(

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from diag.capture.points import concat_packets
 from diag.capture.proto import ICMP, ICMPV6, TCP, UDP
 from diag.clocks import ClockBounds, clock_bounds
 from diag.compiled import compiled
@@ -267,8 +268,6 @@ class Part:
 
 def assemble_part(pieces: Sequence[Piece], names: Sequence[str]) -> Part:
     """The pieces of every point (``pieces[i]`` of point ``i``) for one partition, as one table."""
-    from diag.analysis import concat_packets
-
     table = concat_packets([piece.table for piece in pieces]).reset_index(drop=True)
     table["capture"] = table["capture"].cat.set_categories(list(names))
     positions = np.concatenate(

@@ -42,11 +42,11 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from diag.analysis import Diagnoser, ProgressHook, concat_packets, group_points, read_file, report_of
+from diag.analysis import Diagnoser, ProgressHook, group_points, read_file, report_of
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
-from diag.capture.points import merge_point
+from diag.capture.points import concat_packets, merge_point
 from diag.capture.remote import is_s3, shown
 from diag.clocks import combine_bounds, offsets_from_bounds
 from diag.flows import build_flows

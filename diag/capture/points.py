@@ -182,6 +182,11 @@ def merge_point(tables: Sequence[pd.DataFrame], infos: Sequence[CaptureInfo]) ->
     return merged, point_info(infos[0].name, [infos[position] for position in order])
 
 
+def concat_packets(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Stack packet tables (one is returned as it is), keeping categorical columns categorical."""
+    return tables[0] if len(tables) == 1 else stack_tables(tables)
+
+
 def stack_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Packet tables one after the other, categorical columns kept categorical (a plain concat would not).
 

@@ -124,7 +124,8 @@ def _warn(infos: list[CaptureInfo]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from diag.analysis import concat_packets, parse_capture_args, read_captures
+    from diag.analysis import parse_capture_args, read_captures
+    from diag.capture.points import concat_packets
     from diag.commands.outfiles import check_dir, check_targets, make_dir, write_bytes
     from diag.flows import build_flows
     from diag.memory import MemoryBudgetError, budget_option, current_budget, set_budget
