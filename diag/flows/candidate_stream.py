@@ -198,21 +198,28 @@ class CandidateSurvey:
         counts["syn"] = syn[transport]
         counts["synack"] = (tcp & (handshake == (SYN | ACK)))[transport]
         counts["sender_min"] = counts["sender_max"] = sender[transport]
-        self._buffers["nodes"].append(_sum_nodes(counts))
+        self._hold("nodes", _sum_nodes(counts))
         if syn.any():
             syns = np.empty(int(syn.sum()), dtype=SYN_ROW)
             syns["seq"], syns["point"], syns["node"] = keys["seq"].to_numpy()[syn], point[syn], node[syn]
             syns["content"] = mix_hash(key[syn].copy(), keys["ip_id"].to_numpy()[syn])
-            self._buffers["syns"].append(syns)
+            self._hold("syns", syns)
         client = keys["client_endpoint"].to_numpy()
         has = client != 0
         if has.any():
             clients = np.empty(int(has.sum()), dtype=CLIENT_ROW)
             clients["client"], clients["node"] = client[has], node[has]
-            self._buffers["clients"].append(np.unique(clients))
+            self._hold("clients", np.unique(clients))
         icmp = ((proto == ICMP) | (proto == ICMPV6)) & (key != 0)
         if icmp.any():
             self._icmp.append(np.unique(orphan_vertices(key[icmp])))
+        if self._buffered >= self.buffer_rows:
+            self._flush()
+
+    def _hold(self, kind: str, rows: np.ndarray) -> None:
+        """Rows of ``kind`` to be written out with the next flush (every kind counts towards it)."""
+        self._buffers[kind].append(rows)
+        self._buffered += len(rows)
 
     @staticmethod
     def _mark(marks: _FileMarks, ts: np.ndarray, vertex: np.ndarray, first_row: int) -> None:
@@ -232,11 +239,8 @@ class CandidateSurvey:
         records["ts"] = keys["ts_ns"].to_numpy()[has]
         records["point"] = keys["point"].to_numpy()[has]
         records["ttl"] = keys["ttl"].to_numpy()[has]
-        self._buffers["keys"].append(records)
-        self._buffered += len(records)
+        self._hold("keys", records)
         self.spilled_rows += len(records)
-        if self._buffered >= self.buffer_rows:
-            self._flush()
 
     def _flush(self) -> None:
         """Write the rows waiting, each kind to its buckets by the hash of the field it is grouped by."""
