@@ -98,26 +98,19 @@ def atomic_path(target: Path, force: bool, option: str) -> Iterator[Path]:
 
 
 def write_atomically(target: Path, text: str, force: bool, option: str) -> None:
-    with atomic_path(target, force, option) as temporary:
-        try:
-            with open(temporary, "w", encoding="utf-8") as sink:
-                sink.write(text)
-                sink.flush()
-                if temporary != target:  # a device or pipe has nothing to sync (and /dev/null refuses)
-                    os.fsync(sink.fileno())
-        except OSError as error:
-            raise DiagError(f"{option} {target}: cannot write: {error.strerror or error}") from None
+    """``text`` (UTF-8) as the whole of ``target``, which appears only once it is complete."""
+    write_atomically_with(target, lambda sink: sink.write(text.encode("utf-8")), force, option)
 
 
-def write_atomically_with(target: Path, write: Callable[[BinaryIO], None], force: bool, option: str) -> None:
-    """``write_atomically`` of what ``write`` writes to a binary file, piece by piece (a document too large
-    to hold as one string)."""
+def write_atomically_with(target: Path, write: Callable[[BinaryIO], object], force: bool, option: str) -> None:
+    """What ``write`` writes to a binary file, piece by piece if it likes (a document too large to hold as
+    one string), as the whole of ``target``, which appears only once it is complete."""
     with atomic_path(target, force, option) as temporary:
         try:
             with open(temporary, "wb") as sink:
                 write(sink)
                 sink.flush()
-                if temporary != target:
+                if temporary != target:  # a device or pipe has nothing to sync (and /dev/null refuses)
                     os.fsync(sink.fileno())
         except OSError as error:
             raise DiagError(f"{option} {target}: cannot write: {error.strerror or error}") from None
