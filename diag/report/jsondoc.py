@@ -33,9 +33,7 @@ def report_to_json(report: Report, flow_limit: int | None = FLOW_LIMIT) -> dict[
     ``flows`` holds at most ``flow_limit`` rows (None: all; see ``diag.report.flowcap``).
     """
     files = _files(report)
-    findings = [
-        finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ()) for finding in report.findings
-    ]
+    findings = [_finding_json(finding, files) for finding in report.findings]
     return _document(report, flow_limit, findings)
 
 
@@ -72,6 +70,11 @@ def _files(report: Report) -> dict[str, tuple[str, ...]]:
     for capture in report.captures:
         files.setdefault(capture.name, capture.files)  # the first of a name, as a search in order finds
     return files
+
+
+def _finding_json(finding: Finding, files: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A finding's JSON, its packet's file named from its point's files (``_files``)."""
+    return finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ())
 
 
 def dumps(report: Report, flow_limit: int | None = FLOW_LIMIT) -> str:
@@ -112,10 +115,7 @@ def write_json(report: Report, sink: BinaryIO, flow_limit: int | None = FLOW_LIM
     for start in range(0, len(report.findings), FINDINGS_AT_ONCE):
         with collector_paused():
             encoded = [
-                orjson.dumps(
-                    finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ()),
-                    option=orjson.OPT_INDENT_2,
-                )
+                orjson.dumps(_finding_json(finding, files), option=orjson.OPT_INDENT_2)
                 for finding in report.findings[start : start + FINDINGS_AT_ONCE]
             ]
         # Each finding's lines indented to the list's depth (JSON strings hold no raw newline), comma-separated.
