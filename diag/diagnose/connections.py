@@ -127,9 +127,6 @@ class _UnionFind:
                 return parent
             parent = grand
 
-    def union(self, a: int, b: int) -> None:
-        unionfind.union(self.parent, a, b)
-
     def union_all(self, a: np.ndarray, b: np.ndarray) -> None:
         unionfind.union_pairs(self.parent, a.astype(np.int64), b.astype(np.int64))
 
@@ -591,10 +588,7 @@ def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
         pairs["sport_reply"].to_numpy() != pairs["dport"].to_numpy()
     )
     joined = resourced & (delay >= 0) & (delay <= RESOURCED_REPLY_WINDOW_NS)
-    for a, b in zip(
-        pairs["node"].to_numpy()[joined].tolist(), pairs["node_reply"].to_numpy()[joined].tolist(), strict=True
-    ):
-        uf.union(a, b)
+    uf.union_all(pairs["node"].to_numpy()[joined], pairs["node_reply"].to_numpy()[joined])
 
 
 def _orient_rest(
