@@ -73,12 +73,17 @@ def read_files(
 
 
 def _read_one(name: str, path: Path, progress: Progress | None, stop: threading.Event) -> FileRead:
-    size = capture_size(path)
-    where = shown(path)
-    detail = f"{name} ({where}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({where})"
-    with progress("read", detail) if progress else nullcontext():
+    with progress("read", _read_detail(name, path)) if progress else nullcontext():
         table = read_capture(path, name=name, stop=stop, warn=False)
     return table, info_of(table, name, path)
+
+
+def _read_detail(name: str, path: Path) -> str:
+    """What the progress line says of a read. Only asked when progress is shown: an S3 object's size is
+    a request of its own."""
+    size = capture_size(path)
+    where = shown(path)
+    return f"{name} ({where}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({where})"
 
 
 def info_of(table: pd.DataFrame, name: str, path: Path) -> CaptureInfo:
