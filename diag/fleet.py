@@ -114,7 +114,7 @@ def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[
             raise DiagError(f"{where}: points.{name}.files must be a non-empty list of paths")
         paths: list[Path] = []
         for item in files:
-            spec = Path(item) if Path(item).is_absolute() or remote.is_s3(item) else base / item
+            spec = remote.path_of(item) if remote.is_s3(item) or Path(item).is_absolute() else base / item
             paths += expand_spec(spec) or [spec]
         points[name] = paths
     return points

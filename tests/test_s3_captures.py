@@ -156,6 +156,15 @@ def test_a_manifest_may_name_objects(bucket: Path, tmp_path: Path) -> None:
     assert _as_local(_report("fleet", str(manifest)), bucket) == local
 
 
+def test_a_manifest_object_a_path_would_change_is_refused(bucket: Path, tmp_path: Path) -> None:
+    """As on the command line: ``one//client`` would be read as ``one/client``, another object."""
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[points.client]\nfiles = ["s3://{BUCKET}/one//client.pcapng"]\n')
+    assert _one_line_error(_diag("analyze", "fleet", str(manifest))) == (
+        f"diag: s3://{BUCKET}/one//client.pcapng: S3 keys with empty, '.' or '..' segments are not supported"
+    )
+
+
 @pytest.mark.slow
 def test_cluster_workers_open_the_objects_themselves(bucket: Path) -> None:
     """Only the URLs travel: each worker process of a local cluster reads its points from S3."""

@@ -130,18 +130,18 @@ def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]
         for name, spec in captures.items():
             specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
             for one in specs:
-                entries += [(str(name), path, True) for path in expand_spec(Path(one)) or [Path(one)]]
+                path = remote.path_of(one) if isinstance(one, str) else Path(one)
+                entries += [(str(name), file, True) for file in expand_spec(path) or [path]]
     else:
         for item in captures:
             text = os.fspath(item)
             name, sep, rest = text.partition("=")
             if text.startswith(remote.SCHEME):  # an object's key may hold '=' (date=2026-12-04/)
-                remote.check_url(text)
-                entries.append((point_stem(Path(text)), Path(text), False))
+                path = remote.path_of(text)
+                entries.append((point_stem(path), path, False))
             elif isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
-                if rest.startswith(remote.SCHEME):
-                    remote.check_url(rest)
-                entries += [(name, path, True) for path in expand_spec(Path(rest)) or [Path(rest)]]
+                path = remote.path_of(rest)
+                entries += [(name, file, True) for file in expand_spec(path) or [path]]
             else:
                 files = expand_spec(Path(text), directories=False) or [Path(text)]
                 entries += [(point_stem(path), path, False) for path in files]

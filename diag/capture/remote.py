@@ -81,6 +81,13 @@ def check_url(text: str) -> None:
         raise DiagError(f"{text}: S3 keys with empty, '.' or '..' segments are not supported")
 
 
+def path_of(text: str) -> Path:
+    """``Path(text)``; an ``s3://`` URL is first checked to be one a path carries unchanged (``check_url``)."""
+    if text.startswith(SCHEME):
+        check_url(text)
+    return Path(text)
+
+
 @functools.cache
 def _client() -> Any:
     """One S3 client per process (thread-safe), from the standard chain, with bounded connecting and retries."""
