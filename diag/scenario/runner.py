@@ -224,6 +224,10 @@ def run_scenario(
         addresses = {node: lab.address(node) for node in sorted(node_names)}
         kernel_log = teardown.enter_context((out_dir / "kernel.jsonl").open("w"))
         kernel, kernel_note = _start_kernel_trace({node: lab.netns(node) for node in sorted(node_names)}, kernel_log)
+        if kernel is not None:
+            # Ended before its log is closed (the stack unwinds in reverse) when the run stops early, e.g. on
+            # Ctrl-C: its reader would otherwise write events to a closed file. Ending it twice is harmless.
+            teardown.callback(kernel.close)
         with CaptureSet(points, out_dir, snaplen=snaplen, conntrack=conntrack) as capture_set:
             interfaces = sum(len(p.interfaces) for p in points)
             stages.done("captures listening", f"{len(points)} points, {interfaces} interfaces")
