@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 
 import pandas as pd
 
@@ -19,6 +18,7 @@ from diag.capture import read_capture
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
+from diag.capture.location import Location
 from diag.capture.points import CaptureSpec, PointSpec, concat_packets, merge_point
 
 # Callers long imported these from here; they live with the rest of what makes capture points.
@@ -43,7 +43,7 @@ STAGES = ("read", "flows", "correlate", "diagnose")
 Diagnoser = Callable[[pd.DataFrame, Correlation], list[Finding]]
 # Reads (name, path) pairs into one packet table and CaptureInfo per point, as ``read_captures`` does.
 CaptureReader = Callable[
-    [Sequence[tuple[str, Path]], ProgressHook | None], tuple[list[pd.DataFrame], list[CaptureInfo]]
+    [Sequence[tuple[str, Location]], ProgressHook | None], tuple[list[pd.DataFrame], list[CaptureInfo]]
 ]
 
 
@@ -52,7 +52,7 @@ def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractCo
 
 
 def read_captures(
-    pairs: Sequence[tuple[str, Path]], progress: ProgressHook | None = None
+    pairs: Sequence[tuple[str, Location]], progress: ProgressHook | None = None
 ) -> tuple[list[pd.DataFrame], list[CaptureInfo]]:
     """Read every capture, one table per point; the reader's warnings are collected in each ``CaptureInfo``.
 
@@ -62,7 +62,7 @@ def read_captures(
     return assemble_points([name for name, _ in pairs], read_files(pairs, progress))
 
 
-def read_file(name: str, path: Path) -> tuple[pd.DataFrame, CaptureInfo]:
+def read_file(name: str, path: Location) -> tuple[pd.DataFrame, CaptureInfo]:
     """One file of one point: its packet table and ``CaptureInfo`` (``diag.cluster`` runs this on workers)."""
     # The reader both records and warns; the report carries the records.
     table = read_capture(path, name=name, warn=False)

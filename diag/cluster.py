@@ -34,10 +34,9 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diag.capture.remote import is_s3
+from diag.capture.location import Location, S3Object
 from diag.capture.source import is_file_quietly
 from diag.errors import DiagError
 
@@ -104,13 +103,13 @@ def cluster_from(option: str | None) -> ClusterSpec | None:
     return spec
 
 
-def check_shareable(pairs: Sequence[tuple[str, Path]]) -> None:
+def check_shareable(pairs: Sequence[tuple[str, Location]]) -> None:
     """Refuse inputs a worker cannot open by path (standard input, pipes), before a cluster is started.
 
     An ``s3://`` object is opened by the worker that reads it, from the URL alone.
     """
     for _name, path in pairs:
-        if is_s3(path):
+        if isinstance(path, S3Object):
             continue
         if str(path) == "-" or not is_file_quietly(path):
             if str(path) != "-" and not os.path.lexists(path):
@@ -172,7 +171,7 @@ def _reason(error: BaseException) -> str:
 
 def analyze_on(
     client: Client,
-    pairs: Sequence[tuple[str, Path]],
+    pairs: Sequence[tuple[str, Location]],
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
     whole_tables: bool = False,
@@ -198,7 +197,7 @@ def analyze_on(
 
 def reduce_on(
     client: Client,
-    pairs: Sequence[tuple[str, Path]],
+    pairs: Sequence[tuple[str, Location]],
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
 ) -> list[PointCandidates]:
@@ -287,7 +286,7 @@ def _wait(client: Client, futures: Sequence[Future[Any]], owner: dict[str, str],
 
 
 @contextlib.contextmanager
-def cluster_client(spec: ClusterSpec | None, pairs: Sequence[tuple[str, Path]]) -> Iterator[Client | None]:
+def cluster_client(spec: ClusterSpec | None, pairs: Sequence[tuple[str, Location]]) -> Iterator[Client | None]:
     """A client of the cluster ``spec`` names (None: analyze in this process), connected for the block."""
     if spec is None:
         yield None

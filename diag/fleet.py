@@ -26,22 +26,27 @@ in time order.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
 from diag.capture import remote
-from diag.capture.names import looks_like_capture
-from diag.capture.points import expand_spec
+from diag.capture.location import Location, is_url, location_of
+from diag.capture.names import fleet_layout
+from diag.capture.points import files_of
 from diag.capture.source import is_dir_quietly, is_file_quietly
 from diag.errors import DiagError
 
 MANIFEST_SUFFIX = ".toml"
 
 
-def fleet_points(source: Path) -> dict[str, list[Path]]:
-    """The points of a fleet directory or manifest, as point name -> its files (see the module's text)."""
-    if remote.is_s3(source):
-        return remote.list_points(source)
+def fleet_points(source: str | os.PathLike[str]) -> dict[str, list[Location]]:
+    """The points of a fleet directory, manifest or S3 prefix, as point name -> its files (see the module's
+    text)."""
+    if isinstance(source, str) and is_url(source):
+        objects: dict[str, list[Location]] = {point: [*files] for point, files in remote.list_points(source).items()}
+        return objects
+    source = Path(source)
     if is_file_quietly(source) and source.suffix.lower() == MANIFEST_SUFFIX:
         return manifest_points(source)
     if is_dir_quietly(source):
@@ -51,38 +56,38 @@ def fleet_points(source: Path) -> dict[str, list[Path]]:
     raise DiagError(f"{source}: no such fleet directory or manifest")
 
 
-def directory_points(root: Path) -> dict[str, list[Path]]:
-    """``root/POINT/<capture files>``: every subdirectory with capture files is a point.
+def directory_points(root: Path) -> dict[str, list[Location]]:
+    """``root/POINT/<capture files>``: every subdirectory with capture files is a point
+    (``diag.capture.names.fleet_layout``'s rules, the same as an S3 prefix's).
 
     Subdirectories without captures (notes, logs) are passed over; capture
     files lying in ``root`` itself belong to no point and are refused rather
     than silently left out.
     """
-    try:
-        children = sorted(child for child in root.iterdir() if not child.name.startswith("."))
-    except OSError as error:
-        raise DiagError(f"{root}: cannot list this directory ({error.strerror or error})") from None
-    loose = [child for child in children if is_file_quietly(child) and looks_like_capture(child)]
+    files: list[tuple[str, str, Location]] = []
+    for child in _listing(root):
+        if is_file_quietly(child):
+            files.append(("", child.name, child))
+        elif is_dir_quietly(child) and not child.name.startswith("."):
+            files += [(child.name, entry.name, entry) for entry in _listing(child) if is_file_quietly(entry)]
+    loose, points = fleet_layout(files)
     if loose:
         raise DiagError(
             f"{loose[0]}: a capture directly in the fleet directory; put each point's files in {root}/POINT/"
         )
-    points: dict[str, list[Path]] = {}
-    for child in children:
-        if not is_dir_quietly(child):
-            continue
-        try:
-            has_captures = any(is_file_quietly(entry) and looks_like_capture(entry) for entry in child.iterdir())
-        except OSError as error:
-            raise DiagError(f"{child}: cannot list this directory ({error.strerror or error})") from None
-        if has_captures:
-            points[child.name] = expand_spec(child) or []
     if not points:
         raise DiagError(f"{root}: no capture points (subdirectories holding .pcap/.pcapng files)")
     return points
 
 
-def manifest_points(manifest: Path) -> dict[str, list[Path]]:
+def _listing(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except OSError as error:
+        raise DiagError(f"{directory}: cannot list this directory ({error.strerror or error})") from None
+
+
+def manifest_points(manifest: Path) -> dict[str, list[Location]]:
     """The points a TOML manifest names (``[points.NAME] files = [...]``)."""
     try:
         document = tomllib.loads(manifest.read_text(encoding="utf-8"))
@@ -93,7 +98,7 @@ def manifest_points(manifest: Path) -> dict[str, list[Path]]:
     return parse_manifest(document, manifest.parent, str(manifest))
 
 
-def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[str, list[Path]]:
+def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[str, list[Location]]:
     """A parsed manifest's points; ``base`` anchors relative entries and ``where`` names the manifest in errors."""
     unknown = sorted(set(document) - {"points"})
     if unknown:
@@ -101,7 +106,7 @@ def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[
     table = document.get("points")
     if not isinstance(table, dict) or not table:
         raise DiagError(f"{where}: no [points.NAME] tables")
-    points: dict[str, list[Path]] = {}
+    points: dict[str, list[Location]] = {}
     for name in sorted(table):
         entry = table[name]
         if not isinstance(entry, dict):
@@ -112,9 +117,9 @@ def parse_manifest(document: dict[str, object], base: Path, where: str) -> dict[
         files = entry.get("files")
         if not isinstance(files, list) or not files or not all(isinstance(item, str) and item for item in files):
             raise DiagError(f"{where}: points.{name}.files must be a non-empty list of paths")
-        paths: list[Path] = []
+        paths: list[Location] = []
         for item in files:
-            spec = remote.path_of(item) if remote.is_s3(item) or Path(item).is_absolute() else base / item
-            paths += expand_spec(spec) or [spec]
+            spec = location_of(item) if is_url(item) or Path(item).is_absolute() else base / item
+            paths += files_of(spec)
         points[name] = paths
     return points

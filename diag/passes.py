@@ -65,6 +65,7 @@ from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets
 from diag.capture.info import CaptureInfo
+from diag.capture.location import Location
 from diag.capture.points import point_info, stack_tables
 from diag.capture.reader import read_capture_chunks
 from diag.capture.source import STDIN_NAME, capture_size
@@ -115,7 +116,7 @@ class _File:
     number: int
     point: int
     name: str
-    path: Path
+    path: Location
     first_ts: int | None = None  # earliest and latest time of the file (all packets, before a filter)
     last_ts: int | None = None
     info: CaptureInfo | None = None
@@ -433,7 +434,7 @@ def _point_infos(files: list[_File]) -> list[CaptureInfo]:
     return infos
 
 
-def _files_of(pairs: Sequence[tuple[str, Path]], limit: int) -> list[_File]:
+def _files_of(pairs: Sequence[tuple[str, Location]], limit: int) -> list[_File]:
     """The files of ``pairs``, their points numbered in order; standard input refused (it cannot be read twice)."""
     for _name, path in pairs:
         if str(path) == STDIN_NAME:
@@ -538,7 +539,7 @@ def _flows_of(store: SpilledFlows, spill: bool) -> tuple[pd.DataFrame, SpilledFl
 
 
 def flows_in_passes(
-    pairs: Sequence[tuple[str, Path]],
+    pairs: Sequence[tuple[str, Location]],
     limit: int,
     *,
     refusal: MemoryBudgetError | None = None,
@@ -569,7 +570,7 @@ def flows_in_passes(
 
 
 def analyze_in_passes(
-    pairs: Sequence[tuple[str, Path]],
+    pairs: Sequence[tuple[str, Location]],
     limit: int,
     progress: ProgressHook | None = None,
     tree: FilterNode | None = None,

@@ -36,7 +36,6 @@ import contextlib
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,8 +45,8 @@ from diag.analysis import Diagnoser, ProgressHook, group_points, read_file, repo
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
+from diag.capture.location import Location, S3Object
 from diag.capture.points import concat_packets, merge_point
-from diag.capture.remote import is_s3, shown
 from diag.clocks import combine_bounds, offsets_from_bounds
 from diag.flows import build_flows
 from diag.flows.table import empty_flows
@@ -274,7 +273,7 @@ class _Points:
 
 
 def _read_points(
-    runner: Runner, pairs: Sequence[tuple[str, Path]], tree: FilterNode | None, progress: ProgressHook | None
+    runner: Runner, pairs: Sequence[tuple[str, Location]], tree: FilterNode | None, progress: ProgressHook | None
 ) -> _Points:
     points = group_points(pairs)
     detail = f"{len(pairs)} files of {len(points)} point(s) in {runner.partitions()} partition(s)"
@@ -282,18 +281,22 @@ def _read_points(
         parts, blames = [], []
         for name, files in points.items():
             reads = [
-                # Workers open absolute paths (their working directory is not ours; an s3:// URL is one already);
-                # the report keeps the path as given.
-                runner.submit(read_file, name, path if is_s3(path) else path.absolute(), name="read", blame=shown(path))
+                # The report keeps the path as given.
+                runner.submit(read_file, name, _anywhere(path), name="read", blame=str(path))
                 for path in files
             ]
-            blame = f"{name} ({', '.join(shown(path) for path in files)})"
+            blame = f"{name} ({', '.join(str(path) for path in files)})"
             blames.append(blame)
             parts.append(
-                runner.submit(prepare_point, [shown(path) for path in files], tree, *reads, name="point", blame=blame)
+                runner.submit(prepare_point, [str(path) for path in files], tree, *reads, name="point", blame=blame)
             )
         runner.settle(parts)  # the tables stay where they were made
     return _Points(list(points), parts, blames)
+
+
+def _anywhere(path: Location) -> Location:
+    """``path`` as a worker opens it: absolute (its working directory is not ours); an object in S3 as it is."""
+    return path if isinstance(path, S3Object) else path.absolute()
 
 
 def _shared_keys(runner: Runner, points: _Points) -> list[Any]:
@@ -313,7 +316,7 @@ def _shared_keys(runner: Runner, points: _Points) -> list[Any]:
 
 def gather_candidates(
     runner: Runner,
-    pairs: Sequence[tuple[str, Path]],
+    pairs: Sequence[tuple[str, Location]],
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
 ) -> list[PointCandidates]:
@@ -332,7 +335,7 @@ def gather_candidates(
 
 def run_analysis(
     runner: Runner,
-    pairs: Sequence[tuple[str, Path]],
+    pairs: Sequence[tuple[str, Location]],
     progress: ProgressHook | None = None,
     packet_filter: str | FilterNode | None = None,
     flow_limit: int = FLOW_LIMIT,

@@ -11,15 +11,20 @@ from. Nothing here can reach AWS.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -285,11 +290,12 @@ def test_access_denied_names_the_permission(
 def test_a_broken_off_read_goes_on_from_where_it_stopped(bucket: Path, s3: Any) -> None:
     """The connection under the body dropped mid-object: a ranged GET of the same ETag takes over."""
     from diag.capture import remote
+    from diag.capture.location import parse_url
 
     remote._client.cache_clear()  # this process's environment is the test's now
     url = f"s3://{BUCKET}/date=2026-11-27/pod-b.pcapng"
     expected = (bucket / "date=2026-11-27" / "pod-b.pcapng").read_bytes()
-    with remote.open_object(url) as body:
+    with remote.open_object(parse_url(url)) as body:
         head = body.read(1000)
         body._body.close()  # as a reset connection would leave it
         rest = body.read()
@@ -298,10 +304,11 @@ def test_a_broken_off_read_goes_on_from_where_it_stopped(bucket: Path, s3: Any) 
 
 def test_an_object_replaced_while_read_stops_in_one_line(bucket: Path, s3: Any) -> None:
     from diag.capture import remote
+    from diag.capture.location import S3Object
 
     remote._client.cache_clear()
     key = "date=2026-11-27/pod-b.pcapng"
-    with remote.open_object(f"s3://{BUCKET}/{key}") as body:
+    with remote.open_object(S3Object(BUCKET, key)) as body:
         body.read(1000)
         body._body.close()
         s3.put_object(Bucket=BUCKET, Key=key, Body=(CAPTURES / "client.pcapng").read_bytes())
@@ -309,13 +316,133 @@ def test_an_object_replaced_while_read_stops_in_one_line(bucket: Path, s3: Any) 
             body.read()
 
 
-def test_seeking_back_over_the_first_bytes_costs_no_second_request(bucket: Path, s3: Any) -> None:
-    """The reader looks at two bytes to tell gzip from a capture and seeks back: the same body goes on."""
+@contextlib.contextmanager
+def _requests_to_moto() -> Iterator[list[str]]:
+    """The request lines moto's server logs (one per HTTP request it answers) while the block runs."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("werkzeug")
+    handler, level, propagate = Collect(logging.INFO), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not onto pytest's captured log
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _gets_of(lines: list[str], key: str) -> list[str]:
+    path = urllib.parse.quote(f"/{BUCKET}/{key}")
+    return [line for line in lines if f'"GET {path} ' in line or f'"GET {path}?' in line]
+
+
+def test_the_gzip_check_reads_an_object_once_and_keeps_only_its_first_bytes(bucket: Path, s3: Any) -> None:
+    """The reader looks at two bytes to tell gzip from a capture and puts them back in front (its wrapper for
+    streams that cannot seek): one GET, nothing of the object kept but those two bytes."""
+    from diag.capture import remote
+    from diag.capture.location import S3Object
+    from diag.capture.source import _Prefixed, file_size, open_capture
+
+    remote._client.cache_clear()
+    key = "one/natgw.pcapng.gz"
+    with _requests_to_moto() as lines:
+        stream, compressed = open_capture(S3Object(BUCKET, key))
+        raw = stream.fileobj.raw  # type: ignore[attr-defined]  # GzipFile -> BufferedReader -> _Prefixed
+        assert compressed and isinstance(raw, _Prefixed) and isinstance(raw.stream, remote.S3Body)
+        assert raw._prefix == b"\x1f\x8b" and not raw.stream.seekable()
+        with stream:
+            assert stream.read() == (CAPTURES / "natgw.pcapng").read_bytes()
+    assert len(_gets_of(lines, key)) == 1, lines
+    key = "one/client.pcapng"
+    with _requests_to_moto() as lines:
+        stream, compressed = open_capture(S3Object(BUCKET, key))
+        with stream:  # a plain capture: the object's size still sizes the read's estimates
+            assert not compressed and file_size(stream) == (CAPTURES / "client.pcapng").stat().st_size
+            assert stream.read() == (CAPTURES / "client.pcapng").read_bytes()
+    assert len(_gets_of(lines, key)) == 1, lines
+
+
+def test_a_fleet_prefix_is_listed_in_one_request(s3: Any, tmp_path: Path) -> None:
+    """Three points under one prefix: one ListObjectsV2, not one more per point (the points and files are
+    the local directory's)."""
+    for point in ("client", "node-b", "pod-b"):
+        (tmp_path / "three" / point).mkdir(parents=True)
+        shutil.copy(CAPTURES / f"{point}.pcapng", tmp_path / "three" / point / f"{point}.pcapng")
+        _upload(s3, tmp_path / "three" / point / f"{point}.pcapng", tmp_path)
+    local = _report("fleet", str(tmp_path / "three"))
+    with _requests_to_moto() as lines:
+        remote = _report("fleet", f"s3://{BUCKET}/three/")
+    assert [line for line in lines if "list-type=2" in line] == [lines[0]], lines
+    assert _as_local(remote, tmp_path) == local
+
+
+def test_a_fleet_listing_follows_every_page(s3: Any) -> None:
+    """More keys under the prefix than one page holds (1,000): the point after them is still found."""
     from diag.capture import remote
 
     remote._client.cache_clear()
-    expected = (bucket / "one" / "natgw.pcapng.gz").read_bytes()
-    with remote.open_object(f"s3://{BUCKET}/one/natgw.pcapng.gz") as body:
-        first = body._body
-        assert body.read(2) == b"\x1f\x8b" and body.seek(-2, os.SEEK_CUR) == 0
-        assert body.read() == expected and body._body is first and body.size == len(expected)
+    for number in range(1000):
+        s3.put_object(Bucket=BUCKET, Key=f"big/a-notes/{number:04}.txt", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key="big/zz/pod.pcapng", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key="big/zz/deeper/other.pcapng", Body=b"")  # below a point: not its file
+    with _requests_to_moto() as lines:
+        points = remote.list_points(f"s3://{BUCKET}/big")
+    assert {name: [str(file) for file in files] for name, files in points.items()} == {
+        "zz": [f"s3://{BUCKET}/big/zz/pod.pcapng"]
+    }
+    assert len([line for line in lines if "list-type=2" in line]) == 2, lines
+
+
+def test_the_fleet_rules_are_the_directory_s(tmp_path: Path) -> None:
+    """The same layout as a directory and as keys: the same points, files and refusals (no S3 needed)."""
+    from diag.capture.names import fleet_layout
+    from diag.fleet import directory_points
+
+    layout = ["b/pod_00002_20261204183100.pcapng", "b/pod_00001_20261204183000.pcapng", "a-b/x.pcap", "a/x.pcap1",
+              "a/x.pcap", "a/.x.pcap", "a/notes.txt", ".hidden/x.pcap", "logs/run.log", "a/deeper/y.pcap"]  # fmt: skip
+    for relative in layout:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    from_directory = {point: [file.relative_to(tmp_path).as_posix() for file in files]  # type: ignore[union-attr]
+                      for point, files in directory_points(tmp_path).items()}  # fmt: skip
+    keys = [(folder, name, f"{folder}/{name}") for folder, _, name in map(methodcaller("partition", "/"), layout)
+            if "/" not in name]  # fmt: skip
+    loose, from_keys = fleet_layout(keys)
+    assert loose == [] and from_keys == from_directory
+    assert list(from_directory) == ["a", "a-b", "b"]
+    assert from_directory["a"] == ["a/x.pcap", "a/x.pcap1"]
+    assert from_directory["b"] == ["b/pod_00001_20261204183000.pcapng", "b/pod_00002_20261204183100.pcapng"]
+    assert fleet_layout([("", "loose.pcap", "loose.pcap"), ("", "README", "README")])[0] == ["loose.pcap"]
+
+
+def test_a_key_with_odd_characters_is_its_url_in_the_report(s3: Any, tmp_path: Path) -> None:
+    """Spaces, '+', '%', '&', '=', '#' and non-ASCII in a key: the URL as given names the capture in the JSON
+    and in the text, and the report is the local file's."""
+    relative = "odd keys/n\u00e4me +1%20&x=y#.pcapng"
+    (tmp_path / "odd keys").mkdir()
+    shutil.copy(CAPTURES / "pod-b.pcapng", tmp_path / relative)
+    url = _upload(s3, tmp_path / relative, tmp_path)
+    assert url == f"s3://{BUCKET}/{relative}"
+    remote = _report("pcap", url)
+    assert json.loads(remote)["captures"][0]["path"] == url
+    assert json.loads(remote)["captures"][0]["name"] == "n\u00e4me +1%20&x=y#"
+    assert _as_local(remote, tmp_path) == _report("pcap", str(tmp_path / relative))
+    text = _diag("analyze", "pcap", "-q", url)
+    assert text.returncode == 0, text.stderr
+    assert f"CAPTURE n\u00e4me +1%20&x=y#  ({url}, 11 packets" in text.stdout
+
+
+def test_two_objects_of_one_name_are_named_by_their_urls(bucket: Path) -> None:
+    """The refusal names both objects by their URLs (not as a path would fold them)."""
+    first, second = f"s3://{BUCKET}/one/client.pcapng", f"s3://{BUCKET}/date=2026-11-27/client.pcapng"
+    assert _one_line_error(_diag("analyze", "pcap", first, second)) == (
+        f"diag: two captures are named 'client' ({first} and {second}); name them with NAME=PATH (the same NAME "
+        "given again adds a file to that point)"
+    )

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.capture import remote
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
+from diag.capture.location import Location, S3Object, location_of
 from diag.capture.names import DUMPCAP_RING, looks_like_capture
 from diag.capture.reader import capture_stem
 from diag.capture.source import exists_quietly, is_dir_quietly, is_file_quietly
@@ -31,7 +31,7 @@ from diag.errors import DiagError
 if TYPE_CHECKING:  # naming the files of each point needs no pandas: the command starts reading before loading it
     import pandas as pd
 
-CaptureSpec = str | os.PathLike[str]
+CaptureSpec = str | os.PathLike[str] | S3Object
 # One capture point: a file, a directory or glob of files, or a list of them (a ring buffer, rotated files).
 PointSpec = CaptureSpec | Sequence[CaptureSpec]
 
@@ -40,7 +40,7 @@ TCPDUMP_ROTATED = re.compile(r"^(?P<base>.+\.(?:pcapng|pcap|cap|dmp))(?P<number>
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
 
-def rotated_stem(path: Path) -> str | None:
+def rotated_stem(path: Location) -> str | None:
     """The vantage name of a file a rotating capture wrote (``pod.pcap07`` -> ``pod``), None for other names."""
     name = path.name
     match = TCPDUMP_ROTATED.match(name)
@@ -52,19 +52,19 @@ def rotated_stem(path: Path) -> str | None:
     return None
 
 
-def point_stem(path: Path) -> str:
+def point_stem(path: Location) -> str:
     """The default vantage name of a file: its rotation stem when it has one, else its stem."""
     return rotated_stem(path) or capture_stem(path)
 
 
-def expand_spec(spec: Path, directories: bool = True) -> list[Path] | None:
+def expand_spec(spec: Location, directories: bool = True) -> list[Path] | None:
     """The files a directory or a glob names (sorted), or None when ``spec`` is neither.
 
     A directory gives its capture files (by name: ``.pcap``, ``.pcapng``, their
     rotated forms, ``.gz``); a path that does not exist but holds ``*``, ``?``
     or ``[`` is a glob. Either one matching nothing is an error.
     """
-    if remote.is_s3(spec):
+    if isinstance(spec, S3Object):
         return None  # an object in S3 is always one file (diag.capture.remote lists a fleet's prefixes)
     # The OS may refuse to say (a directory the user cannot search): then it is no directory and
     # no glob, and opening it as a file reports the refusal in one line.
@@ -84,7 +84,12 @@ def expand_spec(spec: Path, directories: bool = True) -> list[Path] | None:
     return None
 
 
-def check_points(entries: Sequence[tuple[str, Path, bool]]) -> None:
+def files_of(spec: Location) -> Sequence[Location]:
+    """The files a directory or a glob names (``expand_spec``), else ``spec`` itself: one file or object."""
+    return expand_spec(spec) or [spec]
+
+
+def check_points(entries: Sequence[tuple[str, Location, bool]]) -> None:
     """Refuse names that would merge files by accident; ``entries`` are (name, path, named explicitly).
 
     A name may cover several files when it was given explicitly each time
@@ -93,7 +98,7 @@ def check_points(entries: Sequence[tuple[str, Path, bool]]) -> None:
     Two unrelated files that only share a stem (``a/pod.pcap b/pod.pcap``)
     stay an error.
     """
-    by_name: dict[str, list[tuple[Path, bool]]] = {}
+    by_name: dict[str, list[tuple[Location, bool]]] = {}
     for name, path, named in entries:
         if not name.strip():
             raise DiagError(f"{path}: empty capture name")
@@ -112,7 +117,7 @@ def check_points(entries: Sequence[tuple[str, Path, bool]]) -> None:
         )
 
 
-def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Path]]:
+def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]) -> list[tuple[str, Location]]:
     """(name, path) pairs from a mapping, or from ``NAME=PATH`` / ``PATH`` items; a name may come back
     several times, once for each file of that capture point.
 
@@ -125,23 +130,22 @@ def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]
     a path, so odd file names still work. Two unrelated files that would get
     the same name are an error.
     """
-    entries: list[tuple[str, Path, bool]] = []  # (name, file, named explicitly)
+    entries: list[tuple[str, Location, bool]] = []  # (name, file, named explicitly)
     if isinstance(captures, Mapping):
         for name, spec in captures.items():
-            specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
+            specs = [spec] if isinstance(spec, str | os.PathLike | S3Object) else list(spec)
             for one in specs:
-                path = remote.path_of(one) if isinstance(one, str) else Path(one)
-                entries += [(str(name), file, True) for file in expand_spec(path) or [path]]
+                entries += [(str(name), file, True) for file in files_of(location_of(one))]
     else:
         for item in captures:
-            text = os.fspath(item)
+            located = location_of(item)
+            if isinstance(located, S3Object):  # an object's key may hold '=' (date=2026-12-04/)
+                entries.append((point_stem(located), located, False))
+                continue
+            text = item if isinstance(item, str) else os.fspath(located)
             name, sep, rest = text.partition("=")
-            if text.startswith(remote.SCHEME):  # an object's key may hold '=' (date=2026-12-04/)
-                path = remote.path_of(text)
-                entries.append((point_stem(path), path, False))
-            elif isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
-                path = remote.path_of(rest)
-                entries += [(name, file, True) for file in expand_spec(path) or [path]]
+            if isinstance(item, str) and sep and name and rest and not exists_quietly(Path(text)):
+                entries += [(name, file, True) for file in files_of(location_of(rest))]
             else:
                 files = expand_spec(Path(text), directories=False) or [Path(text)]
                 entries += [(point_stem(path), path, False) for path in files]
@@ -151,9 +155,9 @@ def parse_capture_args(captures: Mapping[str, PointSpec] | Sequence[CaptureSpec]
     return [(name, path) for name, path, _named in entries]
 
 
-def group_points(pairs: Sequence[tuple[str, Path]]) -> dict[str, list[Path]]:
+def group_points(pairs: Sequence[tuple[str, Location]]) -> dict[str, list[Location]]:
     """``parse_capture_args``'s pairs as point name -> its files, in the order given (``analyze`` takes it)."""
-    points: dict[str, list[Path]] = {}
+    points: dict[str, list[Location]] = {}
     for name, path in pairs:
         points.setdefault(name, []).append(path)
     return points

@@ -18,8 +18,8 @@ from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.dissect import ADDRESS_COLUMNS, TUNNEL_NAMES, decode_batch
 from diag.capture.info import CaptureInfo
 from diag.capture.linktypes import SUPPORTED, linktype_name
+from diag.capture.location import Location, S3Object, location_of
 from diag.capture.records import Diagnostics, RecordBatch
-from diag.capture.remote import shown
 from diag.capture.source import STDIN_NAME, Feed, open_capture
 from diag.errors import CaptureError
 from diag.memory import current_budget
@@ -31,7 +31,7 @@ CAPTURE_SUFFIXES = (".gz", ".pcap", ".pcapng", ".cap", ".dmp")
 DIRECTIONS = ["", "in", "out"]
 
 
-def capture_stem(path: Path) -> str:
+def capture_stem(path: Location) -> str:
     """``pod.pcap.gz`` -> ``pod``: the default vantage name of a capture file (``-``, standard input: ``stdin``)."""
     if str(path) == STDIN_NAME:
         return "stdin"
@@ -45,7 +45,7 @@ def capture_stem(path: Path) -> str:
 
 
 def read_capture(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | S3Object,
     name: str | None = None,
     stop: threading.Event | None = None,
     *,
@@ -61,9 +61,9 @@ def read_capture(
     gives up at its next batch with ``ReadStopped``. ``warn=False``: the
     problems are only recorded in the ``CaptureInfo``, not raised as warnings.
     """
-    path = Path(path)
+    path = location_of(path)
     name = name if name is not None else capture_stem(path)
-    label = shown(path)  # an s3:// URL as written, not as pathlib folds it
+    label = str(path)
     diagnostics = Diagnostics(label, raise_warnings=warn)
     budget = current_budget()
     read = object()  # this read, as the budget tells it from others made at the same time
@@ -100,7 +100,9 @@ class ReadStopped(CaptureError):
     """A read given up because another one, made at the same time, failed (see ``read_capture``'s ``stop``)."""
 
 
-def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_capture_chunks(
+    path: str | os.PathLike[str] | S3Object, name: str, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
     """``read_capture`` in pieces of about ``chunk_rows`` packets each, for a capture larger than memory.
 
     Each piece is a packet table of its own (``index`` still counts from the
@@ -109,8 +111,8 @@ def read_capture_chunks(path: str | os.PathLike[str], name: str, chunk_rows: int
     the caller decides how many rows it keeps. A compressed file is
     decompressed again on every read.
     """
-    path = Path(path)
-    diagnostics = Diagnostics(shown(path))
+    path = location_of(path)
+    diagnostics = Diagnostics(str(path))
     stream, compressed = open_capture(path)
     skipped_link_types: Counter[int] = Counter()
     seen_link_types: set[int] = set()
@@ -153,7 +155,7 @@ def _pieces(batch: RecordBatch, rows: int) -> Iterator[RecordBatch]:
         yield _select(batch, slice(start, start + rows))  # views of the batch's arrays, not copies
 
 
-def _batches(feed: Feed, path: Path, compressed: bool, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
+def _batches(feed: Feed, path: Location, compressed: bool, diagnostics: Diagnostics) -> Iterator[RecordBatch]:
     what = "gzip-compressed file" if compressed else "file"
     magic = feed.read_exact(4)
     if not magic:

@@ -14,9 +14,8 @@ credentials files, SSO, an instance or task role. Connecting is bounded (a
 short connect timeout, two attempts), so an unreachable endpoint fails in
 seconds, in one line.
 
-Paths travel through the analysis as ``pathlib.Path``, which folds the
-URL's ``//`` into one ``/`` (``s3:/bucket/key``); both spellings are
-recognised here, and ``shown`` gives the URL back for messages and reports.
+An object travels through the analysis as a ``diag.capture.location.S3Object``
+(never as a path, which would fold the URL's ``//``); its ``str()`` is the URL.
 Nothing here imports boto3 until an object is actually opened or listed.
 """
 
@@ -25,67 +24,25 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diag.capture.names import looks_like_capture
+from diag.capture.location import SCHEME, S3Object, split_url
+from diag.capture.names import fleet_layout
 from diag.errors import CaptureError, DiagError
 
 if TYPE_CHECKING:
     from botocore.exceptions import BotoCoreError, ClientError
 
-SCHEME = "s3://"
-_FOLDED = "s3:/"  # what pathlib makes of the scheme
 CONNECT_TIMEOUT_S = 5
 READ_TIMEOUT_S = 60
 ATTEMPTS = 2  # per request, botocore's own retries included
 RESUMES = 3  # times a broken-off body is picked up again from where it stopped
-FIRST_BYTES_KEPT = 64  # an object's first bytes, kept to read again after a seek back (see S3Body)
 
 _NO_SUCH_KEY = frozenset({"NoSuchKey", "404", "NotFound"})
 _ACCESS_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
 _BAD_CREDENTIALS = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired"}
 )
-
-
-def is_s3(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is an ``s3://`` URL (also as pathlib folds it)."""
-    return os.fspath(path).startswith(_FOLDED)
-
-
-def split(path: str | os.PathLike[str]) -> tuple[str, str]:
-    """(bucket, key) of an ``s3://`` URL; the key may be empty (a whole bucket)."""
-    text = os.fspath(path)
-    rest = text[len(SCHEME) :] if text.startswith(SCHEME) else text[len(_FOLDED) :]
-    bucket, _, key = rest.partition("/")
-    return bucket, key
-
-
-def shown(path: str | os.PathLike[str]) -> str:
-    """The path as the user wrote it: ``s3://bucket/key`` for an object, the path itself otherwise."""
-    if not is_s3(path):
-        return os.fspath(path)
-    bucket, key = split(path)
-    return f"{SCHEME}{bucket}/{key}" if key else f"{SCHEME}{bucket}/"
-
-
-def check_url(text: str) -> None:
-    """Refuse an object URL that a path cannot carry unchanged: no bucket or key, or ``//``, ``.``, ``..``
-    segments in the key (pathlib would fold them, and another object would be read)."""
-    bucket, key = split(text)
-    if not bucket or not key or key.endswith("/"):
-        raise DiagError(f"{text}: an S3 capture is s3://BUCKET/KEY, one object (a prefix of many: diag analyze fleet)")
-    if any(part in ("", ".", "..") for part in key.split("/")):
-        raise DiagError(f"{text}: S3 keys with empty, '.' or '..' segments are not supported")
-
-
-def path_of(text: str) -> Path:
-    """``Path(text)``; an ``s3://`` URL is first checked to be one a path carries unchanged (``check_url``)."""
-    if text.startswith(SCHEME):
-        check_url(text)
-    return Path(text)
 
 
 @functools.cache
@@ -117,7 +74,7 @@ def _problem(error: Exception, url: str, action: str) -> str:
         details = error.response.get("Error", {})
         code = str(details.get("Code", ""))
         message = " ".join(str(details.get("Message", "")).split())
-        bucket, _key = split(url)
+        bucket, _key = split_url(url)
         if code == "NoSuchBucket":
             return f"{url}: no such bucket {bucket!r}"
         if code in _NO_SUCH_KEY:
@@ -145,21 +102,19 @@ def _boto_errors() -> tuple[type[BotoCoreError], type[ClientError]]:
     return BotoCoreError, ClientError
 
 
-def open_object(path: str | os.PathLike[str]) -> S3Body:
+def open_object(target: S3Object) -> S3Body:
     """A raw stream of the object's bytes; any failure to start is one ``CaptureError``."""
-    bucket, key = split(path)
-    body = S3Body(shown(path), bucket, key)
+    body = S3Body(target)
     body.start()
     return body
 
 
 @functools.lru_cache(maxsize=4096)
-def object_size(path: str | os.PathLike[str]) -> int:
+def object_size(target: S3Object) -> int:
     """The object's size in bytes (a HEAD request, once per object and process), 0 when S3 will not say:
     it only sizes progress and memory estimates, which ask several times."""
-    bucket, key = split(path)
     try:
-        return int(_client().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        return int(_client().head_object(Bucket=target.bucket, Key=target.key)["ContentLength"])
     except (*_boto_errors(), KeyError, ValueError):
         return 0
 
@@ -167,28 +122,28 @@ def object_size(path: str | os.PathLike[str]) -> int:
 class S3Body(io.RawIOBase):
     """An object's bytes from one streaming GET, resumed by a ranged GET after a broken-off read.
 
+    Read front to back, as a pipe is: it does not seek (the reader puts the
+    bytes it looks at to tell gzip from a capture back in front itself, see
+    ``diag.capture.source``), so nothing of the object is kept here.
     Failures while reading are raised as ``OSError``, as a failing disk's
     would be: the reader then stops in one line naming the byte it reached.
     ``size`` is the object's, so a read can project how many packets it will
     hold (and a memory budget refuse it early), as for a file on disk.
     """
 
-    def __init__(self, url: str, bucket: str, key: str) -> None:
+    def __init__(self, target: S3Object) -> None:
         super().__init__()
-        self.url, self.bucket, self.key = url, bucket, key
+        self.object = target
+        self.url = str(target)
         self.size = 0
         self.etag = ""
-        self._offset = 0  # where the next read starts
         self._body: Any = None
-        self._body_at = 0  # where the body's next bytes are in the object
-        # The object's first bytes, kept: the reader looks at them to tell gzip from a capture and seeks
-        # back, which must not cost a second request (S3 bills per request; an emulator resends it all).
-        self._first = b""
+        self._position = 0  # the next byte of the object to read
 
     def start(self) -> None:
         """The first GET: what a missing object, bucket or permission answers is raised here as ``CaptureError``."""
         try:
-            response = _client().get_object(Bucket=self.bucket, Key=self.key)
+            response = _client().get_object(Bucket=self.object.bucket, Key=self.object.key)
         except _boto_errors() as error:
             raise CaptureError(_problem(error, self.url, "s3:GetObject")) from None
         self.size = int(response.get("ContentLength", 0))
@@ -198,39 +153,18 @@ class S3Body(io.RawIOBase):
     def _resume(self) -> None:
         """A ranged GET from the byte reached, of the same version of the object."""
         extra = {"IfMatch": self.etag} if self.etag else {}
-        response = _client().get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self._body_at}-", **extra)
+        response = _client().get_object(
+            Bucket=self.object.bucket, Key=self.object.key, Range=f"bytes={self._position}-", **extra
+        )
         self._body = response["Body"]
 
     def readable(self) -> bool:
         return True
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._offset
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move to another byte: back over the first bytes already read at no cost, anywhere else with a
-        ranged GET on the next read."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._offset, io.SEEK_END: self.size}[whence]
-        target = max(0, base + offset)
-        if target <= self._body_at <= len(self._first):
-            self._offset = target  # the bytes up to the body's position are all in _first
-        elif target != self._offset:
-            self._drop_body()
-            self._offset = self._body_at = target
-        return target
-
     def readinto(self, target: Any) -> int:
         view = memoryview(target).cast("B")
-        if not len(view) or self._offset >= self.size:
+        if not len(view) or self._position >= self.size:
             return 0
-        if self._offset < self._body_at:  # sought back over the first bytes: hand them out again
-            again = self._first[self._offset : self._body_at][: len(view)]
-            view[: len(again)] = again
-            self._offset += len(again)
-            return len(again)
         from urllib3.exceptions import HTTPError
 
         failures = 0
@@ -240,11 +174,8 @@ class S3Body(io.RawIOBase):
                     self._resume()
                 got = int(self._body.readinto(view))
                 if got == 0:  # the body ended before the object's size: a cut connection
-                    raise ConnectionError(f"the body ended at byte {self._body_at} of {self.size}")
-                if self._body_at == len(self._first) < FIRST_BYTES_KEPT:
-                    self._first += bytes(view[: min(got, FIRST_BYTES_KEPT - self._body_at)])
-                self._body_at += got
-                self._offset = self._body_at
+                    raise ConnectionError(f"the body ended at byte {self._position} of {self.size}")
+                self._position += got
                 return got
             except (*_boto_errors(), HTTPError, OSError) as error:
                 self._drop_body()
@@ -264,48 +195,39 @@ class S3Body(io.RawIOBase):
         super().close()
 
 
-def list_points(path: str | os.PathLike[str]) -> dict[str, list[Path]]:
-    """A fleet prefix ``s3://BUCKET/PREFIX/``: point name -> its capture objects, as ``diag.fleet`` lists a directory.
+def list_points(url: str) -> dict[str, list[S3Object]]:
+    """A fleet prefix ``s3://BUCKET/PREFIX/``: point name -> its capture objects, as ``diag.fleet`` lists a
+    directory (``diag.capture.names.fleet_layout``'s rules: ``PREFIX/POINT/`` is a point when it holds
+    capture objects; objects deeper down are not looked at; captures directly under ``PREFIX/`` belong to no
+    point and are refused).
 
-    ``PREFIX/POINT/`` is a point when it holds capture objects (by name, as a
-    local point's files; deeper prefixes are not looked into); capture
-    objects directly under ``PREFIX/`` belong to no point and are refused.
+    The whole prefix is listed once (one paginated ListObjectsV2, 1,000 keys a request), not once per point.
     """
-    bucket, prefix = split(path)
+    bucket, prefix = split_url(url)
     if not bucket:
-        raise DiagError(f"{shown(path)}: a fleet in S3 is s3://BUCKET/PREFIX/ (its points PREFIX/POINT/*.pcap*)")
+        raise DiagError(f"{url}: a fleet in S3 is s3://BUCKET/PREFIX/ (its points PREFIX/POINT/*.pcap*)")
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     url = f"{SCHEME}{bucket}/{prefix}"
-    folders, loose = _list(url, bucket, prefix)
-    captures = [key for key in loose if looks_like_capture(Path(key))]
-    if captures:
-        raise DiagError(
-            f"{SCHEME}{bucket}/{captures[0]}: a capture directly in the fleet prefix; put each point's files in "
-            f"{url}POINT/"
-        )
-    points: dict[str, list[Path]] = {}
-    for folder in sorted(folders):
-        name = folder[len(prefix) :].rstrip("/")
-        if not name or name.startswith("."):
-            continue
-        _deeper, keys = _list(url, bucket, folder)
-        files = sorted(Path(f"{SCHEME}{bucket}/{key}") for key in keys if looks_like_capture(Path(key)))
-        if files:
-            points[name] = files
+    files = []
+    for key in _keys_under(url, bucket, prefix):
+        parts = key[len(prefix) :].split("/")
+        if len(parts) <= 2:  # PREFIX/NAME or PREFIX/POINT/NAME
+            folder, name = parts if len(parts) == 2 else ("", parts[0])
+            files.append((folder, name, S3Object(bucket, key)))
+    loose, points = fleet_layout(files)
+    if loose:
+        raise DiagError(f"{loose[0]}: a capture directly in the fleet prefix; put each point's files in {url}POINT/")
     if not points:
         raise DiagError(f"{url}: no capture points (PREFIX/POINT/ holding .pcap/.pcapng objects)")
     return points
 
 
-def _list(url: str, bucket: str, prefix: str) -> tuple[list[str], list[str]]:
-    """(sub-prefixes, object keys) directly under ``prefix``; listing failures as one ``DiagError``."""
-    folders: list[str] = []
+def _keys_under(url: str, bucket: str, prefix: str) -> list[str]:
+    """Every object key under ``prefix``, at any depth; listing failures as one ``DiagError``."""
     keys: list[str] = []
     try:
-        pages = _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-        for page in pages:
-            folders += [entry["Prefix"] for entry in page.get("CommonPrefixes", [])]
-            keys += [entry["Key"] for entry in page.get("Contents", []) if not entry["Key"].endswith("/")]
+        for page in _client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [entry["Key"] for entry in page.get("Contents", [])]
     except _boto_errors() as error:
         raise DiagError(_problem(error, url, "s3:ListBucket")) from None
-    return folders, keys
+    return keys

@@ -14,13 +14,12 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diag.capture.digest import digest_alone, usable_cpus
 from diag.capture.info import CaptureInfo
+from diag.capture.location import Location, S3Object
 from diag.capture.reader import ReadStopped, read_capture
-from diag.capture.remote import is_s3, shown
 from diag.capture.source import capture_size, is_file_quietly
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ FileRead = tuple["pd.DataFrame", CaptureInfo]
 
 
 def read_files(
-    pairs: Sequence[tuple[str, Path]], progress: Progress | None = None, stop: threading.Event | None = None
+    pairs: Sequence[tuple[str, Location]], progress: Progress | None = None, stop: threading.Event | None = None
 ) -> list[FileRead]:
     """The packet table and ``CaptureInfo`` of every (point name, file) pair, in order, read on as many
     threads as there are CPUs (and files).
@@ -48,10 +47,10 @@ def read_files(
     workers = min(len(pairs), usable_cpus())
     # Pipes, FIFOs and standard input are read one after another, in the order given, each opened only
     # when its turn comes (what feeds them may be waiting for an earlier one to be read).
-    if workers < 2 or not all(is_file_quietly(path) or is_s3(path) for _, path in pairs):
+    if workers < 2 or not all(is_file_quietly(path) or isinstance(path, S3Object) for _, path in pairs):
         return [_read_one(name, path, progress, stop) for name, path in pairs]
 
-    def read(name: str, path: Path) -> FileRead:
+    def read(name: str, path: Location) -> FileRead:
         try:
             with digest_alone():  # the other CPUs read the other files
                 return _read_one(name, path, progress, stop)
@@ -72,21 +71,20 @@ def read_files(
     return [future.result() for future in futures]
 
 
-def _read_one(name: str, path: Path, progress: Progress | None, stop: threading.Event) -> FileRead:
+def _read_one(name: str, path: Location, progress: Progress | None, stop: threading.Event) -> FileRead:
     with progress("read", _read_detail(name, path)) if progress else nullcontext():
         table = read_capture(path, name=name, stop=stop, warn=False)
     return table, info_of(table, name, path)
 
 
-def _read_detail(name: str, path: Path) -> str:
+def _read_detail(name: str, path: Location) -> str:
     """What the progress line says of a read. Only asked when progress is shown: an S3 object's size is
     a request of its own."""
     size = capture_size(path)
-    where = shown(path)
-    return f"{name} ({where}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({where})"
+    return f"{name} ({path}, {size / 1e6:.{1 if size < 10e6 else 0}f} MB)" if size else f"{name} ({path})"
 
 
-def info_of(table: pd.DataFrame, name: str, path: Path) -> CaptureInfo:
+def info_of(table: pd.DataFrame, name: str, path: Location) -> CaptureInfo:
     """The ``CaptureInfo`` the reader left on ``table`` (a bare one if it left none)."""
     info = table.attrs.get("capture_info")
     if not isinstance(info, CaptureInfo):
@@ -102,7 +100,7 @@ class BackgroundRead:
     check (``diag.memory.set_budget`` first).
     """
 
-    def __init__(self, pairs: Sequence[tuple[str, Path]], progress: Progress | None = None) -> None:
+    def __init__(self, pairs: Sequence[tuple[str, Location]], progress: Progress | None = None) -> None:
         self.pairs = list(pairs)
         self._stop = threading.Event()
         self._files: list[FileRead] | None = None

@@ -22,12 +22,13 @@ import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 import numpy as np
 
 from diag.capture import remote
 from diag.capture.bytesview import PADDING, Buffer
+from diag.capture.location import Location, S3Object
 from diag.capture.records import Diagnostics
 from diag.errors import CaptureError
 
@@ -61,17 +62,17 @@ def _libc_madvise() -> Callable[[int, int, int], int] | None:
 MADVISE = _libc_madvise()
 
 
-def open_capture(path: Path) -> tuple[BinaryIO, bool]:
+def open_capture(path: Location) -> tuple[BinaryIO, bool]:
     """Open ``path`` for reading, decompressing gzip transparently; (stream, was_compressed).
 
     ``-`` is standard input; ``s3://BUCKET/KEY`` an object in S3, streamed
-    (``diag.capture.remote``). Pipes, FIFOs and ``/dev/stdin`` cannot seek back
-    over the bytes that tell gzip from a capture, so those bytes are handed
-    back in front of the rest of the stream instead. Whatever the OS answers
+    (``diag.capture.remote``). Pipes, FIFOs, ``/dev/stdin`` and S3 objects cannot
+    seek back over the bytes that tell gzip from a capture, so those bytes are
+    handed back in front of the rest of the stream instead. Whatever the OS answers
     (no such file, permission denied, an I/O error) becomes one ``CaptureError``
     naming the file.
     """
-    if remote.is_s3(path):
+    if isinstance(path, S3Object):
         raw: BinaryIO = remote.open_object(path)  # type: ignore[assignment]  # a raw stream, read sequentially
     elif str(path) == STDIN_NAME:
         raw = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
@@ -85,7 +86,7 @@ def open_capture(path: Path) -> tuple[BinaryIO, bool]:
         stream = _rewound(raw, magic)
     except OSError as error:
         raw.close()
-        raise CaptureError(f"{remote.shown(path)}: {_os_problem(error, 'cannot read')}") from None
+        raise CaptureError(f"{path}: {_os_problem(error, 'cannot read')}") from None
     if magic == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=stream, mode="rb"), True  # type: ignore[return-value]
     return stream, False
@@ -127,14 +128,14 @@ class _Prefixed(io.RawIOBase):
 
     def __init__(self, stream: BinaryIO, prefix: bytes) -> None:
         super().__init__()
-        self._stream = stream
+        self.stream = stream
         self._prefix = prefix
 
     def readable(self) -> bool:
         return True
 
     def fileno(self) -> int:
-        return self._stream.fileno()
+        return self.stream.fileno()
 
     def readinto(self, target: Any) -> int | None:
         view = memoryview(target).cast("B")
@@ -143,11 +144,11 @@ class _Prefixed(io.RawIOBase):
             view[:count] = self._prefix[:count]
             self._prefix = self._prefix[count:]
             return count
-        count_read: int | None = self._stream.readinto(view)  # type: ignore[attr-defined]
+        count_read: int | None = self.stream.readinto(view)  # type: ignore[attr-defined]
         return count_read  # None only from a non-blocking stream with nothing to read yet, as for any raw stream
 
     def close(self) -> None:
-        self._stream.close()
+        self.stream.close()
         super().close()
 
 
@@ -413,8 +414,9 @@ def file_size(stream: BinaryIO) -> int | None:
     """
     if isinstance(stream, gzip.GzipFile):
         return None
-    if isinstance(stream, remote.S3Body):  # an object in S3, never mapped: its size serves the estimates
-        return stream.size if stream.tell() == 0 else None
+    raw = stream.raw if isinstance(stream, io.BufferedReader) else None
+    if isinstance(raw, _Prefixed) and isinstance(raw.stream, remote.S3Body):
+        return raw.stream.size  # an object in S3 (open_capture's), never mapped: its size serves the estimates
     try:
         status = os.fstat(stream.fileno())
         if not stat.S_ISREG(status.st_mode) or stream.tell() != 0:
@@ -424,8 +426,11 @@ def file_size(stream: BinaryIO) -> int | None:
     return status.st_size
 
 
-def exists_quietly(path: Path) -> bool:
-    """Whether ``path`` names something, False where the OS will not say (an unsearchable directory)."""
+def exists_quietly(path: Location) -> TypeGuard[Path]:
+    """Whether ``path`` names something here, False where the OS will not say (an unsearchable directory)
+    and for an object in S3."""
+    if isinstance(path, S3Object):
+        return False
     try:
         path.stat()
     except (OSError, ValueError):
@@ -433,23 +438,27 @@ def exists_quietly(path: Path) -> bool:
     return True
 
 
-def is_dir_quietly(path: Path) -> bool:
-    """Whether ``path`` is a directory, False where the OS will not say."""
+def is_dir_quietly(path: Location) -> TypeGuard[Path]:
+    """Whether ``path`` is a directory here, False where the OS will not say (and for an object in S3)."""
+    if isinstance(path, S3Object):
+        return False
     try:
         return stat.S_ISDIR(path.stat().st_mode)
     except (OSError, ValueError):
         return False
 
 
-def is_file_quietly(path: Path) -> bool:
-    """Whether ``path`` is a regular file, False where the OS will not say."""
+def is_file_quietly(path: Location) -> TypeGuard[Path]:
+    """Whether ``path`` is a regular file here, False where the OS will not say (and for an object in S3)."""
+    if isinstance(path, S3Object):
+        return False
     try:
         return stat.S_ISREG(path.stat().st_mode)
     except (OSError, ValueError):
         return False
 
 
-def capture_size(path: Path) -> int:
+def capture_size(path: Location) -> int:
     """Bytes in a capture file, for progress and memory estimates; 0 for a stream or anything unreadable.
 
     An object in S3 is sized by a HEAD request.
@@ -458,10 +467,10 @@ def capture_size(path: Path) -> int:
     search, or of one that has just disappeared, must not end in a
     traceback; opening it later reports the problem in one line.
     """
+    if isinstance(path, S3Object):
+        return remote.object_size(path)
     if str(path) == STDIN_NAME:
         return 0
-    if remote.is_s3(path):
-        return remote.object_size(path)
     try:
         status = path.stat()
     except (OSError, ValueError):

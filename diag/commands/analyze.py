@@ -18,6 +18,7 @@ from diag.gcpause import end_startup
 if TYPE_CHECKING:
     from diag.analysis import ProgressHook
     from diag.capture.filter import Node as FilterNode
+    from diag.capture.location import Location
     from diag.cluster import ClusterSpec
     from diag.report import Report
     from diag.report.focus import FlowSelector
@@ -212,13 +213,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fleet.add_argument(
-        "fleet", type=Path, metavar="DIR|MANIFEST.toml|s3://BUCKET/PREFIX/",
+        "fleet", metavar="DIR|MANIFEST.toml|s3://BUCKET/PREFIX/",  # a str: a Path would fold the URL's '//'
         help="the fleet's directory, manifest or S3 prefix",
     )
     fleet.set_defaults(func=run_fleet, exit_without_teardown=True, ends_startup=True)
 
 
-def _check_output_path(target: str, inputs: list[Path]) -> None:
+def _check_output_path(target: str, inputs: list[Location]) -> None:
     from diag.capture.source import exists_quietly
 
     resolved = Path(target).resolve()
@@ -246,7 +247,7 @@ def _print_warnings(report: Report) -> None:
 
 
 def _analyze_here(
-    pairs: list[tuple[str, Path]], progress: ProgressHook | None, packet_filter: FilterNode | None
+    pairs: list[tuple[str, Location]], progress: ProgressHook | None, packet_filter: FilterNode | None
 ) -> Report:
     """``analyze`` in this process, its captures read from the start in the background: the compiled
     reading runs on one CPU while pandas and the later stages are imported on the other."""
@@ -326,7 +327,7 @@ def _cluster_option(args: argparse.Namespace) -> ClusterSpec | None:
     return cluster_from(args.cluster)
 
 
-def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Path]]) -> int:
+def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Location]]) -> int:
     """Both sub-commands from here on: the same options, analysis and rendering."""
     from diag.commands.progress import stage_progress
     from diag.memory import budget_option, set_budget

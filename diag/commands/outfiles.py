@@ -21,6 +21,7 @@ from diag.commands.output import atomic_path, check_output, write_atomically
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
+    from diag.capture.location import Location
     from diag.report import Report
 
 
@@ -46,7 +47,7 @@ def make_dir(directory: Path, option: str) -> None:
         raise DiagError(f"{option} {directory}: cannot create the directory ({_problem(error)})") from error
 
 
-def check_targets(targets: Iterable[Path], inputs: Iterable[Path], force: bool, option: str) -> None:
+def check_targets(targets: Iterable[Path], inputs: Iterable[Location], force: bool, option: str) -> None:
     """Refuse, in one line, a target that is one of the inputs, or that ``check_output`` refuses."""
     from diag.capture.source import exists_quietly  # an input in a directory this user cannot search
 
@@ -113,7 +114,7 @@ def write_export(directory: Path, tables: dict[str, pd.DataFrame], force: bool, 
     return written
 
 
-def check_export(directory: Path, inputs: Iterable[Path], force: bool) -> None:
+def check_export(directory: Path, inputs: Iterable[Location], force: bool) -> None:
     """``analyze --export DIR``, checked before the analysis: every file it will write may be written."""
     from diag.report.export import EXPORT_TABLES
 
