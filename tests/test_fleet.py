@@ -24,15 +24,17 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from operator import methodcaller
 from pathlib import Path
 
 import pytest
 from conftest import PROJECT, require_tools
 
 from diag.analysis import analyze, parse_capture_args
+from diag.capture.names import fleet_layout
 from diag.cluster import analyze_on, cluster_from, parse_cluster
 from diag.errors import DiagError
-from diag.fleet import fleet_points, parse_manifest
+from diag.fleet import directory_points, fleet_points, parse_manifest
 from diag.report.text import render_text
 
 distributed = pytest.importorskip("distributed")
@@ -174,6 +176,26 @@ def test_bad_fleets_are_one_line_and_exit_2(tmp_path: Path) -> None:
         result = _diag("analyze", "fleet", str(target))
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_directory_and_s3_keys_laid_out_alike_give_the_same_points(tmp_path: Path) -> None:
+    """``fleet_layout``, the rules both listings use: a directory and the same layout given as S3 keys
+    (folder, name) give the same points, files and order."""
+    layout = ["b/pod_00002_20261204183100.pcapng", "b/pod_00001_20261204183000.pcapng", "a-b/x.pcap", "a/x.pcap1",
+              "a/x.pcap", "a/.x.pcap", "a/notes.txt", ".hidden/x.pcap", "logs/run.log", "a/deeper/y.pcap"]  # fmt: skip
+    for relative in layout:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    from_directory = {point: [file.relative_to(tmp_path).as_posix() for file in files]  # type: ignore[union-attr]
+                      for point, files in directory_points(tmp_path).items()}  # fmt: skip
+    keys = [(folder, name, f"{folder}/{name}") for folder, _, name in map(methodcaller("partition", "/"), layout)
+            if "/" not in name]  # fmt: skip
+    loose, from_keys = fleet_layout(keys)
+    assert loose == [] and from_keys == from_directory
+    assert list(from_directory) == ["a", "a-b", "b"]
+    assert from_directory["a"] == ["a/x.pcap", "a/x.pcap1"]
+    assert from_directory["b"] == ["b/pod_00001_20261204183000.pcapng", "b/pod_00002_20261204183100.pcapng"]
+    assert fleet_layout([("", "loose.pcap", "loose.pcap"), ("", "README", "README")])[0] == ["loose.pcap"]
 
 
 def test_cluster_values_are_checked() -> None:

@@ -24,7 +24,6 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -398,28 +397,6 @@ def test_a_fleet_listing_follows_every_page(s3: Any) -> None:
         "zz": [f"s3://{BUCKET}/big/zz/pod.pcapng"]
     }
     assert len([line for line in lines if "list-type=2" in line]) == 2, lines
-
-
-def test_the_fleet_rules_are_the_directory_s(tmp_path: Path) -> None:
-    """The same layout as a directory and as keys: the same points, files and refusals (no S3 needed)."""
-    from diag.capture.names import fleet_layout
-    from diag.fleet import directory_points
-
-    layout = ["b/pod_00002_20261204183100.pcapng", "b/pod_00001_20261204183000.pcapng", "a-b/x.pcap", "a/x.pcap1",
-              "a/x.pcap", "a/.x.pcap", "a/notes.txt", ".hidden/x.pcap", "logs/run.log", "a/deeper/y.pcap"]  # fmt: skip
-    for relative in layout:
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_bytes(b"")
-    from_directory = {point: [file.relative_to(tmp_path).as_posix() for file in files]  # type: ignore[union-attr]
-                      for point, files in directory_points(tmp_path).items()}  # fmt: skip
-    keys = [(folder, name, f"{folder}/{name}") for folder, _, name in map(methodcaller("partition", "/"), layout)
-            if "/" not in name]  # fmt: skip
-    loose, from_keys = fleet_layout(keys)
-    assert loose == [] and from_keys == from_directory
-    assert list(from_directory) == ["a", "a-b", "b"]
-    assert from_directory["a"] == ["a/x.pcap", "a/x.pcap1"]
-    assert from_directory["b"] == ["b/pod_00001_20261204183000.pcapng", "b/pod_00002_20261204183100.pcapng"]
-    assert fleet_layout([("", "loose.pcap", "loose.pcap"), ("", "README", "README")])[0] == ["loose.pcap"]
 
 
 def test_a_key_with_odd_characters_is_its_url_in_the_report(s3: Any, tmp_path: Path) -> None:
