@@ -28,8 +28,11 @@ from diag.gcpause import end_startup, pause_for_startup
 # short-lived. Read by numpy when it is first imported, which the commands do later; a user's own setting wins.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-# glibc's mallopt parameter for how many heaps ("arenas") threads may allocate from.
+# glibc's mallopt parameters: how many heaps ("arenas") threads may allocate from; how much free memory at
+# the heap's top is given back to the system; how many blocks may be mapped on their own.
 M_ARENA_MAX = -8
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
 
 
 def _one_malloc_arena() -> None:
@@ -45,6 +48,24 @@ def _one_malloc_arena() -> None:
         return
     with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator decides
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+
+
+def _reuse_freed_memory() -> None:
+    """Keep the memory an analysis frees for its next tables instead of giving it back to the system.
+
+    glibc maps every block above 32 MB (a column of a few million rows) on its own and unmaps it when
+    freed, and trims the heap's free top: the next table then starts on fresh pages, which the kernel
+    zeroes on first touch. On four 1M-packet captures that was most of the process's 2.4 s of system
+    time (about 770,000 page faults for a 2.3 GB peak). Every block comes from the one heap and stays
+    there once freed (up to 2 GB free at its top), so later tables reuse it. Only for a command that ends
+    its process when done (an analysis): a long-lived caller keeps glibc's defaults.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator decides
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 # Module names under diag.commands, in the order --help lists them.
@@ -116,6 +137,8 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     _one_malloc_arena()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if own_process and getattr(args, "exit_without_teardown", False):
+        _reuse_freed_memory()
     if not getattr(args, "ends_startup", False):
         end_startup()
     add_lab_paths(getattr(args, "lab_path", None) or [])
