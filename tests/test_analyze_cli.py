@@ -23,9 +23,10 @@ from packets import make_packets
 from diag.analysis import analyze, concat_packets, parse_capture_args
 from diag.capture.addresses import endpoint_text
 from diag.capture.info import CaptureInfo
+from diag.diagnose.causes import spec_of
 from diag.errors import DiagError
 from diag.flows import build_flows, flow_ids
-from diag.report import CAUSES, SCHEMA, Finding, PacketRef, Report, RuledOut
+from diag.report import CAUSES, SCHEMA, Cause, Finding, PacketRef, Report, RuledOut
 from diag.report.text import problem_kind, problem_kinds, render_text
 
 CLIENT, VIP, POD = "203.0.113.10", "198.18.102.10", "198.18.2.10"
@@ -413,8 +414,14 @@ def _report_with_finding(flows: pd.DataFrame) -> Report:
         evidence=("the client's capture never shows the RST",),
         ruled_out=(RuledOut("peer-reset", "the client retransmitted its SYN"),),
         fixes=("SNAT on the node; trade-off: the pod loses the client address",),
+        severity=spec_of(Cause.ASYMMETRIC_RETURN).severity,
+        forged=True,
     )
-    weaker = Finding("silent-drop", 0.4, "udp", "192.0.2.5:5000", "198.51.100.9:9999", None, None, None, "lost")
+    drop = spec_of(Cause.SILENT_DROP)
+    weaker = Finding(
+        drop.cause, 0.4, "udp", "192.0.2.5:5000", "198.51.100.9:9999", None, None, None, "lost",
+        severity=drop.severity, forged=drop.forged,
+    )
     info = CaptureInfo("pod", "pod.pcap", 9, "EN10MB")
     return Report(captures=[info], packets=pd.DataFrame(), flows=flows, findings=[weaker, finding])
 

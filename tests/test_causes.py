@@ -1,8 +1,16 @@
-"""The cause registry: one module a cause, agreeing with the Cause vocabulary, the docs and the report."""
+"""The cause registry: one module a cause, agreeing with the Cause vocabulary, the docs and the report.
+
+The registry is the only place that says anything about a particular cause:
+these tests fail when a table of causes appears anywhere else in the package,
+and when a finding does not carry its cause's entry.
+"""
 
 from __future__ import annotations
 
+import ast
 import pkgutil
+import subprocess
+import sys
 
 import pytest
 from conftest import PROJECT
@@ -10,7 +18,12 @@ from conftest import PROJECT
 import diag.diagnose.causes as causes_package
 from diag.analysis import analyze
 from diag.diagnose.causes import REGISTRY, spec_of
-from diag.report import CAUSES, FORGED_RESET_CAUSES, Cause
+from diag.report import CAUSES, Cause, Severity
+
+PACKAGE = PROJECT / "diag"
+REGISTRY_DIR = PACKAGE / "diagnose" / "causes"
+CLASS_NAMES = {Severity.INCIDENT: "incident", Severity.REVIEW: "review", Severity.ORDINARY: "ordinary",
+               Severity.NONE: "none"}  # fmt: skip
 
 
 def test_every_cause_has_exactly_its_own_module() -> None:
@@ -20,9 +33,66 @@ def test_every_cause_has_exactly_its_own_module() -> None:
     assert all(spec.cause is cause for cause, spec in REGISTRY.items())
 
 
-def test_forged_flags_agree_with_the_report_layer() -> None:
-    # The report and the plots read FORGED_RESET_CAUSES (they sit below the diagnosis); the registry must agree.
-    assert {cause for cause, spec in REGISTRY.items() if spec.forged} == FORGED_RESET_CAUSES
+def test_every_cause_declares_its_class_and_only_causes_that_are_findings_rank() -> None:
+    assert all(isinstance(spec.severity, Severity) for spec in REGISTRY.values())
+    # healthy is never a finding, so it alone is classed below every finding; a forged RST is an incident.
+    assert [cause for cause, spec in REGISTRY.items() if spec.severity is Severity.NONE] == [Cause.HEALTHY]
+    assert all(spec.severity is Severity.INCIDENT for spec in REGISTRY.values() if spec.forged)
+
+
+def _cause_tables(source: str, name: str) -> list[str]:
+    """Where a module outside the registry keeps something about particular causes: a collection literal
+    (set, list, tuple, dict keys) of ``Cause`` members, or of two cause names or more as strings (one such
+    string is as often something else: a target's health, a scenario step)."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, ast.Set | ast.List | ast.Tuple | ast.Dict):
+            items = node.keys if isinstance(node, ast.Dict) else node.elts
+            members = [
+                f"Cause.{item.attr}"
+                for item in items
+                if isinstance(item, ast.Attribute) and isinstance(item.value, ast.Name) and item.value.id == "Cause"
+            ]
+            names = [item.value for item in items if isinstance(item, ast.Constant) and item.value in CAUSES]
+            if members or len(names) > 1:
+                found.append((node.lineno, f"{name}:{node.lineno}: {', '.join(members + names)}"))
+    return [text for _, text in sorted(found)]
+
+
+def test_no_table_of_causes_outside_the_registry() -> None:
+    """What a cause is (its class, whether it forges, what the watch waits for) is said in its module only.
+
+    Naming one member where a finding of it is made or drawn is fine; a set,
+    list or mapping of causes elsewhere is a second registry that a new cause
+    would have to be added to as well.
+    """
+    modules = [path for path in PACKAGE.rglob("*.py") if REGISTRY_DIR not in path.parents]
+    found = [t for path in modules for t in _cause_tables(path.read_text(), str(path.relative_to(PROJECT)))]
+    assert not found, "tables of causes outside diag/diagnose/causes/:\n" + "\n".join(found)
+
+
+def test_the_table_check_finds_the_tables_that_were_once_outside_the_registry() -> None:
+    source = (
+        "FORGED = frozenset({Cause.ASYMMETRIC_RETURN, Cause.POLICY_REJECT})\n"
+        "SEVERITY = {Cause.PEER_RESET: 1, **dict.fromkeys(FORGED, 3)}\n"
+        "quiet = cause in ('port-closed', 'peer-reset')\n"
+        "drawn = finding.cause is Cause.SILENT_DROP\n"  # one member where a finding is drawn: not a table
+    )
+    assert [line.split(":")[1] for line in _cause_tables(source, "sample")] == ["1", "2", "3"]
+
+
+def test_the_report_layer_does_not_import_the_diagnosis() -> None:
+    """The report sits below the diagnosis: it gets what the registry says as data on the findings."""
+    modules = sorted(f"diag.report.{m.name}" for m in pkgutil.iter_modules([str(PACKAGE / "report")]))
+    probe = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT, capture_output=True, text=True, check=True)
+    upper = ("diag.diagnose", "diag.analysis", "diag.plot", "diag.watch", "diag.aws", "diag.commands")
+    above = [name for name in ast.literal_eval(loaded.stdout) if name.startswith(upper)]
+    assert not above, above
+    for path in (PACKAGE / "report").glob("*.py"):  # imports inside functions or for the type checker too
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("diag.diagnose"), f"{path.name} imports {node.module}"
 
 
 def test_fixes_name_their_price() -> None:
@@ -43,7 +113,11 @@ def test_the_docs_cause_table_is_the_registry() -> None:
     documented = [line.split("`")[1] for line in rows]
     assert documented == [str(cause) for cause in Cause]
     assert set(documented) == {str(cause) for cause in REGISTRY}
-    assert all(line.count("|") == 3 and line.split("|")[2].strip() for line in rows), "every row says its signature"
+    assert all(line.count("|") == 5 and line.split("|")[4].strip() for line in rows), "every row says its signature"
+    for line in rows:  # the class and the forged flag as the registry declares them
+        cells = [cell.strip() for cell in line.split("|")[1:4]]
+        spec = spec_of(Cause(cells[0].strip("`")))
+        assert cells[1:] == [CLASS_NAMES[spec.severity], "yes" if spec.forged else ""], line
 
 
 def test_cause_is_a_str_enum_carrying_the_json_strings() -> None:
@@ -58,5 +132,18 @@ def test_the_diagnosis_hands_out_members_and_the_registry_fixes() -> None:
         pytest.skip("reference captures missing")
     (finding,) = analyze(points).findings
     assert isinstance(finding.cause, Cause) and finding.cause is Cause.ASYMMETRIC_RETURN
-    assert finding.fixes == spec_of(Cause.ASYMMETRIC_RETURN).fixes
+    spec = spec_of(Cause.ASYMMETRIC_RETURN)
+    assert finding.fixes == spec.fixes
+    assert (finding.severity, finding.forged) == (spec.severity, spec.forged) == (Severity.INCIDENT, True)
     assert all(isinstance(r.cause, Cause) for r in finding.ruled_out)
+
+
+def test_every_finding_carries_its_causes_class_and_forged_flag() -> None:
+    """What the report ranks and the plots draw by comes from the registry, finding by finding."""
+    captures = sorted((PROJECT / "captures").glob("*.pcapng"))
+    findings = [f for path in captures for f in analyze([f"{path.stem}={path}"]).findings]
+    findings += analyze([f"{path.stem}={path}" for path in captures]).findings
+    assert len({f.cause for f in findings}) >= 2, "the shipped captures give findings of more than one cause"
+    for finding in findings:
+        spec = spec_of(finding.cause)
+        assert (finding.severity, finding.forged) == (spec.severity, spec.forged), finding.cause

@@ -81,6 +81,10 @@ def test_peer_reset_is_excluded_by_facts_only() -> None:
 def test_a_finding_made_from_sentences_carries_them_as_notes() -> None:
     from diag.report import Finding
 
-    finding = Finding(Cause.UNKNOWN, 0.3, "tcp", "a:1", "b:2", None, None, None, "s", evidence=("one", "two"))
+    spec = spec_of(Cause.UNKNOWN)
+    finding = Finding(
+        spec.cause, 0.3, "tcp", "a:1", "b:2", None, None, None, "s", evidence=("one", "two"),
+        severity=spec.severity, forged=spec.forged,
+    )
     assert [render(f) for f in finding.facts] == ["one", "two"]
     assert finding.to_json()["facts"] == [{"kind": "note", "text": "one"}, {"kind": "note", "text": "two"}]

@@ -9,6 +9,7 @@ correlation and diagnosis make of captured files.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ import diag.plot
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.info import CaptureInfo
 from diag.correlate.clock import ClockOffset
+from diag.diagnose.causes import spec_of
 from diag.errors import DiagError
 from diag.plot import style
-from diag.report import Finding, PacketRef, Report, RuledOut
+from diag.report import Cause, Finding, PacketRef, Report, RuledOut
 
 CLIENT = "203.0.113.10"
 NLB = "198.51.100.10"
@@ -96,6 +98,7 @@ def incident_report(attempts: int = 4, base: float = 1_764_257_655.0) -> Report:
         evidence=("the client's capture has no RST",),
         ruled_out=(RuledOut("peer-reset", "the client never sent a RST"),),
         fixes=("SNAT on node-a (loses the client address)",),
+        severity=spec_of(Cause.ASYMMETRIC_RETURN).severity, forged=True,
     )
     flows = pd.DataFrame([
         {"capture": "client", "proto": "tcp", "orig": f"{CLIENT}:{CPORT}", "resp": f"{NLB}:80",
@@ -200,8 +203,10 @@ def test_claimed_source_crossed_out(figure: Figure) -> None:
 
 def test_genuine_reset_is_not_crossed_out(report: Report) -> None:
     # The same packets, judged a genuine client reset: the client is then the real origin, nothing to cross out.
-    genuine = [Finding(**{**vars(report.findings[0]), "cause": "peer-reset", "origin": "client"})]
-    figure = diag.plot.ladder(Report(**{**vars(report), "findings": genuine}))
+    peer = spec_of(Cause.PEER_RESET)
+    genuine = [dataclasses.replace(report.findings[0], cause=peer.cause, origin="client", severity=peer.severity,
+                                   forged=peer.forged)]
+    figure = diag.plot.ladder(dataclasses.replace(report, findings=genuine))
     assert not [t for t in texts(figure) if t.get_gid() == "claimed-source"]
     assert "client" in text_by_gid(figure, "origin").get_text()
 

@@ -8,11 +8,13 @@ thousands of ordinary resets, some of them to the incident's own service.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +23,26 @@ import pytest
 from busy_background import SERVICE, Plan, write_background
 from conftest import PROJECT, require_tools
 
+import diag.report.significance as significance
 from diag.capture.info import CaptureInfo
-from diag.report import CAUSES, FORGED_RESET_CAUSES, Finding, PacketRef, Report
-from diag.report.significance import (
-    INCIDENT_CLASS,
-    ORDINARY_CLASS,
-    SEVERITY,
-    group_findings,
-    most_significant,
-    ranked,
-    rarity_weights,
-)
+from diag.diagnose.causes import REGISTRY, spec_of
+from diag.report import Cause, Finding, PacketRef, Report, Severity
+from diag.report.significance import Group, Ranking
 from diag.report.text import render_text
 
 T0 = 1_764_257_655.0
 SERVICE_A = "198.18.102.10:80"
 SERVICE_B = "198.18.103.20:443"
 SERVICE_TEXT = f"{SERVICE[0]}:{SERVICE[1]}"  # the background's share of the incident's service
+FORGED = sorted(str(cause) for cause, spec in REGISTRY.items() if spec.forged)
 
 
 def finding(cause: str, confidence: float, server: str = SERVICE_A, n: int = 0, proto: str = "tcp") -> Finding:
-    """A finding of ``cause`` on ``server``; ``n`` makes the client port and the time distinct."""
+    """A finding of ``cause`` on ``server``, classed as the registry classes it; ``n`` makes the client port and the
+    time distinct."""
+    spec = spec_of(Cause(cause))
     return Finding(
-        cause=cause,
+        cause=spec.cause,
         confidence=confidence,
         proto=proto,
         client=f"203.0.113.{20 + n % 200}:{30000 + n}",
@@ -52,6 +51,8 @@ def finding(cause: str, confidence: float, server: str = SERVICE_A, n: int = 0, 
         claimed_src=None,
         origin=None,
         summary=f"{cause} number {n}",
+        severity=spec.severity,
+        forged=spec.forged,
     )
 
 
@@ -60,8 +61,23 @@ def many(cause: str, confidence: float, count: int, server: str = SERVICE_A, sta
 
 
 def verdict_of(findings: list[Finding]) -> Finding | None:
-    index = most_significant(findings)
-    return None if index is None else findings[index]
+    return Ranking(findings).verdict
+
+
+def most_significant(findings: list[Finding]) -> int | None:
+    return Ranking(findings).top
+
+
+def ranked(findings: list[Finding]) -> list[int]:
+    return Ranking(findings).order
+
+
+def group_findings(findings: list[Finding]) -> list[Group]:
+    return Ranking(findings).groups
+
+
+def rarity_weights(findings: list[Finding]) -> list[float]:
+    return Ranking(findings).rarity
 
 
 def verdict_cause(findings: list[Finding]) -> str:
@@ -80,12 +96,14 @@ def test_no_findings_no_verdict_and_a_lone_finding_is_the_verdict() -> None:
 
 
 def test_every_cause_has_a_class_and_forged_resets_and_silent_drops_are_the_incident_class() -> None:
-    assert set(CAUSES) <= set(SEVERITY)
-    assert all(SEVERITY[cause] == INCIDENT_CLASS for cause in (*FORGED_RESET_CAUSES, "silent-drop"))
-    assert SEVERITY["peer-reset"] == SEVERITY["port-closed"] == ORDINARY_CLASS
+    assert set(REGISTRY) == set(Cause) and all(isinstance(spec.severity, Severity) for spec in REGISTRY.values())
+    assert FORGED, "some causes forge their RST"
+    assert all(spec_of(Cause(cause)).severity is Severity.INCIDENT for cause in (*FORGED, "silent-drop"))
+    assert spec_of(Cause.PEER_RESET).severity is spec_of(Cause.PORT_CLOSED).severity is Severity.ORDINARY
+    assert spec_of(Cause.HEALTHY).severity is Severity.NONE
 
 
-@pytest.mark.parametrize("serious", [*sorted(FORGED_RESET_CAUSES), "silent-drop"])
+@pytest.mark.parametrize("serious", [*FORGED, "silent-drop"])
 def test_a_forged_reset_or_silent_drop_outranks_more_confident_and_more_numerous_ordinary_resets(serious: str) -> None:
     findings = many("peer-reset", 0.95, 500) + many("port-closed", 0.9, 300, SERVICE_B, 500)
     findings.insert(123, finding(serious, 0.45, n=900))
@@ -218,6 +236,27 @@ def test_text_shows_the_verdict_then_at_most_the_top_groups_and_all_findings_on_
     every = render_text(report, all_findings=True)
     assert "OTHER FINDINGS (100, most significant first)" in every
     assert all(f.summary in every for f in findings)
+
+
+def test_a_report_ranks_its_findings_once_and_keeps_nothing_after_it_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The text and the JSON both rank; the table is built once per report and lives (and dies) with it."""
+    built = []
+    build = significance._build_table
+    monkeypatch.setattr(significance, "_build_table", lambda findings: built.append(1) or build(findings))
+    findings = [*many("peer-reset", 0.8, 30), finding("silent-drop", 0.5, n=30, proto="udp")]
+    report = _report(findings)
+    render_text(report)
+    render_text(report, all_findings=True)
+    document = json.loads(report.dumps())
+    assert document["verdict"]["cause"] == "silent-drop" and len(built) == 1
+    assert report.ranking is report.ranking and report.verdict is findings[30]
+    # Another report of the same findings ranks them afresh: nothing is shared between reports.
+    assert _report(findings).verdict is findings[30] and len(built) == 2
+    # Nothing outside the report holds its findings once it is gone (a long watch makes a report a window).
+    alive = weakref.ref(findings[0])
+    del report, findings, document
+    gc.collect()
+    assert alive() is None
 
 
 # --------------------------------------------------------------------------- a busy capture

@@ -33,7 +33,8 @@ from conftest import PROJECT, require_root, require_tools
 from diag import read_capture
 from diag.analysis import concat_packets
 from diag.capture.live import stream_tables
-from diag.report import Finding, PacketRef
+from diag.diagnose.causes import spec_of
+from diag.report import Cause, Finding, PacketRef
 from diag.scenario.spec import available_scenarios
 from diag.watch.incremental import IncrementalAnalysis
 from diag.watch.window import QUIET_S, Decider, Window, analyze_window
@@ -144,9 +145,10 @@ def test_caught_up_needs_every_point_past_the_time_or_idle_or_ended() -> None:
 
 
 def _finding(capture: str, index: int, ts: float, cause: str = "asymmetric-return") -> Finding:
-    return Finding(cause=cause, confidence=0.9, proto="tcp", client="203.0.113.10:40000",
+    spec = spec_of(Cause(cause))
+    return Finding(cause=spec.cause, confidence=0.9, proto="tcp", client="203.0.113.10:40000",
                    server="198.51.100.10:80", packet=PacketRef(capture, index, ts), claimed_src=None,
-                   origin=None, summary="")
+                   origin=None, summary="", severity=spec.severity, forged=spec.forged)
 
 
 def test_decider_gives_a_finding_once_even_when_its_symptom_moves() -> None:

@@ -16,6 +16,7 @@ from diag.aws.findings import NAT_GATEWAY_NOTE, check
 from diag.aws.flowlogs import FlowLog, ForgedReset, find_forged_resets, flags_text
 from diag.aws.metrics import MetricsWindow, describe
 from diag.aws.model import NLB_TCP_IDLE_TIMEOUT_S, Inventory, LoadBalancer
+from diag.diagnose.causes import spec_of
 from diag.report import Cause, Finding, Report
 
 # One finding per node interface and service port; the rest of the flows are counted in its evidence.
@@ -73,9 +74,10 @@ def elb_reset_findings(inventory: Inventory, metrics: MetricsWindow) -> list[Fin
             continue
         timeouts = sorted({_idle_timeout(balancer, port) for port in _tcp_ports(balancer)})
         timeout_text = " / ".join(f"{t} s" for t in timeouts) or f"{NLB_TCP_IDLE_TIMEOUT_S} s"
+        spec = spec_of(Cause.IDLE_TIMEOUT)
         findings.append(
             Finding(
-                cause=Cause.IDLE_TIMEOUT,
+                cause=spec.cause,
                 confidence=0.4,
                 proto="tcp",
                 client="*",
@@ -97,6 +99,8 @@ def elb_reset_findings(inventory: Inventory, metrics: MetricsWindow) -> list[Fin
                     "raise the listener's tcp.idle_timeout.seconds (60 to 6000 s): idle flows then hold "
                     "load balancer state longer",
                 ),
+                severity=spec.severity,
+                forged=spec.forged,
             )
         )
     return findings
@@ -170,9 +174,10 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
                 evidence=(*base.evidence, *evidence),
             )
             continue
+        spec = spec_of(Cause.ASYMMETRIC_RETURN)
         result.append(
             Finding(
-                cause=Cause.ASYMMETRIC_RETURN,
+                cause=spec.cause,
                 confidence=best.confidence,
                 proto="tcp",
                 client=f"{best.client}:{best.client_port}",
@@ -189,6 +194,8 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
                     "make replies leave through the node that received the request (externalTrafficPolicy: Local, "
                     "ip targets, or CONNMARK return routing), or SNAT forwarded connections (loses the client address)",
                 ),
+                severity=spec.severity,
+                forged=spec.forged,
             )
         )
     return result

@@ -27,6 +27,7 @@ from diag.aws.model import (
     Route,
     TargetGroup,
 )
+from diag.diagnose.causes import spec_of
 from diag.report import Cause, Finding, RuledOut
 
 # Certainty that the setup resets some connections, from configuration alone.
@@ -139,8 +140,9 @@ def asymmetric_return_finding(path: ExposedPath, inventory: Inventory) -> Findin
         f"{', '.join(path.subnet_ids)} that do not return through the receiving target are reset by "
         f"NAT gateway {path.nat_gateway_id}, posing as the client"
     )
+    spec = spec_of(Cause.ASYMMETRIC_RETURN)
     return Finding(
-        cause=Cause.ASYMMETRIC_RETURN,
+        cause=spec.cause,
         confidence=confidence,
         proto=proto,
         client="*",
@@ -152,6 +154,8 @@ def asymmetric_return_finding(path: ExposedPath, inventory: Inventory) -> Findin
         evidence=tuple(evidence),
         ruled_out=tuple(_ruled_out(path)),
         fixes=tuple(fixes_for(group, listener)),
+        severity=spec.severity,
+        forged=spec.forged,
     )
 
 

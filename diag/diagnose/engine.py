@@ -16,7 +16,7 @@ from diag.diagnose.tcp_columns import Outcome, judge_by_columns
 from diag.diagnose.tcp_packets import build_packets
 from diag.diagnose.tcp_signals import compute_signals
 from diag.diagnose.udp import analyze_udp
-from diag.report import FORGED_RESET_CAUSES, Finding, PacketRef
+from diag.report import Finding, PacketRef
 from diag.report.facts import Fact, note
 
 
@@ -60,8 +60,9 @@ def diagnose(
 
 def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, captures: Fact) -> Finding:
     first = symptom.first
+    spec = spec_of(verdict.cause)
     origin = verdict.origin
-    if origin is None and verdict.origin_description and verdict.cause in FORGED_RESET_CAUSES:
+    if origin is None and verdict.origin_description and spec.forged:
         # The maker was not captured: say where it is, as far as the TTL tells.
         origin = verdict.origin_description
     # Every line becomes a fact (sentences not yet broken into values as notes); the evidence is their rendering.
@@ -80,5 +81,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         facts=tuple(facts),
         # Every cause the facts exclude (each cause's ``excluded_by``), from the facts alone.
         ruled_out=ruled_out(verdict.cause, facts),
-        fixes=spec_of(verdict.cause).fixes,
+        fixes=spec.fixes,
+        severity=spec.severity,
+        forged=spec.forged,
     )

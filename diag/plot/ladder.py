@@ -25,7 +25,7 @@ from diag.errors import DiagError
 from diag.plot import style
 from diag.plot.condense import CollapsedCycles, LadderItem, condense
 from diag.plot.flowview import FlowSelector, FlowView, PacketTrip, flow_view, host_of
-from diag.report import FORGED_RESET_CAUSES, Cause, Finding, Report
+from diag.report import Cause, Finding, Report
 
 # Flows longer than this are condensed unless the caller says otherwise.
 CONDENSE_ABOVE = 50
@@ -373,11 +373,11 @@ def _roomy_side(view: FlowView, x: float, preferred: float) -> float:
 def _is_forged(view: FlowView, finding: Finding) -> bool:
     """The RST names a sender that did not make it."""
     if finding.origin is None:
-        return finding.cause in FORGED_RESET_CAUSES
+        return finding.forged
     owner = _owner_of(view, finding.claimed_src or "")
     if owner is not None:
         return owner != finding.origin
-    return finding.cause in FORGED_RESET_CAUSES
+    return finding.forged
 
 
 def _owner_of(view: FlowView, address: str) -> str | None:

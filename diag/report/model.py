@@ -8,8 +8,10 @@ contract one to one, so notebooks and scripts get the same facts as the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
@@ -17,10 +19,10 @@ import pandas as pd
 from diag.capture.info import CaptureInfo
 from diag.correlate.clock import ClockOffset
 from diag.report.facts import Fact, note, render_all
+from diag.report.significance import Group, Ranking, Severity
 
 if TYPE_CHECKING:
     from diag.report.flowdigest import FlowDigest
-    from diag.report.significance import Group
 
 
 class FlowStore(Protocol):
@@ -38,8 +40,13 @@ class FlowStore(Protocol):
 class Cause(StrEnum):
     """The cause vocabulary; each member's value is the string the JSON and the text report carry.
 
-    What each cause means, its fixes and what rules it out live in the
-    registry under ``diag.diagnose.causes`` (one module a cause).
+    The names only. Everything else about a cause (what it means, its rules,
+    its severity class, whether its RST is forged, its fixes, what rules it
+    out) is declared once, in its module of the registry under
+    ``diag.diagnose.causes``. The names stay here, in the layer below the
+    diagnosis, because the type checker needs the members statically and
+    everything that handles findings (this module, the renderings, the plots)
+    names the type; adding a cause adds its member here besides its module.
     """
 
     ASYMMETRIC_RETURN = "asymmetric-return"
@@ -55,13 +62,6 @@ class Cause(StrEnum):
 
 
 CAUSES: tuple[str, ...] = tuple(cause.value for cause in Cause)
-
-# Causes whose RST is made by a box in someone else's name: the claimed sender is not the real one.
-# It lives here, below the diagnosis, because the report and the plots need it too; the
-# registry's ``CauseSpec.forged`` flags are checked against it by the tests.
-FORGED_RESET_CAUSES: frozenset[Cause] = frozenset(
-    {Cause.ASYMMETRIC_RETURN, Cause.IDLE_TIMEOUT, Cause.INJECTED_RESET, Cause.POLICY_REJECT}
-)
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,15 @@ class RuledOut:
 
 @dataclass(frozen=True)
 class Finding:
-    """One symptom (a RST, an unanswered SYN or datagram) and the verdict on its cause."""
+    """One symptom (a RST, an unanswered SYN or datagram) and the verdict on its cause.
+
+    ``severity`` and ``forged`` are what the cause's registry entry declares
+    (``CauseSpec.severity``, ``CauseSpec.forged``), set by whoever makes the
+    finding from that entry: the ranking, the plots and the live watch read
+    them here, below the diagnosis, and never from a table of causes of their
+    own. Neither is in the JSON document (its verdict and groups are where
+    they show).
+    """
 
     cause: Cause
     confidence: float
@@ -113,6 +121,8 @@ class Finding:
     # The evidence as structured facts; ``evidence`` is their rendering. Give either: facts render to the
     # evidence, and evidence given alone (a finding made elsewhere, e.g. from AWS state) travels as notes.
     facts: tuple[Fact, ...] = ()
+    severity: Severity = field(kw_only=True)  # the cause's class, the ranking's first key
+    forged: bool = field(kw_only=True)  # the RST is made by a box in someone else's name
 
     def __post_init__(self) -> None:
         if self.facts and not self.evidence:
@@ -151,7 +161,8 @@ class Report:
     captures: list[CaptureInfo]
     packets: pd.DataFrame
     flows: pd.DataFrame
-    findings: list[Finding] = field(default_factory=list)
+    # A list, or an analysis in passes' findings kept on disk (``diag.spilledfindings``): read, never changed.
+    findings: Sequence[Finding] = field(default_factory=list)
     matches: pd.DataFrame | None = None
     clock_reference: str | None = None
     clock_offsets: dict[str, ClockOffset] = field(default_factory=dict)
@@ -161,23 +172,24 @@ class Report:
     # An analysis in passes whose flow table did not fit in memory: the whole table, on disk (``diag.passes``).
     flow_store: FlowStore | None = field(default=None, compare=False, repr=False)
 
-    # The ranking and the JSON rendering build on these types, so they are
-    # imported when first used rather than at the top (no import cycle).
+    @cached_property
+    def ranking(self) -> Ranking:
+        """The findings ranked (``diag.report.significance``), once per report: the verdict, the groups, the
+        text's order and the JSON document all read it. ``findings`` is not changed once the report is made."""
+        return Ranking(self.findings)
 
     @property
     def verdict(self) -> Finding | None:
-        """The most significant finding (see ``diag.report.significance``), None when every flow was healthy."""
-        from diag.report.significance import most_significant
-
-        index = most_significant(self.findings)
-        return None if index is None else self.findings[index]
+        """The most significant finding, None when every flow was healthy."""
+        return self.ranking.verdict
 
     @property
     def groups(self) -> list[Group]:
         """The findings grouped by cause and service, the verdict's group first."""
-        from diag.report.significance import group_findings
+        return self.ranking.groups
 
-        return group_findings(self.findings)
+    # The JSON rendering builds on these types, so it is imported when first used rather than at the top
+    # (no import cycle).
 
     def verdict_json(self) -> dict[str, Any]:
         from diag.report import jsondoc

@@ -25,7 +25,7 @@ import pandas as pd
 from diag.capture.info import CaptureInfo
 from diag.report import Cause, Finding, Report
 from diag.report.flowdigest import CaptureFlows
-from diag.report.significance import Group, group_findings, most_significant, ranked, why_first
+from diag.report.significance import Group
 
 # Problem kinds, most urgent first; a flow is listed under the first that applies.
 RESET: Final = "reset"
@@ -157,11 +157,11 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
             return [f"{style.bold('VERDICT')}: {style.good(Cause.HEALTHY)}  no resets or lost replies found"]
         seen = ", ".join(f"{kinds[kind]} {kind}" for kind in PROBLEM_ORDER if kind in kinds)
         return [f"{style.bold('VERDICT')}: {style.warn('not diagnosed')}  problem flows seen ({seen}); see below"]
-    findings = report.findings
-    top = most_significant(findings)
+    findings, ranking = report.findings, report.ranking
+    top = ranking.top
     assert top is not None
     lines = _finding_lines(findings[top], style, headline=True)
-    why = why_first(findings, top)
+    why = ranking.why_first(top)
     if why:
         lines += _wrapped(why, "  ranked       ", "               ")
     others = len(findings) - 1
@@ -170,7 +170,7 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
     lines.append("")
     if all_findings:
         lines.append(style.bold(f"OTHER FINDINGS ({others}, most significant first)"))
-        for index in ranked(findings):
+        for index in ranking.order:
             if index != top:
                 finding = findings[index]
                 lines.append(
@@ -178,7 +178,7 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
                     f"at {_where(finding)}  {finding.summary}"
                 )
         return lines
-    groups = _other_groups(group_findings(findings), top)
+    groups = _other_groups(ranking.groups, top)
     plural = "s" if len(groups) != 1 else ""
     lines.append(style.bold(f"OTHER FINDINGS ({others})") + f"  in {len(groups)} group{plural} of cause and service")
     for group in groups[:group_limit]:

@@ -24,7 +24,6 @@ import pandas as pd
 
 from diag.capture.proto import RST as RST_FLAG
 from diag.report import Finding
-from diag.report.model import FORGED_RESET_CAUSES
 
 # Where a RST came from, as the kernel account tells it.
 TCP_STACK = "tcp-stack"
@@ -132,7 +131,7 @@ def account(rsts: Iterable[WireRst], events: Iterable[KernelEvent], origin: str 
 
 def _agrees(finding: Finding, note: Mapping[str, Any]) -> bool:
     made_by = note["made_by"]
-    if finding.cause not in FORGED_RESET_CAUSES:
+    if not finding.forged:
         return bool(made_by == TCP_STACK)
     if made_by == NETFILTER:
         return finding.origin is None or note.get("box") == finding.origin or note.get("box") is None

@@ -33,18 +33,19 @@ import pandas as pd
 
 from diag.correlate import correlate
 from diag.diagnose import diagnose
-from diag.report import Cause, Finding
+from diag.diagnose.causes import spec_of
+from diag.report import Finding
 from diag.watch.links import FlowLinks, IntArray, RowKeys, row_keys
 
 DEFAULT_WINDOW_S = 30.0
 # After its symptom, how much of every point's traffic a finding waits for (stream time).
 SETTLE_S = 0.2
-# For a symptom that is something missing (no reply), the wait is a SYN retransmission or more.
+# For a symptom that is something missing (no reply: its cause's ``absence``), the wait is a SYN retransmission or
+# more.
 ABSENCE_SETTLE_S = 3.0
 # A point whose reader has waited on an empty stream this long (wall clock) has caught up:
 # what the capture on the other end still holds in flight is gone by then.
 QUIET_S = 0.1
-ABSENCE_CAUSES = frozenset({Cause.SILENT_DROP})
 # A point's newest pieces are merged up to this many rows: big enough that a point has a handful
 # of pieces, small enough that a piece leaves the window soon after its last packet does.
 MAX_PIECE_ROWS = 1 << 16
@@ -62,7 +63,7 @@ def connection_key(finding: Finding) -> ConnectionKey:
 
 
 def settle_for(finding: Finding) -> float:
-    if finding.cause in ABSENCE_CAUSES or finding.packet is None:
+    if spec_of(finding.cause).absence or finding.packet is None:
         return ABSENCE_SETTLE_S
     return SETTLE_S
 

@@ -1,10 +1,20 @@
 """The cause registry: one module a cause, each declaring its ``SPEC`` (a ``CauseSpec``).
 
+The registry is the one place that says anything about a particular cause:
+its rules, its severity class in the verdict's ranking, whether its RST is
+forged, its fixes, what rules it out. The diagnosis copies the severity and
+the forged flag onto every finding it makes, so the report and the plots,
+which sit below the diagnosis and cannot read the registry, get them as data.
+
 Adding a cause is one module here (named after the cause, ``-`` as ``_``),
-a member of ``diag.report.Cause``, one test and one row of the cause table in
-docs/analyze.md. The modules are found by listing this package, so nothing
-else has to name them. ``decide`` runs the rules, ``ruled_out`` computes a
-finding's ruled-out lines from its facts.
+one test and one row of the cause table in docs/analyze.md, and one line
+more: its name as a member of ``diag.report.Cause``. That enum stays in the
+report layer because the type checker needs its members statically and the
+findings the report holds are typed with it; it holds the names and nothing
+else (tests/test_causes.py fails when a table of causes appears anywhere
+outside this package). The modules are found by listing this package, so
+nothing else has to name them. ``decide`` runs the rules, ``ruled_out``
+computes a finding's ruled-out lines from its facts.
 """
 
 from __future__ import annotations

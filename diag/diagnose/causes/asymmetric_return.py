@@ -17,7 +17,7 @@ from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.signals import Seen
 from diag.diagnose.tcp import Sides
 from diag.diagnose.tcp_findings import Outcome, client_syns, rst_outcome, unanswered_outcome
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcom
 SPEC = CauseSpec(
     cause=Cause.ASYMMETRIC_RETURN,
     forged=True,
+    severity=Severity.INCIDENT,
     udp=udp,
     tcp_rule=tcp_rule,
     tcp_finding=tcp_finding,

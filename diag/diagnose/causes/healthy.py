@@ -16,7 +16,7 @@ from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
 from diag.diagnose.tcp_findings import Outcome
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcom
 SPEC = CauseSpec(
     cause=Cause.HEALTHY,
     forged=False,
+    severity=Severity.NONE,
     tcp_rule=tcp_rule,
     tcp_finding=tcp_finding,
     udp=udp,

@@ -14,7 +14,7 @@ from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.signals import Seen
 from diag.diagnose.tcp import Sides
 from diag.diagnose.tcp_findings import Outcome, rst_outcome
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcom
 SPEC = CauseSpec(
     cause=Cause.IDLE_TIMEOUT,
     forged=True,
+    severity=Severity.INCIDENT,
     tcp_rule=tcp_rule,
     tcp_finding=tcp_finding,
     tcp_finding_reads_every_packet=True,

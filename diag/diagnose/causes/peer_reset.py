@@ -12,7 +12,7 @@ from diag.diagnose.causes.spec import CauseSpec, first, rst_phase
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
 from diag.diagnose.tcp_findings import Outcome, rst_outcome
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcom
 SPEC = CauseSpec(
     cause=Cause.PEER_RESET,
     forged=False,
+    severity=Severity.ORDINARY,
     excluded_by=excluded_by,
     excluded_kinds=frozenset(
         {"absent-at-own", "ttl-hops", "origin", "syn-retried", "kept-sending", "challenge-ack", "syn-accepted", "rst"}

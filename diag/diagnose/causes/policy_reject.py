@@ -14,7 +14,7 @@ import numpy as np
 
 from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, host_of, kinds, udp_answered
 from diag.diagnose.tcp_findings import refusal_finding
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
 SPEC = CauseSpec(
     cause=Cause.POLICY_REJECT,
     forged=True,
+    severity=Severity.INCIDENT,
     tcp_rule=tcp_rule,
     tcp_finding=refusal_finding,
     udp=udp,

@@ -12,7 +12,7 @@ from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, listed
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
 from diag.diagnose.tcp_findings import Outcome, client_syns, sides_of, unanswered_outcome
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcom
 SPEC = CauseSpec(
     cause=Cause.SILENT_DROP,
     forged=False,
+    severity=Severity.INCIDENT,
+    absence=True,
     tcp_rule=tcp_rule,
     tcp_finding=tcp_finding,
     udp=udp,

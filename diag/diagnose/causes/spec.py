@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -39,7 +39,16 @@ Exclusion = Callable[[Sequence[Fact]], str | None]
 
 @dataclass(frozen=True)
 class CauseSpec:
-    """One cause: whether its RST is forged, what fixes it (each with its price), and what rules it in or out.
+    """One cause: how serious it is, whether its RST is forged, what fixes it (each with its price), and what
+    rules it in or out.
+
+    ``severity`` is its class in the verdict's ranking (``diag.report.significance``)
+    and ``forged`` says its RST is made by a box in someone else's name; the
+    diagnosis sets both on every finding of the cause (``Finding.severity``,
+    ``Finding.forged``), which is how the report and the plots, below the
+    diagnosis, know them. ``absence`` says its symptom is something that never
+    came (an answer): a live watch waits a retransmission's time before it is
+    sure of it.
 
     ``udp`` is the rule that recognises the cause in a UDP conversation's
     facts (``diag.diagnose.udp`` observes them); the registry's ``decide``
@@ -60,6 +69,8 @@ class CauseSpec:
 
     cause: Cause
     forged: bool  # the RST is made by a box in someone else's name
+    severity: Severity  # its class in the ranking: a higher class always ranks first
+    absence: bool = False  # its symptom is an answer that never came
     fixes: tuple[str, ...] = ()
     excluded_by: Exclusion | None = None
     excluded_kinds: frozenset[str] = frozenset()

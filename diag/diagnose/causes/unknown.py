@@ -12,7 +12,7 @@ from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
 from diag.diagnose.tcp_findings import Outcome, rst_outcome
-from diag.report import Cause
+from diag.report import Cause, Severity
 from diag.report.facts import Fact
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcom
 SPEC = CauseSpec(
     cause=Cause.UNKNOWN,
     forged=False,
+    severity=Severity.REVIEW,
     udp=udp,
     tcp_rule=tcp_rule,
     tcp_finding=tcp_finding,
