@@ -269,7 +269,39 @@ class _PacketColumns:
         return lookup[values]
 
 
-def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: bool = False) -> list[Connection]:
+@dataclass(frozen=True)
+class PacketLinks:
+    """What ``build_connections`` reads of the packet table alone, before any correlation.
+
+    Every TCP and UDP row's flow key (``node``: capture, protocol and unordered endpoint pair, by first
+    appearance) and the columns that link and orient flows. Made by ``packet_links``; ``analyze`` makes
+    it on the thread that built the flow table while the correlation is still running on the other.
+    """
+
+    positions: np.ndarray  # the TCP and UDP rows of the packet table
+    reader: _PacketColumns
+    linking: dict[str, np.ndarray]  # capture, src, dst, sport, dport, proto of those rows (texts as codes)
+    node: np.ndarray
+    flags: np.ndarray
+
+
+def packet_links(packets: pd.DataFrame) -> PacketLinks:
+    """``PacketLinks`` of ``packets``: the part of ``build_connections`` that needs no correlation."""
+    proto_all = packets["proto"].to_numpy()
+    positions = np.flatnonzero(((proto_all == TCP) | (proto_all == UDP)) & (packets["ip_version"].to_numpy() > 0))
+    reader = _PacketColumns(packets)
+    linking = {name: reader.take(name, positions) for name in ("capture", "src", "dst", "sport", "dport", "proto")}
+    node = (
+        _flow_nodes(*(linking[name] for name in ("capture", "proto", "src", "dst", "sport", "dport")))
+        if len(positions)
+        else np.zeros(0, dtype=np.int64)
+    )
+    return PacketLinks(positions, reader, linking, node, packets["tcp_flags"].to_numpy()[positions])
+
+
+def build_connections(
+    packets: pd.DataFrame, corr: Correlation, suspects_only: bool = False, links: PacketLinks | None = None
+) -> list[Connection]:
     """Every TCP and UDP connection in ``packets``, linked across points by ``corr``.
 
     With ``suspects_only``, connections that cannot hold a symptom (see
@@ -281,20 +313,19 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     Every TCP/UDP row is read only for what links flows (its flow's key, its
     match and sighting); the other columns are read for the handshakes,
     resets and datagrams that decide the joins and the suspects, and for the
-    rows of the connections kept.
+    rows of the connections kept. ``links``: ``packet_links(packets)``, when
+    it was made ahead (made here otherwise).
     """
-    proto_all = packets["proto"].to_numpy()
-    positions = np.flatnonzero(((proto_all == TCP) | (proto_all == UDP)) & (packets["ip_version"].to_numpy() > 0))
+    if links is None:
+        links = packet_links(packets)
+    positions, reader, linking, node, flags = links.positions, links.reader, links.linking, links.node, links.flags
     if len(positions) == 0:
         return []
-    reader = _PacketColumns(packets)
-    linking = {name: reader.take(name, positions) for name in ("capture", "src", "dst", "sport", "dport", "proto")}
     match = corr.row_match[positions]
     sighting = corr.row_sighting[positions]
     # Unmatched packets get ids after every match id so ``pkt`` is unique.
     base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
     pkt = np.where(match >= 0, match, base + sighting)
-    node = _flow_nodes(*(linking[name] for name in ("capture", "proto", "src", "dst", "sport", "dport")))
 
     uf = _UnionFind(int(node.max()) + 1)
     # Flows sharing a matched packet are one connection, and so are flows holding copies of one
@@ -302,7 +333,6 @@ def build_connections(packets: pd.DataFrame, corr: Correlation, suspects_only: b
     for group in (match, sighting):
         _union_groups(uf, group, node)
     # The joins and the choice of suspects read only handshakes, resets and datagrams: a small table.
-    flags = packets["tcp_flags"].to_numpy()[positions]
     tcp = linking["proto"] == TCP
     telling = np.flatnonzero(~tcp | ((flags >= 0) & ((flags & (SYN | RST)) != 0)))
     at = positions[telling]

@@ -9,7 +9,7 @@ import pandas as pd
 from diag.capture.proto import TCP
 from diag.correlate import Correlation, correlate
 from diag.diagnose.causes import ruled_out, spec_of
-from diag.diagnose.connections import build_connections
+from diag.diagnose.connections import PacketLinks, build_connections
 from diag.diagnose.context import Context, Verdict
 from diag.diagnose.signals import Seen
 from diag.diagnose.tcp_columns import Outcome, judge_by_columns
@@ -25,13 +25,16 @@ def diagnose(
     flows: pd.DataFrame | None = None,
     corr: Correlation | None = None,
     order_hint: Sequence[str] | None = None,
+    links: PacketLinks | None = None,
 ) -> list[Finding]:
     """Findings for every RST, unanswered SYN and lost or re-sourced UDP reply in ``packets``.
 
     ``flows`` (the flow table) is accepted for the pipeline's signature; the
     diagnosis rebuilds connections across points from ``corr`` (computed here
     when not given). ``order_hint`` names the capture points in the order a
-    request passes them, when the caller knows the topology. Healthy
+    request passes them, when the caller knows the topology. ``links``: what
+    linking the connections reads of ``packets`` alone
+    (``connections.packet_links``), when it was made ahead. Healthy
     connections produce nothing.
     """
     del flows
@@ -40,7 +43,7 @@ def diagnose(
     if len(packets) == 0:
         return []
     ctx = Context.build(packets, corr, order_hint)
-    connections = build_connections(packets, corr, suspects_only=True)
+    connections = build_connections(packets, corr, suspects_only=True, links=links)
     outcomes: dict[int, Outcome] = {}
     if any(conn.proto == TCP for conn in connections):
         # The TCP signals of every connection at once; the registry's rules judge them all.
