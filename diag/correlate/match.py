@@ -33,8 +33,8 @@ order); everything after reads runs of that order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -133,17 +133,42 @@ def correlate(
     these packets (a cluster estimates them once from every partition's
     packets, ``diag.clocks``, and correlates each partition with them).
     """
+    return correlate_in_steps(packets, order_hint, offsets).finish()
+
+
+@dataclass(frozen=True)
+class CorrelationSteps:
+    """``correlate``'s result in two steps: what the diagnosis reads first, the tables after.
+
+    ``for_diagnosis`` has every per-row array (match, sighting, hop, reference time) and the clock
+    offsets, and empty ``matches``, ``paths`` and ``nat_map``: the diagnosis reads nothing else, so it
+    can start while ``finish`` builds the tables (on another thread: ``analyze`` does). ``finish()`` is
+    the whole ``Correlation``, the same as ``correlate``'s.
+    """
+
+    for_diagnosis: Correlation
+    finish: Callable[[], Correlation]
+
+
+def correlate_in_steps(
+    packets: pd.DataFrame,
+    order_hint: Sequence[str] | None = None,
+    offsets: Mapping[str, ClockOffset] | None = None,
+) -> CorrelationSteps:
+    """``correlate`` (same arguments) in two steps, see ``CorrelationSteps``."""
     capture_code, names = _capture_codes(packets)
     present = [names[c] for c in pd.unique(capture_code)] if len(packets) else []
     reference = choose_reference(present)
     if len(packets) == 0:
-        return _unmatched(packets, reference)
+        return _done(_unmatched(packets, reference))
     ts = np.asarray(packets["ts_ns"].to_numpy(), dtype=np.int64)
     ip_id = np.asarray(packets["ip_id"].to_numpy(), dtype=np.int64)
     one_capture = len(present) < 2
     if one_capture:
         # Nothing to match, but copies inside the one capture are still one packet.
-        return _unmatched(packets, reference, one_capture_sightings(packet_keys(packets), ip_id, capture_code, ts))
+        return _done(
+            _unmatched(packets, reference, one_capture_sightings(packet_keys(packets), ip_id, capture_code, ts))
+        )
 
     seen = sightings_across(packets, capture_code, ts, ip_id)
     sights, matched, rank, endpoints = seen.sights, seen.matched, seen.rank, seen.endpoints
@@ -174,21 +199,30 @@ def correlate(
     )
     lone = len(sights.row_sighting) - len(sights.first_row)
     no_sighting = np.full(lone, -1, dtype=np.int64)
-    matches, nat_map = matches_and_nat(
-        packets, sights, layout, names, seen.records, offset_ns_by_code, seen.address_text
-    )
-    return Correlation(
+    rows = Correlation(
         reference=reference,
         offsets=offsets,
         row_match=np.concatenate([sights.match, no_sighting])[sights.row_sighting],
         row_sighting=sights.row_sighting,
         ts_ref_ns=ts_ref,
         row_hop=np.concatenate([layout.hop, no_sighting])[sights.row_sighting],
-        matches=matches,
-        paths=paths_table(sights, layout, offset_ns_by_code, names),
-        nat_map=nat_map,
         clock_notes=notes,
     )
+
+    def finish() -> Correlation:
+        matches, nat_map = matches_and_nat(
+            packets, sights, layout, names, seen.records, offset_ns_by_code, seen.address_text
+        )
+        return replace(
+            rows, matches=matches, paths=paths_table(sights, layout, offset_ns_by_code, names), nat_map=nat_map
+        )
+
+    return CorrelationSteps(rows, finish)
+
+
+def _done(correlation: Correlation) -> CorrelationSteps:
+    """Steps of a correlation that has no tables to build (one capture, or no packets)."""
+    return CorrelationSteps(correlation, lambda: correlation)
 
 
 @dataclass(frozen=True)
