@@ -26,7 +26,9 @@ from diag.capture.points import group_points as group_points
 from diag.capture.points import parse_capture_args as parse_capture_args
 from diag.capture.sidebyside import BackgroundRead, info_of, read_files
 from diag.correlate import Correlation, correlate
+from diag.correlate.match import correlate_in_steps
 from diag.diagnose import diagnose
+from diag.diagnose.connections import PacketLinks, packet_links
 from diag.flows import build_flows
 from diag.gcpause import collector_paused
 from diag.memory import MemoryBudgetError, current_budget
@@ -131,26 +133,43 @@ def analyze(
         packets = filter_packets(packets, tree).reset_index(drop=True)
     # The correlation needs only the packets: it runs on a thread of its own while the flow table is built. Both
     # spend much of their time in compiled loops that let go of the interpreter lock, so on two cores they overlap.
-    correlating = _on_thread(correlate, packets)
+    # The flow table takes less time than the correlation: this thread then reads what linking the diagnosis's
+    # connections needs of the packets alone (their per-point flow keys) before it waits.
+    correlating = _Correlating(packets)
     with _stage(progress, "flows", f"{len(packets):,} packets"):
         flows = build_flows(packets)
-    return report_of(packets, flows, infos, progress, correlating=correlating)
+        links = packet_links(packets)
+    return report_of(packets, flows, infos, progress, correlating=correlating, links=links)
 
 
-def _on_thread(function: Callable[[pd.DataFrame], Correlation], packets: pd.DataFrame) -> Future[Correlation]:
-    """``function(packets)`` started now on a daemon thread (an interrupted analysis does not wait for it)."""
-    future: Future[Correlation] = Future()
+class _Correlating:
+    """``correlate(packets)`` started now on a daemon thread (an interrupted analysis does not wait for it).
 
-    def run() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
+    It hands over in two steps (``diag.correlate.match.CorrelationSteps``): ``for_diagnosis`` as soon as
+    the per-row results are known, then ``result``, the whole correlation, once the thread has built the
+    match, path and NAT tables, which the diagnosis does not read: on two cores they are built beside it.
+    """
+
+    def __init__(self, packets: pd.DataFrame) -> None:
+        self._rows: Future[Correlation] = Future()
+        self._whole: Future[Correlation] = Future()
+        threading.Thread(target=self._run, args=(packets,), name="diag-correlate", daemon=True).start()
+
+    def _run(self, packets: pd.DataFrame) -> None:
         try:
-            future.set_result(function(packets))
-        except BaseException as error:  # raised again by ``result()`` in the thread that waits for it
-            future.set_exception(error)
+            steps = correlate_in_steps(packets)
+            self._rows.set_result(steps.for_diagnosis)
+            self._whole.set_result(steps.finish())
+        except BaseException as error:  # raised again by the waits, in the thread that waits
+            for future in (self._rows, self._whole):
+                if not future.done():
+                    future.set_exception(error)
 
-    threading.Thread(target=run, name="diag-correlate", daemon=True).start()
-    return future
+    def for_diagnosis(self) -> Correlation:
+        return self._rows.result()
+
+    def result(self) -> Correlation:
+        return self._whole.result()
 
 
 def report_of(
@@ -160,7 +179,8 @@ def report_of(
     progress: ProgressHook | None = None,
     diagnoser: Diagnoser | None = None,
     packets_read: int | None = None,
-    correlating: Future[Correlation] | None = None,
+    correlating: _Correlating | None = None,
+    links: PacketLinks | None = None,
 ) -> Report:
     """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
 
@@ -168,13 +188,18 @@ def report_of(
     tables built where the points were read, and a ``diagnoser`` that diagnoses connection partitions on
     the workers (``diag.partitions``); the result is the same as on every packet in one process.
     ``diag.passes`` calls it with the candidates it kept of ``packets_read`` packets. ``correlating``: the
-    correlation of ``packets``, already started (``analyze`` runs it beside the flow table), waited for here.
+    correlation of ``packets``, already started (``analyze`` runs it beside the flow table), waited for here;
+    ``links``: ``diag.diagnose.connections.packet_links(packets)``, made meanwhile (for ``diagnose`` only).
     """
     kept = f"{len(packets):,}" if packets_read is None else f"{len(packets):,} of {packets_read:,}"
     with _stage(progress, "correlate", f"{kept} packets at {len(infos)} point(s)"):
-        correlation = correlate(packets) if correlating is None else correlating.result()
+        correlation = correlate(packets) if correlating is None else correlating.for_diagnosis()
     with _stage(progress, "diagnose", f"{len(flows):,} flows"), collector_paused():
-        findings = diagnose(packets, flows, correlation) if diagnoser is None else diagnoser(packets, correlation)
+        findings = (
+            diagnose(packets, flows, correlation, links=links) if diagnoser is None else diagnoser(packets, correlation)
+        )
+        if correlating is not None:
+            correlation = correlating.result()  # its tables, built beside the diagnosis
     return Report(
         captures=list(infos),
         packets=packets,
