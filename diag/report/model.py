@@ -173,7 +173,7 @@ class Report:
     flow_store: FlowStore | None = field(default=None, compare=False, repr=False)
 
     @cached_property
-    def ranking(self) -> Ranking:
+    def ranking(self) -> Ranking[Finding]:
         """The findings ranked (``diag.report.significance``), once per report: the verdict, the groups, the
         text's order and the JSON document all read it. ``findings`` is not changed once the report is made."""
         return Ranking(self.findings)

@@ -43,14 +43,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, Final
+from typing import Final, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-
-if TYPE_CHECKING:
-    from diag.report.model import Finding
 
 
 class Severity(IntEnum):
@@ -74,6 +71,32 @@ _CLASS_REASON: Final = {
 Ints = npt.NDArray[np.int64]
 
 
+class _Timed(Protocol):
+    @property
+    def ts(self) -> float: ...
+
+
+class Rankable(Protocol):
+    """What the ranking reads of a finding (``diag.report.model.Finding`` is one): its cause and service, how sure
+    and how serious it is, and when its symptom was seen."""
+
+    @property
+    def cause(self) -> str: ...
+    @property
+    def proto(self) -> str: ...
+    @property
+    def server(self) -> str: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def severity(self) -> Severity: ...
+    @property
+    def packet(self) -> _Timed | None: ...
+
+
+F = TypeVar("F", bound=Rankable)
+
+
 @dataclass(frozen=True)
 class _Table:
     """The findings' ranking inputs as columns; a busy capture has tens of thousands of findings."""
@@ -91,7 +114,7 @@ class _Table:
         return self.confidence * self.rarity
 
 
-def _build_table(findings: Sequence[Finding]) -> _Table:
+def _build_table(findings: Sequence[Rankable]) -> _Table:
     causes = [str(f.cause) for f in findings]
     columns = {"cause": causes, "proto": [f.proto for f in findings], "server": [f.server for f in findings]}
     frame = pd.DataFrame(columns, dtype=object)  # plain objects: factorised faster than arrow strings
@@ -137,14 +160,14 @@ class Group:
         }
 
 
-class Ranking:
+class Ranking(Generic[F]):
     """One list of findings ranked: the verdict, every finding in rank order, the groups, why the verdict leads.
 
     Each answer is worked out once, when first asked for. The findings are
     not copied: the list must not change while the ranking is in use.
     """
 
-    def __init__(self, findings: Sequence[Finding]) -> None:
+    def __init__(self, findings: Sequence[F]) -> None:
         self.findings = findings
 
     @cached_property
@@ -170,7 +193,7 @@ class Ranking:
         return int(self._order[0]) if self.findings else None
 
     @property
-    def verdict(self) -> Finding | None:
+    def verdict(self) -> F | None:
         """The most significant finding, None when there are none."""
         top = self.top
         return None if top is None else self.findings[top]
