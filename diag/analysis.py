@@ -42,7 +42,7 @@ from diag.report import Finding, Report
 ProgressHook = Callable[[str, str], AbstractContextManager[object]]
 STAGES = ("read", "flows", "correlate", "diagnose")
 # Findings from the stacked packet table and its correlation (``diagnose``'s, or one that spreads the work).
-Diagnoser = Callable[[pd.DataFrame, Correlation], list[Finding]]
+Diagnoser = Callable[[pd.DataFrame, Correlation], Sequence[Finding]]
 # Reads (name, path) pairs into one packet table and CaptureInfo per point, as ``read_captures`` does.
 CaptureReader = Callable[
     [Sequence[tuple[str, Location]], ProgressHook | None], tuple[list[pd.DataFrame], list[CaptureInfo]]

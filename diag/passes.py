@@ -28,8 +28,10 @@ the number of flows either, only with the connections that need diagnosing:
 3. The usual correlation runs on the candidate packets; the diagnosis too, or,
    when its working memory for all of them would take more than a share of
    the budget, on connection partitions of them one after another
-   (``diag.partitions``: whole connections, each part's findings merged in
-   the whole run's order), so that only the findings add up.
+   (``diag.partitions``: whole connections), each part's findings written
+   to a temporary file as it ends and read back in the whole run's order
+   one at a time by the reports (``diag.spilledfindings``), so that nothing
+   held grows with the findings either.
 
 The rows kept are put in the order the whole table would have them (points in
 order, each point's files merged as ``diag.capture.points.merge_point`` does:
@@ -75,6 +77,7 @@ from diag.flows.candidates import key_table, node_hashes
 from diag.memory import BYTES_PER_PACKET, MemoryBudgetError, format_size
 from diag.report import Report
 from diag.spilled import ORDER, SpilledFlows, sorted_order
+from diag.spilledfindings import FindingsWriter
 
 if TYPE_CHECKING:
     from diag.analysis import Diagnoser, ProgressHook
@@ -514,15 +517,21 @@ def _diagnoser(parts: int) -> Diagnoser | None:
     if parts <= 1:
         return None
 
-    def diagnose_in_parts(packets: pd.DataFrame, corr: Correlation) -> list[Finding]:
-        from diag.partitions import cut_part, diagnose_part, merge_findings, partition_rows
+    def diagnose_in_parts(packets: pd.DataFrame, corr: Correlation) -> Sequence[Finding]:
+        from diag.partitions import cut_part, diagnose_part, partition_rows
 
-        found = []
-        for rows in partition_rows(packets, corr, parts):
-            part, part_corr = cut_part(packets, corr, rows)
-            found.append(diagnose_part(part, part_corr, rows))
-            del part, part_corr
-        return merge_findings(found)
+        # Each part's findings go to disk as it ends (diag.spilledfindings): only one part's are objects at a time.
+        found = FindingsWriter()
+        try:
+            for rows in partition_rows(packets, corr, parts):
+                part, part_corr = cut_part(packets, corr, rows)
+                diagnosed = diagnose_part(part, part_corr, rows)
+                found.add(diagnosed.findings, diagnosed.order)
+                del part, part_corr, diagnosed
+            return found.finish()
+        except BaseException:
+            found.close()
+            raise
 
     return diagnose_in_parts
 

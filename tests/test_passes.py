@@ -8,6 +8,7 @@ table, clock, captures, warnings) must equal the one-pass analysis's.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
 import shutil
@@ -35,7 +36,7 @@ from diag.flows.candidates import candidate_rows, key_table
 from diag.memory import MemoryBudgetError, parse_size, set_budget
 from diag.passes import analyze_in_passes, flows_in_passes
 from diag.report import Report
-from diag.report.jsondoc import report_to_json
+from diag.report.jsondoc import report_to_json, write_json
 from diag.report.text import render_text
 
 CAPTURES = PROJECT / "captures"
@@ -426,3 +427,54 @@ def test_the_survey_holds_no_state_per_flow_in_memory(tmp_path: Path) -> None:
     expected = candidate_rows(whole)
     kept = choice.keep(whole, whole["node"].to_numpy(), 0, 0)
     assert (kept == expected).all() and expected.sum() == 600 * 4 + 3  # the last flow holds the latest row
+
+
+@pytest.fixture(scope="module")
+def busy_point(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated busy traffic at one point, 12,000 connections: about a thousand of them end badly."""
+    out = tmp_path_factory.mktemp("busy")
+    subprocess.run(
+        [sys.executable, str(PROJECT / "bench" / "gen_busy.py"), "--profile", "busy", "--packets", "150000",
+         "--flows", "12000", "--seed", "5", "--out-dir", str(out)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return out / "busy.pcap"
+
+
+def test_the_findings_of_finished_parts_are_on_disk_not_in_memory(busy_point: Path, tmp_path: Path) -> None:
+    """The diagnosis in 5 connection partitions of a thousand findings: what it leaves held once the parts
+    are done is a small record a finding (the findings are in a file with no name, read back when asked
+    for), where a list of them held several kilobytes each. Read back they are the one-pass findings, in
+    its order, and the ranking, the text and the JSON document made of them are the same."""
+    import gc
+    import tracemalloc
+
+    from diag.correlate import correlate
+    from diag.spilledfindings import SpilledFindings
+
+    one_pass = analyze([str(busy_point)])
+    correlation = correlate(one_pass.packets)
+    diagnose_in_parts = diag.passes._diagnoser(5)
+    assert diagnose_in_parts is not None
+    diagnose_in_parts(one_pass.packets, correlation)  # what a first call loads or caches is not the findings'
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        found = diagnose_in_parts(one_pass.packets, correlation)
+        gc.collect()  # what the diagnosis left in reference cycles is garbage, not held
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert isinstance(found, SpilledFindings) and len(found) > 800
+    # As Finding objects they take 4-6 KB each (the facts, evidence and ruled-out causes).
+    assert held < 400 * len(found), f"{held:,} bytes held for {len(found)} findings"
+    assert found == one_pass.findings and list(found) == list(one_pass.findings)
+    assert found[-1] == one_pass.findings[-1] and found[3:9] == one_pass.findings[3:9]
+    spilled = replace(one_pass, findings=found)
+    assert report_to_json(spilled) == report_to_json(one_pass)
+    assert render_text(spilled, all_findings=True) == render_text(one_pass, all_findings=True)
+    buffer, expected = io.BytesIO(), io.BytesIO()
+    write_json(spilled, buffer)
+    write_json(one_pass, expected)
+    assert buffer.getvalue() == expected.getvalue()
+    assert not list(tmp_path.iterdir())  # the file has no name
