@@ -15,10 +15,17 @@ pays for:
 each one hop further along (TTL one lower) and with its own clock offset and
 path delay, so the captures correlate packet by packet as a lab's hops do.
 
+``--repeat N`` writes N blocks of the profile's traffic one after another into
+each file, for captures larger than the memory that lays them out (one block
+is in memory at a time): each block has connections of its own (its own random
+draw, its clients moved to 10.B.0.0/16 and 192.B.0.0/16 for block B) and its
+own stretch of time (``BLOCK_NS`` after the block before), so no flow repeats.
+
 Packets are laid out with numpy (``gen_capture.layout``), no per-packet Python.
 
     .venv/bin/python bench/gen_busy.py                       # the three profiles into bench/data/
     .venv/bin/python bench/gen_busy.py --profile busy --points 4
+    .venv/bin/python bench/gen_busy.py --profile busy --repeat 27 --out-dir bench/data/huge   # about 20 GB
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ from gen_capture import (  # noqa: E402
 
 START_NS = 1_764_257_000 * 10**9
 SPAN_NS = 20 * 10**9
+# Time from one ``--repeat`` block's start to the next: its span and the longest connection's tail (SYNs retried).
+BLOCK_NS = SPAN_NS + 10 * 10**9
+MAX_BLOCKS = 256  # a block's clients are 10.B.0.0/16 and 192.B.0.0/16
 
 
 @dataclass(frozen=True)
@@ -171,29 +181,53 @@ def shifted(packets: Packets, point: int, rng: np.random.Generator) -> Packets:
     return Packets(**columns)
 
 
-def write_pcap(path: Path, packets: Packets, seed: int) -> int:
+def moved(packets: Packets, block: int) -> Packets:
+    """Block ``block`` of a repeated capture: its clients (10.0.0.0/16, 192.0.0.0/16) moved to 10.B and 192.B,
+    its times ``block`` blocks later; the servers stay, as a busy node's services do."""
+    if block == 0:
+        return packets
+    columns = dict(packets.columns)
+    for side in ("src", "dst"):
+        address = columns[side]
+        client = np.isin(address >> 24, (10, 192))
+        columns[side] = np.where(client, address + (block << 16), address)
+    columns["ts"] = packets.ts + block * BLOCK_NS
+    return Packets(**columns)
+
+
+def write_pcap(path: Path, packets: Packets, seed: int, append: bool = False) -> int:
     body = layout(packets, np.random.default_rng(seed + 1))  # same seed: same payload bytes at every point
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as out:
-        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
+    with path.open("ab" if append else "wb") as out:
+        if not append:
+            out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
         body.tofile(out)
     return path.stat().st_size
 
 
 def write_profile(
-    name: str, packets_wanted: int, points: int, seed: int, out_dir: Path, flows: int | None = None
+    name: str,
+    packets_wanted: int,
+    points: int,
+    seed: int,
+    out_dir: Path,
+    flows: int | None = None,
+    repeat: int = 1,
 ) -> list[Path]:
     profile = PROFILES[name]
     if flows is not None:
         profile = replace(profile, flows=flows)
-    packets = build(profile, packets_wanted, seed)
-    rng = np.random.default_rng(seed + 7)
-    paths = []
-    for point in range(points):
-        path = out_dir / (f"{name}.pcap" if points == 1 else f"{name}-p{point}.pcap")
-        size = write_pcap(path, shifted(packets, point, rng), seed)
-        print(f"{path}: {len(packets.ts):,} packets, {size / 1e6:.0f} MB")
-        paths.append(path)
+    paths = [out_dir / (f"{name}.pcap" if points == 1 else f"{name}-p{point}.pcap") for point in range(points)]
+    written = 0
+    for block in range(repeat):
+        block_seed = seed + 1000 * block  # block 0 is the capture written without --repeat
+        packets = moved(build(profile, packets_wanted, block_seed), block)
+        rng = np.random.default_rng(block_seed + 7)
+        written += len(packets.ts)
+        for point, path in enumerate(paths):
+            size = write_pcap(path, shifted(packets, point, rng), block_seed, append=block > 0)
+            if block == repeat - 1:
+                print(f"{path}: {written:,} packets, {size / 1e6:.0f} MB")
     return paths
 
 
@@ -204,13 +238,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=1, help="capture points of the same traffic (default 1)")
     parser.add_argument("--flows", type=int, help="TCP connections instead of the profile's (for small test sets)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help=f"write N blocks of the traffic into each file, each with its own connections, clients and time "
+        f"(at most {MAX_BLOCKS}; default 1)",
+    )
     parser.add_argument("--out-dir", type=Path, default=DATA_DIR)
     args = parser.parse_args(argv)
     if args.points < 1:
         parser.error("--points must be at least 1")
+    if not 1 <= args.repeat <= MAX_BLOCKS:
+        parser.error(f"--repeat must be from 1 to {MAX_BLOCKS}")
     began = time.perf_counter()
     for name in PROFILES if args.profile == "all" else [args.profile]:
-        write_profile(name, args.packets, args.points, args.seed, args.out_dir, args.flows)
+        write_profile(name, args.packets, args.points, args.seed, args.out_dir, args.flows, args.repeat)
     print(f"written in {time.perf_counter() - began:.1f} s")
     return 0
 
