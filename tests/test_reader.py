@@ -554,3 +554,25 @@ def test_randomly_damaged_files_never_raise_anything_but_capture_error(tmp_path:
             continue
         assert list(frame.columns) == list(PACKET_COLUMNS)
         assert (frame.cap_len >= 0).all() and frame["index"].is_monotonic_increasing
+
+
+def test_pages_mapped_ahead_of_the_rows_leave_what_is_written_meanwhile_as_written() -> None:
+    # The helper maps the columns' pages while the reading thread writes rows into them: what is written
+    # before, during and after stays, whichever gets to a page first.
+    import threading
+
+    from diag.capture.reader import _map_pages_ahead
+
+    rows = 2_000_000
+    columns = [np.empty(rows, dtype=dtype) for dtype in (np.int64, np.int32, np.int16, np.bool_)]
+    for column in columns:
+        column[:1000] = 1
+    _map_pages_ahead(columns, 1000, rows)
+    for column in columns:
+        column[1000:] = np.arange(1000, rows) % 2
+    for thread in threading.enumerate():
+        if thread.name == "diag-table-pages":
+            thread.join()
+    for column in columns:
+        assert (column[:1000] == 1).all()
+        assert (column[1000:] == np.arange(1000, rows) % 2).all()
