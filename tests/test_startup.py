@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from conftest import PROJECT
 
 CAPTURES = sorted((PROJECT / "captures").glob("*.pcapng"))
@@ -151,3 +152,58 @@ def test_the_compiled_loops_still_load_when_numba_internals_move(tmp_path: Path)
     assert facts["status"] == 0 and facts["compiled"] == []
     assert facts["loaded"] == json.loads(expected.read_text())["loaded"]
     assert facts["registries"] > 0  # loaded numba's own way, its compiler made ready first
+
+
+# The loops the stages after reading call first, as ``analyze`` names them: how many versions of each were
+# loaded when the read's result was taken (the stages start only then).
+LOADED_WHILE_READING = """
+import json, sys
+from importlib import import_module
+import diag.capture.sidebyside as sidebyside
+from diag.cli import main
+from diag.commands.analyze import LOOPS_AFTER_READING
+
+loaded = {}
+
+
+class Recorded(sidebyside.BackgroundRead):
+    def result(self):
+        files = super().result()
+        for module, names in LOOPS_AFTER_READING.items():
+            for name in names:
+                function = getattr(import_module(module), name, None)
+                loaded[f"{module}.{name}"] = len(getattr(function, "overloads", {}))
+        return files
+
+
+sidebyside.BackgroundRead = Recorded
+status = main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *sys.argv[2:]])
+with open(sys.argv[1], "w") as out:
+    json.dump({"status": status, "loaded": loaded}, out)
+"""
+
+
+def test_the_stages_after_reading_have_their_compiled_loops_loaded_while_the_captures_are_read(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "loaded.json"
+    for _ in range(2):  # a first run compiles what the cache lacks
+        result = _python(LOADED_WHILE_READING, report, *CAPTURES)
+        assert result.returncode == 0, result.stderr
+    facts = json.loads(report.read_text())
+    assert facts["status"] == 0
+    # Every loop named is still there under that name (a rename would quietly lose the head start), and
+    # was loaded from the cache before the flow table, the correlation and the diagnosis began.
+    assert facts["loaded"] and all(count >= 1 for count in facts["loaded"].values()), facts["loaded"]
+
+
+def test_loading_from_the_cache_never_compiles(tmp_path: Path) -> None:
+    from diag.compiled import compiled, load_from_cache
+
+    def never_called(values: np.ndarray) -> int:
+        return len(values)
+
+    function = compiled(never_called)
+    load_from_cache([function, None, len])  # nothing cached for it: nothing loaded, nothing compiled
+    assert function.overloads == {}  # type: ignore[attr-defined]
+    assert not sum(function.stats.cache_misses.values())  # type: ignore[attr-defined]
