@@ -73,7 +73,7 @@ def format_size(size: int) -> str:
 
 
 def available_memory(meminfo: str, cgroup_limit: str | None) -> int | None:
-    """The lower of /proc/meminfo's MemAvailable and a cgroup v2 ``memory.max`` (texts as read), in bytes."""
+    """The lower of /proc/meminfo's MemAvailable and the cgroup's limit (texts as read), in bytes."""
     candidates = []
     found = re.search(r"^MemAvailable:\s+(\d+)\s*kB", meminfo, re.MULTILINE)
     if found:
@@ -93,13 +93,38 @@ def default_budget() -> int:
     return int(available * DEFAULT_SHARE) if available else FALLBACK_BUDGET
 
 
+def cgroup_limit_files(proc_cgroup: str, root: Path = Path("/sys/fs/cgroup")) -> list[Path]:
+    """Where this process's cgroup memory limit may be, from /proc/self/cgroup's text: cgroup v2's
+    ``memory.max`` (mounted at the root, or at ``unified/`` beside v1 controllers), then v1's
+    ``memory.limit_in_bytes`` under ``memory/`` (a host that mounts the memory controller as v1)."""
+    files = []
+    for line in proc_cgroup.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, relative = rest.partition(":")
+        if not relative.startswith("/"):
+            continue
+        below = relative.lstrip("/")
+        if number == "0" and controllers == "":
+            files += [root / below / "memory.max", root / "unified" / below / "memory.max"]
+        elif "memory" in controllers.split(","):
+            files.append(root / "memory" / below / "memory.limit_in_bytes")
+    return files
+
+
 def _cgroup_limit() -> str | None:
+    """The first limit file of ``cgroup_limit_files`` that holds a number (v1's "no limit" is a huge one)."""
     try:
-        line = Path("/proc/self/cgroup").read_text().splitlines()[0]
-        relative = line.split("::", 1)[1] if "::" in line else ""
-        return (Path("/sys/fs/cgroup") / relative.lstrip("/") / "memory.max").read_text()
-    except (OSError, IndexError):
+        files = cgroup_limit_files(Path("/proc/self/cgroup").read_text())
+    except OSError:
         return None
+    for file in files:
+        try:
+            text = file.read_text()
+        except OSError:
+            continue
+        if text.strip().isdigit():
+            return text
+    return None
 
 
 def budget_option(text: str | None) -> int:

@@ -832,6 +832,23 @@ def test_sizes_are_read_as_documented() -> None:
     assert available_memory("", None) is None
 
 
+def test_the_cgroup_limit_is_found_on_v2_and_on_v1_memory_controllers(tmp_path: Path) -> None:
+    """The default budget is half the cgroup's limit when lower than the memory available: cgroup v2's
+    ``memory.max``, or v1's ``memory.limit_in_bytes`` where the memory controller is mounted as v1 (hosts
+    with both, where /proc/self/cgroup's first line is another controller's)."""
+    from diag.memory import cgroup_limit_files
+
+    v2 = cgroup_limit_files("0::/user.slice/job\n", tmp_path)
+    assert v2 == [tmp_path / "user.slice/job/memory.max", tmp_path / "unified/user.slice/job/memory.max"]
+    hybrid = "9:name=systemd:/\n4:cpu,memory:/jobs/one\n1:cpu:/\n0::/\n"
+    assert cgroup_limit_files(hybrid, tmp_path) == [
+        tmp_path / "memory/jobs/one/memory.limit_in_bytes",
+        tmp_path / "memory.max",
+        tmp_path / "unified/memory.max",
+    ]
+    assert cgroup_limit_files("", tmp_path) == [] and cgroup_limit_files("garbage\n", tmp_path) == []
+
+
 # --- The report JSON stays proportionate: flow rows capped, problems first ---
 
 def _tcp_record(index: int, src: int, dst: int, sport: int, dport: int, flags: int) -> bytes:
