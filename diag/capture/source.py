@@ -65,8 +65,8 @@ MADVISE = _libc_madvise()
 def open_capture(path: Location) -> tuple[BinaryIO, bool]:
     """Open ``path`` for reading, decompressing gzip transparently; (stream, was_compressed).
 
-    ``-`` is standard input; ``s3://BUCKET/KEY`` an object in S3, streamed
-    (``diag.capture.remote``). Pipes, FIFOs, ``/dev/stdin`` and S3 objects cannot
+    ``-`` is standard input; an ``S3Object`` (``s3://BUCKET/KEY``) is streamed
+    from S3 (``diag.capture.remote``). Pipes, FIFOs, ``/dev/stdin`` and S3 objects cannot
     seek back over the bytes that tell gzip from a capture, so those bytes are
     handed back in front of the rest of the stream instead. Whatever the OS answers
     (no such file, permission denied, an I/O error) becomes one ``CaptureError``
