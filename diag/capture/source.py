@@ -16,9 +16,11 @@ import gzip
 import io
 import mmap
 import os
+import queue
 import stat
 import sys
 import threading
+import weakref
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -172,7 +174,8 @@ class Feed:
         # The next window's pages are mapped and its bytes pulled into the CPU cache by a helper
         # thread while this one is decoded (see _prepare_ahead); ready up to _ahead_until.
         self._bytes: np.ndarray | None = None  # the map as an array, made on first use (it pins the map)
-        self._ahead: threading.Thread | None = None
+        self._helper: _Helper | None = None  # the thread that prepares windows ahead, started with the first
+        self._ahead = False  # a window is being prepared, or was, since the reading thread last asked
         self._ahead_until = 0
 
     def _map_file(self) -> mmap.mmap | None:
@@ -256,6 +259,8 @@ class Feed:
         self.eof = stop >= self.size
         if not self.eof:
             self._prepare_ahead(released_from, start, stop, min(self.size, stop + self.chunk_size) + PADDING)
+        elif self._helper is not None:
+            self._helper.stop()  # nothing is left to prepare
         if stop + PADDING <= self.size:
             window = memoryview(self._map)[start : stop + PADDING]
             if not prepared:
@@ -305,15 +310,18 @@ class Feed:
             data[start:stop:64].max(initial=0)  # as _warm_cache; faults the pages in if populating is unsupported
             self._ahead_until = stop
 
-        self._ahead = threading.Thread(target=prepare, name="diag-read-ahead")
-        self._ahead.start()
+        if self._helper is None:
+            self._helper = _Helper()
+            weakref.finalize(self, self._helper.stop)  # a read that ends early lets its helper go too
+        self._helper.run(prepare)
+        self._ahead = True
 
     def _wait_ahead(self) -> int:
-        """Wait for the helper started by the last window; how far the file is prepared (0: nothing)."""
-        if self._ahead is None:
+        """Wait for what the helper was last given; how far the file is prepared (0: nothing)."""
+        if not self._ahead or self._helper is None:
             return 0
-        self._ahead.join()
-        self._ahead = None
+        self._helper.wait()
+        self._ahead = False
         return self._ahead_until
 
     def _populate(self, start: int, stop: int) -> None:
@@ -393,6 +401,47 @@ class Feed:
             view.release()
         buffer[length : length + PADDING] = bytes(PADDING)
         return buffer, length
+
+
+class _Helper:
+    """One thread that runs the read-ahead of one file, a window at a time.
+
+    A thread started for every window cost its creation and, before the reading thread could go on, a
+    hand-over of the interpreter lock to the new thread (``Thread.start`` waits until it runs): up to a
+    switch interval (5 ms) each while another thread held the lock, as the main thread does while it
+    imports pandas during a background read. Handing a job to a waiting thread costs neither.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._done = threading.Event()
+        # A daemon: what it does is only ever ahead of the reading, never needed to finish it.
+        threading.Thread(target=_run_jobs, args=(self._jobs, self._done), name="diag-read-ahead", daemon=True).start()
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Have ``job`` run on the helper thread (after the one given before, which ``wait`` waits for)."""
+        self._done.clear()
+        self._jobs.put(job)
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def stop(self) -> None:
+        """Let the thread end once its job is done (again: nothing more)."""
+        self._jobs.put(None)
+
+
+def _run_jobs(jobs: queue.SimpleQueue[Callable[[], None] | None], done: threading.Event) -> None:
+    # A function of its own, holding only the queue and the event: the file's Feed can be freed (and its
+    # finalizer stop this thread) while the thread waits for a job.
+    while (job := jobs.get()) is not None:
+        try:
+            job()
+        except Exception:  # the window is then prepared by the reading thread, which sees any real fault
+            pass
+        finally:
+            del job
+            done.set()
 
 
 def _warm_cache(window: memoryview) -> None:
