@@ -43,11 +43,11 @@ class AddressColumn:
 
     def __init__(self) -> None:
         self._v4_rows: list[IntArray] = []
-        self._v4_values: list[IntArray] = []
+        self._v4_values: list[npt.NDArray[np.uint32]] = []
         self._v6_rows: list[IntArray] = []
         self._v6_values: list[npt.NDArray[np.uint8]] = []
 
-    def add_ipv4(self, rows: IntArray, values: IntArray) -> None:
+    def add_ipv4(self, rows: IntArray, values: npt.NDArray[np.uint32]) -> None:
         if len(rows):
             self._v4_rows.append(rows)
             self._v4_values.append(values)
@@ -64,11 +64,17 @@ class AddressColumn:
         codes = np.zeros(count, dtype=np.int32)
         categories: list[str] = [""]
         if self._v4_rows:
-            rows = np.concatenate(self._v4_rows)
             values = np.concatenate(self._v4_values)
             # As 32-bit keys: pandas hashes them several times faster than the same values as int64.
-            value_codes, distinct = pd.factorize(values.astype(np.uint32))
-            codes[rows] = value_codes.astype(np.int32) + len(categories)
+            value_codes, distinct = pd.factorize(values.astype(np.uint32, copy=False))
+            ipv4_codes = value_codes.astype(np.int32)
+            ipv4_codes += len(categories)
+            if len(values) == count:
+                # Every row has one (rows are listed once each, in order): the codes are the column as they
+                # stand, and the zeros above are never touched (nor their pages mapped).
+                codes = ipv4_codes
+            else:
+                codes[np.concatenate(self._v4_rows)] = ipv4_codes
             categories += format_ipv4_many(np.asarray(distinct, dtype=np.int64))
         if self._v6_rows:
             rows = np.concatenate(self._v6_rows)

@@ -198,8 +198,9 @@ def _add_addresses(view: ByteView, found: _Found, addresses: dict[str, AddressCo
         listed = found.counts[pair, FOUND_V4]
         if listed:
             rows = found.ipv4[pair, ROW, :listed] + row_base
-            addresses[source].add_ipv4(rows, found.ipv4[pair, SOURCE, :listed].copy())
-            addresses[destination].add_ipv4(rows, found.ipv4[pair, DESTINATION, :listed].copy())
+            # Copied as 32-bit values, which IPv4 addresses are: half the memory kept until the table is made.
+            addresses[source].add_ipv4(rows, found.ipv4[pair, SOURCE, :listed].astype(np.uint32))
+            addresses[destination].add_ipv4(rows, found.ipv4[pair, DESTINATION, :listed].astype(np.uint32))
         listed = found.counts[pair, FOUND_V6]
         if listed:
             rows = found.ipv6[pair, ROW, :listed] + row_base
