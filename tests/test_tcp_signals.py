@@ -147,3 +147,25 @@ def test_an_ip_id_out_of_line_supports_a_forged_rst_in_the_finding() -> None:
     (fact,) = [fact for fact in finding.facts if fact.kind == "ip-id-out-of-line"]
     assert fact["rst_ip_id"] == 1 and fact["last_ip_id"] == 0x7002 and fact["side"] == "server"
     assert "IP ID (1) is out of line with the server's own packets" in " ".join(finding.evidence)
+
+
+def test_the_mode_per_key_is_the_most_frequent_value_and_a_tie_the_one_seen_first() -> None:
+    from diag.diagnose.tcp_signals import _mode
+
+    rng = np.random.default_rng(12)
+    for trial in range(200):
+        n = int(rng.integers(1, 400))
+        keys = rng.integers(0, max(1, n // int(rng.integers(1, 10))), n).astype(np.int64)
+        values = rng.integers(-1, int(rng.integers(1, 5)), n).astype(np.int16 if trial % 2 else np.int64)
+        order = rng.permutation(3 * n)[:n].astype(np.int64)  # distinct, as packet positions are
+        expected: dict[int, int] = {}
+        for key in sorted(set(keys.tolist())):
+            rows = np.flatnonzero(keys == key)
+            counts: dict[int, list[int]] = {}
+            for row in rows:
+                counts.setdefault(int(values[row]), []).append(int(order[row]))
+            expected[key] = min(counts, key=lambda value: (-len(counts[value]), min(counts[value])))
+        modes = _mode(keys, values, order)
+        assert modes.index.tolist() == list(expected)
+        assert modes.tolist() == list(expected.values())
+    assert _mode(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)).empty

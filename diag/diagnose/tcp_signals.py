@@ -44,7 +44,32 @@ def hops_of(ttl: np.ndarray) -> np.ndarray:
 
 
 def _mode(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
-    """Per key, the most frequent value; a tie goes to the value seen first (smallest ``order``)."""
+    """Per key, the most frequent value; a tie goes to the value seen first (smallest ``order``).
+
+    The keys come out in ascending order. Sorted numpy groups: a pandas grouping, sort and drop of
+    duplicates made the same choice in about three times the time.
+    """
+    if not len(keys):
+        return _mode_by_pandas(keys, values, order)
+    low, high = int(values.min()), int(values.max())
+    span = high - low + 1
+    if int(keys.min()) >= 0 and int(keys.max()) < np.iinfo(np.int64).max // span:
+        # (key, value) as one number, sorted in one pass: the values here are small (TTLs, hops, capture codes).
+        by_pair = np.argsort(keys.astype(np.int64) * span + (values - low))
+    else:
+        by_pair = np.lexsort((values, keys))
+    key, value, seen = keys[by_pair], values[by_pair], order[by_pair]
+    starts = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (value[1:] != value[:-1])])
+    count = np.diff(np.r_[starts, len(key)])
+    first = np.minimum.reduceat(seen, starts)
+    pair_key, pair_value = key[starts], value[starts]
+    best = np.lexsort((first, -count, pair_key))  # per key: most frequent, then seen first
+    chosen = best[np.r_[True, pair_key[best][1:] != pair_key[best][:-1]]]
+    return pd.Series(pair_value[chosen], index=pair_key[chosen])
+
+
+def _mode_by_pandas(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
+    """``_mode`` by a pandas grouping (kept for no keys at all, where it gives pandas' own empty Series)."""
     frame = pd.DataFrame({"key": keys, "value": values, "order": order})
     counted = frame.groupby(["key", "value"], sort=False).agg(count=("order", "size"), first=("order", "min"))
     counted = counted.reset_index().sort_values(["key", "count", "first"], ascending=[True, False, True])
