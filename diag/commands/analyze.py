@@ -287,8 +287,9 @@ def _analyze_here(
 def _ready_the_stages_after_reading() -> None:
     """Load what the flow table, the correlation, the diagnosis and the reports need on first use, while the
     captures are still being read: a process otherwise waits for it after reading, about 40-70 ms of loading
-    compiled loops (``diag.compiled.load_from_cache``) and importing modules. A name no longer there costs
-    nothing but the wait: its first use loads it, as before."""
+    compiled loops (``diag.compiled.load_from_cache``) and importing modules, and 30-50 ms of setting up
+    pyarrow's strings at the end of the read. A name no longer there costs nothing but the wait: its first
+    use loads it, as before."""
     from diag.compiled import load_from_cache
 
     for module_name, names in LOOPS_AFTER_READING.items():
@@ -298,6 +299,13 @@ def _ready_the_stages_after_reading() -> None:
     for module_name in MODULES_AFTER_READING:
         with contextlib.suppress(ImportError):
             importlib.import_module(module_name)
+    # The process's first column with text categories sets up pyarrow's strings (about 30-50 ms, most of it
+    # once per process); otherwise the reader's table pays it when its read is done, on the path waited on.
+    import numpy as np
+
+    from diag.capture.addresses import categorical
+
+    categorical(np.zeros(1, dtype=np.int8), [""])
 
 
 def _plot(report: Report, target: str, force: bool) -> None:
