@@ -33,7 +33,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -322,11 +322,24 @@ class SpilledFlows:
             yield chunk.iloc[np.argsort(np.concatenate(numbers), kind="stable")].reset_index(drop=True)
 
     def load(self) -> pd.DataFrame:
-        """The whole flow table in memory (what ``--flows all`` in text, ``--flow`` and the plots need)."""
+        """The whole flow table in memory (what ``--flows all`` in text, the exports and the plots need)."""
         chunks = list(self.chunks())
         if not chunks:
             return empty_flows()
         return pd.concat(chunks, ignore_index=True)
+
+    def load_where(self, keep: Callable[[pd.DataFrame], np.ndarray]) -> pd.DataFrame:
+        """``load()[mask]`` with one block of rows in memory at a time: the rows ``keep`` picks of each block
+        (a boolean mask of its rows), indexed by their place in the whole table (``--flow``)."""
+        kept = []
+        start = 0
+        for chunk in self.chunks():
+            picked = chunk[keep(chunk)]
+            kept.append(picked.set_axis(picked.index + start))
+            start += len(chunk)
+        if not kept:
+            return empty_flows()
+        return pd.concat(kept)
 
 
 def _problem_lines() -> int:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -478,3 +479,37 @@ def test_the_findings_of_finished_parts_are_on_disk_not_in_memory(busy_point: Pa
     write_json(one_pass, expected)
     assert buffer.getvalue() == expected.getvalue()
     assert not list(tmp_path.iterdir())  # the file has no name
+
+
+def test_flow_on_a_flow_table_on_disk_reads_back_only_the_selected_rows(
+    four_points: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--flow`` with the flow table on disk: the selected connections' rows are picked from each block of
+    101 rows read back (not the whole table loaded), and the focused report is the one focused on the whole
+    table read back."""
+    from diag.report.focus import focus_report, parse_flow_selector
+
+    monkeypatch.setattr(diag.spilled, "READ_ROWS", 101)
+    arguments = _arguments(four_points)
+    report = analyze_in_passes(parse_capture_args(arguments), 1 << 40, passes=4, buckets=7, spill_flows=True)
+    store = report.flow_store
+    assert isinstance(store, diag.spilled.SpilledFlows) and report.verdict is not None
+    whole = replace(report, flows=store.load(), flow_digest=None, flow_store=None)
+    blocks: list[int] = []
+    read_back = type(store).chunks
+
+    def counted(rows: int = 0) -> Iterator[pd.DataFrame]:
+        for chunk in read_back(store, rows):
+            blocks.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(store, "chunks", counted)
+    for endpoint in (report.verdict.client, report.verdict.server):
+        selector = parse_flow_selector(endpoint)
+        focused, expected = focus_report(report, selector, store), focus_report(whole, selector)
+        pd.testing.assert_frame_equal(focused.flows, expected.flows)
+        assert report_to_json(focused, None) == report_to_json(expected, None)
+        assert render_text(focused, flows="all") == render_text(expected, flows="all")
+        assert 0 < len(focused.flows) < len(whole.flows) // 10
+    assert max(blocks) == 101 and sum(blocks) == 2 * len(whole.flows)
+    store.close()

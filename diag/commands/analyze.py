@@ -338,11 +338,17 @@ def _focus_options(args: argparse.Namespace) -> tuple[FilterNode | None, FlowSel
 
 def _focus(report: Report, selector: FlowSelector) -> Report:
     from diag.report.focus import focus_report
+    from diag.spilled import SpilledFlows
 
-    focused = focus_report(report, selector)
+    # A flow table on disk (passes): only the selected connections' rows are read back, a block at a time.
+    store = report.flow_store if isinstance(report.flow_store, SpilledFlows) else None
+    focused = focus_report(report, selector, store)
+    flows = report.flow_digest.flows if store is not None and report.flow_digest is not None else len(report.flows)
+    if store is not None:
+        store.close()
     print(
         f"diag: --flow {selector}: {len(focused.findings)} of {len(report.findings)} findings, "
-        f"{len(focused.flows)} of {len(report.flows)} flow rows",
+        f"{len(focused.flows)} of {flows} flow rows",
         file=sys.stderr,
     )
     return focused
@@ -415,7 +421,7 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Locatio
                     )
     _print_warnings(report)
     store = report.flow_store
-    if store is not None and (args.flows == "all" or selector is not None or args.export or args.plot):
+    if store is not None and (args.flows == "all" or args.export or args.plot):
         # These use every flow row: the table an analysis in passes kept on disk is read back whole.
         report = replace(report, flows=store.load(), flow_digest=None, flow_store=None)
         store.close()

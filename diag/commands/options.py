@@ -22,5 +22,5 @@ def add_max_memory(parser: argparse.ArgumentParser) -> None:
         help="the memory the captures' packets may take (512M, 2G, 1.5GiB; default: half the memory available, "
         "or of the cgroup's limit if lower); analyze and flows read captures that need more in passes, with the "
         "same result; standard input, and flows and candidates that do not fit even then, stop with one line; "
-        "in passes, --flows all, --flow, --export and --plot read the whole flow table back into memory",
+        "in passes, --flows all, --export and --plot read the whole flow table back into memory",
     )  # fmt: skip

@@ -13,7 +13,9 @@ significant of them) and their rows in the flow table.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -121,8 +123,18 @@ def _flow_mask(flows: pd.DataFrame, packets: pd.DataFrame) -> np.ndarray:
     return np.asarray((merged["_merge"] == "both").to_numpy(), dtype=bool)
 
 
-def focus_report(report: Report, selector: FlowSelector) -> Report:
-    """The report narrowed to the selected endpoint's connections; ``DiagError`` when no packet has it."""
+class FlowRows(Protocol):
+    """A flow table kept on disk (``diag.spilled.SpilledFlows``), read back a block at a time."""
+
+    def load_where(self, keep: Callable[[pd.DataFrame], np.ndarray]) -> pd.DataFrame: ...
+
+
+def focus_report(report: Report, selector: FlowSelector, flow_table: FlowRows | None = None) -> Report:
+    """The report narrowed to the selected endpoint's connections; ``DiagError`` when no packet has it.
+
+    ``flow_table``: every flow row, on disk (``Report.flow_store`` of an analysis in passes), of which only
+    the selected connections' rows are read back; the report then holds them as its whole flow table.
+    """
     packets = report.packets
     seeds = _endpoint_rows(packets, selector)
     if not seeds.any():
@@ -142,7 +154,11 @@ def focus_report(report: Report, selector: FlowSelector) -> Report:
             return False
         return (ref.capture, ref.file, ref.index) in symptoms or (ref.capture, -1, ref.index) in symptoms
 
+    findings = [finding for finding in report.findings if about(finding)]
+    if flow_table is not None:
+        flows = flow_table.load_where(lambda block: _flow_mask(block, chosen))
+        return replace(report, findings=findings, flows=flows, flow_digest=None, flow_store=None)
     flows = report.flows
     if flows is not None and not flows.empty and {"orig_h", "orig_p", "resp_h", "resp_p"} <= set(flows.columns):
         flows = flows[_flow_mask(flows, chosen)]
-    return replace(report, findings=[finding for finding in report.findings if about(finding)], flows=flows)
+    return replace(report, findings=findings, flows=flows)
