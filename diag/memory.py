@@ -94,9 +94,11 @@ def default_budget() -> int:
 
 
 def cgroup_limit_files(proc_cgroup: str, root: Path = Path("/sys/fs/cgroup")) -> list[Path]:
-    """Where this process's cgroup memory limit may be, from /proc/self/cgroup's text: cgroup v2's
-    ``memory.max`` (mounted at the root, or at ``unified/`` beside v1 controllers), then v1's
-    ``memory.limit_in_bytes`` under ``memory/`` (a host that mounts the memory controller as v1)."""
+    """Where this process's cgroup memory limit may be, from /proc/self/cgroup's text, in its lines' order:
+    cgroup v2's ``memory.max`` (mounted at the root, or at ``unified/`` beside v1 controllers), and v1's
+    ``memory.limit_in_bytes`` under ``memory/`` (a host that mounts the memory controller as v1), at the
+    cgroup's path and then at the mount's top: a container that shares the host's cgroup names sees its
+    host path here but has its own cgroup mounted at ``memory/`` itself."""
     files = []
     for line in proc_cgroup.splitlines():
         number, _, rest = line.partition(":")
@@ -108,6 +110,8 @@ def cgroup_limit_files(proc_cgroup: str, root: Path = Path("/sys/fs/cgroup")) ->
             files += [root / below / "memory.max", root / "unified" / below / "memory.max"]
         elif "memory" in controllers.split(","):
             files.append(root / "memory" / below / "memory.limit_in_bytes")
+            if below:
+                files.append(root / "memory" / "memory.limit_in_bytes")
     return files
 
 

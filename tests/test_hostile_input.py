@@ -843,6 +843,7 @@ def test_the_cgroup_limit_is_found_on_v2_and_on_v1_memory_controllers(tmp_path: 
     hybrid = "9:name=systemd:/\n4:cpu,memory:/jobs/one\n1:cpu:/\n0::/\n"
     assert cgroup_limit_files(hybrid, tmp_path) == [
         tmp_path / "memory/jobs/one/memory.limit_in_bytes",
+        tmp_path / "memory/memory.limit_in_bytes",
         tmp_path / "memory.max",
         tmp_path / "unified/memory.max",
     ]
