@@ -115,19 +115,24 @@ class _Table:
 
 
 def _build_table(findings: Sequence[Rankable]) -> _Table:
-    causes = [str(f.cause) for f in findings]
-    columns = {"cause": causes, "proto": [f.proto for f in findings], "server": [f.server for f in findings]}
+    # One pass over the findings: an analysis in passes reads each back from disk (``diag.spilledfindings``).
+    rows = [
+        (str(f.cause), f.proto, f.server, f.severity, f.confidence, np.inf if f.packet is None else f.packet.ts)
+        for f in findings
+    ]
+    causes, protos, servers, severities, confidences, times = zip(*rows, strict=True) if rows else ((),) * 6
+    columns = {"cause": list(causes), "proto": list(protos), "server": list(servers)}
     frame = pd.DataFrame(columns, dtype=object)  # plain objects: factorised faster than arrow strings
     group: Ints = np.asarray(frame.groupby(["cause", "proto", "server"], sort=False).ngroup(), dtype=np.int64)
     service: Ints = np.asarray(frame.groupby(["proto", "server"], sort=False).ngroup(), dtype=np.int64)
     per_group = np.bincount(group)[group]
     per_service = np.bincount(service)[service]
-    klass = np.array([f.severity for f in findings], dtype=np.int64)
+    klass = np.array(severities, dtype=np.int64)
     return _Table(
         klass=klass,
         rarity=np.where(klass >= Severity.INCIDENT, 1.0, 1.0 + np.log10(per_service / per_group)),
-        confidence=np.array([f.confidence for f in findings], dtype=np.float64),
-        ts=np.array([f.packet.ts if f.packet is not None else np.inf for f in findings], dtype=np.float64),
+        confidence=np.array(confidences, dtype=np.float64),
+        ts=np.array(times, dtype=np.float64),
         group=group,
         per_group=per_group,
         per_service=per_service,
