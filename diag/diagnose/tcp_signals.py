@@ -50,7 +50,7 @@ def _mode(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
     duplicates made the same choice in about three times the time.
     """
     if not len(keys):
-        return _mode_by_pandas(keys, values, order)
+        return pd.Series(values, index=keys)  # empty, of the values' and the keys' types
     low, high = int(values.min()), int(values.max())
     span = high - low + 1
     if int(keys.min()) >= 0 and int(keys.max()) < np.iinfo(np.int64).max // span:
@@ -66,15 +66,6 @@ def _mode(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
     best = np.lexsort((first, -count, pair_key))  # per key: most frequent, then seen first
     chosen = best[np.r_[True, pair_key[best][1:] != pair_key[best][:-1]]]
     return pd.Series(pair_value[chosen], index=pair_key[chosen])
-
-
-def _mode_by_pandas(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> pd.Series:
-    """``_mode`` by a pandas grouping (kept for no keys at all, where it gives pandas' own empty Series)."""
-    frame = pd.DataFrame({"key": keys, "value": values, "order": order})
-    counted = frame.groupby(["key", "value"], sort=False).agg(count=("order", "size"), first=("order", "min"))
-    counted = counted.reset_index().sort_values(["key", "count", "first"], ascending=[True, False, True])
-    best = counted.drop_duplicates("key")
-    return pd.Series(best["value"].to_numpy(), index=best["key"].to_numpy())
 
 
 @dataclass(frozen=True)
