@@ -187,7 +187,8 @@ def format_batches(
 
 
 def _expected_rows(feed: Feed, rows_so_far: int) -> int | None:
-    """How many packets the whole file probably holds, judged from the part read so far (plain files only)."""
+    """How many packets the whole file probably holds, judged from the part read so far (files and S3 objects
+    of known size; None for a compressed stream or a pipe)."""
     if not feed.size or not feed.bytes_read:
         return None
     return int(rows_so_far * feed.size / feed.bytes_read * 1.02) + 1024
@@ -253,7 +254,7 @@ class TableBuilder:
                 grown[: self.rows] = self.columns[column][: self.rows]
             self.columns[column] = grown
         self.capacity = capacity
-        if expected_rows:  # a plain file's estimate: the rows will be written, so their pages are wanted
+        if expected_rows:  # a sized file's or S3 object's estimate: the rows will be written, so their pages are wanted
             _map_pages_ahead(list(self.columns.values()), self.rows, min(capacity, expected_rows))
 
     def link_type_name(self) -> str:
