@@ -427,7 +427,7 @@ class _Helper:
         self._done.wait()
 
     def stop(self) -> None:
-        """Let the thread end once its job is done (again: nothing more)."""
+        """Let the thread end once its current job is done; calling it again does no harm."""
         self._jobs.put(None)
 
 
