@@ -169,11 +169,15 @@ def build(profile: Profile, packets_wanted: int, seed: int) -> Packets:
     return packets.take(np.argsort(packets.ts, kind="stable"))
 
 
-def shifted(packets: Packets, point: int, rng: np.random.Generator) -> Packets:
-    """The same packets ``point`` hops further along: one TTL lower per hop, later, on another clock."""
+def clock_of(rng: np.random.Generator) -> int:
+    """A capture point's clock offset from the first point's, in nanoseconds."""
+    return int(rng.integers(-3 * 10**9, 3 * 10**9))
+
+
+def shifted(packets: Packets, point: int, rng: np.random.Generator, clock_ns: int) -> Packets:
+    """The same packets ``point`` hops further along: one TTL lower per hop, later, on the clock ``clock_ns``."""
     if point == 0:
         return packets
-    clock_ns = int(rng.integers(-3 * 10**9, 3 * 10**9))
     delay = point * 150_000 + rng.integers(0, 20_000, len(packets.ts))
     columns = dict(packets.columns)
     columns["ts"] = packets.ts + clock_ns + delay
@@ -219,13 +223,16 @@ def write_profile(
         profile = replace(profile, flows=flows)
     paths = [out_dir / (f"{name}.pcap" if points == 1 else f"{name}-p{point}.pcap") for point in range(points)]
     written = 0
+    clocks = [0] * points  # each point's clock, drawn in the first block: a file keeps one clock throughout
     for block in range(repeat):
         block_seed = seed + 1000 * block  # block 0 is the capture written without --repeat
         packets = moved(build(profile, packets_wanted, block_seed), block)
         rng = np.random.default_rng(block_seed + 7)
         written += len(packets.ts)
         for point, path in enumerate(paths):
-            size = write_pcap(path, shifted(packets, point, rng), block_seed, append=block > 0)
+            if point and block == 0:
+                clocks[point] = clock_of(rng)
+            size = write_pcap(path, shifted(packets, point, rng, clocks[point]), block_seed, append=block > 0)
             if block == repeat - 1:
                 print(f"{path}: {written:,} packets, {size / 1e6:.0f} MB")
     return paths
