@@ -5,8 +5,8 @@ resets every network has: peers aborting connections, SYNs to closed ports.
 The most *confident* finding is then almost always one of those, because an
 endpoint's own RST is the easiest thing to be sure of. The verdict must be
 the most *significant* one instead. Significance is decided in two steps,
-from the findings list alone (a pure function, so a report ranks the same
-whoever renders it):
+from the findings list alone (nothing else is read, so a report ranks the
+same whoever renders it; ``Ranking`` works it out once per report):
 
 1. **Severity class of the cause** (strict: no count lifts a finding over a
    class; ``Severity``). Resets forged in someone else's name and silent
