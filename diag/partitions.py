@@ -49,6 +49,7 @@ from diag.diagnose.connections import build_connections
 from diag.flows.copies import mix_hash
 from diag.reduction import CLIENT_PORTS, client_endpoints, text_hashes
 from diag.report import Finding
+from diag.spilledfindings import merge_order
 from diag.unionfind import find
 
 
@@ -195,13 +196,20 @@ def diagnose_part(part: pd.DataFrame, corr: Correlation, rows: np.ndarray) -> Pa
 
 def merge_findings(parts: Sequence[PartFindings]) -> list[Finding]:
     """Every part's findings in the whole run's order, each once (a boundary connection is in every part)."""
-    merged: dict[tuple[int, int, str, int, int], Finding] = {}
-    for part in parts:
-        for finding, (ts_ref, first_row) in zip(part.findings, part.order, strict=True):
-            assert finding.packet is not None
-            key = (ts_ref, first_row, finding.packet.capture, finding.packet.file, finding.packet.index)
-            merged.setdefault(key, finding)
-    return [merged[key] for key in sorted(merged)]
+    findings = [finding for part in parts for finding in part.findings]
+    order = np.array([place for part in parts for place in part.order], dtype=np.int64).reshape(-1, 2)
+    packets = []
+    for finding in findings:
+        assert finding.packet is not None  # a finding of the diagnosis has its symptom's packet
+        packets.append(finding.packet)
+    kept = merge_order(
+        order[:, 0],
+        order[:, 1],
+        np.array([packet.capture for packet in packets], dtype=object),
+        np.array([packet.file for packet in packets], dtype=np.int64),
+        np.array([packet.index for packet in packets], dtype=np.int64),
+    )
+    return [findings[position] for position in kept.tolist()]
 
 
 # A row's place in the whole stacked table, and a component's label (``diag.linking``): the point's number in

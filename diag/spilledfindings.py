@@ -9,9 +9,9 @@ diagnosis makes them (``add``), each pickled to one anonymous temporary file,
 and keeps only a small record per finding (its place in the file and what
 orders it among every part's findings). ``finish`` puts them in the whole
 run's order, each once (a connection every part holds is diagnosed in each of
-them, the same each time; ``diag.partitions.merge_findings`` does the same
-in memory), and gives a ``SpilledFindings``: a read-only sequence that reads
-a finding back when asked for it, so the ranking, the text and the JSON
+them, the same each time: ``merge_order``, which ``diag.partitions.merge_findings``
+uses for findings in memory too), and gives a ``SpilledFindings``: a read-only
+sequence that reads a finding back when asked for it, so the ranking, the text and the JSON
 document go through them one at a time. Memory is about 60 bytes a finding.
 
 The file has no name (``tempfile.TemporaryFile``): it goes when it is closed,
@@ -38,6 +38,32 @@ _KEY: Final = np.dtype(
 )
 # Findings read back at a time when the sequence is gone through in order.
 READ_AHEAD = 256
+
+
+def merge_order(
+    ts_ref: np.ndarray, first_row: np.ndarray, capture: np.ndarray, file: np.ndarray, index: np.ndarray
+) -> np.ndarray:
+    """The positions of the findings to keep, in the whole run's order: each finding once.
+
+    The findings of every part come one after another, each with the symptom's time on the reference clock,
+    its connection's first row in the whole table and its packet (point's name, file, index in the file).
+    A connection every part holds is diagnosed in each of them, the same each time: of findings with the
+    same key the first given is kept. They are ordered by that key, point names compared as text.
+    """
+    if not len(ts_ref):
+        return np.zeros(0, dtype=np.int64)
+    _, capture_rank = np.unique(capture, return_inverse=True)  # numbered as the names sort
+    columns = (ts_ref, first_row, capture_rank.reshape(-1), file, index)
+    # lexsort's last key sorts first; the position last of all keeps a repeat's first-given finding in front.
+    order = np.lexsort([np.arange(len(ts_ref)), *reversed(columns)])
+    first = np.ones(len(order), dtype=bool)
+    same = np.ones(len(order) - 1, dtype=bool)
+    for column in columns:
+        ordered = np.asarray(column)[order]
+        same &= ordered[1:] == ordered[:-1]
+    first[1:] = ~same
+    kept: np.ndarray = order[first]
+    return kept
 
 
 class SpilledFindings(Sequence[Finding]):
@@ -127,27 +153,15 @@ class FindingsWriter:
         return sum(len(sizes) for sizes in self._sizes)
 
     def finish(self) -> SpilledFindings:
-        """Every finding once, in the whole run's order (``merge_findings``'s: the first part's of a repeat)."""
+        """Every finding once, in the whole run's order (``merge_order``: the first part's of a repeat)."""
         self._file.flush()
         keys = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=_KEY)
         if not len(keys):
             return SpilledFindings(self._file, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         offsets, sizes = np.concatenate(self._offsets), np.concatenate(self._sizes)
         self._keys, self._offsets, self._sizes = [], [], []
-        # Point names compare as text, as the merge's tuples do: number them in that order.
-        by_name = np.empty(max(1, len(self._captures)), dtype=np.int32)
-        for rank, name in enumerate(sorted(self._captures)):
-            by_name[self._captures[name]] = rank
-        keys["capture"] = by_name[keys["capture"]]
-        fields = ("ts_ref", "first_row", "capture", "file", "index")
-        order = np.lexsort([keys[name] for name in ("record", *reversed(fields))])
-        keys = keys[order]
-        same = np.ones(len(keys), dtype=bool)
-        for name in fields:
-            same[1:] &= keys[name][1:] == keys[name][:-1]
-        first = ~same
-        first[0] = True
-        kept = keys["record"][first]
+        names = np.array(list(self._captures), dtype=object)[keys["capture"]]
+        kept = keys["record"][merge_order(keys["ts_ref"], keys["first_row"], names, keys["file"], keys["index"])]
         return SpilledFindings(self._file, offsets[kept], sizes[kept])
 
     def close(self) -> None:

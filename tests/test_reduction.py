@@ -233,3 +233,28 @@ def test_delay_bounds_combined_from_parts_are_those_of_all_packets() -> None:
             combined = combined.combine(part)
         assert combined == whole
         assert combined.estimate() == whole.estimate()
+
+
+def test_merge_order_keeps_the_first_given_of_each_key_in_key_order() -> None:
+    """The one ordering rule of the in-memory merge and the findings on disk, against a plain dict of tuples."""
+    from diag.spilledfindings import merge_order
+
+    rng = np.random.default_rng(5)
+    for size in (0, 1, 7, 400):
+        ts_ref = rng.integers(0, 5, size)
+        first_row = rng.integers(0, 3, size)
+        capture = np.array([["pod", "node-a", "node-b", "a"][code] for code in rng.integers(0, 4, size)], dtype=object)
+        file = rng.integers(0, 2, size)
+        index = rng.integers(0, 3, size)
+        first_given: dict[tuple[int, int, str, int, int], int] = {}
+        for position in range(size):
+            key = (
+                int(ts_ref[position]),
+                int(first_row[position]),
+                str(capture[position]),
+                int(file[position]),
+                int(index[position]),
+            )
+            first_given.setdefault(key, position)
+        expected = [first_given[key] for key in sorted(first_given)]
+        assert merge_order(ts_ref, first_row, capture, file, index).tolist() == expected
