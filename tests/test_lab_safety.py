@@ -212,7 +212,7 @@ def test_not_root_is_one_clear_line() -> None:
     script = ("import os, sys, diag.cli as cli, diag.commands.lab, diag.lab, diag.lab.inspect, tomllib; "
               "import diag.datafiles; diag.datafiles.shipped_lab_dir(); "
               "cli.COMMANDS = ('lab',); parser = cli.build_parser(); "
-              "cli.build_parser = lambda: parser; os.setgid(65534); os.setuid(65534); "
+              "cli.build_parser = lambda *_command: parser; os.setgid(65534); os.setuid(65534); "
               "sys.exit(cli.main(['lab', 'up', 'incident']))")
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True,
                             timeout=60, env={**os.environ, "HOME": "/tmp"})

@@ -54,7 +54,11 @@ class Recorded(sidebyside.BackgroundRead):
 
 
 sidebyside.BackgroundRead = Recorded
-sys.exit(main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *sys.argv[1:]]))
+status = main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *sys.argv[1:]])
+others = sorted(name for name in sys.modules if name.startswith("diag.commands.") and name not in (
+    "diag.commands.analyze", "diag.commands.options", "diag.commands.output", "diag.commands.progress"))
+print("other commands imported:", others, file=sys.stderr)
+sys.exit(status)
 """
 
 
@@ -112,6 +116,8 @@ def test_the_captures_are_read_while_pandas_and_the_analysis_load(tmp_path: Path
     result = _python(READ_STARTS, *CAPTURES)
     assert result.returncode == 0, result.stderr
     assert "pandas loaded when the read started: False" in result.stderr
+    # Only the analysis's own parser was built: no other command's module was imported for it.
+    assert "other commands imported: []" in result.stderr
     # --flow needs pandas to be parsed before the read (a typo costs no analysis): it still works.
     focused = _python(READ_STARTS, "--flow", "198.51.100.10", *CAPTURES)
     assert focused.returncode == 0, focused.stderr
@@ -207,3 +213,29 @@ def test_loading_from_the_cache_never_compiles(tmp_path: Path) -> None:
     load_from_cache([function, None, len])  # nothing cached for it: nothing loaded, nothing compiled
     assert function.overloads == {}  # type: ignore[attr-defined]
     assert not sum(function.stats.cache_misses.values())  # type: ignore[attr-defined]
+
+
+def test_each_command_word_names_the_module_that_registers_it() -> None:
+    from diag import cli
+
+    whole = cli.build_parser()
+    commands = next(action for action in whole._actions if action.dest == "command")
+    assert sorted(commands.choices) == sorted(cli.COMMAND_WORDS)  # type: ignore[arg-type]
+    for word, module in cli.COMMAND_WORDS.items():
+        alone = next(action for action in cli.build_parser(module)._actions if action.dest == "command")
+        assert list(alone.choices) == [word]  # type: ignore[arg-type]
+
+
+def test_a_command_line_without_a_known_command_gets_the_whole_parser() -> None:
+    from diag import cli
+
+    assert cli._command_of(["analyze", "pcap", "x.pcap"]) == "analyze"
+    assert cli._command_of(["run-scenario"]) == "scenario"
+    for argv in ([], ["--help"], ["--version"], ["analyse", "pcap"], ["-h", "analyze"]):
+        assert cli._command_of(argv) is None
+    # A mistyped command is told every command there is, as before.
+    result = subprocess.run(
+        [sys.executable, "-m", "diag.cli", "analyse"], capture_output=True, text=True, cwd=PROJECT, timeout=60
+    )
+    assert result.returncode == 2
+    assert "invalid choice: 'analyse'" in result.stderr and "'run-scenario'" in result.stderr
