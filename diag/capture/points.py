@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.capture.columns import PACKET_COLUMNS
+from diag.capture.digest import usable_cpus
 from diag.capture.info import CaptureInfo
 from diag.capture.location import Location, S3Object, location_of
 from diag.capture.names import DUMPCAP_RING, looks_like_capture
@@ -38,6 +40,8 @@ PointSpec = CaptureSpec | Sequence[CaptureSpec]
 # tcpdump -C numbers the files after the name it was given: pod.pcap, pod.pcap1, … (pod.pcap00 … with -W 10+).
 TCPDUMP_ROTATED = re.compile(r"^(?P<base>.+\.(?:pcapng|pcap|cap|dmp))(?P<number>\d+)(?P<gz>\.gz)?$", re.IGNORECASE)
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
+# Rows from which stacking copies on two threads: below, starting one costs more than it saves.
+THREADED_STACK_ROWS = 1 << 18
 
 
 def rotated_stem(path: Location) -> str | None:
@@ -197,19 +201,45 @@ def stack_tables(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     The categorical columns are joined apart, by ``union_categoricals``: given
     to ``pd.concat`` with categories that differ between tables, they would be
     turned into strings and back, which took most of the time of stacking
-    (11 of 26 s of a 3.2M-packet fleet's analysis).
+    (11 of 26 s of a 3.2M-packet fleet's analysis). The other columns are
+    copied into arrays made for the whole, on two threads for a large table:
+    the copy is mostly the kernel setting up the new pages (120,000 page
+    faults for four 1M-packet points), which numpy's copies do outside the
+    interpreter lock (0.33 s of ``pd.concat`` became 0.15 s).
     """
     import pandas as pd
     from pandas.api.types import union_categoricals
 
-    columns = list(PACKET_COLUMNS)
-    categorical = [column for column, (dtype, _meaning) in PACKET_COLUMNS.items() if dtype == "category"]
-    stacked = pd.concat([table[[c for c in columns if c not in categorical]] for table in tables], ignore_index=True)
-    for column in categorical:  # in column order, so each lands at its place in PACKET_COLUMNS
-        joined = union_categoricals([pd.Categorical(table[column]) for table in tables])
-        stacked.insert(columns.index(column), column, pd.Series(joined, index=stacked.index))
-    stacked.attrs = {}
-    return stacked
+    rows = sum(len(table) for table in tables)
+    data: dict[str, object] = {}
+    plain: list[str] = []
+    for column, (dtype, _meaning) in PACKET_COLUMNS.items():  # in column order: the table's
+        if dtype == "category":
+            data[column] = union_categoricals([pd.Categorical(table[column]) for table in tables])
+        else:
+            data[column] = np.empty(rows, dtype=np.result_type(*(table[column].to_numpy().dtype for table in tables)))
+            plain.append(column)
+
+    def fill(columns: Sequence[str]) -> None:
+        for column in columns:
+            target = data[column]
+            assert isinstance(target, np.ndarray)
+            start = 0
+            for table in tables:
+                values = table[column].to_numpy()
+                target[start : start + len(values)] = values
+                start += len(values)
+
+    if rows >= THREADED_STACK_ROWS and usable_cpus() >= 2:
+        helper = threading.Thread(target=fill, args=(plain[1::2],), name="diag-stack")
+        helper.start()
+        try:
+            fill(plain[0::2])
+        finally:
+            helper.join()
+    else:
+        fill(plain)
+    return pd.DataFrame(data, copy=False)
 
 
 def _first_ts(table: pd.DataFrame) -> int | None:
