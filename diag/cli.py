@@ -92,10 +92,49 @@ examples:
 """
 
 
+# Set on the parsed arguments by the innermost (sub-)parser that read them: whose usage a mistake is about.
+PARSER_PROG = "parser_prog"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with its mistakes said in one line, as every other bad input is.
+
+    argparse prints the whole usage (seven lines for ``analyze pcap``) above its message; the usage is what
+    ``--help`` is for, so the line points there. Sub-parsers are made of this class too (``add_subparsers``
+    uses the parent's), and each notes its ``prog`` on the arguments it read, so that an option no parser
+    took is reported against the command it was given to, not against ``diag`` itself.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        usage_error(self.prog, message)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if not hasattr(parsed, PARSER_PROG):  # the innermost parser returns first and is kept
+            setattr(parsed, PARSER_PROG, self.prog)
+        return parsed, extras
+
+
+def usage_error(prog: str, message: str) -> NoReturn:
+    """End with one line on stderr and exit status 2: the mistake, and where the usage is explained."""
+    print(f"{prog}: {message}; see '{prog} --help'", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_command_line(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
+    """``parser.parse_args``, with arguments no parser took reported against the command they were given to."""
+    args, extras = parser.parse_known_args(words)
+    if extras:
+        usage_error(getattr(args, PARSER_PROG, parser.prog), f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line's parser; given ``command`` (a module of ``COMMANDS``), with that command's
     sub-parser alone: the others' modules are then not even imported (see ``_command_of``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diag",
         description="Reproduce, capture and diagnose the network failures behind mysterious TCP resets.",
         epilog=EPILOG,
@@ -165,7 +204,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     _one_malloc_arena()
     words = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_of(words))
-    args = parser.parse_args(words)
+    args = parse_command_line(parser, words)
     if own_process and getattr(args, "exit_without_teardown", False):
         _reuse_freed_memory()
     if not getattr(args, "ends_startup", False):

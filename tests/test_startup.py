@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import PROJECT
 
 CAPTURES = sorted((PROJECT / "captures").glob("*.pcapng"))
@@ -239,3 +240,28 @@ def test_a_command_line_without_a_known_command_gets_the_whole_parser() -> None:
     )
     assert result.returncode == 2
     assert "invalid choice: 'analyse'" in result.stderr and "'run-scenario'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "words"),
+    [
+        (["analyze", "pcap", "--flows", "bogus", "x.pcap"], "diag analyze pcap", ["--flows", "'bogus'", "'all'"]),
+        (["analyze", "pcap", "--bogus", "x.pcap"], "diag analyze pcap", ["unrecognized arguments: --bogus"]),
+        (["analyze", "pcap"], "diag analyze pcap", ["required", "PATH"]),
+        (["analyze", "fleet", "a", "b"], "diag analyze fleet", ["unrecognized arguments: b"]),
+        (["flows", "x.pcap", "--max-memory"], "diag flows", ["--max-memory", "expected one argument"]),
+    ],
+    ids=["bad-choice", "unknown-option", "no-capture", "extra-argument", "missing-value"],
+)
+def test_a_usage_mistake_is_one_line_naming_the_command(argv: list[str], prog: str, words: list[str]) -> None:
+    """Bad usage ends as every other bad input does: one line, exit status 2, here pointing at the
+    command's own --help (argparse would print its usage above, and an unknown option against `diag`)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "diag.cli", *argv], capture_output=True, text=True, cwd=PROJECT, timeout=60
+    )
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{prog}: ") and lines[0].endswith(f"see '{prog} --help'"), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
