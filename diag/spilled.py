@@ -70,7 +70,7 @@ class FlowCounts:
     problems: Counter[str] = field(default_factory=Counter)  # problem kind -> flows
 
     def healthy_line(self) -> str:
-        """``diag.report.text.healthy_summary`` of the point's healthy flows, from their counts."""
+        """``diag.report.flowkinds.healthy_summary`` of the point's healthy flows, from their counts."""
         if not self.healthy:
             return "healthy: 0 flows"
         parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(self.states.items())]
@@ -349,6 +349,6 @@ def _problem_lines() -> int:
 
 
 def _problem_kinds(table: pd.DataFrame) -> np.ndarray:
-    from diag.report.text import problem_kinds
+    from diag.report.flowkinds import problem_kinds
 
     return np.asarray(problem_kinds(table), dtype=object)

@@ -17,7 +17,7 @@ FLOW_LIMIT = 10_000
 
 
 def problem_mask(flows: pd.DataFrame) -> np.ndarray:
-    """True for the rows with a problem the text report lists (``diag.report.text.problem_kind``), column-wise."""
+    """True for the rows with a problem the text report lists (``diag.report.flowkinds.problem_kind``), column-wise."""
     problems = np.asarray(
         (np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0)
         | (flows["conn_state"] == "S0").to_numpy()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from diag.report.flowcap import problem_mask
+from diag.report.flowkinds import healthy_summary, problem_kinds
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class CaptureFlows:
     """One capture point's flow table in numbers: what the text report says of it besides the rows it lists."""
 
     flows: int
-    problems: dict[str, int]  # problem kind (``diag.report.text.PROBLEM_ORDER``) -> flows of that kind
+    problems: dict[str, int]  # problem kind (``diag.report.flowkinds.PROBLEM_ORDER``) -> flows of that kind
     healthy: str  # the text report's summary line of the other flows ("healthy: N flows (...)")
 
     @property
@@ -50,8 +51,6 @@ class FlowDigest:
 
 def capture_flows(flows: pd.DataFrame) -> CaptureFlows:
     """The ``CaptureFlows`` of one point's whole flow table."""
-    from diag.report.text import healthy_summary, problem_kinds
-
     if flows.empty:
         return CaptureFlows(0, {}, healthy_summary(flows))
     kinds = pd.Series(problem_kinds(flows), dtype=object)
@@ -87,8 +86,6 @@ def shown_rows(flows: pd.DataFrame, problems: int, healthy: int, per_kind: int) 
     """The positions of the rows of one point's flow table the reports show: its first ``problems`` problem
     rows and first ``healthy`` healthy rows (the JSON's), and the first ``per_kind`` of each problem kind (the
     text's), in table order."""
-    from diag.report.text import problem_kinds
-
     if flows.empty:
         return np.zeros(0, dtype=np.int64)
     problem = problem_mask(flows)

@@ -25,14 +25,9 @@ import pandas as pd
 from diag.capture.info import CaptureInfo
 from diag.report import Cause, Finding, Report
 from diag.report.flowdigest import CaptureFlows
+from diag.report.flowkinds import PROBLEM_ORDER, RESET, UNANSWERED, healthy_summary, problem_kinds
+from diag.report.flowkinds import problem_kind as problem_kind  # where callers long imported it from
 from diag.report.significance import Group
-
-# Problem kinds, most urgent first; a flow is listed under the first that applies.
-RESET: Final = "reset"
-UNANSWERED: Final = "no reply"
-ONE_SIDED: Final = "one-sided"
-SYN_RETRY: Final = "SYN retried"
-PROBLEM_ORDER: Final = (RESET, UNANSWERED, ONE_SIDED, SYN_RETRY)
 
 DEFAULT_PROBLEM_LINES: Final = 20
 DEFAULT_GROUP_LINES: Final = 10
@@ -65,19 +60,6 @@ class _Style:
 def format_ts(seconds: float) -> str:
     """A capture timestamp as UTC with microseconds: ``2025-11-27 15:34:15.195866 UTC``."""
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f UTC")
-
-
-def problem_kind(flow: pd.Series) -> str | None:
-    """The most urgent problem a flow row shows, or None when it looks healthy."""
-    if len(flow["rsts"]) > 0:
-        return RESET
-    if flow["conn_state"] == "S0":
-        return UNANSWERED
-    if flow["orig_pkts"] == 0 or flow["resp_pkts"] == 0:
-        return ONE_SIDED
-    if flow["syn_retransmits"] > 0:
-        return SYN_RETRY
-    return None
 
 
 def _flow_line(flow: Mapping[Hashable, Any]) -> str:
@@ -226,22 +208,6 @@ def _capture_header(info: CaptureInfo, n_flows: int, style: _Style) -> str:
     return style.bold(header + ")")
 
 
-def healthy_summary(flows: pd.DataFrame) -> str:
-    """The summary line of a capture's healthy flows (counts by protocol and state, and tunnels)."""
-    if flows.empty:
-        return "healthy: 0 flows"
-    carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
-    carried = flows[~carrier]
-    # Counted by pandas in one grouping: iterating the text columns row by row took a tenth of a second per
-    # 100,000 flows.
-    states = carried.groupby(["proto", "conn_state"], sort=False, dropna=False).size()
-    keys = zip(states.index.get_level_values(0), states.index.get_level_values(1), strict=True)
-    parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(zip(keys, states.tolist(), strict=True))]
-    if carrier.any():  # tunnels between nodes: one-way by nature, shown apart from the traffic they carry
-        parts.append(f"{int(carrier.sum())} tunnel")
-    return f"healthy: {len(flows)} flows ({', '.join(parts)})"
-
-
 def _capture_section(
     info: CaptureInfo,
     table: pd.DataFrame,
@@ -284,23 +250,6 @@ def _capture_section(
     if show_all and len(healthy_rows):
         lines += [f"    {_flow_line(row)}" for row in table.iloc[healthy_rows].to_dict(orient="records")]
     return lines
-
-
-def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
-    """``problem_kind`` of every row of a flow table, column-wise."""
-    has_rst = np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0
-    unanswered = (flows["conn_state"] == "S0").to_numpy()
-    one_sided = ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
-    retried = (flows["syn_retransmits"] > 0).to_numpy()
-    # A tunnel (a VXLAN or Geneve carrier flow) is one-way by design and never a problem of its own.
-    carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
-    # The first kind that applies, in PROBLEM_ORDER: position 0 of _KIND_LABELS is "none".
-    choice = np.select([carrier, has_rst, unanswered, one_sided, retried], [0, 1, 2, 3, 4], default=0)
-    kinds: list[str | None] = _KIND_LABELS[choice].tolist()
-    return kinds
-
-
-_KIND_LABELS: Final = np.array([None, *PROBLEM_ORDER], dtype=object)
 
 
 def _clock_lines(report: Report) -> list[str]:

@@ -1,0 +1,68 @@
+"""Which problem a flow row shows, and the summary line of the healthy ones.
+
+The text report lists each capture's problem flows by kind (resets,
+unanswered SYNs, one-sided flows, SYN retransmissions) and sums up the rest
+in one line; a flow table too big to gather (``diag.report.flowdigest``) and
+one kept on disk (``diag.spilled``) count the same kinds and make the same
+line where the rows are.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+# Problem kinds, most urgent first; a flow is listed under the first that applies.
+RESET: Final = "reset"
+UNANSWERED: Final = "no reply"
+ONE_SIDED: Final = "one-sided"
+SYN_RETRY: Final = "SYN retried"
+PROBLEM_ORDER: Final = (RESET, UNANSWERED, ONE_SIDED, SYN_RETRY)
+
+
+def problem_kind(flow: pd.Series) -> str | None:
+    """The most urgent problem a flow row shows, or None when it looks healthy."""
+    if len(flow["rsts"]) > 0:
+        return RESET
+    if flow["conn_state"] == "S0":
+        return UNANSWERED
+    if flow["orig_pkts"] == 0 or flow["resp_pkts"] == 0:
+        return ONE_SIDED
+    if flow["syn_retransmits"] > 0:
+        return SYN_RETRY
+    return None
+
+
+def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
+    """``problem_kind`` of every row of a flow table, column-wise."""
+    has_rst = np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0
+    unanswered = (flows["conn_state"] == "S0").to_numpy()
+    one_sided = ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
+    retried = (flows["syn_retransmits"] > 0).to_numpy()
+    # A tunnel (a VXLAN or Geneve carrier flow) is one-way by design and never a problem of its own.
+    carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
+    # The first kind that applies, in PROBLEM_ORDER: position 0 of _KIND_LABELS is "none".
+    choice = np.select([carrier, has_rst, unanswered, one_sided, retried], [0, 1, 2, 3, 4], default=0)
+    kinds: list[str | None] = _KIND_LABELS[choice].tolist()
+    return kinds
+
+
+_KIND_LABELS: Final = np.array([None, *PROBLEM_ORDER], dtype=object)
+
+
+def healthy_summary(flows: pd.DataFrame) -> str:
+    """The summary line of a capture's healthy flows (counts by protocol and state, and tunnels)."""
+    if flows.empty:
+        return "healthy: 0 flows"
+    carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
+    carried = flows[~carrier]
+    # Counted by pandas in one grouping: iterating the text columns row by row took a tenth of a second per
+    # 100,000 flows.
+    states = carried.groupby(["proto", "conn_state"], sort=False, dropna=False).size()
+    keys = zip(states.index.get_level_values(0), states.index.get_level_values(1), strict=True)
+    parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(zip(keys, states.tolist(), strict=True))]
+    if carrier.any():  # tunnels between nodes: one-way by nature, shown apart from the traffic they carry
+        parts.append(f"{int(carrier.sum())} tunnel")
+    return f"healthy: {len(flows)} flows ({', '.join(parts)})"
