@@ -2,12 +2,15 @@
 
 The registry is the only place that says anything about a particular cause:
 these tests fail when a table of causes appears anywhere else in the package,
-and when a finding does not carry its cause's entry.
+when a finding does not carry its cause's entry, and when the package makes a
+finding other than from that entry (``Finding.of``).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import inspect
 import pkgutil
 import subprocess
 import sys
@@ -18,7 +21,7 @@ from conftest import PROJECT
 import diag.diagnose.causes as causes_package
 from diag.analysis import analyze
 from diag.diagnose.causes import REGISTRY, spec_of
-from diag.report import CAUSES, Cause, Severity
+from diag.report import CAUSES, Cause, Finding, Severity
 
 PACKAGE = PROJECT / "diag"
 REGISTRY_DIR = PACKAGE / "diagnose" / "causes"
@@ -79,6 +82,54 @@ def test_the_table_check_finds_the_tables_that_were_once_outside_the_registry() 
         "drawn = finding.cause is Cause.SILENT_DROP\n"  # one member where a finding is drawn: not a table
     )
     assert [line.split(":")[1] for line in _cause_tables(source, "sample")] == ["1", "2", "3"]
+
+
+def _findings_made_by_hand(source: str, name: str) -> list[str]:
+    """Where a module makes a finding other than with ``Finding.of``: a call of ``Finding`` itself, or a
+    ``replace`` giving a finding another cause, class or forged flag than the entry it was made from."""
+    found = []
+    for node in ast.walk(ast.parse(source, name)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        reclassed = {keyword.arg for keyword in node.keywords} & {"cause", "severity", "forged"}
+        if called == "Finding" or (called == "replace" and reclassed):
+            found.append((node.lineno, f"{name}:{node.lineno}: {ast.unparse(func)}(...)"))
+    return [text for _, text in sorted(found)]
+
+
+def test_every_finding_is_made_from_its_causes_entry() -> None:
+    """The class and the forged flag a finding carries are its cause's, because ``Finding.of`` is the only way
+    the package makes one: a finding written out field by field could leave them out or copy the wrong ones."""
+    found = [
+        text for path in sorted(PACKAGE.rglob("*.py"))
+        for text in _findings_made_by_hand(path.read_text(), str(path.relative_to(PROJECT)))
+    ]  # fmt: skip
+    assert not found, "findings made without Finding.of:\n" + "\n".join(found)
+
+
+def test_the_hand_made_finding_check_finds_them() -> None:
+    source = (
+        "a = Finding(cause=spec.cause, confidence=0.4, severity=spec.severity, forged=spec.forged)\n"
+        "b = model.Finding(Cause.UNKNOWN, 0.3)\n"
+        "c = dataclasses.replace(finding, cause=Cause.PEER_RESET)\n"
+        "d = replace(finding, evidence=())\n"  # the same cause with more evidence: not a new finding
+        "e = Finding.of(spec_of(Cause.UNKNOWN), confidence=0.4)\n"
+        "f = [Finding for _ in ()]\n"  # the type named, not called
+    )
+    assert [line.split(":")[1] for line in _findings_made_by_hand(source, "sample")] == ["1", "2", "3"]
+
+
+def test_finding_of_takes_the_cause_class_and_flag_from_the_entry_and_every_other_field() -> None:
+    from_entry = {"cause", "severity", "forged"}
+    others = {field.name for field in dataclasses.fields(Finding)} - from_entry
+    assert set(inspect.signature(Finding.of).parameters) == {"entry"} | others  # a new field reaches it too
+    for cause, spec in REGISTRY.items():
+        finding = Finding.of(spec, confidence=0.5, proto="tcp", client="203.0.113.1:40000", server="198.51.100.1:80",
+                             packet=None, claimed_src=None, origin=None, summary="s", evidence=("one",))  # fmt: skip
+        assert (finding.cause, finding.severity, finding.forged) == (cause, spec.severity, spec.forged)
+        assert finding.evidence == ("one",) and finding.facts[0].kind == "note"
 
 
 def test_the_report_layer_does_not_import_the_diagnosis() -> None:

@@ -76,8 +76,8 @@ def elb_reset_findings(inventory: Inventory, metrics: MetricsWindow) -> list[Fin
         timeout_text = " / ".join(f"{t} s" for t in timeouts) or f"{NLB_TCP_IDLE_TIMEOUT_S} s"
         spec = spec_of(Cause.IDLE_TIMEOUT)
         findings.append(
-            Finding(
-                cause=spec.cause,
+            Finding.of(
+                spec,
                 confidence=0.4,
                 proto="tcp",
                 client="*",
@@ -99,8 +99,6 @@ def elb_reset_findings(inventory: Inventory, metrics: MetricsWindow) -> list[Fin
                     "raise the listener's tcp.idle_timeout.seconds (60 to 6000 s): idle flows then hold "
                     "load balancer state longer",
                 ),
-                severity=spec.severity,
-                forged=spec.forged,
             )
         )
     return findings
@@ -176,8 +174,8 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
             continue
         spec = spec_of(Cause.ASYMMETRIC_RETURN)
         result.append(
-            Finding(
-                cause=spec.cause,
+            Finding.of(
+                spec,
                 confidence=best.confidence,
                 proto="tcp",
                 client=f"{best.client}:{best.client_port}",
@@ -194,8 +192,6 @@ def confirm_with_flow_logs(findings: list[Finding], forged: list[ForgedReset], i
                     "make replies leave through the node that received the request (externalTrafficPolicy: Local, "
                     "ip targets, or CONNMARK return routing), or SNAT forwarded connections (loses the client address)",
                 ),
-                severity=spec.severity,
-                forged=spec.forged,
             )
         )
     return result

@@ -141,8 +141,8 @@ def asymmetric_return_finding(path: ExposedPath, inventory: Inventory) -> Findin
         f"NAT gateway {path.nat_gateway_id}, posing as the client"
     )
     spec = spec_of(Cause.ASYMMETRIC_RETURN)
-    return Finding(
-        cause=spec.cause,
+    return Finding.of(
+        spec,
         confidence=confidence,
         proto=proto,
         client="*",
@@ -154,8 +154,6 @@ def asymmetric_return_finding(path: ExposedPath, inventory: Inventory) -> Findin
         evidence=tuple(evidence),
         ruled_out=tuple(_ruled_out(path)),
         fixes=tuple(fixes_for(group, listener)),
-        severity=spec.severity,
-        forged=spec.forged,
     )
 
 

@@ -71,8 +71,8 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
     # Every line becomes a fact (sentences not yet broken into values as notes); the evidence is their rendering.
     facts = [line if isinstance(line, Fact) else note(line) for line in verdict.evidence]
     facts.append(captures)
-    return Finding(
-        cause=verdict.cause,
+    return Finding.of(
+        spec,
         confidence=round(min(verdict.confidence, 0.97), 3),
         proto="tcp" if proto == TCP else "udp",
         client=client,
@@ -85,6 +85,4 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         # Every cause the facts exclude (each cause's ``excluded_by``), from the facts alone.
         ruled_out=ruled_out(verdict.cause, facts),
         fixes=spec.fixes,
-        severity=spec.severity,
-        forged=spec.forged,
     )

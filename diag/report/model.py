@@ -88,6 +88,20 @@ class PacketRef:
         return {"capture": self.capture, "index": self.index, "frame": self.frame, "file": name, "ts": self.ts}
 
 
+class CauseEntry(Protocol):
+    """What a finding takes from its cause's entry in the registry (``diag.diagnose.causes.spec.CauseSpec``,
+    above this layer, is one): the cause, its class in the ranking and whether its RST is forged."""
+
+    @property
+    def cause(self) -> Cause: ...
+
+    @property
+    def severity(self) -> Severity: ...
+
+    @property
+    def forged(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class RuledOut:
     cause: Cause
@@ -99,11 +113,13 @@ class Finding:
     """One symptom (a RST, an unanswered SYN or datagram) and the verdict on its cause.
 
     ``severity`` and ``forged`` are what the cause's registry entry declares
-    (``CauseSpec.severity``, ``CauseSpec.forged``), set by whoever makes the
-    finding from that entry: the ranking, the plots and the live watch read
-    them here, below the diagnosis, and never from a table of causes of their
-    own. Neither is in the JSON document (its verdict and groups are where
-    they show).
+    (``CauseSpec.severity``, ``CauseSpec.forged``): the ranking, the plots and
+    the live watch read them here, below the diagnosis, and never from a table
+    of causes of their own. Neither is in the JSON document (its verdict and
+    groups are where they show). The package makes every finding with
+    ``Finding.of``, from the entry, so the cause, its class and its forged
+    flag cannot disagree (tests/test_causes.py fails on a ``Finding(...)``
+    written anywhere else).
     """
 
     cause: Cause
@@ -129,6 +145,44 @@ class Finding:
             object.__setattr__(self, "evidence", render_all(self.facts))
         elif self.evidence and not self.facts:
             object.__setattr__(self, "facts", tuple(note(line) for line in self.evidence))
+
+    @classmethod
+    def of(
+        cls,
+        entry: CauseEntry,
+        *,
+        confidence: float,
+        proto: str,
+        client: str,
+        server: str,
+        packet: PacketRef | None,
+        claimed_src: str | None,
+        origin: str | None,
+        summary: str,
+        evidence: tuple[str, ...] = (),
+        ruled_out: tuple[RuledOut, ...] = (),
+        fixes: tuple[str, ...] = (),
+        facts: tuple[Fact, ...] = (),
+    ) -> Finding:
+        """A finding of ``entry``'s cause (its registry entry, ``diag.diagnose.causes.spec_of(cause)``), with the
+        class and the forged flag the entry declares; the rest is the finding's own."""
+        return cls(
+            cause=entry.cause,
+            confidence=confidence,
+            proto=proto,
+            client=client,
+            server=server,
+            packet=packet,
+            claimed_src=claimed_src,
+            origin=origin,
+            summary=summary,
+            evidence=evidence,
+            ruled_out=ruled_out,
+            fixes=fixes,
+            facts=facts,
+            severity=entry.severity,
+            forged=entry.forged,
+        )
 
     def to_json(self, files: tuple[str, ...] = ()) -> dict[str, Any]:
         """The finding's JSON object; ``files`` are its capture point's files, to name the packet's one."""

@@ -2,9 +2,10 @@
 
 The registry is the one place that says anything about a particular cause:
 its rules, its severity class in the verdict's ranking, whether its RST is
-forged, its fixes, what rules it out. The diagnosis copies the severity and
-the forged flag onto every finding it makes, so the report and the plots,
-which sit below the diagnosis and cannot read the registry, get them as data.
+forged, its fixes, what rules it out. Every finding is made from its cause's
+entry (``Finding.of(spec_of(cause), ...)``), which sets the severity and the
+forged flag on it, so the report and the plots, which sit below the diagnosis
+and cannot read the registry, get them as data.
 
 Adding a cause is one module here (named after the cause, ``-`` as ``_``),
 one test and one row of the cause table in docs/analyze.md, and one line

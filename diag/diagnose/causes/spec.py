@@ -43,10 +43,10 @@ class CauseSpec:
     rules it in or out.
 
     ``severity`` is its class in the verdict's ranking (``diag.report.significance``)
-    and ``forged`` says its RST is made by a box in someone else's name; the
-    diagnosis sets both on every finding of the cause (``Finding.severity``,
-    ``Finding.forged``), which is how the report and the plots, below the
-    diagnosis, know them. ``absence`` says its symptom is something that never
+    and ``forged`` says its RST is made by a box in someone else's name; every
+    finding of the cause is made from its spec (``Finding.of(spec, ...)``),
+    which sets both on it (``Finding.severity``, ``Finding.forged``): that is
+    how the report and the plots, below the diagnosis, know them. ``absence`` says its symptom is something that never
     came (an answer): a live watch waits a retransmission's time before it is
     sure of it.
 
