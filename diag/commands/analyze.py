@@ -17,12 +17,12 @@ from diag.errors import DiagError
 from diag.gcpause import end_startup
 
 if TYPE_CHECKING:
-    from diag.analysis import ProgressHook
     from diag.capture.filter import Node as FilterNode
     from diag.capture.location import Location
     from diag.cluster import ClusterSpec
     from diag.report import Report
     from diag.report.focus import FlowSelector
+    from diag.stages import ProgressHook
 
 HELP = "analyze existing captures"
 PCAP_HELP = "diagnose pcap/pcapng captures of the same traffic taken at one or more points"
@@ -36,7 +36,11 @@ answered, and what would fix it.
 Each PATH may be prefixed with NAME= to say where it was captured (the
 vantage point: client, node-a, node-b, pod, natgw, ...). Findings and the flow
 table refer to captures by these names. Without NAME= the file's stem is used
-(pod.pcap.gz -> pod). Names must be unique.
+(pod.pcap.gz -> pod). One point may be several files, read in time order: a
+NAME given again (pod=a.pcap pod=b.pcap), a directory (pod=DIR), a quoted
+glob ('pod=ring.pcap*') or unnamed rotated files (pod.pcap pod.pcap1 ...,
+as tcpdump -C writes them); two different files whose stems are the same are
+refused. '-' is standard input (tcpdump -w - | diag analyze pcap pod=-).
 
 A PATH may be an object in S3, s3://BUCKET/KEY, read as a stream (never
 downloaded whole). Credentials, region and endpoint come from boto3's
@@ -166,13 +170,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="ADDR[:PORT]",
         help="report (and --plot) only the connections to or from this endpoint, as seen at any capture point",
     )
-    common.add_argument("--force", action="store_true", help="replace existing --json and --plot files")
+    common.add_argument("--force", action="store_true", help="replace existing --json, --plot and --export files")
     common.add_argument(
         "--export",
         type=Path,
         metavar="DIR",
         help="also write the packets, flows and matches tables to DIR as NAME.parquet and NAME.csv "
-        "(existing files are kept unless --force)",
+        "(an existing file is refused unless --force)",
     )
     common.add_argument(
         "--flows",
@@ -218,7 +222,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pcap.add_argument(
-        "captures", nargs="+", metavar="[NAME=]PATH", help="a capture file or s3://BUCKET/KEY object, optionally named"
+        "captures", nargs="+", metavar="[NAME=]PATH",
+        help="a capture file, a directory of one point's files, '-' (standard input) or an s3://BUCKET/KEY object, "
+        "optionally named",
     )
     # Both end the process without freeing their tables when run as the process's command (diag.cli.main),
     # and say when their modules are loaded (diag.gcpause.end_startup).

@@ -21,7 +21,9 @@ HELP = "write the flow table of each capture point as Zeek's conn.log, CSV, Parq
 
 DESCRIPTION = """\
 Read captures and write their flow table, one file per capture point: one row
-per TCP or UDP connection with Zeek's history letters and connection state.
+per TCP, UDP or ICMP connection with Zeek's history letters and connection
+state. Each PATH is named as in 'diag analyze pcap' (NAME=, several files of one
+point, a directory, '-' for standard input, s3://BUCKET/KEY).
 
   conn.log  Zeek's TSV log, header lines and all, for zeek-cut and the tools
             that read Zeek logs (fields diag does not compute are '-')
@@ -56,12 +58,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("captures", nargs="+", metavar="[NAME=]PATH", help="a capture file, optionally named")
+    parser.add_argument(
+        "captures", nargs="+", metavar="[NAME=]PATH",
+        help="a capture file, a directory of one point's files, '-' (standard input) or an s3://BUCKET/KEY "
+        "object, optionally named",
+    )  # fmt: skip
     # Checked in run() rather than with choices=, so a wrong format is one line, not a usage screen.
     parser.add_argument("--format", metavar="FORMAT", help="conn.log, csv, parquet or json (required)")
-    parser.add_argument("-o", "--output", type=Path, metavar="DIR", help="write one file per capture point here")
+    parser.add_argument(
+        "-o", "--output", type=Path, metavar="DIR",
+        help="write one file per capture point here (default: the one point's file on stdout)",
+    )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="replace output files that already exist")
-    add_max_memory(parser)
+    add_max_memory(parser, analysis=False)
     parser.set_defaults(func=run)
 
 
