@@ -2,7 +2,9 @@
 
 The pipeline after reading is pure: concatenate the packet tables (the
 ``capture`` column keeps them apart), build the flow table, correlate the
-same packets across capture points, and diagnose every reset and lost reply.
+same packets across capture points, and diagnose every reset and lost reply
+(``diag.stages.report_of``). Captures whose packets would not all fit in the
+memory budget are analysed in passes instead (``diag.passes``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, nullcontext
 
 import pandas as pd
 
@@ -25,32 +26,18 @@ from diag.capture.points import CaptureSpec, PointSpec, concat_packets, merge_po
 from diag.capture.points import group_points as group_points
 from diag.capture.points import parse_capture_args as parse_capture_args
 from diag.capture.sidebyside import BackgroundRead, info_of, read_files
-from diag.correlate import Correlation, correlate
+from diag.correlate import Correlation
 from diag.correlate.match import correlate_in_steps
-from diag.diagnose import diagnose
 from diag.diagnose.connections import PacketLinks, packet_links
 from diag.flows import build_flows
-from diag.gcpause import collector_paused
 from diag.memory import MemoryBudgetError, current_budget
-from diag.report import Finding, Report
+from diag.report import Report
+from diag.stages import ProgressHook, in_stage, report_of
 
-# Called as hook(stage, detail) when a stage of the analysis starts: "read"
-# once per capture (detail: its name, path and size), then "flows",
-# "correlate" and "diagnose" (detail: how much there is to do). The context it
-# returns is held while the stage runs, so a command line can show a spinner
-# or a progress line; the analysis itself never writes to a terminal.
-ProgressHook = Callable[[str, str], AbstractContextManager[object]]
-STAGES = ("read", "flows", "correlate", "diagnose")
-# Findings from the stacked packet table and its correlation (``diagnose``'s, or one that spreads the work).
-Diagnoser = Callable[[pd.DataFrame, Correlation], Sequence[Finding]]
 # Reads (name, path) pairs into one packet table and CaptureInfo per point, as ``read_captures`` does.
 CaptureReader = Callable[
     [Sequence[tuple[str, Location]], ProgressHook | None], tuple[list[pd.DataFrame], list[CaptureInfo]]
 ]
-
-
-def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
-    return progress(stage, detail) if progress else nullcontext()
 
 
 def read_captures(
@@ -121,7 +108,7 @@ def analyze(
         limit = current_budget().limit
         if reader is not None or limit is None:
             raise
-        # Every packet at once would not fit: read the files in passes instead (diag.passes).
+        # Every packet at once would not fit: read the files in passes instead (diag.passes, imported only then).
         from diag.passes import analyze_in_passes
 
         return analyze_in_passes(pairs, limit, progress, tree, refusal=error)
@@ -133,13 +120,43 @@ def analyze(
         packets = filter_packets(packets, tree).reset_index(drop=True)
     # The correlation needs only the packets: it runs on a thread of its own while the flow table is built. Both
     # spend much of their time in compiled loops that let go of the interpreter lock, so on two cores they overlap.
-    # The flow table takes less time than the correlation: this thread then reads what linking the diagnosis's
-    # connections needs of the packets alone (their per-point flow keys) before it waits.
-    correlating = _Correlating(packets)
-    with _stage(progress, "flows", f"{len(packets):,} packets"):
+    # Whichever of the two is done first then reads what linking the diagnosis's connections needs of the
+    # packets alone (their per-point flow keys), see _FirstFree.
+    linking = _FirstFree(lambda: packet_links(packets))
+    correlating = _Correlating(packets, linking)
+    with in_stage(progress, "flows", f"{len(packets):,} packets"):
         flows = build_flows(packets)
-        links = packet_links(packets)
-    return report_of(packets, flows, infos, progress, correlating=correlating, links=links)
+        linking.run_unless_taken()
+    return report_of(packets, flows, infos, progress, correlating=correlating, links=linking.result())
+
+
+class _FirstFree:
+    """Work that either of two threads may do: the first to be free for it runs it, the other waits for it.
+
+    What linking the diagnosis's connections needs of the packets alone (``packet_links``) comes after
+    both the flow table and the correlation's per-row step: on a single capture the correlation is done
+    first (its thread then links while this one still builds flows), on several the flow table is (this
+    thread links).
+    """
+
+    def __init__(self, work: Callable[[], PacketLinks]) -> None:
+        self._work: Callable[[], PacketLinks] | None = work
+        self._claim = threading.Lock()
+        self._done: Future[PacketLinks] = Future()
+
+    def run_unless_taken(self) -> None:
+        with self._claim:
+            work, self._work = self._work, None
+        if work is None:
+            return
+        try:
+            self._done.set_result(work())
+        except BaseException as error:  # raised again by result(), in the thread that waits
+            self._done.set_exception(error)
+
+    def result(self) -> PacketLinks:
+        self.run_unless_taken()  # nobody took it yet (the correlation failed): done here
+        return self._done.result()
 
 
 class _Correlating:
@@ -148,17 +165,19 @@ class _Correlating:
     It hands over in two steps (``diag.correlate.match.CorrelationSteps``): ``for_diagnosis`` as soon as
     the per-row results are known, then ``result``, the whole correlation, once the thread has built the
     match, path and NAT tables, which the diagnosis does not read: on two cores they are built beside it.
+    Between the two, the thread links the packets (``linking``) unless the flow table was done first.
     """
 
-    def __init__(self, packets: pd.DataFrame) -> None:
+    def __init__(self, packets: pd.DataFrame, linking: _FirstFree) -> None:
         self._rows: Future[Correlation] = Future()
         self._whole: Future[Correlation] = Future()
-        threading.Thread(target=self._run, args=(packets,), name="diag-correlate", daemon=True).start()
+        threading.Thread(target=self._run, args=(packets, linking), name="diag-correlate", daemon=True).start()
 
-    def _run(self, packets: pd.DataFrame) -> None:
+    def _run(self, packets: pd.DataFrame, linking: _FirstFree) -> None:
         try:
             steps = correlate_in_steps(packets)
             self._rows.set_result(steps.for_diagnosis)
+            linking.run_unless_taken()  # the tables below wait: the diagnosis needs the links first
             self._whole.set_result(steps.finish())
         except BaseException as error:  # raised again by the waits, in the thread that waits
             for future in (self._rows, self._whole):
@@ -171,42 +190,3 @@ class _Correlating:
     def result(self) -> Correlation:
         return self._whole.result()
 
-
-def report_of(
-    packets: pd.DataFrame,
-    flows: pd.DataFrame,
-    infos: Sequence[CaptureInfo],
-    progress: ProgressHook | None = None,
-    diagnoser: Diagnoser | None = None,
-    packets_read: int | None = None,
-    correlating: _Correlating | None = None,
-    links: PacketLinks | None = None,
-) -> Report:
-    """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
-
-    ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``), the flow
-    tables built where the points were read, and a ``diagnoser`` that diagnoses connection partitions on
-    the workers (``diag.partitions``); the result is the same as on every packet in one process.
-    ``diag.passes`` calls it with the candidates it kept of ``packets_read`` packets. ``correlating``: the
-    correlation of ``packets``, already started (``analyze`` runs it beside the flow table), waited for here;
-    ``links``: ``diag.diagnose.connections.packet_links(packets)``, made meanwhile (for ``diagnose`` only).
-    """
-    kept = f"{len(packets):,}" if packets_read is None else f"{len(packets):,} of {packets_read:,}"
-    with _stage(progress, "correlate", f"{kept} packets at {len(infos)} point(s)"):
-        correlation = correlate(packets) if correlating is None else correlating.for_diagnosis()
-    with _stage(progress, "diagnose", f"{len(flows):,} flows"), collector_paused():
-        findings = (
-            diagnose(packets, flows, correlation, links=links) if diagnoser is None else diagnoser(packets, correlation)
-        )
-        if correlating is not None:
-            correlation = correlating.result()  # its tables, built beside the diagnosis
-    return Report(
-        captures=list(infos),
-        packets=packets,
-        flows=flows,
-        findings=findings,
-        matches=correlation.matches,
-        clock_reference=correlation.reference,
-        clock_offsets=dict(correlation.offsets),
-        warnings=[f"{info.path}: {message}" for info in infos for message in info.warnings],
-    )
