@@ -376,6 +376,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     _one_line_error(run_diag("flows", "captures/client.pcapng", "--format", "csv", "-o", tmp_path / "file"))
 
 
+def test_a_cut_capture_is_written_with_warnings_saying_what_was_skipped(tmp_path: Path) -> None:
+    """flows warns as analyze does: the count, and where the file was cut (not a count alone)."""
+    whole = (PROJECT / "captures" / "pod-b.pcapng").read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(whole[:-20])  # the last block loses its end
+    flows = run_diag("flows", cut, "--format", "csv")
+    analysis = run_diag("analyze", "pcap", "--json", "/dev/null", cut)
+    assert flows.returncode == analysis.returncode == 0, (flows.stderr, analysis.stderr)
+    lines = flows.stderr.decode().splitlines()
+    assert lines and all(line.startswith(f"diag: warning: {cut}: ") for line in lines), lines
+    assert re.search(r"read \d+ packets, skipped 1 record \(1 problem\)$", lines[0]), lines[0]
+    assert len(lines) == 2 and "ends" in lines[1], lines  # what was skipped, and where
+    assert lines == analysis.stderr.decode().splitlines()
+    assert flows.stdout.count(b"\n") > 1  # the flows that could be read were written
+
+
 def test_existing_outputs_are_kept_unless_force(tmp_path: Path) -> None:
     target = tmp_path / "client.conn.log"
     target.write_text("mine\n")

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diag.commands.capturewarnings import print_capture_warnings
 from diag.commands.options import add_max_memory
 from diag.errors import DiagError
 from diag.gcpause import end_startup
@@ -127,7 +128,6 @@ exit status:
      unreachable scheduler
 """
 
-WARNINGS_PER_CAPTURE = 3
 # What the stages after reading would load on first use, loaded instead while the captures are being read
 # (see _ready_the_stages_after_reading): the compiled loops they call first, by module...
 LOOPS_AFTER_READING = {
@@ -251,24 +251,6 @@ def _check_output_path(target: str, inputs: list[Location]) -> None:
     for path in inputs:
         if exists_quietly(path) and path.resolve() == resolved:
             raise DiagError(f"{target}: is one of the input captures; choose another output file")
-
-
-def _print_warnings(report: Report) -> None:
-    for info in report.captures:
-        if not info.warnings and not info.skipped:
-            continue
-        print(
-            f"diag: warning: {info.path}: read {info.packets} packets, skipped {info.skipped} records "
-            f"({len(info.warnings)} problems)",
-            file=sys.stderr,
-        )
-        for message in info.warnings[:WARNINGS_PER_CAPTURE]:
-            print(f"diag: warning: {info.path}: {message}", file=sys.stderr)
-        if len(info.warnings) > WARNINGS_PER_CAPTURE:
-            print(
-                f"diag: warning: {info.path}: ... and {len(info.warnings) - WARNINGS_PER_CAPTURE} more",
-                file=sys.stderr,
-            )
 
 
 def _analyze_here(
@@ -425,7 +407,7 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Locatio
                     report = analyze_on(
                         client, pairs, progress=progress, packet_filter=packet_filter, whole_tables=whole
                     )
-    _print_warnings(report)
+    print_capture_warnings(report.captures)
     store = report.flow_store
     if store is not None and (args.flows == "all" or args.export or args.plot):
         # These use every flow row: the table an analysis in passes kept on disk is read back whole.

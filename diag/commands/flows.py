@@ -9,13 +9,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diag.commands.capturewarnings import print_capture_warnings
 from diag.commands.options import add_max_memory
 from diag.errors import DiagError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from diag.capture.info import CaptureInfo
 
 HELP = "write the flow table of each capture point as Zeek's conn.log, CSV, Parquet or JSON"
 
@@ -123,15 +122,6 @@ def render(flows: pd.DataFrame, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def _warn(infos: list[CaptureInfo]) -> None:
-    for info in infos:
-        if info.skipped or info.warnings:
-            print(
-                f"diag: warning: {info.path}: read {info.packets} packets, skipped {info.skipped} records",
-                file=sys.stderr,
-            )
-
-
 def run(args: argparse.Namespace) -> int:
     from diag.analysis import parse_capture_args, read_captures
     from diag.capture.points import concat_packets
@@ -167,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         if limit is None:
             raise
         flows, infos = flows_in_passes(pairs, limit, refusal=error)
-    _warn(infos)
+    print_capture_warnings(infos)
     per_point = point_flows(flows, points)
 
     if args.output is None:
