@@ -77,13 +77,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("sources", nargs="+", metavar="[NAME=]SOURCE", help="interface, IFACE@NETNS, '-' or FIFO")
     parser.add_argument("--window", type=_positive, default=30.0, metavar="SECONDS",
                         help="packets older than this (per point) are forgotten (default 30)")
-    parser.add_argument("--netns", metavar="NS", help="network namespace of interface sources given without @NETNS")
-    parser.add_argument("--json-lines", metavar="FILE", help="one JSON object per finding ('-': stdout)")
+    parser.add_argument("--netns", metavar="NS",
+                        help="network namespace of interface sources given without @NETNS (default: this one)")
+    parser.add_argument("--json-lines", metavar="FILE",
+                        help="also write one JSON object per finding to FILE ('-': stdout, instead of the text)")
     parser.add_argument("--duration", type=_positive, metavar="SECONDS",
-                        help="stop after this long (analyze what came, exit 0)")
+                        help="stop after this long (analyze what came, exit 0; default: until every source ends "
+                        "or Ctrl-C)")
     parser.add_argument("--kernel", action="store_true",
-                        help="tag each RST with the kernel's own account (tracefs; root)")
-    parser.add_argument("--quiet", action="store_true", help="no notes about the sources on stderr")
+                        help="tag each RST with the kernel's own account (tracefs; root; default: off)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no notes about the sources on stderr (findings are still printed)")
     parser.set_defaults(func=run)
 
 
