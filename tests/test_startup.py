@@ -56,8 +56,8 @@ class Recorded(sidebyside.BackgroundRead):
 
 sidebyside.BackgroundRead = Recorded
 status = main(["analyze", "pcap", "--json", "/dev/null", "--force", "--quiet", *sys.argv[1:]])
-others = sorted(name for name in sys.modules if name.startswith("diag.commands.") and name not in (
-    "diag.commands.analyze", "diag.commands.options", "diag.commands.output", "diag.commands.progress"))
+from diag.cli import COMMANDS
+others = sorted(name for name in COMMANDS if name != "analyze" and f"diag.commands.{name}" in sys.modules)
 print("other commands imported:", others, file=sys.stderr)
 sys.exit(status)
 """
