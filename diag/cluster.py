@@ -44,10 +44,10 @@ if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client, Future
 
-    from diag.analysis import Diagnoser, ProgressHook
     from diag.capture.filter import Node as FilterNode
     from diag.correlate import Correlation
     from diag.report import Finding, Report
+    from diag.stages import Diagnoser, ProgressHook
     from diag.taskgraph import PointCandidates
 
 # The analysis itself (diag.taskgraph and what it imports) is loaded when a cluster is used: the command line

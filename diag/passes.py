@@ -53,7 +53,7 @@ import gc
 import math
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +62,6 @@ import numpy as np
 import pandas as pd
 import pyarrow
 
-from diag.analysis import report_of
 from diag.capture.columns import PACKET_COLUMNS
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets
@@ -78,11 +77,12 @@ from diag.memory import BYTES_PER_PACKET, MemoryBudgetError, format_size
 from diag.report import Report
 from diag.spilled import ORDER, SpilledFlows, sorted_order
 from diag.spilledfindings import FindingsWriter
+from diag.stages import in_stage, report_of
 
 if TYPE_CHECKING:
-    from diag.analysis import Diagnoser, ProgressHook
     from diag.correlate import Correlation
     from diag.report import Finding
+    from diag.stages import Diagnoser, ProgressHook
 
 # Memory per flow held in memory: its row of the flow table (about 390 bytes deep, measured) and its share
 # of the merge of the partitions' rows.
@@ -139,10 +139,6 @@ def _give_back_freed_memory() -> None:
     pyarrow.default_memory_pool().release_unused()
     with suppress(OSError, AttributeError):  # not glibc: its allocator decides alone
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _stage(progress: ProgressHook | None, stage: str, detail: str) -> AbstractContextManager[object]:
-    return progress(stage, detail) if progress else nullcontext()
 
 
 def chunk_rows_for(limit: int) -> int:
@@ -296,7 +292,7 @@ def _first_pass(
     for file in files:
         size = capture_size(file.path)
         detail = f"{file.name} ({file.path}, {size / 1e6:.0f} MB), pass 1" if size else f"{file.name} ({file.path})"
-        with _stage(progress, "read", detail):
+        with in_stage(progress, "read", detail):
             for chunk, start in _read_file(file, limit, tree):
                 if start == 0 and len(chunk) >= MIN_CHUNK_ROWS and not (chunk["cap_len"].to_numpy() > 0).any():
                     # Thousands of records without a byte: not traffic, and no number of passes makes it fit.
@@ -485,7 +481,7 @@ def _flow_partitions(
     candidates = _Candidates()
     for number, group in enumerate(groups):
         rows = sum(packets.rows[bucket] for bucket in group)
-        with _stage(progress, "flows", f"partition {number + 1} of {len(groups)}: flows of {rows:,} packets"):
+        with in_stage(progress, "flows", f"partition {number + 1} of {len(groups)}: flows of {rows:,} packets"):
             read = packets.read(group)
             if read is not None:
                 table, meta, order = placing.placed(*read)
@@ -513,7 +509,7 @@ def diagnosis_parts(candidates: int, limit: int) -> int:
 
 
 def _diagnoser(parts: int) -> Diagnoser | None:
-    """``diag.analysis.report_of``'s diagnosis in ``parts`` connection partitions one at a time (None: whole)."""
+    """``diag.stages.report_of``'s diagnosis in ``parts`` connection partitions one at a time (None: whole)."""
     if parts <= 1:
         return None
 
@@ -615,7 +611,7 @@ def analyze_in_passes(
             _first_pass(files, limit, progress, tree, survey, packets, refusal, packet_buckets)
             orders = _order_files(files)
             total = sum(file.rows for file in files)
-            with _stage(progress, "flows", f"candidates among {total:,} packets ({survey.spilled_rows:,} keys)"):
+            with in_stage(progress, "flows", f"candidates among {total:,} packets ({survey.spilled_rows:,} keys)"):
                 choice = survey.choose(orders, _bucket_rows(limit))
             flows_seen = survey.nodes_seen
             del survey

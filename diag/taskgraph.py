@@ -32,7 +32,6 @@ the graph for any number of partitions that way, without a cluster).
 
 from __future__ import annotations
 
-import contextlib
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from diag.analysis import Diagnoser, ProgressHook, group_points, read_file, report_of
+from diag.analysis import group_points, read_file
 from diag.capture.filter import Node as FilterNode
 from diag.capture.filter import filter_packets, parse_filter
 from diag.capture.info import CaptureInfo
@@ -73,6 +72,7 @@ from diag.report import Report
 from diag.report.flowcap import FLOW_LIMIT
 from diag.report.flowdigest import CaptureFlows, FlowDigest, capture_flows, json_quota, shown_rows
 from diag.report.text import DEFAULT_PROBLEM_LINES
+from diag.stages import Diagnoser, ProgressHook, in_stage, report_of
 
 
 class Runner(Protocol):
@@ -277,7 +277,7 @@ def _read_points(
 ) -> _Points:
     points = group_points(pairs)
     detail = f"{len(pairs)} files of {len(points)} point(s) in {runner.partitions()} partition(s)"
-    with _stage(progress, "read", detail):
+    with in_stage(progress, "read", detail):
         parts, blames = [], []
         for name, files in points.items():
             reads = [
@@ -324,7 +324,7 @@ def gather_candidates(
     tables themselves: ``--export``, ``--plot``, ``--flow``, ``--flows all``)."""
     tree = parse_filter(packet_filter) if isinstance(packet_filter, str) else packet_filter
     points = _read_points(runner, pairs, tree, progress)
-    with _stage(progress, "candidates", "link keys shuffled across points, candidate packets gathered"):
+    with in_stage(progress, "candidates", "link keys shuffled across points, candidate packets gathered"):
         shared = _shared_keys(runner, points)
         candidates = [
             runner.submit(point_candidates, part, *shared, name="candidates", blame=blame)
@@ -349,7 +349,7 @@ def run_analysis(
     points = _read_points(runner, pairs, tree, progress)
     partitions = runner.partitions()
     everything = "the correlation of every point's candidates"
-    with _stage(progress, "candidates", "link keys shuffled across points, candidate packets chosen"):
+    with in_stage(progress, "candidates", "link keys shuffled across points, candidate packets chosen"):
         shared = _shared_keys(runner, points)
         shares = [
             runner.submit(point_share, part, number, *shared, name="candidates", blame=blame)
@@ -363,7 +363,7 @@ def run_analysis(
         )
     kept = sum(fact.candidates for fact in facts)
     read = sum(fact.read for fact in facts)
-    with _stage(
+    with in_stage(
         progress, "correlate", f"{kept:,} of {read:,} packets at {len(facts)} point(s), {partitions} partition(s)"
     ):
         labels = _link(runner, shares, points.blames, partitions)
@@ -390,7 +390,7 @@ def run_analysis(
         present = [fact.info.name for fact in facts if fact.candidates]
         reference, offsets = offsets_from_bounds(combine_bounds(bounds), points.names, present)
     flows = sum(fact.flows.flows for fact in facts)
-    with _stage(progress, "diagnose", f"{flows:,} flows in {partitions} partition(s)"):
+    with in_stage(progress, "diagnose", f"{flows:,} flows in {partitions} partition(s)"):
         findings = merge_findings(
             runner.gather([runner.submit(diagnose_partition, part, offsets, name="diagnose", blame=everything)
                            for part in parts])
@@ -474,7 +474,3 @@ def _renumbered(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
             )
             offset += len(flows)
     return pd.concat(kept, ignore_index=True) if kept else empty_flows()
-
-
-def _stage(progress: ProgressHook | None, stage: str, detail: str) -> contextlib.AbstractContextManager[object]:
-    return progress(stage, detail) if progress else contextlib.nullcontext()

@@ -25,7 +25,7 @@ from diag.capture.source import capture_size, is_file_quietly
 if TYPE_CHECKING:
     import pandas as pd
 
-# diag.analysis.ProgressHook: hook(stage, detail) -> a context held while the stage runs.
+# diag.stages.ProgressHook: hook(stage, detail) -> a context held while the stage runs.
 Progress = Callable[[str, str], AbstractContextManager[object]]
 FileRead = tuple["pd.DataFrame", CaptureInfo]
 

@@ -1,6 +1,6 @@
 """Progress of a long analysis on stderr: one line per stage, shown only on a terminal and only when slow.
 
-The analysis calls a ``ProgressHook`` (``diag.analysis``) as each stage
+The analysis calls a ``ProgressHook`` (``diag.stages``) as each stage
 starts; this module is the command line's hook, drawn with ``rich``. Nothing
 is drawn during the first ``PROGRESS_AFTER_S`` seconds, so a quick analysis
 prints exactly what it always did, and the lines are erased when the analysis
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from diag.analysis import ProgressHook
+    from diag.stages import ProgressHook
 
 PROGRESS_AFTER_S = 2.0
 # Seconds before progress appears, for a user who wants it sooner (or never, with a large value).
@@ -53,7 +53,7 @@ class _StageLines:
                 self._shown = True
 
     def __call__(self, stage: str, detail: str) -> AbstractContextManager[object]:
-        from diag.analysis import STAGES
+        from diag.stages import STAGES
 
         number = f"{STAGES.index(stage) + 1}/{len(STAGES)} " if stage in STAGES else ""
         with self._lock:
