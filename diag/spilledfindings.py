@@ -67,7 +67,8 @@ def merge_order(
 
 
 class SpilledFindings(Sequence[Finding]):
-    """Findings in a file, read back one at a time (``diag.spilledfindings``); equal to a list of the same."""
+    """Findings in a file, read back one at a time (``diag.spilledfindings``); equal to a tuple (or a list) of the
+    same."""
 
     def __init__(self, file: IO[bytes], offsets: np.ndarray, sizes: np.ndarray) -> None:
         self._file = file
@@ -86,11 +87,11 @@ class SpilledFindings(Sequence[Finding]):
     def __getitem__(self, index: int) -> Finding: ...
 
     @overload
-    def __getitem__(self, index: slice) -> list[Finding]: ...
+    def __getitem__(self, index: slice) -> tuple[Finding, ...]: ...
 
-    def __getitem__(self, index: int | slice) -> Finding | list[Finding]:
-        if isinstance(index, slice):
-            return [self._read(position) for position in range(*index.indices(len(self)))]
+    def __getitem__(self, index: int | slice) -> Finding | tuple[Finding, ...]:
+        if isinstance(index, slice):  # as a report's findings in memory (a tuple) are sliced
+            return tuple(self._read(position) for position in range(*index.indices(len(self))))
         if not -len(self) <= index < len(self):
             raise IndexError("finding index out of range")
         return self._read(index % len(self))
@@ -104,14 +105,15 @@ class SpilledFindings(Sequence[Finding]):
             return NotImplemented
         return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
 
-    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are not hashable
+    __hash__ = None  # type: ignore[assignment]  # equal to lists too, which are not hashable
 
     def __repr__(self) -> str:
         return f"SpilledFindings({len(self)} findings)"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled (a report sent elsewhere) as the list of its findings: the file stays with this process."""
-        return (list, (list(self),))
+        """Pickled (a report sent elsewhere) as the tuple of its findings, what a report holds in memory: the
+        file stays with this process."""
+        return (tuple, (tuple(self),))
 
     def close(self) -> None:
         self._file.close()

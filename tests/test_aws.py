@@ -352,7 +352,7 @@ def test_load_balancer_resets_make_an_idle_timeout_finding(endpoint: str) -> Non
     # Without resets counted, nothing is said.
     five_hours_ago = datetime.now(UTC) - timedelta(hours=5)
     quiet = read_metrics(clients_for(endpoint).cloudwatch, inventory, timedelta(minutes=1), five_hours_ago)
-    assert assess(inventory, quiet).report.findings == []
+    assert assess(inventory, quiet).report.findings == ()
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

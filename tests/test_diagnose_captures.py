@@ -66,4 +66,4 @@ def test_incident_from_every_point_is_confident_and_names_what_it_saw() -> None:
 
 def test_healthy_reference_capture_gives_no_finding() -> None:
     report = analyze(paths(("client",), CAPTURES / "fix-snat"))
-    assert report.findings == []
+    assert report.findings == ()

@@ -284,7 +284,7 @@ def test_a_healthy_nat_is_no_finding_from_any_single_point(healthy_nat: FieldRun
 
 
 def test_a_healthy_nat_is_no_finding_from_every_point(healthy_nat: FieldRun) -> None:
-    assert healthy_nat.analyze(*INCIDENT_POINTS, "node-a-any").findings == []
+    assert healthy_nat.analyze(*INCIDENT_POINTS, "node-a-any").findings == ()
 
 
 # --- tuple reuse names the point that made its RST ------------------------------------------------------

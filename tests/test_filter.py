@@ -395,7 +395,7 @@ def test_command_filters_before_flows_and_diagnosis(busy: Path) -> None:
 def test_filter_that_matches_nothing_is_healthy() -> None:
     report = analyze({p.stem: p for p in SHIPPED}, packet_filter="udp")
     assert report.packets.empty and report.flows.empty
-    assert report.findings == []
+    assert report.findings == ()
     assert report.verdict is None
 
 

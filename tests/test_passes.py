@@ -472,6 +472,7 @@ def test_the_findings_of_finished_parts_are_on_disk_not_in_memory(busy_point: Pa
     assert found == one_pass.findings and list(found) == list(one_pass.findings)
     assert found[-1] == one_pass.findings[-1] and found[3:9] == one_pass.findings[3:9]
     spilled = replace(one_pass, findings=found)
+    assert spilled.findings is found  # read-only already: kept on disk, not copied into a tuple
     assert report_to_json(spilled) == report_to_json(one_pass)
     assert render_text(spilled, all_findings=True) == render_text(one_pass, all_findings=True)
     buffer, expected = io.BytesIO(), io.BytesIO()

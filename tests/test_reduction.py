@@ -146,7 +146,7 @@ def test_connection_partitions_diagnosed_apart_give_the_findings_of_one_run(busy
     """The correlated candidates cut into parts of whole connections, each diagnosed alone, merged back."""
     points = {"node-c": [busy], **_points(*sorted(CAPTURES.glob("*.pcapng")))}
     reduced = report_of_candidates(_candidates(points, 2))
-    assert _diagnosed_in_parts(reduced, parts) == reduced.findings
+    assert _diagnosed_in_parts(reduced, parts) == list(reduced.findings)
     assert len(reduced.findings) > 50
 
 

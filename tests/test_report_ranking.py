@@ -8,6 +8,7 @@ thousands of ordinary resets, some of them to the incident's own service.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -257,6 +258,23 @@ def test_a_report_ranks_its_findings_once_and_keeps_nothing_after_it_is_gone(mon
     del report, findings, document
     gc.collect()
     assert alive() is None
+
+
+def test_a_reports_findings_cannot_change_under_its_ranking() -> None:
+    """The ranking is worked out once per report, so the findings it ranks are a tuple: a caller cannot change
+    them in place and leave the verdict and the groups describing other findings."""
+    findings = [*many("peer-reset", 0.8, 5), finding("silent-drop", 0.5, n=5, proto="udp")]
+    report = _report(findings)
+    assert isinstance(report.findings, tuple) and report.findings == tuple(findings)
+    assert report.verdict is findings[5]
+    findings.clear()  # the list given stays the caller's
+    assert len(report.findings) == 6 and report.verdict is report.findings[5]
+    with pytest.raises(TypeError):
+        report.findings[5] = finding("idle-timeout", 0.9)  # type: ignore[index]
+    # Other findings make another report, ranked afresh.
+    other = dataclasses.replace(report, findings=[*report.findings[:5], finding("idle-timeout", 0.9, n=9)])
+    assert isinstance(other.findings, tuple) and other.verdict is not None and other.verdict.cause == "idle-timeout"
+    assert report.verdict is report.findings[5]
 
 
 # --------------------------------------------------------------------------- a busy capture

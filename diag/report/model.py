@@ -8,7 +8,7 @@ contract one to one, so notebooks and scripts get the same facts as the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cached_property
@@ -215,8 +215,9 @@ class Report:
     captures: list[CaptureInfo]
     packets: pd.DataFrame
     flows: pd.DataFrame
-    # A list, or an analysis in passes' findings kept on disk (``diag.spilledfindings``): read, never changed.
-    findings: Sequence[Finding] = field(default_factory=list)
+    # A tuple (a list given is made one), or an analysis in passes' findings kept on disk
+    # (``diag.spilledfindings``): read-only either way, so the ranking made of them cannot go stale.
+    findings: Sequence[Finding] = ()
     matches: pd.DataFrame | None = None
     clock_reference: str | None = None
     clock_offsets: dict[str, ClockOffset] = field(default_factory=dict)
@@ -226,10 +227,17 @@ class Report:
     # An analysis in passes whose flow table did not fit in memory: the whole table, on disk (``diag.passes``).
     flow_store: FlowStore | None = field(default=None, compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Findings that could change in place would leave the ranking, worked out once, describing others.
+        if isinstance(self.findings, MutableSequence):
+            object.__setattr__(self, "findings", tuple(self.findings))
+
     @cached_property
     def ranking(self) -> Ranking[Finding]:
         """The findings ranked (``diag.report.significance``), once per report: the verdict, the groups, the
-        text's order and the JSON document all read it. ``findings`` is not changed once the report is made."""
+        text's order and the JSON document all read it. ``findings`` cannot change once the report is made (a
+        tuple, or the read-only findings on disk); a report of other findings is another report
+        (``dataclasses.replace``), with its own ranking."""
         return Ranking(self.findings)
 
     @property

@@ -169,7 +169,8 @@ class Ranking(Generic[F]):
     """One list of findings ranked: the verdict, every finding in rank order, the groups, why the verdict leads.
 
     Each answer is worked out once, when first asked for. The findings are
-    not copied: the list must not change while the ranking is in use.
+    not copied: they must not change while the ranking is in use (a report's
+    cannot: ``Report.findings`` is a tuple or the read-only findings on disk).
     """
 
     def __init__(self, findings: Sequence[F]) -> None:
