@@ -288,6 +288,17 @@ def test_truncated_capture_reports_what_was_read_and_warns(tmp_path: Path) -> No
     assert sum(flow["orig_pkts"] + flow["resp_pkts"] for flow in document["flows"]) == 8
 
 
+def test_a_capture_of_no_packets_is_analysed_with_a_warning(tmp_path: Path) -> None:
+    """A header and nothing after it reads as healthy; stderr says there was nothing to read."""
+    empty = _write(tmp_path / "empty.pcap", [])
+    whole = _write(tmp_path / "pod.pcap", incident_at_pod())
+    result = run_diag("analyze", "pcap", "--json", "-", whole, empty)
+    assert result.returncode == 0, result.stderr
+    said = f"diag: warning: {empty}: the capture holds no packets (nothing after its header)"
+    assert result.stderr.splitlines() == [said]
+    assert [capture["packets"] for capture in json.loads(result.stdout)["captures"]] == [9, 0]
+
+
 def test_help_teaches_names_vantage_points_and_exit_codes() -> None:
     result = run_diag("analyze", "pcap", "--help")
     assert result.returncode == 0

@@ -23,9 +23,13 @@ def _count(number: int, noun: str) -> str:
 
 
 def warning_lines(info: CaptureInfo) -> list[str]:
-    """The lines (without the ``diag: warning:`` prefix) said about one capture; none when it read whole."""
+    """The lines (without the ``diag: warning:`` prefix) said about one capture; none when it read whole.
+
+    A capture of no packets at all (a header alone: tcpdump stopped before anything matched) is analysed,
+    and its report reads healthy; said here so that nobody takes that for a healthy network.
+    """
     if not info.warnings and not info.skipped:
-        return []
+        return [] if info.packets else [f"{info.path}: the capture holds no packets (nothing after its header)"]
     lines = [
         f"{info.path}: read {_count(info.packets, 'packet')}, skipped {_count(info.skipped, 'record')} "
         f"({_count(len(info.warnings), 'problem')})"
