@@ -44,6 +44,7 @@ import pandas as pd
 from diag.flows.table import empty_flows
 from diag.report.flowcap import FLOW_LIMIT, problem_mask
 from diag.report.flowdigest import CaptureFlows, FlowDigest
+from diag.scratch import spill_directory
 
 # A row's place in the whole packet table: (point, time or 0, rank of its file, row), as diag.passes orders them.
 ORDER: Final = np.dtype([("point", "<i8"), ("time", "<i8"), ("rank", "<i8"), ("row", "<i8")])
@@ -93,7 +94,7 @@ class SpilledFlows:
     """
 
     def __init__(self, piece_rows: int = 1 << 13, keep_healthy: int = 0, per_kind: int = 0) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="diag-flows-")
+        self._directory = tempfile.TemporaryDirectory(prefix="diag-flows-", dir=spill_directory())
         self.path = Path(self._directory.name)
         self.piece_rows = max(64, piece_rows)
         self.keep_healthy = keep_healthy or FLOW_LIMIT

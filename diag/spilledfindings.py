@@ -29,6 +29,7 @@ from typing import IO, Any, Final, overload
 import numpy as np
 
 from diag.report.model import Finding
+from diag.scratch import spill_directory
 
 # What places a finding among every part's: the symptom's time on the reference clock, its connection's first
 # row in the whole table, then its packet (point's name, file, index), as merge_findings sorts them; then where
@@ -124,7 +125,7 @@ class FindingsWriter:
 
     def __init__(self) -> None:
         # Closed by the sequence made of it (or close), not here: the file outlives this call.
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="diag-findings-")  # noqa: SIM115
+        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="diag-findings-", dir=spill_directory())  # noqa: SIM115
         self._written = 0
         self._offsets: list[np.ndarray] = []
         self._sizes: list[np.ndarray] = []

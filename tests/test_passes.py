@@ -39,6 +39,7 @@ from diag.passes import analyze_in_passes, flows_in_passes
 from diag.report import Report
 from diag.report.jsondoc import report_to_json, write_json
 from diag.report.text import render_text
+from diag.scratch import choose_spill_directory, filesystem_of
 
 CAPTURES = PROJECT / "captures"
 DIAG = PROJECT / ".venv" / "bin" / "diag"
@@ -514,3 +515,56 @@ def test_flow_on_a_flow_table_on_disk_reads_back_only_the_selected_rows(
         assert 0 < len(focused.flows) < len(whole.flows) // 10
     assert max(blocks) == 101 and sum(blocks) == 2 * len(whole.flows)
     store.close()
+
+
+MOUNTS_TEXT = """/dev/vda / ext4 rw,relatime 0 0
+tmpfs /tmp tmpfs rw,nosuid,nodev 0 0
+/dev/vdb /var/tmp xfs rw 0 0
+tmpfs /run tmpfs rw 0 0
+/dev/vdc /srv/my\\040captures ext4 rw 0 0
+"""
+
+
+def test_spilled_files_leave_a_tmp_in_memory_for_var_tmp_unless_somebody_chose_the_place() -> None:
+    assert filesystem_of("/tmp/x/y", MOUNTS_TEXT) == "tmpfs"
+    assert filesystem_of("/tmpfoo", MOUNTS_TEXT) == "ext4"  # a mount point is a whole path component
+    assert filesystem_of("/srv/my captures/ring", MOUNTS_TEXT) == "ext4"
+    assert filesystem_of("/run", MOUNTS_TEXT + "/dev/vdd /run ext4 rw 0 0\n") == "ext4"  # the later mount hides
+    assert choose_spill_directory({}, "/tmp", "/var/tmp", MOUNTS_TEXT, True) == "/var/tmp"
+    assert choose_spill_directory({"TMPDIR": "/tmp"}, "/tmp", "/var/tmp", MOUNTS_TEXT, True) is None
+    assert choose_spill_directory({}, "/run", "/var/tmp", MOUNTS_TEXT, True) is None  # chosen: not the default
+    assert choose_spill_directory({}, "/tmp", "/var/tmp", MOUNTS_TEXT, False) is None  # /var/tmp unusable
+    on_disk = MOUNTS_TEXT.replace("tmpfs /tmp tmpfs", "/dev/vde /tmp ext4")
+    assert choose_spill_directory({}, "/tmp", "/var/tmp", on_disk, True) is None
+    both = MOUNTS_TEXT.replace("/dev/vdb /var/tmp xfs", "tmpfs /var/tmp tmpfs")
+    assert choose_spill_directory({}, "/tmp", "/var/tmp", both, True) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_an_analysis_in_passes_spills_to_disk_when_tmp_is_a_tmpfs(four_points: list[Path], tmp_path: Path) -> None:
+    """In a mount namespace of its own (the host's mounts untouched), the system's temporary directory is
+    made a tmpfs: the analysis in passes writes its spilled files to the directory on disk instead, and
+    leaves none behind. (Both stand-in directories sit under this test's own, so that /tmp stays as it is.)"""
+    system, disk = tmp_path / "system-tmp", tmp_path / "var-tmp"
+    system.mkdir()
+    disk.mkdir()
+    if filesystem_of(os.path.realpath(disk), Path("/proc/self/mounts").read_text()) in ("tmpfs", "ramfs"):
+        pytest.skip("this test's own directory is in memory: no directory on disk to spill to")
+    script = (
+        "import sys, tempfile; import diag.scratch as scratch; "
+        f"scratch.SYSTEM_TEMPORARY = tempfile.tempdir = {str(system)!r}; scratch.ON_DISK_TEMPORARY = {str(disk)!r}; "
+        "made = []; original = tempfile.TemporaryDirectory; "
+        "tempfile.TemporaryDirectory = lambda *a, **k: made.append(k.get('dir')) or original(*a, **k); "
+        "from diag.cli import main; status = main(sys.argv[1:]); "
+        "print(sorted(set(made)), file=sys.stderr); sys.exit(status)"
+    )
+    environment = {name: value for name, value in os.environ.items() if name not in ("TMPDIR", "TEMP", "TMP")}
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"mount -t tmpfs diag-test {system} && "
+         'exec "$@"', "sh", sys.executable, "-c", script, "analyze", "pcap", "--max-memory", "12M",
+         "--json", str(tmp_path / "r.json"), "--force", "--quiet", *_arguments(four_points)],
+        capture_output=True, text=True, check=False, env=environment, timeout=300,
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    assert done.stderr.strip().splitlines()[-1] == repr([str(disk)])
+    assert not list(disk.iterdir()) and not list(system.iterdir())
