@@ -9,20 +9,26 @@ contract one to one, so notebooks and scripts get the same facts as the
 from __future__ import annotations
 
 from collections.abc import MutableSequence, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
 import pandas as pd
 
 from diag.capture.info import CaptureInfo
 from diag.correlate.clock import ClockOffset
+from diag.gcpause import collector_paused
 from diag.report.facts import Fact, note, render_all
+from diag.report.flowcap import FLOW_LIMIT, cap_flows, flows_to_json
 from diag.report.significance import Group, Ranking, Severity
 
 if TYPE_CHECKING:
     from diag.report.flowdigest import FlowDigest
+
+# The name and version of the JSON document's contract (``Report.to_json``).
+SCHEMA = "diag.report/1"
 
 
 class FlowStore(Protocol):
@@ -250,21 +256,68 @@ class Report:
         """The findings grouped by cause and service, the verdict's group first."""
         return self.ranking.groups
 
-    # The JSON rendering builds on these types, so it is imported when first used rather than at the top
-    # (no import cycle).
+    # The report's JSON form, as each value here makes its own: the ``diag.report/1`` document (described in
+    # docs/analyze.md), written out by ``diag.report.jsondoc``.
 
     def verdict_json(self) -> dict[str, Any]:
-        from diag.report import jsondoc
+        """The document's ``verdict``: the most significant finding's cause, or healthy."""
+        verdict = self.verdict
+        if verdict is None:
+            return {"cause": str(Cause.HEALTHY), "confidence": 1.0, "summary": "no resets or lost replies found"}
+        return {"cause": str(verdict.cause), "confidence": round(verdict.confidence, 3), "summary": verdict.summary}
 
-        return jsondoc.verdict_json(self.verdict)
+    def to_json(self, flow_limit: int | None = FLOW_LIMIT) -> dict[str, Any]:
+        """The ``diag.report/1`` document that ``--json`` writes: every finding, and ``groups`` counting them by
+        cause and service.
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``diag.report/1`` document that ``--json`` writes."""
-        from diag.report import jsondoc
+        ``groups`` come most significant first; their ``examples`` are indices into ``findings``.
+        ``flows`` holds at most ``flow_limit`` rows (None: all; see ``diag.report.flowcap``).
+        """
+        files = self.capture_files()
+        return self.document(flow_limit, [finding_json(finding, files) for finding in self.findings])
 
-        return jsondoc.report_to_json(self)
+    def dumps(self, flow_limit: int | None = FLOW_LIMIT) -> str:
+        """``to_json``'s document as text, indented by two spaces."""
+        # orjson: the standard library's encoder falls back to pure Python as soon as it indents, which cost
+        # seconds on a busy capture's tens of thousands of flows; the document is the same, key order included.
+        with collector_paused():  # tens of thousands of dicts, none in a cycle (see diag.gcpause)
+            return orjson.dumps(self.to_json(flow_limit), option=orjson.OPT_INDENT_2).decode()
 
-    def dumps(self) -> str:
-        from diag.report import jsondoc
+    def document(self, flow_limit: int | None, findings: list[Any]) -> dict[str, Any]:
+        """``to_json``'s document with ``findings`` as its findings."""
+        flows, flows_left_out = cap_flows(self.flows, flow_limit)
+        if self.flow_digest is not None:
+            # Only the rows this cap shows came back from where the flow tables are (diag.report.flowdigest).
+            if flow_limit != self.flow_digest.limit:
+                cap = self.flow_digest.limit
+                raise ValueError(f"this report holds the flow rows of a cap of {cap}, not every flow")
+            flows_left_out = self.flow_digest.flows - len(flows)
+        return {
+            "schema": SCHEMA,
+            "verdict": self.verdict_json(),
+            "findings": findings,
+            "groups": [group.to_json() for group in self.groups],
+            "captures": [
+                {"name": c.name, "path": c.path, "packets": c.packets, "link_type": c.link_type, "skipped": c.skipped}
+                for c in self.captures
+            ],
+            "flows": flows_to_json(flows),
+            "flows_truncated": flows_left_out,
+            "clock": {
+                "reference": self.clock_reference,
+                "offsets": {name: asdict(o) for name, o in self.clock_offsets.items()},
+            },
+            "warnings": list(self.warnings),
+        }
 
-        return jsondoc.dumps(self)
+    def capture_files(self) -> dict[str, tuple[str, ...]]:
+        """Each capture point's files (to name a finding's packet's file when its point has several)."""
+        files: dict[str, tuple[str, ...]] = {}
+        for capture in self.captures:
+            files.setdefault(capture.name, capture.files)  # the first of a name, as a search in order finds
+        return files
+
+
+def finding_json(finding: Finding, files: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """A finding's JSON, its packet's file named from its point's files (``Report.capture_files``)."""
+    return finding.to_json(files.get(finding.packet.capture, ()) if finding.packet else ())
