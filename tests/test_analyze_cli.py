@@ -221,6 +221,9 @@ def test_symptom_in_a_point_of_several_files_names_its_file(tmp_path: Path) -> N
     assert packet["file"] == str(second)  # the first RST is the third packet: in the second file
     assert packet["frame"] == packet["index"] + 1 == 1
     assert _tshark_rst_flag(second, packet["frame"]) in ("1", "True")
+    # The text names the file too: "pod frame 1" alone would send the reader to the first file's SYN.
+    text = run_diag("analyze", "pcap", f"pod={first}", f"pod={second}").stdout
+    assert f"symptom      pod frame 1 of {second} at" in text
 
 
 def test_json_file_and_text_together(incident: dict[str, Path], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import textwrap
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from diag.capture.info import CaptureInfo
-from diag.report import Cause, Finding, Report
+from diag.report import Cause, Finding, PacketRef, Report
 from diag.report.flowdigest import CaptureFlows
 from diag.report.flowkinds import PROBLEM_ORDER, RESET, UNANSWERED, healthy_summary, problem_kinds
 from diag.report.flowkinds import problem_kind as problem_kind  # where callers long imported it from
@@ -90,7 +90,21 @@ def _bullets(items: Iterable[str]) -> list[str]:
     return [line for item in items for line in _wrapped(item, "    - ", "      ")]
 
 
-def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[str]:
+# Each capture point's files in time order (``CaptureInfo.files``), by the point's name.
+PointFiles = Mapping[str, Sequence[str]]
+
+
+def packet_place(ref: PacketRef, files: PointFiles) -> str:
+    """``pod frame 254``, and the file it is in when the point was read from several (a ring buffer):
+    the frame counts within that file, so without its name a reader of five ring files cannot find it."""
+    place = f"{ref.capture} frame {ref.frame}"
+    point_files = files.get(ref.capture, ())
+    if len(point_files) > 1 and 0 <= ref.file < len(point_files):
+        place += f" of {point_files[ref.file]}"
+    return place
+
+
+def _finding_lines(finding: Finding, style: _Style, *, headline: bool, files: PointFiles) -> list[str]:
     lines: list[str] = []
     cause = style.bad(finding.cause) if finding.cause is not Cause.HEALTHY else style.good(finding.cause)
     title = "VERDICT" if headline else "FINDING"
@@ -100,7 +114,7 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
     lines.append(f"  connection   {finding.proto} {finding.client} -> {finding.server}")
     if finding.packet is not None:
         ref = finding.packet
-        lines.append(f"  symptom      {ref.capture} frame {ref.frame} at {format_ts(ref.ts)}")
+        lines.append(f"  symptom      {packet_place(ref, files)} at {format_ts(ref.ts)}")
     if finding.claimed_src:
         lines.append(f"  claimed from {finding.claimed_src}")
     lines.append(f"  generated at {finding.origin or 'not established from these captures'}")
@@ -118,7 +132,7 @@ def _finding_lines(finding: Finding, style: _Style, *, headline: bool) -> list[s
 
 def render_finding(finding: Finding, *, color: bool = False) -> str:
     """One finding as the report shows it (cause, connection, symptom, evidence, ruled out, fixes)."""
-    return "\n".join(_finding_lines(finding, _Style(color), headline=False)) + "\n"
+    return "\n".join(_finding_lines(finding, _Style(color), headline=False, files={})) + "\n"
 
 
 def _verdict_section(report: Report, style: _Style, all_findings: bool, group_limit: int) -> list[str]:
@@ -142,7 +156,8 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
     findings, ranking = report.findings, report.ranking
     top = ranking.top
     assert top is not None
-    lines = _finding_lines(findings[top], style, headline=True)
+    files = {info.name: info.files for info in report.captures}
+    lines = _finding_lines(findings[top], style, headline=True, files=files)
     why = ranking.why_first(top)
     if why:
         lines += _wrapped(why, "  ranked       ", "               ")
@@ -157,14 +172,14 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
                 finding = findings[index]
                 lines.append(
                     f"  {finding.cause:<17} {finding.proto} {finding.client} -> {finding.server}  "
-                    f"at {_where(finding)}  {finding.summary}"
+                    f"at {_where(finding, files)}  {finding.summary}"
                 )
         return lines
     groups = _other_groups(ranking.groups, top)
     plural = "s" if len(groups) != 1 else ""
     lines.append(style.bold(f"OTHER FINDINGS ({others})") + f"  in {len(groups)} group{plural} of cause and service")
     for group in groups[:group_limit]:
-        lines.append(_group_line(group, findings[group.members[0]]))
+        lines.append(_group_line(group, findings[group.members[0]], files))
     hidden = groups[group_limit:]
     if hidden:
         causes: Counter[str] = Counter()
@@ -175,8 +190,8 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
     return lines
 
 
-def _where(finding: Finding) -> str:
-    return f"{finding.packet.capture} frame {finding.packet.frame}" if finding.packet else "-"
+def _where(finding: Finding, files: PointFiles) -> str:
+    return packet_place(finding.packet, files) if finding.packet else "-"
 
 
 def _other_groups(groups: list[Group], verdict: int) -> list[Group]:
@@ -192,11 +207,12 @@ def _other_groups(groups: list[Group], verdict: int) -> list[Group]:
     return others
 
 
-def _group_line(group: Group, example: Finding) -> str:
+def _group_line(group: Group, example: Finding, files: PointFiles) -> str:
     """One group: how many, cause, service, best confidence, and its most significant member as the example."""
     return (
         f"  {group.count:>6} x {group.cause:<17} {group.proto} {group.server:<21} "
-        f"(confidence up to {group.confidence:.2f})  e.g. {example.client} at {_where(example)}: {example.summary}"
+        f"(confidence up to {group.confidence:.2f})  "
+        f"e.g. {example.client} at {_where(example, files)}: {example.summary}"
     )
 
 
