@@ -94,9 +94,11 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
             yield batch
             records_seen += len(offsets)
         carry = bytes(buffer[stop:length])
+        # Records are numbered from 1 in what is said, as Wireshark numbers frames and the report quotes them:
+        # after N whole packets, the damaged one is record N + 1 (frame N + 1 to tshark).
         if absurd is not None:
             diagnostics.warn(
-                f"record {records_seen} claims {absurd} captured bytes, which no {linktype_name(link_type)} "
+                f"record {records_seen + 1} claims {absurd} captured bytes, which no {linktype_name(link_type)} "
                 f"packet has: the file is damaged there and its remaining {len(carry)}+ bytes are skipped",
                 skipped=1,
             )
@@ -104,7 +106,7 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
         if feed.eof:
             if carry:
                 diagnostics.warn(
-                    f"the file ends inside record {records_seen} ({len(carry)} bytes of it present): "
+                    f"the file ends inside record {records_seen + 1} ({len(carry)} bytes of it present): "
                     "that last packet is skipped",
                     skipped=1,
                 )
