@@ -73,18 +73,19 @@ class ClusterSpec:
         return f"local:{self.workers}" if self.workers else "local"
 
 
-def parse_cluster(text: str) -> ClusterSpec:
-    """``local``, ``local:N`` or ``tcp://HOST:PORT``; anything else is a ``DiagError`` naming the value."""
+def parse_cluster(text: str, given_as: str = "--cluster") -> ClusterSpec:
+    """``local``, ``local:N`` or ``tcp://HOST:PORT``; anything else is a ``DiagError`` naming the value and
+    where it came from (``given_as``: the option, or ``$DIAG_CLUSTER`` when the option was not given)."""
     local = LOCAL.match(text)
     if local:
         workers = int(local["workers"]) if local["workers"] else None
         if workers is not None and not 1 <= workers <= 256:
-            raise DiagError(f"--cluster {text}: the number of local workers must be 1 to 256")
+            raise DiagError(f"{given_as} {text}: the number of local workers must be 1 to 256")
         return ClusterSpec(workers=workers)
     address = ADDRESS.match(text)
     if address and 1 <= int(address["port"]) <= 65535:
         return ClusterSpec(address=text)
-    raise DiagError(f"--cluster {text!r}: expected local, local:N or tcp://HOST:PORT")
+    raise DiagError(f"{given_as} {text!r}: expected local, local:N or tcp://HOST:PORT")
 
 
 def cluster_from(option: str | None) -> ClusterSpec | None:
@@ -94,12 +95,14 @@ def cluster_from(option: str | None) -> ClusterSpec | None:
     so an unreachable one is said in one line before any capture is read.
     """
     text = option if option is not None else os.environ.get(ENVIRONMENT, "")
-    spec = parse_cluster(text.strip()) if text.strip() else None
+    # Said as the user gave it: someone who typed no --cluster has to be told the variable set it.
+    given_as = "--cluster" if option is not None else f"${ENVIRONMENT}"
+    spec = parse_cluster(text.strip(), given_as) if text.strip() else None
     if spec is not None and spec.address is not None:
         try:
             _probe(spec.address)
         except OSError as error:
-            raise DiagError(f"--cluster {spec.address}: cannot reach the scheduler ({_reason(error)})") from None
+            raise DiagError(f"{given_as} {spec.address}: cannot reach the scheduler ({_reason(error)})") from None
     return spec
 
 

@@ -221,6 +221,17 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2() -> None:
         assert result.returncode == 2
         assert result.stdout == ""
         assert result.stderr.count("\n") == 1 and "cannot reach the scheduler" in result.stderr
+        # Named as it was given: without --cluster on the command line, the variable set it.
+        assert result.stderr.startswith(f"diag: {'--cluster' if argv else '$DIAG_CLUSTER'} {address}: ")
+
+
+def test_a_bad_cluster_value_names_where_it_came_from() -> None:
+    """A DIAG_CLUSTER left in the environment, not --cluster, is what the user must be told to fix."""
+    result = _diag("analyze", "pcap", str(CAPTURES / "client.pcapng"), env={"DIAG_CLUSTER": "remote"})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "diag: $DIAG_CLUSTER 'remote': expected local, local:N or tcp://HOST:PORT\n"
+    result = _diag("analyze", "pcap", "--cluster", "remote", str(CAPTURES / "client.pcapng"))
+    assert result.stderr == "diag: --cluster 'remote': expected local, local:N or tcp://HOST:PORT\n"
 
 
 def test_standard_input_is_refused_with_cluster() -> None:
