@@ -84,7 +84,8 @@ output:
 
 exit status:
   0  the captures were analyzed (whatever was found, even with warnings)
-  2  bad usage, or a capture is missing, unreadable or not a capture at all
+  2  bad usage, a capture that is missing, unreadable or not a capture at all,
+     or an output file that exists (without --force)
 """
 
 FLEET_HELP = "diagnose the captures of many points at once, each point a directory (or manifest entry) of files"
@@ -175,8 +176,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--export",
         type=Path,
         metavar="DIR",
-        help="also write the packets, flows and matches tables to DIR as NAME.parquet and NAME.csv "
-        "(an existing file is refused unless --force)",
+        help="also write the packets, flows and matches tables to DIR as packets.parquet, packets.csv, "
+        "flows.parquet, ... (DIR is created; an existing file is refused unless --force)",
     )
     common.add_argument(
         "--flows",
