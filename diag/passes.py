@@ -362,10 +362,15 @@ def _partition_rows(total: int, kept: int, flows_held: int, limit: int) -> int:
     held = kept * CANDIDATE_BYTES_HELD + flows_held * BYTES_PER_FLOW + chunk_rows_for(limit) * BYTES_PER_PACKET
     left = limit * 3 // 4 - held
     if left < limit // 16 or kept * BYTES_PER_PACKET + flows_held * BYTES_PER_FLOW > limit:
+        # Without candidates (``diag flows`` builds the flow table alone) there is no diagnosis to name.
+        held_text = (
+            f", about {kept:,} of them needed for the diagnosis, and {flows_held:,} flows held"
+            if kept
+            else f" and their flow table (about {flows_held:,} flows)"
+        )
         raise MemoryBudgetError(
-            f"the captures' {total:,} packets, about {kept:,} of them needed for the diagnosis, and "
-            f"{flows_held:,} flows held need more memory than the budget of {format_size(limit)} even analysed in "
-            "passes (raise it with --max-memory)"
+            f"the captures' {total:,} packets{held_text} need more memory than the budget of "
+            f"{format_size(limit)} even analysed in passes (raise it with --max-memory)"
         )
     return max(1, left // PARTITION_BYTES_PER_PACKET)
 

@@ -110,6 +110,15 @@ def test_a_budget_too_small_even_for_passes_is_one_clear_error() -> None:
         set_budget(None)
 
 
+def test_a_flow_table_too_large_even_for_passes_names_no_diagnosis() -> None:
+    """``diag flows`` chooses no candidates: its refusal speaks of the flow table, not of packets the
+    diagnosis needs (it said 'about 0 of them needed for the diagnosis')."""
+    pairs = parse_capture_args(_arguments(CASES["incident"]))
+    with pytest.raises(MemoryBudgetError, match="even analysed in passes") as refused:
+        flows_in_passes(pairs, 30_000)
+    assert "diagnosis" not in str(refused.value) and "their flow table (about " in str(refused.value)
+
+
 def test_standard_input_over_the_budget_is_one_line() -> None:
     """Standard input cannot be read twice: over the budget it is refused in one line, exit status 2."""
     done = subprocess.run(
