@@ -93,6 +93,14 @@ def test_dash_alone_is_named_stdin() -> None:
     assert [c["name"] for c in json.loads(process.stdout)["captures"]] == ["stdin"]
 
 
+@pytest.mark.parametrize("command", [["analyze", "pcap"], ["flows", "--format", "csv"]], ids=["analyze", "flows"])
+def test_empty_standard_input_is_said_to_be_standard_input(command: list[str]) -> None:
+    """Nothing piped in (a tcpdump that failed upstream) is told as such, not as an empty file named '-'."""
+    result = subprocess.run([str(DIAG), *command, "-"], input="", capture_output=True, text=True, timeout=300)
+    line = one_line_failure(result, "-: standard input is empty")
+    assert "file" not in line
+
+
 def _feed_fifo(fifo: Path, data: bytes, chunk: int = 4096) -> threading.Thread:
     def write() -> None:
         with open(fifo, "wb") as sink:  # blocks until diag opens the FIFO for reading

@@ -164,6 +164,8 @@ def _batches(feed: Feed, path: Location, compressed: bool, diagnostics: Diagnost
     if not magic:
         if diagnostics.messages:
             raise CaptureError(f"{diagnostics.path}: cannot be read: {diagnostics.messages[-1]}")
+        if str(path) == STDIN_NAME:  # `diag analyze pcap - < x`: no file to look at, a pipe that gave nothing
+            raise CaptureError(f"{diagnostics.path}: standard input is empty (no capture was piped in)")
         raise CaptureError(f"{diagnostics.path}: the {what} is empty, not a capture")
     yield from format_batches(feed, magic, diagnostics.path, diagnostics, f"the {what}")
 
