@@ -399,6 +399,17 @@ def test_filter_that_matches_nothing_is_healthy() -> None:
     assert report.verdict is None
 
 
+def test_command_says_when_the_filter_left_no_flow() -> None:
+    """The report of nothing reads 'healthy'; the command says on stderr that the filter left nothing."""
+    result = run_diag("analyze", "pcap", "--filter", "udp", *SHIPPED[:2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("VERDICT: healthy")
+    assert result.stderr.splitlines() == [
+        "diag: warning: --filter 'udp' matched no TCP or UDP flow in the captures: the verdict below is of nothing"
+    ]
+    assert run_diag("analyze", "pcap", "--filter", "tcp", *SHIPPED[:2]).stderr == ""  # something left: nothing said
+
+
 def test_analyze_takes_a_parsed_filter_and_rejects_a_bad_one_before_reading(tmp_path: Path) -> None:
     tree = parse_filter("tcp[tcpflags] & tcp-rst != 0")
     report = analyze({p.stem: p for p in SHIPPED}, packet_filter=tree)

@@ -356,6 +356,21 @@ def run_fleet(args: argparse.Namespace) -> int:
     return _analyze_and_report(args, parse_capture_args(fleet_points(args.fleet)))
 
 
+def _warn_if_filtered_out(expression: str, report: Report) -> None:
+    """A filter that left no flow gives a report of nothing, whose verdict reads 'healthy': said on stderr,
+    as --flow with no packet is refused (a filter may rightly leave nothing, so this is no error)."""
+    if report.findings:
+        return
+    digest = report.flow_digest
+    flows = sum(c.flows for c in digest.captures.values()) if digest is not None else len(report.flows)
+    if not flows:
+        print(
+            f"diag: warning: --filter {expression!r} matched no TCP or UDP flow in the captures: "
+            "the verdict below is of nothing",
+            file=sys.stderr,
+        )
+
+
 def _cluster_option(args: argparse.Namespace) -> ClusterSpec | None:
     """``diag.cluster.cluster_from``'s answer, loading that module (and the whole analysis) only when
     --cluster or $DIAG_CLUSTER asks for one: without, the captures are read while the rest loads."""
@@ -409,6 +424,8 @@ def _analyze_and_report(args: argparse.Namespace, pairs: list[tuple[str, Locatio
                         client, pairs, progress=progress, packet_filter=packet_filter, whole_tables=whole
                     )
     print_capture_warnings(report.captures)
+    if packet_filter is not None:
+        _warn_if_filtered_out(args.filter, report)
     store = report.flow_store
     if store is not None and (args.flows == "all" or args.export or args.plot):
         # These use every flow row: the table an analysis in passes kept on disk is read back whole.
