@@ -22,6 +22,7 @@ from typing import NoReturn
 from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
 from diag.gcpause import end_startup, pause_for_startup
+from diag.interrupts import deliver
 
 # numpy asks the kernel for 2 MB pages on large arrays; on these machines setting them up cost most of a
 # many-capture correlation's time (4 of 6.6 CPU s on four 1M-packet captures), and diag's arrays are
@@ -177,17 +178,35 @@ class _Terminated(BaseException):
     """
 
 
-def _terminate(signum: int, frame: object) -> None:
+def _raise_terminated() -> None:
     raise _Terminated
 
 
-def _end_cleanly_on_sigterm() -> None:
+def _raise_interrupted() -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate(signum: int, frame: object) -> None:
+    deliver(_raise_terminated)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    deliver(_raise_interrupted)
+
+
+def _end_cleanly_on_signals() -> None:
     """``kill`` ends a command as Ctrl-C does: temporary files (an analysis in passes) are removed on the way out.
 
-    Only where nobody chose otherwise (the lab and the watch install their own handlers while they run).
+    Both raise their exception through ``diag.interrupts``, so that one arriving while a temporary file or
+    directory is being made waits until its removal is arranged. Only where nobody chose otherwise (the lab
+    and the watch install their own handlers while they run).
     """
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
@@ -210,7 +229,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     if not getattr(args, "ends_startup", False):
         end_startup()
     add_lab_paths(getattr(args, "lab_path", None) or [])
-    _end_cleanly_on_sigterm()
+    _end_cleanly_on_signals()
     try:
         status: int = args.func(args)
     except DiagError as error:

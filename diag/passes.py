@@ -51,7 +51,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -75,7 +74,7 @@ from diag.flows.candidate_stream import BUCKET_BYTES_PER_ROW, SPILL, CandidateSu
 from diag.flows.candidates import key_table, node_hashes
 from diag.memory import BYTES_PER_PACKET, MemoryBudgetError, format_size
 from diag.report import Report
-from diag.scratch import spill_directory
+from diag.scratch import spill_dir
 from diag.spilled import ORDER, SpilledFlows, sorted_order
 from diag.spilledfindings import FindingsWriter
 from diag.stages import in_stage, report_of
@@ -563,7 +562,7 @@ def flows_in_passes(
     whole table is returned, so it must fit in memory.
     """
     files = _files_of(pairs, limit)
-    with tempfile.TemporaryDirectory(prefix="diag-packets-", dir=spill_directory()) as spill:
+    with spill_dir("diag-packets-") as spill:
         packets = _PacketBuckets(Path(spill))
         _first_pass(files, limit, None, None, None, packets, refusal, passes and passes * PACKET_BUCKETS_PER_PARTITION)
         _order_files(files)
@@ -608,7 +607,7 @@ def analyze_in_passes(
     files = _files_of(pairs, limit)
     store = SpilledFlows(piece_rows=min(1 << 13, max(1 << 10, limit // 64 // BYTES_PER_FLOW)))
     try:
-        with tempfile.TemporaryDirectory(prefix="diag-keys-", dir=spill_directory()) as spill:
+        with spill_dir("diag-keys-") as spill:
             survey = CandidateSurvey(
                 Path(spill), buckets or _buckets_for(files, limit), max(1 << 12, limit // 64 // SPILL.itemsize)
             )

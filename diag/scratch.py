@@ -18,6 +18,9 @@ import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
+
+from diag.interrupts import held
 
 # File systems whose files live in memory.
 IN_MEMORY = frozenset({"tmpfs", "ramfs"})
@@ -69,3 +72,20 @@ def spill_directory() -> str | None:
     fallback = os.path.realpath(ON_DISK_TEMPORARY)
     usable = os.path.isdir(fallback) and os.access(fallback, os.W_OK | os.X_OK)
     return choose_spill_directory(os.environ, os.path.realpath(tempfile.gettempdir()), fallback, mounts, usable)
+
+
+def spill_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A new temporary directory for spilled files, removed when closed or collected (at the latest at exit).
+
+    Made with Ctrl-C and ``kill`` held (``diag.interrupts``): neither it nor ``tempfile``'s probe of the
+    temporary directory, made on its first use, can be left behind by a signal arriving meanwhile.
+    """
+    with held():
+        return tempfile.TemporaryDirectory(prefix=prefix, dir=spill_directory())
+
+
+def spill_file(prefix: str) -> IO[bytes]:
+    """A new temporary file for spilled bytes, without a name where the system allows (gone when closed),
+    made as ``spill_dir`` makes a directory."""
+    with held():
+        return tempfile.TemporaryFile(prefix=prefix, dir=spill_directory())

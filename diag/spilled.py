@@ -31,7 +31,6 @@ is collected, or when the interpreter exits (an error or Ctrl-C included).
 from __future__ import annotations
 
 import pickle
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import pandas as pd
 from diag.flows.table import empty_flows
 from diag.report.flowcap import FLOW_LIMIT, problem_mask
 from diag.report.flowdigest import CaptureFlows, FlowDigest
-from diag.scratch import spill_directory
+from diag.scratch import spill_dir
 
 # A row's place in the whole packet table: (point, time or 0, rank of its file, row), as diag.passes orders them.
 ORDER: Final = np.dtype([("point", "<i8"), ("time", "<i8"), ("rank", "<i8"), ("row", "<i8")])
@@ -94,7 +93,7 @@ class SpilledFlows:
     """
 
     def __init__(self, piece_rows: int = 1 << 13, keep_healthy: int = 0, per_kind: int = 0) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="diag-flows-", dir=spill_directory())
+        self._directory = spill_dir("diag-flows-")
         self.path = Path(self._directory.name)
         self.piece_rows = max(64, piece_rows)
         self.keep_healthy = keep_healthy or FLOW_LIMIT

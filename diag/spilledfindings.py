@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Final, overload
 
 import numpy as np
 
 from diag.report.model import Finding
-from diag.scratch import spill_directory
+from diag.scratch import spill_file
 
 # What places a finding among every part's: the symptom's time on the reference clock, its connection's first
 # row in the whole table, then its packet (point's name, file, index), as merge_findings sorts them; then where
@@ -125,7 +124,7 @@ class FindingsWriter:
 
     def __init__(self) -> None:
         # Closed by the sequence made of it (or close), not here: the file outlives this call.
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="diag-findings-", dir=spill_directory())  # noqa: SIM115
+        self._file: IO[bytes] = spill_file("diag-findings-")
         self._written = 0
         self._offsets: list[np.ndarray] = []
         self._sizes: list[np.ndarray] = []

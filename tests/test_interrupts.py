@@ -1,0 +1,42 @@
+"""Ctrl-C and SIGTERM held back while temporary files are made (``diag.interrupts``), in a process of their own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import PROJECT
+
+# Each signal is sent inside a held block: the handler notes it there, and its exception comes out at the end.
+# A temporary directory made meanwhile (as the analysis in passes makes them) is gone once it has come out.
+HELD = """
+import os, signal, sys
+from pathlib import Path
+from diag import cli
+from diag.interrupts import held
+from diag.scratch import spill_dir
+
+cli._end_cleanly_on_signals()
+for signum, expected in ((signal.SIGTERM, cli._Terminated), (signal.SIGINT, KeyboardInterrupt)):
+    made = None
+    try:
+        with held():
+            os.kill(os.getpid(), signum)
+            sum(range(10000))  # the handler has run by now, between two of these steps
+            made = spill_dir("diag-test-")
+            print("still here", Path(made.name).is_dir(), flush=True)
+    except expected:
+        print("raised at the end", flush=True)
+    gone = made is not None and not Path(made.name).exists()
+    del made
+    print("directory removed", gone or not any(Path(sys.argv[1]).iterdir()), flush=True)
+"""
+
+
+def test_a_signal_inside_a_held_block_is_raised_at_its_end(tmp_path: object) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HELD, str(tmp_path)],
+        capture_output=True, text=True, cwd=PROJECT, timeout=60, env={"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["still here True", "raised at the end", "directory removed True"] * 2
