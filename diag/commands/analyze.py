@@ -125,8 +125,8 @@ examples:
 
 exit status:
   0  the captures were analyzed (whatever was found, even with warnings)
-  2  bad usage, a fleet without points, an unreadable capture, or an
-     unreachable scheduler
+  2  bad usage, a fleet without points, an unreadable capture, an
+     unreachable scheduler, or an output file that exists (without --force)
 """
 
 # What the stages after reading would load on first use, loaded instead while the captures are being read
