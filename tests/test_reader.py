@@ -438,38 +438,6 @@ def test_mixed_link_types_keep_indices_of_skipped_packets(tmp_path: Path) -> Non
     assert frame.attrs["capture_info"].skipped == 3
 
 
-def test_the_read_ahead_walks_the_records_and_the_table_is_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    frames = ethernet_frames() * 20
-    plain = write_pcap(tmp_path / "many.pcap", frames)
-    whole = read_capture(plain)
-    walks: dict[str, int] = {}
-    walk_records = pcap.walk_records
-
-    def counted(*args: object) -> pcap.Walk:
-        name = threading.current_thread().name
-        walks[name] = walks.get(name, 0) + 1
-        return walk_records(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pcap, "walk_records", counted)
-    monkeypatch.setattr(diag.capture.source, "CHUNK_SIZE", 333)  # records straddle every window's end
-    assert_same_packets(whole, read_capture(plain))
-    # The read-ahead thread walked the windows; the reading thread only its first two and the last.
-    assert walks.get("diag-read-ahead", 0) > 10 * walks.get(threading.current_thread().name, 0) > 0
-    # Damage far into the file: the walk ahead stops there, the reading thread finds it and says so.
-    data = bytearray(plain.read_bytes())
-    at = 24
-    for _ in range(len(frames) * 2 // 3):
-        at += 16 + struct.unpack_from("<I", data, at + 8)[0]
-    data[at + 8 : at + 12] = struct.pack("<I", 0x7FFFFFF0)
-    damaged = tmp_path / "damaged.pcap"
-    damaged.write_bytes(bytes(data))
-    with pytest.warns(CaptureWarning, match=f"record {len(frames) * 2 // 3 + 1} claims"):  # numbered from 1
-        frame = read_capture(damaged)
-    assert_same_packets(frame, whole.iloc[: len(frames) * 2 // 3])
-
-
 # --- damaged and unreadable input -----------------------------------------------------------------
 
 
@@ -593,7 +561,6 @@ def test_randomly_damaged_files_never_raise_anything_but_capture_error(tmp_path:
 def test_pages_mapped_ahead_of_the_rows_leave_what_is_written_meanwhile_as_written() -> None:
     # The helper maps the columns' pages while the reading thread writes rows into them: what is written
     # before, during and after stays, whichever gets to a page first.
-    import threading
 
     from diag.capture.reader import _map_pages_ahead
 

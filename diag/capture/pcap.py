@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -27,10 +27,6 @@ FILE_HEADER_LEN = 24
 # A captured length above this is not a packet but a damaged header (libpcap
 # itself refuses anything above 256 KiB for most link types; D-Bus allows 128 MiB).
 MAX_CAPLEN = 0x08000000
-
-
-# Record offsets, where the walk stopped, and the absurd captured length that stopped it (None: the data's end).
-Walk = tuple[IntArray, int, int | None]
 
 
 class PcapFormat(NamedTuple):
@@ -49,7 +45,7 @@ MAGICS: dict[bytes, PcapFormat] = {
 }
 
 
-def walk_records(view: ByteView, start: int, fmt: PcapFormat) -> Walk:
+def walk_records(view: ByteView, start: int, fmt: PcapFormat) -> tuple[IntArray, int, int | None]:
     """Offsets of the complete records in ``view``'s bytes from ``start`` on.
 
     Returns (offsets, offset where the walk stopped, the absurd captured
@@ -82,12 +78,10 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
     carry: bytes = b""
     records_seen = 0
     bad_fractions = 0
-    feed.walk_ahead(lambda view: _walk_ahead(view, fmt), first=feed.bytes_read)
     while True:
         buffer, length = feed.next_buffer(carry)
         view = ByteView(buffer, length)
-        walked = cast("Walk | None", feed.walked())
-        offsets, stop, absurd = walked if walked is not None else walk_records(view, 0, fmt)
+        offsets, stop, absurd = walk_records(view, 0, fmt)
         if len(offsets):
             batch, bad = _batch(view, offsets, fmt, frac_to_ns, records_seen)
             bad_fractions += bad
@@ -116,12 +110,6 @@ def read_pcap(feed: Feed, header: bytes, diagnostics: Diagnostics) -> Iterator[R
             f"{bad_fractions} record(s) have a sub-second timestamp field of a second or more; "
             "it was added to the seconds as it stands"
         )
-
-
-def _walk_ahead(view: ByteView, fmt: PcapFormat) -> tuple[Walk, int | None]:
-    """``walk_records`` of a window on the read-ahead thread (``Feed.walk_ahead``), and where the next starts."""
-    walk = walk_records(view, 0, fmt)
-    return walk, (walk[1] if walk[2] is None else None)
 
 
 def _batch(

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, TypeGuard
 import numpy as np
 
 from diag.capture import remote
-from diag.capture.bytesview import PADDING, Buffer, ByteView
+from diag.capture.bytesview import PADDING, Buffer
 from diag.capture.location import Location, S3Object
 from diag.capture.records import Diagnostics
 from diag.errors import CaptureError
@@ -37,8 +37,6 @@ from diag.errors import CaptureError
 GZIP_MAGIC = b"\x1f\x8b"
 # Small enough that a buffer's packet headers stay in the CPU cache while each field is read.
 CHUNK_SIZE = 8 * 1024 * 1024
-# A format's record walk over one window (see Feed.walk_ahead): its result, and where the next window starts.
-Walker = Callable[[ByteView], tuple[object, int | None]]
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux's value; Python 3.11 lacks the name
 
 
@@ -179,29 +177,6 @@ class Feed:
         self._helper: _Helper | None = None  # the thread that prepares windows ahead, started with the first
         self._ahead = False  # a window is being prepared, or was, since the reading thread last asked
         self._ahead_until = 0
-        # The format's record walk, run by the helper too over each window it prepares (see walk_ahead).
-        self._walker: Walker | None = None
-        self._walk_from: int | None = None  # the file offset where the helper's next walk starts
-        self._walked: tuple[int, int, object] | None = None  # its last walk: window start, length, result
-        self._walked_now: object | None = None  # its walk of the window handed out last, when it made that one
-
-    def walk_ahead(self, walker: Walker, first: int) -> None:
-        """Have the helper thread walk each window it prepares with ``walker``, from offset ``first`` of the file.
-
-        ``walker(view)`` walks the records of a window (``view``'s bytes) and returns what the reading thread
-        would otherwise work out itself, and where in the view the window after starts (its first incomplete
-        record), or None to stop walking ahead (damage: the reading thread finds it again and says so).
-        Finding where records start is a chain of dependent memory reads, each waiting for the one before
-        (about a fifth of a pcap's decoding on the reading thread): on a second core it costs that thread
-        nothing. Only a mapped file is prepared ahead, so elsewhere nothing changes; ``walked`` hands the
-        result over when the window handed out is the one the helper walked.
-        """
-        self._walker = walker
-        self._walk_from = first
-
-    def walked(self) -> object | None:
-        """The walker's result for the window ``next_buffer`` handed out last, when the helper made it."""
-        return self._walked_now
 
     def _map_file(self) -> mmap.mmap | None:
         if not self.size:
@@ -274,9 +249,6 @@ class Feed:
         start = self.bytes_read - carried  # the carried bytes are still in the file, just before
         stop = min(self.size, self.bytes_read + max(self.chunk_size, minimum))
         prepared = self._wait_ahead() >= min(stop + PADDING, self.size)
-        # Taken now: the helper's next job walks the window after this one.
-        walked = self._walked
-        self._walked_now = walked[2] if walked is not None and walked[:2] == (start, stop - start) else None
         released_from = self._mapped_from
         self._mapped_from = start
         if not prepared:
@@ -286,8 +258,7 @@ class Feed:
         self.bytes_read = stop
         self.eof = stop >= self.size
         if not self.eof:
-            following = min(self.size, stop + self.chunk_size)  # where the window after this one will end
-            self._prepare_ahead(released_from, start, stop, following + PADDING, following)
+            self._prepare_ahead(released_from, start, stop, min(self.size, stop + self.chunk_size) + PADDING)
         elif self._helper is not None:
             self._helper.stop()  # nothing is left to prepare
         if stop + PADDING <= self.size:
@@ -300,10 +271,9 @@ class Feed:
         tail[: stop - start] = self._map[start:stop]
         return tail, stop - start
 
-    def _prepare_ahead(self, release_from: int, release_to: int, start: int, stop: int, window_end: int) -> None:
+    def _prepare_ahead(self, release_from: int, release_to: int, start: int, stop: int) -> None:
         """On a helper thread: drop the pages of ``[release_from, release_to)``, decoded already, then map
-        ``[start, stop)`` and stream it into the CPU cache, while this thread decodes the window before it;
-        given a walker (``walk_ahead``), walk the records of the next window, which ends at ``window_end``.
+        ``[start, stop)`` and stream it into the CPU cache, while this thread decodes the window before it.
 
         Both run outside the interpreter lock (a ctypes call, a numpy reduction), so on a machine with a
         second core the reading thread no longer waits for the kernel's page set-up: about a tenth of a
@@ -339,31 +309,12 @@ class Feed:
                 return
             data[start:stop:64].max(initial=0)  # as _warm_cache; faults the pages in if populating is unsupported
             self._ahead_until = stop
-            if self._walker is not None:
-                self._walk_window(self._walker, window_end)
 
         if self._helper is None:
             self._helper = _Helper()
             weakref.finalize(self, self._helper.stop)  # a read that ends early lets its helper go too
         self._helper.run(prepare)
         self._ahead = True
-
-    def _walk_window(self, walker: Walker, window_end: int) -> None:
-        """On the helper thread: walk the records from where its last walk stopped to ``window_end``.
-
-        That is the next window the reading thread will be handed (it starts with the record the window
-        before left incomplete), except at first: the helper's first walk starts at the first window's
-        start, so it covers that window and the next together, and the reading thread walks those two
-        itself. The last window, copied to get its padding, is walked by the reading thread too.
-        """
-        assert self._map is not None and self.size is not None
-        start = self._walk_from
-        if start is None or window_end + PADDING > self.size or window_end <= start:
-            return
-        view = ByteView(memoryview(self._map)[start : window_end + PADDING], window_end - start)
-        result, following = walker(view)
-        self._walked = (start, window_end - start, result)
-        self._walk_from = None if following is None else start + following
 
     def _wait_ahead(self) -> int:
         """Wait for what the helper was last given; how far the file is prepared (0: nothing)."""
