@@ -71,7 +71,7 @@ def _reuse_freed_memory() -> None:
 
 # Module names under diag.commands, in the order --help lists them.
 COMMANDS = ("scenario", "analyze", "watch", "flows", "lab", "replay", "aws")
-# The command word each of them registers (tests/test_cli.py checks it against their parsers).
+# The command word each of them registers (tests/test_startup.py checks it against their parsers).
 COMMAND_WORDS = {
     "run-scenario": "scenario",
     "analyze": "analyze",
