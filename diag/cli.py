@@ -16,8 +16,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, NoReturn
 
 from diag.datafiles import add_lab_paths
 from diag.errors import DiagError
@@ -178,6 +179,10 @@ class _Terminated(BaseException):
     """
 
 
+# What signal.signal takes and signal.getsignal gives.
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
 def _raise_terminated() -> None:
     raise _Terminated
 
@@ -194,19 +199,31 @@ def _interrupt(signum: int, frame: object) -> None:
     deliver(_raise_interrupted)
 
 
-def _end_cleanly_on_signals() -> None:
+def _end_cleanly_on_signals() -> list[tuple[int, _Handler]]:
     """``kill`` ends a command as Ctrl-C does: temporary files (an analysis in passes) are removed on the way out.
 
     Both raise their exception through ``diag.interrupts``, so that one arriving while a temporary file or
     directory is being made waits until its removal is arranged. Only where nobody chose otherwise (the lab
-    and the watch install their own handlers while they run).
+    and the watch install their own handlers while they run). Returns the handlers replaced, by signal, for
+    ``_restore_handlers``.
     """
+    replaced: list[tuple[int, _Handler]] = []
     if threading.current_thread() is not threading.main_thread():
-        return
+        return replaced
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+        replaced.append((signal.SIGTERM, signal.SIG_DFL))
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
+        replaced.append((signal.SIGINT, signal.default_int_handler))
+    return replaced
+
+
+def _restore_handlers(replaced: list[tuple[int, _Handler]]) -> None:
+    """Put back what ``_end_cleanly_on_signals`` replaced: a Python program that called ``main`` keeps its own
+    ways (SIGTERM ending it at once, not with ``_Terminated`` raised long after the command returned)."""
+    for signum, handler in replaced:
+        signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
@@ -229,7 +246,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     if not getattr(args, "ends_startup", False):
         end_startup()
     add_lab_paths(getattr(args, "lab_path", None) or [])
-    _end_cleanly_on_signals()
+    replaced = _end_cleanly_on_signals()
     try:
         status: int = args.func(args)
     except DiagError as error:
@@ -244,6 +261,9 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     except BrokenPipeError:
         # `diag ... | head` closed the pipe: not an error worth a traceback.
         return 0
+    finally:
+        if not own_process:  # the process's own command keeps them until it has exited, temporary files removed
+            _restore_handlers(replaced)
     if own_process and getattr(args, "exit_without_teardown", False):
         _exit_now(status)
     return status
