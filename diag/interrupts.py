@@ -46,4 +46,7 @@ def deliver(raise_it: Callable[[], None]) -> None:
     if _depth:
         _pending.append(raise_it)
         return
+    # Any still noted came in a block whose end this signal interrupted (between its count going to 0 and its
+    # raise): this one's exception ends it instead, and none is raised later, at the end of an unrelated block.
+    _pending.clear()
     raise_it()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import PROJECT
 
 # Each signal is sent inside a held block: the handler notes it there, and its exception comes out at the end.
@@ -59,3 +60,22 @@ def test_main_called_from_python_gives_back_the_signal_handlers(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["2", "True True"]
     assert "missing.pcap" in result.stderr  # the command did run, past where the handlers are installed
+
+
+def test_a_signal_noted_in_a_block_whose_end_another_interrupted_is_not_raised_later() -> None:
+    """A second signal can arrive as a held block ends, after it stopped holding and before it raised the first:
+    the second is raised there, and the first must not come out of some later, unrelated block."""
+    from diag import interrupts
+
+    def raise_first() -> None:
+        raise KeyboardInterrupt("first")
+
+    def raise_second() -> None:
+        raise KeyboardInterrupt("second")
+
+    interrupts._pending.append(raise_first)  # the state that end leaves: noted, no block open
+    with pytest.raises(KeyboardInterrupt, match="second"):
+        interrupts.deliver(raise_second)
+    with interrupts.held():
+        pass  # raises nothing
+    assert interrupts._pending == []
