@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="a capture file, a directory of one point's files, '-' (standard input) or an s3://BUCKET/KEY "
         "object, optionally named",
     )  # fmt: skip
-    # Checked in run() rather than with choices=, so a wrong format is one line, not a usage screen.
+    # Checked in run() rather than with choices= and required=: missing or wrong, the line lists the formats.
     parser.add_argument("--format", metavar="FORMAT", help="conn.log, csv, parquet or json (required)")
     parser.add_argument(
         "-o", "--output", type=Path, metavar="DIR",
