@@ -6,9 +6,9 @@ process that wrote them. ``/tmp`` is a tmpfs on many systems (Fedora, Arch,
 Debian from 13 on), so a 20 GB capture's gigabytes of spilled keys and flow
 rows would land in the very memory the budget protects. So when the
 temporary directory is the system's default ``/tmp`` and a tmpfs, they go to
-``/var/tmp`` instead, which is kept on disk, unless that is in memory too. A
-temporary directory anybody chose (``TMPDIR``, ``TEMP`` or ``TMP``, or
-``tempfile.tempdir`` set to another place) is used as it is.
+``/var/tmp`` instead, which is kept on disk, unless that is in memory too or
+cannot be written. A temporary directory anybody chose (``TMPDIR``, ``TEMP``
+or ``TMP``, or ``tempfile.tempdir`` set to another place) is used as it is.
 """
 
 from __future__ import annotations

@@ -63,9 +63,10 @@ def report_of(
 ) -> Report:
     """Correlate and diagnose the stacked packet table of every point, with its flow table, into the ``Report``.
 
-    ``diag.cluster`` calls it with the candidate packets of each point only (``diag.reduction``), the flow
-    tables built where the points were read, and a ``diagnoser`` that diagnoses connection partitions on
-    the workers (``diag.partitions``); the result is the same as on every packet in one process.
+    ``diag.taskgraph`` (run by ``diag.cluster``) calls it with the candidate packets of each point only
+    (``diag.reduction``), the flow tables built where the points were read, and a ``diagnoser`` that
+    diagnoses connection partitions on the workers (``diag.partitions``); the result is the same as on every
+    packet in one process.
     ``diag.passes`` calls it with the candidates it kept of ``packets_read`` packets. ``correlating``: the
     correlation of ``packets``, already started (``diag.analysis.analyze`` runs it beside the flow table),
     waited for here; ``links``: ``diag.diagnose.connections.packet_links(packets)``, made meanwhile (for
