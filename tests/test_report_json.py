@@ -1,5 +1,6 @@
-"""The JSON document: its flow rows, built column by column, against pandas' own row-by-row conversion, and the
-document written piece by piece against the whole string."""
+"""The JSON document: its flow rows, built column by column, against pandas' own row-by-row conversion, the
+problem rows its cap keeps first against the row-by-row problem kind, and the document written piece by piece
+against the whole string."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 
 import diag.report.jsondoc
 from diag.analysis import analyze
+from diag.report.flowcap import cap_flows, problem_mask
+from diag.report.flowkinds import problem_kind
 from diag.report.jsondoc import dumps, flows_to_json, write_json
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -65,6 +68,28 @@ def test_flow_rows_match_the_row_by_row_conversion_for_every_kind_of_column() ->
 
 def test_an_empty_flow_table_is_an_empty_list() -> None:
     assert flows_to_json(pd.DataFrame({"flow_id": np.zeros(0, dtype=np.int64)})) == []
+
+
+def test_the_cap_keeps_first_the_rows_the_text_lists_as_problems() -> None:
+    """``problem_mask`` (the cap's) against ``problem_kind`` row by row, a tunnel never a problem of its own."""
+    rng = np.random.default_rng(11)
+    count = 400
+    flows = pd.DataFrame({
+        "rsts": [[{"index": i}] if rng.random() < 0.1 else [] for i in range(count)],
+        "conn_state": rng.choice(["S0", "SF", "REJ", "OTH"], count),
+        "orig_pkts": rng.integers(0, 3, count),
+        "resp_pkts": rng.integers(0, 3, count),
+        "syn_retransmits": rng.integers(0, 2, count) * (rng.random(count) < 0.3),
+        "carrier": rng.random(count) < 0.2,
+    })
+    expected = np.array([not row["carrier"] and problem_kind(row) is not None for _, row in flows.iterrows()])
+    assert 0 < expected.sum() < count and (flows["carrier"] & (flows["orig_pkts"] == 0)).any()
+    assert problem_mask(flows).tolist() == expected.tolist()
+    assert problem_mask(flows.drop(columns="carrier")).tolist() == [
+        problem_kind(row) is not None for _, row in flows.iterrows()
+    ]
+    kept, left_out = cap_flows(flows, int(expected.sum()))
+    assert left_out == count - expected.sum() and kept.index.tolist() == np.flatnonzero(expected).tolist()
 
 
 @pytest.mark.parametrize(

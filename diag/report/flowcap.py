@@ -17,21 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# Callers long imported it from here; the rules of what is a problem are diag.report.flowkinds'.
+from diag.report.flowkinds import problem_mask as problem_mask
+
 FLOW_LIMIT = 10_000
-
-
-def problem_mask(flows: pd.DataFrame) -> np.ndarray:
-    """True for the rows with a problem the text report lists (``diag.report.flowkinds.problem_kind``), column-wise."""
-    problems = np.asarray(
-        (np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0)
-        | (flows["conn_state"] == "S0").to_numpy()
-        | ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
-        | (flows["syn_retransmits"] > 0).to_numpy(),
-        dtype=bool,
-    )
-    if "carrier" in flows.columns:  # a tunnel is never a problem of its own
-        problems &= ~flows["carrier"].to_numpy(dtype=bool)
-    return problems
 
 
 def cap_flows(flows: pd.DataFrame, limit: int | None = FLOW_LIMIT) -> tuple[pd.DataFrame, int]:

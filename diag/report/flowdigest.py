@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from diag.report.flowcap import problem_mask
-from diag.report.flowkinds import healthy_summary, problem_kinds
+from diag.report.flowkinds import healthy_summary, problem_kinds, problem_mask
 
 
 @dataclass(frozen=True)

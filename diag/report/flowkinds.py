@@ -2,9 +2,11 @@
 
 The text report lists each capture's problem flows by kind (resets,
 unanswered SYNs, one-sided flows, SYN retransmissions) and sums up the rest
-in one line; a flow table too big to gather (``diag.report.flowdigest``) and
-one kept on disk (``diag.spilled``) count the same kinds and make the same
-line where the rows are.
+in one line; the JSON report's cap on flow rows keeps the same problem
+rows first (``problem_mask``, read by ``diag.report.flowcap``); a flow
+table too big to gather (``diag.report.flowdigest``) and one kept on disk
+(``diag.spilled``) count the same kinds and make the same line where the
+rows are.
 """
 
 from __future__ import annotations
@@ -35,18 +37,31 @@ def problem_kind(flow: pd.Series) -> str | None:
     return None
 
 
-def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
-    """``problem_kind`` of every row of a flow table, column-wise."""
+def _conditions(flows: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per row of a flow table: whether it is a tunnel, and whether it shows each kind of ``PROBLEM_ORDER``."""
     has_rst = np.fromiter(map(len, flows["rsts"].to_numpy()), dtype=np.int64, count=len(flows)) > 0
     unanswered = (flows["conn_state"] == "S0").to_numpy()
     one_sided = ((flows["orig_pkts"] == 0) | (flows["resp_pkts"] == 0)).to_numpy()
     retried = (flows["syn_retransmits"] > 0).to_numpy()
     # A tunnel (a VXLAN or Geneve carrier flow) is one-way by design and never a problem of its own.
     carrier = flows["carrier"].to_numpy(dtype=bool) if "carrier" in flows.columns else np.zeros(len(flows), bool)
+    return carrier, [has_rst, unanswered, one_sided, retried]
+
+
+def problem_kinds(flows: pd.DataFrame) -> list[str | None]:
+    """``problem_kind`` of every row of a flow table, column-wise."""
+    carrier, kinds_shown = _conditions(flows)
     # The first kind that applies, in PROBLEM_ORDER: position 0 of _KIND_LABELS is "none".
-    choice = np.select([carrier, has_rst, unanswered, one_sided, retried], [0, 1, 2, 3, 4], default=0)
+    choice = np.select([carrier, *kinds_shown], [0, 1, 2, 3, 4], default=0)
     kinds: list[str | None] = _KIND_LABELS[choice].tolist()
     return kinds
+
+
+def problem_mask(flows: pd.DataFrame) -> np.ndarray:
+    """True for the rows ``problem_kinds`` gives a kind (the problems the text report lists), column-wise."""
+    carrier, kinds_shown = _conditions(flows)
+    problems: np.ndarray = np.asarray(np.logical_or.reduce(kinds_shown), dtype=bool) & ~carrier
+    return problems
 
 
 _KIND_LABELS: Final = np.array([None, *PROBLEM_ORDER], dtype=object)
