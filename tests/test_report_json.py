@@ -18,7 +18,7 @@ import pytest
 import diag.report.jsondoc
 from diag.analysis import analyze
 from diag.report.flowcap import cap_flows, problem_mask
-from diag.report.flowkinds import problem_kind
+from diag.report.flowkinds import problem_kind, problem_kinds
 from diag.report.jsondoc import dumps, flows_to_json, write_json
 
 CAPTURES = Path(__file__).resolve().parent.parent / "captures"
@@ -71,7 +71,8 @@ def test_an_empty_flow_table_is_an_empty_list() -> None:
 
 
 def test_the_cap_keeps_first_the_rows_the_text_lists_as_problems() -> None:
-    """``problem_mask`` (the cap's) against ``problem_kind`` row by row, a tunnel never a problem of its own."""
+    """``problem_mask`` (the cap's) and ``problem_kinds`` against ``problem_kind`` row by row, a tunnel never a
+    problem of its own."""
     rng = np.random.default_rng(11)
     count = 400
     flows = pd.DataFrame({
@@ -82,12 +83,14 @@ def test_the_cap_keeps_first_the_rows_the_text_lists_as_problems() -> None:
         "syn_retransmits": rng.integers(0, 2, count) * (rng.random(count) < 0.3),
         "carrier": rng.random(count) < 0.2,
     })
-    expected = np.array([not row["carrier"] and problem_kind(row) is not None for _, row in flows.iterrows()])
+    kinds = [problem_kind(row) for _, row in flows.iterrows()]
+    expected = np.array([kind is not None for kind in kinds])
     assert 0 < expected.sum() < count and (flows["carrier"] & (flows["orig_pkts"] == 0)).any()
-    assert problem_mask(flows).tolist() == expected.tolist()
-    assert problem_mask(flows.drop(columns="carrier")).tolist() == [
-        problem_kind(row) is not None for _, row in flows.iterrows()
-    ]
+    assert not any(kind for kind, carrier in zip(kinds, flows["carrier"], strict=True) if carrier)
+    assert problem_mask(flows).tolist() == expected.tolist() and problem_kinds(flows) == kinds
+    bare = flows.drop(columns="carrier")  # a table without the column: no row is a tunnel
+    assert problem_mask(bare).tolist() == [problem_kind(row) is not None for _, row in bare.iterrows()]
+    assert (problem_mask(bare) & flows["carrier"].to_numpy()).any()
     kept, left_out = cap_flows(flows, int(expected.sum()))
     assert left_out == count - expected.sum() and kept.index.tolist() == np.flatnonzero(expected).tolist()
 

@@ -25,7 +25,9 @@ PROBLEM_ORDER: Final = (RESET, UNANSWERED, ONE_SIDED, SYN_RETRY)
 
 
 def problem_kind(flow: pd.Series) -> str | None:
-    """The most urgent problem a flow row shows, or None when it looks healthy."""
+    """The most urgent problem a flow row shows, or None when it looks healthy or is a tunnel."""
+    if flow.get("carrier", False):  # one-way by design, as problem_kinds says too
+        return None
     if len(flow["rsts"]) > 0:
         return RESET
     if flow["conn_state"] == "S0":
