@@ -88,9 +88,14 @@ class PacketRef:
         """Wireshark's frame.number: 1-based, what a reader types into its filter bar."""
         return self.index + 1
 
+    def file_in(self, files: Sequence[str]) -> str | None:
+        """The name of the file the packet is in, of its point's files (``CaptureInfo.files``), when there are
+        several (a ring buffer): the index counts within that file. None for a point of one file."""
+        return files[self.file] if len(files) > 1 and 0 <= self.file < len(files) else None
+
     def to_json(self, files: tuple[str, ...] = ()) -> dict[str, Any]:
         """``file`` is named only when the point has several files (``files``, its CaptureInfo.files)."""
-        name = files[self.file] if len(files) > 1 and 0 <= self.file < len(files) else None
+        name = self.file_in(files)
         return {"capture": self.capture, "index": self.index, "frame": self.frame, "file": name, "ts": self.ts}
 
 

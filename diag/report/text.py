@@ -98,10 +98,8 @@ def packet_place(ref: PacketRef, files: PointFiles) -> str:
     """``pod frame 254``, and the file it is in when the point was read from several (a ring buffer):
     the frame counts within that file, so without its name a reader of five ring files cannot find it."""
     place = f"{ref.capture} frame {ref.frame}"
-    point_files = files.get(ref.capture, ())
-    if len(point_files) > 1 and 0 <= ref.file < len(point_files):
-        place += f" of {point_files[ref.file]}"
-    return place
+    name = ref.file_in(files.get(ref.capture, ()))
+    return place if name is None else f"{place} of {name}"
 
 
 def _finding_lines(finding: Finding, style: _Style, *, headline: bool, files: PointFiles) -> list[str]:
@@ -156,7 +154,7 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
     findings, ranking = report.findings, report.ranking
     top = ranking.top
     assert top is not None
-    files = {info.name: info.files for info in report.captures}
+    files = report.capture_files()  # the JSON's too: the first point of a name
     lines = _finding_lines(findings[top], style, headline=True, files=files)
     why = ranking.why_first(top)
     if why:
