@@ -30,7 +30,7 @@ def test_the_work_runs_once_however_many_threads_offer_to_run_it() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=60)
     assert len(calls) == 1 and shared.result() is done and len(calls) == 1
 
 
@@ -45,8 +45,9 @@ def test_an_error_of_the_work_is_raised_in_the_thread_that_waits_not_in_the_one_
     shared = _FirstFree(work)
     ran = threading.Thread(target=shared.run_unless_taken)
     ran.start()
-    ran.join()
+    ran.join(timeout=60)
     assert uncaught == []  # the correlation's thread goes on to its tables
+    assert shared._done.done()  # the error is kept for the waits (else they would wait forever, not fail)
     with pytest.raises(ValueError, match="no links"):
         shared.result()
     with pytest.raises(ValueError, match="no links"):  # every wait, not only the first
