@@ -126,8 +126,8 @@ def analyze(
     correlating = _Correlating(packets, linking)
     with in_stage(progress, "flows", f"{len(packets):,} packets"):
         flows = build_flows(packets)
-        linking.run_unless_taken()
-    return report_of(packets, flows, infos, progress, correlating=correlating, links=linking.result())
+        links = linking.result()  # made here, or waited for while the correlation's thread makes them
+    return report_of(packets, flows, infos, progress, correlating=correlating, links=links)
 
 
 class _FirstFree:
