@@ -362,7 +362,7 @@ def _warn_if_filtered_out(expression: str, report: Report) -> None:
     if report.findings:
         return
     digest = report.flow_digest
-    flows = sum(c.flows for c in digest.captures.values()) if digest is not None else len(report.flows)
+    flows = digest.flows if digest is not None else len(report.flows)
     if not flows:
         print(
             f"diag: warning: --filter {expression!r} matched no TCP or UDP flow in the captures: "
