@@ -119,11 +119,10 @@ def clock_bounds(packets: pd.DataFrame) -> ClockBounds:
     ts = np.asarray(packets["ts_ns"].to_numpy(), dtype=np.int64)
     ip_id = np.asarray(packets["ip_id"].to_numpy(), dtype=np.int64)
     seen = sightings_across(packets, capture_code, ts, ip_id)
-    sights, matched = seen.sights, seen.matched
+    sights = seen.sights
     pairs = pair_directions(
-        sights.match[matched], sights.capture[matched], sights.ts[matched], seen.rank[matched], seen.endpoints,
-        len(captures.cat.categories),
-    )  # fmt: skip
+        sights.match, sights.capture, sights.ts, seen.rank, seen.endpoints, len(captures.cat.categories)
+    )
     return {(a, b): PairBounds.of(d, direction) for a, b, d, direction in pairs}
 
 

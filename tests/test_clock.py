@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +15,15 @@ from packets import make_packets
 
 from diag.analysis import analyze
 from diag.correlate import correlate
-from diag.correlate.clock import ONE_WAY_UNCERTAINTY_S, pair_offset
+from diag.correlate.clock import (
+    ONE_WAY_UNCERTAINTY_S,
+    ClockOffset,
+    _equal_ttl_directions,
+    chain_offsets,
+    estimate_offsets,
+    pair_directions,
+    pair_offset,
+)
 
 
 def test_both_directions_give_the_middle_of_the_interval() -> None:
@@ -108,3 +118,97 @@ def test_editcap_shifted_file_gives_the_same_verdict_and_the_shift_in_its_offset
     after = analyze([arguments[0], arguments[1], f"pod={shifted}"])
     assert [f.cause for f in after.findings] == [f.cause for f in before.findings] == ["asymmetric-return"]
     assert after.clock_offsets["pod"].offset_s == pytest.approx(before.clock_offsets["pod"].offset_s - 3.5, abs=1e-6)
+
+
+def _reference_pair_directions(
+    match: np.ndarray, capture: np.ndarray, ts_ns: np.ndarray, ttl: np.ndarray, endpoints: Any, n_captures: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The plain numpy ``pair_directions`` (one wide array per column, boolean masks per pair), kept to check
+    the compiled one against; every entry matched."""
+    if len(match) == 0:
+        return
+    n_match = int(match.max()) + 1
+    present = np.zeros((n_captures, n_match), dtype=bool)
+    wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
+    wide_ttl = np.zeros((n_captures, n_match), dtype=np.int64)
+    wide_entry = np.zeros((n_captures, n_match), dtype=np.int64)
+    present[capture, match] = True
+    wide_ts[capture, match] = ts_ns
+    wide_ttl[capture, match] = ttl
+    wide_entry[capture, match] = np.arange(len(match))
+    for a in range(n_captures):
+        for b in range(a + 1, n_captures):
+            both = present[a] & present[b]
+            if not both.any():
+                continue
+            d = wide_ts[b, both] - wide_ts[a, both]
+            direction = np.sign(wide_ttl[a, both] - wide_ttl[b, both]).astype(np.int8)
+            equal = direction == 0
+            if equal.any():
+                direction[equal] = _equal_ttl_directions(d[equal], endpoints(wide_entry[a, both][equal]))
+            yield a, b, d, direction
+
+
+def _reference_offsets(
+    match: np.ndarray, capture: np.ndarray, ts_ns: np.ndarray, ttl: np.ndarray, endpoints: Any, n_captures: int
+) -> tuple[dict[int, ClockOffset], dict[int, str]]:
+    """``estimate_offsets`` from every pair's packets (the reference above), without the compiled bounds."""
+    edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
+    for a, b, d, direction in _reference_pair_directions(match, capture, ts_ns, ttl, endpoints, n_captures):
+        if not (direction != 0).any():
+            direction[:] = 1 if float(np.median(d)) >= 0 else -1
+        estimate = pair_offset(d, direction > 0, direction < 0)
+        if estimate is not None:
+            theta, uncertainty, note = estimate
+            edges[a].append((b, theta, uncertainty, note))
+            edges[b].append((a, -theta, uncertainty, note))
+    return chain_offsets(edges, 0)
+
+
+def _random_sightings(seed: int, n_captures: int) -> tuple[np.ndarray, ...]:
+    """Matched packets over ``n_captures`` points with random clocks and unmatched entries (match -1) in
+    between, which the functions must leave out. By the seed: TTLs all equal (the flows' two directions
+    must tell, or nothing does), from a small range (some equal at two points, some not) or going down
+    hop by hop (none equal); flows in both directions or in one only."""
+    rng = np.random.default_rng(seed)
+    ttls, both_ways = seed % 3, seed % 5 != 0
+    skew = rng.integers(-(10**9), 10**9, n_captures)
+    match, capture, ts, ttl, ends = [], [], [], [], []
+    for m in range(int(rng.integers(1, 400))):
+        path = rng.permutation(n_captures)[: int(rng.integers(1, n_captures + 1))]
+        reply = both_ways and bool(rng.integers(0, 2))
+        flow = int(rng.integers(0, 3))
+        start = int(rng.integers(0, 10**9))
+        for hop, point in enumerate(path[::-1] if reply else path):
+            match.append(m)
+            capture.append(point)
+            ts.append(start + hop * int(rng.integers(1_000, 5_000_000)) + skew[point])
+            ttl.append(64 if ttls == 0 else int(rng.integers(62, 65)) if ttls == 1 else 64 - hop)
+            ends.append((2, 80, 1, 40000 + flow) if reply else (1, 40000 + flow, 2, 80))
+    lone = rng.random(len(match)) < 0.1
+    return (
+        np.where(lone, -1, match).astype(np.int64), np.array(capture, dtype=np.int64),
+        np.array(ts, dtype=np.int64), np.array(ttl, dtype=np.int64), np.array(ends, dtype=np.int64),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_pair_passes_agree_with_the_plain_numpy_ones(seed: int) -> None:
+    n_captures = 2 + seed % 4
+    match, capture, ts, ttl, ends = _random_sightings(seed, n_captures)
+    kept = np.flatnonzero(match >= 0)
+
+    def endpoints(entries: np.ndarray) -> np.ndarray:
+        return np.asarray(ends[entries])
+
+    def kept_endpoints(entries: np.ndarray) -> np.ndarray:
+        return endpoints(kept[entries])
+
+    plain = (match[kept], capture[kept], ts[kept], ttl[kept], kept_endpoints, n_captures)
+    expected = list(_reference_pair_directions(*plain))
+    got = list(pair_directions(match, capture, ts, ttl, endpoints, n_captures))
+    assert [(a, b) for a, b, _, _ in got] == [(a, b) for a, b, _, _ in expected]
+    for (_, _, d, direction), (_, _, want_d, want_direction) in zip(got, expected, strict=True):
+        assert np.array_equal(d, want_d)
+        assert direction.dtype == want_direction.dtype and np.array_equal(direction, want_direction)
+    assert estimate_offsets(match, capture, ts, ttl, endpoints, n_captures, 0) == _reference_offsets(*plain)

@@ -24,7 +24,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
+
+from diag.compiled import compiled
+from diag.flows.keys import read_only
+
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class ClockOffset:
 ONE_WAY_UNCERTAINTY_S = 0.01
 # Timestamps are at best nanoseconds apart; never claim better than this.
 MIN_UNCERTAINTY_S = 1e-6
+# The starting values of a maximum and a minimum in compiled code.
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _equal_ttl_directions(d: np.ndarray, endpoints: np.ndarray) -> np.ndarray:
@@ -105,18 +114,34 @@ def estimate_offsets(
 ) -> tuple[dict[int, ClockOffset], dict[int, str]]:
     """Offsets of every capture reachable from ``reference`` through matched packets.
 
-    Inputs are one entry per sighting of a matched packet: its match id,
-    capture code, time and TTL; ``endpoints`` gives, for an array of entry
-    numbers, their (src, sport, dst, dport) codes at that point as an n x 4
-    array (asked only for packets with an equal TTL at two points, which
-    spares building it for every entry). Returns offsets keyed by capture code and a note per capture
-    saying how its offset was obtained.
+    Inputs are one entry per sighting: its match id (-1 when not matched: the
+    entry is left out), capture code, time and TTL; ``endpoints`` gives, for
+    an array of entry numbers, their (src, sport, dst, dport) codes at that
+    point as an n x 4 array (asked only for packets with an equal TTL at two
+    points, which spares building it for every entry). Returns offsets keyed
+    by capture code and a note per capture saying how its offset was obtained.
+
+    A pair of captures whose packets all have different TTLs at the two (the
+    usual case) needs only its two bounds, which one compiled pass over the
+    matches takes for every pair at once; a pair with an equal TTL somewhere
+    or none telling the direction is given its packets (``pair_directions``).
     """
     edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
-    for a, b, d, direction in pair_directions(match, capture, ts_ns, ttl, endpoints, n_captures):
-        if not (direction != 0).any():
-            direction[:] = _fallback_direction(a, b, d, order_hint)
-        estimate = pair_offset(d, direction > 0, direction < 0)
+    slots = _match_slots(match, capture, n_captures)
+    ts_ns, ttl = read_only(ts_ns, np.int64), read_only(ttl, np.int64)
+    count, a_first, b_first, equal, lo_ns, hi_ns = _pair_bounds(slots, ts_ns, ttl)
+    for a, b in _pairs(n_captures):
+        if count[a, b] == 0:
+            continue
+        if equal[a, b] == 0 and (a_first[a, b] or b_first[a, b]):
+            estimate = offset_from_bounds(
+                int(lo_ns[a, b]) if a_first[a, b] else None, int(hi_ns[a, b]) if b_first[a, b] else None
+            )
+        else:
+            d, direction = _directions(slots, a, b, ts_ns, ttl, endpoints)
+            if not (direction != 0).any():
+                direction[:] = _fallback_direction(a, b, d, order_hint)
+            estimate = pair_offset(d, direction > 0, direction < 0)
         if estimate is None:
             continue
         theta, uncertainty, note = estimate
@@ -134,31 +159,109 @@ def pair_directions(
     n_captures: int,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
     """For each pair of captures a < b with matched packets at both (inputs as ``estimate_offsets``'s):
-    ``(a, b, d, direction)``, ``d = ts_B − ts_A`` per packet and its direction from the TTLs (+1: A first,
-    -1: B first, 0: not told by the packets; the caller decides those when no packet tells)."""
-    if len(match) == 0:
-        return
-    n_match = int(match.max()) + 1
-    present = np.zeros((n_captures, n_match), dtype=bool)
-    wide_ts = np.zeros((n_captures, n_match), dtype=np.int64)
-    wide_ttl = np.zeros((n_captures, n_match), dtype=np.int64)
-    wide_entry = np.zeros((n_captures, n_match), dtype=np.int64)
-    present[capture, match] = True
-    wide_ts[capture, match] = ts_ns
-    wide_ttl[capture, match] = ttl
-    wide_entry[capture, match] = np.arange(len(match))
+    ``(a, b, d, direction)``, ``d = ts_B − ts_A`` per packet (in match order) and its direction from the
+    TTLs (+1: A first, -1: B first, 0: not told by the packets; the caller decides those when no packet
+    tells)."""
+    slots = _match_slots(match, capture, n_captures)
+    ts_ns, ttl = read_only(ts_ns, np.int64), read_only(ttl, np.int64)
+    for a, b in _pairs(n_captures):
+        d, direction = _directions(slots, a, b, ts_ns, ttl, endpoints)
+        if len(d):
+            yield a, b, d, direction
+
+
+def _pairs(n_captures: int) -> Iterator[tuple[int, int]]:
+    """Every pair of captures a < b, in the order the offsets are chained from (it breaks ties there)."""
     for a in range(n_captures):
         for b in range(a + 1, n_captures):
-            both = present[a] & present[b]
-            if not both.any():
+            yield a, b
+
+
+def _match_slots(match: np.ndarray, capture: np.ndarray, n_captures: int) -> IntArray:
+    """Per match id and capture, the entry of that match seen there, -1 when none (n_match x n_captures)."""
+    return _fill_slots(read_only(match, np.int64), read_only(capture, np.int64), n_captures)
+
+
+@compiled
+def _fill_slots(match: IntArray, capture: IntArray, n_captures: int) -> IntArray:
+    """``_match_slots``; entries with match -1 are left out (a later entry of the same match and capture
+    would win, but a match has one sighting per capture)."""
+    n_match = 0
+    for m in match:
+        n_match = max(n_match, m + 1)
+    slots = np.full((n_match, n_captures), -1, dtype=np.int64)
+    for i in range(len(match)):
+        if match[i] >= 0:
+            slots[match[i], capture[i]] = i
+    return slots
+
+
+@compiled
+def _pair_bounds(
+    slots: IntArray, ts_ns: IntArray, ttl: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
+    """Per pair of captures a < b (n_captures x n_captures arrays, read at [a, b]), over the matches seen at
+    both: how many, how many passed A first by the TTL, how many B first, how many with an equal TTL; the
+    largest ``−d`` of the A-first ones and the smallest of the B-first ones (``pair_offset``'s bounds), with
+    ``d = ts_B − ts_A``. A bound is meaningless when its count is 0."""
+    n_captures = slots.shape[1]
+    shape = (n_captures, n_captures)
+    count = np.zeros(shape, dtype=np.int64)
+    a_first = np.zeros(shape, dtype=np.int64)
+    b_first = np.zeros(shape, dtype=np.int64)
+    equal = np.zeros(shape, dtype=np.int64)
+    lo = np.full(shape, _INT64_MIN, dtype=np.int64)
+    hi = np.full(shape, _INT64_MAX, dtype=np.int64)
+    for m in range(slots.shape[0]):
+        for a in range(n_captures):
+            ea = slots[m, a]
+            if ea < 0:
                 continue
-            d = wide_ts[b, both] - wide_ts[a, both]
-            ttl_a, ttl_b = wide_ttl[a, both], wide_ttl[b, both]
-            direction = np.sign(ttl_a - ttl_b).astype(np.int8)
-            equal = direction == 0
-            if equal.any():
-                direction[equal] = _equal_ttl_directions(d[equal], endpoints(wide_entry[a, both][equal]))
-            yield a, b, d, direction
+            for b in range(a + 1, n_captures):
+                eb = slots[m, b]
+                if eb < 0:
+                    continue
+                count[a, b] += 1
+                minus_d = ts_ns[ea] - ts_ns[eb]
+                if ttl[ea] > ttl[eb]:
+                    a_first[a, b] += 1
+                    lo[a, b] = max(lo[a, b], minus_d)
+                elif ttl[ea] < ttl[eb]:
+                    b_first[a, b] += 1
+                    hi[a, b] = min(hi[a, b], minus_d)
+                else:
+                    equal[a, b] += 1
+    return count, a_first, b_first, equal, lo, hi
+
+
+@compiled
+def _pair_entries(slots: IntArray, a: int, b: int) -> tuple[IntArray, IntArray]:
+    """The entries at captures a and b of every match seen at both, in match order."""
+    n = 0
+    for m in range(slots.shape[0]):
+        if slots[m, a] >= 0 and slots[m, b] >= 0:
+            n += 1
+    at_a = np.empty(n, dtype=np.int64)
+    at_b = np.empty(n, dtype=np.int64)
+    i = 0
+    for m in range(slots.shape[0]):
+        if slots[m, a] >= 0 and slots[m, b] >= 0:
+            at_a[i], at_b[i] = slots[m, a], slots[m, b]
+            i += 1
+    return at_a, at_b
+
+
+def _directions(
+    slots: IntArray, a: int, b: int, ts_ns: IntArray, ttl: IntArray, endpoints: Callable[[np.ndarray], np.ndarray]
+) -> tuple[IntArray, np.ndarray]:
+    """``d = ts_B − ts_A`` and the direction of every match seen at both a and b (``pair_directions``)."""
+    at_a, at_b = _pair_entries(slots, a, b)
+    d: IntArray = ts_ns[at_b] - ts_ns[at_a]
+    direction = np.sign(ttl[at_a] - ttl[at_b]).astype(np.int8)
+    equal = direction == 0
+    if equal.any():
+        direction[equal] = _equal_ttl_directions(d[equal], endpoints(at_a[equal]))
+    return d, direction
 
 
 def chain_offsets(

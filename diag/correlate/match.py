@@ -37,9 +37,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from diag.capture.addresses import endpoint_text
+from diag.compiled import compiled
 from diag.correlate.clock import ClockOffset, estimate_offsets
 from diag.correlate.columns import MATCH_COLUMNS, NAT_COLUMNS, PATH_COLUMNS, empty_table
 from diag.correlate.paths import lay_out_paths, path_rank
@@ -48,6 +50,8 @@ from diag.correlate.sightings import Sightings, find_sightings, one_capture_sigh
 from diag.correlate.tables import matches_and_nat, paths_table
 from diag.flows.copies import packet_keys
 from diag.flows.keys import read_only
+
+IntArray = npt.NDArray[np.int64]
 
 
 def _capture_codes(packets: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -171,15 +175,15 @@ def correlate_in_steps(
         )
 
     seen = sightings_across(packets, capture_code, ts, ip_id)
-    sights, matched, rank, endpoints = seen.sights, seen.matched, seen.rank, seen.endpoints
+    sights, rank = seen.sights, seen.rank
     hint_codes = [names.index(n) for n in order_hint if n in names] if order_hint else None
     if offsets is None:
         offsets_by_code, notes_by_code = estimate_offsets(
-            match=sights.match[matched],
-            capture=sights.capture[matched],
-            ts_ns=sights.ts[matched],
-            ttl=rank[matched],
-            endpoints=endpoints,
+            match=sights.match,
+            capture=sights.capture,
+            ts_ns=sights.ts,
+            ttl=rank,
+            endpoints=seen.endpoints,
             n_captures=len(names),
             reference=names.index(reference) if reference else 0,
             order_hint=hint_codes,
@@ -192,20 +196,17 @@ def correlate_in_steps(
     offset_ns_by_code = np.zeros(len(names), dtype=np.int64)
     for code, o in offsets_by_code.items():
         offset_ns_by_code[code] = round(o.offset_s * 1e9)
-    ts_ref = ts + offset_ns_by_code[capture_code]
-
     layout = lay_out_paths(
         sights.match, sights.capture, rank, sights.outer_ttl, sights.ts + offset_ns_by_code[sights.capture]
     )
-    lone = len(sights.row_sighting) - len(sights.first_row)
-    no_sighting = np.full(lone, -1, dtype=np.int64)
+    row_match, row_hop = _per_row(read_only(sights.row_sighting, np.int64), sights.match, layout.hop)
     rows = Correlation(
         reference=reference,
         offsets=offsets,
-        row_match=np.concatenate([sights.match, no_sighting])[sights.row_sighting],
+        row_match=row_match,
         row_sighting=sights.row_sighting,
-        ts_ref_ns=ts_ref,
-        row_hop=np.concatenate([layout.hop, no_sighting])[sights.row_sighting],
+        ts_ref_ns=_on_reference_clock(ts, capture_code, offset_ns_by_code),
+        row_hop=row_hop,
         clock_notes=notes,
     )
 
@@ -220,6 +221,36 @@ def correlate_in_steps(
     return CorrelationSteps(rows, finish)
 
 
+@compiled
+def _per_row(row_sighting: IntArray, match: IntArray, hop: IntArray) -> tuple[IntArray, IntArray]:
+    """Per packet position, the match and the hop of its sighting (-1 for the rows with a sighting of their
+    own, numbered after the others: unmatchable packets)."""
+    n, n_sightings = len(row_sighting), len(match)
+    row_match = np.empty(n, dtype=np.int64)
+    row_hop = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        s = row_sighting[i]
+        if s < n_sightings:
+            row_match[i], row_hop[i] = match[s], hop[s]
+        else:
+            row_match[i] = row_hop[i] = -1
+    return row_match, row_hop
+
+
+def _on_reference_clock(ts: np.ndarray, capture_code: np.ndarray, offset_ns_by_code: IntArray) -> IntArray:
+    """Every packet's time with its capture's offset added."""
+    return _add_offsets(read_only(ts, np.int64), read_only(capture_code, np.int64), offset_ns_by_code)
+
+
+@compiled
+def _add_offsets(ts: IntArray, capture_code: IntArray, offset_ns_by_code: IntArray) -> IntArray:
+    """``ts + offset_ns_by_code[capture_code]`` in one pass."""
+    out = np.empty(len(ts), dtype=np.int64)
+    for i in range(len(ts)):
+        out[i] = ts[i] + offset_ns_by_code[capture_code[i]]
+    return out
+
+
 def _done(correlation: Correlation) -> CorrelationSteps:
     """Steps of a correlation that has no tables to build (one capture, or no packets)."""
     return CorrelationSteps(correlation, lambda: correlation)
@@ -230,8 +261,6 @@ class SightingsAcross:
     """The copies of each packet across the points, and the ones seen at two or more (what the clocks read)."""
 
     sights: Sightings
-    matched: np.ndarray  # the sightings with a match at another point
-    matched_rows: np.ndarray  # the packet row of each matched sighting's first copy
     rank: np.ndarray  # each sighting's place along the path, from its inner and outer TTL
     records: np.ndarray  # the packets' 32-byte records the sightings were cut from
     address_text: np.ndarray  # the address strings the src/dst codes stand for
@@ -240,9 +269,9 @@ class SightingsAcross:
     sport: np.ndarray
     dport: np.ndarray
 
-    def endpoints(self, entries: np.ndarray) -> np.ndarray:
-        """The (src, sport, dst, dport) codes of the first copy of each of those matched sightings."""
-        at = self.matched_rows[entries]
+    def endpoints(self, sightings: np.ndarray) -> np.ndarray:
+        """The (src, sport, dst, dport) codes of the first copy of each of those sightings."""
+        at = self.sights.first_row[sightings]
         return np.stack([self.src[at], self.sport[at], self.dst[at], self.dport[at]], axis=1).astype(np.int64)
 
 
@@ -255,11 +284,8 @@ def sightings_across(
     outer_ttl = packets["outer_ttl"].to_numpy() if "outer_ttl" in packets else None
     records = packet_records(ts, capture_code, packets["ttl"].to_numpy(), outer_ttl, (src, dst, sport, dport))
     sights = find_sightings(packet_keys(packets), ip_id, capture_code, ts, records)
-    matched = np.flatnonzero(sights.match >= 0)
     return SightingsAcross(
         sights=sights,
-        matched=matched,
-        matched_rows=sights.first_row[matched],
         rank=path_rank(sights.ttl, sights.ttl_out),
         records=records,
         address_text=address_text,

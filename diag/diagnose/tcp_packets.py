@@ -102,69 +102,67 @@ class Packets:
         return made
 
     def prefetch(self, chosen: np.ndarray) -> None:
-        """Make the ``Seen`` of every packet in ``chosen`` at once: one gather per column for all of them."""
+        """Make the ``Seen`` of every packet in ``chosen`` at once: one gather per column for all of them.
+
+        Thousands of packets with a sighting per point each are made for a busy capture's findings: every value
+        is gathered and turned into text by the column (each distinct endpoint written once), so the Python
+        left per sighting is the object itself.
+        """
         chosen = np.unique(chosen[chosen >= 0])
+        chosen = chosen[[i not in self._made for i in chosen.tolist()]]
         if len(chosen) == 0:
             return
-        columns, names, sights = self.table.columns, self.table.names, self.sights
-        owner, sight_rows = expand_ranges(self.sight_start[chosen], self.sight_stop[chosen])
-        copy_owner, copies = expand_ranges(sights.bounds[sight_rows], sights.bounds[sight_rows + 1])
-        rows = sights.copies[copies]
-        values = {name: columns[name][rows].tolist() for name in _SIGHT_COLUMNS}
-        src, sport, dst, dport = values["src"], values["sport"], values["dst"], values["dport"]
-        capture, index, ts_ns, ts_ref, ip_id, file = (
-            values[name] for name in ("capture", "index", "ts_ns", "ts_ref", "ip_id", "file")
+        columns, sights = self.table.columns, self.sights
+        names = np.array(self.table.names, dtype=object)
+        _, sight_rows = expand_ranges(self.sight_start[chosen], self.sight_stop[chosen])
+        starts, stops = sights.bounds[sight_rows], sights.bounds[sight_rows + 1]
+        at = sights.copies[starts]  # the sighting's first copy
+        src = _endpoints(names, columns["src"][at], columns["sport"][at])
+        sources: list[tuple[str, ...]] = [(source,) for source in src]
+        # Most sightings are one copy; the sources of several are listed once each, in order.
+        for s in np.flatnonzero(stops - starts > 1).tolist():
+            rows = sights.copies[starts[s] : stops[s]]
+            sources[s] = tuple(dict.fromkeys(_endpoints(names, columns["src"][rows], columns["sport"][rows])))
+        made = list(
+            map(
+                Sight,
+                names[columns["capture"][at]].tolist(),
+                columns["index"][at].tolist(),
+                columns["ts_ns"][at].tolist(),
+                columns["ts_ref"][at].tolist(),
+                sights.ttl[sight_rows].tolist(),
+                columns["ip_id"][at].tolist(),
+                sights.forwarded[sight_rows].tolist(),
+                sights.incoming[sight_rows].tolist(),
+                src,
+                _endpoints(names, columns["dst"][at], columns["dport"][at]),
+                sources,
+                columns["file"][at].astype(np.int64).tolist(),
+            )
         )
-        ttl = sights.ttl[sight_rows].tolist()
-        forwarded = sights.forwarded[sight_rows].tolist()
-        incoming = sights.incoming[sight_rows].tolist()
-        copy_bounds = np.r_[0, np.cumsum(sights.bounds[sight_rows + 1] - sights.bounds[sight_rows])].tolist()
         sight_bounds = np.r_[0, np.cumsum(self.sight_stop[chosen] - self.sight_start[chosen])].tolist()
-        made: list[Sight] = []
-        for s in range(len(sight_rows)):
-            at, stop = copy_bounds[s], copy_bounds[s + 1]
-            source = endpoint_text(names[src[at]], sport[at])
-            # Most sightings are one copy; the sources of several are listed once each, in order.
-            sources = (
-                (source,)
-                if stop - at == 1
-                else tuple(dict.fromkeys(endpoint_text(names[src[c]], sport[c]) for c in range(at, stop)))
-            )
-            made.append(
-                Sight(
-                    capture=names[capture[at]],
-                    index=index[at],
-                    ts_ns=ts_ns[at],
-                    ts_ref=ts_ref[at],
-                    ttl=ttl[s],
-                    ip_id=ip_id[at],
-                    forwarded=forwarded[s],
-                    incoming=incoming[s],
-                    src=source,
-                    dst=endpoint_text(names[dst[at]], dport[at]),
-                    sources=sources,
-                    file=int(file[at]),
-                )
-            )
-        del owner, copy_owner
-        for n, i in enumerate(chosen.tolist()):
-            head = copy_bounds[sight_bounds[n]]
-            self._made[i] = Seen(
-                pkt=values["pkt"][head],
-                from_orig=bool(values["from_orig"][head]),
-                flags=values["tcp_flags"][head],
-                seq=values["seq"][head],
-                ack=values["ack"][head],
-                payload_len=values["payload_len"][head],
-                digest=values["payload_digest"][head],
-                sights=tuple(made[sight_bounds[n] : sight_bounds[n + 1]]),
-            )
+        head = at[sight_bounds[:-1]]  # the packet's first sighting's first copy
+        packets = map(
+            Seen,
+            columns["pkt"][head].tolist(),
+            columns["from_orig"][head].astype(bool).tolist(),
+            columns["tcp_flags"][head].tolist(),
+            columns["seq"][head].tolist(),
+            columns["ack"][head].tolist(),
+            columns["payload_len"][head].tolist(),
+            columns["payload_digest"][head].tolist(),
+            [tuple(made[a:b]) for a, b in zip(sight_bounds[:-1], sight_bounds[1:], strict=True)],
+        )
+        self._made.update(zip(chosen.tolist(), packets, strict=True))
 
 
-_SIGHT_COLUMNS = (
-    "capture", "index", "ts_ns", "ts_ref", "ip_id", "src", "sport", "dst", "dport", "file", "pkt", "from_orig",
-    "tcp_flags", "seq", "ack", "payload_len", "payload_digest",
-)  # fmt: skip
+def _endpoints(names: np.ndarray, addrs: np.ndarray, ports: np.ndarray) -> list[str]:
+    """``endpoint_text`` of every (address code, port) pair, each distinct pair written once."""
+    key = addrs.astype(np.int64) * 65537 + (ports.astype(np.int64) + 1)  # ports run from -1 (none) to 65535
+    distinct, inverse = np.unique(key, return_inverse=True)
+    texts = np.array([endpoint_text(names[k // 65537], k % 65537 - 1) for k in distinct.tolist()], dtype=object)
+    endpoints: list[str] = texts[inverse.ravel()].tolist()
+    return endpoints
 
 
 def build_packets(table: ConnectionTable, connections: list[Connection]) -> Packets:

@@ -469,16 +469,11 @@ def _syn_went_past(
     safe = np.maximum(at_rst, 0)
     sent_on = found & (generated[rst[chosen]] == rst_cap) & s.forwarded[safe]
     past = hops_of(s.ttl[safe]) + rst_hops + 1
-    rst_points = set(zip(*(np.divmod(rst_sight_keys(p, rst[chosen]), n_names)), strict=True))
     beyond = (hops_of(s.ttl[syn_sights]) >= past[owner]) & found[owner]
-    beyond_keys = [
-        (int(rst[chosen][o]), int(c))
-        for o, c in zip(owner[beyond].tolist(), s.capture[syn_sights][beyond].tolist(), strict=True)
-    ]
+    # Went on: a point far enough along saw the SYN and never the RST (keyed by the RST and the point).
+    beyond_keys = rst[chosen][owner[beyond]].astype(np.int64) * n_names + s.capture[syn_sights[beyond]]
     went_on = np.zeros(len(chosen), dtype=bool)
-    for o, key in zip(owner[beyond].tolist(), beyond_keys, strict=True):
-        if key not in rst_points:
-            went_on[o] = True
+    went_on[owner[beyond][~np.isin(beyond_keys, rst_sight_keys(p, rst[chosen]))]] = True
     result[chosen] = sent_on | went_on
     return result
 

@@ -20,13 +20,18 @@ computes a finding's ruled-out lines from its facts.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Sequence
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, Rule
+from diag.diagnose.causes.spec import CauseSpec, Decision, Exclusion, Rule
 from diag.report import Cause, RuledOut
 from diag.report.facts import Fact
+
+
+def _line(cause: Cause, why: str | None) -> RuledOut | None:
+    return None if why is None else RuledOut(cause, why)
 
 
 def _load() -> dict[Cause, CauseSpec]:
@@ -42,10 +47,14 @@ def _load() -> dict[Cause, CauseSpec]:
 
 
 REGISTRY: dict[Cause, CauseSpec] = _load()
-# What each cause's exclusion says when none of the kinds it reads is among the facts.
-_SILENT: dict[Cause, str | None] = {
-    cause: spec.excluded_by(()) if spec.excluded_by is not None else None for cause, spec in REGISTRY.items()
-}
+# Every cause another one's findings can rule out (``healthy`` never is, a finding being never healthy), in the
+# registry's order: its exclusion, the kinds that exclusion reads, and its line when none of them is among the facts
+# (what it says of no facts, worked out once).
+_EXCLUSIONS: tuple[tuple[Cause, Exclusion, frozenset[str], RuledOut | None], ...] = tuple(
+    (cause, spec.excluded_by, spec.excluded_kinds, _line(cause, spec.excluded_by(())))
+    for cause, spec in REGISTRY.items()
+    if spec.excluded_by is not None and cause is not Cause.HEALTHY
+)
 
 
 def spec_of(cause: Cause) -> CauseSpec:
@@ -81,17 +90,36 @@ def ruled_out(cause: Cause, facts: Sequence[Fact]) -> tuple[RuledOut, ...]:
     own cause and ``healthy`` (a finding is never healthy) are not listed.
     """
     lines = []
-    for other, spec in REGISTRY.items():
-        if other in (cause, Cause.HEALTHY) or spec.excluded_by is None:
-            continue
-        # An exclusion reads only the kinds it declares (the tests hold it to that), so it is given only those:
-        # its scans then pass a fact or two, not all of them, and without any it says what it says of no facts,
-        # worked out once. The ruled-out lines are asked of every finding, thousands on a busy capture.
-        declared = [fact for fact in facts if fact.kind in spec.excluded_kinds]
-        why = spec.excluded_by(declared) if declared else _SILENT[other]
-        if why is not None:
+    for other, exclusion, at, silent in _plan(cause, tuple(fact.kind for fact in facts)):
+        if not at:
+            if silent is not None:
+                lines.append(silent)
+        elif (why := exclusion([facts[i] for i in at])) is not None:
             lines.append(RuledOut(other, why))
     return tuple(lines)
+
+
+# The exclusions to ask of a finding: per cause, where its declared kinds sit among the finding's facts (none: its
+# line of no facts, kept only when it says something).
+_Plan = tuple[tuple[Cause, Exclusion, tuple[int, ...], RuledOut | None], ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(cause: Cause, kinds: tuple[str, ...]) -> _Plan:
+    """What ``ruled_out`` asks of the findings of ``cause`` whose facts are of ``kinds``, in that order.
+
+    Made once per cause and shape of evidence (a busy capture's thousands of findings come in a handful of
+    shapes): an exclusion reads only the kinds it declares (the tests hold it to that), so it is given only those
+    facts, and one given none says what it says of no facts, worked out once.
+    """
+    plan = []
+    for other, exclusion, declared, silent in _EXCLUSIONS:
+        if other is cause:
+            continue
+        at = tuple(i for i, kind in enumerate(kinds) if kind in declared)
+        if at or silent is not None:
+            plan.append((other, exclusion, at, silent))
+    return tuple(plan)
 
 
 __all__ = ["REGISTRY", "CauseSpec", "Decision", "decide", "ruled_out", "spec_of"]
