@@ -3,17 +3,21 @@ sorts and joins on whole columns against the formulations they replaced."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-import pandas as pd
 
 from diag.capture.proto import ACK, RST, SYN, TCP, UDP
 from diag.diagnose.connections import (
-    _distinct_counts,
+    _groups,
     _join_by_client_endpoint,
     _lex_order,
+    _suspect_connections,
     _union_groups,
     _UnionFind,
+    _varies,
 )
+from diag.diagnose.suspects import suspect
 
 
 def _reference_roots(n_nodes: int, group: np.ndarray, node: np.ndarray) -> list[int]:
@@ -76,44 +80,113 @@ def test_lex_order_is_the_permutation_of_lexsort_on_columns_with_ties() -> None:
         assert _lex_order(*columns).tolist() == expected.tolist(), trial
 
 
-def test_distinct_counts_counts_the_distinct_values_of_each_key_group() -> None:
+def test_groups_gather_equal_keys_and_varies_tells_groups_of_several_values() -> None:
     rng = np.random.default_rng(9)
-    for _ in range(100):
+    for _ in range(200):
         n = int(rng.integers(0, 80))
-        a, b, value = rng.integers(0, 4, n), rng.integers(-2, 2, n), rng.integers(0, 3, n)
-        heads, counts = _distinct_counts((a, b), value)
+        a, b, value = rng.integers(0, 4, n), rng.integers(-2, 2, n).astype(np.int16), rng.integers(0, 3, n)
+        order, starts = _groups(a, b)
         groups: dict[tuple[int, int], set[int]] = {}
         for key_a, key_b, v in zip(a.tolist(), b.tolist(), value.tolist(), strict=True):
             groups.setdefault((key_a, key_b), set()).add(v)
-        assert [(int(a[h]), int(b[h])) for h in heads] == sorted(groups)  # groups in key order
-        assert counts.tolist() == [len(groups[key]) for key in sorted(groups)]
+        assert sorted(order.tolist()) == list(range(n))
+        bounds = [*starts.tolist(), n]
+        seen = []
+        for start, stop in itertools.pairwise(bounds):
+            keys = {(int(a[i]), int(b[i])) for i in order[start:stop]}
+            assert len(keys) == 1  # one key per group...
+            seen.append(keys.pop())
+        assert seen == sorted(groups)  # ... each key in one group, in key order
+        assert _varies(value, order, starts).tolist() == [len(groups[key]) > 1 for key in seen]
 
 
-def _join_by_client_endpoint_reference(table: pd.DataFrame, uf: _UnionFind) -> None:
+def _distinct_counts_reference(keys: tuple[np.ndarray, ...], value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each group of equal ``keys``, how many distinct ``value``s it holds): the former lexsort way."""
+    order = np.lexsort((value, *reversed(keys)))
+    new_group = np.zeros(len(order), dtype=bool)
+    new_group[:1] = True
+    for key in keys:
+        new_group[1:] |= key[order][1:] != key[order][:-1]
+    new_value = new_group.copy()
+    new_value[1:] |= value[order][1:] != value[order][:-1]
+    at = np.flatnonzero(new_group)
+    counts = np.add.reduceat(new_value.astype(np.int64), at) if len(at) else np.zeros(0, dtype=np.int64)
+    return order[at], counts
+
+
+def _suspect_connections_reference(table: dict[str, np.ndarray]) -> np.ndarray:
+    """The choice of suspects as first written: distinct counts by lexsort, unanswered SYNs by setdiff1d."""
+    conn, flags = table["conn"], table["tcp_flags"]
+    tcp = table["proto"] == TCP
+    handshake = np.where(flags >= 0, flags & (SYN | ACK | RST), 0)
+    rst = tcp & (flags >= 0) & ((flags & RST) != 0)
+    syn = np.flatnonzero(tcp & (handshake == SYN))
+    synack = tcp & (handshake == SYN | ACK)
+    n = int(conn.max()) + 1 if len(conn) else 0
+
+    def having(units: np.ndarray) -> np.ndarray:
+        marked = np.zeros(n, dtype=bool)
+        marked[units] = True
+        return marked
+
+    heads, packets = _distinct_counts_reference((conn[syn], table["seq"][syn]), table["pkt"][syn])
+    retried = having(conn[syn][heads[packets > 1]])
+    one_way, split = having(conn[:0]), having(conn[:0])
+    udp = np.flatnonzero(~tcp)
+    if len(udp):
+        group = (conn[udp], table["capture"][udp])
+        heads, senders = _distinct_counts_reference(group, table["src"][udp])
+        _, flows = _distinct_counts_reference(group, table["node"][udp])
+        one_way, split = having(conn[udp][heads[senders < 2]]), having(conn[udp][heads[flows > 1]])
+    unanswered = having(np.setdiff1d(conn[syn], conn[synack]))
+    chosen = suspect(having(conn[rst]), retried, split, unanswered, one_way)
+    return np.flatnonzero(chosen).astype(np.int64)
+
+
+_FLAG_CHOICES = np.array([SYN, SYN | ACK, ACK, RST, RST | ACK, SYN | RST, -1], dtype=np.int16)
+
+
+def _random_telling_table(rng: np.random.Generator, n: int, n_nodes: int) -> dict[str, np.ndarray]:
+    """Handshakes, resets and datagrams from a few endpoints at a few points: every key with many ties."""
+    return {
+        "capture": rng.integers(0, int(rng.integers(1, 4)), n),
+        "src": rng.integers(0, 3, n),
+        "dst": rng.integers(0, 3, n),
+        "sport": rng.choice(np.array([80, 1023, 1024, 40000], dtype=np.int32), n),
+        "dport": rng.choice(np.array([80, 1024, 40000], dtype=np.int32), n),
+        "proto": rng.choice(np.array([TCP, TCP, TCP, UDP], dtype=np.int16), n),
+        "tcp_flags": rng.choice(_FLAG_CHOICES, n),
+        "seq": rng.choice(np.array([0, 7, 2**32 - 1]), n),
+        "pkt": rng.integers(0, 5, n),
+        "node": rng.integers(0, n_nodes, n),
+        "conn": rng.integers(0, max(1, n_nodes // 2), n),
+    }
+
+
+def test_suspect_connections_chooses_the_same_connections_as_the_reference() -> None:
+    rng = np.random.default_rng(33)
+    chosen_some = 0
+    for _ in range(400):
+        table = _random_telling_table(rng, int(rng.integers(0, 60)), int(rng.integers(1, 30)))
+        expected = _suspect_connections_reference(table)
+        assert _suspect_connections(table).tolist() == expected.tolist()
+        chosen_some += 0 < len(expected) < len(np.unique(table["conn"]))
+    assert chosen_some > 100  # the tables leave some connections out and keep others
+
+
+def _join_by_client_endpoint_reference(table: dict[str, np.ndarray], uf: _UnionFind) -> None:
     """The join as first written: distinct counts by lexsort and membership tests by ``np.isin``."""
-
-    def distinct_counts(keys: tuple[np.ndarray, ...], value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        order = np.lexsort((value, *reversed(keys)))
-        new_group = np.zeros(len(order), dtype=bool)
-        new_group[:1] = True
-        for key in keys:
-            new_group[1:] |= key[order][1:] != key[order][:-1]
-        new_value = new_group.copy()
-        new_value[1:] |= value[order][1:] != value[order][:-1]
-        at = np.flatnonzero(new_group)
-        counts = np.add.reduceat(new_value.astype(np.int64), at) if len(at) else np.zeros(0, dtype=np.int64)
-        return order[at], counts
-
-    capture = table["capture"].to_numpy()
+    distinct_counts = _distinct_counts_reference
+    capture = table["capture"]
     if len(capture) == 0 or (capture == capture[0]).all():
         return
-    flags = table["tcp_flags"].to_numpy()
-    tcp = table["proto"].to_numpy() == TCP
+    flags = table["tcp_flags"]
+    tcp = table["proto"] == TCP
     syn = np.flatnonzero(tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN))
     synack = np.flatnonzero(tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN | ACK))
-    addr = np.r_[table["src"].to_numpy()[syn], table["dst"].to_numpy()[synack]].astype(np.int64)
-    port = np.r_[table["sport"].to_numpy()[syn], table["dport"].to_numpy()[synack]].astype(np.int64)
-    node = np.r_[table["node"].to_numpy()[syn], table["node"].to_numpy()[synack]]
+    addr = np.r_[table["src"][syn], table["dst"][synack]].astype(np.int64)
+    port = np.r_[table["sport"][syn], table["dport"][synack]].astype(np.int64)
+    node = np.r_[table["node"][syn], table["node"][synack]]
     point = np.r_[capture[syn], capture[synack]].astype(np.int64)
     client = port >= 1024
     endpoint = (addr * 65536 + port)[client]
@@ -142,22 +215,10 @@ def _join_by_client_endpoint_reference(table: pd.DataFrame, uf: _UnionFind) -> N
 def test_join_by_client_endpoint_links_the_same_flows_as_the_reference() -> None:
     """Random handshakes from a few endpoints at a few points: shared endpoints, reused ports, one-point endpoints."""
     rng = np.random.default_rng(21)
-    flag_choices = np.array([SYN, SYN | ACK, ACK, RST, RST | ACK, SYN | RST, -1], dtype=np.int16)
     linked = 0
     for _ in range(400):
         n, n_nodes = int(rng.integers(0, 60)), int(rng.integers(1, 40))
-        table = pd.DataFrame(
-            {
-                "capture": rng.integers(0, int(rng.integers(1, 4)), n),
-                "src": rng.integers(0, 3, n),
-                "dst": rng.integers(0, 3, n),
-                "sport": rng.choice(np.array([80, 1023, 1024, 40000], dtype=np.int32), n),
-                "dport": rng.choice(np.array([80, 1024, 40000], dtype=np.int32), n),
-                "proto": rng.choice(np.array([TCP, TCP, TCP, UDP], dtype=np.int16), n),
-                "tcp_flags": rng.choice(flag_choices, n),
-                "node": rng.integers(0, n_nodes, n),
-            }
-        )
+        table = _random_telling_table(rng, n, n_nodes)
         joins = rng.integers(0, n_nodes, (int(rng.integers(0, n_nodes)), 2))  # flows already linked by packets
         expected, actual = _UnionFind(n_nodes), _UnionFind(n_nodes)
         for uf in (expected, actual):

@@ -325,7 +325,11 @@ def build_connections(
     sighting = corr.row_sighting[positions]
     # Unmatched packets get ids after every match id so ``pkt`` is unique.
     base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
-    pkt = np.where(match >= 0, match, base + sighting)
+
+    def pkt(rows: np.ndarray) -> np.ndarray:
+        """``pkt`` of some rows (made only for the rows read: every row's would be millions)."""
+        ids: np.ndarray = np.where(match[rows] >= 0, match[rows], base + sighting[rows])
+        return ids
 
     uf = _UnionFind(int(node.max()) + 1)
     # Flows sharing a matched packet are one connection, and so are flows holding copies of one
@@ -336,39 +340,32 @@ def build_connections(
     tcp = linking["proto"] == TCP
     telling = np.flatnonzero(~tcp | ((flags >= 0) & ((flags & (SYN | RST)) != 0)))
     at = positions[telling]
-    table = pd.DataFrame(
-        {
-            **{name: values[telling] for name, values in linking.items()},
-            "tcp_flags": flags[telling],
-            "seq": reader.take("seq", at),
-            "ts_ns": reader.take("ts_ns", at),
-            "pkt": pkt[telling],
-            "sighting": sighting[telling],
-            "node": node[telling],
-        }
-    )
+    table = {name: values[telling] for name, values in linking.items()}
+    table |= {"tcp_flags": flags[telling], "seq": reader.take("seq", at), "ts_ns": reader.take("ts_ns", at)}
+    table |= {"pkt": pkt(telling), "node": node[telling]}
     _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
-    conn = uf.roots()[node]
-    table["conn"] = conn[telling]
+    # Connections are named by their smallest flow (the root); a row's is its flow's, read for the rows used.
+    root = uf.roots()
     if suspects_only:
-        suspect = np.zeros(int(conn.max()) + 1, dtype=bool)
+        table["conn"] = root[table["node"]]
+        suspect = np.zeros(len(root), dtype=bool)
         suspect[_suspect_connections(table)] = True
-        rows = np.flatnonzero(suspect[conn])
+        rows = np.flatnonzero(suspect[root][node])
     else:
-        rows = np.arange(len(conn))
+        rows = np.arange(len(node))
     del table
     # From here on only the kept rows, once sorted: connection, reference time, position.
-    ts_ref = corr.ts_ref_ns[positions[rows]]
-    order = rows[_lex_order(conn[rows], ts_ref, positions[rows])]
+    conn = root[node[rows]]
+    order = rows[_lex_order(conn, corr.ts_ref_ns[positions[rows]], positions[rows])]
     kept = positions[order]
     columns: dict[str, np.ndarray] = {"position": kept}
     columns |= {name: values[order] for name, values in linking.items()}
     columns["tcp_flags"] = flags[order]
     columns["seq"] = reader.take("seq", kept)
     columns["ts_ns"] = reader.take("ts_ns", kept)
-    columns |= {"match": match[order], "pkt": pkt[order], "sighting": sighting[order], "node": node[order]}
-    columns["conn"] = conn[order]
+    columns |= {"match": match[order], "pkt": pkt(order), "sighting": sighting[order], "node": node[order]}
+    columns["conn"] = root[columns["node"]]
     # A second copy of a packet in one capture: its sighting appeared at an earlier position. (Every copy of
     # a sighting is in one flow, so of one connection: kept or left out together.)
     by_sighting = _lex_order(columns["sighting"], kept)
@@ -456,7 +453,8 @@ def _orient_all(columns: dict[str, np.ndarray], names: list[str]) -> list[Connec
     table = ConnectionTable(
         names=names,
         columns=columns,
-        by_packet=_lex_order(dense, columns["pkt"], columns["hop"], columns["ts_ref"]),
+        # Then reference time: a connection's rows are in time order already, and ties keep the row order.
+        by_packet=_lex_order(dense, columns["pkt"], columns["hop"]),
     )
     # Every row of a point's flow is at that point: a node's capture is any of its rows'.
     node_capture = np.zeros(n_nodes, dtype=np.int64)
@@ -502,21 +500,18 @@ def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, int]:
     return rank.astype(np.int64, copy=False), len(uniques)
 
 
-def _lex_order(*columns: np.ndarray) -> np.ndarray:
-    """The rows in the order of ``columns`` (the first the most significant), ties in row order.
+def _packed_key(*columns: np.ndarray) -> np.ndarray:
+    """One int64 per row that orders the rows as ``columns`` do (the first the most significant).
 
-    The same permutation as ``np.lexsort(columns[::-1])``, for a fraction of its time: lexsort makes a
-    stable pass per column (about 0.1 s for three int columns of 400k rows), while here the columns and
-    then the row number are packed into one int64 per row, sorted once by value. Where packing the next
-    column could overflow, the key packed so far (and, if needed, the column) is replaced by its dense
-    rank, which keeps the order.
+    Each column is shifted to start at 0 and packed below the ones before it. Where packing the next
+    column could overflow, the key packed so far (and, if need be, the column) is first replaced by its
+    dense rank, which keeps the order.
     """
-    n = len(columns[0])
-    if n == 0:
-        return np.zeros(0, dtype=np.intp)
-    key = np.zeros(n, dtype=np.int64)
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    if len(key) == 0:
+        return key
     span = 1  # every key is in [0, span)
-    for column in (*columns, np.arange(n, dtype=np.int64)):
+    for column in columns:
         low = int(column.min())
         width = int(column.max()) - low + 1
         shifted = column.astype(np.int64) - low
@@ -526,37 +521,54 @@ def _lex_order(*columns: np.ndarray) -> np.ndarray:
                 shifted, width = _dense_rank(column)
         key = key * width + shifted
         span *= width
-    packed = np.sort(key)
+    return key
+
+
+def _lex_order(*columns: np.ndarray) -> np.ndarray:
+    """The rows in the order of ``columns`` (the first the most significant), ties in row order.
+
+    The same permutation as ``np.lexsort(columns[::-1])``, for a fraction of its time: lexsort makes a
+    stable pass per column (about 0.1 s for three int columns of 400k rows), while here the columns and
+    then the row number are packed into one int64 per row, sorted once by value.
+    """
+    n = len(columns[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.intp)
+    packed = np.sort(_packed_key(*columns, np.arange(n, dtype=np.int64)))
     order: np.ndarray = (packed % n).astype(np.intp, copy=False)  # the row number is the last column
     return order
 
 
-def _distinct_counts(keys: tuple[np.ndarray, ...], value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first row of each group of equal ``keys``, how many distinct ``value``s it holds), groups in key order."""
-    order = _lex_order(*keys, value)
-    new_group = np.zeros(len(order), dtype=bool)
-    new_group[:1] = True
-    for key in keys:
-        ordered = key[order]
-        new_group[1:] |= ordered[1:] != ordered[:-1]
+def _groups(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows grouped by equal ``columns``: an order of the rows, and where each group starts in it.
+
+    Groups come in key order; inside a group the rows are in no particular order (one unstable sort).
+    """
+    key = _packed_key(*columns)
+    order = np.argsort(key)
+    ordered = key[order]
+    return order, np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(key) else order
+
+
+def _varies(value: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per group of ``_groups``: whether ``value`` differs between its rows (more than one distinct value)."""
+    if len(starts) == 0:
+        return np.zeros(0, dtype=bool)
     ordered = value[order]
-    new_value = new_group.copy()
-    new_value[1:] |= ordered[1:] != ordered[:-1]
-    at = np.flatnonzero(new_group)
-    counts = np.add.reduceat(new_value.astype(np.int64), at) if len(at) else np.zeros(0, dtype=np.int64)
-    return order[at], counts
+    varies: np.ndarray = np.minimum.reduceat(ordered, starts) != np.maximum.reduceat(ordered, starts)
+    return varies
 
 
-def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
+def _suspect_connections(table: dict[str, np.ndarray]) -> np.ndarray:
     """Connections that may hold a symptom; the rest (clean handshakes, answered datagrams) are skipped.
 
     TCP: a RST, a SYN sent more than once, or a SYN with no SYN-ACK anywhere.
     UDP: a point that saw only one direction, or two flows of one connection.
-    The signs are counted here, per connection; ``suspects.suspect`` is the predicate.
+    The signs are found here, per connection; ``suspects.suspect`` is the predicate.
     """
-    conn = table["conn"].to_numpy()
-    flags = table["tcp_flags"].to_numpy()
-    tcp = table["proto"].to_numpy() == TCP
+    conn = table["conn"]
+    flags = table["tcp_flags"]
+    tcp = table["proto"] == TCP
     handshake = np.where(flags >= 0, flags & (SYN | ACK | RST), 0)
     rst = tcp & (flags >= 0) & ((flags & RST) != 0)
     syn = np.flatnonzero(tcp & (handshake == SYN))
@@ -569,21 +581,24 @@ def _suspect_connections(table: pd.DataFrame) -> np.ndarray:
         return marked
 
     # The same SYN (sequence number) as two distinct packets: sent again.
-    heads, packets = _distinct_counts((conn[syn], table["seq"].to_numpy()[syn]), table["pkt"].to_numpy()[syn])
-    retried = having(conn[syn][heads[packets > 1]])
+    syn_conn = conn[syn]
+    order, starts = _groups(syn_conn, table["seq"][syn])
+    retried = having(syn_conn[order[starts]][_varies(table["pkt"][syn], order, starts)])
     one_way, split = having(conn[:0]), having(conn[:0])
     udp = np.flatnonzero(~tcp)
     if len(udp):
-        group = (conn[udp], table["capture"].to_numpy()[udp])
-        heads, senders = _distinct_counts(group, table["src"].to_numpy()[udp])
-        _, flows = _distinct_counts(group, table["node"].to_numpy()[udp])  # the same groups, row for row
-        one_way, split = having(conn[udp][heads[senders < 2]]), having(conn[udp][heads[flows > 1]])
+        # Per connection and point: one sender only, or more than one flow.
+        udp_conn = conn[udp]
+        order, starts = _groups(udp_conn, table["capture"][udp])
+        heads = udp_conn[order[starts]]
+        one_way = having(heads[~_varies(table["src"][udp], order, starts)])
+        split = having(heads[_varies(table["node"][udp], order, starts)])
     unanswered = having(conn[syn]) & ~having(conn[synack])
     chosen = suspect(having(conn[rst]), retried, split, unanswered, one_way)
     return np.flatnonzero(chosen).astype(np.int64)
 
 
-def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
+def _join_by_client_endpoint(table: dict[str, np.ndarray], uf: _UnionFind) -> None:
     """Link TCP flows at different points that share their client's address and port.
 
     With the client's address preserved through NAT (the incident's NLB), a
@@ -591,16 +606,16 @@ def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
     the client's capture, but the client's endpoint is the same: the SYN's
     source at one point, the SYN-ACK's destination at the other.
     """
-    capture = table["capture"].to_numpy()
+    capture = table["capture"]
     if len(capture) == 0 or (capture == capture[0]).all():
         return  # one point: nothing to link across points
-    flags = table["tcp_flags"].to_numpy()
-    tcp = table["proto"].to_numpy() == TCP
+    flags = table["tcp_flags"]
+    tcp = table["proto"] == TCP
     syn = np.flatnonzero(tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN))
     synack = np.flatnonzero(tcp & (flags >= 0) & ((flags & (SYN | ACK | RST)) == SYN | ACK))
-    addr = np.r_[table["src"].to_numpy()[syn], table["dst"].to_numpy()[synack]].astype(np.int64)
-    port = np.r_[table["sport"].to_numpy()[syn], table["dport"].to_numpy()[synack]].astype(np.int64)
-    node = np.r_[table["node"].to_numpy()[syn], table["node"].to_numpy()[synack]]
+    addr = np.r_[table["src"][syn], table["dst"][synack]].astype(np.int64)
+    port = np.r_[table["sport"][syn], table["dport"][synack]].astype(np.int64)
+    node = np.r_[table["node"][syn], table["node"][synack]]
     point = np.r_[capture[syn], capture[synack]].astype(np.int64)
     client = port >= 1024
     endpoint = (addr * 65536 + port)[client]  # ports fit in 16 bits
@@ -626,14 +641,12 @@ def _join_by_client_endpoint(table: pd.DataFrame, uf: _UnionFind) -> None:
     uf.union_all(low[joined], smallest[joined])  # the roots stay the smallest whatever the order
 
 
-def _join_resourced_replies(table: pd.DataFrame, uf: _UnionFind) -> None:
+def _join_resourced_replies(table: dict[str, np.ndarray], uf: _UnionFind) -> None:
     """Link UDP flows that only send *to* a client port with that port's unanswered requests."""
-    udp = np.flatnonzero(table["proto"].to_numpy() == UDP)
+    udp = np.flatnonzero(table["proto"] == UDP)
     if len(udp) == 0:
         return
-    column = {
-        name: table[name].to_numpy()[udp] for name in ("node", "capture", "src", "sport", "dst", "dport", "ts_ns")
-    }
+    column = {name: table[name][udp] for name in ("node", "capture", "src", "sport", "dst", "dport", "ts_ns")}
     # Rows grouped by flow, in table order inside each: one line per flow whose packets all go one way
     # (candidate requests and candidate replies), with its first packet's endpoints.
     order = np.argsort(column["node"], kind="stable")
