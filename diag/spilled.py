@@ -43,6 +43,7 @@ import pandas as pd
 from diag.flows.table import empty_flows
 from diag.report.flowcap import FLOW_LIMIT, problem_mask
 from diag.report.flowdigest import CaptureFlows, FlowDigest
+from diag.report.flowkinds import summary_line
 from diag.scratch import spill_dir
 
 # A row's place in the whole packet table: (point, time or 0, rank of its file, row), as diag.passes orders them.
@@ -71,12 +72,7 @@ class FlowCounts:
 
     def healthy_line(self) -> str:
         """``diag.report.flowkinds.healthy_summary`` of the point's healthy flows, from their counts."""
-        if not self.healthy:
-            return "healthy: 0 flows"
-        parts = [f"{count} {proto} {state}" for (proto, state), count in sorted(self.states.items())]
-        if self.tunnels:
-            parts.append(f"{self.tunnels} tunnel")
-        return f"healthy: {self.healthy} flows ({', '.join(parts)})"
+        return summary_line(self.healthy, self.states, self.tunnels)
 
 
 @dataclass

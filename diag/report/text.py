@@ -25,7 +25,7 @@ import pandas as pd
 from diag.capture.info import CaptureInfo
 from diag.report import Cause, Finding, PacketRef, Report
 from diag.report.flowdigest import CaptureFlows
-from diag.report.flowkinds import PROBLEM_ORDER, RESET, UNANSWERED, healthy_summary, problem_kinds
+from diag.report.flowkinds import PROBLEM_ORDER, RESET, UNANSWERED, healthy_summaries, problem_kinds
 from diag.report.flowkinds import problem_kind as problem_kind  # where callers long imported it from
 from diag.report.significance import Group
 
@@ -222,48 +222,91 @@ def _capture_header(info: CaptureInfo, n_flows: int, style: _Style) -> str:
     return style.bold(header + ")")
 
 
-def _capture_section(
-    info: CaptureInfo,
-    table: pd.DataFrame,
-    rows: np.ndarray,
-    kinds: np.ndarray,
-    style: _Style,
-    show_all: bool,
-    limit: int,
-    digest: CaptureFlows | None,
-) -> list[str]:
-    """One capture's problem flows and healthy summary: its flows are the rows ``rows`` of ``table``, of the
-    problem kinds ``kinds`` (``problem_kinds``); with ``digest``, they are only the rows shown and the counts
-    come from the digest."""
-    lines = [_capture_header(info, len(rows) if digest is None else digest.flows, style)]
-    if (len(rows) == 0 and digest is None) or (digest is not None and digest.flows == 0):
-        lines.append("  no TCP or UDP flows")
-        return lines
-    # Rows are taken by position, and the healthy ones (most of a big table) only in the columns their summary
-    # counts: a copy of every column of every healthy row cost more than the rest of the report.
+def _shown_positions(
+    rows: np.ndarray, kinds: np.ndarray, show_all: bool, limit: int
+) -> tuple[dict[str, int], dict[str, np.ndarray], np.ndarray]:
+    """One capture's rows (positions ``rows``, of problem kinds ``kinds``) as its section lists them: how many
+    of each problem kind, the rows listed of each (at most ``limit``, unless ``show_all``), and the healthy rows."""
     is_problem = kinds != None  # noqa: E711 (element-wise against None)
     problem_rows = rows[is_problem]
     problem_kind = kinds[is_problem]
-    healthy_rows = rows[~is_problem]
+    by_kind = {kind: problem_rows[problem_kind == kind] for kind in PROBLEM_ORDER}
+    counts = {kind: len(group) for kind, group in by_kind.items() if len(group)}
+    if not show_all:
+        by_kind = {kind: group[:limit] for kind, group in by_kind.items()}
+    return counts, by_kind, rows[~is_problem]
+
+
+def _capture_section(
+    info: CaptureInfo,
+    counts: CaptureFlows,
+    shown: Mapping[str, np.ndarray],
+    healthy_rows: np.ndarray | None,
+    records: Mapping[int, Mapping[Hashable, Any]],
+    style: _Style,
+) -> list[str]:
+    """One capture's problem flows and healthy summary: ``counts`` says how many flows of each kind it has and
+    its healthy line, ``shown`` which rows it lists of each kind (positions, the keys of ``records``, the rows
+    as dicts); with ``healthy_rows``, every healthy row is listed too."""
+    lines = [_capture_header(info, counts.flows, style)]
+    if counts.flows == 0:
+        lines.append("  no TCP or UDP flows")
+        return lines
     for kind in PROBLEM_ORDER:
-        group = problem_rows[problem_kind == kind]
-        count = len(group) if digest is None else digest.problems.get(kind, 0)
+        count = counts.problems.get(kind, 0)
         if count == 0:
             continue
         label = style.bad(kind.upper()) if kind in (RESET, UNANSWERED) else style.warn(kind.upper())
         lines.append(f"  {label} ({count})")
-        shown = table.iloc[group if show_all else group[:limit]]
-        lines += [f"    {_flow_line(row)}" for row in shown.to_dict(orient="records")]
-        if len(shown) < count:
-            lines.append(style.dim(f"    ... and {count - len(shown)} more (--flows all lists every flow)"))
-    if digest is None:
-        counted = [name for name in ("proto", "conn_state", "carrier") if name in table.columns]
-        lines.append(f"  {style.good(healthy_summary(table[counted].iloc[healthy_rows]))}")
-    else:
-        lines.append(f"  {style.good(digest.healthy)}")
-    if show_all and len(healthy_rows):
-        lines += [f"    {_flow_line(row)}" for row in table.iloc[healthy_rows].to_dict(orient="records")]
+        group = shown.get(kind, np.zeros(0, dtype=np.int64)).tolist()
+        lines += [f"    {_flow_line(records[row])}" for row in group]
+        if len(group) < count:
+            lines.append(style.dim(f"    ... and {count - len(group)} more (--flows all lists every flow)"))
+    lines.append(f"  {style.good(counts.healthy)}")
+    if healthy_rows is not None:
+        lines += [f"    {_flow_line(records[row])}" for row in healthy_rows.tolist()]
     return lines
+
+
+def _capture_sections(report: Report, style: _Style, show_all: bool, limit: int) -> list[list[str]]:
+    """Every capture's section, in the report's order of captures.
+
+    The rows every section lists are taken from the flow table at once, and the healthy rows only counted
+    (``healthy_summaries``): a copy of each point's whole table, then of each kind's rows of it, cost more
+    than the rest of a 4-point report.
+    """
+    table = report.flows
+    # Every row's problem kind, and each capture's rows by position, with the capture column numbered once.
+    kinds = np.array(problem_kinds(table), dtype=object) if not table.empty else np.zeros(0, dtype=object)
+    codes: np.ndarray = np.zeros(0, dtype=np.int64)
+    code_of: dict[str, int] = {}
+    if not table.empty:
+        codes, names = pd.factorize(table["capture"])
+        code_of = {str(name): code for code, name in enumerate(names.tolist())}
+    all_rows = np.arange(len(table))
+    captures = []
+    for info in report.captures:
+        code = code_of.get(info.name)
+        rows = np.zeros(0, dtype=np.int64) if code is None else np.flatnonzero(codes == code)
+        captures.append(all_rows if len(rows) == len(table) else rows)
+    shown = [_shown_positions(rows, kinds[rows], show_all, limit) for rows in captures]
+    digest = report.flow_digest
+    healthy = healthy_summaries(table, [healthy_rows for _, _, healthy_rows in shown])
+    counts = [
+        digest.captures[info.name]
+        if digest is not None and info.name in digest.captures
+        else CaptureFlows(len(rows), problems, line)
+        for info, rows, (problems, _, _), line in zip(report.captures, captures, shown, healthy, strict=True)
+    ]
+    listed = [group for _, by_kind, _ in shown for group in by_kind.values()]
+    if show_all:
+        listed += [healthy_rows for _, _, healthy_rows in shown]
+    wanted = np.unique(np.concatenate(listed)) if listed else np.zeros(0, dtype=np.int64)
+    records = dict(zip(wanted.tolist(), table.iloc[wanted].to_dict(orient="records"), strict=True))
+    return [
+        _capture_section(info, count, by_kind, healthy_rows if show_all else None, records, style)
+        for info, count, (_, by_kind, healthy_rows) in zip(report.captures, counts, shown, strict=True)
+    ]
 
 
 def _clock_lines(report: Report) -> list[str]:
@@ -297,18 +340,8 @@ def render_text(
     clock = _clock_lines(report)
     if clock:
         lines += ["", *clock]
-    table = report.flows
-    # Every row's problem kind at once; each point's section then reads its rows by position, and copies only
-    # the rows it shows (a copy of each point's whole table cost more than the rest of a 4-point report).
-    kinds = np.array(problem_kinds(table), dtype=object) if not table.empty else np.zeros(0, dtype=object)
-    for info in report.captures:
-        lines.append("")
-        rows = np.arange(len(table))
-        if not table.empty:
-            here = (table["capture"] == info.name).to_numpy(dtype=bool)
-            rows = rows if here.all() else np.flatnonzero(here)
-        digest = report.flow_digest.captures.get(info.name) if report.flow_digest is not None else None
-        lines += _capture_section(info, table, rows, kinds[rows], style, flows == "all", limit, digest)
+    for section in _capture_sections(report, style, flows == "all", limit):
+        lines += ["", *section]
     if report.warnings:
         lines.append("")
         lines.append(style.warn(f"WARNINGS ({len(report.warnings)})"))
