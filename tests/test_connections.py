@@ -42,21 +42,29 @@ def _reference_roots(n_nodes: int, group: np.ndarray, node: np.ndarray) -> list[
 
 def test_union_by_group_joins_the_same_flows_with_the_smallest_root_whatever_the_row_order() -> None:
     rng = np.random.default_rng(12)
-    for _ in range(50):
-        n_nodes, n_rows = int(rng.integers(1, 60)), int(rng.integers(0, 200))
-        group = rng.integers(-1, max(1, n_rows // 3), n_rows)  # -1: a row of no group
-        node = rng.integers(0, n_nodes, n_rows)
-        expected = _reference_roots(n_nodes, group, node)
-        for order in (np.arange(n_rows), rng.permutation(n_rows)):
-            uf = _UnionFind(n_nodes)
-            _union_groups(uf, group[order], node[order])
-            assert uf.roots().tolist() == expected
+    for _ in range(100):
+        n_nodes, n_packets = int(rng.integers(1, 60)), int(rng.integers(0, 200))
+        # -1: a packet of no group; few groups (shared by several rows) or many (nearly all of one row).
+        group = rng.integers(-1, max(1, n_packets // int(rng.choice([3, 100]))), n_packets)
+        positions = np.flatnonzero(rng.random(n_packets) < 0.8)  # the rows read: some of the packets
+        node = rng.integers(0, n_nodes, len(positions))
+        expected = _reference_roots(n_nodes, group[positions], node)
+        for order in (np.arange(n_packets), rng.permutation(n_packets)):
+            # The same packets at other positions: the rows in another order.
+            moved = np.empty(n_packets, dtype=np.int64)
+            moved[order] = group
+            at = order[positions]
+            for rarely_shared in (False, True):
+                uf = _UnionFind(n_nodes)
+                _union_groups(uf, moved, at, node, rarely_shared=rarely_shared)
+                assert uf.roots().tolist() == expected
 
 
 def test_union_by_group_with_no_group_joins_nothing() -> None:
     uf = _UnionFind(4)
-    _union_groups(uf, np.full(5, -1, dtype=np.int64), np.array([0, 1, 2, 3, 0]))
-    _union_groups(uf, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    _union_groups(uf, np.full(5, -1, dtype=np.int64), np.arange(5), np.array([0, 1, 2, 3, 0]))
+    _union_groups(uf, np.array([0, 1, 2, 3, 0]), np.arange(4), np.array([0, 1, 2, 3]), rarely_shared=True)
+    _union_groups(uf, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     assert uf.roots().tolist() == [0, 1, 2, 3]
 
 

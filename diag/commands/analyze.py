@@ -138,7 +138,7 @@ LOOPS_AFTER_READING = {
     "diag.correlate.sightings": ("_cut_copies",),
     "diag.correlate.clock": ("_fill_slots", "_pair_bounds"),
     "diag.correlate.match": ("_per_row", "_add_offsets"),
-    "diag.diagnose.connections": ("_number_flows", "_union_by_group"),
+    "diag.diagnose.connections": ("_number_flows", "_union_by_group", "_any_repeated"),
     "diag.unionfind": ("union_pairs",),
 }
 # ... and the modules the reports import when they are written.

@@ -196,33 +196,62 @@ def _flow_nodes(
 
 
 @compiled
-def _union_by_group(parent: np.ndarray, group: np.ndarray, node: np.ndarray, n_groups: int) -> None:
+def _union_by_group(
+    parent: np.ndarray, group: np.ndarray, positions: np.ndarray, node: np.ndarray, first: np.ndarray
+) -> None:
     """Join the flows of each group (rows with one group id >= 0) into one connection, in one pass.
 
-    Each row's flow is united with the flow of its group's first row. The union-find keeps the smallest
-    root, so the connections (and their ids) do not depend on the order of the unions: the same as
-    uniting each distinct pair once, without sorting the rows by group (every packet of a connection
-    seen at several points is a group).
+    Row ``i`` is packet ``positions[i]``, of group ``group[positions[i]]`` and flow ``node[i]``; ``first``
+    (-1 per group id) keeps each group's first flow, and each row's flow is united with it. The union-find
+    keeps the smallest root, so the connections (and their ids) do not depend on the order of the unions:
+    the same as uniting each distinct pair once, without sorting the rows by group (every packet of a
+    connection seen at several points is a group).
     """
-    first = np.full(n_groups, -1, dtype=np.int64)
-    for i in range(len(group)):
-        g = group[i]
+    for i in range(len(positions)):
+        g = group[positions[i]]
         if g < 0:
             continue
         f = first[g]
+        v = node[i]
         if f < 0:
-            first[g] = node[i]
-        elif f != node[i]:
-            unionfind.union(parent, f, node[i])
+            first[g] = v
+        elif f != v and parent[f] != parent[v]:  # one parent: joined already, no need to find the roots
+            unionfind.union(parent, f, v)
 
 
-def _union_groups(uf: _UnionFind, group: np.ndarray, node: np.ndarray) -> None:
-    """Join the flows of each group (rows with one group id; -1: none) into one connection."""
-    if len(group) == 0:
+@compiled
+def _any_repeated(group: np.ndarray, positions: np.ndarray, seen: np.ndarray) -> bool:
+    """Whether two of the rows (packets ``positions``) share a group id >= 0; ``seen``: False per group id."""
+    for i in range(len(positions)):
+        g = group[positions[i]]
+        if g < 0:
+            continue
+        if seen[g]:
+            return True
+        seen[g] = True
+    return False
+
+
+def _union_groups(
+    uf: _UnionFind, group: np.ndarray, positions: np.ndarray, node: np.ndarray, rarely_shared: bool = False
+) -> None:
+    """Join the flows of each group into one connection.
+
+    ``group``: a group id per packet of the table (-1: none), read at ``positions``, the packets of the
+    rows whose flows are ``node``. With ``rarely_shared`` (groups of one row nearly always), a pass
+    over one flag per group first looks for a shared one, which costs a fraction of the join.
+    """
+    if len(positions) == 0:
         return
     n_groups = int(group.max()) + 1
-    if n_groups > 0:
-        _union_by_group(uf.parent, read_only(group, np.int64), read_only(node, np.int64), n_groups)
+    if n_groups <= 0:
+        return
+    group, positions = read_only(group, np.int64), read_only(positions, np.int64)
+    if rarely_shared and not _any_repeated(group, positions, np.zeros(n_groups, dtype=np.bool_)):
+        return
+    # Flow numbers fit in 32 bits unless there are 2**31 flows: half the memory read at random.
+    first = np.full(n_groups, -1, dtype=np.int32 if len(uf.parent) < 2**31 else np.int64)
+    _union_by_group(uf.parent, group, positions, read_only(node, np.int64), first)
 
 
 class _PacketColumns:
@@ -321,21 +350,20 @@ def build_connections(
     positions, reader, linking, node, flags = links.positions, links.reader, links.linking, links.node, links.flags
     if len(positions) == 0:
         return []
-    match = corr.row_match[positions]
-    sighting = corr.row_sighting[positions]
     # Unmatched packets get ids after every match id so ``pkt`` is unique.
     base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
 
     def pkt(rows: np.ndarray) -> np.ndarray:
         """``pkt`` of some rows (made only for the rows read: every row's would be millions)."""
-        ids: np.ndarray = np.where(match[rows] >= 0, match[rows], base + sighting[rows])
+        match, sighting = corr.row_match[positions[rows]], corr.row_sighting[positions[rows]]
+        ids: np.ndarray = np.where(match >= 0, match, base + sighting)
         return ids
 
     uf = _UnionFind(int(node.max()) + 1)
     # Flows sharing a matched packet are one connection, and so are flows holding copies of one
-    # packet inside one capture (a box's way in and way out, NAT between them).
-    for group in (match, sighting):
-        _union_groups(uf, group, node)
+    # packet inside one capture (a box's way in and way out, NAT between them; seldom seen).
+    _union_groups(uf, corr.row_match, positions, node)
+    _union_groups(uf, corr.row_sighting, positions, node, rarely_shared=True)
     # The joins and the choice of suspects read only handshakes, resets and datagrams: a small table.
     tcp = linking["proto"] == TCP
     telling = np.flatnonzero(~tcp | ((flags >= 0) & ((flags & (SYN | RST)) != 0)))
@@ -364,7 +392,8 @@ def build_connections(
     columns["tcp_flags"] = flags[order]
     columns["seq"] = reader.take("seq", kept)
     columns["ts_ns"] = reader.take("ts_ns", kept)
-    columns |= {"match": match[order], "pkt": pkt(order), "sighting": sighting[order], "node": node[order]}
+    columns |= {"match": corr.row_match[kept], "pkt": pkt(order), "sighting": corr.row_sighting[kept]}
+    columns["node"] = node[order]
     columns["conn"] = root[columns["node"]]
     # A second copy of a packet in one capture: its sighting appeared at an earlier position. (Every copy of
     # a sighting is in one flow, so of one connection: kept or left out together.)
