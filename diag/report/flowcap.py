@@ -23,11 +23,14 @@ from diag.report.flowkinds import problem_mask as problem_mask
 FLOW_LIMIT = 10_000
 
 
-def cap_flows(flows: pd.DataFrame, limit: int | None = FLOW_LIMIT) -> tuple[pd.DataFrame, int]:
-    """At most ``limit`` rows of ``flows`` (None: all), problem rows first; (the rows kept, how many left out)."""
+def cap_flows(
+    flows: pd.DataFrame, limit: int | None = FLOW_LIMIT, kinds: np.ndarray | None = None
+) -> tuple[pd.DataFrame, int]:
+    """At most ``limit`` rows of ``flows`` (None: all), problem rows first; (the rows kept, how many left out).
+    ``kinds``: the rows' ``problem_kinds``, when they are known already."""
     if limit is None or flows is None or len(flows) <= limit:
         return flows, 0
-    problems = problem_mask(flows)
+    problems = problem_mask(flows) if kinds is None else kinds != None  # noqa: E711 (element-wise)
     # Problem rows first, then healthy ones, each in table order; the kept rows go back to table order.
     ranked = np.concatenate([np.flatnonzero(problems), np.flatnonzero(~problems)])
     kept = np.sort(ranked[:limit])

@@ -14,6 +14,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -22,6 +23,7 @@ from diag.correlate.clock import ClockOffset
 from diag.gcpause import collector_paused
 from diag.report.facts import Fact, note, render_all
 from diag.report.flowcap import FLOW_LIMIT, cap_flows, flows_to_json
+from diag.report.flowkinds import problem_kinds
 from diag.report.significance import Group, Ranking, Severity
 
 if TYPE_CHECKING:
@@ -251,6 +253,14 @@ class Report:
         (``dataclasses.replace``), with its own ranking."""
         return Ranking(self.findings)
 
+    @cached_property
+    def flow_kinds(self) -> np.ndarray:
+        """Each flow row's problem kind (``diag.report.flowkinds.problem_kinds``, None when it is healthy), once
+        per report: the text's capture sections and the JSON's cap on flow rows both read it."""
+        if self.flows.empty:
+            return np.zeros(0, dtype=object)
+        return np.array(problem_kinds(self.flows), dtype=object)
+
     @property
     def verdict(self) -> Finding | None:
         """The most significant finding, None when every flow was healthy."""
@@ -290,7 +300,8 @@ class Report:
 
     def document(self, flow_limit: int | None, findings: list[Any]) -> dict[str, Any]:
         """``to_json``'s document with ``findings`` as its findings."""
-        flows, flows_left_out = cap_flows(self.flows, flow_limit)
+        capped = flow_limit is not None and len(self.flows) > flow_limit
+        flows, flows_left_out = cap_flows(self.flows, flow_limit, self.flow_kinds if capped else None)
         if self.flow_digest is not None:
             # Only the rows this cap shows came back from where the flow tables are (diag.report.flowdigest).
             if flow_limit != self.flow_digest.limit:

@@ -25,7 +25,7 @@ import pandas as pd
 from diag.capture.info import CaptureInfo
 from diag.report import Cause, Finding, PacketRef, Report
 from diag.report.flowdigest import CaptureFlows
-from diag.report.flowkinds import PROBLEM_ORDER, RESET, UNANSWERED, healthy_summaries, problem_kinds
+from diag.report.flowkinds import PROBLEM_ORDER, RESET, UNANSWERED, healthy_summaries
 from diag.report.flowkinds import problem_kind as problem_kind  # where callers long imported it from
 from diag.report.significance import Group
 
@@ -142,11 +142,7 @@ def _verdict_section(report: Report, style: _Style, all_findings: bool, group_li
                 counted.update(capture.problems)
             kinds = counted
         else:
-            kinds = (
-                Counter(kind for kind in problem_kinds(report.flows) if kind is not None)
-                if not report.flows.empty
-                else {}
-            )
+            kinds = Counter(kind for kind in report.flow_kinds.tolist() if kind is not None)
         if not kinds:
             return [f"{style.bold('VERDICT')}: {style.good(Cause.HEALTHY)}  no resets or lost replies found"]
         seen = ", ".join(f"{kinds[kind]} {kind}" for kind in PROBLEM_ORDER if kind in kinds)
@@ -277,7 +273,7 @@ def _capture_sections(report: Report, style: _Style, show_all: bool, limit: int)
     """
     table = report.flows
     # Every row's problem kind, and each capture's rows by position, with the capture column numbered once.
-    kinds = np.array(problem_kinds(table), dtype=object) if not table.empty else np.zeros(0, dtype=object)
+    kinds = report.flow_kinds
     codes: np.ndarray = np.zeros(0, dtype=np.int64)
     code_of: dict[str, int] = {}
     if not table.empty:
