@@ -15,6 +15,7 @@ point) live here with the table they read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -151,7 +152,7 @@ class Packets:
             columns["ack"][head].tolist(),
             columns["payload_len"][head].tolist(),
             columns["payload_digest"][head].tolist(),
-            [tuple(made[a:b]) for a, b in zip(sight_bounds[:-1], sight_bounds[1:], strict=True)],
+            [tuple(made[a:b]) for a, b in pairwise(sight_bounds)],
         )
         self._made.update(zip(chosen.tolist(), packets, strict=True))
 

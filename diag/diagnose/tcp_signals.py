@@ -178,6 +178,7 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     arrived = np.where(initial_here & s.incoming[first_sight], first_cap, NONE)
     names = p.table.names
     n_names = len(names) + 1
+    spans = _spans_by_code(ctx, names)
     tcp = np.array([c.proto == TCP for c in connections], dtype=bool)
 
     # The capture on each side's host: most votes of packets that start there with an initial TTL.
@@ -249,7 +250,7 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     neighbour = np.where(has_rst, arrived[safe_rst], NONE)
     maker = np.where((maker < 0) & (neighbour >= 0) & (neighbour == other_side), neighbour, maker)
     leaving_own = (own_side >= 0) & (maker == own_side)
-    covers_own = _covers(ctx, names, own_side, p.ts_ref[safe_rst])
+    covers_own = _covers(spans, own_side, p.ts_ref[safe_rst])
     absent_at_own = has_rst & (own_side >= 0) & ~_any(at_own, k_sight, n) & covers_own
     hops_at_maker = lookup(usual_hops, (np.arange(n) * 2 + rst_side) * n_names + np.maximum(maker, 0))
     hops_at_maker = np.where(maker >= 0, hops_at_maker, NONE)
@@ -282,11 +283,11 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     last_syn = _per_connection(client_syns, p.conn[client_syns], n, "max") if len(client_syns) else np.full(n, NONE)
     refusing = has_rst & (rst_side == 0) & ~established
     refused = np.where(refusing, np.where(trigger_is_syn, trigger, last_syn), NONE)
-    policy = _policy(p, ctx, names, own, maker, refused, forged)
+    policy = _policy(p, ctx, names, spans, own, maker, refused, forged)
     aborted = has_rst & established & forged
     kept_sending = _kept_sending(p, rst, rst_side, side, is_rst, aborted)
     idle = _idle(p, pos, side, pure_syn, synack, trigger, aborted & (kept_sending == 0))
-    syn, syn_verdict, synack_for_syn, farthest = _unanswered(p, ctx, names, side, pure_syn, synack, pos, n)
+    syn, syn_verdict, synack_for_syn, farthest = _unanswered(p, spans, side, pure_syn, synack, pos, n)
     unanswered = ~has_rst & syn_verdict
     answered = np.where(unanswered, synack_for_syn, NONE)
     astray, unseen_elsewhere = _syn_points(p, ctx, names, side, pure_syn, syn, answered)
@@ -341,15 +342,32 @@ def _on_link(p: Packets, rst: np.ndarray, chosen: np.ndarray) -> np.ndarray:
     return result
 
 
-def _covers(ctx: Context, names: list[str], capture: np.ndarray, ts_ref: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class _Spans:
+    """When each capture was running, by its code in the table's names (the codes of other texts, and the one
+    past the end that stands for NONE, have none)."""
+
+    known: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+
+def _spans_by_code(ctx: Context, names: list[str]) -> _Spans:
+    # The names are distinct (codes into one list of texts), and a capture is among them only when it has rows.
+    low = np.zeros(len(names) + 1, dtype=np.int64)
+    high = np.zeros(len(names) + 1, dtype=np.int64)
+    known = np.zeros(len(names) + 1, dtype=bool)
+    for capture, (start, end) in ctx.spans.items():
+        if capture in names:
+            code = names.index(capture)
+            known[code], low[code], high[code] = True, start, end
+    return _Spans(known, low, high)
+
+
+def _covers(spans: _Spans, capture: np.ndarray, ts_ref: np.ndarray) -> np.ndarray:
     """``signals.covers`` on columns: the capture was running at that time (False for NONE)."""
-    low = np.full(len(names) + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    high = np.full(len(names) + 1, np.iinfo(np.int64).min, dtype=np.int64)
-    for code, name in enumerate(names):
-        if name in ctx.spans:
-            low[code], high[code] = ctx.spans[name]
-    at = np.where(capture >= 0, capture, len(names))
-    result: np.ndarray = (low[at] <= ts_ref) & (ts_ref <= high[at])
+    at = np.where(capture >= 0, capture, len(spans.known) - 1)
+    result: np.ndarray = spans.known[at] & (spans.low[at] <= ts_ref) & (ts_ref <= spans.high[at])
     return result
 
 
@@ -487,7 +505,14 @@ def rst_sight_keys(p: Packets, rows: np.ndarray) -> np.ndarray:
 
 
 def _policy(
-    p: Packets, ctx: Context, names: list[str], own: np.ndarray, maker: np.ndarray, syn: np.ndarray, forged: np.ndarray
+    p: Packets,
+    ctx: Context,
+    names: list[str],
+    spans: _Spans,
+    own: np.ndarray,
+    maker: np.ndarray,
+    syn: np.ndarray,
+    forged: np.ndarray,
 ) -> np.ndarray:
     """A server-side handshake RST is a firewall's, not the server's: the SYN it refuses missing at the server's
     capture or at captures further along its path, or the RST forged and the SYN not seen at the server.
@@ -507,11 +532,13 @@ def _policy(
     made = maker[chosen]
     server = np.where((server_own < 0) & (made >= 0) & (made == last_cap) & (made != client_own), made, server_own)
     at_server = (server >= 0) & (sight_at(p, rows, server) >= 0)
-    missing = (server_own >= 0) & (sight_at(p, rows, server_own) < 0) & _covers(ctx, names, server_own, syn_ts)
+    missing = (server_own >= 0) & (sight_at(p, rows, server_own) < 0) & _covers(spans, server_own, syn_ts)
+    last_points, last_point = np.unique(last_cap, return_inverse=True)  # a handful of points
+    last_point = last_point.ravel()
     for capture in ctx.captures:
         low, high = ctx.spans.get(capture, (1, 0))
         running = (low <= syn_ts) & (syn_ts <= high)
-        beyond = np.array([ctx.is_beyond(capture, names[c]) for c in last_cap.tolist()], dtype=bool)
+        beyond = np.array([ctx.is_beyond(capture, names[c]) for c in last_points.tolist()], dtype=bool)[last_point]
         if not (running & beyond).any():
             continue
         code = np.full(len(rows), names.index(capture) if capture in names else len(names), dtype=np.int64)
@@ -639,8 +666,15 @@ def _syn_points(
     for capture in ctx.captures:
         code = names.index(capture) if capture in names else len(names)  # a point with no rows never saw it
         low, high = ctx.spans.get(capture, (1, 0))
-        unseen[ks] |= (low <= ts) & (ts <= high) & ~np.isin(ks * n_names + code, syn_keys)
+        unseen[ks] |= (low <= ts) & (ts <= high) & ~_among(ks * n_names + code, syn_keys)
     return astray, unseen
+
+
+def _among(queries: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """``np.isin`` for keys already sorted and distinct, by binary search (no sort of the queries)."""
+    at = np.minimum(np.searchsorted(sorted_keys, queries), max(len(sorted_keys) - 1, 0))
+    found: np.ndarray = sorted_keys[at] == queries if len(sorted_keys) else np.zeros(len(queries), dtype=bool)
+    return found
 
 
 def _handed_on(p: Packets, chosen: np.ndarray, farthest: np.ndarray) -> np.ndarray:
@@ -685,8 +719,7 @@ def _handed_on(p: Packets, chosen: np.ndarray, farthest: np.ndarray) -> np.ndarr
 
 def _unanswered(
     p: Packets,
-    ctx: Context,
-    names: list[str],
+    spans: _Spans,
     side: np.ndarray,
     pure_syn: np.ndarray,
     synack: np.ndarray,
@@ -716,18 +749,14 @@ def _unanswered(
     later_ack = (side == 1) & p.has(ACK) & ~p.has(RST) & (p.ts_ref > p.ts_ref[f[p.conn]]) & has_syn[p.conn]
     attempts = np.bincount(p.conn[syns][p.seq[syns] == p.seq[f[p.conn[syns]]]], minlength=n)
     last_syn = _per_connection(syns, p.conn[syns], n, "max") if len(syns) else np.full(n, NONE)
-    span_end = np.full(len(names) + 1, np.iinfo(np.int64).min // 2, dtype=np.int64)
-    for code, name in enumerate(names):
-        if name in ctx.spans:
-            span_end[code] = ctx.spans[name][1]
+    span_end = np.where(spans.known, spans.high, np.iinfo(np.int64).min // 2)
     waited = span_end[point] - p.ts_ref[np.maximum(last_syn, 0)] >= UNANSWERED_WAIT_NS
     verdict = has_syn & ~_any(answered, k_of_sight, n) & ~_any(later_ack, p.conn, n) & ((attempts >= 2) | waited)
     acking = synack & (side == 0) & (p.ack == (p.seq[f[p.conn]] + 1) % SEQ_SPACE) & has_syn[p.conn]
     # The farthest-seen attempt (most sightings, the first of those) and whether its last point forwarded it.
     n_sights = p.sight_stop - p.sight_start
-    farthest_order = pd.DataFrame({"conn": p.conn[syns], "n": -n_sights[syns], "i": index[syns]})
-    farthest = farthest_order.sort_values(["conn", "n", "i"]).drop_duplicates("conn")
-    rows = farthest["i"].to_numpy(dtype=np.int64)
+    by_conn = syns[np.lexsort((index[syns], -n_sights[syns], p.conn[syns]))]
+    rows = by_conn[np.r_[True, p.conn[by_conn][1:] != p.conn[by_conn][:-1]]] if len(by_conn) else by_conn
     farthest_syn = np.full(n, NONE, dtype=np.int64)
     farthest_syn[p.conn[rows]] = rows
     acked_by = np.flatnonzero(acking)
