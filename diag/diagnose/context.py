@@ -41,6 +41,36 @@ def _capture_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
     return [str(u) for u in uniques] + ["nan"], codes.astype(np.int64)
 
 
+def _spans_by_code(codes: np.ndarray, ts: np.ndarray) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """Per capture code present: its first row, and its earliest and latest time (``ts`` per row).
+
+    Read a run of equal codes at a time: the stacked table holds each point's rows together, so a few
+    runs span millions of rows, where a sort or a grouping of the codes went over every row. Rows of
+    interleaved points (a table made otherwise) are grouped instead.
+    """
+    if len(codes) == 0:
+        return {}, {}, {}
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    if len(starts) > 64:
+        present, first_row = np.unique(codes, return_index=True)
+        grouped = pd.Series(ts).groupby(codes, sort=True).agg(["min", "max"])
+        return (
+            dict(zip(present.tolist(), first_row.tolist(), strict=True)),
+            dict(zip(grouped.index.tolist(), grouped["min"].tolist(), strict=True)),
+            dict(zip(grouped.index.tolist(), grouped["max"].tolist(), strict=True)),
+        )
+    first_seen: dict[int, int] = {}
+    lows: dict[int, int] = {}
+    highs: dict[int, int] = {}
+    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(codes)], strict=True):
+        code = int(codes[start])
+        low, high = int(ts[start:stop].min()), int(ts[start:stop].max())
+        first_seen.setdefault(code, start)
+        lows[code] = min(low, lows.get(code, low))
+        highs[code] = max(high, highs.get(code, high))
+    return first_seen, lows, highs
+
+
 @dataclass(frozen=True)
 class Context:
     """The analysis as a whole: which points were captured, and when each was running."""
@@ -57,17 +87,15 @@ class Context:
         names, codes = _capture_codes(packets["capture"])
         # Points in order of first appearance; an empty capture (a category with no rows) still says
         # something: that point saw none of it.
-        present, first_row = np.unique(codes, return_index=True)
-        captured = [names[code] for code in present[np.argsort(first_row)].tolist()]
+        first_seen, lows, highs = _spans_by_code(codes, np.asarray(corr.ts_ref_ns, dtype=np.int64))
+        captured = [names[code] for code in sorted(first_seen, key=first_seen.__getitem__)]
         captured += [name for name in names[:-1] if name not in captured]
         spans: dict[str, tuple[int, int]] = {name: (-(2**62), 2**62) for name in captured}
-        if len(packets):
-            ts = pd.Series(corr.ts_ref_ns).groupby(codes, sort=False).agg(["min", "max"])
-            for code, low, high in zip(ts.index.tolist(), ts["min"].tolist(), ts["max"].tolist(), strict=True):
-                # A capture whose clock could not be tied to the others (nothing matched)
-                # keeps the open span: its times say nothing on the common clock.
-                if names[code] in corr.offsets or len(captured) == 1:
-                    spans[names[code]] = (int(low), int(high))
+        for code in first_seen:
+            # A capture whose clock could not be tied to the others (nothing matched)
+            # keeps the open span: its times say nothing on the common clock.
+            if names[code] in corr.offsets or len(captured) == 1:
+                spans[names[code]] = (lows[code], highs[code])
         return cls(tuple(captured), spans, corr, packets, tuple(order_hint or ()))
 
     def is_beyond(self, capture: str, point: str) -> bool:
