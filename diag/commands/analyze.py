@@ -135,7 +135,7 @@ LOOPS_AFTER_READING = {
     "diag.flows.keys": ("_assign_tuple_ids",),
     "diag.flows.walk": ("group_by_flow", "walk_flows"),
     "diag.flows.copies": ("_keys",),
-    "diag.correlate.sightings": ("_cut_copies",),
+    "diag.correlate.sightings": ("_cut_copies", "_bucket_sort"),
     "diag.correlate.clock": ("_fill_slots", "_pair_bounds"),
     "diag.correlate.match": ("_per_row", "_add_offsets"),
     "diag.diagnose.connections": ("_number_flows", "_union_by_group", "_any_repeated"),

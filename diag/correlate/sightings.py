@@ -2,11 +2,10 @@
 
 Rows are put in content order (the 64-bit hash of the fields NAT leaves
 alone, mixed with the IP ID), capture and time order kept inside equal
-contents. Hashes are numbered first (``pandas.factorize``), only the distinct
-ones are sorted, and the rows follow with a counting sort on that rank: the
-same order as a stable sort of the hashes themselves, which would have to
-merge millions of random 64-bit values (a stable sort of 4M of them costs
-about four times this).
+contents. Hashes are spread evenly, so their top bits deal the rows into
+buckets of a few each, in their order (a counting sort), and each bucket is
+sorted by insertion: the same order as a stable sort of the hashes
+themselves, which would have to merge millions of random 64-bit values.
 
 One compiled pass over the rows in that order then cuts runs (one content at
 one capture) into sightings (copies within ``DUPLICATE_WINDOW_NS`` of each
@@ -24,7 +23,6 @@ from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 
 from diag.compiled import compiled
 from diag.flows.copies import DUPLICATE_WINDOW_NS
@@ -83,26 +81,6 @@ def starts(*columns: np.ndarray) -> np.ndarray:
     return new
 
 
-@compiled
-def _counting_sort(group: IntArray, n_groups: int, rows: IntArray) -> tuple[IntArray, BoolArray]:
-    """``rows`` sorted by ``group`` (values 0 .. n_groups - 1), equal groups in their given order; and
-    True at the first row of each group."""
-    first = np.zeros(n_groups + 1, dtype=np.int64)
-    for g in group:
-        first[g + 1] += 1
-    for g in range(n_groups):
-        first[g + 1] += first[g]
-    new_group = np.zeros(len(rows), dtype=np.bool_)
-    for g in range(n_groups):
-        new_group[first[g]] = True  # every group is present: its rank comes from a row
-    ordered = np.empty(len(rows), dtype=np.int64)
-    for i in range(len(rows)):
-        g = group[i]
-        ordered[first[g]] = rows[i]
-        first[g] += 1
-    return ordered, new_group
-
-
 def _stable_argsort_few_ties(values: np.ndarray) -> IntArray:
     """``np.argsort(values, kind="stable")`` for values that are nearly all distinct.
 
@@ -128,13 +106,58 @@ def _stable_argsort_few_ties(values: np.ndarray) -> IntArray:
 def content_order(content: np.ndarray, rows: IntArray) -> tuple[IntArray, BoolArray]:
     """``rows`` ordered as by ``np.argsort(content, kind="stable")``, and True where a content starts.
 
-    Linear time: contents are numbered by a hash table, only the distinct ones
-    are sorted, and the rows follow their content's rank by a counting sort.
+    ``content`` is a 64-bit hash, its values spread evenly: the top bits put
+    the rows in buckets of a few (a counting sort, which keeps their order),
+    and each bucket is sorted alone.
     """
-    codes, uniques = pd.factorize(content, sort=False)
-    rank = np.empty(len(uniques), dtype=np.int64)
-    rank[np.argsort(uniques)] = np.arange(len(uniques))  # distinct values: any sort gives the same order
-    return _counting_sort(read_only(rank[codes], np.int64), len(uniques), rows)
+    bits = min(max(len(content).bit_length() - 3, 1), 24)  # about 8 rows a bucket
+    counts = np.zeros((1 << bits) + 1, dtype=np.int32 if len(content) < 2**31 else np.int64)
+    return _bucket_sort(read_only(content, np.uint64), rows, bits, counts)
+
+
+# A bucket up to this size is sorted by insertion; a larger one (hashes not spread after all) by a merge sort.
+_INSERTION_SORT_MOST = 64
+
+
+@compiled
+def _bucket_sort(
+    content: npt.NDArray[np.uint64], rows: IntArray, bits: int, first: np.ndarray
+) -> tuple[IntArray, BoolArray]:
+    """``content_order`` with buckets of the top ``bits`` bits; ``first`` is zeros, one more than buckets."""
+    n = len(content)
+    shift = np.uint64(64 - bits)
+    n_buckets = len(first) - 1
+    for i in range(n):
+        first[np.int64(content[i] >> shift) + 1] += 1
+    for b in range(n_buckets):
+        first[b + 1] += first[b]
+    values = np.empty(n, dtype=np.uint64)
+    ordered = np.empty(n, dtype=np.int64)
+    fill = first[:n_buckets].copy()
+    for i in range(n):
+        value = content[i]
+        bucket = np.int64(value >> shift)
+        at = fill[bucket]
+        values[at], ordered[at] = value, rows[i]
+        fill[bucket] = at + 1
+    for b in range(n_buckets):
+        begin, end = first[b], first[b + 1]
+        if end - begin > _INSERTION_SORT_MOST:
+            by_value = np.argsort(values[begin:end], kind="mergesort")  # stable
+            ordered[begin:end] = ordered[begin:end][by_value]
+            values[begin:end] = values[begin:end][by_value]
+            continue
+        for i in range(begin + 1, end):
+            value, row = values[i], ordered[i]
+            j = i - 1
+            while j >= begin and values[j] > value:  # strictly greater: equal contents keep their order
+                values[j + 1], ordered[j + 1] = values[j], ordered[j]
+                j -= 1
+            values[j + 1], ordered[j + 1] = value, row
+    new_content = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        new_content[i] = i == 0 or values[i] != values[i - 1]
+    return ordered, new_content
 
 
 @compiled
