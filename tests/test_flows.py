@@ -8,6 +8,7 @@ two final states.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -507,3 +508,40 @@ def test_text_columns_gathered_from_distinct_texts_are_what_pandas_makes_of_them
     pd.testing.assert_frame_equal(
         pd.DataFrame({"text": _text_column(with_missing)}), pd.DataFrame({"text": with_missing})
     )
+
+
+def _lookup_captures() -> list[Path]:
+    """The shipped captures (the nodes' hold forwarded copies) and the corpus's tunnelled ones, when present."""
+    from conftest import CORPUS
+    from test_tunnels import CORPUS_TUNNELS
+
+    shipped = sorted((PROJECT / "captures").glob("*.pcapng"))
+    corpus = [CORPUS / "tcpdump" / "tests" / name for name in CORPUS_TUNNELS]
+    return shipped + [path for path in corpus if path.exists()]
+
+
+def test_looking_up_some_rows_flows_gives_what_the_flow_of_every_row_gives() -> None:
+    """``flows_of`` (a capture's few tunnel rows, looked up one by one) against ``row_flows`` read at the same
+    rows, for every row of captures with forwarded copies, tunnels opened and not, and rows of no flow."""
+    from diag.flows.carriers import tunnel_rows
+    from diag.flows.keys import FlowKeys
+    from diag.flows.table import _LOOKED_UP_ROWS, _summarise
+
+    looked_up = copies = tunnelled = 0
+    for path in _lookup_captures():
+        packets = read_capture(path)
+        keys = FlowKeys(packets)
+        if keys.n_tuples == 0:
+            continue
+        walked = _summarise(packets, keys)
+        every = walked.row_flows()
+        rows = np.arange(len(packets))
+        for start in range(0, len(rows), _LOOKED_UP_ROWS):
+            chunk = rows[start : start + _LOOKED_UP_ROWS]
+            assert walked.flows_of(chunk).tolist() == every[chunk].tolist(), path.name
+        reversed_rows = rows[::-1][:_LOOKED_UP_ROWS]
+        assert walked.flows_of(reversed_rows).tolist() == every[reversed_rows].tolist(), path.name
+        looked_up += len(rows)
+        copies += int(((walked.origin >= 0) & (walked.tuple_id >= 0)).sum())
+        tunnelled += int(tunnel_rows(packets).sum())
+    assert looked_up > 100 and copies > 0 and tunnelled > 0, (looked_up, copies, tunnelled)

@@ -26,6 +26,7 @@ remaining, deliberate differences are listed in docs/analyze.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -66,6 +67,7 @@ class _Walked:
 
     summary: FlowSummary
     order: np.ndarray  # rows grouped by 5-tuple (``group_by_flow``)
+    starts: np.ndarray  # 5-tuple t's rows are ``order[starts[t]:starts[t + 1]]``, in file order
     origin: np.ndarray  # per row, the row it is a forwarded copy of, or -1
     tuple_id: np.ndarray
 
@@ -83,6 +85,32 @@ class _Walked:
         if copies.any():
             row_flow[copies] = row_flow[self.origin[copies]]
         return row_flow
+
+    def flows_of(self, rows: np.ndarray) -> np.ndarray:
+        """``row_flows()[rows]``, each looked up in its 5-tuple's rows: a capture's few tunnel rows, for which
+        the flow of every row (a scatter of millions of ids) was made and then read at a handful of places."""
+        if len(rows) > _LOOKED_UP_ROWS:
+            flows: np.ndarray = self.row_flows()[rows]
+            return flows
+        tuple_ids = self.tuple_id[rows]
+        origins = self.origin[rows]
+        # A forwarded copy left out of its 5-tuple's rows (group_by_flow) is in its origin's flow.
+        is_copy = (tuple_ids >= 0) & (origins >= 0) & (self.tuple_id[np.maximum(origins, 0)] == tuple_ids)
+        found = np.where(is_copy, origins, rows).tolist()
+        flows = np.full(len(rows), -1, dtype=np.int64)
+        for k, (tuple_id, row) in enumerate(zip(tuple_ids.tolist(), found, strict=True)):
+            if tuple_id < 0:
+                continue
+            start = int(self.starts[tuple_id])
+            members = self.order[start : self.starts[tuple_id + 1]]
+            at = int(np.searchsorted(members, row))
+            if at < len(members) and members[at] == row:
+                flows[k] = int(np.searchsorted(self.summary.begin, start + at, side="right")) - 1
+        return flows
+
+
+# Rows ``_Walked.flows_of`` looks up one by one; beyond, the flow of every row is made and read.
+_LOOKED_UP_ROWS: Final = 4096
 
 
 def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> _Walked:
@@ -108,7 +136,7 @@ def _summarise(packets: pd.DataFrame, keys: FlowKeys) -> _Walked:
             likely_server_table(),
         )
     )
-    return _Walked(summary, order, origin, keys.tuple_id)
+    return _Walked(summary, order, starts, origin, keys.tuple_id)
 
 
 def _numbered(summary: FlowSummary, row_flow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -200,12 +228,18 @@ def build_flows(packets: pd.DataFrame, icmp: bool = False) -> pd.DataFrame:
 def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.DataFrame:
     """The walk's results as ``FLOW_COLUMNS``, with each flow's endpoints, history and RSTs as Python objects."""
     summary = walked.summary
-    # Which flow each row went to matters only for tunnel packets (the usual capture has none).
-    has_tunnels = bool(tunnel_rows(packets).any())
-    by_appearance, row_ids = _numbered(summary, walked.row_flows() if has_tunnels else None)
+    # Which flow each row went to matters only for tunnel packets (the usual capture has none): the other
+    # rows' ids stay -1.
+    tunnelled = np.flatnonzero(tunnel_rows(packets))
+    has_tunnels = len(tunnelled) > 0
+    by_appearance, _ = _numbered(summary)
     n_flows = len(by_appearance)
     rank = np.empty(n_flows, dtype=np.int64)
     rank[by_appearance] = np.arange(n_flows, dtype=np.int64)
+    row_ids = np.full(len(packets), -1, dtype=np.int64) if has_tunnels else np.empty(0, dtype=np.int64)
+    if has_tunnels:
+        walk_flow = walked.flows_of(tunnelled)
+        row_ids[tunnelled] = np.where(walk_flow >= 0, rank[np.maximum(walk_flow, 0)], -1)
     first_row = summary.first_row[by_appearance]
     is_tcp = summary.is_tcp[by_appearance]
     capture = categorical(packets["capture"])
