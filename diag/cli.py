@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import ctypes
 import importlib
+import itertools
 import os
 import signal
 import sys
@@ -127,10 +128,26 @@ def usage_error(prog: str, message: str) -> NoReturn:
 
 def parse_command_line(parser: argparse.ArgumentParser, words: Sequence[str]) -> argparse.Namespace:
     """``parser.parse_args``, with arguments no parser took reported against the command they were given to."""
+    unknown = _unknown_leading_options(parser, words)
+    if unknown:
+        # argparse would say only that the command is missing, which is not the mistake made.
+        usage_error(parser.prog, f"unrecognized arguments: {' '.join(unknown)}")
     args, extras = parser.parse_known_args(words)
     if extras:
         usage_error(getattr(args, PARSER_PROG, parser.prog), f"unrecognized arguments: {' '.join(extras)}")
     return args
+
+
+def _unknown_leading_options(parser: argparse.ArgumentParser, words: Sequence[str]) -> list[str]:
+    """The options given before the command that ``parser`` itself does not take, as written or abbreviated
+    (argparse takes ``--vers`` for ``--version``)."""
+    known = [option for action in parser._actions for option in action.option_strings]
+    leading = itertools.takewhile(lambda word: word.startswith("-"), words)
+    return [
+        word
+        for word in leading
+        if word not in known and not (word.startswith("--") and any(option.startswith(word) for option in known))
+    ]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

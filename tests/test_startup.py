@@ -250,8 +250,10 @@ def test_a_command_line_without_a_known_command_gets_the_whole_parser() -> None:
         (["analyze", "pcap"], "diag analyze pcap", ["required", "PATH"]),
         (["analyze", "fleet", "a", "b"], "diag analyze fleet", ["unrecognized arguments: b"]),
         (["flows", "x.pcap", "--max-memory"], "diag flows", ["--max-memory", "expected one argument"]),
+        (["--bogus"], "diag", ["unrecognized arguments: --bogus"]),
+        (["--bogus", "analyze", "pcap", "x.pcap"], "diag", ["unrecognized arguments: --bogus"]),
     ],
-    ids=["bad-choice", "unknown-option", "no-capture", "extra-argument", "missing-value"],
+    ids=["bad-choice", "unknown-option", "no-capture", "extra-argument", "missing-value", "diag-option", "before"],
 )
 def test_a_usage_mistake_is_one_line_naming_the_command(argv: list[str], prog: str, words: list[str]) -> None:
     """Bad usage ends as every other bad input does: one line, exit status 2, here pointing at the
