@@ -17,7 +17,7 @@ from diag.diagnose.tcp_packets import build_packets
 from diag.diagnose.tcp_signals import compute_signals
 from diag.diagnose.udp import analyze_udp
 from diag.report import Finding, PacketRef
-from diag.report.facts import Fact, note
+from diag.report.facts import Fact, note, render
 
 
 def diagnose(
@@ -50,18 +50,28 @@ def diagnose(
         signals = compute_signals(build_packets(connections[0].table, connections), connections, ctx)
         outcomes = judge_by_columns(connections, signals, ctx)
     findings: list[tuple[int, int, Finding]] = []
-    captures = Fact.of("captures", points=ctx.captures)  # the same last fact of every finding: made once
+    # The same last fact of every finding, and its sentence: made once.
+    captures = Fact.of("captures", points=ctx.captures)
+    captures_line = render(captures)
     for k, conn in enumerate(connections):
         result = outcomes[k] if conn.proto == TCP else analyze_udp(conn, ctx)
         if result is None:
             continue
         verdict, symptom, _occurrences = result
-        findings.append((symptom.ts_ref, k, _finding(conn.proto, conn.client, conn.server, verdict, symptom, captures)))
+        findings.append(
+            (
+                symptom.ts_ref,
+                k,
+                _finding(conn.proto, conn.client, conn.server, verdict, symptom, captures, captures_line),
+            )
+        )
     findings.sort(key=lambda item: (item[0], item[1]))
     return [finding for _, _, finding in findings]
 
 
-def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, captures: Fact) -> Finding:
+def _finding(
+    proto: int, client: str, server: str, verdict: Verdict, symptom: Seen, captures: Fact, captures_line: str
+) -> Finding:
     first = symptom.first
     spec = spec_of(verdict.cause)
     origin = verdict.origin
@@ -70,6 +80,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         origin = verdict.origin_description
     # Every line becomes a fact (sentences not yet broken into values as notes); the evidence is their rendering.
     facts = [line if isinstance(line, Fact) else note(line) for line in verdict.evidence]
+    evidence = (*map(render, facts), captures_line)
     facts.append(captures)
     return Finding.of(
         spec,
@@ -82,6 +93,7 @@ def _finding(proto: int, client: str, server: str, verdict: Verdict, symptom: Se
         origin=origin,
         summary=verdict.summary,
         facts=tuple(facts),
+        evidence=evidence,
         # Every cause the facts exclude (each cause's ``excluded_by``), from the facts alone.
         ruled_out=ruled_out(verdict.cause, facts),
         fixes=spec.fixes,

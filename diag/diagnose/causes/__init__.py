@@ -90,13 +90,25 @@ def ruled_out(cause: Cause, facts: Sequence[Fact]) -> tuple[RuledOut, ...]:
     own cause and ``healthy`` (a finding is never healthy) are not listed.
     """
     lines = []
-    for other, exclusion, at, silent in _plan(cause, tuple(fact.kind for fact in facts)):
+    for other, exclusion, at, silent in _plan(cause, tuple([fact.kind for fact in facts])):
         if not at:
             if silent is not None:
                 lines.append(silent)
         elif (why := exclusion([facts[i] for i in at])) is not None:
-            lines.append(RuledOut(other, why))
+            lines.append(_LINES.get((other, why)) or _line_made(other, why))
     return tuple(lines)
+
+
+# The lines already made: the thousands of findings of a busy capture say a few sentences again and again.
+_LINES: dict[tuple[Cause, str], RuledOut] = {}
+_LINES_KEPT = 4096  # a bound on what a capture of ever new sentences (numbers in them) keeps
+
+
+def _line_made(cause: Cause, why: str) -> RuledOut:
+    if len(_LINES) >= _LINES_KEPT:
+        _LINES.clear()
+    line = _LINES[cause, why] = RuledOut(cause, why)
+    return line
 
 
 # The exclusions to ask of a finding: per cause, where its declared kinds sit among the finding's facts (none: its

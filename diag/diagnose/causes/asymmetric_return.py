@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose import tcp
-from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, kinds, left_its_sender, listed
+from diag.diagnose.causes.spec import (
+    CauseSpec,
+    Decision,
+    answered_with,
+    first,
+    firsts,
+    kinds,
+    left_its_sender,
+    listed,
+)
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.signals import Seen
@@ -80,23 +89,24 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     """Replies that went back only along the request's own path, and were lost there, were not sent astray;
     a RST its claimed sender's own capture shows leaving it was not forged by a box on the way back, nor was one
     answering a challenge ACK or the client's SYN itself; a SYN no capture further on saw got no reply."""
-    if first(facts, "reply-lost") is not None:
+    seen = firsts(facts)
+    if "reply-lost" in seen:
         return "the replies were seen only on the request's own path"
-    if (refused := first(facts, "unreachable")) is not None:
+    if (refused := seen.get("unreachable")) is not None:
         return f"the requests were refused ({refused['sender']} sent an ICMP destination unreachable), not answered"
-    if first(facts, "challenge-ack") is not None:
+    if "challenge-ack" in seen:
         return "the server's answer reached the client; the client reset the stale connection itself"
-    if answered_with(facts, "SYN", "client") is not None:
+    if answered_with(seen, "SYN", "client") is not None:
         return (
             "the RST answers the client's SYN in the server's name: no SYN-ACK went astray (an asymmetric return "
             "resets the server's SYN-ACK in the client's name)"
         )
-    if (unseen := first(facts, "syn-unseen-elsewhere")) is not None:
+    if (unseen := seen.get("syn-unseen-elsewhere")) is not None:
         return (
             f"the SYN never reached the server (captures further on, {listed(unseen['points'])}, never saw it), "
             "so there was no reply to go astray"
         )
-    return left_its_sender(facts)
+    return left_its_sender(seen)
 
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose import tcp
-from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender, rst_phase
+from diag.diagnose.causes.spec import CauseSpec, firsts, left_its_sender, rst_phase
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.signals import Seen
@@ -24,13 +24,14 @@ if TYPE_CHECKING:
 def excluded_by(facts: Sequence[Fact]) -> str | None:
     """A connection never established (a client still retrying its SYN, a RST in the handshake) had no flow to
     time out, a busy one was not idle, and a genuine RST is no middlebox's."""
-    if first(facts, "syn-retried") is not None:
+    seen = firsts(facts)
+    if "syn-retried" in seen:
         return "the client was still retrying its SYN: the connection never got established, nothing was idle"
-    if rst_phase(facts) == "handshake" or first(facts, "syns-unanswered") is not None:
+    if rst_phase(seen) == "handshake" or "syns-unanswered" in seen:
         return "the connection never got established, nothing was idle"
-    if (busy := first(facts, "kept-sending")) is not None:
+    if (busy := seen.get("kept-sending")) is not None:
         return f"the connection was busy, not idle: the {busy['side']} kept sending after the RST"
-    return left_its_sender(facts)
+    return left_its_sender(seen)
 
 
 def tcp_rule(s: TcpSignals) -> np.ndarray:

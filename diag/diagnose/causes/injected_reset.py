@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose import tcp
-from diag.diagnose.causes.spec import CauseSpec, first, left_its_sender
+from diag.diagnose.causes.spec import CauseSpec, firsts, left_its_sender
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.signals import Seen
@@ -34,19 +34,20 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     """A RST its claimed sender's own capture shows leaving it was not injected in that sender's name; one that
     answers a challenge ACK is the client's stack; one the client answered by retrying its SYN, or that came after
     an idle gap, raced no genuine traffic."""
-    if first(facts, "challenge-ack") is not None:
+    seen = firsts(facts)
+    if "challenge-ack" in seen:
         return "the RST's sender is the client and it follows the challenge ACK in sequence"
-    if (retried := first(facts, "syn-retried")) is not None:
+    if (retried := seen.get("syn-retried")) is not None:
         return (
             f"the client sent the same SYN (ISN {retried['isn']}) again after the RST: it never got the server's "
             "answer, so no genuine traffic went on for an injected RST to race"
         )
-    if (idle := first(facts, "idle-gap")) is not None:
+    if (idle := seen.get("idle-gap")) is not None:
         return (
             f"the RST answers the first segment after {idle.number('gap_ns') / 1e9:.1f} s of silence, as a middlebox "
             "that dropped the idle flow does"
         )
-    return left_its_sender(facts)
+    return left_its_sender(seen)
 
 
 def tcp_finding(conn: Connection, s: TcpSignals, k: int, ctx: Context) -> Outcome:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose import tcp
-from diag.diagnose.causes.spec import CauseSpec, first, rst_phase
+from diag.diagnose.causes.spec import CauseSpec, firsts, rst_phase
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
 from diag.diagnose.tcp_findings import Outcome, rst_outcome
@@ -49,11 +49,12 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     ]
     if reasons:
         return f"a genuine {side} reset is ruled out: " + "; ".join(reasons)
-    if first(facts, "challenge-ack") is not None:
+    seen = firsts(facts)
+    if "challenge-ack" in seen:
         return "the RST is the client's answer to a challenge ACK, not an abort of a working connection"
-    if first(facts, "syn-accepted") is not None:
+    if "syn-accepted" in seen:
         return "the server was accepting the connection, not aborting it"
-    if rst_phase(facts) == "handshake":
+    if rst_phase(seen) == "handshake":
         return "the RST came during the handshake: there was no established connection to abort"
     return None
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, host_of, kinds, udp_answered
+from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, firsts, host_of, kinds, udp_answered
 from diag.diagnose.tcp_findings import refusal_finding
 from diag.report import Cause, Severity
 from diag.report.facts import Fact
@@ -50,25 +50,26 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     """Requests the server answered, a SYN seen at the server or past the RST's maker, were let through; a RST
     from a neighbour of the server on its own link is what the server's own looks like; SYNs nothing answered
     were refused by no one."""
-    if udp_answered(facts):
+    seen = firsts(facts)
+    if udp_answered(seen):
         return "the server answered the requests, so nothing on the way refused them"
-    if first(facts, "syn-accepted") is not None:
+    if "syn-accepted" in seen:
         return (
             "the SYN reached the server and was answered; a rejecting firewall stops the SYN, so no genuine answer "
             "follows"
         )
-    if answered_with(facts, "SYN-ACK", "server") is not None:
+    if answered_with(seen, "SYN-ACK", "server") is not None:
         return "the SYN reached the server and was answered; the RST goes to the server, not to the client"
-    if (went_on := first(facts, "syn-went-past")) is not None:
+    if (went_on := seen.get("syn-went-past")) is not None:
         return f"the SYN was not stopped: it reached {went_on['point']}, past the RST's maker"
-    if (reached := first(facts, "syn-at-server")) is not None:
+    if (reached := seen.get("syn-at-server")) is not None:
         return f"the SYN reached the server's capture ({reached['point']})"
-    if (link := first(facts, "on-link")) is not None and link["side"] == "server":
+    if (link := seen.get("on-link")) is not None and link["side"] == "server":
         return (
             f"the server is a neighbour on {link['point']}'s link and the RST is what its own looks like there: a "
             "firewall would have to sit on that very link"
         )
-    if first(facts, "syns-unanswered") is not None:
+    if "syns-unanswered" in seen:
         return "no RST came back: nothing refused the SYN"
     return None
 

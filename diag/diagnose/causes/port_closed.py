@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, host_of, kinds, udp_answered
+from diag.diagnose.causes.spec import CauseSpec, Decision, answered_with, first, firsts, host_of, kinds, udp_answered
 from diag.diagnose.tcp_findings import refusal_finding
 from diag.report import Cause, Severity
 from diag.report.facts import Fact
@@ -42,19 +42,20 @@ def excluded_by(facts: Sequence[Fact]) -> str | None:
     """A server that answered the requests (UDP) or the SYN (a SYN-ACK) listens on the port; a SYN that never
     reached the server, or went on past the RST's maker, was not refused by the server, nor was one its RST's
     own marks say another device refused; SYNs nothing answered were refused by no one."""
-    if udp_answered(facts):
+    seen = firsts(facts)
+    if udp_answered(seen):
         return "the server answered the requests, so something listens on the port"
-    if first(facts, "syn-accepted") is not None:
+    if "syn-accepted" in seen:
         return "the server answered the same SYN with a SYN-ACK: it listens on the port"
-    if answered_with(facts, "SYN-ACK", "server") is not None:
+    if answered_with(seen, "SYN-ACK", "server") is not None:
         return "the server answered with a SYN-ACK, so it listens; the RST claims the client, not the server"
-    if (went_on := first(facts, "syn-went-past")) is not None:
+    if (went_on := seen.get("syn-went-past")) is not None:
         return f"the RST was made before {went_on['point']} on the way, so not by the server"
-    if first(facts, "syn-missing-at-server") is not None or first(facts, "syn-missing-further") is not None:
+    if "syn-missing-at-server" in seen or "syn-missing-further" in seen:
         return "the SYN never reached the server, so the server cannot have refused it"
     if any(fact.kind in ("absent-at-own", "ttl-hops", "rst-too-soon") and fact["side"] == "server" for fact in facts):
         return "the RST was not made by the server (see its TTL, presence, timing), so it did not refuse the SYN"
-    if first(facts, "syns-unanswered") is not None:
+    if "syns-unanswered" in seen:
         return "no RST came back: nothing refused the SYN"
     return None
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose import tcp
-from diag.diagnose.causes.spec import CauseSpec, Decision, first, kinds, listed
+from diag.diagnose.causes.spec import CauseSpec, Decision, first, firsts, kinds, listed
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context
 from diag.diagnose.tcp_findings import Outcome, client_syns, sides_of, unanswered_outcome
@@ -44,15 +44,16 @@ def udp(facts: Sequence[Fact]) -> Decision | None:
 def excluded_by(facts: Sequence[Fact]) -> str | None:
     """A reply that arrived, was translated on its way or took another path, was not lost; a RST or an ICMP
     error came back, so nothing was silent."""
-    if first(facts, "reply-foreign") is not None:
+    seen = firsts(facts)
+    if "reply-foreign" in seen:
         return "the reply was not lost: it arrived from the wrong source"
-    if first(facts, "reply-resourced") is not None:
+    if "reply-resourced" in seen:
         return "the reply left the server and was translated, not dropped"
-    if (paths := first(facts, "paths")) is not None and paths["reply_only"]:
+    if (paths := seen.get("paths")) is not None and paths["reply_only"]:
         return f"the reply was not lost on the request's path: it took another one ({listed(paths['reply_only'])})"
-    if first(facts, "rst") is not None:
+    if "rst" in seen:
         return "a RST came back: the connection was answered, not silently dropped"
-    if (refused := first(facts, "unreachable")) is not None:
+    if (refused := seen.get("unreachable")) is not None:
         return f"an ICMP destination unreachable from {refused['sender']} came back: refused, not silently dropped"
     return None
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diag.diagnose import tcp
-from diag.diagnose.causes.spec import CauseSpec, answered_with, first
+from diag.diagnose.causes.spec import CauseSpec, answered_with, firsts
 from diag.diagnose.connections import Connection
 from diag.diagnose.context import Context, Line, Verdict
 from diag.diagnose.signals import Seen
@@ -24,12 +24,13 @@ if TYPE_CHECKING:
 def excluded_by(facts: Sequence[Fact]) -> str | None:
     """The RST of a tuple reuse is the client's own stack answering the challenge ACK: its capture shows it, and
     the RST answers that bare ACK, not a SYN-ACK."""
-    if (synack := answered_with(facts, "SYN-ACK", "server")) is not None:
+    seen = firsts(facts)
+    if (synack := answered_with(seen, "SYN-ACK", "server")) is not None:
         return (
             f"no RFC 5961 challenge ACK: the RST answers the server's SYN-ACK (seq {synack['seq']}, ack "
             f"{synack['ack']}), which accepted the SYN"
         )
-    absent = first(facts, "absent-at-own")
+    absent = seen.get("absent-at-own")
     if absent is not None and absent["side"] == "client":
         return "the client's own capture never shows the RST, and in a tuple reuse the client's stack sends it"
     return None
