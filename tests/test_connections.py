@@ -12,12 +12,14 @@ from diag.diagnose.connections import (
     _groups,
     _join_by_client_endpoint,
     _lex_order,
+    _number_flows,
     _suspect_connections,
     _union_groups,
     _UnionFind,
     _varies,
 )
 from diag.diagnose.suspects import suspect
+from diag.flows.keys import read_only
 
 
 def _reference_roots(n_nodes: int, group: np.ndarray, node: np.ndarray) -> list[int]:
@@ -237,3 +239,18 @@ def test_join_by_client_endpoint_links_the_same_flows_as_the_reference() -> None
         assert actual.roots().tolist() == expected.roots().tolist()
         linked += expected.roots().tolist() != before
     assert linked > 50  # the random tables do link flows, not only leave them apart
+
+
+def test_number_flows_numbers_each_point_and_unordered_pair_by_first_appearance() -> None:
+    """Against a dict: enough pairs that the hash table grows several times, both directions of each."""
+    rng = np.random.default_rng(3)
+    for n, n_endpoints in ((0, 1), (50, 4), (20_000, 3_000), (20_000, 40)):
+        point = rng.integers(0, 3, n) * 65536 + rng.choice(np.array([TCP, UDP]), n)
+        src_ep, dst_ep = rng.integers(1, n_endpoints + 1, n), rng.integers(1, n_endpoints + 1, n)
+        numbers: dict[tuple[int, int, int], int] = {}
+        expected = [
+            numbers.setdefault((p, min(a, b), max(a, b)), len(numbers))
+            for p, a, b in zip(point.tolist(), src_ep.tolist(), dst_ep.tolist(), strict=True)
+        ]
+        arrays = (np.ascontiguousarray(x, dtype=np.int64) for x in (point, src_ep, dst_ep))
+        assert _number_flows(*(read_only(x, np.int64) for x in arrays)).tolist() == expected

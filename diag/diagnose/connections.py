@@ -140,13 +140,14 @@ def _number_flows(point: np.ndarray, src_ep: np.ndarray, dst_ep: np.ndarray) -> 
 
     One pass with an open-addressing hash table (linear probing, kept at most
     half full): a factorisation of the pairs would sort or hash every row
-    twice, and this runs over every TCP and UDP packet of the analysis.
+    twice, and this runs over every TCP and UDP packet of the analysis. A slot
+    holds its pair and the pair's number side by side, so that a probe reads
+    one cache line (the table of a busy analysis is larger than the caches).
     """
     n = len(point)
     numbers = np.empty(n, dtype=np.int64)
     size = 4096
-    slots = np.full(size, -1, dtype=np.int64)  # row of ``keys`` or -1
-    keys = np.empty((size // 2, 3), dtype=np.int64)  # point, low, high per distinct pair
+    slots = np.full((size, 4), -1, dtype=np.int64)  # point, low, high, number (-1: an empty slot)
     count = 0
     for i in range(n):
         low, high = min(src_ep[i], dst_ep[i]), max(src_ep[i], dst_ep[i])
@@ -155,32 +156,30 @@ def _number_flows(point: np.ndarray, src_ep: np.ndarray, dst_ep: np.ndarray) -> 
         h = ((h ^ (h >> 29)) ^ high) * _HASH_MULTIPLIER
         h ^= h >> 31
         at = h & (size - 1)
-        while slots[at] >= 0:
-            k = slots[at]
-            if keys[k, 0] == p and keys[k, 1] == low and keys[k, 2] == high:
+        while slots[at, 3] >= 0:
+            if slots[at, 0] == p and slots[at, 1] == low and slots[at, 2] == high:
                 break
             at = (at + 1) & (size - 1)
-        if slots[at] < 0:
-            slots[at] = count
-            keys[count, 0], keys[count, 1], keys[count, 2] = p, low, high
-            count += 1
-            if 2 * count >= size:  # half full: twice the table, every pair placed again
-                size *= 2
-                grown = np.empty((size // 2, 3), dtype=np.int64)
-                grown[:count] = keys[:count]
-                keys = grown
-                slots = np.full(size, -1, dtype=np.int64)
-                for k in range(count):
-                    g = ((keys[k, 0] * _HASH_MULTIPLIER) ^ keys[k, 1]) * _HASH_MULTIPLIER
-                    g = ((g ^ (g >> 29)) ^ keys[k, 2]) * _HASH_MULTIPLIER
-                    g ^= g >> 31
-                    j = g & (size - 1)
-                    while slots[j] >= 0:
-                        j = (j + 1) & (size - 1)
-                    slots[j] = k
-            numbers[i] = count - 1
-        else:
-            numbers[i] = slots[at]
+        if slots[at, 3] >= 0:
+            numbers[i] = slots[at, 3]
+            continue
+        slots[at, 0], slots[at, 1], slots[at, 2], slots[at, 3] = p, low, high, count
+        numbers[i] = count
+        count += 1
+        if 2 * count >= size:  # half full: twice the table, every pair placed again
+            old = slots
+            size *= 2
+            slots = np.full((size, 4), -1, dtype=np.int64)
+            for k in range(len(old)):
+                if old[k, 3] < 0:
+                    continue
+                g = ((old[k, 0] * _HASH_MULTIPLIER) ^ old[k, 1]) * _HASH_MULTIPLIER
+                g = ((g ^ (g >> 29)) ^ old[k, 2]) * _HASH_MULTIPLIER
+                g ^= g >> 31
+                j = g & (size - 1)
+                while slots[j, 3] >= 0:
+                    j = (j + 1) & (size - 1)
+                slots[j] = old[k]
     return numbers
 
 
@@ -353,10 +352,10 @@ def build_connections(
     # Unmatched packets get ids after every match id so ``pkt`` is unique.
     base = int(corr.row_match.max()) + 1 if len(corr.row_match) else 0
 
-    def pkt(rows: np.ndarray) -> np.ndarray:
-        """``pkt`` of some rows (made only for the rows read: every row's would be millions)."""
-        match, sighting = corr.row_match[positions[rows]], corr.row_sighting[positions[rows]]
-        ids: np.ndarray = np.where(match >= 0, match, base + sighting)
+    def pkt(at: np.ndarray) -> np.ndarray:
+        """``pkt`` of the packets at ``at`` (made only for the rows read: every row's would be millions)."""
+        match = corr.row_match[at]
+        ids: np.ndarray = np.where(match >= 0, match, base + corr.row_sighting[at])
         return ids
 
     uf = _UnionFind(int(node.max()) + 1)
@@ -370,7 +369,7 @@ def build_connections(
     at = positions[telling]
     table = {name: values[telling] for name, values in linking.items()}
     table |= {"tcp_flags": flags[telling], "seq": reader.take("seq", at), "ts_ns": reader.take("ts_ns", at)}
-    table |= {"pkt": pkt(telling), "node": node[telling]}
+    table |= {"pkt": pkt(at), "node": node[telling]}
     _join_by_client_endpoint(table, uf)
     _join_resourced_replies(table, uf)
     # Connections are named by their smallest flow (the root); a row's is its flow's, read for the rows used.
@@ -392,7 +391,7 @@ def build_connections(
     columns["tcp_flags"] = flags[order]
     columns["seq"] = reader.take("seq", kept)
     columns["ts_ns"] = reader.take("ts_ns", kept)
-    columns |= {"match": corr.row_match[kept], "pkt": pkt(order), "sighting": corr.row_sighting[kept]}
+    columns |= {"match": corr.row_match[kept], "pkt": pkt(kept), "sighting": corr.row_sighting[kept]}
     columns["node"] = node[order]
     columns["conn"] = root[columns["node"]]
     # A second copy of a packet in one capture: its sighting appeared at an earlier position. (Every copy of
