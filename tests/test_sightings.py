@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diag.correlate.sightings import content_order
+from diag.correlate.sightings import by_capture_then_time, content_order
 
 
 def _spread(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -36,3 +36,17 @@ def test_content_order_is_the_stable_sort_of_the_contents(values: object, n: int
     expected_new = np.ones(n, dtype=bool)
     expected_new[1:] = sorted_content[1:] != sorted_content[:-1]
     assert np.array_equal(new_content, expected_new)
+
+
+@pytest.mark.parametrize("layout", ["in order", "times step back", "captures interleaved", "both"])
+def test_capture_then_time_order_is_the_stable_sort_by_both(layout: str) -> None:
+    rng = np.random.default_rng(len(layout))
+    n = 20_000
+    capture = np.sort(rng.integers(0, 4, n))
+    ts = np.sort(rng.integers(0, 10**9, n)) // 1000 * 1000  # some equal times: their order must stay
+    if layout in ("times step back", "both"):
+        ts[n // 3 : n // 3 + 500] -= 10**8  # a clock step inside one capture
+    if layout in ("captures interleaved", "both"):
+        capture = rng.permutation(capture)
+    order = by_capture_then_time(capture.astype(np.int64), ts.astype(np.int64))
+    assert np.array_equal(order, np.lexsort((ts, capture)))

@@ -161,7 +161,7 @@ def correlate_in_steps(
 ) -> CorrelationSteps:
     """``correlate`` (same arguments) in two steps, see ``CorrelationSteps``."""
     capture_code, names = _capture_codes(packets)
-    present = [names[c] for c in pd.unique(capture_code)] if len(packets) else []
+    present = [names[c] for c in _in_order_of_appearance(read_only(capture_code, np.int64), len(names))]
     reference = choose_reference(present)
     if len(packets) == 0:
         return _done(_unmatched(packets, reference))
@@ -219,6 +219,22 @@ def correlate_in_steps(
         )
 
     return CorrelationSteps(rows, finish)
+
+
+@compiled
+def _in_order_of_appearance(codes: IntArray, n_codes: int) -> IntArray:
+    """The distinct values of ``codes`` (0 .. n_codes - 1, or -1) in the order they first come."""
+    seen = np.zeros(n_codes + 1, dtype=np.bool_)
+    found = np.empty(n_codes + 1, dtype=np.int64)
+    n_found = 0
+    for code in codes:
+        if not seen[code + 1]:
+            seen[code + 1] = True
+            found[n_found] = code
+            n_found += 1
+            if n_found == n_codes + 1:
+                break
+    return found[:n_found]
 
 
 @compiled

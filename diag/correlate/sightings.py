@@ -51,11 +51,14 @@ class Sightings:
 
 def by_capture_then_time(capture: np.ndarray, ts: np.ndarray) -> np.ndarray:
     """Row order by capture, then time; cheap when each capture is already in time order."""
-    same = capture[1:] == capture[:-1]
-    if np.all(capture[1:] >= capture[:-1]) and not np.any(same & (ts[1:] < ts[:-1])):
+    captures_in_order, times_in_order = _in_order(read_only(capture, np.int64), read_only(ts, np.int64))
+    if captures_in_order and times_in_order:
         return np.arange(len(capture))  # the usual case: captures one after the other, each in time order
-    order = np.argsort(capture.astype(np.int16), kind="stable")  # radix sort on small ints
-    c, t = capture[order], ts[order]
+    if captures_in_order:  # only times step back: the captures' stable sort would leave every row in place
+        order, c, t = np.arange(len(capture)), capture, ts
+    else:
+        order = np.argsort(capture.astype(np.int16), kind="stable")  # radix sort on small ints
+        c, t = capture[order], ts[order]
     late = np.flatnonzero((c[1:] == c[:-1]) & (t[1:] < t[:-1]))
     if len(late):
         # Some capture is out of time order (a merged ring buffer, a host's clock step):
@@ -68,6 +71,18 @@ def by_capture_then_time(capture: np.ndarray, ts: np.ndarray) -> np.ndarray:
                 block = order[start:end]
                 order[start:end] = block[np.argsort(t[start:end], kind="stable")]
     return order
+
+
+@compiled
+def _in_order(capture: IntArray, ts: IntArray) -> tuple[bool, bool]:
+    """Whether the capture codes never go down, and whether the times never go back inside one capture."""
+    captures_in_order = times_in_order = True
+    for i in range(1, len(capture)):
+        if capture[i] < capture[i - 1]:
+            captures_in_order = False
+        elif capture[i] == capture[i - 1] and ts[i] < ts[i - 1]:
+            times_in_order = False
+    return captures_in_order, times_in_order
 
 
 def starts(*columns: np.ndarray) -> np.ndarray:
@@ -162,18 +177,17 @@ def _bucket_sort(
 
 @compiled
 def _cut_sightings(
-    rows: IntArray, new_content: BoolArray, records: np.ndarray, window_ns: int
-) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
+    rows: IntArray, new_content: BoolArray, records: np.ndarray, window_ns: int, row_sighting: IntArray
+) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray, IntArray]:
     """Sightings of ``rows`` (in content order, ``new_content`` where a content starts): a new one where
     the content or the capture changes, or after a gap longer than the window.
 
     Returns per sighting: where its rows start (plus the end), first row,
     capture, time, highest and lowest TTL, highest outer TTL, its occurrence inside its run (one
-    content at one capture) and its content's number; and per row its
-    sighting.
+    content at one capture) and its content's number. Each row's sighting is
+    written to ``row_sighting`` at the row's position.
     """
     n = len(rows)
-    sighting_of = np.empty(n, dtype=np.int64)
     start = np.empty(n + 1, dtype=np.int64)
     first_row = np.empty(n, dtype=np.int64)
     sight_capture = np.empty(n, dtype=np.int64)
@@ -204,14 +218,23 @@ def _cut_sightings(
             ttl_in[s] = max(ttl_in[s], tt)
             ttl_out[s] = min(ttl_out[s], tt)
             outer_in[s] = max(outer_in[s], outer)
-        sighting_of[i] = s
+        row_sighting[r] = s
         prev_c, prev_t = c, t
     m = s + 1
     start[m] = n
     return (
         start[: m + 1], first_row[:m], sight_capture[:m], sight_ts[:m], ttl_in[:m], ttl_out[:m], outer_in[:m],
-        occurrence[:m], sight_content[:m], sighting_of,
+        occurrence[:m], sight_content[:m],
     )  # fmt: skip
+
+
+@compiled
+def _number_lone_rows(key: npt.NDArray[np.uint64], row_sighting: IntArray, first: int) -> None:
+    """The unmatchable rows (key 0) each their own sighting, numbered from ``first`` in position order."""
+    for i in range(len(key)):
+        if key[i] == 0:
+            row_sighting[i] = first
+            first += 1
 
 
 @compiled
@@ -343,9 +366,12 @@ def find_sightings(
     content = _mix(key[rows], ip_id[rows])
     rows_sorted, new_content = content_order(content, rows)
     rows_sorted = read_only(rows_sorted, np.int64)
-    start, first_row, sight_capture, sight_ts, ttl_in, ttl_out, outer_in, occurrence, content_number, sighting_of = (
-        _cut_sightings(rows_sorted, new_content, records, DUPLICATE_WINDOW_NS)
+    row_sighting = np.empty(len(key), dtype=np.int64)
+    start, first_row, sight_capture, sight_ts, ttl_in, ttl_out, outer_in, occurrence, content_number = _cut_sightings(
+        rows_sorted, new_content, records, DUPLICATE_WINDOW_NS, row_sighting
     )
+    key = read_only(key, np.uint64)
+    _number_lone_rows(key, row_sighting, len(first_row))
     match = _pair_occurrences(content_number, occurrence)
     _match_without_ip_id(key, first_row, sight_capture, sight_ts, match)
     return Sightings(
@@ -356,7 +382,7 @@ def find_sightings(
         ttl_out=ttl_out,
         outer_ttl=outer_in,
         match=match,
-        row_sighting=_row_sightings(len(key), key, rows_sorted, sighting_of),
+        row_sighting=row_sighting,
         rows_sorted=rows_sorted,
         start=start,
     )
