@@ -358,20 +358,40 @@ def _partition_rows(total: int, kept: int, flows_held: int, limit: int) -> int:
     and diagnosis that take ``BYTES_PER_PACKET`` of each candidate come after the partitions are gone. A
     quarter of the budget is left to what the earlier stages leave behind (freed memory the allocator keeps).
     """
-    held = kept * CANDIDATE_BYTES_HELD + flows_held * BYTES_PER_FLOW + chunk_rows_for(limit) * BYTES_PER_PACKET
-    left = limit * 3 // 4 - held
-    if left < limit // 16 or kept * BYTES_PER_PACKET + flows_held * BYTES_PER_FLOW > limit:
+    left = _partition_room(kept, flows_held, limit)
+    if left is None:
         # Without candidates (``diag flows`` builds the flow table alone) there is no diagnosis to name.
         held_text = (
             f", about {kept:,} of them needed for the diagnosis, and {flows_held:,} flows held"
             if kept
             else f" and their flow table (about {flows_held:,} flows)"
         )
+        # The first budget in powers of two this estimate lets through: where to start, not a promise (the
+        # stages after the partitions are estimated when they come).
+        budgets = (1 << exponent for exponent in range(max(20, limit.bit_length()), 48))
+        enough = next((budget for budget in budgets if _partition_room(kept, flows_held, budget) is not None), None)
+        hint = "raise it with --max-memory"
+        if enough is not None:  # written as the option takes it: 64M, 2G
+            hint = (
+                f"at least --max-memory {enough >> 30}G"
+                if enough >= 1 << 30
+                else f"at least --max-memory {enough >> 20}M"
+            )
         raise MemoryBudgetError(
             f"the captures' {total:,} packets{held_text} need more memory than the budget of "
-            f"{format_size(limit)} even analysed in passes (raise it with --max-memory)"
+            f"{format_size(limit)} even analysed in passes ({hint})"
         )
     return max(1, left // PARTITION_BYTES_PER_PACKET)
+
+
+def _partition_room(kept: int, flows_held: int, limit: int) -> int | None:
+    """The bytes of ``limit`` left to build the partitions' flow rows once the candidates and flows kept are
+    held, or None when too little is left (or the candidates alone would not fit)."""
+    held = kept * CANDIDATE_BYTES_HELD + flows_held * BYTES_PER_FLOW + chunk_rows_for(limit) * BYTES_PER_PACKET
+    left = limit * 3 // 4 - held
+    if left < limit // 16 or kept * BYTES_PER_PACKET + flows_held * BYTES_PER_FLOW > limit:
+        return None
+    return left
 
 
 def _partitions(rows: Sequence[int], most: int, count: int | None) -> list[list[int]]:

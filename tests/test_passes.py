@@ -110,6 +110,26 @@ def test_a_budget_too_small_even_for_passes_is_one_clear_error() -> None:
         set_budget(None)
 
 
+def test_the_refusal_names_a_budget_that_lets_the_same_analysis_through() -> None:
+    """The refusal says where to start (``at least --max-memory 1M``, as the option is written), and that
+    budget gives the report an unbounded analysis gives."""
+    arguments = _arguments(CASES["incident"])
+    set_budget(30_000)
+    try:
+        with pytest.raises(MemoryBudgetError) as refused:
+            analyze(arguments)
+    finally:
+        set_budget(None)
+    suggested = re.search(r"\(at least --max-memory (\d+[MG])\)$", str(refused.value))
+    assert suggested is not None, str(refused.value)
+    set_budget(parse_size(suggested[1]))
+    try:
+        within = analyze(arguments)
+    finally:
+        set_budget(None)
+    assert report_to_json(within, None) == report_to_json(analyze(arguments), None)
+
+
 def test_a_flow_table_too_large_even_for_passes_names_no_diagnosis() -> None:
     """``diag flows`` chooses no candidates: its refusal speaks of the flow table, not of packets the
     diagnosis needs (it said 'about 0 of them needed for the diagnosis')."""
