@@ -318,7 +318,7 @@ def _address_codes(packets: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     for column in ("src", "dst"):
         values = packets[column]
         if isinstance(values.dtype, pd.CategoricalDtype):
-            parts.append((values.cat.codes.to_numpy().astype(np.int64), values.cat.categories.astype(str)))
+            parts.append((values.cat.codes.to_numpy(), values.cat.categories.astype(str)))  # int8/16: index as they are
         else:
             codes, uniques = pd.factorize(values.astype(str))
             parts.append((codes.astype(np.int64), pd.Index(uniques).astype(str)))

@@ -57,7 +57,8 @@ def tunnel_order(rank: np.ndarray, outer_ttl: np.ndarray) -> IntArray:
 
 @compiled
 def _tunnel_ranks(members: IntArray, begin: int, end: int, rank: IntArray, outer_ttl: IntArray, out: IntArray) -> None:
-    """Per member of one match, its outer TTL where every member of the same rank came in a tunnel, else -1.
+    """Per member of one match (``members[begin:end]``, written to ``out[0 : end - begin]`` in that order),
+    its outer TTL where every member of the same rank came in a tunnel, else -1.
 
     Inside a tunnel the carried packet's TTL stays the same, so the outer one
     orders the points there. Between a bare copy and a tunnelled one of the
@@ -71,7 +72,7 @@ def _tunnel_ranks(members: IntArray, begin: int, end: int, rank: IntArray, outer
         for j in range(begin, end):
             if rank[members[j]] == rank[a] and outer_ttl[members[j]] < 0:
                 usable = False
-        out[a] = outer_ttl[a] if usable else -1
+        out[i - begin] = outer_ttl[a] if usable else -1
 
 
 @compiled
@@ -95,20 +96,25 @@ def _lay_out(
             filled[m] += 1
     hop = np.full(n, -1, dtype=np.int64)
     in_order = np.empty_like(members)
-    tunnel = np.full(n, -1, dtype=np.int64)
+    most = 0
+    for m in range(n_matches):
+        most = max(most, match_start[m + 1] - match_start[m])
+    tunnel = np.empty(most, dtype=np.int64)  # one match's, by its members' order
     for m in range(n_matches):
         begin, end = match_start[m], match_start[m + 1]
         _tunnel_ranks(members, begin, end, rank, outer_ttl, tunnel)
         for i in range(begin, end):
             a = members[i]
+            tunnel_a = tunnel[i - begin]
             before = 0
             for j in range(begin, end):
                 b = members[j]
-                if j == i or rank[b] < rank[a] or (rank[b] == rank[a] and tunnel[b] < tunnel[a]):
+                tunnel_b = tunnel[j - begin]
+                if j == i or rank[b] < rank[a] or (rank[b] == rank[a] and tunnel_b < tunnel_a):
                     continue
                 if (
                     rank[b] > rank[a]
-                    or tunnel[b] > tunnel[a]
+                    or tunnel_b > tunnel_a
                     or ts_ref[b] < ts_ref[a]
                     or (ts_ref[b] == ts_ref[a] and capture[b] < capture[a])
                 ):
