@@ -386,7 +386,8 @@ def peer_reset(
     who = side_name(rst.from_orig)
     confidence = 0.8 if genuine else 0.45
     verdict = Verdict(Cause.PEER_RESET, confidence, summary=f"the {who} aborted an established connection")
-    verdict.origin = generated_at(rst) if generated_at(rst) == sides.own_capture(rst.from_orig) else None
+    made_at = generated_at(rst)
+    verdict.origin = made_at if made_at == sides.own_capture(rst.from_orig) else None
     verdict.evidence = [*base, *claim_lines]
     if not genuine:
         missing = "client" if rst.from_orig else "server"
@@ -513,9 +514,9 @@ def refusal(sides: Sides, rst: Seen, syn: Seen | None, ctx: Context) -> Refusal:
     )
     downstream_missing = []
     if syn is not None:
-        last = syn.sights[-1].capture
+        last, points = syn.sights[-1].capture, syn.points
         for capture in ctx.captures:
-            if capture not in syn.points and covers(ctx.spans, capture, syn.ts_ref) and ctx.is_beyond(capture, last):
+            if capture not in points and covers(ctx.spans, capture, syn.ts_ref) and ctx.is_beyond(capture, last):
                 downstream_missing.append(capture)
     origin, origin_text = _origin(rst, sides, syn)
     return Refusal(
