@@ -27,7 +27,8 @@ from diag.diagnose.causes import spec_of
 from diag.errors import DiagError
 from diag.flows import build_flows, flow_ids
 from diag.report import CAUSES, SCHEMA, Cause, Finding, PacketRef, Report, RuledOut
-from diag.report.text import problem_kind, problem_kinds, render_text
+from diag.report.flowkinds import problem_kind, problem_kinds
+from diag.report.text import render_text
 
 CLIENT, VIP, POD = "203.0.113.10", "198.18.102.10", "198.18.2.10"
 T0 = 1_764_257_655.0
