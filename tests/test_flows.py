@@ -545,3 +545,30 @@ def test_looking_up_some_rows_flows_gives_what_the_flow_of_every_row_gives() -> 
         copies += int(((walked.origin >= 0) & (walked.tuple_id >= 0)).sum())
         tunnelled += int(tunnel_rows(packets).sum())
     assert looked_up > 100 and copies > 0 and tunnelled > 0, (looked_up, copies, tunnelled)
+
+
+def test_texts_made_by_arrow_are_the_column_pandas_makes_of_the_same_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Endpoint texts and histories are made by arrow, not a Python string each: every endpoint is its host
+    and port as ``endpoint_text`` writes them (IPv6 in brackets), the column has pandas' own dtype for text,
+    and a pandas keeping its strings itself (the other branch) gets the same values. (The histories are held
+    to Zeek's by test_zeek_parity.)"""
+    import diag.flows.table as table
+    from diag.capture.addresses import endpoint_text
+    from diag.capture.points import concat_packets
+
+    packets = concat_packets([read_capture(path) for path in sorted((PROJECT / "captures").glob("*.pcapng"))])
+    rows = [
+        {"src": "2001:db8::1", "dst": "2001:db8::2", "sport": 50000, "dport": 443, "flags": "S", "seq": 1},
+        {"src": "2001:db8::2", "dst": "2001:db8::1", "sport": 443, "dport": 50000, "flags": "SA", "seq": 7, "ack": 2},
+    ]
+    packets = concat_packets([packets, make_packets(rows)])
+    arrow_made = build_flows(packets)
+    assert len(arrow_made) > 10 and arrow_made["orig"].str.startswith("[").any()
+    for side in ("orig", "resp"):
+        hosts, ports = arrow_made[f"{side}_h"].tolist(), arrow_made[f"{side}_p"].tolist()
+        assert arrow_made[side].tolist() == [endpoint_text(h, p) for h, p in zip(hosts, ports, strict=True)]
+    assert arrow_made["history"].dtype == pd.Series(np.array(["SF"], dtype=object)).dtype
+    monkeypatch.setattr(table, "_STRING", pd.StringDtype("python", na_value=np.nan))
+    converted = build_flows(packets)
+    for name in ("orig", "resp", "history"):
+        assert arrow_made[name].tolist() == converted[name].tolist()

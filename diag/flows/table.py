@@ -30,6 +30,8 @@ from typing import Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pandas.api.extensions import ExtensionArray
 
 from diag.capture.addresses import endpoint_text
@@ -162,29 +164,45 @@ def _text_column(values: np.ndarray, codes: np.ndarray | None = None) -> Extensi
     return pd.Series(values).array.take(codes)
 
 
+# The dtype pandas gives a column of str (``_text_column``'s); texts made by arrow are given it as they are.
+_STRING: Final = pd.Series(np.array([""], dtype=object)).dtype
+
+
+def _arrow_texts(texts: pa.Array) -> ExtensionArray:
+    """Texts made by arrow as the column pandas would make of the same texts (``_text_column``), without a
+    Python string each: converting hundreds of thousands of them, and checking each, was most of their cost."""
+    if getattr(_STRING, "storage", None) != "pyarrow":  # pandas keeps its strings otherwise: as it would
+        return _text_column(np.array(texts.to_pylist(), dtype=object))
+    column: ExtensionArray = pd.array(texts.cast(pa.large_string()), dtype=_STRING)
+    return column
+
+
 class _EndpointNames:
     """Endpoint codes as host, port and "host:port" text (IPv6 in brackets), each distinct one formatted once."""
 
     def __init__(self, addresses: np.ndarray) -> None:
         self.addresses = addresses
         # Each address's text up to the port: its text with port 0, less the "0".
-        self.prefix = [endpoint_text(host, 0)[:-1] for host in addresses.tolist()]
+        self.prefix = pa.array([endpoint_text(host, 0)[:-1] for host in addresses.tolist()], type=pa.large_string())
 
     def __call__(self, codes: np.ndarray) -> tuple[ExtensionArray, np.ndarray, ExtensionArray]:
         """(host, port, text) per code, the texts as string columns (``_text_column``)."""
         address, port = codes >> PORT_BITS, codes & PORT_MASK
         inverse, distinct = pd.factorize(codes)  # many flows share an endpoint (the server)
-        prefix = self.prefix
-        pairs = zip((distinct >> PORT_BITS).tolist(), (distinct & PORT_MASK).tolist(), strict=True)
-        text = np.array([prefix[host] + str(number) for host, number in pairs], dtype=object)
-        return _text_column(self.addresses, address), port, _text_column(text, inverse)
+        hosts = self.prefix.take(pa.array(distinct >> PORT_BITS))
+        ports = pa.array(distinct & PORT_MASK).cast(pa.large_string())
+        text = pc.binary_join_element_wise(hosts, ports, pa.scalar("", type=pa.large_string()))
+        return _text_column(self.addresses, address), port, _arrow_texts(text).take(inverse)
 
 
-def _histories(summary: FlowSummary) -> np.ndarray:
-    """Each flow's history string (walk order), cut from the walk's one buffer of letters."""
-    text = summary.letters.tobytes().decode("ascii")
-    ends = summary.history_end.tolist()
-    return np.array([text[b:e] for b, e in zip([0, *ends[:-1]], ends, strict=True)], dtype=object)
+def _history_column(summary: FlowSummary, by_appearance: np.ndarray) -> ExtensionArray:
+    """Each flow's history string, in first-appearance order, cut by arrow from the walk's one buffer of
+    letters (``history_end`` the end of each flow's, in walk order)."""
+    ends = np.asarray(summary.history_end, dtype=np.int64)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends])
+    letters = np.ascontiguousarray(summary.letters, dtype=np.uint8)
+    walk_order = pa.LargeStringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(letters))
+    return _arrow_texts(walk_order.take(pa.array(by_appearance)))
 
 
 def _rst_lists(summary: FlowSummary, rank: np.ndarray) -> list[list[dict[str, object]]]:
@@ -254,7 +272,7 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
     )
     orig_pkts, resp_pkts = packet_counts[:, 0], packet_counts[:, 1]
     orig_bytes, resp_bytes = sizes[:, 0], sizes[:, 1]
-    histories = _histories(summary)[by_appearance]
+    histories = _history_column(summary, by_appearance)
     states = summary.states[by_appearance]
     is_udp = keys.columns.proto[first_row] == UDP
     conn_state = np.where(
@@ -276,7 +294,7 @@ def _flow_table(packets: pd.DataFrame, keys: FlowKeys, walked: _Walked) -> pd.Da
             "resp_h": resp_h,
             "resp_p": resp_p.astype(np.int64),
             "vlan": packets["vlan"].to_numpy()[first_row].astype(np.int64),
-            "history": _text_column(histories),
+            "history": histories,
             "conn_state": _text_column(conn_state),
             "orig_pkts": orig_pkts,
             "resp_pkts": resp_pkts,

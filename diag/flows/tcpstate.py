@@ -10,11 +10,14 @@ any bytes flowed.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
 from diag.compiled import compiled
+
+if TYPE_CHECKING:
+    from pandas.api.extensions import ExtensionArray
 
 # Zeek's TCP endpoint states (TCP_ENDPOINT_*).
 INACTIVE: Final = 0
@@ -96,9 +99,13 @@ _RSTOS0_HISTORY: Final = re.compile(r"\^?S[^HAFGIQ]*R.*")
 
 
 def tcp_conn_state(
-    orig: np.ndarray, resp: np.ndarray, orig_bytes: np.ndarray, resp_bytes: np.ndarray, history: np.ndarray
+    orig: np.ndarray,
+    resp: np.ndarray,
+    orig_bytes: np.ndarray,
+    resp_bytes: np.ndarray,
+    history: np.ndarray | ExtensionArray,
 ) -> np.ndarray:
-    """Zeek's conn_state() per flow from the final endpoint states, payload sizes and history (object array)."""
+    """Zeek's conn_state() per flow from the final endpoint states, payload sizes and history (texts)."""
     o, r = orig, resp
     o_inactive = (o == INACTIVE) | (o == PARTIAL)
     r_inactive = (r == INACTIVE) | (r == PARTIAL)
