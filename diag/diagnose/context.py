@@ -44,31 +44,25 @@ def _capture_codes(column: pd.Series) -> tuple[list[str], np.ndarray]:
 def _spans_by_code(codes: np.ndarray, ts: np.ndarray) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
     """Per capture code present: its first row, and its earliest and latest time (``ts`` per row).
 
-    Read a run of equal codes at a time: the stacked table holds each point's rows together, so a few
-    runs span millions of rows, where a sort or a grouping of the codes went over every row. Rows of
-    interleaved points (a table made otherwise) are grouped instead.
+    Read by runs of equal codes: the stacked table holds each point's rows together, so a few runs span
+    millions of rows, where a sort or a grouping of the codes went over every row. A point in several runs
+    (rows of interleaved points, a table made otherwise) takes the first row and the extremes of them all.
     """
     if len(codes) == 0:
         return {}, {}, {}
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    if len(starts) > 64:
-        present, first_row = np.unique(codes, return_index=True)
-        grouped = pd.Series(ts).groupby(codes, sort=True).agg(["min", "max"])
-        return (
-            dict(zip(present.tolist(), first_row.tolist(), strict=True)),
-            dict(zip(grouped.index.tolist(), grouped["min"].tolist(), strict=True)),
-            dict(zip(grouped.index.tolist(), grouped["max"].tolist(), strict=True)),
-        )
-    first_seen: dict[int, int] = {}
-    lows: dict[int, int] = {}
-    highs: dict[int, int] = {}
-    for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), len(codes)], strict=True):
-        code = int(codes[start])
-        low, high = int(ts[start:stop].min()), int(ts[start:stop].max())
-        first_seen.setdefault(code, start)
-        lows[code] = min(low, lows.get(code, low))
-        highs[code] = max(high, highs.get(code, high))
-    return first_seen, lows, highs
+    run_code = codes[starts]
+    present, first_run = np.unique(run_code, return_index=True)
+    low = np.full(int(present[-1]) + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    high = np.full(len(low), np.iinfo(np.int64).min, dtype=np.int64)
+    np.minimum.at(low, run_code, np.minimum.reduceat(ts, starts))
+    np.maximum.at(high, run_code, np.maximum.reduceat(ts, starts))
+    codes_present = present.tolist()
+    return (
+        dict(zip(codes_present, starts[first_run].tolist(), strict=True)),
+        dict(zip(codes_present, low[present].tolist(), strict=True)),
+        dict(zip(codes_present, high[present].tolist(), strict=True)),
+    )
 
 
 @dataclass(frozen=True)
