@@ -178,7 +178,7 @@ def compute_signals(packets: Packets, connections: list[Connection], ctx: Contex
     arrived = np.where(initial_here & s.incoming[first_sight], first_cap, NONE)
     names = p.table.names
     n_names = len(names) + 1
-    spans = _spans_by_code(ctx, names)
+    spans = _coded_spans(ctx, names)
     tcp = np.array([c.proto == TCP for c in connections], dtype=bool)
 
     # The capture on each side's host: most votes of packets that start there with an initial TTL.
@@ -352,8 +352,11 @@ class _Spans:
     high: np.ndarray
 
 
-def _spans_by_code(ctx: Context, names: list[str]) -> _Spans:
-    # The names are distinct (codes into one list of texts), and a capture is among them only when it has rows.
+def _coded_spans(ctx: Context, names: list[str]) -> _Spans:
+    """``ctx.spans`` by the codes of the table's names, once for every column that asks.
+
+    The names are distinct (codes into one list of texts), and a capture is among them only when it has rows.
+    """
     low = np.zeros(len(names) + 1, dtype=np.int64)
     high = np.zeros(len(names) + 1, dtype=np.int64)
     known = np.zeros(len(names) + 1, dtype=bool)
