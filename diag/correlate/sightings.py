@@ -311,30 +311,21 @@ def _match_without_ip_id(
     match[left[found]] = again[found] + (int(match.max()) + 1)
 
 
-def _row_sightings(n_rows: int, key: np.ndarray, rows: IntArray, sighting_of: IntArray) -> IntArray:
-    """Per packet position: its sighting; unmatchable rows get their own, numbered after the others."""
-    row_sighting = np.empty(n_rows, dtype=np.int64)
-    row_sighting[rows] = sighting_of
-    lone = np.flatnonzero(key == 0)
-    row_sighting[lone] = (int(sighting_of[-1]) + 1 if len(sighting_of) else 0) + np.arange(len(lone))
-    return row_sighting
-
-
 @compiled
-def _cut_copies(rows: IntArray, new_content: BoolArray, ts: IntArray, window_ns: int) -> IntArray:
+def _cut_copies(rows: IntArray, new_content: BoolArray, ts: IntArray, window_ns: int, row_sighting: IntArray) -> int:
     """``_cut_sightings``'s sighting per row for one capture, which is all a single capture needs: the rows'
-    times are read from their own column, without the records and the per-sighting facts."""
-    n = len(rows)
-    sighting_of = np.empty(n, dtype=np.int64)
+    times are read from their own column, without the records and the per-sighting facts. Each row's
+    sighting is written to ``row_sighting`` at the row's position; returns how many sightings there are."""
     s = -1
     prev_t = 0
-    for i in range(n):
-        t = ts[rows[i]]
+    for i in range(len(rows)):
+        r = rows[i]
+        t = ts[r]
         if new_content[i] or t - prev_t > window_ns:
             s += 1
-        sighting_of[i] = s
+        row_sighting[r] = s
         prev_t = t
-    return sighting_of
+    return s + 1
 
 
 def one_capture_sightings(key: np.ndarray, ip_id: np.ndarray, capture: np.ndarray, ts: np.ndarray) -> IntArray:
@@ -347,8 +338,12 @@ def one_capture_sightings(key: np.ndarray, ip_id: np.ndarray, capture: np.ndarra
     # it): sorting the hashes themselves is cheaper than numbering them first.
     order = _stable_argsort_few_ties(content)
     rows_sorted = read_only(rows[order], np.int64)
-    sighting_of = _cut_copies(rows_sorted, starts(content[order]), read_only(ts, np.int64), DUPLICATE_WINDOW_NS)
-    return _row_sightings(len(key), key, rows_sorted, sighting_of)
+    row_sighting = np.empty(len(key), dtype=np.int64)
+    n_sightings = _cut_copies(
+        rows_sorted, starts(content[order]), read_only(ts, np.int64), DUPLICATE_WINDOW_NS, row_sighting
+    )
+    _number_lone_rows(read_only(key, np.uint64), row_sighting, n_sightings)
+    return row_sighting
 
 
 def find_sightings(
