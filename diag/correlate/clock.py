@@ -234,28 +234,12 @@ def _pair_bounds(
     return count, a_first, b_first, equal, lo, hi
 
 
-@compiled
-def _pair_entries(slots: IntArray, a: int, b: int) -> tuple[IntArray, IntArray]:
-    """The entries at captures a and b of every match seen at both, in match order."""
-    n = 0
-    for m in range(slots.shape[0]):
-        if slots[m, a] >= 0 and slots[m, b] >= 0:
-            n += 1
-    at_a = np.empty(n, dtype=np.int64)
-    at_b = np.empty(n, dtype=np.int64)
-    i = 0
-    for m in range(slots.shape[0]):
-        if slots[m, a] >= 0 and slots[m, b] >= 0:
-            at_a[i], at_b[i] = slots[m, a], slots[m, b]
-            i += 1
-    return at_a, at_b
-
-
 def _directions(
     slots: IntArray, a: int, b: int, ts_ns: IntArray, ttl: IntArray, endpoints: Callable[[np.ndarray], np.ndarray]
 ) -> tuple[IntArray, np.ndarray]:
     """``d = ts_B − ts_A`` and the direction of every match seen at both a and b (``pair_directions``)."""
-    at_a, at_b = _pair_entries(slots, a, b)
+    both = (slots[:, a] >= 0) & (slots[:, b] >= 0)  # the matches seen at both, in match order
+    at_a, at_b = slots[both, a], slots[both, b]
     d: IntArray = ts_ns[at_b] - ts_ns[at_a]
     direction = np.sign(ttl[at_a] - ttl[at_b]).astype(np.int8)
     equal = direction == 0
