@@ -274,7 +274,8 @@ def _done(correlation: Correlation) -> CorrelationSteps:
 
 @dataclass(frozen=True)
 class SightingsAcross:
-    """The copies of each packet across the points, and the ones seen at two or more (what the clocks read)."""
+    """The copies of each packet across the points (sightings, matched where seen at two or more: what the
+    clocks read), with what the clocks ask of them: their rank along the path and their endpoints."""
 
     sights: Sightings
     rank: np.ndarray  # each sighting's place along the path, from its inner and outer TTL
