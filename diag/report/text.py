@@ -286,13 +286,15 @@ def _capture_sections(report: Report, style: _Style, show_all: bool, limit: int)
         rows = np.zeros(0, dtype=np.int64) if code is None else np.flatnonzero(codes == code)
         captures.append(all_rows if len(rows) == len(table) else rows)
     shown = [_shown_positions(rows, kinds[rows], show_all, limit) for rows in captures]
-    digest = report.flow_digest
-    healthy = healthy_summaries(table, [healthy_rows for _, _, healthy_rows in shown])
+    # A capture the flow digest counts takes its numbers from there (its rows here are only those shown): only
+    # the others' healthy rows are counted.
+    digested = report.flow_digest.captures if report.flow_digest is not None else {}
+    counted = [place for place, info in enumerate(report.captures) if info.name not in digested]
+    healthy = healthy_summaries(table, [shown[place][2] for place in counted]) if counted else []
+    line_of = dict(zip(counted, healthy, strict=True))
     counts = [
-        digest.captures[info.name]
-        if digest is not None and info.name in digest.captures
-        else CaptureFlows(len(rows), problems, line)
-        for info, rows, (problems, _, _), line in zip(report.captures, captures, shown, healthy, strict=True)
+        digested[info.name] if info.name in digested else CaptureFlows(len(rows), problems, line_of[place])
+        for place, (info, rows, (problems, _, _)) in enumerate(zip(report.captures, captures, shown, strict=True))
     ]
     listed = [group for _, by_kind, _ in shown for group in by_kind.values()]
     if show_all:
