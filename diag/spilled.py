@@ -9,7 +9,7 @@ each flow's first packet in the whole packet table, and keeps in memory only
 what the report shows of them without ``--flows all``:
 
 - the first ``FLOW_LIMIT`` problem rows in table order
-  (``diag.report.flowcap.problem_mask``: resets, unanswered SYNs, one-sided
+  (``diag.report.flowkinds.problem_kinds``: resets, unanswered SYNs, one-sided
   flows, SYN retransmissions), which the JSON document puts first, and the
   first ``DEFAULT_PROBLEM_LINES`` of each problem kind at each point, which
   the text report lists;
@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 
 from diag.flows.table import empty_flows
-from diag.report.flowcap import FLOW_LIMIT, problem_mask
+from diag.report.flowcap import FLOW_LIMIT
 from diag.report.flowdigest import CaptureFlows, FlowDigest
-from diag.report.flowkinds import summary_line
+from diag.report.flowkinds import problem_kinds, summary_line
 from diag.scratch import spill_dir
 
 # A row's place in the whole packet table: (point, time or 0, rank of its file, row), as diag.passes orders them.
@@ -126,8 +126,8 @@ class SpilledFlows:
         # prev_flow names a flow of the same 5-tuple, so of this partition: its place in the sorted rows.
         table["prev_flow"] = np.where(previous >= 0, position[np.maximum(previous, 0)], -1)
         table["flow_id"] = np.arange(len(table), dtype=np.int64)
-        problems = problem_mask(table)
-        kinds = _problem_kinds(table)
+        kinds = np.asarray(problem_kinds(table), dtype=object)
+        problems = kinds != None  # noqa: E711 (element-wise against None)
         self._count(table, problems, kinds)
         tagged = table.copy()
         tagged[_PART] = part
@@ -342,9 +342,3 @@ def _problem_lines() -> int:
     from diag.report.text import DEFAULT_PROBLEM_LINES
 
     return DEFAULT_PROBLEM_LINES
-
-
-def _problem_kinds(table: pd.DataFrame) -> np.ndarray:
-    from diag.report.flowkinds import problem_kinds
-
-    return np.asarray(problem_kinds(table), dtype=object)
