@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from diag.report.flowkinds import healthy_summary, problem_kinds, problem_mask
+from diag.report.flowkinds import healthy_summaries, healthy_summary, problem_kinds
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def capture_flows(flows: pd.DataFrame) -> CaptureFlows:
     return CaptureFlows(
         len(flows),
         {str(kind): int(count) for kind, count in counts.items()},
-        healthy_summary(flows[kinds.isna().to_numpy()]),
+        healthy_summaries(flows, [np.flatnonzero(kinds.isna().to_numpy())])[0],  # counted, not copied
     )
 
 
@@ -87,11 +87,11 @@ def shown_rows(flows: pd.DataFrame, problems: int, healthy: int, per_kind: int) 
     text's), in table order."""
     if flows.empty:
         return np.zeros(0, dtype=np.int64)
-    problem = problem_mask(flows)
+    kinds = pd.Series(problem_kinds(flows), dtype=object)
+    problem = kinds.notna().to_numpy()  # problem_mask, without telling the kinds apart a second time
     keep = np.zeros(len(flows), dtype=bool)
     keep[np.flatnonzero(problem)[:problems]] = True
     keep[np.flatnonzero(~problem)[:healthy]] = True
-    kinds = pd.Series(problem_kinds(flows), dtype=object)
     first_of_kind = kinds.groupby(kinds, sort=False).cumcount().to_numpy() < per_kind
     keep |= kinds.notna().to_numpy() & first_of_kind
     return np.flatnonzero(keep)
