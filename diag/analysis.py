@@ -155,7 +155,7 @@ class _FirstFree:
             self._done.set_exception(error)
 
     def result(self) -> PacketLinks:
-        self.run_unless_taken()  # a caller that never offered to run it: done here rather than waited for in vain
+        self.run_unless_taken()  # run here unless the other thread took it first (then waited for below)
         return self._done.result()
 
 
