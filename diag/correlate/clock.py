@@ -124,7 +124,8 @@ def estimate_offsets(
     A pair of captures whose packets all have different TTLs at the two (the
     usual case) needs only its two bounds, which one compiled pass over the
     matches takes for every pair at once; a pair with an equal TTL somewhere
-    or none telling the direction is given its packets (``pair_directions``).
+    or none telling the direction is given its packets (``_directions``, as
+    ``pair_directions`` gives them).
     """
     edges: dict[int, list[tuple[int, float, float, str]]] = {c: [] for c in range(n_captures)}
     slots = _match_slots(match, capture, n_captures)
